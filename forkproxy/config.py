@@ -1,0 +1,1420 @@
+"""TOML configuration -> frozen dataclasses, driven by one declaration per key.
+
+``SETTINGS`` declares every key once (section, name, type, default, help,
+reload-or-restart, parser, renderer); ``SECTIONS`` declares the shape of the
+tables that hold them.  Those two tables feed:
+
+    validation      ``load(path)`` / ``loads(text, path)``: every error of a
+                    file is collected and raised together as ``ConfigErrors``,
+                    each one ``FILE:LINE: key.path: message``.
+    -T              ``dump(cfg)``: the effective configuration as TOML with
+                    every default filled in; ``loads(dump(cfg)) == cfg``.
+    forkproxy.toml(5)  ``man_keys()``: the mdoc key reference, spliced into
+                    ``man/forkproxy.toml.5`` between the GENERATED markers.
+    the sample      ``sample()``: ``conf/forkproxy.toml``, every key with its
+                    default and its help as comments.
+
+To add a key: add one ``Setting`` (and the dataclass field it fills), then
+run ``python -m forkproxy.config --write-docs .`` to regenerate the docs.
+To add a sub-table (for example a per-pool ``health = { ... }``): add a
+``Section("pool.health", "table", ...)``, its ``Setting("pool.health", ...)``
+rows, and a builder in ``_BUILDERS``; the walker, the line finder, ``dump``
+and the docs pick it up.
+
+Units.  Durations are strings with a unit: ``"500ms"``, ``"2s"``, ``"1.5s"``,
+``"1m"``, ``"1h"``; a bare number is rejected because ``timeout = 30`` is
+ambiguous (seconds? milliseconds?).  Sizes are a plain integer of bytes or a
+string ``"64k"``, ``"1m"``, ``"1g"`` (powers of 1024, case-insensitive).
+
+tomli gives no line numbers, so ``_LineFinder`` re-scans the source text to
+map each key path to the line where it is written.
+"""
+
+from __future__ import annotations
+
+import difflib
+import ipaddress
+import os
+import re
+import sys
+import textwrap
+from dataclasses import dataclass, field
+from decimal import Decimal
+from typing import Any, Callable
+
+import tomli
+
+from forkproxy.errors import EX_CONFIG, EX_OK, EX_USAGE, ConfigError, ConfigErrors
+
+__all__ = [
+    "Config",
+    "ServerConfig",
+    "ListenerConfig",
+    "RouteConfig",
+    "ServerEntry",
+    "PoolConfig",
+    "Setting",
+    "Section",
+    "SETTINGS",
+    "SECTIONS",
+    "load",
+    "loads",
+    "dump",
+    "parse_duration",
+    "format_duration",
+    "parse_size",
+    "format_size",
+    "split_host_port",
+    "man_keys",
+    "sample",
+]
+
+
+# ---------------------------------------------------------------------------
+# The dataclasses (field defaults must equal the parsed SETTINGS defaults:
+# tests/test_config.py checks it).
+
+
+@dataclass(frozen=True)
+class ServerConfig:
+    """The ``[server]`` table: process-wide settings."""
+
+    workers: int
+    worker_connections: int = 10000
+    graceful_timeout: float = 30.0
+    keepalive_timeout: float = 75.0
+    header_timeout: float = 10.0
+    body_timeout: float = 60.0
+    send_timeout: float = 60.0
+    max_head_size: int = 32768
+    max_headers: int = 100
+    max_uri_length: int = 8192
+    max_body_size: int = 104857600
+    trusted_proxies: tuple = ()
+    pidfile: str = "/run/forkproxy/forkproxy.pid"
+    runtime_dir: str = "/run/forkproxy"
+    user: str | None = None
+    group: str | None = None
+    error_log: str = "-"
+    access_log: str = "-"
+    access_log_format: str = "combined"
+    log_level: str = "info"
+
+
+@dataclass(frozen=True)
+class ListenerConfig:
+    """One ``[[listener]]``; ``host``/``port`` are parsed from ``bind``."""
+
+    name: str
+    bind: str
+    host: str
+    port: int
+    mode: str = "http"
+
+
+@dataclass(frozen=True)
+class RouteConfig:
+    """One ``[[route]]``; ``index`` is its position in the file (0-based)."""
+
+    index: int
+    pool: str
+    listener: tuple[str, ...] = ()
+    host: str | None = None
+    path: str | None = None
+    path_regex: str | None = None
+    host_header: str | None = None
+    max_body_size: int | None = None
+
+
+@dataclass(frozen=True)
+class ServerEntry:
+    """One member of a pool's ``servers`` array."""
+
+    addr: str
+    host: str
+    port: int
+    weight: int = 1
+    backup: bool = False
+
+
+@dataclass(frozen=True)
+class PoolConfig:
+    """One ``[pool.NAME]`` table."""
+
+    name: str
+    servers: tuple[ServerEntry, ...]
+    balance: str = "round_robin"
+    connect_timeout: float = 5.0
+    read_timeout: float = 60.0
+    send_timeout: float = 60.0
+    keepalive: int = 32
+    keepalive_timeout: float = 60.0
+
+
+@dataclass(frozen=True)
+class Config:
+    """A whole, validated configuration file."""
+
+    path: str
+    server: ServerConfig
+    listeners: tuple[ListenerConfig, ...]
+    routes: tuple[RouteConfig, ...]
+    pools: tuple[PoolConfig, ...]
+
+    def pool(self, name: str) -> PoolConfig:
+        """The pool called ``name``; KeyError if there is none."""
+        for p in self.pools:
+            if p.name == name:
+                return p
+        raise KeyError(name)
+
+    def listener(self, name: str) -> ListenerConfig:
+        """The listener called ``name``; KeyError if there is none."""
+        for lst in self.listeners:
+            if lst.name == name:
+                return lst
+        raise KeyError(name)
+
+
+# ---------------------------------------------------------------------------
+# Units and value parsers.  A parser takes the TOML value and returns the
+# Python value or raises Invalid(message).
+
+
+class Invalid(ValueError):
+    """A value a parser rejects; the message is shown after the key path."""
+
+
+_DURATION_RE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h)\s*$")
+_DURATION_UNITS = {"ms": Decimal("0.001"), "s": Decimal(1), "m": Decimal(60), "h": Decimal(3600)}
+_SIZE_RE = re.compile(r"^\s*(\d+)\s*([kmg]?)\s*$", re.IGNORECASE)
+_SIZE_UNITS = {"": 1, "k": 1024, "m": 1024**2, "g": 1024**3}
+_DURATION_HINT = 'expected a duration with a unit, such as "500ms", "2s", "1m" or "1h"'
+
+
+def _tname(value: Any) -> str:
+    """The TOML name of a value's type, for messages."""
+    if isinstance(value, bool):
+        return "a boolean"
+    if isinstance(value, int):
+        return "an integer"
+    if isinstance(value, float):
+        return "a float"
+    if isinstance(value, str):
+        return "a string"
+    if isinstance(value, list):
+        return "an array"
+    if isinstance(value, dict):
+        return "a table"
+    return "a date/time"
+
+
+def parse_duration(value: Any) -> float:
+    """Seconds from "500ms", "2s", "1.5s", "1m" or "1h"; Invalid otherwise.
+
+    Bare numbers (TOML ``30`` or ``"30"``) are rejected on purpose: the unit
+    is what makes ``timeout = 30`` unambiguous.
+    """
+    if isinstance(value, bool) or not isinstance(value, (str, int, float)):
+        raise Invalid(f"{_DURATION_HINT}, got {_tname(value)}")
+    if not isinstance(value, str) or re.fullmatch(r"\s*\d+(\.\d+)?\s*", value):
+        raise Invalid(f'{_DURATION_HINT}; bare numbers are not accepted: write "{value}s"')
+    m = _DURATION_RE.match(value)
+    if not m:
+        raise Invalid(f"{_DURATION_HINT}, got {_quote(value)}")
+    # Decimal then one rounding, so "0.1s" and "100ms" give the same float.
+    return float(Decimal(m.group(1)) * _DURATION_UNITS[m.group(2)])
+
+
+def format_duration(seconds: float) -> str:
+    """The shortest duration string that parse_duration maps back to ``seconds``."""
+    if seconds < 0:
+        raise ValueError("negative duration")
+    candidates = []
+    if float(seconds).is_integer():
+        n = int(seconds)
+        if n and n % 3600 == 0:
+            candidates.append(f"{n // 3600}h")
+        if n and n % 60 == 0:
+            candidates.append(f"{n // 60}m")
+        candidates.append(f"{n}s")
+    ms = Decimal(repr(float(seconds))) * 1000
+    if ms == ms.to_integral_value() and seconds < 1:
+        candidates.append(f"{int(ms)}ms")
+    candidates.append(f"{Decimal(repr(float(seconds))):f}s")
+    for text in candidates:
+        if parse_duration(text) == seconds:
+            return text
+    raise ValueError(f"cannot format {seconds!r} as a duration")  # pragma: no cover
+
+
+def parse_size(value: Any) -> int:
+    """Bytes from a plain integer or "64k", "1m", "1g" (powers of 1024)."""
+    if isinstance(value, bool) or not isinstance(value, (str, int)):
+        raise Invalid(f'expected a size such as 65536, "64k", "1m" or "1g", got {_tname(value)}')
+    if isinstance(value, int):
+        if value < 0:
+            raise Invalid(f"a size cannot be negative, got {value}")
+        return value
+    m = _SIZE_RE.match(value)
+    if not m:
+        raise Invalid(f'expected a size such as 65536, "64k", "1m" or "1g", got {_quote(value)}')
+    return int(m.group(1)) * _SIZE_UNITS[m.group(2).lower()]
+
+
+def format_size(n: int) -> str | int:
+    """"64k"/"1m"/"1g" when ``n`` is a whole multiple, else the int itself."""
+    for unit in ("g", "m", "k"):
+        if n and n % _SIZE_UNITS[unit] == 0:
+            return f"{n // _SIZE_UNITS[unit]}{unit}"
+    return n
+
+
+_HOSTNAME_RE = re.compile(
+    r"^(?=.{1,253}$)[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?"
+    r"(?:\.[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?)*\.?$"
+)
+
+
+def split_host_port(text: str, *, default_host: str | None = None) -> tuple[str, int]:
+    """(host, port) from "HOST:PORT", "[v6]:PORT", and, when ``default_host``
+    is given, ":PORT" or "PORT".  HOST is an IPv4 address, a bracketed IPv6
+    address (returned without brackets) or a hostname.  Invalid otherwise."""
+    text = text.strip()
+    if default_host is not None and text.isdigit():
+        host, port_s = default_host, text
+    elif text.startswith("["):
+        end = text.find("]")
+        if end < 0 or text[end + 1 : end + 2] != ":":
+            raise Invalid(f'expected "[IPv6]:PORT", got {_quote(text)}')
+        host, port_s = text[1:end], text[end + 2 :]
+        try:
+            ipaddress.IPv6Address(host)
+        except ValueError:
+            raise Invalid(f"invalid IPv6 address {_quote(host)}") from None
+    else:
+        if text.count(":") > 1:
+            raise Invalid(f'IPv6 addresses must be in brackets, as "[::1]:8080"; got {_quote(text)}')
+        host, sep, port_s = text.rpartition(":")
+        if not sep:
+            raise Invalid(f'expected "HOST:PORT", got {_quote(text)}: the port is required')
+        if not host:
+            if default_host is None:
+                raise Invalid(f'expected "HOST:PORT", got {_quote(text)}: the host is required')
+            host = default_host
+        elif not _HOSTNAME_RE.match(host):
+            raise Invalid(f"invalid host {_quote(host)}")
+        elif re.fullmatch(r"[\d.]+", host):
+            try:
+                ipaddress.IPv4Address(host)
+            except ValueError:
+                raise Invalid(f"invalid IPv4 address {_quote(host)}") from None
+    if not port_s.isdigit() or not 1 <= int(port_s) <= 65535:
+        raise Invalid(f"invalid port {_quote(port_s)}: expected 1..65535")
+    return host, int(port_s)
+
+
+def _quote(s: str) -> str:
+    """A TOML basic string for ``s`` (also used to quote values in messages)."""
+    out = ['"']
+    for ch in s:
+        if ch == '"':
+            out.append('\\"')
+        elif ch == "\\":
+            out.append("\\\\")
+        elif ch in "\n\t\r":
+            out.append({"\n": "\\n", "\t": "\\t", "\r": "\\r"}[ch])
+        elif ord(ch) < 0x20 or ord(ch) == 0x7F:
+            out.append(f"\\u{ord(ch):04x}")
+        else:
+            out.append(ch)
+    out.append('"')
+    return "".join(out)
+
+
+def _str(value: Any) -> str:
+    if not isinstance(value, str):
+        raise Invalid(f"expected a string, got {_tname(value)}")
+    return value
+
+
+def _nonempty_str(value: Any) -> str:
+    if not _str(value).strip():
+        raise Invalid("must not be empty")
+    return value
+
+
+def _bool(value: Any) -> bool:
+    if not isinstance(value, bool):
+        raise Invalid(f"expected true or false, got {_tname(value)}")
+    return value
+
+
+def _int(lo: int, hi: int | None = None) -> Callable[[Any], int]:
+    def parse(value: Any) -> int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise Invalid(f"expected an integer, got {_tname(value)}")
+        if value < lo or (hi is not None and value > hi):
+            bound = f"{lo}..{hi}" if hi is not None else f">= {lo}"
+            raise Invalid(f"expected an integer {bound}, got {value}")
+        return value
+
+    return parse
+
+
+def _duration(allow_zero: bool) -> Callable[[Any], float]:
+    def parse(value: Any) -> float:
+        seconds = parse_duration(value)
+        if seconds == 0 and not allow_zero:
+            raise Invalid("must be greater than zero")
+        return seconds
+
+    return parse
+
+
+def _size(lo: int) -> Callable[[Any], int]:
+    def parse(value: Any) -> int:
+        n = parse_size(value)
+        if n < lo:
+            raise Invalid(f"must be at least {lo} bytes, got {n}")
+        return n
+
+    return parse
+
+
+def _enum(key: str, choices: tuple[str, ...], later: tuple[str, ...] = ()) -> Callable[[Any], str]:
+    def parse(value: Any) -> str:
+        value = _str(value)
+        if value in choices:
+            return value
+        if value in later:
+            raise Invalid(f"{key} {_quote(value)} is not supported yet")
+        return _unknown_value(value, choices)
+
+    return parse
+
+
+def _unknown_value(value: str, choices: tuple[str, ...]) -> str:
+    msg = f"unknown value {_quote(value)}; expected one of: {', '.join(choices)}"
+    close = difflib.get_close_matches(value, choices, n=1)
+    if close:
+        msg += f' (did you mean "{close[0]}"?)'
+    raise Invalid(msg)
+
+
+def _workers(value: Any) -> int:
+    if value == "auto":
+        return os.cpu_count() or 1
+    if isinstance(value, str):
+        raise Invalid(f'expected an integer >= 1 or "auto", got {_quote(value)}')
+    return _int(1)(value)
+
+
+def _networks(value: Any) -> tuple:
+    if not isinstance(value, list):
+        raise Invalid(f'expected an array of addresses or CIDR ranges such as ["10.0.0.0/8"], got {_tname(value)}')
+    nets = []
+    for item in value:
+        try:
+            nets.append(ipaddress.ip_network(_str(item).strip(), strict=False))
+        except ValueError:
+            raise Invalid(f"invalid address or CIDR range {_quote(str(item))}") from None
+    return tuple(nets)
+
+
+def _opt_str(value: Any) -> str | None:
+    return _nonempty_str(value)
+
+
+_NAME_RE = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.-]{0,63}$")
+
+
+def _name(value: Any) -> str:
+    if not _NAME_RE.match(_str(value)):
+        raise Invalid(f"invalid name {_quote(value)}: use letters, digits, '_', '-' and '.' (at most 64)")
+    return value
+
+
+def _bind(value: Any) -> str:
+    split_host_port(_str(value), default_host="0.0.0.0")
+    return value
+
+
+def _addr(value: Any) -> str:
+    split_host_port(_str(value))
+    return value
+
+
+def _listener_names(value: Any) -> tuple[str, ...]:
+    if isinstance(value, str):
+        return (value,)
+    if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+        raise Invalid(f"expected a listener name or an array of names, got {_tname(value)}")
+    return tuple(value)
+
+
+def _route_host(value: Any) -> str:
+    host = _nonempty_str(value).strip().lower()
+    if host.startswith("[") and "]" in host:  # "[::1]:8080" -> "[::1]"
+        host = host[: host.index("]") + 1]
+    else:
+        host = host.rpartition(":")[0] if re.search(r":\d*$", host) else host
+    body = host[2:] if host.startswith("*.") else host
+    if host.startswith("["):
+        try:
+            ipaddress.IPv6Address(host[1:-1])
+        except ValueError:
+            raise Invalid(f"invalid host {_quote(value)}") from None
+    elif not _HOSTNAME_RE.match(body):
+        raise Invalid(f'invalid host {_quote(value)}: expected a name such as "shop.example.com" or "*.example.com"')
+    return host
+
+
+def _route_path(value: Any) -> str:
+    if not _str(value).startswith("/"):
+        raise Invalid(f'must start with "/", got {_quote(value)}')
+    return value
+
+
+def _regex(value: Any) -> str:
+    try:
+        re.compile(_str(value))
+    except re.error as e:
+        raise Invalid(f"invalid regular expression {_quote(value)}: {e}") from None
+    return value
+
+
+def _header_value(value: Any) -> str:
+    if re.search(r"[\x00-\x20\x7f]", _nonempty_str(value)):
+        raise Invalid(f"must not contain spaces or control characters, got {_quote(value)}")
+    return value
+
+
+# Renderers: Python value -> TOML value for dump() (None means "omit").
+def _r_same(v: Any) -> Any:
+    return v
+
+
+def _r_duration(v: float) -> str:
+    return format_duration(v)
+
+
+def _r_size(v: int | None) -> Any:
+    return None if v is None else format_size(v)
+
+
+def _r_networks(v: tuple) -> list:
+    return [str(n) for n in v]
+
+
+def _r_list(v: tuple) -> list:
+    return list(v)
+
+
+# ---------------------------------------------------------------------------
+# The declarations.
+
+REQUIRED: Any = type("Required", (), {"__repr__": lambda self: "REQUIRED"})()
+
+
+@dataclass(frozen=True)
+class Setting:
+    """One key.  ``section`` is a SECTIONS path ("server", "pool.servers");
+    ``default`` is written as TOML would ("30s", "auto"), REQUIRED, or None
+    for "unset"; ``type`` describes the accepted values for the docs;
+    ``reload`` is True when SIGHUP applies a change, False when it needs a
+    restart; ``example`` is shown in the docs for REQUIRED/None keys."""
+
+    section: str
+    name: str
+    type: str
+    default: Any
+    help: str
+    reload: bool
+    parse: Callable[[Any], Any] = field(default=_r_same, repr=False, compare=False)
+    render: Callable[[Any], Any] = field(default=_r_same, repr=False, compare=False)
+    example: Any = None
+
+    @property
+    def required(self) -> bool:
+        return self.default is REQUIRED
+
+
+@dataclass(frozen=True)
+class Section:
+    """The shape of a table of settings.  ``kind``: "table" (one table),
+    "array" (array of tables), "named" (table of tables keyed by a name, as
+    ``[pool.NAME]``).  A dotted ``path`` is a sub-table under its parent
+    section (``pool.servers`` is the ``servers`` key of each pool)."""
+
+    path: str
+    kind: str
+    title: str
+    help: str
+    required: bool = False
+    need: str = ""  # the error when a required section is missing or empty
+
+    @property
+    def key(self) -> str:
+        return self.path.rpartition(".")[2]
+
+    @property
+    def parent(self) -> str | None:
+        return self.path.rpartition(".")[0] or None
+
+
+SECTIONS: tuple[Section, ...] = (
+    Section(
+        "server",
+        "table",
+        "[server]",
+        "Process-wide settings: workers, client timeouts and limits, logs, files and privileges.",
+    ),
+    Section(
+        "listener",
+        "array",
+        "[[listener]]",
+        "One table per listening socket. At least one is required.",
+        required=True,
+        need="no listener: add at least one [[listener]] table with name and bind",
+    ),
+    Section(
+        "route",
+        "array",
+        "[[route]]",
+        "Routes send each request to a pool. "
+        "They are tried in file order and the first whose every condition holds wins. "
+        "A route without host, path or listener conditions matches every request. "
+        "A request that no route matches is answered 404.",
+    ),
+    Section(
+        "pool",
+        "named",
+        "[pool.NAME]",
+        "One table per pool of upstream servers, named by NAME. "
+        "Routes refer to pools by name.",
+    ),
+    Section(
+        "pool.servers",
+        "array",
+        "servers = [{ ... }]",
+        "The servers of the pool, as an array of inline tables "
+        'such as { addr = "10.0.0.11:8080", weight = 2 }. '
+        "At least one is required.",
+        required=True,
+        need='the pool has no servers: add at least one { addr = "HOST:PORT" }',
+    ),
+)
+
+_RESTART = False
+_RELOAD = True
+
+SETTINGS: tuple[Setting, ...] = (
+    # [server]
+    Setting("server", "workers", 'integer >= 1 or "auto"', "auto",
+            'Number of worker processes. "auto" uses one per CPU.',
+            _RELOAD, _workers),
+    Setting("server", "worker_connections", "integer >= 1", 10000,
+            "Maximum number of concurrent client connections per worker.",
+            _RELOAD, _int(1)),
+    Setting("server", "graceful_timeout", "duration", "30s",
+            "On reload or graceful stop, how long old workers may take to finish "
+            "the requests in flight before they are killed.",
+            _RELOAD, _duration(False), _r_duration),
+    Setting("server", "keepalive_timeout", "duration", "75s",
+            "How long an idle client keep-alive connection is kept open. "
+            '"0s" disables client keep-alive.',
+            _RELOAD, _duration(True), _r_duration),
+    Setting("server", "header_timeout", "duration", "10s",
+            "Total time allowed to receive a request head (request line and headers).",
+            _RELOAD, _duration(False), _r_duration),
+    Setting("server", "body_timeout", "duration", "60s",
+            "Maximum idle time between two reads of a request body.",
+            _RELOAD, _duration(False), _r_duration),
+    Setting("server", "send_timeout", "duration", "60s",
+            "Maximum idle time between two writes to the client.",
+            _RELOAD, _duration(False), _r_duration),
+    Setting("server", "max_head_size", "size", "32k",
+            "Largest request head accepted (request line and headers). "
+            "A larger one is answered 431.",
+            _RELOAD, _size(1), _r_size),
+    Setting("server", "max_headers", "integer >= 1", 100,
+            "Largest number of request header fields accepted. "
+            "More are answered 431.",
+            _RELOAD, _int(1)),
+    Setting("server", "max_uri_length", "integer >= 1", 8192,
+            "Longest request target accepted, in bytes. "
+            "A longer one is answered 414.",
+            _RELOAD, _int(1)),
+    Setting("server", "max_body_size", "size", "100m",
+            "Largest request body accepted. "
+            "A larger one is answered 413. "
+            "0 means unlimited. "
+            "A route may override it.",
+            _RELOAD, _size(0), _r_size),
+    Setting("server", "trusted_proxies", "array of addresses or CIDR ranges", [],
+            "Peers whose X-Forwarded-For, X-Forwarded-Proto, X-Forwarded-Host and Forwarded "
+            "headers are trusted and extended. "
+            "Those headers from any other peer are replaced.",
+            _RELOAD, _networks, _r_networks, example=["10.0.0.0/8", "192.0.2.1"]),
+    Setting("server", "pidfile", "path", "/run/forkproxy/forkproxy.pid",
+            "File where the master writes its process id.",
+            _RESTART, _nonempty_str),
+    Setting("server", "runtime_dir", "path", "/run/forkproxy",
+            "Directory for the shared health table and lock files.",
+            _RESTART, _nonempty_str),
+    Setting("server", "user", "user name", None,
+            "User the workers switch to after the master has bound the listeners. "
+            "Unset: workers keep the master's user.",
+            _RESTART, _opt_str, example="forkproxy"),
+    Setting("server", "group", "group name", None,
+            "Group the workers switch to. "
+            "Unset: the primary group of user, or the master's group.",
+            _RESTART, _opt_str, example="forkproxy"),
+    Setting("server", "error_log", 'path or "-"', "-",
+            'Where the error log goes. "-" is standard error.',
+            _RELOAD, _nonempty_str),
+    Setting("server", "access_log", 'path, "-" or "off"', "-",
+            'Where the access log goes. "-" is standard error and "off" disables it.',
+            _RELOAD, _nonempty_str),
+    Setting("server", "access_log_format", '"combined" or "json"', "combined",
+            "Access log format: the combined format of Apache and nginx, "
+            "or one JSON object per line.",
+            _RELOAD, _enum("access_log_format", ("combined", "json"))),
+    Setting("server", "log_level", '"debug", "info", "warning", "error" or "critical"', "info",
+            "Least severe message written to the error log.",
+            _RELOAD, _enum("log_level", ("debug", "info", "warning", "error", "critical"))),
+    # [[listener]]
+    Setting("listener", "name", "name", REQUIRED,
+            "Unique name of the listener, used by routes and in logs.",
+            _RESTART, _name, example="web"),
+    Setting("listener", "bind", '"HOST:PORT", "[IPv6]:PORT" or ":PORT"', REQUIRED,
+            'Address to listen on. ":PORT" listens on every IPv4 address. '
+            "Each bind must be unique.",
+            _RESTART, _bind, example="0.0.0.0:80"),
+    Setting("listener", "mode", '"http"', "http",
+            "Protocol spoken on the listener. Only http is supported in this version.",
+            _RESTART, _enum("mode", ("http",), later=("tcp",))),
+    # [[route]]
+    Setting("route", "pool", "pool name", REQUIRED,
+            "The pool that serves the requests this route matches. It must exist.",
+            _RELOAD, _str, example="web"),
+    Setting("route", "listener", "listener name or array of names", [],
+            "Match only requests that arrived on one of these listeners. "
+            "Empty: any listener.",
+            _RELOAD, _listener_names, _r_list, example=["web"]),
+    Setting("route", "host", "host name", None,
+            'Match only this Host, exactly, or any subdomain with "*.example.com" '
+            "(not example.com itself). "
+            "Compared without case and without port.",
+            _RELOAD, _route_host, example="shop.example.com"),
+    Setting("route", "path", "path prefix", None,
+            'Match only paths starting with this prefix, which must start with "/". '
+            'Write "/api/" to match /api/x but not /apix. '
+            "Exclusive with path_regex.",
+            _RELOAD, _route_path, example="/api/"),
+    Setting("route", "path_regex", "regular expression", None,
+            "Match only paths where this Python regular expression is found. "
+            'Anchor it with "^" yourself. '
+            "Exclusive with path.",
+            _RELOAD, _regex, example="^/(img|css)/"),
+    Setting("route", "host_header", "host name", None,
+            "Host header sent upstream instead of the client's.",
+            _RELOAD, _header_value, example="backend.internal"),
+    Setting("route", "max_body_size", "size", None,
+            "Overrides server.max_body_size for this route.",
+            _RELOAD, _size(0), _r_size, example="1g"),
+    # [pool.NAME]
+    Setting("pool", "balance", '"round_robin"', "round_robin",
+            "How requests are spread over the servers. "
+            "Only round_robin (weighted) is supported in this version.",
+            _RELOAD, _enum("balance", ("round_robin",),
+                           later=("least_conn", "ip_hash", "hash", "random2"))),
+    Setting("pool", "connect_timeout", "duration", "5s",
+            "Time allowed to connect to a server.",
+            _RELOAD, _duration(False), _r_duration),
+    Setting("pool", "read_timeout", "duration", "60s",
+            "Maximum idle time between two reads from a server.",
+            _RELOAD, _duration(False), _r_duration),
+    Setting("pool", "send_timeout", "duration", "60s",
+            "Maximum idle time between two writes to a server.",
+            _RELOAD, _duration(False), _r_duration),
+    Setting("pool", "keepalive", "integer >= 0", 32,
+            "Idle connections kept open per server and per worker for reuse. "
+            "0 disables reuse.",
+            _RELOAD, _int(0)),
+    Setting("pool", "keepalive_timeout", "duration", "60s",
+            "How long an idle upstream connection is kept for reuse.",
+            _RELOAD, _duration(True), _r_duration),
+    # servers = [{ ... }]
+    Setting("pool.servers", "addr", '"HOST:PORT" or "[IPv6]:PORT"', REQUIRED,
+            "Address of the server. The port is required.",
+            _RELOAD, _addr, example="127.0.0.1:8080"),
+    Setting("pool.servers", "weight", "integer 1..1000", 1,
+            "Relative share of requests the server receives.",
+            _RELOAD, _int(1, 1000)),
+    Setting("pool.servers", "backup", "boolean", False,
+            "A backup server receives requests only when no other server of the pool is available.",
+            _RELOAD, _bool),
+)
+
+
+# ---------------------------------------------------------------------------
+# Builders: the values of one table (parsed, keyed by setting name) -> its
+# dataclass.  They also run the checks that involve several keys of one table.
+# ``err(path, message)`` records an error.
+
+Path = tuple  # of str and int segments, e.g. ("pool", "api", "servers", 1, "weight")
+
+
+def _build_server(values: dict, path: Path, err) -> ServerConfig:
+    return ServerConfig(**values)
+
+
+def _build_listener(values: dict, path: Path, err) -> ListenerConfig:
+    host, port = split_host_port(values["bind"], default_host="0.0.0.0")
+    return ListenerConfig(host=host, port=port, **values)
+
+
+def _build_route(values: dict, path: Path, err) -> RouteConfig | None:
+    if values["path"] is not None and values["path_regex"] is not None:
+        err(path + ("path_regex",), "path and path_regex are exclusive: use one or the other")
+        return None
+    return RouteConfig(index=path[-1], **values)
+
+
+def _build_server_entry(values: dict, path: Path, err) -> ServerEntry:
+    host, port = split_host_port(values["addr"])
+    return ServerEntry(host=host, port=port, **values)
+
+
+def _build_pool(values: dict, path: Path, err) -> PoolConfig:
+    return PoolConfig(name=path[-1], **values)
+
+
+_BUILDERS: dict[str, Callable[[dict, Path, Any], Any]] = {
+    "server": _build_server,
+    "listener": _build_listener,
+    "route": _build_route,
+    "pool": _build_pool,
+    "pool.servers": _build_server_entry,
+}
+
+_CHILDREN: dict[str | None, list[Section]] = {}
+for _sec in SECTIONS:
+    _CHILDREN.setdefault(_sec.parent, []).append(_sec)
+_SECTION = {s.path: s for s in SECTIONS}
+_KEYS: dict[str, list[Setting]] = {}
+for _s in SETTINGS:
+    _KEYS.setdefault(_s.section, []).append(_s)
+
+
+def _fmt_path(path: Path) -> str:
+    out = ""
+    for seg in path:
+        if isinstance(seg, int):
+            out += f"[{seg}]"
+        else:
+            out += ("." if out else "") + (seg if re.fullmatch(r"[A-Za-z0-9_-]+", seg) else _quote(seg))
+    return out
+
+
+# ---------------------------------------------------------------------------
+# The walker: generic over SECTIONS/SETTINGS.
+
+
+class _Loader:
+    def __init__(self, text: str, path: str):
+        self.file = path
+        self.errors: list[ConfigError] = []
+        self.lines = _LineFinder(text).lines
+
+    def err(self, path: Path, message: str) -> None:
+        line = None
+        p = tuple(path)
+        while p and line is None:
+            line = self.lines.get(p)
+            p = p[:-1]
+        self.errors.append(ConfigError(self.file, line, _fmt_path(path), message))
+
+    def table(self, sec: Section, raw: Any, path: Path) -> Any:
+        """Parse one table of section ``sec``; its dataclass, or None on error."""
+        if not isinstance(raw, dict):
+            self.err(path, f"expected a table, got {_tname(raw)}")
+            return None
+        before = len(self.errors)
+        settings = _KEYS.get(sec.path, [])
+        children = _CHILDREN.get(sec.path, [])
+        known = [s.name for s in settings] + [c.key for c in children]
+        for key in raw:
+            if key not in known:
+                msg = f"unknown key {_quote(key)} in {sec.title}"
+                close = difflib.get_close_matches(key, known, n=1)
+                msg += f'; did you mean "{close[0]}"?' if close else f"; known keys: {', '.join(known)}"
+                self.err(path + (key,), msg)
+        values: dict[str, Any] = {}
+        for s in settings:
+            if s.name in raw:
+                try:
+                    values[s.name] = s.parse(raw[s.name])
+                except Invalid as e:
+                    self.err(path + (s.name,), str(e))
+            elif s.required:
+                self.err(path + (s.name,), f"required key is missing ({sec.title} needs {s.name} = ...)")
+            else:
+                values[s.name] = None if s.default is None else s.parse(s.default)
+        for child in children:
+            sub = self.section(child, raw.get(child.key), path + (child.key,), present=child.key in raw)
+            values[child.key] = sub
+        if len(self.errors) != before:
+            return None
+        return _BUILDERS[sec.path](values, path, self.err)
+
+    def section(self, sec: Section, raw: Any, path: Path, present: bool) -> Any:
+        """Parse a whole section of any kind: a dataclass, or a tuple of them."""
+        if sec.kind == "table":
+            if not present:
+                raw = {}
+            return self.table(sec, raw, path)
+        if not present:
+            if sec.required:
+                self.err(path, sec.need)
+            return ()
+        if sec.kind == "array":
+            if not isinstance(raw, list) or not all(isinstance(x, dict) for x in raw):
+                self.err(path, f"expected an array of tables, written {sec.title}, got {_tname(raw)}")
+                return ()
+            if not raw and sec.required:
+                self.err(path, sec.need)
+                return ()
+            items = [self.table(sec, item, path + (i,)) for i, item in enumerate(raw)]
+            return tuple(items)
+        # named: table of tables
+        if not isinstance(raw, dict) or not all(isinstance(x, dict) for x in raw.values()):
+            self.err(path, f"expected tables written as {sec.title}")
+            return ()
+        items = []
+        for name, item in raw.items():
+            try:
+                _name(name)
+            except Invalid as e:
+                self.err(path + (name,), str(e))
+                continue
+            items.append(self.table(sec, item, path + (name,)))
+        return tuple(items)
+
+    def config(self, doc: dict) -> Config | None:
+        top = _CHILDREN[None]
+        known = [s.key for s in top]
+        for key in doc:
+            if key not in known:
+                close = difflib.get_close_matches(key, known, n=1)
+                hint = f'; did you mean "{close[0]}"?' if close else f"; known sections: {', '.join(known)}"
+                self.err((key,), f"unknown section {_quote(key)}{hint}")
+        parts = {s.key: self.section(s, doc.get(s.key), (s.key,), s.key in doc) for s in top}
+        self._cross_check(doc, parts["route"])
+        if self.errors:
+            return None
+        return Config(self.file, parts["server"], parts["listener"], parts["route"], parts["pool"])
+
+    def _cross_check(self, doc: dict, routes: tuple) -> None:
+        """Checks across tables.  They read the raw document, so a listener or
+        pool that failed its own checks still counts as defined (no second,
+        misleading "no pool named" error)."""
+        raw_listeners = doc.get("listener") if isinstance(doc.get("listener"), list) else []
+        names: dict[str, int] = {}
+        binds: dict[tuple, int] = {}
+        for i, item in enumerate(raw_listeners):
+            if not isinstance(item, dict):
+                continue
+            name = item.get("name")
+            if isinstance(name, str):
+                if name in names:
+                    self.err(("listener", i, "name"), f"duplicate listener name {_quote(name)} (also listener[{names[name]}])")
+                names.setdefault(name, i)
+            try:
+                host, port = split_host_port(item.get("bind"), default_host="0.0.0.0")
+            except (Invalid, AttributeError):
+                continue
+            key = (ipaddress.ip_address(host) if _is_ip(host) else host.lower(), port)
+            if key in binds:
+                self.err(("listener", i, "bind"), f"duplicate bind {_quote(item['bind'])} (also listener[{binds[key]}])")
+            binds.setdefault(key, i)
+        pools = sorted(doc["pool"]) if isinstance(doc.get("pool"), dict) else []
+        for r in routes:
+            if r is None:
+                continue
+            if r.pool not in pools:
+                self.err(("route", r.index, "pool"), f"no pool named {_quote(r.pool)}{_did_you_mean(r.pool, pools)}")
+            for j, name in enumerate(r.listener):
+                if name not in names:
+                    p = ("route", r.index, "listener")
+                    if (p + (j,)) in self.lines:
+                        p += (j,)
+                    self.err(p, f"no listener named {_quote(name)}{_did_you_mean(name, sorted(names))}")
+
+
+def _is_ip(host: str) -> bool:
+    try:
+        ipaddress.ip_address(host)
+        return True
+    except ValueError:
+        return False
+
+
+def _did_you_mean(name: str, choices: list[str]) -> str:
+    close = difflib.get_close_matches(name, choices, n=1)
+    if close:
+        return f'; did you mean "{close[0]}"?'
+    return f"; defined: {', '.join(choices)}" if choices else ""
+
+
+def _sort_key(e: ConfigError) -> tuple:
+    return (e.line is None, e.line or 0)
+
+
+def loads(text: str, path: str = "<string>") -> Config:
+    """Parse and validate TOML ``text``; ``path`` names it in errors.
+
+    Raises ConfigErrors listing every problem found, in file order.
+    """
+    try:
+        doc = tomli.loads(text)
+    except tomli.TOMLDecodeError as e:
+        msg = getattr(e, "msg", None) or re.sub(r"\s*\(at line \d+, column \d+\)$", "", str(e))
+        line = getattr(e, "lineno", None)
+        raise ConfigErrors([ConfigError(path, line, "", f"TOML syntax error: {msg}")]) from None
+    loader = _Loader(text, path)
+    cfg = loader.config(doc)
+    if loader.errors or cfg is None:
+        raise ConfigErrors(sorted(loader.errors, key=_sort_key))
+    return cfg
+
+
+def load(path: str) -> Config:
+    """Read, parse and validate the file at ``path``; ConfigErrors on any problem
+    (an unreadable file is one ConfigError without a key)."""
+    try:
+        with open(path, "rb") as f:
+            data = f.read()
+    except OSError as e:
+        raise ConfigErrors([ConfigError(path, None, "", f"cannot read: {e.strerror or e}")]) from None
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError as e:
+        line = data[: e.start].count(b"\n") + 1
+        raise ConfigErrors([ConfigError(path, line, "", "not valid UTF-8")]) from None
+    return loads(text, path)
+
+
+# ---------------------------------------------------------------------------
+# Line numbers: a lenient structural scan of text tomli has already accepted.
+
+
+class _LineFinder:
+    """Map key paths to the first line where they appear.
+
+    Records table headers (``[a.b]``, ``[[a]]`` with its array index), keys
+    (dotted keys included), array elements (``servers[1]``) and inline-table
+    members, whatever line they sit on.
+    """
+
+    _BARE = re.compile(r"[A-Za-z0-9_-]+")
+
+    def __init__(self, text: str):
+        self.s = text
+        self.i = 0
+        self.line = 1
+        self.lines: dict[Path, int] = {}
+        self.arrays: dict[Path, int] = {}
+        try:
+            self._document()
+        except (IndexError, ValueError):  # best effort: keep what was found
+            pass
+
+    def _peek(self, k: int = 0) -> str:
+        j = self.i + k
+        return self.s[j] if j < len(self.s) else ""
+
+    def _adv(self, k: int = 1) -> None:
+        self.line += self.s.count("\n", self.i, self.i + k)
+        self.i += k
+
+    def _skip(self, newlines: bool) -> None:
+        while self.i < len(self.s):
+            c = self.s[self.i]
+            if c in " \t\r" or (newlines and c == "\n"):
+                self._adv()
+            elif c == "#":
+                end = self.s.find("\n", self.i)
+                self._adv((end if end >= 0 else len(self.s)) - self.i)
+            else:
+                return
+
+    def _record(self, path: Path) -> None:
+        self.lines.setdefault(path, self.line)
+
+    def _document(self) -> None:
+        prefix: Path = ()
+        while True:
+            self._skip(True)
+            if self.i >= len(self.s):
+                return
+            if self.s.startswith("[[", self.i):
+                self._adv(2)
+                parts = self._key()
+                self._skip(False)
+                self._adv(2)
+                prefix = self._resolve(parts, array=True)
+            elif self._peek() == "[":
+                self._adv()
+                parts = self._key()
+                self._skip(False)
+                self._adv()
+                prefix = self._resolve(parts, array=False)
+            else:
+                self._keyval(prefix)
+
+    def _resolve(self, parts: list[str], array: bool) -> Path:
+        # An array named before the last part means its current (last) element.
+        cur = ()
+        for n, part in enumerate(parts):
+            cur += (part,)
+            last = n == len(parts) - 1
+            if last and array:
+                idx = self.arrays.get(cur, -1) + 1
+                self.arrays[cur] = idx
+                cur += (idx,)
+            elif cur in self.arrays:
+                cur += (self.arrays[cur],)
+            self._record(cur)
+        return cur
+
+    def _key(self) -> list[str]:
+        parts = []
+        while True:
+            self._skip(False)
+            c = self._peek()
+            if c in "\"'":
+                start = self.i
+                self._string()
+                raw = self.s[start : self.i]
+                try:
+                    parts.append(tomli.loads(f"k = {raw}")["k"])
+                except tomli.TOMLDecodeError:
+                    parts.append(raw[1:-1])
+            else:
+                m = self._BARE.match(self.s, self.i)
+                if not m:
+                    raise ValueError("bad key")
+                parts.append(m.group())
+                self._adv(m.end() - self.i)
+            self._skip(False)
+            if self._peek() == ".":
+                self._adv()
+                continue
+            return parts
+
+    def _keyval(self, prefix: Path) -> None:
+        line = self.line
+        path = prefix + tuple(self._key())
+        self.lines.setdefault(path, line)
+        self._skip(False)
+        if self._peek() != "=":
+            raise ValueError("expected =")
+        self._adv()
+        self._value(path)
+
+    def _value(self, path: Path) -> None:
+        self._skip(False)
+        c = self._peek()
+        if c == "[":
+            self._adv()
+            idx = 0
+            while True:
+                self._skip(True)
+                if self._peek() == "]":
+                    self._adv()
+                    return
+                self._record(path + (idx,))
+                self._value(path + (idx,))
+                self._skip(True)
+                if self._peek() == ",":
+                    self._adv()
+                    idx += 1
+        elif c == "{":
+            self._adv()
+            while True:
+                self._skip(True)
+                if self._peek() == "}":
+                    self._adv()
+                    return
+                if self._peek() == ",":
+                    self._adv()
+                    continue
+                self._keyval(path)
+        elif c in "\"'":
+            self._string()
+        else:
+            m = re.compile(r"[^,\]}\n#]*").match(self.s, self.i)
+            self._adv(m.end() - self.i)
+
+    def _string(self) -> None:
+        q = self._peek()
+        if self.s.startswith(q * 3, self.i):
+            self._adv(3)
+            while True:
+                j = self.s.index(q * 3, self.i)
+                if q == '"':
+                    k = j
+                    while k > self.i and self.s[k - 1] == "\\":
+                        k -= 1
+                    if (j - k) % 2:  # escaped quote
+                        self._adv(j + 1 - self.i)
+                        continue
+                self._adv(j + 3 - self.i)
+                while self._peek() == q:  # up to two quotes may close the content
+                    self._adv()
+                return
+        self._adv()
+        while True:
+            c = self._peek()
+            if c == "":
+                raise ValueError("unterminated string")
+            if c == "\\" and q == '"':
+                self._adv(2)
+            elif c == q:
+                self._adv()
+                return
+            else:
+                self._adv()
+
+
+# ---------------------------------------------------------------------------
+# dump(): the effective configuration as TOML.
+
+
+def _toml(value: Any) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, int):
+        return str(value)
+    if isinstance(value, str):
+        return _quote(value)
+    if isinstance(value, (list, tuple)):
+        return "[" + ", ".join(_toml(v) for v in value) + "]"
+    raise TypeError(f"cannot render {value!r}")  # pragma: no cover
+
+
+def _bare(name: str) -> str:
+    return name if re.fullmatch(r"[A-Za-z0-9_-]+", name) else _quote(name)
+
+
+def _inline(sec: Section, obj: Any) -> str:
+    parts = []
+    for s in _KEYS.get(sec.path, []):
+        v = s.render(getattr(obj, s.name))
+        if v is not None:
+            parts.append(f"{s.name} = {_toml(v)}")
+    return "{ " + ", ".join(parts) + " }"
+
+
+def _dump_table(sec: Section, obj: Any) -> list[str]:
+    out = []
+    for s in _KEYS.get(sec.path, []):
+        v = s.render(getattr(obj, s.name))
+        if v is None:
+            out.append(f"# {s.name} is not set")
+        else:
+            out.append(f"{s.name} = {_toml(v)}")
+    for child in _CHILDREN.get(sec.path, []):
+        v = getattr(obj, child.key)
+        if child.kind == "array":
+            out.append(f"{child.key} = [")
+            out.extend(f"  {_inline(child, item)}," for item in v)
+            out.append("]")
+        else:
+            out.append(f"{child.key} = {_inline(child, v)}")
+    return out
+
+
+def dump(cfg: Config) -> str:
+    """The effective configuration as TOML, every default filled in (what
+    ``forkproxy -T`` prints).  ``loads(dump(cfg), cfg.path) == cfg``."""
+    out = [f"# effective configuration of {cfg.path}"]
+    attr = {"server": "server", "listener": "listeners", "route": "routes", "pool": "pools"}
+    for sec in _CHILDREN[None]:
+        value = getattr(cfg, attr[sec.key])
+        if sec.kind == "table":
+            out += ["", f"[{sec.key}]"] + _dump_table(sec, value)
+        elif sec.kind == "array":
+            for item in value:
+                out += ["", f"[[{sec.key}]]"] + _dump_table(sec, item)
+        else:
+            for item in value:
+                out += ["", f"[{sec.key}.{_bare(item.name)}]"] + _dump_table(sec, item)
+    return "\n".join(out) + "\n"
+
+
+# ---------------------------------------------------------------------------
+# Documentation generators.
+
+
+def _sentences(text: str) -> list[str]:
+    return [s for s in re.split(r"(?<=[.!?])\s+(?=[A-Z\"(0-9])", text.strip()) if s]
+
+
+def _roff(line: str) -> str:
+    line = line.replace("\\", "\\e")
+    return "\\&" + line if line[:1] in (".", "'") else line
+
+
+def _roff_text(text: str) -> list[str]:
+    """mdoc text lines: one sentence per line, wrapped under 80 bytes."""
+    out = []
+    for sentence in _sentences(text):
+        out += [_roff(x) for x in textwrap.wrap(sentence, 78, break_on_hyphens=False)]
+    return out
+
+
+def _default_text(s: Setting) -> str:
+    if s.required:
+        return "required"
+    if s.default is None:
+        return "unset"
+    v = s.default
+    return _toml(v)
+
+
+def man_keys() -> str:
+    """The mdoc key reference of forkproxy.toml(5) (the ``.Sh KEYS`` section)."""
+    out = [".Sh KEYS"]
+    for sec in SECTIONS:
+        # "\\&" stops mdoc from reading the closing bracket as punctuation.
+        out.append(f".Ss {_roff(sec.title)}\\&")
+        out += _roff_text(sec.help)
+        if sec.parent:
+            out.append(f"It is the {sec.key} key of each {_SECTION[sec.parent].title} table.")
+        keys = _KEYS.get(sec.path, [])
+        subs = [c for c in _CHILDREN.get(sec.path, [])]
+        if not keys and not subs:
+            continue
+        out.append(".Bl -tag -width Ds")
+        for s in keys:
+            out.append(f".It Ic {s.name}")
+            out += _roff_text(s.help)
+            out.append(".Pp")
+            out.append(_roff(f"Type: {s.type}."))
+            out.append(_roff(f"Default: {_default_text(s)}."))
+            out.append("Applies on reload." if s.reload else "Needs a restart.")
+        for c in subs:
+            out.append(f".It Ic {c.key}")
+            out.append(_roff(f"See {c.title} below."))
+        out.append(".El")
+    return "\n".join(out) + "\n"
+
+
+_MAN_BEGIN = '.\\" BEGIN GENERATED KEYS: python -m forkproxy.config --write-docs .'
+_MAN_END = '.\\" END GENERATED KEYS'
+
+
+def splice_man(page: str) -> str:
+    """``page`` with the text between the GENERATED markers replaced by man_keys()."""
+    head, sep, rest = page.partition(_MAN_BEGIN + "\n")
+    _, sep2, tail = rest.partition(_MAN_END + "\n")
+    if not sep or not sep2:
+        raise ValueError("the man page lacks the GENERATED KEYS markers")
+    return head + _MAN_BEGIN + "\n" + man_keys() + _MAN_END + "\n" + tail
+
+
+def _comment(text: str, indent: str = "") -> list[str]:
+    return textwrap.wrap(text, 76, initial_indent="# " + indent, subsequent_indent="# " + indent,
+                         break_on_hyphens=False)
+
+
+def _doc_value(s: Setting) -> Any:
+    return s.example if s.required or s.default is None else s.default
+
+
+def sample() -> str:
+    """conf/forkproxy.toml: every key with its default (or an example) and its help."""
+    out = [
+        "# forkproxy.toml: every key of forkproxy, with its default and its help.",
+        "# Generated from forkproxy/config.py by `python -m forkproxy.config --write-docs .`:",
+        "# do not edit by hand.  Reference: forkproxy.toml(5).",
+        "#",
+        '# Durations take a unit: "500ms", "2s", "1.5s", "1m", "1h".  Sizes are bytes',
+        '# or "64k", "1m", "1g" (powers of 1024).  A commented key shows its default;',
+        '# uncomment it to change it.  A key noted "restart" needs a restart: a',
+        "# reload (SIGHUP) does not apply it.",
+    ]
+    for sec in SECTIONS:
+        if sec.parent:
+            continue
+        out.append("")
+        out += _comment(f"{sec.title}: {sec.help}")
+        example_name = {"pool": "web"}.get(sec.key)
+        header = f"[{sec.key}]" if sec.kind == "table" else f"[[{sec.key}]]" if sec.kind == "array" else f"[{sec.key}.{example_name}]"
+        out.append(header)
+        out += _sample_keys(sec)
+    return "\n".join(out) + "\n"
+
+
+def _sample_keys(sec: Section) -> list[str]:
+    out = []
+    for s in _KEYS.get(sec.path, []):
+        note = "required" if s.required else ("unset by default" if s.default is None else "")
+        flags = ", ".join(x for x in (s.type, note, "" if s.reload else "restart") if x)
+        out.append("")
+        out += _comment(f"{s.name} ({flags}): {s.help}")
+        line = f"{s.name} = {_toml(_doc_value(s))}"
+        out.append(line if s.required else "#" + line)
+    for child in _CHILDREN.get(sec.path, []):
+        out.append("")
+        out += _comment(f"{child.key}: {child.help} Keys of each entry:")
+        for s in _KEYS.get(child.path, []):
+            flags = ", ".join(x for x in (s.type, "required" if s.required else f"default {_toml(s.default)}") if x)
+            out += _comment(f"{s.name} ({flags}): {s.help}", indent="  ")
+        required = [s for s in _KEYS.get(child.path, []) if s.required]
+        full = [(s, _doc_value(s)) for s in _KEYS.get(child.path, [])]
+        out.append(f"{child.key} = [")
+        out.append("  { " + ", ".join(f"{s.name} = {_toml(s.example)}" for s in required) + " },")
+        out.append("  #{ " + ", ".join(f"{s.name} = {_toml(v)}" for s, v in full) + " },")
+        out.append("]")
+    return out
+
+
+# ---------------------------------------------------------------------------
+
+
+def _main(argv: list[str]) -> int:
+    usage = "usage: python -m forkproxy.config (--man | --sample | --write-docs ROOT | FILE)"
+    if len(argv) == 1 and argv[0] == "--man":
+        sys.stdout.write(man_keys())
+        return EX_OK
+    if len(argv) == 1 and argv[0] == "--sample":
+        sys.stdout.write(sample())
+        return EX_OK
+    if len(argv) == 2 and argv[0] == "--write-docs":
+        man = os.path.join(argv[1], "man", "forkproxy.toml.5")
+        with open(man, encoding="utf-8") as f:
+            page = splice_man(f.read())
+        with open(man, "w", encoding="utf-8") as f:
+            f.write(page)
+        with open(os.path.join(argv[1], "conf", "forkproxy.toml"), "w", encoding="utf-8") as f:
+            f.write(sample())
+        return EX_OK
+    if len(argv) == 1 and not argv[0].startswith("-"):
+        try:
+            cfg = load(argv[0])
+        except ConfigErrors as e:
+            print(e, file=sys.stderr)
+            return EX_CONFIG
+        sys.stdout.write(dump(cfg))
+        return EX_OK
+    print(usage, file=sys.stderr)
+    return EX_USAGE
+
+
+if __name__ == "__main__":
+    sys.exit(_main(sys.argv[1:]))

@@ -1,0 +1,53 @@
+"""forkproxy packaging: console scripts forkproxy and forkproxyctl; extras "test"."""
+
+from glob import glob
+
+from setuptools import find_packages, setup
+
+from forkproxy import __version__ as VERSION  # noqa: E402  (version only, no imports)
+
+setup(
+    name="forkproxy",
+    version=VERSION,
+    description="A prefork reverse proxy and load balancer for Unix servers",
+    long_description=open("README.md", encoding="utf-8").read(),
+    long_description_content_type="text/markdown",
+    license="MIT",
+    python_requires=">=3.11",
+    packages=find_packages(include=["forkproxy", "forkproxy.*"]),
+    install_requires=[
+        "gevent>=24.10,<27",
+        # The master is gunicorn's Arbiter through its public embedding API:
+        # pin the major so its internals cannot shift under us.
+        "gunicorn>=27.0,<28",
+        "requests>=2.31,<3",
+        "pylibmc>=1.6,<2",
+        "tomli>=2.0,<3",
+    ],
+    extras_require={
+        "test": [
+            "pytest>=8",
+            "pytest-timeout>=2.2",
+            "hypothesis>=6.100",
+            "trustme>=1.1",
+        ],
+    },
+    entry_points={
+        "console_scripts": [
+            "forkproxy = forkproxy.cli:main",
+            "forkproxyctl = forkproxy.ctl:main",
+        ],
+    },
+    data_files=[
+        ("share/man/man8", glob("man/*.8")),
+        ("share/man/man5", glob("man/*.5")),
+        ("share/doc/forkproxy/conf", glob("conf/*.toml")),
+        ("share/doc/forkproxy/init", glob("init/*")),
+    ],
+    classifiers=[
+        "Environment :: No Input/Output (Daemon)",
+        "Operating System :: POSIX",
+        "Programming Language :: Python :: 3.11",
+        "Topic :: Internet :: Proxy Servers",
+    ],
+)

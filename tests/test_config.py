@@ -1,0 +1,457 @@
+"""forkproxy.config: loading, validation with FILE:LINE errors, units, dump round trip."""
+
+from __future__ import annotations
+
+import dataclasses
+import ipaddress
+import os
+import textwrap
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from forkproxy import config
+from forkproxy.config import (
+    SETTINGS,
+    Config,
+    ListenerConfig,
+    PoolConfig,
+    RouteConfig,
+    ServerConfig,
+    ServerEntry,
+    dump,
+    format_duration,
+    format_size,
+    load,
+    loads,
+    parse_duration,
+    parse_size,
+)
+from forkproxy.errors import ConfigError, ConfigErrors
+
+MINIMAL = """\
+[[listener]]
+name = "web"
+bind = "127.0.0.1:8080"
+
+[[route]]
+pool = "app"
+
+[pool.app]
+servers = [{ addr = "127.0.0.1:9000" }]
+"""
+
+
+def errors_of(text: str, path: str = "t.toml") -> list[str]:
+    with pytest.raises(ConfigErrors) as info:
+        loads(textwrap.dedent(text), path)
+    return [str(e) for e in info.value.errors]
+
+
+# --- good configurations ----------------------------------------------------
+
+
+def test_minimal_config_fills_every_default():
+    cfg = loads(MINIMAL, "m.toml")
+    assert cfg.path == "m.toml"
+    assert cfg.server == ServerConfig(workers=os.cpu_count() or 1)
+    assert cfg.listeners == (ListenerConfig("web", "127.0.0.1:8080", "127.0.0.1", 8080, "http"),)
+    assert cfg.routes == (RouteConfig(index=0, pool="app"),)
+    assert cfg.pools == (PoolConfig("app", (ServerEntry("127.0.0.1:9000", "127.0.0.1", 9000),)),)
+    assert cfg.pool("app") is cfg.pools[0]
+    assert cfg.listener("web") is cfg.listeners[0]
+    with pytest.raises(KeyError):
+        cfg.pool("nope")
+    with pytest.raises(KeyError):
+        cfg.listener("nope")
+
+
+FULL = """\
+[server]
+workers = 3
+worker_connections = 500
+graceful_timeout = "1.5s"
+keepalive_timeout = "0s"
+header_timeout = "500ms"
+body_timeout = "1m"
+send_timeout = "1h"
+max_head_size = "64k"
+max_headers = 50
+max_uri_length = 4096
+max_body_size = 0
+trusted_proxies = ["10.0.0.0/8", "192.0.2.1", "2001:db8::/32"]
+pidfile = "/tmp/fp.pid"
+runtime_dir = "/tmp/fp"
+user = "nobody"
+group = "nogroup"
+error_log = "/var/log/fp/error.log"
+access_log = "off"
+access_log_format = "json"
+log_level = "debug"
+
+[[listener]]
+name = "web"
+bind = ":80"
+
+[[listener]]
+name = "v6"
+bind = "[::1]:8443"
+
+[[listener]]
+name = "alt"
+bind = "8081"
+
+[[route]]
+listener = "web"
+host = "Shop.Example.COM:8080"
+path = "/api/"
+pool = "api"
+host_header = "backend.internal"
+max_body_size = "1g"
+
+[[route]]
+listener = ["web", "v6"]
+host = "*.example.com"
+path_regex = "^/(img|css)/"
+pool = "api"
+
+[[route]]
+pool = "api"
+
+[pool.api]
+balance = "round_robin"
+connect_timeout = "2s"
+read_timeout = "30s"
+send_timeout = "30s"
+keepalive = 0
+keepalive_timeout = "10s"
+servers = [
+  { addr = "10.0.0.11:8080", weight = 2 },
+  { addr = "[2001:db8::1]:80", backup = true },
+  { addr = "backend.example.com:8080", weight = 1000 },
+]
+"""
+
+
+def test_full_config_values():
+    cfg = loads(FULL)
+    s = cfg.server
+    assert (s.workers, s.worker_connections) == (3, 500)
+    assert (s.graceful_timeout, s.keepalive_timeout, s.header_timeout) == (1.5, 0.0, 0.5)
+    assert (s.body_timeout, s.send_timeout) == (60.0, 3600.0)
+    assert (s.max_head_size, s.max_headers, s.max_uri_length, s.max_body_size) == (65536, 50, 4096, 0)
+    assert s.trusted_proxies == (
+        ipaddress.ip_network("10.0.0.0/8"),
+        ipaddress.ip_network("192.0.2.1/32"),
+        ipaddress.ip_network("2001:db8::/32"),
+    )
+    assert (s.user, s.group, s.access_log, s.access_log_format, s.log_level) == (
+        "nobody", "nogroup", "off", "json", "debug")
+    assert [(lst.name, lst.host, lst.port) for lst in cfg.listeners] == [
+        ("web", "0.0.0.0", 80), ("v6", "::1", 8443), ("alt", "0.0.0.0", 8081)]
+    r0, r1, r2 = cfg.routes
+    assert r0 == RouteConfig(0, "api", ("web",), "shop.example.com", "/api/", None, "backend.internal", 1 << 30)
+    assert r1 == RouteConfig(1, "api", ("web", "v6"), "*.example.com", None, "^/(img|css)/")
+    assert r2 == RouteConfig(2, "api")
+    pool = cfg.pool("api")
+    assert (pool.connect_timeout, pool.read_timeout, pool.keepalive, pool.keepalive_timeout) == (2.0, 30.0, 0, 10.0)
+    assert pool.servers == (
+        ServerEntry("10.0.0.11:8080", "10.0.0.11", 8080, 2, False),
+        ServerEntry("[2001:db8::1]:80", "2001:db8::1", 80, 1, True),
+        ServerEntry("backend.example.com:8080", "backend.example.com", 8080, 1000, False),
+    )
+
+
+def test_workers_auto_resolves_to_cpu_count():
+    cfg = loads('[server]\nworkers = "auto"\n' + MINIMAL)
+    assert cfg.server.workers == (os.cpu_count() or 1)
+
+
+def test_config_is_frozen():
+    cfg = loads(MINIMAL)
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        cfg.server.workers = 9  # type: ignore[misc]
+
+
+def test_dataclass_defaults_match_declarations():
+    """The dataclass defaults and the SETTINGS defaults must not drift apart."""
+    classes = {"server": ServerConfig, "listener": ListenerConfig, "route": RouteConfig,
+               "pool": PoolConfig, "pool.servers": ServerEntry}
+    for s in SETTINGS:
+        fld = {f.name: f for f in dataclasses.fields(classes[s.section])}[s.name]
+        if s.required or s.name == "workers":
+            continue
+        expected = None if s.default is None else s.parse(s.default)
+        assert fld.default == expected, (s.section, s.name)
+
+
+# --- bad configurations: exact "FILE:LINE: key: message" -------------------
+
+BAD = [
+    # (id, text, expected errors in order)
+    ("syntax", "[server\nworkers = 2\n",
+     ["t.toml:1: TOML syntax error: Expected ']' at the end of a table declaration"]),
+    ("unknown key suggests", "[server]\nwokers = 2\n" + MINIMAL,
+     ['t.toml:2: server.wokers: unknown key "wokers" in [server]; did you mean "workers"?']),
+    ("unknown section", "[cache]\nservers = []\n" + MINIMAL,
+     ['t.toml:1: cache: unknown section "cache"; known sections: server, listener, route, pool']),
+    ("bare number duration", "[server]\n\ngraceful_timeout = 30\n" + MINIMAL,
+     ['t.toml:3: server.graceful_timeout: expected a duration with a unit, such as "500ms", '
+      '"2s", "1m" or "1h"; bare numbers are not accepted: write "30s"']),
+    ("bad duration unit", '[server]\nheader_timeout = "2 days"\n' + MINIMAL,
+     ['t.toml:2: server.header_timeout: expected a duration with a unit, such as "500ms", '
+      '"2s", "1m" or "1h", got "2 days"']),
+    ("zero duration", '[server]\nheader_timeout = "0s"\n' + MINIMAL,
+     ["t.toml:2: server.header_timeout: must be greater than zero"]),
+    ("bad size", '[server]\nmax_body_size = "1x"\n' + MINIMAL,
+     ['t.toml:2: server.max_body_size: expected a size such as 65536, "64k", "1m" or "1g", got "1x"']),
+    ("wrong type", '[server]\nworkers = "many"\nworker_connections = true\n' + MINIMAL,
+     ['t.toml:2: server.workers: expected an integer >= 1 or "auto", got "many"',
+      "t.toml:3: server.worker_connections: expected an integer, got a boolean"]),
+    ("enum with suggestion", '[server]\nlog_level = "warn"\n' + MINIMAL,
+     ['t.toml:2: server.log_level: unknown value "warn"; expected one of: debug, info, '
+      'warning, error, critical (did you mean "warning"?)']),
+    ("bad trusted proxy", '[server]\ntrusted_proxies = ["10.0.0.0/33"]\n' + MINIMAL,
+     ['t.toml:2: server.trusted_proxies: invalid address or CIDR range "10.0.0.0/33"']),
+    ("tcp not yet", '[[listener]]\nname = "db"\nbind = ":6432"\nmode = "tcp"\n' + MINIMAL,
+     ['t.toml:4: listener[0].mode: mode "tcp" is not supported yet']),
+    ("bad port", '[[listener]]\nname = "x"\nbind = "127.0.0.1:70000"\n' + MINIMAL,
+     ['t.toml:3: listener[0].bind: invalid port "70000": expected 1..65535']),
+    ("missing bind", '[[listener]]\nname = "x"\n' + MINIMAL,
+     ["t.toml:1: listener[0].bind: required key is missing ([[listener]] needs bind = ...)"]),
+    ("duplicate listener", MINIMAL + '\n[[listener]]\nname = "web"\nbind = "127.0.0.1:8081"\n',
+     ['t.toml:12: listener[1].name: duplicate listener name "web" (also listener[0])']),
+    ("duplicate bind", MINIMAL + '\n[[listener]]\nname = "two"\nbind = "127.0.0.1:8080"\n',
+     ['t.toml:13: listener[1].bind: duplicate bind "127.0.0.1:8080" (also listener[0])']),
+    ("wildcard binds equal", '[[listener]]\nname = "a"\nbind = ":80"\n'
+     '[[listener]]\nname = "b"\nbind = "0.0.0.0:80"\n[[route]]\npool = "p"\n'
+     '[pool.p]\nservers = [{ addr = "h:1" }]\n',
+     ['t.toml:6: listener[1].bind: duplicate bind "0.0.0.0:80" (also listener[0])']),
+    ("no listener", '[[route]]\npool = "p"\n[pool.p]\nservers = [{ addr = "h:1" }]\n',
+     ["t.toml: listener: no listener: add at least one [[listener]] table with name and bind"]),
+    ("route to unknown pool", MINIMAL.replace('pool = "app"', 'pool = "ap"'),
+     ['t.toml:6: route[0].pool: no pool named "ap"; did you mean "app"?']),
+    ("route to unknown listener", MINIMAL.replace('pool = "app"', 'listener = ["web",\n  "wbe"]\npool = "app"'),
+     ['t.toml:7: route[0].listener[1]: no listener named "wbe"; did you mean "web"?']),
+    ("path and regex", MINIMAL.replace('pool = "app"', 'pool = "app"\npath = "/a"\npath_regex = "^/b"'),
+     ["t.toml:8: route[0].path_regex: path and path_regex are exclusive: use one or the other"]),
+    ("invalid regex", MINIMAL.replace('pool = "app"', 'pool = "app"\npath_regex = "(["'),
+     ['t.toml:7: route[0].path_regex: invalid regular expression "([": '
+      "unterminated character set at position 1"]),
+    ("path without slash", MINIMAL.replace('pool = "app"', 'pool = "app"\npath = "api"'),
+     ['t.toml:7: route[0].path: must start with "/", got "api"']),
+    ("route cache key not yet", MINIMAL.replace('pool = "app"', 'pool = "app"\ncache = true'),
+     ['t.toml:7: route[0].cache: unknown key "cache" in [[route]]; known keys: pool, listener, '
+      "host, path, path_regex, host_header, max_body_size"]),
+    ("pool with no servers", MINIMAL + "\n[pool.empty]\nservers = []\n",
+     ['t.toml:12: pool.empty.servers: the pool has no servers: add at least one { addr = "HOST:PORT" }']),
+    ("pool without servers key", MINIMAL + '\n[pool.empty]\nbalance = "round_robin"\n',
+     ['t.toml:11: pool.empty.servers: the pool has no servers: add at least one { addr = "HOST:PORT" }']),
+    ("balance not yet", MINIMAL + '\n[pool.b]\nbalance = "least_conn"\nservers = [{ addr = "h:1" }]\n',
+     ['t.toml:12: pool.b.balance: balance "least_conn" is not supported yet']),
+    ("balance unknown", MINIMAL + '\n[pool.b]\nbalance = "round-robin"\nservers = [{ addr = "h:1" }]\n',
+     ['t.toml:12: pool.b.balance: unknown value "round-robin"; expected one of: round_robin '
+      '(did you mean "round_robin"?)']),
+    ("inline table members on their lines", MINIMAL + """
+[pool.b]
+servers = [
+  { addr = "10.0.0.1:8080", weight = 2 },
+  { addr = "10.0.0.2",
+    weight = 0 },
+  { addr = "::1:80", bakup = true },
+]
+""", ['t.toml:14: pool.b.servers[1].addr: expected "HOST:PORT", got "10.0.0.2": the port is required',
+      "t.toml:15: pool.b.servers[1].weight: expected an integer 1..1000, got 0",
+      't.toml:16: pool.b.servers[2].bakup: unknown key "bakup" in servers = [{ ... }]; did you mean "backup"?',
+      't.toml:16: pool.b.servers[2].addr: IPv6 addresses must be in brackets, as "[::1]:8080"; got "::1:80"']),
+    ("servers as array of tables", MINIMAL + '\n[pool.b]\n[[pool.b.servers]]\naddr = "h:1"\n'
+     '[[pool.b.servers]]\naddr = "h:2"\nweight = 1001\n',
+     ["t.toml:16: pool.b.servers[1].weight: expected an integer 1..1000, got 1001"]),
+    ("health not yet", MINIMAL + '\n[pool.b]\nservers = [{ addr = "h:1" }]\nhealth = { path = "/" }\n',
+     ['t.toml:13: pool.b.health: unknown key "health" in [pool.NAME]; known keys: balance, '
+      "connect_timeout, read_timeout, send_timeout, keepalive, keepalive_timeout, servers"]),
+    ("listener as table", '[listener]\nname = "x"\n',
+     ["t.toml:1: listener: expected an array of tables, written [[listener]], got a table"]),
+    ("route host invalid", MINIMAL.replace('pool = "app"', 'pool = "app"\nhost = "bad host"'),
+     ['t.toml:7: route[0].host: invalid host "bad host": expected a name such as '
+      '"shop.example.com" or "*.example.com"']),
+    ("quoted keys and strings with brackets", MINIMAL + '\n[pool."b"]\n"servers" = [{ addr = "h:1", '
+     '"weight" = -1 }]  # [x] { y }\n',
+     ["t.toml:12: pool.b.servers[0].weight: expected an integer 1..1000, got -1"]),
+]
+
+
+@pytest.mark.parametrize("text,expected", [b[1:] for b in BAD], ids=[b[0] for b in BAD])
+def test_bad_configs(text, expected):
+    assert errors_of(text) == expected
+
+
+def test_every_error_is_collected_in_file_order():
+    text = """\
+[server]
+wokers = 2
+graceful_timeout = 30
+
+[[listener]]
+name = "web"
+bind = "0.0.0.0:80"
+mode = "tcp"
+
+[[route]]
+pool = "nope"
+
+[pool.api]
+servers = [{ addr = "h:1", weight = 0 }]
+"""
+    errs = errors_of(text)
+    assert [e.split(":")[1] for e in errs] == ["2", "3", "8", "11", "14"]
+
+
+def test_error_attributes_and_str():
+    with pytest.raises(ConfigErrors) as info:
+        loads("[server]\nworkers = 0\n" + MINIMAL, "x.toml")
+    (e,) = info.value.errors
+    assert (e.file, e.line, e.key) == ("x.toml", 2, "server.workers")
+    assert e.message == "expected an integer >= 1, got 0"
+    assert str(info.value) == "x.toml:2: server.workers: expected an integer >= 1, got 0"
+    assert str(ConfigError("f", None, "k", "m")) == "f: k: m"
+    assert str(ConfigError("f", 3, "", "m")) == "f:3: m"
+
+
+def test_load_reads_files(tmp_path):
+    p = tmp_path / "fp.toml"
+    p.write_text(MINIMAL)
+    assert load(str(p)) == loads(MINIMAL, str(p))
+    with pytest.raises(ConfigErrors) as info:
+        load(str(tmp_path / "missing.toml"))
+    (e,) = info.value.errors
+    assert e.line is None and e.key == "" and e.file.endswith("missing.toml")
+    assert "cannot read" in e.message
+    p.write_bytes(b'[server]\nuser = "\xff"\n')
+    with pytest.raises(ConfigErrors) as info:
+        load(str(p))
+    assert str(info.value) == f"{p}:2: not valid UTF-8"
+
+
+# --- units --------------------------------------------------------------------
+
+DURATIONS = [("500ms", 0.5), ("2s", 2.0), ("1.5s", 1.5), ("1m", 60.0), ("1h", 3600.0),
+             ("0s", 0.0), ("100ms", 0.1), ("0.1s", 0.1), ("90m", 5400.0), ("1.5h", 5400.0)]
+BAD_DURATIONS = [30, 1.5, "30", "2d", "-1s", "s", "1.s", "", True, [], "1e3s"]
+SIZES = [(0, 0), (123, 123), ("64k", 65536), ("64K", 65536), ("1m", 1 << 20), ("1g", 1 << 30), ("77", 77)]
+BAD_SIZES = [-1, "1.5m", "1t", "k", "", 1.0, True, "64kb"]
+
+
+@pytest.mark.parametrize("text,seconds", DURATIONS)
+def test_parse_duration(text, seconds):
+    assert parse_duration(text) == seconds
+
+
+@pytest.mark.parametrize("value", BAD_DURATIONS)
+def test_parse_duration_rejects(value):
+    with pytest.raises(ValueError):
+        parse_duration(value)
+
+
+@pytest.mark.parametrize("value,n", SIZES)
+def test_parse_size(value, n):
+    assert parse_size(value) == n
+
+
+@pytest.mark.parametrize("value", BAD_SIZES)
+def test_parse_size_rejects(value):
+    with pytest.raises(ValueError):
+        parse_size(value)
+
+
+@pytest.mark.parametrize("seconds,text", [(0.5, "500ms"), (30.0, "30s"), (60.0, "1m"), (5400.0, "90m"),
+                                          (7200.0, "2h"), (1.5, "1.5s"), (0.0, "0s"), (0.0005, "0.0005s")])
+def test_format_duration(seconds, text):
+    assert format_duration(seconds) == text
+
+
+@given(st.integers(0, 10**6), st.sampled_from(["ms", "s", "m", "h"]))
+def test_duration_text_round_trip(n, unit):
+    seconds = parse_duration(f"{n}{unit}")
+    assert parse_duration(format_duration(seconds)) == seconds
+
+
+@given(st.floats(min_value=0, max_value=1e7, allow_nan=False, allow_infinity=False))
+def test_format_duration_is_exact(seconds):
+    assert parse_duration(format_duration(seconds)) == seconds
+
+
+@given(st.integers(0, 1 << 40))
+def test_size_round_trip(n):
+    assert parse_size(format_size(n)) == n
+
+
+# --- dump round trip ----------------------------------------------------------
+
+
+@pytest.mark.parametrize("text", [MINIMAL, FULL], ids=["minimal", "full"])
+def test_dump_round_trip(text):
+    cfg = loads(text, "a.toml")
+    out = dump(cfg)
+    assert loads(out, "a.toml") == cfg
+    assert dump(loads(out, "a.toml")) == out
+
+
+def test_dump_fills_every_default():
+    out = dump(loads(MINIMAL))
+    for s in SETTINGS:
+        if s.default is None:
+            assert f"# {s.name} is not set" in out
+        else:
+            assert f"\n{s.name} = " in out or f" {s.name} = " in out, s.name
+
+
+durations = st.integers(1, 10**5).map(lambda n: n / 10)
+names = st.from_regex(r"[a-z][a-z0-9_.-]{0,10}", fullmatch=True)
+addrs = st.one_of(
+    st.tuples(st.ip_addresses(v=4).map(str), st.integers(1, 65535)).map(lambda t: f"{t[0]}:{t[1]}"),
+    st.tuples(st.ip_addresses(v=6).map(str), st.integers(1, 65535)).map(lambda t: f"[{t[0]}]:{t[1]}"),
+)
+servers = st.builds(
+    lambda addr, w, b: ServerEntry(addr, *config.split_host_port(addr), w, b),
+    addrs, st.integers(1, 1000), st.booleans())
+
+
+@st.composite
+def configs(draw):
+    pool_names = draw(st.lists(names, min_size=1, max_size=3, unique=True))
+    pools = tuple(
+        PoolConfig(n, tuple(draw(st.lists(servers, min_size=1, max_size=4))),
+                   connect_timeout=draw(durations), keepalive=draw(st.integers(0, 100)),
+                   keepalive_timeout=draw(st.sampled_from([0.0, 0.25, 90.0])))
+        for n in pool_names)
+    ports = draw(st.lists(st.integers(1, 65535), min_size=1, max_size=3, unique=True))
+    listeners = tuple(ListenerConfig(f"l{i}", f"127.0.0.1:{p}", "127.0.0.1", p) for i, p in enumerate(ports))
+    routes = tuple(
+        RouteConfig(i, draw(st.sampled_from(pool_names)),
+                    tuple(draw(st.lists(st.sampled_from([lst.name for lst in listeners]), max_size=2))),
+                    draw(st.one_of(st.none(), st.sampled_from(["a.example", "*.example.com"]))),
+                    draw(st.one_of(st.none(), st.sampled_from(["/", "/api/", '/q"uote\\'])) ),
+                    None,
+                    draw(st.one_of(st.none(), st.just("up.internal"))),
+                    draw(st.one_of(st.none(), st.integers(0, 1 << 33))))
+        for i in range(draw(st.integers(0, 3))))
+    server = ServerConfig(
+        workers=draw(st.integers(1, 64)),
+        graceful_timeout=draw(durations),
+        header_timeout=draw(durations),
+        max_body_size=draw(st.integers(0, 1 << 34)),
+        max_head_size=draw(st.integers(1, 1 << 20)),
+        trusted_proxies=tuple(draw(st.lists(st.ip_addresses().map(ipaddress.ip_network), max_size=3))),
+        user=draw(st.one_of(st.none(), st.just("nobody"))),
+        error_log=draw(st.sampled_from(["-", "/var/log/é.log", "a\tb"])),
+        access_log_format=draw(st.sampled_from(["combined", "json"])),
+    )
+    return Config("h.toml", server, listeners, routes, pools)
+
+
+@settings(max_examples=200, deadline=None)
+@given(configs())
+def test_dump_round_trip_property(cfg):
+    assert loads(dump(cfg), "h.toml") == cfg

@@ -1,0 +1,140 @@
+"""The docs are generated from forkproxy.config's declarations and cannot drift.
+
+If a test here fails after a change to SETTINGS, regenerate the docs with
+``python -m forkproxy.config --write-docs .`` and review the diff.
+"""
+
+from __future__ import annotations
+
+import re
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from forkproxy import config
+from forkproxy.config import SECTIONS, SETTINGS, loads, man_keys, sample, splice_man
+
+ROOT = Path(__file__).resolve().parent.parent
+MAN = ROOT / "man" / "forkproxy.toml.5"
+SAMPLE = ROOT / "conf" / "forkproxy.toml"
+REGEN = "out of date: run `python -m forkproxy.config --write-docs .`"
+
+
+def test_man_page_key_reference_is_generated():
+    page = MAN.read_text(encoding="utf-8")
+    assert splice_man(page) == page, REGEN
+
+
+def test_sample_is_generated():
+    assert SAMPLE.read_text(encoding="utf-8") == sample(), REGEN
+
+
+def test_generator_cli_prints_the_same():
+    for flag, expected in (("--man", man_keys()), ("--sample", sample())):
+        out = subprocess.run([sys.executable, "-m", "forkproxy.config", flag], cwd=ROOT,
+                             capture_output=True, text=True, check=True).stdout
+        assert out == expected
+
+
+def test_sample_is_a_valid_config():
+    cfg = config.load(str(SAMPLE))
+    assert [lst.name for lst in cfg.listeners] == ["web"]
+
+
+def documented_keys() -> set[tuple[str, str]]:
+    """(section title, key) for every `.It Ic key` of the man page's KEYS section."""
+    page = MAN.read_text(encoding="utf-8")
+    keys_sh = page.split(".Sh KEYS\n", 1)[1].split("\n.Sh ", 1)[0]
+    found, title = set(), None
+    for line in keys_sh.splitlines():
+        if line.startswith(".Ss "):
+            title = line[4:].removesuffix("\\&")
+        m = re.match(r"\.It Ic (\S+)$", line)
+        if m:
+            found.add((title, m.group(1)))
+    return found
+
+
+def accepted_keys() -> set[tuple[str, str]]:
+    title = {s.path: s.title for s in SECTIONS}
+    keys = {(title[s.section], s.name) for s in SETTINGS}
+    keys |= {(title[s.parent], s.key) for s in SECTIONS if s.parent}
+    return keys
+
+
+def test_man_page_documents_exactly_the_accepted_keys():
+    assert documented_keys() == accepted_keys()
+
+
+def test_man_page_documents_reload_behaviour_of_every_key():
+    page = MAN.read_text(encoding="utf-8")
+    for s in SETTINGS:
+        block = page.split(f".It Ic {s.name}\n", 1)[1].split(".It ", 1)[0]
+        assert ("Applies on reload." if s.reload else "Needs a restart.") in block, s.name
+
+
+BASE = """\
+[server]
+{server}
+[[listener]]
+name = "web"
+bind = "127.0.0.1:8080"
+{listener}
+[[route]]
+pool = "app"
+{route}
+[pool.app]
+servers = [{{ addr = "127.0.0.1:9000", {servers} }}]
+{pool}
+"""
+
+
+@pytest.mark.parametrize("setting", SETTINGS, ids=[f"{s.section}.{s.name}" for s in SETTINGS])
+def test_every_documented_key_is_accepted(setting):
+    """Each declared key, set to its documented default or example, loads."""
+    value = setting.example if setting.required or setting.default is None else setting.default
+    slots = {"server": "", "listener": "", "route": "", "pool": "", "servers": "weight = 1"}
+    line = f"{setting.name} = {config._toml(value)}"
+    if setting.section == "pool.servers":
+        slots["servers"] = "" if setting.name == "addr" else line
+    elif setting.name not in ("name", "bind", "pool"):
+        slots[setting.section] = line
+    text = BASE.format(**slots).replace(", }]", " }]")
+    loads(text)
+
+
+def test_unknown_key_is_rejected_with_the_same_machinery():
+    with pytest.raises(config.ConfigErrors):
+        loads(BASE.format(server="not_a_key = 1", listener="", route="", pool="", servers="weight = 1"))
+
+
+def test_man_page_lints_clean():
+    if shutil.which("mandoc"):
+        cmd = ["mandoc", "-Tlint", "-W", "warning", str(MAN)]
+    elif shutil.which("groff"):
+        cmd = ["groff", "-mdoc", "-ww", "-z", str(MAN)]
+    else:
+        pytest.skip("neither mandoc nor groff is installed")
+    proc = subprocess.run(cmd, capture_output=True, text=True)
+    assert proc.stdout + proc.stderr == ""
+    assert proc.returncode == 0
+
+
+def test_man_page_has_the_required_sections():
+    page = MAN.read_text(encoding="utf-8")
+    assert page.startswith(".Dd ")
+    assert ".Dt FORKPROXY.TOML 5\n.Os\n" in page
+    for sh in ("NAME", "SYNOPSIS", "DESCRIPTION", "KEYS", "EXAMPLES", "SEE ALSO"):
+        assert f"\n.Sh {sh}\n" in page
+    assert ".Xr forkproxy 8" in page and ".Xr forkproxyctl 8" in page
+
+
+def test_man_page_example_is_a_valid_config():
+    page = MAN.read_text(encoding="utf-8")
+    example = page.split(".Sh EXAMPLES\n", 1)[1].split(".Bd -literal -offset indent\n", 1)[1]
+    example = example.split("\n.Ed\n", 1)[0]
+    cfg = loads(example.replace("\\e", "\\"), "example")
+    assert cfg.pool("api").servers[2].backup is True
