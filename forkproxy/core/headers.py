@@ -1,0 +1,199 @@
+"""Hop-by-hop stripping and forwarding headers, sans-IO.
+
+Headers are lists of ``(name, value)`` pairs with lower-case ``str`` names
+(as produced by ``forkproxy.core.http1``); every function returns a new
+list and keeps the order of the fields it does not touch.
+
+Trust model: a client's own ``X-Forwarded-*`` / ``Forwarded`` / ``X-Real-IP``
+values are believed only when the peer is one of ``server.trusted_proxies``
+(``trusted=True``); from anyone else they are dropped and rewritten, so a
+backend can rely on them.  ``Via`` is end-to-end and always kept, with our
+own entry appended.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+from typing import Iterable
+
+from .http1 import ProtocolError, connection_tokens, split_host
+
+__all__ = [
+    "HOP_BY_HOP", "FORWARDING", "connection_tokens", "strip_hop_by_hop",
+    "forwarded_for_request", "forwarded_node", "real_client_addr",
+    "parse_networks", "response_headers_for_client", "split_host", "ProtocolError",
+]
+
+HOP_BY_HOP: frozenset[str] = frozenset({
+    "connection", "keep-alive", "te", "trailer", "transfer-encoding", "upgrade",
+    "proxy-connection", "proxy-authenticate", "proxy-authorization",
+})
+
+# What an untrusted client may not assert about itself.
+FORWARDING: frozenset[str] = frozenset({
+    "forwarded", "x-real-ip", "x-forwarded-for", "x-forwarded-proto",
+    "x-forwarded-host", "x-forwarded-port", "x-forwarded-server", "x-forwarded-prefix",
+})
+
+_Headers = list[tuple[str, str]]
+
+
+def strip_hop_by_hop(headers) -> _Headers:
+    """Remove HOP_BY_HOP fields and every field named in Connection; keep order."""
+    names = connection_tokens(headers)
+    drop = HOP_BY_HOP | names if names else HOP_BY_HOP
+    return [(n, v) for n, v in headers if n not in drop]
+
+
+def _is_forwarding(name: str) -> bool:
+    return name in FORWARDING or name.startswith("x-forwarded-")
+
+
+def forwarded_node(addr: str) -> str:
+    """RFC 7239 node for ``addr``: IPv4 as a token, IPv6 quoted in brackets."""
+    if not addr:
+        return "unknown"
+    if ":" in addr:
+        return f'"[{addr.strip("[]")}]"'
+    return addr
+
+
+def _forwarded_value(value: str) -> str:
+    # token when possible, quoted-string otherwise (RFC 7239 4)
+    if value and all(c.isalnum() or c in "!#$%&'*+-.^_`|~" for c in value) and value.isascii():
+        return value
+    escaped = value.replace("\\", "\\\\").replace('"', '\\"')
+    return f'"{escaped}"'
+
+
+def _join(values: list[str], extra: str) -> str:
+    values = [v for v in values if v]
+    values.append(extra)
+    return ", ".join(values)
+
+
+def forwarded_for_request(
+    headers,
+    *,
+    client_addr: str,
+    proto: str,
+    host: str | None,
+    trusted: bool,
+    via: str = "1.1 forkproxy",
+) -> _Headers:
+    """Return ``headers`` with X-Forwarded-For/-Proto/-Host, Forwarded and Via set.
+
+    ``headers`` are already hop-by-hop stripped by the caller.
+    ``trusted=True``: ``client_addr`` is appended to the existing
+    X-Forwarded-For and Forwarded chains (several fields are merged into one)
+    and the client's X-Forwarded-Proto/-Host/X-Real-IP are kept (ours are
+    added only when absent).  ``trusted=False``: every incoming X-Forwarded-*,
+    Forwarded and X-Real-IP is dropped and fresh ones are written (X-Real-IP
+    is not written).  Via: existing values are kept and ``via`` is appended,
+    in one field at the end.  ``host`` None means no X-Forwarded-Host and no
+    ``host=`` pair in Forwarded.
+    """
+    xff: list[str] = []
+    fwd: list[str] = []
+    vias: list[str] = []
+    xfp = xfh = None
+    out: _Headers = []
+    for n, v in headers:
+        if n == "via":
+            vias.append(v)
+        elif _is_forwarding(n):
+            if not trusted:
+                continue
+            if n == "x-forwarded-for":
+                xff.append(v)
+            elif n == "forwarded":
+                fwd.append(v)
+            else:
+                if n == "x-forwarded-proto" and xfp is None:
+                    xfp = v
+                elif n == "x-forwarded-host" and xfh is None:
+                    xfh = v
+                out.append((n, v))
+        else:
+            out.append((n, v))
+    out.append(("x-forwarded-for", _join(xff, client_addr or "unknown")))
+    if xfp is None:
+        out.append(("x-forwarded-proto", proto))
+    if xfh is None and host is not None:
+        out.append(("x-forwarded-host", host))
+    element = f"for={forwarded_node(client_addr)};proto={_forwarded_value(proto)}"
+    if host is not None:
+        element += f";host={_forwarded_value(host)}"
+    out.append(("forwarded", _join(fwd, element)))
+    out.append(("via", _join(vias, via)))
+    return out
+
+
+def parse_networks(networks: Iterable) -> tuple:
+    """``ip_network`` objects from strings ("10.0.0.0/8", "::1") or networks."""
+    return tuple(
+        n if isinstance(n, (ipaddress.IPv4Network, ipaddress.IPv6Network))
+        else ipaddress.ip_network(n, strict=False)
+        for n in networks
+    )
+
+
+def _parse_ip(value: str):
+    value = value.strip(" \t")
+    if value.startswith("["):  # "[v6]" or "[v6]:port"
+        value = value[1:value.find("]")] if "]" in value else value
+    elif value.count(":") == 1:  # "v4:port"
+        value = value.partition(":")[0]
+    try:
+        return ipaddress.ip_address(value)
+    except ValueError:
+        return None
+
+
+def _trusted(ip, networks) -> bool:
+    if ip is None:
+        return False
+    if ip.version == 6 and ip.ipv4_mapped is not None:
+        ip = ip.ipv4_mapped
+    for net in networks:
+        if ip.version == net.version and ip in net:
+            return True
+    return False
+
+
+def real_client_addr(headers, peer: str, trusted_networks) -> str:
+    """The client's address, nginx ``real_ip_recursive on`` semantics.
+
+    When ``peer`` is not in ``trusted_networks`` it is the answer.  Otherwise
+    X-Forwarded-For is walked from the right, skipping trusted addresses;
+    the first untrusted one is the client.  If every entry is trusted the
+    left-most wins; an entry that is not an IP address stops the walk and
+    the last address that was vouched for is returned.
+    """
+    networks = parse_networks(trusted_networks)
+    if not _trusted(_parse_ip(peer), networks):
+        return peer
+    chain: list[str] = []
+    for n, v in headers:
+        if n == "x-forwarded-for":
+            chain.extend(item.strip(" \t") for item in v.split(","))
+    result = peer
+    for item in reversed(chain):
+        if not item:
+            continue
+        ip = _parse_ip(item)
+        if ip is None:
+            return result
+        result = str(ip)
+        if not _trusted(ip, networks):
+            return result
+    return result
+
+
+def response_headers_for_client(headers, *, via: str = "1.1 forkproxy") -> _Headers:
+    """Upstream response fields for the client: hop-by-hop stripped, Via appended."""
+    out = strip_hop_by_hop(headers)
+    vias = [v for n, v in out if n == "via"]
+    out = [(n, v) for n, v in out if n != "via"]
+    out.append(("via", _join(vias, via)))
+    return out

@@ -1,0 +1,157 @@
+"""Hop-by-hop stripping, forwarding headers, real client address, Host."""
+
+from __future__ import annotations
+
+import ipaddress
+
+import pytest
+from hypothesis import given, strategies as st
+
+from forkproxy.core.headers import (
+    HOP_BY_HOP, connection_tokens, forwarded_for_request, forwarded_node,
+    real_client_addr, response_headers_for_client, split_host, strip_hop_by_hop,
+)
+from forkproxy.core.http1 import ProtocolError
+
+
+def test_hop_by_hop_set():
+    assert HOP_BY_HOP == {
+        "connection", "keep-alive", "te", "trailer", "transfer-encoding", "upgrade",
+        "proxy-connection", "proxy-authenticate", "proxy-authorization",
+    }
+
+
+def test_connection_tokens():
+    hs = [("connection", "Keep-Alive, X-Foo"), ("x-foo", "1"), ("connection", " close ,,")]
+    assert connection_tokens(hs) == {"keep-alive", "x-foo", "close"}
+    assert connection_tokens([]) == frozenset()
+
+
+@pytest.mark.parametrize("headers,expected", [
+    ([("host", "a"), ("connection", "close")], [("host", "a")]),
+    ([("te", "trailers"), ("accept", "*/*"), ("trailer", "x"), ("upgrade", "h2c")], [("accept", "*/*")]),
+    ([("connection", "x-secret, X-Other"), ("x-secret", "1"), ("x-other", "2"), ("x-keep", "3")], [("x-keep", "3")]),
+    ([("proxy-authorization", "Basic x"), ("proxy-connection", "keep-alive"), ("keep-alive", "timeout=5"),
+      ("transfer-encoding", "chunked"), ("proxy-authenticate", "Basic"), ("b", "1"), ("a", "2")],
+     [("b", "1"), ("a", "2")]),
+    ([("x-a", "1"), ("x-b", "2"), ("x-a", "3")], [("x-a", "1"), ("x-b", "2"), ("x-a", "3")]),
+])
+def test_strip_hop_by_hop(headers, expected):
+    assert strip_hop_by_hop(headers) == expected
+
+
+names = st.sampled_from(["connection", "keep-alive", "te", "x-a", "x-b", "host", "upgrade", "via", "accept"])
+header_lists = st.lists(st.tuples(names, st.sampled_from(["x-a", "close", "1", "x-b, keep-alive", ""])), max_size=12)
+
+
+@given(header_lists)
+def test_strip_hop_by_hop_properties(headers):
+    out = strip_hop_by_hop(headers)
+    listed = connection_tokens(headers)
+    assert all(n not in HOP_BY_HOP and n not in listed for n, _ in out)
+    # order of survivors is unchanged, and nothing else is dropped
+    assert out == [(n, v) for n, v in headers if n not in HOP_BY_HOP and n not in listed]
+    assert strip_hop_by_hop(out) == out
+
+
+def fields(headers, name):
+    return [v for n, v in headers if n == name]
+
+
+def test_untrusted_client_cannot_spoof():
+    incoming = [("host", "shop.example"), ("x-forwarded-for", "6.6.6.6"), ("x-forwarded-proto", "https"),
+                ("x-forwarded-host", "evil"), ("x-forwarded-port", "1"), ("forwarded", "for=6.6.6.6"),
+                ("x-real-ip", "6.6.6.6"), ("accept", "*/*")]
+    out = forwarded_for_request(incoming, client_addr="203.0.113.7", proto="http", host="shop.example", trusted=False)
+    assert fields(out, "x-forwarded-for") == ["203.0.113.7"]
+    assert fields(out, "x-forwarded-proto") == ["http"]
+    assert fields(out, "x-forwarded-host") == ["shop.example"]
+    assert fields(out, "x-forwarded-port") == []
+    assert fields(out, "x-real-ip") == []
+    assert fields(out, "forwarded") == ["for=203.0.113.7;proto=http;host=shop.example"]
+    assert fields(out, "via") == ["1.1 forkproxy"]
+    assert out[:2] == [("host", "shop.example"), ("accept", "*/*")]
+
+
+def test_trusted_proxy_chain_is_extended():
+    incoming = [("host", "a"), ("x-forwarded-for", "198.51.100.1"), ("x-forwarded-for", "10.0.0.9"),
+                ("x-forwarded-proto", "https"), ("x-forwarded-host", "public.example"),
+                ("forwarded", 'for=198.51.100.1;proto=https'), ("x-real-ip", "198.51.100.1"),
+                ("via", "1.1 edge")]
+    out = forwarded_for_request(incoming, client_addr="10.0.0.2", proto="http", host="a", trusted=True,
+                                via="1.1 lb1")
+    assert fields(out, "x-forwarded-for") == ["198.51.100.1, 10.0.0.9, 10.0.0.2"]
+    assert fields(out, "x-forwarded-proto") == ["https"]
+    assert fields(out, "x-forwarded-host") == ["public.example"]
+    assert fields(out, "x-real-ip") == ["198.51.100.1"]
+    assert fields(out, "forwarded") == ["for=198.51.100.1;proto=https, for=10.0.0.2;proto=http;host=a"]
+    assert fields(out, "via") == ["1.1 edge, 1.1 lb1"]
+
+
+def test_trusted_without_incoming_values_writes_ours():
+    out = forwarded_for_request([("host", "a")], client_addr="10.0.0.2", proto="https", host=None, trusted=True)
+    assert fields(out, "x-forwarded-for") == ["10.0.0.2"]
+    assert fields(out, "x-forwarded-proto") == ["https"]
+    assert fields(out, "x-forwarded-host") == []
+    assert fields(out, "forwarded") == ["for=10.0.0.2;proto=https"]
+
+
+@pytest.mark.parametrize("addr,node", [
+    ("192.0.2.43", "192.0.2.43"),
+    ("2001:db8::1", '"[2001:db8::1]"'),
+    ("[2001:db8::1]", '"[2001:db8::1]"'),
+    ("", "unknown"),
+])
+def test_forwarded_node(addr, node):
+    assert forwarded_node(addr) == node
+
+
+def test_forwarded_quotes_host_with_port_and_ipv6_for():
+    out = forwarded_for_request([], client_addr="2001:db8::1", proto="https", host="a.example:8443", trusted=False)
+    assert fields(out, "forwarded") == ['for="[2001:db8::1]";proto=https;host="a.example:8443"']
+
+
+def test_via_is_end_to_end_on_responses():
+    resp = [("content-type", "text/html"), ("connection", "close, x-hop"), ("x-hop", "1"),
+            ("transfer-encoding", "chunked"), ("via", "1.0 origin-cache"), ("keep-alive", "timeout=5")]
+    assert response_headers_for_client(resp) == [("content-type", "text/html"),
+                                                 ("via", "1.0 origin-cache, 1.1 forkproxy")]
+    assert response_headers_for_client([], via="1.1 x") == [("via", "1.1 x")]
+
+
+TRUSTED = ["10.0.0.0/8", "127.0.0.1/32", "fd00::/8"]
+
+
+@pytest.mark.parametrize("xff,peer,expected", [
+    (None, "203.0.113.5", "203.0.113.5"),                         # no header
+    ("1.2.3.4", "203.0.113.5", "203.0.113.5"),                    # untrusted peer: ignore XFF
+    ("1.2.3.4", "10.0.0.1", "1.2.3.4"),
+    ("1.2.3.4, 5.6.7.8", "10.0.0.1", "5.6.7.8"),                  # right-most untrusted
+    ("1.2.3.4, 10.0.0.7", "10.0.0.1", "1.2.3.4"),                 # skip trusted hops (recursive)
+    ("10.0.0.8, 10.0.0.7", "10.0.0.1", "10.0.0.8"),               # all trusted: left-most
+    ("garbage, 10.0.0.7", "10.0.0.1", "10.0.0.7"),                # stop at junk
+    ("1.2.3.4, garbage", "10.0.0.1", "10.0.0.1"),
+    ("2001:db8::5", "fd00::1", "2001:db8::5"),
+    ("[2001:db8::5]:1234", "127.0.0.1", "2001:db8::5"),
+    ("1.2.3.4:5678", "127.0.0.1", "1.2.3.4"),
+    ("1.2.3.4", "::ffff:10.0.0.1", "1.2.3.4"),                    # v4-mapped peer
+    ("", "10.0.0.1", "10.0.0.1"),
+])
+def test_real_client_addr(xff, peer, expected):
+    headers = [("x-forwarded-for", xff)] if xff is not None else []
+    assert real_client_addr(headers, peer, TRUSTED) == expected
+    nets = [ipaddress.ip_network(n) for n in TRUSTED]
+    assert real_client_addr(headers, peer, nets) == expected
+
+
+def test_real_client_addr_merges_repeated_fields():
+    headers = [("x-forwarded-for", "9.9.9.9"), ("x-forwarded-for", "10.1.1.1")]
+    assert real_client_addr(headers, "10.0.0.1", TRUSTED) == "9.9.9.9"
+    assert real_client_addr(headers, "10.0.0.1", []) == "10.0.0.1"
+
+
+def test_split_host_is_exported_here():
+    assert split_host("A.Example:81") == ("a.example", 81)
+    with pytest.raises(ProtocolError) as e:
+        split_host("bad host")
+    assert e.value.status == 400
