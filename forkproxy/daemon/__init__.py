@@ -1,0 +1,1 @@
+"""The gunicorn seam: the only package that imports gunicorn."""
