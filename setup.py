@@ -28,6 +28,7 @@ setup(
         "test": [
             "pytest>=8",
             "pytest-timeout>=2.2",
+            "pytest-xdist>=3.5",
             "hypothesis>=6.100",
             "trustme>=1.1",
         ],

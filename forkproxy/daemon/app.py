@@ -1,0 +1,112 @@
+"""forkproxy's gunicorn application: configuration in, Arbiter out.
+
+Only gunicorn's public embedding surface is used: ``BaseApplication`` with
+``load_config``/``load``, settings set with ``cfg.set`` by their documented
+names, and server hooks.  gunicorn's own HTTP parser and WSGI are never used:
+the workers override ``handle`` (see ``daemon.worker``).
+"""
+
+from __future__ import annotations
+
+import math
+import sys
+
+from gunicorn import glogging
+from gunicorn.app.base import BaseApplication
+
+from forkproxy import config as fpconfig
+from forkproxy.daemon import hooks
+
+
+class ProxyLogger(glogging.Logger):
+    """gunicorn's logger, plus forkproxy's access log on USR1 (reopen_files)."""
+
+    fp_access_log = None
+
+    def reopen_files(self):
+        super().reopen_files()
+        if self.fp_access_log is not None:
+            try:
+                self.fp_access_log.reopen()
+            except OSError as exc:
+                self.error("cannot reopen the access log: %s", exc)
+
+
+def _bind(listener: fpconfig.ListenerConfig) -> str:
+    host = listener.host or "0.0.0.0"
+    if ":" in host and not host.startswith("["):
+        host = f"[{host}]"
+    return f"{host}:{listener.port}"
+
+
+def _no_wsgi(environ, start_response):  # pragma: no cover - never called
+    raise RuntimeError("forkproxy workers do not run WSGI")
+
+
+class ForkProxyApp(BaseApplication):
+    """Holds the current ``forkproxy.config.Config`` as ``fp_config``."""
+
+    def __init__(self, cfg: fpconfig.Config):
+        self.fp_config = cfg
+        super().__init__(usage=None, prog="forkproxy")
+
+    def load_config(self) -> None:
+        for name, value in gunicorn_settings(self.fp_config).items():
+            self.cfg.set(name, value)
+
+    def load(self):
+        return _no_wsgi
+
+    def reload(self) -> None:
+        """Re-read the file; on any error keep the running configuration.
+
+        gunicorn's own ``reload`` exits the master on a bad file (DESIGN
+        section 3, item 1).  Here the candidate is parsed and validated
+        first, and only a valid one replaces the current settings.
+        """
+        try:
+            candidate = fpconfig.load(self.fp_config.path)
+        except fpconfig.ConfigErrors as exc:
+            log = getattr(self, "logger", None)
+            for err in exc.errors:
+                print(f"forkproxy: reload rejected: {err}", file=sys.stderr)
+                if log is not None:
+                    log.error("reload rejected: %s", err)
+            return
+        self.fp_config = candidate
+        self.load_default_config()
+        self.load_config()
+
+
+def gunicorn_settings(cfg: fpconfig.Config) -> dict:
+    """The gunicorn settings that run ``cfg`` (by gunicorn's documented names)."""
+    s = cfg.server
+    settings = {
+        "bind": [_bind(lc) for lc in cfg.listeners],
+        "workers": s.workers,
+        "worker_class": "forkproxy.daemon.worker.ProxyWorker",
+        "worker_connections": s.worker_connections,
+        "graceful_timeout": max(1, math.ceil(s.graceful_timeout)),  # gunicorn takes whole seconds
+        "pidfile": s.pidfile or None,
+        "errorlog": s.error_log,
+        "loglevel": s.log_level,
+        "accesslog": None,            # forkproxy writes its own (forkproxy.logs)
+        "logger_class": "forkproxy.daemon.app.ProxyLogger",
+        "proc_name": "forkproxy",
+        "control_socket_disable": True,   # gunicorn's would land in $HOME/.gunicorn
+        "reuse_port": False,          # one shared accept queue: reloads reset nothing
+        "on_starting": hooks.on_starting,
+        "post_fork": hooks.post_fork,
+        "post_worker_init": hooks.post_worker_init,
+        "worker_exit": hooks.worker_exit,
+    }
+    if s.user:
+        settings["user"] = s.user
+    if s.group:
+        settings["group"] = s.group
+    return settings
+
+
+def run(cfg: fpconfig.Config) -> None:
+    """Run the master in the foreground until it is stopped (exits the process)."""
+    ForkProxyApp(cfg).run()

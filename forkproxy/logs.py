@@ -1,0 +1,128 @@
+"""Access-log formats and the reopenable file behind them.
+
+An ``AccessLog`` writes one line per finished request.  It owns its file so
+that USR1 (``reopen()``) can follow logrotate: the old file is closed and the
+path opened again, creating a new file when the old one was moved away.
+
+Formats:
+
+``combined``
+    nginx's combined format followed by forkproxy's upstream fields::
+
+        127.0.0.1 - - [29/Nov/2026:03:13:27 +0000] "GET / HTTP/1.1" 200 5 "-" "curl/7.88" \
+        upstream=127.0.0.1:8081 upstream_status=200 request_time=0.002 upstream_time=0.001 route=0 pool=web
+
+    Absent values are written as ``-``.
+``json``
+    One JSON object per line with the same fields, named as in the record.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+import time
+
+FORMATS = ("combined", "json")
+
+
+class AccessRecord:
+    """What one request leaves in the access log (a plain, slotted bag)."""
+
+    __slots__ = ("client", "method", "target", "version", "status", "bytes_sent",
+                 "referer", "user_agent", "upstream", "upstream_status", "request_time",
+                 "upstream_time", "route", "pool", "start", "bytes_received")
+
+    def __init__(self, client: str, start: float):
+        self.client = client
+        self.start = start
+        self.method = self.target = self.version = None
+        self.status = 0
+        self.bytes_sent = 0
+        self.bytes_received = 0
+        self.referer = self.user_agent = None
+        self.upstream = self.upstream_status = None
+        self.request_time = 0.0
+        self.upstream_time = None
+        self.route = self.pool = None
+
+
+def _q(value) -> str:
+    """Quote-safe text for the combined format: ``"`` and control bytes escaped."""
+    if value is None:
+        return "-"
+    text = str(value)
+    if '"' in text or "\\" in text or not text.isprintable():
+        text = text.encode("unicode_escape").decode("ascii").replace('"', '\\"')
+    return text
+
+
+class AccessLog:
+    """A line-per-request log at ``path`` ("-" stderr, "off" nothing)."""
+
+    def __init__(self, path: str, fmt: str = "combined"):
+        if fmt not in FORMATS:
+            raise ValueError(f"unknown access log format {fmt!r}")
+        self.path = path
+        self.format = fmt
+        self._file = None
+        self._stamp_second = -1
+        self._stamp = ""
+        self.enabled = path != "off"
+        self.reopen()
+
+    def reopen(self) -> None:
+        """Close and reopen the file (USR1): logrotate moved it away."""
+        if not self.enabled:
+            return
+        if self.path == "-":
+            self._file = sys.stderr
+            return
+        old = self._file
+        # Line-buffered append: one write per request, whole lines only,
+        # so workers sharing the file never interleave inside a line.
+        self._file = open(self.path, "a", buffering=1, encoding="utf-8", errors="replace")
+        if old is not None and old is not sys.stderr:
+            old.close()
+
+    def close(self) -> None:
+        if self._file is not None and self._file is not sys.stderr:
+            self._file.close()
+        self._file = None
+
+    def _time_local(self, now: float) -> str:
+        second = int(now)
+        if second != self._stamp_second:
+            self._stamp_second = second
+            self._stamp = time.strftime("%d/%b/%Y:%H:%M:%S %z", time.localtime(second))
+        return self._stamp
+
+    def format_line(self, r: AccessRecord) -> str:
+        if self.format == "json":
+            return json.dumps({
+                "time": time.strftime("%Y-%m-%dT%H:%M:%S%z", time.localtime(r.start)),
+                "client": r.client, "method": r.method, "target": r.target,
+                "version": r.version, "status": r.status, "bytes_sent": r.bytes_sent,
+                "bytes_received": r.bytes_received, "referer": r.referer,
+                "user_agent": r.user_agent, "route": r.route, "pool": r.pool,
+                "upstream": r.upstream, "upstream_status": r.upstream_status,
+                "request_time": round(r.request_time, 6),
+                "upstream_time": None if r.upstream_time is None else round(r.upstream_time, 6),
+            }, separators=(",", ":")) + "\n"
+        request = "-" if r.method is None else f"{r.method} {r.target} HTTP/{r.version}"
+        upstream_time = "-" if r.upstream_time is None else f"{r.upstream_time:.3f}"
+        return (f'{r.client} - - [{self._time_local(r.start)}] "{_q(request)}" {r.status} '
+                f'{r.bytes_sent} "{_q(r.referer)}" "{_q(r.user_agent)}" '
+                f'upstream={r.upstream or "-"} upstream_status={r.upstream_status or "-"} '
+                f'request_time={r.request_time:.3f} upstream_time={upstream_time} '
+                f'route={"-" if r.route is None else r.route} pool={r.pool or "-"}\n')
+
+    def write(self, r: AccessRecord) -> None:
+        if self._file is None:
+            return
+        try:
+            self._file.write(self.format_line(r))
+        except OSError:
+            # A full disk must not take requests down with it.
+            pass
+

@@ -1,0 +1,1 @@
+"""gevent shells around core: sockets, pools, the per-connection loop."""

@@ -1,0 +1,715 @@
+"""One client connection: read a request, route it, relay it, respond; repeat.
+
+``Runtime`` is a worker's view of one configuration generation: the router,
+the pools with their balancers and upstream connection pools, the access log.
+``Runtime.handle(listener, client, addr)`` is what the gunicorn worker's
+``handle`` calls for every accepted connection; it runs a ``Session``, which
+serves requests on that connection until either side closes it, a timeout
+expires, or the worker drains.
+
+Rules kept here (DESIGN section 4):
+- a request is read and validated completely (head) before anything is sent
+  upstream; a bad one gets a 4xx with ``Connection: close`` and no byte of it
+  reaches a backend; the head sent upstream is rebuilt, never relayed;
+- bodies stream in both directions through fixed-size buffers;
+- an upstream connection is reused only after a complete, cleanly framed
+  exchange; a truncated response body ends the client connection without a
+  clean terminator;
+- a request goes to another server only when nothing of it was sent
+  (connect failed) or it has no body and an idempotent method.
+"""
+
+from __future__ import annotations
+
+import email.utils
+import errno
+import ipaddress
+import socket
+import time
+
+import gevent
+
+from forkproxy.config import Config, ListenerConfig, PoolConfig
+from forkproxy.core import headers as hdr
+from forkproxy.core import http1
+from forkproxy.core.balance import Balancer, ServerSpec
+from forkproxy.core.routing import Router, RouteSpec
+from forkproxy.logs import AccessLog, AccessRecord
+from forkproxy.net.upstream import RECV_SIZE, ConnPool, UpstreamConn, UpstreamError
+
+IDEMPOTENT = frozenset({"GET", "HEAD", "OPTIONS", "TRACE", "PUT", "DELETE"})
+REASONS = {
+    400: "Bad Request", 403: "Forbidden", 404: "Not Found", 405: "Method Not Allowed",
+    408: "Request Timeout", 413: "Content Too Large", 414: "URI Too Long",
+    417: "Expectation Failed", 431: "Request Header Fields Too Large",
+    500: "Internal Server Error", 501: "Not Implemented", 502: "Bad Gateway",
+    503: "Service Unavailable", 504: "Gateway Timeout", 505: "HTTP Version Not Supported",
+}
+CONTINUE = b"HTTP/1.1 100 Continue\r\n\r\n"
+
+
+class ClientGone(Exception):
+    """The client closed, reset or stalled: stop serving this connection."""
+
+
+class Abort(Exception):
+    """The response cannot be completed (upstream died mid-body): drop the client."""
+
+
+class _Clock:
+    """Date header text, formatted once per second."""
+
+    second = -1
+    text = ""
+
+    def date(self) -> str:
+        now = int(time.time())
+        if now != self.second:
+            self.second = now
+            self.text = email.utils.formatdate(now, usegmt=True)
+        return self.text
+
+
+CLOCK = _Clock()
+
+
+class PoolRuntime:
+    """One pool inside one worker: balancer, connection pools, in-flight counts.
+
+    It is also the ``ServerView`` the balancer reads.  Until the shared
+    health table lands every server is usable and in-flight counts are this
+    worker's own.
+    """
+
+    def __init__(self, cfg: PoolConfig):
+        self.cfg = cfg
+        self.name = cfg.name
+        self.servers = cfg.servers
+        self.balancer = Balancer([ServerSpec(s.addr, s.weight, s.backup) for s in cfg.servers],
+                                 algorithm=cfg.balance)
+        self.conns = [ConnPool(s, cfg) for s in cfg.servers]
+        self._inflight = [0] * len(cfg.servers)
+
+    # ServerView
+    def usable(self, i: int) -> bool:
+        return True
+
+    def inflight(self, i: int) -> int:
+        return self._inflight[i]
+
+    def effective_weight(self, i: int) -> int:
+        return self.servers[i].weight
+
+    def close(self) -> None:
+        for pool in self.conns:
+            pool.close()
+
+
+class Runtime:
+    """A worker's state for one configuration: what every session shares."""
+
+    def __init__(self, cfg: Config, log, access_log: AccessLog):
+        self.cfg = cfg
+        self.log = log
+        self.access_log = access_log
+        s = cfg.server
+        self.limits = http1.Limits(max_uri_length=s.max_uri_length, max_headers=s.max_headers,
+                                   max_head_size=s.max_head_size)
+        self.routes = cfg.routes
+        self.router = Router([RouteSpec(index=r.index, pool=r.pool, listeners=frozenset(r.listener),
+                                        host=r.host, path=r.path, path_regex=r.path_regex)
+                              for r in cfg.routes])
+        self.pools = {p.name: PoolRuntime(p) for p in cfg.pools}
+        self.trusted = s.trusted_proxies
+        self._listeners: dict[int, ListenerConfig] = {}
+        self.idle: set[Session] = set()
+        self.draining = False
+
+    def listener_for(self, sock) -> ListenerConfig:
+        """The configured listener a listening socket belongs to (by bound address)."""
+        key = sock.fileno()
+        found = self._listeners.get(key)
+        if found is None:
+            host, port = sock.getsockname()[:2]
+            for lc in self.cfg.listeners:
+                if lc.port == port and (lc.host in ("", "0.0.0.0", "::") or lc.host == host
+                                        or _same_host(lc.host, host)):
+                    found = lc
+                    break
+            else:  # a socket we do not know: serve it with the first listener's rules
+                found = self.cfg.listeners[0]
+            self._listeners[key] = found
+        return found
+
+    def handle(self, listener_sock, client, addr) -> None:
+        listener = self.listener_for(listener_sock)
+        Session(self, listener, client, addr).run()
+
+    def drain(self) -> None:
+        """Stop keeping connections alive: close the idle ones now.
+
+        In-flight requests finish; their connections close after the response
+        (they answer with ``Connection: close``).
+        """
+        self.draining = True
+        for session in list(self.idle):
+            session.shut_idle()
+
+    def trusted_peer(self, ip: str) -> bool:
+        if not self.trusted:
+            return False
+        try:
+            addr = ipaddress.ip_address(ip)
+        except ValueError:
+            return False
+        return any(addr in net for net in self.trusted)
+
+
+def _same_host(a: str, b: str) -> bool:
+    return a.strip("[]") == b or (a == "localhost" and b == "127.0.0.1")
+
+
+class Session:
+    """Serve requests on one client connection until it ends."""
+
+    def __init__(self, rt: Runtime, listener: ListenerConfig, client: socket.socket, addr):
+        self.rt = rt
+        self.listener = listener
+        self.client = client
+        self.peer = addr[0] if isinstance(addr, tuple) else "unix"
+        self.buf = b""
+        self.served = 0
+        self.idle_waiting = False
+
+    # -- connection loop -------------------------------------------------
+
+    def run(self) -> None:
+        client = self.client
+        try:
+            client.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        except OSError:
+            pass
+        try:
+            while self.serve_one():
+                self.served += 1
+        except (ClientGone, Abort):
+            pass
+        except Exception:  # a bug must cost one connection, never the worker
+            self.rt.log.exception("internal error on a connection from %s", self.peer)
+        finally:
+            try:
+                client.close()
+            except OSError:
+                pass
+
+    def shut_idle(self) -> None:
+        """Called on drain: wake the idle read with EOF so the session ends."""
+        if self.idle_waiting:
+            try:
+                self.client.shutdown(socket.SHUT_RDWR)
+            except OSError:
+                pass
+
+    def _recv(self) -> bytes:
+        try:
+            return self.client.recv(RECV_SIZE)
+        except socket.timeout:
+            raise
+        except OSError:
+            raise ClientGone() from None
+
+    def _send(self, data) -> None:
+        try:
+            self.client.sendall(data)
+        except (OSError, socket.timeout):
+            raise ClientGone() from None
+
+    def read_head(self):
+        """The next request head as bytes, or None when the client is done.
+
+        Waits up to keepalive_timeout for the first byte of a follow-up request
+        (header_timeout for the first request), then header_timeout in total for
+        the rest of the head.
+        """
+        rt = self.rt
+        srv = rt.cfg.server
+        buf = self.buf
+        if not buf:
+            if rt.draining and self.served:
+                return None
+            self.client.settimeout(srv.keepalive_timeout if self.served else srv.header_timeout)
+            rt.idle.add(self)
+            self.idle_waiting = True
+            try:
+                buf = self._recv()
+            except socket.timeout:
+                return None
+            finally:
+                self.idle_waiting = False
+                rt.idle.discard(self)
+            if not buf:
+                return None
+        deadline = time.monotonic() + srv.header_timeout
+        while True:
+            if buf[:2] == b"\r\n":  # RFC 9112 2.2: ignore empty lines before a request line
+                buf = buf.lstrip(b"\r\n")
+                if not buf:
+                    self.buf = b""
+                    return self.read_head()
+            end = http1.find_head_end(buf)
+            if end >= 0:
+                break
+            if len(buf) > srv.max_head_size:
+                raise http1.ProtocolError(431, "request head too large")
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                raise http1.ProtocolError(408, "request head not received in time")
+            self.client.settimeout(remaining)
+            try:
+                data = self._recv()
+            except socket.timeout:
+                raise http1.ProtocolError(408, "request head not received in time") from None
+            if not data:
+                return None
+            buf += data
+        if end > srv.max_head_size:
+            raise http1.ProtocolError(431, "request head too large")
+        self.buf = buf[end:]
+        return buf[:end]
+
+    # -- one request -----------------------------------------------------
+
+    def serve_one(self) -> bool:
+        """Serve one request; True when the connection may carry another."""
+        rt = self.rt
+        start = time.time()
+        rec = AccessRecord(self.peer, start)
+        try:
+            head = self.read_head()
+            if head is None:
+                return False
+            start = rec.start = time.time()
+            req = http1.parse_request_head(head, rt.limits)
+            rec.method, rec.target, rec.version = req.method, req.target, req.version
+            rec.referer, rec.user_agent = req.get("referer"), req.get("user-agent")
+            return self.proxy(req, rec)
+        except http1.ProtocolError as exc:
+            self.refuse(rec, exc.status, exc.reason)
+            return False
+        finally:
+            if rec.status:
+                rec.request_time = time.time() - start
+                rt.access_log.write(rec)
+
+    def refuse(self, rec: AccessRecord, status: int, why: str, *, log_error: bool = False,
+               where: str = "") -> None:
+        """Answer with forkproxy's own short error response and close."""
+        rec.status = status
+        if log_error or status >= 500:
+            self.rt.log.error("%s %s from %s: %s %s%s", rec.method or "-", rec.target or "-",
+                              self.peer, status, why, where)
+        elif status != 408:
+            self.rt.log.info("refused request from %s: %s %s", self.peer, status, why)
+        reason = REASONS.get(status, "Error")
+        body = f"{status} {reason}\n".encode()
+        head = (f"HTTP/1.1 {status} {reason}\r\nDate: {CLOCK.date()}\r\n"
+                f"Content-Type: text/plain; charset=utf-8\r\nContent-Length: {len(body)}\r\n"
+                f"Connection: close\r\n\r\n").encode()
+        rec.bytes_sent = len(body)
+        self.client.settimeout(self.rt.cfg.server.send_timeout)
+        try:
+            self.client.sendall(head + (b"" if rec.method == "HEAD" else body))
+        except OSError:
+            pass
+
+    def proxy(self, req: http1.Request, rec: AccessRecord) -> bool:
+        rt = self.rt
+        method = req.method
+        target = req.target
+        host_value = req.get("host")
+        if target.startswith("/"):
+            path = target.partition("?")[0]
+            upstream_target = target
+        elif target[:7].lower() == "http://" or target[:8].lower() == "https://":
+            authority, slash, rest = target.split("://", 1)[1].partition("/")
+            upstream_target = slash + rest if slash else "/"
+            path = upstream_target.partition("?")[0]
+            host_value = authority
+        elif target == "*" and method == "OPTIONS":
+            path = upstream_target = "*"
+        elif method == "CONNECT":
+            raise http1.ProtocolError(501, "CONNECT is not supported by a reverse proxy")
+        else:
+            raise http1.ProtocolError(400, "invalid request target")
+        host = None
+        if host_value is not None:
+            host, _port = hdr.split_host(host_value)
+
+        route = rt.router.match(self.listener.name, host, path)
+        if route is None:
+            self.refuse(rec, 404, "no route matches")
+            return False
+        rc = rt.routes[route.index]
+        rec.route = route.index
+        rec.pool = route.pool
+        pool = rt.pools[route.pool]
+
+        framing = http1.request_body_framing(req)
+        max_body = rc.max_body_size if rc.max_body_size is not None else rt.cfg.server.max_body_size
+        if framing.kind == "length" and max_body and framing.length > max_body:
+            raise http1.ProtocolError(413, f"body of {framing.length} bytes over the limit {max_body}")
+        has_body = framing.kind == "chunked" or (framing.kind == "length" and framing.length > 0)
+
+        expect = req.get("expect")
+        if expect is not None:
+            if expect.lower() != "100-continue":
+                raise http1.ProtocolError(417, "unsupported expectation")
+            if has_body and req.version == "1.1" and not self.buf:
+                # nginx's way: the proxy asks for the body itself and strips
+                # the expectation, so the upstream never waits on a 100.
+                self._send(CONTINUE)
+
+        headers = hdr.strip_hop_by_hop(req.headers)
+        headers = [(n, v) for n, v in headers if n not in ("expect", "content-length", "host")]
+        trusted = rt.trusted_peer(self.peer)
+        headers = hdr.forwarded_for_request(headers, client_addr=self.peer, proto="http",
+                                            host=host_value, trusted=trusted)
+        out_host = rc.host_header or host_value
+        if framing.kind == "length":
+            headers.append(("Content-Length", str(framing.length)))
+        elif framing.kind == "chunked":
+            headers.append(("Transfer-Encoding", ", ".join(framing.codings + ("chunked",))))
+        client_keepalive = http1.wants_keep_alive(req.version, req.headers)
+        return self.exchange(req, rec, pool, upstream_target, out_host, headers, framing,
+                             has_body, max_body, client_keepalive)
+
+    def exchange(self, req, rec, pool: PoolRuntime, target, out_host, headers, framing,
+                 has_body, max_body, client_keepalive) -> bool:
+        """Pick a server, send the request, relay the response; retry when allowed."""
+        rt = self.rt
+        tried: set[int] = set()
+        replayable = not has_body and req.method in IDEMPOTENT
+        last_error: UpstreamError | None = None
+        fresh: int | None = None  # a server whose pooled connection turned out stale
+        while True:
+            if fresh is None:
+                i = pool.balancer.pick(pool, exclude=tried)
+            else:
+                i, fresh = fresh, None
+            if i is None:
+                if last_error is None:
+                    self.refuse(rec, 503, "no server available", where=f" pool={pool.name}")
+                else:
+                    self.refuse(rec, last_error.status, last_error.detail,
+                                where=f" route={rec.route} pool={pool.name}")
+                return False
+            server = pool.servers[i]
+            rec.upstream = server.addr
+            try:
+                conn = (pool.conns[i].checkout(replayable) if i not in tried
+                        else pool.conns[i].connect())
+            except UpstreamError as exc:
+                rt.log.warning("route=%s pool=%s server=%s: %s", rec.route, pool.name,
+                               server.addr, exc.detail)
+                last_error = exc
+                tried.add(i)
+                continue
+            host = out_host or server.addr
+            head = http1.serialize_request_head(req.method, target, [("Host", host)] + headers)
+            pool._inflight[i] += 1
+            t0 = time.time()
+            try:
+                return self.relay(req, rec, pool, i, conn, head, framing, max_body,
+                                  client_keepalive, t0)
+            except UpstreamError as exc:
+                conn.close()
+                last_error = exc
+                if conn.reused and (replayable or not exc.sent) and exc.kind in ("closed", "reset"):
+                    # The server had closed the pooled connection: nothing of
+                    # the request was processed; once more, on a new one.
+                    fresh = i
+                    tried.add(i)
+                elif not exc.sent:
+                    tried.add(i)
+                else:
+                    self.refuse(rec, exc.status, exc.detail,
+                                where=f" route={rec.route} pool={pool.name} server={server.addr}")
+                    return False
+                rt.log.warning("route=%s pool=%s server=%s: %s (retrying)", rec.route,
+                               pool.name, server.addr, exc.detail)
+            except BaseException:
+                conn.close()
+                raise
+            finally:
+                pool._inflight[i] -= 1
+
+    def relay(self, req, rec, pool, i, conn: UpstreamConn, head: bytes, framing, max_body,
+              client_keepalive, t0) -> bool:
+        """Send one request on ``conn`` and relay its response to the client."""
+        cfgp = pool.cfg
+        up = conn.sock
+        srv = self.rt.cfg.server
+        # 1. the request
+        up.settimeout(cfgp.send_timeout)
+        try:
+            if framing.kind == "length" and framing.length:
+                self.send_length_body(up, head, framing.length)
+            elif framing.kind == "chunked":
+                self.send_chunked_body(up, head, max_body)
+            else:
+                up.sendall(head)
+        except _UpstreamSendError as exc:
+            raise UpstreamError("reset", f"sending to {conn.server.addr}: {exc}",
+                                sent=exc.sent) from None
+        except socket.timeout:
+            raise UpstreamError("timeout", f"sending to {conn.server.addr} timed out",
+                                sent=True) from None
+        # 2. the response head (1xx interim responses forwarded to 1.1 clients)
+        up.settimeout(cfgp.read_timeout)
+        while True:
+            resp, body_start = self.read_response_head(conn)
+            if 100 <= resp.status < 200:
+                if resp.status == 101:
+                    raise UpstreamError("invalid", f"{conn.server.addr} switched protocols "
+                                        "without being asked", sent=True)
+                if req.version == "1.1":
+                    self._send(http1.serialize_response_head(
+                        resp.status, resp.reason, hdr.response_headers_for_client(resp.headers)))
+                conn.buf = body_start
+                continue
+            break
+        rec.upstream_status = resp.status
+        try:
+            rframing = http1.response_body_framing(req.method, resp)
+        except http1.ProtocolError as exc:
+            raise UpstreamError("invalid", f"{conn.server.addr}: invalid response: {exc.reason}",
+                                sent=True) from None
+
+        # 3. the response to the client
+        out = hdr.response_headers_for_client(resp.headers)
+        out = [(n, v) for n, v in out if n not in ("content-length", "date")] \
+            if rframing.kind != "none" else [(n, v) for n, v in out if n != "date"]
+        date = resp.get("date")
+        out.append(("Date", date if date is not None else CLOCK.date()))
+        keep = client_keepalive and not self.rt.draining
+        chunk_out = False
+        if rframing.kind == "length":
+            out.append(("Content-Length", str(rframing.length)))
+        elif rframing.kind in ("chunked", "close"):
+            if req.version == "1.1":
+                out.append(("Transfer-Encoding", ", ".join(rframing.codings + ("chunked",))))
+                chunk_out = True
+            else:
+                keep = False
+        if not keep:
+            out.append(("Connection", "close"))
+        elif req.version == "1.0":
+            out.append(("Connection", "keep-alive"))
+        client_head = http1.serialize_response_head(resp.status, resp.reason, out)
+        rec.status = resp.status
+        up_keepalive = http1.wants_keep_alive(resp.version, resp.headers)
+
+        self.client.settimeout(srv.send_timeout)
+        if rframing.kind == "none":
+            self._send(client_head)
+            conn.buf = body_start
+        elif rframing.kind == "length":
+            self.relay_length(conn, client_head, body_start, rframing.length, rec)
+        else:
+            up_keepalive = self.relay_decoded(conn, client_head, body_start, rframing,
+                                              chunk_out, rec) and up_keepalive
+        rec.upstream_time = time.time() - t0
+        if up_keepalive and rframing.kind != "close":
+            pool.conns[i].checkin(conn)
+        else:
+            conn.close()
+        return keep
+
+    # -- request bodies ----------------------------------------------------
+
+    def _client_body_read(self) -> bytes:
+        self.client.settimeout(self.rt.cfg.server.body_timeout)
+        try:
+            data = self._recv()
+        except socket.timeout:
+            raise ClientGone() from None
+        if not data:
+            raise ClientGone()
+        return data
+
+    def send_length_body(self, up, head: bytes, length: int) -> None:
+        buf = self.buf
+        first = buf[:length]
+        self.buf = buf[length:]
+        remaining = length - len(first)
+        _up_send(up, head + first, sent=False)
+        while remaining:
+            data = self._client_body_read()
+            if len(data) > remaining:
+                self.buf = data[remaining:]
+                data = data[:remaining]
+            remaining -= len(data)
+            _up_send(up, data, sent=True)
+
+    def send_chunked_body(self, up, head: bytes, max_body: int) -> None:
+        decoder = http1.make_decoder(http1.CHUNKED, status=400,
+                                     limits=self.rt.limits)
+        data, self.buf = self.buf, b""
+        total = 0
+        _up_send(up, head, sent=False)
+        while True:
+            if data:
+                pieces, leftover = decoder.feed(data)
+                out = []
+                for piece in pieces:
+                    if piece:
+                        total += len(piece)
+                        out.append(http1.encode_chunk(piece))
+                if max_body and total > max_body:
+                    raise http1.ProtocolError(413, f"chunked body over the limit {max_body}")
+                if decoder.done:
+                    self.buf = leftover
+                    out.append(http1.encode_last_chunk())
+                if out:
+                    _up_send(up, b"".join(out), sent=True)
+                if decoder.done:
+                    return
+            data = self._client_body_read()
+
+    # -- responses ---------------------------------------------------------
+
+    def read_response_head(self, conn: UpstreamConn):
+        up = conn.sock
+        buf = conn.buf
+        conn.buf = b""
+        limit = self.rt.cfg.server.max_head_size
+        got_any = bool(buf)
+        while True:
+            end = http1.find_head_end(buf) if buf else -1
+            if end >= 0:
+                break
+            if len(buf) > limit:
+                raise UpstreamError("invalid", f"{conn.server.addr}: response head too large",
+                                    sent=True)
+            try:
+                data = up.recv(RECV_SIZE)
+            except socket.timeout:
+                raise UpstreamError("timeout", f"{conn.server.addr} did not answer in time",
+                                    sent=True) from None
+            except OSError as exc:
+                raise UpstreamError("reset" if not got_any else "invalid",
+                                    f"{conn.server.addr}: {exc.strerror or exc} before a response",
+                                    sent=True) from None
+            if not data:
+                raise UpstreamError("closed", f"{conn.server.addr} closed the connection "
+                                    "without a response", sent=True)
+            got_any = True
+            buf += data
+        try:
+            resp = http1.parse_response_head(buf[:end], self.rt.limits)
+        except http1.ProtocolError as exc:
+            raise UpstreamError("invalid", f"{conn.server.addr}: invalid response: {exc.reason}",
+                                sent=True) from None
+        return resp, buf[end:]
+
+    def _up_recv(self, conn: UpstreamConn) -> bytes:
+        try:
+            return conn.sock.recv(RECV_SIZE)
+        except socket.timeout:
+            self.rt.log.error("%s timed out in the middle of a response body; dropping the "
+                              "client", conn.server.addr)
+            raise Abort() from None
+        except OSError as exc:
+            if exc.errno not in (errno.ECONNRESET, errno.EPIPE):
+                self.rt.log.error("%s: %s in the middle of a response body", conn.server.addr,
+                                  exc)
+            raise Abort() from None
+
+    def relay_length(self, conn: UpstreamConn, head: bytes, data: bytes, length: int,
+                     rec: AccessRecord) -> None:
+        if len(data) > length:
+            conn.buf = data[length:]  # garbage past the body: never reuse this connection
+            data = data[:length]
+        remaining = length - len(data)
+        self._send(head + data)
+        rec.bytes_sent = len(data)
+        while remaining:
+            data = self._up_recv(conn)
+            if not data:
+                self.rt.log.error("%s closed the connection %d bytes short of the response "
+                                  "body; dropping the client", conn.server.addr, remaining)
+                raise Abort()
+            if len(data) > remaining:
+                conn.buf = data[remaining:]
+                data = data[:remaining]
+            remaining -= len(data)
+            self._send(data)
+            rec.bytes_sent += len(data)
+
+    def relay_decoded(self, conn: UpstreamConn, head: bytes, data: bytes, framing,
+                      chunk_out: bool, rec: AccessRecord) -> bool:
+        """Relay a chunked or close-delimited body; True when it ended cleanly framed."""
+        decoder = http1.make_decoder(framing, status=502, limits=self.rt.limits)
+        pending = [head]
+        while True:
+            if data:
+                try:
+                    pieces, leftover = decoder.feed(data)
+                except http1.ProtocolError as exc:
+                    self.rt.log.error("%s sent a badly framed body (%s); dropping the client",
+                                      conn.server.addr, exc.reason)
+                    raise Abort() from None
+                for piece in pieces:
+                    if piece:
+                        rec.bytes_sent += len(piece)
+                        pending.append(http1.encode_chunk(piece) if chunk_out else piece)
+                if decoder.done:
+                    conn.buf = leftover
+                    if chunk_out:
+                        pending.append(http1.encode_last_chunk())
+                    self._send(b"".join(pending))
+                    return True
+                if pending:
+                    self._send(b"".join(pending))
+                    pending = []
+            data = self._up_recv(conn)
+            if not data:
+                try:
+                    decoder.eof()
+                except http1.IncompleteBody:
+                    self.rt.log.error("%s closed the connection in the middle of a chunked "
+                                      "body; dropping the client", conn.server.addr)
+                    raise Abort() from None
+                if chunk_out:
+                    pending.append(http1.encode_last_chunk())
+                self._send(b"".join(pending))
+                return False
+
+
+class _UpstreamSendError(Exception):
+    def __init__(self, detail: str, sent: bool):
+        super().__init__(detail)
+        self.sent = sent
+
+
+def _up_send(up, data, *, sent: bool) -> None:
+    """sendall to an upstream; failures say whether earlier bytes had been sent."""
+    try:
+        up.sendall(data)
+    except socket.timeout:
+        raise
+    except OSError as exc:
+        raise _UpstreamSendError(exc.strerror or str(exc), sent) from None
+
+
+def watch_alive(worker, rt_getter, interval: float = 0.1) -> None:
+    """Greenlet body: when the worker stops being alive, drain the runtime.
+
+    gunicorn's GeventWorker notices ``alive = False`` only once a second and
+    then waits for every greenlet; idle keep-alive connections would hold it
+    until graceful_timeout.  Closing them at once lets it exit as soon as the
+    requests in flight are done.
+    """
+    while worker.alive:
+        gevent.sleep(interval)
+    rt_getter().drain()

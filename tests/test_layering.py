@@ -1,0 +1,130 @@
+"""The layering is the architecture (DESIGN section 2): fail when a module reaches up or sideways.
+
+Every import in every module of the package is read with ``ast`` (function-
+level imports included) and checked against the rules below.  "Lazy" imports
+(inside a function) are allowed where the rule says so: the master must not
+import gevent, so daemon code imports it only in functions that run after the
+fork; cli imports daemon only when it is about to run the master.
+"""
+
+import ast
+import pathlib
+import subprocess
+import sys
+
+import pytest
+
+ROOT = pathlib.Path(__file__).resolve().parent.parent
+PKG = ROOT / "forkproxy"
+STDLIB = set(sys.stdlib_module_names)
+
+# layer -> (forkproxy layers it may import, third-party packages it may import)
+RULES = {
+    "core": ({"core"}, {"httptools"}),
+    "errors": (set(), set()),
+    "logs": (set(), set()),
+    "config": ({"core", "errors"}, {"tomli"}),
+    "net": ({"core", "config", "errors", "logs"}, {"gevent", "pylibmc", "requests", "brotli"}),
+    "daemon": ({"net", "core", "config", "errors", "logs"}, {"gunicorn"}),
+    "cli": ({"config", "errors"}, set()),
+    "ctl": ({"config", "errors", "core"}, {"requests"}),
+    "__main__": ({"cli"}, set()),
+    "__init__": (set(), set()),
+}
+# (layer, what) pairs allowed only inside function bodies.
+LAZY_ONLY = {("daemon", "gevent"), ("daemon", "net"), ("cli", "daemon")}
+
+
+def layer_of(path: pathlib.Path) -> str:
+    rel = path.relative_to(PKG)
+    return rel.parts[0] if len(rel.parts) > 1 else rel.stem
+
+
+def imports(tree: ast.AST, package: str = "forkproxy"):
+    """(absolute module name, is_lazy, lineno) for every import in a module of ``package``."""
+    def visit(node, lazy):
+        for child in ast.iter_child_nodes(node):
+            child_lazy = lazy or isinstance(child, (ast.FunctionDef, ast.AsyncFunctionDef))
+            if isinstance(child, ast.Import):
+                for alias in child.names:
+                    yield alias.name, child_lazy, child.lineno
+            elif isinstance(child, ast.ImportFrom):
+                if child.level:  # relative: resolve against the module's package
+                    base = package.split(".")[: len(package.split(".")) - child.level + 1]
+                    name = ".".join(base + ([child.module] if child.module else []))
+                    yield name, child_lazy, child.lineno
+                else:
+                    yield child.module, child_lazy, child.lineno
+            yield from visit(child, child_lazy)
+    yield from visit(tree, False)
+
+
+def violations():
+    found = []
+    for path in sorted(PKG.rglob("*.py")):
+        layer = layer_of(path)
+        assert layer in RULES, f"{path}: no layering rule for {layer!r}; add one to RULES"
+        allowed_layers, allowed_3rd = RULES[layer]
+        tree = ast.parse(path.read_text(), str(path))
+        package = ".".join(("forkproxy",) + path.relative_to(PKG).parts[:-1])
+        for name, lazy, line in imports(tree, package):
+            top = name.split(".")[0]
+            where = f"{path.relative_to(ROOT)}:{line}"
+            if top == "forkproxy":
+                parts = name.split(".")
+                if len(parts) == 1:  # "from forkproxy import x": x is the layer
+                    continue
+                target = parts[1]
+                if target == layer or target == "__init__":
+                    continue
+                if target not in allowed_layers and not ((layer, target) in LAZY_ONLY and lazy):
+                    found.append(f"{where}: {layer} imports forkproxy.{target}")
+                elif (layer, target) in LAZY_ONLY and not lazy:
+                    found.append(f"{where}: {layer} may import {target} only inside a function")
+            elif top in STDLIB or top == "__future__":
+                continue
+            elif (layer, top) in LAZY_ONLY:
+                if not lazy:
+                    found.append(f"{where}: {layer} may import {top} only inside a function")
+            elif top not in allowed_3rd:
+                found.append(f"{where}: {layer} imports third-party {top}")
+    return found
+
+
+def test_no_module_crosses_the_layers():
+    assert violations() == []
+
+
+def test_from_forkproxy_import_names_a_layer_that_is_allowed():
+    """``from forkproxy import config`` counts as importing the config layer."""
+    bad = []
+    for path in sorted(PKG.rglob("*.py")):
+        layer = layer_of(path)
+        allowed_layers = RULES[layer][0] | {"__version__"}
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.ImportFrom) and node.module == "forkproxy" and not node.level:
+                for alias in node.names:
+                    if alias.name not in allowed_layers and alias.name != layer:
+                        bad.append(f"{path.relative_to(ROOT)}:{node.lineno}: {layer} imports "
+                                   f"forkproxy.{alias.name}")
+    assert bad == []
+
+
+def test_the_rules_catch_a_violation(tmp_path, monkeypatch):
+    """The checker itself can fail: a core module importing gevent is reported."""
+    fake = tmp_path / "forkproxy"
+    (fake / "core").mkdir(parents=True)
+    (fake / "core" / "bad.py").write_text("import gevent\nfrom forkproxy.net import session\n")
+    monkeypatch.setattr(sys.modules[__name__], "PKG", fake)
+    monkeypatch.setattr(sys.modules[__name__], "ROOT", tmp_path)
+    assert len(violations()) == 2
+
+
+@pytest.mark.parametrize("module", ["forkproxy.cli", "forkproxy.daemon.app",
+                                    "forkproxy.daemon.hooks", "forkproxy.daemon.worker"])
+def test_master_side_imports_pull_in_no_gevent_requests_or_pylibmc(module):
+    code = (f"import sys, {module}\n"
+            "bad = [m for m in ('gevent', 'requests', 'pylibmc', 'urllib3') if m in sys.modules]\n"
+            "print(bad); sys.exit(1 if bad else 0)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT)
+    assert out.returncode == 0, out.stdout + out.stderr
