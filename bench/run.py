@@ -252,8 +252,8 @@ http {{
             "pidfile": str(d / "forkproxy.pid"),
             "runtime_dir": str(d / "run"),
             "error_log": str(d / "error.log"),
-            # nginx runs with access_log off; the nearest fair setting here.
-            "access_log": "/dev/null",
+            # nginx runs with access_log off; so does forkproxy here.
+            "access_log": "off",
             **(server or {}),
         }
         lines = ["[server]"] + [f"{k} = {json.dumps(v)}" for k, v in srv.items()]

@@ -14,6 +14,7 @@ own entry appended.
 from __future__ import annotations
 
 import ipaddress
+import re
 from typing import Iterable
 
 from .http1 import ProtocolError, connection_tokens, split_host
@@ -38,10 +39,14 @@ FORWARDING: frozenset[str] = frozenset({
 _Headers = list[tuple[str, str]]
 
 
-def strip_hop_by_hop(headers) -> _Headers:
-    """Remove HOP_BY_HOP fields and every field named in Connection; keep order."""
+def strip_hop_by_hop(headers, also: frozenset[str] = frozenset()) -> _Headers:
+    """Remove HOP_BY_HOP, every field named in Connection and the names in ``also``; keep order.
+
+    ``also`` lets a caller drop fields it rewrites itself (Host,
+    Content-Length) in the same pass: this runs on every request.
+    """
     names = connection_tokens(headers)
-    drop = HOP_BY_HOP | names if names else HOP_BY_HOP
+    drop = HOP_BY_HOP | names | also if (names or also) else HOP_BY_HOP
     return [(n, v) for n, v in headers if n not in drop]
 
 
@@ -58,9 +63,12 @@ def forwarded_node(addr: str) -> str:
     return addr
 
 
+_TOKEN = re.compile(r"[-!#$%&'*+.^_`|~0-9A-Za-z]+")
+
+
 def _forwarded_value(value: str) -> str:
     # token when possible, quoted-string otherwise (RFC 7239 4)
-    if value and all(c.isalnum() or c in "!#$%&'*+-.^_`|~" for c in value) and value.isascii():
+    if _TOKEN.fullmatch(value):
         return value
     escaped = value.replace("\\", "\\\\").replace('"', '\\"')
     return f'"{escaped}"'
@@ -190,10 +198,13 @@ def real_client_addr(headers, peer: str, trusted_networks) -> str:
     return result
 
 
-def response_headers_for_client(headers, *, via: str = "1.1 forkproxy") -> _Headers:
-    """Upstream response fields for the client: hop-by-hop stripped, Via appended."""
-    out = strip_hop_by_hop(headers)
-    vias = [v for n, v in out if n == "via"]
-    out = [(n, v) for n, v in out if n != "via"]
+_VIA = frozenset({"via"})
+
+
+def response_headers_for_client(headers, *, via: str = "1.1 forkproxy",
+                                also: frozenset[str] = frozenset()) -> _Headers:
+    """Upstream response fields for the client: hop-by-hop and ``also`` stripped, Via appended."""
+    vias = [v for n, v in headers if n == "via"]
+    out = strip_hop_by_hop(headers, also | _VIA)
     out.append(("via", _join(vias, via)))
     return out

@@ -130,10 +130,19 @@ DEFAULT_LIMITS = Limits()
 
 @dataclass(slots=True)
 class Request:
+    """A parsed request head.
+
+    ``host`` is the Host header's host, lower-cased, without its port (None
+    when absent); ``framing`` is ``request_body_framing(self)``: both are
+    computed once by ``parse_request_head``.
+    """
+
     method: str
     target: str
     version: str
     headers: list[tuple[str, str]]
+    host: str | None = None
+    framing: "Framing | None" = None
 
     def get(self, name: str, default: str | None = None) -> str | None:
         """First value of the lower-case header ``name``, or ``default``."""
@@ -333,26 +342,21 @@ def parse_request_head(head: bytes, limits: Limits = DEFAULT_LIMITS) -> Request:
     headers = _parse_fields(text, m.end(), limits, 400)
     _check_target(method, target)
     hosts = 0
-    for n, _ in headers:
+    host = None
+    for n, v in headers:
         if n == "host":
             hosts += 1
+            host = v
     if hosts > 1:
         raise ProtocolError(400, "more than one Host header")
     if hosts == 0:
         if version == "1.1":
             raise ProtocolError(400, "missing Host header")
     else:
-        _validate_host(_first(headers, "host"), 400)
-    req = Request(method, target, version, headers)
-    request_body_framing(req)  # raises on CL/TE conflicts before anything is forwarded
+        host = _validate_host(host, 400)[0]
+    req = Request(method, target, version, headers, host)
+    req.framing = request_body_framing(req)  # raises on CL/TE conflicts before anything is forwarded
     return req
-
-
-def _first(headers, name):
-    for n, v in headers:
-        if n == name:
-            return v
-    return None
 
 
 def _diagnose_request_line(text: str, pos: int, limits: Limits) -> ProtocolError:

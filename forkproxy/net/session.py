@@ -46,6 +46,9 @@ REASONS = {
     503: "Service Unavailable", 504: "Gateway Timeout", 505: "HTTP Version Not Supported",
 }
 CONTINUE = b"HTTP/1.1 100 Continue\r\n\r\n"
+# Fields the proxy writes itself (or consumes), dropped with the hop-by-hop ones.
+REWRITTEN_REQUEST_FIELDS = frozenset({"host", "content-length", "expect"})
+REWRITTEN_RESPONSE_FIELDS = frozenset({"content-length"})
 
 
 class ClientGone(Exception):
@@ -220,7 +223,7 @@ class Session:
 
     def _send(self, data) -> None:
         try:
-            self.client.sendall(data)
+            _sendall(self.client, data)
         except (OSError, socket.timeout):
             raise ClientGone() from None
 
@@ -327,23 +330,23 @@ class Session:
         method = req.method
         target = req.target
         host_value = req.get("host")
+        host = req.host
         if target.startswith("/"):
             path = target.partition("?")[0]
             upstream_target = target
         elif target[:7].lower() == "http://" or target[:8].lower() == "https://":
+            # absolute-form: its authority is the host (RFC 9112 3.2.2)
             authority, slash, rest = target.split("://", 1)[1].partition("/")
             upstream_target = slash + rest if slash else "/"
             path = upstream_target.partition("?")[0]
             host_value = authority
+            host = hdr.split_host(authority)[0]
         elif target == "*" and method == "OPTIONS":
             path = upstream_target = "*"
         elif method == "CONNECT":
             raise http1.ProtocolError(501, "CONNECT is not supported by a reverse proxy")
         else:
             raise http1.ProtocolError(400, "invalid request target")
-        host = None
-        if host_value is not None:
-            host, _port = hdr.split_host(host_value)
 
         route = rt.router.match(self.listener.name, host, path)
         if route is None:
@@ -354,7 +357,7 @@ class Session:
         rec.pool = route.pool
         pool = rt.pools[route.pool]
 
-        framing = http1.request_body_framing(req)
+        framing = req.framing
         max_body = rc.max_body_size if rc.max_body_size is not None else rt.cfg.server.max_body_size
         if framing.kind == "length" and max_body and framing.length > max_body:
             raise http1.ProtocolError(413, f"body of {framing.length} bytes over the limit {max_body}")
@@ -369,8 +372,7 @@ class Session:
                 # the expectation, so the upstream never waits on a 100.
                 self._send(CONTINUE)
 
-        headers = hdr.strip_hop_by_hop(req.headers)
-        headers = [(n, v) for n, v in headers if n not in ("expect", "content-length", "host")]
+        headers = hdr.strip_hop_by_hop(req.headers, REWRITTEN_REQUEST_FIELDS)
         trusted = rt.trusted_peer(self.peer)
         headers = hdr.forwarded_for_request(headers, client_addr=self.peer, proto="http",
                                             host=host_value, trusted=trusted)
@@ -457,7 +459,7 @@ class Session:
             elif framing.kind == "chunked":
                 self.send_chunked_body(up, head, max_body)
             else:
-                up.sendall(head)
+                _up_send(up, head, sent=False)
         except _UpstreamSendError as exc:
             raise UpstreamError("reset", f"sending to {conn.server.addr}: {exc}",
                                 sent=exc.sent) from None
@@ -486,11 +488,10 @@ class Session:
                                 sent=True) from None
 
         # 3. the response to the client
-        out = hdr.response_headers_for_client(resp.headers)
-        out = [(n, v) for n, v in out if n not in ("content-length", "date")] \
-            if rframing.kind != "none" else [(n, v) for n, v in out if n != "date"]
-        date = resp.get("date")
-        out.append(("Date", date if date is not None else CLOCK.date()))
+        out = hdr.response_headers_for_client(
+            resp.headers, also=REWRITTEN_RESPONSE_FIELDS if rframing.kind != "none" else frozenset())
+        if resp.get("date") is None:  # RFC 9110 6.6.1: an origin without a clock
+            out.append(("Date", CLOCK.date()))
         keep = client_keepalive and not self.rt.draining
         chunk_out = False
         if rframing.kind == "length":
@@ -692,10 +693,21 @@ class _UpstreamSendError(Exception):
         self.sent = sent
 
 
+def _sendall(sock, data) -> None:
+    """sendall, with the common case (everything fits the socket buffer) in one call.
+
+    gevent's sendall costs three Python frames and timeout bookkeeping per
+    call; a single send() nearly always takes a whole small response.
+    """
+    sent = sock.send(data)
+    if sent < len(data):
+        sock.sendall(memoryview(data)[sent:])
+
+
 def _up_send(up, data, *, sent: bool) -> None:
     """sendall to an upstream; failures say whether earlier bytes had been sent."""
     try:
-        up.sendall(data)
+        _sendall(up, data)
     except socket.timeout:
         raise
     except OSError as exc:

@@ -563,7 +563,7 @@ def test_request_round_trip(method, target, headers, body, chunked, chunk_sizes,
         trailers = []
     raw = serialize_request_head(method, target, fields) + payload + tail
     req, dec, got_body, leftover = feed_request_in_pieces(raw, cuts)
-    assert req == Request(method, target, "1.1", fields)
+    assert (req.method, req.target, req.version, req.headers) == (method, target, "1.1", fields)
     assert dec.done
     assert got_body == body
     assert dec.trailers == trailers
