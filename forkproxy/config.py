@@ -16,10 +16,14 @@ tables that hold them.  Those two tables feed:
 
 To add a key: add one ``Setting`` (and the dataclass field it fills), then
 run ``python -m forkproxy.config --write-docs .`` to regenerate the docs.
-To add a sub-table (for example a per-pool ``health = { ... }``): add a
-``Section("pool.health", "table", ...)``, its ``Setting("pool.health", ...)``
-rows, and a builder in ``_BUILDERS``; the walker, the line finder, ``dump``
-and the docs pick it up.
+To add a sub-table (as the per-pool ``health = { ... }``): add a
+``Section("pool.health", "table", ..., optional=True)``, its
+``Setting("pool.health", ...)`` rows, and a builder in ``_BUILDERS``; the
+walker, the line finder, ``dump`` and the docs pick it up.  An optional
+sub-table that is absent is None in its parent's dataclass.  A key that only
+makes sense for one value of a sibling key declares ``when=("type", "http")``:
+the walker rejects it when given otherwise, ``dump`` omits it, and the docs
+say so.
 
 Units.  Durations are strings with a unit: ``"500ms"``, ``"2s"``, ``"1.5s"``,
 ``"1m"``, ``"1h"``; a bare number is rejected because ``timeout = 30`` is
@@ -53,6 +57,7 @@ __all__ = [
     "RouteConfig",
     "ServerEntry",
     "PoolConfig",
+    "HealthConfig",
     "Setting",
     "Section",
     "SETTINGS",
@@ -99,6 +104,7 @@ class ServerConfig:
     access_log: str = "-"
     access_log_format: str = "combined"
     log_level: str = "info"
+    initial_health: str = "up"
 
 
 @dataclass(frozen=True)
@@ -138,8 +144,41 @@ class ServerEntry:
 
 
 @dataclass(frozen=True)
+class HealthConfig:
+    """A pool's ``health = { ... }``: its active checks (HAProxy semantics).
+
+    ``type`` "http" probes ``method path`` and succeeds when the status is in
+    one of the inclusive ``expect_status`` ranges and, if ``expect_body`` is
+    set, that regex is found in the first 64 KiB of the body; "tcp" only
+    connects (the http-only fields then keep their defaults and mean
+    nothing).  ``host`` None means the server's addr as written.
+    ``fastinter``/``downinter`` None mean ``interval``.  Times in seconds.
+    """
+
+    type: str = "http"
+    path: str = "/"
+    method: str = "GET"
+    expect_status: tuple[tuple[int, int], ...] = ((200, 399),)
+    expect_body: str | None = None
+    host: str | None = None
+    interval: float = 2.0
+    timeout: float = 1.0
+    rise: int = 2
+    fall: int = 3
+    fastinter: float | None = None
+    downinter: float | None = None
+
+
+@dataclass(frozen=True)
 class PoolConfig:
-    """One ``[pool.NAME]`` table."""
+    """One ``[pool.NAME]`` table.
+
+    ``health`` None: no active checks.  Passive checks (nginx semantics):
+    ``max_fails`` failures (connect errors, timeouts, and responses whose
+    status is in ``fail_status``) within ``fail_timeout`` seconds take a
+    server out of rotation for ``fail_timeout``; ``max_fails`` 0 disables
+    them.  ``slow_start`` seconds (0: off) ramp a returning server's weight.
+    """
 
     name: str
     servers: tuple[ServerEntry, ...]
@@ -149,6 +188,11 @@ class PoolConfig:
     send_timeout: float = 60.0
     keepalive: int = 32
     keepalive_timeout: float = 60.0
+    health: HealthConfig | None = None
+    max_fails: int = 1
+    fail_timeout: float = 10.0
+    fail_status: tuple[int, ...] = ()
+    slow_start: float = 0.0
 
 
 @dataclass(frozen=True)
@@ -396,7 +440,8 @@ def _enum(key: str, choices: tuple[str, ...], later: tuple[str, ...] = ()) -> Ca
 
 def _unknown_value(value: str, choices: tuple[str, ...]) -> str:
     msg = f"unknown value {_quote(value)}; expected one of: {', '.join(choices)}"
-    close = difflib.get_close_matches(value, choices, n=1)
+    # Case first: "get" for "GET" and "DOWN" for "down" are the usual slips.
+    close = [c for c in choices if c.lower() == value.lower()] or difflib.get_close_matches(value, choices, n=1)
     if close:
         msg += f' (did you mean "{close[0]}"?)'
     raise Invalid(msg)
@@ -484,6 +529,58 @@ def _regex(value: Any) -> str:
     return value
 
 
+_STATUS_HINT = 'expected a status code 100..599 or a range such as "200-399"'
+
+
+def _status_code(value: Any, lo: int = 100, hi: int = 599) -> int:
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise Invalid(f"expected an integer status code {lo}..{hi}, got {_tname(value)}")
+    if not lo <= value <= hi:
+        raise Invalid(f"expected a status code {lo}..{hi}, got {value}")
+    return value
+
+
+def _status_ranges(value: Any) -> tuple[tuple[int, int], ...]:
+    """``[200, "300-399"]`` (or one such item alone) -> ((200, 200), (300, 399))."""
+    items = value if isinstance(value, list) else [value]
+    if not items:
+        raise Invalid(f"must not be empty: {_STATUS_HINT}")
+    out = []
+    for item in items:
+        if isinstance(item, str):
+            m = re.fullmatch(r"\s*(\d{3})\s*-\s*(\d{3})\s*", item)
+            if not m:
+                raise Invalid(f"{_STATUS_HINT}, got {_quote(item)}")
+            lo, hi = int(m.group(1)), int(m.group(2))
+            if not (100 <= lo <= 599 and 100 <= hi <= 599):
+                raise Invalid(f"status codes must be 100..599, got {_quote(item)}")
+            if lo > hi:
+                raise Invalid(f"empty range {_quote(item)}: write the lower code first")
+            out.append((lo, hi))
+        elif isinstance(item, int) and not isinstance(item, bool):
+            if not 100 <= item <= 599:
+                raise Invalid(f"{_STATUS_HINT}, got {item}")
+            out.append((item, item))
+        else:
+            raise Invalid(f"{_STATUS_HINT}, got {_tname(item)}")
+    return tuple(out)
+
+
+def _fail_status(value: Any) -> tuple[int, ...]:
+    if not isinstance(value, list):
+        raise Invalid(f"expected an array of status codes 500..599 such as [502, 503, 504], got {_tname(value)}")
+    return tuple(_status_code(v, 500, 599) for v in value)
+
+
+def _probe_path(value: Any) -> str:
+    # It is sent verbatim as the request target: a space or control
+    # character would make the probe itself malformed.
+    _route_path(value)
+    if re.search(r"[\x00-\x20\x7f]", value):
+        raise Invalid(f"must not contain spaces or control characters, got {_quote(value)}")
+    return value
+
+
 def _header_value(value: Any) -> str:
     if re.search(r"[\x00-\x20\x7f]", _nonempty_str(value)):
         raise Invalid(f"must not contain spaces or control characters, got {_quote(value)}")
@@ -511,6 +608,14 @@ def _r_list(v: tuple) -> list:
     return list(v)
 
 
+def _r_opt_duration(v: float | None) -> str | None:
+    return None if v is None else format_duration(v)
+
+
+def _r_status(v: tuple[tuple[int, int], ...]) -> list:
+    return [lo if lo == hi else f"{lo}-{hi}" for lo, hi in v]
+
+
 # ---------------------------------------------------------------------------
 # The declarations.
 
@@ -523,7 +628,9 @@ class Setting:
     ``default`` is written as TOML would ("30s", "auto"), REQUIRED, or None
     for "unset"; ``type`` describes the accepted values for the docs;
     ``reload`` is True when SIGHUP applies a change, False when it needs a
-    restart; ``example`` is shown in the docs for REQUIRED/None keys."""
+    restart; ``example`` is shown in the docs for REQUIRED/None keys;
+    ``when`` = (sibling, value) makes the key valid only when the sibling
+    key of the same table has that value (``("type", "http")``)."""
 
     section: str
     name: str
@@ -534,6 +641,7 @@ class Setting:
     parse: Callable[[Any], Any] = field(default=_r_same, repr=False, compare=False)
     render: Callable[[Any], Any] = field(default=_r_same, repr=False, compare=False)
     example: Any = None
+    when: tuple[str, str] | None = None
 
     @property
     def required(self) -> bool:
@@ -545,7 +653,8 @@ class Section:
     """The shape of a table of settings.  ``kind``: "table" (one table),
     "array" (array of tables), "named" (table of tables keyed by a name, as
     ``[pool.NAME]``).  A dotted ``path`` is a sub-table under its parent
-    section (``pool.servers`` is the ``servers`` key of each pool)."""
+    section (``pool.servers`` is the ``servers`` key of each pool).  An
+    ``optional`` "table" that is absent is None instead of all defaults."""
 
     path: str
     kind: str
@@ -553,6 +662,7 @@ class Section:
     help: str
     required: bool = False
     need: str = ""  # the error when a required section is missing or empty
+    optional: bool = False
 
     @property
     def key(self) -> str:
@@ -603,6 +713,22 @@ SECTIONS: tuple[Section, ...] = (
         "At least one is required.",
         required=True,
         need='the pool has no servers: add at least one { addr = "HOST:PORT" }',
+    ),
+    Section(
+        "pool.health",
+        "table",
+        "health = { ... }",
+        "The active health checks of the pool, as an inline table such as "
+        '{ path = "/healthz", interval = "2s", rise = 2, fall = 3 } '
+        '(HTTP probes) or { type = "tcp" } (connect only). '
+        "Without it the pool has no active checks and only passive checks "
+        "(max_fails) take servers out of rotation. "
+        "The semantics are HAProxy's: a server goes DOWN after fall consecutive failed "
+        "checks and comes back UP after rise consecutive successful ones. "
+        "One worker at a time runs the checks of every pool, all servers concurrently, "
+        "and shares the results with the others through the health table in "
+        "server.runtime_dir, which forkproxyctl status reads.",
+        optional=True,
     ),
 )
 
@@ -684,6 +810,14 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("server", "log_level", '"debug", "info", "warning", "error" or "critical"', "info",
             "Least severe message written to the error log.",
             _RELOAD, _enum("log_level", ("debug", "info", "warning", "error", "critical"))),
+    Setting("server", "initial_health", '"up" or "down"', "up",
+            "Health state of a server when forkproxy starts, or when a reload adds it. "
+            '"up" sends it traffic at once (and active checks take it out if it fails fall of them); '
+            '"down" keeps it out of rotation until rise active checks have succeeded, '
+            "as HAProxy's init-state down. "
+            'A server of a pool without active checks is always "up". '
+            "Servers that stay across a reload keep their state.",
+            _RELOAD, _enum("initial_health", ("up", "down"))),
     # [[listener]]
     Setting("listener", "name", "name", REQUIRED,
             "Unique name of the listener, used by routes and in logs.",
@@ -746,6 +880,28 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("pool", "keepalive_timeout", "duration", "60s",
             "How long an idle upstream connection is kept for reuse.",
             _RELOAD, _duration(True), _r_duration),
+    Setting("pool", "max_fails", "integer 0..1000", 1,
+            "Passive checks, as nginx's max_fails: this many failures of a server within "
+            "fail_timeout, counted over all workers, take it out of rotation for fail_timeout. "
+            "A failure is a connect error, a timeout, or a response whose status is in fail_status. "
+            "When the pool has active checks, one successful check brings the server back earlier. "
+            "0 disables passive checks.",
+            _RELOAD, _int(0, 1000)),
+    Setting("pool", "fail_timeout", "duration", "10s",
+            "As nginx's fail_timeout: both the window in which max_fails failures are counted "
+            "and how long the server then stays out of rotation.",
+            _RELOAD, _duration(False), _r_duration),
+    Setting("pool", "fail_status", "array of status codes 500..599", [],
+            "Response statuses that count as passive failures, as nginx's proxy_next_upstream "
+            "http_500, http_502, http_503, http_504. "
+            "The response is still relayed to the client. "
+            "Empty: only connect errors and timeouts count.",
+            _RELOAD, _fail_status, _r_list, example=[502, 503, 504]),
+    Setting("pool", "slow_start", "duration", "0s",
+            "As HAProxy's slowstart: when a server comes back UP or ready, its weight ramps "
+            "linearly from almost nothing to its full value over this time. "
+            '"0s" disables it.',
+            _RELOAD, _duration(True), _r_duration),
     # servers = [{ ... }]
     Setting("pool.servers", "addr", '"HOST:PORT" or "[IPv6]:PORT"', REQUIRED,
             "Address of the server. The port is required.",
@@ -756,6 +912,55 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("pool.servers", "backup", "boolean", False,
             "A backup server receives requests only when no other server of the pool is available.",
             _RELOAD, _bool),
+    # health = { ... }
+    Setting("pool.health", "type", '"http" or "tcp"', "http",
+            '"http" sends an HTTP/1.1 request and checks the response, as HAProxy\'s option httpchk. '
+            '"tcp" only opens a connection, as HAProxy\'s plain check.',
+            _RELOAD, _enum("type", ("http", "tcp"))),
+    Setting("pool.health", "path", "path", "/",
+            'Request target of the probe, as in HAProxy\'s option httpchk GET /healthz. '
+            'It must start with "/" and may carry a query.',
+            _RELOAD, _probe_path, when=("type", "http")),
+    Setting("pool.health", "method", '"GET", "HEAD" or "OPTIONS"', "GET",
+            "Method of the probe.",
+            _RELOAD, _enum("method", ("GET", "HEAD", "OPTIONS")), when=("type", "http")),
+    Setting("pool.health", "expect_status", 'array of status codes and "LO-HI" ranges', ["200-399"],
+            "Statuses that make a probe succeed, as HAProxy's http-check expect status: "
+            'codes 100..599 and inclusive ranges such as [200, "300-399"]. '
+            "Any other status is a failure.",
+            _RELOAD, _status_ranges, _r_status, when=("type", "http")),
+    Setting("pool.health", "expect_body", "regular expression", None,
+            "When set, a probe also needs this Python regular expression to be found in the "
+            "first 64 KiB of the response body, as HAProxy's http-check expect rstring. "
+            "It is compiled when the file is loaded.",
+            _RELOAD, _regex, example="\"status\":\\s*\"ok\"", when=("type", "http")),
+    Setting("pool.health", "host", "Host header value", None,
+            "Host header of the probes. "
+            "Unset: the server's addr as written in servers.",
+            _RELOAD, _header_value, example="health.internal", when=("type", "http")),
+    Setting("pool.health", "interval", "duration", "2s",
+            "Time between two checks of a server, as HAProxy's inter.",
+            _RELOAD, _duration(False), _r_duration),
+    Setting("pool.health", "timeout", "duration", "1s",
+            "Time allowed for one check (connect, and for HTTP the whole response), "
+            "as HAProxy's timeout check. "
+            "A check that takes longer fails.",
+            _RELOAD, _duration(False), _r_duration),
+    Setting("pool.health", "rise", "integer 1..100", 2,
+            "Consecutive successful checks that bring a DOWN server UP, as HAProxy's rise.",
+            _RELOAD, _int(1, 100)),
+    Setting("pool.health", "fall", "integer 1..100", 3,
+            "Consecutive failed checks that take an UP server DOWN, as HAProxy's fall.",
+            _RELOAD, _int(1, 100)),
+    Setting("pool.health", "fastinter", "duration", None,
+            "Interval while a server is changing state (some but not yet rise or fall checks "
+            "in a row), as HAProxy's fastinter. "
+            "Unset: interval.",
+            _RELOAD, _duration(False), _r_opt_duration, example="500ms"),
+    Setting("pool.health", "downinter", "duration", None,
+            "Interval while a server is DOWN, as HAProxy's downinter. "
+            "Unset: interval.",
+            _RELOAD, _duration(False), _r_opt_duration, example="5s"),
 )
 
 
@@ -792,12 +997,17 @@ def _build_pool(values: dict, path: Path, err) -> PoolConfig:
     return PoolConfig(name=path[-1], **values)
 
 
+def _build_health(values: dict, path: Path, err) -> HealthConfig:
+    return HealthConfig(**values)
+
+
 _BUILDERS: dict[str, Callable[[dict, Path, Any], Any]] = {
     "server": _build_server,
     "listener": _build_listener,
     "route": _build_route,
     "pool": _build_pool,
     "pool.servers": _build_server_entry,
+    "pool.health": _build_health,
 }
 
 _CHILDREN: dict[str | None, list[Section]] = {}
@@ -863,6 +1073,14 @@ class _Loader:
                 self.err(path + (s.name,), f"required key is missing ({sec.title} needs {s.name} = ...)")
             else:
                 values[s.name] = None if s.default is None else s.parse(s.default)
+        for s in settings:
+            if s.when and s.name in raw:
+                other, wanted = s.when
+                actual = values.get(other)
+                # An invalid sibling was reported already: no second guess.
+                if actual is not None and actual != wanted:
+                    self.err(path + (s.name,), f"{s.name} is only valid with {other} = {_quote(wanted)}, "
+                             f"not {other} = {_quote(actual)}")
         for child in children:
             sub = self.section(child, raw.get(child.key), path + (child.key,), present=child.key in raw)
             values[child.key] = sub
@@ -874,6 +1092,8 @@ class _Loader:
         """Parse a whole section of any kind: a dataclass, or a tuple of them."""
         if sec.kind == "table":
             if not present:
+                if sec.optional:
+                    return None
                 raw = {}
             return self.table(sec, raw, path)
         if not present:
@@ -1210,9 +1430,16 @@ def _bare(name: str) -> str:
     return name if re.fullmatch(r"[A-Za-z0-9_-]+", name) else _quote(name)
 
 
+def _applies(s: Setting, obj: Any) -> bool:
+    """False when ``s`` has a ``when`` condition that ``obj`` does not meet."""
+    return s.when is None or getattr(obj, s.when[0]) == s.when[1]
+
+
 def _inline(sec: Section, obj: Any) -> str:
     parts = []
     for s in _KEYS.get(sec.path, []):
+        if not _applies(s, obj):
+            continue
         v = s.render(getattr(obj, s.name))
         if v is not None:
             parts.append(f"{s.name} = {_toml(v)}")
@@ -1233,6 +1460,8 @@ def _dump_table(sec: Section, obj: Any) -> list[str]:
             out.append(f"{child.key} = [")
             out.extend(f"  {_inline(child, item)}," for item in v)
             out.append("]")
+        elif v is None:
+            out.append(f"# {child.key} is not set")
         else:
             out.append(f"{child.key} = {_inline(child, v)}")
     return out
@@ -1303,6 +1532,8 @@ def man_keys() -> str:
         for s in keys:
             out.append(f".It Ic {s.name}")
             out += _roff_text(s.help)
+            if s.when:
+                out.append(_roff(f"Only with {s.when[0]} = {_toml(s.when[1])}."))
             out.append(".Pp")
             out.append(_roff(f"Type: {s.type}."))
             out.append(_roff(f"Default: {_default_text(s)}."))
@@ -1371,6 +1602,9 @@ def _sample_keys(sec: Section) -> list[str]:
         out.append(line if s.required else "#" + line)
     for child in _CHILDREN.get(sec.path, []):
         out.append("")
+        if child.kind == "table":
+            out += _sample_table(child)
+            continue
         out += _comment(f"{child.key}: {child.help} Keys of each entry:")
         for s in _KEYS.get(child.path, []):
             flags = ", ".join(x for x in (s.type, "required" if s.required else f"default {_toml(s.default)}") if x)
@@ -1381,6 +1615,19 @@ def _sample_keys(sec: Section) -> list[str]:
         out.append("  { " + ", ".join(f"{s.name} = {_toml(s.example)}" for s in required) + " },")
         out.append("  #{ " + ", ".join(f"{s.name} = {_toml(v)}" for s, v in full) + " },")
         out.append("]")
+    return out
+
+
+def _sample_table(child: Section) -> list[str]:
+    """An optional inline sub-table: its keys, then a commented example line."""
+    out = _comment(f"{child.key}: {child.help} Keys:")
+    for s in _KEYS.get(child.path, []):
+        default = "unset by default" if s.default is None else f"default {_toml(s.default)}"
+        only = f"only with {s.when[0]} = {_toml(s.when[1])}" if s.when else ""
+        flags = ", ".join(x for x in (s.type, default, only) if x)
+        out += _comment(f"{s.name} ({flags}): {s.help}", indent="  ")
+    full = ", ".join(f"{s.name} = {_toml(_doc_value(s))}" for s in _KEYS.get(child.path, []))
+    out.append(f"#{child.key} = {{ {full} }}")
     return out
 
 

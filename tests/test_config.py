@@ -15,6 +15,7 @@ from forkproxy import config
 from forkproxy.config import (
     SETTINGS,
     Config,
+    HealthConfig,
     ListenerConfig,
     PoolConfig,
     RouteConfig,
@@ -89,6 +90,7 @@ error_log = "/var/log/fp/error.log"
 access_log = "off"
 access_log_format = "json"
 log_level = "debug"
+initial_health = "down"
 
 [[listener]]
 name = "web"
@@ -126,6 +128,11 @@ read_timeout = "30s"
 send_timeout = "30s"
 keepalive = 0
 keepalive_timeout = "10s"
+max_fails = 3
+fail_timeout = "30s"
+fail_status = [502, 503]
+slow_start = "20s"
+health = { path = "/healthz", expect_status = [200, "204-299"], expect_body = "^ok", interval = "1s", fastinter = "200ms" }
 servers = [
   { addr = "10.0.0.11:8080", weight = 2 },
   { addr = "[2001:db8::1]:80", backup = true },
@@ -156,6 +163,10 @@ def test_full_config_values():
     assert r2 == RouteConfig(2, "api")
     pool = cfg.pool("api")
     assert (pool.connect_timeout, pool.read_timeout, pool.keepalive, pool.keepalive_timeout) == (2.0, 30.0, 0, 10.0)
+    assert (pool.max_fails, pool.fail_timeout, pool.fail_status, pool.slow_start) == (3, 30.0, (502, 503), 20.0)
+    assert pool.health == HealthConfig(path="/healthz", expect_status=((200, 200), (204, 299)),
+                                       expect_body="^ok", interval=1.0, fastinter=0.2)
+    assert s.initial_health == "down"
     assert pool.servers == (
         ServerEntry("10.0.0.11:8080", "10.0.0.11", 8080, 2, False),
         ServerEntry("[2001:db8::1]:80", "2001:db8::1", 80, 1, True),
@@ -177,7 +188,7 @@ def test_config_is_frozen():
 def test_dataclass_defaults_match_declarations():
     """The dataclass defaults and the SETTINGS defaults must not drift apart."""
     classes = {"server": ServerConfig, "listener": ListenerConfig, "route": RouteConfig,
-               "pool": PoolConfig, "pool.servers": ServerEntry}
+               "pool": PoolConfig, "pool.servers": ServerEntry, "pool.health": HealthConfig}
     for s in SETTINGS:
         fld = {f.name: f for f in dataclasses.fields(classes[s.section])}[s.name]
         if s.required or s.name == "workers":
@@ -268,9 +279,6 @@ servers = [
     ("servers as array of tables", MINIMAL + '\n[pool.b]\n[[pool.b.servers]]\naddr = "h:1"\n'
      '[[pool.b.servers]]\naddr = "h:2"\nweight = 1001\n',
      ["t.toml:16: pool.b.servers[1].weight: expected an integer 1..1000, got 1001"]),
-    ("health not yet", MINIMAL + '\n[pool.b]\nservers = [{ addr = "h:1" }]\nhealth = { path = "/" }\n',
-     ['t.toml:13: pool.b.health: unknown key "health" in [pool.NAME]; known keys: balance, '
-      "connect_timeout, read_timeout, send_timeout, keepalive, keepalive_timeout, servers"]),
     ("listener as table", '[listener]\nname = "x"\n',
      ["t.toml:1: listener: expected an array of tables, written [[listener]], got a table"]),
     ("route host invalid", MINIMAL.replace('pool = "app"', 'pool = "app"\nhost = "bad host"'),
@@ -332,6 +340,156 @@ def test_load_reads_files(tmp_path):
     with pytest.raises(ConfigErrors) as info:
         load(str(p))
     assert str(info.value) == f"{p}:2: not valid UTF-8"
+
+
+# --- health checks, passive checks, initial health (issue 3) -----------------
+
+
+def pool_with(lines: str) -> str:
+    """MINIMAL with ``lines`` appended to [pool.app] (they start on line 10)."""
+    return MINIMAL + lines + "\n"
+
+
+HEALTH_GOOD = [
+    # (id, the health value as written, the HealthConfig it gives)
+    ("empty table is every default", "{}", HealthConfig()),
+    ("http, every key", '{ path = "/healthz?full=1", method = "HEAD", expect_status = [200, "300-399"], '
+     'expect_body = "ok|OK", host = "health.internal", interval = "1s", timeout = "500ms", rise = 1, '
+     'fall = 100, fastinter = "250ms", downinter = "10s" }',
+     HealthConfig("http", "/healthz?full=1", "HEAD", ((200, 200), (300, 399)), "ok|OK",
+                  "health.internal", 1.0, 0.5, 1, 100, 0.25, 10.0)),
+    ("one status alone", "{ expect_status = 204 }", HealthConfig(expect_status=((204, 204),))),
+    ("one range alone", '{ expect_status = " 200 - 299 " }', HealthConfig(expect_status=((200, 299),))),
+    ("range of one code", '{ expect_status = ["503-503", 100, "599-599"] }',
+     HealthConfig(expect_status=((503, 503), (100, 100), (599, 599)))),
+    ("options", '{ method = "OPTIONS" }', HealthConfig(method="OPTIONS")),
+    ("tcp", '{ type = "tcp", interval = "1s", timeout = "100ms" }',
+     HealthConfig(type="tcp", interval=1.0, timeout=0.1)),
+    ("explicit http type", '{ type = "http", path = "/up" }', HealthConfig(path="/up")),
+    ("timeout longer than interval is allowed", '{ interval = "1s", timeout = "5s" }',
+     HealthConfig(interval=1.0, timeout=5.0)),
+]
+
+
+@pytest.mark.parametrize("value,expected", [h[1:] for h in HEALTH_GOOD], ids=[h[0] for h in HEALTH_GOOD])
+def test_health_good(value, expected):
+    cfg = loads(pool_with(f"health = {value}"))
+    assert cfg.pool("app").health == expected
+    assert loads(dump(cfg)) == cfg
+
+
+def test_health_as_a_sub_table_header():
+    cfg = loads(pool_with('\n[pool.app.health]\ntype = "tcp"\nrise = 5'))
+    assert cfg.pool("app").health == HealthConfig(type="tcp", rise=5)
+
+
+def test_health_absent_means_no_active_checks_and_passive_defaults():
+    cfg = loads(MINIMAL)
+    pool = cfg.pool("app")
+    assert pool.health is None
+    assert (pool.max_fails, pool.fail_timeout, pool.fail_status, pool.slow_start) == (1, 10.0, (), 0.0)
+    assert cfg.server.initial_health == "up"
+    assert "# health is not set" in dump(cfg)
+
+
+def test_passive_keys_and_initial_health():
+    cfg = loads('[server]\ninitial_health = "down"\n'
+                + pool_with('max_fails = 0\nfail_timeout = "30s"\nfail_status = [500, 502, 599]\nslow_start = "1m"'))
+    pool = cfg.pool("app")
+    assert (pool.max_fails, pool.fail_timeout, pool.fail_status, pool.slow_start) == (0, 30.0, (500, 502, 599), 60.0)
+    assert cfg.server.initial_health == "down"
+    assert loads(dump(cfg)) == cfg
+
+
+def test_dump_of_a_tcp_check_omits_the_http_only_keys():
+    out = dump(loads(pool_with('health = { type = "tcp" }')))
+    assert 'health = { type = "tcp", interval = "2s", timeout = "1s", rise = 2, fall = 3 }' in out
+
+
+DURATION_HINT = 'expected a duration with a unit, such as "500ms", "2s", "1m" or "1h"'
+STATUS_HINT = 'expected a status code 100..599 or a range such as "200-399"'
+H = "t.toml:10: pool.app.health"
+P = "t.toml:10: pool.app"
+
+HEALTH_BAD = [
+    # (id, lines appended to [pool.app], expected errors in order)
+    ("type unknown", 'health = { type = "udp" }',
+     [f'{H}.type: unknown value "udp"; expected one of: http, tcp']),
+    ("tcp with http-only keys", 'health = { type = "tcp", path = "/x", method = "HEAD", expect_status = [200], '
+     'expect_body = "ok", host = "h", interval = "1s" }',
+     [f'{H}.{k}: {k} is only valid with type = "http", not type = "tcp"'
+      for k in ("path", "method", "expect_status", "expect_body", "host")]),
+    ("bad type hides the http-only check", 'health = { type = "udp", path = "/x" }',
+     [f'{H}.type: unknown value "udp"; expected one of: http, tcp']),
+    ("zero interval, bare timeout", 'health = { interval = "0s", timeout = 1 }',
+     [f"{H}.interval: must be greater than zero",
+      f'{H}.timeout: {DURATION_HINT}; bare numbers are not accepted: write "1s"']),
+    ("zero timeout", 'health = { timeout = "0ms" }', [f"{H}.timeout: must be greater than zero"]),
+    ("fastinter and downinter", 'health = { fastinter = "0s", downinter = "5d" }',
+     [f"{H}.fastinter: must be greater than zero", f'{H}.downinter: {DURATION_HINT}, got "5d"']),
+    ("rise and fall bounds", "health = { rise = 0, fall = 101 }",
+     [f"{H}.rise: expected an integer 1..100, got 0", f"{H}.fall: expected an integer 1..100, got 101"]),
+    ("rise as string", 'health = { rise = "2" }', [f"{H}.rise: expected an integer, got a string"]),
+    ("method unknown", 'health = { method = "POST" }',
+     [f'{H}.method: unknown value "POST"; expected one of: GET, HEAD, OPTIONS']),
+    ("method case", 'health = { method = "get" }',
+     [f'{H}.method: unknown value "get"; expected one of: GET, HEAD, OPTIONS (did you mean "GET"?)']),
+    ("status too low", "health = { expect_status = 99 }", [f"{H}.expect_status: {STATUS_HINT}, got 99"]),
+    ("status too high", "health = { expect_status = [200, 600] }", [f"{H}.expect_status: {STATUS_HINT}, got 600"]),
+    ("range reversed", 'health = { expect_status = "400-300" }',
+     [f'{H}.expect_status: empty range "400-300": write the lower code first']),
+    ("range out of bounds", 'health = { expect_status = ["100-600"] }',
+     [f'{H}.expect_status: status codes must be 100..599, got "100-600"']),
+    ("status class", 'health = { expect_status = "2xx" }', [f'{H}.expect_status: {STATUS_HINT}, got "2xx"']),
+    ("status as digits string", 'health = { expect_status = "200" }',
+     [f'{H}.expect_status: {STATUS_HINT}, got "200"']),
+    ("status empty", "health = { expect_status = [] }", [f"{H}.expect_status: must not be empty: {STATUS_HINT}"]),
+    ("status boolean", "health = { expect_status = [200, true] }", [f"{H}.expect_status: {STATUS_HINT}, got a boolean"]),
+    ("body regex invalid", 'health = { expect_body = "([" }',
+     [f'{H}.expect_body: invalid regular expression "([": unterminated character set at position 1']),
+    ("path without slash", 'health = { path = "healthz" }', [f'{H}.path: must start with "/", got "healthz"']),
+    ("path with space", 'health = { path = "/a b" }',
+     [f'{H}.path: must not contain spaces or control characters, got "/a b"']),
+    ("host with space", 'health = { host = "a b" }',
+     [f'{H}.host: must not contain spaces or control characters, got "a b"']),
+    ("host empty", 'health = { host = "" }', [f"{H}.host: must not be empty"]),
+    ("unknown health key", 'health = { intervl = "1s" }',
+     [f'{H}.intervl: unknown key "intervl" in health = {{ ... }}; did you mean "interval"?']),
+    ("health not a table", 'health = "yes"', [f"{H}: expected a table, got a string"]),
+    ("health as sub-table, errors on their lines", '\n[pool.app.health]\ntype = "tcp"\n\npath = "/x"\nrise = 0',
+     ['t.toml:14: pool.app.health.path: path is only valid with type = "http", not type = "tcp"',
+      "t.toml:15: pool.app.health.rise: expected an integer 1..100, got 0"]),
+    ("max_fails negative, fail_timeout zero", 'max_fails = -1\nfail_timeout = "0s"',
+     [f"{P}.max_fails: expected an integer 0..1000, got -1", "t.toml:11: pool.app.fail_timeout: must be greater than zero"]),
+    ("max_fails too high", "max_fails = 1001", [f"{P}.max_fails: expected an integer 0..1000, got 1001"]),
+    ("fail_status not 5xx", "fail_status = [502, 404]", [f"{P}.fail_status: expected a status code 500..599, got 404"]),
+    ("fail_status not an array", "fail_status = 502",
+     [f"{P}.fail_status: expected an array of status codes 500..599 such as [502, 503, 504], got an integer"]),
+    ("fail_status strings", 'fail_status = ["502"]',
+     [f"{P}.fail_status: expected an integer status code 500..599, got a string"]),
+    ("slow_start negative", 'slow_start = "-1s"', [f'{P}.slow_start: {DURATION_HINT}, got "-1s"']),
+    ("slow_start bare", "slow_start = 30",
+     [f'{P}.slow_start: {DURATION_HINT}; bare numbers are not accepted: write "30s"']),
+]
+
+
+@pytest.mark.parametrize("lines,expected", [b[1:] for b in HEALTH_BAD], ids=[b[0] for b in HEALTH_BAD])
+def test_health_bad(lines, expected):
+    assert errors_of(pool_with(lines)) == expected
+
+
+@pytest.mark.parametrize("value,expected", [
+    ('"up"', []), ('"down"', []),
+    ('"DOWN"', ['t.toml:2: server.initial_health: unknown value "DOWN"; expected one of: up, down '
+                '(did you mean "down"?)']),
+    ("false", ["t.toml:2: server.initial_health: expected a string, got a boolean"]),
+])
+def test_initial_health(value, expected):
+    text = f"[server]\ninitial_health = {value}\n" + MINIMAL
+    if expected:
+        assert errors_of(text) == expected
+    else:
+        assert loads(text).server.initial_health == value.strip('"')
 
 
 # --- units --------------------------------------------------------------------
@@ -399,9 +557,12 @@ def test_dump_round_trip(text):
 
 
 def test_dump_fills_every_default():
-    out = dump(loads(MINIMAL))
+    out = dump(loads(pool_with("health = {}")))
     for s in SETTINGS:
-        if s.default is None:
+        if s.default is None and "." in s.section:
+            # An inline table leaves unset keys out: no comment fits inside { }.
+            assert f" {s.name} = " not in out, s.name
+        elif s.default is None:
             assert f"# {s.name} is not set" in out
         else:
             assert f"\n{s.name} = " in out or f" {s.name} = " in out, s.name
@@ -418,13 +579,32 @@ servers = st.builds(
     addrs, st.integers(1, 1000), st.booleans())
 
 
+status_ranges = st.lists(
+    st.tuples(st.integers(100, 599), st.integers(0, 100)).map(lambda t: (t[0], min(599, t[0] + t[1]))),
+    min_size=1, max_size=3).map(tuple)
+http_health = st.builds(
+    HealthConfig, st.just("http"), st.sampled_from(["/", "/healthz?x=1", "/q\"uote"]),
+    st.sampled_from(["GET", "HEAD", "OPTIONS"]), status_ranges,
+    st.one_of(st.none(), st.sampled_from(["ok", "^\\s*\\{", '"up"'])),
+    st.one_of(st.none(), st.just("health.internal")),
+    durations, durations, st.integers(1, 100), st.integers(1, 100),
+    st.one_of(st.none(), durations), st.one_of(st.none(), durations))
+tcp_health = st.builds(HealthConfig, st.just("tcp"), interval=durations, timeout=durations,
+                       rise=st.integers(1, 100), fall=st.integers(1, 100),
+                       fastinter=st.one_of(st.none(), durations), downinter=st.one_of(st.none(), durations))
+
+
 @st.composite
 def configs(draw):
     pool_names = draw(st.lists(names, min_size=1, max_size=3, unique=True))
     pools = tuple(
         PoolConfig(n, tuple(draw(st.lists(servers, min_size=1, max_size=4))),
                    connect_timeout=draw(durations), keepalive=draw(st.integers(0, 100)),
-                   keepalive_timeout=draw(st.sampled_from([0.0, 0.25, 90.0])))
+                   keepalive_timeout=draw(st.sampled_from([0.0, 0.25, 90.0])),
+                   health=draw(st.one_of(st.none(), http_health, tcp_health)),
+                   max_fails=draw(st.integers(0, 1000)), fail_timeout=draw(durations),
+                   fail_status=tuple(draw(st.lists(st.integers(500, 599), max_size=3))),
+                   slow_start=draw(st.sampled_from([0.0, 0.5, 30.0])))
         for n in pool_names)
     ports = draw(st.lists(st.integers(1, 65535), min_size=1, max_size=3, unique=True))
     listeners = tuple(ListenerConfig(f"l{i}", f"127.0.0.1:{p}", "127.0.0.1", p) for i, p in enumerate(ports))
@@ -447,6 +627,7 @@ def configs(draw):
         user=draw(st.one_of(st.none(), st.just("nobody"))),
         error_log=draw(st.sampled_from(["-", "/var/log/é.log", "a\tb"])),
         access_log_format=draw(st.sampled_from(["combined", "json"])),
+        initial_health=draw(st.sampled_from(["up", "down"])),
     )
     return Config("h.toml", server, listeners, routes, pools)
 

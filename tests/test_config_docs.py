@@ -69,11 +69,25 @@ def test_man_page_documents_exactly_the_accepted_keys():
     assert documented_keys() == accepted_keys()
 
 
+def key_block(page: str, s: config.Setting) -> str:
+    """The man page text of setting ``s``, found under its own section's .Ss
+    (``path`` and ``host`` are keys of both [[route]] and health = { ... })."""
+    title = {sec.path: sec.title for sec in SECTIONS}[s.section]
+    section = page.split(f".Ss {title}\\&\n", 1)[1].split("\n.Ss ", 1)[0]
+    return section.split(f".It Ic {s.name}\n", 1)[1].split(".It ", 1)[0]
+
+
 def test_man_page_documents_reload_behaviour_of_every_key():
     page = MAN.read_text(encoding="utf-8")
     for s in SETTINGS:
-        block = page.split(f".It Ic {s.name}\n", 1)[1].split(".It ", 1)[0]
-        assert ("Applies on reload." if s.reload else "Needs a restart.") in block, s.name
+        assert ("Applies on reload." if s.reload else "Needs a restart.") in key_block(page, s), s.name
+
+
+def test_man_page_says_which_keys_are_http_only():
+    page = MAN.read_text(encoding="utf-8")
+    for s in SETTINGS:
+        if s.when:
+            assert f"Only with {s.when[0]} = \"{s.when[1]}\"." in key_block(page, s), s.name
 
 
 BASE = """\
@@ -100,6 +114,8 @@ def test_every_documented_key_is_accepted(setting):
     line = f"{setting.name} = {config._toml(value)}"
     if setting.section == "pool.servers":
         slots["servers"] = "" if setting.name == "addr" else line
+    elif setting.section == "pool.health":
+        slots["pool"] = f"health = {{ {line} }}"
     elif setting.name not in ("name", "bind", "pool"):
         slots[setting.section] = line
     text = BASE.format(**slots).replace(", }]", " }]")
@@ -138,3 +154,12 @@ def test_man_page_example_is_a_valid_config():
     example = example.split("\n.Ed\n", 1)[0]
     cfg = loads(example.replace("\\e", "\\"), "example")
     assert cfg.pool("api").servers[2].backup is True
+    assert cfg.pool("api").health.path == "/healthz"
+
+
+def test_sample_commented_health_line_is_valid():
+    """Uncommenting the sample's every-key health line gives a valid pool."""
+    text = SAMPLE.read_text(encoding="utf-8")
+    (line,) = [x for x in text.splitlines() if x.startswith("#health = {")]
+    cfg = loads(text.replace(line, line[1:]), "sample")
+    assert cfg.pools[0].health.fastinter == 0.5
