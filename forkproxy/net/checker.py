@@ -1,0 +1,287 @@
+"""Active health checks: HTTP probes via ``requests``, TCP connect probes.
+
+Every worker runs ``Checker.run`` in a greenlet (after gevent's monkey
+patching, so ``requests`` and sockets are cooperative). Only the worker that
+holds the checker lock (``net.leader.Leader``) probes; the others retry the
+lock every ``min(0.5 s, smallest interval)``, so when the checker dies
+another worker takes over within about one interval. The state lives in the
+shared table, not in the checker: rise/fall counts carry over to the next
+leader, and every worker (and ``forkproxyctl status``) reads the result.
+
+Each target gets its own probe loop greenlet, so probes of many servers run
+concurrently and a slow server never delays another's check. A loop is
+``probe -> RiseFall.step(table row) -> write the row -> sleep
+RiseFall.next_interval`` (HAProxy ``inter``/``fastinter``/``downinter``).
+The first probes of all targets are spread over their first interval so
+hundreds of checks do not fire in the same instant forever after (HAProxy
+does the same).
+
+Decisions:
+
+* Every HTTP probe uses a fresh connection and sends ``Connection: close``
+  (as HAProxy does): a check must prove the server still accepts
+  connections, which a pooled keep-alive connection would hide.
+* ``timeout`` bounds the whole probe (connect, head and the body read for
+  ``expect_body``), not only each socket operation: a server that drips
+  bytes fails with "timeout".
+* Redirects are never followed: a 3xx is judged by ``expect_status`` like
+  any other status. Proxy environment variables are ignored
+  (``trust_env = False``).
+* ``expect_body`` is a regex searched (``re.search``) in the first 64 KiB of
+  the body, decoded as UTF-8 with undecodable bytes replaced.
+"""
+
+from __future__ import annotations
+
+import functools
+import re
+import socket
+import time
+from dataclasses import dataclass
+
+import gevent
+import requests
+from gevent.event import Event
+
+from forkproxy.config import HealthConfig, ServerEntry
+from forkproxy.core.health import RiseFall
+
+__all__ = ["Target", "Checker", "probe", "BODY_LIMIT"]
+
+#: How much of the body ``expect_body`` is matched against.
+BODY_LIMIT = 64 * 1024
+
+# Leader retries never wait longer than this, whatever the intervals.
+_ELECTION_POLL = 0.5
+
+
+@dataclass(frozen=True)
+class Target:
+    """One server to check: its table ``row``, pool name, entry and the pool's ``health``."""
+
+    row: int
+    pool: str
+    server: ServerEntry
+    health: HealthConfig
+
+    @property
+    def label(self) -> str:
+        """``"POOL/ADDR"``, the row label in the shared table."""
+        return f"{self.pool}/{self.server.addr}"
+
+
+class _ProbeTimeout(Exception):
+    """The whole probe outlived ``health.timeout`` (raised by a gevent.Timeout)."""
+
+
+def new_session() -> requests.Session:
+    """A ``requests.Session`` for probes: no proxies or netrc from the environment."""
+    s = requests.Session()
+    s.trust_env = False
+    return s
+
+
+def probe(target: Target, *, session: requests.Session | None = None) -> tuple[bool, str, float]:
+    """Run one check of ``target``; return ``(ok, result, latency seconds)``.
+
+    ``result`` is short text for the table and logs: ``"ok"``, ``"timeout"``,
+    ``"refused"``, ``"reset"``, ``"status 503"``, ``"body mismatch"`` or
+    ``"error: ..."``. Never raises for a failing server. Latency is measured
+    with the monotonic clock, from the start of the connect to the verdict.
+    """
+    h = target.health
+    start = time.monotonic()
+    timer = gevent.Timeout(h.timeout, _ProbeTimeout)
+    timer.start()
+    try:
+        if h.type == "tcp":
+            ok, result = _probe_tcp(target)
+        else:
+            ok, result = _probe_http(target, session)
+    except _ProbeTimeout:
+        ok, result = False, "timeout"
+    except Exception as e:  # a check must report, never crash its loop
+        ok, result = False, _classify(e)
+    finally:
+        timer.close()
+    return ok, result, time.monotonic() - start
+
+
+def _probe_tcp(target: Target) -> tuple[bool, str]:
+    s = target.server
+    conn = socket.create_connection((s.host, s.port), timeout=target.health.timeout)
+    conn.close()
+    return True, "ok"
+
+
+def _url(target: Target) -> str:
+    s, h = target.server, target.health
+    host = f"[{s.host}]" if ":" in s.host else s.host
+    path = h.path if h.path.startswith("/") else "/" + h.path
+    return f"http://{host}:{s.port}{path}"
+
+
+def _probe_http(target: Target, session: requests.Session | None) -> tuple[bool, str]:
+    h = target.health
+    own = session is None
+    if own:
+        session = new_session()
+    try:
+        resp = session.request(
+            h.method, _url(target),
+            headers={"Host": h.host or target.server.addr, "Connection": "close"},
+            timeout=h.timeout, allow_redirects=False, stream=True,
+        )
+        try:
+            if not any(lo <= resp.status_code <= hi for lo, hi in h.expect_status):
+                return False, f"status {resp.status_code}"
+            if h.expect_body is not None:
+                body = bytearray()
+                for chunk in resp.iter_content(chunk_size=16384):
+                    body += chunk
+                    if len(body) >= BODY_LIMIT:
+                        break
+                text = bytes(body[:BODY_LIMIT]).decode("utf-8", "replace")
+                if not _regex(h.expect_body).search(text):
+                    return False, "body mismatch"
+            return True, "ok"
+        finally:
+            resp.close()
+    finally:
+        if own:
+            session.close()
+
+
+@functools.lru_cache(maxsize=256)
+def _regex(pattern: str) -> re.Pattern:
+    return re.compile(pattern)
+
+
+def _classify(exc: BaseException) -> str:
+    """Map the exception chain of a failed probe to a short result."""
+    seen: set[int] = set()
+    todo = [exc]
+    while todo:
+        e = todo.pop(0)
+        if e is None or id(e) in seen:
+            continue
+        seen.add(id(e))
+        if isinstance(e, ConnectionRefusedError):
+            return "refused"
+        if isinstance(e, (ConnectionResetError, BrokenPipeError)):
+            return "reset"
+        if isinstance(e, (TimeoutError, socket.timeout, requests.Timeout, _ProbeTimeout)):
+            return "timeout"
+        # requests wraps urllib3 wraps the OSError: follow every link.
+        todo += [e.__cause__, e.__context__, getattr(e, "reason", None)]
+        todo += [a for a in getattr(e, "args", ()) if isinstance(a, BaseException)]
+    name = type(exc).__name__
+    if isinstance(exc, requests.ConnectionError):
+        # The interesting part is the innermost message (e.g. "Name or
+        # service not known", "RemoteDisconnected").
+        inner: BaseException = exc
+        for _ in range(8):
+            nxt = getattr(inner, "reason", None)
+            if not isinstance(nxt, BaseException):
+                nxt = next((a for a in inner.args if isinstance(a, BaseException)), None)
+            if nxt is None:
+                break
+            inner = nxt
+        return f"error: {type(inner).__name__}"
+    return f"error: {name}: {exc}" if str(exc) else f"error: {name}"
+
+
+class Checker:
+    """Active checks of ``targets``, run by whichever worker holds ``leader``.
+
+    ``table`` is the shared ``core.table.Table``; ``log`` a ``logging.Logger``;
+    ``initial`` the RiseFall init state of rows never written (the master
+    normally writes initial rows itself; "up", "down", "fully-up" or
+    "fully-down"); ``clock`` the epoch clock stamped into rows.
+
+    ``run()`` is a greenlet body and returns after ``stop()``. ``stop()``
+    kills the probe loops and releases the lock, so a worker of the next
+    generation takes over at once: call it when the worker begins its
+    graceful shutdown, since an old worker that kept the lock would keep
+    checking the old generation's table.
+    """
+
+    def __init__(self, table, targets: list[Target], leader, log, *, initial: str = "up", clock=time.time):
+        self.table = table
+        self.targets = list(targets)
+        self.leader = leader
+        self.log = log
+        self.clock = clock
+        self._machines = {t.row: RiseFall(t.health.rise, t.health.fall, init_state=initial)
+                          for t in self.targets}
+        intervals = [t.health.interval for t in self.targets]
+        self._poll = min([_ELECTION_POLL, *intervals])
+        self._stopped = Event()
+        self._loops: list[gevent.Greenlet] = []
+        self._session: requests.Session | None = None
+
+    def run(self) -> None:
+        was_leader = False
+        while not self._stopped.is_set():
+            try:
+                leader = self.leader.try_acquire()
+            except OSError as e:  # e.g. the fd is not open for writing: say so, keep serving
+                self.log.error("health checker: cannot take the checker lock: %s", e)
+                leader = False
+            if leader and not was_leader:
+                self.log.info("health checker elected: %d servers to check", len(self.targets))
+            elif was_leader and not leader:
+                self.log.warning("health checker lost the checker lock; checks paused in this worker")
+            was_leader = leader
+            if leader and not self._loops and self.targets:
+                self._start_loops()
+            self._stopped.wait(self._poll)
+
+    def stop(self) -> None:
+        """Stop probing (idempotent): end ``run``, kill the probe loops, release the lock."""
+        self._stopped.set()
+        loops, self._loops = self._loops, []
+        gevent.killall(loops, block=False)
+        try:
+            self.leader.release()
+        except (AttributeError, OSError):
+            pass  # a leader without release(), or the fd already gone: the kernel frees it at exit
+        if self._session is not None:
+            self._session.close()
+            self._session = None
+
+    def _start_loops(self) -> None:
+        self._session = new_session()
+        n = len(self.targets)
+        for i, t in enumerate(self.targets):
+            # Spread the first probes over the first interval (see module doc).
+            self._loops.append(gevent.spawn(self._loop, t, t.health.interval * i / n))
+
+    def _loop(self, t: Target, delay: float) -> None:
+        rf, h = self._machines[t.row], t.health
+        if self._stopped.wait(delay):
+            return
+        while not self._stopped.is_set():
+            if not self.leader.held:
+                # Only possible if the lock was lost (see net.leader): wait
+                # for run() to win it back rather than write as a non-leader.
+                self._stopped.wait(self._poll)
+                continue
+            wait = h.interval
+            try:
+                ok, result, latency = probe(t, session=self._session)
+                if self._stopped.is_set() or not self.leader.held:
+                    continue
+                old = self.table.read_health(t.row)
+                new = rf.step(old, ok, self.clock(), result, latency)
+                self.table.write_health(t.row, new)
+                before = old.state if old is not None else rf.initial(0.0).state
+                if new.state != before:
+                    if new.state == "down":
+                        self.log.warning("server %s is DOWN: %s", t.label, new.reason)
+                    else:
+                        self.log.info("server %s is UP: %s", t.label, new.reason)
+                wait = rf.next_interval(new, h.interval, h.fastinter, h.downinter)
+            except Exception:  # a bug must not end this server's checks for good
+                self.log.exception("health check of %s failed unexpectedly", t.label)
+            self._stopped.wait(wait)
