@@ -1,0 +1,486 @@
+"""forkproxyctl: inspect and change a running forkproxy through its shared health table.
+
+    forkproxyctl [-c FILE] [--json] status
+    forkproxyctl [-c FILE] drain|maint|ready POOL SERVER
+    forkproxyctl [-c FILE] weight POOL SERVER N|config
+
+No admin endpoint is involved: the master keeps the health table at
+``{server.runtime_dir}/health.tbl`` (``forkproxy.daemon.shm``), every worker
+maps it, and this tool maps it too. From the configuration file only
+``server.runtime_dir`` is required (and ``server.pidfile``, to warn when the
+table outlived its master); the pools' ``max_fails`` and ``fail_timeout`` are
+used to count passive failures (a pool that is in the table but no longer in
+the file is counted with the defaults). Everything else comes from the table,
+which is what the running daemon sees even when the file has been edited since.
+
+``status`` maps the table read-only. The admin commands follow the table's
+writer contract: take ``shm.admin_lock(table_path)``, *then* open the table
+(so a reload that swaps in the next generation under the same lock never
+loses the change), write the row's admin cell, release. They are idempotent:
+setting the state a server already has writes nothing and exits 0.
+
+Exit status: 0 success; 1 failure (forkproxy not running, table unreadable,
+unknown pool or server, broken configuration); 2 usage error.
+
+Layering: config, errors, core and ``daemon.shm`` only (``daemon.shm`` is
+stdlib + core; nothing here may pull in gunicorn, gevent or requests).
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import fcntl
+import json
+import os
+import pwd
+import struct
+import sys
+import time
+
+from forkproxy import config
+from forkproxy.core.health import passive_out
+from forkproxy.core.table import AdminRow, LayoutError, Table
+from forkproxy.daemon import shm
+from forkproxy.errors import EX_CONFIG, EX_OK, EX_USAGE, ConfigErrors
+
+__all__ = [
+    "DEFAULT_CONFIG",
+    "TABLE_NAME",
+    "CHECKER_LOCK_NAME",
+    "WEIGHT_MAX",
+    "CtlError",
+    "checker_pid",
+    "master_pid",
+    "format_age",
+    "snapshot",
+    "render_status",
+    "set_admin",
+    "build_parser",
+    "main",
+]
+
+DEFAULT_CONFIG = "/etc/forkproxy/forkproxy.toml"
+TABLE_NAME = "health.tbl"
+CHECKER_LOCK_NAME = "checker.lock"
+#: Same bounds as the ``weight`` key of a pool's servers (1..1000).
+WEIGHT_MAX = 1000
+
+# Pool settings used for presentation, with the defaults issue 3 gives them,
+# read with getattr so this module works before and after those keys land.
+_MAX_FAILS, _FAIL_TIMEOUT = 1, 10.0
+
+
+class CtlError(Exception):
+    """A failure to report as ``forkproxyctl: MESSAGE`` and exit with ``code``."""
+
+    def __init__(self, message: str, code: int = EX_CONFIG):
+        super().__init__(message)
+        self.message = message
+        self.code = code
+
+
+# -- the checker's pid ---------------------------------------------------------------
+
+# struct flock, per platform: Linux (and glibc/musl on every 64-bit arch):
+# short type, short whence, off_t start, off_t len, pid_t pid. BSDs and macOS
+# put the offsets first. Unknown platforms: no pid (status says so).
+if sys.platform.startswith("linux"):
+    _FLOCK, _FLOCK_FIELDS = "@hhqqi", ("type", "whence", "start", "len", "pid")
+elif sys.platform == "darwin":
+    _FLOCK, _FLOCK_FIELDS = "@qqihh", ("start", "len", "pid", "type", "whence")
+elif "bsd" in sys.platform:  # FreeBSD adds int l_sysid
+    _FLOCK, _FLOCK_FIELDS = "@qqihhi", ("start", "len", "pid", "type", "whence", "sysid")
+else:  # pragma: no cover - no such platform in CI
+    _FLOCK, _FLOCK_FIELDS = None, ()
+
+
+def checker_pid(lock_path: str) -> int | None:
+    """The pid of the worker holding the checker election lock, or None.
+
+    Asks the kernel with ``F_GETLK`` who would block an exclusive lock on the
+    whole file (what the elected worker holds with ``lockf``). None when the
+    file is missing or unreadable, nobody holds it, or the platform's
+    ``struct flock`` is unknown. A lock held by the calling process itself
+    never conflicts, so it is not reported. Never blocks, never locks.
+    """
+    if _FLOCK is None:
+        return None
+    try:
+        fd = os.open(lock_path, os.O_RDONLY | os.O_CLOEXEC)
+    except OSError:
+        return None
+    try:
+        values = dict.fromkeys(_FLOCK_FIELDS, 0)
+        values["type"], values["whence"] = fcntl.F_WRLCK, os.SEEK_SET
+        req = struct.pack(_FLOCK, *(values[f] for f in _FLOCK_FIELDS))
+        try:
+            res = fcntl.fcntl(fd, fcntl.F_GETLK, req)
+        except OSError:
+            return None
+        got = dict(zip(_FLOCK_FIELDS, struct.unpack(_FLOCK, res)))
+        if got["type"] == fcntl.F_UNLCK or got["pid"] <= 0:
+            return None
+        return got["pid"]
+    finally:
+        os.close(fd)
+
+
+def master_pid(pidfile: str) -> int | None:
+    """The pid in ``pidfile`` if that process exists, else None (never raises)."""
+    try:
+        with open(pidfile, encoding="ascii") as f:
+            pid = int(f.read().strip())
+    except (OSError, ValueError):
+        return None
+    if pid <= 0:
+        return None
+    try:
+        os.kill(pid, 0)
+    except PermissionError:  # exists, owned by someone else
+        return pid
+    except OSError:
+        return None
+    return pid
+
+
+# -- presentation --------------------------------------------------------------------
+
+
+def format_age(seconds: float | None) -> str:
+    """A short human age: ``"3s"``, ``"2m"``, ``"1h"``, ``"4d"`` (truncated); ``"-"`` if None.
+
+    Negative ages (a clock step backwards) read as ``"0s"``.
+    """
+    if seconds is None:
+        return "-"
+    s = int(max(0.0, seconds))
+    for unit, size in (("d", 86400), ("h", 3600), ("m", 60)):
+        if s >= size:
+            return f"{s // size}{unit}"
+    return f"{s}s"
+
+
+def _passive_settings(cfg: config.Config | None, name: str) -> tuple[int, float]:
+    """(max_fails, fail_timeout) of pool ``name`` in ``cfg``, else the defaults."""
+    pool = None
+    if cfg is not None:
+        with contextlib.suppress(KeyError):
+            pool = cfg.pool(name)
+    if pool is not None and len(pool.servers) == 1:
+        return 0, pool.fail_timeout  # as the workers: the only server is never taken out
+    return getattr(pool, "max_fails", _MAX_FAILS), getattr(pool, "fail_timeout", _FAIL_TIMEOUT)
+
+
+def snapshot(table: Table, cfg: config.Config | None, now: float,
+             checker: int | None = None) -> dict:
+    """The status document (what ``status --json`` prints) for ``table`` at ``now``.
+
+    Shape::
+
+        {generation, checker_pid, master_pid, pools: [{name, servers: [{
+            addr, health ("up" | "down" | null: never written),
+            admin ("ready" | "drain" | "maint"),
+            weight (operator override 1..1000, null: the configured weight),
+            inflight (summed over worker slots),
+            last_check (epoch s | null), last_result (str | null),
+            latency (seconds, of the last check | null),
+            last_change (epoch s of the last health change | null),
+            reason (why it last changed | null),
+            admin_changed (epoch s | null), admin_by (str | null),
+            passive_failures (in the open fail_timeout window, and
+                after the last check if it succeeded),
+            passive_out (max_fails reached: out of rotation)}]}]}
+
+    Pools and servers are in table order (config order). Rows are read
+    under the table's seqlocks; nothing is written. ``master_pid`` is None
+    here; ``main`` fills it in from the pidfile.
+    """
+    pools: list[dict] = []
+    by_name: dict[str, dict] = {}
+    for row in range(table.n_rows):
+        label = table.label(row)
+        pool_name, _, addr = label.partition("/")
+        entry = by_name.get(pool_name)
+        if entry is None:
+            entry = by_name[pool_name] = {"name": pool_name, "servers": []}
+            pools.append(entry)
+        max_fails, fail_timeout = _passive_settings(cfg, pool_name)
+        h = table.read_health(row)
+        a = table.read_admin(row)
+        # A successful active check forgives earlier passive failures (the
+        # workers apply the same rule, see net.pools): count only windows
+        # opened after it, as far as the row still shows it.
+        since = h.last_check if h is not None and h.state == "up" and h.failures == 0 else 0.0
+        fails = table.passive_failures(row, now, fail_timeout, since=since)
+        checked = h is not None and h.last_check > 0
+        entry["servers"].append({
+            "addr": addr,
+            "health": h.state if h is not None else None,
+            "admin": a.state,
+            "weight": a.weight or None,
+            "inflight": table.inflight(row),
+            "last_check": h.last_check if checked else None,
+            "last_result": h.last_result if checked else None,
+            "latency": h.latency if checked else None,
+            "last_change": h.last_change if h is not None and h.last_change > 0 else None,
+            "reason": h.reason if h is not None and h.reason else None,
+            "admin_changed": a.changed or None,
+            "admin_by": a.by or None,
+            "passive_failures": fails,
+            "passive_out": passive_out(fails, max_fails),
+        })
+    return {"generation": table.generation, "checker_pid": checker, "master_pid": None,
+            "pools": pools}
+
+
+_COLUMNS = ("POOL", "SERVER", "HEALTH", "ADMIN", "CHECK", "INFLIGHT", "SINCE", "WHY")
+
+
+def _row_cells(pool: str, s: dict, now: float) -> list[str]:
+    health = (s["health"] or "unknown").upper()
+    admin = s["admin"] + (f" w={s['weight']}" if s["weight"] else "")
+    if s["last_check"] is None:
+        check = "-"
+    else:
+        ms = s["latency"] * 1000
+        check = f"{s['last_result'] or '?'} " + (f"{ms:.1f}ms" if ms < 10 else f"{ms:.0f}ms")
+    # "Since" and "why" describe the most recent change, health or admin.
+    when, why = s["last_change"], s["reason"] or ""
+    if s["admin_changed"] and (when is None or s["admin_changed"] >= when):
+        when = s["admin_changed"]
+        why = f"{s['admin']} by {s['admin_by'] or '?'}"
+    if s["passive_out"]:
+        n = s["passive_failures"]
+        why = f"{n} failed request{'s' if n != 1 else ''} (max_fails)" + (f"; {why}" if why else "")
+    return [pool, s["addr"], health, admin, check, str(s["inflight"]),
+            format_age(None if when is None else now - when), why or "-"]
+
+
+def render_status(doc: dict, now: float, table_path: str) -> str:
+    """The human table for a ``snapshot`` document: a header line, then one line per server."""
+    checker = doc["checker_pid"]
+    lines = [f"health table {table_path}, generation {doc['generation']}, "
+             + (f"checker pid {checker}" if checker else "no active checker")]
+    rows = [list(_COLUMNS)]
+    for pool in doc["pools"]:
+        for s in pool["servers"]:
+            rows.append(_row_cells(pool["name"], s, now))
+    widths = [max(len(r[i]) for r in rows) for i in range(len(_COLUMNS))]
+    for r in rows:
+        # The last column is free text: no padding after it.
+        lines.append("  ".join(c.ljust(w) for c, w in zip(r[:-1], widths)) + "  " + r[-1])
+    return "\n".join(line.rstrip() for line in lines) + "\n"
+
+
+# -- the table -----------------------------------------------------------------------
+
+
+def _open(path: str, writable: bool = False) -> Table:
+    """``shm.open_table`` with every failure turned into an operator's message."""
+    try:
+        return shm.open_table(path, writable=writable)
+    except FileNotFoundError:
+        raise CtlError(f"forkproxy does not seem to be running: no health table at {path}") from None
+    except PermissionError:
+        how = "read and write" if writable else "read"
+        raise CtlError(f"permission denied: cannot {how} {path} (run as root or as the "
+                       "user forkproxy runs as)") from None
+    except (LayoutError, ValueError) as exc:  # ValueError: mmap of an empty file
+        raise CtlError(f"{path} is not a health table this forkproxyctl can read: {exc}") from None
+    except OSError as exc:
+        raise CtlError(f"cannot open {path}: {exc.strerror or exc}") from None
+
+
+def _who() -> str:
+    """Who is making an admin change, for the table's ``by`` field (32 bytes)."""
+    uid = os.getuid()
+    try:
+        user = pwd.getpwuid(uid).pw_name
+    except KeyError:
+        user = f"uid={uid}"
+    sudo = os.environ.get("SUDO_USER")
+    if uid == 0 and sudo:
+        user = f"{sudo} via sudo"
+    return f"forkproxyctl {user}"
+
+
+def _find_row(table: Table, pool: str, server: str) -> int:
+    """The row of ``pool/server``; CtlError naming what exists when there is none."""
+    row = table.find(f"{pool}/{server}")
+    if row is not None:
+        return row
+    known: dict[str, list[str]] = {}
+    for r in range(table.n_rows):
+        p, _, addr = table.label(r).partition("/")
+        known.setdefault(p, []).append(addr)
+    if pool not in known:
+        raise CtlError(f"no pool {pool!r} in the health table; pools: "
+                       + (", ".join(known) or "none"))
+    raise CtlError(f"no server {server!r} in pool {pool!r}; servers: " + ", ".join(known[pool]))
+
+
+def set_admin(path: str, pool: str, server: str, *, state: str | None = None,
+              weight: int | None = None, by: str | None = None,
+              now: float | None = None) -> tuple[AdminRow, AdminRow]:
+    """Change one server's admin cell in the table at ``path``; return (old, new).
+
+    ``state`` is ``"ready"``, ``"drain"`` or ``"maint"`` (None: keep);
+    ``weight`` is 1..WEIGHT_MAX to override the configured weight, 0 to go
+    back to it (None: keep). State and weight are independent. Takes the
+    admin lock, then opens the table writable (the writer contract of
+    ``core.table``). Writes nothing when the cell already says so (so
+    ``changed``/``by`` keep telling who really changed it). Raises CtlError.
+    """
+    # Check first: admin_lock creates its lock file, and a command aimed at a
+    # forkproxy that is not running must leave nothing behind.
+    if not os.path.exists(path):
+        shm.close_table(_open(path))  # raises the right message (missing, no permission)
+    try:
+        with shm.admin_lock(path):
+            table = _open(path, writable=True)
+            try:
+                row = _find_row(table, pool, server)
+                old = table.read_admin(row)
+                new = AdminRow(
+                    state=old.state if state is None else state,
+                    weight=old.weight if weight is None else weight,
+                    changed=old.changed, by=old.by,
+                )
+                if new != old:
+                    new = AdminRow(new.state, new.weight, time.time() if now is None else now,
+                                   by if by is not None else _who())
+                    table.write_admin(row, new)
+                return old, new
+            finally:
+                shm.close_table(table)
+    except PermissionError:  # only the lock file: _open reports its own
+        raise CtlError(f"permission denied: cannot lock {shm.admin_lock_path(path)} "
+                       "(run as root or as the user forkproxy runs as)") from None
+
+
+# -- the command line ----------------------------------------------------------------
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse that raises instead of exiting, so ``main`` returns the code."""
+
+    def error(self, message):
+        self.print_usage(sys.stderr)
+        raise CtlError(f"{message}", EX_USAGE)
+
+
+def _weight(text: str) -> int:
+    """``N`` (1..1000) or ``config``/``-1`` (back to the configured weight, stored as 0)."""
+    if text in ("config", "-1"):
+        return 0
+    try:
+        n = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected 1..{WEIGHT_MAX} or 'config', got {text!r}") from None
+    if n == 0:
+        raise argparse.ArgumentTypeError(
+            "weight 0 is not supported: use 'drain' to stop new traffic to a server")
+    if not 1 <= n <= WEIGHT_MAX:
+        raise argparse.ArgumentTypeError(f"expected 1..{WEIGHT_MAX} or 'config', got {n}")
+    return n
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = _Parser(prog="forkproxyctl",
+                description="Inspect and control a running forkproxy through its shared "
+                            "health table. See forkproxyctl(8).")
+    p.add_argument("-c", "--config", metavar="FILE",
+                   help=f"configuration file (default {DEFAULT_CONFIG}, or $FORKPROXY_CONFIG)")
+    p.add_argument("--json", action="store_true", help="print one JSON document (status)")
+    sub = p.add_subparsers(dest="command", metavar="COMMAND", required=True, parser_class=_Parser)
+    s = sub.add_parser("status", help="every pool and server: health, admin state, checks, load")
+    # Accepted after the command too; SUPPRESS keeps the top-level value.
+    s.add_argument("--json", action="store_true", default=argparse.SUPPRESS,
+                   help="print one JSON document")
+    for name, what in (("drain", "no new requests except those pinned by persistence"),
+                       ("maint", "no traffic at all"),
+                       ("ready", "back in rotation")):
+        s = sub.add_parser(name, help=f"put a server in the {name} admin state: {what}")
+        s.add_argument("pool")
+        s.add_argument("server", help="the server's addr as written in the configuration")
+    s = sub.add_parser("weight", help="override a server's weight (or 'config' to restore it)")
+    s.add_argument("pool")
+    s.add_argument("server", help="the server's addr as written in the configuration")
+    s.add_argument("weight", type=_weight, metavar="N", help=f"1..{WEIGHT_MAX}, or 'config'")
+    return p
+
+
+def _describe_weight(w: int) -> str:
+    return str(w) if w else "config"
+
+
+def _run(args) -> int:
+    path = args.config or os.environ.get("FORKPROXY_CONFIG") or DEFAULT_CONFIG
+    try:
+        cfg = config.load(path)
+    except ConfigErrors as exc:
+        print(exc, file=sys.stderr)
+        raise CtlError(f"cannot use the configuration file {path}") from None
+    tpath = os.path.join(cfg.server.runtime_dir, TABLE_NAME)
+
+    if args.command == "status":
+        table = _open(tpath)
+        try:
+            now = time.time()
+            doc = snapshot(table, cfg, now,
+                           checker_pid(os.path.join(cfg.server.runtime_dir, CHECKER_LOCK_NAME)))
+        finally:
+            shm.close_table(table)
+        master = master_pid(cfg.server.pidfile)
+        doc["master_pid"] = master
+        if master is None:
+            print(f"forkproxyctl: warning: no running master per {cfg.server.pidfile}: "
+                  "this table may be stale", file=sys.stderr)
+        if args.json:
+            json.dump(doc, sys.stdout, indent=2)
+            sys.stdout.write("\n")
+        else:
+            sys.stdout.write(render_status(doc, now, tpath))
+        return EX_OK
+
+    label = f"{args.pool}/{args.server}"
+    if args.command == "weight":
+        old, new = set_admin(tpath, args.pool, args.server, weight=args.weight)
+        field, before, after = "weight", old.weight or None, new.weight or None
+        text = f"weight {_describe_weight(old.weight)} -> {_describe_weight(new.weight)}"
+        same = f"weight already {_describe_weight(new.weight)}"
+    else:
+        old, new = set_admin(tpath, args.pool, args.server, state=args.command)
+        field, before, after = "admin", old.state, new.state
+        text, same = f"{before} -> {after}", f"already {after}"
+    if args.json:
+        print(json.dumps({"server": label, "field": field, "before": before, "after": after,
+                          "changed": before != after}))
+    else:
+        print(f"{label}: {text if before != after else same}")
+    return EX_OK
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run forkproxyctl; returns the exit status (0, 1 failure, 2 usage)."""
+    try:
+        try:
+            args = build_parser().parse_args(argv)
+        except SystemExit as exc:  # --help
+            return EX_OK if exc.code in (0, None) else EX_USAGE
+        return _run(args)
+    except CtlError as exc:
+        print(f"forkproxyctl: {exc.message}", file=sys.stderr)
+        return exc.code
+    except BrokenPipeError:  # `forkproxyctl status | head`
+        # Point stdout at /dev/null so the interpreter's final flush does
+        # not raise again on the closed pipe.
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        os.close(devnull)
+        return EX_OK
+
+
+if __name__ == "__main__":
+    sys.exit(main())
