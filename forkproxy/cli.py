@@ -86,6 +86,17 @@ def send_signal(name: str, pidfile: str) -> int:
     return EX_OK
 
 
+def _runtime_dir_problem(path: str) -> str | None:
+    """Why the master could not keep its table and lock files in ``path``, or None."""
+    try:
+        os.makedirs(path, mode=0o755, exist_ok=True)
+    except OSError as exc:
+        return f"cannot create it: {exc.strerror}"
+    if not os.access(path, os.W_OK | os.X_OK):
+        return "not writable"
+    return None
+
+
 def daemonize() -> None:
     """Detach: double fork, new session, stdio to /dev/null, umask 022."""
     if os.fork():
@@ -127,6 +138,10 @@ def main(argv: list[str] | None = None) -> int:
         return EX_OK
     if args.signal:
         return send_signal(args.signal, cfg.server.pidfile)
+    problem = _runtime_dir_problem(cfg.server.runtime_dir)
+    if problem:
+        print(f"forkproxy: server.runtime_dir {cfg.server.runtime_dir}: {problem}", file=sys.stderr)
+        return EX_CONFIG
     if args.daemon:
         daemonize()
     try:

@@ -412,15 +412,18 @@ class Table:
         # hide another worker's real load.
         return sum(max(0, self._i64[base + j * step]) for j in range(self.n_slots))
 
-    def passive_fail(self, row: int, slot: int, now: float, fail_timeout: float) -> None:
+    def passive_fail(self, row: int, slot: int, now: float, fail_timeout: float,
+                     since: float = 0.0) -> None:
         """Count one failed request (nginx ``max_fails``). Owner of ``slot`` only.
 
         Each slot keeps (count, window start): a failure after the window has
-        expired starts a new window with count 1.
+        expired, or after ``since`` (the last successful active check)
+        forgave it, starts a new window with count 1.
         """
         i = self._slot(row, slot) // 8
         fails, window = i + _S_FAILS // 8, i + _S_WINDOW // 8
-        if self._u64[fails] and now - self._f64[window] < fail_timeout:
+        start = self._f64[window]
+        if self._u64[fails] and now - start < fail_timeout and start >= since:
             self._u64[fails] += 1
             return
         # Zero the count before moving the window so a concurrent reader
@@ -429,14 +432,22 @@ class Table:
         self._f64[window] = now
         self._u64[fails] = 1
 
-    def passive_failures(self, row: int, now: float, fail_timeout: float) -> int:
-        """Failures whose window is still open at ``now``, summed over slots."""
+    def passive_failures(self, row: int, now: float, fail_timeout: float, since: float = 0.0) -> int:
+        """Failures whose window is still open at ``now``, summed over slots.
+
+        Windows that opened before ``since`` are not counted: the caller
+        passes the time of the last successful active check, which brings a
+        passively failed server back (the checker cannot clear the workers'
+        columns itself: one writer per cell).
+        """
         total = 0
         for j in range(self.n_slots):
             i = self._slot(row, j) // 8
             count = self._u64[i + _S_FAILS // 8]
-            if count and now - self._f64[i + _S_WINDOW // 8] < fail_timeout:
-                total += count
+            if count:
+                start = self._f64[i + _S_WINDOW // 8]
+                if now - start < fail_timeout and start >= since:
+                    total += count
         return total
 
     def count(self, row: int, slot: int, requests: int = 0, bytes_in: int = 0, bytes_out: int = 0) -> None:

@@ -96,7 +96,10 @@ def gunicorn_settings(cfg: fpconfig.Config) -> dict:
         "control_socket_disable": True,   # gunicorn's would land in $HOME/.gunicorn
         "reuse_port": False,          # one shared accept queue: reloads reset nothing
         "on_starting": hooks.on_starting,
+        "on_reload": hooks.on_reload,
+        "pre_fork": hooks.pre_fork,
         "post_fork": hooks.post_fork,
+        "child_exit": hooks.child_exit,
         "post_worker_init": hooks.post_worker_init,
         "worker_exit": hooks.worker_exit,
     }

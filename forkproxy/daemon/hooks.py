@@ -1,5 +1,11 @@
 """gunicorn server hooks: where forkproxy's own state enters the master and workers.
 
+Master side: the runtime dir, the shared health table (``health.tbl``, one
+row per pool and server, rebuilt on reload with the rows of servers that
+stay), the checker lock file, and the worker slots (a respawned worker gets
+the slot of the one it replaces; a dead worker's columns are cleared).
+Worker side: the worker's runtime and its housekeeping greenlets.
+
 Nothing here may raise at run time for a reason an operator cannot fix at
 start-up (DESIGN section 3, item 2): an exception during worker boot halts
 the whole master.
@@ -9,15 +15,116 @@ from __future__ import annotations
 
 import os
 import signal
+import time
+
+from forkproxy.config import Config
+from forkproxy.core.health import RiseFall
+from forkproxy.core.table import HealthRow, copy_rows
+from forkproxy.daemon import shm
+
+TABLE_NAME = "health.tbl"
+LOCK_NAME = "checker.lock"
+
+
+def table_path(cfg: Config) -> str:
+    return os.path.join(cfg.server.runtime_dir, TABLE_NAME)
+
+
+def table_labels(cfg: Config) -> list[str]:
+    """One row per (pool, server): pools in file order, servers in list order."""
+    return [f"{p.name}/{s.addr}" for p in cfg.pools for s in p.servers]
+
+
+def build_table(cfg: Config, n_slots: int):
+    """Create the table for ``cfg`` at its path, carrying over the rows of servers that stay.
+
+    Done under the admin lock so that a ``forkproxyctl drain`` racing a
+    reload lands in the new table, not in the one being replaced.  Rows of
+    new servers start as ``server.initial_health`` says (pools with active
+    checks) or up (pools without: only passive checks apply to them).
+    """
+    path = table_path(cfg)
+    labels = table_labels(cfg)
+    with shm.admin_lock(path):
+        try:
+            old = shm.open_table(path, writable=False)
+        except (OSError, ValueError):
+            old = None
+        generation = old.generation + 1 if old is not None else 1
+        mm, table = shm.create(path, len(labels), n_slots, generation, labels=labels)
+        now = time.time()
+        row = 0
+        for pool in cfg.pools:
+            if pool.health is not None:
+                first = RiseFall(pool.health.rise, pool.health.fall,
+                                 init_state=cfg.server.initial_health).initial(now)
+            else:
+                first = HealthRow(state="up", last_change=now, reason="initial: no active checks")
+            for _ in pool.servers:
+                table.write_health(row, first)
+                row += 1
+        if old is not None:
+            mapping = {}
+            for i in range(old.n_rows):
+                j = table.find(old.label(i))
+                if j is not None:
+                    mapping[i] = j
+            copy_rows(old, table, mapping)
+            shm.close_table(old)
+    return mm, table
 
 
 def on_starting(arbiter) -> None:
-    """Master, before binding: make the runtime dir and the pidfile's dir."""
-    cfg = arbiter.app.fp_config
+    """Master, before binding: runtime dir, pidfile dir, the table and the checker lock."""
+    app = arbiter.app
+    cfg = app.fp_config
     os.makedirs(cfg.server.runtime_dir, mode=0o755, exist_ok=True)
     if cfg.server.pidfile:
         os.makedirs(os.path.dirname(os.path.abspath(cfg.server.pidfile)), mode=0o755,
                     exist_ok=True)
+    # Slots for TTIN headroom; a worker beyond them runs without a slot.
+    app.fp_n_slots = max(8, 2 * cfg.server.workers)
+    app.fp_slots = set()
+    app.fp_mmap, app.fp_table = build_table(cfg, app.fp_n_slots)
+    # Opened once by the master and inherited: lockf locks belong to the
+    # process that takes them, and the kernel frees them when it dies.
+    app.fp_lock_fd = os.open(os.path.join(cfg.server.runtime_dir, LOCK_NAME),
+                             os.O_RDWR | os.O_CREAT, 0o644)
+
+
+def on_reload(arbiter) -> None:
+    """Master, after a reload read the new file: the next table generation."""
+    app = arbiter.app
+    app.fp_n_slots = max(app.fp_n_slots, 2 * app.fp_config.server.workers)
+    # The old mapping stays alive in the old workers until they exit.
+    app.fp_mmap, app.fp_table = build_table(app.fp_config, app.fp_n_slots)
+
+
+def pre_fork(arbiter, worker) -> None:
+    """Master, before forking a worker: give it the lowest free slot."""
+    app = arbiter.app
+    free = [s for s in range(app.fp_n_slots) if s not in app.fp_slots]
+    worker.fp_slot = free[0] if free else None
+    worker.fp_table = app.fp_table
+    if worker.fp_slot is not None:
+        app.fp_slots.add(worker.fp_slot)
+    else:
+        arbiter.log.warning("no free table slot for a new worker: its in-flight requests "
+                            "and passive failures are not shared (more than %d workers)",
+                            app.fp_n_slots)
+
+
+def child_exit(arbiter, worker) -> None:
+    """Master, a worker was reaped: clear its columns, free its slot.
+
+    A SIGKILLed worker's in-flight counts would otherwise stay in the table;
+    the worker is dead, so the master is now the cells' only writer.
+    """
+    slot = getattr(worker, "fp_slot", None)
+    if slot is None:
+        return
+    worker.fp_table.clear_slot(slot)
+    arbiter.app.fp_slots.discard(slot)
 
 
 def post_fork(arbiter, worker) -> None:
@@ -39,13 +146,17 @@ def post_fork(arbiter, worker) -> None:
 
 
 def post_worker_init(worker) -> None:
-    """Child, gevent patched: build this worker's runtime for the current config."""
+    """Child, gevent patched: build this worker's runtime and start its greenlets."""
     import gevent
 
     from forkproxy.logs import AccessLog
-    from forkproxy.net.session import Runtime, watch_alive
+    from forkproxy.net.session import Runtime, maintain
 
-    cfg = worker.app.fp_config
+    app = worker.app
+    cfg = app.fp_config
+    table = worker.fp_table
+    if worker.fp_slot is not None:
+        table.clear_slot(worker.fp_slot)  # the predecessor may have died mid-request
     try:
         access_log = AccessLog(cfg.server.access_log, cfg.server.access_log_format)
     except OSError as exc:
@@ -53,8 +164,35 @@ def post_worker_init(worker) -> None:
                          "worker %s", cfg.server.access_log, exc, worker.pid)
         access_log = AccessLog("off", cfg.server.access_log_format)
     worker.log.fp_access_log = access_log  # reopened with the error log on USR1
-    worker.runtime = Runtime(cfg, worker.log, access_log)
-    gevent.spawn(watch_alive, worker, lambda: worker.runtime)
+    worker.runtime = Runtime(cfg, worker.log, access_log, table, worker.fp_slot)
+    checker = start_checker(worker, cfg, table, app.fp_lock_fd)
+    gevent.spawn(maintain, worker, lambda: worker.runtime,
+                 on_stop=[checker.stop] if checker is not None else [])
+
+
+def start_checker(worker, cfg: Config, table, lock_fd: int):
+    """Every worker runs a checker greenlet; the one holding the lock probes.
+
+    Returns the checker (None when no pool has active checks).
+    """
+    import gevent
+
+    from forkproxy.net.checker import Checker, Target
+    from forkproxy.net.leader import Leader
+
+    targets = []
+    row = 0
+    for pool in cfg.pools:
+        for server in pool.servers:
+            if pool.health is not None:
+                targets.append(Target(row, pool.name, server, pool.health))
+            row += 1
+    if not targets:
+        return None
+    checker = Checker(table, targets, Leader(lock_fd), worker.log,
+                      initial=cfg.server.initial_health)
+    gevent.spawn(checker.run)
+    return checker
 
 
 def worker_exit(arbiter, worker) -> None:

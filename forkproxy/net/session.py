@@ -32,10 +32,11 @@ import gevent
 from forkproxy.config import Config, ListenerConfig, PoolConfig
 from forkproxy.core import headers as hdr
 from forkproxy.core import http1
-from forkproxy.core.balance import Balancer, ServerSpec
 from forkproxy.core.routing import Router, RouteSpec
+from forkproxy.core.table import Table
 from forkproxy.logs import AccessLog, AccessRecord
-from forkproxy.net.upstream import RECV_SIZE, ConnPool, UpstreamConn, UpstreamError
+from forkproxy.net.pools import REFRESH, PoolRuntime
+from forkproxy.net.upstream import RECV_SIZE, UpstreamConn, UpstreamError
 
 IDEMPOTENT = frozenset({"GET", "HEAD", "OPTIONS", "TRACE", "PUT", "DELETE"})
 REASONS = {
@@ -76,42 +77,11 @@ class _Clock:
 CLOCK = _Clock()
 
 
-class PoolRuntime:
-    """One pool inside one worker: balancer, connection pools, in-flight counts.
-
-    It is also the ``ServerView`` the balancer reads.  Until the shared
-    health table lands every server is usable and in-flight counts are this
-    worker's own.
-    """
-
-    def __init__(self, cfg: PoolConfig):
-        self.cfg = cfg
-        self.name = cfg.name
-        self.servers = cfg.servers
-        self.balancer = Balancer([ServerSpec(s.addr, s.weight, s.backup) for s in cfg.servers],
-                                 algorithm=cfg.balance)
-        self.conns = [ConnPool(s, cfg) for s in cfg.servers]
-        self._inflight = [0] * len(cfg.servers)
-
-    # ServerView
-    def usable(self, i: int) -> bool:
-        return True
-
-    def inflight(self, i: int) -> int:
-        return self._inflight[i]
-
-    def effective_weight(self, i: int) -> int:
-        return self.servers[i].weight
-
-    def close(self) -> None:
-        for pool in self.conns:
-            pool.close()
-
-
 class Runtime:
     """A worker's state for one configuration: what every session shares."""
 
-    def __init__(self, cfg: Config, log, access_log: AccessLog):
+    def __init__(self, cfg: Config, log, access_log: AccessLog, table: Table,
+                 slot: int | None):
         self.cfg = cfg
         self.log = log
         self.access_log = access_log
@@ -122,7 +92,13 @@ class Runtime:
         self.router = Router([RouteSpec(index=r.index, pool=r.pool, listeners=frozenset(r.listener),
                                         host=r.host, path=r.path, path_regex=r.path_regex)
                               for r in cfg.routes])
-        self.pools = {p.name: PoolRuntime(p) for p in cfg.pools}
+        self.pools: dict[str, PoolRuntime] = {}
+        row = 0
+        for p in cfg.pools:  # table rows: pools in file order, servers in list order
+            rows = list(range(row, row + len(p.servers)))
+            row += len(p.servers)
+            self.pools[p.name] = PoolRuntime(p, table, rows, slot)
+        self.refresh(time.time())
         self.trusted = s.trusted_proxies
         self._listeners: dict[int, ListenerConfig] = {}
         self.idle: set[Session] = set()
@@ -147,6 +123,11 @@ class Runtime:
     def handle(self, listener_sock, client, addr) -> None:
         listener = self.listener_for(listener_sock)
         Session(self, listener, client, addr).run()
+
+    def refresh(self, now: float) -> None:
+        """Take a new snapshot of the shared table for every pool."""
+        for pool in self.pools.values():
+            pool.refresh(now)
 
     def drain(self) -> None:
         """Stop keeping connections alive: close the idle ones now.
@@ -413,12 +394,13 @@ class Session:
             except UpstreamError as exc:
                 rt.log.warning("route=%s pool=%s server=%s: %s", rec.route, pool.name,
                                server.addr, exc.detail)
+                pool.failed(i, time.time())
                 last_error = exc
                 tried.add(i)
                 continue
             host = out_host or server.addr
             head = http1.serialize_request_head(req.method, target, [("Host", host)] + headers)
-            pool._inflight[i] += 1
+            pool.begin(i)
             t0 = time.time()
             try:
                 return self.relay(req, rec, pool, i, conn, head, framing, max_body,
@@ -426,6 +408,8 @@ class Session:
             except UpstreamError as exc:
                 conn.close()
                 last_error = exc
+                if exc.kind != "closed" or not conn.reused:
+                    pool.failed(i, time.time())
                 if conn.reused and (replayable or not exc.sent) and exc.kind in ("closed", "reset"):
                     # The server had closed the pooled connection: nothing of
                     # the request was processed; once more, on a new one.
@@ -443,7 +427,7 @@ class Session:
                 conn.close()
                 raise
             finally:
-                pool._inflight[i] -= 1
+                pool.end(i)
 
     def relay(self, req, rec, pool, i, conn: UpstreamConn, head: bytes, framing, max_body,
               client_keepalive, t0) -> bool:
@@ -481,6 +465,8 @@ class Session:
                 continue
             break
         rec.upstream_status = resp.status
+        if resp.status in cfgp.fail_status:
+            pool.failed(i, time.time())
         try:
             rframing = http1.response_body_framing(req.method, resp)
         except http1.ProtocolError as exc:
@@ -714,14 +700,28 @@ def _up_send(up, data, *, sent: bool) -> None:
         raise _UpstreamSendError(exc.strerror or str(exc), sent) from None
 
 
-def watch_alive(worker, rt_getter, interval: float = 0.1) -> None:
-    """Greenlet body: when the worker stops being alive, drain the runtime.
+def maintain(worker, rt_getter, on_stop=(), interval: float = 0.1) -> None:
+    """Greenlet body: refresh the table snapshot; drain when the worker stops.
+
+    ``on_stop`` callables run when the worker stops being alive (the health
+    checker gives up its lock there, so a draining worker of an old
+    generation does not keep probing for the old table).
 
     gunicorn's GeventWorker notices ``alive = False`` only once a second and
     then waits for every greenlet; idle keep-alive connections would hold it
     until graceful_timeout.  Closing them at once lets it exit as soon as the
     requests in flight are done.
     """
+    last = 0.0
     while worker.alive:
         gevent.sleep(interval)
+        now = time.time()
+        if now - last >= REFRESH:
+            last = now
+            try:
+                rt_getter().refresh(now)
+            except Exception:  # a bad read must not stop the worker's housekeeping
+                worker.log.exception("refreshing the health snapshot failed")
+    for fn in on_stop:
+        fn()
     rt_getter().drain()

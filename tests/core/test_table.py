@@ -250,6 +250,19 @@ def test_passive_failures_window(fails, timeout, now, expected):
     assert t.passive_failures(0, now, timeout) == expected
 
 
+@pytest.mark.parametrize("fails, since, expected", [
+    ([(0, 5), (1, 6)], 0.0, 2),
+    ([(0, 5), (1, 6)], 5.5, 1),      # a check succeeded at 5.5: slot 0's window is forgiven
+    ([(0, 5), (1, 6)], 7.0, 0),      # ... and after both
+    ([(0, 5), (0, 8)], 6.0, 1),      # a failure after the check opens a new window
+])
+def test_passive_failures_since_a_successful_check(fails, since, expected):
+    t = make(1, 2)
+    for slot, when in fails:
+        t.passive_fail(0, slot, when, 10, since=since)
+    assert t.passive_failures(0, 9.0, 10, since=since) == expected
+
+
 def test_clear_slot_forgets_passive_failures_but_keeps_counters():
     t = make(2, 2)
     t.passive_fail(0, 1, 100.0, 10)

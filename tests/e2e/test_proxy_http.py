@@ -17,7 +17,7 @@ import pytest
 import requests
 
 from support.backend import pattern_sha256
-from support.procs import free_port
+from support.procs import free_port, wait_until
 from support.rawhttp import Conn, exchange
 from support.runner import Backend, ForkProxy
 
@@ -468,9 +468,9 @@ def test_bad_upstream_response_is_502(forkproxy_factory):
 
 def test_access_log_has_upstream_fields(site):
     get(site, "/echo?log=1", host="x.api.example")
-    lines = [l for l in site.fp.access_log().splitlines() if "/echo?log=1" in l]
-    assert lines, site.fp.access_log()[-500:]
-    line = lines[-1]
+    # The line is written once the response is sent: wait for it.
+    wait_until(lambda: "/echo?log=1" in site.fp.access_log(), what="the access log line")
+    line = [l for l in site.fp.access_log().splitlines() if "/echo?log=1" in l][-1]
     assert '"GET /echo?log=1 HTTP/1.1" 200 ' in line
     assert f"upstream={site.api.addr} upstream_status=200" in line
     assert "request_time=" in line and "upstream_time=" in line and "pool=api" in line
