@@ -30,11 +30,9 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import fcntl
 import json
 import os
 import pwd
-import struct
 import sys
 import time
 
@@ -43,6 +41,7 @@ from forkproxy.core.health import passive_out
 from forkproxy.core.table import AdminRow, LayoutError, Table
 from forkproxy.daemon import shm
 from forkproxy.errors import EX_CONFIG, EX_OK, EX_USAGE, ConfigErrors
+from forkproxy.net.leader import holder_pid
 
 __all__ = [
     "DEFAULT_CONFIG",
@@ -82,48 +81,16 @@ class CtlError(Exception):
 
 # -- the checker's pid ---------------------------------------------------------------
 
-# struct flock, per platform: Linux (and glibc/musl on every 64-bit arch):
-# short type, short whence, off_t start, off_t len, pid_t pid. BSDs and macOS
-# put the offsets first. Unknown platforms: no pid (status says so).
-if sys.platform.startswith("linux"):
-    _FLOCK, _FLOCK_FIELDS = "@hhqqi", ("type", "whence", "start", "len", "pid")
-elif sys.platform == "darwin":
-    _FLOCK, _FLOCK_FIELDS = "@qqihh", ("start", "len", "pid", "type", "whence")
-elif "bsd" in sys.platform:  # FreeBSD adds int l_sysid
-    _FLOCK, _FLOCK_FIELDS = "@qqihhi", ("start", "len", "pid", "type", "whence", "sysid")
-else:  # pragma: no cover - no such platform in CI
-    _FLOCK, _FLOCK_FIELDS = None, ()
-
-
 def checker_pid(lock_path: str) -> int | None:
     """The pid of the worker holding the checker election lock, or None.
 
-    Asks the kernel with ``F_GETLK`` who would block an exclusive lock on the
-    whole file (what the elected worker holds with ``lockf``). None when the
-    file is missing or unreadable, nobody holds it, or the platform's
-    ``struct flock`` is unknown. A lock held by the calling process itself
-    never conflicts, so it is not reported. Never blocks, never locks.
+    None also when the lock file is missing or unreadable: status then shows
+    no checker rather than failing.  Never blocks, never locks.
     """
-    if _FLOCK is None:
-        return None
     try:
-        fd = os.open(lock_path, os.O_RDONLY | os.O_CLOEXEC)
+        return holder_pid(lock_path)
     except OSError:
         return None
-    try:
-        values = dict.fromkeys(_FLOCK_FIELDS, 0)
-        values["type"], values["whence"] = fcntl.F_WRLCK, os.SEEK_SET
-        req = struct.pack(_FLOCK, *(values[f] for f in _FLOCK_FIELDS))
-        try:
-            res = fcntl.fcntl(fd, fcntl.F_GETLK, req)
-        except OSError:
-            return None
-        got = dict(zip(_FLOCK_FIELDS, struct.unpack(_FLOCK, res)))
-        if got["type"] == fcntl.F_UNLCK or got["pid"] <= 0:
-            return None
-        return got["pid"]
-    finally:
-        os.close(fd)
 
 
 def master_pid(pidfile: str) -> int | None:

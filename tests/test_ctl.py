@@ -7,7 +7,6 @@ its output, exit status, and what it wrote back into the table.
 """
 
 import ast
-import fcntl
 import json
 import os
 import pathlib
@@ -403,6 +402,7 @@ def test_ctl_uses_nothing_of_daemon_but_shm():
         elif isinstance(node, ast.Import):
             names |= {a.name for a in node.names}
     assert {n for n in names if n.startswith("forkproxy.daemon")} == {"forkproxy.daemon.shm"}
+    assert {n for n in names if n.startswith("forkproxy.net")} == {"forkproxy.net.leader.holder_pid"}
 
 
 def test_importing_ctl_pulls_in_no_gunicorn_gevent_or_requests():

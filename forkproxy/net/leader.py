@@ -26,13 +26,21 @@ import errno
 import fcntl
 import os
 import struct
+import sys
 
 __all__ = ["Leader", "holder_pid"]
 
-# struct flock on Linux (x86-64, aarch64, and other LP64 ABIs): short l_type,
-# short l_whence, (pad), off_t l_start, off_t l_len, pid_t l_pid, (pad) = 32 bytes.
-_FLOCK = struct.Struct("@hhqqi")
-_FLOCK_SIZE = 32
+# struct flock, per platform: Linux (glibc and musl, every LP64 ABI): short
+# type, short whence, off_t start, off_t len, pid_t pid. BSDs and macOS put
+# the offsets first (FreeBSD adds int sysid).
+if sys.platform.startswith("linux"):
+    _FLOCK, _FIELDS = struct.Struct("@hhqqi"), ("type", "whence", "start", "len", "pid")
+elif sys.platform == "darwin":
+    _FLOCK, _FIELDS = struct.Struct("@qqihh"), ("start", "len", "pid", "type", "whence")
+else:  # the BSDs
+    _FLOCK, _FIELDS = (struct.Struct("@qqihhi"),
+                       ("start", "len", "pid", "type", "whence", "sysid"))
+_FLOCK_SIZE = max(32, _FLOCK.size)
 
 
 class Leader:
@@ -94,11 +102,13 @@ def holder_pid(path: str) -> int | None:
     try:
         # Ask "could I take a write lock on the whole file?"; the kernel
         # answers F_UNLCK, or describes one conflicting lock and its owner.
-        query = _FLOCK.pack(fcntl.F_WRLCK, os.SEEK_SET, 0, 0, 0).ljust(_FLOCK_SIZE, b"\0")
+        values = dict.fromkeys(_FIELDS, 0)
+        values["type"], values["whence"] = fcntl.F_WRLCK, os.SEEK_SET
+        query = _FLOCK.pack(*(values[f] for f in _FIELDS)).ljust(_FLOCK_SIZE, b"\0")
         answer = fcntl.fcntl(fd, fcntl.F_GETLK, query)
     finally:
         os.close(fd)
-    l_type, _, _, _, l_pid = _FLOCK.unpack_from(answer)
-    if l_type == fcntl.F_UNLCK:
+    got = dict(zip(_FIELDS, _FLOCK.unpack_from(answer)))
+    if got["type"] == fcntl.F_UNLCK or got["pid"] <= 0:
         return None
-    return l_pid
+    return got["pid"]

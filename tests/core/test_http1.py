@@ -5,9 +5,8 @@ from __future__ import annotations
 import pytest
 from hypothesis import given, settings, strategies as st
 
-from forkproxy.core import http1
 from forkproxy.core.http1 import (
-    Framing, IncompleteBody, Limits, ProtocolError, Request, Response,
+    Framing, IncompleteBody, Limits, ProtocolError, Response,
     encode_chunk, encode_last_chunk, find_head_end, make_decoder,
     parse_request_head, parse_response_head, request_body_framing,
     response_body_framing, serialize_request_head, serialize_response_head,

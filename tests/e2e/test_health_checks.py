@@ -20,7 +20,7 @@ import pytest
 import requests
 
 from support.procs import free_port, wait_until
-from support.runner import Backend, ForkProxy
+from support.runner import ForkProxy
 
 INTERVAL = 1.0  # the figures: interval 1s, fall 3, rise 2
 

@@ -18,7 +18,6 @@ import time
 
 import pytest
 
-from support import procs
 from support.procs import Proc, free_port, wait_until
 from support.runner import REPO_ROOT
 
