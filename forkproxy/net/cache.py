@@ -1,0 +1,576 @@
+"""The cache's store: memcached through pylibmc, guarded, or a per-worker LRU.
+
+CONTRACT (consumed by ``net.session``; HTTP semantics live in
+``core.cache_policy``, this layer stores bytes):
+
+- ``get_entry(key) -> (head, BodyReader) | None``.  ``head`` is what the
+  writer passed (``Entry.to_bytes()``); the reader iterates the body in
+  chunks and has ``length``.  ``None`` is a miss, and so is every error:
+  the cache fails open.  Body chunks after the first one are fetched as the
+  reader is iterated; when one has vanished meanwhile (evicted, memcached
+  gone), iteration raises ``CacheError``: the caller has sent part of the
+  body already and must end the client connection without a clean
+  terminator (DESIGN section 4), never pass a truncated body off as whole.
+- ``begin_write(key, head, ttl=0) -> Writer | None``.  ``write(chunk)``
+  streams the body (``False`` once the write gave up: larger than
+  ``max_object_size``, or a cache error; later calls are no-ops, nothing is
+  buffered any more), ``commit()`` publishes it (``True`` when stored),
+  ``abort()`` drops it.  ``None`` when the cache is bypassed (breaker open).
+- A reader never sees a mix of two versions: a body is written under a fresh
+  random version (chunks first), then the entry item that names the version;
+  chunks are never overwritten, so a reader that got version 1's entry reads
+  version 1's chunks to the end, whatever is written meanwhile.  A body that
+  fits in one item with its head is stored inline (one round trip per hit).
+- ``lock(key, ttl) -> bool`` is True when the caller should fetch upstream:
+  it got the lock (memcached ``add``, shared by every worker of every
+  forkproxy using the same servers), or the cache is unusable (fail open).
+  ``unlock`` deletes the lock; the lock also expires after ``ttl``.
+- ``namespace(host)`` is a token to put in every key of that host;
+  ``bump_namespace(host)`` (purge of a whole host) replaces it, so every
+  older key is never read again (memcached evicts them in time).  When the
+  namespace cannot be read a fresh random one is returned: a miss, never a
+  purged entry.
+- ``state`` -> dict: backend, servers, mode, breaker state
+  ("closed", "open", "half-open") and counters.
+
+Keys are hashed (sha256, prefix "fp:") so any string fits memcached's 250
+bytes.  pylibmc clients are created on first use, in the process that uses
+them (after the fork), and again if that process forks.
+
+Guarding pylibmc (DESIGN section 1).  pylibmc does its own blocking socket
+I/O, so under gevent every call blocks the whole worker until it returns.
+Two modes:
+
+- ``"direct"``: the call runs on the hub, bounded by low libmemcached
+  timeouts (``timeout_ms`` for connect, poll, send and receive).  Measured
+  by ``bench/cache_guard.py`` (timeout 30 ms): a 10 KB hit costs ~16 us at
+  p50; against a frozen (SIGSTOPped) memcached the first call stalls the
+  hub for ``timeout_ms`` (30-36 ms measured), after which libmemcached
+  marks the server failed for ``retry_timeout`` (1 s) and answers at once,
+  and the breaker opens after ``failures`` errors (31-37 ms after the
+  freeze).
+- ``"threadpool"``: the call runs in gevent's threadpool (pylibmc releases
+  the GIL during I/O), so the hub does not stall (no more than under normal
+  load, measured), but every hit pays the hand-off to a thread and back
+  (~45-50 us at p50, about 3x direct), and a call against a frozen
+  memcached waits up to two or three timeouts (64-83 ms) when the pool is busy.
+
+The default is ``"direct"``: hits are the common case and are several times
+cheaper, and the stall is bounded by ``timeout_ms`` (default 30 ms, well
+under the 100 ms target) once per ``retry_timeout`` per worker, then by the
+breaker.  ``"threadpool"`` is for memcached across a slow network, where
+a timeout low enough for the hub would be too low for the network.
+
+The circuit breaker (``Breaker``) counts errors and calls slower than
+``slow``; it opens after ``failures`` of them within ``window`` seconds, or
+at once after one call slower than ``slow``, and then bypasses memcached
+(every call is a miss, without I/O) for ``cooldown`` seconds; then it
+half-opens and lets one probe call through: success closes it, failure
+opens it again.
+"""
+
+from __future__ import annotations
+
+import collections
+import hashlib
+import logging
+import math
+import os
+import struct
+import time
+from typing import Callable, Iterator, Protocol
+
+import gevent
+import pylibmc
+
+__all__ = ["CacheError", "Breaker", "BodyReader", "Writer", "Store", "MemcachedStore",
+           "MemoryStore", "hashed_key", "ITEM_SIZE"]
+
+log = logging.getLogger("forkproxy.cache")
+
+# memcached's default item limit is 1 MiB including key and item header; a
+# chunk of 1,000,000 bytes leaves room for both.
+ITEM_SIZE = 1_000_000
+MAX_TTL = 30 * 24 * 3600        # memcached reads a larger expiry as a Unix time
+
+_MAGIC = b"FPC1"
+# magic, version (16 random bytes), chunk count, body length, head length
+_HEADER = struct.Struct("!4s16sIQI")
+
+
+class CacheError(Exception):
+    """A stored body could not be read to its end (a chunk vanished, the cache failed)."""
+
+
+def hashed_key(*parts: str) -> str:
+    """``"fp:" + sha256hex`` of the parts: any string, memcached-safe, 67 bytes."""
+    h = hashlib.sha256()
+    for p in parts:
+        h.update(p.encode("utf-8", "surrogatepass"))
+        h.update(b"\0")
+    return "fp:" + h.hexdigest()
+
+
+def _ttl(ttl: float) -> int:
+    """memcached expiry: whole seconds, 0 = until evicted, capped below the absolute-time switch."""
+    return 0 if ttl <= 0 else min(MAX_TTL, max(1, math.ceil(ttl)))
+
+
+# ------------------------------------------------------------------ breaker
+
+class Breaker:
+    """Circuit breaker; pure apart from the injected ``clock`` (monotonic seconds).
+
+    ``allow()`` says whether to call the backend now; every allowed call must
+    be followed by ``record(ok, elapsed)``.  Closed: everything is allowed;
+    ``failures`` bad calls (errors, or slower than ``slow`` seconds) within
+    ``window`` seconds, or one call slower than ``open_after``, open it.
+    Open: nothing is allowed for ``cooldown`` seconds.  Half-open: one probe
+    is allowed (another one if it has not reported within ``cooldown``); its
+    success closes the breaker, its failure opens it again.
+    """
+
+    CLOSED, OPEN, HALF_OPEN = "closed", "open", "half-open"
+
+    def __init__(self, *, failures: int = 3, window: float = 10.0, slow: float = 0.1,
+                 open_after: float = 0.25, cooldown: float = 2.0,
+                 clock: Callable[[], float] = time.monotonic):
+        self.failures, self.window, self.slow = failures, window, slow
+        self.open_after, self.cooldown, self.clock = open_after, cooldown, clock
+        self._bad: collections.deque[float] = collections.deque()
+        self._state = self.CLOSED
+        self._opened_at = 0.0
+        self._probe_at: float | None = None
+        self.opened = 0          # times opened, for state()
+
+    @property
+    def state(self) -> str:
+        if self._state == self.OPEN and self.clock() - self._opened_at >= self.cooldown:
+            return self.HALF_OPEN
+        return self._state
+
+    def allow(self) -> bool:
+        if self._state == self.CLOSED:
+            return True
+        now = self.clock()
+        if self._state == self.OPEN:
+            if now - self._opened_at < self.cooldown:
+                return False
+            self._state = self.HALF_OPEN
+            self._probe_at = None
+        if self._probe_at is None or now - self._probe_at >= self.cooldown:
+            self._probe_at = now
+            return True
+        return False
+
+    def record(self, ok: bool, elapsed: float) -> str | None:
+        """Count one allowed call; the new state when this call changed it, else None."""
+        now = self.clock()
+        bad = not ok or elapsed > self.slow
+        if self._state == self.HALF_OPEN:
+            self._probe_at = None
+            if bad:
+                self._open(now)
+                return self.OPEN
+            self._state = self.CLOSED
+            self._bad.clear()
+            return self.CLOSED
+        if self._state == self.OPEN or not bad:
+            return None
+        self._bad.append(now)
+        while self._bad and now - self._bad[0] > self.window:
+            self._bad.popleft()
+        if len(self._bad) >= self.failures or elapsed > self.open_after:
+            self._open(now)
+            return self.OPEN
+        return None
+
+    def _open(self, now: float) -> None:
+        self._state = self.OPEN
+        self._opened_at = now
+        self._bad.clear()
+        self.opened += 1
+
+
+# ------------------------------------------------------------------ readers and writers
+
+class BodyReader:
+    """Iterator over a stored body's chunks (bytes); ``length`` is the whole body's size.
+
+    Raises ``CacheError`` when a chunk cannot be read (see the module contract),
+    after calling ``on_broken`` (the store drops the entry: later readers miss).
+    """
+
+    def __init__(self, length: int, first: bytes, rest: Callable[[int], bytes | None], count: int,
+                 on_broken: Callable[[], object] = lambda: None):
+        self.length = length
+        self._first = first
+        self._rest = rest
+        self._count = count
+        self._on_broken = on_broken
+
+    def __iter__(self) -> Iterator[bytes]:
+        seen = 0
+        if self._first:
+            seen += len(self._first)
+            yield self._first
+        for i in range(1, self._count):
+            chunk = self._rest(i)
+            if chunk is None:
+                self._on_broken()
+                raise CacheError(f"chunk {i} of {self._count} is gone")
+            seen += len(chunk)
+            yield chunk
+        if seen != self.length:
+            self._on_broken()
+            raise CacheError(f"body is {seen} bytes, the entry says {self.length}")
+
+
+class Writer:
+    """Streams one body into a store; see the module contract.
+
+    Bytes are kept until an item's worth is there (``item_size``), then sent
+    as one chunk, so at most one item is buffered per writer.
+    """
+
+    def __init__(self, store: "_Backend", key: str, head: bytes, ttl: float):
+        self._store, self._key, self._head, self._ttl = store, key, head, ttl
+        self._version = os.urandom(16)
+        self._buf = bytearray()
+        self._chunks = 0
+        self._size = 0
+        self._dead = False
+        self._done = False
+
+    def write(self, data: bytes) -> bool:
+        if self._dead or self._done:
+            return False
+        self._size += len(data)
+        if self._size > self._store.max_object_size:
+            self._store.counters["too_large"] += 1
+            self.abort()
+            return False
+        self._buf += data
+        item = self._store.item_size
+        while len(self._buf) > item:
+            if not self._flush(bytes(self._buf[:item])):
+                return False
+            del self._buf[:item]
+        return True
+
+    def _flush(self, piece: bytes) -> bool:
+        if not self._store._put_chunk(self._key, self._version, self._chunks, piece, self._ttl):
+            self.abort()
+            return False
+        self._chunks += 1
+        return True
+
+    def commit(self) -> bool:
+        if self._dead or self._done:
+            return False
+        self._done = True
+        inline = self._chunks == 0 and _HEADER.size + len(self._head) + len(self._buf) <= self._store.item_size
+        if inline:
+            body, count = bytes(self._buf), 0
+        else:
+            if self._buf and not self._flush(bytes(self._buf)):
+                return False
+            body, count = b"", self._chunks
+        self._buf = bytearray()
+        item = _HEADER.pack(_MAGIC, self._version, count, self._size, len(self._head)) + self._head + body
+        ok = self._store._put_entry(self._key, item, self._ttl)
+        if ok:
+            self._store.counters["stores"] += 1
+        return ok
+
+    def abort(self) -> None:
+        """Drop the write and, best effort, the chunks already sent (nothing names them)."""
+        if self._dead:
+            return
+        self._dead = True
+        self._buf = bytearray()
+        for i in range(self._chunks):
+            self._store._delete(self._store._chunk_key(self._key, self._version, i))
+
+
+def _parse_entry(item: bytes) -> tuple[bytes, int, int, bytes, bytes] | None:
+    """(version, chunk count, body length, head, inline body) or None when not ours."""
+    if len(item) < _HEADER.size:
+        return None
+    magic, version, count, length, head_len = _HEADER.unpack_from(item)
+    if magic != _MAGIC or _HEADER.size + head_len > len(item):
+        return None
+    head = item[_HEADER.size:_HEADER.size + head_len]
+    return version, count, length, head, item[_HEADER.size + head_len:]
+
+
+class Store(Protocol):
+    def get_entry(self, key: str) -> tuple[bytes, BodyReader] | None: ...
+    def begin_write(self, key: str, head: bytes, ttl: float = 0) -> Writer | None: ...
+    def delete(self, key: str) -> bool: ...
+    def namespace(self, host: str) -> str: ...
+    def bump_namespace(self, host: str) -> bool: ...
+    def lock(self, key: str, ttl: float) -> bool: ...
+    def unlock(self, key: str) -> None: ...
+    @property
+    def state(self) -> dict: ...
+
+
+class _Backend:
+    """The item layout over four primitives: get, set, add, delete (None/False on error)."""
+
+    def __init__(self, max_object_size: int, item_size: int):
+        self.max_object_size = max_object_size
+        self.item_size = item_size
+        self.counters = {"hits": 0, "misses": 0, "errors": 0, "bypassed": 0, "stores": 0, "too_large": 0}
+
+    # primitives: _get(k) -> bytes | None (None: miss or error), _set(k, v, ttl) -> bool,
+    # _add(k, v, ttl) -> bool | None (None: error), _delete(k) -> bool
+
+    def _entry_key(self, key: str) -> str:
+        return hashed_key("e", key)
+
+    def _chunk_key(self, key: str, version: bytes, i: int) -> str:
+        return hashed_key("c", key, version.hex(), str(i))
+
+    def _put_chunk(self, key, version, i, data, ttl) -> bool:
+        return self._set(self._chunk_key(key, version, i), data, ttl)
+
+    def _put_entry(self, key, item, ttl) -> bool:
+        return self._set(self._entry_key(key), item, ttl)
+
+    def get_entry(self, key: str) -> tuple[bytes, BodyReader] | None:
+        item = self._get(self._entry_key(key))
+        parsed = _parse_entry(item) if item is not None else None
+        if parsed is None:
+            self.counters["misses"] += 1
+            return None
+        version, count, length, head, body = parsed
+        if count == 0:
+            if len(body) != length:
+                self.counters["misses"] += 1
+                return None
+            reader = BodyReader(length, body, lambda i: None, 1)
+        else:
+            first = self._get(self._chunk_key(key, version, 0))
+            if first is None:
+                self.counters["misses"] += 1
+                return None
+            reader = BodyReader(length, first, lambda i: self._get(self._chunk_key(key, version, i)), count,
+                                lambda: self.delete(key))
+        self.counters["hits"] += 1
+        return head, reader
+
+    def begin_write(self, key: str, head: bytes, ttl: float = 0) -> Writer | None:
+        if not self._usable():
+            return None
+        return Writer(self, key, head, ttl)
+
+    def delete(self, key: str) -> bool:
+        """Delete one entry (all its chunks become unreachable); False on error."""
+        return self._delete(self._entry_key(key))
+
+    def namespace(self, host: str) -> str:
+        k = hashed_key("ns", host)
+        for _ in range(2):
+            token = self._get(k)
+            if token is not None:
+                return token.decode("ascii", "replace")
+            fresh = os.urandom(8).hex().encode()
+            added = self._add(k, fresh, 0)
+            if added:
+                return fresh.decode()
+            if added is None:
+                break
+        return "unreadable-" + os.urandom(8).hex()   # nothing is stored under it: a miss
+
+    def bump_namespace(self, host: str) -> bool:
+        """Purge every key of ``host``; False when the cache could not be told."""
+        return self._set(hashed_key("ns", host), os.urandom(8).hex().encode(), 0)
+
+    def lock(self, key: str, ttl: float) -> bool:
+        added = self._add(hashed_key("lock", key), str(os.getpid()).encode(), ttl)
+        return added is None or added
+
+    def unlock(self, key: str) -> None:
+        self._delete(hashed_key("lock", key))
+
+    def _usable(self) -> bool:
+        return True
+
+
+# ------------------------------------------------------------------ memcached
+
+class MemcachedStore(_Backend):
+    """The store over memcached servers ("host:port"), through pylibmc.
+
+    ``mode`` is "direct" or "threadpool" (see the module docstring);
+    ``timeout_ms`` bounds connect, send, receive and poll.  No I/O happens
+    before the first call; no method raises.
+    """
+
+    def __init__(self, servers: list[str], *, max_object_size: int = 8 << 20,
+                 item_size: int = ITEM_SIZE, timeout_ms: int = 30, breaker: Breaker | None = None,
+                 mode: str = "direct"):
+        if mode not in ("direct", "threadpool"):
+            raise ValueError(f"mode must be 'direct' or 'threadpool', not {mode!r}")
+        super().__init__(max_object_size, item_size)
+        self.servers = list(servers)
+        self.mode = mode
+        self.timeout_ms = timeout_ms
+        self.breaker = breaker or Breaker()
+        self._pid: int | None = None
+        self._base = None
+        self._free: list = []
+
+    @property
+    def behaviors(self) -> dict:
+        t = int(self.timeout_ms)
+        return {"tcp_nodelay": True, "ketama": True, "connect_timeout": t,
+                "send_timeout": t * 1000, "receive_timeout": t * 1000, "_poll_timeout": t,
+                # after a timeout, libmemcached answers "server down" at once for this long
+                "retry_timeout": 1}
+
+    def _client(self):
+        """A client for this process (created after the fork, again after another fork)."""
+        if self._pid != os.getpid():
+            self._base = pylibmc.Client(self.servers, binary=True, behaviors=self.behaviors)
+            self._free = []
+            self._pid = os.getpid()
+        return self._base
+
+    def _run(self, fn: Callable, *args):
+        base = self._client()
+        if self.mode == "direct":
+            return fn(base, *args)
+        # pylibmc clients are not thread-safe: one per concurrent call, reused.
+        mc = self._free.pop() if self._free else base.clone()
+        try:
+            return gevent.get_hub().threadpool.apply(fn, (mc,) + args)
+        finally:
+            self._free.append(mc)
+
+    def _call(self, fn: Callable, *args, default=None):
+        """Run ``fn(client, *args)`` through the breaker; ``default`` on bypass or error."""
+        breaker = self.breaker
+        if not breaker.allow():
+            self.counters["bypassed"] += 1
+            return default
+        t0 = time.monotonic()
+        answered = True
+        try:
+            result = self._run(fn, *args)
+            ok = True
+        except Exception as exc:  # pylibmc.Error and anything else: fail open
+            result, ok = default, False
+            self.counters["errors"] += 1
+            log.debug("memcached %s: %s", fn.__name__, exc)
+            # An item memcached refuses as too big (its -I is below item_size)
+            # is memcached answering, not misbehaving: no reason to bypass it.
+            answered = isinstance(exc, pylibmc.TooBig)
+        changed = breaker.record(ok or answered, time.monotonic() - t0)
+        if changed == Breaker.OPEN:
+            log.warning("cache: memcached %s misbehaves, bypassing it for %g s",
+                        ",".join(self.servers), breaker.cooldown)
+        elif changed == Breaker.CLOSED:
+            log.warning("cache: memcached %s answers again", ",".join(self.servers))
+        return result if ok else default
+
+    def _get(self, k):
+        v = self._call(_mc_get, k)
+        return v if isinstance(v, bytes) else None
+
+    def _set(self, k, v, ttl) -> bool:
+        return bool(self._call(_mc_set, k, v, _ttl(ttl), default=False))
+
+    def _add(self, k, v, ttl):
+        return self._call(_mc_add, k, v, _ttl(ttl), default=None)
+
+    def _delete(self, k) -> bool:
+        return bool(self._call(_mc_delete, k, default=False))
+
+    def _usable(self) -> bool:
+        return self.breaker.state != Breaker.OPEN
+
+    @property
+    def state(self) -> dict:
+        return {"backend": "memcached", "servers": list(self.servers), "mode": self.mode,
+                "breaker": self.breaker.state, "breaker_opened": self.breaker.opened, **self.counters}
+
+
+# Module-level so the threadpool runs plain functions; each returns a bool/bytes or raises.
+def _mc_get(mc, k):
+    return mc.get(k)
+
+
+def _mc_set(mc, k, v, ttl):
+    return mc.set(k, v, time=ttl)
+
+
+def _mc_add(mc, k, v, ttl):
+    return mc.add(k, v, time=ttl)
+
+
+def _mc_delete(mc, k):
+    return mc.delete(k)
+
+
+# ------------------------------------------------------------------ in-process
+
+class MemoryStore(_Backend):
+    """The store in this process's memory (``servers = []``): an LRU bounded in bytes.
+
+    Same contract as ``MemcachedStore``; shared by nothing, so coalescing,
+    purges and hits are per worker.  Items count their key and value bytes;
+    the least recently used go first.
+    """
+
+    def __init__(self, max_bytes: int, *, max_object_size: int = 8 << 20, item_size: int = ITEM_SIZE,
+                 clock: Callable[[], float] = time.monotonic):
+        super().__init__(min(max_object_size, max_bytes), item_size)
+        self.max_bytes = max_bytes
+        self.clock = clock
+        self.bytes = 0
+        self._items: collections.OrderedDict[str, tuple[bytes, float]] = collections.OrderedDict()
+
+    def _get(self, k):
+        hit = self._items.get(k)
+        if hit is None:
+            return None
+        value, expires = hit
+        if expires and self.clock() >= expires:
+            self._drop(k)
+            return None
+        self._items.move_to_end(k)
+        return value
+
+    def _set(self, k, v, ttl) -> bool:
+        size = len(k) + len(v)
+        if size > self.max_bytes:
+            return False
+        self._drop(k)
+        self._items[k] = (bytes(v), self.clock() + ttl if ttl > 0 else 0.0)
+        self.bytes += size
+        while self.bytes > self.max_bytes:
+            self._drop(next(iter(self._items)))
+        return True
+
+    def _add(self, k, v, ttl):
+        if self._get(k) is not None:
+            return False
+        return self._set(k, v, ttl)
+
+    def _delete(self, k) -> bool:
+        return self._drop(k)
+
+    def _drop(self, k) -> bool:
+        old = self._items.pop(k, None)
+        if old is None:
+            return False
+        self.bytes -= len(k) + len(old[0])
+        return True
+
+    @property
+    def state(self) -> dict:
+        return {"backend": "memory", "servers": [], "mode": "memory", "breaker": Breaker.CLOSED,
+                "bytes": self.bytes, "max_bytes": self.max_bytes, "items": len(self._items), **self.counters}
