@@ -241,7 +241,11 @@ def test_all_servers_down_is_503(forkproxy_factory, backend_factory):
     b.stop()
     wait_until(lambda: server_state(fp, "web", b.addr)["health"] == "down", timeout=30,
                what="b down")
-    wait_until(lambda: requests.get(f"http://127.0.0.1:{port}/", timeout=10).status_code == 503,
-               timeout=10, what="the workers' snapshot")
-    r = requests.get(f"http://127.0.0.1:{port}/", timeout=10)
+    url = f"http://127.0.0.1:{port}/"
+    # Every worker's snapshot (refreshed every 200 ms) must have caught up:
+    # a run of fresh connections, spread over the workers, all answered 503.
+    wait_until(lambda: all(requests.get(url, headers={"Connection": "close"}, timeout=10)
+                           .status_code == 503 for _ in range(8)),
+               timeout=10, what="every worker's snapshot")
+    r = requests.get(url, timeout=10)
     assert r.status_code == 503 and b.addr not in r.text

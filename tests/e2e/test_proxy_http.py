@@ -440,27 +440,36 @@ def test_upstream_dying_mid_body_aborts_the_client(forkproxy_factory, backend_fa
 
 def test_bad_upstream_response_is_502(forkproxy_factory):
     """A backend that answers garbage: 502, and the worker keeps serving."""
+    import threading
+
     srv = socket.socket()
     srv.bind(("127.0.0.1", 0))
     srv.listen(8)
-    addr = "127.0.0.1:%d" % srv.getsockname()[1]
-    fp, port = _single_pool(forkproxy_factory, addr)
-    import threading
+    srv.settimeout(0.2)  # so the loop sees the stop flag (close() does not wake accept())
+    stop = threading.Event()
 
     def liar():
-        for _ in range(2):
-            c, _ = srv.accept()
-            c.recv(65536)
-            c.sendall(b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\nTransfer-Encoding: chunked\r\n"
-                      b"Content-Length: 6\r\n\r\nhello")
-            c.close()
+        # Every connection (readiness probes included) gets the same lie.
+        while not stop.is_set():
+            try:
+                c, _ = srv.accept()
+            except socket.timeout:
+                continue
+            with c:
+                c.settimeout(5)
+                c.recv(65536)
+                c.sendall(b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\nTransfer-Encoding: chunked\r\n"
+                          b"Content-Length: 6\r\n\r\nhello")
     t = threading.Thread(target=liar, daemon=True)
     t.start()
     try:
+        fp, port = _single_pool(forkproxy_factory, "127.0.0.1:%d" % srv.getsockname()[1])
+        assert requests.get(f"http://127.0.0.1:{port}/", timeout=10).status_code == 502
         assert requests.get(f"http://127.0.0.1:{port}/", timeout=10).status_code == 502
     finally:
-        srv.close()
+        stop.set()
         t.join(5)
+        srv.close()
     assert "invalid response" in fp.error_log()
 
 
