@@ -35,7 +35,8 @@ def build_parser() -> argparse.ArgumentParser:
         prog="forkproxy",
         description="A prefork reverse proxy and load balancer (HTTP/1.1 and TCP).",
         epilog="Signals to the master: HUP reload, TERM graceful stop, INT/QUIT fast stop, "
-               "USR1 reopen logs, TTIN/TTOU one worker more/less. See forkproxy(8).")
+               "USR1 reopen logs, USR2 binary upgrade, WINCH stop the workers, TTIN/TTOU one "
+               "worker more/less. See forkproxy(8).")
     p.add_argument("-c", "--config", metavar="FILE",
                    help=f"configuration file (default {DEFAULT_CONFIG}, or $FORKPROXY_CONFIG)")
     p.add_argument("-t", "--test", action="store_true",
@@ -48,6 +49,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("-s", "--signal", choices=sorted(SIGNALS), metavar="SIGNAL",
                    help="send a signal to the running master: reload, stop (graceful), "
                         "quit (fast), reopen")
+    p.add_argument("--wait", action="store_true",
+                   help="with -s reload: return when the new generation serves (0) or the "
+                        "reload was rejected (1, errors printed)")
     p.add_argument("-v", "--version", action="version", version=f"forkproxy {__version__}",
                    help="print the version and exit")
     return p
@@ -64,17 +68,33 @@ def _load(path: str, pidfile: str | None):
     return cfg
 
 
-def send_signal(name: str, pidfile: str) -> int:
-    """``-s``: signal the master whose pid is in ``pidfile``."""
+def _read_pid(pidfile: str) -> tuple[int | None, str | None]:
+    """The master's pid from ``pidfile``, or (None, why not)."""
     try:
         with open(pidfile, encoding="ascii") as f:
             pid = int(f.read().strip())
     except FileNotFoundError:
-        print(f"forkproxy: no pidfile at {pidfile}: is forkproxy running?", file=sys.stderr)
-        return EX_CONFIG
+        return None, f"no pidfile at {pidfile}: is forkproxy running?"
     except (OSError, ValueError) as exc:
-        print(f"forkproxy: cannot read the pid from {pidfile}: {exc}", file=sys.stderr)
+        return None, f"cannot read the pid from {pidfile}: {exc}"
+    return pid, None
+
+
+def send_signal(name: str, pidfile: str, wait_in: str | None = None,
+                timeout: float = 60.0) -> int:
+    """``-s``: signal the master whose pid is in ``pidfile``.
+
+    ``wait_in`` (``-s reload --wait``): the runtime dir whose ``reload.json``
+    says when the new generation serves or why the reload was rejected.
+    """
+    pid, why = _read_pid(pidfile)
+    if pid is None:
+        print(f"forkproxy: {why}", file=sys.stderr)
         return EX_CONFIG
+    before = None
+    if wait_in is not None:
+        from forkproxy.daemon import process
+        before = process.read_status(wait_in)
     try:
         os.kill(pid, SIGNALS[name])
     except ProcessLookupError:
@@ -83,34 +103,32 @@ def send_signal(name: str, pidfile: str) -> int:
     except PermissionError:
         print(f"forkproxy: not allowed to signal process {pid}", file=sys.stderr)
         return EX_CONFIG
+    if wait_in is not None:
+        ok, errors = process.wait_reload(wait_in, pid, before, timeout)
+        if not ok:
+            for err in errors:
+                print(f"forkproxy: reload rejected: {err}", file=sys.stderr)
+            return EX_CONFIG
+        print("forkproxy: reloaded: the new generation serves", file=sys.stderr)
     return EX_OK
 
 
 def _runtime_dir_problem(path: str) -> str | None:
-    """Why the master could not keep its table and lock files in ``path``, or None."""
+    """Why the master could not keep its table and lock files in ``path``, or None.
+
+    Created 0755; an existing directory that anyone may write to is refused
+    (others could replace the table or the reload status).
+    """
     try:
         os.makedirs(path, mode=0o755, exist_ok=True)
     except OSError as exc:
         return f"cannot create it: {exc.strerror}"
     if not os.access(path, os.W_OK | os.X_OK):
         return "not writable"
+    mode = os.stat(path).st_mode
+    if mode & 0o002 and not mode & 0o1000:
+        return "writable by every user (chmod o-w)"
     return None
-
-
-def daemonize() -> None:
-    """Detach: double fork, new session, stdio to /dev/null, umask 022."""
-    if os.fork():
-        os._exit(0)
-    os.setsid()
-    if os.fork():
-        os._exit(0)
-    os.umask(0o022)
-    os.chdir("/")
-    devnull = os.open(os.devnull, os.O_RDWR)
-    for fd in (0, 1, 2):
-        os.dup2(devnull, fd)
-    if devnull > 2:
-        os.close(devnull)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -127,6 +145,9 @@ def main(argv: list[str] | None = None) -> int:
             # Stopping must not depend on a file that may be half edited.
             return send_signal(args.signal, args.pidfile or config.ServerConfig.pidfile)
         print(exc, file=sys.stderr)
+        if args.signal:
+            print("forkproxy: reload not sent: the running master would reject this file",
+                  file=sys.stderr)
         if args.test or args.test_dump:
             print(f"forkproxy: configuration file {path} test failed", file=sys.stderr)
         return EX_CONFIG
@@ -137,16 +158,21 @@ def main(argv: list[str] | None = None) -> int:
         print(f"forkproxy: configuration file {path} test is successful", file=sys.stderr)
         return EX_OK
     if args.signal:
-        return send_signal(args.signal, cfg.server.pidfile)
+        wait_in = cfg.server.runtime_dir if args.wait and args.signal == "reload" else None
+        return send_signal(args.signal, cfg.server.pidfile, wait_in)
     problem = _runtime_dir_problem(cfg.server.runtime_dir)
     if problem:
         print(f"forkproxy: server.runtime_dir {cfg.server.runtime_dir}: {problem}", file=sys.stderr)
         return EX_CONFIG
+    # -D changes to /: reloads and a USR2 re-exec must still find the file.
+    cfg = dataclasses.replace(cfg, path=os.path.abspath(cfg.path))
+    start_cwd = os.getcwd()
     if args.daemon:
+        from forkproxy.daemon.process import daemonize
         daemonize()
     try:
         from forkproxy.daemon.app import run
-        run(cfg)
+        run(cfg, detached=args.daemon, start_cwd=start_cwd)
     except SystemExit as exc:
         return exc.code if isinstance(exc.code, int) else EX_SOFTWARE
     return EX_OK

@@ -40,6 +40,7 @@ import difflib
 import ipaddress
 import os
 import re
+import ssl
 import sys
 import textwrap
 from dataclasses import dataclass, field
@@ -58,6 +59,9 @@ __all__ = [
     "ServerEntry",
     "PoolConfig",
     "HealthConfig",
+    "StickyConfig",
+    "RetryConfig",
+    "QueueConfig",
     "Setting",
     "Section",
     "SETTINGS",
@@ -107,15 +111,50 @@ class ServerConfig:
     initial_health: str = "up"
 
 
+# Mozilla's "intermediate" TLS 1.2 suites (TLS 1.3 suites are OpenSSL's own
+# and not set by this list): forward secrecy and AEAD only.
+DEFAULT_CIPHERS = "ECDHE+AESGCM:ECDHE+CHACHA20:DHE+AESGCM:DHE+CHACHA20"
+
+
+@dataclass(frozen=True)
+class TlsCert:
+    """One certificate of a TLS listener (``tls = {...}`` or an item of ``certs``).
+
+    ``names`` are the DNS names the certificate holds (subjectAltName, else
+    the subject's CN), read when the file is loaded; SNI chooses by them.
+    """
+
+    cert: str
+    key: str
+    names: tuple[str, ...] = field(default=(), compare=False)
+
+
 @dataclass(frozen=True)
 class ListenerConfig:
-    """One ``[[listener]]``; ``host``/``port`` are parsed from ``bind``."""
+    """One ``[[listener]]``; ``host``/``port`` are parsed from ``bind``.
+
+    ``certs`` holds every certificate (``tls`` alone is one item; the first
+    is the default for clients without SNI); empty: no TLS.  ``contexts``
+    are the server ``ssl.SSLContext`` objects, one per certificate, built
+    (certificate and key read) when the file is loaded: the master builds
+    them before forking, so every worker shares the session ticket keys and
+    reads keys with the master's privileges.  ``pool`` and
+    ``idle_timeout`` apply to ``mode = "tcp"`` only.
+    """
 
     name: str
     bind: str
     host: str
     port: int
     mode: str = "http"
+    tls: TlsCert | None = None
+    certs: tuple[TlsCert, ...] = ()
+    tls_min_version: str = "1.2"
+    ciphers: str = DEFAULT_CIPHERS
+    accept_proxy: bool = False
+    pool: str | None = None
+    idle_timeout: float = 600.0
+    contexts: tuple = field(default=(), compare=False, repr=False)
 
 
 @dataclass(frozen=True)
@@ -130,6 +169,8 @@ class RouteConfig:
     path_regex: str | None = None
     host_header: str | None = None
     max_body_size: int | None = None
+    redirect_https: bool = False
+    hsts: str | None = None
 
 
 @dataclass(frozen=True)
@@ -141,6 +182,41 @@ class ServerEntry:
     port: int
     weight: int = 1
     backup: bool = False
+    max_conns: int = 0
+
+
+@dataclass(frozen=True)
+class StickyConfig:
+    """A pool's ``sticky = { ... }``: cookie-based session persistence.
+
+    ``ttl`` 0 makes a session cookie (no Max-Age).  ``secret`` None: the
+    tokens are keyed by the pool name alone (see the key's help).
+    """
+
+    cookie: str = "fp_srv"
+    ttl: float = 0.0
+    secret: str | None = None
+
+
+@dataclass(frozen=True)
+class RetryConfig:
+    """A pool's ``retry = { ... }`` (nginx's proxy_next_upstream family).
+
+    ``tries`` 0: each server of the pool at most once; ``timeout`` 0: no
+    time limit; ``on``: "error", "timeout" and status codes as ints.
+    """
+
+    tries: int = 0
+    timeout: float = 0.0
+    on: tuple = ("error", "timeout")
+
+
+@dataclass(frozen=True)
+class QueueConfig:
+    """A pool's ``queue = { ... }``: where requests wait when every server is at max_conns."""
+
+    size: int = 100
+    timeout: float = 10.0
 
 
 @dataclass(frozen=True)
@@ -170,6 +246,20 @@ class HealthConfig:
 
 
 @dataclass(frozen=True)
+class PoolTlsConfig:
+    """A pool's ``tls = { ... }``: connect to its servers over TLS.
+
+    ``ca`` None: the system's trusted CAs.  ``sni`` None: the server's host
+    as written in its addr (sent unless it is an IP address, and checked
+    against the certificate when ``verify``).
+    """
+
+    verify: bool = True
+    ca: str | None = None
+    sni: str | None = None
+
+
+@dataclass(frozen=True)
 class PoolConfig:
     """One ``[pool.NAME]`` table.
 
@@ -182,6 +272,8 @@ class PoolConfig:
 
     name: str
     servers: tuple[ServerEntry, ...]
+    proxy_protocol: str | None = None
+    tls: PoolTlsConfig | None = None
     balance: str = "round_robin"
     connect_timeout: float = 5.0
     read_timeout: float = 60.0
@@ -193,6 +285,11 @@ class PoolConfig:
     fail_timeout: float = 10.0
     fail_status: tuple[int, ...] = ()
     slow_start: float = 0.0
+    hash_key: str = "uri"
+    hash_method: str = "ketama"
+    sticky: StickyConfig | None = None
+    retry: RetryConfig | None = None
+    queue: QueueConfig | None = None
 
 
 @dataclass(frozen=True)
@@ -587,6 +684,67 @@ def _header_value(value: Any) -> str:
     return value
 
 
+_TOKEN_RE = re.compile(r"^[!#$%&'*+.^_`|~0-9A-Za-z-]+$")  # RFC 9110 token
+
+
+def _hash_key(value: Any) -> str:
+    """"uri", or "header:NAME", "cookie:NAME", "query:NAME"."""
+    value = _str(value).strip()
+    if value == "uri":
+        return value
+    kind, sep, name = value.partition(":")
+    if not sep or kind not in ("header", "cookie", "query") or not name:
+        raise Invalid(f'expected "uri", "header:NAME", "cookie:NAME" or "query:NAME", got {_quote(value)}')
+    if kind != "query" and not _TOKEN_RE.match(name):
+        raise Invalid(f"invalid {kind} name {_quote(name)}")
+    return f"{kind}:{name.lower() if kind == 'header' else name}"
+
+
+def _cookie_name(value: Any) -> str:
+    if not _TOKEN_RE.match(_str(value)):
+        raise Invalid(f"invalid cookie name {_quote(value)}: use letters, digits and !#$%&'*+-.^_`|~")
+    return value
+
+
+_RETRY_HINT = 'expected an array of "error", "timeout" and status codes 500..599 such as ["error", "timeout", "502"]'
+
+
+def _retry_on(value: Any) -> tuple:
+    if not isinstance(value, list):
+        raise Invalid(f"{_RETRY_HINT}, got {_tname(value)}")
+    out: list = []
+    for item in value:
+        if item in ("error", "timeout"):
+            code: Any = item
+        elif isinstance(item, str) and re.fullmatch(r"5\d\d", item.strip()):
+            code = int(item)
+        elif isinstance(item, int) and not isinstance(item, bool) and 500 <= item <= 599:
+            code = item
+        else:
+            raise Invalid(f"{_RETRY_HINT}, got {_quote(item) if isinstance(item, str) else item!r}")
+        if code not in out:
+            out.append(code)
+    return tuple(out)
+
+
+def _r_retry_on(v: tuple) -> list:
+    return [x if isinstance(x, str) else str(x) for x in v]
+
+
+def _ciphers(value: Any) -> str:
+    try:
+        ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER).set_ciphers(_nonempty_str(value))
+    except ssl.SSLError:
+        raise Invalid(f"OpenSSL accepts no cipher of {_quote(value)}") from None
+    return value
+
+
+def _hsts(value: Any) -> str:
+    if not re.fullmatch(r"[\x20-\x7e]+", _nonempty_str(value)) or "max-age=" not in value.lower():
+        raise Invalid(f'expected a value such as "max-age=31536000; includeSubDomains", got {_quote(value)}')
+    return value
+
+
 # Renderers: Python value -> TOML value for dump() (None means "omit").
 def _r_same(v: Any) -> Any:
     return v
@@ -689,6 +847,39 @@ SECTIONS: tuple[Section, ...] = (
         need="no listener: add at least one [[listener]] table with name and bind",
     ),
     Section(
+        "listener.tls",
+        "table",
+        "tls = { ... }",
+        "TLS termination with one certificate, as an inline table such as "
+        '{ cert = "/etc/forkproxy/tls/site.pem", key = "/etc/forkproxy/tls/site.key" }. '
+        "With several certificates use certs instead (not both). "
+        "The certificate and key are read when the file is loaded, by the master "
+        "(so with its privileges), at start, at forkproxy -t and at every reload: "
+        "one that cannot be read or does not match its key is a configuration error, "
+        "and a reload with such an error keeps the running certificates. "
+        "Clients get ALPN http/1.1 on HTTP listeners, session resumption (tickets and a "
+        "session cache, shared by all workers of a generation), and the listener's "
+        "tls_min_version and ciphers. "
+        "Requests that arrive over TLS are forwarded with X-Forwarded-Proto: https and "
+        "Forwarded: proto=https. "
+        "A handshake failure, or a client speaking plain HTTP to the port, costs one log "
+        "line and the connection. "
+        "On a tcp listener the decrypted stream is relayed to the pool.",
+        optional=True,
+    ),
+    Section(
+        "listener.certs",
+        "array",
+        "certs = [{ ... }]",
+        "TLS termination with several certificates, as an array of inline tables such as "
+        '[{ cert = "a.pem", key = "a.key" }, { cert = "b.pem", key = "b.key" }]. '
+        "Each handshake gets the certificate whose names (subjectAltName DNS names, or the "
+        "subject's CN when it has none) match the client's SNI name: an exact name first, "
+        'then a wildcard "*.example.com" matching one label. '
+        "Clients without SNI, or with a name no certificate holds, get the first one. "
+        "Everything said of tls applies.",
+    ),
+    Section(
         "route",
         "array",
         "[[route]]",
@@ -715,6 +906,17 @@ SECTIONS: tuple[Section, ...] = (
         need='the pool has no servers: add at least one { addr = "HOST:PORT" }',
     ),
     Section(
+        "pool.tls",
+        "table",
+        "tls = { ... } (upstream)",
+        "Connect to the servers of the pool over TLS (HTTPS backends), as an inline table "
+        'such as { verify = true, ca = "/etc/forkproxy/tls/internal-ca.pem" }. '
+        "Without it connections to the servers are plain TCP. "
+        'Active checks of such a pool should be { type = "tcp" }: HTTP probes are sent '
+        "without TLS.",
+        optional=True,
+    ),
+    Section(
         "pool.health",
         "table",
         "health = { ... }",
@@ -728,6 +930,55 @@ SECTIONS: tuple[Section, ...] = (
         "One worker at a time runs the checks of every pool, all servers concurrently, "
         "and shares the results with the others through the health table in "
         "server.runtime_dir, which forkproxyctl status reads.",
+        optional=True,
+    ),
+    Section(
+        "pool.sticky",
+        "table",
+        "sticky = { ... }",
+        "Session persistence by cookie, as an inline table such as "
+        '{ cookie = "srv", ttl = "1h" }. '
+        "The first response to a client carries a Set-Cookie that names the chosen server "
+        "by an opaque token (an HMAC of its address, never the address itself). "
+        "Later requests that send the cookie go to that server while it is usable, "
+        "even while it is in drain; when it is not (down, in maint, out after passive "
+        "failures, gone from the pool) the request goes to a fresh choice and the response "
+        "carries a new cookie. "
+        "Tokens depend only on the server's addr and the secret, so they stay valid "
+        "across reloads and restarts for servers that stay, and in every forkproxy that "
+        "shares the configuration. "
+        "Stickiness comes before the balance algorithm.",
+        optional=True,
+    ),
+    Section(
+        "pool.retry",
+        "table",
+        "retry = { ... }",
+        "Failover of a failed attempt to another server, as an inline table such as "
+        '{ tries = 3, timeout = "10s", on = ["error", "timeout", "502", "503", "504"] } '
+        "(nginx's proxy_next_upstream, proxy_next_upstream_tries and "
+        "proxy_next_upstream_timeout). "
+        "A request none of whose bytes reached a server (connection refused, a pooled "
+        "connection found closed) is always retried. "
+        "Otherwise a request is retried only when its method is idempotent and it has no "
+        "body, and only before any byte of the response went to the client: a POST is "
+        "never sent twice. "
+        "Each server is tried at most once per request (a pooled connection found closed "
+        "is retried once on a new connection to the same server). "
+        "Every failed attempt also counts as a passive failure (max_fails). "
+        "Without this table the defaults below apply.",
+        optional=True,
+    ),
+    Section(
+        "pool.queue",
+        "table",
+        "queue = { ... }",
+        "Where requests wait when every usable server is at its max_conns, as an inline "
+        'table such as { size = 100, timeout = "5s" }. '
+        "The queue is per worker: each worker holds up to size waiting requests, served "
+        "first come, first served as connections free up in any worker. "
+        "A request that finds the queue full, or waits longer than timeout, is answered 503. "
+        "Without this table a request that finds every server full is answered 503 at once.",
         optional=True,
     ),
 )
@@ -826,9 +1077,51 @@ SETTINGS: tuple[Setting, ...] = (
             'Address to listen on. ":PORT" listens on every IPv4 address. '
             "Each bind must be unique.",
             _RESTART, _bind, example="0.0.0.0:80"),
-    Setting("listener", "mode", '"http"', "http",
-            "Protocol spoken on the listener. Only http is supported in this version.",
-            _RESTART, _enum("mode", ("http",), later=("tcp",))),
+    Setting("listener", "mode", '"http" or "tcp"', "http",
+            '"http" proxies HTTP/1.1 requests along the routes. '
+            '"tcp" (Layer 4) relays every connection byte for byte to a server of the '
+            "listener's pool, chosen by the pool's balance, with its active checks, passive "
+            "failures on connect errors and a connect retry to another server; "
+            "a half-close is passed on in both directions. "
+            "Routes do not apply to tcp listeners.",
+            _RELOAD, _enum("mode", ("http", "tcp"))),
+    Setting("listener", "pool", "pool name", None,
+            "The pool a tcp listener relays its connections to. Required with mode = \"tcp\".",
+            _RELOAD, _name, example="db", when=("mode", "tcp")),
+    Setting("listener", "idle_timeout", "duration", "10m",
+            "A tcp listener's connection is closed after this long without a byte in "
+            "either direction, as nginx's proxy_timeout and HAProxy's timeout tunnel.",
+            _RELOAD, _duration(False), _r_duration, when=("mode", "tcp")),
+    Setting("listener", "accept_proxy", "boolean", False,
+            "Every connection starts with a PROXY protocol header (v1 or v2, as HAProxy's "
+            "accept-proxy) from a trusted load balancer in front: the client address it "
+            "carries replaces the peer's in logs, forwarding headers and PROXY headers sent "
+            "on. A connection without a valid header is closed. "
+            "Only enable it when every peer is such a load balancer.",
+            _RELOAD, _bool),
+    Setting("listener", "tls_min_version", '"1.0", "1.1", "1.2" or "1.3"', "1.2",
+            "Oldest TLS version accepted from clients on a TLS listener. "
+            "OpenSSL's security level may refuse 1.0 and 1.1 even when allowed here.",
+            _RELOAD, _enum("tls_min_version", ("1.0", "1.1", "1.2", "1.3"))),
+    Setting("listener", "ciphers", "OpenSSL cipher list", DEFAULT_CIPHERS,
+            "TLS 1.2 and older cipher suites offered on a TLS listener, in OpenSSL's "
+            "syntax, server preference first. "
+            "The default is Mozilla's intermediate list (forward secrecy and AEAD only). "
+            "TLS 1.3 suites are OpenSSL's defaults.",
+            _RELOAD, _ciphers),
+    # tls = { ... } and certs = [{ ... }]
+    Setting("listener.tls", "cert", "path", REQUIRED,
+            "PEM file with the certificate, followed by its intermediates.",
+            _RELOAD, _nonempty_str, example="/etc/forkproxy/tls/site.pem"),
+    Setting("listener.tls", "key", "path", REQUIRED,
+            "PEM file with the private key of cert (unencrypted).",
+            _RELOAD, _nonempty_str, example="/etc/forkproxy/tls/site.key"),
+    Setting("listener.certs", "cert", "path", REQUIRED,
+            "PEM file with the certificate, followed by its intermediates.",
+            _RELOAD, _nonempty_str, example="/etc/forkproxy/tls/site.pem"),
+    Setting("listener.certs", "key", "path", REQUIRED,
+            "PEM file with the private key of cert (unencrypted).",
+            _RELOAD, _nonempty_str, example="/etc/forkproxy/tls/site.key"),
     # [[route]]
     Setting("route", "pool", "pool name", REQUIRED,
             "The pool that serves the requests this route matches. It must exist.",
@@ -858,12 +1151,50 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("route", "max_body_size", "size", None,
             "Overrides server.max_body_size for this route.",
             _RELOAD, _size(0), _r_size, example="1g"),
+    Setting("route", "redirect_https", "boolean", False,
+            "Answer requests that arrived without TLS with a 308 redirect to the same URL "
+            "over https, as nginx's return 308 https://$host$request_uri. "
+            "The port is that of the first TLS listener the route accepts, left out when it "
+            "is 443.",
+            _RELOAD, _bool),
+    Setting("route", "hsts", "Strict-Transport-Security value", None,
+            "Add a Strict-Transport-Security header with this value to responses sent over "
+            "TLS (never over plain HTTP, as RFC 6797 says).",
+            _RELOAD, _hsts, example="max-age=31536000; includeSubDomains"),
     # [pool.NAME]
-    Setting("pool", "balance", '"round_robin"', "round_robin",
+    Setting("pool", "balance", '"round_robin", "least_conn", "ip_hash", "hash" or "random2"',
+            "round_robin",
             "How requests are spread over the servers. "
-            "Only round_robin (weighted) is supported in this version.",
-            _RELOAD, _enum("balance", ("round_robin",),
-                           later=("least_conn", "ip_hash", "hash", "random2"))),
+            "Every algorithm honours weight, skips servers that are down, in drain or maint, "
+            "out after passive failures or at max_conns, and uses backup servers only when "
+            "no other server is usable. "
+            "round_robin: nginx's smooth weighted round robin. "
+            "least_conn: the fewest requests in flight divided by weight, counted over all "
+            "workers through the health table; ties are broken by round robin. "
+            "ip_hash: the client's IPv4 /24 or IPv6 /64 picks the server, as nginx's ip_hash; "
+            "stable while the pool is unchanged. "
+            "hash: consistent hashing of hash_key with hash_method; adding or removing one "
+            "of N servers moves about 1/N of the keys, and the keys of a server that is not "
+            "usable go to the next choice only; a request without the key is balanced round "
+            "robin. "
+            "random2: power of two random choices, the one with fewer requests in flight "
+            "per weight.",
+            _RELOAD, _enum("balance", ("round_robin", "least_conn", "ip_hash", "hash", "random2"))),
+    Setting("pool", "hash_key", '"uri", "header:NAME", "cookie:NAME" or "query:NAME"', "uri",
+            "What balance = \"hash\" hashes: the request target with its query (uri), "
+            "a request header, a cookie, or a query parameter.",
+            _RELOAD, _hash_key, when=("balance", "hash")),
+    Setting("pool", "hash_method", '"ketama" or "maglev"', "ketama",
+            "The consistent hash of balance = \"hash\": a ketama ring (libketama's: md5, "
+            "160 points per weight unit) or a Maglev lookup table (even spread, faster "
+            "lookups, slightly more keys move when the pool changes).",
+            _RELOAD, _enum("hash_method", ("ketama", "maglev")), when=("balance", "hash")),
+    Setting("pool", "proxy_protocol", '"v1" or "v2"', None,
+            "Start every connection to a server with a PROXY protocol header of this "
+            "version (HAProxy's send-proxy and send-proxy-v2), so the server sees the "
+            "client's address. Only for pools of tcp listeners: a route cannot use such a "
+            "pool. Unset: no header.",
+            _RELOAD, _enum("proxy_protocol", ("v1", "v2")), example="v2"),
     Setting("pool", "connect_timeout", "duration", "5s",
             "Time allowed to connect to a server.",
             _RELOAD, _duration(False), _r_duration),
@@ -912,6 +1243,26 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("pool.servers", "backup", "boolean", False,
             "A backup server receives requests only when no other server of the pool is available.",
             _RELOAD, _bool),
+    Setting("pool.servers", "max_conns", "integer 0..100000", 0,
+            "Most requests in flight to the server, counted over all workers through the "
+            "health table; beyond it the server is skipped (see queue). "
+            "Workers read each other's counts, so under a burst the limit can be exceeded by "
+            "a few requests. "
+            "0: no limit.",
+            _RELOAD, _int(0, 100000)),
+    # tls = { ... } of a pool
+    Setting("pool.tls", "verify", "boolean", True,
+            "Check the server's certificate against ca and the name sni. "
+            "false accepts any certificate (encryption without authentication).",
+            _RELOAD, _bool),
+    Setting("pool.tls", "ca", "path", None,
+            "PEM file of the CA certificates that sign the servers' certificates. "
+            "Unset: the system's trusted CAs. It is read when the file is loaded.",
+            _RELOAD, _nonempty_str, example="/etc/forkproxy/tls/internal-ca.pem"),
+    Setting("pool.tls", "sni", "host name", None,
+            "Server name sent in the TLS handshake and checked against the certificate. "
+            "Unset: the host of the server's addr.",
+            _RELOAD, _header_value, example="backend.internal"),
     # health = { ... }
     Setting("pool.health", "type", '"http" or "tcp"', "http",
             '"http" sends an HTTP/1.1 request and checks the response, as HAProxy\'s option httpchk. '
@@ -961,6 +1312,48 @@ SETTINGS: tuple[Setting, ...] = (
             "Interval while a server is DOWN, as HAProxy's downinter. "
             "Unset: interval.",
             _RELOAD, _duration(False), _r_opt_duration, example="5s"),
+    # sticky = { ... }
+    Setting("pool.sticky", "cookie", "cookie name", "fp_srv",
+            "Name of the cookie.",
+            _RELOAD, _cookie_name),
+    Setting("pool.sticky", "ttl", "duration", "0s",
+            "Max-Age of the cookie. "
+            '"0s" makes a session cookie, dropped when the browser closes.',
+            _RELOAD, _duration(True), _r_duration),
+    Setting("pool.sticky", "secret", "string", None,
+            "Key of the HMAC that turns a server's addr into its token. "
+            "Give every forkproxy that must honour the same cookies the same secret. "
+            "Unset: the key is derived from the pool name, so tokens stay stable across "
+            "reloads, restarts and machines, but someone who can guess a server's addr could "
+            "check the guess against a token; set a secret to rule that out. "
+            "Changing it invalidates every cookie once (clients get a fresh choice).",
+            _RELOAD, _nonempty_str, example="a long random string"),
+    # retry = { ... }
+    Setting("pool.retry", "tries", "integer 0..100", 0,
+            "Most attempts per request, the first included, as nginx's "
+            "proxy_next_upstream_tries. "
+            "0: each usable server of the pool at most once.",
+            _RELOAD, _int(0, 100)),
+    Setting("pool.retry", "timeout", "duration", "0s",
+            "No new attempt starts once this much time has passed since the first one, as "
+            "nginx's proxy_next_upstream_timeout. "
+            '"0s": no limit.',
+            _RELOAD, _duration(True), _r_duration),
+    Setting("pool.retry", "on", 'array of "error", "timeout" and status codes', ["error", "timeout"],
+            "Which failures of an idempotent request without a body move it to another server: "
+            '"error" (connection reset or closed, or an invalid response, before the response '
+            'head), "timeout" (connect or read timeout before the response head), and response '
+            'statuses 500..599 such as "502", "503", "504" (the response is discarded only when '
+            "another server is left to try; otherwise it is relayed). "
+            "Failures before any byte was sent are retried whatever this says.",
+            _RELOAD, _retry_on, _r_retry_on),
+    # queue = { ... }
+    Setting("pool.queue", "size", "integer 1..100000", 100,
+            "Most requests waiting in the queue of one worker.",
+            _RELOAD, _int(1, 100000)),
+    Setting("pool.queue", "timeout", "duration", "10s",
+            "Longest wait in the queue before the request is answered 503.",
+            _RELOAD, _duration(False), _r_duration),
 )
 
 
@@ -976,9 +1369,83 @@ def _build_server(values: dict, path: Path, err) -> ServerConfig:
     return ServerConfig(**values)
 
 
-def _build_listener(values: dict, path: Path, err) -> ListenerConfig:
+def _build_listener(values: dict, path: Path, err) -> ListenerConfig | None:
     host, port = split_host_port(values["bind"], default_host="0.0.0.0")
-    return ListenerConfig(host=host, port=port, **values)
+    if values["mode"] == "tcp" and values["pool"] is None:
+        err(path + ("mode",), 'a tcp listener needs pool = "NAME": the pool it relays to')
+        return None
+    if values["tls"] is not None and values["certs"]:
+        err(path + ("certs",), "tls and certs are exclusive: list every certificate in certs")
+        return None
+    certs = (values["tls"],) if values["tls"] is not None else values["certs"]
+    contexts, named = [], []
+    for n, c in enumerate(certs):
+        where = path + (("tls",) if values["tls"] is not None else ("certs", n))
+        ctx = _server_context(values, c, where, err)
+        if ctx is None:
+            return None
+        contexts.append(ctx)
+        named.append(TlsCert(c.cert, c.key, _cert_names(c.cert)))
+    if values["tls"] is not None:
+        values["tls"] = named[0]
+    else:
+        values["certs"] = tuple(named)
+    return ListenerConfig(host=host, port=port, contexts=tuple(contexts), **values)
+
+
+_TLS_VERSIONS = {"1.0": ssl.TLSVersion.TLSv1, "1.1": ssl.TLSVersion.TLSv1_1,
+                 "1.2": ssl.TLSVersion.TLSv1_2, "1.3": ssl.TLSVersion.TLSv1_3}
+
+
+def _server_context(values: dict, c: TlsCert, where: Path, err) -> ssl.SSLContext | None:
+    """A server context for one certificate; None (and an error) when it cannot be loaded."""
+    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    ctx.minimum_version = _TLS_VERSIONS[values["tls_min_version"]]
+    ctx.options |= ssl.OP_CIPHER_SERVER_PREFERENCE | ssl.OP_NO_RENEGOTIATION
+    ctx.set_ciphers(values["ciphers"])
+    if values["mode"] == "http":
+        ctx.set_alpn_protocols(["http/1.1"])
+    for name in (c.cert, c.key):
+        if not os.path.isfile(name):
+            which = "cert" if name == c.cert else "key"
+            err(where + (which,), f"cannot read {_quote(name)}: no such file")
+            return None
+    try:
+        ctx.load_cert_chain(c.cert, c.key)
+    except (OSError, ssl.SSLError) as exc:
+        reason = getattr(exc, "reason", None) or getattr(exc, "strerror", None) or str(exc)
+        err(where + ("cert",), f"cannot load certificate {_quote(c.cert)} with key "
+            f"{_quote(c.key)}: {reason}")
+        return None
+    return ctx
+
+
+def _cert_names(path: str) -> tuple[str, ...]:
+    """The DNS names of a PEM certificate: subjectAltName DNS entries, else the CN."""
+    try:
+        info = ssl._ssl._test_decode_cert(path)  # stdlib, the decoder behind getpeercert()
+    except (AttributeError, OSError, ssl.SSLError, ValueError):
+        return ()
+    names = tuple(v.lower() for k, v in info.get("subjectAltName", ()) if k == "DNS")
+    if not names:
+        names = tuple(v.lower() for rdn in info.get("subject", ()) for k, v in rdn
+                      if k == "commonName")
+    return names
+
+
+def _build_tls_cert(values: dict, path: Path, err) -> TlsCert:
+    return TlsCert(**values)
+
+
+def _build_pool_tls(values: dict, path: Path, err) -> PoolTlsConfig | None:
+    if values["ca"] is not None:
+        try:
+            ssl.create_default_context(cafile=values["ca"])
+        except (OSError, ssl.SSLError) as exc:
+            reason = getattr(exc, "strerror", None) or getattr(exc, "reason", None) or str(exc)
+            err(path + ("ca",), f"cannot load CA certificates from {_quote(values['ca'])}: {reason}")
+            return None
+    return PoolTlsConfig(**values)
 
 
 def _build_route(values: dict, path: Path, err) -> RouteConfig | None:
@@ -993,12 +1460,30 @@ def _build_server_entry(values: dict, path: Path, err) -> ServerEntry:
     return ServerEntry(host=host, port=port, **values)
 
 
-def _build_pool(values: dict, path: Path, err) -> PoolConfig:
+def _build_pool(values: dict, path: Path, err) -> PoolConfig | None:
+    if values.get("tls") is not None and values.get("health") is not None \
+            and values["health"].type == "http":
+        # The probes are plain HTTP: they would fail against every HTTPS server.
+        err(path + ("health",), 'HTTP checks are sent without TLS: a pool with tls needs '
+            'health = { type = "tcp", ... }')
+        return None
     return PoolConfig(name=path[-1], **values)
 
 
 def _build_health(values: dict, path: Path, err) -> HealthConfig:
     return HealthConfig(**values)
+
+
+def _build_sticky(values: dict, path: Path, err) -> StickyConfig:
+    return StickyConfig(**values)
+
+
+def _build_retry(values: dict, path: Path, err) -> RetryConfig:
+    return RetryConfig(**values)
+
+
+def _build_queue(values: dict, path: Path, err) -> QueueConfig:
+    return QueueConfig(**values)
 
 
 _BUILDERS: dict[str, Callable[[dict, Path, Any], Any]] = {
@@ -1008,6 +1493,12 @@ _BUILDERS: dict[str, Callable[[dict, Path, Any], Any]] = {
     "pool": _build_pool,
     "pool.servers": _build_server_entry,
     "pool.health": _build_health,
+    "pool.sticky": _build_sticky,
+    "pool.retry": _build_retry,
+    "pool.queue": _build_queue,
+    "pool.tls": _build_pool_tls,
+    "listener.tls": _build_tls_cert,
+    "listener.certs": _build_tls_cert,
 }
 
 _CHILDREN: dict[str | None, list[Section]] = {}
@@ -1172,6 +1663,34 @@ class _Loader:
                     if (p + (j,)) in self.lines:
                         p += (j,)
                     self.err(p, f"no listener named {_quote(name)}{_did_you_mean(name, sorted(names))}")
+        self._check_tcp(doc, raw_listeners, routes, pools)
+
+    def _check_tcp(self, doc: dict, raw_listeners: list, routes: tuple, pools: list) -> None:
+        """tcp listeners name an existing pool; routes name no tcp listener and no
+        pool that sends PROXY headers (an HTTP keep-alive connection to a server
+        carries requests of many clients: one header cannot speak for them)."""
+        tcp = set()
+        for i, item in enumerate(raw_listeners):
+            if isinstance(item, dict) and item.get("mode") == "tcp":
+                tcp.add(item.get("name"))
+                pool = item.get("pool")
+                if isinstance(pool, str) and pool not in pools:
+                    self.err(("listener", i, "pool"), f"no pool named {_quote(pool)}{_did_you_mean(pool, pools)}")
+        raw_pools = doc.get("pool") if isinstance(doc.get("pool"), dict) else {}
+        for r in routes:
+            if r is None:
+                continue
+            for j, name in enumerate(r.listener):
+                if name in tcp:
+                    p = ("route", r.index, "listener")
+                    if (p + (j,)) in self.lines:
+                        p += (j,)
+                    self.err(p, f"listener {_quote(name)} is a tcp listener: routes apply to "
+                             "http listeners only")
+            raw = raw_pools.get(r.pool)
+            if isinstance(raw, dict) and raw.get("proxy_protocol") is not None:
+                self.err(("route", r.index, "pool"), f"pool {_quote(r.pool)} sends PROXY "
+                         "protocol headers: only tcp listeners may use it")
 
 
 def _is_ip(host: str) -> bool:
@@ -1449,6 +1968,8 @@ def _inline(sec: Section, obj: Any) -> str:
 def _dump_table(sec: Section, obj: Any) -> list[str]:
     out = []
     for s in _KEYS.get(sec.path, []):
+        if not _applies(s, obj):
+            continue
         v = s.render(getattr(obj, s.name))
         if v is None:
             out.append(f"# {s.name} is not set")
@@ -1611,6 +2132,10 @@ def _sample_keys(sec: Section) -> list[str]:
             out += _comment(f"{s.name} ({flags}): {s.help}", indent="  ")
         required = [s for s in _KEYS.get(child.path, []) if s.required]
         full = [(s, _doc_value(s)) for s in _KEYS.get(child.path, [])]
+        if not child.required:  # an optional array: the whole example commented out
+            out.append(f"#{child.key} = [{{ " + ", ".join(f"{s.name} = {_toml(v)}" for s, v in full)
+                       + " }]")
+            continue
         out.append(f"{child.key} = [")
         out.append("  { " + ", ".join(f"{s.name} = {_toml(s.example)}" for s in required) + " },")
         out.append("  #{ " + ", ".join(f"{s.name} = {_toml(v)}" for s, v in full) + " },")
@@ -1622,7 +2147,8 @@ def _sample_table(child: Section) -> list[str]:
     """An optional inline sub-table: its keys, then a commented example line."""
     out = _comment(f"{child.key}: {child.help} Keys:")
     for s in _KEYS.get(child.path, []):
-        default = "unset by default" if s.default is None else f"default {_toml(s.default)}"
+        default = ("required" if s.required else "unset by default" if s.default is None
+                   else f"default {_toml(s.default)}")
         only = f"only with {s.when[0]} = {_toml(s.when[1])}" if s.when else ""
         flags = ", ".join(x for x in (s.type, default, only) if x)
         out += _comment(f"{s.name} ({flags}): {s.help}", indent="  ")

@@ -16,6 +16,11 @@ from forkproxy.config import (
     SETTINGS,
     Config,
     HealthConfig,
+    PoolTlsConfig,
+    TlsCert,
+    QueueConfig,
+    RetryConfig,
+    StickyConfig,
     ListenerConfig,
     PoolConfig,
     RouteConfig,
@@ -188,7 +193,9 @@ def test_config_is_frozen():
 def test_dataclass_defaults_match_declarations():
     """The dataclass defaults and the SETTINGS defaults must not drift apart."""
     classes = {"server": ServerConfig, "listener": ListenerConfig, "route": RouteConfig,
-               "pool": PoolConfig, "pool.servers": ServerEntry, "pool.health": HealthConfig}
+               "pool": PoolConfig, "pool.servers": ServerEntry, "pool.health": HealthConfig, "pool.tls": PoolTlsConfig,
+               "listener.tls": TlsCert, "listener.certs": TlsCert,
+               "pool.sticky": StickyConfig, "pool.retry": RetryConfig, "pool.queue": QueueConfig}
     for s in SETTINGS:
         fld = {f.name: f for f in dataclasses.fields(classes[s.section])}[s.name]
         if s.required or s.name == "workers":
@@ -225,8 +232,8 @@ BAD = [
       'warning, error, critical (did you mean "warning"?)']),
     ("bad trusted proxy", '[server]\ntrusted_proxies = ["10.0.0.0/33"]\n' + MINIMAL,
      ['t.toml:2: server.trusted_proxies: invalid address or CIDR range "10.0.0.0/33"']),
-    ("tcp not yet", '[[listener]]\nname = "db"\nbind = ":6432"\nmode = "tcp"\n' + MINIMAL,
-     ['t.toml:4: listener[0].mode: mode "tcp" is not supported yet']),
+    ("tcp without pool", '[[listener]]\nname = "db"\nbind = ":6432"\nmode = "tcp"\n' + MINIMAL,
+     ['t.toml:4: listener[0].mode: a tcp listener needs pool = "NAME": the pool it relays to']),
     ("bad port", '[[listener]]\nname = "x"\nbind = "127.0.0.1:70000"\n' + MINIMAL,
      ['t.toml:3: listener[0].bind: invalid port "70000": expected 1..65535']),
     ("missing bind", '[[listener]]\nname = "x"\n' + MINIMAL,
@@ -254,16 +261,16 @@ BAD = [
      ['t.toml:7: route[0].path: must start with "/", got "api"']),
     ("route cache key not yet", MINIMAL.replace('pool = "app"', 'pool = "app"\ncache = true'),
      ['t.toml:7: route[0].cache: unknown key "cache" in [[route]]; known keys: pool, listener, '
-      "host, path, path_regex, host_header, max_body_size"]),
+      "host, path, path_regex, host_header, max_body_size, redirect_https, hsts"]),
     ("pool with no servers", MINIMAL + "\n[pool.empty]\nservers = []\n",
      ['t.toml:12: pool.empty.servers: the pool has no servers: add at least one { addr = "HOST:PORT" }']),
     ("pool without servers key", MINIMAL + '\n[pool.empty]\nbalance = "round_robin"\n',
      ['t.toml:11: pool.empty.servers: the pool has no servers: add at least one { addr = "HOST:PORT" }']),
-    ("balance not yet", MINIMAL + '\n[pool.b]\nbalance = "least_conn"\nservers = [{ addr = "h:1" }]\n',
-     ['t.toml:12: pool.b.balance: balance "least_conn" is not supported yet']),
+    ("hash_key without hash", MINIMAL + '\n[pool.b]\nbalance = "least_conn"\nhash_key = "uri"\nservers = [{ addr = "h:1" }]\n',
+     ['t.toml:13: pool.b.hash_key: hash_key is only valid with balance = "hash", not balance = "least_conn"']),
     ("balance unknown", MINIMAL + '\n[pool.b]\nbalance = "round-robin"\nservers = [{ addr = "h:1" }]\n',
-     ['t.toml:12: pool.b.balance: unknown value "round-robin"; expected one of: round_robin '
-      '(did you mean "round_robin"?)']),
+     ['t.toml:12: pool.b.balance: unknown value "round-robin"; expected one of: round_robin, '
+      'least_conn, ip_hash, hash, random2 (did you mean "round_robin"?)']),
     ("inline table members on their lines", MINIMAL + """
 [pool.b]
 servers = [
@@ -557,11 +564,13 @@ def test_dump_round_trip(text):
 
 
 def test_dump_fills_every_default():
-    out = dump(loads(pool_with("health = {}")))
+    out = dump(loads(pool_with('health = {}\nbalance = "hash"\nsticky = {}\nretry = {}\nqueue = {}')))
     for s in SETTINGS:
         if s.default is None and "." in s.section:
             # An inline table leaves unset keys out: no comment fits inside { }.
             assert f" {s.name} = " not in out, s.name
+        elif s.when or s.section in ("listener.tls", "listener.certs", "pool.tls"):
+            continue  # mode = "tcp" only; TLS dumps: tests/e2e/test_tls.py
         elif s.default is None:
             assert f"# {s.name} is not set" in out
         else:

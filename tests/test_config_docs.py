@@ -13,6 +13,7 @@ import sys
 from pathlib import Path
 
 import pytest
+import trustme
 
 from forkproxy import config
 from forkproxy.config import SECTIONS, SETTINGS, loads, man_keys, sample, splice_man
@@ -107,18 +108,29 @@ servers = [{{ addr = "127.0.0.1:9000", {servers} }}]
 
 
 @pytest.mark.parametrize("setting", SETTINGS, ids=[f"{s.section}.{s.name}" for s in SETTINGS])
-def test_every_documented_key_is_accepted(setting):
+def test_every_documented_key_is_accepted(setting, tmp_path):
     """Each declared key, set to its documented default or example, loads."""
     value = setting.example if setting.required or setting.default is None else setting.default
     slots = {"server": "", "listener": "", "route": "", "pool": "", "servers": "weight = 1"}
     line = f"{setting.name} = {config._toml(value)}"
     if setting.section == "pool.servers":
         slots["servers"] = "" if setting.name == "addr" else line
-    elif setting.section == "pool.health":
-        slots["pool"] = f"health = {{ {line} }}"
+    elif setting.section.startswith("pool."):
+        slots["pool"] = f"{setting.section[5:]} = {{ {line} }}"
+    elif setting.when:
+        slots[setting.section] = f"{setting.when[0]} = {config._toml(setting.when[1])}\n{line}"
     elif setting.name not in ("name", "bind", "pool"):
         slots[setting.section] = line
+    if setting.when == ("mode", "tcp"):  # a tcp listener needs its pool
+        slots["listener"] = slots["listener"].replace('pool = "db"', 'pool = "app"')
+        slots["listener"] += "" if setting.name == "pool" else '\npool = "app"'
     text = BASE.format(**slots).replace(", }]", " }]")
+    if setting.name == "proxy_protocol":  # only tcp listeners may use such a pool
+        text = text.replace('[[route]]\npool = "app"\n', "")
+    if setting.section == "pool.tls" and setting.name == "ca":  # it must be readable
+        ca = tmp_path / "ca.pem"
+        trustme.CA().cert_pem.write_to_path(str(ca))
+        text = text.replace(setting.example, str(ca))
     loads(text)
 
 

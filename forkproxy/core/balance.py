@@ -86,6 +86,8 @@ __all__ = [
     "ServerSpec",
     "ServerView",
     "StickyTable",
+    "cookie_value",
+    "query_value",
     "sticky_lookup",
     "sticky_token",
 ]
@@ -551,6 +553,38 @@ class StickyTable:
 
     def token(self, i: int) -> str:
         return self._tokens[i]
+
+
+# --------------------------------------------------------------------------
+# Request keys
+
+
+def cookie_value(cookie_headers: Sequence[str], name: str) -> str | None:
+    """Value of cookie ``name`` in the request's Cookie header values (the
+    first one wins), or None.  Pairs without "=" are skipped, as browsers do."""
+    for header in cookie_headers:
+        for pair in header.split(";"):
+            k, eq, v = pair.strip().partition("=")
+            if eq and k == name:
+                v = v.strip()
+                if len(v) >= 2 and v[0] == v[-1] == '"':
+                    v = v[1:-1]
+                return v
+    return None
+
+
+def query_value(target: str, name: str) -> str | None:
+    """Raw (still percent-encoded) value of query parameter ``name`` in a
+    request target, or None; a parameter without "=" has the value ""."""
+    _, q, query = target.partition("?")
+    if not q:
+        return None
+    query = query.partition("#")[0]
+    for pair in query.split("&"):
+        k, _, v = pair.partition("=")
+        if k == name:
+            return v
+    return None
 
 
 def sticky_lookup(token: str, servers: Sequence[ServerSpec], secret: bytes) -> int | None:

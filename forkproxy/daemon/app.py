@@ -57,25 +57,42 @@ class ForkProxyApp(BaseApplication):
     def load(self):
         return _no_wsgi
 
-    def reload(self) -> None:
+    def reload(self) -> list[str]:
         """Re-read the file; on any error keep the running configuration.
 
-        gunicorn's own ``reload`` exits the master on a bad file (DESIGN
-        section 3, item 1).  Here the candidate is parsed and validated
-        first, and only a valid one replaces the current settings.
+        Returns the errors (``FILE:LINE: key: message``), empty when the new
+        configuration was taken.  gunicorn's own ``reload`` exits the master
+        on a bad file (DESIGN section 3, item 1).  Here the candidate is
+        parsed and validated first, and only a valid one replaces the
+        current settings.
         """
         try:
             candidate = fpconfig.load(self.fp_config.path)
         except fpconfig.ConfigErrors as exc:
+            errors = [str(err) for err in exc.errors]
             log = getattr(self, "logger", None)
-            for err in exc.errors:
+            for err in errors:
                 print(f"forkproxy: reload rejected: {err}", file=sys.stderr)
                 if log is not None:
                     log.error("reload rejected: %s", err)
-            return
+            return errors
         self.fp_config = candidate
         self.load_default_config()
         self.load_config()
+        return []
+
+    def run(self, detached: bool = False, start_cwd: str | None = None):
+        """Run forkproxy's arbiter (see ``daemon.arbiter``) until it stops."""
+        from forkproxy.daemon.arbiter import ForkProxyArbiter
+
+        arbiter = ForkProxyArbiter(self, start_cwd=start_cwd)
+        arbiter.fp_detached = detached
+        self.logger = arbiter.log
+        try:
+            arbiter.run()
+        except RuntimeError as exc:  # e.g. a pidfile naming a live process
+            print(f"forkproxy: {exc}", file=sys.stderr)
+            sys.exit(1)
 
 
 def gunicorn_settings(cfg: fpconfig.Config) -> dict:
@@ -110,6 +127,10 @@ def gunicorn_settings(cfg: fpconfig.Config) -> dict:
     return settings
 
 
-def run(cfg: fpconfig.Config) -> None:
-    """Run the master in the foreground until it is stopped (exits the process)."""
-    ForkProxyApp(cfg).run()
+def run(cfg: fpconfig.Config, detached: bool = False, start_cwd: str | None = None) -> None:
+    """Run the master until it is stopped (exits the process).
+
+    ``detached``: the caller daemonized (``-D``); ``start_cwd``: the directory
+    the command was started in (a USR2 upgrade re-executes from there).
+    """
+    ForkProxyApp(cfg).run(detached=detached, start_cwd=start_cwd)

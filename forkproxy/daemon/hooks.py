@@ -101,8 +101,12 @@ def on_reload(arbiter) -> None:
 
 
 def pre_fork(arbiter, worker) -> None:
-    """Master, before forking a worker: give it the lowest free slot."""
+    """Master, before forking a worker: its generation, and the lowest free slot."""
     app = arbiter.app
+    # Generation and heartbeat baseline: the arbiter retires older
+    # generations once every worker of the newest one has notified.
+    worker.fp_gen = getattr(arbiter, "fp_gen", 0)
+    worker.fp_tmp0 = worker.tmp.last_update()
     free = [s for s in range(app.fp_n_slots) if s not in app.fp_slots]
     worker.fp_slot = free[0] if free else None
     worker.fp_table = app.fp_table

@@ -1,14 +1,17 @@
-"""The worker class gunicorn forks: a ``GeventWorker`` that overrides only ``handle``.
+"""The worker class gunicorn forks: a ``GeventWorker`` with forkproxy's ``handle`` and drain.
 
 The master must never import gevent (DESIGN section 1), yet gunicorn
 instantiates the worker class in the master, before the fork.  So the class
 the master sees, ``ProxyWorker``, is a plain ``AsyncWorker``; right after the
 fork, in the child, ``become_gevent_worker`` (called from the ``post_fork``
 hook, before ``init_process``) imports gevent and turns the instance into a
-``GeventProxyWorker``.  From then on it is gunicorn's own ``GeventWorker`` in
-every respect (patching, the accept loop, signals, graceful exit) except
-``handle``, which hands each accepted connection to forkproxy's session loop.
+``GeventProxyWorker``.  From then on it is gunicorn's own ``GeventWorker``
+(patching, signals, heartbeat) except ``handle``, which hands each accepted
+connection to forkproxy's session loop, and the graceful exit (``run``), which
+stops accepting at once and drains (see the class docstring).
 """
+
+import signal
 
 from gunicorn.workers.base_async import AsyncWorker
 
@@ -21,14 +24,76 @@ class ProxyWorker(AsyncWorker):
 
 def become_gevent_worker(worker: ProxyWorker) -> None:
     """In the child, after fork: make ``worker`` a ``GeventProxyWorker``."""
+    import time
+    from functools import partial
+
+    import gevent
+    from gevent.event import Event
+    from gevent.pool import Pool
+    from gevent.server import StreamServer
     from gunicorn.workers.ggevent import GeventWorker
 
     class GeventProxyWorker(GeventWorker):
+        """gunicorn's GeventWorker with forkproxy's connection loop and drain.
+
+        Two overrides besides ``handle``, because gunicorn's behaviour breaks
+        a reload that drops nothing (DESIGN sections 3.5 and 5):
+
+        - ``run``: gunicorn checks ``alive`` once a second, so an old worker
+          kept accepting for up to a second after SIGTERM; and it waited for
+          its servers' pools with one-second sleeps.  Here SIGTERM wakes the
+          loop at once: the listeners are closed (the other generation takes
+          the accept queue), the runtime drains (see ``net.session``), and
+          the worker exits as soon as no connection is left, or kills the
+          rest at ``server.graceful_timeout``.
+        - ``init_signals``: SIGTERM is delivered through gevent's loop (a
+          ``gevent.signal_handler``), so the wake-up runs in a greenlet, not
+          inside whatever code the Python-level handler interrupted.
+        """
+
         runtime = None
 
         def handle(self, listener, client, addr):
             # gevent hands over a socket whose timeout is the default one;
             # the session sets its own per phase.
             self.runtime.handle(listener, client, addr)
+
+        def init_signals(self):
+            super().init_signals()
+            self.fp_stop = Event()
+            gevent.signal_handler(signal.SIGTERM, self.fp_term)
+
+        def fp_term(self):
+            self.alive = False
+            self.fp_stop.set()
+
+        def run(self):
+            servers = []
+            for s in self.sockets:
+                s.setblocking(1)
+                server = StreamServer(s, handle=partial(self.handle, s),
+                                      spawn=Pool(self.worker_connections))
+                if self.cfg.workers > 1:
+                    server.max_accept = 1  # spread connections over the workers
+                server.start()
+                servers.append(server)
+            while self.alive:
+                self.notify()  # the first notify tells the master this worker serves
+                self.fp_stop.wait(1.0)
+            for server in servers:
+                server.close()  # stop accepting now
+            if self.runtime is not None:
+                self.runtime.drain()
+            deadline = time.monotonic() + self.cfg.graceful_timeout
+            while any(srv.pool.free_count() != srv.pool.size for srv in servers):
+                if time.monotonic() >= deadline:
+                    self.log.warning("worker %s: graceful timeout, closing %d connections",
+                                     self.pid, sum(srv.pool.size - srv.pool.free_count()
+                                                   for srv in servers))
+                    for srv in servers:
+                        srv.stop(timeout=1)
+                    return
+                self.notify()
+                gevent.sleep(0.05)
 
     worker.__class__ = GeventProxyWorker

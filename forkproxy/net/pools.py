@@ -5,20 +5,33 @@ Reading the shared table (a seqlocked record per server) on every request
 would cost microseconds per server, so each worker keeps a snapshot of what
 the balancer needs (usable or not, effective weight) and refreshes it from
 the table every ``REFRESH`` seconds: an admin change or a health transition
-reaches every worker within that time.  In-flight counts are different:
-they are this worker's own writes (``begin``/``end``) and are read live when
-an algorithm needs them.
+reaches every worker within that time.
+
+In-flight counts (least_conn, random2, max_conns) must include the other
+workers' requests.  Summing a server's cells over the slots costs about
+2.5 us, so a pool of up to ``LIVE_INFLIGHT_MAX`` servers reads them live at
+every pick; a bigger pool uses the other workers' counts as of the last
+snapshot plus this worker's own live count (bench/balance.py measures both).
 """
 
 from __future__ import annotations
 
-from forkproxy.config import PoolConfig
-from forkproxy.core.balance import Balancer, ServerSpec
+import hashlib
+import random
+from collections import deque
+
+import gevent.event
+
+from forkproxy.config import PoolConfig, RetryConfig
+from forkproxy.core.balance import Balancer, ServerSpec, StickyTable, cookie_value, query_value
 from forkproxy.core.health import passive_out, slow_start_weight
 from forkproxy.core.table import Table
 from forkproxy.net.upstream import ConnPool
 
 REFRESH = 0.2  # seconds between two snapshots of the shared table
+LIVE_INFLIGHT_MAX = 16  # pools up to this size read in-flight counts live
+QUEUE_POLL = 0.05  # a queued request re-checks at least this often (other workers free slots too)
+DEFAULT_RETRY = RetryConfig()
 
 
 def came_back(h) -> bool:
@@ -28,6 +41,15 @@ def came_back(h) -> bool:
     start (as HAProxy's slowstart).
     """
     return not h.reason.startswith("init-state") and not h.reason.startswith("initial")
+
+
+def sticky_secret(cfg: PoolConfig) -> bytes:
+    """The HMAC key of a pool's sticky tokens: ``sticky.secret``, or one
+    derived from the pool name (stable across reloads, restarts and hosts)."""
+    secret = cfg.sticky.secret if cfg.sticky is not None else None
+    if secret is not None:
+        return secret.encode("utf-8")
+    return hashlib.sha256(b"forkproxy sticky v1\0" + cfg.name.encode("utf-8")).digest()
 
 
 class PoolRuntime:
@@ -40,34 +62,124 @@ class PoolRuntime:
         self.table = table
         self.rows = rows
         self.slot = slot
-        self.balancer = Balancer([ServerSpec(s.addr, s.weight, s.backup) for s in cfg.servers],
-                                 algorithm=cfg.balance)
+        specs = [ServerSpec(s.addr, s.weight, s.backup) for s in cfg.servers]
+        self.balancer = Balancer(specs, algorithm=cfg.balance, hash_method=cfg.hash_method)
+        self.sticky = StickyTable(specs, sticky_secret(cfg)) if cfg.sticky is not None else None
+        self.retry = cfg.retry or DEFAULT_RETRY
         self.conns = [ConnPool(s, cfg) for s in cfg.servers]
         n = len(cfg.servers)
         self._usable = [True] * n
+        self._sticky_ok = [True] * n  # usable, or in drain: still takes its sticky clients
         self._weight = [s.weight for s in cfg.servers]
         self._forgiven = [0.0] * n  # last successful active check, per server
+        self._own = [0] * n  # this worker's requests in flight, per server
+        self._others = [0] * n  # the other workers' ones at the last refresh (big pools)
+        self._limit = [s.max_conns for s in cfg.servers]
+        self._live = n <= LIVE_INFLIGHT_MAX
+        self._needs_inflight = cfg.balance in ("least_conn", "random2") or any(self._limit)
+        self._waiters: deque = deque()
+        self._rng = random.Random()  # built in the worker, after the fork: seeded per worker
+        if any(self._limit):
+            # The balancer reads view.usable per candidate: only pools with
+            # max_conns pay for the in-flight read it then needs.
+            self.usable = self._usable_below_limit
+        if cfg.balance == "ip_hash":
+            self.key = _peer_key
+        elif cfg.balance == "hash":
+            self.key = _hash_key_reader(cfg.hash_key)
 
     # -- ServerView ---------------------------------------------------------
 
     def usable(self, i: int) -> bool:
         return self._usable[i]
 
+    def _usable_below_limit(self, i: int) -> bool:
+        lim = self._limit[i]
+        return self._usable[i] and (not lim or self.inflight(i) < lim)
+
     def inflight(self, i: int) -> int:
-        return self.table.inflight(self.rows[i])
+        """Requests in flight to server i in every worker (see the module docstring)."""
+        if self._live:
+            n = self.table.inflight(self.rows[i])
+            return n if self.slot is not None else n + self._own[i]
+        return self._others[i] + self._own[i]
 
     def effective_weight(self, i: int) -> int:
         return self._weight[i]
 
     # -- what a request does ------------------------------------------------
 
+    def key(self, req, peer: str) -> bytes | None:
+        """The balancer's request key (client address for ip_hash, hash_key for hash)."""
+        return None
+
+    def pick(self, req, peer: str, exclude) -> int | None:
+        """The server for this attempt, or None when no server can take it now."""
+        return self.balancer.pick(self, key=self.key(req, peer), rng=self._rng, exclude=exclude)
+
+    def sticky_server(self, req) -> tuple[int | None, str | None]:
+        """(server the request's sticky cookie names if it may take it, the cookie's token)."""
+        if self.sticky is None:
+            return None, None
+        token = cookie_value(req.get_all("cookie"), self.cfg.sticky.cookie)
+        if token is None:
+            return None, None
+        i = self.sticky.index(token)
+        if i is None or not self._sticky_ok[i]:
+            return None, token
+        lim = self._limit[i]
+        if lim and self.inflight(i) >= lim:
+            return None, token
+        return i, token
+
+    def set_cookie(self, i: int) -> str:
+        """The Set-Cookie value that pins a client to server i."""
+        st = self.cfg.sticky
+        value = f"{st.cookie}={self.sticky.token(i)}; Path=/; HttpOnly"
+        if st.ttl:
+            value += f"; Max-Age={int(st.ttl)}"
+        return value
+
+    def any_usable(self, exclude) -> bool:
+        """True when some server outside ``exclude`` could take a request now
+        (what pick would consider, without moving the balancer's state)."""
+        return any(self.usable(i) and self._weight[i] > 0
+                   for i in range(len(self.servers)) if i not in exclude)
+
+    def full(self, exclude) -> bool:
+        """True when a server that could take the request is only at max_conns."""
+        if not any(self._limit):
+            return False
+        for i, lim in enumerate(self._limit):
+            if lim and self._usable[i] and i not in exclude and self.inflight(i) >= lim:
+                return True
+        return False
+
+    def wait_turn(self, timeout: float) -> bool:
+        """Wait (in this worker's queue) until a request ends or ``timeout``
+        passes; False at once when the pool has no queue or it is full."""
+        q = self.cfg.queue
+        if q is None or len(self._waiters) >= q.size:
+            return False
+        ev = gevent.event.Event()
+        self._waiters.append(ev)
+        try:
+            ev.wait(min(timeout, QUEUE_POLL))
+        finally:
+            self._waiters.remove(ev)
+        return True
+
     def begin(self, i: int) -> None:
+        self._own[i] += 1
         if self.slot is not None:
             self.table.inflight_add(self.rows[i], self.slot, 1)
 
     def end(self, i: int) -> None:
+        self._own[i] -= 1
         if self.slot is not None:
             self.table.inflight_add(self.rows[i], self.slot, -1)
+        if self._waiters:
+            self._waiters[0].set()  # first come, first served
 
     def failed(self, i: int, now: float) -> None:
         """A passive failure (connect error, timeout, configured 5xx).
@@ -85,6 +197,7 @@ class PoolRuntime:
         if passive_out(self.table.passive_failures(self.rows[i], now, cfg.fail_timeout,
                                                    since=self._forgiven[i]), cfg.max_fails):
             self._usable[i] = False
+            self._sticky_ok[i] = False
 
     # -- the snapshot -------------------------------------------------------
 
@@ -102,6 +215,10 @@ class PoolRuntime:
                 table.passive_failures(row, now, cfg.fail_timeout, since=self._forgiven[i]),
                 cfg.max_fails)
             self._usable[i] = up and a.state == "ready" and not out
+            self._sticky_ok[i] = up and a.state in ("ready", "drain") and not out
+            if self._needs_inflight and not self._live:
+                total = table.inflight(row)
+                self._others[i] = total - self._own[i] if self.slot is not None else total
             weight = a.weight if a.weight > 0 else self.servers[i].weight
             if cfg.slow_start and h is not None and h.state == "up" and came_back(h):
                 weight = slow_start_weight(weight, now - h.last_change, cfg.slow_start)
@@ -110,3 +227,31 @@ class PoolRuntime:
     def close(self) -> None:
         for pool in self.conns:
             pool.close()
+
+
+# -- request keys ---------------------------------------------------------------
+
+
+def _peer_key(req, peer: str) -> bytes | None:
+    return peer.encode("ascii", "replace")
+
+
+def _hash_key_reader(spec: str):
+    """A ``key(req, peer)`` for a hash_key: "uri", "header:N", "cookie:N", "query:N"."""
+    kind, _, name = spec.partition(":")
+    if kind == "uri":
+        def key(req, peer):
+            return req.target.encode("utf-8", "surrogateescape")
+    elif kind == "header":
+        def key(req, peer):
+            v = req.get(name)
+            return None if v is None else v.encode("utf-8", "surrogateescape")
+    elif kind == "cookie":
+        def key(req, peer):
+            v = cookie_value(req.get_all("cookie"), name)
+            return None if v is None else v.encode("utf-8", "surrogateescape")
+    else:
+        def key(req, peer):
+            v = query_value(req.target, name)
+            return None if v is None else v.encode("utf-8", "surrogateescape")
+    return key

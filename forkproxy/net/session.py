@@ -29,13 +29,15 @@ import time
 
 import gevent
 
-from forkproxy.config import Config, ListenerConfig, PoolConfig
+from forkproxy.config import Config, ListenerConfig
 from forkproxy.core import headers as hdr
 from forkproxy.core import http1
 from forkproxy.core.routing import Router, RouteSpec
 from forkproxy.core.table import Table
 from forkproxy.logs import AccessLog, AccessRecord
+from forkproxy.net import tunnel
 from forkproxy.net.pools import REFRESH, PoolRuntime
+from forkproxy.net.tls import HandshakeFailed, ListenerTLS
 from forkproxy.net.upstream import RECV_SIZE, UpstreamConn, UpstreamError
 
 IDEMPOTENT = frozenset({"GET", "HEAD", "OPTIONS", "TRACE", "PUT", "DELETE"})
@@ -47,6 +49,9 @@ REASONS = {
     503: "Service Unavailable", 504: "Gateway Timeout", 505: "HTTP Version Not Supported",
 }
 CONTINUE = b"HTTP/1.1 100 Continue\r\n\r\n"
+# On drain, how long (at most; never beyond keepalive_timeout) an idle
+# keep-alive connection may still bring one last request (forkproxy(8)).
+DRAIN_WINDOW = 1.0
 # Fields the proxy writes itself (or consumes), dropped with the hop-by-hop ones.
 REWRITTEN_REQUEST_FIELDS = frozenset({"host", "content-length", "expect"})
 REWRITTEN_RESPONSE_FIELDS = frozenset({"content-length"})
@@ -101,8 +106,12 @@ class Runtime:
         self.refresh(time.time())
         self.trusted = s.trusted_proxies
         self._listeners: dict[int, ListenerConfig] = {}
+        # TLS listeners (contexts built by the master when it loaded the file)
+        self.tls = {lc.name: ListenerTLS(lc) for lc in cfg.listeners if lc.contexts}
+        self.https_port = {r.index: _https_port(cfg, r) for r in cfg.routes if r.redirect_https}
         self.idle: set[Session] = set()
         self.draining = False
+        self.drain_until = 0.0
 
     def listener_for(self, sock) -> ListenerConfig:
         """The configured listener a listening socket belongs to (by bound address)."""
@@ -122,7 +131,49 @@ class Runtime:
 
     def handle(self, listener_sock, client, addr) -> None:
         listener = self.listener_for(listener_sock)
-        Session(self, listener, client, addr).run()
+        if listener.mode == "http" and not listener.contexts and not listener.accept_proxy:
+            Session(self, listener, client, addr).run()
+        else:
+            self.handle_edge(listener, client, addr)
+
+    def handle_edge(self, listener: ListenerConfig, client, addr) -> None:
+        """A connection that needs more than plain HTTP: a PROXY header to read,
+        a TLS handshake (in this greenlet, never the accept loop), a tunnel.
+
+        A bad header or a failed handshake costs one log line and the
+        connection, never the worker.
+        """
+        peer = addr if isinstance(addr, tuple) else None
+        try:
+            local = client.getsockname()[:2]
+            if listener.accept_proxy:
+                header = tunnel.read_proxy_header(client, self.cfg.server.header_timeout)
+                if header.src is not None:  # LOCAL: the balancer's own check
+                    peer, local = header.src, header.dst
+            tls = self.tls.get(listener.name)
+            if tls is not None:
+                client = tls.accept(client, self.cfg.server.header_timeout)
+        except (tunnel.ProxyHeaderError, HandshakeFailed) as exc:
+            self.log.info("listener %s: connection from %s closed: %s", listener.name,
+                          peer[0] if peer else "-", exc)
+            _close_quietly(client)
+            return
+        except OSError as exc:  # the client went away before anything happened
+            self.log.debug("listener %s: %s", listener.name, exc)
+            _close_quietly(client)
+            return
+        if listener.mode == "tcp":
+            try:
+                tunnel.serve(self, listener, client, peer, local)
+            except Exception:  # a bug must cost one connection, never the worker
+                self.log.exception("internal error on a tcp connection from %s",
+                                   peer[0] if peer else "-")
+                _close_quietly(client)
+            return
+        session = Session(self, listener, client, peer or addr)
+        if tls is not None:
+            session.proto = "https"
+        session.run()
 
     def refresh(self, now: float) -> None:
         """Take a new snapshot of the shared table for every pool."""
@@ -130,12 +181,23 @@ class Runtime:
             pool.refresh(now)
 
     def drain(self) -> None:
-        """Stop keeping connections alive: close the idle ones now.
+        """Stop keeping connections alive (idempotent).
 
         In-flight requests finish; their connections close after the response
-        (they answer with ``Connection: close``).
+        (they answer with ``Connection: close``).  A keep-alive connection's
+        next request is still answered (with ``Connection: close``) during
+        the drain window, because its client may have sent it already: closing
+        at once would lose it.  Connections idle through the whole window are
+        closed at its end.
         """
+        if self.draining:
+            return
         self.draining = True
+        window = min(DRAIN_WINDOW, self.cfg.server.keepalive_timeout)
+        self.drain_until = time.monotonic() + window
+        gevent.spawn_later(window, self._close_idle)
+
+    def _close_idle(self) -> None:
         for session in list(self.idle):
             session.shut_idle()
 
@@ -149,12 +211,31 @@ class Runtime:
         return any(addr in net for net in self.trusted)
 
 
+def _close_quietly(sock) -> None:
+    try:
+        sock.close()
+    except OSError:
+        pass
+
+
+def _https_port(cfg: Config, route) -> int:
+    """Port of the https URL a redirect_https route sends clients to: the first
+    TLS http listener the route accepts (any, when it names none); 443 if none."""
+    for lc in cfg.listeners:
+        if lc.contexts and lc.mode == "http" and (not route.listener or lc.name in route.listener):
+            return lc.port
+    return 443
+
+
 def _same_host(a: str, b: str) -> bool:
     return a.strip("[]") == b or (a == "localhost" and b == "127.0.0.1")
 
 
 class Session:
     """Serve requests on one client connection until it ends."""
+
+    proto = "http"  # "https" when the connection came over TLS (set by Runtime)
+    hsts = None  # the matched route's Strict-Transport-Security value, over TLS only
 
     def __init__(self, rt: Runtime, listener: ListenerConfig, client: socket.socket, addr):
         self.rt = rt
@@ -219,9 +300,14 @@ class Session:
         srv = rt.cfg.server
         buf = self.buf
         if not buf:
+            wait = srv.keepalive_timeout if self.served else srv.header_timeout
             if rt.draining and self.served:
-                return None
-            self.client.settimeout(srv.keepalive_timeout if self.served else srv.header_timeout)
+                # The last response still said keep-alive: take a request
+                # already on its way, but only until the drain window ends.
+                wait = min(wait, rt.drain_until - time.monotonic())
+                if wait <= 0:
+                    return None
+            self.client.settimeout(wait)
             rt.idle.add(self)
             self.idle_waiting = True
             try:
@@ -306,6 +392,26 @@ class Session:
         except OSError:
             pass
 
+    def redirect_https(self, req: http1.Request, rec: AccessRecord, host: str, target: str) -> bool:
+        """308 to the same URL over https (route redirect_https); True to keep the connection.
+
+        The connection stays open only when the request had no body to skip.
+        """
+        port = self.rt.https_port.get(rec.route, 443)
+        if ":" in host:  # an IPv6 literal
+            host = f"[{host.strip('[]')}]"
+        location = f"https://{host}{'' if port == 443 else f':{port}'}{target if target != '*' else '/'}"
+        framing = req.framing
+        keep = (framing.kind == "none" or (framing.kind == "length" and not framing.length)) \
+            and http1.wants_keep_alive(req.version, req.headers) and not self.rt.draining
+        rec.status = 308
+        head = (f"HTTP/1.1 308 Permanent Redirect\r\nDate: {CLOCK.date()}\r\n"
+                f"Location: {location}\r\nContent-Length: 0\r\n"
+                f"{'' if keep else 'Connection: close' + chr(13) + chr(10)}\r\n").encode()
+        self.client.settimeout(self.rt.cfg.server.send_timeout)
+        self._send(head)
+        return keep
+
     def proxy(self, req: http1.Request, rec: AccessRecord) -> bool:
         rt = self.rt
         method = req.method
@@ -337,6 +443,9 @@ class Session:
         rec.route = route.index
         rec.pool = route.pool
         pool = rt.pools[route.pool]
+        if rc.redirect_https and self.proto == "http":
+            return self.redirect_https(req, rec, host, upstream_target)
+        self.hsts = rc.hsts if self.proto == "https" else None
 
         framing = req.framing
         max_body = rc.max_body_size if rc.max_body_size is not None else rt.cfg.server.max_body_size
@@ -355,7 +464,7 @@ class Session:
 
         headers = hdr.strip_hop_by_hop(req.headers, REWRITTEN_REQUEST_FIELDS)
         trusted = rt.trusted_peer(self.peer)
-        headers = hdr.forwarded_for_request(headers, client_addr=self.peer, proto="http",
+        headers = hdr.forwarded_for_request(headers, client_addr=self.peer, proto=self.proto,
                                             host=host_value, trusted=trusted)
         out_host = rc.host_header or host_value
         if framing.kind == "length":
@@ -368,17 +477,64 @@ class Session:
 
     def exchange(self, req, rec, pool: PoolRuntime, target, out_host, headers, framing,
                  has_body, max_body, client_keepalive) -> bool:
-        """Pick a server, send the request, relay the response; retry when allowed."""
+        """Pick a server, send the request, relay the response; fail over when allowed.
+
+        The server a valid sticky cookie names comes first.  After a failed
+        attempt (forkproxy.toml(5), retry):
+        - a pooled connection found closed is retried once on a new
+          connection to the same server (not counted as a try);
+        - an attempt none of whose bytes were sent moves to another server;
+        - a sent one moves only when the request is replayable (idempotent,
+          no body: a POST is never sent twice), the failure is listed in
+          ``retry.on``, and no byte of the response reached the client;
+        - each server is tried at most once, at most ``retry.tries``
+          attempts, none started after ``retry.timeout``.
+        When every server that could take the request is at max_conns, it
+        waits in the pool's queue (503 when there is none, it is full, or
+        the wait runs out).
+        """
         rt = self.rt
+        retry = pool.retry
         tried: set[int] = set()
         replayable = not has_body and req.method in IDEMPOTENT
         last_error: UpstreamError | None = None
         fresh: int | None = None  # a server whose pooled connection turned out stale
+        attempts = 0
+        first_at = 0.0
+        queue_deadline: float | None = None
+        pinned, token = pool.sticky_server(req)
+
+        def may_try_again() -> bool:
+            if retry.tries and attempts >= retry.tries:
+                return False
+            return not retry.timeout or time.monotonic() - first_at < retry.timeout
+
         while True:
-            if fresh is None:
-                i = pool.balancer.pick(pool, exclude=tried)
-            else:
+            if fresh is not None:
                 i, fresh = fresh, None
+            else:
+                if attempts and not may_try_again():
+                    i = None
+                elif pinned is not None:
+                    i, pinned = pinned, None
+                else:
+                    i = pool.pick(req, self.peer, tried)
+                    if i is None and pool.full(tried):
+                        if queue_deadline is None:
+                            wait = pool.cfg.queue.timeout if pool.cfg.queue is not None else 0.0
+                            queue_deadline = time.monotonic() + wait
+                        remaining = queue_deadline - time.monotonic()
+                        if remaining > 0 and pool.wait_turn(remaining):
+                            continue
+                        self.refuse(rec, 503, "every server is at max_conns"
+                                    + (" and the queue is full or the wait ran out"
+                                       if pool.cfg.queue is not None else ""),
+                                    where=f" pool={pool.name}")
+                        return False
+                if i is not None:
+                    attempts += 1
+                    if attempts == 1:
+                        first_at = time.monotonic()
             if i is None:
                 if last_error is None:
                     self.refuse(rec, 503, "no server available", where=f" pool={pool.name}")
@@ -388,50 +544,69 @@ class Session:
                 return False
             server = pool.servers[i]
             rec.upstream = server.addr
-            try:
-                conn = (pool.conns[i].checkout(replayable) if i not in tried
-                        else pool.conns[i].connect())
-            except UpstreamError as exc:
-                rt.log.warning("route=%s pool=%s server=%s: %s", rec.route, pool.name,
-                               server.addr, exc.detail)
-                pool.failed(i, time.time())
-                last_error = exc
-                tried.add(i)
-                continue
-            host = out_host or server.addr
-            head = http1.serialize_request_head(req.method, target, [("Host", host)] + headers)
+            # Counted from the pick on: max_conns and least_conn must see a
+            # request that is still connecting.
             pool.begin(i)
-            t0 = time.time()
             try:
-                return self.relay(req, rec, pool, i, conn, head, framing, max_body,
-                                  client_keepalive, t0)
-            except UpstreamError as exc:
-                conn.close()
-                last_error = exc
-                if exc.kind != "closed" or not conn.reused:
+                try:
+                    conn = (pool.conns[i].checkout(replayable) if i not in tried
+                            else pool.conns[i].connect())
+                except UpstreamError as exc:
+                    rt.log.warning("route=%s pool=%s server=%s: %s", rec.route, pool.name,
+                                   server.addr, exc.detail)
                     pool.failed(i, time.time())
-                if conn.reused and (replayable or not exc.sent) and exc.kind in ("closed", "reset"):
-                    # The server had closed the pooled connection: nothing of
-                    # the request was processed; once more, on a new one.
-                    fresh = i
+                    last_error = exc
                     tried.add(i)
-                elif not exc.sent:
-                    tried.add(i)
-                else:
-                    self.refuse(rec, exc.status, exc.detail,
-                                where=f" route={rec.route} pool={pool.name} server={server.addr}")
-                    return False
-                rt.log.warning("route=%s pool=%s server=%s: %s (retrying)", rec.route,
-                               pool.name, server.addr, exc.detail)
-            except BaseException:
-                conn.close()
-                raise
+                    continue
+                host = out_host or server.addr
+                head = http1.serialize_request_head(req.method, target, [("Host", host)] + headers)
+                cookie = (("Set-Cookie", pool.set_cookie(i)),) if (
+                    pool.sticky is not None and token != pool.sticky.token(i)) else ()
+
+                def retry_status(status: int, i=i) -> bool:
+                    return (replayable and status in retry.on and may_try_again()
+                            and pool.any_usable(tried | {i}))
+
+                try:
+                    return self.relay(req, rec, pool, i, conn, head, framing, max_body,
+                                      client_keepalive, time.time(), cookie,
+                                      retry_status if retry.on else None)
+                except UpstreamError as exc:
+                    conn.close()
+                    last_error = exc
+                    if exc.kind == "status":
+                        if exc.code not in pool.cfg.fail_status:  # else relay counted it
+                            pool.failed(i, time.time())
+                    elif exc.kind != "closed" or not conn.reused:
+                        pool.failed(i, time.time())
+                    if conn.reused and (replayable or not exc.sent) and exc.kind in ("closed", "reset"):
+                        # The server had closed the pooled connection: nothing of
+                        # the request was processed; once more, on a new one.
+                        fresh = i
+                        tried.add(i)
+                    elif not exc.sent or (replayable and _condition(exc) in retry.on):
+                        tried.add(i)
+                    else:
+                        self.refuse(rec, exc.status, exc.detail,
+                                    where=f" route={rec.route} pool={pool.name} server={server.addr}")
+                        return False
+                    rt.log.warning("route=%s pool=%s server=%s: %s (retrying)", rec.route,
+                                   pool.name, server.addr, exc.detail)
+                except BaseException:
+                    conn.close()
+                    raise
             finally:
                 pool.end(i)
 
     def relay(self, req, rec, pool, i, conn: UpstreamConn, head: bytes, framing, max_body,
-              client_keepalive, t0) -> bool:
-        """Send one request on ``conn`` and relay its response to the client."""
+              client_keepalive, t0, extra=(), retry_status=None) -> bool:
+        """Send one request on ``conn`` and relay its response to the client.
+
+        ``extra``: response fields to add (the sticky Set-Cookie).
+        ``retry_status(status)``: True when a response with that status should
+        be dropped for another attempt; it is asked only while nothing of the
+        response went to the client, and then ``_StatusRetry`` is raised.
+        """
         cfgp = pool.cfg
         up = conn.sock
         srv = self.rt.cfg.server
@@ -452,9 +627,11 @@ class Session:
                                 sent=True) from None
         # 2. the response head (1xx interim responses forwarded to 1.1 clients)
         up.settimeout(cfgp.read_timeout)
+        interim = False
         while True:
             resp, body_start = self.read_response_head(conn)
             if 100 <= resp.status < 200:
+                interim = interim or req.version == "1.1"
                 if resp.status == 101:
                     raise UpstreamError("invalid", f"{conn.server.addr} switched protocols "
                                         "without being asked", sent=True)
@@ -467,6 +644,8 @@ class Session:
         rec.upstream_status = resp.status
         if resp.status in cfgp.fail_status:
             pool.failed(i, time.time())
+        if retry_status is not None and not interim and retry_status(resp.status):
+            raise _StatusRetry(resp.status, f"{conn.server.addr} answered {resp.status}")
         try:
             rframing = http1.response_body_framing(req.method, resp)
         except http1.ProtocolError as exc:
@@ -478,6 +657,9 @@ class Session:
             resp.headers, also=REWRITTEN_RESPONSE_FIELDS if rframing.kind != "none" else frozenset())
         if resp.get("date") is None:  # RFC 9110 6.6.1: an origin without a clock
             out.append(("Date", CLOCK.date()))
+        if self.hsts is not None:
+            out.append(("Strict-Transport-Security", self.hsts))
+        out.extend(extra)
         keep = client_keepalive and not self.rt.draining
         chunk_out = False
         if rframing.kind == "length":
@@ -527,9 +709,9 @@ class Session:
     def send_length_body(self, up, head: bytes, length: int) -> None:
         buf = self.buf
         first = buf[:length]
-        self.buf = buf[length:]
         remaining = length - len(first)
         _up_send(up, head + first, sent=False)
+        self.buf = buf[length:]  # only now: a failed first send is retried with them
         while remaining:
             data = self._client_body_read()
             if len(data) > remaining:
@@ -541,9 +723,9 @@ class Session:
     def send_chunked_body(self, up, head: bytes, max_body: int) -> None:
         decoder = http1.make_decoder(http1.CHUNKED, status=400,
                                      limits=self.rt.limits)
+        _up_send(up, head, sent=False)  # first: a failed one is retried with self.buf intact
         data, self.buf = self.buf, b""
         total = 0
-        _up_send(up, head, sent=False)
         while True:
             if data:
                 pieces, leftover = decoder.feed(data)
@@ -673,6 +855,25 @@ class Session:
                 return False
 
 
+class _StatusRetry(UpstreamError):
+    """A response whose status ``retry.on`` lists, dropped for another attempt."""
+
+    def __init__(self, code: int, detail: str):
+        super().__init__("status", detail, sent=True)
+        self.code = code
+
+    @property
+    def status(self) -> int:
+        return self.code
+
+
+def _condition(exc: UpstreamError) -> str:
+    """The ``retry.on`` condition a failed attempt meets."""
+    if isinstance(exc, _StatusRetry):
+        return exc.code
+    return "timeout" if exc.kind == "timeout" else "error"
+
+
 class _UpstreamSendError(Exception):
     def __init__(self, detail: str, sent: bool):
         super().__init__(detail)
@@ -707,10 +908,9 @@ def maintain(worker, rt_getter, on_stop=(), interval: float = 0.1) -> None:
     checker gives up its lock there, so a draining worker of an old
     generation does not keep probing for the old table).
 
-    gunicorn's GeventWorker notices ``alive = False`` only once a second and
-    then waits for every greenlet; idle keep-alive connections would hold it
-    until graceful_timeout.  Closing them at once lets it exit as soon as the
-    requests in flight are done.
+    The worker's ``run`` drains as soon as SIGTERM arrives; this is the
+    fallback for any other way ``alive`` turns False (``Runtime.drain`` is
+    idempotent).
     """
     last = 0.0
     while worker.alive:

@@ -17,6 +17,7 @@ import time
 from gevent import select as gselect
 
 from forkproxy.config import PoolConfig, ServerEntry
+from forkproxy.net.tls import wrap_upstream
 
 RECV_SIZE = 65536
 # An idle connection reused within this many seconds is not probed first
@@ -86,6 +87,8 @@ class ConnPool:
         self.idle_timeout = pool.keepalive_timeout
         self.connect_timeout = pool.connect_timeout
         self.idle: list[UpstreamConn] = []
+        self.tls = pool.tls  # PoolTlsConfig or None
+        self.tls_session = None  # the last TLS session with this server, to resume
 
     def checkout(self, replayable: bool = True) -> UpstreamConn:
         """A live connection: an idle one when there is a good one, else a new one.
@@ -123,7 +126,25 @@ class ConnPool:
             raise UpstreamError(kind, f"connect to {server.addr}: {exc.strerror or exc}",
                                 sent=False) from None
         sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        if self.tls is not None:
+            sock = self._tls(sock)
         return UpstreamConn(sock, server)
+
+    def _tls(self, sock):
+        """The TLS handshake of a new connection; UpstreamError (nothing sent) on failure."""
+        server = self.server
+        try:
+            tls = wrap_upstream(sock, self.tls, server.host, self.connect_timeout,
+                                session=self.tls_session)
+        except socket.timeout:
+            raise UpstreamError("timeout", f"TLS handshake with {server.addr} timed out",
+                                sent=False) from None
+        except (OSError, ValueError) as exc:
+            reason = getattr(exc, "reason", None) or getattr(exc, "strerror", None) or exc
+            raise UpstreamError("refused", f"TLS handshake with {server.addr} failed: {reason}",
+                                sent=False) from None
+        self.tls_session = tls.session
+        return tls
 
     def checkin(self, conn: UpstreamConn) -> None:
         """Keep a connection whose last exchange ended cleanly; close it when full."""

@@ -15,6 +15,8 @@ from forkproxy.core.balance import (
     Balancer,
     ServerSpec,
     StickyTable,
+    cookie_value,
+    query_value,
     sticky_lookup,
     sticky_token,
 )
@@ -524,3 +526,31 @@ def test_sticky_token_is_cookie_safe(key, secret):
     t = sticky_token(key, secret)
     assert len(t) == 16
     assert set(t) <= set("abcdefghijklmnopqrstuvwxyz234567")
+
+
+# --------------------------------------------------------------------------
+# Request keys (hash_key = "cookie:NAME" / "query:NAME", sticky cookies)
+
+
+@pytest.mark.parametrize("headers, name, want", [
+    (["a=1; srv=tok; b=2"], "srv", "tok"),
+    (["a=1", "srv=tok"], "srv", "tok"),
+    (['srv="tok"'], "srv", "tok"),
+    (["srv=first; srv=second"], "srv", "first"),
+    (["xsrv=1; srv"], "srv", None),
+    ([], "srv", None),
+    (["srv="], "srv", ""),
+])
+def test_cookie_value(headers, name, want):
+    assert cookie_value(headers, name) == want
+
+
+@pytest.mark.parametrize("target, name, want", [
+    ("/p?user=42&x=1", "user", "42"),
+    ("/p?x=1&user=a%20b", "user", "a%20b"),
+    ("/p?user", "user", ""),
+    ("/p?users=1", "user", None),
+    ("/p", "user", None),
+])
+def test_query_value(target, name, want):
+    assert query_value(target, name) == want
