@@ -10,7 +10,10 @@ Formats:
     nginx's combined format followed by forkproxy's upstream fields::
 
         127.0.0.1 - - [29/Nov/2026:03:13:27 +0000] "GET / HTTP/1.1" 200 5 "-" "curl/7.88" \
-        upstream=127.0.0.1:8081 upstream_status=200 request_time=0.002 upstream_time=0.001 route=0 pool=web
+        upstream=127.0.0.1:8081 upstream_status=200 request_time=0.002 upstream_time=0.001 route=0 pool=web \
+        cache=-
+
+    ``cache`` is the cache status on routes with ``cache = true``, else ``-``.
 
     Absent values are written as ``-``.
 ``json``
@@ -20,6 +23,7 @@ Formats:
 from __future__ import annotations
 
 import json
+import os
 import sys
 import time
 
@@ -31,7 +35,7 @@ class AccessRecord:
 
     __slots__ = ("client", "method", "target", "version", "status", "bytes_sent",
                  "referer", "user_agent", "upstream", "upstream_status", "request_time",
-                 "upstream_time", "route", "pool", "start", "bytes_received")
+                 "upstream_time", "route", "pool", "start", "bytes_received", "cache")
 
     def __init__(self, client: str, start: float):
         self.client = client
@@ -45,6 +49,7 @@ class AccessRecord:
         self.request_time = 0.0
         self.upstream_time = None
         self.route = self.pool = None
+        self.cache = None  # HIT, MISS, STALE, REVALIDATED or BYPASS on cached routes
 
 
 def _q(value) -> str:
@@ -60,7 +65,9 @@ def _q(value) -> str:
 class AccessLog:
     """A line-per-request log at ``path`` ("-" stderr, "off" nothing)."""
 
-    def __init__(self, path: str, fmt: str = "combined"):
+    def __init__(self, path: str, fmt: str = "combined", owner: tuple[int, int] | None = None):
+        """``owner`` (uid, gid): hand each file this log opens to that user, as nginx
+        does for its workers, so they can reopen it after a rotation."""
         if fmt not in FORMATS:
             raise ValueError(f"unknown access log format {fmt!r}")
         self.path = path
@@ -68,6 +75,7 @@ class AccessLog:
         self._file = None
         self._stamp_second = -1
         self._stamp = ""
+        self.owner = owner
         self.enabled = path != "off"
         self.reopen()
 
@@ -82,6 +90,11 @@ class AccessLog:
         # Line-buffered append: one write per request, whole lines only,
         # so workers sharing the file never interleave inside a line.
         self._file = open(self.path, "a", buffering=1, encoding="utf-8", errors="replace")
+        if self.owner is not None and os.geteuid() == 0:
+            try:
+                os.fchown(self._file.fileno(), *self.owner)
+            except OSError:
+                pass  # a log on a filesystem without owners still works for root
         if old is not None and old is not sys.stderr:
             old.close()
 
@@ -108,6 +121,7 @@ class AccessLog:
                 "upstream": r.upstream, "upstream_status": r.upstream_status,
                 "request_time": round(r.request_time, 6),
                 "upstream_time": None if r.upstream_time is None else round(r.upstream_time, 6),
+                "cache": r.cache,
             }, separators=(",", ":")) + "\n"
         request = "-" if r.method is None else f"{r.method} {r.target} HTTP/{r.version}"
         upstream_time = "-" if r.upstream_time is None else f"{r.upstream_time:.3f}"
@@ -115,7 +129,8 @@ class AccessLog:
                 f'{r.bytes_sent} "{_q(r.referer)}" "{_q(r.user_agent)}" '
                 f'upstream={r.upstream or "-"} upstream_status={r.upstream_status or "-"} '
                 f'request_time={r.request_time:.3f} upstream_time={upstream_time} '
-                f'route={"-" if r.route is None else r.route} pool={r.pool or "-"}\n')
+                f'route={"-" if r.route is None else r.route} pool={r.pool or "-"} '
+                f'cache={r.cache or "-"}\n')
 
     def write(self, r: AccessRecord) -> None:
         if self._file is None:

@@ -9,6 +9,7 @@ the workers override ``handle`` (see ``daemon.worker``).
 from __future__ import annotations
 
 import math
+import os
 import sys
 
 from gunicorn import glogging
@@ -19,12 +20,28 @@ from forkproxy.daemon import hooks
 
 
 class ProxyLogger(glogging.Logger):
-    """gunicorn's logger, plus forkproxy's access log on USR1 (reopen_files)."""
+    """gunicorn's logger, plus forkproxy's access log on USR1 (reopen_files).
+
+    ``fp_owner`` (uid, gid of server.user): the master, which reopens first,
+    hands the new error log to the workers' user too, so they can reopen it.
+    """
 
     fp_access_log = None
+    fp_owner = None
 
     def reopen_files(self):
-        super().reopen_files()
+        try:
+            super().reopen_files()
+        except OSError as exc:  # never let one log keep the other from reopening
+            # (the error log's own handler is the broken one: say it on stderr)
+            print(f"forkproxy: pid {os.getpid()}: cannot reopen the error log: {exc}",
+                  file=sys.stderr)
+        errorlog = self.cfg.errorlog
+        if self.fp_owner is not None and os.geteuid() == 0 and errorlog not in ("-", None):
+            try:
+                os.chown(errorlog, *self.fp_owner)
+            except OSError:
+                pass
         if self.fp_access_log is not None:
             try:
                 self.fp_access_log.reopen()

@@ -74,10 +74,47 @@ def build_table(cfg: Config, n_slots: int):
     return mm, table
 
 
+def _owner(server) -> tuple[int, int] | None:
+    """(uid, gid) of server.user / server.group, or None when workers keep the master's."""
+    import grp
+    import pwd
+
+    if not server.user:
+        return None
+    pw = pwd.getpwnam(server.user)
+    gid = grp.getgrnam(server.group).gr_gid if server.group else pw.pw_gid
+    return pw.pw_uid, gid
+
+
+def open_access_log(arbiter, cfg: Config):
+    """Master: open the access log with the master's privileges and give it to server.user.
+
+    Workers inherit the open file; on USR1 the master reopens it first (a
+    new file after logrotate moved the old one, handed to server.user), then
+    signals the workers, which reopen the path that now exists.
+    """
+    from forkproxy.logs import AccessLog
+
+    owner = _owner(cfg.server)
+    arbiter.log.fp_owner = owner
+    if owner is not None and cfg.server.error_log != "-" and os.geteuid() == 0:
+        try:  # gunicorn opened it as root: the workers' USR1 reopen needs it theirs
+            os.chown(cfg.server.error_log, *owner)
+        except OSError:
+            pass
+    try:
+        log = AccessLog(cfg.server.access_log, cfg.server.access_log_format, owner=owner)
+    except OSError as exc:
+        raise RuntimeError(f"server.access_log {cfg.server.access_log}: {exc.strerror}") from None
+    arbiter.app.fp_access_log = log
+    arbiter.log.fp_access_log = log  # the master's own USR1 reopen
+
+
 def on_starting(arbiter) -> None:
-    """Master, before binding: runtime dir, pidfile dir, the table and the checker lock."""
+    """Master, before binding: runtime dir, pidfile dir, access log, the table and the checker lock."""
     app = arbiter.app
     cfg = app.fp_config
+    open_access_log(arbiter, cfg)
     os.makedirs(cfg.server.runtime_dir, mode=0o755, exist_ok=True)
     if cfg.server.pidfile:
         os.makedirs(os.path.dirname(os.path.abspath(cfg.server.pidfile)), mode=0o755,
@@ -95,6 +132,13 @@ def on_starting(arbiter) -> None:
 def on_reload(arbiter) -> None:
     """Master, after a reload read the new file: the next table generation."""
     app = arbiter.app
+    old, cfg = app.fp_access_log, app.fp_config
+    if (old.path, old.format) != (cfg.server.access_log, cfg.server.access_log_format):
+        try:
+            open_access_log(arbiter, cfg)
+            old.close()  # the old generation keeps its own inherited copy
+        except RuntimeError as exc:
+            arbiter.log.error("keeping the previous access log: %s", exc)
     app.fp_n_slots = max(app.fp_n_slots, 2 * app.fp_config.server.workers)
     # The old mapping stays alive in the old workers until they exit.
     app.fp_mmap, app.fp_table = build_table(app.fp_config, app.fp_n_slots)
@@ -153,7 +197,6 @@ def post_worker_init(worker) -> None:
     """Child, gevent patched: build this worker's runtime and start its greenlets."""
     import gevent
 
-    from forkproxy.logs import AccessLog
     from forkproxy.net.session import Runtime, maintain
 
     app = worker.app
@@ -161,14 +204,16 @@ def post_worker_init(worker) -> None:
     table = worker.fp_table
     if worker.fp_slot is not None:
         table.clear_slot(worker.fp_slot)  # the predecessor may have died mid-request
-    try:
-        access_log = AccessLog(cfg.server.access_log, cfg.server.access_log_format)
-    except OSError as exc:
-        worker.log.error("cannot open the access log %s: %s; access logging is off in "
-                         "worker %s", cfg.server.access_log, exc, worker.pid)
-        access_log = AccessLog("off", cfg.server.access_log_format)
+    access_log = app.fp_access_log  # opened by the master, inherited
     worker.log.fp_access_log = access_log  # reopened with the error log on USR1
     worker.runtime = Runtime(cfg, worker.log, access_log, table, worker.fp_slot)
+    if any(r.cache for r in cfg.routes):
+        # After the fork: pylibmc clients must not be shared across processes.
+        # Nothing connects here (the store connects on first use), so a
+        # memcached that is down cannot fail the boot.
+        from forkproxy.net.caching import Cache
+
+        worker.runtime.cache = Cache.from_config(cfg.cache, worker.log)
     checker = start_checker(worker, cfg, table, app.fp_lock_fd)
     gevent.spawn(maintain, worker, lambda: worker.runtime,
                  on_stop=[checker.stop] if checker is not None else [])
