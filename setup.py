@@ -31,7 +31,14 @@ setup(
             "pytest-xdist>=3.5",
             "hypothesis>=6.100",
             "trustme>=1.1",
+            # tests/e2e/test_websocket.py: a real WebSocket server and client
+            "websockets>=12",
+            "websocket-client>=1.6",
+            # tests/e2e/test_compression.py: the br coding
+            "brotli>=1.0",
         ],
+        # compress = { ... } offers br (brotli) besides gzip when it is installed
+        "brotli": ["brotli>=1.0"],
     },
     entry_points={
         "console_scripts": [

@@ -49,6 +49,9 @@ from typing import Any, Callable
 
 import tomli
 
+from forkproxy.core.access import DenyRule, Methods, check_regex, compile_acl
+from forkproxy.core.ratelimit import parse_rate
+from forkproxy.core.rewrite import HeaderRules, compile_rewrites
 from forkproxy.errors import EX_CONFIG, EX_OK, EX_USAGE, ConfigError, ConfigErrors
 
 __all__ = [
@@ -62,6 +65,7 @@ __all__ = [
     "StickyConfig",
     "RetryConfig",
     "QueueConfig",
+    "CompressConfig",
     "Setting",
     "Section",
     "SETTINGS",
@@ -100,6 +104,9 @@ class ServerConfig:
     max_uri_length: int = 8192
     max_body_size: int = 104857600
     trusted_proxies: tuple = ()
+    access: tuple[str, ...] = ()
+    hide_headers: tuple[str, ...] = ("server", "x-powered-by")
+    error_pages: tuple = ()
     pidfile: str = "/run/forkproxy/forkproxy.pid"
     runtime_dir: str = "/run/forkproxy"
     user: str | None = None
@@ -109,6 +116,7 @@ class ServerConfig:
     access_log_format: str = "combined"
     log_level: str = "info"
     initial_health: str = "up"
+    tunnel_timeout: float = 3600.0
 
 
 # Mozilla's "intermediate" TLS 1.2 suites (TLS 1.3 suites are OpenSSL's own
@@ -154,7 +162,14 @@ class ListenerConfig:
     accept_proxy: bool = False
     pool: str | None = None
     idle_timeout: float = 600.0
+    max_conns_per_ip: int = 0
     contexts: tuple = field(default=(), compare=False, repr=False)
+
+
+DEFAULT_COMPRESS_TYPES = (
+    "text/html", "text/css", "text/plain", "text/xml", "text/javascript",
+    "application/javascript", "application/json", "application/xml", "image/svg+xml",
+)
 
 
 @dataclass(frozen=True)
@@ -169,8 +184,101 @@ class RouteConfig:
     path_regex: str | None = None
     host_header: str | None = None
     max_body_size: int | None = None
+    # Edge rules (issue 9); compiled by forkproxy.net.edge. None: server's.
+    access: tuple[str, ...] | None = None
+    methods: tuple[str, ...] | None = None
+    deny: tuple = ()
+    rate_limit: "RateLimitConfig | None" = None
+    strip_prefix: str | None = None
+    add_prefix: str | None = None
+    rewrite: tuple = ()
+    redirect: "RedirectConfig | None" = None
+    request_headers: "HeaderRulesConfig | None" = None
+    response_headers: "HeaderRulesConfig | None" = None
+    hide_headers: tuple[str, ...] | None = None
+    error_pages: tuple | None = None
+    rewrite_location: bool = True
+    body_timeout: float | None = None
+    max_uri_length: int | None = None
+    max_headers: int | None = None
     redirect_https: bool = False
     hsts: str | None = None
+    cache: bool = False
+    compress: CompressConfig | None = None
+    tunnel_timeout: float | None = None
+
+
+@dataclass(frozen=True)
+class CompressConfig:
+    """A route's ``compress = { ... }``: on-the-fly response compression.
+
+    ``types``: media types (``text/*`` and ``*`` allowed), lower case;
+    ``min_size`` in bytes (a known Content-Length below it is sent as it is);
+    ``level`` 1..9 (gzip's scale; mapped for brotli by ``net.compress``).
+    """
+
+    types: tuple[str, ...] = DEFAULT_COMPRESS_TYPES
+    min_size: int = 1024
+    level: int = 6
+
+
+@dataclass(frozen=True)
+class DenyConfig:
+    """One ``deny = [{ ... }]`` rule of a route (see ``core.access.DenyRule``)."""
+
+    path: str | None = None
+    path_regex: str | None = None
+    query_regex: str | None = None
+    header: str | None = None
+    header_regex: str | None = None
+    methods: tuple[str, ...] = ()
+    status: int = 403
+
+
+@dataclass(frozen=True)
+class RewriteRule:
+    """One ``rewrite = [{ from, to }]`` rule; ``pattern`` is the TOML key ``from``."""
+
+    pattern: str
+    to: str
+
+
+setattr(RewriteRule, "from", property(lambda self: self.pattern))  # the TOML name, for dump()
+
+
+@dataclass(frozen=True)
+class RedirectConfig:
+    to: str
+    status: int = 302
+
+
+@dataclass(frozen=True)
+class RateLimitConfig:
+    """``rate_limit = { ... }``: ``rate`` as written ("100r/s"); ``key`` "ip" or "header:NAME"."""
+
+    rate: str
+    key: str = "ip"
+    burst: int = 1
+    keys: int = 10000
+
+
+@dataclass(frozen=True)
+class HeaderRulesConfig:
+    """``request_headers`` / ``response_headers``: ``set`` and ``add`` as (name, template) pairs."""
+
+    set: tuple[tuple[str, str], ...] = ()
+    add: tuple[tuple[str, str], ...] = ()
+    remove: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class ErrorPage:
+    """A body for one status, read from ``path`` when the file is loaded."""
+
+    status: int
+    path: str
+    body: bytes = field(default=b"", compare=False, repr=False)
+    content_type: str = field(default="text/html; charset=utf-8", compare=False, repr=False)
 
 
 @dataclass(frozen=True)
@@ -293,6 +401,30 @@ class PoolConfig:
 
 
 @dataclass(frozen=True)
+class CacheConfig:
+    """The ``[cache]`` table: the shared HTTP cache of routes with ``cache = true``.
+
+    ``servers`` empty: a per-worker in-process cache of ``memory_size`` bytes.
+    ``header`` "" sends no cache-status header; ``cdn_cache_control`` "" obeys
+    Cache-Control only.  Times in seconds.
+    """
+
+    servers: tuple[str, ...] = ()
+    max_object_size: int = 8 << 20
+    memory_size: int = 64 << 20
+    mode: str = "direct"
+    timeout: float = 0.03
+    breaker_failures: int = 3
+    breaker_window: float = 10.0
+    breaker_cooldown: float = 2.0
+    lock_timeout: float = 5.0
+    heuristic_max: float = 3600.0
+    cdn_cache_control: str = "CDN-Cache-Control"
+    header: str = "X-Cache"
+    purge_allowed: tuple = (ipaddress.ip_network("127.0.0.0/8"), ipaddress.ip_network("::1/128"))
+
+
+@dataclass(frozen=True)
 class Config:
     """A whole, validated configuration file."""
 
@@ -301,6 +433,7 @@ class Config:
     listeners: tuple[ListenerConfig, ...]
     routes: tuple[RouteConfig, ...]
     pools: tuple[PoolConfig, ...]
+    cache: CacheConfig = field(default_factory=CacheConfig)
 
     def pool(self, name: str) -> PoolConfig:
         """The pool called ``name``; KeyError if there is none."""
@@ -595,6 +728,21 @@ def _listener_names(value: Any) -> tuple[str, ...]:
     return tuple(value)
 
 
+_MEDIA_TYPE_RE = re.compile(r"^(\*|[a-z0-9!#$&^_.+-]+/(\*|[a-z0-9!#$&^_.+-]+))$")
+
+
+def _media_types(value: Any) -> tuple[str, ...]:
+    if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+        raise Invalid(f"expected an array of media types, got {_tname(value)}")
+    out = []
+    for v in value:
+        t = v.strip().lower()
+        if not _MEDIA_TYPE_RE.match(t):
+            raise Invalid(f'invalid media type {_quote(v)}: write "text/html", "text/*" or "*"')
+        out.append(t)
+    return tuple(out)
+
+
 def _route_host(value: Any) -> str:
     host = _nonempty_str(value).strip().lower()
     if host.startswith("[") and "]" in host:  # "[::1]:8080" -> "[::1]"
@@ -623,7 +771,112 @@ def _regex(value: Any) -> str:
         re.compile(_str(value))
     except re.error as e:
         raise Invalid(f"invalid regular expression {_quote(value)}: {e}") from None
+    reason = check_regex(value)
+    if reason:  # a request could make it backtrack for hours
+        raise Invalid(f"regular expression {_quote(value)} refused: {reason}")
     return value
+
+
+# -- edge rules (issue 9): checked here with the very code that runs them --------
+
+
+def _access_list(value: Any) -> tuple[str, ...]:
+    if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+        raise Invalid(f'expected an array such as ["allow 10.0.0.0/8", "deny all"], got {_tname(value)}')
+    out = []
+    for v in value:
+        action, _, cidr = v.strip().partition(" ")
+        out.append((action, cidr.strip()))
+    try:
+        compile_acl(out)
+    except ValueError as e:
+        raise Invalid(f'{e} (entries are "allow CIDR" or "deny CIDR", CIDR may be "all")') from None
+    return tuple(f"{a} {c}" for a, c in out)
+
+
+def _methods(value: Any) -> tuple[str, ...]:
+    if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+        raise Invalid(f"expected an array of method names, got {_tname(value)}")
+    try:
+        Methods(value)
+    except ValueError as e:
+        raise Invalid(str(e)) from None
+    return tuple(v.upper() for v in value)
+
+
+def _methods_or_none(value: Any) -> tuple[str, ...]:
+    return _methods(value) if value else ()
+
+
+def _header_names(value: Any) -> tuple[str, ...]:
+    if not isinstance(value, list) or not all(isinstance(v, str) and _TOKEN_RE.match(v) for v in value):
+        raise Invalid(f"expected an array of header field names, got {_tname(value)}")
+    return tuple(v.lower() for v in value)
+
+
+def _header_table(value: Any) -> tuple[tuple[str, str], ...]:
+    if not isinstance(value, dict) or not all(isinstance(v, str) for v in value.values()):
+        raise Invalid(f'expected a table of header values such as {{ X-Env = "prod" }}, got {_tname(value)}')
+    return tuple(value.items())
+
+
+def _r_opt_list(v: tuple | None) -> list | None:
+    return None if v is None else list(v)
+
+
+def _r_table(v: tuple) -> dict:
+    return dict(v)
+
+
+def _prefix(value: Any) -> str:
+    try:
+        compile_rewrites(strip_prefix=_str(value))
+    except ValueError as e:
+        raise Invalid(str(e).partition(" ")[2]) from None
+    return value
+
+
+def _rate(value: Any) -> str:
+    try:
+        parse_rate(_str(value))
+    except ValueError as e:
+        raise Invalid(str(e)) from None
+    return value
+
+
+def _rate_key(value: Any) -> str:
+    if _str(value) == "ip" or (value.startswith("header:") and _TOKEN_RE.match(value[7:])):
+        return value
+    raise Invalid(f'expected "ip" or "header:NAME", got {_quote(value)}')
+
+
+_PAGE_TYPES = {".html": "text/html; charset=utf-8", ".htm": "text/html; charset=utf-8",
+               ".json": "application/json", ".txt": "text/plain; charset=utf-8"}
+MAX_ERROR_PAGE = 1 << 20
+
+
+def _error_pages(value: Any) -> tuple:
+    if not isinstance(value, dict):
+        raise Invalid(f'expected a table such as {{ 502 = "/etc/forkproxy/502.html" }}, got {_tname(value)}')
+    out = []
+    for status, path in value.items():
+        if not re.fullmatch(r"[45][0-9][0-9]", status):
+            raise Invalid(f"{_quote(status)}: expected a status code 400..599")
+        path = _nonempty_str(path)
+        try:
+            with open(path, "rb") as f:
+                body = f.read(MAX_ERROR_PAGE + 1)
+        except OSError as e:
+            raise Invalid(f"cannot read {_quote(path)}: {e.strerror or e}") from None
+        if len(body) > MAX_ERROR_PAGE:
+            raise Invalid(f"{_quote(path)}: larger than 1m")
+        ctype = _PAGE_TYPES.get(os.path.splitext(path)[1].lower(), "text/html; charset=utf-8")
+        out.append(ErrorPage(int(status), path, body, ctype))
+    return tuple(sorted(out, key=lambda p: p.status))
+
+
+def _r_error_pages(v: tuple | None) -> dict | None:
+    return None if v is None else {str(p.status): p.path for p in v}
 
 
 _STATUS_HINT = 'expected a status code 100..599 or a range such as "200-399"'
@@ -685,6 +938,19 @@ def _header_value(value: Any) -> str:
 
 
 _TOKEN_RE = re.compile(r"^[!#$%&'*+.^_`|~0-9A-Za-z-]+$")  # RFC 9110 token
+
+
+def _opt_header_name(value: Any) -> str:
+    """A header field name, or "" (the feature is off)."""
+    if _str(value) and not _TOKEN_RE.match(value):
+        raise Invalid(f"invalid header name {_quote(value)}")
+    return value
+
+
+def _addrs(value: Any) -> tuple[str, ...]:
+    if not isinstance(value, list):
+        raise Invalid(f'expected an array of "HOST:PORT" strings, got {_tname(value)}')
+    return tuple(_addr(v) for v in value)
 
 
 def _hash_key(value: Any) -> str:
@@ -839,6 +1105,30 @@ SECTIONS: tuple[Section, ...] = (
         "Process-wide settings: workers, client timeouts and limits, logs, files and privileges.",
     ),
     Section(
+        "cache",
+        "table",
+        "[cache]",
+        "The shared HTTP cache (RFC 9111, with RFC 9213's CDN-Cache-Control) used by the routes "
+        "that set cache = true. "
+        "Entries live in memcached, shared by every worker of every forkproxy that names the "
+        "same servers, or, with servers = [], in each worker's memory. "
+        "The cache fails open: a memcached that is down, slow or frozen makes requests misses "
+        "(sent upstream), never errors. "
+        "Only responses to GET are stored, and only when the response allows it "
+        "(no no-store, no private, explicit freshness or a validator); "
+        "HEAD is answered from a stored GET. "
+        "The key is the scheme, the Host and the whole request target with its query; "
+        "Vary selects a variant. "
+        "Stale entries are revalidated with If-None-Match and If-Modified-Since; "
+        "stale-while-revalidate and stale-if-error are honoured. "
+        "A successful POST, PUT, DELETE or other unsafe method invalidates the URL and its "
+        "Location and Content-Location on the same host. "
+        "Concurrent misses for one URL send one request upstream; the others wait for it "
+        "(up to lock_timeout). "
+        "A PURGE request from an address in purge_allowed deletes a URL (PURGE /* every URL "
+        "of the Host); forkproxyctl purge sends one.",
+    ),
+    Section(
         "listener",
         "array",
         "[[listener]]",
@@ -887,6 +1177,115 @@ SECTIONS: tuple[Section, ...] = (
         "They are tried in file order and the first whose every condition holds wins. "
         "A route without host, path or listener conditions matches every request. "
         "A request that no route matches is answered 404.",
+    ),
+    Section(
+        "route.deny",
+        "array",
+        "deny = [{ ... }]",
+        "Requests the route refuses, as an array of inline tables such as "
+        '[{ path = "/admin/" }, { header = "X-Debug", status = 404 }, '
+        '{ query_regex = "(^|&)debug=", methods = ["GET"] }]. '
+        "Every condition a rule gives must hold; the first rule that holds answers its "
+        "status (403 by default) and nothing goes upstream. "
+        "They run after access and methods, and before rate_limit. "
+        "Path and query are matched as received, before any rewrite. "
+        "Regular expressions are Python's, searched (anchor them yourself), compiled when "
+        "the file is loaded, and refused when their shape could make matching take "
+        "exponential time (nested or empty-matching repetitions such as (a+)+, repeated "
+        "alternations whose branches overlap such as (a|ab)*, backreferences, lookaround).",
+    ),
+    Section(
+        "route.rate_limit",
+        "table",
+        "rate_limit = { ... }",
+        "A token bucket per key, as an inline table such as "
+        '{ key = "ip", rate = "100r/s", burst = 50 } (nginx\'s limit_req with burst and '
+        "nodelay). "
+        "A full bucket admits burst requests at once, then one every 1/rate seconds; a "
+        "request over the limit is answered 429 with Retry-After (whole seconds, rounded "
+        "up) and nothing goes upstream. "
+        "The buckets live in shared memory, so the limit holds whichever worker serves "
+        "the request (up to one request per worker above it when several workers admit "
+        "the same key in the same instant). "
+        "Memory is bounded: each worker tracks up to keys keys and forgets the least "
+        "recently seen one first. "
+        "A reload starts every bucket full again.",
+        optional=True,
+    ),
+    Section(
+        "route.rewrite",
+        "array",
+        "rewrite = [{ ... }]",
+        "URL rewrites, as an array of inline tables such as "
+        '[{ from = "^/old/(.*)", to = "/new/$1" }], with nginx\'s rewrite semantics: '
+        "when the regular expression from is found in the path, the whole path becomes to, "
+        "expanded. "
+        "Every rule is tried, in order, after strip_prefix and add_prefix, each on the "
+        "result of the previous one. "
+        'In to, $1..$9 are the groups of from, ${name} or $name a named group or a variable '
+        "($remote_addr, $request_id, $route, $host, $scheme, $request_uri, $uri, $args, "
+        "$is_args), and $$ a dollar sign. "
+        'to must start with "/"; a "?" in it starts a new query that replaces the '
+        'request\'s ("/x?" drops it, "/x?a=1&$args" keeps it after a=1); without one the '
+        "query is kept. "
+        "Regular expressions are checked as in deny.",
+    ),
+    Section(
+        "route.redirect",
+        "table",
+        "redirect = { ... }",
+        "Answer every request of the route with a redirect, as an inline table such as "
+        '{ to = "https://www.example.com$request_uri", status = 301 }. '
+        "forkproxy answers itself; nothing goes upstream. "
+        "to is expanded as in rewrite, after the rewrite steps ($uri and $args are the "
+        "rewritten path and query).",
+        optional=True,
+    ),
+    Section(
+        "route.request_headers",
+        "table",
+        "request_headers = { ... }",
+        "Header rules for the request sent upstream, as an inline table such as "
+        '{ set = { X-Env = "prod" }, add = { X-Client = "$remote_addr" }, remove = ["Cookie"] }. '
+        "Fields named in remove or set are removed, then the set fields are added, then "
+        "the add fields (a second value even when the field exists). "
+        "Values may use $remote_addr (the real client address), $request_id, $route (the "
+        "route's index), $host, $scheme and $upstream_addr (the server chosen; empty in "
+        "requests). "
+        "A field whose value expands to nothing, or to control characters, is left out. "
+        "Framing and hop-by-hop fields cannot be changed; Host can only be set (as "
+        "host_header does).",
+        optional=True,
+    ),
+    Section(
+        "route.response_headers",
+        "table",
+        "response_headers = { ... }",
+        "Header rules for the response sent to the client, as request_headers. "
+        "They run after hide_headers and rewrite_location.",
+        optional=True,
+    ),
+    Section(
+        "route.compress",
+        "table",
+        "compress = { ... }",
+        "Compress responses of the route on the fly, as an inline table such as "
+        '{ types = ["text/html", "application/json"], min_size = "1k", level = 6 } '
+        "(an empty table { } takes the defaults). "
+        "The coding is chosen from the client's Accept-Encoding, q-values included: "
+        "br (brotli, when the Python brotli package is installed) or gzip, brotli first "
+        "on a tie. "
+        "Bodies are compressed as they stream (never buffered whole) and sent chunked "
+        "(to HTTP/1.0 clients: until the connection closes), with Content-Encoding, "
+        "a weakened ETag (W/) and without Accept-Ranges. "
+        "Every response that could be compressed gets Vary: Accept-Encoding, also when "
+        "this client gets it uncompressed. "
+        "Left as they are: responses that already have a Content-Encoding, whose type is "
+        "not in types, whose Content-Length is below min_size, with "
+        "Cache-Control: no-transform, 204, 206 and 304 responses, and answers to HEAD. "
+        "Compression is the last step before the client: on a route with cache the cache "
+        "stores the representation the server sent, never a compressed copy of ours.",
+        optional=True,
     ),
     Section(
         "pool",
@@ -1034,6 +1433,27 @@ SETTINGS: tuple[Setting, ...] = (
             "headers are trusted and extended. "
             "Those headers from any other peer are replaced.",
             _RELOAD, _networks, _r_networks, example=["10.0.0.0/8", "192.0.2.1"]),
+    Setting("server", "access", 'array of "allow CIDR" and "deny CIDR"', [],
+            "Address access list of every route that sets none, tried in order as nginx's "
+            "allow and deny: the first entry that matches the client address decides, and an "
+            "address no entry matches is allowed, so an allow list ends with \"deny all\". "
+            "CIDR is an IPv4 or IPv6 network, an address, or all. "
+            "The client address is the real one (after trusted_proxies). "
+            "A refused request is answered 403.",
+            _RELOAD, _access_list, _r_list, example=["allow 10.0.0.0/8", "deny all"]),
+    Setting("server", "hide_headers", "array of header names", ["Server", "X-Powered-By"],
+            "Response header fields of the servers that clients never see, for every route "
+            "that sets none, so the software behind forkproxy is not advertised.",
+            _RELOAD, _header_names, _r_list),
+    Setting("server", "error_pages", 'table of status = "path"', {},
+            "Bodies of forkproxy's own error responses (no route, refused, rate limited, "
+            "no server, a server that failed) per status, for every route that sets none, "
+            'such as { 502 = "/etc/forkproxy/502.html", 503 = "/etc/forkproxy/503.html" }. '
+            "The files are read when the configuration is loaded (at most 1m each); their "
+            "Content-Type follows the extension (.html, .json, .txt). "
+            "Without a page the body is the status line's text: forkproxy's error responses "
+            "never name a server or carry a trace.",
+            _RELOAD, _error_pages, _r_error_pages, example={"502": "/etc/forkproxy/502.html"}),
     Setting("server", "pidfile", "path", "/run/forkproxy/forkproxy.pid",
             "File where the master writes its process id.",
             _RESTART, _nonempty_str),
@@ -1069,6 +1489,71 @@ SETTINGS: tuple[Setting, ...] = (
             'A server of a pool without active checks is always "up". '
             "Servers that stay across a reload keep their state.",
             _RELOAD, _enum("initial_health", ("up", "down"))),
+    Setting("server", "tunnel_timeout", "duration", "1h",
+            "How long a connection switched to another protocol (an HTTP Upgrade such as "
+            "WebSocket, answered 101 by the server) may stay without a byte either way "
+            "before both sides are closed. "
+            "Routes may override it.",
+            _RELOAD, _duration(False), _r_duration),
+    # [cache]
+    Setting("cache", "servers", 'array of "HOST:PORT"', [],
+            "memcached servers (keys spread by consistent hashing). "
+            "Empty: an in-process cache per worker, bounded by memory_size, with the same "
+            "semantics (hits, coalescing and purges are then per worker).",
+            _RELOAD, _addrs, _r_list, example=["127.0.0.1:11211"]),
+    Setting("cache", "max_object_size", "size", "8m",
+            "Largest response body stored. "
+            "Bodies larger than one memcached item are stored in chunks. "
+            "A larger response is passed through uncached, without being buffered.",
+            _RELOAD, _size(1), _r_size),
+    Setting("cache", "memory_size", "size", "64m",
+            "Bytes of the in-process cache of each worker (servers = []).",
+            _RELOAD, _size(1024), _r_size),
+    Setting("cache", "mode", '"direct" or "threadpool"', "direct",
+            "How memcached is called: on the worker's event loop, bounded by timeout "
+            "(the cheapest hits; a frozen memcached stalls a worker for at most timeout before "
+            "the breaker opens), or in a thread pool (the loop never stalls, every call costs "
+            "a thread hand-off; for memcached across a slow network).",
+            _RELOAD, _enum("mode", ("direct", "threadpool"))),
+    Setting("cache", "timeout", "duration", "30ms",
+            "Connect, send, receive and poll timeout of every memcached call.",
+            _RELOAD, _duration(False), _r_duration),
+    Setting("cache", "breaker_failures", "integer 1..1000", 3,
+            "memcached errors or timeouts within breaker_window that open the circuit breaker: "
+            "the cache is then bypassed (every request a miss, no memcached call) for "
+            "breaker_cooldown, after which one probe call decides whether to close it.",
+            _RELOAD, _int(1, 1000)),
+    Setting("cache", "breaker_window", "duration", "10s",
+            "Window in which breaker_failures are counted.",
+            _RELOAD, _duration(False), _r_duration),
+    Setting("cache", "breaker_cooldown", "duration", "2s",
+            "How long an open breaker bypasses memcached before probing it again.",
+            _RELOAD, _duration(False), _r_duration),
+    Setting("cache", "lock_timeout", "duration", "5s",
+            "Request coalescing: concurrent misses for one URL, in any worker of any forkproxy "
+            "sharing the memcached servers, send one request upstream; the others wait up to "
+            "this long for its response to be stored, then go upstream themselves. "
+            "Also the lifetime of the lock, should its holder die.",
+            _RELOAD, _duration(False), _r_duration),
+    Setting("cache", "heuristic_max", "duration", "1h",
+            "Upper bound of the heuristic freshness (10% of the time since Last-Modified) "
+            "given to responses without explicit freshness. "
+            '"0s" disables heuristic freshness.',
+            _RELOAD, _duration(True), _r_duration),
+    Setting("cache", "cdn_cache_control", "header name", "CDN-Cache-Control",
+            "Targeted cache-control field (RFC 9213) that overrides Cache-Control and Expires "
+            'for forkproxy when present and valid. "" obeys Cache-Control only.',
+            _RELOAD, _opt_header_name),
+    Setting("cache", "header", "header name", "X-Cache",
+            "Response header telling the client how the cache served it: HIT, MISS, STALE, "
+            'REVALIDATED or BYPASS. "" sends none. '
+            "The access log records the same status.",
+            _RELOAD, _opt_header_name),
+    Setting("cache", "purge_allowed", "array of addresses or CIDR ranges", ["127.0.0.1/8", "::1"],
+            "Clients allowed to send PURGE requests (forkproxyctl purge sends them from "
+            "127.0.0.1). "
+            "A PURGE from any other address is answered 403.",
+            _RELOAD, _networks, _r_networks),
     # [[listener]]
     Setting("listener", "name", "name", REQUIRED,
             "Unique name of the listener, used by routes and in logs.",
@@ -1092,6 +1577,12 @@ SETTINGS: tuple[Setting, ...] = (
             "A tcp listener's connection is closed after this long without a byte in "
             "either direction, as nginx's proxy_timeout and HAProxy's timeout tunnel.",
             _RELOAD, _duration(False), _r_duration, when=("mode", "tcp")),
+    Setting("listener", "max_conns_per_ip", "integer 0..1000000", 0,
+            "Most connections open at once from one client address on this listener, "
+            "counted over every worker; an extra one is closed as soon as it is accepted. "
+            "The address is the peer's (behind accept_proxy, the load balancer's). "
+            "0: no limit.",
+            _RELOAD, _int(0, 1000000)),
     Setting("listener", "accept_proxy", "boolean", False,
             "Every connection starts with a PROXY protocol header (v1 or v2, as HAProxy's "
             "accept-proxy) from a trusted load balancer in front: the client address it "
@@ -1151,6 +1642,111 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("route", "max_body_size", "size", None,
             "Overrides server.max_body_size for this route.",
             _RELOAD, _size(0), _r_size, example="1g"),
+    Setting("route", "access", 'array of "allow CIDR" and "deny CIDR"', None,
+            "Overrides server.access for this route ([] allows every address).",
+            _RELOAD, _access_list, _r_opt_list, example=["allow 192.0.2.0/24", "deny all"]),
+    Setting("route", "methods", "array of method names", None,
+            "The only methods the route accepts; any other is answered 405 with an Allow "
+            "header. Allowing GET allows HEAD. Unset: every method.",
+            _RELOAD, _methods, _r_opt_list, example=["GET", "POST"]),
+    Setting("route", "strip_prefix", "path prefix", None,
+            "Removed from the start of the path before the request goes upstream, at a "
+            'segment boundary: "/api" turns /api/x into /x and /api into /, not /apix.',
+            _RELOAD, _prefix, example="/api"),
+    Setting("route", "add_prefix", "path prefix", None,
+            "Put in front of the path (after strip_prefix): \"/v2\" turns /x into /v2/x.",
+            _RELOAD, _prefix, example="/v2"),
+    Setting("route", "hide_headers", "array of header names", None,
+            "Overrides server.hide_headers for this route.",
+            _RELOAD, _header_names, _r_opt_list, example=["Server", "X-Powered-By", "X-Runtime"]),
+    Setting("route", "error_pages", 'table of status = "path"', None,
+            "Overrides server.error_pages for this route.",
+            _RELOAD, _error_pages, _r_error_pages, example={"503": "/etc/forkproxy/maint.html"}),
+    Setting("route", "rewrite_location", "boolean", True,
+            "Rewrite Location and Refresh response headers that point at the server's "
+            "address (or at host_header) to the host the client asked for, and drop the "
+            "Domain attribute of Set-Cookie headers that name the server's address, as "
+            "nginx's proxy_redirect default and proxy_cookie_domain.",
+            _RELOAD, _bool),
+    Setting("route", "body_timeout", "duration", None,
+            "Overrides server.body_timeout for this route.",
+            _RELOAD, _duration(False), _r_opt_duration, example="10s"),
+    Setting("route", "max_uri_length", "integer >= 1", None,
+            "Lower limit than server.max_uri_length for this route (answered 414); the "
+            "request head is read before routing, so the server's limit applies first.",
+            _RELOAD, _int(1), example=1024),
+    Setting("route", "max_headers", "integer >= 1", None,
+            "Lower limit than server.max_headers for this route (answered 431).",
+            _RELOAD, _int(1), example=50),
+    # deny = [{ ... }]
+    Setting("route.deny", "path", "path prefix", None,
+            "The path starts with this prefix.",
+            _RELOAD, _route_path, example="/admin/"),
+    Setting("route.deny", "path_regex", "regular expression", None,
+            "The regular expression is found in the path.",
+            _RELOAD, _regex, example="\\.(git|env)(/|$)"),
+    Setting("route.deny", "query_regex", "regular expression", None,
+            "The regular expression is found in the query (the part after ?, empty when none).",
+            _RELOAD, _regex, example="(^|&)debug="),
+    Setting("route.deny", "header", "header name", None,
+            "The request has this header field.",
+            _RELOAD, _cookie_name, example="X-Debug"),
+    Setting("route.deny", "header_regex", "regular expression", None,
+            "With header: one of its values matches this regular expression.",
+            _RELOAD, _regex, example="(?i)sqlmap"),
+    Setting("route.deny", "methods", "array of method names", [],
+            "The request method is one of these. Empty: any method.",
+            _RELOAD, _methods_or_none, _r_list, example=["POST"]),
+    Setting("route.deny", "status", "integer 400..599", 403,
+            "The status of the answer.",
+            _RELOAD, _int(400, 599)),
+    # rate_limit = { ... }
+    Setting("route.rate_limit", "rate", '"Nr/s", "Nr/m" or "Nr/h"', REQUIRED,
+            "Sustained rate allowed per key.",
+            _RELOAD, _rate, example="100r/s"),
+    Setting("route.rate_limit", "key", '"ip" or "header:NAME"', "ip",
+            "What a bucket belongs to: the real client address, or the value of a request "
+            "header (requests without it are keyed by the client address).",
+            _RELOAD, _rate_key),
+    Setting("route.rate_limit", "burst", "integer 1..1000000", 1,
+            "Requests a full bucket admits at once.",
+            _RELOAD, _int(1, 1000000)),
+    Setting("route.rate_limit", "keys", "integer 16..10000000", 10000,
+            "Keys each worker tracks (32 bytes per key and worker slot).",
+            _RELOAD, _int(16, 10000000)),
+    # rewrite = [{ ... }]
+    Setting("route.rewrite", "from", "regular expression", REQUIRED,
+            "Searched in the path.",
+            _RELOAD, _regex, example="^/old/(.*)"),
+    Setting("route.rewrite", "to", "path template", REQUIRED,
+            "The new path (and optionally query).",
+            _RELOAD, _str, example="/new/$1"),
+    # redirect = { ... }
+    Setting("route.redirect", "to", "URL template", REQUIRED,
+            "The Location of the answer.",
+            _RELOAD, _nonempty_str, example="https://example.com$request_uri"),
+    Setting("route.redirect", "status", "301, 302, 303, 307 or 308", 302,
+            "The status of the answer.",
+            _RELOAD, _int(301, 308)),
+    # request_headers and response_headers = { ... }
+    Setting("route.request_headers", "set", "table of name = value", {},
+            "Fields replaced (or added when absent).",
+            _RELOAD, _header_table, _r_table),
+    Setting("route.request_headers", "add", "table of name = value", {},
+            "Fields added.",
+            _RELOAD, _header_table, _r_table),
+    Setting("route.request_headers", "remove", "array of header names", [],
+            "Fields removed.",
+            _RELOAD, _header_names, _r_list),
+    Setting("route.response_headers", "set", "table of name = value", {},
+            "Fields replaced (or added when absent).",
+            _RELOAD, _header_table, _r_table),
+    Setting("route.response_headers", "add", "table of name = value", {},
+            "Fields added.",
+            _RELOAD, _header_table, _r_table),
+    Setting("route.response_headers", "remove", "array of header names", [],
+            "Fields removed.",
+            _RELOAD, _header_names, _r_list),
     Setting("route", "redirect_https", "boolean", False,
             "Answer requests that arrived without TLS with a 308 redirect to the same URL "
             "over https, as nginx's return 308 https://$host$request_uri. "
@@ -1161,6 +1757,28 @@ SETTINGS: tuple[Setting, ...] = (
             "Add a Strict-Transport-Security header with this value to responses sent over "
             "TLS (never over plain HTTP, as RFC 6797 says).",
             _RELOAD, _hsts, example="max-age=31536000; includeSubDomains"),
+    Setting("route", "cache", "boolean", False,
+            "Serve this route's GET and HEAD requests through the shared cache ([cache]). "
+            "Unsafe methods (POST, PUT, DELETE...) on the route still invalidate what the "
+            "cache holds for their URL.",
+            _RELOAD, _bool),
+    Setting("route", "tunnel_timeout", "duration", None,
+            "Overrides server.tunnel_timeout for this route.",
+            _RELOAD, _duration(False), _r_opt_duration, example="10m"),
+    Setting("route.compress", "types", "array of media types", list(DEFAULT_COMPRESS_TYPES),
+            'Media types to compress (the Content-Type without parameters): "text/html", '
+            '"text/*" for a whole family, or "*" for every type. '
+            "Responses without a Content-Type are never compressed.",
+            _RELOAD, _media_types, _r_list),
+    Setting("route.compress", "min_size", "size", "1k",
+            "Responses whose Content-Length is below this are sent uncompressed "
+            "(gzip would save little and cost a header). "
+            "Responses of unknown length (chunked) are compressed.",
+            _RELOAD, _size(0), _r_size),
+    Setting("route.compress", "level", "integer 1..9", 6,
+            "Compression level, gzip's scale: 1 is fastest, 9 smallest. "
+            "Brotli uses a quality of similar cost.",
+            _RELOAD, _int(1, 9)),
     # [pool.NAME]
     Setting("pool", "balance", '"round_robin", "least_conn", "ip_hash", "hash" or "random2"',
             "round_robin",
@@ -1369,6 +1987,10 @@ def _build_server(values: dict, path: Path, err) -> ServerConfig:
     return ServerConfig(**values)
 
 
+def _build_cache(values: dict, path: Path, err) -> CacheConfig:
+    return CacheConfig(**values)
+
+
 def _build_listener(values: dict, path: Path, err) -> ListenerConfig | None:
     host, port = split_host_port(values["bind"], default_host="0.0.0.0")
     if values["mode"] == "tcp" and values["pool"] is None:
@@ -1486,8 +2108,54 @@ def _build_queue(values: dict, path: Path, err) -> QueueConfig:
     return QueueConfig(**values)
 
 
+def _build_deny(values: dict, path: Path, err) -> DenyConfig | None:
+    try:
+        DenyRule(**{k: v for k, v in values.items() if k != "methods"},
+                 methods=frozenset(values["methods"]))
+    except ValueError as e:
+        err(path, str(e))
+        return None
+    return DenyConfig(**values)
+
+
+def _build_rate_limit(values: dict, path: Path, err) -> RateLimitConfig:
+    return RateLimitConfig(**values)
+
+
+def _build_rewrite(values: dict, path: Path, err) -> RewriteRule | None:
+    try:
+        compile_rewrites(rewrite=[(values["from"], values["to"])])
+    except ValueError as e:
+        err(path + ("to",), str(e))
+        return None
+    return RewriteRule(values["from"], values["to"])
+
+
+def _build_redirect(values: dict, path: Path, err) -> RedirectConfig | None:
+    try:
+        compile_rewrites(redirect=(values["to"], values["status"]))
+    except ValueError as e:
+        err(path + ("to" if "status" not in str(e) else "status",), str(e))
+        return None
+    return RedirectConfig(**values)
+
+
+def _build_header_rules(values: dict, path: Path, err) -> HeaderRulesConfig | None:
+    try:
+        HeaderRules(dict(values["set"]), dict(values["add"]), values["remove"])
+    except ValueError as e:
+        err(path, str(e))
+        return None
+    return HeaderRulesConfig(**values)
+
+
+def _build_compress(values: dict, path: Path, err) -> CompressConfig:
+    return CompressConfig(**values)
+
+
 _BUILDERS: dict[str, Callable[[dict, Path, Any], Any]] = {
     "server": _build_server,
+    "cache": _build_cache,
     "listener": _build_listener,
     "route": _build_route,
     "pool": _build_pool,
@@ -1496,6 +2164,13 @@ _BUILDERS: dict[str, Callable[[dict, Path, Any], Any]] = {
     "pool.sticky": _build_sticky,
     "pool.retry": _build_retry,
     "pool.queue": _build_queue,
+    "route.deny": _build_deny,
+    "route.rate_limit": _build_rate_limit,
+    "route.rewrite": _build_rewrite,
+    "route.redirect": _build_redirect,
+    "route.request_headers": _build_header_rules,
+    "route.response_headers": _build_header_rules,
+    "route.compress": _build_compress,
     "pool.tls": _build_pool_tls,
     "listener.tls": _build_tls_cert,
     "listener.certs": _build_tls_cert,
@@ -1626,7 +2301,8 @@ class _Loader:
         self._cross_check(doc, parts["route"])
         if self.errors:
             return None
-        return Config(self.file, parts["server"], parts["listener"], parts["route"], parts["pool"])
+        return Config(self.file, parts["server"], parts["listener"], parts["route"], parts["pool"],
+                      parts["cache"])
 
     def _cross_check(self, doc: dict, routes: tuple) -> None:
         """Checks across tables.  They read the raw document, so a listener or
@@ -1942,6 +2618,9 @@ def _toml(value: Any) -> str:
         return _quote(value)
     if isinstance(value, (list, tuple)):
         return "[" + ", ".join(_toml(v) for v in value) + "]"
+    if isinstance(value, dict):
+        inner = ", ".join(f"{_bare(k)} = {_toml(v)}" for k, v in value.items())
+        return "{ " + inner + " }" if inner else "{}"
     raise TypeError(f"cannot render {value!r}")  # pragma: no cover
 
 
@@ -1992,7 +2671,8 @@ def dump(cfg: Config) -> str:
     """The effective configuration as TOML, every default filled in (what
     ``forkproxy -T`` prints).  ``loads(dump(cfg), cfg.path) == cfg``."""
     out = [f"# effective configuration of {cfg.path}"]
-    attr = {"server": "server", "listener": "listeners", "route": "routes", "pool": "pools"}
+    attr = {"server": "server", "listener": "listeners", "route": "routes", "pool": "pools",
+            "cache": "cache"}
     for sec in _CHILDREN[None]:
         value = getattr(cfg, attr[sec.key])
         if sec.kind == "table":
@@ -2128,7 +2808,9 @@ def _sample_keys(sec: Section) -> list[str]:
             continue
         out += _comment(f"{child.key}: {child.help} Keys of each entry:")
         for s in _KEYS.get(child.path, []):
-            flags = ", ".join(x for x in (s.type, "required" if s.required else f"default {_toml(s.default)}") if x)
+            default = ("required" if s.required else "unset by default" if s.default is None
+                       else f"default {_toml(s.default)}")
+            flags = ", ".join(x for x in (s.type, default) if x)
             out += _comment(f"{s.name} ({flags}): {s.help}", indent="  ")
         required = [s for s in _KEYS.get(child.path, []) if s.required]
         full = [(s, _doc_value(s)) for s in _KEYS.get(child.path, [])]

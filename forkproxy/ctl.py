@@ -3,6 +3,7 @@
     forkproxyctl [-c FILE] [--json] status
     forkproxyctl [-c FILE] drain|maint|ready POOL SERVER
     forkproxyctl [-c FILE] weight POOL SERVER N|config
+    forkproxyctl [-c FILE] purge URL | --host HOST
 
 No admin endpoint is involved: the master keeps the health table at
 ``{server.runtime_dir}/health.tbl`` (``forkproxy.daemon.shm``), every worker
@@ -21,6 +22,10 @@ setting the state a server already has writes nothing and exits 0.
 
 Exit status: 0 success; 1 failure (forkproxy not running, table unreadable,
 unknown pool or server, broken configuration); 2 usage error.
+
+``purge`` is the exception: it sends a ``PURGE`` request to the first http
+listener of the configuration (to 127.0.0.1 when it listens on every
+address), which ``cache.purge_allowed`` lets through from loopback.
 
 Layering: config, errors, core and ``daemon.shm`` only (``daemon.shm`` is
 stdlib + core; nothing here may pull in gunicorn, gevent or requests).
@@ -375,7 +380,51 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("pool")
     s.add_argument("server", help="the server's addr as written in the configuration")
     s.add_argument("weight", type=_weight, metavar="N", help=f"1..{WEIGHT_MAX}, or 'config'")
+    s = sub.add_parser("purge", help="delete a URL (or every URL of a host) from the cache")
+    g = s.add_mutually_exclusive_group(required=True)
+    g.add_argument("url", nargs="?", help="the URL as clients request it, http://HOST/PATH?QUERY")
+    g.add_argument("--host", help="purge every URL of this Host (with its port, if not the default)")
     return p
+
+
+def purge(cfg: config.Config, url: str | None, host: str | None, timeout: float = 10) -> tuple[int, str]:
+    """Send PURGE for ``url`` (or ``PURGE /*`` with Host ``host``) to the running
+    forkproxy's first http listener; (status, body text)."""
+    import http.client
+    import ssl
+    from urllib.parse import urlsplit
+
+    if url is not None:
+        parts = urlsplit(url)
+        if parts.scheme not in ("http", "https") or not parts.netloc:
+            raise CtlError(f"expected a URL such as http://example.com/path, got {url!r}", EX_USAGE)
+        host = parts.netloc
+        target = (parts.path or "/") + (f"?{parts.query}" if parts.query else "")
+    else:
+        target = "/*"
+    listeners = [lc for lc in cfg.listeners if lc.mode == "http"]
+    if not listeners:
+        raise CtlError("the configuration has no http listener to send PURGE to")
+    lc = listeners[0]
+    addr = {"": "127.0.0.1", "0.0.0.0": "127.0.0.1", "::": "::1"}.get(lc.host, lc.host)
+    if lc.certs:
+        ctx = ssl.create_default_context()
+        ctx.check_hostname = False
+        ctx.verify_mode = ssl.CERT_NONE
+        conn = http.client.HTTPSConnection(addr, lc.port, timeout=timeout, context=ctx)
+    else:
+        conn = http.client.HTTPConnection(addr, lc.port, timeout=timeout)
+    try:
+        conn.putrequest("PURGE", target, skip_host=True, skip_accept_encoding=True)
+        conn.putheader("Host", host)
+        conn.putheader("Content-Length", "0")
+        conn.endheaders()
+        resp = conn.getresponse()
+        return resp.status, resp.read().decode("utf-8", "replace").strip()
+    except OSError as exc:
+        raise CtlError(f"cannot reach forkproxy on {addr}:{lc.port}: {exc}") from None
+    finally:
+        conn.close()
 
 
 def _describe_weight(w: int) -> str:
@@ -390,6 +439,17 @@ def _run(args) -> int:
         print(exc, file=sys.stderr)
         raise CtlError(f"cannot use the configuration file {path}") from None
     tpath = os.path.join(cfg.server.runtime_dir, TABLE_NAME)
+
+    if args.command == "purge":
+        status, text = purge(cfg, args.url, args.host)
+        what = args.url or f"every URL of {args.host}"
+        if status == 200:
+            print(f"{what}: purged")
+            return EX_OK
+        if status == 404:
+            print(f"{what}: not in the cache")
+            return EX_OK
+        raise CtlError(f"{what}: forkproxy answered {status} {text}")
 
     if args.command == "status":
         table = _open(tpath)

@@ -11,9 +11,11 @@ Formats:
 
         127.0.0.1 - - [29/Nov/2026:03:13:27 +0000] "GET / HTTP/1.1" 200 5 "-" "curl/7.88" \
         upstream=127.0.0.1:8081 upstream_status=200 request_time=0.002 upstream_time=0.001 route=0 pool=web \
-        cache=-
+        cache=- request_id=4f1c...
 
     ``cache`` is the cache status on routes with ``cache = true``, else ``-``.
+    ``request_id`` is the request's X-Request-Id (sent upstream; kept from a
+    trusted proxy, generated otherwise), ``-`` for a request refused before routing.
 
     Absent values are written as ``-``.
 ``json``
@@ -35,7 +37,8 @@ class AccessRecord:
 
     __slots__ = ("client", "method", "target", "version", "status", "bytes_sent",
                  "referer", "user_agent", "upstream", "upstream_status", "request_time",
-                 "upstream_time", "route", "pool", "start", "bytes_received", "cache")
+                 "upstream_time", "route", "pool", "start", "bytes_received", "cache",
+                 "request_id")
 
     def __init__(self, client: str, start: float):
         self.client = client
@@ -50,6 +53,7 @@ class AccessRecord:
         self.upstream_time = None
         self.route = self.pool = None
         self.cache = None  # HIT, MISS, STALE, REVALIDATED or BYPASS on cached routes
+        self.request_id = None
 
 
 def _q(value) -> str:
@@ -121,7 +125,7 @@ class AccessLog:
                 "upstream": r.upstream, "upstream_status": r.upstream_status,
                 "request_time": round(r.request_time, 6),
                 "upstream_time": None if r.upstream_time is None else round(r.upstream_time, 6),
-                "cache": r.cache,
+                "cache": r.cache, "request_id": r.request_id,
             }, separators=(",", ":")) + "\n"
         request = "-" if r.method is None else f"{r.method} {r.target} HTTP/{r.version}"
         upstream_time = "-" if r.upstream_time is None else f"{r.upstream_time:.3f}"
@@ -130,7 +134,7 @@ class AccessLog:
                 f'upstream={r.upstream or "-"} upstream_status={r.upstream_status or "-"} '
                 f'request_time={r.request_time:.3f} upstream_time={upstream_time} '
                 f'route={"-" if r.route is None else r.route} pool={r.pool or "-"} '
-                f'cache={r.cache or "-"}\n')
+                f'cache={r.cache or "-"} request_id={_q(r.request_id)}\n')
 
     def write(self, r: AccessRecord) -> None:
         if self._file is None:

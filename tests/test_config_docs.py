@@ -131,6 +131,10 @@ def test_every_documented_key_is_accepted(setting, tmp_path):
         ca = tmp_path / "ca.pem"
         trustme.CA().cert_pem.write_to_path(str(ca))
         text = text.replace(setting.example, str(ca))
+    if setting.name == "error_pages" and setting.default is None:  # the page must be readable
+        page = tmp_path / "page.html"
+        page.write_text("<p>down</p>")
+        text = text.replace(setting.example["503"], str(page))
     loads(text)
 
 

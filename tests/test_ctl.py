@@ -375,7 +375,8 @@ def test_config_from_the_environment(env):
     assert "cannot read" in r.stderr
 
 
-@pytest.mark.parametrize("args", [[], ["purge", "http://x/"], ["reload"], ["explain", "GET", "/"],
+@pytest.mark.parametrize("args", [[], ["purge"], ["purge", "http://x/", "--host", "x"],
+                                  ["reload"], ["explain", "GET", "/"],
                                   ["drain", "web"], ["status", "extra"], ["--bogus", "status"]])
 def test_usage_errors_exit_2(env, args):
     r = env.ctl(*args)

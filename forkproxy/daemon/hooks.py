@@ -110,6 +110,21 @@ def open_access_log(arbiter, cfg: Config):
     arbiter.log.fp_access_log = log  # the master's own USR1 reopen
 
 
+def build_edge(cfg: Config, n_slots: int, old: dict | None) -> dict:
+    """The edge rules' shared memory (net.edge.create_shared): rate-limit buckets per
+    route, new at every load (a reload refills them), and the max_conns_per_ip table,
+    kept across reloads while the slot count stays (old workers' connections still count)."""
+    from forkproxy.core.connlimit import ConnTable
+    from forkproxy.net.edge import CONN_ENTRIES, create_shared
+
+    shared = create_shared(cfg, n_slots)
+    if shared["conns"] is not None:
+        if old is not None and old["conns"] is not None and old["n_slots"] == n_slots:
+            shared["conns"] = old["conns"]
+        shared["conns_table"] = ConnTable(shared["conns"], CONN_ENTRIES, n_slots)
+    return shared
+
+
 def on_starting(arbiter) -> None:
     """Master, before binding: runtime dir, pidfile dir, access log, the table and the checker lock."""
     app = arbiter.app
@@ -123,6 +138,7 @@ def on_starting(arbiter) -> None:
     app.fp_n_slots = max(8, 2 * cfg.server.workers)
     app.fp_slots = set()
     app.fp_mmap, app.fp_table = build_table(cfg, app.fp_n_slots)
+    app.fp_edge = build_edge(cfg, app.fp_n_slots, None)
     # Opened once by the master and inherited: lockf locks belong to the
     # process that takes them, and the kernel frees them when it dies.
     app.fp_lock_fd = os.open(os.path.join(cfg.server.runtime_dir, LOCK_NAME),
@@ -142,6 +158,7 @@ def on_reload(arbiter) -> None:
     app.fp_n_slots = max(app.fp_n_slots, 2 * app.fp_config.server.workers)
     # The old mapping stays alive in the old workers until they exit.
     app.fp_mmap, app.fp_table = build_table(app.fp_config, app.fp_n_slots)
+    app.fp_edge = build_edge(app.fp_config, app.fp_n_slots, app.fp_edge)
 
 
 def pre_fork(arbiter, worker) -> None:
@@ -154,6 +171,7 @@ def pre_fork(arbiter, worker) -> None:
     free = [s for s in range(app.fp_n_slots) if s not in app.fp_slots]
     worker.fp_slot = free[0] if free else None
     worker.fp_table = app.fp_table
+    worker.fp_edge = app.fp_edge
     if worker.fp_slot is not None:
         app.fp_slots.add(worker.fp_slot)
     else:
@@ -172,6 +190,9 @@ def child_exit(arbiter, worker) -> None:
     if slot is None:
         return
     worker.fp_table.clear_slot(slot)
+    conns = worker.fp_edge.get("conns_table")
+    if conns is not None:
+        conns.clear_slot(slot)  # its connections died with it
     arbiter.app.fp_slots.discard(slot)
 
 
@@ -206,7 +227,7 @@ def post_worker_init(worker) -> None:
         table.clear_slot(worker.fp_slot)  # the predecessor may have died mid-request
     access_log = app.fp_access_log  # opened by the master, inherited
     worker.log.fp_access_log = access_log  # reopened with the error log on USR1
-    worker.runtime = Runtime(cfg, worker.log, access_log, table, worker.fp_slot)
+    worker.runtime = Runtime(cfg, worker.log, access_log, table, worker.fp_slot, worker.fp_edge)
     if any(r.cache for r in cfg.routes):
         # After the fork: pylibmc clients must not be shared across processes.
         # Nothing connects here (the store connects on first use), so a

@@ -22,6 +22,7 @@ Rules kept here (DESIGN section 4):
 from __future__ import annotations
 
 import email.utils
+import http
 import errno
 import ipaddress
 import socket
@@ -30,12 +31,14 @@ import time
 import gevent
 
 from forkproxy.config import Config, ListenerConfig
+from forkproxy.core import encoding
 from forkproxy.core import headers as hdr
 from forkproxy.core import http1
 from forkproxy.core.routing import Router, RouteSpec
 from forkproxy.core.table import Table
 from forkproxy.logs import AccessLog, AccessRecord
-from forkproxy.net import tunnel
+from forkproxy.net import compress, tunnel
+from forkproxy.net.edge import Edge
 from forkproxy.net.pools import REFRESH, PoolRuntime
 from forkproxy.net.tls import HandshakeFailed, ListenerTLS
 from forkproxy.net.upstream import RECV_SIZE, UpstreamConn, UpstreamError
@@ -85,8 +88,10 @@ CLOCK = _Clock()
 class Runtime:
     """A worker's state for one configuration: what every session shares."""
 
+    cache = None  # net.caching.Cache, set by daemon.hooks when a route has cache = true
+
     def __init__(self, cfg: Config, log, access_log: AccessLog, table: Table,
-                 slot: int | None):
+                 slot: int | None, shared: dict | None = None):
         self.cfg = cfg
         self.log = log
         self.access_log = access_log
@@ -109,6 +114,7 @@ class Runtime:
         # TLS listeners (contexts built by the master when it loaded the file)
         self.tls = {lc.name: ListenerTLS(lc) for lc in cfg.listeners if lc.contexts}
         self.https_port = {r.index: _https_port(cfg, r) for r in cfg.routes if r.redirect_https}
+        self.edge = Edge(cfg, shared, slot, log)  # shared: the master's buffers (daemon.hooks)
         self.idle: set[Session] = set()
         self.draining = False
         self.drain_until = 0.0
@@ -131,10 +137,17 @@ class Runtime:
 
     def handle(self, listener_sock, client, addr) -> None:
         listener = self.listener_for(listener_sock)
-        if listener.mode == "http" and not listener.contexts and not listener.accept_proxy:
-            Session(self, listener, client, addr).run()
-        else:
-            self.handle_edge(listener, client, addr)
+        ticket = self.edge.admit(listener, addr)  # max_conns_per_ip
+        if ticket is None:
+            _close_quietly(client)
+            return
+        try:
+            if listener.mode == "http" and not listener.contexts and not listener.accept_proxy:
+                Session(self, listener, client, addr).run()
+            else:
+                self.handle_edge(listener, client, addr)
+        finally:
+            self.edge.release(ticket)
 
     def handle_edge(self, listener: ListenerConfig, client, addr) -> None:
         """A connection that needs more than plain HTTP: a PROXY header to read,
@@ -211,6 +224,13 @@ class Runtime:
         return any(addr in net for net in self.trusted)
 
 
+def _phrase(status: int) -> str:
+    try:
+        return http.HTTPStatus(status).phrase
+    except ValueError:
+        return "Error"
+
+
 def _close_quietly(sock) -> None:
     try:
         sock.close()
@@ -236,6 +256,9 @@ class Session:
 
     proto = "http"  # "https" when the connection came over TLS (set by Runtime)
     hsts = None  # the matched route's Strict-Transport-Security value, over TLS only
+    edge_req = None  # the current request's net.edge.EdgeRequest (after routing)
+    cache_hook = None  # net.caching's hook for the exchange in progress (see its contract)
+    cache_tee = None  # the current response's net.caching.Tee: the origin's body goes in
 
     def __init__(self, rt: Runtime, listener: ListenerConfig, client: socket.socket, addr):
         self.rt = rt
@@ -372,18 +395,27 @@ class Session:
                 rt.access_log.write(rec)
 
     def refuse(self, rec: AccessRecord, status: int, why: str, *, log_error: bool = False,
-               where: str = "") -> None:
-        """Answer with forkproxy's own short error response and close."""
+               where: str = "", fields=()) -> None:
+        """Answer with forkproxy's own short error response and close.
+
+        The body is the route's (else the server's) error page for the status,
+        or the status line's text: never ``why`` (servers stay unnamed).
+        ``fields``: extra header fields (Allow, Retry-After, Location).
+        """
+        if status >= 500 and self.cache_hook is not None and self.cache_hook.on_refuse(rec, status):
+            return  # stale-if-error: a stored response went out instead
         rec.status = status
         if log_error or status >= 500:
             self.rt.log.error("%s %s from %s: %s %s%s", rec.method or "-", rec.target or "-",
                               self.peer, status, why, where)
-        elif status != 408:
+        elif status != 408 and status >= 400:
             self.rt.log.info("refused request from %s: %s %s", self.peer, status, why)
-        reason = REASONS.get(status, "Error")
-        body = f"{status} {reason}\n".encode()
-        head = (f"HTTP/1.1 {status} {reason}\r\nDate: {CLOCK.date()}\r\n"
-                f"Content-Type: text/plain; charset=utf-8\r\nContent-Length: {len(body)}\r\n"
+        reason = REASONS.get(status) or _phrase(status)
+        body, ctype = self.rt.edge.page(rec.route, status) or (
+            f"{status} {reason}\n".encode(), "text/plain; charset=utf-8")
+        extra = "".join(f"{n}: {v}\r\n" for n, v in fields)
+        head = (f"HTTP/1.1 {status} {reason}\r\nDate: {CLOCK.date()}\r\n{extra}"
+                f"Content-Type: {ctype}\r\nContent-Length: {len(body)}\r\n"
                 f"Connection: close\r\n\r\n").encode()
         rec.bytes_sent = len(body)
         self.client.settimeout(self.rt.cfg.server.send_timeout)
@@ -443,6 +475,12 @@ class Session:
         rec.route = route.index
         rec.pool = route.pool
         pool = rt.pools[route.pool]
+        er = self.edge_req = rt.edge.request(rc.index, req, rec, self.peer, self.proto, host,
+                                             upstream_target)
+        if er.answer is not None:  # ACL, methods, deny, rate limit, redirect (net.edge)
+            self.refuse(rec, er.answer.status, er.answer.why, fields=er.answer.fields)
+            return False
+        upstream_target = er.target
         if rc.redirect_https and self.proto == "http":
             return self.redirect_https(req, rec, host, upstream_target)
         self.hsts = rc.hsts if self.proto == "https" else None
@@ -467,11 +505,19 @@ class Session:
         headers = hdr.forwarded_for_request(headers, client_addr=self.peer, proto=self.proto,
                                             host=host_value, trusted=trusted)
         out_host = rc.host_header or host_value
+        headers, out_host = er.upstream(headers, out_host)  # X-Request-Id, request_headers
         if framing.kind == "length":
             headers.append(("Content-Length", str(framing.length)))
         elif framing.kind == "chunked":
             headers.append(("Transfer-Encoding", ", ".join(framing.codings + ("chunked",))))
+        upgrade = _upgrade_asked(req)
+        if upgrade is not None:  # the one hop-by-hop pair that must cross (WebSocket)
+            headers += [("Connection", "upgrade"), ("Upgrade", upgrade)]
         client_keepalive = http1.wants_keep_alive(req.version, req.headers)
+        if rt.cache is not None and (rc.cache or method == "PURGE"):
+            return rt.cache.handle(self, req, rec, rc.cache, pool, host_value, upstream_target,
+                                   out_host, headers, framing, has_body, max_body,
+                                   client_keepalive)
         return self.exchange(req, rec, pool, upstream_target, out_host, headers, framing,
                              has_body, max_body, client_keepalive)
 
@@ -503,6 +549,8 @@ class Session:
         first_at = 0.0
         queue_deadline: float | None = None
         pinned, token = pool.sticky_server(req)
+        if pinned is not None and not pool.usable(pinned) and _upgrade_asked(req) is not None:
+            pinned = None  # a server in drain keeps its sticky requests, takes no new tunnel
 
         def may_try_again() -> bool:
             if retry.tries and attempts >= retry.tries:
@@ -631,10 +679,12 @@ class Session:
         while True:
             resp, body_start = self.read_response_head(conn)
             if 100 <= resp.status < 200:
-                interim = interim or req.version == "1.1"
                 if resp.status == 101:
+                    if _upgrade_asked(req) is not None:
+                        return self.tunnel(rec, conn, resp, body_start, t0, extra)
                     raise UpstreamError("invalid", f"{conn.server.addr} switched protocols "
                                         "without being asked", sent=True)
+                interim = interim or req.version == "1.1"
                 if req.version == "1.1":
                     self._send(http1.serialize_response_head(
                         resp.status, resp.reason, hdr.response_headers_for_client(resp.headers)))
@@ -651,18 +701,39 @@ class Session:
         except http1.ProtocolError as exc:
             raise UpstreamError("invalid", f"{conn.server.addr}: invalid response: {exc.reason}",
                                 sent=True) from None
+        self.cache_tee = tee = None
+        if self.cache_hook is not None:
+            tee = self.cache_hook.on_response(resp, rframing)
+            if tee.served:  # a 304 merged, or stale-if-error: the cache answered
+                conn.close()
+                return tee.keep
+            self.cache_tee = tee
 
         # 3. the response to the client
         out = hdr.response_headers_for_client(
             resp.headers, also=REWRITTEN_RESPONSE_FIELDS if rframing.kind != "none" else frozenset())
+        if self.edge_req is not None:  # hide_headers, rewrite_location, response_headers
+            out = self.edge_req.downstream(out, conn.server.addr)
         if resp.get("date") is None:  # RFC 9110 6.6.1: an origin without a clock
             out.append(("Date", CLOCK.date()))
         if self.hsts is not None:
             out.append(("Strict-Transport-Security", self.hsts))
         out.extend(extra)
+        if tee is not None:
+            out.extend(tee.headers)
         keep = client_keepalive and not self.rt.draining
         chunk_out = False
-        if rframing.kind == "length":
+        out, encoder = self.encoder_for(req, rec, resp.status, resp.headers, out,
+                                        rframing.length if rframing.kind == "length" else None,
+                                        rframing.codings)
+        if encoder is not None:
+            # Length unknown until the end: chunked (1.1) or until close (1.0).
+            if req.version == "1.1":
+                out.append(("Transfer-Encoding", "chunked"))
+                chunk_out = True
+            else:
+                keep = False
+        elif rframing.kind == "length":
             out.append(("Content-Length", str(rframing.length)))
         elif rframing.kind in ("chunked", "close"):
             if req.version == "1.1":
@@ -682,12 +753,14 @@ class Session:
         if rframing.kind == "none":
             self._send(client_head)
             conn.buf = body_start
-        elif rframing.kind == "length":
+        elif rframing.kind == "length" and encoder is None:
             self.relay_length(conn, client_head, body_start, rframing.length, rec)
         else:
             up_keepalive = self.relay_decoded(conn, client_head, body_start, rframing,
-                                              chunk_out, rec) and up_keepalive
+                                              chunk_out, rec, encoder) and up_keepalive
         rec.upstream_time = time.time() - t0
+        if tee is not None:
+            tee.commit()  # the whole body came: the cache may keep it
         if up_keepalive and rframing.kind != "close":
             pool.conns[i].checkin(conn)
         else:
@@ -697,7 +770,8 @@ class Session:
     # -- request bodies ----------------------------------------------------
 
     def _client_body_read(self) -> bytes:
-        self.client.settimeout(self.rt.cfg.server.body_timeout)
+        self.client.settimeout(self.edge_req.body_timeout if self.edge_req is not None
+                               else self.rt.cfg.server.body_timeout)
         try:
             data = self._recv()
         except socket.timeout:
@@ -800,6 +874,9 @@ class Session:
             conn.buf = data[length:]  # garbage past the body: never reuse this connection
             data = data[:length]
         remaining = length - len(data)
+        tee = self.cache_tee
+        if tee is not None and data:
+            tee.write(data)
         self._send(head + data)
         rec.bytes_sent = len(data)
         while remaining:
@@ -812,14 +889,23 @@ class Session:
                 conn.buf = data[remaining:]
                 data = data[:remaining]
             remaining -= len(data)
+            if tee is not None:
+                tee.write(data)
             self._send(data)
             rec.bytes_sent += len(data)
 
     def relay_decoded(self, conn: UpstreamConn, head: bytes, data: bytes, framing,
-                      chunk_out: bool, rec: AccessRecord) -> bool:
-        """Relay a chunked or close-delimited body; True when it ended cleanly framed."""
+                      chunk_out: bool, rec: AccessRecord, encoder=None) -> bool:
+        """Relay a chunked or close-delimited body; True when it ended cleanly framed.
+
+        With an ``encoder`` (net.compress) any body, length-framed too, goes
+        through it: it is the last step before the client, so what comes
+        before it (``piece``) is the origin's representation.  Each read from
+        the upstream is flushed on to the client as it came.
+        """
         decoder = http1.make_decoder(framing, status=502, limits=self.rt.limits)
         pending = [head]
+        tee = self.cache_tee
         while True:
             if data:
                 try:
@@ -830,14 +916,22 @@ class Session:
                     raise Abort() from None
                 for piece in pieces:
                     if piece:
+                        if tee is not None:
+                            tee.write(piece)  # the origin's bytes, before any encoding
+                        if encoder is not None:
+                            piece = encoder.feed(piece)
                         rec.bytes_sent += len(piece)
                         pending.append(http1.encode_chunk(piece) if chunk_out else piece)
                 if decoder.done:
                     conn.buf = leftover
+                    if encoder is not None:
+                        self._encoder_end(encoder.finish(), pending, chunk_out, rec)
                     if chunk_out:
                         pending.append(http1.encode_last_chunk())
                     self._send(b"".join(pending))
                     return True
+                if encoder is not None:
+                    self._encoder_end(encoder.flush(), pending, chunk_out, rec)
                 if pending:
                     self._send(b"".join(pending))
                     pending = []
@@ -849,10 +943,108 @@ class Session:
                     self.rt.log.error("%s closed the connection in the middle of a chunked "
                                       "body; dropping the client", conn.server.addr)
                     raise Abort() from None
+                if encoder is not None:
+                    self._encoder_end(encoder.finish(), pending, chunk_out, rec)
                 if chunk_out:
                     pending.append(http1.encode_last_chunk())
                 self._send(b"".join(pending))
                 return False
+
+    def encoder_for(self, req, rec: AccessRecord, status: int, origin_headers, out: list,
+                    length: int | None, codings=()):
+        """(client headers, encoder or None): the route's ``compress`` applied to one response.
+
+        The hook for every path that sends a response body (relay, cache
+        hits): call it last, on the headers about to go out (``out``); the
+        decision reads ``origin_headers`` (the stored or upstream ones).
+        With an encoder, the headers lost their Content-Length: frame the
+        body chunked (or until close), pass every piece through
+        ``encoder.feed`` and end with ``encoder.finish()``.
+        """
+        cz = self.rt.routes[rec.route].compress if rec.route is not None else None
+        if cz is None or not encoding.eligible(req.method, status, origin_headers,
+                                               types=cz.types, min_size=cz.min_size,
+                                               length=length, transfer_codings=codings):
+            return out, None
+        return _compressed(out, req, cz)
+
+    @staticmethod
+    def _encoder_end(data: bytes, pending: list, chunk_out: bool, rec: AccessRecord) -> None:
+        if data:
+            rec.bytes_sent += len(data)
+            pending.append(http1.encode_chunk(data) if chunk_out else data)
+
+    def tunnel(self, rec: AccessRecord, conn: UpstreamConn, resp, early: bytes, t0,
+               extra=()) -> bool:
+        """A 101 to a request that asked for it: relay bytes both ways until both end.
+
+        The tunnel counts as a request in flight to its server (least_conn,
+        max_conns) for its whole life; it ends when either side closes or
+        resets, or after the route's tunnel_timeout without a byte either way.
+        A draining worker lets it run (up to graceful_timeout).  Bytes that
+        already came past the heads on either side (``early`` from the server,
+        ``self.buf`` from the client) go first.  Returns False: the client
+        connection is done.
+        """
+        rt = self.rt
+        rc = rt.routes[rec.route]
+        out = hdr.response_headers_for_client(resp.headers)
+        upgrade = resp.get("upgrade")
+        out.append(("Connection", "upgrade"))
+        if upgrade is not None:
+            out.append(("Upgrade", upgrade))
+        out.extend(extra)
+        rec.status = rec.upstream_status = 101
+        self.client.settimeout(rt.cfg.server.send_timeout)
+        self._send(http1.serialize_response_head(101, resp.reason, out) + early)
+        rec.upstream_time = time.time() - t0
+        up = conn.sock
+        try:
+            if self.buf:
+                up.settimeout(rt.pools[rec.pool].cfg.send_timeout)
+                _sendall(up, self.buf)
+                self.buf = b""
+            timeout = rc.tunnel_timeout if rc.tunnel_timeout is not None \
+                else rt.cfg.server.tunnel_timeout
+            tunnel.Relay(self.client, up, timeout,
+                         tls_client=hasattr(self.client, "unwrap")).run()
+        except OSError:  # the server went away before the early bytes reached it
+            pass
+        finally:
+            conn.close()
+        return False
+
+
+def _upgrade_asked(req) -> str | None:
+    """The Upgrade value of a request that asks to switch protocols, else None.
+
+    Only HTTP/1.1 requests can (RFC 9110 7.8), and only with ``upgrade`` in
+    their Connection field.
+    """
+    if req.version != "1.1":
+        return None
+    value = req.get("upgrade")
+    if value is None or "upgrade" not in http1.connection_tokens(req.headers):
+        return None
+    return value
+
+
+def _compressed(out: list, req, cz):
+    """(client headers, encoder or None) for an eligible response (core.encoding).
+
+    Vary is added whatever the client accepts; when it accepts a coding we
+    have, the headers describe the compressed representation: its coding, a
+    weak ETag, no Content-Length (the caller frames it), no Accept-Ranges
+    (ranges of the original bytes would not fit it).
+    """
+    out = encoding.add_vary(out)
+    coding = encoding.choose(req.get_all("accept-encoding"), compress.AVAILABLE)
+    if coding is None:
+        return out, None
+    out = [(n, encoding.weaken_etag(v) if n == "etag" else v) for n, v in out
+           if n not in ("content-length", "accept-ranges")]
+    out.append(("Content-Encoding", coding))
+    return out, compress.new(coding, cz.level)
 
 
 class _StatusRetry(UpstreamError):

@@ -21,6 +21,8 @@ Endpoints (any method unless said otherwise):
   (``?rst=1``: with a TCP RST instead of a FIN).
 - ``/dieheader``: closes the connection before sending anything.
 - ``/early``: a ``103 Early Hints`` interim response, then 200 like ``/``.
+- ``/etag/...?v=TAG``: 200 with ``ETag: "TAG"`` and body ``version TAG``, or
+  304 (no body) when the request's ``If-None-Match`` names ``"TAG"``.
 - ``/healthz``: answers the status set by ``/_sethealth?status=N`` (default 200).
 - ``/_stats``: JSON ``{requests, by_path, posts}``: request count, counts per
   path (query string removed), sha256 of every POST body in arrival order.
@@ -251,6 +253,11 @@ class Handler(BaseHTTPRequestHandler):
             # A 103 Early Hints interim response, then the real one.
             self.wfile.write(b"HTTP/1.1 103 Early Hints\r\nLink: </style.css>; rel=preload\r\n\r\n")
             return self._send(200, name)
+        if path.startswith("/etag/"):
+            tag = '"%s"' % self.query.get("v", ["1"])[0]
+            if tag in (self.headers.get("If-None-Match") or ""):
+                return self._send(304, headers=[("ETag", tag)])
+            return self._send(200, f"version {tag}", headers=[("ETag", tag)])
         if path == "/healthz":
             code = st.health
             return self._send(code, f"health {code} from {name}\n")

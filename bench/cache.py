@@ -1,0 +1,252 @@
+"""Cache figures: hit throughput against nginx's proxy_cache, and memcached frozen.
+
+    python bench/cache.py [--seconds 5] [--connections 64]
+
+1. **hits**: a 1 KiB cacheable response (``Cache-Control: max-age=3600``)
+   requested over keep-alive by wrk (or bench/run.py's Python client)
+   through forkproxy (2 workers, memcached, ``cache = true``) and through
+   nginx (2 workers, ``proxy_cache`` on a directory in the work dir), in the
+   same run: requests/s, p50, p99, and the forkproxy/nginx ratio.  Every
+   request after the first is a hit on both (checked: the origin's count).
+2. **frozen memcached**: 8 client threads send GETs of a cached URL in a
+   loop; after 1 s memcached gets SIGSTOP.  Printed: the per-request
+   latency p50/p99/max before and after the freeze, the uncached latency
+   (the same route with memcached stopped from the start would be the
+   origin's; here: p50 of the misses after the freeze), the worst stall
+   beyond it, and how long after the freeze the breaker opened (the
+   "bypassing" line in forkproxy's error log, polled every 2 ms), and
+   whether every request got a 200.
+
+Only ratios from one run mean anything.  Everything started here is
+stopped here, by pid.
+"""
+
+from __future__ import annotations
+
+import argparse
+import http.client
+import json
+import shutil
+import signal
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE))
+from run import SCENARIOS, Ctx, Result, StartError, report  # noqa: E402
+from support.procs import free_port, kill_leaked, wait_for_port  # noqa: E402
+
+BACKEND_PY = HERE.parent / "tests" / "support" / "backend.py"
+PATH = "/bytes?n=1024&hdr=Cache-Control:max-age%3D3600"
+
+
+def start_origin(ctx: Ctx) -> int:
+    port = free_port()
+    p = ctx.start("origin", [sys.executable, str(BACKEND_PY), "--port", str(port), "--name", "o"])
+    wait_for_port(port, timeout=20, proc=p)
+    return port
+
+
+def start_memcached(ctx: Ctx) -> tuple[int, object] | None:
+    binary = shutil.which("memcached") or "/usr/bin/memcached"
+    if not Path(binary).exists():
+        return None
+    port = free_port()
+    argv = [binary, "-l", "127.0.0.1", "-p", str(port), "-U", "0", "-m", "64", "-u", "root"]
+    p = ctx.start("memcached", argv)
+    wait_for_port(port, timeout=20, proc=p)
+    return port, p
+
+
+def start_nginx_cache(ctx: Ctx, origin: int) -> int | None:
+    binary = shutil.which("nginx") or ("/usr/sbin/nginx" if Path("/usr/sbin/nginx").exists() else None)
+    if not binary:
+        return None
+    port = free_port()
+    d = ctx.dir / "nginx"
+    d.mkdir(exist_ok=True)
+    # nginx's workers run as an unprivileged user when started by root: let them write the cache
+    ctx.dir.chmod(0o755)
+    d.chmod(0o777)
+    conf = d / "nginx.conf"
+    conf.write_text(f"""daemon off;
+master_process on;
+worker_processes 2;
+pid {d}/nginx.pid;
+error_log {d}/error.log warn;
+events {{ worker_connections 4096; }}
+http {{
+    access_log off;
+    client_body_temp_path {d}/client_body;
+    proxy_temp_path {d}/proxy;
+    fastcgi_temp_path {d}/fastcgi;
+    uwsgi_temp_path {d}/uwsgi;
+    scgi_temp_path {d}/scgi;
+    proxy_cache_path {d}/cache keys_zone=bench:10m;
+    upstream backend {{ server 127.0.0.1:{origin}; keepalive 32; }}
+    server {{
+        listen 127.0.0.1:{port};
+        location / {{
+            proxy_pass http://backend;
+            proxy_http_version 1.1;
+            proxy_set_header Connection "";
+            proxy_cache bench;
+            proxy_cache_lock on;
+            add_header X-Cache $upstream_cache_status;
+        }}
+    }}
+}}
+""")
+    p = ctx.start("nginx", [binary, "-p", str(d), "-c", str(conf), "-e", str(d / "error.log")])
+    ctx.wait_http(port, p, "nginx", path=PATH)
+    return port
+
+
+def forkproxy_body(origin: int, mc_port: int) -> str:
+    return f"""
+[cache]
+servers = ["127.0.0.1:{mc_port}"]
+
+[[listener]]
+name = "bench"
+bind = "127.0.0.1:{{port}}"
+
+[[route]]
+pool = "origin"
+cache = true
+
+[pool.origin]
+servers = [{{ addr = "127.0.0.1:{origin}" }}]
+"""
+
+
+def origin_count(origin: int) -> int:
+    c = http.client.HTTPConnection("127.0.0.1", origin, timeout=5)
+    c.request("GET", "/_stats")
+    doc = json.loads(c.getresponse().read())
+    c.close()
+    return doc["by_path"].get("/bytes", 0)
+
+
+def hits(ctx: Ctx, origin: int, mc_port: int) -> tuple[list[Result], int]:
+    rows = []
+    before = origin_count(origin)
+    try:
+        port = start_nginx_cache(ctx, origin)
+        rows.append(ctx.load("nginx", f"http://127.0.0.1:{port}{PATH}") if port
+                    else Result("nginx", error="not installed"))
+    except StartError as exc:
+        rows.append(Result("nginx", error=str(exc)))
+    fp = ctx.start_forkproxy(forkproxy_body(origin, mc_port), server={"access_log": "off"})
+    ctx.wait_http(fp, ctx.procs[-1], "forkproxy", path=PATH)
+    rows.append(ctx.load("forkproxy", f"http://127.0.0.1:{fp}{PATH}"))
+    misses = origin_count(origin) - before
+    rows[-1].notes.append(f"origin requests during both runs: {misses} (the rest were hits)")
+    return rows, fp
+
+
+def frozen(fp_port: int, mc_proc, error_log: Path, threads: int = 8) -> dict:
+    lat: list[tuple[float, float, int, str]] = []  # (start, seconds, status, x-cache)
+    stop = threading.Event()
+    lock = threading.Lock()
+
+    def client():
+        conn = http.client.HTTPConnection("127.0.0.1", fp_port, timeout=30)
+        while not stop.is_set():
+            t0 = time.monotonic()
+            try:
+                conn.request("GET", PATH)
+                r = conn.getresponse()
+                r.read()
+                status, xc = r.status, r.getheader("X-Cache", "")
+            except (OSError, http.client.HTTPException):
+                conn.close()
+                conn = http.client.HTTPConnection("127.0.0.1", fp_port, timeout=30)
+                status, xc = 0, "error"
+            with lock:
+                lat.append((t0, time.monotonic() - t0, status, xc))
+        conn.close()
+
+    log_size = error_log.stat().st_size if error_log.exists() else 0
+    opened = [None]
+
+    def watch(freeze_at):
+        while not stop.is_set():
+            text = error_log.read_bytes()[log_size:] if error_log.exists() else b""
+            if b"bypassing" in text:
+                opened[0] = time.monotonic() - freeze_at
+                return
+            time.sleep(0.002)
+
+    ts = [threading.Thread(target=client) for _ in range(threads)]
+    for t in ts:
+        t.start()
+    time.sleep(1.0)
+    freeze_at = time.monotonic()
+    mc_proc.signal(signal.SIGSTOP)
+    w = threading.Thread(target=watch, args=(freeze_at,))
+    w.start()
+    time.sleep(3.0)
+    stop.set()
+    for t in ts + [w]:
+        t.join(30)
+    mc_proc.signal(signal.SIGCONT)
+
+    def pct(xs, p):
+        xs = sorted(xs)
+        return xs[min(len(xs) - 1, int(p / 100 * len(xs)))] * 1000 if xs else None
+
+    before = [d for s, d, _, _ in lat if s < freeze_at]
+    after = [d for s, d, _, _ in lat if s >= freeze_at]
+    uncached = [d for s, d, _, xc in lat if s >= freeze_at + 0.5 and xc == "MISS"]
+    base = pct(uncached, 50) or 0.0
+    return {
+        "requests": len(lat), "non_200": sum(1 for _, _, st, _ in lat if st != 200),
+        "before_p50_ms": pct(before, 50), "before_p99_ms": pct(before, 99),
+        "after_p50_ms": pct(after, 50), "after_p99_ms": pct(after, 99),
+        "after_max_ms": pct(after, 100), "uncached_p50_ms": base,
+        "worst_stall_beyond_uncached_ms": (pct(after, 100) or 0) - base,
+        "breaker_opened_after_s": opened[0],
+    }
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--seconds", type=int, default=5)
+    ap.add_argument("--warmup", type=int, default=1)
+    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--connections", type=int, default=64)
+    ap.add_argument("--python-client", action="store_true")
+    ap.add_argument("--json", metavar="FILE")
+    args = ap.parse_args(argv)
+    ctx = Ctx(args, Path(tempfile.mkdtemp(prefix="fp-bench-cache-")))
+    try:
+        origin = start_origin(ctx)
+        mc = start_memcached(ctx)
+        if mc is None:
+            print("memcached is not installed: nothing to measure")
+            return 1
+        rows, fp = hits(ctx, origin, mc[0])
+        SCENARIOS.setdefault("cache-hits", (None, "1 KiB cached response, keep-alive"))
+        print(report("cache-hits", rows, args))
+        for r in rows:
+            for n in r.notes:
+                print(f"  {r.target}: {n}")
+        fz = frozen(fp, mc[1], ctx.dir / "forkproxy" / "error.log")
+        print("memcached frozen (SIGSTOP) under load, 8 sequential clients:")
+        for k, v in fz.items():
+            print(f"  {k:32} {v if not isinstance(v, float) else round(v, 3)}")
+        if args.json:
+            Path(args.json).write_text(json.dumps({"hits": [r.__dict__ for r in rows],
+                                                   "frozen": fz}, indent=2))
+        return 0
+    finally:
+        ctx.close()
+        kill_leaked()
+
+
+if __name__ == "__main__":
+    sys.exit(main())

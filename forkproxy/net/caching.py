@@ -1,0 +1,512 @@
+"""The shared HTTP cache in the proxy: the glue between ``Session``,
+``net.cache`` (bytes in memcached or memory) and ``core.cache_policy``
+(RFC 9111 as pure functions).
+
+CONTRACT (``Session`` makes three calls into it, nothing else):
+
+- ``Session.proxy`` hands a request to ``Cache.handle(...)`` instead of
+  ``Session.exchange`` when its route has ``cache = true`` (and every
+  ``PURGE`` request when the cache is on).  ``handle`` answers from the
+  store, or calls ``exchange`` itself with ``session.cache_hook`` set, and
+  returns what ``exchange`` would: True when the connection may carry
+  another request.
+- ``relay`` calls ``session.cache_hook.on_response(resp, framing)`` once the
+  response head is parsed and will be used (after any retry decision).  It
+  returns a ``Tee``: either ``served`` (the cache answered the client itself:
+  a 304 merged into the stored entry, or a stale entry served because the
+  origin answered 5xx; ``relay`` closes the upstream connection and returns
+  ``tee.keep``) or a sink whose ``headers`` are added to the client's and
+  which gets every piece of the origin's (decoded, uncompressed) body with
+  ``write`` and, once the body ended cleanly, ``commit``.  A body that does
+  not end cleanly is never committed, so never stored.
+- ``refuse`` calls ``session.cache_hook.on_refuse(rec, status)`` before a 5xx
+  error response: True when a stale entry was served instead
+  (stale-if-error with the pool down or unreachable).
+
+Keys.  Each URL's primary key (``cache_policy.primary_key``: scheme, Host,
+target with its query) is prefixed with its authority's namespace token
+(``store.namespace``, one memcached get), so a host purge is one set.  A
+response with ``Vary`` is stored under ``key \\n token \\n secondary-key``,
+and a small ``VARY`` marker under the key itself names the fields and a
+random token; invalidating the URL deletes the marker, which makes every
+variant unreachable at once.  A ``PASS`` marker (hit-for-pass, 10 s)
+records that the URL's last response could not be stored, so its misses do
+not queue behind the coalescing lock.
+
+Coalescing.  A miss takes ``store.lock(key)`` (memcached ``add``: one
+holder across every worker of every forkproxy sharing the servers) and goes
+upstream; the others poll the store (5 ms doubling to 50 ms) until the
+entry is there, the lock is free again (they take it), a PASS marker
+appears, or ``lock_timeout`` runs out (they go upstream themselves).
+
+Left out, on purpose: responses to HEAD never update a stored GET; a
+client's own conditional request that misses is forwarded as it is (its
+304 is not stored); the body of a response is stored only while a client
+reads it to the end (a client that leaves early leaves nothing stored);
+hits are served without compression.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+import os
+import re
+import time
+
+import gevent
+
+from forkproxy.config import CacheConfig
+from forkproxy.core import cache_policy as policy
+from forkproxy.core import headers as hdr
+from forkproxy.core import http1
+from forkproxy.logs import AccessRecord
+from forkproxy.net.cache import Breaker, CacheError, MemcachedStore, MemoryStore
+from forkproxy.net.session import CLOCK, Abort, Session
+
+log = logging.getLogger("forkproxy.cache")
+
+PASS_TTL = 10.0
+# How long a stored response is kept beyond its freshness when it has a
+# validator: a stale entry with an ETag still saves a body transfer.
+VALIDATOR_KEEP = 3600.0
+_VARY = b"VARY "
+_PASS = b"PASS"
+CONDITIONAL_FIELDS = frozenset({"if-none-match", "if-modified-since", "if-match",
+                                "if-unmodified-since", "if-range"})
+
+
+def make_store(cfg: CacheConfig):
+    """The store ``[cache]`` describes; no I/O happens here (after the fork)."""
+    if not cfg.servers:
+        return MemoryStore(cfg.memory_size, max_object_size=cfg.max_object_size)
+    breaker = Breaker(failures=cfg.breaker_failures, window=cfg.breaker_window,
+                      cooldown=cfg.breaker_cooldown)
+    return MemcachedStore(list(cfg.servers), max_object_size=cfg.max_object_size,
+                          timeout_ms=max(1, round(cfg.timeout * 1000)), breaker=breaker,
+                          mode=cfg.mode)
+
+
+def _authority(primary: str) -> str:
+    return re.split(r"[/?*]", primary.partition("://")[2], maxsplit=1)[0]
+
+
+class Tee:
+    """What ``relay`` does with one upstream response (see the module contract)."""
+
+    served = False
+    keep = False
+
+    def __init__(self, headers=(), writer=None, on_commit=None):
+        self.headers = list(headers)
+        self.writer = writer
+        self.on_commit = on_commit
+
+    def write(self, data) -> None:
+        if self.writer is not None and not self.writer.write(bytes(data)):
+            self.writer = None  # too large or a cache error: pass the rest through
+
+    def commit(self) -> None:
+        w, self.writer = self.writer, None
+        if w is not None and w.commit() and self.on_commit is not None:
+            self.on_commit()
+
+    def abort(self) -> None:
+        w, self.writer = self.writer, None
+        if w is not None:
+            w.abort()
+
+
+class _Served(Tee):
+    served = True
+
+    def __init__(self, keep: bool):
+        super().__init__()
+        self.keep = keep
+
+
+class _NullClient:
+    """The client of a background refresh: every byte sent to it is dropped."""
+
+    def send(self, data) -> int:
+        return len(data)
+
+    def sendall(self, data) -> None:
+        pass
+
+    def settimeout(self, t) -> None:
+        pass
+
+    def setsockopt(self, *args) -> None:
+        pass
+
+    def close(self) -> None:
+        pass
+
+
+class _Hook:
+    """``session.cache_hook`` for one exchange: stores the response, or serves
+    the stale entry on a 304 or an error (see the module contract)."""
+
+    def __init__(self, cache: "Cache", s, req, rec, key: str | None, keep: bool,
+                 stale=None, on_store=None, invalidate=None):
+        self.cache, self.s, self.req, self.rec = cache, s, req, rec
+        self.key, self.keep, self.stale = key, keep, stale
+        self.invalidate = invalidate  # (scheme, host, target) of an unsafe request
+        self.on_store = on_store
+        self.request_time = time.time()
+        self.resp = None
+        self.tee: Tee | None = None
+
+    def on_response(self, resp, rframing) -> Tee:
+        c, req, now = self.cache, self.req, time.time()
+        self.resp = resp
+        if self.invalidate is not None:
+            # Before the response goes out: the client's next request must miss.
+            for p in policy.invalidations(req.method, resp.status, *self.invalidate, resp.headers):
+                c.invalidate(p)
+        if self.stale is not None:
+            entry, reader = self.stale
+            if resp.status == 304 and policy.can_freshen(entry, resp.headers):
+                new = policy.merge_304(entry, resp.headers, self.request_time, now)
+                writer = c.begin(self.key, new, req.headers) if self.key else None
+                c.serve(self.s, req, self.rec, new, reader, "REVALIDATED", self.keep, writer)
+                return _Served(self.keep)
+            if resp.status in policy.ERROR_STATUSES and policy.stale_if_error_ok(
+                    entry, now, req.headers, heuristic_max=c.hmax, cdn_header=c.cdn):
+                c.serve(self.s, req, self.rec, entry, reader, "STALE", self.keep)
+                return _Served(self.keep)
+        status = self.rec.cache or "MISS"
+        self.rec.cache = status
+        extra = [(c.header, status)] if c.header else []
+        writer = None
+        if self.key is not None and req.method == "GET" and resp.status != 304:
+            if policy.storable("GET", resp.status, req.headers, resp.headers, cdn_header=c.cdn):
+                entry = policy.make_entry(resp.status, resp.reason, req.headers, resp.headers,
+                                          self.request_time, now)
+                writer = c.begin(self.key, entry, req.headers)
+            else:
+                c.mark_pass(self.key)
+        self.tee = Tee(extra, writer, self.on_store)
+        return self.tee
+
+    def on_refuse(self, rec, status: int) -> bool:
+        if self.stale is None:
+            return False
+        entry, reader = self.stale
+        c = self.cache
+        if not policy.stale_if_error_ok(entry, time.time(), self.req.headers,
+                                        heuristic_max=c.hmax, cdn_header=c.cdn):
+            return False
+        c.serve(self.s, self.req, rec, entry, reader, "STALE", False)
+        return True
+
+
+class Cache:
+    """One worker's cache: the store plus the ``[cache]`` settings."""
+
+    def __init__(self, cfg: CacheConfig, store, log_=None):
+        self.cfg = cfg
+        self.store = store
+        self.log = log_ or log
+        self.cdn = cfg.cdn_cache_control.lower() or ()
+        self.hmax = cfg.heuristic_max
+        self.header = cfg.header
+
+    @classmethod
+    def from_config(cls, cfg: CacheConfig, log_=None) -> "Cache":
+        return cls(cfg, make_store(cfg), log_)
+
+    # -- keys and store access ----------------------------------------------
+
+    def key(self, primary: str) -> str:
+        return self.store.namespace(_authority(primary)) + "\n" + primary
+
+    def lookup(self, key: str, req_headers):
+        """(entry, reader), ``_PASS`` or None; the variant the request selects."""
+        got = self.store.get_entry(key)
+        if got is None:
+            return None
+        head, reader = got
+        if head.startswith(_VARY):
+            try:
+                token, fields = json.loads(head[len(_VARY):])
+            except ValueError:
+                return None
+            sk = policy.vary_key(fields, req_headers)
+            if sk is None:
+                return None
+            got = self.store.get_entry(f"{key}\n{token}\n{sk}")
+            if got is None:
+                return None
+            head, reader = got
+        if head == _PASS:
+            return _PASS
+        try:
+            return policy.Entry.from_bytes(head), reader
+        except ValueError:
+            return None
+
+    def ttl(self, entry: policy.Entry) -> float:
+        life = policy.freshness_lifetime(entry, heuristic_max=self.hmax, cdn_header=self.cdn)
+        cc, _ = policy.response_directives(entry.headers, self.cdn)
+        extra = max(cc.stale_while_revalidate or 0, cc.stale_if_error or 0)
+        if policy.conditional_headers(entry):
+            extra += VALIDATOR_KEEP
+        return max(1.0, life + extra)
+
+    def begin(self, key: str, entry: policy.Entry, req_headers):
+        """A writer for ``entry``'s body (None when the store is bypassed)."""
+        ttl = self.ttl(entry)
+        fields = [n for n, _ in entry.vary_headers]
+        if not fields:
+            return self.store.begin_write(key, entry.to_bytes(), ttl)
+        token = None
+        got = self.store.get_entry(key)
+        if got is not None and got[0].startswith(_VARY):
+            try:
+                old_token, old_fields = json.loads(got[0][len(_VARY):])
+                if old_fields == fields:
+                    token = old_token
+            except ValueError:
+                pass
+        token = token or os.urandom(8).hex()
+        marker = self.store.begin_write(key, _VARY + json.dumps([token, fields]).encode(), ttl)
+        if marker is None or not marker.commit():
+            return None
+        return self.store.begin_write(f"{key}\n{token}\n{entry.secondary_key}",
+                                      entry.to_bytes(), ttl)
+
+    def mark_pass(self, key: str) -> None:
+        w = self.store.begin_write(key, _PASS, PASS_TTL)
+        if w is not None:
+            w.commit()
+
+    def invalidate(self, primary: str) -> bool:
+        """Delete a URL, every variant of it; True when something was there."""
+        return self.store.delete(self.key(primary))
+
+    # -- the request path ----------------------------------------------------
+
+    def handle(self, s, req, rec, cached_route: bool, pool, host: str, target: str,
+               out_host, headers, framing, has_body: bool, max_body, keep: bool) -> bool:
+        method = req.method
+        if method == "PURGE":
+            return self.purge(s, req, rec, host, target, keep)
+
+        def forward(hook=None, hdrs=headers):
+            s.cache_hook = hook
+            try:
+                return s.exchange(req, rec, pool, target, out_host, hdrs, framing, has_body,
+                                  max_body, keep)
+            finally:
+                s.cache_hook = None
+                if hook is not None and hook.tee is not None:
+                    hook.tee.abort()  # no-op once committed
+
+        if not cached_route:
+            return forward()
+        primary = policy.primary_key(s.proto, host or "", target)
+        if method not in ("GET", "HEAD") or has_body:
+            rec.cache = "BYPASS"
+            return forward(_Hook(self, s, req, rec, None, keep,
+                                 invalidate=(s.proto, host or "", target)))
+        key = self.key(primary)
+        found = self.lookup(key, req.headers)
+        if found is _PASS:
+            return forward(_Hook(self, s, req, rec, key, keep))
+        entry, reader = found or (None, None)
+        d = policy.decide(entry, method, req.headers, time.time(), heuristic_max=self.hmax,
+                          cdn_header=self.cdn)
+        action = d.action
+        if action is policy.Action.FRESH:
+            return self.serve(s, req, rec, entry, reader, "HIT", keep)
+        if action is policy.Action.STALE_OK:
+            if d.background_refresh:
+                self.refresh_later(s, req, rec, pool, key, target, out_host, headers,
+                                   d.conditional_headers, (entry, reader))
+            return self.serve(s, req, rec, entry, reader, "STALE", keep)
+        if action is policy.Action.GATEWAY_TIMEOUT:
+            s.refuse(rec, 504, "only-if-cached and nothing usable in the cache")
+            return False
+        if action is policy.Action.REVALIDATE:
+            hdrs = _conditional(headers, d.conditional_headers)
+            return forward(_Hook(self, s, req, rec, key, keep, stale=(entry, reader)), hdrs)
+        # MISS
+        if method != "GET" or any(n in CONDITIONAL_FIELDS for n, _ in req.headers):
+            return forward(_Hook(self, s, req, rec, key, keep))
+        return self.coalesced(s, req, rec, key, keep, forward)
+
+    def coalesced(self, s, req, rec, key: str, keep: bool, forward) -> bool:
+        """A GET miss: one request upstream per key across the fleet (module docstring)."""
+        store = self.store
+        lock_ttl = self.cfg.lock_timeout
+        if not store.lock(key, lock_ttl):
+            deadline = time.monotonic() + lock_ttl
+            pause = 0.005
+            while True:
+                gevent.sleep(pause)
+                pause = min(pause * 2, 0.05)
+                found = self.lookup(key, req.headers)
+                if found is _PASS:
+                    return forward(_Hook(self, s, req, rec, key, keep))
+                if found is not None:
+                    entry, reader = found
+                    d = policy.decide(entry, req.method, req.headers, time.time(),
+                                      heuristic_max=self.hmax, cdn_header=self.cdn)
+                    if d.action is policy.Action.FRESH:
+                        return self.serve(s, req, rec, entry, reader, "HIT", keep)
+                if store.lock(key, lock_ttl):
+                    break  # the holder finished (or died) without storing: our turn
+                if time.monotonic() >= deadline:
+                    return forward(_Hook(self, s, req, rec, key, keep))
+        try:
+            # Stored between our lookup and the lock (the previous holder's): use it.
+            found = self.lookup(key, req.headers)
+            if found is not None and found is not _PASS:
+                entry, reader = found
+                d = policy.decide(entry, req.method, req.headers, time.time(),
+                                  heuristic_max=self.hmax, cdn_header=self.cdn)
+                if d.action is policy.Action.FRESH:
+                    return self.serve(s, req, rec, entry, reader, "HIT", keep)
+            return forward(_Hook(self, s, req, rec, key, keep))
+        finally:
+            store.unlock(key)
+
+    def refresh_later(self, s, req, fg_rec, pool, key, target, out_host, headers, validators,
+                      stale) -> None:
+        """stale-while-revalidate: one background conditional GET per key across the fleet."""
+        lock = key + "\nrefresh"
+        if not self.store.lock(lock, self.cfg.lock_timeout):
+            return
+        bg = Session(s.rt, s.listener, _NullClient(), ("127.0.0.1", 0))
+        bg.proto = s.proto
+        greq = dataclasses.replace(req, method="GET", version="1.1")
+        hdrs = _conditional(headers, validators)
+
+        def run():
+            rec = AccessRecord("-", time.time())
+            rec.route, rec.pool, rec.cache = fg_rec.route, pool.name, "REFRESH"
+            bg.cache_hook = _Hook(self, bg, greq, rec, key, True, stale=stale)
+            try:
+                bg.exchange(greq, rec, pool, target, out_host, hdrs, greq.framing, False, 0, True)
+            except Exception:  # a background refresh must never take anything down
+                self.log.debug("background refresh of a stale entry failed", exc_info=True)
+            finally:
+                bg.cache_hook = None
+                self.store.unlock(lock)
+
+        gevent.spawn(run)
+
+    # -- answering from the store ----------------------------------------------
+
+    def serve(self, s, req, rec, entry: policy.Entry, reader, status: str, keep: bool,
+              writer=None) -> bool:
+        """Send ``entry`` (or a 304 when the client's conditions hold) to the client.
+
+        With ``writer``, the body is also written to it (a 304 merged into a
+        stored entry re-stores it under the new head) and committed at the end.
+        """
+        now = time.time()
+        body = True
+        if policy.client_not_modified(entry, req.headers, req.method):
+            code, reason, fields = 304, "Not Modified", policy.not_modified_headers(entry, now)
+            body = False
+        else:
+            code, reason, fields = entry.status, entry.reason, policy.serve_headers(entry, now)
+            body = code not in (204, 304) and code >= 200
+        out = hdr.response_headers_for_client(fields, also=frozenset({"content-length"}))
+        if body:
+            out.append(("Content-Length", str(reader.length)))
+        if self.header:
+            out.append((self.header, status))
+        if s.hsts is not None:
+            out.append(("Strict-Transport-Security", s.hsts))
+        keep = keep and not s.rt.draining
+        if not keep:
+            out.append(("Connection", "close"))
+        elif req.version == "1.0":
+            out.append(("Connection", "keep-alive"))
+        head = http1.serialize_response_head(code, reason, out)
+        rec.status, rec.cache = code, status
+        s.client.settimeout(s.rt.cfg.server.send_timeout)
+        send_body = body and req.method != "HEAD"
+        if not send_body and writer is None:
+            s._send(head)
+            return keep
+        pending = head
+        try:
+            for chunk in reader:
+                if writer is not None and not writer.write(chunk):
+                    writer = None
+                if send_body:
+                    s._send(pending + chunk if pending else chunk)
+                    pending = b""
+                    rec.bytes_sent += len(chunk)
+        except CacheError as exc:
+            if writer is not None:
+                writer.abort()
+            if pending or not send_body:  # nothing of the body went out yet
+                self.log.warning("cache: stored body unreadable (%s); dropping the client", exc)
+            raise Abort() from None
+        if pending:
+            s._send(pending)
+        if writer is not None:
+            writer.commit()
+        return keep
+
+    # -- purge -------------------------------------------------------------------
+
+    def purge(self, s, req, rec, host: str, target: str, keep: bool) -> bool:
+        """PURGE URL deletes it (every variant, http and https); PURGE /* bumps
+        the Host's namespace (every URL of it).  200 done, 404 nothing was
+        cached, 403 from an address outside purge_allowed."""
+        rec.cache = "PURGE"
+        if not _allowed(s.peer, self.cfg.purge_allowed):
+            s.refuse(rec, 403, "PURGE from an address outside cache.purge_allowed")
+            return False
+        if req.framing.kind != "none" and not (req.framing.kind == "length"
+                                               and req.framing.length == 0):
+            s.refuse(rec, 400, "PURGE with a body")
+            return False
+        if target == "/*":
+            ok = self.store.bump_namespace(_authority(policy.primary_key("http", host or "", "/")))
+            code, text = (200, "purged every URL of the host\n") if ok else \
+                (503, "the cache could not be reached\n")
+        else:
+            hit = [self.invalidate(policy.primary_key(scheme, host or "", target))
+                   for scheme in ("http", "https")]
+            code, text = (200, "purged\n") if any(hit) else (404, "not in the cache\n")
+        body = text.encode()
+        keep = keep and not s.rt.draining
+        head = (f"HTTP/1.1 {code} {http1_reason(code)}\r\nDate: {CLOCK.date()}\r\n"
+                f"Content-Type: text/plain; charset=utf-8\r\nContent-Length: {len(body)}\r\n"
+                f"{'' if keep else 'Connection: close' + chr(13) + chr(10)}\r\n").encode()
+        rec.status, rec.bytes_sent = code, len(body)
+        s.client.settimeout(s.rt.cfg.server.send_timeout)
+        s._send(head + body)
+        return keep
+
+
+def http1_reason(code: int) -> str:
+    return {200: "OK", 404: "Not Found", 503: "Service Unavailable"}.get(code, "OK")
+
+
+def _allowed(peer: str, nets) -> bool:
+    import ipaddress
+
+    try:
+        addr = ipaddress.ip_address(peer)
+    except ValueError:
+        return peer == "unix"
+    if addr.version == 6 and addr.ipv4_mapped is not None:
+        addr = addr.ipv4_mapped
+    return any(addr in n for n in nets)
+
+
+def _conditional(headers, validators) -> list:
+    """The upstream headers with the client's conditions replaced by the cache's validators."""
+    out = [(n, v) for n, v in headers if n.lower() not in CONDITIONAL_FIELDS]
+    out.extend(validators)
+    return out

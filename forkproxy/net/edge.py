@@ -1,0 +1,305 @@
+"""The edge rules of a configuration, compiled once per worker, and the hooks the session calls.
+
+``Edge(cfg, shared, slot)`` compiles every route's rules (``core.access``,
+``core.rewrite``, ``core.ratelimit``) and attaches the shared buffers the
+master created before forking (``shared``: see ``daemon.hooks``; None gives
+per-process buffers, for tests and tools that build a Runtime by hand).
+
+Session calls, in this order:
+
+``Edge.admit(listener, peer) -> ticket | None`` and ``release(ticket)``
+    around a whole connection: ``max_conns_per_ip`` (None: close it now).
+``Edge.request(index, req, rec, peer, proto, host, target) -> EdgeRequest``
+    after routing, before anything goes upstream: ``.answer`` is None or
+    the ``Answer`` to send instead (403, 404..., 405 with Allow, 429 with
+    Retry-After, 414, 431, a redirect); otherwise ``.target`` is the target
+    to send upstream (rewritten). The checks run in the order ACL, methods,
+    limits, deny rules, rate limit, rewrites/redirect. The request id is
+    chosen here (a trusted proxy's ``X-Request-Id`` is kept) and put in
+    ``rec.request_id``.
+``EdgeRequest.upstream(headers, host) -> (headers, host)``
+    the request fields sent upstream: ``X-Request-Id`` and request_headers.
+``EdgeRequest.downstream(headers, server_addr) -> headers``
+    the response fields sent to the client: hide_headers, rewrite_location,
+    response_headers.
+``Edge.page(index, status) -> (body, content_type) | None``
+    the configured error page of a status (route's, else server's).
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import math
+import mmap
+import os
+import random
+import re
+import time
+from dataclasses import dataclass
+
+from forkproxy.config import Config
+from forkproxy.core import headers as hdr
+from forkproxy.core.access import DenyRule, Methods, compile_acl, first_denial
+from forkproxy.core.connlimit import ConnTable, connlimit_size
+from forkproxy.core.ratelimit import RateLimiter, parse_rate, ratelimit_size
+from forkproxy.core.rewrite import HeaderRules, Redirect, compile_rewrites
+
+__all__ = ["Edge", "EdgeRequest", "Answer", "create_shared", "CONN_ENTRIES"]
+
+#: Client addresses tracked per worker slot by the max_conns_per_ip table.
+CONN_ENTRIES = 4096
+_REQUEST_ID = re.compile(r"[A-Za-z0-9._:/+=-]{1,128}")
+
+
+@dataclass(frozen=True)
+class Answer:
+    """forkproxy answers itself: ``status``, extra ``fields``, ``why`` for the error log."""
+
+    status: int
+    why: str
+    fields: tuple = ()
+
+
+def create_shared(cfg: Config, n_slots: int) -> dict:
+    """Master, before forking: the shared buffers ``cfg`` needs (anonymous MAP_SHARED mmaps).
+
+    ``{"n_slots": n, "rate": {route index: mmap}, "conns": mmap | None}``;
+    each rate-limit buffer is formatted here with a fresh random seed.
+    """
+    out: dict = {"n_slots": n_slots, "rate": {}, "conns": None}
+    for r in cfg.routes:
+        if r.rate_limit is not None:
+            rl = r.rate_limit
+            mm = mmap.mmap(-1, ratelimit_size(rl.keys, n_slots))
+            RateLimiter(mm, rl.keys, n_slots, parse_rate(rl.rate), rl.burst, create=True,
+                        seed=os.urandom(16)).release()
+            out["rate"][r.index] = mm
+    if any(lc.max_conns_per_ip for lc in cfg.listeners):
+        mm = mmap.mmap(-1, connlimit_size(CONN_ENTRIES, n_slots))
+        ConnTable(mm, CONN_ENTRIES, n_slots, create=True, seed=os.urandom(16))
+        out["conns"] = mm
+    return out
+
+
+class RouteRules:
+    """One route's compiled rules."""
+
+    def __init__(self, cfg: Config, r, limiter: RateLimiter | None):
+        s = cfg.server
+        self.index = r.index
+        self.route = str(r.index)
+        access = r.access if r.access is not None else s.access
+        self.acl = compile_acl(tuple(e.split(" ", 1)) for e in access) if access else None
+        self.methods = Methods(r.methods) if r.methods else None
+        self.deny = tuple(DenyRule(path=d.path, path_regex=d.path_regex, query_regex=d.query_regex,
+                                   header=d.header, header_regex=d.header_regex,
+                                   methods=frozenset(d.methods), status=d.status) for d in r.deny)
+        self.limiter = limiter
+        key = r.rate_limit.key if r.rate_limit is not None else "ip"
+        self.key_header = key[7:].lower() if key.startswith("header:") else None
+        self.rewriter = None
+        if r.strip_prefix or r.add_prefix or r.rewrite or r.redirect:
+            self.rewriter = compile_rewrites(
+                r.strip_prefix, r.add_prefix, [(w.pattern, w.to) for w in r.rewrite],
+                (r.redirect.to, r.redirect.status) if r.redirect is not None else None)
+        self.req_rules = _rules(r.request_headers)
+        self.resp_rules = _rules(r.response_headers)
+        self.hide = frozenset(r.hide_headers if r.hide_headers is not None else s.hide_headers)
+        pages = r.error_pages if r.error_pages is not None else s.error_pages
+        self.pages = {p.status: (p.body, p.content_type) for p in pages}
+        self.rewrite_location = r.rewrite_location
+        self.host_header = (r.host_header or "").lower()
+        self.body_timeout = r.body_timeout if r.body_timeout is not None else s.body_timeout
+        self.max_uri = r.max_uri_length
+        self.max_headers = r.max_headers
+
+
+def _rules(c) -> HeaderRules | None:
+    if c is None:
+        return None
+    rules = HeaderRules(dict(c.set), dict(c.add), c.remove)
+    return rules or None
+
+
+class Edge:
+    """A worker's edge rules for one configuration; see the module docstring."""
+
+    def __init__(self, cfg: Config, shared: dict | None, slot: int | None, log=None):
+        self.log = log
+        if shared is None:  # no master: private buffers, slot 0
+            shared, slot = create_shared(cfg, 1), 0
+        self.slot = slot if slot is not None and slot < shared["n_slots"] else None
+        n = shared["n_slots"]
+        self.routes = []
+        for r in cfg.routes:
+            limiter = None
+            if r.rate_limit is not None and self.slot is not None:
+                rl = r.rate_limit
+                limiter = RateLimiter(shared["rate"][r.index], rl.keys, n, parse_rate(rl.rate),
+                                      rl.burst)
+            self.routes.append(RouteRules(cfg, r, limiter))
+        self.conns = (ConnTable(shared["conns"], CONN_ENTRIES, n)
+                      if shared["conns"] is not None and self.slot is not None else None)
+        self.server_pages = {p.status: (p.body, p.content_type) for p in cfg.server.error_pages}
+        self.trusted = hdr.parse_networks(cfg.server.trusted_proxies)
+        self._rand = random.Random(os.urandom(16))
+
+    # -- connections -------------------------------------------------------
+
+    def admit(self, listener, addr):
+        """A ticket for ``release``, or None when the address has too many connections."""
+        limit = listener.max_conns_per_ip
+        if not limit or self.conns is None or not isinstance(addr, tuple):
+            return -1
+        return self.conns.acquire(f"{listener.name} {addr[0]}", self.slot, limit)
+
+    def release(self, ticket) -> None:
+        if ticket is not None and ticket >= 0:
+            self.conns.release(ticket, self.slot)
+
+    # -- requests ----------------------------------------------------------
+
+    def page(self, index: int | None, status: int):
+        if index is not None and index < len(self.routes):
+            return self.routes[index].pages.get(status)
+        return self.server_pages.get(status)
+
+    def _trusted(self, peer: str) -> bool:
+        if not self.trusted:
+            return False
+        try:
+            ip = ipaddress.ip_address(peer)
+        except ValueError:
+            return False
+        return any(ip.version == n.version and ip in n for n in self.trusted)
+
+    def request(self, index: int, req, rec, peer: str, proto: str, host: str | None,
+                target: str) -> "EdgeRequest":
+        rules = self.routes[index]
+        trusted = self._trusted(peer)
+        client = hdr.real_client_addr(req.headers, peer, self.trusted) if trusted else peer
+        rid = req.get("x-request-id") if trusted else None
+        if rid is None or not _REQUEST_ID.fullmatch(rid):
+            rid = "%032x" % self._rand.getrandbits(128)
+        rec.request_id = rid
+        er = EdgeRequest(rules, client, rid, proto, host or "", req.get("host"))
+        er.answer = self._check(rules, req, client, target)
+        if er.answer is None:
+            er.target = target
+            if rules.rewriter is not None and target.startswith("/"):
+                path, _, query = target.partition("?")
+                got = rules.rewriter.apply(path, query, er.variables(request_uri=target))
+                if isinstance(got, Redirect):
+                    er.answer = Answer(got.status, "redirect", (("Location", got.location),))
+                else:
+                    er.target = got[0] + ("?" + got[1] if got[1] else "")
+        return er
+
+    def _check(self, rules: RouteRules, req, client: str, target: str) -> Answer | None:
+        if rules.acl is not None and not rules.acl.permits(client):
+            return Answer(403, f"address {client} refused by the access list")
+        if rules.methods is not None:
+            allow = rules.methods.check(req.method)
+            if allow is not None:
+                return Answer(405, f"method {req.method} not allowed", (("Allow", allow),))
+        if rules.max_uri is not None and len(target) > rules.max_uri:
+            return Answer(414, "request target over the route's max_uri_length")
+        if rules.max_headers is not None and len(req.headers) > rules.max_headers:
+            return Answer(431, "more header fields than the route's max_headers")
+        if rules.deny:
+            path, _, query = target.partition("?")
+            status = first_denial(rules.deny, req.method, path, query, req.headers)
+            if status is not None:
+                return Answer(status, "denied by a deny rule")
+        if rules.limiter is not None:
+            key = None
+            if rules.key_header is not None:
+                key = req.get(rules.key_header)
+            key = "ip " + client if key is None else "h " + key
+            ok, retry = rules.limiter.check(key, self.slot, time.monotonic())
+            if not ok:
+                return Answer(429, "rate limit", (("Retry-After", str(max(1, math.ceil(retry)))),))
+        return None
+
+
+class EdgeRequest:
+    """What the edge decided for one request; see the module docstring."""
+
+    __slots__ = ("rules", "client", "request_id", "proto", "host", "host_value", "answer",
+                 "target", "body_timeout")
+
+    def __init__(self, rules: RouteRules, client: str, request_id: str, proto: str, host: str,
+                 host_value: str | None):
+        self.rules = rules
+        self.client = client
+        self.request_id = request_id
+        self.proto = proto
+        self.host = host
+        self.host_value = host_value
+        self.answer: Answer | None = None
+        self.target = ""
+        self.body_timeout = rules.body_timeout
+
+    def variables(self, **more) -> dict:
+        v = {"remote_addr": self.client, "request_id": self.request_id,
+             "route": self.rules.route, "host": self.host, "scheme": self.proto}
+        v.update(more)
+        return v
+
+    def upstream(self, headers, host: str | None):
+        """Request fields for upstream: X-Request-Id, then the route's request_headers."""
+        headers = [(n, v) for n, v in headers if n != "x-request-id"]
+        headers.append(("x-request-id", self.request_id))
+        rules = self.rules.req_rules
+        if rules is not None:
+            headers = rules.apply(headers, self.variables(upstream_addr=""))
+            hosts = [v for n, v in headers if n == "host"]
+            if hosts:  # set = { Host = ... }: the proxy writes Host itself
+                host = hosts[-1]
+                headers = [(n, v) for n, v in headers if n != "host"]
+        return headers, host
+
+    def downstream(self, headers, server_addr: str):
+        """Response fields for the client: hide_headers, rewrite_location, response_headers."""
+        rules = self.rules
+        hide = rules.hide
+        out = [(n, v) for n, v in headers if n.lower() not in hide] if hide else headers
+        if rules.rewrite_location and self.host_value:
+            names = _backend_names(server_addr, rules.host_header)
+            out = [(n, _relocate(n.lower(), v, names, self.proto, self.host_value))
+                   for n, v in out]
+        if rules.resp_rules is not None:
+            out = rules.resp_rules.apply([(n.lower(), v) for n, v in out],
+                                         self.variables(upstream_addr=server_addr))
+        return out
+
+
+_URL = re.compile(r"(?i)\bhttps?://([^/?#\s;,\"']+)")
+_DOMAIN = re.compile(r"(?i)(;\s*domain\s*=\s*)([^;]*)")
+
+
+def _backend_names(server_addr: str, host_header: str) -> set[str]:
+    """How a server may name itself in a URL: its addr, its host alone, the host_header."""
+    host = server_addr.rpartition(":")[0].lower()
+    return {n for n in (server_addr.lower(), host, host.strip("[]"), host_header) if n}
+
+
+def _relocate(name: str, value: str, names: set[str], proto: str, public: str) -> str:
+    """Location/Refresh URLs and Set-Cookie domains naming the server, turned public."""
+    if name in ("location", "refresh", "content-location"):
+
+        def sub(m: re.Match) -> str:
+            if m.group(1).lower() in names:
+                return f"{proto}://{public}"
+            return m.group(0)
+
+        return _URL.sub(sub, value)
+    if name == "set-cookie" and "omain" in value:
+        public_host = hdr.split_host(public)[0] if public else ""
+
+        def dom(m: re.Match) -> str:
+            d = m.group(2).strip().lstrip(".").lower()
+            return f"{m.group(1)}{public_host}" if d in names else m.group(0)
+
+        return _DOMAIN.sub(dom, value)
+    return value
