@@ -72,13 +72,6 @@ def four(forkproxy_factory, backend_factory):
     return make
 
 
-def test_sample_loadbalancer_conf_passes_dash_t():
-    out = subprocess.run([sys.executable, "-m", "forkproxy", "-t", "-c",
-                          str(ROOT / "conf" / "loadbalancer.toml")],
-                         capture_output=True, text=True, timeout=30)
-    assert out.returncode == 0, out.stderr
-
-
 @pytest.mark.parametrize("balance", ["round_robin", "least_conn", "random2", "hash"])
 def test_weights_are_respected_across_workers(four, balance):
     weights = [3, 2, 1]

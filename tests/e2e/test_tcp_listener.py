@@ -19,7 +19,7 @@ import trustme
 
 from forkproxy.core import proxy_protocol as pp
 from support.procs import free_port, wait_until
-from support.runner import REPO_ROOT, _child_env
+from support.runner import _child_env
 
 
 
@@ -291,15 +291,6 @@ def test_one_gib_with_bounded_memory(servers, forkproxy_factory):
         assert recv_all(c) == b"%d\n" % total
     print(f"worker RSS before {before} kB, peak during 1 GiB {peak} kB")
     assert peak - before < 32 * 1024  # fixed buffers: nowhere near the volume
-
-
-def test_tcp_sample_passes_config_test(tmp_path):
-    text = (REPO_ROOT / "conf" / "tcp.toml").read_text()
-    text = text.replace("/run/forkproxy", str(tmp_path / "run"))
-    conf = tmp_path / "tcp.toml"
-    conf.write_text(text)
-    r = config_test(conf)
-    assert r.returncode == 0, r.stderr
 
 
 def test_routes_cannot_name_a_tcp_listener(tmp_path):

@@ -18,7 +18,7 @@ import trustme
 from cryptography import x509
 
 from support.procs import free_port, wait_until
-from support.runner import REPO_ROOT, _child_env
+from support.runner import _child_env
 
 
 @pytest.fixture
@@ -326,12 +326,3 @@ servers = [{{ addr = "{b.addr}" }}]
         assert status == 502
 
 
-def test_edge_sample_passes_config_test(pki, tmp_path):
-    text = (REPO_ROOT / "conf" / "edge.toml").read_text()
-    text = text.replace("/etc/forkproxy/tls/site.pem", str(pki["a"][0]))
-    text = text.replace("/etc/forkproxy/tls/site.key", str(pki["a"][1]))
-    text = text.replace("/run/forkproxy", str(tmp_path / "run"))
-    conf = tmp_path / "edge.toml"
-    conf.write_text(text)
-    r = config_test(conf)
-    assert r.returncode == 0, r.stderr
