@@ -104,7 +104,13 @@ def test_a_stopped_server_goes_down_gets_no_traffic_and_comes_back(trio):
     st = server_state(fp, "web", b2.addr)
     assert "refused" in st["reason"] and st["last_result"] == "refused"
 
-    # No request is sent to it any more: none fails, none is even attempted.
+    # Once every worker's snapshot (refreshed every 200 ms) has it, no request
+    # is sent to it any more: none fails, none is even attempted.
+    def no_new_attempts():
+        before = fp.error_log().count(f"server={b2.addr}")
+        spread(port, 12)
+        return fp.error_log().count(f"server={b2.addr}") == before
+    wait_until(no_new_attempts, timeout=10, what="every worker skipping b2")
     attempts = fp.error_log().count(f"server={b2.addr}")
     b1.reset()
     b3.reset()
