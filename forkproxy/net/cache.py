@@ -29,7 +29,13 @@ CONTRACT (consumed by ``net.session``; HTTP semantics live in
   ``bump_namespace(host)`` (purge of a whole host) replaces it, so every
   older key is never read again (memcached evicts them in time).  When the
   namespace cannot be read a fresh random one is returned: a miss, never a
-  purged entry.
+  purged entry.  A token read from the store is kept in this process for
+  ``NAMESPACE_TTL`` (1 s), so a hit is one round trip, not two: a host
+  purge done elsewhere (another worker, another forkproxy) takes effect
+  here within that time; one done by this process at once.
+- Breaker transitions ("memcached ... misbehaves, bypassing it", "...
+  answers again") go to ``log`` (the worker's error log, given by
+  ``net.caching.make_store``; the ``forkproxy.cache`` logger otherwise).
 - ``state`` -> dict: backend, servers, mode, breaker state
   ("closed", "open", "half-open") and counters.
 
@@ -92,6 +98,10 @@ log = logging.getLogger("forkproxy.cache")
 # chunk of 1,000,000 bytes leaves room for both.
 ITEM_SIZE = 1_000_000
 MAX_TTL = 30 * 24 * 3600        # memcached reads a larger expiry as a Unix time
+# How long a process trusts a host's namespace token it read (see the contract),
+# and how many hosts' tokens it keeps.
+NAMESPACE_TTL = 1.0
+NAMESPACE_HOSTS = 1024
 
 _MAGIC = b"FPC1"
 # magic, version (16 random bytes), chunk count, body length, head length
@@ -319,10 +329,13 @@ class Store(Protocol):
 class _Backend:
     """The item layout over four primitives: get, set, add, delete (None/False on error)."""
 
+    clock: Callable[[], float] = staticmethod(time.monotonic)
+
     def __init__(self, max_object_size: int, item_size: int):
         self.max_object_size = max_object_size
         self.item_size = item_size
         self.counters = {"hits": 0, "misses": 0, "errors": 0, "bypassed": 0, "stores": 0, "too_large": 0}
+        self._ns: dict[str, tuple[str, float]] = {}  # host -> (token, read at)
 
     # primitives: _get(k) -> bytes | None (None: miss or error), _set(k, v, ttl) -> bool,
     # _add(k, v, ttl) -> bool | None (None: error), _delete(k) -> bool
@@ -371,22 +384,39 @@ class _Backend:
         return self._delete(self._entry_key(key))
 
     def namespace(self, host: str) -> str:
+        now = self.clock()
+        known = self._ns.get(host)
+        if known is not None and now - known[1] < NAMESPACE_TTL:
+            return known[0]
         k = hashed_key("ns", host)
         for _ in range(2):
             token = self._get(k)
             if token is not None:
-                return token.decode("ascii", "replace")
+                return self._keep_ns(host, token.decode("ascii", "replace"), now)
             fresh = os.urandom(8).hex().encode()
             added = self._add(k, fresh, 0)
             if added:
-                return fresh.decode()
+                return self._keep_ns(host, fresh.decode(), now)
             if added is None:
                 break
-        return "unreadable-" + os.urandom(8).hex()   # nothing is stored under it: a miss
+        # Not kept: nothing is stored under it (a miss), and the next request asks again.
+        return "unreadable-" + os.urandom(8).hex()
+
+    def _keep_ns(self, host: str, token: str, now: float) -> str:
+        if len(self._ns) >= NAMESPACE_HOSTS and host not in self._ns:
+            self._ns.clear()  # Host comes from clients: bound what they can make us keep
+        self._ns[host] = (token, now)
+        return token
 
     def bump_namespace(self, host: str) -> bool:
         """Purge every key of ``host``; False when the cache could not be told."""
-        return self._set(hashed_key("ns", host), os.urandom(8).hex().encode(), 0)
+        token = os.urandom(8).hex()
+        ok = self._set(hashed_key("ns", host), token.encode(), 0)
+        if ok:
+            self._keep_ns(host, token, self.clock())  # this process sees its own purge at once
+        else:
+            self._ns.pop(host, None)
+        return ok
 
     def lock(self, key: str, ttl: float) -> bool:
         added = self._add(hashed_key("lock", key), str(os.getpid()).encode(), ttl)
@@ -411,7 +441,7 @@ class MemcachedStore(_Backend):
 
     def __init__(self, servers: list[str], *, max_object_size: int = 8 << 20,
                  item_size: int = ITEM_SIZE, timeout_ms: int = 30, breaker: Breaker | None = None,
-                 mode: str = "direct"):
+                 mode: str = "direct", log_=None):
         if mode not in ("direct", "threadpool"):
             raise ValueError(f"mode must be 'direct' or 'threadpool', not {mode!r}")
         super().__init__(max_object_size, item_size)
@@ -419,7 +449,8 @@ class MemcachedStore(_Backend):
         self.mode = mode
         self.timeout_ms = timeout_ms
         self.breaker = breaker or Breaker()
-        self._pid: int | None = None
+        self.log = log_ or log  # anything with debug() and warning(): the worker's error log
+        self._pid: int | None = None  # the _FORKS count the client was made for
         self._base = None
         self._free: list = []
 
@@ -433,10 +464,11 @@ class MemcachedStore(_Backend):
 
     def _client(self):
         """A client for this process (created after the fork, again after another fork)."""
-        if self._pid != os.getpid():
+        # _FORKS, not os.getpid(): getpid is a system call, and this runs on every call.
+        if self._pid != _FORKS[0]:
             self._base = pylibmc.Client(self.servers, binary=True, behaviors=self.behaviors)
             self._free = []
-            self._pid = os.getpid()
+            self._pid = _FORKS[0]
         return self._base
 
     def _run(self, fn: Callable, *args):
@@ -464,16 +496,17 @@ class MemcachedStore(_Backend):
         except Exception as exc:  # pylibmc.Error and anything else: fail open
             result, ok = default, False
             self.counters["errors"] += 1
-            log.debug("memcached %s: %s", fn.__name__, exc)
+            self.log.debug("memcached %s: %s", fn.__name__, exc)
             # An item memcached refuses as too big (its -I is below item_size)
             # is memcached answering, not misbehaving: no reason to bypass it.
             answered = isinstance(exc, pylibmc.TooBig)
         changed = breaker.record(ok or answered, time.monotonic() - t0)
         if changed == Breaker.OPEN:
-            log.warning("cache: memcached %s misbehaves, bypassing it for %g s",
-                        ",".join(self.servers), breaker.cooldown)
+            self.log.warning("cache: memcached %s misbehaves: breaker open, bypassing it for "
+                             "%g s", ",".join(self.servers), breaker.cooldown)
         elif changed == Breaker.CLOSED:
-            log.warning("cache: memcached %s answers again", ",".join(self.servers))
+            self.log.warning("cache: memcached %s answers again: breaker closed",
+                             ",".join(self.servers))
         return result if ok else default
 
     def _get(self, k):
@@ -496,6 +529,17 @@ class MemcachedStore(_Backend):
     def state(self) -> dict:
         return {"backend": "memcached", "servers": list(self.servers), "mode": self.mode,
                 "breaker": self.breaker.state, "breaker_opened": self.breaker.opened, **self.counters}
+
+
+# Forks seen by this process's lineage: a child never uses its parent's pylibmc clients.
+_FORKS = [0]
+
+
+def _forked() -> None:
+    _FORKS[0] += 1
+
+
+os.register_at_fork(after_in_child=_forked)
 
 
 # Module-level so the threadpool runs plain functions; each returns a bool/bytes or raises.

@@ -42,8 +42,11 @@ appears, or ``lock_timeout`` runs out (they go upstream themselves).
 Left out, on purpose: responses to HEAD never update a stored GET; a
 client's own conditional request that misses is forwarded as it is (its
 304 is not stored); the body of a response is stored only while a client
-reads it to the end (a client that leaves early leaves nothing stored);
-hits are served without compression.
+reads it to the end (a client that leaves early leaves nothing stored).
+
+Hits go out through the route's response step like relayed responses
+(``Cache.serve``): the store keeps the origin's head and body, and the
+route's header rules and compression apply on the way out, per client.
 """
 
 from __future__ import annotations
@@ -73,19 +76,23 @@ PASS_TTL = 10.0
 VALIDATOR_KEEP = 3600.0
 _VARY = b"VARY "
 _PASS = b"PASS"
+_LENGTH = frozenset({"content-length"})
 CONDITIONAL_FIELDS = frozenset({"if-none-match", "if-modified-since", "if-match",
                                 "if-unmodified-since", "if-range"})
 
 
-def make_store(cfg: CacheConfig):
-    """The store ``[cache]`` describes; no I/O happens here (after the fork)."""
+def make_store(cfg: CacheConfig, log_=None):
+    """The store ``[cache]`` describes; no I/O happens here (after the fork).
+
+    ``log_``: where the breaker's transitions go (the worker's error log).
+    """
     if not cfg.servers:
         return MemoryStore(cfg.memory_size, max_object_size=cfg.max_object_size)
     breaker = Breaker(failures=cfg.breaker_failures, window=cfg.breaker_window,
                       cooldown=cfg.breaker_cooldown)
     return MemcachedStore(list(cfg.servers), max_object_size=cfg.max_object_size,
                           timeout_ms=max(1, round(cfg.timeout * 1000)), breaker=breaker,
-                          mode=cfg.mode)
+                          mode=cfg.mode, log_=log_)
 
 
 def _authority(primary: str) -> str:
@@ -216,7 +223,7 @@ class Cache:
 
     @classmethod
     def from_config(cls, cfg: CacheConfig, log_=None) -> "Cache":
-        return cls(cfg, make_store(cfg), log_)
+        return cls(cfg, make_store(cfg, log_), log_)
 
     # -- keys and store access ----------------------------------------------
 
@@ -405,7 +412,11 @@ class Cache:
               writer=None) -> bool:
         """Send ``entry`` (or a 304 when the client's conditions hold) to the client.
 
-        With ``writer``, the body is also written to it (a 304 merged into a
+        The stored head is the origin's; on the way out it goes through the
+        same response step as a relayed response: the route's hide_headers,
+        rewrite_location and response_headers (``EdgeRequest.downstream``),
+        then its ``compress`` (``Session.encoder_for``).  With ``writer``,
+        the (origin's) body is also written to it (a 304 merged into a
         stored entry re-stores it under the new head) and committed at the end.
         """
         now = time.time()
@@ -416,14 +427,24 @@ class Cache:
         else:
             code, reason, fields = entry.status, entry.reason, policy.serve_headers(entry, now)
             body = code not in (204, 304) and code >= 200
-        out = hdr.response_headers_for_client(fields, also=frozenset({"content-length"}))
-        if body:
-            out.append(("Content-Length", str(reader.length)))
+        out = hdr.response_headers_for_client(fields, also=_LENGTH)
+        if s.edge_req is not None:  # hide_headers, rewrite_location, response_headers
+            out = s.edge_req.downstream(out, "", self._servers(s, rec))
         if self.header:
             out.append((self.header, status))
         if s.hsts is not None:
             out.append(("Strict-Transport-Security", s.hsts))
         keep = keep and not s.rt.draining
+        encoder, chunk_out = None, False
+        if body:
+            out, encoder = s.encoder_for(req, rec, code, entry.headers, out, reader.length)
+            if encoder is None:
+                out.append(("Content-Length", str(reader.length)))
+            elif req.version == "1.1":
+                out.append(("Transfer-Encoding", "chunked"))
+                chunk_out = True
+            else:
+                keep = False  # HTTP/1.0: the end of the connection ends the body
         if not keep:
             out.append(("Connection", "close"))
         elif req.version == "1.0":
@@ -441,20 +462,35 @@ class Cache:
                 if writer is not None and not writer.write(chunk):
                     writer = None
                 if send_body:
-                    s._send(pending + chunk if pending else chunk)
-                    pending = b""
+                    if encoder is not None:
+                        chunk = encoder.feed(chunk)
                     rec.bytes_sent += len(chunk)
+                    if chunk_out:
+                        chunk = http1.encode_chunk(chunk)
+                    if chunk:  # an encoder may hold a small body back until finish()
+                        s._send(pending + chunk if pending else chunk)
+                        pending = b""
         except CacheError as exc:
             if writer is not None:
                 writer.abort()
             if pending or not send_body:  # nothing of the body went out yet
                 self.log.warning("cache: stored body unreadable (%s); dropping the client", exc)
             raise Abort() from None
+        if encoder is not None and send_body:
+            tail = encoder.finish()
+            rec.bytes_sent += len(tail)
+            pending += (http1.encode_chunk(tail) + http1.encode_last_chunk()) if chunk_out else tail
         if pending:
             s._send(pending)
         if writer is not None:
             writer.commit()
         return keep
+
+    @staticmethod
+    def _servers(s, rec) -> tuple:
+        """The addresses of the pool a stored response came from (rewrite_location)."""
+        pool = s.rt.pools.get(rec.pool) if rec.pool is not None else None
+        return tuple(srv.addr for srv in pool.servers) if pool is not None else ()
 
     # -- purge -------------------------------------------------------------------
 

@@ -19,9 +19,9 @@ Session calls, in this order:
     ``rec.request_id``.
 ``EdgeRequest.upstream(headers, host) -> (headers, host)``
     the request fields sent upstream: ``X-Request-Id`` and request_headers.
-``EdgeRequest.downstream(headers, server_addr) -> headers``
+``EdgeRequest.downstream(headers, server_addr, servers=None) -> headers``
     the response fields sent to the client: hide_headers, rewrite_location,
-    response_headers.
+    response_headers; relayed responses and cache hits alike.
 ``Edge.page(index, status) -> (body, content_type) | None``
     the configured error page of a status (route's, else server's).
 """
@@ -259,13 +259,21 @@ class EdgeRequest:
                 headers = [(n, v) for n, v in headers if n != "host"]
         return headers, host
 
-    def downstream(self, headers, server_addr: str):
-        """Response fields for the client: hide_headers, rewrite_location, response_headers."""
+    def downstream(self, headers, server_addr: str, servers=None):
+        """Response fields for the client: hide_headers, rewrite_location, response_headers.
+
+        ``server_addr`` answered (the ``upstream_addr`` variable; "" for a
+        cache hit).  ``servers``: the addresses whose names rewrite_location
+        turns public, by default ``server_addr`` alone; a cache hit passes
+        its pool's, since any of them may have sent the stored response.
+        """
         rules = self.rules
         hide = rules.hide
         out = [(n, v) for n, v in headers if n.lower() not in hide] if hide else headers
         if rules.rewrite_location and self.host_value:
-            names = _backend_names(server_addr, rules.host_header)
+            names = set()
+            for addr in (server_addr,) if servers is None else servers:
+                names |= _backend_names(addr, rules.host_header)
             out = [(n, _relocate(n.lower(), v, names, self.proto, self.host_value))
                    for n, v in out]
         if rules.resp_rules is not None:

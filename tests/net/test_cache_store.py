@@ -21,7 +21,8 @@ from support import procs
 from support.procs import wait_until
 from support.runner import REPO_ROOT
 
-from forkproxy.net.cache import Breaker, CacheError, MemcachedStore, MemoryStore, _parse_entry, hashed_key
+from forkproxy.net.cache import (NAMESPACE_HOSTS, NAMESPACE_TTL, Breaker, CacheError, MemcachedStore,
+                                  MemoryStore, _parse_entry, hashed_key)
 
 SMALL_ITEM = 1000   # small chunks: many chunks from a few KB
 # Where a test expects memcached to answer: a generous timeout, so a loaded
@@ -241,9 +242,27 @@ def test_namespace_bump(make_store):
 def test_namespace_is_shared_by_stores_on_one_memcached(memcached):
     a = MemcachedStore([memcached.addr], timeout_ms=SAFE_MS)
     b = MemcachedStore([memcached.addr], timeout_ms=SAFE_MS, mode="threadpool")
+    now = [100.0]
+    a.clock = lambda: now[0]
+    old = a.namespace("h")
+    assert old == b.namespace("h")
+    b.bump_namespace("h")  # b sees its own purge at once
+    assert b.namespace("h") != old
+    # a keeps the token it read for NAMESPACE_TTL, then reads the new one
+    now[0] += NAMESPACE_TTL * 0.9
+    assert a.namespace("h") == old
+    now[0] += NAMESPACE_TTL * 0.2
     assert a.namespace("h") == b.namespace("h")
-    b.bump_namespace("h")
-    assert a.namespace("h") == b.namespace("h")
+
+
+def test_namespace_cache_is_bounded_and_forgets_unreadable(memcached):
+    store = MemcachedStore([memcached.addr], timeout_ms=SAFE_MS)
+    for i in range(NAMESPACE_HOSTS + 10):
+        store.namespace(f"h{i}")
+    assert len(store._ns) <= NAMESPACE_HOSTS
+    dead = MemcachedStore([f"127.0.0.1:{procs.free_port()}"], timeout_ms=SAFE_MS)
+    assert dead.namespace("h") != dead.namespace("h")  # each a miss, nothing kept
+    assert not dead._ns
 
 
 def test_lock_in_process(make_store):
