@@ -117,6 +117,8 @@ class ServerConfig:
     log_level: str = "info"
     initial_health: str = "up"
     tunnel_timeout: float = 3600.0
+    admin: str | None = None
+    admin_token: str | None = None
 
 
 # Mozilla's "intermediate" TLS 1.2 suites (TLS 1.3 suites are OpenSSL's own
@@ -1495,6 +1497,20 @@ SETTINGS: tuple[Setting, ...] = (
             "before both sides are closed. "
             "Routes may override it.",
             _RELOAD, _duration(False), _r_duration),
+    Setting("server", "admin", '"HOST:PORT"', None,
+            "Address of the admin endpoint: GET /status (JSON), GET /metrics (Prometheus "
+            "text, summed over every worker) and POST commands (drain, maint, ready, "
+            "weight, reload). It has its own listening socket, served by the workers, "
+            "and never answers on a listener. Bind it to loopback: on another address "
+            "every request needs server.admin_token. Unset: no admin endpoint. "
+            "See forkproxy(8).",
+            _RESTART, _addr, example="127.0.0.1:9901"),
+    Setting("server", "admin_token", "string", None,
+            "Secret the admin endpoint requires, as Authorization: Bearer TOKEN, for "
+            "every request that changes state (and for every request when server.admin "
+            "is not a loopback address). Unset: commands are refused. forkproxyctl "
+            "reads it from here or from $FORKPROXY_ADMIN_TOKEN.",
+            _RELOAD, _opt_str, example="change-me"),
     # [cache]
     Setting("cache", "servers", 'array of "HOST:PORT"', [],
             "memcached servers (keys spread by consistent hashing). "
@@ -1521,7 +1537,9 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("cache", "breaker_failures", "integer 1..1000", 3,
             "memcached errors or timeouts within breaker_window that open the circuit breaker: "
             "the cache is then bypassed (every request a miss, no memcached call) for "
-            "breaker_cooldown, after which one probe call decides whether to close it.",
+            "breaker_cooldown, after which one probe call decides whether to close it. "
+            "Each opening and closing is logged to server.error_log "
+            '("memcached ... breaker open", "... breaker closed").',
             _RELOAD, _int(1, 1000)),
     Setting("cache", "breaker_window", "duration", "10s",
             "Window in which breaker_failures are counted.",
@@ -1552,7 +1570,11 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("cache", "purge_allowed", "array of addresses or CIDR ranges", ["127.0.0.1/8", "::1"],
             "Clients allowed to send PURGE requests (forkproxyctl purge sends them from "
             "127.0.0.1). "
-            "A PURGE from any other address is answered 403.",
+            "A PURGE from any other address is answered 403. "
+            "A purge of a URL takes effect at once everywhere; a purge of a whole host "
+            "(PURGE /*, forkproxyctl purge --host) at once in the worker that took it and "
+            "within 1 s in every other worker sharing the memcached servers (each keeps "
+            "the host's key token for 1 s, to save a memcached round trip per hit).",
             _RELOAD, _networks, _r_networks),
     # [[listener]]
     Setting("listener", "name", "name", REQUIRED,
@@ -1760,7 +1782,10 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("route", "cache", "boolean", False,
             "Serve this route's GET and HEAD requests through the shared cache ([cache]). "
             "Unsafe methods (POST, PUT, DELETE...) on the route still invalidate what the "
-            "cache holds for their URL.",
+            "cache holds for their URL. "
+            "The cache stores the origin's response; hits go out through the route's "
+            "hide_headers, response_headers, rewrite_location and compress like any "
+            "other response.",
             _RELOAD, _bool),
     Setting("route", "tunnel_timeout", "duration", None,
             "Overrides server.tunnel_timeout for this route.",

@@ -4,6 +4,7 @@
     forkproxyctl [-c FILE] drain|maint|ready POOL SERVER
     forkproxyctl [-c FILE] weight POOL SERVER N|config
     forkproxyctl [-c FILE] purge URL | --host HOST
+    forkproxyctl [-c FILE] [--json] metrics
 
 No admin endpoint is involved: the master keeps the health table at
 ``{server.runtime_dir}/health.tbl`` (``forkproxy.daemon.shm``), every worker
@@ -23,6 +24,9 @@ setting the state a server already has writes nothing and exits 0.
 Exit status: 0 success; 1 failure (forkproxy not running, table unreadable,
 unknown pool or server, broken configuration); 2 usage error.
 
+``metrics`` asks the admin endpoint (``server.admin``) for ``/metrics``, with
+the token from ``server.admin_token`` or ``$FORKPROXY_ADMIN_TOKEN``.
+
 ``purge`` is the exception: it sends a ``PURGE`` request to the first http
 listener of the configuration (to 127.0.0.1 when it listens on every
 address), which ``cache.purge_allowed`` lets through from loopback.
@@ -34,7 +38,6 @@ stdlib + core; nothing here may pull in gunicorn, gevent or requests).
 from __future__ import annotations
 
 import argparse
-import contextlib
 import json
 import os
 import pwd
@@ -42,7 +45,7 @@ import sys
 import time
 
 from forkproxy import config
-from forkproxy.core.health import passive_out
+from forkproxy.core.status import snapshot
 from forkproxy.core.table import AdminRow, LayoutError, Table
 from forkproxy.daemon import shm
 from forkproxy.errors import EX_CONFIG, EX_OK, EX_USAGE, ConfigErrors
@@ -69,11 +72,6 @@ TABLE_NAME = "health.tbl"
 CHECKER_LOCK_NAME = "checker.lock"
 #: Same bounds as the ``weight`` key of a pool's servers (1..1000).
 WEIGHT_MAX = 1000
-
-# Pool settings used for presentation, with the defaults issue 3 gives them,
-# read with getattr so this module works before and after those keys land.
-_MAX_FAILS, _FAIL_TIMEOUT = 1, 10.0
-
 
 class CtlError(Exception):
     """A failure to report as ``forkproxyctl: MESSAGE`` and exit with ``code``."""
@@ -131,79 +129,6 @@ def format_age(seconds: float | None) -> str:
         if s >= size:
             return f"{s // size}{unit}"
     return f"{s}s"
-
-
-def _passive_settings(cfg: config.Config | None, name: str) -> tuple[int, float]:
-    """(max_fails, fail_timeout) of pool ``name`` in ``cfg``, else the defaults."""
-    pool = None
-    if cfg is not None:
-        with contextlib.suppress(KeyError):
-            pool = cfg.pool(name)
-    if pool is not None and len(pool.servers) == 1:
-        return 0, pool.fail_timeout  # as the workers: the only server is never taken out
-    return getattr(pool, "max_fails", _MAX_FAILS), getattr(pool, "fail_timeout", _FAIL_TIMEOUT)
-
-
-def snapshot(table: Table, cfg: config.Config | None, now: float,
-             checker: int | None = None) -> dict:
-    """The status document (what ``status --json`` prints) for ``table`` at ``now``.
-
-    Shape::
-
-        {generation, checker_pid, master_pid, pools: [{name, servers: [{
-            addr, health ("up" | "down" | null: never written),
-            admin ("ready" | "drain" | "maint"),
-            weight (operator override 1..1000, null: the configured weight),
-            inflight (summed over worker slots),
-            last_check (epoch s | null), last_result (str | null),
-            latency (seconds, of the last check | null),
-            last_change (epoch s of the last health change | null),
-            reason (why it last changed | null),
-            admin_changed (epoch s | null), admin_by (str | null),
-            passive_failures (in the open fail_timeout window, and
-                after the last check if it succeeded),
-            passive_out (max_fails reached: out of rotation)}]}]}
-
-    Pools and servers are in table order (config order). Rows are read
-    under the table's seqlocks; nothing is written. ``master_pid`` is None
-    here; ``main`` fills it in from the pidfile.
-    """
-    pools: list[dict] = []
-    by_name: dict[str, dict] = {}
-    for row in range(table.n_rows):
-        label = table.label(row)
-        pool_name, _, addr = label.partition("/")
-        entry = by_name.get(pool_name)
-        if entry is None:
-            entry = by_name[pool_name] = {"name": pool_name, "servers": []}
-            pools.append(entry)
-        max_fails, fail_timeout = _passive_settings(cfg, pool_name)
-        h = table.read_health(row)
-        a = table.read_admin(row)
-        # A successful active check forgives earlier passive failures (the
-        # workers apply the same rule, see net.pools): count only windows
-        # opened after it, as far as the row still shows it.
-        since = h.last_check if h is not None and h.state == "up" and h.failures == 0 else 0.0
-        fails = table.passive_failures(row, now, fail_timeout, since=since)
-        checked = h is not None and h.last_check > 0
-        entry["servers"].append({
-            "addr": addr,
-            "health": h.state if h is not None else None,
-            "admin": a.state,
-            "weight": a.weight or None,
-            "inflight": table.inflight(row),
-            "last_check": h.last_check if checked else None,
-            "last_result": h.last_result if checked else None,
-            "latency": h.latency if checked else None,
-            "last_change": h.last_change if h is not None and h.last_change > 0 else None,
-            "reason": h.reason if h is not None and h.reason else None,
-            "admin_changed": a.changed or None,
-            "admin_by": a.by or None,
-            "passive_failures": fails,
-            "passive_out": passive_out(fails, max_fails),
-        })
-    return {"generation": table.generation, "checker_pid": checker, "master_pid": None,
-            "pools": pools}
 
 
 _COLUMNS = ("POOL", "SERVER", "HEALTH", "ADMIN", "CHECK", "INFLIGHT", "SINCE", "WHY")
@@ -380,6 +305,9 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("pool")
     s.add_argument("server", help="the server's addr as written in the configuration")
     s.add_argument("weight", type=_weight, metavar="N", help=f"1..{WEIGHT_MAX}, or 'config'")
+    s = sub.add_parser("metrics", help="print the admin endpoint's /metrics (Prometheus text)")
+    s.add_argument("--json", action="store_true", default=argparse.SUPPRESS,
+                   help="print the samples as one JSON document")
     s = sub.add_parser("purge", help="delete a URL (or every URL of a host) from the cache")
     g = s.add_mutually_exclusive_group(required=True)
     g.add_argument("url", nargs="?", help="the URL as clients request it, http://HOST/PATH?QUERY")
@@ -427,6 +355,49 @@ def purge(cfg: config.Config, url: str | None, host: str | None, timeout: float 
         conn.close()
 
 
+def admin_get(cfg: config.Config, path: str, timeout: float = 10) -> str:
+    """GET ``path`` from the running forkproxy's admin endpoint (server.admin); the body.
+
+    The token (``server.admin_token``, else ``$FORKPROXY_ADMIN_TOKEN``) is sent
+    when there is one. Raises CtlError when there is no endpoint or it refuses.
+    """
+    import http.client
+
+    if not cfg.server.admin:
+        raise CtlError("server.admin is not set: forkproxy has no admin endpoint")
+    host, port = config.split_host_port(cfg.server.admin)
+    host = {"": "127.0.0.1", "0.0.0.0": "127.0.0.1", "::": "::1"}.get(host, host)
+    token = cfg.server.admin_token or os.environ.get("FORKPROXY_ADMIN_TOKEN")
+    conn = http.client.HTTPConnection(host, port, timeout=timeout)
+    try:
+        conn.request("GET", path, headers={"Authorization": f"Bearer {token}"} if token else {})
+        resp = conn.getresponse()
+        body = resp.read().decode("utf-8", "replace")
+    except OSError as exc:
+        raise CtlError(f"cannot reach the admin endpoint {host}:{port}: {exc}") from None
+    finally:
+        conn.close()
+    if resp.status != 200:
+        raise CtlError(f"admin endpoint {host}:{port}{path}: {resp.status} {body.strip()}")
+    return body
+
+
+def metrics_json(text: str) -> dict:
+    """``{"samples": [{name, labels, value}]}`` from Prometheus text (as forkproxy writes it)."""
+    samples = []
+    for line in text.splitlines():
+        if not line or line.startswith("#"):
+            continue
+        series, _, value = line.rpartition(" ")
+        name, _, rest = series.partition("{")
+        labels = {}
+        for part in rest.rstrip("}").split('",') if rest else ():
+            k, _, v = part.partition("=")
+            labels[k] = v.strip('"').replace('\\"', '"').replace("\\\\", "\\")
+        samples.append({"name": name, "labels": labels, "value": float(value)})
+    return {"samples": samples}
+
+
 def _describe_weight(w: int) -> str:
     return str(w) if w else "config"
 
@@ -450,6 +421,14 @@ def _run(args) -> int:
             print(f"{what}: not in the cache")
             return EX_OK
         raise CtlError(f"{what}: forkproxy answered {status} {text}")
+
+    if args.command == "metrics":
+        text = admin_get(cfg, "/metrics")
+        if args.json:
+            print(json.dumps(metrics_json(text), indent=2))
+        else:
+            sys.stdout.write(text)
+        return EX_OK
 
     if args.command == "status":
         table = _open(tpath)

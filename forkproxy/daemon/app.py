@@ -116,7 +116,8 @@ def gunicorn_settings(cfg: fpconfig.Config) -> dict:
     """The gunicorn settings that run ``cfg`` (by gunicorn's documented names)."""
     s = cfg.server
     settings = {
-        "bind": [_bind(lc) for lc in cfg.listeners],
+        # The admin endpoint is one more socket; Runtime.handle tells it apart.
+        "bind": [_bind(lc) for lc in cfg.listeners] + ([s.admin] if s.admin else []),
         "workers": s.workers,
         "worker_class": "forkproxy.daemon.worker.ProxyWorker",
         "worker_connections": s.worker_connections,

@@ -5,6 +5,10 @@ row per pool and server, rebuilt on reload with the rows of servers that
 stay), the checker lock file, and the worker slots (a respawned worker gets
 the slot of the one it replaces; a dead worker's columns are cleared).
 Worker side: the worker's runtime and its housekeeping greenlets.
+Both: the metrics buffer (``core.metrics``: a shared anonymous mmap made by
+the master, one row per slot; kept across a reload that keeps its series,
+else rebuilt with the totals carried over) and, when ``server.admin`` is
+set, the admin endpoint (``net.admin``) on its own listening socket.
 
 Nothing here may raise at run time for a reason an operator cannot fix at
 start-up (DESIGN section 3, item 2): an exception during worker boot halts
@@ -125,6 +129,53 @@ def build_edge(cfg: Config, n_slots: int, old: dict | None) -> dict:
     return shared
 
 
+def build_metrics(cfg: Config, n_slots: int, old):
+    """The ``core.metrics.Metrics`` for ``cfg`` (master): ``old`` itself when its
+    series and slots are the same, else a new buffer carrying ``old``'s totals.
+
+    Anonymous shared memory, not a file in runtime_dir: only the workers read
+    it (forkproxyctl asks the admin endpoint), and keeping the old buffer
+    means the old generation's last requests still count after a reload.
+    """
+    import mmap
+
+    from forkproxy.core.metrics import Metrics, request_keys
+
+    pools = {p.name: [s.addr for s in p.servers] for p in cfg.pools}
+    keys = request_keys([(r.index, r.pool, pools.get(r.pool, [])) for r in cfg.routes])
+    if old is not None and old.keys == keys and old.n_slots == n_slots:
+        return old
+    metrics = Metrics(keys, n_slots, mmap.mmap(-1, Metrics.size(len(keys), n_slots)))
+    if old is not None:
+        metrics.carry(old)
+    return metrics
+
+
+def set_admin(path: str, label: str, state: str | None, weight: int | None, by: str,
+              now: float):
+    """Change the admin cell of row ``label`` in the table at ``path`` (a worker's
+    admin endpoint): the writer contract of ``core.table`` (admin lock, then
+    open the current generation). Returns (old, new) ``AdminRow``s, or None
+    when there is no such row; writes nothing when nothing changes."""
+    from forkproxy.core.table import AdminRow
+
+    with shm.admin_lock(path):
+        table = shm.open_table(path, writable=True)
+        try:
+            row = table.find(label)
+            if row is None:
+                return None
+            old = table.read_admin(row)
+            new = AdminRow(old.state if state is None else state,
+                           old.weight if weight is None else weight, old.changed, old.by)
+            if new != old:
+                new = AdminRow(new.state, new.weight, now, by)
+                table.write_admin(row, new)
+            return old, new
+        finally:
+            shm.close_table(table)
+
+
 def on_starting(arbiter) -> None:
     """Master, before binding: runtime dir, pidfile dir, access log, the table and the checker lock."""
     app = arbiter.app
@@ -139,6 +190,7 @@ def on_starting(arbiter) -> None:
     app.fp_slots = set()
     app.fp_mmap, app.fp_table = build_table(cfg, app.fp_n_slots)
     app.fp_edge = build_edge(cfg, app.fp_n_slots, None)
+    app.fp_metrics = build_metrics(cfg, app.fp_n_slots, None)
     # Opened once by the master and inherited: lockf locks belong to the
     # process that takes them, and the kernel frees them when it dies.
     app.fp_lock_fd = os.open(os.path.join(cfg.server.runtime_dir, LOCK_NAME),
@@ -159,6 +211,8 @@ def on_reload(arbiter) -> None:
     # The old mapping stays alive in the old workers until they exit.
     app.fp_mmap, app.fp_table = build_table(app.fp_config, app.fp_n_slots)
     app.fp_edge = build_edge(app.fp_config, app.fp_n_slots, app.fp_edge)
+    app.fp_metrics = m = build_metrics(app.fp_config, app.fp_n_slots, app.fp_metrics)
+    m.add(m.base, m.index[("reloads_total", ())])  # the base row is the master's
 
 
 def pre_fork(arbiter, worker) -> None:
@@ -172,6 +226,7 @@ def pre_fork(arbiter, worker) -> None:
     worker.fp_slot = free[0] if free else None
     worker.fp_table = app.fp_table
     worker.fp_edge = app.fp_edge
+    worker.fp_metrics = app.fp_metrics
     if worker.fp_slot is not None:
         app.fp_slots.add(worker.fp_slot)
     else:
@@ -193,6 +248,7 @@ def child_exit(arbiter, worker) -> None:
     conns = worker.fp_edge.get("conns_table")
     if conns is not None:
         conns.clear_slot(slot)  # its connections died with it
+    worker.fp_metrics.clear_gauges(slot)  # its counters stay: totals survive it
     arbiter.app.fp_slots.discard(slot)
 
 
@@ -228,6 +284,15 @@ def post_worker_init(worker) -> None:
     access_log = app.fp_access_log  # opened by the master, inherited
     worker.log.fp_access_log = access_log  # reopened with the error log on USR1
     worker.runtime = Runtime(cfg, worker.log, access_log, table, worker.fp_slot, worker.fp_edge)
+    if worker.fp_slot is not None:  # a worker without a slot counts nothing
+        from forkproxy.core.metrics import SlotCounter
+
+        worker.runtime.metrics = SlotCounter(worker.fp_metrics, worker.fp_slot)
+    if cfg.server.admin:
+        from forkproxy.net.admin import Admin
+
+        worker.runtime.admin = Admin(worker.runtime, table, table_path(cfg),
+                                     os.path.join(cfg.server.runtime_dir, LOCK_NAME), set_admin)
     if any(r.cache for r in cfg.routes):
         # After the fork: pylibmc clients must not be shared across processes.
         # Nothing connects here (the store connects on first use), so a

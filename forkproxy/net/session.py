@@ -89,6 +89,8 @@ class Runtime:
     """A worker's state for one configuration: what every session shares."""
 
     cache = None  # net.caching.Cache, set by daemon.hooks when a route has cache = true
+    metrics = None  # core.metrics.SlotCounter, set by daemon.hooks (None: no slot)
+    admin = None  # net.admin.Admin, set by daemon.hooks when server.admin is set
 
     def __init__(self, cfg: Config, log, access_log: AccessLog, table: Table,
                  slot: int | None, shared: dict | None = None):
@@ -136,11 +138,17 @@ class Runtime:
         return found
 
     def handle(self, listener_sock, client, addr) -> None:
+        if self.admin is not None and self.admin.owns(listener_sock):
+            self.admin.handle(client, addr)  # its own socket: never a listener's rules
+            return
         listener = self.listener_for(listener_sock)
         ticket = self.edge.admit(listener, addr)  # max_conns_per_ip
         if ticket is None:
             _close_quietly(client)
             return
+        metrics = self.metrics
+        if metrics is not None:
+            metrics.connection(1)
         try:
             if listener.mode == "http" and not listener.contexts and not listener.accept_proxy:
                 Session(self, listener, client, addr).run()
@@ -148,6 +156,8 @@ class Runtime:
                 self.handle_edge(listener, client, addr)
         finally:
             self.edge.release(ticket)
+            if metrics is not None:
+                metrics.connection(-1)
 
     def handle_edge(self, listener: ListenerConfig, client, addr) -> None:
         """A connection that needs more than plain HTTP: a PROXY header to read,
@@ -393,6 +403,8 @@ class Session:
             if rec.status:
                 rec.request_time = time.time() - start
                 rt.access_log.write(rec)
+                if rt.metrics is not None:
+                    rt.metrics.request(rec)
 
     def refuse(self, rec: AccessRecord, status: int, why: str, *, log_error: bool = False,
                where: str = "", fields=()) -> None:

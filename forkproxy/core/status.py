@@ -1,0 +1,93 @@
+"""The status document of a running forkproxy, read from its shared health table.
+
+Shared by ``forkproxyctl status`` (which maps the table itself) and the admin
+endpoint's ``GET /status`` (``net.admin``, which reads its worker's mapping).
+Pure: the table, the configuration (any object with ``pool(name)``, or None)
+and the time are passed in; nothing is written.
+"""
+
+from __future__ import annotations
+
+import contextlib
+
+from forkproxy.core.health import passive_out
+from forkproxy.core.table import Table
+
+__all__ = ["snapshot"]
+
+# Pool settings used for presentation, with the defaults issue 3 gives them,
+# read with getattr so this module works before and after those keys land.
+_MAX_FAILS, _FAIL_TIMEOUT = 1, 10.0
+
+
+def _passive_settings(cfg, name: str) -> tuple[int, float]:
+    """(max_fails, fail_timeout) of pool ``name`` in ``cfg``, else the defaults."""
+    pool = None
+    if cfg is not None:
+        with contextlib.suppress(KeyError):
+            pool = cfg.pool(name)
+    if pool is not None and len(pool.servers) == 1:
+        return 0, pool.fail_timeout  # as the workers: the only server is never taken out
+    return getattr(pool, "max_fails", _MAX_FAILS), getattr(pool, "fail_timeout", _FAIL_TIMEOUT)
+
+
+def snapshot(table: Table, cfg, now: float,
+             checker: int | None = None) -> dict:
+    """The status document (what ``status --json`` prints) for ``table`` at ``now``.
+
+    Shape::
+
+        {generation, checker_pid, master_pid, pools: [{name, servers: [{
+            addr, health ("up" | "down" | null: never written),
+            admin ("ready" | "drain" | "maint"),
+            weight (operator override 1..1000, null: the configured weight),
+            inflight (summed over worker slots),
+            last_check (epoch s | null), last_result (str | null),
+            latency (seconds, of the last check | null),
+            last_change (epoch s of the last health change | null),
+            reason (why it last changed | null),
+            admin_changed (epoch s | null), admin_by (str | null),
+            passive_failures (in the open fail_timeout window, and
+                after the last check if it succeeded),
+            passive_out (max_fails reached: out of rotation)}]}]}
+
+    Pools and servers are in table order (config order). Rows are read
+    under the table's seqlocks; nothing is written. ``master_pid`` is None
+    here; ``main`` fills it in from the pidfile.
+    """
+    pools: list[dict] = []
+    by_name: dict[str, dict] = {}
+    for row in range(table.n_rows):
+        label = table.label(row)
+        pool_name, _, addr = label.partition("/")
+        entry = by_name.get(pool_name)
+        if entry is None:
+            entry = by_name[pool_name] = {"name": pool_name, "servers": []}
+            pools.append(entry)
+        max_fails, fail_timeout = _passive_settings(cfg, pool_name)
+        h = table.read_health(row)
+        a = table.read_admin(row)
+        # A successful active check forgives earlier passive failures (the
+        # workers apply the same rule, see net.pools): count only windows
+        # opened after it, as far as the row still shows it.
+        since = h.last_check if h is not None and h.state == "up" and h.failures == 0 else 0.0
+        fails = table.passive_failures(row, now, fail_timeout, since=since)
+        checked = h is not None and h.last_check > 0
+        entry["servers"].append({
+            "addr": addr,
+            "health": h.state if h is not None else None,
+            "admin": a.state,
+            "weight": a.weight or None,
+            "inflight": table.inflight(row),
+            "last_check": h.last_check if checked else None,
+            "last_result": h.last_result if checked else None,
+            "latency": h.latency if checked else None,
+            "last_change": h.last_change if h is not None and h.last_change > 0 else None,
+            "reason": h.reason if h is not None and h.reason else None,
+            "admin_changed": a.changed or None,
+            "admin_by": a.by or None,
+            "passive_failures": fails,
+            "passive_out": passive_out(fails, max_fails),
+        })
+    return {"generation": table.generation, "checker_pid": checker, "master_pid": None,
+            "pools": pools}

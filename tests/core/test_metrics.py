@@ -1,0 +1,112 @@
+"""core.metrics: the counter layout over a shared buffer and the Prometheus text."""
+
+from __future__ import annotations
+
+from types import SimpleNamespace
+
+import pytest
+
+from forkproxy.core.metrics import Metrics, SlotCounter, render, request_keys, status_class
+
+ROUTES = [(0, "web", ["10.0.0.1:80", "10.0.0.2:80"]), (1, "api", ["10.0.1.1:80"])]
+
+
+def make(n_slots=4, routes=ROUTES):
+    keys = request_keys(routes)
+    return Metrics(keys, n_slots, bytearray(Metrics.size(len(keys), n_slots)))
+
+
+def rec(route=0, upstream="10.0.0.1:80", status=200, received=10, sent=100):
+    return SimpleNamespace(route=route, upstream=upstream, status=status,
+                           bytes_received=received, bytes_sent=sent)
+
+
+def req_key(route, pool, server, code):
+    return ("requests_total", (("route", route), ("pool", pool), ("server", server), ("code", code)))
+
+
+@pytest.mark.parametrize("status,cls", [(100, "1xx"), (200, "2xx"), (304, "3xx"), (499, "4xx"),
+                                        (599, "5xx"), (0, None), (600, None)])
+def test_status_class(status, cls):
+    assert status_class(status) == cls
+
+
+def test_slots_sum_and_each_slot_writes_only_its_row():
+    m = make()
+    a, b = SlotCounter(m, 0), SlotCounter(m, 3)
+    for _ in range(3):
+        a.request(rec())
+    b.request(rec(status=502, upstream=None))
+    b.request(rec(route=None, upstream=None, status=404, sent=5))
+    t = m.totals()
+    assert t[req_key("0", "web", "10.0.0.1:80", "2xx")] == 3
+    assert t[req_key("0", "web", "", "5xx")] == 1
+    assert t[req_key("", "", "", "4xx")] == 1
+    assert t[("sent_bytes_total", ())] == 405
+    assert t[("received_bytes_total", ())] == 50
+    row1 = m.cells[1 * m.n_keys: 2 * m.n_keys]
+    assert not any(row1)  # slot 1 never written
+
+
+def test_a_server_not_in_the_pool_counts_without_a_server():
+    m = make()
+    SlotCounter(m, 0).request(rec(upstream="10.9.9.9:80"))
+    assert m.totals()[req_key("0", "web", "", "2xx")] == 1
+
+
+def test_a_successor_in_the_slot_keeps_the_totals_and_gauges_clear():
+    m = make()
+    c = SlotCounter(m, 2)
+    c.request(rec())
+    c.connection(1)
+    c.connection(1)
+    c.connection(-1)
+    assert m.totals()[("connections_active", ())] == 1
+    m.clear_gauges(2)  # the master, once the worker is dead
+    SlotCounter(m, 2).request(rec())  # its successor
+    t = m.totals()
+    assert t[("connections_active", ())] == 0
+    assert t[req_key("0", "web", "10.0.0.1:80", "2xx")] == 2
+
+
+def test_gauge_below_zero_reads_signed():
+    m = make()
+    SlotCounter(m, 0).connection(-1)
+    assert m.totals()[("connections_active", ())] == -1
+
+
+def test_carry_keeps_totals_of_series_that_stay():
+    old = make()
+    SlotCounter(old, 0).request(rec())
+    SlotCounter(old, 1).request(rec(route=1, upstream="10.0.1.1:80"))
+    SlotCounter(old, 1).connection(1)
+    old.add(old.base, old.index[("reloads_total", ())])
+    new = make(n_slots=6, routes=[(0, "web", ["10.0.0.1:80"])])  # route 1 gone
+    new.carry(old)
+    t = new.totals()
+    assert t[req_key("0", "web", "10.0.0.1:80", "2xx")] == 1
+    assert t[("reloads_total", ())] == 1
+    assert t[("connections_active", ())] == 0  # gauges are not carried
+    assert req_key("1", "api", "10.0.1.1:80", "2xx") not in t
+
+
+def test_buffer_too_small():
+    keys = request_keys(ROUTES)
+    with pytest.raises(ValueError):
+        Metrics(keys, 2, bytearray(8))
+
+
+def test_render_prometheus_text():
+    m = make()
+    SlotCounter(m, 0).request(rec())
+    text = render(m.totals(), [("server_up", (("pool", 'we"b'), ("server", "a")), 1, "gauge", "Up.")])
+    lines = text.splitlines()
+    assert "# TYPE forkproxy_requests_total counter" in lines
+    assert 'forkproxy_requests_total{route="0",pool="web",server="10.0.0.1:80",code="2xx"} 1' in lines
+    assert sum(1 for line in lines if line.startswith("forkproxy_requests_total")) == 1  # zeros left out
+    assert "forkproxy_sent_bytes_total 100" in lines
+    assert 'forkproxy_server_up{pool="we\\"b",server="a"} 1' in lines
+    assert text.endswith("\n")
+    # every family has HELP and TYPE before its samples
+    names = [line.split()[2] for line in lines if line.startswith("# TYPE")]
+    assert len(names) == len(set(names))
