@@ -772,7 +772,7 @@ class Session:
                                               chunk_out, rec, encoder) and up_keepalive
         rec.upstream_time = time.time() - t0
         if tee is not None:
-            tee.commit()  # the whole body came: the cache may keep it
+            tee.commit()  # bodiless responses (HEAD, 304): committed here; no-op otherwise
         if up_keepalive and rframing.kind != "close":
             pool.conns[i].checkin(conn)
         else:
@@ -889,6 +889,8 @@ class Session:
         tee = self.cache_tee
         if tee is not None and data:
             tee.write(data)
+            if not remaining:
+                tee.commit()  # before the last byte goes out: the client's next request hits
         self._send(head + data)
         rec.bytes_sent = len(data)
         while remaining:
@@ -903,6 +905,8 @@ class Session:
             remaining -= len(data)
             if tee is not None:
                 tee.write(data)
+                if not remaining:
+                    tee.commit()  # before the last byte goes out: the client's next request hits
             self._send(data)
             rec.bytes_sent += len(data)
 
@@ -936,6 +940,8 @@ class Session:
                         pending.append(http1.encode_chunk(piece) if chunk_out else piece)
                 if decoder.done:
                     conn.buf = leftover
+                    if tee is not None:
+                        tee.commit()  # before the end goes out: the client's next request hits
                     if encoder is not None:
                         self._encoder_end(encoder.finish(), pending, chunk_out, rec)
                     if chunk_out:
@@ -955,6 +961,8 @@ class Session:
                     self.rt.log.error("%s closed the connection in the middle of a chunked "
                                       "body; dropping the client", conn.server.addr)
                     raise Abort() from None
+                if tee is not None:
+                    tee.commit()
                 if encoder is not None:
                     self._encoder_end(encoder.finish(), pending, chunk_out, rec)
                 if chunk_out:
