@@ -1502,7 +1502,8 @@ SETTINGS: tuple[Setting, ...] = (
             "text, summed over every worker) and POST commands (drain, maint, ready, "
             "weight, reload). It has its own listening socket, served by the workers, "
             "and never answers on a listener. Bind it to loopback: on another address "
-            "every request needs server.admin_token. Unset: no admin endpoint. "
+            "every request needs server.admin_token. Unset: no admin endpoint, and no "
+            "request counting (the counters exist for /metrics). "
             "See forkproxy(8).",
             _RESTART, _addr, example="127.0.0.1:9901"),
     Setting("server", "admin_token", "string", None,

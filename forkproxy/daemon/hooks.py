@@ -284,7 +284,9 @@ def post_worker_init(worker) -> None:
     access_log = app.fp_access_log  # opened by the master, inherited
     worker.log.fp_access_log = access_log  # reopened with the error log on USR1
     worker.runtime = Runtime(cfg, worker.log, access_log, table, worker.fp_slot, worker.fp_edge)
-    if worker.fp_slot is not None:  # a worker without a slot counts nothing
+    # Counting costs every request a few microseconds: only when /metrics can
+    # be read (server.admin); a worker without a slot counts nothing.
+    if worker.fp_slot is not None and cfg.server.admin:
         from forkproxy.core.metrics import SlotCounter
 
         worker.runtime.metrics = SlotCounter(worker.fp_metrics, worker.fp_slot)

@@ -303,8 +303,10 @@ class Server(ThreadingHTTPServer):
         super().__init__(addr, Handler)
 
 
-class _Stop(Exception):
-    pass
+class _Stop(BaseException):
+    """Raised by the TERM handler. Not an Exception: socketserver's accept path
+    catches Exception, and a TERM landing there used to be swallowed (the
+    backend kept running until the harness killed it)."""
 
 
 def main(argv=None) -> int:
