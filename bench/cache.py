@@ -36,7 +36,7 @@ from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
-from run import SCENARIOS, Ctx, Result, StartError, report  # noqa: E402
+from run import SCENARIOS, Ctx, Result, StartError, nginx_conf, report  # noqa: E402
 from support.procs import free_port, kill_leaked, wait_for_port  # noqa: E402
 
 BACKEND_PY = HERE.parent / "tests" / "support" / "backend.py"
@@ -72,34 +72,11 @@ def start_nginx_cache(ctx: Ctx, origin: int) -> int | None:
     ctx.dir.chmod(0o755)
     d.chmod(0o777)
     conf = d / "nginx.conf"
-    conf.write_text(f"""daemon off;
-master_process on;
-worker_processes 2;
-pid {d}/nginx.pid;
-error_log {d}/error.log warn;
-events {{ worker_connections 4096; }}
-http {{
-    access_log off;
-    client_body_temp_path {d}/client_body;
-    proxy_temp_path {d}/proxy;
-    fastcgi_temp_path {d}/fastcgi;
-    uwsgi_temp_path {d}/uwsgi;
-    scgi_temp_path {d}/scgi;
-    proxy_cache_path {d}/cache keys_zone=bench:10m;
-    upstream backend {{ server 127.0.0.1:{origin}; keepalive 32; }}
-    server {{
-        listen 127.0.0.1:{port};
-        location / {{
-            proxy_pass http://backend;
-            proxy_http_version 1.1;
-            proxy_set_header Connection "";
-            proxy_cache bench;
-            proxy_cache_lock on;
-            add_header X-Cache $upstream_cache_status;
-        }}
-    }}
-}}
-""")
+    conf.write_text(nginx_conf(
+        d, port, f"127.0.0.1:{origin}",
+        http_extra=f"proxy_cache_path {d}/cache keys_zone=bench:10m;",
+        location_extra="proxy_cache bench; proxy_cache_lock on; "
+                       "add_header X-Cache $upstream_cache_status;"))
     p = ctx.start("nginx", [binary, "-p", str(d), "-c", str(conf), "-e", str(d / "error.log")])
     ctx.wait_http(port, p, "nginx", path=PATH)
     return port

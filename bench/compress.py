@@ -30,7 +30,7 @@ from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
-from run import Ctx, Result, StartError, load_python, parse_wrk  # noqa: E402
+from run import Ctx, Result, StartError, load_python, nginx_conf, parse_wrk  # noqa: E402
 from support.procs import free_port, kill_leaked, wait_for_port  # noqa: E402
 
 ORIGIN = r"""
@@ -73,34 +73,6 @@ compress = {{ level = {level}, types = ["text/html"] }}
 servers = [{{ addr = "127.0.0.1:{origin}" }}]
 """
 
-NGINX_GZIP = """daemon off;
-master_process on;
-worker_processes 2;
-pid {d}/nginx.pid;
-error_log {d}/error.log warn;
-events {{ worker_connections 4096; }}
-http {{
-    access_log off;
-    client_body_temp_path {d}/client_body;
-    proxy_temp_path {d}/proxy;
-    fastcgi_temp_path {d}/fastcgi;
-    uwsgi_temp_path {d}/uwsgi;
-    scgi_temp_path {d}/scgi;
-    gzip on;
-    gzip_comp_level {level};
-    gzip_types text/html;
-    gzip_proxied any;
-    upstream backend {{ server 127.0.0.1:{origin}; keepalive 32; }}
-    server {{
-        listen 127.0.0.1:{port};
-        location / {{
-            proxy_pass http://backend;
-            proxy_http_version 1.1;
-            proxy_set_header Connection "";
-        }}
-    }}
-}}
-"""
 
 
 def wire_bytes(port: int, path: str, accept: str | None) -> int:
@@ -156,8 +128,10 @@ def main(argv=None) -> int:
             d = workdir / "nginx"
             d.mkdir()
             nport = free_port()
-            (d / "nginx.conf").write_text(NGINX_GZIP.format(d=d, level=args.level, origin=origin,
-                                                            port=nport))
+            (d / "nginx.conf").write_text(nginx_conf(
+                d, nport, f"127.0.0.1:{origin}",
+                http_extra=f"gzip on; gzip_comp_level {args.level}; gzip_types text/html; "
+                           "gzip_proxied any;"))
             np = ctx.start("nginx", [binary, "-p", str(d), "-c", str(d / "nginx.conf"),
                                      "-e", str(d / "error.log")])
             ctx.wait_http(nport, np, "nginx")

@@ -33,7 +33,7 @@ from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
-from run import Ctx, Result, StartError  # noqa: E402
+from run import Ctx, Result, StartError, nginx_conf  # noqa: E402
 from support.procs import free_port, kill_leaked, wait_for_port  # noqa: E402
 
 SINK = r"""
@@ -87,31 +87,10 @@ def nginx_tls(ctx: Ctx, origin: int, cert: Path, key: Path) -> int | None:
     d = ctx.dir / "nginx-tls"
     d.mkdir(exist_ok=True)
     conf = d / "nginx.conf"
-    conf.write_text(f"""daemon off;
-master_process on;
-worker_processes 2;
-pid {d}/nginx.pid;
-error_log {d}/error.log warn;
-events {{ worker_connections 4096; }}
-http {{
-    access_log off;
-    client_body_temp_path {d}/cb; proxy_temp_path {d}/p; fastcgi_temp_path {d}/f;
-    uwsgi_temp_path {d}/u; scgi_temp_path {d}/s;
-    upstream backend {{ server 127.0.0.1:{origin}; keepalive 32; }}
-    server {{
-        listen 127.0.0.1:{port} ssl;
-        ssl_certificate {cert};
-        ssl_certificate_key {key};
-        ssl_protocols TLSv1.2 TLSv1.3;
-        ssl_session_cache shared:SSL:10m;
-        location / {{
-            proxy_pass http://backend;
-            proxy_http_version 1.1;
-            proxy_set_header Connection "";
-        }}
-    }}
-}}
-""")
+    conf.write_text(nginx_conf(
+        d, port, f"127.0.0.1:{origin}", listen=" ssl",
+        server_extra=f"ssl_certificate {cert}; ssl_certificate_key {key}; "
+                     "ssl_protocols TLSv1.2 TLSv1.3; ssl_session_cache shared:SSL:10m;"))
     p = ctx.start("nginx-tls", [binary, "-p", str(d), "-c", str(conf), "-e", str(d / "error.log")])
     wait_for_port(port, timeout=20, proc=p)
     return port

@@ -39,6 +39,9 @@ sys.path.insert(0, str(REPO / "tests"))
 from support.procs import Proc, children_of, free_port, kill_leaked, wait_until  # noqa: E402
 from support.runner import Backend, ForkProxy  # noqa: E402
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from run import nginx_conf  # noqa: E402
+
 
 def fp_body(port: int, addr: str) -> str:
     return f"""
@@ -51,33 +54,6 @@ pool = "p"
 
 [pool.p]
 servers = [{{ addr = "{addr}" }}]
-"""
-
-
-def nginx_conf(d: Path, port: int, addr: str) -> str:
-    return f"""daemon off;
-master_process on;
-worker_processes 2;
-pid {d}/nginx.pid;
-error_log {d}/error.log warn;
-events {{ worker_connections 4096; }}
-http {{
-    access_log off;
-    client_body_temp_path {d}/client_body;
-    proxy_temp_path {d}/proxy;
-    fastcgi_temp_path {d}/fastcgi;
-    uwsgi_temp_path {d}/uwsgi;
-    scgi_temp_path {d}/scgi;
-    upstream backend {{ server {addr}; keepalive 32; }}
-    server {{
-        listen 127.0.0.1:{port};
-        location / {{
-            proxy_pass http://backend;
-            proxy_http_version 1.1;
-            proxy_set_header Connection "";
-        }}
-    }}
-}}
 """
 
 

@@ -157,6 +157,42 @@ def load_python(url: str, seconds: int, threads: int, connections: int) -> dict:
 # -- the context scenarios run in -------------------------------------------
 
 
+
+def nginx_conf(d: Path, port: int, upstream: str, *, workers: int = 2, listen: str = "",
+               http_extra: str = "", server_extra: str = "", location_extra: str = "") -> str:
+    """The nginx every bench compares against: a proxy to ``upstream`` ("host:port")
+    with upstream keep-alive, access log off, its files in ``d``; the extras are
+    nginx directives added to the http, server and location blocks (``listen``
+    to the listen line, e.g. " ssl")."""
+    return f"""daemon off;
+master_process on;
+worker_processes {workers};
+pid {d}/nginx.pid;
+error_log {d}/error.log warn;
+events {{ worker_connections 4096; }}
+http {{
+    access_log off;
+    client_body_temp_path {d}/client_body;
+    proxy_temp_path {d}/proxy;
+    fastcgi_temp_path {d}/fastcgi;
+    uwsgi_temp_path {d}/uwsgi;
+    scgi_temp_path {d}/scgi;
+    {http_extra}
+    upstream backend {{ server {upstream}; keepalive 32; }}
+    server {{
+        listen 127.0.0.1:{port}{listen};
+        {server_extra}
+        location / {{
+            proxy_pass http://backend;
+            proxy_http_version 1.1;
+            proxy_set_header Connection "";
+            {location_extra}
+        }}
+    }}
+}}
+"""
+
+
 class Ctx:
     """Where a scenario starts processes and runs load; ``close()`` stops all of them."""
 
@@ -209,35 +245,7 @@ class Ctx:
         d = self.dir / "nginx"
         d.mkdir(exist_ok=True)
         conf = d / "nginx.conf"
-        conf.write_text(
-            f"""daemon off;
-master_process on;
-worker_processes {workers};
-pid {d}/nginx.pid;
-error_log {d}/error.log warn;
-events {{ worker_connections 4096; }}
-http {{
-    access_log off;
-    client_body_temp_path {d}/client_body;
-    proxy_temp_path {d}/proxy;
-    fastcgi_temp_path {d}/fastcgi;
-    uwsgi_temp_path {d}/uwsgi;
-    scgi_temp_path {d}/scgi;
-    upstream backend {{
-        server 127.0.0.1:{upstream_port};
-        keepalive 32;
-    }}
-    server {{
-        listen 127.0.0.1:{port};
-        location / {{
-            proxy_pass http://backend;
-            proxy_http_version 1.1;
-            proxy_set_header Connection "";
-        }}
-    }}
-}}
-"""
-        )
+        conf.write_text(nginx_conf(d, port, f"127.0.0.1:{upstream_port}", workers=workers))
         p = self.start("nginx", [binary, "-p", str(d), "-c", str(conf), "-e", str(d / "error.log")])
         self.wait_http(port, p, "nginx")
         return port
