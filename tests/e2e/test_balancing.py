@@ -8,11 +8,8 @@ printed for the closing note; no timing is asserted.
 from __future__ import annotations
 
 import hashlib
-import json
 import os
 import signal
-import subprocess
-import sys
 import threading
 from pathlib import Path
 
@@ -25,15 +22,8 @@ from support.runner import ForkProxy
 ROOT = Path(__file__).resolve().parents[2]
 
 
-def ctl(fp: ForkProxy, *args: str) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "forkproxy.ctl", "-c", str(fp.config_path), *args],
-                          capture_output=True, text=True, timeout=30)
-
-
 def inflight(fp: ForkProxy) -> int:
-    out = ctl(fp, "--json", "status")
-    assert out.returncode == 0, out.stderr
-    return sum(s["inflight"] for p in json.loads(out.stdout)["pools"] for s in p["servers"])
+    return sum(s["inflight"] for p in fp.ctl_status()["pools"] for s in p["servers"])
 
 
 def config(port, backends, weights=None, **pool) -> str:
@@ -237,7 +227,7 @@ def test_sticky_sessions_hold_across_workers_and_drain(four):
         r = get(port, cookies={"srv": token})
         assert r.headers["X-Backend"] == name and "Set-Cookie" not in r.headers
 
-    assert ctl(fp, "drain", "web", pinned.addr).returncode == 0
+    assert fp.ctl("drain", "web", pinned.addr).returncode == 0
     # New clients stop going there (every worker's snapshot) ...
     wait_until(lambda: all(get(port).headers["X-Backend"] != name for _ in range(12)),
                timeout=30, what="the drained server out of new picks")
@@ -245,7 +235,7 @@ def test_sticky_sessions_hold_across_workers_and_drain(four):
     for _ in range(20):
         assert get(port, cookies={"srv": token}).headers["X-Backend"] == name
 
-    assert ctl(fp, "maint", "web", pinned.addr).returncode == 0
+    assert fp.ctl("maint", "web", pinned.addr).returncode == 0
     moved = []
 
     def off() -> bool:
@@ -262,7 +252,7 @@ def test_sticky_sessions_hold_across_workers_and_drain(four):
         assert get(port, cookies={"srv": new_token}).headers["X-Backend"] == r.headers["X-Backend"]
 
     # The token stays valid across a reload for a server that stays.
-    assert ctl(fp, "ready", "web", pinned.addr).returncode == 0
+    assert fp.ctl("ready", "web", pinned.addr).returncode == 0
     fp.reload()
     wait_until(lambda: get(port, cookies={"srv": token}).headers["X-Backend"] == name,
                timeout=30, what="the old token honoured after ready + reload")

@@ -18,39 +18,14 @@ import requests
 
 from support.backend import pattern
 from support.procs import free_port, wait_until
+from support.configs import cache_site
 from support.rawhttp import Conn
 
 MAXAGE = "hdr=Cache-Control:max-age%3D60"
 
 
 def config(port, origin, mc, route_extra="", cache_extra="") -> str:
-    return f"""
-[cache]
-servers = ["{mc.addr}"]
-{cache_extra}
-
-[[listener]]
-name = "web"
-bind = "127.0.0.1:{port}"
-
-[[route]]
-pool = "web"
-cache = true
-{route_extra}
-
-[pool.web]
-servers = [{{ addr = "{origin.addr}" }}]
-"""
-
-
-@pytest.fixture
-def origin(backend_factory):
-    return backend_factory("origin")
-
-
-@pytest.fixture
-def mc(memcached_factory):
-    return memcached_factory()
+    return cache_site(port, origin.addr, f'servers = ["{mc.addr}"]\n{cache_extra}', route_extra)
 
 
 def start(forkproxy_factory, origin, mc, **kw):

@@ -17,38 +17,14 @@ import pytest
 import requests
 
 from support.procs import free_port, wait_until
+from support.configs import cache_site
 from support.rawhttp import Conn
 
 MAXAGE = "hdr=Cache-Control:max-age%3D60"
 
 
 def config(port, backend, cache="", route_extra="") -> str:
-    return f"""
-[cache]
-{cache}
-
-[[listener]]
-name = "web"
-bind = "127.0.0.1:{port}"
-
-[[route]]
-pool = "web"
-cache = true
-{route_extra}
-
-[pool.web]
-servers = [{{ addr = "{backend.addr}" }}]
-"""
-
-
-@pytest.fixture
-def origin(backend_factory):
-    return backend_factory("origin")
-
-
-@pytest.fixture
-def mc(memcached_factory):
-    return memcached_factory()
+    return cache_site(port, backend.addr, cache, route_extra)
 
 
 @pytest.fixture

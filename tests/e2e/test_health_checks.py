@@ -12,8 +12,6 @@ from __future__ import annotations
 import json
 import os
 import signal
-import subprocess
-import sys
 import time
 
 import pytest
@@ -25,15 +23,8 @@ from support.runner import ForkProxy
 INTERVAL = 1.0  # the figures: interval 1s, fall 3, rise 2
 
 
-def ctl(fp: ForkProxy, *args: str) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "forkproxy.ctl", "-c", str(fp.config_path), *args],
-                          capture_output=True, text=True, timeout=30)
-
-
 def status(fp: ForkProxy) -> dict:
-    out = ctl(fp, "--json", "status")
-    assert out.returncode == 0, out.stderr
-    return json.loads(out.stdout)
+    return fp.ctl_status()
 
 
 def server_state(fp: ForkProxy, pool: str, addr: str) -> dict:
@@ -146,7 +137,7 @@ def test_sigkill_of_the_checking_worker_hands_checks_to_another(trio):
 @pytest.mark.parametrize("state", ["drain", "maint"])
 def test_drain_and_maint_take_effect_in_every_worker(trio, state):
     fp, port, (b1, b2, b3) = trio
-    out = ctl(fp, state, "web", b1.addr)
+    out = fp.ctl(state, "web", b1.addr)
     assert out.returncode == 0, out.stderr
     assert server_state(fp, "web", b1.addr)["admin"] == state
 
@@ -159,14 +150,14 @@ def test_drain_and_maint_take_effect_in_every_worker(trio, state):
     spread(port, 80)             # fresh connections: all four workers serve some
     assert served(b1) == 0
 
-    assert ctl(fp, "ready", "web", b1.addr).returncode == 0
+    assert fp.ctl("ready", "web", b1.addr).returncode == 0
     wait_until(lambda: (spread(port, 10), served(b1) > 0)[1], timeout=20,
                what="b1 back in rotation")
 
 
 def test_admin_state_survives_a_reload_for_servers_that_stay(trio):
     fp, port, (b1, b2, b3) = trio
-    assert ctl(fp, "maint", "web", b3.addr).returncode == 0
+    assert fp.ctl("maint", "web", b3.addr).returncode == 0
     gen = status(fp)["generation"]
     fp.signal(signal.SIGHUP)
     wait_until(lambda: status(fp)["generation"] > gen, timeout=30, what="the reload")

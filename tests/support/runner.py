@@ -13,6 +13,7 @@ import shutil
 import signal
 import socket
 import ssl
+import subprocess
 import sys
 import time
 import tomllib
@@ -286,6 +287,18 @@ class ForkProxy:
 
     def error_log(self) -> str:
         return self._log("error_log")
+
+    def ctl(self, *args: str) -> subprocess.CompletedProcess:
+        """``forkproxyctl -c <this config> ARGS`` as a subprocess (output captured)."""
+        return subprocess.run([sys.executable, "-m", "forkproxy.ctl", "-c", str(self.config_path),
+                               *args], capture_output=True, text=True, timeout=30)
+
+    def ctl_status(self) -> dict:
+        """``forkproxyctl --json status``: the shared table as a document."""
+        out = self.ctl("--json", "status")
+        if out.returncode != 0:
+            raise ProcError(f"forkproxyctl status failed: {out.stderr}")
+        return json.loads(out.stdout)
 
     def access_log(self) -> str:
         return self._log("access_log")
