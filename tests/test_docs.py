@@ -13,10 +13,11 @@ import signal
 import subprocess
 import sys
 import textwrap
-import time
 from pathlib import Path
 
 import pytest
+
+from support.procs import wait_until
 
 ROOT = Path(__file__).resolve().parent.parent
 MAN = ROOT / "man"
@@ -527,15 +528,6 @@ sys.exit(main())
 '''
 
 
-def wait_until(predicate, what, deadline=20.0):
-    """Poll for an effect of an asynchronous signal; fail after deadline."""
-    end = time.monotonic() + deadline
-    while not predicate():
-        if time.monotonic() > end:
-            pytest.fail(f"timed out waiting for {what}")
-        time.sleep(0.02)
-
-
 def alive(pid):
     """Running, not a zombie (this container's init does not reap orphans)."""
     try:
@@ -614,9 +606,9 @@ def test_init_script_lifecycle_with_a_fake_master(lsb):
     assert lsb.started() == [old]
 
     assert lsb.run("reload").returncode == 0
-    wait_until(lambda: ("HUP", str(old)) in lsb.log(), "HUP")
+    wait_until(lambda: ("HUP", str(old)) in lsb.log(), timeout=20, what="HUP")
     assert lsb.run("rotate").returncode == 0
-    wait_until(lambda: ("USR1", str(old)) in lsb.log(), "USR1")
+    wait_until(lambda: ("USR1", str(old)) in lsb.log(), timeout=20, what="USR1")
 
     # A bad file fails configtest, reload and upgrade, and signals nothing.
     lsb.conf.write_text("bad\n")

@@ -15,14 +15,13 @@ import socket
 import subprocess
 import sys
 import textwrap
-import time
 
 import pytest
 import requests
 
 from support import procs
 from support.backend import pattern, pattern_sha256
-from support.procs import Proc, ProcError, children_of, free_port, pid_alive, wait_for_port
+from support.procs import Proc, ProcError, children_of, free_port, pid_alive, wait_for_port, wait_until
 from support.runner import ForkProxy, toml_value
 
 
@@ -49,14 +48,6 @@ def raw(port: int, data: bytes, timeout: float = 5) -> bytes:
                 break
             out += chunk
         return out
-
-
-def wait_until(cond, timeout=10, what="condition"):
-    deadline = time.monotonic() + timeout
-    while not cond():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for {what}")
-        time.sleep(procs.POLL)
 
 
 # -- procs ------------------------------------------------------------------
