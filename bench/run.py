@@ -253,8 +253,7 @@ class Ctx:
     def start_forkproxy(self, body: str, workers: int = 2, server: dict | None = None) -> int:
         """forkproxy with ``body`` (use ``{port}`` for the listener port); returns the port."""
         port = free_port()
-        d = self.dir / "forkproxy"
-        d.mkdir(exist_ok=True)
+        d = Path(tempfile.mkdtemp(prefix="forkproxy", dir=self.dir))  # one per instance
         srv = {
             "workers": workers,
             "pidfile": str(d / "forkproxy.pid"),
@@ -341,6 +340,16 @@ def get1k(ctx: Ctx) -> list[Result]:
     return rows
 
 
+@scenario("metrics", "get1k through forkproxy with metrics off, then on (server.admin set)")
+def metrics(ctx: Ctx) -> list[Result]:
+    origin = ctx.start_backend(1024)
+    body = FORKPROXY_ONE_POOL.format(origin=origin)
+    rows = [_guarded("forkproxy", lambda: ctx.start_forkproxy(body), ctx)]
+    admin = {"admin": f"127.0.0.1:{free_port()}"}
+    rows.append(_guarded("metrics", lambda: ctx.start_forkproxy(body, server=admin), ctx))
+    return rows
+
+
 # -- report -------------------------------------------------------------------
 
 
@@ -367,6 +376,8 @@ def report(name: str, rows: list[Result], args) -> str:
             f, b = by["forkproxy"], by[base]
             p99 = f"; p99 x{f.p99_ms / b.p99_ms:.2f}" if f.p99_ms and b.p99_ms else ""
             out.append(f"ratio forkproxy/{base}: req/s {f.rps / b.rps:.3f}{p99}")
+    if "metrics" in by and "forkproxy" in by:
+        out.append(f"ratio metrics-on/metrics-off: req/s {by['metrics'].rps / by['forkproxy'].rps:.3f}")
     for r in rows:
         if r.error and "\n" in r.error:
             out.append(f"\n{r.target}: {r.error}")

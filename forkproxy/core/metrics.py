@@ -23,19 +23,36 @@ inherit them through fork. Sans-IO: nothing here reads a clock or a socket.
 
 from __future__ import annotations
 
-__all__ = ["FAMILIES", "GAUGES", "CLASSES", "Metrics", "SlotCounter", "request_keys", "status_class", "render"]
+from bisect import bisect_left
+
+__all__ = ["FAMILIES", "GAUGES", "CLASSES", "BUCKETS", "CACHE_RESULTS", "Metrics", "SlotCounter",
+           "request_keys", "status_class", "render"]
 
 #: family name -> (Prometheus type, help text). Names are without the prefix.
 FAMILIES: dict[str, tuple[str, str]] = {
     "requests_total": ("counter", "Requests answered, by route, pool, server and status class."),
+    "request_duration_seconds": ("histogram", "Time from the request head read to the "
+                                 "response's last byte written, by route and pool."),
+    "upstream_duration_seconds": ("histogram", "Time from connecting to the server to the end "
+                                  "of its response head, by pool and server."),
     "received_bytes_total": ("counter", "Request bytes received from clients (head and body)."),
     "sent_bytes_total": ("counter", "Response bytes sent to clients (head and body)."),
     "connections_active": ("gauge", "Client connections open now, every listener but admin."),
+    "retries_total": ("counter", "Requests sent again to another server of the pool."),
+    "health_transitions_total": ("counter", "Servers marked up or down by the active checks."),
+    "cache_requests_total": ("counter", "Requests on cached routes, by route and cache result."),
+    "ratelimited_total": ("counter", "Requests refused with 429 by a route's rate limit."),
     "reloads_total": ("counter", "Configuration reloads taken (SIGHUP or the admin API)."),
 }
 GAUGES = frozenset({"connections_active"})
 CLASSES = ("1xx", "2xx", "3xx", "4xx", "5xx")
+#: Histogram upper bounds in seconds (Prometheus's defaults); +Inf is implicit.
+BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
+#: ``AccessRecord.cache`` values, as they label cache_requests_total.
+CACHE_RESULTS = ("HIT", "MISS", "STALE", "REVALIDATED", "BYPASS", "REFRESH", "PURGE")
 PREFIX = "forkproxy_"
+_SINGLE = ("received_bytes_total", "sent_bytes_total", "connections_active", "reloads_total")
+_LE = tuple(repr(b) for b in BUCKETS) + ("+Inf",)
 
 
 def status_class(status: int) -> str | None:
@@ -43,21 +60,45 @@ def status_class(status: int) -> str | None:
     return f"{status // 100}xx" if 100 <= status <= 599 else None
 
 
-def request_keys(routes) -> list[tuple]:
-    """Every key of a configuration: ``routes`` is ``[(route_id, pool, [server addrs])]``.
+def _histogram(name: str, labels: tuple) -> list[tuple]:
+    """The cells of one histogram series: a bucket per bound and +Inf
+    (each counts only its own band; ``render`` accumulates), the sum in
+    microseconds (cells hold integers) and the count."""
+    return ([(f"{name}_bucket", labels + (("le", le),)) for le in _LE]
+            + [(f"{name}_sum", labels), (f"{name}_count", labels)])
 
-    A key is ``(family, ((label, value), ...))``. Requests get one series
-    per route, server of its pool (plus ``""``: answered without a server,
-    such as a 502 after every try failed or a redirect) and status class;
-    requests that matched no route count under route ``""``.
+
+def request_keys(routes, pools=None) -> list[tuple]:
+    """Every key of a configuration.
+
+    ``routes``: ``[(route_id, pool, [server addrs])]``; ``pools``: ``{pool:
+    [server addrs]}`` (default: the pools the routes name). A key is
+    ``(family, ((label, value), ...))``; histogram families are stored as
+    their ``_bucket``, ``_sum`` and ``_count`` keys.
+
+    Requests get one series per route, server of its pool (plus ``""``:
+    answered without a server, such as a 502 after every try failed or a
+    redirect) and status class; requests that matched no route count under
+    route ``""``.
     """
-    keys: list[tuple] = [(name, ()) for name in FAMILIES if name != "requests_total"]
+    if pools is None:
+        pools = {p: list(s) for _, p, s in routes if p}
+    keys: list[tuple] = [(name, ()) for name in _SINGLE]
     targets = [("", "", [])] + [(str(r), p or "", list(s)) for r, p, s in routes]
     for route, pool, servers in targets:
         for server in [""] + servers:
             for cls in CLASSES:
                 keys.append(("requests_total", (("route", route), ("pool", pool),
                                                 ("server", server), ("code", cls))))
+        keys += _histogram("request_duration_seconds", (("route", route), ("pool", pool)))
+        keys += [("cache_requests_total", (("route", route), ("result", r))) for r in CACHE_RESULTS]
+        keys.append(("ratelimited_total", (("route", route),)))
+    for pool, servers in pools.items():
+        keys.append(("retries_total", (("pool", pool),)))
+        for server in servers:
+            keys += _histogram("upstream_duration_seconds", (("pool", pool), ("server", server)))
+            keys += [("health_transitions_total", (("pool", pool), ("server", server), ("to", to)))
+                     for to in ("up", "down")]
     return keys
 
 
@@ -78,8 +119,19 @@ class Metrics:
         self.cells = memoryview(buf).cast("B")[: self.size(self.n_keys, n_slots)].cast("Q")
         self.index = {k: i for i, k in enumerate(self.keys)}
         self._gauges = [i for i, k in enumerate(self.keys) if k[0] in GAUGES]
-        self._req = {(d["route"], d["server"], d["code"]): i for i, (name, labels) in
-                     enumerate(self.keys) if name == "requests_total" for d in [dict(labels)]}
+        by_label: dict[str, dict[tuple, int]] = {}
+        for i, (name, labels) in enumerate(self.keys):
+            by_label.setdefault(name, {})[tuple(v for _, v in labels)] = i
+        self._req = {(r, srv, c): i for (r, _, srv, c), i in by_label.get("requests_total", {}).items()}
+        # histogram series -> index of its first bucket (sum and count follow the buckets)
+        self._dur = {r: i for (r, _, le), i in
+                     by_label.get("request_duration_seconds_bucket", {}).items() if le == _LE[0]}
+        self._up = {srv: i for (_, srv, le), i in
+                    by_label.get("upstream_duration_seconds_bucket", {}).items() if le == _LE[0]}
+        self._cache = by_label.get("cache_requests_total", {})
+        self._limited = {r: i for (r,), i in by_label.get("ratelimited_total", {}).items()}
+        self._retries = {p: i for (p,), i in by_label.get("retries_total", {}).items()}
+        self._moves = by_label.get("health_transitions_total", {})
         self._in = self.index.get(("received_bytes_total", ()), 0)
         self._out = self.index.get(("sent_bytes_total", ()), 0)
 
@@ -102,27 +154,60 @@ class Metrics:
             out[key] = total - (1 << 64) if total >= 1 << 63 else total
         return out
 
-    def count_request(self, slot: int, route, server: str | None, status: int,
-                      received: int, sent: int) -> None:
+    def count_request(self, slot: int, rec) -> None:
         """Count one answered request in ``slot`` (the owning worker only).
 
-        ``route``: the route's id (None: matched none); ``server``: the
-        address it was last sent to (None: none). A server the route's pool
-        does not list counts as ``""``.
+        ``rec`` is its ``logs.AccessRecord``: ``route`` (the route's id, None:
+        matched none), ``upstream`` (the server it was last sent to, None:
+        none; one its pool does not list counts as ``""``), ``status``,
+        ``request_time`` and ``upstream_time`` (seconds), ``cache``, byte
+        counts. A 429 without an upstream is the route's rate limit.
         """
-        cls = status_class(status)
+        cls = status_class(rec.status)
         if cls is None:
             return
-        r = "" if route is None else str(route)
-        k = self._req.get((r, server or "", cls))
-        if k is None:
-            k = self._req.get((r, "", cls))
+        r = "" if rec.route is None else str(rec.route)
         row = slot * self.n_keys
         cells = self.cells
+        k = self._req.get((r, rec.upstream or "", cls))
+        if k is None:
+            k = self._req.get((r, "", cls))
         if k is not None:
             cells[row + k] += 1
-        cells[row + self._in] += received
-        cells[row + self._out] += sent
+        k = self._dur.get(r)
+        if k is not None:
+            self._observe(row + k, rec.request_time)
+        if rec.upstream_time is not None:
+            k = self._up.get(rec.upstream)
+            if k is not None:
+                self._observe(row + k, rec.upstream_time)
+        if rec.cache is not None:
+            k = self._cache.get((r, rec.cache))
+            if k is not None:
+                cells[row + k] += 1
+        if rec.status == 429 and rec.upstream is None:
+            k = self._limited.get(r)
+            if k is not None:
+                cells[row + k] += 1
+        cells[row + self._in] += rec.bytes_received
+        cells[row + self._out] += rec.bytes_sent
+
+    def _observe(self, i: int, seconds: float) -> None:
+        """One observation into the histogram series whose first bucket is cell ``i``."""
+        cells, n = self.cells, len(_LE)
+        cells[i + bisect_left(BUCKETS, seconds)] += 1
+        cells[i + n] += max(0, int(seconds * 1e6))
+        cells[i + n + 1] += 1
+
+    def count_retry(self, slot: int, pool: str) -> None:
+        k = self._retries.get(pool)
+        if k is not None:
+            self.cells[slot * self.n_keys + k] += 1
+
+    def count_transition(self, slot: int, pool: str, server: str, to: str) -> None:
+        k = self._moves.get((pool, server, to))
+        if k is not None:
+            self.cells[slot * self.n_keys + k] += 1
 
     def clear_gauges(self, slot: int) -> None:
         """Zero ``slot``'s gauges (the master, once the slot's worker is dead)."""
@@ -151,8 +236,15 @@ class SlotCounter:
 
     def request(self, rec) -> None:
         """Count an answered request from its access-log record (``logs.AccessRecord``)."""
-        self.metrics.count_request(self.slot, rec.route, rec.upstream, rec.status,
-                                   rec.bytes_received, rec.bytes_sent)
+        self.metrics.count_request(self.slot, rec)
+
+    def retry(self, pool: str) -> None:
+        """A request of ``pool`` goes to another server after a failed attempt."""
+        self.metrics.count_retry(self.slot, pool)
+
+    def transition(self, pool: str, server: str, to: str) -> None:
+        """The active checks turned ``server`` of ``pool`` ``to`` "up" or "down"."""
+        self.metrics.count_transition(self.slot, pool, server, to)
 
     def connection(self, n: int) -> None:
         """+1 when a client connection opens, -1 when it closes."""
@@ -163,22 +255,44 @@ def _escape(value: str) -> str:
     return value.replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n")
 
 
+def _family(name: str) -> tuple[str, str]:
+    """(family, part): ``("x_seconds", "_bucket")`` for a histogram cell's key name."""
+    for part in ("_bucket", "_sum", "_count"):
+        base = name[: -len(part)]
+        if name.endswith(part) and FAMILIES.get(base, ("",))[0] == "histogram":
+            return base, part
+    return name, ""
+
+
 def render(totals: dict[tuple, int], extra: list[tuple] = ()) -> str:
     """The Prometheus text exposition (format 0.0.4) of ``totals``.
 
     ``extra``: more ``(family, labels, value, type, help)`` samples (e.g.
-    health read from the table). Request series still at zero are left
-    out, so the page lists what happened, not every combination.
+    health read from the table). Series of the labelled families still at
+    zero are left out (a histogram when its count is), so the page lists
+    what happened, not every combination; histogram buckets are written
+    cumulative, sums in seconds.
     """
     families: dict[str, list[str]] = {}
     meta: dict[str, tuple[str, str]] = {}
-    items = [(k[0], k[1], v) + FAMILIES[k[0]] for k, v in totals.items()] + list(extra)
-    for name, labels, value, kind, help_text in items:
-        if name == "requests_total" and value == 0:
+    counts = {k[1]: v for k, v in totals.items() if k[0].endswith("_count")}
+    running: dict[tuple, int] = {}
+    items = [(k[0], k[1], v) + FAMILIES[_family(k[0])[0]] for k, v in totals.items()]
+    for name, labels, value, kind, help_text in items + list(extra):
+        family, part = _family(name)
+        if part:
+            series = labels[:-1] if part == "_bucket" else labels
+            if not counts.get(series):
+                continue
+            if part == "_bucket":
+                value = running[series] = running.get(series, 0) + value
+            elif part == "_sum":
+                value = value / 1e6
+        elif labels and value == 0 and family in FAMILIES and family not in _SINGLE:
             continue
-        meta.setdefault(name, (kind, help_text))
+        meta.setdefault(family, (kind, help_text))
         lab = ",".join(f'{k}="{_escape(str(v))}"' for k, v in labels)
-        families.setdefault(name, []).append(
+        families.setdefault(family, []).append(
             f"{PREFIX}{name}{{{lab}}} {value}" if lab else f"{PREFIX}{name} {value}")
     lines = []
     for name, samples in families.items():

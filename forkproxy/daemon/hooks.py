@@ -142,7 +142,7 @@ def build_metrics(cfg: Config, n_slots: int, old):
     from forkproxy.core.metrics import Metrics, request_keys
 
     pools = {p.name: [s.addr for s in p.servers] for p in cfg.pools}
-    keys = request_keys([(r.index, r.pool, pools.get(r.pool, [])) for r in cfg.routes])
+    keys = request_keys([(r.index, r.pool, pools.get(r.pool, [])) for r in cfg.routes], pools)
     if old is not None and old.keys == keys and old.n_slots == n_slots:
         return old
     metrics = Metrics(keys, n_slots, mmap.mmap(-1, Metrics.size(len(keys), n_slots)))
@@ -327,7 +327,7 @@ def start_checker(worker, cfg: Config, table, lock_fd: int):
     if not targets:
         return None
     checker = Checker(table, targets, Leader(lock_fd), worker.log,
-                      initial=cfg.server.initial_health)
+                      initial=cfg.server.initial_health, metrics=worker.runtime.metrics)
     gevent.spawn(checker.run)
     return checker
 

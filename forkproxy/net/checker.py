@@ -197,7 +197,8 @@ class Checker:
     ``table`` is the shared ``core.table.Table``; ``log`` a ``logging.Logger``;
     ``initial`` the RiseFall init state of rows never written (the master
     normally writes initial rows itself; "up", "down", "fully-up" or
-    "fully-down"); ``clock`` the epoch clock stamped into rows.
+    "fully-down"); ``clock`` the epoch clock stamped into rows; ``metrics``
+    a ``core.metrics.SlotCounter`` counting state changes (None: not counted).
 
     ``run()`` is a greenlet body and returns after ``stop()``. ``stop()``
     kills the probe loops and releases the lock, so a worker of the next
@@ -206,8 +207,10 @@ class Checker:
     checking the old generation's table.
     """
 
-    def __init__(self, table, targets: list[Target], leader, log, *, initial: str = "up", clock=time.time):
+    def __init__(self, table, targets: list[Target], leader, log, *, initial: str = "up",
+                 clock=time.time, metrics=None):
         self.table = table
+        self.metrics = metrics
         self.targets = list(targets)
         self.leader = leader
         self.log = log
@@ -277,6 +280,8 @@ class Checker:
                 self.table.write_health(t.row, new)
                 before = old.state if old is not None else rf.initial(0.0).state
                 if new.state != before:
+                    if self.metrics is not None:
+                        self.metrics.transition(t.pool, t.server.addr, new.state)
                     if new.state == "down":
                         self.log.warning("server %s is DOWN: %s", t.label, new.reason)
                     else:

@@ -441,10 +441,7 @@ class Session:
 
         The connection stays open only when the request had no body to skip.
         """
-        port = self.rt.https_port.get(rec.route, 443)
-        if ":" in host:  # an IPv6 literal
-            host = f"[{host.strip('[]')}]"
-        location = f"https://{host}{'' if port == 443 else f':{port}'}{target if target != '*' else '/'}"
+        location = https_location(self.rt, rec.route, host, target)
         framing = req.framing
         keep = (framing.kind == "none" or (framing.kind == "length" and not framing.length)) \
             and http1.wants_keep_alive(req.version, req.headers) and not self.rt.draining
@@ -459,26 +456,7 @@ class Session:
     def proxy(self, req: http1.Request, rec: AccessRecord) -> bool:
         rt = self.rt
         method = req.method
-        target = req.target
-        host_value = req.get("host")
-        host = req.host
-        if target.startswith("/"):
-            path = target.partition("?")[0]
-            upstream_target = target
-        elif target[:7].lower() == "http://" or target[:8].lower() == "https://":
-            # absolute-form: its authority is the host (RFC 9112 3.2.2)
-            authority, slash, rest = target.split("://", 1)[1].partition("/")
-            upstream_target = slash + rest if slash else "/"
-            path = upstream_target.partition("?")[0]
-            host_value = authority
-            host = hdr.split_host(authority)[0]
-        elif target == "*" and method == "OPTIONS":
-            path = upstream_target = "*"
-        elif method == "CONNECT":
-            raise http1.ProtocolError(501, "CONNECT is not supported by a reverse proxy")
-        else:
-            raise http1.ProtocolError(400, "invalid request target")
-
+        host_value, host, path, upstream_target = request_target(req)
         route = rt.router.match(self.listener.name, host, path)
         if route is None:
             self.refuse(rec, 404, "no route matches")
@@ -498,9 +476,7 @@ class Session:
         self.hsts = rc.hsts if self.proto == "https" else None
 
         framing = req.framing
-        max_body = rc.max_body_size if rc.max_body_size is not None else rt.cfg.server.max_body_size
-        if framing.kind == "length" and max_body and framing.length > max_body:
-            raise http1.ProtocolError(413, f"body of {framing.length} bytes over the limit {max_body}")
+        max_body = body_limit(rt, rc, framing)
         has_body = framing.kind == "chunked" or (framing.kind == "length" and framing.length > 0)
 
         expect = req.get("expect")
@@ -560,9 +536,7 @@ class Session:
         attempts = 0
         first_at = 0.0
         queue_deadline: float | None = None
-        pinned, token = pool.sticky_server(req)
-        if pinned is not None and not pool.usable(pinned) and _upgrade_asked(req) is not None:
-            pinned = None  # a server in drain keeps its sticky requests, takes no new tunnel
+        pinned, token = sticky_choice(pool, req)
 
         def may_try_again() -> bool:
             if retry.tries and attempts >= retry.tries:
@@ -595,6 +569,8 @@ class Session:
                     attempts += 1
                     if attempts == 1:
                         first_at = time.monotonic()
+                    elif rt.metrics is not None:
+                        rt.metrics.retry(pool.name)
             if i is None:
                 if last_error is None:
                     self.refuse(rec, 503, "no server available", where=f" pool={pool.name}")
@@ -1033,6 +1009,58 @@ class Session:
         finally:
             conn.close()
         return False
+
+
+def request_target(req) -> tuple[str | None, str | None, str, str]:
+    """(Host value, host, path, target to send upstream) of a request, by its target's form.
+
+    origin-form as it is; absolute-form gives its authority as the host
+    (RFC 9112 3.2.2) and its path; ``OPTIONS *`` passes.  Raises
+    ``ProtocolError``: 501 for CONNECT, 400 for any other target.  The
+    request path and ``forkproxyctl explain`` both call it.
+    """
+    target = req.target
+    if target.startswith("/"):
+        return req.get("host"), req.host, target.partition("?")[0], target
+    if target[:7].lower() == "http://" or target[:8].lower() == "https://":
+        authority, slash, rest = target.split("://", 1)[1].partition("/")
+        upstream_target = slash + rest if slash else "/"
+        return (authority, hdr.split_host(authority)[0], upstream_target.partition("?")[0],
+                upstream_target)
+    if target == "*" and req.method == "OPTIONS":
+        return req.get("host"), req.host, "*", "*"
+    if req.method == "CONNECT":
+        raise http1.ProtocolError(501, "CONNECT is not supported by a reverse proxy")
+    raise http1.ProtocolError(400, "invalid request target")
+
+
+def body_limit(rt: Runtime, rc, framing) -> int:
+    """The route's max_body_size (else the server's; 0: none); raises a 413
+    ``ProtocolError`` when a declared Content-Length is over it."""
+    max_body = rc.max_body_size if rc.max_body_size is not None else rt.cfg.server.max_body_size
+    if framing.kind == "length" and max_body and framing.length > max_body:
+        raise http1.ProtocolError(413, f"body of {framing.length} bytes over the limit {max_body}")
+    return max_body
+
+
+def https_location(rt: Runtime, route: int, host: str, target: str) -> str:
+    """Where a ``redirect_https`` route sends a request for ``host`` + ``target``."""
+    port = rt.https_port.get(route, 443)
+    if ":" in host:  # an IPv6 literal
+        host = f"[{host.strip('[]')}]"
+    return f"https://{host}{'' if port == 443 else f':{port}'}{target if target != '*' else '/'}"
+
+
+def sticky_choice(pool: PoolRuntime, req) -> tuple[int | None, str | None]:
+    """(server the request's sticky cookie pins it to, or None; the cookie's token).
+
+    A server in drain keeps its sticky requests but takes no new tunnel
+    (WebSocket).  Read-only: ``forkproxyctl explain`` asks it too.
+    """
+    pinned, token = pool.sticky_server(req)
+    if pinned is not None and not pool.usable(pinned) and _upgrade_asked(req) is not None:
+        pinned = None
+    return pinned, token
 
 
 def _upgrade_asked(req) -> str | None:

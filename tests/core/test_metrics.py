@@ -6,7 +6,7 @@ from types import SimpleNamespace
 
 import pytest
 
-from forkproxy.core.metrics import Metrics, SlotCounter, render, request_keys, status_class
+from forkproxy.core.metrics import BUCKETS, Metrics, SlotCounter, render, request_keys, status_class
 
 ROUTES = [(0, "web", ["10.0.0.1:80", "10.0.0.2:80"]), (1, "api", ["10.0.1.1:80"])]
 
@@ -16,9 +16,11 @@ def make(n_slots=4, routes=ROUTES):
     return Metrics(keys, n_slots, bytearray(Metrics.size(len(keys), n_slots)))
 
 
-def rec(route=0, upstream="10.0.0.1:80", status=200, received=10, sent=100):
-    return SimpleNamespace(route=route, upstream=upstream, status=status,
-                           bytes_received=received, bytes_sent=sent)
+def rec(route=0, upstream="10.0.0.1:80", status=200, received=10, sent=100, took=0.02,
+        upstream_time=0.01, cache=None):
+    return SimpleNamespace(route=route, upstream=upstream, status=status, bytes_received=received,
+                           bytes_sent=sent, request_time=took, upstream_time=upstream_time,
+                           cache=cache)
 
 
 def req_key(route, pool, server, code):
@@ -110,3 +112,73 @@ def test_render_prometheus_text():
     # every family has HELP and TYPE before its samples
     names = [line.split()[2] for line in lines if line.startswith("# TYPE")]
     assert len(names) == len(set(names))
+
+
+def parse(text: str) -> dict[str, float]:
+    """{sample name with labels: value} of a Prometheus text page."""
+    return {line.rsplit(" ", 1)[0]: float(line.rsplit(" ", 1)[1])
+            for line in text.splitlines() if line and not line.startswith("#")}
+
+
+@pytest.mark.parametrize("took,le", [(0.0, "0.005"), (0.005, "0.005"), (0.0051, "0.01"),
+                                     (0.3, "0.5"), (10.0, "10.0"), (11.0, "+Inf")])
+def test_latency_lands_in_the_first_bucket_that_holds_it(took, le):
+    m = make()
+    SlotCounter(m, 1).request(rec(took=took))
+    s = parse(render(m.totals()))
+    series = 'forkproxy_request_duration_seconds_bucket{route="0",pool="web",le="%s"}'
+    les = [*(repr(b) for b in BUCKETS), "+Inf"]
+    first = les.index(le)
+    assert [s[series % x] for x in les] == [0] * first + [1] * (len(les) - first)  # cumulative
+    assert s['forkproxy_request_duration_seconds_count{route="0",pool="web"}'] == 1
+    assert s['forkproxy_request_duration_seconds_sum{route="0",pool="web"}'] == pytest.approx(took)
+
+
+def test_histogram_sums_over_slots_and_upstream_time_is_per_server():
+    m = make()
+    SlotCounter(m, 0).request(rec(took=0.2, upstream_time=0.1))
+    SlotCounter(m, 3).request(rec(took=0.4, upstream_time=None, upstream=None, status=502))
+    s = parse(render(m.totals()))
+    assert s['forkproxy_request_duration_seconds_count{route="0",pool="web"}'] == 2
+    assert s['forkproxy_request_duration_seconds_sum{route="0",pool="web"}'] == pytest.approx(0.6)
+    assert s['forkproxy_upstream_duration_seconds_count{pool="web",server="10.0.0.1:80"}'] == 1
+    assert not any("10.0.0.2:80" in k for k in s)  # never used: left out
+
+
+@pytest.mark.parametrize("status,upstream,cache,family", [
+    (429, None, None, 'forkproxy_ratelimited_total{route="0"}'),
+    (200, "10.0.0.1:80", "HIT", 'forkproxy_cache_requests_total{route="0",result="HIT"}'),
+    (200, None, "STALE", 'forkproxy_cache_requests_total{route="0",result="STALE"}'),
+])
+def test_cache_results_and_rate_limits(status, upstream, cache, family):
+    m = make()
+    SlotCounter(m, 0).request(rec(status=status, upstream=upstream, cache=cache))
+    s = parse(render(m.totals()))
+    assert s[family] == 1
+
+
+def test_a_429_from_the_server_is_not_a_rate_limit():
+    m = make()
+    SlotCounter(m, 0).request(rec(status=429))
+    assert "ratelimited" not in render(m.totals())
+
+
+def test_retries_and_health_transitions():
+    m = make()
+    c = SlotCounter(m, 2)
+    c.retry("web")
+    c.retry("web")
+    c.retry("nope")  # not in the layout: ignored, never raises
+    c.transition("web", "10.0.0.2:80", "down")
+    c.transition("web", "10.0.0.2:80", "up")
+    c.transition("web", "10.9.9.9:80", "up")
+    s = parse(render(m.totals()))
+    assert s['forkproxy_retries_total{pool="web"}'] == 2
+    assert not any("api" in k for k in s)  # zeros left out
+    assert s['forkproxy_health_transitions_total{pool="web",server="10.0.0.2:80",to="down"}'] == 1
+    assert s['forkproxy_health_transitions_total{pool="web",server="10.0.0.2:80",to="up"}'] == 1
+
+
+def test_pools_no_route_names_still_get_their_series():
+    keys = request_keys(ROUTES, {"web": ["10.0.0.1:80"], "spare": ["10.5.0.1:80"]})
+    assert ("retries_total", (("pool", "spare"),)) in keys
