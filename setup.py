@@ -15,6 +15,8 @@ setup(
     license="MIT",
     python_requires=">=3.11",
     packages=find_packages(include=["forkproxy", "forkproxy.*"]),
+    # The admin endpoint's status page (GET /), read with importlib.resources.
+    package_data={"forkproxy.net": ["status_page.html"]},
     install_requires=[
         "gevent>=24.10,<27",
         # The master is gunicorn's Arbiter through its public embedding API:

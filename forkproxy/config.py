@@ -1471,14 +1471,33 @@ SETTINGS: tuple[Setting, ...] = (
             "Unset: the primary group of user, or the master's group.",
             _RESTART, _opt_str, example="forkproxy"),
     Setting("server", "error_log", 'path or "-"', "-",
-            'Where the error log goes. "-" is standard error.',
+            'Where the error log goes. "-" is standard error. '
+            "Besides the daemon's own messages, every request that forkproxy refused "
+            "(a malformed request, no route, an access rule, a deny rule, a method, a limit, "
+            "the rate limit) or that ended in a 5xx (no server up, a server that failed, "
+            "timed out or answered 5xx itself) leaves one line saying why, such as "
+            'request ID 192.0.2.7 "GET /api" -> 503: no server up in pool "api", where ID '
+            'is the access log\'s request_id ("-" when the head could not be parsed). '
+            "These lines are warnings; 500 (a bug in forkproxy) is an error and 408 "
+            "(a client too slow to send its head) is info.",
             _RELOAD, _nonempty_str),
     Setting("server", "access_log", 'path, "-" or "off"', "-",
             'Where the access log goes. "-" is standard error and "off" disables it.',
             _RELOAD, _nonempty_str),
     Setting("server", "access_log_format", '"combined" or "json"', "combined",
             "Access log format: the combined format of Apache and nginx, "
-            "or one JSON object per line.",
+            "or one JSON object per line. "
+            "The size field of the combined format is bytes_sent, and forkproxy's fields "
+            "follow it as name=value (upstream, upstream_status, request_time, upstream_time, "
+            "route, pool, cache, request_id). "
+            "A JSON line always has the same keys, in this order, null when absent: "
+            "time (ISO 8601, local time), client (the peer address), request (the request line), "
+            "method, target, version, status, bytes_received (the request head and the body "
+            "bytes read from the client), bytes_sent (the response head and body written to "
+            "it), referer, user_agent, route (its index), pool, upstream (the server that "
+            "answered), upstream_status, request_time and upstream_time (seconds), cache "
+            "(HIT, MISS, STALE, REVALIDATED, BYPASS or PURGE on cached routes), request_id, "
+            "tls_version (such as TLSv1.3) and sni (the server name the TLS client sent).",
             _RELOAD, _enum("access_log_format", ("combined", "json"))),
     Setting("server", "log_level", '"debug", "info", "warning", "error" or "critical"', "info",
             "Least severe message written to the error log.",

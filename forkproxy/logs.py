@@ -13,18 +13,30 @@ Formats:
         upstream=127.0.0.1:8081 upstream_status=200 request_time=0.002 upstream_time=0.001 route=0 pool=web \
         cache=- request_id=4f1c...
 
+    The size after the status is ``bytes_sent``: the response head and body
+    (nginx's combined format has the body alone).
     ``cache`` is the cache status on routes with ``cache = true``, else ``-``.
     ``request_id`` is the request's X-Request-Id (sent upstream; kept from a
-    trusted proxy, generated otherwise), ``-`` for a request refused before routing.
+    trusted proxy, generated otherwise), ``-`` for a head that could not be parsed.
 
     Absent values are written as ``-``.
 ``json``
-    One JSON object per line with the same fields, named as in the record.
+    One JSON object per line, always with the same keys in the same order
+    (absent values are ``null``): a stable interface for log shippers,
+    documented in forkproxy.toml(5) under ``access_log_format``.  The
+    combined fields, the request line (``request``) with its parts,
+    ``bytes_received`` (request head and the body bytes read from the
+    client), ``bytes_sent`` (response head and body written to it), and
+    ``tls_version`` / ``sni`` on a TLS connection.
+
+The error log gets one line per request that forkproxy refused or that
+ended in a 5xx (``error_line``), with the record's ``why``.
 """
 
 from __future__ import annotations
 
 import json
+import logging
 import os
 import sys
 import time
@@ -33,12 +45,17 @@ FORMATS = ("combined", "json")
 
 
 class AccessRecord:
-    """What one request leaves in the access log (a plain, slotted bag)."""
+    """What one request leaves in the logs (a plain, slotted bag).
+
+    ``bytes_received``/``bytes_sent`` are set by the session when the request
+    ends.  ``why`` is set where forkproxy decides to refuse a request or to
+    answer 5xx (or sees a server answer 5xx): the error log's reason, in words.
+    """
 
     __slots__ = ("client", "method", "target", "version", "status", "bytes_sent",
                  "referer", "user_agent", "upstream", "upstream_status", "request_time",
                  "upstream_time", "route", "pool", "start", "bytes_received", "cache",
-                 "request_id")
+                 "request_id", "tls_version", "sni", "why")
 
     def __init__(self, client: str, start: float):
         self.client = client
@@ -54,6 +71,34 @@ class AccessRecord:
         self.route = self.pool = None
         self.cache = None  # HIT, MISS, STALE, REVALIDATED or BYPASS on cached routes
         self.request_id = None
+        self.tls_version = None  # "TLSv1.3"... on a TLS connection
+        self.sni = None  # the server name the TLS client asked for
+        self.why = None
+
+
+def error_line(r: AccessRecord) -> tuple[int, str] | None:
+    """(logging level, text) of the error-log line a finished request needs, or None.
+
+    Every 5xx, and every request forkproxy refused itself (a 4xx with a
+    ``why``), gets one line::
+
+        request <id> <client> "<METHOD target>" -> <status>: <why>
+
+    ``<id>`` is ``-`` (and the request ``"-"``) when the head could not be
+    parsed.  Level: error for 500 (a bug in forkproxy), info for 408 (a
+    slow client: nothing for the operator to fix), warning otherwise.  A
+    server's own 4xx is its business and gets none.
+    """
+    status = r.status
+    if status < 400 or (r.why is None and status < 500):
+        return None
+    # A 5xx without a why was not decided on the request path: a stored
+    # response, or the cache's own answer to PURGE.
+    why = r.why if r.why is not None else f"answered {status} (cache {r.cache or '-'})"
+    request = "-" if r.method is None else f"{r.method} {r.target}"
+    level = logging.ERROR if status == 500 else logging.INFO if status == 408 else logging.WARNING
+    return level, (f'request {r.request_id or "-"} {r.client} "{_q(request)}" -> {status}: '
+                   f"{why}")
 
 
 def _q(value) -> str:
@@ -115,19 +160,20 @@ class AccessLog:
         return self._stamp
 
     def format_line(self, r: AccessRecord) -> str:
+        request = "-" if r.method is None else f"{r.method} {r.target} HTTP/{r.version}"
         if self.format == "json":
             return json.dumps({
                 "time": time.strftime("%Y-%m-%dT%H:%M:%S%z", time.localtime(r.start)),
-                "client": r.client, "method": r.method, "target": r.target,
-                "version": r.version, "status": r.status, "bytes_sent": r.bytes_sent,
-                "bytes_received": r.bytes_received, "referer": r.referer,
-                "user_agent": r.user_agent, "route": r.route, "pool": r.pool,
-                "upstream": r.upstream, "upstream_status": r.upstream_status,
-                "request_time": round(r.request_time, 6),
+                "client": r.client, "request": None if r.method is None else request,
+                "method": r.method, "target": r.target, "version": r.version,
+                "status": r.status, "bytes_received": r.bytes_received,
+                "bytes_sent": r.bytes_sent, "referer": r.referer, "user_agent": r.user_agent,
+                "route": r.route, "pool": r.pool, "upstream": r.upstream,
+                "upstream_status": r.upstream_status, "request_time": round(r.request_time, 6),
                 "upstream_time": None if r.upstream_time is None else round(r.upstream_time, 6),
-                "cache": r.cache, "request_id": r.request_id,
+                "cache": r.cache, "request_id": r.request_id, "tls_version": r.tls_version,
+                "sni": r.sni,
             }, separators=(",", ":")) + "\n"
-        request = "-" if r.method is None else f"{r.method} {r.target} HTTP/{r.version}"
         upstream_time = "-" if r.upstream_time is None else f"{r.upstream_time:.3f}"
         return (f'{r.client} - - [{self._time_local(r.start)}] "{_q(request)}" {r.status} '
                 f'{r.bytes_sent} "{_q(r.referer)}" "{_q(r.user_agent)}" '

@@ -7,7 +7,8 @@ cd "$(dirname "$0")/.."
 SUDO=""
 [ "$(id -u)" -eq 0 ] || SUDO=sudo
 need=""
-for tool in memcached curl mandoc groff; do
+# chromium: tests/e2e/test_status_page.py drives it headless
+for tool in memcached curl mandoc groff chromium; do
     command -v "$tool" >/dev/null 2>&1 || need="$need $tool"
 done
 python3 -c 'import ensurepip, venv' 2>/dev/null || need="$need python3-venv"

@@ -376,7 +376,9 @@ def test_config_from_the_environment(env):
 
 
 @pytest.mark.parametrize("args", [[], ["purge"], ["purge", "http://x/", "--host", "x"],
-                                  ["reload"], ["explain", "GET", "/"],
+                                  ["purge", "/relative"], ["reload", "--timeout", "0"],
+                                  ["explain", "GET", "/"], ["explain", "GET"],
+                                  ["explain", "GET", "http://x/", "-H", "no colon"],
                                   ["drain", "web"], ["status", "extra"], ["--bogus", "status"]])
 def test_usage_errors_exit_2(env, args):
     r = env.ctl(*args)
@@ -394,7 +396,7 @@ def test_help_exits_0(env):
 # -- layering ----------------------------------------------------------------------------
 
 
-def test_ctl_uses_nothing_of_daemon_but_shm():
+def test_ctl_uses_nothing_of_daemon_but_shm_and_process():
     tree = ast.parse((ROOT / "forkproxy" / "ctl.py").read_text())
     names = set()
     for node in ast.walk(tree):
@@ -402,7 +404,9 @@ def test_ctl_uses_nothing_of_daemon_but_shm():
             names |= {f"{node.module}.{a.name}" for a in node.names}
         elif isinstance(node, ast.Import):
             names |= {a.name for a in node.names}
-    assert {n for n in names if n.startswith("forkproxy.daemon")} == {"forkproxy.daemon.shm"}
+    # both stdlib + core: the reload status reader comes from daemon.process
+    assert {n for n in names if n.startswith("forkproxy.daemon")} == {
+        "forkproxy.daemon.shm", "forkproxy.daemon.process"}
     assert {n for n in names if n.startswith("forkproxy.net")} == {"forkproxy.net.leader.holder_pid"}
 
 

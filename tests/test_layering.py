@@ -27,10 +27,9 @@ RULES = {
     "net": ({"core", "config", "errors", "logs"}, {"gevent", "pylibmc", "requests", "brotli"}),
     "daemon": ({"net", "core", "config", "errors", "logs"}, {"gunicorn"}),
     "cli": ({"config", "errors"}, set()),
-    # ctl -> daemon is for daemon.shm only (stdlib + core); tests/test_ctl.py
-    # checks that nothing else of daemon is imported.
-    # ctl reads the table (daemon.shm) and asks who holds the checker lock
-    # (net.leader); test_ctl.py pins it to exactly those two modules.
+    # ctl reads the table (daemon.shm) and reload.json (daemon.process) and
+    # asks who holds the checker lock (net.leader), all stdlib + core;
+    # tests/test_ctl.py pins it to exactly those modules.
     "ctl": ({"config", "errors", "core", "daemon", "net"}, set()),
     "__main__": ({"cli"}, set()),
     "__init__": (set(), set()),

@@ -213,10 +213,10 @@ class DenyRule:
 
 def first_denial(rules: Sequence[DenyRule], method: str, path: str, query: str,
                  headers) -> int | None:
-    """The status of the first rule that matches, in order; None if none does."""
-    for rule in rules:
+    """The index in ``rules`` of the first rule that matches, in order; None if none does."""
+    for n, rule in enumerate(rules):
         if rule.matches(method, path, query or "", headers):
-            return rule.status
+            return n
     return None
 
 

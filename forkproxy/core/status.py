@@ -3,7 +3,8 @@
 Shared by ``forkproxyctl status`` (which maps the table itself) and the admin
 endpoint's ``GET /status`` (``net.admin``, which reads its worker's mapping).
 Pure: the table, the configuration (any object with ``pool(name)``, or None)
-and the time are passed in; nothing is written.
+and the time are passed in; nothing is written. ``traffic`` sums the
+``core.metrics`` totals into the counters the status page charts.
 """
 
 from __future__ import annotations
@@ -11,9 +12,10 @@ from __future__ import annotations
 import contextlib
 
 from forkproxy.core.health import passive_out
+from forkproxy.core.metrics import CLASSES
 from forkproxy.core.table import Table
 
-__all__ = ["snapshot"]
+__all__ = ["snapshot", "traffic"]
 
 # Pool settings used for presentation, with the defaults issue 3 gives them,
 # read with getattr so this module works before and after those keys land.
@@ -91,3 +93,36 @@ def snapshot(table: Table, cfg, now: float,
         })
     return {"generation": table.generation, "checker_pid": checker, "master_pid": None,
             "pools": pools}
+
+
+def traffic(totals: dict[tuple, int]) -> dict:
+    """Cumulative request counters from ``core.metrics`` ``totals``, summed over labels.
+
+    ``totals`` is ``Metrics.totals()``: ``{(family, ((label, value), ...)): int}``
+    (empty when metrics are off). Returns::
+
+        {requests, by_code: {"1xx": n, ..., "5xx": n} (every class),
+         servers: {"POOL/ADDR": n} (requests answered by a server; one
+            entry per server any route sends to, 0 included),
+         latency: {count, sum (seconds)} (of request_duration_seconds)}
+
+    Counts grow, except that a reload drops the series of a route or server
+    that left: a client turning two documents into rates (the status page)
+    must treat a decrease as a restart. Keys that are absent count as 0.
+    """
+    by_code = dict.fromkeys(CLASSES, 0)
+    servers: dict[str, int] = {}
+    count = micros = 0
+    for (family, labels), value in totals.items():
+        if family == "requests_total":
+            d = dict(labels)
+            by_code[d["code"]] = by_code.get(d["code"], 0) + value
+            if d["server"]:
+                label = f"{d['pool']}/{d['server']}"
+                servers[label] = servers.get(label, 0) + value
+        elif family == "request_duration_seconds_count":
+            count += value
+        elif family == "request_duration_seconds_sum":
+            micros += value  # cells hold integers: the sum is in microseconds
+    return {"requests": sum(by_code.values()), "by_code": by_code, "servers": servers,
+            "latency": {"count": count, "sum": micros / 1e6}}

@@ -303,6 +303,8 @@ def post_worker_init(worker) -> None:
 
         worker.runtime.cache = Cache.from_config(cfg.cache, worker.log)
     checker = start_checker(worker, cfg, table, app.fp_lock_fd)
+    if checker is not None and worker.runtime.admin is not None:
+        worker.runtime.admin.leader = checker.leader
     gevent.spawn(maintain, worker, lambda: worker.runtime,
                  on_stop=[checker.stop] if checker is not None else [])
 

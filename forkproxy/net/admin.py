@@ -5,11 +5,21 @@ accepts on it and ``Runtime.handle`` hands those connections here, never to a
 listener's rules. One request per connection (answered with
 ``Connection: close``), parsed by ``core.http1``::
 
+    GET  / (or /index.html)                       the live status page (status_page.html)
     GET  /status                                  JSON (core.status.snapshot + more)
     GET  /metrics                                 Prometheus text, summed over workers
     POST /servers/POOL/SERVER/drain|maint|ready   admin state, in the shared table
     POST /servers/POOL/SERVER/weight/N            N 1..1000, or "config" to restore
     POST /reload                                  SIGHUP to the master (a safe reload)
+    POST /purge?url=URL | /purge?host=HOST        delete a URL, or every URL of a host,
+                                                  from the cache (through this worker's store)
+    GET  /explain?method=M&url=URL&header=N:%20V  what a request would get (net.explain)
+         [&listener=NAME][&client=IP]             without sending it; read-only
+
+``/status`` also has ``cache`` (null when no route caches): the answering
+worker's store, each memcached server probed (``version``, PROBE_TIMEOUT),
+its breaker state, and per cached route the ``cache_requests_total`` counts
+with their hit ratio, (HIT + STALE + REVALIDATED) / (those + MISS).
 
 Authorisation: ``Authorization: Bearer TOKEN`` with ``server.admin_token``,
 compared with ``hmac.compare_digest``; required for every POST, and for every
@@ -24,18 +34,25 @@ snapshot. Metrics are ``core.metrics`` cells summed over every worker slot.
 
 from __future__ import annotations
 
+import functools
 import hmac
+import importlib.resources
 import ipaddress
 import json
 import os
 import signal
 import socket
 import time
-from urllib.parse import unquote
+from urllib.parse import parse_qs, unquote, urlsplit
 
+import gevent
+
+from forkproxy import __version__
+from forkproxy.config import split_host_port
 from forkproxy.core import http1
 from forkproxy.core.metrics import render
-from forkproxy.core.status import snapshot
+from forkproxy.core.status import snapshot, traffic
+from forkproxy.net.explain import BadQuestion, explain
 from forkproxy.net.leader import holder_pid
 
 __all__ = ["Admin", "WEIGHT_MAX"]
@@ -72,6 +89,7 @@ class Admin:
         except ValueError:
             self.loopback = self.host == "localhost"
         self._fds: dict[int, bool] = {}
+        self.leader = None  # this worker's checker's net.leader.Leader, set by daemon.hooks
 
     def owns(self, sock) -> bool:
         """True when the listening socket ``sock`` is the admin one (by bound address)."""
@@ -151,11 +169,17 @@ class Admin:
         parts = [unquote(p) for p in path.strip("/").split("/")] if path.strip("/") else []
         if req.method in ("GET", "HEAD"):
             self.authorize(req, write=False)
+            if parts in ([], ["index.html"]):
+                return _page(), "text/html; charset=utf-8"
             if parts == ["status"]:
-                return json.dumps(self.status(), indent=2) + "\n", "application/json"
+                doc = self.status()
+                doc["cache"] = self.cache_state()  # here, not in status(): /metrics probes nothing
+                return json.dumps(doc, indent=2) + "\n", "application/json"
+            if parts == ["explain"]:
+                return json.dumps(self.explain(req, peer), indent=2) + "\n", "application/json"
             if parts == ["metrics"]:
                 return self.metrics_text(), "text/plain; version=0.0.4; charset=utf-8"
-            raise _Reply(404, "not found: GET /status or /metrics\n")
+            raise _Reply(404, "not found: GET /, /status, /metrics or /explain\n")
         if req.method != "POST":
             raise _Reply(405, "method not allowed\n", ["Allow: GET, HEAD, POST"])
         self.authorize(req, write=True)
@@ -163,11 +187,13 @@ class Admin:
             self.rt.log.warning("admin: reload requested by %s", peer)
             os.kill(os.getppid(), signal.SIGHUP)  # the master: the same safe reload as HUP
             return json.dumps({"reload": "requested"}) + "\n", "application/json"
+        if parts == ["purge"]:
+            return self.purge(_query(req), peer), "application/json"
         if len(parts) == 4 and parts[0] == "servers" and parts[3] in _STATES:
             return self.change(parts[1], parts[2], peer, state=parts[3]), "application/json"
         if len(parts) == 5 and parts[0] == "servers" and parts[3] == "weight":
             return self.change(parts[1], parts[2], peer, weight=_weight(parts[4])), "application/json"
-        raise _Reply(404, "not found: POST /reload or /servers/POOL/SERVER/"
+        raise _Reply(404, "not found: POST /reload, /purge or /servers/POOL/SERVER/"
                           "(drain|maint|ready|weight/N)\n")
 
     def change(self, pool: str, server: str, peer: str, *, state=None, weight=None) -> str:
@@ -189,21 +215,38 @@ class Admin:
 
     def status(self) -> dict:
         cfg = self.rt.cfg
-        try:
-            checker = holder_pid(self.lock_path)
-        except OSError:
-            checker = None
-        doc = snapshot(self.table, cfg, time.time(), checker)
+        if self.leader is not None and self.leader.held:
+            # Never holder_pid() here: closing its descriptor of the lock file
+            # would release this process's lock (POSIX record locks).
+            checker = os.getpid()
+        else:
+            try:
+                checker = holder_pid(self.lock_path)
+            except OSError:
+                checker = None
+        now = time.time()
+        doc = snapshot(self.table, cfg, now, checker)
+        doc["version"] = __version__
+        doc["time"] = now  # the status page computes rates between two documents' times
         doc["master_pid"] = os.getppid()
         doc["worker_pid"] = os.getpid()  # the worker that answered
         doc["listeners"] = [{"name": lc.name, "bind": lc.bind, "mode": lc.mode,
                              "tls": bool(lc.contexts)} for lc in cfg.listeners]
         doc["workers"] = cfg.server.workers
+        for pool in doc["pools"]:
+            weights = _configured_weights(cfg, pool["name"])
+            for s in pool["servers"]:
+                s["config_weight"] = weights.get(s["addr"])
+        doc["traffic"] = traffic(self.totals())
         return doc
 
-    def metrics_text(self) -> str:
+    def totals(self) -> dict[tuple, int]:
+        """The metrics totals over every worker slot ({} when metrics are off)."""
         counter = self.rt.metrics
-        totals = counter.metrics.totals() if counter is not None else {}
+        return counter.metrics.totals() if counter is not None else {}
+
+    def metrics_text(self) -> str:
+        totals = self.totals()
         extra = []
         for pool in self.status()["pools"]:
             for s in pool["servers"]:
@@ -213,6 +256,146 @@ class Admin:
                 extra.append(("server_inflight", labels, s["inflight"], "gauge",
                               "Requests in flight to the server, over every worker."))
         return render(totals, extra)
+
+    # -- the cache -------------------------------------------------------------------
+
+    def purge(self, query: dict, peer: str) -> str:
+        """``POST /purge?url=URL`` or ``?host=HOST`` through this worker's cache (the
+        same functions as a PURGE request); logged with the peer."""
+        cache = self.rt.cache
+        if cache is None:
+            raise _Reply(404, "the cache is off: no route has cache = true\n")
+        url, host = _one(query, "url"), _one(query, "host")
+        if (url is None) == (host is None):
+            raise _Reply(400, "purge: give url=URL or host=HOST\n")
+        shared = cache.store.state["backend"] == "memcached"
+        if url is not None:
+            parts = urlsplit(url)
+            if parts.scheme not in ("http", "https") or not parts.netloc:
+                raise _Reply(400, f"purge: expected http://HOST/PATH, got {url!r}\n")
+            target = (parts.path or "/") + (f"?{parts.query}" if parts.query else "")
+            found = cache.purge_url(parts.netloc, _stored_target(self.rt, url, peer) or target)
+            self.rt.log.warning("admin: purge of %s: %s (asked by %s)", url,
+                                "deleted" if found else "not in the cache", peer)
+            return json.dumps({"url": url, "purged": found, "shared": shared}) + "\n"
+        if not cache.purge_host(host):
+            raise _Reply(503, "purge: the cache could not be reached\n")
+        self.rt.log.warning("admin: purge of every URL of %s (asked by %s)", host, peer)
+        return json.dumps({"host": host, "purged": True, "shared": shared}) + "\n"
+
+    def cache_state(self) -> dict | None:
+        """``/status``'s ``cache`` member (see the module docstring); None: no cache."""
+        cache = self.rt.cache
+        if cache is None:
+            return None
+        st = cache.store.state
+        probes = [gevent.spawn(_answers, addr) for addr in st["servers"]]
+        gevent.joinall(probes)
+        counts: dict[str, dict[str, int]] = {str(r.index): {} for r in self.rt.cfg.routes
+                                             if r.cache}
+        for (family, labels), n in self.totals().items():
+            d = dict(labels)
+            if family == "cache_requests_total" and d.get("route") in counts:
+                counts[d["route"]][d["result"]] = n
+        routes = [{"route": int(r), "results": c, "hit_ratio": _hit_ratio(c)}
+                  for r, c in counts.items()]
+        every: dict[str, int] = {}
+        for c in counts.values():
+            for result, n in c.items():
+                every[result] = every.get(result, 0) + n
+        return {"backend": st["backend"], "worker_pid": os.getpid(),
+                "servers": [{"addr": a, "reachable": p.value} for a, p in
+                            zip(st["servers"], probes)],
+                "breaker": st["breaker"], "breaker_opened": st.get("breaker_opened", 0),
+                "hit_ratio": _hit_ratio(every), "routes": routes}
+
+    # -- explain ---------------------------------------------------------------------
+
+    def explain(self, req, peer: str) -> dict:
+        """``GET /explain``: ``net.explain.explain`` on the query's request."""
+        query = _query(req)
+        url = _one(query, "url")
+        if url is None:
+            raise _Reply(400, "explain: url=URL is required\n")
+        headers = []
+        for text in query.get("header", []):
+            name, colon, value = text.partition(":")
+            if not colon or not name.strip():
+                raise _Reply(400, f"explain: expected header=Name: value, got {text!r}\n")
+            headers.append((name.strip(), value.strip()))
+        client = _one(query, "client") or peer
+        try:
+            ipaddress.ip_address(client)
+        except ValueError:
+            raise _Reply(400, f"explain: client must be an IP address, got {client!r}\n") from None
+        try:
+            return explain(self.rt, (_one(query, "method") or "GET").upper(), url, headers,
+                           _one(query, "listener"), client)
+        except BadQuestion as exc:
+            raise _Reply(400, f"explain: {exc}\n") from None
+
+
+#: How long a memcached server may take to answer ``version`` in ``/status``.
+PROBE_TIMEOUT = 0.5
+
+
+def _answers(addr: str) -> bool:
+    """True when the memcached at ``addr`` answers ``version`` within PROBE_TIMEOUT
+    (a connect alone would pass a frozen server: the kernel completes it)."""
+    try:
+        host, port = split_host_port(addr)
+        with socket.create_connection((host, port), timeout=PROBE_TIMEOUT) as sock:
+            sock.sendall(b"version\r\n")
+            return sock.recv(64).startswith(b"VERSION")
+    except (OSError, ValueError):
+        return False
+
+
+def _stored_target(rt, url: str, peer: str) -> str | None:
+    """The target the cache keys ``url`` under: after its route's rewrites, as
+    ``explain`` finds them (a PURGE request's target goes the same way).  None
+    when no listener, route or rewrite applies: the URL's own target then."""
+    try:
+        return explain(rt, "GET", url, [], None, peer)["upstream_target"]
+    except BadQuestion:
+        return None
+
+
+def _hit_ratio(results: dict[str, int]) -> float | None:
+    """Responses from the cache over lookups, (HIT + STALE + REVALIDATED) / (those
+    + MISS); None before the first lookup.  BYPASS, PURGE and REFRESH never look up."""
+    served = sum(results.get(r, 0) for r in ("HIT", "STALE", "REVALIDATED"))
+    lookups = served + results.get("MISS", 0)
+    return served / lookups if lookups else None
+
+
+def _query(req) -> dict[str, list[str]]:
+    """The request target's query string, decoded (repeated names kept in order)."""
+    return parse_qs(req.target.partition("?")[2], keep_blank_values=True)
+
+
+def _one(query: dict, name: str) -> str | None:
+    """The value of a parameter given at most once (a 400 when repeated)."""
+    values = query.get(name)
+    if not values:
+        return None
+    if len(values) > 1:
+        raise _Reply(400, f"{name} given more than once\n")
+    return values[0]
+
+
+@functools.cache
+def _page() -> str:
+    """The status page, read from the package once per process."""
+    return importlib.resources.files(__package__).joinpath("status_page.html").read_text("utf-8")
+
+
+def _configured_weights(cfg, pool: str) -> dict[str, int]:
+    """{addr: weight} of ``pool`` as configured ({} when the config has no such pool)."""
+    try:
+        return {s.addr: s.weight for s in cfg.pool(pool).servers}
+    except KeyError:
+        return {}
 
 
 def _weight(text: str) -> int:
@@ -228,4 +411,5 @@ def _weight(text: str) -> int:
 
 
 _PHRASES = {200: "OK", 400: "Bad Request", 401: "Unauthorized", 403: "Forbidden",
-            404: "Not Found", 405: "Method Not Allowed", 431: "Request Header Fields Too Large"}
+            404: "Not Found", 405: "Method Not Allowed", 431: "Request Header Fields Too Large",
+            503: "Service Unavailable"}

@@ -99,6 +99,25 @@ def _authority(primary: str) -> str:
     return re.split(r"[/?*]", primary.partition("://")[2], maxsplit=1)[0]
 
 
+@dataclasses.dataclass
+class Lookup:
+    """``Cache.consult``'s answer for one request.
+
+    ``primary``: the URL's key (scheme://host/target).  ``key`` None: not
+    looked up (an unsafe method or a body: BYPASS; the response invalidates
+    the URL).  ``passed``: the last response could not be stored
+    (hit-for-pass: forwarded).  Otherwise ``decision`` (core.cache_policy)
+    on ``entry`` (None: nothing stored) and its body ``reader``.
+    """
+
+    primary: str
+    key: str | None = None
+    passed: bool = False
+    entry: policy.Entry | None = None
+    reader: object = None
+    decision: policy.Decision | None = None
+
+
 class Tee:
     """What ``relay`` does with one upstream response (see the module contract)."""
 
@@ -296,6 +315,22 @@ class Cache:
 
     # -- the request path ----------------------------------------------------
 
+    def consult(self, proto: str, host: str | None, target: str, req,
+                has_body: bool) -> "Lookup":
+        """What the store says about a request of a cached route, before anything
+        is sent (``handle`` acts on it; ``forkproxyctl explain`` reports it)."""
+        primary = policy.primary_key(proto, host or "", target)
+        if req.method not in ("GET", "HEAD") or has_body:
+            return Lookup(primary)
+        key = self.key(primary)
+        found = self.lookup(key, req.headers)
+        if found is _PASS:
+            return Lookup(primary, key, passed=True)
+        entry, reader = found or (None, None)
+        d = policy.decide(entry, req.method, req.headers, time.time(), heuristic_max=self.hmax,
+                          cdn_header=self.cdn)
+        return Lookup(primary, key, entry=entry, reader=reader, decision=d)
+
     def handle(self, s, req, rec, cached_route: bool, pool, host: str, target: str,
                out_host, headers, framing, has_body: bool, max_body, keep: bool) -> bool:
         method = req.method
@@ -314,18 +349,15 @@ class Cache:
 
         if not cached_route:
             return forward()
-        primary = policy.primary_key(s.proto, host or "", target)
-        if method not in ("GET", "HEAD") or has_body:
+        look = self.consult(s.proto, host, target, req, has_body)
+        if look.key is None:
             rec.cache = "BYPASS"
             return forward(_Hook(self, s, req, rec, None, keep,
                                  invalidate=(s.proto, host or "", target)))
-        key = self.key(primary)
-        found = self.lookup(key, req.headers)
-        if found is _PASS:
+        key = look.key
+        if look.passed:
             return forward(_Hook(self, s, req, rec, key, keep))
-        entry, reader = found or (None, None)
-        d = policy.decide(entry, method, req.headers, time.time(), heuristic_max=self.hmax,
-                          cdn_header=self.cdn)
+        entry, reader, d = look.entry, look.reader, look.decision
         action = d.action
         if action is policy.Action.FRESH:
             return self.serve(s, req, rec, entry, reader, "HIT", keep)
@@ -464,7 +496,6 @@ class Cache:
                 if send_body:
                     if encoder is not None:
                         chunk = encoder.feed(chunk)
-                    rec.bytes_sent += len(chunk)
                     if chunk_out:
                         chunk = http1.encode_chunk(chunk)
                     if chunk:  # an encoder may hold a small body back until finish()
@@ -478,7 +509,6 @@ class Cache:
             raise Abort() from None
         if encoder is not None and send_body:
             tail = encoder.finish()
-            rec.bytes_sent += len(tail)
             pending += (http1.encode_chunk(tail) + http1.encode_last_chunk()) if chunk_out else tail
         if pending:
             s._send(pending)
@@ -494,6 +524,18 @@ class Cache:
 
     # -- purge -------------------------------------------------------------------
 
+    def purge_url(self, host: str | None, target: str) -> bool:
+        """Delete the URL ``host`` + ``target``, every variant, http and https;
+        True when something was there.  PURGE and the admin endpoint use it."""
+        hit = [self.invalidate(policy.primary_key(scheme, host or "", target))
+               for scheme in ("http", "https")]
+        return any(hit)
+
+    def purge_host(self, host: str | None) -> bool:
+        """Make every URL of ``host`` (with its port) a miss by replacing its
+        namespace; False when the store could not be told."""
+        return self.store.bump_namespace(_authority(policy.primary_key("http", host or "", "/")))
+
     def purge(self, s, req, rec, host: str, target: str, keep: bool) -> bool:
         """PURGE URL deletes it (every variant, http and https); PURGE /* bumps
         the Host's namespace (every URL of it).  200 done, 404 nothing was
@@ -507,19 +549,17 @@ class Cache:
             s.refuse(rec, 400, "PURGE with a body")
             return False
         if target == "/*":
-            ok = self.store.bump_namespace(_authority(policy.primary_key("http", host or "", "/")))
-            code, text = (200, "purged every URL of the host\n") if ok else \
+            code, text = (200, "purged every URL of the host\n") if self.purge_host(host) else \
                 (503, "the cache could not be reached\n")
         else:
-            hit = [self.invalidate(policy.primary_key(scheme, host or "", target))
-                   for scheme in ("http", "https")]
-            code, text = (200, "purged\n") if any(hit) else (404, "not in the cache\n")
+            code, text = (200, "purged\n") if self.purge_url(host, target) else \
+                (404, "not in the cache\n")
         body = text.encode()
         keep = keep and not s.rt.draining
         head = (f"HTTP/1.1 {code} {http1_reason(code)}\r\nDate: {CLOCK.date()}\r\n"
                 f"Content-Type: text/plain; charset=utf-8\r\nContent-Length: {len(body)}\r\n"
                 f"{'' if keep else 'Connection: close' + chr(13) + chr(10)}\r\n").encode()
-        rec.status, rec.bytes_sent = code, len(body)
+        rec.status = code
         s.client.settimeout(s.rt.cfg.server.send_timeout)
         s._send(head + body)
         return keep

@@ -14,9 +14,13 @@ Session calls, in this order:
     the ``Answer`` to send instead (403, 404..., 405 with Allow, 429 with
     Retry-After, 414, 431, a redirect); otherwise ``.target`` is the target
     to send upstream (rewritten). The checks run in the order ACL, methods,
-    limits, deny rules, rate limit, rewrites/redirect. The request id is
-    chosen here (a trusted proxy's ``X-Request-Id`` is kept) and put in
-    ``rec.request_id``.
+    limits, deny rules, rate limit, rewrites/redirect; an answer's ``why``
+    names the rule, for the error log. ``rec.request_id`` is kept when set,
+    else chosen by ``Edge.request_id(req, peer)`` (a trusted proxy's
+    ``X-Request-Id`` is kept), which the session calls as soon as the head
+    is parsed, so that a request refused before routing has an id too.
+    With ``count=False`` (``forkproxyctl explain``) the rate limit is
+    skipped, so asking costs the client nothing.
 ``EdgeRequest.upstream(headers, host) -> (headers, host)``
     the request fields sent upstream: ``X-Request-Id`` and request_headers.
 ``EdgeRequest.downstream(headers, server_addr, servers=None) -> headers``
@@ -90,11 +94,13 @@ class RouteRules:
         self.route = str(r.index)
         access = r.access if r.access is not None else s.access
         self.acl = compile_acl(tuple(e.split(" ", 1)) for e in access) if access else None
+        self.acl_owner = f"route {r.index}" if r.access is not None else "server.access"
         self.methods = Methods(r.methods) if r.methods else None
         self.deny = tuple(DenyRule(path=d.path, path_regex=d.path_regex, query_regex=d.query_regex,
                                    header=d.header, header_regex=d.header_regex,
                                    methods=frozenset(d.methods), status=d.status) for d in r.deny)
         self.limiter = limiter
+        self.rate_limit = r.rate_limit  # as configured, for the error log
         key = r.rate_limit.key if r.rate_limit is not None else "ip"
         self.key_header = key[7:].lower() if key.startswith("header:") else None
         self.rewriter = None
@@ -112,6 +118,11 @@ class RouteRules:
         self.body_timeout = r.body_timeout if r.body_timeout is not None else s.body_timeout
         self.max_uri = r.max_uri_length
         self.max_headers = r.max_headers
+
+    def rate_key(self, req, client: str) -> str:
+        """The rate-limit bucket of a request: its key header's value, else its client."""
+        value = req.get(self.key_header) if self.key_header is not None else None
+        return "ip " + client if value is None else "h " + value
 
 
 def _rules(c) -> HeaderRules | None:
@@ -173,17 +184,28 @@ class Edge:
             return False
         return any(ip.version == n.version and ip in n for n in self.trusted)
 
+    def request_id(self, req, peer: str) -> str:
+        """The id of a request from ``peer``: a trusted proxy's well-formed
+        ``X-Request-Id`` is kept; any other request gets 32 random hex digits."""
+        rid = req.get("x-request-id") if self._trusted(peer) else None
+        if rid is None or not _REQUEST_ID.fullmatch(rid):
+            rid = "%032x" % self._rand.getrandbits(128)
+        return rid
+
     def request(self, index: int, req, rec, peer: str, proto: str, host: str | None,
-                target: str) -> "EdgeRequest":
+                target: str, *, count: bool = True) -> "EdgeRequest":
+        """The edge's decision for one request (see the module docstring).
+
+        ``count=False`` (``forkproxyctl explain``): the same checks, except
+        that the rate limit is not consulted, so nothing is counted against
+        the client; the caller reports ``rules.rate_key`` instead.
+        """
         rules = self.routes[index]
         trusted = self._trusted(peer)
         client = hdr.real_client_addr(req.headers, peer, self.trusted) if trusted else peer
-        rid = req.get("x-request-id") if trusted else None
-        if rid is None or not _REQUEST_ID.fullmatch(rid):
-            rid = "%032x" % self._rand.getrandbits(128)
-        rec.request_id = rid
+        rid = rec.request_id = rec.request_id or self.request_id(req, peer)
         er = EdgeRequest(rules, client, rid, proto, host or "", req.get("host"))
-        er.answer = self._check(rules, req, client, target)
+        er.answer = self._check(rules, req, client, target, count)
         if er.answer is None:
             er.target = target
             if rules.rewriter is not None and target.startswith("/"):
@@ -195,31 +217,48 @@ class Edge:
                     er.target = got[0] + ("?" + got[1] if got[1] else "")
         return er
 
-    def _check(self, rules: RouteRules, req, client: str, target: str) -> Answer | None:
+    def _check(self, rules: RouteRules, req, client: str, target: str,
+               count: bool = True) -> Answer | None:
+        route = rules.index
         if rules.acl is not None and not rules.acl.permits(client):
-            return Answer(403, f"address {client} refused by the access list")
+            return Answer(403, _acl_why(rules, client))
         if rules.methods is not None:
             allow = rules.methods.check(req.method)
             if allow is not None:
-                return Answer(405, f"method {req.method} not allowed", (("Allow", allow),))
+                return Answer(405, f"method {req.method} not allowed by route {route} "
+                              f"(allowed: {allow})", (("Allow", allow),))
         if rules.max_uri is not None and len(target) > rules.max_uri:
-            return Answer(414, "request target over the route's max_uri_length")
+            return Answer(414, f"request target of {len(target)} bytes over route {route}'s "
+                          f"max_uri_length {rules.max_uri}")
         if rules.max_headers is not None and len(req.headers) > rules.max_headers:
-            return Answer(431, "more header fields than the route's max_headers")
+            return Answer(431, f"{len(req.headers)} header fields over route {route}'s "
+                          f"max_headers {rules.max_headers}")
         if rules.deny:
             path, _, query = target.partition("?")
-            status = first_denial(rules.deny, req.method, path, query, req.headers)
-            if status is not None:
-                return Answer(status, "denied by a deny rule")
-        if rules.limiter is not None:
-            key = None
-            if rules.key_header is not None:
-                key = req.get(rules.key_header)
-            key = "ip " + client if key is None else "h " + key
-            ok, retry = rules.limiter.check(key, self.slot, time.monotonic())
+            n = first_denial(rules.deny, req.method, path, query, req.headers)
+            if n is not None:
+                return Answer(rules.deny[n].status, f"denied by deny rule {n + 1} of route {route}")
+        if rules.limiter is not None and count:
+            ok, retry = rules.limiter.check(rules.rate_key(req, client), self.slot,
+                                            time.monotonic())
             if not ok:
-                return Answer(429, "rate limit", (("Retry-After", str(max(1, math.ceil(retry)))),))
+                rl = rules.rate_limit
+                return Answer(429, f"rate limit of route {route} exceeded ({rl.rate}, burst "
+                              f"{rl.burst}, key {rl.key})",
+                              (("Retry-After", str(max(1, math.ceil(retry)))),))
         return None
+
+
+def _acl_why(rules: RouteRules, client: str) -> str:
+    """Which entry of the access list refused ``client``, in words.
+
+    Called once the list refused it, so an entry matches: each is matched on
+    its own through ``compile_acl``, so "matches" means exactly what it means there.
+    """
+    n, action, cidr = next((n, action, cidr)
+                           for n, (action, cidr) in enumerate(rules.acl.entries, 1)
+                           if not compile_acl([("deny", cidr)]).permits(client))
+    return f'address {client} denied by access rule {n} of {rules.acl_owner} ("{action} {cidr}")'
 
 
 class EdgeRequest:

@@ -36,11 +36,11 @@ from forkproxy.core import headers as hdr
 from forkproxy.core import http1
 from forkproxy.core.routing import Router, RouteSpec
 from forkproxy.core.table import Table
-from forkproxy.logs import AccessLog, AccessRecord
+from forkproxy.logs import AccessLog, AccessRecord, error_line
 from forkproxy.net import compress, tunnel
 from forkproxy.net.edge import Edge
 from forkproxy.net.pools import REFRESH, PoolRuntime
-from forkproxy.net.tls import HandshakeFailed, ListenerTLS
+from forkproxy.net.tls import HandshakeFailed, ListenerTLS, tls_server_name
 from forkproxy.net.upstream import RECV_SIZE, UpstreamConn, UpstreamError
 
 IDEMPOTENT = frozenset({"GET", "HEAD", "OPTIONS", "TRACE", "PUT", "DELETE"})
@@ -144,6 +144,8 @@ class Runtime:
         listener = self.listener_for(listener_sock)
         ticket = self.edge.admit(listener, addr)  # max_conns_per_ip
         if ticket is None:
+            self.log.warning("connection from %s to listener %s refused: max_conns_per_ip (%d) "
+                             "reached", addr[0], listener.name, listener.max_conns_per_ip)
             _close_quietly(client)
             return
         metrics = self.metrics
@@ -196,6 +198,7 @@ class Runtime:
         session = Session(self, listener, client, peer or addr)
         if tls is not None:
             session.proto = "https"
+            session.tls_version, session.sni = client.version(), tls_server_name(client)
         session.run()
 
     def refresh(self, now: float) -> None:
@@ -265,6 +268,7 @@ class Session:
     """Serve requests on one client connection until it ends."""
 
     proto = "http"  # "https" when the connection came over TLS (set by Runtime)
+    tls_version = sni = None  # a TLS connection's protocol and SNI name (set by Runtime)
     hsts = None  # the matched route's Strict-Transport-Security value, over TLS only
     edge_req = None  # the current request's net.edge.EdgeRequest (after routing)
     cache_hook = None  # net.caching's hook for the exchange in progress (see its contract)
@@ -278,6 +282,7 @@ class Session:
         self.buf = b""
         self.served = 0
         self.idle_waiting = False
+        self.received = self.sent = 0  # bytes read from / written to the client, in all
 
     # -- connection loop -------------------------------------------------
 
@@ -310,17 +315,20 @@ class Session:
 
     def _recv(self) -> bytes:
         try:
-            return self.client.recv(RECV_SIZE)
+            data = self.client.recv(RECV_SIZE)
         except socket.timeout:
             raise
         except OSError:
             raise ClientGone() from None
+        self.received += len(data)
+        return data
 
     def _send(self, data) -> None:
         try:
             _sendall(self.client, data)
         except (OSError, socket.timeout):
             raise ClientGone() from None
+        self.sent += len(data)
 
     def read_head(self):
         """The next request head as bytes, or None when the client is done.
@@ -383,10 +391,18 @@ class Session:
     # -- one request -----------------------------------------------------
 
     def serve_one(self) -> bool:
-        """Serve one request; True when the connection may carry another."""
+        """Serve one request; True when the connection may carry another.
+
+        A request that was answered leaves its access-log line and, when it
+        was refused or ended in a 5xx, one error-log line saying why
+        (``logs.error_line``).  A bug answers 500 when nothing went out yet.
+        """
         rt = self.rt
         start = time.time()
         rec = AccessRecord(self.peer, start)
+        rec.tls_version, rec.sni = self.tls_version, self.sni
+        received, sent = self.received - len(self.buf), self.sent
+        keep = False
         try:
             head = self.read_head()
             if head is None:
@@ -395,33 +411,47 @@ class Session:
             req = http1.parse_request_head(head, rt.limits)
             rec.method, rec.target, rec.version = req.method, req.target, req.version
             rec.referer, rec.user_agent = req.get("referer"), req.get("user-agent")
-            return self.proxy(req, rec)
+            rec.request_id = rt.edge.request_id(req, self.peer)
+            keep = self.proxy(req, rec)
+            return keep
         except http1.ProtocolError as exc:
-            self.refuse(rec, exc.status, exc.reason)
+            self.refuse(rec, exc.status,
+                        f"malformed request: {exc.reason}" if exc.status == 400 else exc.reason)
+            return False
+        except (ClientGone, Abort):
+            raise
+        except Exception as exc:  # a bug must cost one request, never the worker
+            rt.log.exception("internal error on a request from %s", self.peer)
+            if not rec.status:
+                self.refuse(rec, 500, f"internal error: {exc!r}")
             return False
         finally:
             if rec.status:
                 rec.request_time = time.time() - start
+                # Bytes read past this request wait in self.buf for the next
+                # one; once the connection closes, every byte read was this one's.
+                rec.bytes_received = self.received - (len(self.buf) if keep else 0) - received
+                rec.bytes_sent = self.sent - sent
                 rt.access_log.write(rec)
+                line = error_line(rec)
+                if line is not None:
+                    rt.log.log(line[0], "%s", line[1])
                 if rt.metrics is not None:
                     rt.metrics.request(rec)
 
-    def refuse(self, rec: AccessRecord, status: int, why: str, *, log_error: bool = False,
-               where: str = "", fields=()) -> None:
+    def refuse(self, rec: AccessRecord, status: int, why: str, *, fields=()) -> None:
         """Answer with forkproxy's own short error response and close.
 
+        ``why`` says in words what made forkproxy answer so: the error log's
+        reason (``logs.error_line``, written when the request ends).
         The body is the route's (else the server's) error page for the status,
         or the status line's text: never ``why`` (servers stay unnamed).
         ``fields``: extra header fields (Allow, Retry-After, Location).
         """
+        rec.why = why
         if status >= 500 and self.cache_hook is not None and self.cache_hook.on_refuse(rec, status):
             return  # stale-if-error: a stored response went out instead
         rec.status = status
-        if log_error or status >= 500:
-            self.rt.log.error("%s %s from %s: %s %s%s", rec.method or "-", rec.target or "-",
-                              self.peer, status, why, where)
-        elif status != 408 and status >= 400:
-            self.rt.log.info("refused request from %s: %s %s", self.peer, status, why)
         reason = REASONS.get(status) or _phrase(status)
         body, ctype = self.rt.edge.page(rec.route, status) or (
             f"{status} {reason}\n".encode(), "text/plain; charset=utf-8")
@@ -429,12 +459,13 @@ class Session:
         head = (f"HTTP/1.1 {status} {reason}\r\nDate: {CLOCK.date()}\r\n{extra}"
                 f"Content-Type: {ctype}\r\nContent-Length: {len(body)}\r\n"
                 f"Connection: close\r\n\r\n").encode()
-        rec.bytes_sent = len(body)
+        data = head + (b"" if rec.method == "HEAD" else body)
         self.client.settimeout(self.rt.cfg.server.send_timeout)
         try:
-            self.client.sendall(head + (b"" if rec.method == "HEAD" else body))
+            self.client.sendall(data)
         except OSError:
-            pass
+            return
+        self.sent += len(data)
 
     def redirect_https(self, req: http1.Request, rec: AccessRecord, host: str, target: str) -> bool:
         """308 to the same URL over https (route redirect_https); True to keep the connection.
@@ -459,7 +490,8 @@ class Session:
         host_value, host, path, upstream_target = request_target(req)
         route = rt.router.match(self.listener.name, host, path)
         if route is None:
-            self.refuse(rec, 404, "no route matches")
+            self.refuse(rec, 404, f'no route for host "{host or ""}" path "{path}" on listener '
+                        f'"{self.listener.name}"')
             return False
         rc = rt.routes[route.index]
         rec.route = route.index
@@ -560,10 +592,9 @@ class Session:
                         remaining = queue_deadline - time.monotonic()
                         if remaining > 0 and pool.wait_turn(remaining):
                             continue
-                        self.refuse(rec, 503, "every server is at max_conns"
-                                    + (" and the queue is full or the wait ran out"
-                                       if pool.cfg.queue is not None else ""),
-                                    where=f" pool={pool.name}")
+                        self.refuse(rec, 503, f'every server of pool "{pool.name}" is at '
+                                    "max_conns" + (" and the queue is full or the wait ran out"
+                                                   if pool.cfg.queue is not None else ""))
                         return False
                 if i is not None:
                     attempts += 1
@@ -573,10 +604,9 @@ class Session:
                         rt.metrics.retry(pool.name)
             if i is None:
                 if last_error is None:
-                    self.refuse(rec, 503, "no server available", where=f" pool={pool.name}")
+                    self.refuse(rec, 503, f'no server up in pool "{pool.name}"')
                 else:
-                    self.refuse(rec, last_error.status, last_error.detail,
-                                where=f" route={rec.route} pool={pool.name}")
+                    self.refuse(rec, last_error.status, last_error.detail)
                 return False
             server = pool.servers[i]
             rec.upstream = server.addr
@@ -588,8 +618,8 @@ class Session:
                     conn = (pool.conns[i].checkout(replayable) if i not in tried
                             else pool.conns[i].connect())
                 except UpstreamError as exc:
-                    rt.log.warning("route=%s pool=%s server=%s: %s", rec.route, pool.name,
-                                   server.addr, exc.detail)
+                    rt.log.warning("request %s: route=%s pool=%s server=%s: %s", rec.request_id,
+                                   rec.route, pool.name, server.addr, exc.detail)
                     pool.failed(i, time.time())
                     last_error = exc
                     tried.add(i)
@@ -623,11 +653,10 @@ class Session:
                     elif not exc.sent or (replayable and _condition(exc) in retry.on):
                         tried.add(i)
                     else:
-                        self.refuse(rec, exc.status, exc.detail,
-                                    where=f" route={rec.route} pool={pool.name} server={server.addr}")
+                        self.refuse(rec, exc.status, exc.detail)
                         return False
-                    rt.log.warning("route=%s pool=%s server=%s: %s (retrying)", rec.route,
-                                   pool.name, server.addr, exc.detail)
+                    rt.log.warning("request %s: route=%s pool=%s server=%s: %s (retrying)",
+                                   rec.request_id, rec.route, pool.name, server.addr, exc.detail)
                 except BaseException:
                     conn.close()
                     raise
@@ -683,7 +712,7 @@ class Session:
         if resp.status in cfgp.fail_status:
             pool.failed(i, time.time())
         if retry_status is not None and not interim and retry_status(resp.status):
-            raise _StatusRetry(resp.status, f"{conn.server.addr} answered {resp.status}")
+            raise _StatusRetry(resp.status, f"upstream {conn.server.addr} answered {resp.status}")
         try:
             rframing = http1.response_body_framing(req.method, resp)
         except http1.ProtocolError as exc:
@@ -735,6 +764,8 @@ class Session:
             out.append(("Connection", "keep-alive"))
         client_head = http1.serialize_response_head(resp.status, resp.reason, out)
         rec.status = resp.status
+        if resp.status >= 500:  # relayed as it came: the error log names who answered it
+            rec.why = f"upstream {conn.server.addr} answered {resp.status}"
         up_keepalive = http1.wants_keep_alive(resp.version, resp.headers)
 
         self.client.settimeout(srv.send_timeout)
@@ -742,10 +773,10 @@ class Session:
             self._send(client_head)
             conn.buf = body_start
         elif rframing.kind == "length" and encoder is None:
-            self.relay_length(conn, client_head, body_start, rframing.length, rec)
+            self.relay_length(conn, client_head, body_start, rframing.length)
         else:
             up_keepalive = self.relay_decoded(conn, client_head, body_start, rframing,
-                                              chunk_out, rec, encoder) and up_keepalive
+                                              chunk_out, encoder) and up_keepalive
         rec.upstream_time = time.time() - t0
         if tee is not None:
             tee.commit()  # bodiless responses (HEAD, 304): committed here; no-op otherwise
@@ -825,7 +856,8 @@ class Session:
             try:
                 data = up.recv(RECV_SIZE)
             except socket.timeout:
-                raise UpstreamError("timeout", f"{conn.server.addr} did not answer in time",
+                raise UpstreamError("timeout", f"upstream {conn.server.addr} did not answer in "
+                                    f"time ({up.gettimeout():g}s reading the response head)",
                                     sent=True) from None
             except OSError as exc:
                 raise UpstreamError("reset" if not got_any else "invalid",
@@ -856,8 +888,7 @@ class Session:
                                   exc)
             raise Abort() from None
 
-    def relay_length(self, conn: UpstreamConn, head: bytes, data: bytes, length: int,
-                     rec: AccessRecord) -> None:
+    def relay_length(self, conn: UpstreamConn, head: bytes, data: bytes, length: int) -> None:
         if len(data) > length:
             conn.buf = data[length:]  # garbage past the body: never reuse this connection
             data = data[:length]
@@ -868,7 +899,6 @@ class Session:
             if not remaining:
                 tee.commit()  # before the last byte goes out: the client's next request hits
         self._send(head + data)
-        rec.bytes_sent = len(data)
         while remaining:
             data = self._up_recv(conn)
             if not data:
@@ -884,10 +914,9 @@ class Session:
                 if not remaining:
                     tee.commit()  # before the last byte goes out: the client's next request hits
             self._send(data)
-            rec.bytes_sent += len(data)
 
     def relay_decoded(self, conn: UpstreamConn, head: bytes, data: bytes, framing,
-                      chunk_out: bool, rec: AccessRecord, encoder=None) -> bool:
+                      chunk_out: bool, encoder=None) -> bool:
         """Relay a chunked or close-delimited body; True when it ended cleanly framed.
 
         With an ``encoder`` (net.compress) any body, length-framed too, goes
@@ -912,20 +941,19 @@ class Session:
                             tee.write(piece)  # the origin's bytes, before any encoding
                         if encoder is not None:
                             piece = encoder.feed(piece)
-                        rec.bytes_sent += len(piece)
                         pending.append(http1.encode_chunk(piece) if chunk_out else piece)
                 if decoder.done:
                     conn.buf = leftover
                     if tee is not None:
                         tee.commit()  # before the end goes out: the client's next request hits
                     if encoder is not None:
-                        self._encoder_end(encoder.finish(), pending, chunk_out, rec)
+                        self._encoder_end(encoder.finish(), pending, chunk_out)
                     if chunk_out:
                         pending.append(http1.encode_last_chunk())
                     self._send(b"".join(pending))
                     return True
                 if encoder is not None:
-                    self._encoder_end(encoder.flush(), pending, chunk_out, rec)
+                    self._encoder_end(encoder.flush(), pending, chunk_out)
                 if pending:
                     self._send(b"".join(pending))
                     pending = []
@@ -940,7 +968,7 @@ class Session:
                 if tee is not None:
                     tee.commit()
                 if encoder is not None:
-                    self._encoder_end(encoder.finish(), pending, chunk_out, rec)
+                    self._encoder_end(encoder.finish(), pending, chunk_out)
                 if chunk_out:
                     pending.append(http1.encode_last_chunk())
                 self._send(b"".join(pending))
@@ -965,9 +993,8 @@ class Session:
         return _compressed(out, req, cz)
 
     @staticmethod
-    def _encoder_end(data: bytes, pending: list, chunk_out: bool, rec: AccessRecord) -> None:
+    def _encoder_end(data: bytes, pending: list, chunk_out: bool) -> None:
         if data:
-            rec.bytes_sent += len(data)
             pending.append(http1.encode_chunk(data) if chunk_out else data)
 
     def tunnel(self, rec: AccessRecord, conn: UpstreamConn, resp, early: bytes, t0,

@@ -41,6 +41,7 @@ class ListenerTLS:
     The first certificate is the default (no SNI, or a name no certificate
     holds).  An exact name wins over a wildcard; ``*.example.com`` covers one
     label (``a.example.com``, not ``example.com`` nor ``a.b.example.com``).
+    The name a client sent is kept on its connection (``tls_server_name``).
     """
 
     def __init__(self, listener: ListenerConfig):
@@ -54,8 +55,7 @@ class ListenerTLS:
                     self.wild.setdefault(name[2:], ctx)
                 else:
                     self.exact.setdefault(name, ctx)
-        if len(self.contexts) > 1:
-            self.default.sni_callback = self._on_sni
+        self.default.sni_callback = self._on_sni
 
     def choose(self, server_name: str | None) -> ssl.SSLContext:
         """The context whose certificate serves ``server_name``."""
@@ -69,12 +69,13 @@ class ListenerTLS:
         return ctx or self.default
 
     def _on_sni(self, conn, server_name, ctx) -> None:
+        # The context is a stdlib one (built in the master): OpenSSL hands
+        # the callback gevent's inner socket, which points back at the
+        # SSLSocket: the connection, whose context may change.
+        owner = conn._sslsock() if hasattr(conn, "_sslsock") else conn
+        owner.fp_server_name = server_name
         chosen = self.choose(server_name)
         if chosen is not ctx:
-            # The context is a stdlib one (built in the master): OpenSSL hands
-            # the callback gevent's inner socket, which points back at the
-            # SSLSocket whose context must change.
-            owner = conn._sslsock() if hasattr(conn, "_sslsock") else conn
             owner.context = chosen
 
     def accept(self, sock: socket.socket, timeout: float):
@@ -104,6 +105,11 @@ class ListenerTLS:
             _close(tls)
             raise HandshakeFailed(f"TLS handshake failed: {exc.strerror or exc}") from None
         return tls
+
+
+def tls_server_name(tls) -> str | None:
+    """The server name a client sent in SNI on an accepted connection (None: none)."""
+    return getattr(tls, "fp_server_name", None)
 
 
 def _close(sock) -> None:

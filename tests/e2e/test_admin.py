@@ -157,7 +157,7 @@ def test_reload_through_the_api_counts(admin):
 
 def test_admin_port_never_proxies_and_ctl_metrics(admin):
     fp, port, aport, bs = admin
-    assert aget(aport, "/").status_code == 404
+    assert aget(aport, "/x").status_code == 404  # a backend would answer 200
     requests.get(f"http://127.0.0.1:{port}/", timeout=30)
     out = subprocess.run([sys.executable, "-m", "forkproxy.ctl", "-c", str(fp.config_path),
                           "metrics"], capture_output=True, text=True, timeout=30)
@@ -168,3 +168,23 @@ def test_admin_port_never_proxies_and_ctl_metrics(admin):
     assert out.returncode == 0, out.stderr
     doc = json.loads(out.stdout)
     assert any(s["name"] == "forkproxy_requests_total" for s in doc["samples"])
+
+
+def test_ctl_changes_go_through_the_endpoint_and_are_logged(admin):
+    fp, port, aport, bs = admin
+    label = f"web/{bs[1].addr}"
+    out = fp.ctl("drain", "web", bs[1].addr)
+    assert (out.returncode, out.stdout) == (0, f"{label}: ready -> drain\n"), out.stderr
+    assert fp.ctl("drain", "web", bs[1].addr).stdout == f"{label}: already drain\n"
+    out = fp.ctl("--json", "weight", "web", bs[1].addr, "7")
+    assert json.loads(out.stdout) == {"server": label, "field": "weight", "before": None,
+                                      "after": 7, "changed": True}
+    # The endpoint logged both, with the peer: the table was not written behind its back.
+    log = fp.error_log()
+    assert f"admin: {label} admin: ready -> drain (asked by 127.0.0.1)" in log
+    assert f"admin: {label} weight: None -> 7 (asked by 127.0.0.1)" in log
+    doc = aget(aport, "/status").json()
+    row = next(s for s in doc["pools"][0]["servers"] if s["addr"] == bs[1].addr)
+    assert row["admin"] == "drain"
+    out = fp.ctl("maint", "web", "nope:1")
+    assert out.returncode == 1 and "nope:1" in out.stderr

@@ -1,0 +1,220 @@
+"""``GET /explain`` on the admin endpoint: what a request would get, without sending it.
+
+``explain(rt, method, url, headers, listener=None, client=...)`` builds the
+request a client would send for ``url`` and runs the request path's own
+decisions on it, in the request path's order, stopping before anything
+leaves the worker:
+
+1. the head is parsed by ``core.http1`` with the server's limits (400, 414, 431);
+2. ``session.request_target``, then the router (404 when no route matches);
+3. ``Edge.request(count=False)``: access list, methods, the route's limits,
+   deny rules, then rewrites or a redirect; ``session.https_location`` for a
+   ``redirect_https`` route; ``session.body_limit`` (413);
+4. the cache: ``Cache.consult``, a lookup in the store (reads only);
+5. the server: ``session.sticky_choice``, else the pool's ``pick`` on a copy
+   of its balancer, so this worker's rotation does not move, and nothing is
+   counted in flight.
+
+Two differences with a real request, on purpose: the rate limit is not
+consulted (that would count the request against the client); its rule and
+the bucket the request falls in are reported instead.  And the server is the
+one *this* worker would pick now: with ``hash``, ``ip_hash``, a sticky
+cookie or a pool of one it is the one every worker picks; with
+``round_robin``, ``least_conn`` and ``random2`` the next request may go
+elsewhere.
+
+The answer (``forkproxyctl explain --json`` prints it)::
+
+    {request: {method, url, target, host, client},
+     listener: {name, bind, proto},
+     route: {id, host, path, path_regex, pool, cache} | null,
+     upstream_target: target after rewrites | null,
+     refused: {status, why} | null,      # forkproxy would answer itself
+     redirect: {status, location} | null,
+     rate_limit: {rate, burst, key} | null,
+     pool: {name, balance, key} | null,  # key: the hash / ip_hash key
+     server: {addr, by: "sticky" | "balance"} | null,
+     why_no_server: str | null,
+     sticky: {cookie, token, server} | null,
+     cache: {result, key, action, reason, age} | null}
+
+``cache.result`` is the ``X-Cache`` value the response would carry: HIT,
+STALE, MISS, BYPASS, PURGE, or REVALIDATE (a conditional request upstream:
+REVALIDATED on a 304, MISS otherwise) and 504 (only-if-cached, nothing stored).
+"""
+
+from __future__ import annotations
+
+import copy
+from urllib.parse import urlsplit
+
+from forkproxy.core import http1
+from forkproxy.core.cache_policy import Action
+from forkproxy.logs import AccessRecord
+from forkproxy.net.session import (Runtime, body_limit, https_location, request_target,
+                                   sticky_choice)
+
+__all__ = ["explain", "BadQuestion"]
+
+# The X-Cache value a response gets, by what the cache decided before sending.
+_RESULTS = {Action.FRESH: "HIT", Action.STALE_OK: "STALE", Action.REVALIDATE: "REVALIDATE",
+            Action.MISS: "MISS", Action.GATEWAY_TIMEOUT: "504"}
+
+
+class BadQuestion(ValueError):
+    """The question cannot be asked (bad URL, unknown listener): a 400 for the caller."""
+
+
+def explain(rt: Runtime, method: str, url: str, headers: list[tuple[str, str]],
+            listener: str | None = None, client: str = "127.0.0.1") -> dict:
+    """The document of the module docstring; raises ``BadQuestion``."""
+    lc, target, host = _listener_and_target(rt, url, listener)
+    proto = "https" if lc.contexts else "http"
+    doc = {"request": {"method": method, "url": url, "target": target, "host": host,
+                       "client": client},
+           "listener": {"name": lc.name, "bind": lc.bind, "proto": proto},
+           "route": None, "upstream_target": None, "refused": None, "redirect": None,
+           "rate_limit": None, "pool": None, "server": None, "why_no_server": None,
+           "sticky": None, "cache": None}
+    try:
+        _walk(rt, doc, lc, proto, _request(rt, method, target, host, headers), client)
+    except http1.ProtocolError as exc:
+        doc["refused"] = {"status": exc.status, "why": exc.reason}
+    return doc
+
+
+def _listener_and_target(rt: Runtime, url: str, name: str | None):
+    """(listener, origin-form target, Host value) for ``url``: the listener
+    named ``name``, else the http listener on the URL's port."""
+    parts = urlsplit(url)
+    if parts.scheme not in ("http", "https") or not parts.netloc:
+        raise BadQuestion(f"expected a URL such as http://example.com/path, got {url!r}")
+    try:
+        port = parts.port or (443 if parts.scheme == "https" else 80)
+    except ValueError:
+        raise BadQuestion(f"invalid port in {url!r}") from None
+    http = [lc for lc in rt.cfg.listeners if lc.mode == "http"]
+    if name is not None:
+        found = [lc for lc in http if lc.name == name]
+        what = f"no http listener named {name!r}"
+    else:
+        found = [lc for lc in http if lc.port == port]
+        what = f"no http listener on port {port}"
+    if not found:
+        raise BadQuestion(what + "; http listeners: "
+                          + (", ".join(f"{lc.name} ({lc.bind})" for lc in http) or "none"))
+    target = (parts.path or "/") + (f"?{parts.query}" if parts.query else "")
+    return found[0], target, parts.netloc
+
+
+def _request(rt: Runtime, method: str, target: str, host: str, headers) -> http1.Request:
+    """The request as forkproxy would parse it (``ProtocolError`` as it would refuse it)."""
+    fields = list(headers)
+    if not any(n.lower() == "host" for n, _ in fields):
+        fields.insert(0, ("Host", host))
+    for n, v in [("", method), ("", target)] + fields:
+        if any(c in n + v for c in "\r\n\0"):
+            raise BadQuestion("CR, LF and NUL are not allowed in a method, URL or header")
+    head = "".join(f"{n}: {v}\r\n" for n, v in fields)
+    try:
+        raw = f"{method} {target} HTTP/1.1\r\n{head}\r\n".encode("latin-1")
+    except UnicodeEncodeError:
+        raise BadQuestion("a header or the URL has characters outside Latin-1") from None
+    return http1.parse_request_head(raw, rt.limits)
+
+
+def _walk(rt: Runtime, doc: dict, lc, proto: str, req: http1.Request, peer: str) -> None:
+    """Fill ``doc`` along the request path; returns at the first answer forkproxy gives itself."""
+    host_value, host, path, target = request_target(req)
+    route = rt.router.match(lc.name, host, path)
+    if route is None:
+        doc["refused"] = {"status": 404, "why": "no route matches"}
+        return
+    rc = rt.routes[route.index]
+    doc["route"] = {"id": rc.index, "host": rc.host, "path": rc.path,
+                    "path_regex": rc.path_regex, "pool": rc.pool, "cache": rc.cache}
+    er = rt.edge.request(rc.index, req, AccessRecord(peer, 0.0), peer, proto, host, target,
+                         count=False)
+    doc["request"]["client"] = er.client
+    if rc.rate_limit is not None:
+        doc["rate_limit"] = {"rate": rc.rate_limit.rate, "burst": rc.rate_limit.burst,
+                             "key": er.rules.rate_key(req, er.client)}
+    if er.answer is not None:
+        location = dict(er.answer.fields).get("Location")
+        if location is not None:
+            doc["redirect"] = {"status": er.answer.status, "location": location}
+        else:
+            doc["refused"] = {"status": er.answer.status, "why": er.answer.why}
+        return
+    doc["upstream_target"] = er.target
+    if rc.redirect_https and proto == "http":
+        doc["redirect"] = {"status": 308,
+                           "location": https_location(rt, rc.index, host, er.target)}
+        return
+    framing = req.framing
+    body_limit(rt, rc, framing)
+    has_body = framing.kind == "chunked" or (framing.kind == "length" and framing.length > 0)
+    doc["cache"] = _cache(rt, rc, proto, host_value, er.target, req, has_body)
+    result = doc["cache"]["result"] if doc["cache"] is not None else None
+    if result == "504":
+        doc["refused"] = {"status": 504, "why": "only-if-cached and nothing usable in the cache"}
+    if result in ("504", "PURGE"):  # the cache answers itself: no server is asked
+        return
+    pool = rt.pools[rc.pool]
+    doc["pool"] = _pool(pool, req, peer)
+    _server(doc, pool, req, peer)
+
+
+def _cache(rt: Runtime, rc, proto: str, host_value, target: str, req, has_body: bool):
+    """What the cache would do, as ``Session.proxy`` and ``Cache.handle`` decide it."""
+    if rt.cache is None or not (rc.cache or req.method == "PURGE"):
+        return None
+    if req.method == "PURGE":
+        return {"result": "PURGE", "key": None, "action": None,
+                "reason": "PURGE deletes the URL (cache.purge_allowed applies)", "age": None}
+    look = rt.cache.consult(proto, host_value, target, req, has_body)
+    if look.key is None:
+        return {"result": "BYPASS", "key": look.primary, "action": None, "age": None,
+                "reason": f"{req.method} with a body" if has_body
+                else f"{req.method} is never answered from the cache; a success invalidates "
+                     "the URL"}
+    if look.passed:
+        return {"result": "MISS", "key": look.primary, "action": None, "age": None,
+                "reason": "hit-for-pass: the last response of this URL could not be stored"}
+    d = look.decision
+    return {"result": _RESULTS[d.action], "key": look.primary, "action": d.action.value,
+            "reason": d.reason or None, "age": d.age if look.entry is not None else None}
+
+
+def _pool(pool, req, peer: str) -> dict:
+    key = pool.key(req, peer)
+    return {"name": pool.name, "balance": pool.cfg.balance,
+            "key": None if key is None else key.decode("utf-8", "replace")}
+
+
+def _server(doc: dict, pool, req, peer: str) -> None:
+    """The server ``Session.exchange`` would try first, and the sticky cookie's part in it."""
+    pinned, token = sticky_choice(pool, req)
+    if pool.sticky is not None:
+        named = pool.sticky.index(token) if token is not None else None
+        doc["sticky"] = {"cookie": pool.cfg.sticky.cookie, "token": token,
+                         "server": pool.servers[named].addr if named is not None else None}
+    if pinned is not None:
+        doc["server"] = {"addr": pool.servers[pinned].addr, "by": "sticky"}
+        return
+    i = _preview(pool).pick(req, peer, frozenset())
+    if i is not None:
+        doc["server"] = {"addr": pool.servers[i].addr, "by": "balance"}
+    elif pool.full(frozenset()):
+        doc["why_no_server"] = "every server is at max_conns: the request would queue (503 " \
+                               "when the pool has no queue or the wait runs out)"
+    else:
+        doc["why_no_server"] = "no server available: 503"
+
+
+def _preview(pool):
+    """``pool`` with a copy of its balancer: a pick on it leaves the real
+    balancer's state (round robin's position) where it was."""
+    view = copy.copy(pool)
+    view.balancer = copy.deepcopy(pool.balancer)
+    return view
