@@ -11,16 +11,17 @@
 
 Two ways in, chosen per command:
 
-- The admin endpoint (``server.admin``), over HTTP with the stdlib client
-  (this tool must not import requests), with the token from
-  ``server.admin_token`` or ``$FORKPROXY_ADMIN_TOKEN``: ``status`` when the
-  endpoint is on (it adds the cache's state), ``reload`` and ``purge`` when
-  the endpoint is on and a token is known (both are commands), ``explain``
-  and ``metrics`` always (they exist only there).
+- The admin endpoint (``server.admin``), over HTTP with requests (imported
+  only then), with the token from ``server.admin_token`` or
+  ``$FORKPROXY_ADMIN_TOKEN``: ``status`` when the endpoint is on (it adds
+  the cache's state); ``reload``, ``purge``, ``drain``, ``maint``, ``ready``
+  and ``weight`` when the endpoint is on and a token is known (they are
+  commands, logged by the daemon with the peer); ``explain`` and
+  ``metrics`` always (they exist only there).
 - The shared health table at ``{server.runtime_dir}/health.tbl``
   (``forkproxy.daemon.shm``): ``status`` when the endpoint is off or does not
-  answer; ``drain``, ``maint``, ``ready`` and ``weight`` always, following the
-  table's writer contract: take ``shm.admin_lock(table_path)``, *then* open
+  answer; ``drain``, ``maint``, ``ready`` and ``weight`` likewise,
+  following the table's writer contract: take ``shm.admin_lock(table_path)``, *then* open
   the table (so a reload that swaps in the next generation under the same
   lock never loses the change), write the row's admin cell, release. They are
   idempotent: setting the state a server already has writes nothing.
@@ -37,8 +38,8 @@ endpoint unreachable or refusing, unknown pool or server, broken
 configuration, rejected reload); 2 usage error.
 
 Layering: config, errors, core, ``daemon.shm`` and ``daemon.process`` (both
-stdlib + core) and ``net.leader.holder_pid``; nothing here may pull in
-gunicorn, gevent or requests.
+stdlib + core) and ``net.leader.holder_pid``; importing it pulls in no
+gunicorn, gevent, pylibmc or requests (``status`` from the table stays light).
 """
 
 from __future__ import annotations
@@ -315,19 +316,19 @@ def _endpoint(cfg: config.Config) -> tuple[str, int]:
 def admin_call(cfg: config.Config, method: str, path: str, timeout: float = 10) -> tuple[int, str]:
     """(status, body) of one request to the admin endpoint, with the token when
     there is one.  Raises ``Unreachable`` when it does not answer."""
-    import http.client
+    import requests  # here: `forkproxyctl status` on the table must not pay for it
 
     host, port = _endpoint(cfg)
     token = _token(cfg)
-    conn = http.client.HTTPConnection(host, port, timeout=timeout)
-    try:
-        conn.request(method, path, headers={"Authorization": f"Bearer {token}"} if token else {})
-        resp = conn.getresponse()
-        return resp.status, resp.read().decode("utf-8", "replace")
-    except (OSError, http.client.HTTPException) as exc:
-        raise Unreachable(f"cannot reach the admin endpoint {host}:{port}: {exc}") from None
-    finally:
-        conn.close()
+    url = f"http://{'[' + host + ']' if ':' in host else host}:{port}{path}"
+    with requests.Session() as session:
+        session.trust_env = False  # an operator's http_proxy must not see the token
+        try:
+            r = session.request(method, url, timeout=timeout, allow_redirects=False,
+                                headers={"Authorization": f"Bearer {token}"} if token else {})
+        except requests.RequestException as exc:
+            raise Unreachable(f"cannot reach the admin endpoint {host}:{port}: {exc}") from None
+        return r.status_code, r.content.decode("utf-8", "replace")
 
 
 def admin_get(cfg: config.Config, path: str, timeout: float = 10) -> str:
