@@ -212,7 +212,7 @@ def main(argv=None) -> int:
         for r in rows:
             for n in r.notes:
                 print(f"  {r.target}: {n}")
-        fz = frozen(fp, mc[1], ctx.dir / "forkproxy" / "error.log")
+        fz = frozen(fp, mc[1], ctx.forkproxy_dirs[fp] / "error.log")
         print("memcached frozen (SIGSTOP) under load, 8 sequential clients:")
         for k, v in fz.items():
             print(f"  {k:32} {v if not isinstance(v, float) else round(v, 3)}")

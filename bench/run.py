@@ -200,6 +200,7 @@ class Ctx:
         self.args = args
         self.dir = workdir
         self.procs: list[Proc] = []
+        self.forkproxy_dirs: dict[int, Path] = {}  # listener port -> its config, logs, runtime dir
         self.env = dict(os.environ)
         self.env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO), self.env.get("PYTHONPATH")]))
 
@@ -253,7 +254,7 @@ class Ctx:
     def start_forkproxy(self, body: str, workers: int = 2, server: dict | None = None) -> int:
         """forkproxy with ``body`` (use ``{port}`` for the listener port); returns the port."""
         port = free_port()
-        d = Path(tempfile.mkdtemp(prefix="forkproxy", dir=self.dir))  # one per instance
+        d = self.forkproxy_dirs[port] = Path(tempfile.mkdtemp(prefix="forkproxy", dir=self.dir))
         srv = {
             "workers": workers,
             "pidfile": str(d / "forkproxy.pid"),
