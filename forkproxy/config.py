@@ -1477,8 +1477,9 @@ SETTINGS: tuple[Setting, ...] = (
             "the rate limit) or that ended in a 5xx (no server up, a server that failed, "
             "timed out or answered 5xx itself) leaves one line saying why, such as "
             'request ID 192.0.2.7 "GET /api" -> 503: no server up in pool "api", where ID '
-            'is the access log\'s request_id ("-" when the head could not be parsed). '
-            "These lines are warnings; 500 (a bug in forkproxy) is an error and 408 "
+            'is the access log\'s request_id ("-" when the head could not be parsed); '
+            'a 5xx line ends with where it failed, as [route 2, pool "api", server '
+            "10.0.0.11:8080]. These lines are warnings; 500 (a bug in forkproxy) is an error and 408 "
             "(a client too slow to send its head) is info.",
             _RELOAD, _nonempty_str),
     Setting("server", "access_log", 'path, "-" or "off"', "-",

@@ -82,7 +82,7 @@ def error_line(r: AccessRecord) -> tuple[int, str] | None:
     Every 5xx, and every request forkproxy refused itself (a 4xx with a
     ``why``), gets one line::
 
-        request <id> <client> "<METHOD target>" -> <status>: <why>
+        request <id> <client> "<METHOD target>" -> <status>: <why>[ [route R, pool "P", server S]]
 
     ``<id>`` is ``-`` (and the request ``"-"``) when the head could not be
     parsed.  Level: error for 500 (a bug in forkproxy), info for 408 (a
@@ -95,6 +95,12 @@ def error_line(r: AccessRecord) -> tuple[int, str] | None:
     # A 5xx without a why was not decided on the request path: a stored
     # response, or the cache's own answer to PURGE.
     why = r.why if r.why is not None else f"answered {status} (cache {r.cache or '-'})"
+    if status >= 500:  # where it failed, for the operator to look next
+        where = [f"route {r.route}" if r.route is not None else "",
+                 f'pool "{r.pool}"' if r.pool else "",
+                 f"server {r.upstream}" if r.upstream else ""]
+        if any(where):
+            why += " [" + ", ".join(w for w in where if w) + "]"
     request = "-" if r.method is None else f"{r.method} {r.target}"
     level = logging.ERROR if status == 500 else logging.INFO if status == 408 else logging.WARNING
     return level, (f'request {r.request_id or "-"} {r.client} "{_q(request)}" -> {status}: '

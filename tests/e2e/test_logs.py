@@ -212,6 +212,10 @@ def test_every_refusal_and_5xx_leaves_an_error_line_with_the_request_id(site):
         wait_until(lambda: [e for e in error_lines(fp) if e["id"] == line["request_id"]],
                    what=f"the error-log line of {target}")
         [err] = [e for e in error_lines(fp) if e["id"] == line["request_id"]]
+        if status >= 500:  # and where it failed
+            where = [f"route {line['route']}", f'pool "{line["pool"]}"']
+            where += [f"server {line['upstream']}"] if line["upstream"] else []
+            why += " [" + ", ".join(where) + "]"
         assert err == {"level": "WARNING", "id": line["request_id"], "client": "127.0.0.1",
                        "request": f"GET {target}", "status": str(status), "why": why}
 
@@ -243,8 +247,17 @@ def test_error_line_levels_and_reasons(status, why, cache, expected):
     r = AccessRecord("192.0.2.7", 0.0)
     r.method, r.target, r.request_id = "GET", '/a"b', "abc"
     r.status, r.why, r.cache = status, why, cache
-    got = error_line(r)
+    got = error_line(r)  # no route, pool or server: nothing to add to a 5xx
     if expected is None:
         assert got is None
     else:
         assert got == (expected[0], f'request abc 192.0.2.7 "GET /a\\"b" -> {status}: {expected[1]}')
+
+
+def test_a_5xx_line_says_where_it_failed():
+    r = AccessRecord("192.0.2.7", 0.0)
+    r.method, r.target, r.request_id, r.status = "GET", "/x", "abc", 504
+    r.why, r.route, r.pool, r.upstream = "timed out", 3, "api", "10.0.0.1:80"
+    assert error_line(r)[1].endswith('-> 504: timed out [route 3, pool "api", server 10.0.0.1:80]')
+    r.status, r.why = 403, "denied"  # a refusal names its own rule
+    assert error_line(r)[1].endswith("-> 403: denied")
