@@ -26,7 +26,7 @@ from __future__ import annotations
 from bisect import bisect_left
 
 __all__ = ["FAMILIES", "GAUGES", "CLASSES", "BUCKETS", "CACHE_RESULTS", "Metrics", "SlotCounter",
-           "request_keys", "status_class", "render"]
+           "request_keys", "render"]
 
 #: family name -> (Prometheus type, help text). Names are without the prefix.
 FAMILIES: dict[str, tuple[str, str]] = {
@@ -53,11 +53,6 @@ CACHE_RESULTS = ("HIT", "MISS", "STALE", "REVALIDATED", "BYPASS", "REFRESH", "PU
 PREFIX = "forkproxy_"
 _SINGLE = ("received_bytes_total", "sent_bytes_total", "connections_active", "reloads_total")
 _LE = tuple(repr(b) for b in BUCKETS) + ("+Inf",)
-
-
-def status_class(status: int) -> str | None:
-    """``"2xx"`` for 200..299 and so on; None outside 100..599."""
-    return f"{status // 100}xx" if 100 <= status <= 599 else None
 
 
 def _histogram(name: str, labels: tuple) -> list[tuple]:
@@ -126,8 +121,9 @@ class Metrics:
         # histogram series -> index of its first bucket (sum and count follow the buckets)
         self._dur = {r: i for (r, _, le), i in
                      by_label.get("request_duration_seconds_bucket", {}).items() if le == _LE[0]}
-        self._up = {srv: i for (_, srv, le), i in
+        self._up = {(p, srv): i for (p, srv, le), i in
                     by_label.get("upstream_duration_seconds_bucket", {}).items() if le == _LE[0]}
+        self._plans: dict[tuple, tuple] = {}
         self._cache = by_label.get("cache_requests_total", {})
         self._limited = {r: i for (r,), i in by_label.get("ratelimited_total", {}).items()}
         self._retries = {p: i for (p,), i in by_label.get("retries_total", {}).items()}
@@ -163,34 +159,41 @@ class Metrics:
         ``request_time`` and ``upstream_time`` (seconds), ``cache``, byte
         counts. A 429 without an upstream is the route's rate limit.
         """
-        cls = status_class(rec.status)
-        if cls is None:
+        status = rec.status
+        if not 100 <= status <= 599:
             return
-        r = "" if rec.route is None else str(rec.route)
+        key = (rec.route, rec.pool, rec.upstream, status // 100)
+        plan = self._plans.get(key)
+        if plan is None:  # once per combination: the configuration bounds them
+            plan = self._plans[key] = self._plan(*key)
+        req, dur, up, r = plan
         row = slot * self.n_keys
         cells = self.cells
-        k = self._req.get((r, rec.upstream or "", cls))
-        if k is None:
-            k = self._req.get((r, "", cls))
-        if k is not None:
-            cells[row + k] += 1
-        k = self._dur.get(r)
-        if k is not None:
-            self._observe(row + k, rec.request_time)
-        if rec.upstream_time is not None:
-            k = self._up.get(rec.upstream)
-            if k is not None:
-                self._observe(row + k, rec.upstream_time)
+        if req is not None:
+            cells[row + req] += 1
+        if dur is not None:
+            self._observe(row + dur, rec.request_time)
+        if up is not None and rec.upstream_time is not None:
+            self._observe(row + up, rec.upstream_time)
         if rec.cache is not None:
             k = self._cache.get((r, rec.cache))
             if k is not None:
                 cells[row + k] += 1
-        if rec.status == 429 and rec.upstream is None:
+        if status == 429 and rec.upstream is None:
             k = self._limited.get(r)
             if k is not None:
                 cells[row + k] += 1
         cells[row + self._in] += rec.bytes_received
         cells[row + self._out] += rec.bytes_sent
+
+    def _plan(self, route, pool, upstream, cls: int) -> tuple:
+        """(requests cell, duration histogram, upstream histogram, route label) of a request."""
+        r = "" if route is None else str(route)
+        code = f"{cls}xx"
+        req = self._req.get((r, upstream or "", code))
+        if req is None:
+            req = self._req.get((r, "", code))
+        return req, self._dur.get(r), self._up.get((pool or "", upstream or "")), r
 
     def _observe(self, i: int, seconds: float) -> None:
         """One observation into the histogram series whose first bucket is cell ``i``."""

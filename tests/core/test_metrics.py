@@ -6,7 +6,7 @@ from types import SimpleNamespace
 
 import pytest
 
-from forkproxy.core.metrics import BUCKETS, Metrics, SlotCounter, render, request_keys, status_class
+from forkproxy.core.metrics import BUCKETS, Metrics, SlotCounter, render, request_keys
 
 ROUTES = [(0, "web", ["10.0.0.1:80", "10.0.0.2:80"]), (1, "api", ["10.0.1.1:80"])]
 
@@ -18,9 +18,9 @@ def make(n_slots=4, routes=ROUTES):
 
 def rec(route=0, upstream="10.0.0.1:80", status=200, received=10, sent=100, took=0.02,
         upstream_time=0.01, cache=None):
-    return SimpleNamespace(route=route, upstream=upstream, status=status, bytes_received=received,
-                           bytes_sent=sent, request_time=took, upstream_time=upstream_time,
-                           cache=cache)
+    return SimpleNamespace(route=route, pool={0: "web", 1: "api"}.get(route), upstream=upstream,
+                           status=status, bytes_received=received, bytes_sent=sent,
+                           request_time=took, upstream_time=upstream_time, cache=cache)
 
 
 def req_key(route, pool, server, code):
@@ -29,8 +29,11 @@ def req_key(route, pool, server, code):
 
 @pytest.mark.parametrize("status,cls", [(100, "1xx"), (200, "2xx"), (304, "3xx"), (499, "4xx"),
                                         (599, "5xx"), (0, None), (600, None)])
-def test_status_class(status, cls):
-    assert status_class(status) == cls
+def test_status_classes(status, cls):
+    m = make()
+    SlotCounter(m, 0).request(rec(status=status))
+    counted = {k[1][3][1]: v for k, v in m.totals().items() if k[0] == "requests_total" and v}
+    assert counted == ({cls: 1} if cls else {})
 
 
 def test_slots_sum_and_each_slot_writes_only_its_row():
@@ -182,3 +185,14 @@ def test_retries_and_health_transitions():
 def test_pools_no_route_names_still_get_their_series():
     keys = request_keys(ROUTES, {"web": ["10.0.0.1:80"], "spare": ["10.5.0.1:80"]})
     assert ("retries_total", (("pool", "spare"),)) in keys
+
+
+def test_a_server_in_two_pools_times_each_pool_apart():
+    m = make(routes=[(0, "web", ["10.0.0.1:80"]), (1, "api", ["10.0.0.1:80"])])
+    c = SlotCounter(m, 0)
+    c.request(rec(route=0))
+    c.request(rec(route=1, upstream_time=0.2))
+    c.request(rec(route=1, upstream_time=0.2))
+    s = parse(render(m.totals()))
+    assert s['forkproxy_upstream_duration_seconds_count{pool="web",server="10.0.0.1:80"}'] == 1
+    assert s['forkproxy_upstream_duration_seconds_count{pool="api",server="10.0.0.1:80"}'] == 2
