@@ -12,7 +12,7 @@ import json
 import pytest
 import requests
 
-from support.configs import cache_site
+from support.configs import cache_site, memcached
 from support.procs import free_port, wait_until
 
 pytestmark = pytest.mark.timeout(180)
@@ -27,7 +27,7 @@ def site(forkproxy_factory, backend_factory, memcached_factory):
     mc = memcached_factory()
     origin = backend_factory("origin")
     port = free_port()
-    body = cache_site(port, origin.addr, f'servers = ["{mc.addr}"]')
+    body = cache_site(port, origin.addr, memcached(mc.addr))
     # A route that strips /old: its responses are stored under the rewritten target.
     body = body.replace("[[route]]", '[[route]]\npath = "/old/"\nstrip_prefix = "/old"\n'
                                      'pool = "web"\ncache = true\n\n[[route]]', 1)

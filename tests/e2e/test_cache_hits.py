@@ -18,14 +18,15 @@ import requests
 
 from support.backend import pattern
 from support.procs import free_port, wait_until
-from support.configs import cache_site
+from support.configs import cache_site, memcached
 from support.rawhttp import Conn
 
 MAXAGE = "hdr=Cache-Control:max-age%3D60"
 
 
-def config(port, origin, mc, route_extra="", cache_extra="") -> str:
-    return cache_site(port, origin.addr, f'servers = ["{mc.addr}"]\n{cache_extra}', route_extra)
+def config(port, origin, mc, route_extra="", cache_extra="", timeout="1s") -> str:
+    return cache_site(port, origin.addr, f"{memcached(mc.addr, timeout)}\n{cache_extra}",
+                      route_extra)
 
 
 def start(forkproxy_factory, origin, mc, **kw):
@@ -147,7 +148,7 @@ def test_origin_encoded_hits_are_not_compressed_twice(forkproxy_factory, origin,
 
 def test_breaker_transitions_are_in_the_error_log(forkproxy_factory, origin, mc):
     fp, port = start(forkproxy_factory, origin, mc,
-                     cache_extra='breaker_cooldown = "300ms"\ntimeout = "20ms"')
+                     cache_extra='breaker_cooldown = "300ms"', timeout="20ms")
     path = f"/b?{MAXAGE}"
     get(port, path)
     wait_until(lambda: get(port, path).headers["X-Cache"] == "HIT", what="a hit")

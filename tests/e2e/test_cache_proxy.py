@@ -17,7 +17,7 @@ import pytest
 import requests
 
 from support.procs import free_port, wait_until
-from support.configs import cache_site
+from support.configs import cache_site, memcached
 from support.rawhttp import Conn
 
 MAXAGE = "hdr=Cache-Control:max-age%3D60"
@@ -30,7 +30,7 @@ def config(port, backend, cache="", route_extra="") -> str:
 @pytest.fixture
 def proxy(forkproxy_factory, origin, mc):
     port = free_port()
-    return forkproxy_factory(config(port, origin, f'servers = ["{mc.addr}"]'))
+    return forkproxy_factory(config(port, origin, memcached(mc.addr)))
 
 
 def port_of(fp) -> int:
@@ -177,7 +177,7 @@ def test_coalescing_100_concurrent_misses_one_origin_request(proxy, origin):
 
 def test_large_object_in_chunks_and_too_large_passes(forkproxy_factory, origin, mc):
     port = free_port()
-    fp = forkproxy_factory(config(port, origin, f'servers = ["{mc.addr}"]\nmax_object_size = "4m"'))
+    fp = forkproxy_factory(config(port, origin, memcached(mc.addr) + '\nmax_object_size = "4m"'))
     n = 3_500_000
     want = hashlib.sha256(b"".join(_pattern(n))).hexdigest()
     for chunked in ("", "&chunked=1"):
@@ -217,7 +217,8 @@ def test_two_proxies_two_memcached_share_entries(forkproxy_factory, origin, memc
 
 @pytest.mark.parametrize("how", ["kill", "freeze"])
 def test_memcached_killed_or_frozen_every_request_served(forkproxy_factory, origin, mc, how):
-    fp = forkproxy_factory(config(free_port(), origin, f'servers = ["{mc.addr}"]'))
+    # The production timeout: what fails open here is what would in production.
+    fp = forkproxy_factory(config(free_port(), origin, memcached(mc.addr, "30ms")))
     get(fp, f"/k?{MAXAGE}")
     errors, served, stop = [], [0], threading.Event()
 

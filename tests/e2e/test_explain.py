@@ -31,6 +31,7 @@ def config(port: int, mc, b1, b2, b3) -> str:
     return f"""
 [cache]
 servers = ["{mc.addr}"]
+timeout = "1s"  # a stall of this loaded machine is not a miss
 
 [[listener]]
 name = "web"

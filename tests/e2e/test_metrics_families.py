@@ -32,6 +32,7 @@ def config(port, mc, web, dead, spare, checked) -> str:
     return f"""
 [cache]
 servers = ["{mc.addr}"]
+timeout = "1s"  # a stall of this loaded machine is not a miss
 
 [[listener]]
 name = "web"

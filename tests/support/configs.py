@@ -24,3 +24,13 @@ cache = true
 [pool.web]
 servers = [{{ addr = "{origin_addr}" }}]
 """
+
+
+def memcached(addr: str, timeout: str = "1s") -> str:
+    """``[cache]`` lines for one memcached at ``addr``.
+
+    The 30 ms default timeout is for production.  Tests of cache semantics
+    give memcached a second, so that a stall of this loaded machine is not
+    taken for a miss (fail open); tests of the breaker pass a short one.
+    """
+    return f'servers = ["{addr}"]\ntimeout = "{timeout}"'
