@@ -5,14 +5,16 @@
     python bench/run.py --list
 
 Every number is measured in the same run on the same machine; compare the
-ratios (forkproxy/nginx, forkproxy/direct), not the absolute numbers.
+ratios (forkproxy/nginx, forkproxy/direct), not the absolute numbers.  The
+"floor" row is bench/floor.py, a gevent relay that does nothing but move the
+bytes: the ceiling of any proxy built on gevent workers, here.
 Everything started here is stopped here, by pid. Exit status 1 when any
 target failed to start or its load run failed; 2 on bad arguments.
 
 Adding a scenario: write ``def my_scenario(ctx) -> list[Result]`` decorated
 with ``@scenario("name", "one line of help")``; use ``ctx.start_backend()``,
 ``ctx.start_nginx(port)``, ``ctx.start_forkproxy(body)`` and ``ctx.load(url)``.
-Rows named "direct", "nginx" and "forkproxy" get the ratio lines.
+Rows named "direct", "nginx", "floor" and "forkproxy" get the ratio lines.
 """
 
 from __future__ import annotations
@@ -237,6 +239,14 @@ class Ctx:
         wait_for_port(port, timeout=20, proc=p)
         return port
 
+    def start_floor(self, upstream_port: int, workers: int = 2) -> int:
+        """bench/floor.py (the least a gevent proxy costs) in front of upstream_port."""
+        port = free_port()
+        p = self.start("floor", [sys.executable, str(HERE / "floor.py"), "--port", str(port),
+                                 "--upstream", str(upstream_port), "--workers", str(workers)])
+        self.wait_http(port, p, "floor")
+        return port
+
     def start_nginx(self, upstream_port: int, workers: int = 2) -> int | None:
         """nginx in front of upstream_port, or None when nginx is not installed."""
         binary = shutil.which("nginx") or ("/usr/sbin/nginx" if os.path.exists("/usr/sbin/nginx") else None)
@@ -331,11 +341,12 @@ servers = [{{ addr = "127.0.0.1:{origin}" }}]
 """
 
 
-@scenario("get1k", "keep-alive GET of a 1 KiB response: direct, nginx, forkproxy")
+@scenario("get1k", "keep-alive GET of a 1 KiB response: direct, nginx, gevent floor, forkproxy")
 def get1k(ctx: Ctx) -> list[Result]:
     origin = ctx.start_backend(1024)
     rows = [ctx.load("direct", f"http://127.0.0.1:{origin}/")]
     rows.append(_guarded("nginx", lambda: ctx.start_nginx(origin), ctx))
+    rows.append(_guarded("floor", lambda: ctx.start_floor(origin), ctx))
     body = FORKPROXY_ONE_POOL.format(origin=origin)
     rows.append(_guarded("forkproxy", lambda: ctx.start_forkproxy(body), ctx))
     return rows
@@ -372,7 +383,7 @@ def report(name: str, rows: list[Result], args) -> str:
         else:
             out.append(f"{r.target:<12}  {r.error.splitlines()[0] if r.error else 'no result'}")
     by = {r.target: r for r in rows if r.ok}
-    for base in ("nginx", "direct"):
+    for base in ("nginx", "direct", "floor"):
         if "forkproxy" in by and base in by:
             f, b = by["forkproxy"], by[base]
             p99 = f"; p99 x{f.p99_ms / b.p99_ms:.2f}" if f.p99_ms and b.p99_ms else ""
