@@ -79,6 +79,7 @@ HTTP/1.1, bare CR or LF.
 
 from __future__ import annotations
 
+import http
 import re
 from dataclasses import dataclass
 
@@ -90,6 +91,7 @@ __all__ = [
     "BodyDecoder", "NoBodyDecoder", "LengthDecoder", "CloseDecoder", "ChunkedDecoder",
     "serialize_request_head", "serialize_response_head", "encode_chunk",
     "encode_last_chunk", "wants_keep_alive", "connection_tokens", "split_host",
+    "reason_phrase",
 ]
 
 
@@ -704,6 +706,15 @@ def _fields(headers) -> str:
 
 def serialize_request_head(method: str, target: str, headers) -> bytes:
     return f"{method} {target} HTTP/1.1\r\n{_fields(headers)}\r\n".encode("latin-1")
+
+
+def reason_phrase(status: int) -> str:
+    """The reason phrase forkproxy writes for its own responses of ``status``
+    (RFC 9110's names, e.g. 413 Content Too Large); "Error" when it has none."""
+    try:
+        return "Content Too Large" if status == 413 else http.HTTPStatus(status).phrase
+    except ValueError:
+        return "Error"
 
 
 def serialize_response_head(status: int, reason: str, headers) -> bytes:

@@ -118,7 +118,7 @@ class Admin:
             except _Reply as r:
                 status, body, ctype, extra = r.status, r.body, "text/plain; charset=utf-8", r.headers
             data = body.encode()
-            head = [f"HTTP/1.1 {status} {_PHRASES.get(status, 'Error')}",
+            head = [f"HTTP/1.1 {status} {http1.reason_phrase(status)}",
                     f"Content-Type: {ctype}", f"Content-Length: {len(data)}",
                     "Cache-Control: no-store", "Connection: close", *extra]
             client.sendall(("\r\n".join(head) + "\r\n\r\n").encode() + data)
@@ -408,8 +408,3 @@ def _weight(text: str) -> int:
     if not 1 <= n <= WEIGHT_MAX:
         raise _Reply(400, f"weight: expected 1..{WEIGHT_MAX} or 'config', got {text!r}\n")
     return n
-
-
-_PHRASES = {200: "OK", 400: "Bad Request", 401: "Unauthorized", 403: "Forbidden",
-            404: "Not Found", 405: "Method Not Allowed", 431: "Request Header Fields Too Large",
-            503: "Service Unavailable"}

@@ -556,17 +556,13 @@ class Cache:
                 (404, "not in the cache\n")
         body = text.encode()
         keep = keep and not s.rt.draining
-        head = (f"HTTP/1.1 {code} {http1_reason(code)}\r\nDate: {CLOCK.date()}\r\n"
+        head = (f"HTTP/1.1 {code} {http1.reason_phrase(code)}\r\nDate: {CLOCK.date()}\r\n"
                 f"Content-Type: text/plain; charset=utf-8\r\nContent-Length: {len(body)}\r\n"
                 f"{'' if keep else 'Connection: close' + chr(13) + chr(10)}\r\n").encode()
         rec.status = code
         s.client.settimeout(s.rt.cfg.server.send_timeout)
         s._send(head + body)
         return keep
-
-
-def http1_reason(code: int) -> str:
-    return {200: "OK", 404: "Not Found", 503: "Service Unavailable"}.get(code, "OK")
 
 
 def _allowed(peer: str, nets) -> bool:

@@ -22,7 +22,6 @@ Rules kept here (DESIGN section 4):
 from __future__ import annotations
 
 import email.utils
-import http
 import errno
 import ipaddress
 import socket
@@ -44,13 +43,6 @@ from forkproxy.net.tls import HandshakeFailed, ListenerTLS, tls_server_name
 from forkproxy.net.upstream import RECV_SIZE, UpstreamConn, UpstreamError
 
 IDEMPOTENT = frozenset({"GET", "HEAD", "OPTIONS", "TRACE", "PUT", "DELETE"})
-REASONS = {
-    400: "Bad Request", 403: "Forbidden", 404: "Not Found", 405: "Method Not Allowed",
-    408: "Request Timeout", 413: "Content Too Large", 414: "URI Too Long",
-    417: "Expectation Failed", 431: "Request Header Fields Too Large",
-    500: "Internal Server Error", 501: "Not Implemented", 502: "Bad Gateway",
-    503: "Service Unavailable", 504: "Gateway Timeout", 505: "HTTP Version Not Supported",
-}
 CONTINUE = b"HTTP/1.1 100 Continue\r\n\r\n"
 # On drain, how long (at most; never beyond keepalive_timeout) an idle
 # keep-alive connection may still bring one last request (forkproxy(8)).
@@ -235,13 +227,6 @@ class Runtime:
         except ValueError:
             return False
         return any(addr in net for net in self.trusted)
-
-
-def _phrase(status: int) -> str:
-    try:
-        return http.HTTPStatus(status).phrase
-    except ValueError:
-        return "Error"
 
 
 def _close_quietly(sock) -> None:
@@ -452,7 +437,7 @@ class Session:
         if status >= 500 and self.cache_hook is not None and self.cache_hook.on_refuse(rec, status):
             return  # stale-if-error: a stored response went out instead
         rec.status = status
-        reason = REASONS.get(status) or _phrase(status)
+        reason = http1.reason_phrase(status)
         body, ctype = self.rt.edge.page(rec.route, status) or (
             f"{status} {reason}\n".encode(), "text/plain; charset=utf-8")
         extra = "".join(f"{n}: {v}\r\n" for n, v in fields)

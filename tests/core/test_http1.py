@@ -8,7 +8,7 @@ from hypothesis import given, settings, strategies as st
 from forkproxy.core.http1 import (
     Framing, IncompleteBody, Limits, ProtocolError, Response,
     encode_chunk, encode_last_chunk, find_head_end, make_decoder,
-    parse_request_head, parse_response_head, request_body_framing,
+    parse_request_head, parse_response_head, reason_phrase, request_body_framing,
     response_body_framing, serialize_request_head, serialize_response_head,
     split_host, wants_keep_alive,
 )
@@ -621,3 +621,10 @@ def test_parser_never_crashes_on_junk(junk):
             parse_request_head(raw[:end])
     except ProtocolError as e:
         assert e.status in (400, 414, 431, 501, 505)
+
+
+@pytest.mark.parametrize("status,phrase", [(200, "OK"), (413, "Content Too Large"),
+                                           (431, "Request Header Fields Too Large"),
+                                           (503, "Service Unavailable"), (599, "Error")])
+def test_reason_phrase(status, phrase):
+    assert reason_phrase(status) == phrase
