@@ -27,6 +27,7 @@ sys.path.insert(0, str(REPO / "tests"))
 
 from forkproxy.config import loads  # noqa: E402
 from forkproxy.daemon import shm  # noqa: E402
+from support.configs import one_pool  # noqa: E402
 from support.procs import free_port, kill_leaked  # noqa: E402
 from support.runner import Backend, ForkProxy  # noqa: E402
 
@@ -55,17 +56,9 @@ def wait_state(path, label, want, timeout=60.0) -> float:
 def transitions(args, work: Path) -> tuple[list[float], list[float]]:
     bs = [Backend(f"b{i}", work / "backends") for i in (1, 2, 3)]
     port = free_port()
-    servers = ", ".join(f'{{ addr = "{b.addr}" }}' for b in bs)
-    fp = ForkProxy(work / "fp", f"""
-[[listener]]
-name = "web"
-bind = "127.0.0.1:{port}"
-[[route]]
-pool = "web"
-[pool.web]
-servers = [{servers}]
-health = {{ path = "/healthz", interval = "{args.interval}", timeout = "500ms", rise = {args.rise}, fall = {args.fall} }}
-""", {"workers": 4})
+    health = (f'health = {{ path = "/healthz", interval = "{args.interval}", timeout = "500ms", '
+              f"rise = {args.rise}, fall = {args.fall} }}")
+    fp = ForkProxy(work / "fp", one_pool(port, [b.addr for b in bs], health), {"workers": 4})
     detect, recover = [], []
     try:
         fp.start()

@@ -12,7 +12,7 @@ import json
 import pytest
 import requests
 
-from support.configs import cache_site, memcached
+from support.configs import cache_site, memcached, one_pool
 from support.procs import free_port, wait_until
 
 pytestmark = pytest.mark.timeout(180)
@@ -123,17 +123,7 @@ def test_status_shows_the_cache(site):
 def test_no_cache_no_cache_state(forkproxy_factory, backend_factory):
     b = backend_factory("b")
     port = free_port()
-    fp = forkproxy_factory(f"""
-[[listener]]
-name = "web"
-bind = "127.0.0.1:{port}"
-
-[[route]]
-pool = "web"
-
-[pool.web]
-servers = [{{ addr = "{b.addr}" }}]
-""", server={"admin": f"127.0.0.1:{free_port()}", "admin_token": TOKEN})
+    fp = forkproxy_factory(one_pool(port, [b.addr]), server={"admin": f"127.0.0.1:{free_port()}", "admin_token": TOKEN})
     assert fp.ctl_status()["cache"] is None
     out = fp.ctl("purge", f"http://127.0.0.1:{port}/")
     assert out.returncode == 1

@@ -13,6 +13,7 @@ import shutil
 import pytest
 import requests
 
+from support.configs import one_pool
 from support.procs import free_port, wait_until
 
 pytestmark = pytest.mark.timeout(180)
@@ -21,17 +22,7 @@ TOKEN = "reload-token"
 
 
 def body(port: int, backend) -> str:
-    return f"""
-[[listener]]
-name = "web"
-bind = "127.0.0.1:{port}"
-
-[[route]]
-pool = "web"
-
-[pool.web]
-servers = [{{ addr = "{backend.addr}" }}]
-"""
+    return one_pool(port, [backend.addr])
 
 
 def served_by(port: int) -> str:

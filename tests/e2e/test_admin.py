@@ -15,24 +15,14 @@ import sys
 import pytest
 import requests
 
+from support.configs import one_pool
 from support.procs import free_port, wait_until
 
 TOKEN = "s3cret-token"
 
 
 def config(port, backends) -> str:
-    servers = ", ".join(f'{{ addr = "{b.addr}" }}' for b in backends)
-    return f"""
-[[listener]]
-name = "web"
-bind = "127.0.0.1:{port}"
-
-[[route]]
-pool = "web"
-
-[pool.web]
-servers = [{servers}]
-"""
+    return one_pool(port, [b.addr for b in backends])
 
 
 @pytest.fixture

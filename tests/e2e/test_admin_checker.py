@@ -12,24 +12,15 @@ from __future__ import annotations
 import requests
 
 from forkproxy.net.leader import holder_pid
+from support.configs import one_pool
 from support.procs import free_port, wait_until
 
 
 def test_status_from_the_checkers_worker_keeps_the_lock(forkproxy_factory, backend_factory):
     b = backend_factory("b1")
     port, aport = free_port(), free_port()
-    fp = forkproxy_factory(f"""
-[[listener]]
-name = "web"
-bind = "127.0.0.1:{port}"
-
-[[route]]
-pool = "web"
-
-[pool.web]
-servers = [{{ addr = "{b.addr}" }}]
-health = {{ path = "/healthz", interval = "200ms" }}
-""", server={"workers": 1, "admin": f"127.0.0.1:{aport}"})
+    fp = forkproxy_factory(one_pool(port, [b.addr], 'health = { path = "/healthz", interval = "200ms" }'),
+                           server={"workers": 1, "admin": f"127.0.0.1:{aport}"})
     (worker,) = fp.wait_workers(1)
     lock = str(fp.dir / "run" / "checker.lock")
     wait_until(lambda: holder_pid(lock) == worker, timeout=15)

@@ -17,6 +17,7 @@ import pytest
 import requests
 
 from forkproxy.core.balance import Balancer, ServerSpec
+from support.configs import one_pool
 from support.procs import free_port, wait_until
 from support.runner import ForkProxy
 
@@ -29,20 +30,8 @@ def inflight(fp: ForkProxy) -> int:
 
 def config(port, backends, weights=None, **pool) -> str:
     weights = weights or [1] * len(backends)
-    servers = ", ".join(f'{{ addr = "{b.addr}", weight = {w} }}' for b, w in zip(backends, weights))
-    extra = "\n".join(f"{k} = {v}" for k, v in pool.items())
-    return f"""
-[[listener]]
-name = "web"
-bind = "127.0.0.1:{port}"
-
-[[route]]
-pool = "web"
-
-[pool.web]
-servers = [{servers}]
-{extra}
-"""
+    servers = [f'{{ addr = "{b.addr}", weight = {w} }}' for b, w in zip(backends, weights)]
+    return one_pool(port, servers, "\n".join(f"{k} = {v}" for k, v in pool.items()))
 
 
 def get(port, path="/", **kw):

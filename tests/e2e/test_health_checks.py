@@ -17,6 +17,7 @@ import time
 import pytest
 import requests
 
+from support.configs import one_pool
 from support.procs import free_port, wait_until
 from support.runner import ForkProxy
 
@@ -37,23 +38,10 @@ def server_state(fp: ForkProxy, pool: str, addr: str) -> dict:
 
 
 def checked_config(port, backends, health=True, **pool):
-    servers = ", ".join(f'{{ addr = "{b.addr}" }}' for b in backends)
     extra = "\n".join(f"{k} = {json.dumps(v)}" for k, v in pool.items())
     hc = ('health = { path = "/healthz", interval = "1s", timeout = "500ms", rise = 2, fall = 3 }'
           if health else "")
-    return f"""
-[[listener]]
-name = "web"
-bind = "127.0.0.1:{port}"
-
-[[route]]
-pool = "web"
-
-[pool.web]
-servers = [{servers}]
-{hc}
-{extra}
-"""
+    return one_pool(port, [b.addr for b in backends], f"{hc}\n{extra}")
 
 
 def spread(port: int, n: int) -> None:

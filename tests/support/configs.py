@@ -3,27 +3,34 @@
 from __future__ import annotations
 
 
-def cache_site(port: int, origin_addr: str, cache: str = "", route_extra: str = "") -> str:
-    """One listener on 127.0.0.1:``port``, one cached route to one origin.
+def one_pool(port: int, servers, pool_extra: str = "", route_extra: str = "") -> str:
+    """One http listener "web" on 127.0.0.1:``port``, one route to pool "web".
 
-    ``cache``: lines of the [cache] section; ``route_extra``: more route keys.
+    ``servers``: addresses, or inline tables as written in TOML (``'{ addr =
+    "...", weight = 2 }'``); ``pool_extra`` / ``route_extra``: more lines of
+    the pool / the route.
     """
+    entries = ", ".join(s if s.lstrip().startswith("{") else f'{{ addr = "{s}" }}'
+                        for s in servers)
     return f"""
-[cache]
-{cache}
-
 [[listener]]
 name = "web"
 bind = "127.0.0.1:{port}"
 
 [[route]]
 pool = "web"
-cache = true
 {route_extra}
 
 [pool.web]
-servers = [{{ addr = "{origin_addr}" }}]
+servers = [{entries}]
+{pool_extra}
 """
+
+
+def cache_site(port: int, origin_addr: str, cache: str = "", route_extra: str = "") -> str:
+    """``one_pool`` with one origin, its route cached; ``cache``: lines of [cache]."""
+    return f"[cache]\n{cache}\n" + one_pool(port, [origin_addr],
+                                               route_extra="cache = true\n" + route_extra)
 
 
 def memcached(addr: str, timeout: str = "1s") -> str:
