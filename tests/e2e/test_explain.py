@@ -20,6 +20,7 @@ import json
 import pytest
 import requests
 
+from support.configs import memcached
 from support.procs import free_port
 
 TOKEN = "explain-token"
@@ -30,8 +31,7 @@ def config(port: int, mc, b1, b2, b3) -> str:
     three = ", ".join(f'{{ addr = "{b.addr}" }}' for b in (b1, b2, b3))
     return f"""
 [cache]
-servers = ["{mc.addr}"]
-timeout = "1s"  # a stall of this loaded machine is not a miss
+{memcached(mc.addr)}
 
 [[listener]]
 name = "web"
