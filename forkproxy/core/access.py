@@ -69,43 +69,49 @@ def _network(cidr: str):
 class Acl:
     """An ordered allow/deny list; see the module docstring for the semantics."""
 
-    __slots__ = ("_v4", "_v6", "_default_other", "entries")
+    __slots__ = ("_v4", "_v6", "_first_all", "_allow", "entries")
 
     def __init__(self, entries: Sequence[tuple[str, str]]):
         self.entries = tuple(entries)
-        # Per family, (network int, mask int, allow) in file order; "all"
-        # appears in both. _default_other is the first "all" rule's verdict,
-        # for peers that are not IP addresses.
-        self._v4: list[tuple[int, int, bool]] = []
-        self._v6: list[tuple[int, int, bool]] = []
-        self._default_other: bool | None = None
-        for action, cidr in self.entries:
+        # Per family, (network int, mask int, entry index) in file order;
+        # "all" appears in both. _first_all is the first "all" rule, the one
+        # that decides for peers that are not IP addresses.
+        self._v4: list[tuple[int, int, int]] = []
+        self._v6: list[tuple[int, int, int]] = []
+        self._first_all: int | None = None
+        self._allow: list[bool] = []
+        for i, (action, cidr) in enumerate(self.entries):
             if action not in ("allow", "deny"):
                 raise ValueError(f"{action!r}: expected \"allow\" or \"deny\"")
-            allow = action == "allow"
+            self._allow.append(action == "allow")
             if cidr.strip().lower() == "all":
-                self._v4.append((0, 0, allow))
-                self._v6.append((0, 0, allow))
-                if self._default_other is None:
-                    self._default_other = allow
+                self._v4.append((0, 0, i))
+                self._v6.append((0, 0, i))
+                if self._first_all is None:
+                    self._first_all = i
                 continue
             net = _network(cidr)
             dest = self._v4 if net.version == 4 else self._v6
-            dest.append((int(net.network_address), int(net.netmask), allow))
+            dest.append((int(net.network_address), int(net.netmask), i))
 
-    def permits(self, ip: str) -> bool:
-        """True when the first matching rule allows ``ip``, or none matches."""
+    def deciding(self, ip: str) -> int | None:
+        """The index in ``entries`` of the first rule that matches ``ip``; None when none does."""
         try:
             addr = ipaddress.ip_address(ip)
         except ValueError:
-            return True if self._default_other is None else self._default_other
+            return self._first_all
         if addr.version == 6 and addr.ipv4_mapped is not None:
             addr = addr.ipv4_mapped
         n = int(addr)
-        for net, mask, allow in (self._v4 if addr.version == 4 else self._v6):
+        for net, mask, i in (self._v4 if addr.version == 4 else self._v6):
             if n & mask == net:
-                return allow
-        return True
+                return i
+        return None
+
+    def permits(self, ip: str) -> bool:
+        """True when the first matching rule allows ``ip``, or none matches."""
+        i = self.deciding(ip)
+        return i is None or self._allow[i]
 
     def __repr__(self) -> str:
         return f"Acl({list(self.entries)!r})"

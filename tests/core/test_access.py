@@ -17,20 +17,27 @@ ACL = compile_acl([
 ])
 
 
-@pytest.mark.parametrize("ip, ok", [
-    ("10.0.0.5", False),          # first match wins: the deny before the allow
-    ("10.0.0.6", True),
-    ("10.255.1.2", True),
-    ("11.0.0.1", False),          # falls to "deny all"
-    ("::ffff:10.0.0.6", True),    # IPv4-mapped is matched as IPv4
-    ("::ffff:10.0.0.5", False),
-    ("2001:db8::1", True),
-    ("2001:db9::1", False),
-    ("", False),                  # not an IP: only "all" applies
-    ("unix:/run/x", False),
+@pytest.mark.parametrize("ip, ok, rule", [
+    ("10.0.0.5", False, 0),          # first match wins: the deny before the allow
+    ("10.0.0.6", True, 1),
+    ("10.255.1.2", True, 1),
+    ("11.0.0.1", False, 3),          # falls to "deny all"
+    ("::ffff:10.0.0.6", True, 1),    # IPv4-mapped is matched as IPv4
+    ("::ffff:10.0.0.5", False, 0),
+    ("2001:db8::1", True, 2),
+    ("2001:db9::1", False, 3),
+    ("", False, 3),                  # not an IP: only "all" applies
+    ("unix:/run/x", False, 3),
 ])
-def test_acl_first_match_wins(ip, ok):
+def test_acl_first_match_wins(ip, ok, rule):
     assert ACL.permits(ip) is ok
+    assert ACL.deciding(ip) == rule  # the entry the error log names
+
+
+def test_acl_no_entry_matches():
+    acl = compile_acl([("deny", "10.0.0.0/8")])
+    assert acl.deciding("192.0.2.1") is None and acl.permits("192.0.2.1")
+    assert acl.deciding("unix") is None and acl.permits("unix")
 
 
 def test_no_match_permits_as_nginx():
