@@ -54,6 +54,7 @@ import time
 from urllib.parse import quote
 
 from forkproxy import config
+from forkproxy.core import http1
 from forkproxy.core.status import snapshot
 from forkproxy.core.table import AdminRow, LayoutError, Table
 from forkproxy.daemon import process, shm
@@ -310,7 +311,12 @@ def _endpoint(cfg: config.Config) -> tuple[str, int]:
     if not cfg.server.admin:
         raise CtlError("server.admin is not set: forkproxy has no admin endpoint")
     host, port = config.split_host_port(cfg.server.admin)
-    return {"": "127.0.0.1", "0.0.0.0": "127.0.0.1", "::": "::1"}.get(host, host), port
+    return _reachable(host), port
+
+
+def _reachable(host: str) -> str:
+    """Where to connect to reach a socket bound to ``host`` (loopback for a wildcard)."""
+    return {"": "127.0.0.1", "0.0.0.0": "127.0.0.1", "::": "::1"}.get(host, host)
 
 
 def admin_call(cfg: config.Config, method: str, path: str, timeout: float = 10) -> tuple[int, str]:
@@ -486,12 +492,11 @@ def _reload_text(r: dict) -> str:
 
 def _url_parts(url: str) -> tuple[str, str]:
     """(Host, target) of ``http://HOST/PATH?QUERY``; a usage error otherwise."""
-    from urllib.parse import urlsplit
-
-    parts = urlsplit(url)
-    if parts.scheme not in ("http", "https") or not parts.netloc:
-        raise CtlError(f"expected a URL such as http://example.com/path, got {url!r}", EX_USAGE)
-    return parts.netloc, (parts.path or "/") + (f"?{parts.query}" if parts.query else "")
+    try:
+        _, authority, target, _ = http1.split_url(url)
+    except ValueError as exc:
+        raise CtlError(str(exc), EX_USAGE) from None
+    return authority, target
 
 
 def purge(cfg: config.Config, url: str | None, host: str | None, timeout: float = 10) -> dict:
@@ -529,7 +534,7 @@ def _purge_request(cfg: config.Config, host: str, target: str, timeout: float) -
     if not listeners:
         raise CtlError("the configuration has no http listener to send PURGE to")
     lc = listeners[0]
-    addr = {"": "127.0.0.1", "0.0.0.0": "127.0.0.1", "::": "::1"}.get(lc.host, lc.host)
+    addr = _reachable(lc.host)
     if lc.certs:
         ctx = ssl.create_default_context()
         ctx.check_hostname = False

@@ -95,12 +95,11 @@ def error_line(r: AccessRecord) -> tuple[int, str] | None:
     # A 5xx without a why was not decided on the request path: a stored
     # response, or the cache's own answer to PURGE.
     why = r.why if r.why is not None else f"answered {status} (cache {r.cache or '-'})"
-    if status >= 500:  # where it failed, for the operator to look next
-        where = [f"route {r.route}" if r.route is not None else "",
-                 f'pool "{r.pool}"' if r.pool else "",
-                 f"server {r.upstream}" if r.upstream else ""]
-        if any(where):
-            why += " [" + ", ".join(w for w in where if w) + "]"
+    where = ", ".join(w for w in (f"route {r.route}" if r.route is not None else "",
+                                  f'pool "{r.pool}"' if r.pool else "",
+                                  f"server {r.upstream}" if r.upstream else "") if w)
+    if status >= 500 and where:  # where it failed, for the operator to look next
+        why += f" [{where}]"
     request = "-" if r.method is None else f"{r.method} {r.target}"
     level = logging.ERROR if status == 500 else logging.INFO if status == 408 else logging.WARNING
     return level, (f'request {r.request_id or "-"} {r.client} "{_q(request)}" -> {status}: '

@@ -82,6 +82,7 @@ from __future__ import annotations
 import http
 import re
 from dataclasses import dataclass
+from urllib.parse import urlsplit
 
 __all__ = [
     "ProtocolError", "IncompleteBody", "Limits", "Request", "Response", "Framing",
@@ -91,7 +92,7 @@ __all__ = [
     "BodyDecoder", "NoBodyDecoder", "LengthDecoder", "CloseDecoder", "ChunkedDecoder",
     "serialize_request_head", "serialize_response_head", "encode_chunk",
     "encode_last_chunk", "wants_keep_alive", "connection_tokens", "split_host",
-    "reason_phrase",
+    "reason_phrase", "split_url",
 ]
 
 
@@ -706,6 +707,21 @@ def _fields(headers) -> str:
 
 def serialize_request_head(method: str, target: str, headers) -> bytes:
     return f"{method} {target} HTTP/1.1\r\n{_fields(headers)}\r\n".encode("latin-1")
+
+
+def split_url(url: str) -> tuple[str, str, str, int]:
+    """(scheme, authority, origin-form target, port) of an absolute http(s) URL,
+    as an operator types it (``forkproxyctl purge`` and ``explain``); the port
+    defaults to the scheme's.  ``ValueError`` saying why when it is not one."""
+    parts = urlsplit(url)
+    if parts.scheme not in ("http", "https") or not parts.netloc:
+        raise ValueError(f"expected a URL such as http://example.com/path, got {url!r}")
+    try:
+        port = parts.port or (443 if parts.scheme == "https" else 80)
+    except ValueError:
+        raise ValueError(f"invalid port in {url!r}") from None
+    target = (parts.path or "/") + (f"?{parts.query}" if parts.query else "")
+    return parts.scheme, parts.netloc, target, port
 
 
 def reason_phrase(status: int) -> str:

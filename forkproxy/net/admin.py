@@ -43,7 +43,7 @@ import os
 import signal
 import socket
 import time
-from urllib.parse import parse_qs, unquote, urlsplit
+from urllib.parse import parse_qs, unquote
 
 import gevent
 
@@ -270,11 +270,11 @@ class Admin:
             raise _Reply(400, "purge: give url=URL or host=HOST\n")
         shared = cache.store.state["backend"] == "memcached"
         if url is not None:
-            parts = urlsplit(url)
-            if parts.scheme not in ("http", "https") or not parts.netloc:
-                raise _Reply(400, f"purge: expected http://HOST/PATH, got {url!r}\n")
-            target = (parts.path or "/") + (f"?{parts.query}" if parts.query else "")
-            found = cache.purge_url(parts.netloc, _stored_target(self.rt, url, peer) or target)
+            try:
+                _, authority, target, _ = http1.split_url(url)
+            except ValueError as exc:
+                raise _Reply(400, f"purge: {exc}\n") from None
+            found = cache.purge_url(authority, _stored_target(self.rt, url, peer) or target)
             self.rt.log.warning("admin: purge of %s: %s (asked by %s)", url,
                                 "deleted" if found else "not in the cache", peer)
             return json.dumps({"url": url, "purged": found, "shared": shared}) + "\n"

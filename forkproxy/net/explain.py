@@ -46,7 +46,6 @@ REVALIDATED on a 304, MISS otherwise) and 504 (only-if-cached, nothing stored).
 from __future__ import annotations
 
 import copy
-from urllib.parse import urlsplit
 
 from forkproxy.core import http1
 from forkproxy.core.cache_policy import Action
@@ -86,13 +85,10 @@ def explain(rt: Runtime, method: str, url: str, headers: list[tuple[str, str]],
 def _listener_and_target(rt: Runtime, url: str, name: str | None):
     """(listener, origin-form target, Host value) for ``url``: the listener
     named ``name``, else the http listener on the URL's port."""
-    parts = urlsplit(url)
-    if parts.scheme not in ("http", "https") or not parts.netloc:
-        raise BadQuestion(f"expected a URL such as http://example.com/path, got {url!r}")
     try:
-        port = parts.port or (443 if parts.scheme == "https" else 80)
-    except ValueError:
-        raise BadQuestion(f"invalid port in {url!r}") from None
+        _, authority, target, port = http1.split_url(url)
+    except ValueError as exc:
+        raise BadQuestion(str(exc)) from None
     http = [lc for lc in rt.cfg.listeners if lc.mode == "http"]
     if name is not None:
         found = [lc for lc in http if lc.name == name]
@@ -103,8 +99,7 @@ def _listener_and_target(rt: Runtime, url: str, name: str | None):
     if not found:
         raise BadQuestion(what + "; http listeners: "
                           + (", ".join(f"{lc.name} ({lc.bind})" for lc in http) or "none"))
-    target = (parts.path or "/") + (f"?{parts.query}" if parts.query else "")
-    return found[0], target, parts.netloc
+    return found[0], target, authority
 
 
 def _request(rt: Runtime, method: str, target: str, host: str, headers) -> http1.Request:

@@ -10,7 +10,7 @@ from forkproxy.core.http1 import (
     encode_chunk, encode_last_chunk, find_head_end, make_decoder,
     parse_request_head, parse_response_head, reason_phrase, request_body_framing,
     response_body_framing, serialize_request_head, serialize_response_head,
-    split_host, wants_keep_alive,
+    split_host, split_url, wants_keep_alive,
 )
 
 
@@ -628,3 +628,19 @@ def test_parser_never_crashes_on_junk(junk):
                                            (503, "Service Unavailable"), (599, "Error")])
 def test_reason_phrase(status, phrase):
     assert reason_phrase(status) == phrase
+
+
+@pytest.mark.parametrize("url,want", [
+    ("http://example.com", ("http", "example.com", "/", 80)),
+    ("https://a.example:8443/p?q=1", ("https", "a.example:8443", "/p?q=1", 8443)),
+    ("http://[::1]:81/x", ("http", "[::1]:81", "/x", 81)),
+])
+def test_split_url(url, want):
+    assert split_url(url) == want
+
+
+@pytest.mark.parametrize("url", ["example.com/x", "ftp://example.com/", "http:///x",
+                                 "http://example.com:99999/"])
+def test_split_url_refuses(url):
+    with pytest.raises(ValueError):
+        split_url(url)
