@@ -186,6 +186,11 @@ class Framing:
     length: int = 0
     codings: tuple[str, ...] = ()
 
+    @property
+    def carries_body(self) -> bool:
+        """True when at least one body byte may follow the head."""
+        return self.kind in ("chunked", "close") or (self.kind == "length" and self.length > 0)
+
 
 NO_BODY = Framing("none")
 CHUNKED = Framing("chunked")

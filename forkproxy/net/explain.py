@@ -50,8 +50,8 @@ import copy
 from forkproxy.core import http1
 from forkproxy.core.cache_policy import Action
 from forkproxy.logs import AccessRecord
-from forkproxy.net.session import (Runtime, body_limit, https_location, request_target,
-                                   sticky_choice)
+from forkproxy.net.session import (Runtime, body_limit, https_location, no_route_why,
+                                   no_server_why, request_target, sticky_choice)
 
 __all__ = ["explain", "BadQuestion"]
 
@@ -123,7 +123,7 @@ def _walk(rt: Runtime, doc: dict, lc, proto: str, req: http1.Request, peer: str)
     host_value, host, path, target = request_target(req)
     route = rt.router.match(lc.name, host, path)
     if route is None:
-        doc["refused"] = {"status": 404, "why": "no route matches"}
+        doc["refused"] = {"status": 404, "why": no_route_why(lc.name, host, path)}
         return
     rc = rt.routes[route.index]
     doc["route"] = {"id": rc.index, "host": rc.host, "path": rc.path,
@@ -146,10 +146,8 @@ def _walk(rt: Runtime, doc: dict, lc, proto: str, req: http1.Request, peer: str)
         doc["redirect"] = {"status": 308,
                            "location": https_location(rt, rc.index, host, er.target)}
         return
-    framing = req.framing
-    body_limit(rt, rc, framing)
-    has_body = framing.kind == "chunked" or (framing.kind == "length" and framing.length > 0)
-    doc["cache"] = _cache(rt, rc, proto, host_value, er.target, req, has_body)
+    body_limit(rt, rc, req.framing)
+    doc["cache"] = _cache(rt, rc, proto, host_value, er.target, req, req.framing.carries_body)
     result = doc["cache"]["result"] if doc["cache"] is not None else None
     if result == "504":
         doc["refused"] = {"status": 504, "why": "only-if-cached and nothing usable in the cache"}
@@ -204,7 +202,7 @@ def _server(doc: dict, pool, req, peer: str) -> None:
         doc["why_no_server"] = "every server is at max_conns: the request would queue (503 " \
                                "when the pool has no queue or the wait runs out)"
     else:
-        doc["why_no_server"] = "no server available: 503"
+        doc["why_no_server"] = f"{no_server_why(pool.name)}: 503"
 
 
 def _preview(pool):

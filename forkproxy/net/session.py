@@ -475,8 +475,7 @@ class Session:
         host_value, host, path, upstream_target = request_target(req)
         route = rt.router.match(self.listener.name, host, path)
         if route is None:
-            self.refuse(rec, 404, f'no route for host "{host or ""}" path "{path}" on listener '
-                        f'"{self.listener.name}"')
+            self.refuse(rec, 404, no_route_why(self.listener.name, host, path))
             return False
         rc = rt.routes[route.index]
         rec.route = route.index
@@ -494,7 +493,7 @@ class Session:
 
         framing = req.framing
         max_body = body_limit(rt, rc, framing)
-        has_body = framing.kind == "chunked" or (framing.kind == "length" and framing.length > 0)
+        has_body = framing.carries_body
 
         expect = req.get("expect")
         if expect is not None:
@@ -589,7 +588,7 @@ class Session:
                         rt.metrics.retry(pool.name)
             if i is None:
                 if last_error is None:
-                    self.refuse(rec, 503, f'no server up in pool "{pool.name}"')
+                    self.refuse(rec, 503, no_server_why(pool.name))
                 else:
                     self.refuse(rec, last_error.status, last_error.detail)
                 return False
@@ -1021,6 +1020,16 @@ class Session:
         finally:
             conn.close()
         return False
+
+
+def no_route_why(listener: str, host: str | None, path: str) -> str:
+    """The 404's reason when no route matches (the error log, ``explain``)."""
+    return f'no route for host "{host or ""}" path "{path}" on listener "{listener}"'
+
+
+def no_server_why(pool: str) -> str:
+    """The 503's reason when no server of ``pool`` is a candidate (the error log, ``explain``)."""
+    return f'no server up in pool "{pool}"'
 
 
 def request_target(req) -> tuple[str | None, str | None, str, str]:
