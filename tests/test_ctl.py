@@ -134,7 +134,7 @@ def test_status_json(env):
         web1, web2 = doc["pools"][0]["servers"]
         assert web1 == {
             "addr": "127.0.0.1:8081", "health": "up", "admin": "ready", "weight": None,
-            "inflight": 5, "last_check": pytest.approx(now - 1), "last_result": "ok",
+            "config_weight": 1, "inflight": 5, "last_check": pytest.approx(now - 1), "last_result": "ok",
             "latency": pytest.approx(0.0034), "last_change": pytest.approx(now - 125),
             "reason": "2 successful checks, last: ok", "admin_changed": None,
             "admin_by": None, "passive_failures": 0, "passive_out": False,

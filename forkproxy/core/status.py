@@ -22,15 +22,20 @@ __all__ = ["snapshot", "traffic"]
 _MAX_FAILS, _FAIL_TIMEOUT = 1, 10.0
 
 
-def _passive_settings(cfg, name: str) -> tuple[int, float]:
-    """(max_fails, fail_timeout) of pool ``name`` in ``cfg``, else the defaults."""
+def _pool_settings(cfg, name: str) -> tuple[int, float, dict[str, int]]:
+    """(max_fails, fail_timeout, {addr: configured weight}) of pool ``name`` in
+    ``cfg``, else the defaults and no weights."""
     pool = None
     if cfg is not None:
         with contextlib.suppress(KeyError):
             pool = cfg.pool(name)
-    if pool is not None and len(pool.servers) == 1:
-        return 0, pool.fail_timeout  # as the workers: the only server is never taken out
-    return getattr(pool, "max_fails", _MAX_FAILS), getattr(pool, "fail_timeout", _FAIL_TIMEOUT)
+    if pool is None:
+        return _MAX_FAILS, _FAIL_TIMEOUT, {}
+    weights = {s.addr: s.weight for s in pool.servers}
+    if len(pool.servers) == 1:
+        return 0, pool.fail_timeout, weights  # as the workers: the only server is never out
+    return (getattr(pool, "max_fails", _MAX_FAILS), getattr(pool, "fail_timeout", _FAIL_TIMEOUT),
+            weights)
 
 
 def snapshot(table: Table, cfg, now: float,
@@ -43,6 +48,7 @@ def snapshot(table: Table, cfg, now: float,
             addr, health ("up" | "down" | null: never written),
             admin ("ready" | "drain" | "maint"),
             weight (operator override 1..1000, null: the configured weight),
+            config_weight (the configured weight | null: no configuration),
             inflight (summed over worker slots),
             last_check (epoch s | null), last_result (str | null),
             latency (seconds, of the last check | null),
@@ -59,6 +65,7 @@ def snapshot(table: Table, cfg, now: float,
     """
     pools: list[dict] = []
     by_name: dict[str, dict] = {}
+    settings: dict[str, tuple] = {}
     for row in range(table.n_rows):
         label = table.label(row)
         pool_name, _, addr = label.partition("/")
@@ -66,7 +73,8 @@ def snapshot(table: Table, cfg, now: float,
         if entry is None:
             entry = by_name[pool_name] = {"name": pool_name, "servers": []}
             pools.append(entry)
-        max_fails, fail_timeout = _passive_settings(cfg, pool_name)
+            settings[pool_name] = _pool_settings(cfg, pool_name)
+        max_fails, fail_timeout, weights = settings[pool_name]
         h = table.read_health(row)
         a = table.read_admin(row)
         # A successful active check forgives earlier passive failures (the
@@ -80,6 +88,7 @@ def snapshot(table: Table, cfg, now: float,
             "health": h.state if h is not None else None,
             "admin": a.state,
             "weight": a.weight or None,
+            "config_weight": weights.get(addr),
             "inflight": table.inflight(row),
             "last_check": h.last_check if checked else None,
             "last_result": h.last_result if checked else None,

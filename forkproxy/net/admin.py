@@ -172,8 +172,10 @@ class Admin:
             if parts in ([], ["index.html"]):
                 return _page(), "text/html; charset=utf-8"
             if parts == ["status"]:
+                totals = self.totals()
                 doc = self.status()
-                doc["cache"] = self.cache_state()  # here, not in status(): /metrics probes nothing
+                doc["traffic"] = traffic(totals)
+                doc["cache"] = self.cache_state(totals)
                 return json.dumps(doc, indent=2) + "\n", "application/json"
             if parts == ["explain"]:
                 return json.dumps(self.explain(req, peer), indent=2) + "\n", "application/json"
@@ -214,6 +216,8 @@ class Admin:
                            "after": after, "changed": before != after}) + "\n"
 
     def status(self) -> dict:
+        """``core.status.snapshot`` of the table, with this daemon's pids, listeners
+        and workers (``GET /status`` adds ``traffic`` and ``cache``)."""
         cfg = self.rt.cfg
         if self.leader is not None and self.leader.held:
             # Never holder_pid() here: closing its descriptor of the lock file
@@ -233,11 +237,6 @@ class Admin:
         doc["listeners"] = [{"name": lc.name, "bind": lc.bind, "mode": lc.mode,
                              "tls": bool(lc.contexts)} for lc in cfg.listeners]
         doc["workers"] = cfg.server.workers
-        for pool in doc["pools"]:
-            weights = _configured_weights(cfg, pool["name"])
-            for s in pool["servers"]:
-                s["config_weight"] = weights.get(s["addr"])
-        doc["traffic"] = traffic(self.totals())
         return doc
 
     def totals(self) -> dict[tuple, int]:
@@ -246,7 +245,7 @@ class Admin:
         return counter.metrics.totals() if counter is not None else {}
 
     def metrics_text(self) -> str:
-        totals = self.totals()
+        totals = self.totals()  # read once: every worker's row, every key
         extra = []
         for pool in self.status()["pools"]:
             for s in pool["servers"]:
@@ -283,7 +282,7 @@ class Admin:
         self.rt.log.warning("admin: purge of every URL of %s (asked by %s)", host, peer)
         return json.dumps({"host": host, "purged": True, "shared": shared}) + "\n"
 
-    def cache_state(self) -> dict | None:
+    def cache_state(self, totals: dict[tuple, int]) -> dict | None:
         """``/status``'s ``cache`` member (see the module docstring); None: no cache."""
         cache = self.rt.cache
         if cache is None:
@@ -293,7 +292,7 @@ class Admin:
         gevent.joinall(probes)
         counts: dict[str, dict[str, int]] = {str(r.index): {} for r in self.rt.cfg.routes
                                              if r.cache}
-        for (family, labels), n in self.totals().items():
+        for (family, labels), n in totals.items():
             d = dict(labels)
             if family == "cache_requests_total" and d.get("route") in counts:
                 counts[d["route"]][d["result"]] = n
@@ -388,14 +387,6 @@ def _one(query: dict, name: str) -> str | None:
 def _page() -> str:
     """The status page, read from the package once per process."""
     return importlib.resources.files(__package__).joinpath("status_page.html").read_text("utf-8")
-
-
-def _configured_weights(cfg, pool: str) -> dict[str, int]:
-    """{addr: weight} of ``pool`` as configured ({} when the config has no such pool)."""
-    try:
-        return {s.addr: s.weight for s in cfg.pool(pool).servers}
-    except KeyError:
-        return {}
 
 
 def _weight(text: str) -> int:
