@@ -268,20 +268,20 @@ def find_head_end(buf, start: int = 0) -> int:
     ``start=max(0, len(old_buf) - 3)``.  Raises ``ProtocolError(400)`` on a
     bare CR or bare LF anywhere in the scanned part.
     """
-    lead = _skip_empty_lines(buf)
-    if start < lead:
-        start = lead
+    if buf[:2] == b"\r\n":
+        lead = _skip_empty_lines(buf)
+        if start < lead:
+            start = lead
     idx = buf.find(b"\r\n\r\n", start)
     end = len(buf) if idx < 0 else idx + 4
-    seg = buf[start:end]
-    n_crlf = seg.count(b"\r\n")
-    n_lf = seg.count(b"\n")
-    n_cr = seg.count(b"\r")
+    n_crlf = buf.count(b"\r\n", start, end)
+    n_lf = buf.count(b"\n", start, end)
+    n_cr = buf.count(b"\r", start, end)
     # An LF at the resume point pairs with the CR just before it.
-    if n_lf and seg[:1] == b"\n" and start > 0 and buf[start - 1] == 13:
+    if n_lf and start > 0 and buf[start] == 10 and buf[start - 1] == 13:
         n_lf -= 1
     # A CR at the very end may still be followed by its LF.
-    if idx < 0 and seg[-1:] == b"\r":
+    if idx < 0 and buf[end - 1:end] == b"\r":
         n_cr -= 1
     if n_lf != n_crlf:
         raise ProtocolError(400, "bare LF in head")
@@ -348,13 +348,18 @@ def parse_request_head(head: bytes, limits: Limits = DEFAULT_LIMITS) -> Request:
         raise ProtocolError(505, f"HTTP/{major}.{minor} not supported")
     version = "1.1" if minor == "1" else "1.0"
     headers = _parse_fields(text, m.end(), limits, 400)
-    _check_target(method, target)
+    if target[0] != "/" or method == "CONNECT":  # origin-form needs no more checks
+        _check_target(method, target)
     hosts = 0
-    host = None
-    for n, v in headers:
+    host = cl = te = None
+    for n, v in headers:  # one pass for Host and the framing fields
         if n == "host":
             hosts += 1
             host = v
+        elif n == "content-length":
+            cl = [v] if cl is None else cl + [v]
+        elif n == "transfer-encoding":
+            te = [v] if te is None else te + [v]
     if hosts > 1:
         raise ProtocolError(400, "more than one Host header")
     if hosts == 0:
@@ -362,9 +367,8 @@ def parse_request_head(head: bytes, limits: Limits = DEFAULT_LIMITS) -> Request:
             raise ProtocolError(400, "missing Host header")
     else:
         host = _validate_host(host, 400)[0]
-    req = Request(method, target, version, headers, host)
-    req.framing = request_body_framing(req)  # raises on CL/TE conflicts before anything is forwarded
-    return req
+    # Raises on CL/TE conflicts before anything is forwarded.
+    return Request(method, target, version, headers, host, _request_framing(version, cl, te))
 
 
 def _diagnose_request_line(text: str, pos: int, limits: Limits) -> ProtocolError:
@@ -431,6 +435,10 @@ def parse_response_head(head: bytes, limits: Limits = DEFAULT_LIMITS) -> Respons
 # --------------------------------------------------------------------------
 
 def _content_length(values: list[str], status: int) -> int:
+    if len(values) == 1:  # the usual one plain number: no splitting, no regex
+        value = values[0]
+        if value.isdigit() and value.isascii() and len(value) < 19:
+            return int(value)
     found = None
     for value in values:
         for item in value.split(","):
@@ -474,8 +482,12 @@ def request_body_framing(req: Request) -> Framing:
             cl = [v] if cl is None else cl + [v]
         elif n == "transfer-encoding":
             te = [v] if te is None else te + [v]
+    return _request_framing(req.version, cl, te)
+
+
+def _request_framing(version: str, cl: list[str] | None, te: list[str] | None) -> Framing:
     if te is not None:
-        if req.version == "1.0":
+        if version == "1.0":
             raise ProtocolError(400, "Transfer-Encoding in an HTTP/1.0 request")
         if cl is not None:
             raise ProtocolError(400, "both Content-Length and Transfer-Encoding")
@@ -707,7 +719,9 @@ def make_decoder(framing: Framing, status: int = 400, limits: Limits = DEFAULT_L
 # --------------------------------------------------------------------------
 
 def _fields(headers) -> str:
-    return "".join([f"{n}: {v}\r\n" for n, v in headers])
+    if not headers:
+        return ""
+    return "\r\n".join(map(": ".join, headers)) + "\r\n"
 
 
 def serialize_request_head(method: str, target: str, headers) -> bytes:
@@ -776,7 +790,21 @@ def wants_keep_alive(version: str, headers) -> bool:
     return "keep-alive" in tokens and "close" not in tokens
 
 
+_VALID_HOSTS: dict[str, tuple[str, int | None]] = {}  # value -> result, for values seen valid
+
+
 def _validate_host(value: str, status: int) -> tuple[str, int | None]:
+    known = _VALID_HOSTS.get(value)
+    if known is not None:
+        return known
+    result = _check_host(value, status)
+    if len(_VALID_HOSTS) >= 4096:  # a bound, not an LRU: the common hosts come back at once
+        _VALID_HOSTS.clear()
+    _VALID_HOSTS[value] = result
+    return result
+
+
+def _check_host(value: str, status: int) -> tuple[str, int | None]:
     m = _HOST_RE.fullmatch(value)
     if m is None:
         raise ProtocolError(status, "invalid Host")

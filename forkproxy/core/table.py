@@ -403,6 +403,12 @@ class Table:
         i = (self._slot(row, slot) + _S_INFLIGHT) // 8
         self._i64[i] += delta
 
+    def inflight_cell(self, row: int, slot: int) -> tuple[memoryview, int]:
+        """(cells, index): ``cells[index] += delta`` does ``inflight_add(row,
+        slot, delta)`` without recomputing the offset, for the request path
+        (net.pools).  Owner of ``slot`` only."""
+        return self._i64, (self._slot(row, slot) + _S_INFLIGHT) // 8
+
     def inflight(self, row: int) -> int:
         """In-flight requests to this server, summed over all worker slots."""
         if not self.n_slots:

@@ -118,6 +118,9 @@ class RouteRules:
         self.body_timeout = r.body_timeout if r.body_timeout is not None else s.body_timeout
         self.max_uri = r.max_uri_length
         self.max_headers = r.max_headers
+        # Whether Edge._check has anything to check: most routes have nothing.
+        self.checks = any(x is not None for x in (self.acl, self.methods, self.max_uri,
+                                                  self.max_headers, self.limiter)) or bool(self.deny)
 
     def rate_key(self, req, client: str) -> str:
         """The rate-limit bucket of a request: its key header's value, else its client."""
@@ -205,7 +208,7 @@ class Edge:
         client = hdr.real_client_addr(req.headers, peer, self.trusted) if trusted else peer
         rid = rec.request_id = rec.request_id or self.request_id(req, peer)
         er = EdgeRequest(rules, client, rid, proto, host or "", req.get("host"))
-        er.answer = self._check(rules, req, client, target, count)
+        er.answer = self._check(rules, req, client, target, count) if rules.checks else None
         if er.answer is None:
             er.target = target
             if rules.rewriter is not None and target.startswith("/"):
@@ -300,16 +303,23 @@ class EdgeRequest:
         cache hit).  ``servers``: the addresses whose names rewrite_location
         turns public, by default ``server_addr`` alone; a cache hit passes
         its pool's, since any of them may have sent the stored response.
+        ``headers`` itself comes back when no rule changes it: pass a list
+        the caller owns.
         """
         rules = self.rules
         hide = rules.hide
         out = [(n, v) for n, v in headers if n.lower() not in hide] if hide else headers
         if rules.rewrite_location and self.host_value:
-            names = set()
-            for addr in (server_addr,) if servers is None else servers:
-                names |= _backend_names(addr, rules.host_header)
-            out = [(n, _relocate(n.lower(), v, names, self.proto, self.host_value))
-                   for n, v in out]
+            # Most responses carry none of the fields that can name a server.
+            at = [i for i, (n, _) in enumerate(out) if n.lower() in _RELOCATED]
+            if at:
+                names = set()
+                for addr in (server_addr,) if servers is None else servers:
+                    names |= _backend_names(addr, rules.host_header)
+                out = list(out)
+                for i in at:
+                    n, v = out[i]
+                    out[i] = (n, _relocate(n.lower(), v, names, self.proto, self.host_value))
         if rules.resp_rules is not None:
             out = rules.resp_rules.apply([(n.lower(), v) for n, v in out],
                                          self.variables(upstream_addr=server_addr))
@@ -318,6 +328,10 @@ class EdgeRequest:
 
 _URL = re.compile(r"(?i)\bhttps?://([^/?#\s;,\"']+)")
 _DOMAIN = re.compile(r"(?i)(;\s*domain\s*=\s*)([^;]*)")
+
+
+# The fields _relocate may rewrite.
+_RELOCATED = frozenset({"location", "refresh", "content-location", "set-cookie"})
 
 
 def _backend_names(server_addr: str, host_header: str) -> set[str]:

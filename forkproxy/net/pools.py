@@ -73,6 +73,8 @@ class PoolRuntime:
         self._weight = [s.weight for s in cfg.servers]
         self._forgiven = [0.0] * n  # last successful active check, per server
         self._own = [0] * n  # this worker's requests in flight, per server
+        # This worker's in-flight cell of each server in the shared table.
+        self._cells = [table.inflight_cell(r, slot) for r in rows] if slot is not None else None
         self._others = [0] * n  # the other workers' ones at the last refresh (big pools)
         self._limit = [s.max_conns for s in cfg.servers]
         self._live = n <= LIVE_INFLIGHT_MAX
@@ -171,13 +173,15 @@ class PoolRuntime:
 
     def begin(self, i: int) -> None:
         self._own[i] += 1
-        if self.slot is not None:
-            self.table.inflight_add(self.rows[i], self.slot, 1)
+        if self._cells is not None:
+            cells, k = self._cells[i]
+            cells[k] += 1
 
     def end(self, i: int) -> None:
         self._own[i] -= 1
-        if self.slot is not None:
-            self.table.inflight_add(self.rows[i], self.slot, -1)
+        if self._cells is not None:
+            cells, k = self._cells[i]
+            cells[k] -= 1
         if self._waiters:
             self._waiters[0].set()  # first come, first served
 
