@@ -434,6 +434,7 @@ class Cache:
                 self.log.debug("background refresh of a stale entry failed", exc_info=True)
             finally:
                 bg.cache_hook = None
+                bg.timers.close()
                 self.store.unlock(lock)
 
         gevent.spawn(run)
@@ -483,7 +484,6 @@ class Cache:
             out.append(("Connection", "keep-alive"))
         head = http1.serialize_response_head(code, reason, out)
         rec.status, rec.cache = code, status
-        s.client.settimeout(s.rt.cfg.server.send_timeout)
         send_body = body and req.method != "HEAD"
         if not send_body and writer is None:
             s._send(head)
@@ -560,7 +560,6 @@ class Cache:
                 f"Content-Type: text/plain; charset=utf-8\r\nContent-Length: {len(body)}\r\n"
                 f"{'' if keep else 'Connection: close' + chr(13) + chr(10)}\r\n").encode()
         rec.status = code
-        s.client.settimeout(s.rt.cfg.server.send_timeout)
         s._send(head + body)
         return keep
 

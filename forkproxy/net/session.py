@@ -39,6 +39,7 @@ from forkproxy.logs import AccessLog, AccessRecord, error_line
 from forkproxy.net import compress, tunnel
 from forkproxy.net.edge import Edge
 from forkproxy.net.pools import REFRESH, PoolRuntime
+from forkproxy.net.timers import Timers
 from forkproxy.net.tls import HandshakeFailed, ListenerTLS, tls_server_name
 from forkproxy.net.upstream import RECV_SIZE, UpstreamConn, UpstreamError
 
@@ -268,6 +269,10 @@ class Session:
         self.served = 0
         self.idle_waiting = False
         self.received = self.sent = 0  # bytes read from / written to the client, in all
+        # Each blocking call is bounded by one of these (net.timers); the
+        # sockets themselves have no timeout.
+        self.timers = Timers()
+        self.send_timeout = rt.cfg.server.send_timeout
 
     # -- connection loop -------------------------------------------------
 
@@ -275,6 +280,7 @@ class Session:
         client = self.client
         try:
             client.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            client.settimeout(None)
         except OSError:
             pass
         try:
@@ -285,6 +291,7 @@ class Session:
         except Exception:  # a bug must cost one connection, never the worker
             self.rt.log.exception("internal error on a connection from %s", self.peer)
         finally:
+            self.timers.close()
             try:
                 client.close()
             except OSError:
@@ -298,21 +305,33 @@ class Session:
             except OSError:
                 pass
 
-    def _recv(self) -> bytes:
+    def _recv(self, seconds: float) -> bytes:
+        """One read from the client, of up to RECV_SIZE bytes, within ``seconds``.
+
+        Raises ``socket.timeout`` when nothing came in time, ``ClientGone``
+        when the connection failed.
+        """
+        t = self.timers.start(seconds)
         try:
             data = self.client.recv(RECV_SIZE)
         except socket.timeout:
             raise
         except OSError:
             raise ClientGone() from None
+        finally:
+            t.stop()
         self.received += len(data)
         return data
 
     def _send(self, data) -> None:
+        """All of ``data`` to the client within send_timeout, else ``ClientGone``."""
+        t = self.timers.start(self.send_timeout)
         try:
             _sendall(self.client, data)
-        except (OSError, socket.timeout):
+        except OSError:  # socket.timeout included
             raise ClientGone() from None
+        finally:
+            t.stop()
         self.sent += len(data)
 
     def read_head(self):
@@ -333,11 +352,10 @@ class Session:
                 wait = min(wait, rt.drain_until - time.monotonic())
                 if wait <= 0:
                     return None
-            self.client.settimeout(wait)
             rt.idle.add(self)
             self.idle_waiting = True
             try:
-                buf = self._recv()
+                buf = self._recv(wait)
             except socket.timeout:
                 return None
             finally:
@@ -345,7 +363,7 @@ class Session:
                 rt.idle.discard(self)
             if not buf:
                 return None
-        deadline = time.monotonic() + srv.header_timeout
+        deadline = None
         while True:
             if buf[:2] == b"\r\n":  # RFC 9112 2.2: ignore empty lines before a request line
                 buf = buf.lstrip(b"\r\n")
@@ -357,12 +375,13 @@ class Session:
                 break
             if len(buf) > srv.max_head_size:
                 raise http1.ProtocolError(431, "request head too large")
+            if deadline is None:  # header_timeout for the rest of the head, from its first bytes
+                deadline = time.monotonic() + srv.header_timeout
             remaining = deadline - time.monotonic()
             if remaining <= 0:
                 raise http1.ProtocolError(408, "request head not received in time")
-            self.client.settimeout(remaining)
             try:
-                data = self._recv()
+                data = self._recv(remaining)
             except socket.timeout:
                 raise http1.ProtocolError(408, "request head not received in time") from None
             if not data:
@@ -444,13 +463,10 @@ class Session:
         head = (f"HTTP/1.1 {status} {reason}\r\nDate: {CLOCK.date()}\r\n{extra}"
                 f"Content-Type: {ctype}\r\nContent-Length: {len(body)}\r\n"
                 f"Connection: close\r\n\r\n").encode()
-        data = head + (b"" if rec.method == "HEAD" else body)
-        self.client.settimeout(self.rt.cfg.server.send_timeout)
         try:
-            self.client.sendall(data)
-        except OSError:
-            return
-        self.sent += len(data)
+            self._send(head + (b"" if rec.method == "HEAD" else body))
+        except ClientGone:
+            pass
 
     def redirect_https(self, req: http1.Request, rec: AccessRecord, host: str, target: str) -> bool:
         """308 to the same URL over https (route redirect_https); True to keep the connection.
@@ -465,7 +481,6 @@ class Session:
         head = (f"HTTP/1.1 308 Permanent Redirect\r\nDate: {CLOCK.date()}\r\n"
                 f"Location: {location}\r\nContent-Length: 0\r\n"
                 f"{'' if keep else 'Connection: close' + chr(13) + chr(10)}\r\n").encode()
-        self.client.settimeout(self.rt.cfg.server.send_timeout)
         self._send(head)
         return keep
 
@@ -504,10 +519,10 @@ class Session:
                 # the expectation, so the upstream never waits on a 100.
                 self._send(CONTINUE)
 
-        headers = hdr.strip_hop_by_hop(req.headers, REWRITTEN_REQUEST_FIELDS)
-        trusted = rt.trusted_peer(self.peer)
-        headers = hdr.forwarded_for_request(headers, client_addr=self.peer, proto=self.proto,
-                                            host=host_value, trusted=trusted)
+        headers = hdr.forwarded_for_request(
+            req.headers, client_addr=self.peer, proto=self.proto, host=host_value,
+            trusted=rt.trusted_peer(self.peer),
+            drop=hdr.hop_by_hop(req.headers, REWRITTEN_REQUEST_FIELDS))
         out_host = rc.host_header or host_value
         headers, out_host = er.upstream(headers, out_host)  # X-Request-Id, request_headers
         if framing.kind == "length":
@@ -657,17 +672,14 @@ class Session:
         response went to the client, and then ``_StatusRetry`` is raised.
         """
         cfgp = pool.cfg
-        up = conn.sock
-        srv = self.rt.cfg.server
         # 1. the request
-        up.settimeout(cfgp.send_timeout)
         try:
             if framing.kind == "length" and framing.length:
-                self.send_length_body(up, head, framing.length)
+                self.send_length_body(conn, head, framing.length)
             elif framing.kind == "chunked":
-                self.send_chunked_body(up, head, max_body)
+                self.send_chunked_body(conn, head, max_body)
             else:
-                _up_send(up, head, sent=False)
+                self._up_send(conn, head, sent=False)
         except _UpstreamSendError as exc:
             raise UpstreamError("reset", f"sending to {conn.server.addr}: {exc}",
                                 sent=exc.sent) from None
@@ -675,7 +687,6 @@ class Session:
             raise UpstreamError("timeout", f"sending to {conn.server.addr} timed out",
                                 sent=True) from None
         # 2. the response head (1xx interim responses forwarded to 1.1 clients)
-        up.settimeout(cfgp.read_timeout)
         interim = False
         while True:
             resp, body_start = self.read_response_head(conn)
@@ -752,7 +763,6 @@ class Session:
             rec.why = f"upstream {conn.server.addr} answered {resp.status}"
         up_keepalive = http1.wants_keep_alive(resp.version, resp.headers)
 
-        self.client.settimeout(srv.send_timeout)
         if rframing.kind == "none":
             self._send(client_head)
             conn.buf = body_start
@@ -773,21 +783,20 @@ class Session:
     # -- request bodies ----------------------------------------------------
 
     def _client_body_read(self) -> bytes:
-        self.client.settimeout(self.edge_req.body_timeout if self.edge_req is not None
-                               else self.rt.cfg.server.body_timeout)
         try:
-            data = self._recv()
+            data = self._recv(self.edge_req.body_timeout if self.edge_req is not None
+                              else self.rt.cfg.server.body_timeout)
         except socket.timeout:
             raise ClientGone() from None
         if not data:
             raise ClientGone()
         return data
 
-    def send_length_body(self, up, head: bytes, length: int) -> None:
+    def send_length_body(self, conn: UpstreamConn, head: bytes, length: int) -> None:
         buf = self.buf
         first = buf[:length]
         remaining = length - len(first)
-        _up_send(up, head + first, sent=False)
+        self._up_send(conn, head + first, sent=False)
         self.buf = buf[length:]  # only now: a failed first send is retried with them
         while remaining:
             data = self._client_body_read()
@@ -795,12 +804,12 @@ class Session:
                 self.buf = data[remaining:]
                 data = data[:remaining]
             remaining -= len(data)
-            _up_send(up, data, sent=True)
+            self._up_send(conn, data, sent=True)
 
-    def send_chunked_body(self, up, head: bytes, max_body: int) -> None:
+    def send_chunked_body(self, conn: UpstreamConn, head: bytes, max_body: int) -> None:
         decoder = http1.make_decoder(http1.CHUNKED, status=400,
                                      limits=self.rt.limits)
-        _up_send(up, head, sent=False)  # first: a failed one is retried with self.buf intact
+        self._up_send(conn, head, sent=False)  # first: a failed one is retried with self.buf intact
         data, self.buf = self.buf, b""
         total = 0
         while True:
@@ -817,7 +826,7 @@ class Session:
                     self.buf = leftover
                     out.append(http1.encode_last_chunk())
                 if out:
-                    _up_send(up, b"".join(out), sent=True)
+                    self._up_send(conn, b"".join(out), sent=True)
                 if decoder.done:
                     return
             data = self._client_body_read()
@@ -825,7 +834,6 @@ class Session:
     # -- responses ---------------------------------------------------------
 
     def read_response_head(self, conn: UpstreamConn):
-        up = conn.sock
         buf = conn.buf
         conn.buf = b""
         limit = self.rt.cfg.server.max_head_size
@@ -837,16 +845,19 @@ class Session:
             if len(buf) > limit:
                 raise UpstreamError("invalid", f"{conn.server.addr}: response head too large",
                                     sent=True)
+            t = self.timers.start(conn.read_timeout)
             try:
-                data = up.recv(RECV_SIZE)
+                data = conn.sock.recv(RECV_SIZE)
             except socket.timeout:
                 raise UpstreamError("timeout", f"upstream {conn.server.addr} did not answer in "
-                                    f"time ({up.gettimeout():g}s reading the response head)",
+                                    f"time ({conn.read_timeout:g}s reading the response head)",
                                     sent=True) from None
             except OSError as exc:
                 raise UpstreamError("reset" if not got_any else "invalid",
                                     f"{conn.server.addr}: {exc.strerror or exc} before a response",
                                     sent=True) from None
+            finally:
+                t.stop()
             if not data:
                 raise UpstreamError("closed", f"{conn.server.addr} closed the connection "
                                     "without a response", sent=True)
@@ -859,7 +870,24 @@ class Session:
                                 sent=True) from None
         return resp, buf[end:]
 
+    def _up_send(self, conn: UpstreamConn, data, *, sent: bool) -> None:
+        """All of ``data`` to the server within its send_timeout.
+
+        Raises ``socket.timeout``, or ``_UpstreamSendError`` saying whether
+        earlier bytes of the request had been sent.
+        """
+        t = self.timers.start(conn.send_timeout)
+        try:
+            _sendall(conn.sock, data)
+        except socket.timeout:
+            raise
+        except OSError as exc:
+            raise _UpstreamSendError(exc.strerror or str(exc), sent) from None
+        finally:
+            t.stop()
+
     def _up_recv(self, conn: UpstreamConn) -> bytes:
+        t = self.timers.start(conn.read_timeout)
         try:
             return conn.sock.recv(RECV_SIZE)
         except socket.timeout:
@@ -871,6 +899,8 @@ class Session:
                 self.rt.log.error("%s: %s in the middle of a response body", conn.server.addr,
                                   exc)
             raise Abort() from None
+        finally:
+            t.stop()
 
     def relay_length(self, conn: UpstreamConn, head: bytes, data: bytes, length: int) -> None:
         if len(data) > length:
@@ -1002,7 +1032,6 @@ class Session:
             out.append(("Upgrade", upgrade))
         out.extend(extra)
         rec.status = rec.upstream_status = 101
-        self.client.settimeout(rt.cfg.server.send_timeout)
         self._send(http1.serialize_response_head(101, resp.reason, out) + early)
         rec.upstream_time = time.time() - t0
         up = conn.sock
@@ -1150,16 +1179,6 @@ def _sendall(sock, data) -> None:
     sent = sock.send(data)
     if sent < len(data):
         sock.sendall(memoryview(data)[sent:])
-
-
-def _up_send(up, data, *, sent: bool) -> None:
-    """sendall to an upstream; failures say whether earlier bytes had been sent."""
-    try:
-        _sendall(up, data)
-    except socket.timeout:
-        raise
-    except OSError as exc:
-        raise _UpstreamSendError(exc.strerror or str(exc), sent) from None
 
 
 def maintain(worker, rt_getter, on_stop=(), interval: float = 0.1) -> None:

@@ -47,13 +47,21 @@ class UpstreamError(Exception):
 
 
 class UpstreamConn:
-    """A connection to one server, with what the pool needs to know of it."""
+    """A connection to one server, with what the pool needs to know of it.
 
-    __slots__ = ("sock", "server", "reused", "idle_since", "buf")
+    ``sock`` has no timeout of its own: the session bounds each call with
+    ``send_timeout`` or ``read_timeout``, its pool's (net.timers).
+    """
 
-    def __init__(self, sock: socket.socket, server: ServerEntry):
+    __slots__ = ("sock", "server", "reused", "idle_since", "buf", "send_timeout",
+                 "read_timeout")
+
+    def __init__(self, sock: socket.socket, server: ServerEntry, send_timeout: float,
+                 read_timeout: float):
         self.sock = sock
         self.server = server
+        self.send_timeout = send_timeout
+        self.read_timeout = read_timeout
         self.reused = False
         self.idle_since = 0.0
         self.buf = b""  # bytes read past the end of the last response (must stay empty to reuse)
@@ -86,6 +94,8 @@ class ConnPool:
         self.max_idle = pool.keepalive
         self.idle_timeout = pool.keepalive_timeout
         self.connect_timeout = pool.connect_timeout
+        self.send_timeout = pool.send_timeout
+        self.read_timeout = pool.read_timeout
         self.idle: list[UpstreamConn] = []
         self.tls = pool.tls  # PoolTlsConfig or None
         self.tls_session = None  # the last TLS session with this server, to resume
@@ -128,7 +138,8 @@ class ConnPool:
         sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         if self.tls is not None:
             sock = self._tls(sock)
-        return UpstreamConn(sock, server)
+        sock.settimeout(None)
+        return UpstreamConn(sock, server, self.send_timeout, self.read_timeout)
 
     def _tls(self, sock):
         """The TLS handshake of a new connection; UpstreamError (nothing sent) on failure."""
