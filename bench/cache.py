@@ -109,17 +109,16 @@ def origin_count(origin: int) -> int:
 
 
 def hits(ctx: Ctx, origin: int, mc_port: int) -> tuple[list[Result], int]:
-    rows = []
     before = origin_count(origin)
     try:
         port = start_nginx_cache(ctx, origin)
-        rows.append(ctx.load("nginx", f"http://127.0.0.1:{port}{PATH}") if port
-                    else Result("nginx", error="not installed"))
+        nginx = ("nginx", f"http://127.0.0.1:{port}{PATH}") if port \
+            else Result("nginx", error="not installed")
     except StartError as exc:
-        rows.append(Result("nginx", error=str(exc)))
+        nginx = Result("nginx", error=str(exc))
     fp = ctx.start_forkproxy(forkproxy_body(origin, mc_port), server={"access_log": "off"})
     ctx.wait_http(fp, ctx.procs[-1], "forkproxy", path=PATH)
-    rows.append(ctx.load("forkproxy", f"http://127.0.0.1:{fp}{PATH}"))
+    rows = ctx.compare([nginx, ("forkproxy", f"http://127.0.0.1:{fp}{PATH}")])
     misses = origin_count(origin) - before
     rows[-1].notes.append(f"origin requests during both runs: {misses} (the rest were hits)")
     return rows, fp
@@ -193,6 +192,7 @@ def frozen(fp_port: int, mc_proc, error_log: Path, threads: int = 8) -> dict:
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--seconds", type=int, default=5)
+    ap.add_argument("--rounds", type=int, default=3, help="runs per target, taking turns")
     ap.add_argument("--warmup", type=int, default=1)
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--connections", type=int, default=64)

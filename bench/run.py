@@ -1,11 +1,15 @@
 """forkproxy benchmark: the same load against a backend directly, through nginx, through forkproxy.
 
-    python bench/run.py                         # scenario get1k, 10 s per target
-    python bench/run.py --seconds 5 --json out.json
+    python bench/run.py                         # scenario get1k, 3 rounds of 10 s per target
+    python bench/run.py --seconds 5 --rounds 5 --json out.json
     python bench/run.py --list
 
 Every number is measured in the same run on the same machine; compare the
 ratios (forkproxy/nginx, forkproxy/direct), not the absolute numbers.  The
+targets take turns, one run each per round (``--rounds``): a shared
+machine's speed drifts by tens of percent within minutes, so a ratio is
+the median of the rounds' ratios, each from runs made close together, and
+a row shows its target's median round.  The
 "floor" row is bench/floor.py, a gevent relay that does nothing but move the
 bytes: the ceiling of any proxy built on gevent workers, here.
 Everything started here is stopped here, by pid. Exit status 1 when any
@@ -13,7 +17,8 @@ target failed to start or its load run failed; 2 on bad arguments.
 
 Adding a scenario: write ``def my_scenario(ctx) -> list[Result]`` decorated
 with ``@scenario("name", "one line of help")``; use ``ctx.start_backend()``,
-``ctx.start_nginx(port)``, ``ctx.start_forkproxy(body)`` and ``ctx.load(url)``.
+``ctx.start_nginx(port)``, ``ctx.start_forkproxy(body)``, then ``ctx.compare(targets)``
+(or ``ctx.load(url)`` for a single run).
 Rows named "direct", "nginx", "floor" and "forkproxy" get the ratio lines.
 """
 
@@ -56,6 +61,7 @@ class Result:
     tool: str = ""
     error: str = ""  # set when the target failed to start or the run failed
     notes: list[str] = field(default_factory=list)
+    rounds: list[float] = field(default_factory=list)  # req/s of each round (Ctx.compare)
 
     @property
     def ok(self) -> bool:
@@ -299,6 +305,22 @@ class Ctx:
         except (RuntimeError, subprocess.TimeoutExpired) as exc:
             return Result(target=target, error=f"load failed: {exc}")
 
+    def compare(self, targets: list) -> list[Result]:
+        """Load each target once per round, in turn, for ``--rounds`` rounds.
+
+        ``targets``: (name, url) pairs, or a ``Result`` (a target that did not
+        start), kept in its place.  Each row is the median round of its
+        target (req/s, p50, p99), with the totals of requests and errors and
+        every round's req/s in ``rounds``; a failed run fails the row.
+        """
+        n = max(1, getattr(self.args, "rounds", 1))
+        runs: dict[str, list[Result]] = {t[0]: [] for t in targets if not isinstance(t, Result)}
+        for _ in range(n):
+            for t in targets:
+                if not isinstance(t, Result):
+                    runs[t[0]].append(self.load(*t))
+        return [t if isinstance(t, Result) else _median_row(runs[t[0]]) for t in targets]
+
     def close(self):
         for p in reversed(self.procs):
             p.stop(timeout=10)
@@ -317,15 +339,31 @@ def scenario(name: str, help: str):
     return register
 
 
-def _guarded(target: str, start, ctx: Ctx, path: str = "/") -> Result:
-    """Start a target (``start() -> port | None``) and load it; a failure becomes the row's error."""
+def _started(target: str, start, path: str = "/"):
+    """(target, url) once ``start() -> port | None`` brought it up; else its error row."""
     try:
         port = start()
     except (StartError, OSError, RuntimeError) as exc:
         return Result(target=target, error=f"failed to start: {exc}")
     if port is None:
         return Result(target=target, error="not installed")
-    return ctx.load(target, f"http://127.0.0.1:{port}{path}")
+    return target, f"http://127.0.0.1:{port}{path}"
+
+
+def _median(values: list[float]) -> float:
+    v = sorted(values)
+    return v[len(v) // 2] if len(v) % 2 else (v[len(v) // 2 - 1] + v[len(v) // 2]) / 2
+
+
+def _median_row(runs: list[Result]) -> Result:
+    bad = [r for r in runs if not r.ok]
+    if bad:
+        return bad[0]
+    mid = sorted(runs, key=lambda r: r.rps)[len(runs) // 2]
+    return Result(target=mid.target, rps=_median([r.rps for r in runs]), p50_ms=mid.p50_ms,
+                  p99_ms=mid.p99_ms, requests=sum(r.requests for r in runs),
+                  errors=sum(r.errors for r in runs), tool=mid.tool,
+                  rounds=[r.rps for r in runs])
 
 
 FORKPROXY_ONE_POOL = """\
@@ -344,22 +382,20 @@ servers = [{{ addr = "127.0.0.1:{origin}" }}]
 @scenario("get1k", "keep-alive GET of a 1 KiB response: direct, nginx, gevent floor, forkproxy")
 def get1k(ctx: Ctx) -> list[Result]:
     origin = ctx.start_backend(1024)
-    rows = [ctx.load("direct", f"http://127.0.0.1:{origin}/")]
-    rows.append(_guarded("nginx", lambda: ctx.start_nginx(origin), ctx))
-    rows.append(_guarded("floor", lambda: ctx.start_floor(origin), ctx))
     body = FORKPROXY_ONE_POOL.format(origin=origin)
-    rows.append(_guarded("forkproxy", lambda: ctx.start_forkproxy(body), ctx))
-    return rows
+    return ctx.compare([("direct", f"http://127.0.0.1:{origin}/"),
+                        _started("nginx", lambda: ctx.start_nginx(origin)),
+                        _started("floor", lambda: ctx.start_floor(origin)),
+                        _started("forkproxy", lambda: ctx.start_forkproxy(body))])
 
 
 @scenario("metrics", "get1k through forkproxy with metrics off, then on (server.admin set)")
 def metrics(ctx: Ctx) -> list[Result]:
     origin = ctx.start_backend(1024)
     body = FORKPROXY_ONE_POOL.format(origin=origin)
-    rows = [_guarded("forkproxy", lambda: ctx.start_forkproxy(body), ctx)]
     admin = {"admin": f"127.0.0.1:{free_port()}"}
-    rows.append(_guarded("metrics", lambda: ctx.start_forkproxy(body, server=admin), ctx))
-    return rows
+    return ctx.compare([_started("forkproxy", lambda: ctx.start_forkproxy(body)),
+                        _started("metrics", lambda: ctx.start_forkproxy(body, server=admin))])
 
 
 # -- report -------------------------------------------------------------------
@@ -369,10 +405,20 @@ def _fmt(v, spec=".1f"):
     return "-" if v is None else format(v, spec)
 
 
+def _ratio(top: Result, base: Result) -> str:
+    """The median of the rounds' ratios (each round's runs were close in time), with their range."""
+    if len(top.rounds) > 1 and len(top.rounds) == len(base.rounds):
+        each = [t / b for t, b in zip(top.rounds, base.rounds)]
+        return f"{_median(each):.3f} (rounds {min(each):.3f}-{max(each):.3f})"
+    return f"{top.rps / base.rps:.3f}"
+
+
 def report(name: str, rows: list[Result], args) -> str:
     out = [f"scenario {name}: {SCENARIOS[name][1]}"]
     tools = sorted({r.tool for r in rows if r.tool})
-    out.append(f"load: {', '.join(tools) or '-'}; {args.seconds}s per target")
+    n = max((len(r.rounds) for r in rows), default=0)
+    per = f"{n} rounds of {args.seconds}s" if n > 1 else f"{args.seconds}s"
+    out.append(f"load: {', '.join(tools) or '-'}; {per} per target, in turn (median round shown)")
     out.append(f"{'target':<12}{'req/s':>12}{'p50 ms':>10}{'p99 ms':>10}{'requests':>11}{'errors':>8}")
     for r in rows:
         if r.ok:
@@ -383,13 +429,13 @@ def report(name: str, rows: list[Result], args) -> str:
         else:
             out.append(f"{r.target:<12}  {r.error.splitlines()[0] if r.error else 'no result'}")
     by = {r.target: r for r in rows if r.ok}
-    for base in ("nginx", "direct", "floor"):
-        if "forkproxy" in by and base in by:
-            f, b = by["forkproxy"], by[base]
+    pairs = [("forkproxy", base) for base in ("nginx", "direct", "floor")] + [("metrics", "forkproxy")]
+    for top, base in pairs:
+        if top in by and base in by and (top, base) != ("forkproxy", "forkproxy"):
+            f, b = by[top], by[base]
             p99 = f"; p99 x{f.p99_ms / b.p99_ms:.2f}" if f.p99_ms and b.p99_ms else ""
-            out.append(f"ratio forkproxy/{base}: req/s {f.rps / b.rps:.3f}{p99}")
-    if "metrics" in by and "forkproxy" in by:
-        out.append(f"ratio metrics-on/metrics-off: req/s {by['metrics'].rps / by['forkproxy'].rps:.3f}")
+            label = "metrics-on/metrics-off" if top == "metrics" else f"forkproxy/{base}"
+            out.append(f"ratio {label}: req/s {_ratio(f, b)}{p99}")
     for r in rows:
         if r.error and "\n" in r.error:
             out.append(f"\n{r.target}: {r.error}")
@@ -400,7 +446,9 @@ def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description="Benchmark forkproxy against nginx and a direct baseline.")
     ap.add_argument("--scenario", default="get1k", help="scenario name (default get1k; see --list)")
     ap.add_argument("--list", action="store_true", help="list scenarios and exit")
-    ap.add_argument("--seconds", type=int, default=10, help="load duration per target (default 10)")
+    ap.add_argument("--seconds", type=int, default=10, help="load duration per run (default 10)")
+    ap.add_argument("--rounds", type=int, default=3,
+                    help="runs per target, the targets taking turns (default 3)")
     ap.add_argument("--warmup", type=int, default=1, help="warm-up seconds before each run (default 1; 0 = none)")
     ap.add_argument("--threads", type=int, default=2, help="wrk threads (default 2)")
     ap.add_argument("--connections", type=int, default=64, help="keep-alive connections (default 64)")
