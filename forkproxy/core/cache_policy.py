@@ -72,6 +72,7 @@ import math
 import re
 from dataclasses import dataclass
 from email.utils import formatdate
+from functools import lru_cache
 from urllib.parse import urljoin, urlsplit
 
 __all__ = [
@@ -209,6 +210,13 @@ def parse_cache_control(values: list[str]) -> Directives:
     Never raises.  First occurrence wins; invalid arguments as described in
     the module docstring; garbage items become extensions (ignored).
     """
+    return _parse_cache_control(tuple(values))
+
+
+# Parsing is a pure function of the values, and a cache hit parses the same
+# few stored values again and again: remembered (Directives are frozen).
+@lru_cache(maxsize=1024)
+def _parse_cache_control(values: tuple[str, ...]) -> Directives:
     pairs = []
     for value in values:
         for item in _split_items(value):
@@ -352,6 +360,11 @@ def parse_cdn_cache_control(values: list[str]) -> Directives | None:
     ``?0`` means absent.  Delta directives need a non-negative integer;
     anything else is invalid and treated as in ``parse_cache_control``.
     """
+    return _parse_cdn_cache_control(tuple(values))
+
+
+@lru_cache(maxsize=256)
+def _parse_cdn_cache_control(values: tuple[str, ...]) -> Directives | None:
     text = ", ".join(v for v in values if v.strip()).strip(" \t")
     if not text:
         return None
@@ -393,6 +406,17 @@ def parse_http_date(value: str, now: float | None = None) -> float | None:
     ``now``, 70-99 mean 19xx and 00-69 mean 20xx.
     """
     value = value.strip(" \t")
+    if _IMF.fullmatch(value):  # the usual form, and its value does not depend on now
+        return _parse_imf(value)
+    return _parse_date(value, now)
+
+
+@lru_cache(maxsize=1024)
+def _parse_imf(value: str) -> float | None:
+    return _parse_date(value, None)
+
+
+def _parse_date(value: str, now: float | None) -> float | None:
     if m := _IMF.fullmatch(value):
         day, mon, year, hh, mm, ss = m.groups()
         year = int(year)
@@ -618,21 +642,30 @@ class Entry:
 
     @classmethod
     def from_bytes(cls, data: bytes) -> "Entry":
-        """Inverse of ``to_bytes``; ``ValueError`` on anything else (a miss)."""
-        try:
-            d = json.loads(data.decode("utf-8"))
-            if d["v"] != 1:
-                raise ValueError("version")
-            entry = cls(
-                status=int(d["status"]), reason=str(d["reason"]),
-                headers=tuple((str(n), str(v)) for n, v in d["headers"]),
-                request_time=float(d["request_time"]),
-                response_time=float(d["response_time"]),
-                vary_headers=tuple((str(n), None if v is None else str(v)) for n, v in d["vary"]),
-            )
-        except (KeyError, TypeError, AttributeError, UnicodeDecodeError) as exc:
-            raise ValueError("not a cache entry: %r" % exc) from None
-        return entry
+        """Inverse of ``to_bytes``; ``ValueError`` on anything else (a miss).
+
+        Every hit on a key brings the same bytes back until the entry is
+        stored again: the decoded (immutable) entry is remembered by them.
+        """
+        return _decode_entry(bytes(data))
+
+
+@lru_cache(maxsize=512)
+def _decode_entry(data: bytes) -> Entry:
+    try:
+        d = json.loads(data.decode("utf-8"))
+        if d["v"] != 1:
+            raise ValueError("version")
+        entry = Entry(
+            status=int(d["status"]), reason=str(d["reason"]),
+            headers=tuple((str(n), str(v)) for n, v in d["headers"]),
+            request_time=float(d["request_time"]),
+            response_time=float(d["response_time"]),
+            vary_headers=tuple((str(n), None if v is None else str(v)) for n, v in d["vary"]),
+        )
+    except (KeyError, TypeError, AttributeError, UnicodeDecodeError) as exc:
+        raise ValueError("not a cache entry: %r" % exc) from None
+    return entry
 
 
 def make_entry(status: int, reason: str, req_headers, resp_headers,
