@@ -39,7 +39,7 @@ from forkproxy.logs import AccessLog, AccessRecord, error_line
 from forkproxy.net import compress, tunnel
 from forkproxy.net.edge import Edge
 from forkproxy.net.pools import REFRESH, PoolRuntime
-from forkproxy.net.timers import Timers
+from forkproxy.net.timers import Timers, wait_readable, waits_first
 from forkproxy.net.tls import HandshakeFailed, ListenerTLS, tls_server_name
 from forkproxy.net.upstream import RECV_SIZE, UpstreamConn, UpstreamError
 
@@ -273,6 +273,7 @@ class Session:
         # sockets themselves have no timeout.
         self.timers = Timers()
         self.send_timeout = rt.cfg.server.send_timeout
+        self.wait_first = waits_first(client)
 
     # -- connection loop -------------------------------------------------
 
@@ -305,14 +306,18 @@ class Session:
             except OSError:
                 pass
 
-    def _recv(self, seconds: float) -> bytes:
+    def _recv(self, seconds: float, idle: bool = False) -> bytes:
         """One read from the client, of up to RECV_SIZE bytes, within ``seconds``.
 
+        ``idle``: nothing is expected to be there yet (the next request of a
+        keep-alive connection), so wait before reading (net.timers).
         Raises ``socket.timeout`` when nothing came in time, ``ClientGone``
         when the connection failed.
         """
         t = self.timers.start(seconds)
         try:
+            if idle and self.wait_first:
+                wait_readable(self.client)
             data = self.client.recv(RECV_SIZE)
         except socket.timeout:
             raise
@@ -355,7 +360,7 @@ class Session:
             rt.idle.add(self)
             self.idle_waiting = True
             try:
-                buf = self._recv(wait)
+                buf = self._recv(wait, idle=bool(self.served))
             except socket.timeout:
                 return None
             finally:
@@ -836,6 +841,8 @@ class Session:
     def read_response_head(self, conn: UpstreamConn):
         buf = conn.buf
         conn.buf = b""
+        # The request has just gone out: the answer cannot be there yet.
+        wait = not buf and conn.wait_first
         limit = self.rt.cfg.server.max_head_size
         got_any = bool(buf)
         while True:
@@ -847,6 +854,9 @@ class Session:
                                     sent=True)
             t = self.timers.start(conn.read_timeout)
             try:
+                if wait:
+                    wait = False
+                    wait_readable(conn.sock)
                 data = conn.sock.recv(RECV_SIZE)
             except socket.timeout:
                 raise UpstreamError("timeout", f"upstream {conn.server.addr} did not answer in "

@@ -23,6 +23,15 @@ call it is blocked in raises ``socket.timeout``, as with ``settimeout``.
 A timer must be stopped before the call that started it returns (the
 ``finally`` above); a stopped timer is never fired.  One ``Timers`` serves
 one greenlet at a time: it is not shared across sessions.
+
+``wait_readable(sock)`` is the other half of a cheap read when the data is
+known not to be there yet (a server's answer just after the request went
+out, a keep-alive client's next request): gevent's recv would first try
+the read, fail with EAGAIN (a syscall, and an exception handled in Python)
+and then wait; waiting first skips that.  bench/floor.py spent 41-47 us of
+user CPU per request that way, against 49-64 us.  Only for a plain
+socket (``waits_first``): a TLS socket may already hold decrypted bytes
+that no readiness event announces.
 """
 
 from __future__ import annotations
@@ -30,6 +39,20 @@ from __future__ import annotations
 import socket
 
 from gevent import get_hub, getcurrent
+
+
+def waits_first(sock) -> bool:
+    """True when ``wait_readable`` suits ``sock``: a plain gevent socket, not TLS."""
+    return hasattr(sock, "_read_event") and not hasattr(sock, "pending")
+
+
+def wait_readable(sock) -> None:
+    """Block this greenlet until ``sock`` has data, EOF or an error to read.
+
+    A ``Timers`` timer bounds it like any other call (``socket.timeout``);
+    closing the socket from another greenlet raises ``OSError`` (EBADF).
+    """
+    get_hub().wait(sock._read_event)
 
 
 def _expire(glet) -> None:

@@ -17,6 +17,7 @@ import time
 from gevent import select as gselect
 
 from forkproxy.config import PoolConfig, ServerEntry
+from forkproxy.net.timers import waits_first
 from forkproxy.net.tls import wrap_upstream
 
 RECV_SIZE = 65536
@@ -54,7 +55,7 @@ class UpstreamConn:
     """
 
     __slots__ = ("sock", "server", "reused", "idle_since", "buf", "send_timeout",
-                 "read_timeout")
+                 "read_timeout", "wait_first")
 
     def __init__(self, sock: socket.socket, server: ServerEntry, send_timeout: float,
                  read_timeout: float):
@@ -62,6 +63,7 @@ class UpstreamConn:
         self.server = server
         self.send_timeout = send_timeout
         self.read_timeout = read_timeout
+        self.wait_first = waits_first(sock)  # net.timers: a plain socket
         self.reused = False
         self.idle_since = 0.0
         self.buf = b""  # bytes read past the end of the last response (must stay empty to reuse)
