@@ -5,10 +5,12 @@ CONTRACT (consumed by ``forkproxy.net.session`` and ``net.upstream``; keep it):
 Heads
     ``find_head_end(buf, start=0) -> int``
         Index just past the ``\\r\\n\\r\\n`` that ends a head in ``buf`` (a
-        bytes/bytearray), or -1 when more bytes are needed.  Raises
-        ``ProtocolError(400)`` as soon as ``buf`` shows a bare LF (an LF not
-        preceded by CR) or a bare CR, so a client that sends ``\\n\\n`` is
-        refused at once instead of waiting for the size limit.  Leading
+        bytes/bytearray), or -1 when more bytes are needed.  While the head
+        is incomplete it raises ``ProtocolError(400)`` as soon as ``buf``
+        shows a bare LF (an LF not preceded by CR) or a bare CR, so a client
+        that sends ``\\n\\n`` is refused at once instead of waiting for the
+        size limit; a complete head is left to the parser, which checks
+        every byte of it (400 for a request, 502 for a response).  Leading
         empty lines before a request line (RFC 9112 2.2) are skipped by the
         parser, not here.  ``start`` lets the caller resume scanning.
 
@@ -265,15 +267,18 @@ def find_head_end(buf, start: int = 0) -> int:
     Leading empty lines (RFC 9112 2.2) are not mistaken for the end of a
     head: the search starts after them, and the returned index covers them
     (``parse_request_head`` skips them).  Resume with
-    ``start=max(0, len(old_buf) - 3)``.  Raises ``ProtocolError(400)`` on a
-    bare CR or bare LF anywhere in the scanned part.
+    ``start=max(0, len(old_buf) - 3)``.  While no end is found, raises
+    ``ProtocolError(400)`` on a bare CR or bare LF anywhere in the scanned
+    part; a complete head is the parser's to check.
     """
     if buf[:2] == b"\r\n":
         lead = _skip_empty_lines(buf)
         if start < lead:
             start = lead
     idx = buf.find(b"\r\n\r\n", start)
-    end = len(buf) if idx < 0 else idx + 4
+    if idx >= 0:
+        return idx + 4
+    end = len(buf)
     n_crlf = buf.count(b"\r\n", start, end)
     n_lf = buf.count(b"\n", start, end)
     n_cr = buf.count(b"\r", start, end)
@@ -281,13 +286,13 @@ def find_head_end(buf, start: int = 0) -> int:
     if n_lf and start > 0 and buf[start] == 10 and buf[start - 1] == 13:
         n_lf -= 1
     # A CR at the very end may still be followed by its LF.
-    if idx < 0 and buf[end - 1:end] == b"\r":
+    if buf[end - 1:end] == b"\r":
         n_cr -= 1
     if n_lf != n_crlf:
         raise ProtocolError(400, "bare LF in head")
     if n_cr != n_crlf:
         raise ProtocolError(400, "bare CR in head")
-    return idx if idx < 0 else end
+    return -1
 
 
 def _diagnose_fields(block: str, status: int) -> ProtocolError:

@@ -846,7 +846,11 @@ class Session:
         limit = self.rt.cfg.server.max_head_size
         got_any = bool(buf)
         while True:
-            end = http1.find_head_end(buf) if buf else -1
+            try:
+                end = http1.find_head_end(buf) if buf else -1
+            except http1.ProtocolError as exc:  # a bare CR or LF: the server's fault, not the client's
+                raise UpstreamError("invalid", f"{conn.server.addr}: invalid response: {exc.reason}",
+                                    sent=True) from None
             if end >= 0:
                 break
             if len(buf) > limit:

@@ -438,8 +438,16 @@ def test_upstream_dying_mid_body_aborts_the_client(forkproxy_factory, backend_fa
         assert rc == 18  # CURLE_PARTIAL_FILE
 
 
-def test_bad_upstream_response_is_502(forkproxy_factory):
-    """A backend that answers garbage: 502, and the worker keeps serving."""
+@pytest.mark.parametrize("lie", [
+    b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\nTransfer-Encoding: chunked\r\n"
+    b"Content-Length: 6\r\n\r\nhello",
+    # Bare LFs: a head that never ends with CRLFCRLF, and one that does.
+    b"HTTP/1.1 200 OK\nContent-Length: 5\n\nhello",
+    b"HTTP/1.1 200 OK\r\nX-A: a\nX-B: b\r\nContent-Length: 5\r\n\r\nhello",
+], ids=["cl-and-te", "lf-only", "bare-lf-in-field"])
+def test_bad_upstream_response_is_502(forkproxy_factory, lie):
+    """A backend that answers garbage: 502 (its fault, never the client's 400),
+    and the worker keeps serving."""
     import threading
 
     srv = socket.socket()
@@ -458,8 +466,7 @@ def test_bad_upstream_response_is_502(forkproxy_factory):
             with c:
                 c.settimeout(5)
                 c.recv(65536)
-                c.sendall(b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\nTransfer-Encoding: chunked\r\n"
-                          b"Content-Length: 6\r\n\r\nhello")
+                c.sendall(lie)
     t = threading.Thread(target=liar, daemon=True)
     t.start()
     try:
