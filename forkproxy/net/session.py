@@ -419,7 +419,8 @@ class Session:
             start = rec.start = time.time()
             req = http1.parse_request_head(head, rt.limits)
             rec.method, rec.target, rec.version = req.method, req.target, req.version
-            rec.referer, rec.user_agent = req.get("referer"), req.get("user-agent")
+            if rt.access_log.enabled:  # only the access log shows them
+                rec.referer, rec.user_agent = req.get("referer"), req.get("user-agent")
             rec.request_id = rt.edge.request_id(req, self.peer)
             keep = self.proxy(req, rec)
             return keep
@@ -572,7 +573,7 @@ class Session:
         attempts = 0
         first_at = 0.0
         queue_deadline: float | None = None
-        pinned, token = sticky_choice(pool, req)
+        pinned, token = sticky_choice(pool, req) if pool.sticky is not None else (None, None)
 
         def may_try_again() -> bool:
             if retry.tries and attempts >= retry.tries:
@@ -633,14 +634,16 @@ class Session:
                 cookie = (("Set-Cookie", pool.set_cookie(i)),) if (
                     pool.sticky is not None and token != pool.sticky.token(i)) else ()
 
-                def retry_status(status: int, i=i) -> bool:
-                    return (replayable and status in retry.on and may_try_again()
-                            and pool.any_usable(tried | {i}))
+                if retry.on and replayable:
+                    def retry_status(status: int, i=i) -> bool:
+                        return (status in retry.on and may_try_again()
+                                and pool.any_usable(tried | {i}))
+                else:
+                    retry_status = None
 
                 try:
                     return self.relay(req, rec, pool, i, conn, head, framing, max_body,
-                                      client_keepalive, time.time(), cookie,
-                                      retry_status if retry.on else None)
+                                      client_keepalive, time.time(), cookie, retry_status)
                 except UpstreamError as exc:
                     conn.close()
                     last_error = exc
