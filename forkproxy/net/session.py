@@ -39,7 +39,7 @@ from forkproxy.logs import AccessLog, AccessRecord, error_line
 from forkproxy.net import compress, tunnel
 from forkproxy.net.edge import Edge
 from forkproxy.net.pools import REFRESH, PoolRuntime
-from forkproxy.net.timers import Timers, wait_readable, waits_first
+from forkproxy.net.sockio import Timers, is_plain, send_now, wait_readable
 from forkproxy.net.tls import HandshakeFailed, ListenerTLS, tls_server_name
 from forkproxy.net.upstream import RECV_SIZE, UpstreamConn, UpstreamError
 
@@ -269,11 +269,11 @@ class Session:
         self.served = 0
         self.idle_waiting = False
         self.received = self.sent = 0  # bytes read from / written to the client, in all
-        # Each blocking call is bounded by one of these (net.timers); the
+        # Each blocking call is bounded by one of these (net.sockio); the
         # sockets themselves have no timeout.
         self.timers = Timers()
         self.send_timeout = rt.cfg.server.send_timeout
-        self.wait_first = waits_first(client)
+        self.plain = is_plain(client)  # not TLS: waits and sends take the short cuts
 
     # -- connection loop -------------------------------------------------
 
@@ -310,13 +310,13 @@ class Session:
         """One read from the client, of up to RECV_SIZE bytes, within ``seconds``.
 
         ``idle``: nothing is expected to be there yet (the next request of a
-        keep-alive connection), so wait before reading (net.timers).
+        keep-alive connection), so wait before reading (net.sockio).
         Raises ``socket.timeout`` when nothing came in time, ``ClientGone``
         when the connection failed.
         """
         t = self.timers.start(seconds)
         try:
-            if idle and self.wait_first:
+            if idle and self.plain:
                 wait_readable(self.client)
             data = self.client.recv(RECV_SIZE)
         except socket.timeout:
@@ -330,13 +330,10 @@ class Session:
 
     def _send(self, data) -> None:
         """All of ``data`` to the client within send_timeout, else ``ClientGone``."""
-        t = self.timers.start(self.send_timeout)
         try:
-            _sendall(self.client, data)
+            _send_within(self.client, data, self.plain, self.timers, self.send_timeout)
         except OSError:  # socket.timeout included
             raise ClientGone() from None
-        finally:
-            t.stop()
         self.sent += len(data)
 
     def read_head(self):
@@ -845,7 +842,7 @@ class Session:
         buf = conn.buf
         conn.buf = b""
         # The request has just gone out: the answer cannot be there yet.
-        wait = not buf and conn.wait_first
+        wait = not buf and conn.plain
         limit = self.rt.cfg.server.max_head_size
         got_any = bool(buf)
         while True:
@@ -893,15 +890,12 @@ class Session:
         Raises ``socket.timeout``, or ``_UpstreamSendError`` saying whether
         earlier bytes of the request had been sent.
         """
-        t = self.timers.start(conn.send_timeout)
         try:
-            _sendall(conn.sock, data)
+            _send_within(conn.sock, data, conn.plain, self.timers, conn.send_timeout)
         except socket.timeout:
             raise
         except OSError as exc:
             raise _UpstreamSendError(exc.strerror or str(exc), sent) from None
-        finally:
-            t.stop()
 
     def _up_recv(self, conn: UpstreamConn) -> bytes:
         t = self.timers.start(conn.read_timeout)
@@ -1196,6 +1190,24 @@ def _sendall(sock, data) -> None:
     sent = sock.send(data)
     if sent < len(data):
         sock.sendall(memoryview(data)[sent:])
+
+
+def _send_within(sock, data, plain: bool, timers: Timers, seconds: float) -> None:
+    """All of ``data`` to ``sock``; ``socket.timeout`` if it takes over ``seconds``.
+
+    A plain socket takes what fits at once without a timer (net.sockio); a
+    timer bounds only the wait for the rest.
+    """
+    if plain:
+        sent = send_now(sock, data)
+        if sent == len(data):
+            return
+        data = memoryview(data)[sent:]
+    t = timers.start(seconds)
+    try:
+        _sendall(sock, data)
+    finally:
+        t.stop()
 
 
 def maintain(worker, rt_getter, on_stop=(), interval: float = 0.1) -> None:

@@ -17,7 +17,7 @@ import time
 from gevent import select as gselect
 
 from forkproxy.config import PoolConfig, ServerEntry
-from forkproxy.net.timers import waits_first
+from forkproxy.net.sockio import is_plain
 from forkproxy.net.tls import wrap_upstream
 
 RECV_SIZE = 65536
@@ -51,11 +51,11 @@ class UpstreamConn:
     """A connection to one server, with what the pool needs to know of it.
 
     ``sock`` has no timeout of its own: the session bounds each call with
-    ``send_timeout`` or ``read_timeout``, its pool's (net.timers).
+    ``send_timeout`` or ``read_timeout``, its pool's (net.sockio).
     """
 
     __slots__ = ("sock", "server", "reused", "idle_since", "buf", "send_timeout",
-                 "read_timeout", "wait_first")
+                 "read_timeout", "plain")
 
     def __init__(self, sock: socket.socket, server: ServerEntry, send_timeout: float,
                  read_timeout: float):
@@ -63,7 +63,7 @@ class UpstreamConn:
         self.server = server
         self.send_timeout = send_timeout
         self.read_timeout = read_timeout
-        self.wait_first = waits_first(sock)  # net.timers: a plain socket
+        self.plain = is_plain(sock)  # not TLS (net.sockio)
         self.reused = False
         self.idle_since = 0.0
         self.buf = b""  # bytes read past the end of the last response (must stay empty to reuse)

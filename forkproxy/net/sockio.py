@@ -1,4 +1,5 @@
-"""Time limits on one session's blocking socket calls, with reusable timers.
+"""How a session waits on its sockets: time limits with reusable timers,
+waiting before reading, sending without waiting.
 
 A gevent socket with a timeout makes a new ``gevent.Timeout`` (a timer
 watcher, started and closed) every time one call has to wait.  A proxied
@@ -24,14 +25,20 @@ A timer must be stopped before the call that started it returns (the
 ``finally`` above); a stopped timer is never fired.  One ``Timers`` serves
 one greenlet at a time: it is not shared across sessions.
 
-``wait_readable(sock)`` is the other half of a cheap read when the data is
+``wait_readable(sock)`` makes a read cheap when the data is
 known not to be there yet (a server's answer just after the request went
 out, a keep-alive client's next request): gevent's recv would first try
 the read, fail with EAGAIN (a syscall, and an exception handled in Python)
 and then wait; waiting first skips that.  bench/floor.py spent 41-47 us of
-user CPU per request that way, against 49-64 us.  Only for a plain
-socket (``waits_first``): a TLS socket may already hold decrypted bytes
-that no readiness event announces.
+user CPU per request that way, against 49-64 us.
+
+``send_now(sock, data)`` gives a plain socket what it takes at once, with
+no timer and no gevent wrapper: a response or a request head nearly always
+fits the socket buffer whole, and only the rest (if any) needs a time limit.
+
+The last two are for plain sockets only (``is_plain``): a TLS socket may
+already hold decrypted bytes that no readiness event announces, and its
+raw socket must never see plaintext.
 """
 
 from __future__ import annotations
@@ -41,8 +48,8 @@ import socket
 from gevent import get_hub, getcurrent
 
 
-def waits_first(sock) -> bool:
-    """True when ``wait_readable`` suits ``sock``: a plain gevent socket, not TLS."""
+def is_plain(sock) -> bool:
+    """True for a plain gevent socket (not TLS): ``wait_readable`` and ``send_now`` suit it."""
     return hasattr(sock, "_read_event") and not hasattr(sock, "pending")
 
 
@@ -53,6 +60,15 @@ def wait_readable(sock) -> None:
     closing the socket from another greenlet raises ``OSError`` (EBADF).
     """
     get_hub().wait(sock._read_event)
+
+
+def send_now(sock, data) -> int:
+    """How many bytes of ``data`` a plain socket took without waiting (0 to
+    all); ``OSError`` when the connection failed."""
+    try:
+        return sock._sock.send(data)  # gevent keeps the real socket non-blocking
+    except BlockingIOError:
+        return 0
 
 
 def _expire(glet) -> None:
