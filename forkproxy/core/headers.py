@@ -40,10 +40,11 @@ FORWARDING: frozenset[str] = frozenset({
 _Headers = list[tuple[str, str]]
 
 
-def hop_by_hop(headers, also: frozenset[str] = frozenset()) -> frozenset[str]:
+def hop_by_hop(headers, also: frozenset[str] = frozenset(),
+               tokens: frozenset[str] | None = None) -> frozenset[str]:
     """The names ``strip_hop_by_hop`` removes: HOP_BY_HOP, those listed in
-    Connection, and ``also``."""
-    names = connection_tokens(headers)
+    Connection (``tokens``, when the caller has them), and ``also``."""
+    names = connection_tokens(headers) if tokens is None else tokens
     return HOP_BY_HOP | names | also if (names or also) else HOP_BY_HOP
 
 
@@ -215,9 +216,13 @@ def real_client_addr(headers, peer: str, trusted_networks) -> str:
 
 
 def response_headers_for_client(headers, *, via: str = "1.1 forkproxy",
-                                also: frozenset[str] = frozenset()) -> _Headers:
-    """Upstream response fields for the client: hop-by-hop and ``also`` stripped, Via appended."""
-    drop = hop_by_hop(headers, also)
+                                also: frozenset[str] = frozenset(),
+                                tokens: frozenset[str] | None = None) -> _Headers:
+    """Upstream response fields for the client: hop-by-hop and ``also`` stripped, Via appended.
+
+    ``tokens``: the response's ``connection_tokens``, when the caller has them.
+    """
+    drop = hop_by_hop(headers, also, tokens)
     vias = []
     out = []
     for n, v in headers:

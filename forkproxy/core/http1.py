@@ -63,6 +63,7 @@ Serialising
 Keep-alive
     ``wants_keep_alive(version, headers) -> bool``: HTTP/1.1 unless
     ``Connection: close``; HTTP/1.0 only with ``Connection: keep-alive``.
+    ``keep_alive(version, tokens)`` is the same from ``connection_tokens``.
 
 Data types
     Header names in ``Request.headers`` / ``Response.headers`` are lower-case
@@ -92,7 +93,7 @@ __all__ = [
     "find_head_end", "parse_request_head", "parse_response_head",
     "request_body_framing", "response_body_framing", "make_decoder",
     "BodyDecoder", "NoBodyDecoder", "LengthDecoder", "CloseDecoder", "ChunkedDecoder",
-    "serialize_request_head", "serialize_response_head", "encode_chunk",
+    "serialize_request_head", "serialize_response_head", "encode_chunk", "keep_alive",
     "encode_last_chunk", "wants_keep_alive", "connection_tokens", "split_host",
     "reason_phrase", "split_url",
 ]
@@ -789,7 +790,11 @@ def connection_tokens(headers) -> frozenset[str]:
 
 
 def wants_keep_alive(version: str, headers) -> bool:
-    tokens = connection_tokens(headers)
+    return keep_alive(version, connection_tokens(headers))
+
+
+def keep_alive(version: str, tokens: frozenset[str]) -> bool:
+    """``wants_keep_alive`` for a message whose Connection tokens are known."""
     if version == "1.1":
         return "close" not in tokens
     return "keep-alive" in tokens and "close" not in tokens

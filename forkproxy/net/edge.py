@@ -40,6 +40,7 @@ import random
 import re
 import time
 from dataclasses import dataclass
+from operator import itemgetter
 
 from forkproxy.config import Config
 from forkproxy.core import headers as hdr
@@ -303,16 +304,17 @@ class EdgeRequest:
         cache hit).  ``servers``: the addresses whose names rewrite_location
         turns public, by default ``server_addr`` alone; a cache hit passes
         its pool's, since any of them may have sent the stored response.
-        ``headers`` itself comes back when no rule changes it: pass a list
-        the caller owns.
+        ``headers`` (lower-case names, as core.http1 gives them) itself
+        comes back when no rule changes it: pass a list the caller owns.
         """
         rules = self.rules
         hide = rules.hide
         out = [(n, v) for n, v in headers if n.lower() not in hide] if hide else headers
         if rules.rewrite_location and self.host_value:
-            # Most responses carry none of the fields that can name a server.
-            at = [i for i, (n, _) in enumerate(out) if n.lower() in _RELOCATED]
-            if at:
+            # Most responses carry none of the fields that can name a server
+            # (names are lower-case, as core.http1 gives them: checked in C).
+            if not _RELOCATED.isdisjoint(map(itemgetter(0), out)):
+                at = [i for i, (n, _) in enumerate(out) if n in _RELOCATED]
                 names = set()
                 for addr in (server_addr,) if servers is None else servers:
                     names |= _backend_names(addr, rules.host_header)

@@ -522,10 +522,11 @@ class Session:
                 # the expectation, so the upstream never waits on a 100.
                 self._send(CONTINUE)
 
+        tokens = http1.connection_tokens(req.headers)
         headers = hdr.forwarded_for_request(
             req.headers, client_addr=self.peer, proto=self.proto, host=host_value,
             trusted=rt.trusted_peer(self.peer),
-            drop=hdr.hop_by_hop(req.headers, REWRITTEN_REQUEST_FIELDS))
+            drop=hdr.hop_by_hop(req.headers, REWRITTEN_REQUEST_FIELDS, tokens))
         out_host = rc.host_header or host_value
         headers, out_host = er.upstream(headers, out_host)  # X-Request-Id, request_headers
         if framing.kind == "length":
@@ -535,7 +536,7 @@ class Session:
         upgrade = _upgrade_asked(req)
         if upgrade is not None:  # the one hop-by-hop pair that must cross (WebSocket)
             headers += [("Connection", "upgrade"), ("Upgrade", upgrade)]
-        client_keepalive = http1.wants_keep_alive(req.version, req.headers)
+        client_keepalive = http1.keep_alive(req.version, tokens)
         if rt.cache is not None and (rc.cache or method == "PURGE"):
             return rt.cache.handle(self, req, rec, rc.cache, pool, host_value, upstream_target,
                                    out_host, headers, framing, has_body, max_body,
@@ -727,8 +728,10 @@ class Session:
             self.cache_tee = tee
 
         # 3. the response to the client
+        tokens = http1.connection_tokens(resp.headers)
         out = hdr.response_headers_for_client(
-            resp.headers, also=REWRITTEN_RESPONSE_FIELDS if rframing.kind != "none" else frozenset())
+            resp.headers, also=REWRITTEN_RESPONSE_FIELDS if rframing.kind != "none" else frozenset(),
+            tokens=tokens)
         if self.edge_req is not None:  # hide_headers, rewrite_location, response_headers
             out = self.edge_req.downstream(out, conn.server.addr)
         if resp.get("date") is None:  # RFC 9110 6.6.1: an origin without a clock
@@ -766,7 +769,7 @@ class Session:
         rec.status = resp.status
         if resp.status >= 500:  # relayed as it came: the error log names who answered it
             rec.why = f"upstream {conn.server.addr} answered {resp.status}"
-        up_keepalive = http1.wants_keep_alive(resp.version, resp.headers)
+        up_keepalive = http1.keep_alive(resp.version, tokens)
 
         if rframing.kind == "none":
             self._send(client_head)
