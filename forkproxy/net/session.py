@@ -439,10 +439,12 @@ class Session:
                 # one; once the connection closes, every byte read was this one's.
                 rec.bytes_received = self.received - (len(self.buf) if keep else 0) - received
                 rec.bytes_sent = self.sent - sent
-                rt.access_log.write(rec)
-                line = error_line(rec)
-                if line is not None:
-                    rt.log.log(line[0], "%s", line[1])
+                if rt.access_log.enabled:
+                    rt.access_log.write(rec)
+                if rec.status >= 400:  # error_line's first test, without the call
+                    line = error_line(rec)
+                    if line is not None:
+                        rt.log.log(line[0], "%s", line[1])
                 if rt.metrics is not None:
                     rt.metrics.request(rec)
 
