@@ -586,3 +586,29 @@ def test_store_serve_revalidate_cycle():
     m = cp.merge_304(e, [("date", d(T0 + 90)), ("etag", '"v1"')], T0 + 90, T0 + 90)
     assert decide(m, req, now=T0 + 100).action is Action.FRESH
     assert dict(cp.serve_headers(m, T0 + 100))["age"] == "10"
+
+
+# -- remembered parses (pure functions of their text; results are immutable) -----
+
+def test_remembered_parses_give_the_same_answers():
+    values = ["max-age=60, s-maxage=30", 'private="set-cookie"']
+    assert cp.parse_cache_control(values) == cp.parse_cache_control(list(values))
+    assert cp.parse_cache_control([]) == cp.Directives()
+    imf = "Sun, 06 Nov 1994 08:49:37 GMT"
+    assert cp.parse_http_date(imf) == cp.parse_http_date(imf, 0.0) == 784111777.0
+    # rfc850 depends on now: the same text, two answers (nothing remembered).
+    rfc850 = "Friday, 01-Jan-99 00:00:00 GMT"
+    assert cp.parse_http_date(rfc850, cp.parse_http_date("Sat, 01 Jan 2050 00:00:00 GMT")) == \
+        cp.parse_http_date("Fri, 01 Jan 2099 00:00:00 GMT")
+    assert cp.parse_http_date(rfc850, cp.parse_http_date("Mon, 01 Jan 2024 00:00:00 GMT")) == \
+        cp.parse_http_date("Fri, 01 Jan 1999 00:00:00 GMT")
+
+
+def test_a_decoded_entry_is_remembered_by_its_bytes_and_junk_always_refused():
+    e = Entry(200, "OK", (("date", "Sun, 06 Nov 1994 08:49:37 GMT"),), T0, T0 + 1)
+    blob = e.to_bytes()
+    assert Entry.from_bytes(blob) == e
+    assert Entry.from_bytes(bytearray(blob)) == e
+    for _ in range(2):
+        with pytest.raises(ValueError):
+            Entry.from_bytes(b'{"v": 1}')

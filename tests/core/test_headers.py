@@ -155,3 +155,30 @@ def test_split_host_is_exported_here():
     with pytest.raises(ProtocolError) as e:
         split_host("bad host")
     assert e.value.status == 400
+
+
+# -- one pass instead of two (the request path's drop= and tokens=) --------------
+
+_NAMES = st.sampled_from(["host", "connection", "keep-alive", "te", "via", "x-forwarded-for",
+                          "forwarded", "x-forwarded-proto", "x-real-ip", "x-a", "x-b",
+                          "content-length", "upgrade", "proxy-connection"])
+_VALUES = st.sampled_from(["1", "close", "x-a", "x-a, x-b", "keep-alive", "1.1 other", "10.0.0.1", ""])
+_HEADERS = st.lists(st.tuples(_NAMES, _VALUES), max_size=12)
+
+
+@given(_HEADERS, st.booleans(), st.sampled_from([frozenset(), frozenset({"host", "content-length"})]))
+def test_forwarded_for_request_with_drop_equals_strip_then_forward(headers, trusted, also):
+    kw = dict(client_addr="192.0.2.7", proto="https", host="example.com", trusted=trusted)
+    from forkproxy.core.headers import hop_by_hop
+
+    assert forwarded_for_request(headers, drop=hop_by_hop(headers, also), **kw) == \
+        forwarded_for_request(strip_hop_by_hop(headers, also), **kw)
+
+
+@given(_HEADERS)
+def test_known_connection_tokens_change_nothing(headers):
+    from forkproxy.core.headers import hop_by_hop
+
+    tokens = connection_tokens(headers)
+    assert hop_by_hop(headers, tokens=tokens) == hop_by_hop(headers)
+    assert response_headers_for_client(headers, tokens=tokens) == response_headers_for_client(headers)

@@ -644,3 +644,52 @@ def test_split_url(url, want):
 def test_split_url_refuses(url):
     with pytest.raises(ValueError):
         split_url(url)
+
+
+def test_a_complete_head_is_left_to_the_parser_which_refuses_bare_lf():
+    raw = b"GET / HTTP/1.1\r\nHost: a\nX: b\r\n\r\n"
+    assert find_head_end(raw) == len(raw)
+    with pytest.raises(ProtocolError) as e:
+        parse_request_head(raw)
+    assert e.value.status == 400
+    resp = b"HTTP/1.1 200 OK\r\nX: a\rb\r\n\r\n"
+    assert find_head_end(resp) == len(resp)
+    with pytest.raises(ProtocolError) as e:
+        parse_response_head(resp)
+    assert e.value.status == 502
+
+
+@pytest.mark.parametrize("version,connection", [
+    ("1.1", None), ("1.1", "close"), ("1.1", "keep-alive"), ("1.0", None),
+    ("1.0", "keep-alive"), ("1.0", "Keep-Alive, close"), ("1.1", "upgrade, Close"),
+])
+def test_keep_alive_from_tokens_is_wants_keep_alive(version, connection):
+    from forkproxy.core.http1 import connection_tokens, keep_alive
+
+    headers = [("host", "a")] + ([("connection", connection)] if connection else [])
+    assert keep_alive(version, connection_tokens(headers)) == wants_keep_alive(version, headers)
+
+
+@pytest.mark.parametrize("value,length", [
+    ("0", 0), ("007", 7), ("1024", 1024), ("123456789012345678", 123456789012345678),
+    ("9223372036854775807", 9223372036854775807),  # 19 digits: the general path
+    ("5, 5", 5), (" 12 ", 12),
+])
+def test_content_length_common_and_general_paths(value, length):
+    req = parse_request_head(f"POST / HTTP/1.1\r\nHost: a\r\nContent-Length: {value}\r\n\r\n".encode())
+    assert (req.framing.kind, req.framing.length) == ("length", length)
+
+
+@pytest.mark.parametrize("value", ["9223372036854775808", "١٢", "1_0", "+1", "5, 6"])
+def test_content_length_refusals_survive_the_fast_path(value):
+    with pytest.raises(ProtocolError):
+        parse_request_head(f"POST / HTTP/1.1\r\nHost: a\r\nContent-Length: {value}\r\n\r\n"
+                           .encode("utf-8"))
+
+
+def test_a_remembered_host_is_still_checked_when_invalid_each_time():
+    for _ in range(2):
+        assert parse_request_head(b"GET / HTTP/1.1\r\nHost: Example.COM:8080\r\n\r\n").host == \
+            "example.com"
+        with pytest.raises(ProtocolError):
+            parse_request_head(b"GET / HTTP/1.1\r\nHost: bad host\r\n\r\n")

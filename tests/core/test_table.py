@@ -308,3 +308,13 @@ def test_read_only_buffer_reads_and_refuses_writes():
     assert ro.read_health(0).reason == "x"
     with pytest.raises(TypeError):
         ro.write_health(0, HealthRow())
+
+
+def test_an_inflight_cell_is_the_slot_count_inflight_add_moves():
+    t = Table(bytearray(table_size(3, 2)), create=True, n_rows=3, n_slots=2)
+    cells, k = t.inflight_cell(1, 1)
+    cells[k] += 2
+    t.inflight_add(1, 0, 1)
+    assert t.inflight(1) == 3
+    cells[k] -= 2
+    assert t.inflight(1) == 1 and t.inflight(0) == 0 and t.inflight(2) == 0

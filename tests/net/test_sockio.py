@@ -1,0 +1,111 @@
+"""net.sockio on real gevent sockets (a socketpair; no monkey patching needed).
+
+Durations are short and only bound waits that must end; nothing measures
+how long a wait took.
+"""
+
+from __future__ import annotations
+
+import socket
+
+import gevent
+import pytest
+from gevent import socket as gsocket
+
+from forkproxy.net.sockio import Timers, is_plain, send_now, wait_readable
+
+
+def _within(seconds, fn, *args):
+    """``fn(*args)`` bounded by a Timers timer, as the session bounds its calls."""
+    timers = Timers()
+    t = timers.start(seconds)
+    try:
+        return fn(*args)
+    finally:
+        t.stop()
+        timers.close()
+
+
+@pytest.fixture
+def pair():
+    a, b = gsocket.socketpair()
+    yield a, b
+    a.close()
+    b.close()
+
+
+def test_a_timer_bounds_a_read_with_socket_timeout(pair):
+    a, _ = pair
+    with pytest.raises(socket.timeout):
+        _within(0.05, a.recv, 10)
+
+
+def test_a_stopped_timer_never_fires(pair):
+    a, b = pair
+    timers = Timers()
+    b.sendall(b"x")
+    t = timers.start(0.05)
+    data = a.recv(10)
+    t.stop()
+    gevent.sleep(0.1)  # past the duration, the timer not closed: nothing may be thrown
+    assert data == b"x"
+    timers.close()
+
+
+def test_timers_are_reused_by_duration_and_bounded_in_number():
+    timers = Timers()
+    first = timers.start(1.0)
+    first.stop()
+    again = timers.start(1.0)
+    again.stop()
+    assert again is first
+    for i in range(40):  # computed durations (deadlines) never pile up
+        timers.start(1.0 + i / 1000).stop()
+    assert len(timers._by_seconds) <= 16
+    timers.close()
+
+
+def test_wait_readable_returns_once_data_or_eof_is_there(pair):
+    a, b = pair
+    gevent.spawn(b.sendall, b"hello")
+    wait_readable(a)
+    assert a.recv(10) == b"hello"
+    gevent.spawn(b.shutdown, socket.SHUT_WR)
+    wait_readable(a)
+    assert a.recv(10) == b""
+
+
+def test_wait_readable_is_bounded_by_a_timer(pair):
+    a, _ = pair
+    with pytest.raises(socket.timeout):
+        _within(0.05, wait_readable, a)
+
+
+def test_send_now_takes_what_fits_and_never_waits(pair):
+    a, b = pair
+    assert send_now(a, b"small") == 5
+    assert b.recv(10) == b"small"
+    big = b"x" * (1 << 20)
+    total = 0
+    while True:  # nobody reads b: the buffers fill, and send_now says so instead of waiting
+        n = send_now(a, big)
+        total += n
+        if n < len(big):
+            break
+    assert total > 0
+    assert send_now(a, big) == 0
+
+
+def test_is_plain_tells_tls_and_foreign_objects_apart(pair):
+    a, _ = pair
+    assert is_plain(a)
+    import gevent.ssl
+
+    ctx = gevent.ssl.SSLContext(gevent.ssl.PROTOCOL_TLS_CLIENT)
+    raw = gsocket.socket()
+    try:
+        tls = ctx.wrap_socket(raw, do_handshake_on_connect=False, server_hostname="localhost")
+        assert not is_plain(tls)
+    finally:
+        raw.close()
+    assert not is_plain(object())
