@@ -56,14 +56,23 @@ def moves_to(port: int, name: str) -> None:
     wait_until(lambda: served_by(port) == name, timeout=30, what=f"requests served by {name}")
 
 
-def test_reload_through_the_endpoint_reports_the_new_generation(forkproxy_factory, two):
+def _reload_to_b2(forkproxy_factory, two, admin: bool):
+    """Start on b1, point the file at b2, run ``forkproxyctl reload``.
+
+    Returns (forkproxy, port, generation before, the command's result).
+    """
     b1, b2 = two
     port = free_port()
-    fp = start(forkproxy_factory, port, b1, admin=True)
+    fp = start(forkproxy_factory, port, b1, admin=admin)
     before = generation(fp)
     fp.write_config(body(port, b2))
     out = fp.ctl("reload")
     assert out.returncode == 0, out.stderr
+    return fp, port, before, out
+
+
+def test_reload_through_the_endpoint_reports_the_new_generation(forkproxy_factory, two):
+    fp, port, before, out = _reload_to_b2(forkproxy_factory, two, admin=True)
     assert out.stdout == (f"reloaded (through the admin endpoint): generation {before} -> "
                           f"{before + 1}\n")
     moves_to(port, "b2")
@@ -113,13 +122,7 @@ def test_a_reload_the_master_rejects_exits_1_with_its_error(forkproxy_factory, t
 
 
 def test_without_the_endpoint_reload_sends_sighup(forkproxy_factory, two):
-    b1, b2 = two
-    port = free_port()
-    fp = start(forkproxy_factory, port, b1, admin=False)
-    before = generation(fp)
-    fp.write_config(body(port, b2))
-    out = fp.ctl("reload")
-    assert out.returncode == 0, out.stderr
+    fp, port, before, out = _reload_to_b2(forkproxy_factory, two, admin=False)
     assert out.stdout == f"reloaded (SIGHUP to pid {fp.pid}): generation {before} -> {before + 1}\n"
     moves_to(port, "b2")
 
