@@ -72,7 +72,7 @@ import math
 import re
 from dataclasses import dataclass
 from email.utils import formatdate
-from functools import lru_cache
+from functools import cached_property, lru_cache
 from urllib.parse import urljoin, urlsplit
 
 __all__ = [
@@ -81,7 +81,7 @@ __all__ = [
     "response_directives", "storable", "not_storable_reason", "Entry",
     "make_entry", "freshness_lifetime", "current_age", "Action", "Decision",
     "decide", "conditional_headers", "can_freshen", "merge_304",
-    "client_not_modified", "serve_headers", "not_modified_headers",
+    "client_not_modified", "serve_headers", "age_value", "not_modified_headers",
     "invalidations", "stale_if_error_ok", "ERROR_STATUSES",
     "DEFAULT_CDN_HEADER", "HEURISTIC_STATUSES", "DELTA_MAX",
 ]
@@ -473,11 +473,18 @@ def _hop_by_hop(headers) -> set[str]:
     return names
 
 
+_NO_DIRECTIVES = Directives()
+_PRAGMA_NO_CACHE = Directives(no_cache=True)
+
+
 def _request_directives(req_headers) -> Directives:
     cc = _all(req_headers, "cache-control")
-    if not cc and any("no-cache" in m.lower() for m in _list_members(_all(req_headers, "pragma"))):
-        return Directives(no_cache=True)
-    return parse_cache_control(cc)
+    if cc:
+        return parse_cache_control(cc)
+    # Most requests carry neither field: no parse, one shared answer.
+    if any("no-cache" in m.lower() for m in _list_members(_all(req_headers, "pragma"))):
+        return _PRAGMA_NO_CACHE
+    return _NO_DIRECTIVES
 
 
 def _targets(cdn_header) -> tuple[str, ...]:
@@ -513,6 +520,9 @@ def _norm_authority(scheme: str, host: str) -> str:
     return host
 
 
+_ABSOLUTE = re.compile(r"([A-Za-z][A-Za-z0-9+.\-]*)://([^/?#]*)(.*)")
+
+
 def primary_key(scheme: str, host: str, target: str) -> str:
     """Cache key of a URL: ``scheme://host[:port]/path?query``.
 
@@ -521,7 +531,8 @@ def primary_key(scheme: str, host: str, target: str) -> str:
     absolute-form target overrides ``host`` (RFC 9112 3.2.2).
     """
     scheme = scheme.lower()
-    m = re.match(r"([A-Za-z][A-Za-z0-9+.\-]*)://([^/?#]*)(.*)", target)
+    # An origin-form target (the usual one) cannot be absolute: no match to try.
+    m = None if target[:1] == "/" else _ABSOLUTE.match(target)
     if m:
         scheme, host, target = m.group(1).lower(), m.group(2), m.group(3)
         target = target.split("#", 1)[0]
@@ -625,13 +636,52 @@ class Entry:
     response_time: float
     vary_headers: tuple[tuple[str, str | None], ...] = ()
 
-    @property
+    # What the entry says of itself is worked out once per Entry object (they
+    # are immutable, and a hit on a key brings the same object back while the
+    # stored bytes do not change: ``from_bytes``), not once per hit.
+
+    @cached_property
     def vary_fields(self) -> list[str]:
         return _all(self.headers, "vary")
 
-    @property
+    @cached_property
     def secondary_key(self) -> str:
         return _secondary(self.vary_headers)
+
+    @cached_property
+    def initial_age(self) -> float:
+        """The corrected initial age (RFC 9111 4.2.3): the age at ``response_time``."""
+        apparent_age = max(0.0, self.response_time - _date_value(self))
+        response_delay = self.response_time - self.request_time
+        return max(apparent_age, _age_value(self.headers) + response_delay)
+
+    @cached_property
+    def validators(self) -> tuple[tuple[str, str], ...]:
+        """``conditional_headers``, as a tuple."""
+        return tuple(conditional_headers(self))
+
+    @cached_property
+    def served_headers(self) -> tuple[tuple[str, str], ...]:
+        """The stored fields without Age (``serve_headers`` adds the current one)."""
+        return tuple((n, v) for n, v in self.headers if n != "age")
+
+    def policy(self, heuristic_max: float, cdn_header) -> tuple[Directives, float]:
+        """(``response_directives``, ``freshness_lifetime``) under one cache's
+        settings; remembered for the last settings asked (one cache asks)."""
+        memo = self.__dict__.get("_policy")
+        if memo is not None and memo[0] == heuristic_max and memo[1] == cdn_header:
+            return memo[2]
+        got = (response_directives(self.headers, cdn_header)[0],
+               freshness_lifetime(self, heuristic_max=heuristic_max, cdn_header=cdn_header))
+        self.__dict__["_policy"] = (heuristic_max, cdn_header, got)  # frozen: not via setattr
+        return got
+
+    def vary_matches(self, req_headers) -> bool:
+        """Does the request select this variant (RFC 9111 4.1)?"""
+        fields = self.vary_fields
+        if not fields:
+            return not self.vary_headers
+        return vary_key(fields, req_headers) == self.secondary_key
 
     def to_bytes(self) -> bytes:
         return json.dumps({
@@ -724,12 +774,8 @@ def _age_value(headers) -> int:
 
 def current_age(entry: Entry, now: float) -> float:
     """RFC 9111 4.2.3, with the entry's stored Date, Age and times."""
-    apparent_age = max(0.0, entry.response_time - _date_value(entry))
-    response_delay = entry.response_time - entry.request_time
-    corrected_age_value = _age_value(entry.headers) + response_delay
-    corrected_initial_age = max(apparent_age, corrected_age_value)
     resident_time = now - entry.response_time
-    return corrected_initial_age + resident_time
+    return entry.initial_age + resident_time
 
 
 # ------------------------------------------------------------------ decision
@@ -769,12 +815,11 @@ def decide(entry: Entry | None, req_method: str, req_headers, now: float, *,
         return Decision(Action.MISS, reason="method")
     if entry is None:
         return Decision(give_up, reason="no entry")
-    if vary_key(entry.vary_fields, req_headers) != entry.secondary_key:
+    if not entry.vary_matches(req_headers):
         return Decision(give_up, reason="vary mismatch")
-    cc, _ = response_directives(entry.headers, cdn_header)
-    lifetime = freshness_lifetime(entry, heuristic_max=heuristic_max, cdn_header=cdn_header)
+    cc, lifetime = entry.policy(heuristic_max, cdn_header)
     age = current_age(entry, now)
-    validators = tuple(conditional_headers(entry))
+    validators = entry.validators
 
     def revalidate(reason: str) -> Decision:
         if req.only_if_cached:
@@ -808,17 +853,16 @@ def stale_if_error_ok(entry: Entry, now: float, req_headers, *, heuristic_max: f
                       cdn_header=DEFAULT_CDN_HEADER) -> bool:
     """May ``entry`` be served because the origin failed (5xx in
     ``ERROR_STATUSES`` or no answer)?  RFC 5861 4, bounded by RFC 9111 4.2.4."""
-    if vary_key(entry.vary_fields, req_headers) != entry.secondary_key:
+    if not entry.vary_matches(req_headers):
         return False
-    cc, _ = response_directives(entry.headers, cdn_header)
+    cc, lifetime = entry.policy(heuristic_max, cdn_header)
     if _stale_forbidden(cc):
         return False
     req = _request_directives(req_headers)
     window = req.stale_if_error if req.stale_if_error is not None else cc.stale_if_error
     if window is None:
         return False
-    staleness = current_age(entry, now) - freshness_lifetime(
-        entry, heuristic_max=heuristic_max, cdn_header=cdn_header)
+    staleness = current_age(entry, now) - lifetime
     return staleness <= window
 
 
@@ -929,8 +973,14 @@ def client_not_modified(entry: Entry, req_headers, method: str = "GET") -> bool:
 def serve_headers(entry: Entry, now: float) -> list[tuple[str, str]]:
     """Stored headers with Age set to the current age (RFC 9111 5.1); Date
     is left as stored."""
-    age = max(0, int(current_age(entry, now)))
-    return [(n, v) for n, v in entry.headers if n != "age"] + [("age", str(min(age, DELTA_MAX)))]
+    out = list(entry.served_headers)
+    out.append(("age", age_value(entry, now)))
+    return out
+
+
+def age_value(entry: Entry, now: float) -> str:
+    """The Age field's value for ``entry`` served at ``now`` (RFC 9111 5.1)."""
+    return str(min(max(0, int(current_age(entry, now))), DELTA_MAX))
 
 
 def not_modified_headers(entry: Entry, now: float) -> list[tuple[str, str]]:

@@ -102,6 +102,8 @@ MAX_TTL = 30 * 24 * 3600        # memcached reads a larger expiry as a Unix time
 # and how many hosts' tokens it keeps.
 NAMESPACE_TTL = 1.0
 NAMESPACE_HOSTS = 1024
+# How many keys' hashed forms a process remembers (_Backend._entry_key).
+ENTRY_KEYS = 4096
 
 _MAGIC = b"FPC1"
 # magic, version (16 random bytes), chunk count, body length, head length
@@ -336,12 +338,19 @@ class _Backend:
         self.item_size = item_size
         self.counters = {"hits": 0, "misses": 0, "errors": 0, "bypassed": 0, "stores": 0, "too_large": 0}
         self._ns: dict[str, tuple[str, float]] = {}  # host -> (token, read at)
+        self._entry_keys: dict[str, str] = {}  # key -> its memcached key (_entry_key)
 
     # primitives: _get(k) -> bytes | None (None: miss or error), _set(k, v, ttl) -> bool,
     # _add(k, v, ttl) -> bool | None (None: error), _delete(k) -> bool
 
     def _entry_key(self, key: str) -> str:
-        return hashed_key("e", key)
+        # Every hit hashes its key: the keys of the hot URLs are remembered.
+        hashed = self._entry_keys.get(key)
+        if hashed is None:
+            if len(self._entry_keys) >= ENTRY_KEYS:
+                self._entry_keys.clear()  # keys come from clients: bound what they make us keep
+            hashed = self._entry_keys[key] = hashed_key("e", key)
+        return hashed
 
     def _chunk_key(self, key: str, version: bytes, i: int) -> str:
         return hashed_key("c", key, version.hex(), str(i))

@@ -52,6 +52,7 @@ route's header rules and compression apply on the way out, per client.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import json
 import logging
 import os
@@ -95,6 +96,7 @@ def make_store(cfg: CacheConfig, log_=None):
                           mode=cfg.mode, log_=log_)
 
 
+@functools.lru_cache(maxsize=1024)
 def _authority(primary: str) -> str:
     return re.split(r"[/?*]", primary.partition("://")[2], maxsplit=1)[0]
 
@@ -332,15 +334,21 @@ class Cache:
         return Lookup(primary, key, entry=entry, reader=reader, decision=d)
 
     def handle(self, s, req, rec, cached_route: bool, pool, host: str, target: str,
-               out_host, headers, framing, has_body: bool, max_body, keep: bool) -> bool:
+               upstream, framing, has_body: bool, max_body, keep: bool) -> bool:
+        """Answer ``req`` from the store or through ``s.exchange``; True to keep
+        the connection.  ``upstream()`` gives the (fields, Host) to send
+        upstream (``Session.upstream_fields``): a hit never builds them."""
         method = req.method
         if method == "PURGE":
             return self.purge(s, req, rec, host, target, keep)
 
-        def forward(hook=None, hdrs=headers):
+        def forward(hook=None, validators=None):
+            headers, out_host = upstream()
+            if validators is not None:
+                headers = _conditional(headers, validators)
             s.cache_hook = hook
             try:
-                return s.exchange(req, rec, pool, target, out_host, hdrs, framing, has_body,
+                return s.exchange(req, rec, pool, target, out_host, headers, framing, has_body,
                                   max_body, keep)
             finally:
                 s.cache_hook = None
@@ -363,15 +371,15 @@ class Cache:
             return self.serve(s, req, rec, entry, reader, "HIT", keep)
         if action is policy.Action.STALE_OK:
             if d.background_refresh:
-                self.refresh_later(s, req, rec, pool, key, target, out_host, headers,
+                self.refresh_later(s, req, rec, pool, key, target, upstream,
                                    d.conditional_headers, (entry, reader))
             return self.serve(s, req, rec, entry, reader, "STALE", keep)
         if action is policy.Action.GATEWAY_TIMEOUT:
             s.refuse(rec, 504, "only-if-cached and nothing usable in the cache")
             return False
         if action is policy.Action.REVALIDATE:
-            hdrs = _conditional(headers, d.conditional_headers)
-            return forward(_Hook(self, s, req, rec, key, keep, stale=(entry, reader)), hdrs)
+            return forward(_Hook(self, s, req, rec, key, keep, stale=(entry, reader)),
+                           d.conditional_headers)
         # MISS
         if method != "GET" or any(n in CONDITIONAL_FIELDS for n, _ in req.headers):
             return forward(_Hook(self, s, req, rec, key, keep))
@@ -413,7 +421,7 @@ class Cache:
         finally:
             store.unlock(key)
 
-    def refresh_later(self, s, req, fg_rec, pool, key, target, out_host, headers, validators,
+    def refresh_later(self, s, req, fg_rec, pool, key, target, upstream, validators,
                       stale) -> None:
         """stale-while-revalidate: one background conditional GET per key across the fleet."""
         lock = key + "\nrefresh"
@@ -422,6 +430,7 @@ class Cache:
         bg = Session(s.rt, s.listener, _NullClient(), ("127.0.0.1", 0))
         bg.proto = s.proto
         greq = dataclasses.replace(req, method="GET", version="1.1")
+        headers, out_host = upstream()
         hdrs = _conditional(headers, validators)
 
         def run():
@@ -455,14 +464,23 @@ class Cache:
         now = time.time()
         body = True
         if policy.client_not_modified(entry, req.headers, req.method):
-            code, reason, fields = 304, "Not Modified", policy.not_modified_headers(entry, now)
+            code, reason = 304, "Not Modified"
+            out = hdr.response_headers_for_client(policy.not_modified_headers(entry, now),
+                                                  also=_LENGTH)
             body = False
         else:
-            code, reason, fields = entry.status, entry.reason, policy.serve_headers(entry, now)
+            code, reason = entry.status, entry.reason
             body = code not in (204, 304) and code >= 200
-        out = hdr.response_headers_for_client(fields, also=_LENGTH)
-        if s.edge_req is not None:  # hide_headers, rewrite_location, response_headers
-            out = s.edge_req.downstream(out, "", self._servers(s, rec))
+            # serve_headers, as a client gets them: the stored fields' part
+            # is the same for every hit on this Entry, Age is not.
+            fields = _client_fields(entry)
+            out = list(fields[:-1])
+            out.append(("age", policy.age_value(entry, now)))
+            out.append(fields[-1])  # Via
+        er = s.edge_req
+        if er is not None:  # hide_headers, rewrite_location, response_headers
+            out = er.downstream(out, "", self._servers(s, rec) if er.rules.rewrite_location
+                                else None)
         if self.header:
             out.append((self.header, status))
         if s.hsts is not None:
@@ -562,6 +580,17 @@ class Cache:
         rec.status = code
         s._send(head + body)
         return keep
+
+
+def _client_fields(entry: policy.Entry) -> tuple:
+    """``entry.served_headers`` through ``response_headers_for_client`` (Via
+    last, Content-Length out: ``serve`` frames the body itself); worked out
+    once per Entry object, as the entry's own facts are (core.cache_policy)."""
+    memo = entry.__dict__.get("_client_fields")
+    if memo is None:
+        memo = tuple(hdr.response_headers_for_client(entry.served_headers, also=_LENGTH))
+        entry.__dict__["_client_fields"] = memo  # frozen dataclass: not via setattr
+    return memo
 
 
 def _allowed(peer: str, nets) -> bool:

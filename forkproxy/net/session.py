@@ -525,12 +525,28 @@ class Session:
                 self._send(CONTINUE)
 
         tokens = http1.connection_tokens(req.headers)
+        client_keepalive = http1.keep_alive(req.version, tokens)
+        if rt.cache is not None and (rc.cache or method == "PURGE"):
+            # A hit never goes upstream: the upstream head is built only when asked.
+            return rt.cache.handle(
+                self, req, rec, rc.cache, pool, host_value, upstream_target,
+                lambda: self.upstream_fields(req, rc, er, host_value, tokens),
+                framing, has_body, max_body, client_keepalive)
+        headers, out_host = self.upstream_fields(req, rc, er, host_value, tokens)
+        return self.exchange(req, rec, pool, upstream_target, out_host, headers, framing,
+                             has_body, max_body, client_keepalive)
+
+    def upstream_fields(self, req, rc, er, host_value, tokens) -> tuple[list, str | None]:
+        """(fields, Host) of the head sent upstream for ``req``: hop-by-hop and
+        rewritten fields out, forwarding fields, X-Request-Id and the route's
+        request_headers in, the framing fields rebuilt (DESIGN section 4)."""
         headers = hdr.forwarded_for_request(
             req.headers, client_addr=self.peer, proto=self.proto, host=host_value,
-            trusted=rt.trusted_peer(self.peer),
+            trusted=self.rt.trusted_peer(self.peer),
             drop=hdr.hop_by_hop(req.headers, REWRITTEN_REQUEST_FIELDS, tokens))
         out_host = rc.host_header or host_value
         headers, out_host = er.upstream(headers, out_host)  # X-Request-Id, request_headers
+        framing = req.framing
         if framing.kind == "length":
             headers.append(("Content-Length", str(framing.length)))
         elif framing.kind == "chunked":
@@ -538,13 +554,7 @@ class Session:
         upgrade = _upgrade_asked(req)
         if upgrade is not None:  # the one hop-by-hop pair that must cross (WebSocket)
             headers += [("Connection", "upgrade"), ("Upgrade", upgrade)]
-        client_keepalive = http1.keep_alive(req.version, tokens)
-        if rt.cache is not None and (rc.cache or method == "PURGE"):
-            return rt.cache.handle(self, req, rec, rc.cache, pool, host_value, upstream_target,
-                                   out_host, headers, framing, has_body, max_body,
-                                   client_keepalive)
-        return self.exchange(req, rec, pool, upstream_target, out_host, headers, framing,
-                             has_body, max_body, client_keepalive)
+        return headers, out_host
 
     def exchange(self, req, rec, pool: PoolRuntime, target, out_host, headers, framing,
                  has_body, max_body, client_keepalive) -> bool:

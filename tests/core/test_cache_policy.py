@@ -612,3 +612,51 @@ def test_a_decoded_entry_is_remembered_by_its_bytes_and_junk_always_refused():
     for _ in range(2):
         with pytest.raises(ValueError):
             Entry.from_bytes(b'{"v": 1}')
+
+
+# -- an entry's own facts, remembered per Entry object ----------------------------
+
+_FIELD_VALUES = {
+    "cache-control": st.sampled_from(["max-age=60", "s-maxage=5, max-age=60", "no-cache",
+                                      "max-age=0, stale-while-revalidate=30", "public", "x"]),
+    "cdn-cache-control": st.sampled_from(["max-age=600", "no-store", "bad value (", ""]),
+    "expires": st.sampled_from([d(T0 + 90), "0", d(T0 - 10)]),
+    "date": st.sampled_from([d(T0 - 5), d(T0), "junk"]),
+    "age": st.sampled_from(["7", "-1", "3, 9", "x"]),
+    "last-modified": st.sampled_from([d(T0 - 86400), "junk"]),
+    "etag": st.sampled_from(['"a"', 'W/"b"']),
+    "vary": st.sampled_from(["accept-encoding", "a, b", "*"]),
+}
+_FIELDS = st.lists(st.sampled_from(sorted(_FIELD_VALUES)), max_size=6).flatmap(
+    lambda names: st.tuples(*[st.tuples(st.just(n), _FIELD_VALUES[n]) for n in names]))
+_REQ = st.lists(st.tuples(st.sampled_from(["accept-encoding", "a", "b", "cache-control", "pragma"]),
+                          st.sampled_from(["gzip", "1", "", "no-cache", "max-age=5"])), max_size=3)
+
+
+@given(_FIELDS, _REQ, _REQ, st.sampled_from([200, 404, 302]), st.floats(0, 5000),
+       st.sampled_from([cp.DEFAULT_CDN_HEADER, ()]))
+def test_remembered_entry_facts_equal_the_definitions(fields, stored_req, req, status, later, cdn):
+    e = entry(list(fields), status=status, request_time=T0 - 1, response_time=T0, req_headers=stored_req)
+    for _ in range(2):  # computed, then remembered: the same answers
+        assert e.policy(HMAX, cdn) == (cp.response_directives(e.headers, cdn)[0],
+                                       cp.freshness_lifetime(e, heuristic_max=HMAX, cdn_header=cdn))
+        assert e.validators == tuple(cp.conditional_headers(e))
+        assert e.vary_matches(req) == (cp.vary_key(e.vary_fields, req) == e.secondary_key)
+        # RFC 9111 4.2.3, written out
+        first_date = next(v for n, v in e.headers if n == "date")  # the first one counts
+        date = cp.parse_http_date(first_date) or e.response_time
+        apparent = max(0.0, e.response_time - date)
+        corrected = max(apparent, cp._age_value(e.headers) + e.response_time - e.request_time)
+        assert cp.current_age(e, T0 + later) == pytest.approx(corrected + later)
+        served = cp.serve_headers(e, T0 + later)
+        assert served[:-1] == [(n, v) for n, v in e.headers if n != "age"]
+        assert served[-1] == ("age", cp.age_value(e, T0 + later))
+    # Another cache's settings are answered for those settings, not from the memo.
+    assert e.policy(1.0, cdn)[1] == cp.freshness_lifetime(e, heuristic_max=1.0, cdn_header=cdn)
+
+
+def test_a_request_without_directives_gets_the_empty_ones():
+    assert cp._request_directives([("accept", "*/*")]) == cp.parse_cache_control([])
+    assert cp._request_directives([("pragma", "no-cache")]) == cp.Directives(no_cache=True)
+    assert cp._request_directives([("pragma", "no-cache"), ("cache-control", "max-age=1")]) == \
+        cp.parse_cache_control(["max-age=1"])
