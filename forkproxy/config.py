@@ -1544,7 +1544,12 @@ SETTINGS: tuple[Setting, ...] = (
             "A larger response is passed through uncached, without being buffered.",
             _RELOAD, _size(1), _r_size),
     Setting("cache", "memory_size", "size", "64m",
-            "Bytes of the in-process cache of each worker (servers = []).",
+            "Bytes of each worker's in-process cache. With servers = [], it is the whole cache. "
+            "With memcached, it holds near copies of entries read from memcached, so a hot URL "
+            "costs each worker two memcached round trips a second, not one per hit: a copy is "
+            "used for at most 0.5 s, and never after any worker of this forkproxy stored, "
+            "deleted or purged its URL (a change made by another forkproxy sharing the servers "
+            "is seen within 0.5 s; a host purge within 1 s).",
             _RELOAD, _size(1024), _r_size),
     Setting("cache", "mode", '"direct" or "threadpool"', "direct",
             "How memcached is called: on the worker's event loop, bounded by timeout "
@@ -1592,10 +1597,11 @@ SETTINGS: tuple[Setting, ...] = (
             "Clients allowed to send PURGE requests (forkproxyctl purge sends them from "
             "127.0.0.1). "
             "A PURGE from any other address is answered 403. "
-            "A purge of a URL takes effect at once everywhere; a purge of a whole host "
-            "(PURGE /*, forkproxyctl purge --host) at once in the worker that took it and "
-            "within 1 s in every other worker sharing the memcached servers (each keeps "
-            "the host's key token for 1 s, to save a memcached round trip per hit).",
+            "A purge takes effect at once in every worker of the forkproxy that took it. "
+            "In a forkproxy sharing the memcached servers, a purge of a URL takes effect "
+            "within 0.5 s (its workers' near copies, see memory_size), and a purge of a whole "
+            "host (PURGE /*, forkproxyctl purge --host) within 1 s (each worker keeps the "
+            "host's key token for 1 s, to save a memcached round trip per hit).",
             _RELOAD, _networks, _r_networks),
     # [[listener]]
     Setting("listener", "name", "name", REQUIRED,

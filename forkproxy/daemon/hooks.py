@@ -7,8 +7,10 @@ the slot of the one it replaces; a dead worker's columns are cleared).
 Worker side: the worker's runtime and its housekeeping greenlets.
 Both: the metrics buffer (``core.metrics``: a shared anonymous mmap made by
 the master, one row per slot; kept across a reload that keeps its series,
-else rebuilt with the totals carried over) and, when ``server.admin`` is
-set, the admin endpoint (``net.admin``) on its own listening socket.
+else rebuilt with the totals carried over), the cache's change counters
+(``core.epochs``: shared anonymous memory, one for the master's life) and,
+when ``server.admin`` is set, the admin endpoint (``net.admin``) on its own
+listening socket.
 
 Nothing here may raise at run time for a reason an operator cannot fix at
 start-up (DESIGN section 3, item 2): an exception during worker boot halts
@@ -17,11 +19,13 @@ the whole master.
 
 from __future__ import annotations
 
+import mmap
 import os
 import signal
 import time
 
 from forkproxy.config import Config
+from forkproxy.core.epochs import Epochs
 from forkproxy.core.health import RiseFall
 from forkproxy.core.table import HealthRow, copy_rows
 from forkproxy.daemon import shm
@@ -191,6 +195,9 @@ def on_starting(arbiter) -> None:
     app.fp_mmap, app.fp_table = build_table(cfg, app.fp_n_slots)
     app.fp_edge = build_edge(cfg, app.fp_n_slots, None)
     app.fp_metrics = build_metrics(cfg, app.fp_n_slots, None)
+    # The cache's change counters (core.epochs): one buffer for the master's
+    # life, so workers of every generation see each other's changes.
+    app.fp_cache_epochs = mmap.mmap(-1, Epochs.SIZE)
     # Opened once by the master and inherited: lockf locks belong to the
     # process that takes them, and the kernel frees them when it dies.
     app.fp_lock_fd = os.open(os.path.join(cfg.server.runtime_dir, LOCK_NAME),
@@ -226,6 +233,7 @@ def pre_fork(arbiter, worker) -> None:
     worker.fp_slot = free[0] if free else None
     worker.fp_table = app.fp_table
     worker.fp_edge = app.fp_edge
+    worker.fp_cache_epochs = app.fp_cache_epochs
     worker.fp_metrics = app.fp_metrics
     if worker.fp_slot is not None:
         app.fp_slots.add(worker.fp_slot)
@@ -301,7 +309,7 @@ def post_worker_init(worker) -> None:
         # memcached that is down cannot fail the boot.
         from forkproxy.net.caching import Cache
 
-        worker.runtime.cache = Cache.from_config(cfg.cache, worker.log)
+        worker.runtime.cache = Cache.from_config(cfg.cache, worker.log, worker.fp_cache_epochs)
     checker = start_checker(worker, cfg, table, app.fp_lock_fd)
     if checker is not None and worker.runtime.admin is not None:
         worker.runtime.admin.leader = checker.leader

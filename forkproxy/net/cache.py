@@ -33,6 +33,17 @@ CONTRACT (consumed by ``net.session``; HTTP semantics live in
   ``NAMESPACE_TTL`` (1 s), so a hit is one round trip, not two: a host
   purge done elsewhere (another worker, another forkproxy) takes effect
   here within that time; one done by this process at once.
+- Near copies (memcached only).  An entry item read from memcached is kept
+  in this process (bounded by ``near_size`` bytes, least recently used out)
+  and answered from there for ``NEAR_TTL`` (0.5 s), so a hot URL costs two
+  memcached round trips a second per worker, not one per hit.  A change
+  made through this forkproxy (an entry stored or deleted, a host purged,
+  by any of its workers) is seen by every worker at once: each change bumps
+  a counter in ``Epochs`` (memory the master shares with its workers), and
+  a near copy is used only while the counter of its key is what it was
+  before the copy was read.  A change made by another forkproxy sharing
+  the servers is seen within ``NEAR_TTL`` (a host purge within
+  ``NAMESPACE_TTL``).
 - Breaker transitions ("memcached ... misbehaves, bypassing it", "...
   answers again") go to ``log`` (the worker's error log, given by
   ``net.caching.make_store``; the ``forkproxy.cache`` logger otherwise).
@@ -89,8 +100,10 @@ from typing import Callable, Iterator, Protocol
 import gevent
 import pylibmc
 
+from forkproxy.core.epochs import Epochs
+
 __all__ = ["CacheError", "Breaker", "BodyReader", "Writer", "Store", "MemcachedStore",
-           "MemoryStore", "hashed_key", "ITEM_SIZE"]
+           "MemoryStore", "LRU", "hashed_key", "ITEM_SIZE"]
 
 log = logging.getLogger("forkproxy.cache")
 
@@ -104,6 +117,11 @@ NAMESPACE_TTL = 1.0
 NAMESPACE_HOSTS = 1024
 # How many keys' hashed forms a process remembers (_Backend._entry_key).
 ENTRY_KEYS = 4096
+# How long a near copy of an entry item is used without asking memcached (see
+# the contract).  Half a second: a hot URL costs each worker two round trips
+# a second, and a frozen memcached is noticed (the breaker opens) well
+# within a second even when every request was a near hit.
+NEAR_TTL = 0.5
 
 _MAGIC = b"FPC1"
 # magic, version (16 random bytes), chunk count, body length, head length
@@ -361,8 +379,11 @@ class _Backend:
     def _put_entry(self, key, item, ttl) -> bool:
         return self._set(self._entry_key(key), item, ttl)
 
+    def _get_entry_item(self, key: str) -> bytes | None:
+        return self._get(self._entry_key(key))
+
     def get_entry(self, key: str) -> tuple[bytes, BodyReader] | None:
-        item = self._get(self._entry_key(key))
+        item = self._get_entry_item(key)
         parsed = _parse_entry(item) if item is not None else None
         if parsed is None:
             self.counters["misses"] += 1
@@ -438,6 +459,59 @@ class _Backend:
         return True
 
 
+# ------------------------------------------------------------------ shared pieces
+
+class LRU:
+    """Values by key, bounded in bytes (key and value lengths), least recently
+    used out first; a value put with a ``ttl`` is gone after it.  The
+    in-process store and memcached's near copies both keep their items here.
+    """
+
+    def __init__(self, max_bytes: int, clock: Callable[[], float] = time.monotonic):
+        self.max_bytes = max_bytes
+        self.clock = clock
+        self.bytes = 0
+        self._items: collections.OrderedDict[str, tuple[object, int, float]] = \
+            collections.OrderedDict()
+
+    def __len__(self) -> int:
+        return len(self._items)
+
+    def get(self, k: str):
+        hit = self._items.get(k)
+        if hit is None:
+            return None
+        value, _, expires = hit
+        if expires and self.clock() >= expires:
+            self.drop(k)
+            return None
+        self._items.move_to_end(k)
+        return value
+
+    def put(self, k: str, value, size: int, ttl: float = 0) -> bool:
+        """Keep ``value`` (``size`` bytes besides the key); False when it is too big."""
+        size += len(k)
+        self.drop(k)
+        if size > self.max_bytes:
+            return False
+        self._items[k] = (value, size, self.clock() + ttl if ttl > 0 else 0.0)
+        self.bytes += size
+        while self.bytes > self.max_bytes:
+            self.drop(next(iter(self._items)))
+        return True
+
+    def drop(self, k: str) -> bool:
+        old = self._items.pop(k, None)
+        if old is None:
+            return False
+        self.bytes -= old[1]
+        return True
+
+    def clear(self) -> None:
+        self._items.clear()
+        self.bytes = 0
+
+
 # ------------------------------------------------------------------ memcached
 
 class MemcachedStore(_Backend):
@@ -450,10 +524,16 @@ class MemcachedStore(_Backend):
 
     def __init__(self, servers: list[str], *, max_object_size: int = 8 << 20,
                  item_size: int = ITEM_SIZE, timeout_ms: int = 30, breaker: Breaker | None = None,
-                 mode: str = "direct", log_=None):
+                 mode: str = "direct", log_=None, near_size: int = 0,
+                 epochs: Epochs | None = None):
         if mode not in ("direct", "threadpool"):
             raise ValueError(f"mode must be 'direct' or 'threadpool', not {mode!r}")
         super().__init__(max_object_size, item_size)
+        # Near copies (the contract): none when near_size is 0.
+        self.near = LRU(near_size, lambda: self.clock()) if near_size > 0 else None
+        self.epochs = epochs if epochs is not None else Epochs()
+        self._ns_epoch = self.epochs.values[0]  # counter 0 when the namespaces were read
+        self.counters["near_hits"] = 0
         self.servers = list(servers)
         self.mode = mode
         self.timeout_ms = timeout_ms
@@ -522,6 +602,58 @@ class MemcachedStore(_Backend):
         v = self._call(_mc_get, k)
         return v if isinstance(v, bytes) else None
 
+    # -- near copies and change counters (see the contract) --------------------
+
+    def _get_entry_item(self, key: str) -> bytes | None:
+        near = self.near
+        hashed = self._entry_key(key)
+        if near is None:
+            return self._get(hashed)
+        epoch = self.epochs.values[Epochs.slot(hashed)]  # before the read: see Epochs
+        got = near.get(hashed)
+        if got is not None:
+            if got[1] == epoch:
+                self.counters["near_hits"] += 1
+                return got[0]
+            near.drop(hashed)
+        item = self._get(hashed)
+        # A near copy is for entries served often: a chunked body's entry
+        # (its chunks are read from memcached anyway) and big items are not kept.
+        if item is not None and len(item) <= near.max_bytes >> 4:
+            near.put(hashed, (item, epoch), len(item), NEAR_TTL)
+        return item
+
+    def _changed(self, hashed: str) -> None:
+        """After ``hashed``'s item changed in memcached: every worker's near copy is void."""
+        self.epochs.bump(Epochs.slot(hashed), _random64())
+        if self.near is not None:
+            self.near.drop(hashed)
+
+    def _put_entry(self, key, item, ttl) -> bool:
+        hashed = self._entry_key(key)
+        ok = self._set(hashed, item, ttl)
+        self._changed(hashed)  # even when the set failed: the old item may be gone
+        return ok
+
+    def delete(self, key: str) -> bool:
+        hashed = self._entry_key(key)
+        ok = self._delete(hashed)
+        self._changed(hashed)
+        return ok
+
+    def namespace(self, host: str) -> str:
+        now_epoch = self.epochs.values[0]
+        if now_epoch != self._ns_epoch:  # a host purged through this forkproxy
+            self._ns.clear()
+            self._ns_epoch = now_epoch
+        return super().namespace(host)
+
+    def bump_namespace(self, host: str) -> bool:
+        ok = super().bump_namespace(host)
+        self.epochs.bump(0, _random64())
+        self._ns_epoch = self.epochs.values[0]  # this process keeps the token it just set
+        return ok
+
     def _set(self, k, v, ttl) -> bool:
         return bool(self._call(_mc_set, k, v, _ttl(ttl), default=False))
 
@@ -536,8 +668,15 @@ class MemcachedStore(_Backend):
 
     @property
     def state(self) -> dict:
+        near = self.near
         return {"backend": "memcached", "servers": list(self.servers), "mode": self.mode,
-                "breaker": self.breaker.state, "breaker_opened": self.breaker.opened, **self.counters}
+                "breaker": self.breaker.state, "breaker_opened": self.breaker.opened,
+                "near_items": len(near) if near is not None else 0,
+                "near_bytes": near.bytes if near is not None else 0, **self.counters}
+
+
+def _random64() -> int:
+    return int.from_bytes(os.urandom(8), "little")
 
 
 # Forks seen by this process's lineage: a child never uses its parent's pylibmc clients.
@@ -583,30 +722,18 @@ class MemoryStore(_Backend):
         super().__init__(min(max_object_size, max_bytes), item_size)
         self.max_bytes = max_bytes
         self.clock = clock
-        self.bytes = 0
-        self._items: collections.OrderedDict[str, tuple[bytes, float]] = collections.OrderedDict()
+        self._items = LRU(max_bytes, clock)
+
+    @property
+    def bytes(self) -> int:
+        return self._items.bytes
 
     def _get(self, k):
-        hit = self._items.get(k)
-        if hit is None:
-            return None
-        value, expires = hit
-        if expires and self.clock() >= expires:
-            self._drop(k)
-            return None
-        self._items.move_to_end(k)
-        return value
+        return self._items.get(k)
 
     def _set(self, k, v, ttl) -> bool:
-        size = len(k) + len(v)
-        if size > self.max_bytes:
-            return False
-        self._drop(k)
-        self._items[k] = (bytes(v), self.clock() + ttl if ttl > 0 else 0.0)
-        self.bytes += size
-        while self.bytes > self.max_bytes:
-            self._drop(next(iter(self._items)))
-        return True
+        v = bytes(v)
+        return self._items.put(k, v, len(v), ttl)
 
     def _add(self, k, v, ttl):
         if self._get(k) is not None:
@@ -614,14 +741,7 @@ class MemoryStore(_Backend):
         return self._set(k, v, ttl)
 
     def _delete(self, k) -> bool:
-        return self._drop(k)
-
-    def _drop(self, k) -> bool:
-        old = self._items.pop(k, None)
-        if old is None:
-            return False
-        self.bytes -= len(k) + len(old[0])
-        return True
+        return self._items.drop(k)
 
     @property
     def state(self) -> dict:

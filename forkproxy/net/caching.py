@@ -65,6 +65,7 @@ from forkproxy.config import CacheConfig
 from forkproxy.core import cache_policy as policy
 from forkproxy.core import headers as hdr
 from forkproxy.core import http1
+from forkproxy.core.epochs import Epochs
 from forkproxy.logs import AccessRecord
 from forkproxy.net.cache import Breaker, CacheError, MemcachedStore, MemoryStore
 from forkproxy.net.session import CLOCK, Abort, Session
@@ -82,10 +83,12 @@ CONDITIONAL_FIELDS = frozenset({"if-none-match", "if-modified-since", "if-match"
                                 "if-unmodified-since", "if-range"})
 
 
-def make_store(cfg: CacheConfig, log_=None):
+def make_store(cfg: CacheConfig, log_=None, epochs_buf=None):
     """The store ``[cache]`` describes; no I/O happens here (after the fork).
 
     ``log_``: where the breaker's transitions go (the worker's error log).
+    ``epochs_buf``: the change counters the master shares with its workers
+    (``core.epochs``; None: this process's own, as for a tool outside a master).
     """
     if not cfg.servers:
         return MemoryStore(cfg.memory_size, max_object_size=cfg.max_object_size)
@@ -93,7 +96,8 @@ def make_store(cfg: CacheConfig, log_=None):
                       cooldown=cfg.breaker_cooldown)
     return MemcachedStore(list(cfg.servers), max_object_size=cfg.max_object_size,
                           timeout_ms=max(1, round(cfg.timeout * 1000)), breaker=breaker,
-                          mode=cfg.mode, log_=log_)
+                          mode=cfg.mode, log_=log_, near_size=cfg.memory_size,
+                          epochs=Epochs(epochs_buf) if epochs_buf is not None else None)
 
 
 @functools.lru_cache(maxsize=1024)
@@ -243,8 +247,8 @@ class Cache:
         self.header = cfg.header
 
     @classmethod
-    def from_config(cls, cfg: CacheConfig, log_=None) -> "Cache":
-        return cls(cfg, make_store(cfg, log_), log_)
+    def from_config(cls, cfg: CacheConfig, log_=None, epochs_buf=None) -> "Cache":
+        return cls(cfg, make_store(cfg, log_, epochs_buf), log_)
 
     # -- keys and store access ----------------------------------------------
 

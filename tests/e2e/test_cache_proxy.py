@@ -263,3 +263,20 @@ def test_in_process_cache_and_purge_forbidden(forkproxy_factory, origin):
     with Conn(port_of(fp)) as c:
         c.send(b"GET /m?" + MAXAGE.encode() + b" HTTP/1.1\r\nHost: x\r\n\r\n")
         assert c.reply().status == 200
+
+
+def test_no_worker_serves_a_copy_older_than_a_purge(proxy, origin):
+    """Each worker keeps near copies of hot entries (net.cache); a PURGE taken
+    by either worker must void them in both at once: the next GET, whichever
+    worker takes it, is a miss.  Over 8 rounds, the GET goes to the worker that
+    did not take the PURGE in about half of them."""
+    path = f"/near?{MAXAGE}"
+    for round_ in range(8):
+        for _ in range(12):  # new connections: both workers read the entry (and keep it)
+            assert get(proxy, path).status_code == 200
+        before = count(origin, "/near")
+        r = requests.request("PURGE", f"http://127.0.0.1:{port_of(proxy)}{path}", timeout=30)
+        assert r.status_code == 200
+        r = get(proxy, path)
+        assert r.headers["X-Cache"] == "MISS", f"round {round_}: a copy outlived the purge"
+        assert count(origin, "/near") == before + 1

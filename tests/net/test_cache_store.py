@@ -21,7 +21,8 @@ from support import procs
 from support.procs import wait_until
 from support.runner import REPO_ROOT
 
-from forkproxy.net.cache import (NAMESPACE_HOSTS, NAMESPACE_TTL, Breaker, CacheError, MemcachedStore,
+from forkproxy.core.epochs import Epochs
+from forkproxy.net.cache import (NAMESPACE_HOSTS, NAMESPACE_TTL, NEAR_TTL, Breaker, CacheError, MemcachedStore,
                                   MemoryStore, _parse_entry, hashed_key)
 
 SMALL_ITEM = 1000   # small chunks: many chunks from a few KB
@@ -477,3 +478,75 @@ def test_concurrent_greenlets_under_monkey_patching(memcached, mode):
     assert out.returncode == 0, out.stderr
     result = json.loads(out.stdout)
     assert result["ok"] and result["state"]["errors"] == 0 and result["state"]["hits"] == 20
+
+
+# -- near copies (memcached only) --------------------------------------------------
+
+def near_store(mc, epochs=None, **kw):
+    return MemcachedStore([mc.addr], timeout_ms=SAFE_MS, near_size=1 << 20, epochs=epochs, **kw)
+
+
+def put(store, key, body: bytes) -> None:
+    w = store.begin_write(key, b"head")
+    assert w.write(body) and w.commit()
+
+
+def test_a_hot_entry_is_read_once_per_near_ttl(memcached):
+    store = near_store(memcached)
+    now = [100.0]
+    store.clock = lambda: now[0]
+    put(store, "k", b"v1")
+    gets = int(memcached.stats()["cmd_get"])
+    for _ in range(5):
+        assert read_all(store.get_entry("k")) == b"v1"
+    assert int(memcached.stats()["cmd_get"]) == gets + 1
+    assert store.counters["near_hits"] == 4 and store.state["near_items"] == 1
+    now[0] += NEAR_TTL * 1.1  # then memcached is asked again
+    assert read_all(store.get_entry("k")) == b"v1"
+    assert int(memcached.stats()["cmd_get"]) == gets + 2
+
+
+def test_a_change_by_another_worker_voids_near_copies_at_once(memcached):
+    shared = bytearray(Epochs.SIZE)  # what the master shares with its workers
+    a, b = near_store(memcached, Epochs(shared)), near_store(memcached, Epochs(shared))
+    put(a, "k", b"v1")
+    assert read_all(a.get_entry("k")) == b"v1" == read_all(a.get_entry("k"))
+    put(b, "k", b"v2")  # stored by another worker
+    assert read_all(a.get_entry("k")) == b"v2"
+    b.delete("k")  # invalidated by another worker
+    assert a.get_entry("k") is None
+    # a host purge by another worker: a reads the new token at once
+    token = a.namespace("h")
+    assert b.bump_namespace("h")
+    assert a.namespace("h") == b.namespace("h") != token
+
+
+def test_a_change_by_another_forkproxy_is_seen_within_near_ttl(memcached):
+    a, other = near_store(memcached), near_store(memcached)  # each its own counters
+    now = [100.0]
+    a.clock = lambda: now[0]
+    put(a, "k", b"v1")
+    assert read_all(a.get_entry("k")) == b"v1"
+    put(other, "k", b"v2")
+    now[0] += NEAR_TTL * 0.9
+    assert read_all(a.get_entry("k")) == b"v1"  # the near copy, still trusted
+    now[0] += NEAR_TTL * 0.2
+    assert read_all(a.get_entry("k")) == b"v2"
+
+
+def test_near_copies_are_bounded_and_skip_big_items(memcached):
+    store = MemcachedStore([memcached.addr], timeout_ms=SAFE_MS, near_size=64_000)
+    put(store, "big", b"x" * 5000)  # over near_size / 16: read from memcached every time
+    for _ in range(2):
+        assert read_all(store.get_entry("big")) == b"x" * 5000
+    assert store.counters["near_hits"] == 0
+    for i in range(40):
+        put(store, f"k{i}", b"y" * 3000)
+        assert read_all(store.get_entry(f"k{i}")) == b"y" * 3000
+    assert 0 < store.state["near_bytes"] <= 64_000
+    # without near_size, none at all
+    plain = MemcachedStore([memcached.addr], timeout_ms=SAFE_MS)
+    put(plain, "k", b"v")
+    read_all(plain.get_entry("k"))
+    assert read_all(plain.get_entry("k")) == b"v"
+    assert plain.counters["near_hits"] == 0 and plain.state["near_items"] == 0
