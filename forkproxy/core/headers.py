@@ -45,7 +45,13 @@ def hop_by_hop(headers, also: frozenset[str] = frozenset(),
     """The names ``strip_hop_by_hop`` removes: HOP_BY_HOP, those listed in
     Connection (``tokens``, when the caller has them), and ``also``."""
     names = connection_tokens(headers) if tokens is None else tokens
-    return HOP_BY_HOP | names | also if (names or also) else HOP_BY_HOP
+    return _drop_set(names, also) if (names or also) else HOP_BY_HOP
+
+
+@lru_cache(maxsize=256)
+def _drop_set(names: frozenset[str], also: frozenset[str]) -> frozenset[str]:
+    # Every request asks with the same few sets (mostly no Connection tokens).
+    return HOP_BY_HOP | names | also
 
 
 def strip_hop_by_hop(headers, also: frozenset[str] = frozenset()) -> _Headers:

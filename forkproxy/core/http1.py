@@ -139,8 +139,10 @@ class Request:
     """A parsed request head.
 
     ``host`` is the Host header's host, lower-cased, without its port (None
-    when absent); ``framing`` is ``request_body_framing(self)``: both are
-    computed once by ``parse_request_head``.
+    when absent); ``framing`` is ``request_body_framing(self)``; ``host_value``,
+    ``expect`` and ``upgrade`` are the Host, Expect and Upgrade fields' first
+    values (None when absent): all are found by ``parse_request_head`` in its
+    one pass over the fields, so the proxy does not search for them again.
     """
 
     method: str
@@ -149,6 +151,9 @@ class Request:
     headers: list[tuple[str, str]]
     host: str | None = None
     framing: "Framing | None" = None
+    host_value: str | None = None
+    expect: str | None = None
+    upgrade: str | None = None
 
     def get(self, name: str, default: str | None = None) -> str | None:
         """First value of the lower-case header ``name``, or ``default``."""
@@ -357,8 +362,8 @@ def parse_request_head(head: bytes, limits: Limits = DEFAULT_LIMITS) -> Request:
     if target[0] != "/" or method == "CONNECT":  # origin-form needs no more checks
         _check_target(method, target)
     hosts = 0
-    host = cl = te = None
-    for n, v in headers:  # one pass for Host and the framing fields
+    host = cl = te = expect = upgrade = None
+    for n, v in headers:  # one pass for Host, the framing fields and the rare ones
         if n == "host":
             hosts += 1
             host = v
@@ -366,15 +371,23 @@ def parse_request_head(head: bytes, limits: Limits = DEFAULT_LIMITS) -> Request:
             cl = [v] if cl is None else cl + [v]
         elif n == "transfer-encoding":
             te = [v] if te is None else te + [v]
+        elif n == "expect":
+            if expect is None:
+                expect = v
+        elif n == "upgrade":
+            if upgrade is None:
+                upgrade = v
     if hosts > 1:
         raise ProtocolError(400, "more than one Host header")
     if hosts == 0:
         if version == "1.1":
             raise ProtocolError(400, "missing Host header")
-    else:
+    host_value = host
+    if hosts:
         host = _validate_host(host, 400)[0]
     # Raises on CL/TE conflicts before anything is forwarded.
-    return Request(method, target, version, headers, host, _request_framing(version, cl, te))
+    return Request(method, target, version, headers, host, _request_framing(version, cl, te),
+                   host_value, expect, upgrade)
 
 
 def _diagnose_request_line(text: str, pos: int, limits: Limits) -> ProtocolError:

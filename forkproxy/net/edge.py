@@ -208,7 +208,7 @@ class Edge:
         trusted = self._trusted(peer)
         client = hdr.real_client_addr(req.headers, peer, self.trusted) if trusted else peer
         rid = rec.request_id = rec.request_id or self.request_id(req, peer)
-        er = EdgeRequest(rules, client, rid, proto, host or "", req.get("host"))
+        er = EdgeRequest(rules, client, rid, proto, host or "", req.host_value)
         er.answer = self._check(rules, req, client, target, count) if rules.checks else None
         if er.answer is None:
             er.target = target
@@ -285,8 +285,11 @@ class EdgeRequest:
         return v
 
     def upstream(self, headers, host: str | None):
-        """Request fields for upstream: X-Request-Id, then the route's request_headers."""
-        headers = [(n, v) for n, v in headers if n != "x-request-id"]
+        """Request fields for upstream: X-Request-Id, then the route's request_headers.
+
+        ``headers`` (a list the caller owns) no longer has the client's own
+        X-Request-Id: the caller dropped it with the hop-by-hop fields.
+        """
         headers.append(("x-request-id", self.request_id))
         rules = self.rules.req_rules
         if rules is not None:
@@ -309,7 +312,9 @@ class EdgeRequest:
         """
         rules = self.rules
         hide = rules.hide
-        out = [(n, v) for n, v in headers if n.lower() not in hide] if hide else headers
+        # Checked in C first: most responses carry none of the hidden fields.
+        out = [(n, v) for n, v in headers if n.lower() not in hide] \
+            if hide and not hide.isdisjoint(map(itemgetter(0), headers)) else headers
         if rules.rewrite_location and self.host_value:
             # Most responses carry none of the fields that can name a server
             # (names are lower-case, as core.http1 gives them: checked in C).

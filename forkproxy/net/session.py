@@ -49,7 +49,7 @@ CONTINUE = b"HTTP/1.1 100 Continue\r\n\r\n"
 # keep-alive connection may still bring one last request (forkproxy(8)).
 DRAIN_WINDOW = 1.0
 # Fields the proxy writes itself (or consumes), dropped with the hop-by-hop ones.
-REWRITTEN_REQUEST_FIELDS = frozenset({"host", "content-length", "expect"})
+REWRITTEN_REQUEST_FIELDS = frozenset({"host", "content-length", "expect", "x-request-id"})
 REWRITTEN_RESPONSE_FIELDS = frozenset({"content-length"})
 
 
@@ -515,7 +515,7 @@ class Session:
         max_body = body_limit(rt, rc, framing)
         has_body = framing.carries_body
 
-        expect = req.get("expect")
+        expect = req.expect
         if expect is not None:
             if expect.lower() != "100-continue":
                 raise http1.ProtocolError(417, "unsupported expectation")
@@ -544,6 +544,7 @@ class Session:
             req.headers, client_addr=self.peer, proto=self.proto, host=host_value,
             trusted=self.rt.trusted_peer(self.peer),
             drop=hdr.hop_by_hop(req.headers, REWRITTEN_REQUEST_FIELDS, tokens))
+        # X-Request-Id was dropped with them (REWRITTEN_REQUEST_FIELDS): er.upstream adds it.
         out_host = rc.host_header or host_value
         headers, out_host = er.upstream(headers, out_host)  # X-Request-Id, request_headers
         framing = req.framing
@@ -1097,14 +1098,14 @@ def request_target(req) -> tuple[str | None, str | None, str, str]:
     """
     target = req.target
     if target.startswith("/"):
-        return req.get("host"), req.host, target.partition("?")[0], target
+        return req.host_value, req.host, target.partition("?")[0], target
     if target[:7].lower() == "http://" or target[:8].lower() == "https://":
         authority, slash, rest = target.split("://", 1)[1].partition("/")
         upstream_target = slash + rest if slash else "/"
         return (authority, hdr.split_host(authority)[0], upstream_target.partition("?")[0],
                 upstream_target)
     if target == "*" and req.method == "OPTIONS":
-        return req.get("host"), req.host, "*", "*"
+        return req.host_value, req.host, "*", "*"
     if req.method == "CONNECT":
         raise http1.ProtocolError(501, "CONNECT is not supported by a reverse proxy")
     raise http1.ProtocolError(400, "invalid request target")
@@ -1147,7 +1148,7 @@ def _upgrade_asked(req) -> str | None:
     """
     if req.version != "1.1":
         return None
-    value = req.get("upgrade")
+    value = req.upgrade
     if value is None or "upgrade" not in http1.connection_tokens(req.headers):
         return None
     return value
