@@ -71,8 +71,10 @@ import json
 import math
 import re
 from dataclasses import dataclass
+from operator import itemgetter
 from email.utils import formatdate
 from functools import cached_property, lru_cache
+from typing import NamedTuple
 from urllib.parse import urljoin, urlsplit
 
 __all__ = [
@@ -478,11 +480,15 @@ _PRAGMA_NO_CACHE = Directives(no_cache=True)
 
 
 def _request_directives(req_headers) -> Directives:
-    cc = _all(req_headers, "cache-control")
-    if cc:
+    cc = pragma = None
+    for n, v in req_headers:  # one pass; most requests carry neither field
+        if n == "cache-control":
+            cc = [v] if cc is None else cc + [v]
+        elif n == "pragma":
+            pragma = [v] if pragma is None else pragma + [v]
+    if cc is not None:
         return parse_cache_control(cc)
-    # Most requests carry neither field: no parse, one shared answer.
-    if any("no-cache" in m.lower() for m in _list_members(_all(req_headers, "pragma"))):
+    if pragma is not None and any("no-cache" in m.lower() for m in _list_members(pragma)):
         return _PRAGMA_NO_CACHE
     return _NO_DIRECTIVES
 
@@ -788,8 +794,10 @@ class Action(str, enum.Enum):
     GATEWAY_TIMEOUT = "GATEWAY_TIMEOUT"  # only-if-cached and nothing usable: 504
 
 
-@dataclass(frozen=True)
-class Decision:
+class Decision(NamedTuple):
+    # A tuple, not a frozen dataclass: one is made for every request of a
+    # cached route, and a frozen dataclass sets each field through
+    # object.__setattr__.
     action: Action
     conditional_headers: tuple[tuple[str, str], ...] = ()
     background_refresh: bool = False
@@ -932,6 +940,9 @@ def _etags(value: str) -> list[str] | None:
     return tags
 
 
+_CONDITIONS = frozenset({"if-none-match", "if-modified-since"})
+
+
 def client_not_modified(entry: Entry, req_headers, method: str = "GET") -> bool:
     """Should the client's conditional request get a 304 from ``entry``?
 
@@ -940,7 +951,7 @@ def client_not_modified(entry: Entry, req_headers, method: str = "GET") -> bool:
     (GET/HEAD only, a single valid date) compares with Last-Modified, else
     Date.  Only a 200 entry can stand behind a 304.
     """
-    if entry.status != 200:
+    if entry.status != 200 or _CONDITIONS.isdisjoint(map(itemgetter(0), req_headers)):
         return False
     inm = _all(req_headers, "if-none-match")
     if inm:

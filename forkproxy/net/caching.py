@@ -465,46 +465,9 @@ class Cache:
         the (origin's) body is also written to it (a 304 merged into a
         stored entry re-stores it under the new head) and committed at the end.
         """
-        now = time.time()
-        body = True
-        if policy.client_not_modified(entry, req.headers, req.method):
-            code, reason = 304, "Not Modified"
-            out = hdr.response_headers_for_client(policy.not_modified_headers(entry, now),
-                                                  also=_LENGTH)
-            body = False
-        else:
-            code, reason = entry.status, entry.reason
-            body = code not in (204, 304) and code >= 200
-            # serve_headers, as a client gets them: the stored fields' part
-            # is the same for every hit on this Entry, Age is not.
-            fields = _client_fields(entry)
-            out = list(fields[:-1])
-            out.append(("age", policy.age_value(entry, now)))
-            out.append(fields[-1])  # Via
-        er = s.edge_req
-        if er is not None:  # hide_headers, rewrite_location, response_headers
-            out = er.downstream(out, "", self._servers(s, rec) if er.rules.rewrite_location
-                                else None)
-        if self.header:
-            out.append((self.header, status))
-        if s.hsts is not None:
-            out.append(("Strict-Transport-Security", s.hsts))
         keep = keep and not s.rt.draining
-        encoder, chunk_out = None, False
-        if body:
-            out, encoder = s.encoder_for(req, rec, code, entry.headers, out, reader.length)
-            if encoder is None:
-                out.append(("Content-Length", str(reader.length)))
-            elif req.version == "1.1":
-                out.append(("Transfer-Encoding", "chunked"))
-                chunk_out = True
-            else:
-                keep = False  # HTTP/1.0: the end of the connection ends the body
-        if not keep:
-            out.append(("Connection", "close"))
-        elif req.version == "1.0":
-            out.append(("Connection", "keep-alive"))
-        head = http1.serialize_response_head(code, reason, out)
+        head, code, body, keep, encoder, chunk_out = self._head(s, req, rec, entry, reader, status,
+                                                                keep, time.time())
         rec.status, rec.cache = code, status
         send_body = body and req.method != "HEAD"
         if not send_body and writer is None:
@@ -537,6 +500,73 @@ class Cache:
         if writer is not None:
             writer.commit()
         return keep
+
+    def _head(self, s, req, rec, entry: policy.Entry, reader, status: str, keep: bool,
+              now: float) -> tuple:
+        """(head bytes, status code, has a body, keep, encoder or None, chunked) of the
+        answer ``serve`` sends.
+
+        Without response_headers (which may use per-request variables) and
+        compress (which reads the request's Accept-Encoding), the head is a
+        function of the entry, its Age and body length, the route's rules, the
+        scheme, Host and pool, the cache status, HSTS, keep-alive and the HTTP
+        version; hits on
+        a hot entry ask for the same one all second long, so the last one made
+        is remembered on the Entry object (one slot).
+        """
+        if policy.client_not_modified(entry, req.headers, req.method):
+            code, reason, body = 304, "Not Modified", False
+            out = hdr.response_headers_for_client(policy.not_modified_headers(entry, now),
+                                                  also=_LENGTH)
+            key = None
+        else:
+            code, reason = entry.status, entry.reason
+            body = code not in (204, 304) and code >= 200
+            age = policy.age_value(entry, now)
+            er = s.edge_req
+            rules = er.rules if er is not None else None
+            if (rules is None or rules.resp_rules is None) and (
+                    rec.route is None or s.rt.routes[rec.route].compress is None):
+                key = (age, reader.length, rules, s.proto, er.host_value if er is not None else None,
+                       rec.pool, status, s.hsts, keep, req.version)
+                memo = entry.__dict__.get("_head")
+                if memo is not None and memo[0] == key:
+                    return memo[1]
+            else:
+                key = None
+            # serve_headers, as a client gets them: the stored fields' part
+            # is the same for every hit on this Entry, Age is not.
+            fields = _client_fields(entry)
+            out = list(fields[:-1])
+            out.append(("age", age))
+            out.append(fields[-1])  # Via
+        er = s.edge_req
+        if er is not None:  # hide_headers, rewrite_location, response_headers
+            out = er.downstream(out, "", self._servers(s, rec) if er.rules.rewrite_location
+                                else None)
+        if self.header:
+            out.append((self.header, status))
+        if s.hsts is not None:
+            out.append(("Strict-Transport-Security", s.hsts))
+        encoder, chunk_out = None, False
+        if body:
+            out, encoder = s.encoder_for(req, rec, code, entry.headers, out, reader.length)
+            if encoder is None:
+                out.append(("Content-Length", str(reader.length)))
+            elif req.version == "1.1":
+                out.append(("Transfer-Encoding", "chunked"))
+                chunk_out = True
+            else:
+                keep = False  # HTTP/1.0: the end of the connection ends the body
+        if not keep:
+            out.append(("Connection", "close"))
+        elif req.version == "1.0":
+            out.append(("Connection", "keep-alive"))
+        got = (http1.serialize_response_head(code, reason, out), code, body, keep, encoder,
+               chunk_out)
+        if key is not None:
+            entry.__dict__["_head"] = (key, got)  # frozen dataclass: not via setattr
+        return got
 
     @staticmethod
     def _servers(s, rec) -> tuple:

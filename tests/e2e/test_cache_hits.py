@@ -162,3 +162,39 @@ def test_breaker_transitions_are_in_the_error_log(forkproxy_factory, origin, mc)
     wait_until(lambda: get(port, path).status_code == 200
                and "breaker closed" in fp.error_log(), timeout=20, what="the breaker closing")
     assert "memcached" in fp.error_log()
+
+
+def test_a_remembered_hit_head_still_fits_each_request(forkproxy_factory, origin, mc):
+    """Hits on one entry within a second share their head (net.caching remembers the
+    last one made); every request still gets the head its own version, keep-alive,
+    Host and cache status call for, interleaved, and Age moves on."""
+    fp, port = start(forkproxy_factory, origin, mc)
+    path = f"/bytes?n=100&{MAXAGE}"
+    body = b"".join(pattern(100))
+    assert get(port, path, {"Host": "a.example"}).headers["X-Cache"] == "MISS"
+    cases = [  # (request, Connection field expected, kept open)
+        (b"GET %s HTTP/1.1\r\nHost: a.example\r\n\r\n", None, True),
+        (b"GET %s HTTP/1.0\r\nHost: a.example\r\n\r\n", "close", False),
+        (b"GET %s HTTP/1.0\r\nHost: a.example\r\nConnection: keep-alive\r\n\r\n", "keep-alive", True),
+        (b"GET %s HTTP/1.1\r\nHost: a.example\r\nConnection: close\r\n\r\n", "close", False),
+    ]
+    for _ in range(3):
+        for raw, connection, kept in cases:
+            with Conn(port) as c:
+                for _ in range(2 if kept else 1):  # an open connection takes another request
+                    c.send(raw % path.encode())
+                    r = c.reply()
+                    assert (r.status, r.headers["X-Cache"], r.body) == (200, "HIT", body), raw
+                    assert r.headers.get("Connection") == connection, raw
+                    assert r.headers["Content-Length"] == "100"
+                if not kept:
+                    assert c.closed_by_peer()
+    # the same hit for another Host: the same entry is not shared across hosts
+    r = get(port, path, {"Host": "b.example"})
+    assert r.headers["X-Cache"] == "MISS"
+
+    def age() -> int:
+        return int(get(port, path, {"Host": "a.example"}).headers["Age"])
+
+    first = age()
+    wait_until(lambda: age() > first, timeout=10, what="Age to move on")
