@@ -84,6 +84,7 @@ from __future__ import annotations
 
 import http
 import re
+from functools import lru_cache
 from dataclasses import dataclass
 from urllib.parse import urlsplit
 
@@ -218,6 +219,8 @@ KNOWN_CODINGS = frozenset(
 # are byte classes.
 # --------------------------------------------------------------------------
 
+# Heads up to this size are remembered (parse_request_head): 256 of them at most.
+REMEMBERED_HEAD_SIZE = 2048
 _TCHAR = r"[-!#$%&'*+.^_`|~0-9A-Za-z]"
 _TOKEN = _TCHAR + "+"
 _VCHAR_OBS = r"[\x21-\x7e\x80-\xff]"
@@ -347,6 +350,27 @@ def _parse_fields(text: str, pos: int, limits: Limits, status: int) -> list[tupl
 
 def parse_request_head(head: bytes, limits: Limits = DEFAULT_LIMITS) -> Request:
     """Parse and validate a request head (see the module contract)."""
+    if len(head) > REMEMBERED_HEAD_SIZE or isinstance(head, str):
+        return _parse_request_head(head, limits)
+    r = _remembered_request_head(bytes(head), limits)
+    # A copy: the remembered one is never handed out, so nothing a caller
+    # does to its request can reach the next one.
+    return Request(r.method, r.target, r.version, list(r.headers), r.host, r.framing,
+                   r.host_value, r.expect, r.upgrade)
+
+
+# The same head bytes come again and again: a keep-alive client that polls,
+# a health checker, a load generator; a server's answer for one resource
+# within one second of its Date.  Parsing is a pure function of the bytes
+# (and the limits), so the last heads parsed are remembered by their bytes;
+# a head seen once costs one hash and one lookup more.  Refused heads are
+# not remembered (lru_cache keeps no exceptions): they are checked each time.
+@lru_cache(maxsize=256)
+def _remembered_request_head(head: bytes, limits: Limits) -> Request:
+    return _parse_request_head(head, limits)
+
+
+def _parse_request_head(head: bytes, limits: Limits) -> Request:
     text = head.decode("latin-1") if not isinstance(head, str) else head
     pos = _skip_empty_lines(text) if text[:2] == "\r\n" else 0
     m = _REQUEST_LINE_RE.match(text, pos)
@@ -435,6 +459,18 @@ def _check_target(method: str, target: str) -> None:
 
 def parse_response_head(head: bytes, limits: Limits = DEFAULT_LIMITS) -> Response:
     """Parse and validate a response head from an upstream; errors are 502."""
+    if len(head) > REMEMBERED_HEAD_SIZE or isinstance(head, str):
+        return _parse_response_head(head, limits)
+    r = _remembered_response_head(bytes(head), limits)
+    return Response(r.status, r.reason, r.version, list(r.headers))  # a copy, as above
+
+
+@lru_cache(maxsize=256)
+def _remembered_response_head(head: bytes, limits: Limits) -> Response:
+    return _parse_response_head(head, limits)
+
+
+def _parse_response_head(head: bytes, limits: Limits) -> Response:
     text = head.decode("latin-1") if not isinstance(head, str) else head
     m = _STATUS_LINE_RE.match(text)
     if m is None:

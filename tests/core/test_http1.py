@@ -6,7 +6,7 @@ import pytest
 from hypothesis import given, settings, strategies as st
 
 from forkproxy.core.http1 import (
-    Framing, IncompleteBody, Limits, ProtocolError, Response,
+    DEFAULT_LIMITS, Framing, IncompleteBody, Limits, ProtocolError, Response,
     encode_chunk, encode_last_chunk, find_head_end, make_decoder,
     parse_request_head, parse_response_head, reason_phrase, request_body_framing,
     response_body_framing, serialize_request_head, serialize_response_head,
@@ -693,3 +693,38 @@ def test_a_remembered_host_is_still_checked_when_invalid_each_time():
             "example.com"
         with pytest.raises(ProtocolError):
             parse_request_head(b"GET / HTTP/1.1\r\nHost: bad host\r\n\r\n")
+
+
+# -- remembered heads: the same bytes, the same answer, never a shared object -------
+
+_HEAD_FIELDS = st.lists(st.tuples(st.sampled_from(["X-A", "accept", "Content-Length", "Expect",
+                                                    "Upgrade", "Connection", "Host"]),
+                                  st.sampled_from(["1", "0", "a b", "", "100-continue", "close"])),
+                        max_size=5)
+
+
+@given(st.sampled_from(["GET", "POST", "HEAD"]), st.sampled_from(["1.0", "1.1"]), _HEAD_FIELDS,
+       st.integers(0, 3000))
+def test_a_remembered_head_parses_as_a_fresh_one(method, version, fields, pad):
+    from forkproxy.core.http1 import _parse_request_head, _parse_response_head
+
+    lines = "".join(f"{n}: {v}\r\n" for n, v in fields) + f"X-Pad: {'p' * pad}\r\n"
+    for head, parse, fresh in (
+            (f"{method} /x HTTP/{version}\r\nHost: h\r\n{lines}\r\n".encode(),
+             parse_request_head, _parse_request_head),
+            (f"HTTP/{version} 200 OK\r\n{lines}\r\n".encode(), parse_response_head,
+             _parse_response_head)):
+        try:
+            want = fresh(head, DEFAULT_LIMITS)
+        except ProtocolError as exc:
+            for _ in range(2):  # refused every time, with the same answer
+                with pytest.raises(ProtocolError) as got:
+                    parse(head)
+                assert (got.value.status, got.value.reason) == (exc.status, exc.reason)
+            continue
+        first = parse(head)
+        second = parse(bytearray(head))
+        assert first == second == want
+        assert first is not second and first.headers is not second.headers
+        first.headers.append(("x-mine", "1"))  # a caller's change reaches no other request
+        assert parse(head) == want
