@@ -51,6 +51,8 @@ DRAIN_WINDOW = 1.0
 # Fields the proxy writes itself (or consumes), dropped with the hop-by-hop ones.
 REWRITTEN_REQUEST_FIELDS = frozenset({"host", "content-length", "expect", "x-request-id"})
 REWRITTEN_RESPONSE_FIELDS = frozenset({"content-length"})
+# How many client response heads a worker remembers (Session.relay).
+CLIENT_HEADS = 512
 
 
 class ClientGone(Exception):
@@ -88,6 +90,9 @@ class Runtime:
     def __init__(self, cfg: Config, log, access_log: AccessLog, table: Table,
                  slot: int | None, shared: dict | None = None):
         self.cfg = cfg
+        # Client heads made by Session.relay, by what they were made from
+        # (its contract; at most CLIENT_HEADS, then forgotten at once).
+        self.client_heads: dict[tuple, tuple] = {}
         self.log = log
         self.access_log = access_log
         s = cfg.server
@@ -741,6 +746,52 @@ class Session:
             self.cache_tee = tee
 
         # 3. the response to the client
+        keep = client_keepalive and not self.rt.draining
+        er = self.edge_req
+        key = None
+        if not extra and tee is None and (er is None or er.rules.resp_rules is None) and (
+                rec.route is None or self.rt.routes[rec.route].compress is None):
+            # No per-request variables, no Accept-Encoding: the client's head
+            # is a function of these (Date: the clock's, for an origin without).
+            key = (resp.status, resp.reason, resp.version, tuple(resp.headers), req.method,
+                   req.version, keep, er.rules if er is not None else None,
+                   er.host_value if er is not None else None, self.proto, conn.server.addr,
+                   self.hsts, CLOCK.date())
+            got = self.rt.client_heads.get(key)
+        else:
+            got = None
+        if got is None:
+            got = self._client_head(req, rec, resp, rframing, conn, extra, tee, keep)
+            if key is not None:
+                memo = self.rt.client_heads
+                if len(memo) >= CLIENT_HEADS:
+                    memo.clear()
+                memo[key] = got
+        client_head, keep, chunk_out, encoder, up_keepalive = got
+        rec.status = resp.status
+        if resp.status >= 500:  # relayed as it came: the error log names who answered it
+            rec.why = f"upstream {conn.server.addr} answered {resp.status}"
+
+        if rframing.kind == "none":
+            self._send(client_head)
+            conn.buf = body_start
+        elif rframing.kind == "length" and encoder is None:
+            self.relay_length(conn, client_head, body_start, rframing.length)
+        else:
+            up_keepalive = self.relay_decoded(conn, client_head, body_start, rframing,
+                                              chunk_out, encoder) and up_keepalive
+        rec.upstream_time = time.time() - t0
+        if tee is not None:
+            tee.commit()  # bodiless responses (HEAD, 304): committed here; no-op otherwise
+        if up_keepalive and rframing.kind != "close":
+            pool.conns[i].checkin(conn)
+        else:
+            conn.close()
+        return keep
+
+    def _client_head(self, req, rec, resp, rframing, conn, extra, tee, keep) -> tuple:
+        """(head bytes, keep, chunked, encoder or None, upstream keep-alive) of the
+        response ``relay`` sends the client for ``resp``."""
         tokens = http1.connection_tokens(resp.headers)
         out = hdr.response_headers_for_client(
             resp.headers, also=REWRITTEN_RESPONSE_FIELDS if rframing.kind != "none" else frozenset(),
@@ -754,7 +805,6 @@ class Session:
         out.extend(extra)
         if tee is not None:
             out.extend(tee.headers)
-        keep = client_keepalive and not self.rt.draining
         chunk_out = False
         out, encoder = self.encoder_for(req, rec, resp.status, resp.headers, out,
                                         rframing.length if rframing.kind == "length" else None,
@@ -778,28 +828,8 @@ class Session:
             out.append(("Connection", "close"))
         elif req.version == "1.0":
             out.append(("Connection", "keep-alive"))
-        client_head = http1.serialize_response_head(resp.status, resp.reason, out)
-        rec.status = resp.status
-        if resp.status >= 500:  # relayed as it came: the error log names who answered it
-            rec.why = f"upstream {conn.server.addr} answered {resp.status}"
-        up_keepalive = http1.keep_alive(resp.version, tokens)
-
-        if rframing.kind == "none":
-            self._send(client_head)
-            conn.buf = body_start
-        elif rframing.kind == "length" and encoder is None:
-            self.relay_length(conn, client_head, body_start, rframing.length)
-        else:
-            up_keepalive = self.relay_decoded(conn, client_head, body_start, rframing,
-                                              chunk_out, encoder) and up_keepalive
-        rec.upstream_time = time.time() - t0
-        if tee is not None:
-            tee.commit()  # bodiless responses (HEAD, 304): committed here; no-op otherwise
-        if up_keepalive and rframing.kind != "close":
-            pool.conns[i].checkin(conn)
-        else:
-            conn.close()
-        return keep
+        return (http1.serialize_response_head(resp.status, resp.reason, out), keep, chunk_out,
+                encoder, http1.keep_alive(resp.version, tokens))
 
     # -- request bodies ----------------------------------------------------
 

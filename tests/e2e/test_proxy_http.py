@@ -490,3 +490,92 @@ def test_access_log_has_upstream_fields(site):
     assert '"GET /echo?log=1 HTTP/1.1" 200 ' in line
     assert f"upstream={site.api.addr} upstream_status=200" in line
     assert "request_time=" in line and "upstream_time=" in line and "pool=api" in line
+
+
+def test_a_remembered_client_head_fits_each_request(forkproxy_factory):
+    """Session.relay remembers the client heads it made, by what they were made
+    from.  One server's byte-identical answer, asked for in every shape, gets
+    each request its own head: another route's rules, HTTP/1.0 or 1.1,
+    keep-alive or close, HEAD; and, as the server sends no Date, the proxy's
+    Date, which moves on."""
+    import threading
+
+    answer = (b"HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\nX-Backend: fixed\r\n"
+              b"Content-Length: 2\r\n\r\n")
+    srv = socket.socket()
+    srv.bind(("127.0.0.1", 0))
+    srv.listen(16)
+    srv.settimeout(0.2)  # so the loop sees the stop flag
+    stop = threading.Event()
+
+    def one(c):
+        with c:
+            c.settimeout(10)
+            buf = b""
+            try:
+                while not stop.is_set():
+                    while b"\r\n\r\n" not in buf:
+                        data = c.recv(65536)
+                        if not data:
+                            return
+                        buf += data
+                    head, _, buf = buf.partition(b"\r\n\r\n")
+                    c.sendall(answer if head.startswith(b"HEAD ") else answer + b"ok")
+            except OSError:
+                return
+
+    def server():
+        while not stop.is_set():
+            try:
+                c, _ = srv.accept()
+            except socket.timeout:
+                continue
+            threading.Thread(target=one, args=(c,), daemon=True).start()
+
+    t = threading.Thread(target=server, daemon=True)
+    t.start()
+    try:
+        port = free_port()
+        fp = forkproxy_factory(f"""
+[[listener]]
+name = "web"
+bind = "127.0.0.1:{port}"
+[[route]]
+path = "/hidden"
+pool = "fixed"
+hide_headers = ["X-Backend"]
+[[route]]
+pool = "fixed"
+[pool.fixed]
+servers = [{{ addr = "127.0.0.1:{srv.getsockname()[1]}" }}]
+""")
+        cases = [  # (request, Connection expected, X-Backend expected, body, kept open)
+            (b"GET /a HTTP/1.1\r\nHost: h\r\n\r\n", None, "fixed", b"ok", True),
+            (b"GET /hidden HTTP/1.1\r\nHost: h\r\n\r\n", None, None, b"ok", True),
+            (b"GET /a HTTP/1.0\r\n\r\n", "close", "fixed", b"ok", False),
+            (b"GET /a HTTP/1.0\r\nConnection: keep-alive\r\n\r\n", "keep-alive", "fixed", b"ok", True),
+            (b"GET /hidden HTTP/1.1\r\nHost: h\r\nConnection: close\r\n\r\n", "close", None, b"ok", False),
+            (b"HEAD /a HTTP/1.1\r\nHost: h\r\n\r\n", None, "fixed", b"", True),
+        ]
+        for _ in range(3):
+            for raw, connection, backend, body, kept in cases:
+                with Conn(port) as c:
+                    for _ in range(2 if kept else 1):
+                        c.send(raw)
+                        r = c.reply("HEAD" if raw.startswith(b"HEAD") else "GET")
+                        assert (r.status, r.body, r.headers.get("X-Backend")) == \
+                            (200, body, backend), raw
+                        assert r.headers.get("Connection") == connection, raw
+                        assert r.headers["Content-Length"] == "2" and r.headers["Date"], raw
+                    if not kept:
+                        assert c.closed_by_peer(), raw
+
+        def date() -> str:
+            return requests.get(f"http://127.0.0.1:{port}/a", timeout=10).headers["Date"]
+
+        first = date()
+        wait_until(lambda: date() != first, timeout=10, what="the proxy's Date to move on")
+    finally:
+        stop.set()
+        t.join(5)
+        srv.close()
