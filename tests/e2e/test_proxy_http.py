@@ -7,11 +7,13 @@ need their own configuration use the function-scoped factories.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import shutil
 import socket
 import subprocess
+import threading
 
 import pytest
 import requests
@@ -438,6 +440,53 @@ def test_upstream_dying_mid_body_aborts_the_client(forkproxy_factory, backend_fa
         assert rc == 18  # CURLE_PARTIAL_FILE
 
 
+@contextlib.contextmanager
+def _scripted_server(answer, close_after: bool = False):
+    """A server on 127.0.0.1 answering every request head it reads with
+    ``answer(head)`` (bytes), a thread per connection; ``close_after``: end
+    each connection after its first answer.  Yields its address; stopped on exit."""
+    srv = socket.socket()
+    srv.bind(("127.0.0.1", 0))
+    srv.listen(16)
+    srv.settimeout(0.2)  # so the loop sees the stop flag (close() does not wake accept())
+    stop = threading.Event()
+
+    def one(c):
+        with c:
+            c.settimeout(10)
+            buf = b""
+            try:
+                while not stop.is_set():
+                    while b"\r\n\r\n" not in buf:
+                        data = c.recv(65536)
+                        if not data:
+                            return
+                        buf += data
+                    head, _, buf = buf.partition(b"\r\n\r\n")
+                    c.sendall(answer(head))
+                    if close_after:
+                        return
+            except OSError:
+                return
+
+    def accept():
+        while not stop.is_set():
+            try:
+                c, _ = srv.accept()
+            except socket.timeout:
+                continue
+            threading.Thread(target=one, args=(c,), daemon=True).start()
+
+    t = threading.Thread(target=accept, daemon=True)
+    t.start()
+    try:
+        yield "127.0.0.1:%d" % srv.getsockname()[1]
+    finally:
+        stop.set()
+        t.join(5)
+        srv.close()
+
+
 @pytest.mark.parametrize("lie", [
     b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\nTransfer-Encoding: chunked\r\n"
     b"Content-Length: 6\r\n\r\nhello",
@@ -448,35 +497,11 @@ def test_upstream_dying_mid_body_aborts_the_client(forkproxy_factory, backend_fa
 def test_bad_upstream_response_is_502(forkproxy_factory, lie):
     """A backend that answers garbage: 502 (its fault, never the client's 400),
     and the worker keeps serving."""
-    import threading
-
-    srv = socket.socket()
-    srv.bind(("127.0.0.1", 0))
-    srv.listen(8)
-    srv.settimeout(0.2)  # so the loop sees the stop flag (close() does not wake accept())
-    stop = threading.Event()
-
-    def liar():
-        # Every connection (readiness probes included) gets the same lie.
-        while not stop.is_set():
-            try:
-                c, _ = srv.accept()
-            except socket.timeout:
-                continue
-            with c:
-                c.settimeout(5)
-                c.recv(65536)
-                c.sendall(lie)
-    t = threading.Thread(target=liar, daemon=True)
-    t.start()
-    try:
-        fp, port = _single_pool(forkproxy_factory, "127.0.0.1:%d" % srv.getsockname()[1])
+    # Every connection (readiness probes included) gets the same lie, then its end.
+    with _scripted_server(lambda head: lie, close_after=True) as addr:
+        fp, port = _single_pool(forkproxy_factory, addr)
         assert requests.get(f"http://127.0.0.1:{port}/", timeout=10).status_code == 502
         assert requests.get(f"http://127.0.0.1:{port}/", timeout=10).status_code == 502
-    finally:
-        stop.set()
-        t.join(5)
-        srv.close()
     assert "invalid response" in fp.error_log()
 
 
@@ -498,45 +523,12 @@ def test_a_remembered_client_head_fits_each_request(forkproxy_factory):
     each request its own head: another route's rules, HTTP/1.0 or 1.1,
     keep-alive or close, HEAD; and, as the server sends no Date, the proxy's
     Date, which moves on."""
-    import threading
-
     answer = (b"HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\nX-Backend: fixed\r\n"
               b"Content-Length: 2\r\n\r\n")
-    srv = socket.socket()
-    srv.bind(("127.0.0.1", 0))
-    srv.listen(16)
-    srv.settimeout(0.2)  # so the loop sees the stop flag
-    stop = threading.Event()
-
-    def one(c):
-        with c:
-            c.settimeout(10)
-            buf = b""
-            try:
-                while not stop.is_set():
-                    while b"\r\n\r\n" not in buf:
-                        data = c.recv(65536)
-                        if not data:
-                            return
-                        buf += data
-                    head, _, buf = buf.partition(b"\r\n\r\n")
-                    c.sendall(answer if head.startswith(b"HEAD ") else answer + b"ok")
-            except OSError:
-                return
-
-    def server():
-        while not stop.is_set():
-            try:
-                c, _ = srv.accept()
-            except socket.timeout:
-                continue
-            threading.Thread(target=one, args=(c,), daemon=True).start()
-
-    t = threading.Thread(target=server, daemon=True)
-    t.start()
-    try:
+    with _scripted_server(lambda head: answer if head.startswith(b"HEAD ") else answer + b"ok") \
+            as addr:
         port = free_port()
-        fp = forkproxy_factory(f"""
+        forkproxy_factory(f"""
 [[listener]]
 name = "web"
 bind = "127.0.0.1:{port}"
@@ -547,7 +539,7 @@ hide_headers = ["X-Backend"]
 [[route]]
 pool = "fixed"
 [pool.fixed]
-servers = [{{ addr = "127.0.0.1:{srv.getsockname()[1]}" }}]
+servers = [{{ addr = "{addr}" }}]
 """)
         cases = [  # (request, Connection expected, X-Backend expected, body, kept open)
             (b"GET /a HTTP/1.1\r\nHost: h\r\n\r\n", None, "fixed", b"ok", True),
@@ -575,7 +567,3 @@ servers = [{{ addr = "127.0.0.1:{srv.getsockname()[1]}" }}]
 
         first = date()
         wait_until(lambda: date() != first, timeout=10, what="the proxy's Date to move on")
-    finally:
-        stop.set()
-        t.join(5)
-        srv.close()
