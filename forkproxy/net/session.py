@@ -51,7 +51,8 @@ DRAIN_WINDOW = 1.0
 # Fields the proxy writes itself (or consumes), dropped with the hop-by-hop ones.
 REWRITTEN_REQUEST_FIELDS = frozenset({"host", "content-length", "expect", "x-request-id"})
 REWRITTEN_RESPONSE_FIELDS = frozenset({"content-length"})
-# How many client response heads a worker remembers (Session.relay).
+# How many client response heads (Session.relay) and upstream request fields
+# (Session.upstream_fields) a worker remembers.
 CLIENT_HEADS = 512
 
 
@@ -91,8 +92,9 @@ class Runtime:
                  slot: int | None, shared: dict | None = None):
         self.cfg = cfg
         # Client heads made by Session.relay, by what they were made from
-        # (its contract; at most CLIENT_HEADS, then forgotten at once).
+        # (at most CLIENT_HEADS, then forgotten at once).
         self.client_heads: dict[tuple, tuple] = {}
+        self.upstream_heads: dict[tuple, tuple] = {}  # the same for Session.upstream_fields
         self.log = log
         self.access_log = access_log
         s = cfg.server
@@ -544,23 +546,52 @@ class Session:
     def upstream_fields(self, req, rc, er, host_value, tokens) -> tuple[list, str | None]:
         """(fields, Host) of the head sent upstream for ``req``: hop-by-hop and
         rewritten fields out, forwarding fields, X-Request-Id and the route's
-        request_headers in, the framing fields rebuilt (DESIGN section 4)."""
-        headers = hdr.forwarded_for_request(
+        request_headers in, the framing fields rebuilt (DESIGN section 4).
+
+        Without request_headers (which may use per-request variables), the
+        fields are a function of the request's fields and version, the peer,
+        the scheme, the Host and the route, but for X-Request-Id: what is
+        around it is remembered in the runtime's upstream_heads (at most
+        CLIENT_HEADS, then forgotten at once).
+        """
+        if er.rules.req_rules is None:
+            key = (tuple(req.headers), req.version, self.peer, self.proto, host_value, rc.index)
+            memo = self.rt.upstream_heads
+            got = memo.get(key)
+            if got is None:
+                got = (tuple(self._forwarded(req, host_value, tokens)),
+                       tuple(self._framing_fields(req)), rc.host_header or host_value)
+                if len(memo) >= CLIENT_HEADS:
+                    memo.clear()
+                memo[key] = got
+            before, after, out_host = got
+            return [*before, ("x-request-id", er.request_id), *after], out_host
+        # X-Request-Id, then request_headers
+        headers, out_host = er.upstream(self._forwarded(req, host_value, tokens),
+                                        rc.host_header or host_value)
+        headers += self._framing_fields(req)
+        return headers, out_host
+
+    def _forwarded(self, req, host_value, tokens) -> list:
+        # The client's X-Request-Id goes with the hop-by-hop fields
+        # (REWRITTEN_REQUEST_FIELDS): upstream_fields adds forkproxy's.
+        return hdr.forwarded_for_request(
             req.headers, client_addr=self.peer, proto=self.proto, host=host_value,
             trusted=self.rt.trusted_peer(self.peer),
             drop=hdr.hop_by_hop(req.headers, REWRITTEN_REQUEST_FIELDS, tokens))
-        # X-Request-Id was dropped with them (REWRITTEN_REQUEST_FIELDS): er.upstream adds it.
-        out_host = rc.host_header or host_value
-        headers, out_host = er.upstream(headers, out_host)  # X-Request-Id, request_headers
+
+    @staticmethod
+    def _framing_fields(req) -> list:
         framing = req.framing
+        out = []
         if framing.kind == "length":
-            headers.append(("Content-Length", str(framing.length)))
+            out.append(("Content-Length", str(framing.length)))
         elif framing.kind == "chunked":
-            headers.append(("Transfer-Encoding", ", ".join(framing.codings + ("chunked",))))
+            out.append(("Transfer-Encoding", ", ".join(framing.codings + ("chunked",))))
         upgrade = _upgrade_asked(req)
         if upgrade is not None:  # the one hop-by-hop pair that must cross (WebSocket)
-            headers += [("Connection", "upgrade"), ("Upgrade", upgrade)]
-        return headers, out_host
+            out += [("Connection", "upgrade"), ("Upgrade", upgrade)]
+        return out
 
     def exchange(self, req, rec, pool: PoolRuntime, target, out_host, headers, framing,
                  has_body, max_body, client_keepalive) -> bool:
@@ -732,42 +763,41 @@ class Session:
             pool.failed(i, time.time())
         if retry_status is not None and not interim and retry_status(resp.status):
             raise _StatusRetry(resp.status, f"upstream {conn.server.addr} answered {resp.status}")
-        try:
-            rframing = http1.response_body_framing(req.method, resp)
-        except http1.ProtocolError as exc:
-            raise UpstreamError("invalid", f"{conn.server.addr}: invalid response: {exc.reason}",
-                                sent=True) from None
-        self.cache_tee = tee = None
-        if self.cache_hook is not None:
-            tee = self.cache_hook.on_response(resp, rframing)
-            if tee.served:  # a 304 merged, or stale-if-error: the cache answered
-                conn.close()
-                return tee.keep
-            self.cache_tee = tee
-
         # 3. the response to the client
         keep = client_keepalive and not self.rt.draining
         er = self.edge_req
-        key = None
-        if not extra and tee is None and (er is None or er.rules.resp_rules is None) and (
-                rec.route is None or self.rt.routes[rec.route].compress is None):
-            # No per-request variables, no Accept-Encoding: the client's head
-            # is a function of these (Date: the clock's, for an origin without).
+        self.cache_tee = tee = None
+        if self.cache_hook is None and not extra and (er is None or er.rules.resp_rules is None) \
+                and (rec.route is None or self.rt.routes[rec.route].compress is None):
+            # No cache hook, sticky cookie, per-request variables or
+            # Accept-Encoding: the body's framing and the client's head are a
+            # function of these (Date: the clock's, for an origin without).
             key = (resp.status, resp.reason, resp.version, tuple(resp.headers), req.method,
                    req.version, keep, er.rules if er is not None else None,
                    er.host_value if er is not None else None, self.proto, conn.server.addr,
                    self.hsts, CLOCK.date())
             got = self.rt.client_heads.get(key)
         else:
-            got = None
+            key = got = None
         if got is None:
-            got = self._client_head(req, rec, resp, rframing, conn, extra, tee, keep)
+            try:
+                rframing = http1.response_body_framing(req.method, resp)
+            except http1.ProtocolError as exc:
+                raise UpstreamError("invalid", f"{conn.server.addr}: invalid response: "
+                                    f"{exc.reason}", sent=True) from None
+            if self.cache_hook is not None:
+                tee = self.cache_hook.on_response(resp, rframing)
+                if tee.served:  # a 304 merged, or stale-if-error: the cache answered
+                    conn.close()
+                    return tee.keep
+                self.cache_tee = tee
+            got = self._client_head(req, rec, resp, rframing, conn, extra, tee, keep) + (rframing,)
             if key is not None:
                 memo = self.rt.client_heads
                 if len(memo) >= CLIENT_HEADS:
                     memo.clear()
                 memo[key] = got
-        client_head, keep, chunk_out, encoder, up_keepalive = got
+        client_head, keep, chunk_out, encoder, up_keepalive, rframing = got
         rec.status = resp.status
         if resp.status >= 500:  # relayed as it came: the error log names who answered it
             rec.why = f"upstream {conn.server.addr} answered {resp.status}"

@@ -567,3 +567,23 @@ servers = [{{ addr = "{addr}" }}]
 
         first = date()
         wait_until(lambda: date() != first, timeout=10, what="the proxy's Date to move on")
+
+
+def test_the_same_request_again_gets_the_same_fields_and_its_own_id(forkproxy_factory,
+                                                                     backend_factory):
+    """Session.upstream_fields remembers the fields around X-Request-Id: a request
+    sent again byte for byte reaches the server with the same forwarding fields
+    and a new id each time."""
+    b = backend_factory("b")
+    fp, port = _single_pool(forkproxy_factory, b.addr)
+    seen = []
+    with requests.Session() as s:  # one keep-alive connection, the same head every time
+        for _ in range(4):
+            r = s.get(f"http://127.0.0.1:{port}/echo", headers={"X-Forwarded-For": "203.0.113.9"})
+            assert r.status_code == 200
+            seen.append([(n.lower(), v) for n, v in r.json()["headers"]])
+    ids = [[v for n, v in h if n == "x-request-id"] for h in seen]
+    assert all(len(i) == 1 for i in ids) and len({i[0] for i in ids}) == 4, ids
+    rest = [[(n, v) for n, v in h if n != "x-request-id"] for h in seen]
+    assert rest[0] == rest[1] == rest[2] == rest[3]
+    assert ("x-forwarded-for", "127.0.0.1") in rest[0]  # the client's own claim replaced
