@@ -529,6 +529,7 @@ def _norm_authority(scheme: str, host: str) -> str:
 _ABSOLUTE = re.compile(r"([A-Za-z][A-Za-z0-9+.\-]*)://([^/?#]*)(.*)")
 
 
+@lru_cache(maxsize=1024)
 def primary_key(scheme: str, host: str, target: str) -> str:
     """Cache key of a URL: ``scheme://host[:port]/path?query``.
 
@@ -827,19 +828,10 @@ def decide(entry: Entry | None, req_method: str, req_headers, now: float, *,
         return Decision(give_up, reason="vary mismatch")
     cc, lifetime = entry.policy(heuristic_max, cdn_header)
     age = current_age(entry, now)
-    validators = entry.validators
-
-    def revalidate(reason: str) -> Decision:
-        if req.only_if_cached:
-            return Decision(Action.GATEWAY_TIMEOUT, age=age, reason=reason)
-        if validators:
-            return Decision(Action.REVALIDATE, validators, age=age, reason=reason)
-        return Decision(Action.MISS, age=age, reason=reason + ", no validator")
-
     if cc.no_cache:
-        return revalidate("response no-cache")
+        return _revalidate(req, entry, age, "response no-cache")
     if req.no_cache:
-        return revalidate("request no-cache")
+        return _revalidate(req, entry, age, "request no-cache")
     fresh = lifetime > age
     age_ok = req.max_age is None or age <= req.max_age
     fresh_ok = req.min_fresh is None or lifetime - age >= req.min_fresh
@@ -852,9 +844,18 @@ def decide(entry: Entry | None, req_method: str, req_headers, now: float, *,
         swr = cc.stale_while_revalidate
         if (swr is not None and staleness <= swr and not req.only_if_cached
                 and req.max_age is None and req.min_fresh is None):
-            return Decision(Action.STALE_OK, validators, background_refresh=True,
+            return Decision(Action.STALE_OK, entry.validators, background_refresh=True,
                             age=age, reason="stale-while-revalidate")
-    return revalidate("stale" if not fresh else "too old for request")
+    return _revalidate(req, entry, age, "stale" if not fresh else "too old for request")
+
+
+def _revalidate(req: Directives, entry: Entry, age: float, reason: str) -> Decision:
+    """``decide``'s answer when ``entry`` may not be served as it is."""
+    if req.only_if_cached:
+        return Decision(Action.GATEWAY_TIMEOUT, age=age, reason=reason)
+    if entry.validators:
+        return Decision(Action.REVALIDATE, entry.validators, age=age, reason=reason)
+    return Decision(Action.MISS, age=age, reason=reason + ", no validator")
 
 
 def stale_if_error_ok(entry: Entry, now: float, req_headers, *, heuristic_max: float,

@@ -89,6 +89,7 @@ opens it again.
 from __future__ import annotations
 
 import collections
+import functools
 import hashlib
 import logging
 import math
@@ -325,6 +326,23 @@ class Writer:
 
 def _parse_entry(item: bytes) -> tuple[bytes, int, int, bytes, bytes] | None:
     """(version, chunk count, body length, head, inline body) or None when not ours."""
+    if len(item) <= REMEMBERED_ITEM_SIZE:
+        return _remembered_entry(item)
+    return _split_entry(item)
+
+
+# A hit on a hot key brings the same item back (the same bytes object from the
+# in-process store or a near copy, whose hash Python keeps): its split is
+# remembered, for items up to REMEMBERED_ITEM_SIZE (8 MiB in all at most).
+REMEMBERED_ITEM_SIZE = 64 << 10
+
+
+@functools.lru_cache(maxsize=128)
+def _remembered_entry(item: bytes):
+    return _split_entry(item)
+
+
+def _split_entry(item: bytes) -> tuple[bytes, int, int, bytes, bytes] | None:
     if len(item) < _HEADER.size:
         return None
     magic, version, count, length, head_len = _HEADER.unpack_from(item)

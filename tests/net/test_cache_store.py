@@ -550,3 +550,18 @@ def test_near_copies_are_bounded_and_skip_big_items(memcached):
     read_all(plain.get_entry("k"))
     assert read_all(plain.get_entry("k")) == b"v"
     assert plain.counters["near_hits"] == 0 and plain.state["near_items"] == 0
+
+
+def test_a_remembered_entry_split_is_the_fresh_one():
+    from forkproxy.net.cache import REMEMBERED_ITEM_SIZE, _HEADER, _MAGIC, _split_entry
+
+    def item(body: bytes) -> bytes:
+        head = b'{"v":1}'
+        return _HEADER.pack(_MAGIC, b"v" * 16, 0, len(body), len(head)) + head + body
+
+    for body in (b"", b"x" * 100, b"y" * (REMEMBERED_ITEM_SIZE + 1)):
+        it = item(body)
+        for _ in range(2):
+            assert _parse_entry(it) == _split_entry(it) == (b"v" * 16, 0, len(body), b'{"v":1}', body)
+    for junk in (b"", b"FPC1", item(b"z")[:-3] + b"\xff" * 9, b"XXXX" + item(b"q")[4:]):
+        assert _parse_entry(junk) == _split_entry(junk)
