@@ -266,6 +266,10 @@ class Session:
     edge_req = None  # the current request's net.edge.EdgeRequest (after routing)
     cache_hook = None  # net.caching's hook for the exchange in progress (see its contract)
     cache_tee = None  # the current response's net.caching.Tee: the origin's body goes in
+    # Sizes of the current request's head and of its response's: only small
+    # heads' results are remembered (upstream_fields, relay), so a client
+    # cannot make a worker keep more than CLIENT_HEADS small ones.
+    head_size = resp_head_size = 0
 
     def __init__(self, rt: Runtime, listener: ListenerConfig, client: socket.socket, addr):
         self.rt = rt
@@ -420,6 +424,7 @@ class Session:
             head = self.read_head()
             if head is None:
                 return False
+            self.head_size = len(head)
             start = rec.start = time.time()
             req = http1.parse_request_head(head, rt.limits)
             rec.method, rec.target, rec.version = req.method, req.target, req.version
@@ -550,11 +555,12 @@ class Session:
 
         Without request_headers (which may use per-request variables), the
         fields are a function of the request's fields and version, the peer,
-        the scheme, the Host and the route, but for X-Request-Id: what is
-        around it is remembered in the runtime's upstream_heads (at most
-        CLIENT_HEADS, then forgotten at once).
+        the scheme, the Host and the route, but for X-Request-Id: for a head
+        of at most http1.REMEMBERED_HEAD_SIZE bytes, what is around it is
+        remembered in the runtime's upstream_heads (at most CLIENT_HEADS,
+        then forgotten at once).
         """
-        if er.rules.req_rules is None:
+        if er.rules.req_rules is None and self.head_size <= http1.REMEMBERED_HEAD_SIZE:
             key = (tuple(req.headers), req.version, self.peer, self.proto, host_value, rc.index)
             memo = self.rt.upstream_heads
             got = memo.get(key)
@@ -768,7 +774,8 @@ class Session:
         er = self.edge_req
         self.cache_tee = tee = None
         if self.cache_hook is None and not extra and (er is None or er.rules.resp_rules is None) \
-                and (rec.route is None or self.rt.routes[rec.route].compress is None):
+                and (rec.route is None or self.rt.routes[rec.route].compress is None) \
+                and self.resp_head_size <= http1.REMEMBERED_HEAD_SIZE:
             # No cache hook, sticky cookie, per-request variables or
             # Accept-Encoding: the body's framing and the client's head are a
             # function of these (Date: the clock's, for an origin without).
@@ -953,6 +960,7 @@ class Session:
                                     "without a response", sent=True)
             got_any = True
             buf += data
+        self.resp_head_size = end
         try:
             resp = http1.parse_response_head(buf[:end], self.rt.limits)
         except http1.ProtocolError as exc:
