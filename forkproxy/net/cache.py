@@ -31,8 +31,9 @@ CONTRACT (consumed by ``net.session``; HTTP semantics live in
   namespace cannot be read a fresh random one is returned: a miss, never a
   purged entry.  A token read from the store is kept in this process for
   ``NAMESPACE_TTL`` (1 s), so a hit is one round trip, not two: a host
-  purge done elsewhere (another worker, another forkproxy) takes effect
-  here within that time; one done by this process at once.
+  purge done by another forkproxy takes effect here within that time; one
+  done by any worker of this forkproxy at once (memcached stores: the
+  change counters below; the in-process store is per worker anyway).
 - Near copies (memcached only).  An entry item read from memcached is kept
   in this process (bounded by ``near_size`` bytes, least recently used out)
   and answered from there for ``NEAR_TTL`` (0.5 s), so a hot URL costs two
