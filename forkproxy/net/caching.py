@@ -68,7 +68,7 @@ from forkproxy.core import http1
 from forkproxy.core.epochs import Epochs
 from forkproxy.logs import AccessRecord
 from forkproxy.net.cache import Breaker, CacheError, MemcachedStore, MemoryStore
-from forkproxy.net.session import CLOCK, Abort, Session
+from forkproxy.net.session import CLOCK, Abort, Session, framing_fields_out
 
 log = logging.getLogger("forkproxy.cache")
 
@@ -510,10 +510,10 @@ class Cache:
         compress (which reads the request's Accept-Encoding), the head is a
         function of the entry, its Age and body length, the route's rules, the
         scheme, Host and pool, the cache status, HSTS, keep-alive and the HTTP
-        version; hits on
-        a hot entry ask for the same one all second long, so the last one made
-        is remembered on the Entry object (one slot).
+        version; hits on a hot entry ask for the same one all second long, so
+        the last one made is remembered on the Entry object (one slot).
         """
+        er = s.edge_req
         if policy.client_not_modified(entry, req.headers, req.method):
             code, reason, body = 304, "Not Modified", False
             out = hdr.response_headers_for_client(policy.not_modified_headers(entry, now),
@@ -523,7 +523,6 @@ class Cache:
             code, reason = entry.status, entry.reason
             body = code not in (204, 304) and code >= 200
             age = policy.age_value(entry, now)
-            er = s.edge_req
             rules = er.rules if er is not None else None
             if (rules is None or rules.resp_rules is None) and (
                     rec.route is None or s.rt.routes[rec.route].compress is None):
@@ -540,7 +539,6 @@ class Cache:
             out = list(fields[:-1])
             out.append(("age", age))
             out.append(fields[-1])  # Via
-        er = s.edge_req
         if er is not None:  # hide_headers, rewrite_location, response_headers
             out = er.downstream(out, "", self._servers(s, rec) if er.rules.rewrite_location
                                 else None)
@@ -548,20 +546,11 @@ class Cache:
             out.append((self.header, status))
         if s.hsts is not None:
             out.append(("Strict-Transport-Security", s.hsts))
-        encoder, chunk_out = None, False
+        encoder = None
         if body:
             out, encoder = s.encoder_for(req, rec, code, entry.headers, out, reader.length)
-            if encoder is None:
-                out.append(("Content-Length", str(reader.length)))
-            elif req.version == "1.1":
-                out.append(("Transfer-Encoding", "chunked"))
-                chunk_out = True
-            else:
-                keep = False  # HTTP/1.0: the end of the connection ends the body
-        if not keep:
-            out.append(("Connection", "close"))
-        elif req.version == "1.0":
-            out.append(("Connection", "keep-alive"))
+        keep, chunk_out = framing_fields_out(out, req.version, keep, encoder,
+                                             "length" if body else "none", reader.length)
         got = (http1.serialize_response_head(code, reason, out), code, body, keep, encoder,
                chunk_out)
         if key is not None:

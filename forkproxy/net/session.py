@@ -565,11 +565,9 @@ class Session:
             memo = self.rt.upstream_heads
             got = memo.get(key)
             if got is None:
-                got = (tuple(self._forwarded(req, host_value, tokens)),
-                       tuple(self._framing_fields(req)), rc.host_header or host_value)
-                if len(memo) >= CLIENT_HEADS:
-                    memo.clear()
-                memo[key] = got
+                got = _remember(memo, key, (tuple(self._forwarded(req, host_value, tokens)),
+                                            tuple(self._framing_fields(req)),
+                                            rc.host_header or host_value))
             before, after, out_host = got
             return [*before, ("x-request-id", er.request_id), *after], out_host
         # X-Request-Id, then request_headers
@@ -800,10 +798,7 @@ class Session:
                 self.cache_tee = tee
             got = self._client_head(req, rec, resp, rframing, conn, extra, tee, keep) + (rframing,)
             if key is not None:
-                memo = self.rt.client_heads
-                if len(memo) >= CLIENT_HEADS:
-                    memo.clear()
-                memo[key] = got
+                _remember(self.rt.client_heads, key, got)
         client_head, keep, chunk_out, encoder, up_keepalive, rframing = got
         rec.status = resp.status
         if resp.status >= 500:  # relayed as it came: the error log names who answered it
@@ -842,29 +837,11 @@ class Session:
         out.extend(extra)
         if tee is not None:
             out.extend(tee.headers)
-        chunk_out = False
         out, encoder = self.encoder_for(req, rec, resp.status, resp.headers, out,
                                         rframing.length if rframing.kind == "length" else None,
                                         rframing.codings)
-        if encoder is not None:
-            # Length unknown until the end: chunked (1.1) or until close (1.0).
-            if req.version == "1.1":
-                out.append(("Transfer-Encoding", "chunked"))
-                chunk_out = True
-            else:
-                keep = False
-        elif rframing.kind == "length":
-            out.append(("Content-Length", str(rframing.length)))
-        elif rframing.kind in ("chunked", "close"):
-            if req.version == "1.1":
-                out.append(("Transfer-Encoding", ", ".join(rframing.codings + ("chunked",))))
-                chunk_out = True
-            else:
-                keep = False
-        if not keep:
-            out.append(("Connection", "close"))
-        elif req.version == "1.0":
-            out.append(("Connection", "keep-alive"))
+        keep, chunk_out = framing_fields_out(out, req.version, keep, encoder, rframing.kind,
+                                             rframing.length, rframing.codings)
         return (http1.serialize_response_head(resp.status, resp.reason, out), keep, chunk_out,
                 encoder, http1.keep_alive(resp.version, tokens))
 
@@ -1177,6 +1154,45 @@ def request_target(req) -> tuple[str | None, str | None, str, str]:
     if req.method == "CONNECT":
         raise http1.ProtocolError(501, "CONNECT is not supported by a reverse proxy")
     raise http1.ProtocolError(400, "invalid request target")
+
+
+def framing_fields_out(out: list, version: str, keep: bool, encoder, kind: str,
+                       length: int | None = None, codings: tuple = ()) -> tuple[bool, bool]:
+    """Append to ``out`` the fields that frame a response body for a client
+    (``kind``: the body's framing as it comes, "none", "length", "chunked" or
+    "close") and its Connection field; (keep-alive, chunked) come back.
+
+    Relayed responses and cache hits both go out through here.
+    """
+    chunk_out = False
+    if encoder is not None:
+        # Length unknown until the end: chunked (1.1) or until close (1.0).
+        if version == "1.1":
+            out.append(("Transfer-Encoding", "chunked"))
+            chunk_out = True
+        else:
+            keep = False
+    elif kind == "length":
+        out.append(("Content-Length", str(length)))
+    elif kind in ("chunked", "close"):
+        if version == "1.1":
+            out.append(("Transfer-Encoding", ", ".join(codings + ("chunked",))))
+            chunk_out = True
+        else:
+            keep = False
+    if not keep:
+        out.append(("Connection", "close"))
+    elif version == "1.0":
+        out.append(("Connection", "keep-alive"))
+    return keep, chunk_out
+
+
+def _remember(memo: dict, key, value):
+    """``memo[key] = value``, forgetting everything first once CLIENT_HEADS are kept."""
+    if len(memo) >= CLIENT_HEADS:
+        memo.clear()
+    memo[key] = value
+    return value
 
 
 def body_limit(rt: Runtime, rc, framing) -> int:
