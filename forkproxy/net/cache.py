@@ -636,8 +636,8 @@ class MemcachedStore(_Backend):
                 return got[0]
             near.drop(hashed)
         item = self._get(hashed)
-        # A near copy is for entries served often: a chunked body's entry
-        # (its chunks are read from memcached anyway) and big items are not kept.
+        # Only items of at most 1/16 of near_size are kept, so one big body
+        # cannot push every hot small one out.
         if item is not None and len(item) <= near.max_bytes >> 4:
             near.put(hashed, (item, epoch), len(item), NEAR_TTL)
         return item
