@@ -83,7 +83,7 @@ __all__ = [
     "response_directives", "storable", "not_storable_reason", "Entry",
     "make_entry", "freshness_lifetime", "current_age", "Action", "Decision",
     "decide", "conditional_headers", "can_freshen", "merge_304",
-    "client_not_modified", "serve_headers", "age_value", "not_modified_headers",
+    "client_not_modified", "CLIENT_CONDITIONS", "serve_headers", "age_value", "not_modified_headers",
     "invalidations", "stale_if_error_ok", "ERROR_STATUSES",
     "DEFAULT_CDN_HEADER", "HEURISTIC_STATUSES", "DELTA_MAX",
 ]
@@ -479,7 +479,13 @@ _NO_DIRECTIVES = Directives()
 _PRAGMA_NO_CACHE = Directives(no_cache=True)
 
 
+_DIRECTIVE_FIELDS = frozenset({"cache-control", "pragma"})
+_NAME = itemgetter(0)
+
+
 def _request_directives(req_headers) -> Directives:
+    if _DIRECTIVE_FIELDS.isdisjoint(map(_NAME, req_headers)):
+        return _NO_DIRECTIVES  # most requests: one pass in C, no Python loop
     cc = pragma = None
     for n, v in req_headers:  # one pass; most requests carry neither field
         if n == "cache-control":
@@ -827,9 +833,11 @@ def decide(entry: Entry | None, req_method: str, req_headers, now: float, *,
     if not entry.vary_matches(req_headers):
         return Decision(give_up, reason="vary mismatch")
     cc, lifetime = entry.policy(heuristic_max, cdn_header)
-    age = current_age(entry, now)
+    age = entry.initial_age + (now - entry.response_time)  # current_age, inline: every hit
     if cc.no_cache:
         return _revalidate(req, entry, age, "response no-cache")
+    if req is _NO_DIRECTIVES and lifetime > age:  # a plain request for a fresh entry
+        return Decision(Action.FRESH, (), False, age, "fresh")
     if req.no_cache:
         return _revalidate(req, entry, age, "request no-cache")
     fresh = lifetime > age
@@ -941,7 +949,8 @@ def _etags(value: str) -> list[str] | None:
     return tags
 
 
-_CONDITIONS = frozenset({"if-none-match", "if-modified-since"})
+# The fields that can make a client's request a 304 from a stored entry.
+CLIENT_CONDITIONS = frozenset({"if-none-match", "if-modified-since"})
 
 
 def client_not_modified(entry: Entry, req_headers, method: str = "GET") -> bool:
@@ -952,7 +961,7 @@ def client_not_modified(entry: Entry, req_headers, method: str = "GET") -> bool:
     (GET/HEAD only, a single valid date) compares with Last-Modified, else
     Date.  Only a 200 entry can stand behind a 304.
     """
-    if entry.status != 200 or _CONDITIONS.isdisjoint(map(itemgetter(0), req_headers)):
+    if entry.status != 200 or CLIENT_CONDITIONS.isdisjoint(map(_NAME, req_headers)):
         return False
     inm = _all(req_headers, "if-none-match")
     if inm:

@@ -87,6 +87,7 @@ import re
 from functools import lru_cache
 from dataclasses import dataclass
 from urllib.parse import urlsplit
+from typing import NamedTuple
 
 __all__ = [
     "ProtocolError", "IncompleteBody", "Limits", "Request", "Response", "Framing",
@@ -125,8 +126,9 @@ class IncompleteBody(Exception):
     """The peer closed before the body's declared end (length or last chunk)."""
 
 
-@dataclass(frozen=True, slots=True)
-class Limits:
+class Limits(NamedTuple):
+    # A tuple: every remembered head is looked up by (bytes, limits), and a
+    # tuple hashes in C where a frozen dataclass runs a Python __hash__.
     max_uri_length: int = 8192
     max_headers: int = 100
     max_head_size: int = 32768
@@ -142,7 +144,8 @@ class Request:
     ``host`` is the Host header's host, lower-cased, without its port (None
     when absent); ``framing`` is ``request_body_framing(self)``; ``host_value``,
     ``expect`` and ``upgrade`` are the Host, Expect and Upgrade fields' first
-    values (None when absent): all are found by ``parse_request_head`` in its
+    values (None when absent), ``connection`` the Connection fields' tokens
+    (``connection_tokens``): all are found by ``parse_request_head`` in its
     one pass over the fields, so the proxy does not search for them again.
     """
 
@@ -155,6 +158,7 @@ class Request:
     host_value: str | None = None
     expect: str | None = None
     upgrade: str | None = None
+    connection: frozenset[str] = frozenset()
 
     def get(self, name: str, default: str | None = None) -> str | None:
         """First value of the lower-case header ``name``, or ``default``."""
@@ -356,7 +360,7 @@ def parse_request_head(head: bytes, limits: Limits = DEFAULT_LIMITS) -> Request:
     # A copy: the remembered one is never handed out, so nothing a caller
     # does to its request can reach the next one.
     return Request(r.method, r.target, r.version, list(r.headers), r.host, r.framing,
-                   r.host_value, r.expect, r.upgrade)
+                   r.host_value, r.expect, r.upgrade, r.connection)
 
 
 # The same head bytes come again and again: a keep-alive client that polls,
@@ -386,7 +390,7 @@ def _parse_request_head(head: bytes, limits: Limits) -> Request:
     if target[0] != "/" or method == "CONNECT":  # origin-form needs no more checks
         _check_target(method, target)
     hosts = 0
-    host = cl = te = expect = upgrade = None
+    host = cl = te = expect = upgrade = conn = None
     for n, v in headers:  # one pass for Host, the framing fields and the rare ones
         if n == "host":
             hosts += 1
@@ -401,6 +405,8 @@ def _parse_request_head(head: bytes, limits: Limits) -> Request:
         elif n == "upgrade":
             if upgrade is None:
                 upgrade = v
+        elif n == "connection":
+            conn = (v,) if conn is None else conn + (v,)
     if hosts > 1:
         raise ProtocolError(400, "more than one Host header")
     if hosts == 0:
@@ -411,7 +417,8 @@ def _parse_request_head(head: bytes, limits: Limits) -> Request:
         host = _validate_host(host, 400)[0]
     # Raises on CL/TE conflicts before anything is forwarded.
     return Request(method, target, version, headers, host, _request_framing(version, cl, te),
-                   host_value, expect, upgrade)
+                   host_value, expect, upgrade,
+                   _NO_TOKENS if conn is None else _tokens_of(conn))
 
 
 def _diagnose_request_line(text: str, pos: int, limits: Limits) -> ProtocolError:
@@ -828,13 +835,21 @@ def encode_last_chunk(trailers=()) -> bytes:
 
 def connection_tokens(headers) -> frozenset[str]:
     """Lower-cased tokens of every Connection header."""
+    values = tuple(v for n, v in headers if n == "connection")
+    return _tokens_of(values) if values else _NO_TOKENS
+
+
+_NO_TOKENS: frozenset[str] = frozenset()
+
+
+@lru_cache(maxsize=64)  # a handful of values in practice: keep-alive, close, Upgrade
+def _tokens_of(values: tuple[str, ...]) -> frozenset[str]:
     tokens = set()
-    for n, v in headers:
-        if n == "connection":
-            for t in v.split(","):
-                t = t.strip(" \t")
-                if t:
-                    tokens.add(t.lower())
+    for v in values:
+        for t in v.split(","):
+            t = t.strip(" \t")
+            if t:
+                tokens.add(t.lower())
     return frozenset(tokens)
 
 
