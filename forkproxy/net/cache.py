@@ -226,6 +226,10 @@ class Breaker:
 
 # ------------------------------------------------------------------ readers and writers
 
+def _nothing() -> None:
+    pass
+
+
 class BodyReader:
     """Iterator over a stored body's chunks (bytes); ``length`` is the whole body's size.
 
@@ -233,13 +237,18 @@ class BodyReader:
     after calling ``on_broken`` (the store drops the entry: later readers miss).
     """
 
-    def __init__(self, length: int, first: bytes, rest: Callable[[int], bytes | None], count: int,
-                 on_broken: Callable[[], object] = lambda: None):
+    __slots__ = ("length", "whole", "_first", "_rest", "_count", "_on_broken")
+
+    def __init__(self, length: int, first: bytes, rest: Callable[[int], bytes | None] | None,
+                 count: int, on_broken: Callable[[], object] | None = None):
         self.length = length
+        # The body itself when its first piece is all of it (a small body:
+        # the common case), so a hit sends it without iterating.
+        self.whole = first if count <= 1 and len(first) == length else None
         self._first = first
         self._rest = rest
         self._count = count
-        self._on_broken = on_broken
+        self._on_broken = on_broken or _nothing
 
     def __iter__(self) -> Iterator[bytes]:
         seen = 0
@@ -325,25 +334,28 @@ class Writer:
             self._store._delete(self._store._chunk_key(self._key, self._version, i))
 
 
-def _parse_entry(item: bytes) -> tuple[bytes, int, int, bytes, bytes] | None:
-    """(version, chunk count, body length, head, inline body) or None when not ours."""
-    if len(item) <= REMEMBERED_ITEM_SIZE:
-        return _remembered_entry(item)
-    return _split_entry(item)
-
-
 # A hit on a hot key brings the same item back (the same bytes object from the
-# in-process store or a near copy, whose hash Python keeps): its split is
-# remembered, for items up to REMEMBERED_ITEM_SIZE (8 MiB in all at most).
+# in-process store or a near copy, whose hash Python keeps).  For an item that
+# holds its whole body, what ``get_entry`` answers is a function of its bytes
+# (a BodyReader is never changed by reading it): it is remembered, for items
+# up to REMEMBERED_ITEM_SIZE (8 MiB in all at most).
 REMEMBERED_ITEM_SIZE = 64 << 10
 
 
 @functools.lru_cache(maxsize=128)
-def _remembered_entry(item: bytes):
-    return _split_entry(item)
+def _remembered_inline(item: bytes) -> tuple[bytes, "BodyReader"] | None:
+    """(head, reader) of an item whose body is in it whole, else None."""
+    parsed = _split_entry(item)
+    if parsed is None:
+        return None
+    _, count, length, head, body = parsed
+    if count != 0 or len(body) != length:
+        return None
+    return head, BodyReader(length, body, None, 1)
 
 
 def _split_entry(item: bytes) -> tuple[bytes, int, int, bytes, bytes] | None:
+    """(version, chunk count, body length, head, inline body) or None when not ours."""
     if len(item) < _HEADER.size:
         return None
     magic, version, count, length, head_len = _HEADER.unpack_from(item)
@@ -403,7 +415,16 @@ class _Backend:
 
     def get_entry(self, key: str) -> tuple[bytes, BodyReader] | None:
         item = self._get_entry_item(key)
-        parsed = _parse_entry(item) if item is not None else None
+        if item is None:
+            parsed = None
+        elif len(item) <= REMEMBERED_ITEM_SIZE:
+            got = _remembered_inline(item)
+            if got is not None:  # a small body in the item itself: most hits
+                self.counters["hits"] += 1
+                return got
+            parsed = _split_entry(item)
+        else:
+            parsed = _split_entry(item)
         if parsed is None:
             self.counters["misses"] += 1
             return None
@@ -412,7 +433,7 @@ class _Backend:
             if len(body) != length:
                 self.counters["misses"] += 1
                 return None
-            reader = BodyReader(length, body, lambda i: None, 1)
+            reader = BodyReader(length, body, None, 1)
         else:
             first = self._get(self._chunk_key(key, version, 0))
             if first is None:
@@ -625,21 +646,23 @@ class MemcachedStore(_Backend):
 
     def _get_entry_item(self, key: str) -> bytes | None:
         near = self.near
-        hashed = self._entry_key(key)
+        hashed = self._entry_keys.get(key) or self._entry_key(key)
         if near is None:
             return self._get(hashed)
-        epoch = self.epochs.values[Epochs.slot(hashed)]  # before the read: see Epochs
         got = near.get(hashed)
         if got is not None:
-            if got[1] == epoch:
+            item, epoch, slot = got
+            if self.epochs.values[slot] == epoch:
                 self.counters["near_hits"] += 1
-                return got[0]
+                return item
             near.drop(hashed)
+        slot = Epochs.slot(hashed)
+        epoch = self.epochs.values[slot]  # before the read: see Epochs
         item = self._get(hashed)
         # Only items of at most 1/16 of near_size are kept, so one big body
         # cannot push every hot small one out.
         if item is not None and len(item) <= near.max_bytes >> 4:
-            near.put(hashed, (item, epoch), len(item), NEAR_TTL)
+            near.put(hashed, (item, epoch, slot), len(item), NEAR_TTL)
         return item
 
     def _changed(self, hashed: str) -> None:
@@ -665,6 +688,9 @@ class MemcachedStore(_Backend):
         if now_epoch != self._ns_epoch:  # a host purged through this forkproxy
             self._ns.clear()
             self._ns_epoch = now_epoch
+        known = self._ns.get(host)  # _Backend.namespace's first step, inline: every request
+        if known is not None and self.clock() - known[1] < NAMESPACE_TTL:
+            return known[0]
         return super().namespace(host)
 
     def bump_namespace(self, host: str) -> bool:

@@ -23,7 +23,7 @@ from support.runner import REPO_ROOT
 
 from forkproxy.core.epochs import Epochs
 from forkproxy.net.cache import (NAMESPACE_HOSTS, NAMESPACE_TTL, NEAR_TTL, Breaker, CacheError, MemcachedStore,
-                                  MemoryStore, _parse_entry, hashed_key)
+                                  MemoryStore, _split_entry, hashed_key)
 
 SMALL_ITEM = 1000   # small chunks: many chunks from a few KB
 # Where a test expects memcached to answer: a generous timeout, so a loaded
@@ -179,7 +179,7 @@ def test_vanished_chunk_raises_cache_error_not_a_short_body(memcached):
     head, reader = store.get_entry("k")
     it = iter(reader)
     next(it)
-    version, count = _parse_entry(store._get(store._entry_key("k")))[:2]
+    version, count = _split_entry(store._get(store._entry_key("k")))[:2]
     assert count == 5
     store._delete(store._chunk_key("k", version, 3))     # as if memcached evicted it
     with pytest.raises(CacheError):
@@ -552,16 +552,24 @@ def test_near_copies_are_bounded_and_skip_big_items(memcached):
     assert plain.counters["near_hits"] == 0 and plain.state["near_items"] == 0
 
 
-def test_a_remembered_entry_split_is_the_fresh_one():
-    from forkproxy.net.cache import REMEMBERED_ITEM_SIZE, _HEADER, _MAGIC, _split_entry
+def test_a_remembered_inline_entry_is_the_fresh_one():
+    from forkproxy.net.cache import REMEMBERED_ITEM_SIZE, _HEADER, _MAGIC, _remembered_inline
 
-    def item(body: bytes) -> bytes:
+    def item(body: bytes, count: int = 0, length: int | None = None) -> bytes:
         head = b'{"v":1}'
-        return _HEADER.pack(_MAGIC, b"v" * 16, 0, len(body), len(head)) + head + body
+        n = len(body) if length is None else length
+        return _HEADER.pack(_MAGIC, b"v" * 16, count, n, len(head)) + head + body
 
-    for body in (b"", b"x" * 100, b"y" * (REMEMBERED_ITEM_SIZE + 1)):
+    for body in (b"", b"x" * 100, b"y" * (REMEMBERED_ITEM_SIZE - 100)):
         it = item(body)
+        assert _split_entry(it) == (b"v" * 16, 0, len(body), b'{"v":1}', body)
         for _ in range(2):
-            assert _parse_entry(it) == _split_entry(it) == (b"v" * 16, 0, len(body), b'{"v":1}', body)
+            head, reader = _remembered_inline(it)
+            assert head == b'{"v":1}' and reader.length == len(body)
+            assert b"".join(reader) == body and b"".join(reader) == body  # read twice: the same
+            assert reader.whole == body
+    # Chunked entries, short bodies and junk are not remembered as inline ones.
+    assert _remembered_inline(item(b"", count=3, length=5000)) is None
+    assert _remembered_inline(item(b"abc", length=5)) is None
     for junk in (b"", b"FPC1", item(b"z")[:-3] + b"\xff" * 9, b"XXXX" + item(b"q")[4:]):
-        assert _parse_entry(junk) == _split_entry(junk)
+        assert _split_entry(junk) is None or _remembered_inline(junk) is None
