@@ -55,9 +55,11 @@ import dataclasses
 import functools
 import json
 import logging
+import operator
 import os
 import re
 import time
+from typing import NamedTuple
 
 import gevent
 
@@ -79,6 +81,7 @@ VALIDATOR_KEEP = 3600.0
 _VARY = b"VARY "
 _PASS = b"PASS"
 _LENGTH = frozenset({"content-length"})
+_NAME = operator.itemgetter(0)
 CONDITIONAL_FIELDS = frozenset({"if-none-match", "if-modified-since", "if-match",
                                 "if-unmodified-since", "if-range"})
 
@@ -105,9 +108,8 @@ def _authority(primary: str) -> str:
     return re.split(r"[/?*]", primary.partition("://")[2], maxsplit=1)[0]
 
 
-@dataclasses.dataclass
-class Lookup:
-    """``Cache.consult``'s answer for one request.
+class Lookup(NamedTuple):
+    """``Cache.consult``'s answer for one request (a tuple: one per request).
 
     ``primary``: the URL's key (scheme://host/target).  ``key`` None: not
     looked up (an unsafe method or a body: BYPASS; the response invalidates
@@ -331,11 +333,11 @@ class Cache:
         key = self.key(primary)
         found = self.lookup(key, req.headers)
         if found is _PASS:
-            return Lookup(primary, key, passed=True)
+            return Lookup(primary, key, True)
         entry, reader = found or (None, None)
         d = policy.decide(entry, req.method, req.headers, time.time(), heuristic_max=self.hmax,
                           cdn_header=self.cdn)
-        return Lookup(primary, key, entry=entry, reader=reader, decision=d)
+        return Lookup(primary, key, False, entry, reader, d)
 
     def handle(self, s, req, rec, cached_route: bool, pool, host: str, target: str,
                upstream, framing, has_body: bool, max_body, keep: bool) -> bool:
@@ -345,23 +347,16 @@ class Cache:
         method = req.method
         if method == "PURGE":
             return self.purge(s, req, rec, host, target, keep)
-
-        def forward(hook=None, validators=None):
-            headers, out_host = upstream()
-            if validators is not None:
-                headers = _conditional(headers, validators)
-            s.cache_hook = hook
-            try:
-                return s.exchange(req, rec, pool, target, out_host, headers, framing, has_body,
-                                  max_body, keep)
-            finally:
-                s.cache_hook = None
-                if hook is not None and hook.tee is not None:
-                    hook.tee.abort()  # no-op once committed
-
+        if cached_route:
+            look = self.consult(s.proto, host, target, req, has_body)
+            d = look.decision
+            if d is not None and d.action is policy.Action.FRESH:  # a hit: nothing more to set up
+                return self.serve(s, req, rec, look.entry, look.reader, "HIT", keep)
+        # What a miss calls to go upstream (hook: the _Hook that sees the response).
+        forward = functools.partial(self._forward, s, req, rec, pool, target, upstream, framing,
+                                    has_body, max_body, keep)
         if not cached_route:
             return forward()
-        look = self.consult(s.proto, host, target, req, has_body)
         if look.key is None:
             rec.cache = "BYPASS"
             return forward(_Hook(self, s, req, rec, None, keep,
@@ -369,10 +364,8 @@ class Cache:
         key = look.key
         if look.passed:
             return forward(_Hook(self, s, req, rec, key, keep))
-        entry, reader, d = look.entry, look.reader, look.decision
+        entry, reader = look.entry, look.reader
         action = d.action
-        if action is policy.Action.FRESH:
-            return self.serve(s, req, rec, entry, reader, "HIT", keep)
         if action is policy.Action.STALE_OK:
             if d.background_refresh:
                 self.refresh_later(s, req, rec, pool, key, target, upstream,
@@ -388,6 +381,23 @@ class Cache:
         if method != "GET" or any(n in CONDITIONAL_FIELDS for n, _ in req.headers):
             return forward(_Hook(self, s, req, rec, key, keep))
         return self.coalesced(s, req, rec, key, keep, forward)
+
+    @staticmethod
+    def _forward(s, req, rec, pool, target, upstream, framing, has_body, max_body, keep,
+                 hook=None, validators=None) -> bool:
+        """Through ``s.exchange``, with ``hook`` as the session's cache hook and
+        ``validators`` (a revalidation) added to the upstream fields."""
+        headers, out_host = upstream()
+        if validators is not None:
+            headers = _conditional(headers, validators)
+        s.cache_hook = hook
+        try:
+            return s.exchange(req, rec, pool, target, out_host, headers, framing, has_body,
+                              max_body, keep)
+        finally:
+            s.cache_hook = None
+            if hook is not None and hook.tee is not None:
+                hook.tee.abort()  # no-op once committed
 
     def coalesced(self, s, req, rec, key: str, keep: bool, forward) -> bool:
         """A GET miss: one request upstream per key across the fleet (module docstring)."""
@@ -470,9 +480,14 @@ class Cache:
                                                                 keep, time.time())
         rec.status, rec.cache = code, status
         send_body = body and req.method != "HEAD"
-        if not send_body and writer is None:
-            s._send(head)
-            return keep
+        if writer is None:
+            if not send_body:
+                s._send(head)
+                return keep
+            whole = reader.whole
+            if whole is not None and encoder is None:  # a small body as it is: one send
+                s._send(head + whole)
+                return keep
         pending = head
         try:
             for chunk in reader:
@@ -514,7 +529,8 @@ class Cache:
         the last one made is remembered on the Entry object (one slot).
         """
         er = s.edge_req
-        if policy.client_not_modified(entry, req.headers, req.method):
+        if not policy.CLIENT_CONDITIONS.isdisjoint(map(_NAME, req.headers)) and \
+                policy.client_not_modified(entry, req.headers, req.method):
             code, reason, body = 304, "Not Modified", False
             out = hdr.response_headers_for_client(policy.not_modified_headers(entry, now),
                                                   also=_LENGTH)
@@ -522,7 +538,10 @@ class Cache:
         else:
             code, reason = entry.status, entry.reason
             body = code not in (204, 304) and code >= 200
-            age = policy.age_value(entry, now)
+            # policy.age_value, inline (every hit): the key needs the number only
+            age = int(entry.initial_age + (now - entry.response_time))
+            if not 0 <= age <= policy.DELTA_MAX:
+                age = 0 if age < 0 else policy.DELTA_MAX
             rules = er.rules if er is not None else None
             if (rules is None or rules.resp_rules is None) and (
                     rec.route is None or s.rt.routes[rec.route].compress is None):
@@ -537,7 +556,7 @@ class Cache:
             # is the same for every hit on this Entry, Age is not.
             fields = _client_fields(entry)
             out = list(fields[:-1])
-            out.append(("age", age))
+            out.append(("age", str(age)))
             out.append(fields[-1])  # Via
         if er is not None:  # hide_headers, rewrite_location, response_headers
             out = er.downstream(out, "", self._servers(s, rec) if er.rules.rewrite_location
