@@ -45,35 +45,32 @@ FORMATS = ("combined", "json")
 
 
 class AccessRecord:
-    """What one request leaves in the logs (a plain, slotted bag).
+    """What one request leaves in the logs (a plain bag).
 
     ``bytes_received``/``bytes_sent`` are set by the session when the request
     ends.  ``why`` is set where forkproxy decides to refuse a request or to
     answer 5xx (or sees a server answer 5xx): the error log's reason, in words.
     """
 
-    __slots__ = ("client", "method", "target", "version", "status", "bytes_sent",
-                 "referer", "user_agent", "upstream", "upstream_status", "request_time",
-                 "upstream_time", "route", "pool", "start", "bytes_received", "cache",
-                 "request_id", "tls_version", "sni", "why")
+    # The defaults live on the class: one record is made per request, and it
+    # sets only what its request came to have.
+    method = target = version = None
+    status = 0
+    bytes_sent = bytes_received = 0
+    referer = user_agent = None
+    upstream = upstream_status = None
+    request_time = 0.0
+    upstream_time = None
+    route = pool = None
+    cache = None  # HIT, MISS, STALE, REVALIDATED or BYPASS on cached routes
+    request_id = None
+    tls_version = None  # "TLSv1.3"... on a TLS connection
+    sni = None  # the server name the TLS client asked for
+    why = None
 
     def __init__(self, client: str, start: float):
         self.client = client
         self.start = start
-        self.method = self.target = self.version = None
-        self.status = 0
-        self.bytes_sent = 0
-        self.bytes_received = 0
-        self.referer = self.user_agent = None
-        self.upstream = self.upstream_status = None
-        self.request_time = 0.0
-        self.upstream_time = None
-        self.route = self.pool = None
-        self.cache = None  # HIT, MISS, STALE, REVALIDATED or BYPASS on cached routes
-        self.request_id = None
-        self.tls_version = None  # "TLSv1.3"... on a TLS connection
-        self.sni = None  # the server name the TLS client asked for
-        self.why = None
 
 
 def error_line(r: AccessRecord) -> tuple[int, str] | None:

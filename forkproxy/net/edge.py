@@ -191,7 +191,7 @@ class Edge:
     def request_id(self, req, peer: str) -> str:
         """The id of a request from ``peer``: a trusted proxy's well-formed
         ``X-Request-Id`` is kept; any other request gets 32 random hex digits."""
-        rid = req.get("x-request-id") if self._trusted(peer) else None
+        rid = req.get("x-request-id") if self.trusted and self._trusted(peer) else None
         if rid is None or not _REQUEST_ID.fullmatch(rid):
             rid = "%032x" % self._rand.getrandbits(128)
         return rid
@@ -205,7 +205,7 @@ class Edge:
         the client; the caller reports ``rules.rate_key`` instead.
         """
         rules = self.routes[index]
-        trusted = self._trusted(peer)
+        trusted = self.trusted and self._trusted(peer)
         client = hdr.real_client_addr(req.headers, peer, self.trusted) if trusted else peer
         rid = rec.request_id = rec.request_id or self.request_id(req, peer)
         er = EdgeRequest(rules, client, rid, proto, host or "", req.host_value)

@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import email.utils
 import errno
+import functools
 import ipaddress
 import socket
 import time
@@ -39,7 +40,7 @@ from forkproxy.logs import AccessLog, AccessRecord, error_line
 from forkproxy.net import compress, tunnel
 from forkproxy.net.edge import Edge
 from forkproxy.net.pools import REFRESH, PoolRuntime
-from forkproxy.net.sockio import Timers, is_plain, send_now, wait_readable
+from forkproxy.net.sockio import Timers, is_plain, recv_ready, send_now, wait_readable
 from forkproxy.net.tls import HandshakeFailed, ListenerTLS, tls_server_name
 from forkproxy.net.upstream import RECV_SIZE, UpstreamConn, UpstreamError
 
@@ -117,7 +118,7 @@ class Runtime:
         self.tls = {lc.name: ListenerTLS(lc) for lc in cfg.listeners if lc.contexts}
         self.https_port = {r.index: _https_port(cfg, r) for r in cfg.routes if r.redirect_https}
         self.edge = Edge(cfg, shared, slot, log)  # shared: the master's buffers (daemon.hooks)
-        self.idle: set[Session] = set()
+        self.sessions: set[Session] = set()  # live client connections (drain wakes idle ones)
         self.draining = False
         self.drain_until = 0.0
 
@@ -224,8 +225,8 @@ class Runtime:
         gevent.spawn_later(window, self._close_idle)
 
     def _close_idle(self) -> None:
-        for session in list(self.idle):
-            session.shut_idle()
+        for session in list(self.sessions):
+            session.shut_idle()  # only those waiting for a next request
 
     def trusted_peer(self, ip: str) -> bool:
         if not self.trusted:
@@ -290,6 +291,7 @@ class Session:
 
     def run(self) -> None:
         client = self.client
+        self.rt.sessions.add(self)
         try:
             client.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
             client.settimeout(None)
@@ -303,6 +305,7 @@ class Session:
         except Exception:  # a bug must cost one connection, never the worker
             self.rt.log.exception("internal error on a connection from %s", self.peer)
         finally:
+            self.rt.sessions.discard(self)
             self.timers.close()
             try:
                 client.close()
@@ -329,7 +332,9 @@ class Session:
         try:
             if idle and self.plain:
                 wait_readable(self.client)
-            data = self.client.recv(RECV_SIZE)
+                data = recv_ready(self.client, RECV_SIZE)
+            else:
+                data = self.client.recv(RECV_SIZE)
         except socket.timeout:
             raise
         except OSError:
@@ -365,15 +370,13 @@ class Session:
                 wait = min(wait, rt.drain_until - time.monotonic())
                 if wait <= 0:
                     return None
-            rt.idle.add(self)
-            self.idle_waiting = True
+            self.idle_waiting = True  # Runtime._close_idle may wake it
             try:
                 buf = self._recv(wait, idle=bool(self.served))
             except socket.timeout:
                 return None
             finally:
                 self.idle_waiting = False
-                rt.idle.discard(self)
             if not buf:
                 return None
         deadline = None
@@ -417,7 +420,8 @@ class Session:
         rt = self.rt
         start = time.time()
         rec = AccessRecord(self.peer, start)
-        rec.tls_version, rec.sni = self.tls_version, self.sni
+        if self.tls_version is not None:
+            rec.tls_version, rec.sni = self.tls_version, self.sni
         received, sent = self.received - len(self.buf), self.sent
         keep = False
         try:
@@ -536,13 +540,13 @@ class Session:
                 # the expectation, so the upstream never waits on a 100.
                 self._send(CONTINUE)
 
-        tokens = http1.connection_tokens(req.headers)
+        tokens = req.connection
         client_keepalive = http1.keep_alive(req.version, tokens)
         if rt.cache is not None and (rc.cache or method == "PURGE"):
             # A hit never goes upstream: the upstream head is built only when asked.
             return rt.cache.handle(
                 self, req, rec, rc.cache, pool, host_value, upstream_target,
-                lambda: self.upstream_fields(req, rc, er, host_value, tokens),
+                functools.partial(self.upstream_fields, req, rc, er, host_value, tokens),
                 framing, has_body, max_body, client_keepalive)
         headers, out_host = self.upstream_fields(req, rc, er, host_value, tokens)
         return self.exchange(req, rec, pool, upstream_target, out_host, headers, framing,
@@ -921,7 +925,9 @@ class Session:
                 if wait:
                     wait = False
                     wait_readable(conn.sock)
-                data = conn.sock.recv(RECV_SIZE)
+                    data = recv_ready(conn.sock, RECV_SIZE)
+                else:
+                    data = conn.sock.recv(RECV_SIZE)
             except socket.timeout:
                 raise UpstreamError("timeout", f"upstream {conn.server.addr} did not answer in "
                                     f"time ({conn.read_timeout:g}s reading the response head)",
@@ -1233,7 +1239,7 @@ def _upgrade_asked(req) -> str | None:
     if req.version != "1.1":
         return None
     value = req.upgrade
-    if value is None or "upgrade" not in http1.connection_tokens(req.headers):
+    if value is None or "upgrade" not in req.connection:
         return None
     return value
 

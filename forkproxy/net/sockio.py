@@ -36,7 +36,11 @@ user CPU per request that way, against 49-64 us.
 no timer and no gevent wrapper: a response or a request head nearly always
 fits the socket buffer whole, and only the rest (if any) needs a time limit.
 
-The last two are for plain sockets only (``is_plain``): a TLS socket may
+``recv_ready(sock, n)`` reads after ``wait_readable`` said there is
+something, without gevent's Python wrapper around recv (which would try,
+catch EAGAIN and wait); a spurious wake-up falls back to that wrapper.
+
+The last three are for plain sockets only (``is_plain``): a TLS socket may
 already hold decrypted bytes that no readiness event announces, and its
 raw socket must never see plaintext.
 """
@@ -60,6 +64,15 @@ def wait_readable(sock) -> None:
     closing the socket from another greenlet raises ``OSError`` (EBADF).
     """
     get_hub().wait(sock._read_event)
+
+
+def recv_ready(sock, n: int) -> bytes:
+    """One read of up to ``n`` bytes from a plain socket ``wait_readable``
+    just woke for; waits (gevent's way) only when nothing was there after all."""
+    try:
+        return sock._sock.recv(n)
+    except BlockingIOError:
+        return sock.recv(n)
 
 
 def send_now(sock, data) -> int:
