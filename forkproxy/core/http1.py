@@ -68,7 +68,8 @@ Keep-alive
 Data types
     Header names in ``Request.headers`` / ``Response.headers`` are lower-case
     ``str``; values are ``str`` decoded as latin-1 with surrounding OWS
-    removed; order and repeats are kept.  ``Request.target`` is the raw
+    removed; order and repeats are kept (a tuple in the immutable
+    ``Request``, a list in ``Response``).  ``Request.target`` is the raw
     request target (``str``, ASCII).  ``Request.version`` and
     ``Response.version`` are ``"1.0"`` or ``"1.1"``.
 
@@ -137,9 +138,9 @@ class Limits(NamedTuple):
 DEFAULT_LIMITS = Limits()
 
 
-@dataclass(slots=True)
-class Request:
-    """A parsed request head.
+class Request(NamedTuple):
+    """A parsed request head, immutable (``headers`` is a tuple): one parse of
+    a remembered head is handed to every request that sends those bytes.
 
     ``host`` is the Host header's host, lower-cased, without its port (None
     when absent); ``framing`` is ``request_body_framing(self)``; ``host_value``,
@@ -152,7 +153,7 @@ class Request:
     method: str
     target: str
     version: str
-    headers: list[tuple[str, str]]
+    headers: tuple[tuple[str, str], ...]
     host: str | None = None
     framing: "Framing | None" = None
     host_value: str | None = None
@@ -356,11 +357,9 @@ def parse_request_head(head: bytes, limits: Limits = DEFAULT_LIMITS) -> Request:
     """Parse and validate a request head (see the module contract)."""
     if len(head) > REMEMBERED_HEAD_SIZE or isinstance(head, str):
         return _parse_request_head(head, limits)
-    r = _remembered_request_head(bytes(head), limits)
-    # A copy: the remembered one is never handed out, so nothing a caller
-    # does to its request can reach the next one.
-    return Request(r.method, r.target, r.version, list(r.headers), r.host, r.framing,
-                   r.host_value, r.expect, r.upgrade, r.connection)
+    # Immutable, so the one remembered is handed out: nothing a caller does
+    # with its request can reach the next one.
+    return _remembered_request_head(bytes(head), limits)
 
 
 # The same head bytes come again and again: a keep-alive client that polls,
@@ -416,7 +415,8 @@ def _parse_request_head(head: bytes, limits: Limits) -> Request:
     if hosts:
         host = _validate_host(host, 400)[0]
     # Raises on CL/TE conflicts before anything is forwarded.
-    return Request(method, target, version, headers, host, _request_framing(version, cl, te),
+    return Request(method, target, version, tuple(headers), host,
+                   _request_framing(version, cl, te),
                    host_value, expect, upgrade,
                    _NO_TOKENS if conn is None else _tokens_of(conn))
 
