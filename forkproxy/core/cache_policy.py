@@ -812,6 +812,13 @@ class Decision(NamedTuple):
     reason: str = ""                     # short, for logs and `forkproxyctl explain`
 
 
+# Hot spots read these instead of Action.X and Decision(...): an Enum
+# member read from its class costs a Python-level lookup in 3.11, and a
+# NamedTuple's own constructor is a Python function.
+_FRESH, _MISS, _GATEWAY_TIMEOUT = Action.FRESH, Action.MISS, Action.GATEWAY_TIMEOUT
+_tuple_new = tuple.__new__
+
+
 def _stale_forbidden(cc: Directives) -> bool:
     # RFC 9111 4.2.4; s-maxage implies proxy-revalidate (5.2.2.10).
     return cc.no_cache or cc.must_revalidate or cc.proxy_revalidate or cc.s_maxage is not None
@@ -825,9 +832,9 @@ def decide(entry: Entry | None, req_method: str, req_headers, now: float, *,
     (stale-while-revalidate).  Only GET and HEAD are answered from cache.
     """
     req = _request_directives(req_headers)
-    give_up = Action.GATEWAY_TIMEOUT if req.only_if_cached else Action.MISS
+    give_up = _GATEWAY_TIMEOUT if req.only_if_cached else _MISS
     if req_method not in ("GET", "HEAD"):
-        return Decision(Action.MISS, reason="method")
+        return Decision(_MISS, reason="method")
     if entry is None:
         return Decision(give_up, reason="no entry")
     if not entry.vary_matches(req_headers):
@@ -837,7 +844,7 @@ def decide(entry: Entry | None, req_method: str, req_headers, now: float, *,
     if cc.no_cache:
         return _revalidate(req, entry, age, "response no-cache")
     if req is _NO_DIRECTIVES and lifetime > age:  # a plain request for a fresh entry
-        return Decision(Action.FRESH, (), False, age, "fresh")
+        return _tuple_new(Decision, (_FRESH, (), False, age, "fresh"))
     if req.no_cache:
         return _revalidate(req, entry, age, "request no-cache")
     fresh = lifetime > age

@@ -51,7 +51,6 @@ route's header rules and compression apply on the way out, per client.
 
 from __future__ import annotations
 
-import dataclasses
 import functools
 import json
 import logging
@@ -82,6 +81,8 @@ _VARY = b"VARY "
 _PASS = b"PASS"
 _LENGTH = frozenset({"content-length"})
 _NAME = operator.itemgetter(0)
+_FRESH = policy.Action.FRESH  # a module global: an Enum member read from its class is slow
+_tuple_new = tuple.__new__
 CONDITIONAL_FIELDS = frozenset({"if-none-match", "if-modified-since", "if-match",
                                 "if-unmodified-since", "if-range"})
 
@@ -337,23 +338,23 @@ class Cache:
         entry, reader = found or (None, None)
         d = policy.decide(entry, req.method, req.headers, time.time(), heuristic_max=self.hmax,
                           cdn_header=self.cdn)
-        return Lookup(primary, key, False, entry, reader, d)
+        return _tuple_new(Lookup, (primary, key, False, entry, reader, d))  # Lookup(...), faster
 
     def handle(self, s, req, rec, cached_route: bool, pool, host: str, target: str,
-               upstream, framing, has_body: bool, max_body, keep: bool) -> bool:
+               framing, has_body: bool, max_body, keep: bool) -> bool:
         """Answer ``req`` from the store or through ``s.exchange``; True to keep
-        the connection.  ``upstream()`` gives the (fields, Host) to send
-        upstream (``Session.upstream_fields``): a hit never builds them."""
+        the connection.  A hit never builds the head that would go upstream
+        (``Session.upstream_head``): only a miss asks for it."""
         method = req.method
         if method == "PURGE":
             return self.purge(s, req, rec, host, target, keep)
         if cached_route:
             look = self.consult(s.proto, host, target, req, has_body)
             d = look.decision
-            if d is not None and d.action is policy.Action.FRESH:  # a hit: nothing more to set up
+            if d is not None and d.action is _FRESH:  # a hit: nothing more to set up
                 return self.serve(s, req, rec, look.entry, look.reader, "HIT", keep)
         # What a miss calls to go upstream (hook: the _Hook that sees the response).
-        forward = functools.partial(self._forward, s, req, rec, pool, target, upstream, framing,
+        forward = functools.partial(self._forward, s, req, rec, pool, host, target, framing,
                                     has_body, max_body, keep)
         if not cached_route:
             return forward()
@@ -368,7 +369,7 @@ class Cache:
         action = d.action
         if action is policy.Action.STALE_OK:
             if d.background_refresh:
-                self.refresh_later(s, req, rec, pool, key, target, upstream,
+                self.refresh_later(s, req, rec, pool, key, host, target,
                                    d.conditional_headers, (entry, reader))
             return self.serve(s, req, rec, entry, reader, "STALE", keep)
         if action is policy.Action.GATEWAY_TIMEOUT:
@@ -383,11 +384,11 @@ class Cache:
         return self.coalesced(s, req, rec, key, keep, forward)
 
     @staticmethod
-    def _forward(s, req, rec, pool, target, upstream, framing, has_body, max_body, keep,
+    def _forward(s, req, rec, pool, host, target, framing, has_body, max_body, keep,
                  hook=None, validators=None) -> bool:
         """Through ``s.exchange``, with ``hook`` as the session's cache hook and
         ``validators`` (a revalidation) added to the upstream fields."""
-        headers, out_host = upstream()
+        headers, out_host = s.upstream_head(req, rec, host)
         if validators is not None:
             headers = _conditional(headers, validators)
         s.cache_hook = hook
@@ -435,7 +436,7 @@ class Cache:
         finally:
             store.unlock(key)
 
-    def refresh_later(self, s, req, fg_rec, pool, key, target, upstream, validators,
+    def refresh_later(self, s, req, fg_rec, pool, key, host, target, validators,
                       stale) -> None:
         """stale-while-revalidate: one background conditional GET per key across the fleet."""
         lock = key + "\nrefresh"
@@ -443,8 +444,8 @@ class Cache:
             return
         bg = Session(s.rt, s.listener, _NullClient(), ("127.0.0.1", 0))
         bg.proto = s.proto
-        greq = dataclasses.replace(req, method="GET", version="1.1")
-        headers, out_host = upstream()
+        greq = req._replace(method="GET", version="1.1")
+        headers, out_host = s.upstream_head(req, fg_rec, host)
         hdrs = _conditional(headers, validators)
 
         def run():

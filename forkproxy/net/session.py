@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import email.utils
 import errno
-import functools
 import ipaddress
 import socket
 import time
@@ -544,13 +543,16 @@ class Session:
         client_keepalive = http1.keep_alive(req.version, tokens)
         if rt.cache is not None and (rc.cache or method == "PURGE"):
             # A hit never goes upstream: the upstream head is built only when asked.
-            return rt.cache.handle(
-                self, req, rec, rc.cache, pool, host_value, upstream_target,
-                functools.partial(self.upstream_fields, req, rc, er, host_value, tokens),
-                framing, has_body, max_body, client_keepalive)
+            return rt.cache.handle(self, req, rec, rc.cache, pool, host_value, upstream_target,
+                                   framing, has_body, max_body, client_keepalive)
         headers, out_host = self.upstream_fields(req, rc, er, host_value, tokens)
         return self.exchange(req, rec, pool, upstream_target, out_host, headers, framing,
                              has_body, max_body, client_keepalive)
+
+    def upstream_head(self, req, rec, host_value) -> tuple[list, str | None]:
+        """``upstream_fields`` of the request being served (route ``rec.route``)."""
+        return self.upstream_fields(req, self.rt.routes[rec.route], self.edge_req, host_value,
+                                    req.connection)
 
     def upstream_fields(self, req, rc, er, host_value, tokens) -> tuple[list, str | None]:
         """(fields, Host) of the head sent upstream for ``req``: hop-by-hop and
