@@ -570,7 +570,9 @@ class MemcachedStore(_Backend):
             raise ValueError(f"mode must be 'direct' or 'threadpool', not {mode!r}")
         super().__init__(max_object_size, item_size)
         # Near copies (the contract): none when near_size is 0.
-        self.near = LRU(near_size, lambda: self.clock()) if near_size > 0 else None
+        # The store's clock itself, not a call through the store: it is read on
+        # every hit (a test that sets the store's clock sets this one too).
+        self.near = LRU(near_size, self.clock) if near_size > 0 else None
         self.epochs = epochs if epochs is not None else Epochs()
         self._ns_epoch = self.epochs.values[0]  # counter 0 when the namespaces were read
         self.counters["near_hits"] = 0

@@ -494,7 +494,7 @@ def put(store, key, body: bytes) -> None:
 def test_a_hot_entry_is_read_once_per_near_ttl(memcached):
     store = near_store(memcached)
     now = [100.0]
-    store.clock = lambda: now[0]
+    store.clock = store.near.clock = lambda: now[0]
     put(store, "k", b"v1")
     gets = int(memcached.stats()["cmd_get"])
     for _ in range(5):
@@ -524,7 +524,7 @@ def test_a_change_by_another_worker_voids_near_copies_at_once(memcached):
 def test_a_change_by_another_forkproxy_is_seen_within_near_ttl(memcached):
     a, other = near_store(memcached), near_store(memcached)  # each its own counters
     now = [100.0]
-    a.clock = lambda: now[0]
+    a.clock = a.near.clock = lambda: now[0]
     put(a, "k", b"v1")
     assert read_all(a.get_entry("k")) == b"v1"
     put(other, "k", b"v2")
