@@ -385,9 +385,11 @@ class Session:
                 if not buf:
                     self.buf = b""
                     return self.read_head()
-            end = http1.find_head_end(buf)
+            end = buf.find(b"\r\n\r\n")  # find_head_end's answer when there is an end
             if end >= 0:
+                end += 4
                 break
+            http1.find_head_end(buf)  # no end yet: raises on a bare CR or LF
             if len(buf) > srv.max_head_size:
                 raise http1.ProtocolError(431, "request head too large")
             if deadline is None:  # header_timeout for the rest of the head, from its first bytes
