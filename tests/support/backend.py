@@ -164,9 +164,15 @@ class Handler(BaseHTTPRequestHandler):
         for k, v in headers:
             self.send_header(k, v)
         self._extra_headers()
-        self.end_headers()
-        if not no_body and self.command != "HEAD":
-            self.wfile.write(body)
+        if no_body or self.command == "HEAD":
+            self.end_headers()
+            return
+        # Head and body in one write, as a server sends a small answer: a
+        # backend killed mid-load then dies before its answer or after it,
+        # never between its head and its body (which no proxy could retry).
+        self._headers_buffer.append(b"\r\n")
+        self._headers_buffer.append(body)
+        self.flush_headers()
 
     def _json(self, status, obj):
         self._send(status, json.dumps(obj), "application/json")
