@@ -338,7 +338,7 @@ class Writer:
 # in-process store or a near copy, whose hash Python keeps).  For an item that
 # holds its whole body, what ``get_entry`` answers is a function of its bytes
 # (a BodyReader is never changed by reading it): it is remembered, for items
-# up to REMEMBERED_ITEM_SIZE (8 MiB in all at most).
+# up to REMEMBERED_ITEM_SIZE (16 MiB in all at most: each item and its body).
 REMEMBERED_ITEM_SIZE = 64 << 10
 
 
