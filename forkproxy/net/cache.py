@@ -415,16 +415,12 @@ class _Backend:
 
     def get_entry(self, key: str) -> tuple[bytes, BodyReader] | None:
         item = self._get_entry_item(key)
-        if item is None:
-            parsed = None
-        elif len(item) <= REMEMBERED_ITEM_SIZE:
+        if item is not None and len(item) <= REMEMBERED_ITEM_SIZE:
             got = _remembered_inline(item)
             if got is not None:  # a small body in the item itself: most hits
                 self.counters["hits"] += 1
                 return got
-            parsed = _split_entry(item)
-        else:
-            parsed = _split_entry(item)
+        parsed = _split_entry(item) if item is not None else None
         if parsed is None:
             self.counters["misses"] += 1
             return None
