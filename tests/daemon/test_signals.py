@@ -71,22 +71,35 @@ def test_usr1_reopens_the_error_and_access_logs(forkproxy_factory, backend_facto
     os.rename(access, access.with_suffix(".log.1"))     # what logrotate does
     os.rename(error, error.with_suffix(".log.1"))
     fp.signal(signal.SIGUSR1)
-    # master and every worker reopen: both files come back, and every
-    # worker's requests land in the new access log
-    wait_until(lambda: error.exists())
-
-    def all_after_in_new_log():
-        for _ in range(4):
-            get(port, "/after")
-        text = access.read_text() if access.exists() else ""
-        old = access.with_suffix(".log.1").read_text()
-        return "/after" in text and "/after" not in old
-    wait_until(all_after_in_new_log, timeout=30)
-    # later requests all go to the new file (every worker reopened)
+    # master and every worker reopen: the readiness check is that no process
+    # of this forkproxy still holds a file that logrotate moved away
+    rotated = {str(access.with_suffix(".log.1")), str(error.with_suffix(".log.1"))}
+    wait_until(lambda: error.exists() and access.exists()
+               and not rotated & open_files(fp.pid, *fp.worker_pids()),
+               what="every process to reopen its logs")
+    # every later request, whichever worker takes it, lands in the new file
     old_size = access.with_suffix(".log.1").stat().st_size
-    for _ in range(10):
-        assert get(port, "/later").status_code == 200
+    for n in range(10):
+        assert get(port, f"/after-{n}").status_code == 200
+    wait_until(lambda: all(f"/after-{n} " in access.read_text() for n in range(10)),
+               what="the requests in the new access log")
     assert access.with_suffix(".log.1").stat().st_size == old_size
+
+
+def open_files(*pids: int) -> set[str]:
+    """The paths the open fds of ``pids`` point at (a moved file shows its new name)."""
+    paths = set()
+    for pid in pids:
+        try:
+            fds = list(Path(f"/proc/{pid}/fd").iterdir())
+        except OSError:
+            continue  # a process that is gone holds nothing
+        for fd in fds:
+            try:
+                paths.add(os.readlink(fd))
+            except OSError:
+                pass  # the fd closed while we looked
+    return paths
 
 
 def test_usr2_winch_term_upgrade_while_requests_keep_succeeding(forkproxy_factory,
