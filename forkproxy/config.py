@@ -1561,9 +1561,11 @@ SETTINGS: tuple[Setting, ...] = (
             "Connect, send, receive and poll timeout of every memcached call.",
             _RELOAD, _duration(False), _r_duration),
     Setting("cache", "breaker_failures", "integer 1..1000", 3,
-            "memcached errors or timeouts within breaker_window that open the circuit breaker: "
+            "memcached errors, timeouts or slow calls (longer than timeout, and than 100ms) "
+            "within breaker_window that open the circuit breaker: "
             "the cache is then bypassed (every request a miss, no memcached call) for "
             "breaker_cooldown, after which one probe call decides whether to close it. "
+            "One call longer than three timeouts (and than 250ms) opens it at once. "
             "Each opening and closing is logged to server.error_log "
             '("memcached ... breaker open", "... breaker closed").',
             _RELOAD, _int(1, 1000)),

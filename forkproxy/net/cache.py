@@ -81,10 +81,12 @@ a timeout low enough for the hub would be too low for the network.
 
 The circuit breaker (``Breaker``) counts errors and calls slower than
 ``slow``; it opens after ``failures`` of them within ``window`` seconds, or
-at once after one call slower than ``slow``, and then bypasses memcached
-(every call is a miss, without I/O) for ``cooldown`` seconds; then it
-half-opens and lets one probe call through: success closes it, failure
-opens it again.
+at once after one call slower than ``open_after``, and then bypasses
+memcached (every call is a miss, without I/O) for ``cooldown`` seconds; then
+it half-opens and lets one probe call through: success closes it, failure
+opens it again.  ``breaker_for`` fits both thresholds to the calls' own
+timeout: a call that took no longer than the operator allows is never held
+against memcached.
 """
 
 from __future__ import annotations
@@ -104,8 +106,8 @@ import pylibmc
 
 from forkproxy.core.epochs import Epochs
 
-__all__ = ["CacheError", "Breaker", "BodyReader", "Writer", "Store", "MemcachedStore",
-           "MemoryStore", "LRU", "hashed_key", "ITEM_SIZE"]
+__all__ = ["CacheError", "Breaker", "breaker_for", "BodyReader", "Writer", "Store",
+           "MemcachedStore", "MemoryStore", "LRU", "hashed_key", "ITEM_SIZE"]
 
 log = logging.getLogger("forkproxy.cache")
 
@@ -222,6 +224,17 @@ class Breaker:
         self._opened_at = now
         self._bad.clear()
         self.opened += 1
+
+
+def breaker_for(timeout: float, **kw) -> Breaker:
+    """A breaker for calls bounded by ``timeout`` seconds (``cache.timeout``).
+
+    A call is slow past the timeout, and never below 0.1 s (the stall the
+    cache may add to a request); one call past three timeouts (connect, send,
+    receive), and never below 0.25 s, means the timeouts are not holding and
+    opens the breaker at once.  ``kw``: the other settings of ``Breaker``.
+    """
+    return Breaker(slow=max(0.1, timeout), open_after=max(0.25, 3 * timeout), **kw)
 
 
 # ------------------------------------------------------------------ readers and writers
@@ -575,7 +588,7 @@ class MemcachedStore(_Backend):
         self.servers = list(servers)
         self.mode = mode
         self.timeout_ms = timeout_ms
-        self.breaker = breaker or Breaker()
+        self.breaker = breaker or breaker_for(timeout_ms / 1000)
         self.log = log_ or log  # anything with debug() and warning(): the worker's error log
         self._pid: int | None = None  # the _FORKS count the client was made for
         self._base = None

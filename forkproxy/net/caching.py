@@ -68,7 +68,7 @@ from forkproxy.core import headers as hdr
 from forkproxy.core import http1
 from forkproxy.core.epochs import Epochs
 from forkproxy.logs import AccessRecord
-from forkproxy.net.cache import Breaker, CacheError, MemcachedStore, MemoryStore
+from forkproxy.net.cache import CacheError, MemcachedStore, MemoryStore, breaker_for
 from forkproxy.net.session import CLOCK, Abort, Session, framing_fields_out
 
 log = logging.getLogger("forkproxy.cache")
@@ -96,8 +96,8 @@ def make_store(cfg: CacheConfig, log_=None, epochs_buf=None):
     """
     if not cfg.servers:
         return MemoryStore(cfg.memory_size, max_object_size=cfg.max_object_size)
-    breaker = Breaker(failures=cfg.breaker_failures, window=cfg.breaker_window,
-                      cooldown=cfg.breaker_cooldown)
+    breaker = breaker_for(cfg.timeout, failures=cfg.breaker_failures, window=cfg.breaker_window,
+                          cooldown=cfg.breaker_cooldown)
     return MemcachedStore(list(cfg.servers), max_object_size=cfg.max_object_size,
                           timeout_ms=max(1, round(cfg.timeout * 1000)), breaker=breaker,
                           mode=cfg.mode, log_=log_, near_size=cfg.memory_size,

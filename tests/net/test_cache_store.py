@@ -23,7 +23,7 @@ from support.runner import REPO_ROOT
 
 from forkproxy.core.epochs import Epochs
 from forkproxy.net.cache import (NAMESPACE_HOSTS, NAMESPACE_TTL, NEAR_TTL, Breaker, CacheError, MemcachedStore,
-                                  MemoryStore, _split_entry, hashed_key)
+                                  MemoryStore, _split_entry, breaker_for, hashed_key)
 
 SMALL_ITEM = 1000   # small chunks: many chunks from a few KB
 # Where a test expects memcached to answer: a generous timeout, so a loaded
@@ -418,6 +418,31 @@ def test_breaker_counts_failures_within_the_window():
 def test_breaker_opens_at_once_on_a_very_slow_call():
     b = Breaker(failures=3, slow=0.1, open_after=0.25, clock=Clock())
     assert b.record(True, 0.3) == "open"
+
+
+@pytest.mark.parametrize("timeout, slow, open_after", [
+    (0.001, 0.1, 0.25),      # low timeouts: the 100 ms stall target decides
+    (0.03, 0.1, 0.25),       # the default cache.timeout
+    (0.1, 0.1, 0.3),
+    (0.5, 0.5, 1.5),         # memcached across a slow network
+])
+def test_breaker_for_a_timeout_never_holds_an_allowed_time_against_memcached(timeout, slow,
+                                                                             open_after):
+    b = breaker_for(timeout, failures=1, clock=Clock())
+    assert (b.slow, b.open_after, b.failures) == (slow, pytest.approx(open_after), 1)
+    assert b.record(True, slow) is None and b.state == "closed"
+    assert b.record(True, slow + 0.001) == "open"
+
+
+def test_breaker_for_opens_at_once_past_three_timeouts():
+    b = breaker_for(0.5, failures=3, clock=Clock())
+    assert b.record(True, 1.4) is None                # slow, one of three
+    assert b.record(True, 1.6) == "open"
+
+
+def test_store_breaker_fits_its_timeout():
+    assert MemcachedStore(["127.0.0.1:1"], timeout_ms=500).breaker.slow == 0.5
+    assert MemcachedStore(["127.0.0.1:1"]).breaker.open_after == 0.25
 
 
 def test_breaker_half_open_lets_one_probe_through():
