@@ -349,7 +349,7 @@ def _everything_fails_open(store):
 
 @pytest.mark.parametrize("mode", ["direct", "threadpool"])
 def test_memcached_killed_is_a_miss(memcached, mode):
-    store = MemcachedStore([memcached.addr], mode=mode)
+    store = MemcachedStore([memcached.addr], mode=mode, timeout_ms=SAFE_MS)
     _write(store, "k", b"v" * 100)
     memcached.stop()
     _everything_fails_open(store)
