@@ -203,7 +203,7 @@ def _pattern(n):
 
 def test_two_proxies_two_memcached_share_entries(forkproxy_factory, origin, memcached_factory):
     m1, m2 = memcached_factory(), memcached_factory()
-    servers = f'servers = ["{m1.addr}", "{m2.addr}"]'
+    servers = memcached([m1.addr, m2.addr])
     a = forkproxy_factory(config(free_port(), origin, servers))
     b = forkproxy_factory(config(free_port(), origin, servers))
     host = {"Host": "shop.example"}  # the key holds the Host: the same site behind both

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 
 def one_pool(port: int, servers, pool_extra: str = "", route_extra: str = "") -> str:
     """One http listener "web" on 127.0.0.1:``port``, one route to pool "web".
@@ -33,11 +35,12 @@ def cache_site(port: int, origin_addr: str, cache: str = "", route_extra: str = 
                                                route_extra="cache = true\n" + route_extra)
 
 
-def memcached(addr: str, timeout: str = "1s") -> str:
-    """``[cache]`` lines for one memcached at ``addr``.
+def memcached(addr: str | list[str], timeout: str = "1s") -> str:
+    """``[cache]`` lines for the memcached at ``addr`` (one "host:port", or a list).
 
     The 30 ms default timeout is for production.  Tests of cache semantics
     give memcached a second, so that a stall of this loaded machine is not
     taken for a miss (fail open); tests of the breaker pass a short one.
     """
-    return f'servers = ["{addr}"]\ntimeout = "{timeout}"'
+    addrs = [addr] if isinstance(addr, str) else addr
+    return f'servers = {json.dumps(addrs)}\ntimeout = "{timeout}"'
