@@ -36,7 +36,8 @@ from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
-from run import SCENARIOS, Ctx, Result, StartError, nginx_conf, report  # noqa: E402
+from run import (SCENARIOS, Ctx, Result, StartError, cpu_times, nginx_conf, report,  # noqa: E402
+                 steal_share, steal_warning)
 from support.procs import free_port, kill_leaked, wait_for_port  # noqa: E402
 
 BACKEND_PY = HERE.parent / "tests" / "support" / "backend.py"
@@ -158,6 +159,7 @@ def frozen(fp_port: int, mc_proc, error_log: Path, threads: int = 8) -> dict:
             time.sleep(0.002)
 
     ts = [threading.Thread(target=client) for _ in range(threads)]
+    cpu_before = cpu_times()
     for t in ts:
         t.start()
     time.sleep(1.0)
@@ -170,6 +172,7 @@ def frozen(fp_port: int, mc_proc, error_log: Path, threads: int = 8) -> dict:
     for t in ts + [w]:
         t.join(30)
     mc_proc.signal(signal.SIGCONT)
+    stolen = steal_share(cpu_before, cpu_times())
 
     def pct(xs, p):
         xs = sorted(xs)
@@ -186,6 +189,7 @@ def frozen(fp_port: int, mc_proc, error_log: Path, threads: int = 8) -> dict:
         "after_max_ms": pct(after, 100), "uncached_p50_ms": base,
         "worst_stall_beyond_uncached_ms": (pct(after, 100) or 0) - base,
         "breaker_opened_after_s": opened[0],
+        "steal_pct": stolen,
     }
 
 
@@ -216,6 +220,9 @@ def main(argv=None) -> int:
         print("memcached frozen (SIGSTOP) under load, 8 sequential clients:")
         for k, v in fz.items():
             print(f"  {k:32} {v if not isinstance(v, float) else round(v, 3)}")
+        warning = steal_warning(fz["steal_pct"])
+        if warning:
+            print(warning)
         if args.json:
             Path(args.json).write_text(json.dumps({"hits": [r.__dict__ for r in rows],
                                                    "frozen": fz}, indent=2))

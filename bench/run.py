@@ -62,10 +62,34 @@ class Result:
     error: str = ""  # set when the target failed to start or the run failed
     notes: list[str] = field(default_factory=list)
     rounds: list[float] = field(default_factory=list)  # req/s of each round (Ctx.compare)
+    steal_pct: float | None = None  # CPU the host took from this VM during the run (worst round)
 
     @property
     def ok(self) -> bool:
         return not self.error and self.rps is not None
+
+
+# -- the machine -------------------------------------------------------------
+
+def cpu_times() -> list[int] | None:
+    """The "cpu" line of /proc/stat (jiffies: user nice system idle iowait irq softirq steal ...)."""
+    try:
+        with open("/proc/stat") as f:
+            return [int(x) for x in f.readline().split()[1:]]
+    except (OSError, ValueError):
+        return None
+
+
+def steal_share(before: list[int] | None, after: list[int] | None) -> float | None:
+    """Percent of the CPU time between two ``cpu_times`` that the hypervisor stole.
+
+    On a shared VM this is what makes a run slow for reasons outside it; None
+    when it cannot be told (no /proc/stat, a kernel without the column, no time).
+    """
+    if not before or not after or len(before) < 8 or len(after) < 8:
+        return None
+    total = sum(after[:8]) - sum(before[:8])  # guest time is already in user and nice
+    return 100.0 * (after[7] - before[7]) / total if total > 0 else None
 
 
 # -- load generators --------------------------------------------------------
@@ -300,10 +324,13 @@ class Ctx:
                 fn(url, a.warmup, a.threads, a.connections)
             except Exception:  # noqa: BLE001 - a failed warm-up shows in the real run
                 pass
+        before = cpu_times()
         try:
-            return Result(target=target, **fn(url, a.seconds, a.threads, a.connections))
+            r = Result(target=target, **fn(url, a.seconds, a.threads, a.connections))
         except (RuntimeError, subprocess.TimeoutExpired) as exc:
             return Result(target=target, error=f"load failed: {exc}")
+        r.steal_pct = steal_share(before, cpu_times())
+        return r
 
     def compare(self, targets: list) -> list[Result]:
         """Load each target once per round, in turn, for ``--rounds`` rounds.
@@ -363,7 +390,12 @@ def _median_row(runs: list[Result]) -> Result:
     return Result(target=mid.target, rps=_median([r.rps for r in runs]), p50_ms=mid.p50_ms,
                   p99_ms=mid.p99_ms, requests=sum(r.requests for r in runs),
                   errors=sum(r.errors for r in runs), tool=mid.tool,
-                  rounds=[r.rps for r in runs])
+                  rounds=[r.rps for r in runs], steal_pct=_worst(r.steal_pct for r in runs))
+
+
+def _worst(values) -> float | None:
+    known = [v for v in values if v is not None]
+    return max(known) if known else None
 
 
 FORKPROXY_ONE_POOL = """\
@@ -401,6 +433,17 @@ def metrics(ctx: Ctx) -> list[Result]:
 # -- report -------------------------------------------------------------------
 
 
+STEAL_WARN = 5.0  # percent of stolen CPU in a round past which a run is not worth quoting
+
+
+def steal_warning(steal_pct: float | None) -> str | None:
+    """The line to print when the host took more than STEAL_WARN percent of the CPU."""
+    if steal_pct is None or steal_pct <= STEAL_WARN:
+        return None
+    return (f"warning: the host took up to {steal_pct:.0f}% of this VM's CPU during a run "
+            f"(steal%): these figures measure its other guests as much as the targets")
+
+
 def _fmt(v, spec=".1f"):
     return "-" if v is None else format(v, spec)
 
@@ -419,12 +462,13 @@ def report(name: str, rows: list[Result], args) -> str:
     n = max((len(r.rounds) for r in rows), default=0)
     per = f"{n} rounds of {args.seconds}s" if n > 1 else f"{args.seconds}s"
     out.append(f"load: {', '.join(tools) or '-'}; {per} per target, in turn (median round shown)")
-    out.append(f"{'target':<12}{'req/s':>12}{'p50 ms':>10}{'p99 ms':>10}{'requests':>11}{'errors':>8}")
+    out.append(f"{'target':<12}{'req/s':>12}{'p50 ms':>10}{'p99 ms':>10}{'requests':>11}{'errors':>8}"
+               f"{'steal%':>8}")
     for r in rows:
         if r.ok:
             out.append(
                 f"{r.target:<12}{_fmt(r.rps):>12}{_fmt(r.p50_ms, '.2f'):>10}{_fmt(r.p99_ms, '.2f'):>10}"
-                f"{r.requests:>11}{r.errors:>8}"
+                f"{r.requests:>11}{r.errors:>8}{_fmt(r.steal_pct):>8}"
             )
         else:
             out.append(f"{r.target:<12}  {r.error.splitlines()[0] if r.error else 'no result'}")
@@ -436,6 +480,9 @@ def report(name: str, rows: list[Result], args) -> str:
             p99 = f"; p99 x{f.p99_ms / b.p99_ms:.2f}" if f.p99_ms and b.p99_ms else ""
             label = "metrics-on/metrics-off" if top == "metrics" else f"forkproxy/{base}"
             out.append(f"ratio {label}: req/s {_ratio(f, b)}{p99}")
+    warning = steal_warning(_worst(r.steal_pct for r in rows if r.ok))
+    if warning:
+        out.append(warning)
     for r in rows:
         if r.error and "\n" in r.error:
             out.append(f"\n{r.target}: {r.error}")
