@@ -96,10 +96,11 @@ def make_store(cfg: CacheConfig, log_=None, epochs_buf=None):
     """
     if not cfg.servers:
         return MemoryStore(cfg.memory_size, max_object_size=cfg.max_object_size)
-    breaker = breaker_for(cfg.timeout, failures=cfg.breaker_failures, window=cfg.breaker_window,
-                          cooldown=cfg.breaker_cooldown)
+    timeout_ms = max(1, round(cfg.timeout * 1000))  # libmemcached counts in whole ms
+    breaker = breaker_for(timeout_ms / 1000, failures=cfg.breaker_failures,
+                          window=cfg.breaker_window, cooldown=cfg.breaker_cooldown)
     return MemcachedStore(list(cfg.servers), max_object_size=cfg.max_object_size,
-                          timeout_ms=max(1, round(cfg.timeout * 1000)), breaker=breaker,
+                          timeout_ms=timeout_ms, breaker=breaker,
                           mode=cfg.mode, log_=log_, near_size=cfg.memory_size,
                           epochs=Epochs(epochs_buf) if epochs_buf is not None else None)
 
