@@ -15,7 +15,7 @@ from pathlib import Path
 import requests
 
 from support import procs
-from support.procs import children_of, free_port, wait_until
+from support.procs import children_of, free_port, open_files, wait_until
 from support.runner import REPO_ROOT
 
 
@@ -84,22 +84,6 @@ def test_usr1_reopens_the_error_and_access_logs(forkproxy_factory, backend_facto
     wait_until(lambda: all(f"/after-{n} " in access.read_text() for n in range(10)),
                what="the requests in the new access log")
     assert access.with_suffix(".log.1").stat().st_size == old_size
-
-
-def open_files(*pids: int) -> set[str]:
-    """The paths the open fds of ``pids`` point at (a moved file shows its new name)."""
-    paths = set()
-    for pid in pids:
-        try:
-            fds = list(Path(f"/proc/{pid}/fd").iterdir())
-        except OSError:
-            continue  # a process that is gone holds nothing
-        for fd in fds:
-            try:
-                paths.add(os.readlink(fd))
-            except OSError:
-                pass  # the fd closed while we looked
-    return paths
 
 
 def test_usr2_winch_term_upgrade_while_requests_keep_succeeding(forkproxy_factory,

@@ -151,6 +151,22 @@ def descendants_of(pid: int) -> list[int]:
     return sorted(found)
 
 
+def open_files(*pids: int) -> set[str]:
+    """The paths the open fds of ``pids`` point at (a moved file shows its new name)."""
+    paths = set()
+    for pid in pids:
+        try:
+            fds = list(Path(f"/proc/{pid}/fd").iterdir())
+        except OSError:
+            continue  # a process that is gone holds nothing
+        for fd in fds:
+            try:
+                paths.add(os.readlink(fd))
+            except OSError:
+                pass  # the fd closed while we looked
+    return paths
+
+
 def group_members(pgid: int) -> list[int]:
     """Live processes whose process group is pgid."""
     out = []
