@@ -119,7 +119,10 @@ def test_ten_hups_in_one_second_end_on_the_last_file(forkproxy_factory, backend_
     # One more, waited for: the master handled the burst and is still in charge.
     out = run_cli("-s", "reload", "--wait", "-c", str(fp.config_path))
     assert out.returncode == 0, out.stderr
-    assert all("alpha" in served_by(port) for _ in range(6))   # the last file (i = 9)
+    # The last file (i = 9) serves every new connection once the older
+    # workers have handled their TERM (moments after --wait returns).
+    wait_until(lambda: all("alpha" in served_by(port) for _ in range(6)),
+               what="the last file serving every new connection")
     wait_until(lambda: len(fp.worker_pids()) == 2, timeout=60)
     assert fp.alive()
 
