@@ -92,7 +92,8 @@ def test_usr2_winch_term_upgrade_while_requests_keep_succeeding(forkproxy_factor
     port = free_port()
     fp = forkproxy_factory(body_for(port, b.addr))
     old_workers = set(fp.wait_workers(2))
-    stats = {"ok": 0, "failed": []}
+    # "phase": the last signal sent, so that a failure says when it happened
+    stats = {"ok": 0, "failed": [], "phase": "before USR2"}
     stop = threading.Event()
 
     def load():
@@ -103,9 +104,9 @@ def test_usr2_winch_term_upgrade_while_requests_keep_succeeding(forkproxy_factor
                 if r.status_code == 200:
                     stats["ok"] += 1
                 else:
-                    stats["failed"].append(r.status_code)
+                    stats["failed"].append(f"{stats['phase']}: {r.status_code}")
             except requests.RequestException as exc:
-                stats["failed"].append(repr(exc))
+                stats["failed"].append(f"{stats['phase']}: {exc!r}")
 
     threads = [threading.Thread(target=load, daemon=True) for _ in range(4)]
     for t in threads:
@@ -114,16 +115,19 @@ def test_usr2_winch_term_upgrade_while_requests_keep_succeeding(forkproxy_factor
     new_master = None
     try:
         wait_until(lambda: stats["ok"] > 20)
+        stats["phase"] = "after USR2"
         fp.signal(signal.SIGUSR2)
         wait_until(lambda: read_pid(new_pidfile) is not None, timeout=30)
         new_master = read_pid(new_pidfile)
         procs.track(new_master)
         assert new_master != fp.pid
         wait_until(lambda: len(children_of(new_master)) == 2, timeout=30)
+        stats["phase"] = "after WINCH"
         fp.signal(signal.SIGWINCH)          # the old workers drain and exit
         wait_until(lambda: not (set(children_of(fp.pid)) & old_workers), timeout=30)
         n = stats["ok"]
         wait_until(lambda: stats["ok"] > n + 20)   # served by the new master alone
+        stats["phase"] = "after TERM to the old master"
         fp.signal(signal.SIGTERM)
         assert fp.wait(30) == 0
         # the new master is promoted: the pidfile is its own again
