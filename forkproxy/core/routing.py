@@ -13,6 +13,9 @@ CONTRACT (consumed by ``forkproxy.net.session`` and ``forkproxyctl explain``):
     ``Router.match(listener, host, path) -> RouteSpec | None``
                     the first route, in file order, whose every condition
                     holds; ``None`` when none does (the caller answers 404).
+    ``shadowed(specs) -> [(later, earlier)]``
+                    the routes that can never match because an earlier one
+                    takes every request they would (for ``forkproxy -t``).
 
 Conditions of a route (all given ones must hold; a route with none of them is
 a default route and matches everything):
@@ -41,7 +44,7 @@ import re
 from dataclasses import dataclass
 from typing import Sequence
 
-__all__ = ["RouteSpec", "Router"]
+__all__ = ["RouteSpec", "Router", "shadowed"]
 
 
 @dataclass(frozen=True)
@@ -148,3 +151,56 @@ class Router:
 
     def __len__(self) -> int:
         return len(self._routes)
+
+
+# Regular expressions that match every string: a route with one of them has no
+# path condition in effect.
+_ANY_PATH = frozenset({"", "^", ".*", "^.*", "(?s).*"})
+
+
+def _covers(earlier: RouteSpec, later: RouteSpec) -> bool:
+    """True when every request ``later`` matches is matched by ``earlier``.
+
+    Conservative: False whenever it cannot be shown (two different regular
+    expressions, a regex against a prefix), so a "never matches" warning is
+    never wrong.  Host patterns must be valid (``Router`` checked them).
+    """
+    if earlier.listeners and not (later.listeners and later.listeners <= earlier.listeners):
+        return False
+    if earlier.host is not None:
+        if later.host is None:
+            return False
+        e_exact, e_suffix = _compile_host(earlier.host)
+        l_exact, l_suffix = _compile_host(later.host)
+        if e_exact is not None:
+            if l_exact != e_exact:
+                return False
+        elif l_exact is not None:
+            if len(l_exact) <= len(e_suffix) or not l_exact.endswith(e_suffix):
+                return False
+        elif not l_suffix.endswith(e_suffix):
+            return False
+    if earlier.path:
+        if not (later.path and later.path.startswith(earlier.path)):
+            return False
+    if earlier.path_regex is not None and earlier.path_regex not in _ANY_PATH:
+        if later.path_regex != earlier.path_regex:
+            return False
+    return True
+
+
+def shadowed(specs: Sequence[RouteSpec]) -> list[tuple[int, int]]:
+    """``(later, earlier)`` positions in ``specs`` for each route that can never
+    match: an earlier route's conditions hold for every request it would
+    take (same or any listener, same host or a wildcard covering it or any
+    host, a prefix of its path or any path, the same regex or none).  Each
+    shadowed route is reported once, with the first route that covers it.
+    Only what is certain is reported: a regex is compared by its text.
+    """
+    out = []
+    for j, later in enumerate(specs):
+        for i in range(j):
+            if _covers(specs[i], later):
+                out.append((j, i))
+                break
+    return out

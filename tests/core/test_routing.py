@@ -5,7 +5,7 @@ import re
 import pytest
 from hypothesis import given, strategies as st
 
-from forkproxy.core.routing import RouteSpec, Router
+from forkproxy.core.routing import RouteSpec, Router, shadowed
 
 R = RouteSpec
 
@@ -141,3 +141,87 @@ def test_matches_reference_implementation(host, path, prefix):
     router = Router(specs)
     for h in (host, "x." + host, "other.test"):
         assert router.match("l", h, path) is reference(h, path)
+
+
+# -- shadowed: routes that can never match -----------------------------------------
+
+WEB = frozenset({"web"})
+BOTH = frozenset({"web", "tls"})
+
+
+@pytest.mark.parametrize(
+    "earlier, later, covered",
+    [
+        # a default route takes everything after it
+        (R(0, "d"), R(1, "p", path="/api/"), True),
+        (R(0, "d"), R(1, "p", host="a.example.com", path_regex=r"\.png$"), True),
+        (R(0, "d"), R(1, "p"), True),
+        # listeners: any covers some; some covers a subset only
+        (R(0, "a", listeners=BOTH), R(1, "b", listeners=WEB), True),
+        (R(0, "a", listeners=WEB), R(1, "b", listeners=BOTH), False),
+        (R(0, "a", listeners=WEB), R(1, "b"), False),
+        # hosts: exact, wildcard over an exact sub-domain or a deeper wildcard
+        (R(0, "a", host="shop.example.com"), R(1, "b", host="SHOP.example.com."), True),
+        (R(0, "a", host="shop.example.com"), R(1, "b", host="www.example.com"), False),
+        (R(0, "a", host="*.example.com"), R(1, "b", host="shop.example.com"), True),
+        (R(0, "a", host="*.example.com"), R(1, "b", host="example.com"), False),
+        (R(0, "a", host="*.example.com"), R(1, "b", host="*.eu.example.com"), True),
+        (R(0, "a", host="*.example.com"), R(1, "b", host="*.example.com"), True),
+        (R(0, "a", host="*.eu.example.com"), R(1, "b", host="*.example.com"), False),
+        (R(0, "a", host="shop.example.com"), R(1, "b", host="*.example.com"), False),
+        (R(0, "a", host="*.example.com"), R(1, "b", host="badexample.com"), False),
+        (R(0, "a", host="shop.example.com"), R(1, "b"), False),
+        # paths: a prefix covers longer prefixes only
+        (R(0, "a", path="/api"), R(1, "b", path="/api/v2/"), True),
+        (R(0, "a", path="/api/"), R(1, "b", path="/api"), False),
+        (R(0, "a", path="/api/"), R(1, "b"), False),
+        (R(0, "a", path="/api/"), R(1, "b", path_regex="^/api/"), False),
+        # regexes: only the same text, or one that matches every path
+        (R(0, "a", path_regex=r"\.png$"), R(1, "b", path_regex=r"\.png$"), True),
+        (R(0, "a", path_regex=r"\.png$"), R(1, "b", path_regex=r"\.(png)$"), False),
+        (R(0, "a", path_regex=r"\.png$"), R(1, "b", path="/x.png"), False),
+        (R(0, "a", path_regex=r"\.png$"), R(1, "b"), False),
+        (R(0, "a", path_regex=".*"), R(1, "b", path_regex=r"\.png$"), True),
+        (R(0, "a", path_regex="^/"), R(1, "b", path="/x"), False),
+        # every condition must cover
+        (R(0, "a", listeners=WEB, host="*.example.com", path="/"),
+         R(1, "b", listeners=WEB, host="a.example.com", path="/x"), True),
+        (R(0, "a", listeners=WEB, host="*.example.com", path="/"),
+         R(1, "b", listeners=BOTH, host="a.example.com", path="/x"), False),
+    ],
+)
+def test_shadowed_table(earlier, later, covered):
+    assert shadowed([earlier, later]) == ([(1, 0)] if covered else [])
+
+
+def test_shadowed_names_the_first_covering_route_once():
+    specs = [R(0, "a", host="*.example.com"), R(1, "b", path="/x"), R(2, "c"),
+             R(3, "d", host="shop.example.com"), R(4, "e")]
+    assert shadowed(specs) == [(3, 0), (4, 2)]
+
+
+def test_shadowed_of_an_ordinary_config_is_empty():
+    assert shadowed(ROUTES) == []
+
+
+conds = st.fixed_dictionaries({
+    "listeners": st.sampled_from([frozenset(), WEB, BOTH]),
+    "host": st.sampled_from([None, "a.example.com", "*.example.com", "*.a.example.com",
+                             "example.com"]),
+    "path": st.sampled_from([None, "/", "/a", "/a/", "/a/b"]),
+    "path_regex": st.sampled_from([None, ".*", "^/a", r"b$"]),
+})
+requests = st.tuples(st.sampled_from(["web", "tls", "other"]),
+                     st.sampled_from([None, "a.example.com", "x.a.example.com", "example.com",
+                                      "b.example.com", "other.net"]),
+                     st.sampled_from(["/", "/a", "/a/", "/a/b", "/ab", "/b", "/a/b/c"]))
+
+
+@given(a=conds, b=conds, reqs=st.lists(requests, min_size=1, max_size=20))
+def test_shadowed_is_never_wrong(a, b, reqs):
+    """Whenever a route is reported shadowed, no request reaches it."""
+    router = Router([R(0, "a", **a), R(1, "b", **b)])
+    if shadowed(router.specs):
+        for listener, host, path in reqs:
+            got = router.match(listener, host, path)
+            assert got is None or got.index == 0
