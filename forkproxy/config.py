@@ -2143,7 +2143,29 @@ def _build_pool(values: dict, path: Path, err) -> PoolConfig | None:
         err(path + ("health",), 'HTTP checks are sent without TLS: a pool with tls needs '
             'health = { type = "tcp", ... }')
         return None
+    if _duplicate_servers(values["servers"], path, err):
+        return None
     return PoolConfig(name=path[-1], **values)
+
+
+def _duplicate_servers(servers: tuple, path: Path, err) -> bool:
+    """Report each server of a pool whose address an earlier one has; True if any.
+
+    The same address twice would be one server counted twice (twice the
+    weight, one health row for two labels): never what was meant.  Names
+    compare case-insensitively, addresses by value ("[::1]" and "[0::1]").
+    """
+    seen: dict[tuple, int] = {}
+    found = False
+    for i, s in enumerate(servers):
+        host = s.host.lower().rstrip(".")
+        key = (ipaddress.ip_address(host) if _is_ip(host) else host, s.port)
+        if key in seen:
+            err(path + ("servers", i, "addr"), f"duplicate server {_quote(s.addr)} "
+                f"(also servers[{seen[key]}])")
+            found = True
+        seen.setdefault(key, i)
+    return found
 
 
 def _build_health(values: dict, path: Path, err) -> HealthConfig:

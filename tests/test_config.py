@@ -622,7 +622,9 @@ tcp_health = st.builds(HealthConfig, st.just("tcp"), interval=durations, timeout
 def configs(draw):
     pool_names = draw(st.lists(names, min_size=1, max_size=3, unique=True))
     pools = tuple(
-        PoolConfig(n, tuple(draw(st.lists(servers, min_size=1, max_size=4))),
+        PoolConfig(n, tuple(draw(st.lists(servers, min_size=1, max_size=4,  # no duplicates
+                                             unique_by=lambda s: (ipaddress.ip_address(s.host),
+                                                                  s.port)))),
                    connect_timeout=draw(durations), keepalive=draw(st.integers(0, 100)),
                    keepalive_timeout=draw(st.sampled_from([0.0, 0.25, 90.0])),
                    health=draw(st.one_of(st.none(), http_health, tcp_health)),
