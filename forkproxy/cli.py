@@ -151,6 +151,10 @@ def main(argv: list[str] | None = None) -> int:
         if args.test or args.test_dump:
             print(f"forkproxy: configuration file {path} test failed", file=sys.stderr)
         return EX_CONFIG
+    if args.test or args.test_dump:
+        # Warnings never fail the test: the file serves as it is.
+        for warning in config.warnings(cfg):
+            print(warning, file=sys.stderr)
     if args.test_dump:
         sys.stdout.write(config.dump(cfg))
         return EX_OK

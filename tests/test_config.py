@@ -662,3 +662,107 @@ def configs(draw):
 @given(configs())
 def test_dump_round_trip_property(cfg):
     assert loads(dump(cfg), "h.toml") == cfg
+
+
+# --- duplicate servers (an error at every load) --------------------------------
+
+
+@pytest.mark.parametrize("servers, expected", [
+    ('servers = [{ addr = "127.0.0.1:9000" }, { addr = "127.0.0.1:9000", backup = true }]',
+     ['t.toml:2: pool.app.servers[1].addr: duplicate server "127.0.0.1:9000" (also servers[0])']),
+    ('servers = [\n  { addr = "[::1]:80" },\n  { addr = "10.0.0.1:80" },\n  { addr = "[0::1]:80" },\n]',
+     ['t.toml:5: pool.app.servers[2].addr: duplicate server "[0::1]:80" (also servers[0])']),
+    ('servers = [{ addr = "App.Internal:80" }, { addr = "app.internal.:80" }, '
+     '{ addr = "app.internal:80" }]',
+     ['t.toml:2: pool.app.servers[1].addr: duplicate server "app.internal.:80" (also servers[0])',
+      't.toml:2: pool.app.servers[2].addr: duplicate server "app.internal:80" (also servers[0])']),
+    ('[[pool.app.servers]]\naddr = "h:1"\n[[pool.app.servers]]\naddr = "h:1"',
+     ['t.toml:5: pool.app.servers[1].addr: duplicate server "h:1" (also servers[0])']),
+], ids=["backup", "ipv6", "names", "array-of-tables"])
+def test_duplicate_server_addresses_are_errors(servers, expected):
+    text = "[pool.app]\n" + servers + "\n" + MINIMAL.split("[pool.app]")[0]
+    assert errors_of(text) == expected
+
+
+def test_same_address_in_two_pools_is_fine():
+    loads(MINIMAL + '\n[pool.other]\nservers = [{ addr = "127.0.0.1:9000" }]\n', "t.toml")
+    loads(MINIMAL.replace('"127.0.0.1:9000" }]', '"127.0.0.1:9000" }, { addr = "127.0.0.1:9001" }]'))
+
+
+# --- warnings: what -t reports and still accepts ----------------------------------
+
+
+SHADOWED = """\
+[[listener]]
+name = "web"
+bind = "127.0.0.1:8080"
+
+[[route]]
+pool = "app"
+host = "*.example.com"
+
+[[route]]
+pool = "app"
+path = "/static/"
+
+[[route]]
+pool = "app"
+host = "shop.example.com"
+path = "/api/"
+
+[[route]]
+pool = "app"
+path_regex = "[.]png$"
+
+[[route]]
+pool = "app"
+
+[[route]]
+pool = "app"
+path_regex = "[.]png$"
+
+[pool.app]
+servers = [{ addr = "127.0.0.1:9000" }]
+"""
+
+
+def test_warnings_name_routes_that_can_never_match():
+    ws = config.warnings(loads(SHADOWED, "s.toml"), SHADOWED, resolve_timeout=0)
+    assert [str(w) for w in ws] == [
+        "s.toml:13: route[2]: warning: this route never matches: route[0] before it takes "
+        "every request it would",
+        "s.toml:25: route[5]: warning: this route never matches: route[3] before it takes "
+        "every request it would"]
+
+
+def test_warnings_name_servers_that_do_not_resolve():
+    # RFC 6761: no name under .invalid resolves, with or without a resolver.
+    text = MINIMAL.replace('{ addr = "127.0.0.1:9000" }]',
+                           '{ addr = "127.0.0.1:9000" },\n  { addr = "nonexistent.invalid:80" },\n'
+                           '  { addr = "localhost:9001" }]')
+    text += '\n[cache]\nservers = ["memcached.invalid:11211"]\n'
+    ws = config.warnings(loads(text, "r.toml"), text)
+    assert [(w.line, w.key) for w in ws] == [(10, "pool.app.servers[1].addr"),
+                                              (14, "cache.servers[0]")]
+    assert ws[0].message.startswith('warning: "nonexistent.invalid" does not resolve now (')
+    assert ws[0].message.endswith("); forkproxy resolves it again when it connects")
+
+
+def test_no_warnings_for_a_plain_config():
+    assert config.warnings(loads(MINIMAL, "m.toml"), MINIMAL) == []
+
+
+def test_config_test_prints_warnings_and_succeeds(tmp_path):
+    import subprocess
+    import sys
+
+    conf = tmp_path / "w.toml"
+    conf.write_text(SHADOWED.replace('"127.0.0.1:9000"', '"nonexistent.invalid:9000"'))
+    out = subprocess.run([sys.executable, "-m", "forkproxy", "-t", "-c", str(conf)],
+                         capture_output=True, text=True, timeout=60)
+    assert out.returncode == 0, out.stderr
+    lines = out.stderr.splitlines()
+    assert [line.split(": ")[:3] for line in lines[:3]] == [
+        [f"{conf}:13", "route[2]", "warning"], [f"{conf}:25", "route[5]", "warning"],
+        [f"{conf}:30", "pool.app.servers[0].addr", "warning"]]
+    assert lines[3:] == [f"forkproxy: configuration file {conf} test is successful"]
