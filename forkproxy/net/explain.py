@@ -41,6 +41,8 @@ The answer (``forkproxyctl explain --json`` prints it)::
 ``cache.result`` is the ``X-Cache`` value the response would carry: HIT,
 STALE, MISS, BYPASS, PURGE, or REVALIDATE (a conditional request upstream:
 REVALIDATED on a 304, MISS otherwise) and 504 (only-if-cached, nothing stored).
+``request.host`` is the Host the request carries: a ``Host`` header among
+``headers``, else the URL's authority.
 """
 
 from __future__ import annotations
@@ -69,6 +71,8 @@ def explain(rt: Runtime, method: str, url: str, headers: list[tuple[str, str]],
     """The document of the module docstring; raises ``BadQuestion``."""
     lc, target, host = _listener_and_target(rt, url, listener)
     proto = "https" if lc.contexts else "http"
+    # A Host header given replaces the URL's authority, as it does in the request.
+    host = next((v.strip() for n, v in headers if n.strip().lower() == "host"), host)
     doc = {"request": {"method": method, "url": url, "target": target, "host": host,
                        "client": client},
            "listener": {"name": lc.name, "bind": lc.bind, "proto": proto},

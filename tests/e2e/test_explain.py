@@ -222,3 +222,17 @@ def test_explain_names_the_rate_limit_and_counts_nothing(site):
         assert doc["refused"] is None and names[doc["server"]["addr"]] == "b3"
     statuses = [send(port, "GET", "limited.test", "/").status_code for _ in range(3)]
     assert statuses == [200, 200, 429]
+
+
+def test_explain_shows_the_host_header_it_routes_by(site):
+    """-H 'Host: ...' replaces the URL's host, in the routing and in what is printed."""
+    fp, port, names = site
+    doc = explain(fp, port, "GET", "nowhere.test", "/open/echo", (("Host", "blocked.test"),))
+    assert doc["route"]["host"] == "blocked.test"
+    assert doc["request"]["host"] == "blocked.test"
+    assert_agree(doc, send(port, "GET", "blocked.test", "/open/echo"), names)
+    out = fp.ctl("explain", "GET", f"http://nowhere.test:{port}/open/echo", "-H",
+                 "Host: blocked.test")
+    assert out.returncode == 0, out.stderr
+    request = out.stdout.splitlines()[1]
+    assert request.split()[:5] == ["request", "GET", "/open/echo", "Host", "blocked.test,"]
