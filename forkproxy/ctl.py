@@ -27,9 +27,12 @@ Two ways in, chosen per command:
   idempotent: setting the state a server already has writes nothing.
 
 Without the endpoint (or a token), ``reload`` sends SIGHUP to the pid in
-``server.pidfile``, and ``purge`` sends a ``PURGE`` request to the first http
-listener (to 127.0.0.1 when it listens on every address), which
-``cache.purge_allowed`` lets through from loopback.  ``reload`` then waits
+``server.pidfile``, and ``purge`` sends a ``PURGE`` request to the http
+listener serving the URL's scheme (TLS for https; to 127.0.0.1 when it
+listens on every address; the next one when it redirects), which
+``cache.purge_allowed`` lets through from loopback.  ``drain``, ``maint``,
+``ready`` and ``weight`` write the table only while the pidfile names a
+running master: a stopped forkproxy leaves its table behind.  ``reload`` then waits
 (``--timeout``) until ``reload.json`` (``daemon.process``) says the new
 generation serves or was rejected, and reports the new table generation.
 
@@ -503,7 +506,8 @@ def purge(cfg: config.Config, url: str | None, host: str | None, timeout: float 
     """Delete ``url`` (or every URL of ``host``) from the cache.
 
     Through the admin endpoint when commands can go there, else a PURGE
-    request to the first http listener.  Returns ``{url | host, purged,
+    request to the listener serving the URL's scheme and port (see
+    ``_purge_through_listeners``).  Returns ``{url | host, purged,
     shared, via}``; ``shared`` False: an in-process cache, purged in the one
     worker that answered.
     """
@@ -514,35 +518,74 @@ def purge(cfg: config.Config, url: str | None, host: str | None, timeout: float 
         doc = json.loads(_admin_ok(cfg, "POST", f"/purge?{query}", timeout))
         doc["via"] = "admin"
         return doc
+    scheme, port = None, None
     if url is not None:
         host, target = _url_parts(url)
+        scheme, _, _, port = http1.split_url(url)
     else:
         target = "/*"
-    code, text = _purge_request(cfg, host, target, timeout)
+    code, text = _purge_through_listeners(cfg, scheme, port, host, target, timeout)
     if code not in (200, 404):
         raise CtlError(f"{url or host}: forkproxy answered {code} {text}")
     what = {"url": url} if url is not None else {"host": host}
     return {**what, "purged": code == 200, "shared": cfg.cache.servers != (), "via": "listener"}
 
 
-def _purge_request(cfg: config.Config, host: str, target: str, timeout: float) -> tuple[int, str]:
-    """(status, body text) of ``PURGE target`` with Host ``host`` to the first http listener."""
-    import http.client
-    import ssl
-
+def _purge_listeners(cfg: config.Config, scheme: str | None, port: int | None) -> list:
+    """The http listeners a PURGE may go to, best first: those serving the
+    URL's scheme (TLS for https), the one on its port first, then the others;
+    in file order for a host purge (no scheme)."""
     listeners = [lc for lc in cfg.listeners if lc.mode == "http"]
+    if scheme is None:
+        return listeners
+    return sorted(listeners, key=lambda lc: (bool(lc.contexts) != (scheme == "https"),
+                                             lc.port != port))
+
+
+def _purge_through_listeners(cfg: config.Config, scheme: str | None, port: int | None,
+                             host: str, target: str, timeout: float) -> tuple[int, str]:
+    """(status, body text) of ``PURGE target`` with Host ``host`` from the
+    first listener of ``_purge_listeners`` that does not redirect it (a
+    ``redirect_https`` route answers 308 on a plain listener: the next one,
+    with TLS, then takes it).  The cache deletes both schemes' entries
+    whichever listener takes the request."""
+    listeners = _purge_listeners(cfg, scheme, port)
     if not listeners:
         raise CtlError("the configuration has no http listener to send PURGE to")
-    lc = listeners[0]
+    for lc in listeners:
+        code, text = _purge_request(lc, host, target, timeout)
+        if not 300 <= code < 400:
+            return code, text
+    raise CtlError(f"every http listener redirects PURGE {target} for {host} (last: {code} "
+                   f"from {lc.name}); use the admin endpoint (server.admin and a token)")
+
+
+def _purge_request(lc: config.ListenerConfig, host: str, target: str,
+                   timeout: float) -> tuple[int, str]:
+    """(status, body text) of ``PURGE target`` with Host ``host`` to listener ``lc``.
+
+    Over TLS for a TLS listener, with the URL's host as SNI and no
+    certificate check: the address comes from the daemon's own configuration
+    on this host, which is what is trusted here, not a name.
+    """
+    import http.client
+    import socket
+    import ssl
+
     addr = _reachable(lc.host)
-    if lc.certs:
-        ctx = ssl.create_default_context()
-        ctx.check_hostname = False
-        ctx.verify_mode = ssl.CERT_NONE
-        conn = http.client.HTTPSConnection(addr, lc.port, timeout=timeout, context=ctx)
-    else:
-        conn = http.client.HTTPConnection(addr, lc.port, timeout=timeout)
+    conn = http.client.HTTPConnection(addr, lc.port, timeout=timeout)
     try:
+        if lc.contexts:
+            ctx = ssl.create_default_context()
+            ctx.check_hostname = False
+            ctx.verify_mode = ssl.CERT_NONE
+            name = host.rpartition(":")[0] if host.rpartition(":")[2].isdigit() else host
+            sock = socket.create_connection((addr, lc.port), timeout=timeout)
+            try:
+                conn.sock = ctx.wrap_socket(sock, server_hostname=name.strip("[]") or None)
+            except BaseException:
+                sock.close()
+                raise
         conn.putrequest("PURGE", target, skip_host=True, skip_accept_encoding=True)
         conn.putheader("Host", host)
         conn.putheader("Content-Length", "0")
@@ -550,7 +593,7 @@ def _purge_request(cfg: config.Config, host: str, target: str, timeout: float) -
         resp = conn.getresponse()
         return resp.status, resp.read().decode("utf-8", "replace").strip()
     except OSError as exc:
-        raise CtlError(f"cannot reach forkproxy on {addr}:{lc.port}: {exc}") from None
+        raise CtlError(f"cannot reach forkproxy on {addr}:{lc.port} ({lc.name}): {exc}") from None
     finally:
         conn.close()
 
