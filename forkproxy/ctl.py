@@ -724,6 +724,8 @@ def build_parser() -> argparse.ArgumentParser:
     def command(name: str, help: str):
         s = sub.add_parser(name, help=help)
         # Accepted after the command too; SUPPRESS keeps the top-level value.
+        s.add_argument("-c", "--config", metavar="FILE", default=argparse.SUPPRESS,
+                       help="configuration file, as before the command")
         s.add_argument("--json", action="store_true", default=argparse.SUPPRESS,
                        help="print one JSON document")
         return s
