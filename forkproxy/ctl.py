@@ -825,6 +825,7 @@ def _set(args, cfg: config.Config, tpath: str) -> int:
     """
     doc = _set_through_endpoint(args, cfg) if _commands_allowed(cfg) else None
     if doc is None:
+        _check_running(cfg, tpath)
         if args.command == "weight":
             old, new = set_admin(tpath, args.pool, args.server, weight=args.weight)
             field, before, after = "weight", old.weight or None, new.weight or None
@@ -839,6 +840,15 @@ def _set(args, cfg: config.Config, tpath: str) -> int:
     text = f"{prefix}{before} -> {after}" if doc["changed"] else f"{prefix}already {after}"
     _emit(args, doc, f"{doc['server']}: {text}")
     return EX_OK
+
+
+def _check_running(cfg: config.Config, tpath: str) -> None:
+    """CtlError unless ``server.pidfile`` names a running process: the table of
+    a stopped forkproxy stays on disk, and a change written there would be
+    reported as done while nothing applies it (the next start makes a new one)."""
+    if master_pid(cfg.server.pidfile) is None:
+        raise CtlError(f"forkproxy is not running: no process per {cfg.server.pidfile}; "
+                       f"nothing changed (the table {tpath} is not in use)")
 
 
 def _set_through_endpoint(args, cfg: config.Config) -> dict | None:
