@@ -386,6 +386,38 @@ def test_usage_errors_exit_2(env, args):
     assert "usage:" in r.stderr
 
 
+@pytest.mark.parametrize("argv, config, as_json", [
+    (["status"], None, False),
+    (["-c", "F", "--json", "status"], "F", True),
+    (["status", "--json", "-c", "F"], "F", True),
+    (["--json", "status", "--config", "F"], "F", True),
+    (["status", "--config=F"], "F", False),
+    (["-c", "A", "status", "-c", "F"], "F", False),  # the later one wins
+    (["--json", "status", "-c", "F"], "F", True),  # a flag before is kept after
+    (["drain", "web", "s", "-c", "F", "--json"], "F", True),
+    (["-c", "F", "weight", "--json", "web", "s", "2"], "F", True),
+    (["explain", "GET", "http://a/", "-c", "F", "-H", "Host: b"], "F", False),
+    (["reload", "--no-wait", "--json", "-c", "F"], "F", True),
+    (["purge", "--host", "h", "-c", "F"], "F", False),
+])
+def test_global_options_before_or_after_the_command(argv, config, as_json):
+    args = ctl.build_parser().parse_args(argv)
+    assert (args.config, args.json) == (config, as_json)
+
+
+def test_a_change_with_no_running_master_exits_1_and_writes_nothing(env):
+    env.make_table()
+    env.pidfile.write_text("999999999\n")  # above pid_max: never a process
+    for args in (["drain"], ["maint"], ["weight", "5"]):
+        r = env.ctl(args[0], "web", "127.0.0.1:8081", *args[1:])
+        assert r.returncode == 1, r.stdout
+        assert r.stderr == (f"forkproxyctl: forkproxy is not running: no process per "
+                            f"{env.pidfile}; nothing changed (the table {env.table_path} "
+                            "is not in use)\n")
+        assert env.admin("web/127.0.0.1:8081") == AdminRow("ready", 0, 0.0, "")
+    assert sorted(os.listdir(env.run_dir)) == ["forkproxy.pid", "health.tbl"]  # no lock file
+
+
 def test_help_exits_0(env):
     r = env.ctl("--help", conf=False)
     assert r.returncode == 0
