@@ -1910,7 +1910,8 @@ SETTINGS: tuple[Setting, ...] = (
             _RELOAD, _duration(True), _r_duration),
     # servers = [{ ... }]
     Setting("pool.servers", "addr", '"HOST:PORT" or "[IPv6]:PORT"', REQUIRED,
-            "Address of the server. The port is required.",
+            "Address of the server. The port is required. Each address once per pool "
+            "(a name that does not resolve is only a warning of forkproxy -t).",
             _RELOAD, _addr, example="127.0.0.1:8080"),
     Setting("pool.servers", "weight", "integer 1..1000", 1,
             "Relative share of requests the server receives.",

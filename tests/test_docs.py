@@ -74,6 +74,54 @@ def test_groff_lint_is_clean(page):
     assert r.returncode == 0
 
 
+def rendered(page):
+    """The page as ``mandoc -Tutf8`` prints it, one line per paragraph, no overstrikes."""
+    need("mandoc")
+    r = subprocess.run(["mandoc", "-Tutf8", "-Owidth=1000", str(page)],
+                       capture_output=True, text=True, timeout=60)
+    assert r.returncode == 0, r.stderr
+    return re.sub(r".\x08", "", r.stdout)
+
+
+@pytest.mark.parametrize("page", MAN_PAGES, ids=page_id)
+def test_rendered_quotes_do_not_nest(page):
+    """A quoting macro swallowing the words after it (``.Ql a No and Ql b``)
+    renders as ‘a and ‘b’’: no ‘ may open inside another."""
+    for line in rendered(page).splitlines():
+        depth = 0
+        for i, ch in enumerate(line):
+            if ch == "‘":
+                assert depth == 0, line[max(0, i - 60):i + 60]
+                depth = 1
+            elif ch == "’":
+                depth = 0
+
+
+@pytest.mark.parametrize("page", MAN_PAGES, ids=page_id)
+def test_rendered_braces_and_brackets_match(page):
+    """JSON and TOML shown in a page close what they open, in order
+    (``.Brq Qq a : [ ... ]`` renders as {"a: [...]"})."""
+    text = rendered(page)
+    stack = []
+    for m in re.finditer(r"[{}\[\]]", text):
+        if m.group() in "{[":
+            stack.append(m.group())
+        else:
+            assert stack and stack.pop() == {"}": "{", "]": "["}[m.group()], \
+                text[max(0, m.start() - 80):m.start() + 20]
+    assert stack == []
+
+
+def test_pages_are_dated_together():
+    """The pages describe one release: none is dated more than half a year before the newest."""
+    import datetime
+
+    dates = {p.name: datetime.datetime.strptime(macro_lines(p, "Dd")[0], "%B %d, %Y").date()
+             for p in MAN_PAGES}
+    newest = max(dates.values())
+    assert {n: d for n, d in dates.items() if (newest - d).days > 180} == {}
+
+
 def macro_lines(page, macro):
     """Arguments of every ``.Macro`` line, in order."""
     prefix = "." + macro
