@@ -153,3 +153,29 @@ def test_options_after_the_command(forkproxy_factory, backend_factory):
                          text=True, timeout=30)
     assert out.returncode == 0, out.stderr
     assert out.stdout == f"web/{b.addr}: ready -> drain\n"
+
+
+# -- a reload to a pool with one address twice ------------------------------------------
+
+
+def test_a_reload_to_a_pool_with_one_address_twice_is_rejected(forkproxy_factory,
+                                                                backend_factory, tmp_path):
+    """forkproxyctl sends the reload with its own good copy of the file; the
+    master's file lists a server twice: the master refuses it (FILE:LINE) and
+    serves on with the generation it had."""
+    b = backend_factory("b1")
+    port = free_port()
+    fp = forkproxy_factory(one_pool(port, [b.addr]))
+    fp.wait_workers()
+    copy = tmp_path / "ctl.toml"
+    copy.write_text(fp.config_path.read_text())
+    fp.write_config(one_pool(port, [b.addr, b.addr]))
+    line = fp.config_path.read_text().splitlines().index(
+        f'servers = [{{ addr = "{b.addr}" }}, {{ addr = "{b.addr}" }}]') + 1
+    out = fp.ctl("-c", str(copy), "reload")
+    assert out.returncode == 1, out.stdout
+    assert (f"{fp.config_path}:{line}: pool.web.servers[1].addr: duplicate server "
+            f'"{b.addr}" (also servers[0])') in out.stderr
+    assert fp.alive()
+    r = requests.get(f"http://127.0.0.1:{port}/", headers={"Connection": "close"}, timeout=30)
+    assert r.status_code == 200 and r.headers["X-Backend"] == "b1"
