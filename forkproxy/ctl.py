@@ -823,7 +823,7 @@ def _set(args, cfg: config.Config, tpath: str) -> int:
     change with who asked); straight into the table otherwise, or when the
     endpoint does not answer: a drain must work at 3 a.m. either way.
     """
-    doc = _set_through_endpoint(args, cfg) if _commands_allowed(cfg) else None
+    doc = _set_through_endpoint(args, cfg, tpath) if _commands_allowed(cfg) else None
     if doc is None:
         _check_running(cfg, tpath)
         if args.command == "weight":
@@ -851,14 +851,16 @@ def _check_running(cfg: config.Config, tpath: str) -> None:
                        f"nothing changed (the table {tpath} is not in use)")
 
 
-def _set_through_endpoint(args, cfg: config.Config) -> dict | None:
+def _set_through_endpoint(args, cfg: config.Config, tpath: str) -> dict | None:
     """The endpoint's answer to the change (the document ``_set`` prints), or
-    None when the endpoint does not answer."""
+    None when the endpoint does not answer and a master runs (CtlError when
+    none does)."""
     what = f"weight/{args.weight or 'config'}" if args.command == "weight" else args.command
     path = f"/servers/{quote(args.pool, safe='')}/{quote(args.server, safe='')}/{what}"
     try:
         status, body = admin_call(cfg, "POST", path)
     except Unreachable as exc:
+        _check_running(cfg, tpath)
         print(f"forkproxyctl: {exc.message}; writing the table directly", file=sys.stderr)
         return None
     if status != 200:
