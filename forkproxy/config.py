@@ -2550,7 +2550,8 @@ def _warn_unresolved(cfg: Config, warn, timeout: float) -> None:
     for pool in cfg.pools:
         for i, s in enumerate(pool.servers):
             if not _is_ip(s.host):
-                names.setdefault((s.host, s.port), []).append(("pool", pool.name, "servers", i, "addr"))
+                where = ("pool", pool.name, "servers", i, "addr")
+                names.setdefault((s.host, s.port), []).append(where)
     for i, addr in enumerate(cfg.cache.servers):
         try:
             host, port = split_host_port(addr)
