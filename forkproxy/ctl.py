@@ -9,6 +9,8 @@
                                     [--listener NAME] [--client IP]
     forkproxyctl [-c FILE] [--json] metrics
 
+``-c`` and ``--json`` may also follow the command (``status --json -c FILE``).
+
 Two ways in, chosen per command:
 
 - The admin endpoint (``server.admin``), over HTTP with requests (imported
