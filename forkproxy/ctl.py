@@ -519,6 +519,10 @@ def purge(cfg: config.Config, url: str | None, host: str | None, timeout: float 
     else:
         target = "/*"
     code, text = _purge_request(cfg, host, target, timeout)
+    if code == 403:
+        raise CtlError(f"{url or host}: forkproxy refused the PURGE (403): without the admin "
+                       "endpoint (server.admin and admin_token), cache.purge_allowed must "
+                       "include 127.0.0.1")
     if code not in (200, 404):
         raise CtlError(f"{url or host}: forkproxy answered {code} {text}")
     what = {"url": url} if url is not None else {"host": host}
