@@ -1832,8 +1832,8 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("route", "cache_key", "name", None,
             "The route's cache namespace: responses are stored and found under it, so no "
             "other route ever serves them. "
-            "Routes that set the same name share their entries, on purpose (an http and an "
-            "https route of one site, say). "
+            "Routes that set the same name share their entries, on purpose (two listeners' "
+            "routes to one pool, say). "
             "Unset: a digest of what makes the route (its listener list, host, path or "
             "path_regex, pool, strip_prefix, add_prefix, rewrite, host_header and "
             "request_headers), which stays the same across reloads as long as those do, so a "
@@ -1841,7 +1841,8 @@ SETTINGS: tuple[Setting, ...] = (
             "empty cache. "
             "Two routes never share by default: routes with the same listeners, host and "
             "path could not both be reached. "
-            "A purge (PURGE, forkproxyctl purge) reaches every namespace.",
+            "A purge of a URL (PURGE, forkproxyctl purge) deletes it in every route that a "
+            "request for it reaches on any listener; a purge of a host, in every route.",
             _RELOAD, _name, example="shop"),
     Setting("route", "cache_set_cookie", '"no-store" or "strip"', "no-store",
             "What the cache does with a response that sets a cookie (Set-Cookie), which "

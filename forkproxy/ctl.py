@@ -602,7 +602,9 @@ def render_explain(doc: dict) -> str:
         lines.append(("redirect", f"{doc['redirect']['status']} -> {doc['redirect']['location']}"))
     if doc["cache"] is not None:
         c = doc["cache"]
+        ns = c.get("namespace")
         lines.append(("cache", " ".join(filter(None, [c["result"], c["key"],
+                                                      f"[{ns}]" if ns else "",
                                                       f"({c['reason']})" if c["reason"] else ""]))))
     if doc["pool"] is not None:
         p = doc["pool"]

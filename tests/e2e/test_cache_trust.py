@@ -402,6 +402,8 @@ cache = true
     cache = json.loads(out.stdout)["cache"]
     assert (cache["result"], cache["key"], cache["namespace"]) == \
         ("HIT", f"http://127.0.0.1:{port}{path}", "k:legacy")
+    out = fp.ctl("explain", "GET", f"http://127.0.0.1:{port}{path}")
+    assert f"HIT http://127.0.0.1:{port}{path} [k:legacy] (fresh)" in out.stdout, out.stdout
     out = fp.ctl("purge", f"http://127.0.0.1:{port}{path}")
     assert out.returncode == 0 and out.stdout.endswith(": purged\n"), out.stderr
     assert ask(port, path, host=f"127.0.0.1:{port}").cache == "MISS"
