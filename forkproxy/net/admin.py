@@ -54,6 +54,7 @@ from forkproxy.core.metrics import render
 from forkproxy.core.status import snapshot, traffic
 from forkproxy.net.explain import BadQuestion, explain, request_for
 from forkproxy.net.leader import holder_pid
+from forkproxy.net.session import request_target
 
 __all__ = ["Admin", "WEIGHT_MAX"]
 
@@ -361,7 +362,8 @@ def _namespaces(rt, url: str) -> list[str]:
         raise _Reply(400, f"purge: {exc}\n") from None
     except http1.ProtocolError as exc:
         raise _Reply(400, f"purge: forkproxy would refuse a request for it: {exc.reason}\n") from None
-    return rt.cache.namespaces_serving(rt, req)
+    _, host, path, _ = request_target(req)
+    return rt.cache.namespaces_serving(rt, host, path)
 
 
 def _hit_ratio(results: dict[str, int]) -> float | None:

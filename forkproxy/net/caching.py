@@ -31,9 +31,10 @@ else a digest of the route's definition), so no route ever serves what
 another stored.  The target is the client's, before the route's
 strip_prefix, add_prefix and rewrite (``Session.proxy`` passes it as
 ``key_target``): two routes sharing a ``cache_key`` still keep
-``/internal/x`` and ``/x`` apart.  A URL purge deletes the URL in the
-namespace of every route that a request for it would reach on any listener
-(``namespaces_serving``).  A
+``/internal/x`` and ``/x`` apart.  A URL purge, and the invalidation by an
+unsafe request (RFC 9111 4.4), delete the URL in the namespace of every
+cached route that a request for it would reach on any listener
+(``namespaces_serving``): the resource changed for each of them.  A
 response with ``Vary`` is stored under ``key \\n token \\n secondary-key``,
 and a small ``VARY`` marker under the key itself names the fields and a
 random token; invalidating the URL deletes the marker, which makes every
@@ -131,7 +132,7 @@ def route_namespace(rc) -> str:
     """
     if rc.cache_key is not None:
         return "k:" + rc.cache_key
-    what = repr((rc.listener, rc.host, rc.path, rc.path_regex, rc.pool, rc.strip_prefix,
+    what = repr((tuple(sorted(rc.listener)), rc.host, rc.path, rc.path_regex, rc.pool, rc.strip_prefix,
                  rc.add_prefix, rc.rewrite, rc.host_header, rc.request_headers))
     return "r:" + hashlib.sha256(what.encode("utf-8", "surrogatepass")).hexdigest()[:24]
 
@@ -139,6 +140,12 @@ def route_namespace(rc) -> str:
 @functools.lru_cache(maxsize=1024)
 def _authority(primary: str) -> str:
     return re.split(r"[/?*]", primary.partition("://")[2], maxsplit=1)[0]
+
+
+def _path(primary: str) -> str:
+    """The path of a primary key (no query), as the router matches it."""
+    rest = primary.partition("://")[2][len(_authority(primary)):]
+    return rest.partition("?")[0] or "/"
 
 
 class Lookup(NamedTuple):
@@ -233,8 +240,12 @@ class _Hook:
         if self.invalidate is not None:
             # Before the response goes out: the client's next request must miss.
             ns, *url = self.invalidate
+            host = None
             for p in policy.invalidations(req.method, resp.status, *url, resp.headers):
-                c.invalidate(p, ns)
+                if host is None:
+                    host = request_target(req)[1]
+                for other in c.namespaces_serving(self.s.rt, host, _path(p)) or [ns]:
+                    c.invalidate(p, other)
         if self.stale is not None:
             entry, reader = self.stale
             if resp.status == 304 and policy.can_freshen(entry, resp.headers):
@@ -299,10 +310,10 @@ class Cache:
             got = self._namespaces[rc.index] = (rc, route_namespace(rc))
         return got[1]
 
-    def namespaces_serving(self, rt, req) -> list[str]:
-        """The namespaces of the cached routes a request like ``req`` (its Host
-        and path) reaches, on every listener of ``rt``: where a URL purge looks."""
-        _, host, path, _ = request_target(req)
+    def namespaces_serving(self, rt, host: str | None, path: str) -> list[str]:
+        """The namespaces of the cached routes a request for ``host`` (lower
+        case, no port: ``session.request_target``'s) and ``path`` reaches, on
+        every listener of ``rt``: where a URL purge or invalidation looks."""
         found = []
         for lc in rt.cfg.listeners:
             spec = rt.router.match(lc.name, host, path) if lc.mode == "http" else None
@@ -681,7 +692,7 @@ class Cache:
                 (503, "the cache could not be reached\n")
         else:
             code, text = (200, "purged\n") if self.purge_url(
-                host, target, self.namespaces_serving(s.rt, req)) else \
+                host, target, self.namespaces_serving(s.rt, *request_target(req)[1:3])) else \
                 (404, "not in the cache\n")
         body = text.encode()
         keep = keep and not s.rt.draining

@@ -143,7 +143,8 @@ cache = true
 def test_an_internal_listeners_answer_is_not_served_on_the_public_one(forkproxy_factory,
                                                                      backend_factory, store):
     """The same Host and target on two listeners, each with its own route: two
-    entries.  A PURGE of the URL (allowed from loopback here) reaches both."""
+    entries.  A PURGE of the URL (allowed from loopback here), or a PUT to it,
+    reaches both."""
     internal, public = backend_factory("internal"), backend_factory("public")
     inner, outer = free_port(), free_port()
     fp = start(forkproxy_factory, (store[0] + '\npurge_allowed = ["127.0.0.1"]', store[1]), f"""
@@ -175,6 +176,10 @@ cache = true
     assert ask(outer, path, method="PURGE").status == 200
     assert ask(inner, path).cache == "MISS"
     assert ask(outer, path).cache == "MISS"
+    # and so does a successful unsafe request (RFC 9111 4.4): the resource changed
+    assert [ask(port, path).cache for port in (inner, outer)] == ["HIT", "HIT"]
+    assert ask(inner, path, method="PUT", headers=[("Content-Length", "0")]).status == 200
+    assert [ask(port, path).cache for port in (inner, outer)] == ["MISS", "MISS"]
 
 
 def test_a_shared_cache_key_shares_urls_but_never_a_rewritten_target(forkproxy_factory,
