@@ -681,6 +681,15 @@ def _unknown_value(value: str, choices: tuple[str, ...]) -> str:
     raise Invalid(msg)
 
 
+def _set_cookie_mode(value: Any) -> str:
+    # No "did you mean": "skip" is one letter from "strip", which does the opposite.
+    value = _str(value)
+    if value not in ("no-store", "strip"):
+        raise Invalid(f'unknown value {_quote(value)}; expected "no-store" (a response that '
+                      'sets a cookie is not stored) or "strip" (stored without its Set-Cookie)')
+    return value
+
+
 def _workers(value: Any) -> int:
     if value == "auto":
         return os.cpu_count() or 1
@@ -1853,7 +1862,7 @@ SETTINGS: tuple[Setting, ...] = (
             'A response with Cache-Control: private="Set-Cookie" (RFC 9111 5.2.2.7) is '
             "stored without it either way; any other field a qualified private names is "
             "never stored either.",
-            _RELOAD, _enum("cache_set_cookie", ("no-store", "strip"))),
+            _RELOAD, _set_cookie_mode),
     Setting("route", "tunnel_timeout", "duration", None,
             "Overrides server.tunnel_timeout for this route.",
             _RELOAD, _duration(False), _r_opt_duration, example="10m"),
