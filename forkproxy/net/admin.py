@@ -361,7 +361,8 @@ def _namespaces(rt, url: str) -> list[str]:
     except BadQuestion as exc:
         raise _Reply(400, f"purge: {exc}\n") from None
     except http1.ProtocolError as exc:
-        raise _Reply(400, f"purge: forkproxy would refuse a request for it: {exc.reason}\n") from None
+        raise _Reply(400, "purge: forkproxy would refuse a request for it: "
+                     f"{exc.reason}\n") from None
     _, host, path, _ = request_target(req)
     return rt.cache.namespaces_serving(rt, host, path)
 

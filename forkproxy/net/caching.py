@@ -132,8 +132,8 @@ def route_namespace(rc) -> str:
     """
     if rc.cache_key is not None:
         return "k:" + rc.cache_key
-    what = repr((tuple(sorted(rc.listener)), rc.host, rc.path, rc.path_regex, rc.pool, rc.strip_prefix,
-                 rc.add_prefix, rc.rewrite, rc.host_header, rc.request_headers))
+    what = repr((tuple(sorted(rc.listener)), rc.host, rc.path, rc.path_regex, rc.pool,
+                 rc.strip_prefix, rc.add_prefix, rc.rewrite, rc.host_header, rc.request_headers))
     return "r:" + hashlib.sha256(what.encode("utf-8", "surrogatepass")).hexdigest()[:24]
 
 
