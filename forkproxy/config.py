@@ -209,6 +209,8 @@ class RouteConfig:
     redirect_https: bool = False
     hsts: str | None = None
     cache: bool = False
+    cache_key: str | None = None
+    cache_set_cookie: str = "no-store"
     compress: CompressConfig | None = None
     tunnel_timeout: float | None = None
 
@@ -426,7 +428,7 @@ class CacheConfig:
     heuristic_max: float = 3600.0
     cdn_cache_control: str = "CDN-Cache-Control"
     header: str = "X-Cache"
-    purge_allowed: tuple = (ipaddress.ip_network("127.0.0.0/8"), ipaddress.ip_network("::1/128"))
+    purge_allowed: tuple = ()
 
 
 @dataclass(frozen=True)
@@ -680,6 +682,15 @@ def _unknown_value(value: str, choices: tuple[str, ...]) -> str:
     if close:
         msg += f' (did you mean "{close[0]}"?)'
     raise Invalid(msg)
+
+
+def _set_cookie_mode(value: Any) -> str:
+    # No "did you mean": "skip" is one letter from "strip", which does the opposite.
+    value = _str(value)
+    if value not in ("no-store", "strip"):
+        raise Invalid(f'unknown value {_quote(value)}; expected "no-store" (a response that '
+                      'sets a cookie is not stored) or "strip" (stored without its Set-Cookie)')
+    return value
 
 
 def _workers(value: Any) -> int:
@@ -1122,16 +1133,21 @@ SECTIONS: tuple[Section, ...] = (
         "Only responses to GET are stored, and only when the response allows it "
         "(no no-store, no private, explicit freshness or a validator); "
         "HEAD is answered from a stored GET. "
-        "The key is the scheme, the Host and the whole request target with its query; "
-        "Vary selects a variant. "
+        "The key is the route's cache namespace (see the route's cache_key), the scheme, "
+        "the Host and the request target as the client sent it, with its query, before "
+        "strip_prefix, add_prefix and rewrite: a response is only ever served by the route "
+        "that stored it (or one sharing its cache_key), whatever the rewrites make of the "
+        "target; Vary selects a variant. "
+        "A response that sets a cookie is not stored (see cache_set_cookie). "
         "Stale entries are revalidated with If-None-Match and If-Modified-Since; "
         "stale-while-revalidate and stale-if-error are honoured. "
         "A successful POST, PUT, DELETE or other unsafe method invalidates the URL and its "
         "Location and Content-Location on the same host. "
         "Concurrent misses for one URL send one request upstream; the others wait for it "
         "(up to lock_timeout). "
-        "A PURGE request from an address in purge_allowed deletes a URL (PURGE /* every URL "
-        "of the Host); forkproxyctl purge sends one.",
+        "A PURGE request from an address in purge_allowed deletes a URL in every route that "
+        "serves it (PURGE /* every URL of the Host, in every route); forkproxyctl purge does "
+        "the same through the admin endpoint.",
     ),
     Section(
         "listener",
@@ -1598,10 +1614,16 @@ SETTINGS: tuple[Setting, ...] = (
             'REVALIDATED or BYPASS. "" sends none. '
             "The access log records the same status.",
             _RELOAD, _opt_header_name),
-    Setting("cache", "purge_allowed", "array of addresses or CIDR ranges", ["127.0.0.1/8", "::1"],
-            "Clients allowed to send PURGE requests (forkproxyctl purge sends them from "
-            "127.0.0.1). "
-            "A PURGE from any other address is answered 403. "
+    Setting("cache", "purge_allowed", "array of addresses or CIDR ranges", [],
+            "Clients allowed to send PURGE requests: the client's address as the access "
+            "rules see it, the one X-Forwarded-For gives when the connection comes from "
+            "server.trusted_proxies, never a trusted proxy's own. "
+            "A PURGE from any other address is answered 403; "
+            "empty (the default): every PURGE is refused, and purges go through the admin "
+            "endpoint (forkproxyctl purge with server.admin and admin_token). "
+            "Without the admin endpoint, forkproxyctl purge sends PURGE from 127.0.0.1, which "
+            'then needs "127.0.0.1" here. '
+            "A PURGE of a URL deletes it in every route that serves it, on any listener. "
             "A purge takes effect at once in every worker of the forkproxy that took it. "
             "In a forkproxy sharing the memcached servers, a purge of a URL takes effect "
             "within 0.5 s (its workers' near copies, see memory_size), and a purge of a whole "
@@ -1819,6 +1841,31 @@ SETTINGS: tuple[Setting, ...] = (
             "hide_headers, response_headers, rewrite_location and compress like any "
             "other response.",
             _RELOAD, _bool),
+    Setting("route", "cache_key", "name", None,
+            "The route's cache namespace: responses are stored and found under it, so no "
+            "other route ever serves them. "
+            "Routes that set the same name share their entries, on purpose (two listeners' "
+            "routes to one pool, say). "
+            "Unset: a digest of what makes the route (its listener list, host, path or "
+            "path_regex, pool, strip_prefix, add_prefix, rewrite, host_header and "
+            "request_headers), which stays the same across reloads as long as those do, so a "
+            "reload keeps the route's entries; changing one of them starts the route on an "
+            "empty cache. "
+            "Two routes never share by default: routes with the same listeners, host and "
+            "path could not both be reached. "
+            "A purge of a URL (PURGE, forkproxyctl purge) deletes it in every route that a "
+            "request for it reaches on any listener; a purge of a host, in every route.",
+            _RELOAD, _name, example="shop"),
+    Setting("route", "cache_set_cookie", '"no-store" or "strip"', "no-store",
+            "What the cache does with a response that sets a cookie (Set-Cookie), which "
+            "would hand one client's cookie to the next: not store it "
+            "(nginx's and Varnish's default), or store it without its Set-Cookie (as "
+            "Varnish's unset beresp.http.Set-Cookie); the client whose request fetched it "
+            "still gets its cookie. "
+            'A response with Cache-Control: private="Set-Cookie" (RFC 9111 5.2.2.7) is '
+            "stored without it either way; any other field a qualified private names is "
+            "never stored either.",
+            _RELOAD, _set_cookie_mode),
     Setting("route", "tunnel_timeout", "duration", None,
             "Overrides server.tunnel_timeout for this route.",
             _RELOAD, _duration(False), _r_opt_duration, example="10m"),

@@ -527,6 +527,10 @@ def purge(cfg: config.Config, url: str | None, host: str | None, timeout: float 
     else:
         target = "/*"
     code, text = _purge_through_listeners(cfg, scheme, port, host, target, timeout)
+    if code == 403:
+        raise CtlError(f"{url or host}: forkproxy refused the PURGE (403): without the admin "
+                       "endpoint (server.admin and admin_token), cache.purge_allowed must "
+                       "include 127.0.0.1")
     if code not in (200, 404):
         raise CtlError(f"{url or host}: forkproxy answered {code} {text}")
     what = {"url": url} if url is not None else {"host": host}
@@ -643,7 +647,9 @@ def render_explain(doc: dict) -> str:
         lines.append(("redirect", f"{doc['redirect']['status']} -> {doc['redirect']['location']}"))
     if doc["cache"] is not None:
         c = doc["cache"]
+        ns = c.get("namespace")
         lines.append(("cache", " ".join(filter(None, [c["result"], c["key"],
+                                                      f"[{ns}]" if ns else "",
                                                       f"({c['reason']})" if c["reason"] else ""]))))
     if doc["pool"] is not None:
         p = doc["pool"]

@@ -268,6 +268,14 @@ BAD = [
      ['t.toml:7: route[0].path: must start with "/", got "api"']),
     ("route cache not a boolean", MINIMAL.replace('pool = "app"', 'pool = "app"\ncache = "yes"'),
      ['t.toml:7: route[0].cache: expected true or false, got a string']),
+    ("route cache_set_cookie", MINIMAL.replace('pool = "app"', 'pool = "app"\ncache_set_cookie = "skip"'),
+     ['t.toml:7: route[0].cache_set_cookie: unknown value "skip"; expected "no-store" (a response '
+      'that sets a cookie is not stored) or "strip" (stored without its Set-Cookie)']),
+    ("route cache_key", MINIMAL.replace('pool = "app"', 'pool = "app"\ncache_key = "a b"'),
+     ["t.toml:7: route[0].cache_key: invalid name \"a b\": use letters, digits, '_', '-' and '.' "
+      "(at most 64)"]),
+    ("purge_allowed", "[cache]\npurge_allowed = [\"localhost\"]\n" + MINIMAL,
+     ['t.toml:2: cache.purge_allowed: invalid address or CIDR range "localhost"']),
     ("cache header name", "[cache]\nheader = \"X Cache\"\n" + MINIMAL,
      ['t.toml:2: cache.header: invalid header name "X Cache"']),
     ("pool with no servers", MINIMAL + "\n[pool.empty]\nservers = []\n",

@@ -79,6 +79,7 @@ def edge(forkproxy_factory, backend_factory, memcached_factory, tmp_path):
     body = f"""
 [cache]
 {memcached(mc.addr)}
+purge_allowed = ["127.0.0.1"]
 
 [[listener]]
 name = "web"

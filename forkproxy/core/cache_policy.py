@@ -45,8 +45,18 @@ Choices (RFC 9111 leaves them to the cache):
   become 0 (stale, RFC 9111 4.2.1); the permissive ``max-stale`` (with a bad
   argument), ``stale-while-revalidate``, ``stale-if-error`` and the
   ``min-fresh`` request directive are dropped.  Values above 2**31 are
-  clamped to 2**31 (RFC 9111 1.2.2).  The qualified forms of ``no-cache`` and
-  ``private`` (with field names) are treated as unqualified.
+  clamped to 2**31 (RFC 9111 1.2.2).  The qualified form of ``no-cache``
+  (with field names) is treated as unqualified.  The qualified form of
+  ``private`` (``private="Set-Cookie"``, RFC 9111 5.2.2.7) lists fields a
+  shared cache must not store: the response is stored without them
+  (``Directives.private_fields``); every ``private`` counts, not only the
+  first, and an unqualified one, or one whose argument is not a list of
+  field names, means "do not store" as before.
+- Set-Cookie (nginx's and Varnish's default): a response carrying one is not
+  stored, unless the route says ``set_cookie="strip"`` (stored without it) or
+  the response itself says ``private="Set-Cookie"``.  A stored entry never
+  holds a Set-Cookie (``make_entry``, ``merge_304``): one client's cookie is
+  never handed to another.
 - Targeted fields (RFC 9213): ``cdn_header`` names the field(s) forkproxy
   obeys, in priority order (a str or a tuple of str; ``()`` disables).  The
   first one present and valid (an RFC 8941 dictionary) replaces
@@ -85,7 +95,7 @@ __all__ = [
     "decide", "conditional_headers", "can_freshen", "merge_304",
     "client_not_modified", "CLIENT_CONDITIONS", "serve_headers", "age_value", "not_modified_headers",
     "invalidations", "stale_if_error_ok", "ERROR_STATUSES",
-    "DEFAULT_CDN_HEADER", "HEURISTIC_STATUSES", "DELTA_MAX",
+    "DEFAULT_CDN_HEADER", "HEURISTIC_STATUSES", "DELTA_MAX", "SET_COOKIE_MODES",
 ]
 
 DEFAULT_CDN_HEADER = "cdn-cache-control"
@@ -135,6 +145,8 @@ class Directives:
     stale_while_revalidate: int | None = None
     stale_if_error: int | None = None
     extensions: tuple[tuple[str, str | None], ...] = ()
+    # The qualified private's field names, lower case (never stored by a shared cache).
+    private_fields: tuple[str, ...] = ()
 
 
 _FLAGS = {
@@ -161,12 +173,35 @@ def _delta(arg: str | None) -> int | None:
     return min(int(arg), DELTA_MAX)
 
 
+_FIELD_NAME = re.compile(r"[!#$%&'*+\-.^_`|~0-9A-Za-z]+")
+
+
+def _field_names(arg) -> tuple[str, ...] | None:
+    """The field names of a qualified directive's argument (``"a, B"``), lower
+    case; None when it is not a non-empty list of field names."""
+    if not isinstance(arg, str):
+        return None
+    names = [m.strip() for m in arg.split(",")]
+    if not names or not all(_FIELD_NAME.fullmatch(n) for n in names):
+        return None
+    return tuple(n.lower() for n in names)
+
+
 def _build(pairs) -> Directives:
     """Directives from ``(name, arg)`` pairs; arg is a str, None or an int."""
     values: dict = {}
     extensions = []
+    private_fields: list[str] = []
     for name, arg in pairs:
-        if name in _FLAGS:
+        if name == "private":
+            # Every occurrence counts: a qualified one only adds fields to
+            # leave out, an unqualified (or unreadable) one forbids storing.
+            fields = _field_names(arg)
+            if fields is None:
+                values["private"] = True
+            else:
+                private_fields.extend(f for f in fields if f not in private_fields)
+        elif name in _FLAGS:
             values.setdefault(_FLAGS[name], True)
         elif name in _DELTAS:
             attr, fallback = _DELTAS[name]
@@ -179,7 +214,7 @@ def _build(pairs) -> Directives:
         else:
             extensions.append((name, arg if isinstance(arg, str) or arg is None else str(arg)))
     values = {k: v for k, v in values.items() if v is not None}
-    return Directives(extensions=tuple(extensions), **values)
+    return Directives(extensions=tuple(extensions), private_fields=tuple(private_fields), **values)
 
 
 def _split_items(text: str):
@@ -359,7 +394,8 @@ def parse_cdn_cache_control(values: list[str]) -> Directives | None:
     dictionary (the caller then falls back to Cache-Control).  Later
     duplicates win, as RFC 8941 says.  Flags count when their value is
     ``?1`` (the bare form) or a list of field names (qualified form);
-    ``?0`` means absent.  Delta directives need a non-negative integer;
+    ``?0`` means absent; ``private`` with a list of strings or tokens is the
+    qualified form (its field names).  Delta directives need a non-negative integer;
     anything else is invalid and treated as in ``parse_cache_control``.
     """
     return _parse_cdn_cache_control(tuple(values))
@@ -378,6 +414,10 @@ def _parse_cdn_cache_control(values: tuple[str, ...]) -> Directives | None:
     for name, value in members.items():
         if name in _FLAGS:
             if value is False:
+                continue
+            if name == "private" and type(value) is tuple and value and \
+                    all(isinstance(v, str) for v in value):
+                pairs.append((name, ",".join(value)))
                 continue
             pairs.append((name, None))
         elif name in _DELTAS or name == "max-stale":
@@ -589,9 +629,19 @@ def vary_key(vary_header_values: list[str], request_headers) -> str | None:
 
 # ---------------------------------------------------------------- storability
 
+# What a cached route does with a response that sets a cookie (its cache_set_cookie).
+SET_COOKIE_MODES = ("no-store", "strip")
+
+
 def not_storable_reason(method, status, req_headers, resp_headers, *,
-                        cdn_header=DEFAULT_CDN_HEADER, shared=True) -> str | None:
-    """Why a response may not be stored (RFC 9111 3), or ``None`` if it may."""
+                        cdn_header=DEFAULT_CDN_HEADER, shared=True,
+                        set_cookie="no-store") -> str | None:
+    """Why a response may not be stored (RFC 9111 3), or ``None`` if it may.
+
+    ``set_cookie`` (a shared cache only): "no-store" refuses a response with
+    a Set-Cookie, unless it says ``private="Set-Cookie"``; "strip" stores it
+    (``make_entry`` leaves the cookie out either way).
+    """
     if method != "GET":
         return "method"
     if status < 200 or status in (206, 304):
@@ -610,6 +660,9 @@ def not_storable_reason(method, status, req_headers, resp_headers, *,
     if shared and _first(req_headers, "authorization") is not None and not (
             cc.public or cc.s_maxage is not None or cc.must_revalidate):
         return "authorization"
+    if shared and set_cookie != "strip" and "set-cookie" not in cc.private_fields \
+            and _first(resp_headers, "set-cookie") is not None:
+        return "set-cookie"
     if _vary_fields(_all(resp_headers, "vary")) is None:
         return "vary *"
     explicit = (cc.max_age is not None or (shared and cc.s_maxage is not None)
@@ -626,10 +679,11 @@ def not_storable_reason(method, status, req_headers, resp_headers, *,
 
 
 def storable(method, status, req_headers, resp_headers, *,
-             cdn_header=DEFAULT_CDN_HEADER, shared=True) -> bool:
+             cdn_header=DEFAULT_CDN_HEADER, shared=True, set_cookie="no-store") -> bool:
     """May this response be stored by a (shared) cache?  RFC 9111 3."""
     return not_storable_reason(method, status, req_headers, resp_headers,
-                               cdn_header=cdn_header, shared=shared) is None
+                               cdn_header=cdn_header, shared=shared,
+                               set_cookie=set_cookie) is None
 
 
 # --------------------------------------------------------------------- entry
@@ -732,19 +786,30 @@ def _decode_entry(data: bytes) -> Entry:
 
 
 def make_entry(status: int, reason: str, req_headers, resp_headers,
-               request_time: float, response_time: float) -> Entry:
+               request_time: float, response_time: float, *,
+               cdn_header=DEFAULT_CDN_HEADER) -> Entry:
     """Build the entry to store for a response ``storable`` accepted.
 
-    Hop-by-hop fields are dropped, Set-Cookie and the rest kept as sent,
-    Date added (never replaced) when missing (RFC 9110 6.6.1).
+    Hop-by-hop fields, Set-Cookie and the fields a qualified ``private``
+    names (RFC 9111 5.2.2.7, under ``cdn_header`` as every other decision)
+    are dropped, the rest kept as sent, Date added (never replaced) when
+    missing (RFC 9110 6.6.1).
     """
-    drop = _hop_by_hop(resp_headers)
+    drop = _not_stored(resp_headers, cdn_header)
     headers = [(n, v) for n, v in resp_headers if n not in drop]
     if _first(headers, "date") is None:
         headers.append(("date", format_http_date(response_time)))
     fields = _vary_fields(_all(headers, "vary")) or ()
     return Entry(status, reason, tuple(headers), request_time, response_time,
                  _selected(fields, req_headers))
+
+
+def _not_stored(resp_headers, cdn_header) -> set[str]:
+    """Names of the fields of a response that a shared cache never stores."""
+    drop = _hop_by_hop(resp_headers)
+    drop.add("set-cookie")
+    drop.update(response_directives(resp_headers, cdn_header)[0].private_fields)
+    return drop
 
 
 # ------------------------------------------------------------ freshness, age
@@ -917,19 +982,23 @@ def can_freshen(entry: Entry, resp_304_headers) -> bool:
 
 
 def merge_304(entry: Entry, resp_304_headers, request_time: float,
-              response_time: float) -> Entry:
+              response_time: float, *, cdn_header=DEFAULT_CDN_HEADER) -> Entry:
     """Update a stored entry from a 304 (RFC 9111 3.2, 4.3.4).
 
     Every field the 304 carries replaces all stored lines of that name;
-    fields it omits are kept; Content-Length and hop-by-hop fields are never
-    taken from it.  The times become the 304's.
+    fields it omits are kept; Content-Length, hop-by-hop fields, Set-Cookie
+    and the fields a qualified ``private`` of the 304 names are never taken
+    from it (as ``make_entry``).  The times become the 304's.
     """
-    drop = _hop_by_hop(resp_304_headers) | NOT_UPDATED_BY_304
+    drop = _not_stored(resp_304_headers, cdn_header) | NOT_UPDATED_BY_304
     new = [(n, v) for n, v in resp_304_headers if n not in drop]
     replaced = {n for n, _ in new}
     if "age" not in replaced:
         replaced.add("age")
     headers = [(n, v) for n, v in entry.headers if n not in replaced] + new
+    private = response_directives(headers, cdn_header)[0].private_fields
+    if private:  # the new directives may name fields the stored response has
+        headers = [(n, v) for n, v in headers if n not in private]
     if "date" not in replaced:
         headers = [(n, v) for n, v in headers if n != "date"]
         headers.append(("date", format_http_date(response_time)))

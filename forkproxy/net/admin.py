@@ -52,8 +52,9 @@ from forkproxy.config import split_host_port
 from forkproxy.core import http1
 from forkproxy.core.metrics import render
 from forkproxy.core.status import snapshot, traffic
-from forkproxy.net.explain import BadQuestion, explain
+from forkproxy.net.explain import BadQuestion, explain, request_for
 from forkproxy.net.leader import holder_pid
+from forkproxy.net.session import request_target
 
 __all__ = ["Admin", "WEIGHT_MAX"]
 
@@ -273,7 +274,7 @@ class Admin:
                 _, authority, target, _ = http1.split_url(url)
             except ValueError as exc:
                 raise _Reply(400, f"purge: {exc}\n") from None
-            found = cache.purge_url(authority, _stored_target(self.rt, url, peer) or target)
+            found = cache.purge_url(authority, target, _namespaces(self.rt, url))
             self.rt.log.warning("admin: purge of %s: %s (asked by %s)", url,
                                 "deleted" if found else "not in the cache", peer)
             return json.dumps({"url": url, "purged": found, "shared": shared}) + "\n"
@@ -350,14 +351,20 @@ def _answers(addr: str) -> bool:
         return False
 
 
-def _stored_target(rt, url: str, peer: str) -> str | None:
-    """The target the cache keys ``url`` under: after its route's rewrites, as
-    ``explain`` finds them (a PURGE request's target goes the same way).  None
-    when no listener, route or rewrite applies: the URL's own target then."""
+def _namespaces(rt, url: str) -> list[str]:
+    """The cache namespaces of the routes a request for ``url`` reaches on any
+    listener (``Cache.namespaces_serving``, as a PURGE request finds them); a
+    400 when forkproxy would refuse the request itself."""
+    _, authority, target, _ = http1.split_url(url)
     try:
-        return explain(rt, "GET", url, [], None, peer)["upstream_target"]
-    except BadQuestion:
-        return None
+        req = request_for(rt, "GET", target, authority, [])
+    except BadQuestion as exc:
+        raise _Reply(400, f"purge: {exc}\n") from None
+    except http1.ProtocolError as exc:
+        raise _Reply(400, "purge: forkproxy would refuse a request for it: "
+                     f"{exc.reason}\n") from None
+    _, host, path, _ = request_target(req)
+    return rt.cache.namespaces_serving(rt, host, path)
 
 
 def _hit_ratio(results: dict[str, int]) -> float | None:

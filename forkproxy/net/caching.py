@@ -25,7 +25,16 @@ CONTRACT (``Session`` makes three calls into it, nothing else):
 
 Keys.  Each URL's primary key (``cache_policy.primary_key``: scheme, Host,
 target with its query) is prefixed with its authority's namespace token
-(``store.namespace``, one memcached get), so a host purge is one set.  A
+(``store.namespace``, one memcached get), so a host purge is one set, and
+with its route's namespace (``route_namespace``: the route's ``cache_key``,
+else a digest of the route's definition), so no route ever serves what
+another stored.  The target is the client's, before the route's
+strip_prefix, add_prefix and rewrite (``Session.proxy`` passes it as
+``key_target``): two routes sharing a ``cache_key`` still keep
+``/internal/x`` and ``/x`` apart.  A URL purge, and the invalidation by an
+unsafe request (RFC 9111 4.4), delete the URL in the namespace of every
+cached route that a request for it would reach on any listener
+(``namespaces_serving``): the resource changed for each of them.  A
 response with ``Vary`` is stored under ``key \\n token \\n secondary-key``,
 and a small ``VARY`` marker under the key itself names the fields and a
 random token; invalidating the URL deletes the marker, which makes every
@@ -52,6 +61,7 @@ route's header rules and compression apply on the way out, per client.
 from __future__ import annotations
 
 import functools
+import hashlib
 import json
 import logging
 import operator
@@ -69,7 +79,7 @@ from forkproxy.core import http1
 from forkproxy.core.epochs import Epochs
 from forkproxy.logs import AccessRecord
 from forkproxy.net.cache import CacheError, MemcachedStore, MemoryStore, breaker_for
-from forkproxy.net.session import CLOCK, Abort, Session, framing_fields_out
+from forkproxy.net.session import CLOCK, Abort, Session, framing_fields_out, request_target
 
 log = logging.getLogger("forkproxy.cache")
 
@@ -105,9 +115,37 @@ def make_store(cfg: CacheConfig, log_=None, epochs_buf=None):
                           epochs=Epochs(epochs_buf) if epochs_buf is not None else None)
 
 
+def route_namespace(rc) -> str:
+    """The cache namespace of route ``rc`` (a ``config.RouteConfig``).
+
+    ``cache_key`` when the route sets one ("k:NAME": routes naming the same
+    one share entries on purpose); else "r:" and a digest of what decides
+    which requests reach the route and what is asked upstream for them: its
+    listener list, host, path, path_regex, pool, strip_prefix, add_prefix,
+    rewrite, host_header and request_headers.  Not its index (a route added
+    in front must not empty the others), nor rules that apply before the
+    lookup or to every response alike (access, methods, deny, rate limit,
+    hide_headers, response_headers, compress): the first route matching a
+    (listener, host, path) is the only one that ever serves it, so two routes
+    with the same digest could not both be reached.  Stable across reloads
+    and processes for an unchanged route (memcached is shared by both).
+    """
+    if rc.cache_key is not None:
+        return "k:" + rc.cache_key
+    what = repr((tuple(sorted(rc.listener)), rc.host, rc.path, rc.path_regex, rc.pool,
+                 rc.strip_prefix, rc.add_prefix, rc.rewrite, rc.host_header, rc.request_headers))
+    return "r:" + hashlib.sha256(what.encode("utf-8", "surrogatepass")).hexdigest()[:24]
+
+
 @functools.lru_cache(maxsize=1024)
 def _authority(primary: str) -> str:
     return re.split(r"[/?*]", primary.partition("://")[2], maxsplit=1)[0]
+
+
+def _path(primary: str) -> str:
+    """The path of a primary key (no query), as the router matches it."""
+    rest = primary.partition("://")[2][len(_authority(primary)):]
+    return rest.partition("?")[0] or "/"
 
 
 class Lookup(NamedTuple):
@@ -189,7 +227,8 @@ class _Hook:
                  stale=None, on_store=None, invalidate=None):
         self.cache, self.s, self.req, self.rec = cache, s, req, rec
         self.key, self.keep, self.stale = key, keep, stale
-        self.invalidate = invalidate  # (scheme, host, target) of an unsafe request
+        # (namespace, scheme, host, client's target) of an unsafe request
+        self.invalidate = invalidate
         self.on_store = on_store
         self.request_time = time.time()
         self.resp = None
@@ -200,12 +239,18 @@ class _Hook:
         self.resp = resp
         if self.invalidate is not None:
             # Before the response goes out: the client's next request must miss.
-            for p in policy.invalidations(req.method, resp.status, *self.invalidate, resp.headers):
-                c.invalidate(p)
+            ns, *url = self.invalidate
+            host = None
+            for p in policy.invalidations(req.method, resp.status, *url, resp.headers):
+                if host is None:
+                    host = request_target(req)[1]
+                for other in c.namespaces_serving(self.s.rt, host, _path(p)) or [ns]:
+                    c.invalidate(p, other)
         if self.stale is not None:
             entry, reader = self.stale
             if resp.status == 304 and policy.can_freshen(entry, resp.headers):
-                new = policy.merge_304(entry, resp.headers, self.request_time, now)
+                new = policy.merge_304(entry, resp.headers, self.request_time, now,
+                                       cdn_header=c.cdn)
                 writer = c.begin(self.key, new, req.headers) if self.key else None
                 c.serve(self.s, req, self.rec, new, reader, "REVALIDATED", self.keep, writer)
                 return _Served(self.keep)
@@ -218,9 +263,10 @@ class _Hook:
         extra = [(c.header, status)] if c.header else []
         writer = None
         if self.key is not None and req.method == "GET" and resp.status != 304:
-            if policy.storable("GET", resp.status, req.headers, resp.headers, cdn_header=c.cdn):
+            if policy.storable("GET", resp.status, req.headers, resp.headers, cdn_header=c.cdn,
+                               set_cookie=self.s.rt.routes[self.rec.route].cache_set_cookie):
                 entry = policy.make_entry(resp.status, resp.reason, req.headers, resp.headers,
-                                          self.request_time, now)
+                                          self.request_time, now, cdn_header=c.cdn)
                 writer = c.begin(self.key, entry, req.headers)
             else:
                 c.mark_pass(self.key)
@@ -249,6 +295,7 @@ class Cache:
         self.cdn = cfg.cdn_cache_control.lower() or ()
         self.hmax = cfg.heuristic_max
         self.header = cfg.header
+        self._namespaces: dict[int, tuple] = {}  # route index -> (RouteConfig, namespace)
 
     @classmethod
     def from_config(cls, cfg: CacheConfig, log_=None, epochs_buf=None) -> "Cache":
@@ -256,8 +303,28 @@ class Cache:
 
     # -- keys and store access ----------------------------------------------
 
-    def key(self, primary: str) -> str:
-        return self.store.namespace(_authority(primary)) + "\n" + primary
+    def namespace(self, rc) -> str:
+        """``route_namespace(rc)``, worked out once per route."""
+        got = self._namespaces.get(rc.index)
+        if got is None or got[0] is not rc:
+            got = self._namespaces[rc.index] = (rc, route_namespace(rc))
+        return got[1]
+
+    def namespaces_serving(self, rt, host: str | None, path: str) -> list[str]:
+        """The namespaces of the cached routes a request for ``host`` (lower
+        case, no port: ``session.request_target``'s) and ``path`` reaches, on
+        every listener of ``rt``: where a URL purge or invalidation looks."""
+        found = []
+        for lc in rt.cfg.listeners:
+            spec = rt.router.match(lc.name, host, path) if lc.mode == "http" else None
+            rc = rt.routes[spec.index] if spec is not None else None
+            if rc is not None and rc.cache and self.namespace(rc) not in found:
+                found.append(self.namespace(rc))
+        return found
+
+    def key(self, primary: str, ns: str) -> str:
+        """The store key of URL ``primary`` in route namespace ``ns``."""
+        return self.store.namespace(_authority(primary)) + "\n" + ns + "\n" + primary
 
     def lookup(self, key: str, req_headers):
         """(entry, reader), ``_PASS`` or None; the variant the request selects."""
@@ -319,20 +386,22 @@ class Cache:
         if w is not None:
             w.commit()
 
-    def invalidate(self, primary: str) -> bool:
-        """Delete a URL, every variant of it; True when something was there."""
-        return self.store.delete(self.key(primary))
+    def invalidate(self, primary: str, ns: str) -> bool:
+        """Delete a URL in namespace ``ns``, every variant of it; True when
+        something was there."""
+        return self.store.delete(self.key(primary, ns))
 
     # -- the request path ----------------------------------------------------
 
     def consult(self, proto: str, host: str | None, target: str, req,
-                has_body: bool) -> "Lookup":
+                has_body: bool, ns: str) -> "Lookup":
         """What the store says about a request of a cached route, before anything
-        is sent (``handle`` acts on it; ``forkproxyctl explain`` reports it)."""
+        is sent (``handle`` acts on it; ``forkproxyctl explain`` reports it).
+        ``target``: the client's (before rewrites); ``ns``: the route's namespace."""
         primary = policy.primary_key(proto, host or "", target)
         if req.method not in ("GET", "HEAD") or has_body:
             return Lookup(primary)
-        key = self.key(primary)
+        key = self.key(primary, ns)
         found = self.lookup(key, req.headers)
         if found is _PASS:
             return Lookup(primary, key, True)
@@ -342,15 +411,17 @@ class Cache:
         return _tuple_new(Lookup, (primary, key, False, entry, reader, d))  # Lookup(...), faster
 
     def handle(self, s, req, rec, cached_route: bool, pool, host: str, target: str,
-               framing, has_body: bool, max_body, keep: bool) -> bool:
+               framing, has_body: bool, max_body, keep: bool, key_target: str) -> bool:
         """Answer ``req`` from the store or through ``s.exchange``; True to keep
-        the connection.  A hit never builds the head that would go upstream
-        (``Session.upstream_head``): only a miss asks for it."""
+        the connection.  ``target`` goes upstream (rewritten), ``key_target``
+        (the client's) names the URL in the store.  A hit never builds the head
+        that would go upstream (``Session.upstream_head``): only a miss asks for it."""
         method = req.method
         if method == "PURGE":
-            return self.purge(s, req, rec, host, target, keep)
+            return self.purge(s, req, rec, host, key_target, keep)
         if cached_route:
-            look = self.consult(s.proto, host, target, req, has_body)
+            ns = self.namespace(s.rt.routes[rec.route])
+            look = self.consult(s.proto, host, key_target, req, has_body, ns)
             d = look.decision
             if d is not None and d.action is _FRESH:  # a hit: nothing more to set up
                 return self.serve(s, req, rec, look.entry, look.reader, "HIT", keep)
@@ -362,7 +433,7 @@ class Cache:
         if look.key is None:
             rec.cache = "BYPASS"
             return forward(_Hook(self, s, req, rec, None, keep,
-                                 invalidate=(s.proto, host or "", target)))
+                                 invalidate=(ns, s.proto, host or "", key_target)))
         key = look.key
         if look.passed:
             return forward(_Hook(self, s, req, rec, key, keep))
@@ -586,11 +657,12 @@ class Cache:
 
     # -- purge -------------------------------------------------------------------
 
-    def purge_url(self, host: str | None, target: str) -> bool:
-        """Delete the URL ``host`` + ``target``, every variant, http and https;
+    def purge_url(self, host: str | None, target: str, namespaces) -> bool:
+        """Delete the URL ``host`` + ``target`` (as clients ask for it), every
+        variant, http and https, in each of ``namespaces`` (``namespaces_serving``);
         True when something was there.  PURGE and the admin endpoint use it."""
-        hit = [self.invalidate(policy.primary_key(scheme, host or "", target))
-               for scheme in ("http", "https")]
+        hit = [self.invalidate(policy.primary_key(scheme, host or "", target), ns)
+               for ns in namespaces for scheme in ("http", "https")]
         return any(hit)
 
     def purge_host(self, host: str | None) -> bool:
@@ -599,12 +671,17 @@ class Cache:
         return self.store.bump_namespace(_authority(policy.primary_key("http", host or "", "/")))
 
     def purge(self, s, req, rec, host: str, target: str, keep: bool) -> bool:
-        """PURGE URL deletes it (every variant, http and https); PURGE /* bumps
-        the Host's namespace (every URL of it).  200 done, 404 nothing was
-        cached, 403 from an address outside purge_allowed."""
+        """PURGE URL deletes it (every variant, http and https, in every route
+        that serves it); PURGE /* bumps the Host's namespace (every URL of it,
+        every route).  200 done, 404 nothing was cached, 403 when the client
+        (after server.trusted_proxies, as the access rules see it) is outside
+        purge_allowed: a refusal of who asks, not of the method (no 405)."""
         rec.cache = "PURGE"
-        if not _allowed(s.peer, self.cfg.purge_allowed):
-            s.refuse(rec, 403, "PURGE from an address outside cache.purge_allowed")
+        client = s.edge_req.client if s.edge_req is not None else s.peer
+        if not _allowed(client, self.cfg.purge_allowed):
+            s.refuse(rec, 403, f"PURGE from {client}, outside cache.purge_allowed"
+                     + ("" if self.cfg.purge_allowed else " (empty: PURGE is refused; "
+                        "forkproxyctl purge goes through the admin endpoint)"))
             return False
         if req.framing.kind != "none" and not (req.framing.kind == "length"
                                                and req.framing.length == 0):
@@ -614,7 +691,8 @@ class Cache:
             code, text = (200, "purged every URL of the host\n") if self.purge_host(host) else \
                 (503, "the cache could not be reached\n")
         else:
-            code, text = (200, "purged\n") if self.purge_url(host, target) else \
+            code, text = (200, "purged\n") if self.purge_url(
+                host, target, self.namespaces_serving(s.rt, *request_target(req)[1:3])) else \
                 (404, "not in the cache\n")
         body = text.encode()
         keep = keep and not s.rt.draining

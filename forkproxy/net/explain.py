@@ -36,13 +36,15 @@ The answer (``forkproxyctl explain --json`` prints it)::
      server: {addr, by: "sticky" | "balance"} | null,
      why_no_server: str | null,
      sticky: {cookie, token, server} | null,
-     cache: {result, key, action, reason, age} | null}
+     cache: {result, key, namespace, action, reason, age} | null}
 
 ``cache.result`` is the ``X-Cache`` value the response would carry: HIT,
 STALE, MISS, BYPASS, PURGE, or REVALIDATE (a conditional request upstream:
 REVALIDATED on a 304, MISS otherwise) and 504 (only-if-cached, nothing stored).
 ``request.host`` is the Host the request carries: a ``Host`` header among
 ``headers``, else the URL's authority.
+``cache.key`` is the URL as the cache names it (the client's target, before
+rewrites), ``cache.namespace`` the route's (``net.caching.route_namespace``).
 """
 
 from __future__ import annotations
@@ -55,7 +57,7 @@ from forkproxy.logs import AccessRecord
 from forkproxy.net.session import (Runtime, body_limit, https_location, no_route_why,
                                    no_server_why, request_target, sticky_choice)
 
-__all__ = ["explain", "BadQuestion"]
+__all__ = ["explain", "BadQuestion", "request_for"]
 
 # The X-Cache value a response gets, by what the cache decided before sending.
 _RESULTS = {Action.FRESH: "HIT", Action.STALE_OK: "STALE", Action.REVALIDATE: "REVALIDATE",
@@ -80,7 +82,7 @@ def explain(rt: Runtime, method: str, url: str, headers: list[tuple[str, str]],
            "rate_limit": None, "pool": None, "server": None, "why_no_server": None,
            "sticky": None, "cache": None}
     try:
-        _walk(rt, doc, lc, proto, _request(rt, method, target, host, headers), client)
+        _walk(rt, doc, lc, proto, request_for(rt, method, target, host, headers), client)
     except http1.ProtocolError as exc:
         doc["refused"] = {"status": exc.status, "why": exc.reason}
     return doc
@@ -106,7 +108,7 @@ def _listener_and_target(rt: Runtime, url: str, name: str | None):
     return found[0], target, authority
 
 
-def _request(rt: Runtime, method: str, target: str, host: str, headers) -> http1.Request:
+def request_for(rt: Runtime, method: str, target: str, host: str, headers) -> http1.Request:
     """The request as forkproxy would parse it (``ProtocolError`` as it would refuse it)."""
     fields = list(headers)
     if not any(n.lower() == "host" for n, _ in fields):
@@ -151,7 +153,7 @@ def _walk(rt: Runtime, doc: dict, lc, proto: str, req: http1.Request, peer: str)
                            "location": https_location(rt, rc.index, host, er.target)}
         return
     body_limit(rt, rc, req.framing)
-    doc["cache"] = _cache(rt, rc, proto, host_value, er.target, req, req.framing.carries_body)
+    doc["cache"] = _cache(rt, rc, proto, host_value, target, req, req.framing.carries_body)
     result = doc["cache"]["result"] if doc["cache"] is not None else None
     if result == "504":
         doc["refused"] = {"status": 504, "why": "only-if-cached and nothing usable in the cache"}
@@ -163,23 +165,29 @@ def _walk(rt: Runtime, doc: dict, lc, proto: str, req: http1.Request, peer: str)
 
 
 def _cache(rt: Runtime, rc, proto: str, host_value, target: str, req, has_body: bool):
-    """What the cache would do, as ``Session.proxy`` and ``Cache.handle`` decide it."""
+    """What the cache would do, as ``Session.proxy`` and ``Cache.handle`` decide it
+    (``target``: the client's, which the cache keys)."""
     if rt.cache is None or not (rc.cache or req.method == "PURGE"):
         return None
     if req.method == "PURGE":
-        return {"result": "PURGE", "key": None, "action": None,
-                "reason": "PURGE deletes the URL (cache.purge_allowed applies)", "age": None}
-    look = rt.cache.consult(proto, host_value, target, req, has_body)
+        return {"result": "PURGE", "key": None, "namespace": None, "action": None,
+                "reason": "PURGE deletes the URL in every route serving it "
+                          "(cache.purge_allowed applies)", "age": None}
+    ns = rt.cache.namespace(rc)
+    look = rt.cache.consult(proto, host_value, target, req, has_body, ns)
     if look.key is None:
-        return {"result": "BYPASS", "key": look.primary, "action": None, "age": None,
+        return {"result": "BYPASS", "key": look.primary, "namespace": ns, "action": None,
+                "age": None,
                 "reason": f"{req.method} with a body" if has_body
                 else f"{req.method} is never answered from the cache; a success invalidates "
                      "the URL"}
     if look.passed:
-        return {"result": "MISS", "key": look.primary, "action": None, "age": None,
+        return {"result": "MISS", "key": look.primary, "namespace": ns, "action": None,
+                "age": None,
                 "reason": "hit-for-pass: the last response of this URL could not be stored"}
     d = look.decision
-    return {"result": _RESULTS[d.action], "key": look.primary, "action": d.action.value,
+    return {"result": _RESULTS[d.action], "key": look.primary, "namespace": ns,
+            "action": d.action.value,
             "reason": d.reason or None, "age": d.age if look.entry is not None else None}
 
 

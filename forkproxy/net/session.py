@@ -523,7 +523,7 @@ class Session:
         if er.answer is not None:  # ACL, methods, deny, rate limit, redirect (net.edge)
             self.refuse(rec, er.answer.status, er.answer.why, fields=er.answer.fields)
             return False
-        upstream_target = er.target
+        asked_target, upstream_target = upstream_target, er.target  # the cache keys the first
         if rc.redirect_https and self.proto == "http":
             return self.redirect_https(req, rec, host, upstream_target)
         self.hsts = rc.hsts if self.proto == "https" else None
@@ -546,7 +546,7 @@ class Session:
         if rt.cache is not None and (rc.cache or method == "PURGE"):
             # A hit never goes upstream: the upstream head is built only when asked.
             return rt.cache.handle(self, req, rec, rc.cache, pool, host_value, upstream_target,
-                                   framing, has_body, max_body, client_keepalive)
+                                   framing, has_body, max_body, client_keepalive, asked_target)
         headers, out_host = self.upstream_fields(req, rc, er, host_value, tokens)
         return self.exchange(req, rec, pool, upstream_target, out_host, headers, framing,
                              has_body, max_body, client_keepalive)

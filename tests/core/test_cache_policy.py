@@ -49,8 +49,20 @@ def decide(e, req=(), now=T0, method="GET", cdn=cp.DEFAULT_CDN_HEADER):
     # RFC 9111 5.2.3: unknown directives ignored (kept as extensions), not "do not cache"
     (['community="UCI", max-age=5'], {"max_age": 5, "extensions": (("community", "UCI"),)}),
     (['foo="a,b", no-store'], {"no_store": True, "extensions": (("foo", "a,b"),)}),
-    # RFC 9111 5.2.2.4/5.2.2.7: qualified no-cache/private treated as unqualified
-    (['no-cache="set-cookie", private="x"'], {"no_cache": True, "private": True}),
+    # RFC 9111 5.2.2.4: qualified no-cache treated as unqualified
+    (['no-cache="set-cookie"'], {"no_cache": True, "private": False}),
+    # RFC 9111 5.2.2.7: qualified private names fields not to store; every one counts
+    (['no-cache="set-cookie", private="x"'], {"no_cache": True, "private": False,
+                                             "private_fields": ("x",)}),
+    (['private="Set-Cookie, X-User"'], {"private": False, "private_fields": ("set-cookie", "x-user")}),
+    (['private="a"', 'private="b", private="a"'], {"private": False, "private_fields": ("a", "b")}),
+    (['private="a", private'], {"private": True, "private_fields": ("a",)}),
+    (['private, private="a"'], {"private": True, "private_fields": ("a",)}),
+    # an argument that is not a list of field names: unqualified (do not store)
+    (['private=""'], {"private": True, "private_fields": ()}),
+    (['private="a b"'], {"private": True, "private_fields": ()}),
+    (['private="a,,b"'], {"private": True, "private_fields": ()}),
+    (['private="(x)"'], {"private": True, "private_fields": ()}),
     (["public, must-revalidate, proxy-revalidate, only-if-cached, must-understand"],
      {"public": True, "must_revalidate": True, "proxy_revalidate": True,
       "only_if_cached": True, "must_understand": True}),
@@ -69,7 +81,13 @@ def test_parse_cache_control(values, expect):
     (["max-age=60"], {"max_age": 60}),
     (["max-age=60, no-store"], {"max_age": 60, "no_store": True}),
     (["no-store=?0, max-age=1"], {"no_store": False, "max_age": 1}),
-    (['private=("set-cookie")'], {"private": True}),
+    (['private=("set-cookie")'], {"private": False, "private_fields": ("set-cookie",)}),
+    (['private=("set-cookie" x-user)'], {"private": False, "private_fields": ("set-cookie", "x-user")}),
+    (["private"], {"private": True, "private_fields": ()}),
+    (["private=?1"], {"private": True}),
+    (["private=()"], {"private": True, "private_fields": ()}),
+    (["private=(1 2)"], {"private": True, "private_fields": ()}),
+    (['private=("a b")'], {"private": True, "private_fields": ()}),
     (["max-age=5, max-age=7"], {"max_age": 7}),          # RFC 8941: last wins
     (["max-age=1;foo=bar, s-maxage=2"], {"max_age": 1, "s_maxage": 2}),
     (['max-age="60"'], {"max_age": 0}),                   # wrong type -> stale
@@ -216,7 +234,22 @@ STORE_CASES = [
     ("GET", 200, [], [("cache-control", "max-age=60, no-store")], False, "5.2.2.5"),
     ("GET", 200, [("cache-control", "no-store")], [("cache-control", "max-age=60")], False, "5.2.1.5"),
     ("GET", 200, [], [("cache-control", "max-age=60, private")], False, "5.2.2.7"),
-    ("GET", 200, [], [("cache-control", 'max-age=60, private="set-cookie"')], False, "5.2.2.7 qualified"),
+    ("GET", 200, [], [("cache-control", 'max-age=60, private="set-cookie"')], True, "5.2.2.7 qualified"),
+    ("GET", 200, [], [("cache-control", 'max-age=60, private="x-a", private')], False,
+     "5.2.2.7 qualified and unqualified"),
+    # Set-Cookie: not stored (nginx, Varnish), unless private="Set-Cookie" says to leave it out
+    ("GET", 200, [], [("cache-control", "max-age=60"), ("set-cookie", "sid=1")], False, "set-cookie"),
+    ("GET", 200, [], [("cache-control", "max-age=60, public"), ("set-cookie", "sid=1")], False,
+     "set-cookie public"),
+    ("GET", 200, [], [("cache-control", 'max-age=60, private="Set-Cookie"'), ("set-cookie", "sid=1")],
+     True, "set-cookie private=Set-Cookie"),
+    ("GET", 200, [], [("cache-control", 'max-age=60, private="x-a"'), ("set-cookie", "sid=1")],
+     False, "set-cookie private other field"),
+    ("GET", 200, [], [("cdn-cache-control", 'max-age=60, private=("set-cookie")'),
+                      ("set-cookie", "sid=1")], True, "set-cookie 9213 private"),
+    ("GET", 200, [], [("cdn-cache-control", "max-age=60"),
+                      ("cache-control", 'private="set-cookie"'), ("set-cookie", "sid=1")], False,
+     "set-cookie 9213 replaces cache-control"),
     ("GET", 200, [], [("cache-control", "no-cache"), ("etag", '"a"')], True, "5.2.2.4 store, revalidate"),
     ("GET", 200, [], [("cache-control", "max-age=60, x-unknown=1, frobnicate")], True, "5.2.3 unknown"),
     ("GET", 200, [("cache-control", "frobnicate")], [("cache-control", "max-age=60")], True, "5.2.3 req unknown"),
@@ -259,8 +292,44 @@ def test_storable_private_cache_and_custom_target():
     assert not cp.storable("GET", 200, [], resp, cdn_header=())
 
 
-def test_make_entry_strips_hop_by_hop_keeps_set_cookie_and_date():
-    # RFC 9111 3.1: hop-by-hop never stored; Set-Cookie stored as sent; RFC 9110 6.6.1 Date added once
+@pytest.mark.parametrize("resp, mode, expect", [
+    # (response fields, the route's cache_set_cookie, storable by a shared cache)
+    ([("set-cookie", "sid=1")], "no-store", False),
+    ([("set-cookie", "sid=1")], "strip", True),
+    ([("set-cookie", "sid=1"), ("cache-control", "private")], "strip", False),
+    ([("cache-control", 'private="set-cookie"'), ("set-cookie", "sid=1")], "no-store", True),
+    ([], "no-store", True),
+    ([], "strip", True),
+])
+def test_storable_with_set_cookie_modes(resp, mode, expect):
+    resp = [("cache-control", "max-age=60")] + resp
+    assert cp.storable("GET", 200, [], resp, set_cookie=mode) is expect
+    assert cp.not_storable_reason("GET", 200, [], resp, set_cookie=mode) == (
+        None if expect else "private" if ("cache-control", "private") in resp else "set-cookie")
+    # a private cache keeps its own cookies
+    assert cp.storable("GET", 200, [], resp, set_cookie=mode, shared=False)
+
+
+@pytest.mark.parametrize("resp, cdn, gone", [
+    # (response fields, cdn_header, fields never stored besides hop-by-hop)
+    ([("cache-control", "max-age=60"), ("set-cookie", "a=1")], cp.DEFAULT_CDN_HEADER, {"set-cookie"}),
+    ([("cache-control", 'max-age=60, private="Set-Cookie, X-User"'), ("set-cookie", "a=1"),
+      ("x-user", "ann")], cp.DEFAULT_CDN_HEADER, {"set-cookie", "x-user"}),
+    ([("cache-control", 'max-age=60, private="x-user"'), ("x-user", "ann")], cp.DEFAULT_CDN_HEADER,
+     {"x-user"}),
+    ([("cdn-cache-control", 'max-age=60, private=("x-user")'), ("x-user", "ann")],
+     cp.DEFAULT_CDN_HEADER, {"x-user"}),
+    # with no targeted field obeyed, Cache-Control's private counts
+    ([("cdn-cache-control", "max-age=60"), ("cache-control", 'private="x-user"'), ("x-user", "a")],
+     (), {"x-user"}),
+])
+def test_make_entry_leaves_out_set_cookie_and_qualified_private_fields(resp, cdn, gone):
+    e = cp.make_entry(200, "OK", [], resp, T0, T0, cdn_header=cdn)
+    assert {n for n, _ in e.headers} == {n for n, _ in resp} - gone | {"date"}
+
+
+def test_make_entry_strips_hop_by_hop_and_set_cookie_keeps_date():
+    # RFC 9111 3.1: hop-by-hop never stored; nor Set-Cookie (shared); RFC 9110 6.6.1 Date added once
     resp = [("cache-control", "max-age=60"), ("connection", "x-secret, close"), ("x-secret", "1"),
             ("keep-alive", "timeout=5"), ("transfer-encoding", "chunked"), ("proxy-authenticate", "x"),
             ("set-cookie", "a=1"), ("set-cookie", "b=2; Path=/"), ("x-kept", "yes")]
@@ -268,7 +337,8 @@ def test_make_entry_strips_hop_by_hop_keeps_set_cookie_and_date():
     names = [n for n, _ in e.headers]
     for gone in ("connection", "x-secret", "keep-alive", "transfer-encoding", "proxy-authenticate"):
         assert gone not in names
-    assert [v for n, v in e.headers if n == "set-cookie"] == ["a=1", "b=2; Path=/"]
+    assert "set-cookie" not in names
+    assert ("x-kept", "yes") in e.headers
     assert ("date", d(T0 + 3)) in e.headers
     e2 = entry([("date", "Sun, 06 Nov 1994 08:49:37 GMT"), ("cache-control", "max-age=60")])
     assert [v for n, v in e2.headers if n == "date"] == ["Sun, 06 Nov 1994 08:49:37 GMT"]
@@ -467,8 +537,7 @@ def test_conditional_headers():
 def test_merge_304_updates_keeps_and_protects_content_length():
     # RFC 9111 3.2 and 4.3.4
     e = entry([("date", d(T0)), ("age", "30"), ("etag", '"v1"'), ("cache-control", "max-age=10"),
-               ("content-length", "5"), ("content-type", "text/plain"), ("x-old", "kept"),
-               ("set-cookie", "a=1"), ("set-cookie", "b=2")])
+               ("content-length", "5"), ("content-type", "text/plain"), ("x-old", "kept")])
     resp_304 = [("date", d(T0 + 100)), ("etag", '"v1"'), ("cache-control", "max-age=600"),
                 ("content-length", "0"), ("set-cookie", "c=3"), ("connection", "close"), ("x-new", "1")]
     assert cp.can_freshen(e, resp_304)
@@ -476,12 +545,20 @@ def test_merge_304_updates_keeps_and_protects_content_length():
     h = m.headers
     assert [v for n, v in h if n == "content-length"] == ["5"]
     assert [v for n, v in h if n == "cache-control"] == ["max-age=600"]
-    assert [v for n, v in h if n == "set-cookie"] == ["c=3"]
+    assert "set-cookie" not in dict(h)  # a revalidation's cookie is nobody's to share
     assert ("x-old", "kept") in h and ("x-new", "1") in h and ("content-type", "text/plain") in h
     assert "connection" not in dict(h) and "age" not in dict(h)
     assert (m.request_time, m.response_time, m.status) == (T0 + 99, T0 + 100, 200)
     assert decide(m, now=T0 + 150).action is Action.FRESH
     assert cp.current_age(m, T0 + 100) == pytest.approx(1)
+
+
+def test_merge_304_leaves_out_what_its_qualified_private_names():
+    e = entry([("date", d(T0)), ("etag", '"v1"'), ("cache-control", "max-age=10"), ("x-user", "ann")])
+    m = cp.merge_304(e, [("etag", '"v1"'), ("cache-control", 'max-age=60, private="X-User"'),
+                         ("x-user", "bob"), ("set-cookie", "s=2")], T0 + 1, T0 + 1)
+    assert "x-user" not in dict(m.headers) and "set-cookie" not in dict(m.headers)
+    assert dict(m.headers)["cache-control"] == 'max-age=60, private="X-User"'
 
 
 def test_merge_304_without_date_uses_its_response_time():
@@ -660,3 +737,25 @@ def test_a_request_without_directives_gets_the_empty_ones():
     assert cp._request_directives([("pragma", "no-cache")]) == cp.Directives(no_cache=True)
     assert cp._request_directives([("pragma", "no-cache"), ("cache-control", "max-age=1")]) == \
         cp.parse_cache_control(["max-age=1"])
+
+
+_PRIVATE_CC = st.sampled_from(['private="set-cookie"', 'private="x-user", max-age=5', "private",
+                               'private="x-user, set-cookie"', "max-age=60", 'private="bad name"'])
+
+
+@given(st.lists(st.tuples(st.sampled_from(["set-cookie", "x-user", "cache-control", "etag"]),
+                          st.sampled_from(["a=1", "ann", '"t"'])), max_size=5),
+       _PRIVATE_CC, st.sampled_from(cp.SET_COOKIE_MODES))
+def test_a_stored_entry_never_holds_a_cookie_nor_a_private_field(fields, cc, mode):
+    resp = [("cache-control", cc)] + [(n, v) for n, v in fields if n != "cache-control"]
+    directives = cp.parse_cache_control([cc])
+    stored = cp.storable("GET", 200, [], resp, set_cookie=mode)
+    has_cookie = any(n == "set-cookie" for n, _ in resp)
+    if directives.private or (has_cookie and mode == "no-store"
+                              and "set-cookie" not in directives.private_fields):
+        assert not stored
+    e = cp.make_entry(200, "OK", [], resp, T0, T0)
+    names = {n for n, _ in e.headers}
+    assert "set-cookie" not in names and names.isdisjoint(directives.private_fields)
+    m = cp.merge_304(e, resp, T0 + 1, T0 + 1)
+    assert "set-cookie" not in dict(m.headers)

@@ -30,7 +30,9 @@ def config(port, backend, cache="", route_extra="") -> str:
 @pytest.fixture
 def proxy(forkproxy_factory, origin, mc):
     port = free_port()
-    return forkproxy_factory(config(port, origin, memcached(mc.addr)))
+    # PURGE is refused by default (purge_allowed = []): these tests send it from loopback.
+    return forkproxy_factory(config(port, origin, memcached(mc.addr)
+                                    + '\npurge_allowed = ["127.0.0.1"]'))
 
 
 def port_of(fp) -> int:
