@@ -397,6 +397,7 @@ class PoolConfig:
     keepalive_timeout: float = 60.0
     health: HealthConfig | None = None
     max_fails: int = 1
+    max_ejection_percent: int = 50
     fail_timeout: float = 10.0
     fail_status: tuple[int, ...] = ()
     slow_start: float = 0.0
@@ -1385,7 +1386,10 @@ SECTIONS: tuple[Section, ...] = (
         "never sent twice. "
         "Each server is tried at most once per request (a pooled connection found closed "
         "is retried once on a new connection to the same server). "
-        "Every failed attempt also counts as a passive failure (max_fails). "
+        "Every failed attempt also counts as a passive failure (max_fails) of the server it "
+        "was made on, but for a pooled connection the server had closed. "
+        "The error log says \"(retrying)\" for a failed attempt only when another one follows; "
+        "the last one is reported with the answer sent to the client. "
         "Without this table the defaults below apply.",
         optional=True,
     ),
@@ -1921,7 +1925,11 @@ SETTINGS: tuple[Setting, ...] = (
             "Time allowed to connect to a server.",
             _RELOAD, _duration(False), _r_duration),
     Setting("pool", "read_timeout", "duration", "60s",
-            "Maximum idle time between two reads from a server.",
+            "Time allowed for a server's response head, from the request sent (each attempt "
+            "has its own: a retry starts with the whole of it), then the maximum idle time "
+            "between two reads of the response body. "
+            "An idempotent request without a body that times out before the response head "
+            "moves to another server (retry.on).",
             _RELOAD, _duration(False), _r_duration),
     Setting("pool", "send_timeout", "duration", "60s",
             "Maximum idle time between two writes to a server.",
@@ -1938,8 +1946,25 @@ SETTINGS: tuple[Setting, ...] = (
             "fail_timeout, counted over all workers, take it out of rotation for fail_timeout. "
             "A failure is a connect error, a timeout, or a response whose status is in fail_status. "
             "When the pool has active checks, one successful check brings the server back earlier. "
+            "A failure is charged only to the server that failed, never to the one a request "
+            "is then retried on. "
+            "max_ejection_percent caps how many servers this takes out: a pool of one server is "
+            "never taken out (nginx's rule), but its failures are counted and shown "
+            "(forkproxyctl status, the admin status page). "
             "0 disables passive checks.",
             _RELOAD, _int(0, 1000)),
+    Setting("pool", "max_ejection_percent", "integer 0..100", 50,
+            "At most this share of the pool's servers (counted among those its active checks "
+            "and admin state let take requests, rounded down) is out of rotation by max_fails "
+            "at a time, as Envoy's max_ejection_percent; the servers with the most failures go "
+            "first, the others keep taking requests, as nginx keeps using its servers when "
+            "every one of them failed. "
+            "Below 100 a pool therefore always keeps a server in rotation whatever its "
+            "passive failures (with 3 servers and 50, at most one is out); 100 lets max_fails "
+            "take out every server (then requests get 503 until fail_timeout passes); "
+            "0 counts and shows failures but takes no server out. "
+            "Active checks are not capped: a server they mark DOWN is out.",
+            _RELOAD, _int(0, 100)),
     Setting("pool", "fail_timeout", "duration", "10s",
             "As nginx's fail_timeout: both the window in which max_fails failures are counted "
             "and how long the server then stays out of rotation.",
@@ -2013,7 +2038,11 @@ SETTINGS: tuple[Setting, ...] = (
             "Unset: the server's addr as written in servers.",
             _RELOAD, _header_value, example="health.internal", when=("type", "http")),
     Setting("pool.health", "interval", "duration", "2s",
-            "Time between two checks of a server, as HAProxy's inter.",
+            "Time between the starts of two checks of a server, as HAProxy's inter: "
+            "a check that takes long does not delay the next one (it starts at once when "
+            "the last one took longer than this). "
+            "So a server that accepts connections and never answers is DOWN within "
+            "about (fall - 1) x interval + timeout.",
             _RELOAD, _duration(False), _r_duration),
     Setting("pool.health", "timeout", "duration", "1s",
             "Time allowed for one check (connect, and for HTTP the whole response), "
@@ -2059,7 +2088,9 @@ SETTINGS: tuple[Setting, ...] = (
             _RELOAD, _int(0, 100)),
     Setting("pool.retry", "timeout", "duration", "0s",
             "No new attempt starts once this much time has passed since the first one, as "
-            "nginx's proxy_next_upstream_timeout. "
+            "nginx's proxy_next_upstream_timeout: the request's overall limit on failing over. "
+            "An attempt that starts gets its whole connect_timeout, send_timeout and "
+            "read_timeout. "
             '"0s": no limit.',
             _RELOAD, _duration(True), _r_duration),
     Setting("pool.retry", "on", 'array of "error", "timeout" and status codes', ["error", "timeout"],

@@ -170,9 +170,12 @@ def _row_cells(pool: str, s: dict, now: float) -> list[str]:
     if s["admin_changed"] and (when is None or s["admin_changed"] >= when):
         when = s["admin_changed"]
         why = f"{s['admin']} by {s['admin_by'] or '?'}"
-    if s["passive_out"]:
-        n = s["passive_failures"]
-        why = f"{n} failed request{'s' if n != 1 else ''} (max_fails)" + (f"; {why}" if why else "")
+    n = s["passive_failures"]
+    if n:  # out of rotation, or kept in it (a pool of one, max_ejection_percent)
+        why = (f"{n} failed request{'s' if n != 1 else ''} (max_fails"
+               f"{'' if s['passive_out'] else ', kept in rotation'})" + (f"; {why}" if why else ""))
+    if s["passive_out"] and s["health"] == "up":
+        health = "OUT"  # up by its active checks, out by passive ones
     return [pool, s["addr"], health, admin, check, str(s["inflight"]),
             format_age(None if when is None else now - when), why or "-"]
 

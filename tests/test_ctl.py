@@ -157,6 +157,29 @@ def test_status_shows_passive_failures(env):
     assert "1 failed request (max_fails); 3 failed checks" in line
 
 
+def test_status_says_out_and_kept_in_rotation(env):
+    # web: two servers up; one failure each.  max_ejection_percent 50 lets
+    # one of the two out (the lower index on a tie): OUT, not UP; the other
+    # keeps taking requests and its failure is shown as such.  The pool of
+    # one (api) counts its failure and is never out.
+    now = time.time()
+    t = env.make_table()
+    up = HealthRow("up", 2, 0, now - 1, "ok", 0.001, now - 100, "2 successful checks, last: ok")
+    for row in (0, 1, 2):
+        t.write_health(row, up)
+    for row in (0, 1, 2):
+        t.passive_fail(row, 0, now, 10.0)
+    doc = json.loads(env.ctl("--json", "status").stdout)
+    web1, web2 = doc["pools"][0]["servers"]
+    (api,) = doc["pools"][1]["servers"]
+    assert [(s["passive_failures"], s["passive_out"]) for s in (web1, web2, api)] == \
+        [(1, True), (1, False), (1, False)]
+    lines = env.ctl("status").stdout.splitlines()[2:]
+    assert lines[0].split()[2] == "OUT" and "1 failed request (max_fails);" in lines[0]
+    assert lines[1].split()[2] == "UP" and "1 failed request (max_fails, kept in rotation)" in lines[1]
+    assert lines[2].split()[2] == "UP" and "kept in rotation" in lines[2]
+
+
 def test_a_successful_check_forgives_earlier_passive_failures(env):
     now = time.time()
     t = env.make_table()

@@ -12,18 +12,21 @@ up but one failed probe marks the server down; ``"fully-up"`` needs ``fall``
 failures; ``"down"`` starts down and one success brings it up;
 ``"fully-down"`` needs ``rise`` successes.
 
-Passive checks follow nginx's ``max_fails``/``fail_timeout``; slow start
-follows HAProxy/nginx ``slow_start`` (a linear weight ramp after recovery).
+Passive checks follow nginx's ``max_fails``/``fail_timeout``, with a cap on
+the share of a pool they may take out (Envoy's ``max_ejection_percent``,
+``ejected``); slow start follows HAProxy/nginx ``slow_start`` (a linear
+weight ramp after recovery).
 """
 
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass, replace
 
 from forkproxy.core.table import HealthRow
 
-__all__ = ["RiseFall", "passive_out", "slow_start_weight", "INIT_STATES"]
+__all__ = ["RiseFall", "passive_out", "ejected", "slow_start_weight", "INIT_STATES"]
 
 # (state, probe ok) -> (counter to increment, counter to reset, threshold attribute,
 # state entered when the incremented counter reaches the threshold).
@@ -103,6 +106,31 @@ def passive_out(failures_in_window: int, max_fails: int) -> bool:
     ``max_fails`` 0 disables passive checks.
     """
     return max_fails > 0 and failures_in_window >= max_fails
+
+
+def ejected(failures: Sequence[int], eligible: Sequence[bool], max_fails: int,
+            max_percent: int) -> list[bool]:
+    """Which servers of one pool passive checks keep out of rotation.
+
+    ``failures[i]``: server i's failures in its open window; ``eligible[i]``:
+    nothing but passive checks stops server i from taking requests (its
+    active checks say up, its admin state is ready).  A server has *failed*
+    once it reached ``max_fails`` (``passive_out``).  A failed server that
+    is not eligible is out anyway and counts for nothing.  Of the eligible
+    ones, at most ``floor(n_eligible * max_percent / 100)`` are out: those
+    with the most failures, the lower index first on a tie.  Below 100 % the
+    cap always leaves at least one eligible server in rotation, so failures
+    alone never make a pool answer 503 (a pool of one server is never out,
+    nginx's rule); the others keep taking requests, as nginx does when
+    every server failed.  Every worker decides the same from the same table.
+    """
+    n = len(failures)
+    failed = [passive_out(failures[i], max_fails) for i in range(n)]
+    cap = sum(1 for e in eligible if e) * max_percent // 100
+    ranked = sorted((i for i in range(n) if failed[i] and eligible[i]),
+                    key=lambda i: (-failures[i], i))
+    kept_out = set(ranked[:cap])
+    return [failed[i] and (not eligible[i] or i in kept_out) for i in range(n)]
 
 
 def slow_start_weight(weight: int, since_up: float, slow_start: float) -> int:

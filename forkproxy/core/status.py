@@ -11,31 +11,27 @@ from __future__ import annotations
 
 import contextlib
 
-from forkproxy.core.health import passive_out
+from forkproxy.core.health import ejected
 from forkproxy.core.metrics import CLASSES
 from forkproxy.core.table import Table
 
 __all__ = ["snapshot", "traffic"]
 
-# Pool settings used for presentation, with the defaults issue 3 gives them,
-# read with getattr so this module works before and after those keys land.
-_MAX_FAILS, _FAIL_TIMEOUT = 1, 10.0
+# Pool settings used for presentation when there is no configuration: the defaults.
+_MAX_FAILS, _FAIL_TIMEOUT, _MAX_EJECTION = 1, 10.0, 50
 
 
-def _pool_settings(cfg, name: str) -> tuple[int, float, dict[str, int]]:
-    """(max_fails, fail_timeout, {addr: configured weight}) of pool ``name`` in
-    ``cfg``, else the defaults and no weights."""
+def _pool_settings(cfg, name: str) -> tuple[int, float, int, dict[str, int]]:
+    """(max_fails, fail_timeout, max_ejection_percent, {addr: configured weight})
+    of pool ``name`` in ``cfg``, else the defaults and no weights."""
     pool = None
     if cfg is not None:
         with contextlib.suppress(KeyError):
             pool = cfg.pool(name)
     if pool is None:
-        return _MAX_FAILS, _FAIL_TIMEOUT, {}
+        return _MAX_FAILS, _FAIL_TIMEOUT, _MAX_EJECTION, {}
     weights = {s.addr: s.weight for s in pool.servers}
-    if len(pool.servers) == 1:
-        return 0, pool.fail_timeout, weights  # as the workers: the only server is never out
-    return (getattr(pool, "max_fails", _MAX_FAILS), getattr(pool, "fail_timeout", _FAIL_TIMEOUT),
-            weights)
+    return pool.max_fails, pool.fail_timeout, pool.max_ejection_percent, weights
 
 
 def snapshot(table: Table, cfg, now: float,
@@ -57,7 +53,9 @@ def snapshot(table: Table, cfg, now: float,
             admin_changed (epoch s | null), admin_by (str | null),
             passive_failures (in the open fail_timeout window, and
                 after the last check if it succeeded),
-            passive_out (max_fails reached: out of rotation)}]}]}
+            passive_out (out of rotation by passive checks: max_fails
+                reached, within max_ejection_percent; a pool of one
+                server is never out, but its failures count)}]}]}
 
     Pools and servers are in table order (config order). Rows are read
     under the table's seqlocks; nothing is written. ``master_pid`` is None
@@ -74,7 +72,7 @@ def snapshot(table: Table, cfg, now: float,
             entry = by_name[pool_name] = {"name": pool_name, "servers": []}
             pools.append(entry)
             settings[pool_name] = _pool_settings(cfg, pool_name)
-        max_fails, fail_timeout, weights = settings[pool_name]
+        max_fails, fail_timeout, _, weights = settings[pool_name]
         h = table.read_health(row)
         a = table.read_admin(row)
         # A successful active check forgives earlier passive failures (the
@@ -98,8 +96,16 @@ def snapshot(table: Table, cfg, now: float,
             "admin_changed": a.changed or None,
             "admin_by": a.by or None,
             "passive_failures": fails,
-            "passive_out": passive_out(fails, max_fails),
+            "passive_out": False,  # below, once the pool's rows are all read
         })
+    for entry in pools:  # the workers' rule (net.pools), from the same table
+        max_fails, _, max_percent, _ = settings[entry["name"]]
+        servers = entry["servers"]
+        out = ejected([s["passive_failures"] for s in servers],
+                      [s["health"] != "down" and s["admin"] == "ready" for s in servers],
+                      max_fails, max_percent)
+        for s, o in zip(servers, out):
+            s["passive_out"] = o
     return {"generation": table.generation, "checker_pid": checker, "master_pid": None,
             "pools": pools}
 

@@ -251,8 +251,10 @@ class Admin:
         for pool in self.status()["pools"]:
             for s in pool["servers"]:
                 labels = (("pool", pool["name"]), ("server", s["addr"]))
-                extra.append(("server_up", labels, 1 if s["health"] == "up" else 0, "gauge",
-                              "1 when the server's health is up (active and passive checks)."))
+                up = s["health"] == "up" and not s["passive_out"]
+                extra.append(("server_up", labels, 1 if up else 0, "gauge",
+                              "1 when the server's checks let it take requests: up by its "
+                              "active checks and not out by passive ones (max_fails)."))
                 extra.append(("server_inflight", labels, s["inflight"], "gauge",
                               "Requests in flight to the server, over every worker."))
         return render(totals, extra)

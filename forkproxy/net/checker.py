@@ -10,8 +10,12 @@ leader, and every worker (and ``forkproxyctl status``) reads the result.
 
 Each target gets its own probe loop greenlet, so probes of many servers run
 concurrently and a slow server never delays another's check. A loop is
-``probe -> RiseFall.step(table row) -> write the row -> sleep
-RiseFall.next_interval`` (HAProxy ``inter``/``fastinter``/``downinter``).
+``probe -> RiseFall.step(table row) -> write the row -> sleep until
+RiseFall.next_interval after the probe started`` (HAProxy
+``inter``/``fastinter``/``downinter``): probes start at a steady pace
+whatever they last, so a server that accepts and never answers is DOWN
+within ``(fall - 1) * interval + timeout`` of its first failed probe, not
+``fall * (interval + timeout)``.
 The first probes of all targets are spread over their first interval so
 hundreds of checks do not fire in the same instant forever after (HAProxy
 does the same).
@@ -271,6 +275,7 @@ class Checker:
                 self._stopped.wait(self._poll)
                 continue
             wait = h.interval
+            started = time.monotonic()
             try:
                 ok, result, latency = probe(t, session=self._session)
                 if self._stopped.is_set() or not self.leader.held:
@@ -289,4 +294,4 @@ class Checker:
                 wait = rf.next_interval(new, h.interval, h.fastinter, h.downinter)
             except Exception:  # a bug must not end this server's checks for good
                 self.log.exception("health check of %s failed unexpectedly", t.label)
-            self._stopped.wait(wait)
+            self._stopped.wait(max(0.0, wait - (time.monotonic() - started)))

@@ -24,7 +24,7 @@ import gevent.event
 
 from forkproxy.config import PoolConfig, RetryConfig
 from forkproxy.core.balance import Balancer, ServerSpec, StickyTable, cookie_value, query_value
-from forkproxy.core.health import passive_out, slow_start_weight
+from forkproxy.core.health import ejected, slow_start_weight
 from forkproxy.core.table import Table
 from forkproxy.net.upstream import ConnPool
 
@@ -70,6 +70,11 @@ class PoolRuntime:
         n = len(cfg.servers)
         self._usable = [True] * n
         self._sticky_ok = [True] * n  # usable, or in drain: still takes its sticky clients
+        # Up and ready but for passive checks (core.health.ejected), and of
+        # those, out by passive checks, at the last refresh.
+        self._eligible = [True] * n
+        self._drain = [False] * n
+        self._out = [False] * n
         self._weight = [s.weight for s in cfg.servers]
         self._forgiven = [0.0] * n  # last successful active check, per server
         self._own = [0] * n  # this worker's requests in flight, per server
@@ -186,22 +191,29 @@ class PoolRuntime:
             self._waiters[0].set()  # first come, first served
 
     def failed(self, i: int, now: float) -> None:
-        """A passive failure (connect error, timeout, configured 5xx).
+        """A passive failure (connect error, timeout, configured 5xx) of server i.
 
-        As nginx: a pool of one server never takes it out (there is nowhere
-        else to go, and a 502 says more than a 503).
+        Counted in the shared table (a pool of one server too: the status
+        shows it), and applied at once in this worker, within the pool's
+        max_ejection_percent (core.health.ejected); the other workers see
+        it at their next refresh.
         """
         cfg = self.cfg
-        if self.slot is None or not cfg.max_fails or len(self.servers) == 1:
+        if self.slot is None or not cfg.max_fails:
             return
         self.table.passive_fail(self.rows[i], self.slot, now, cfg.fail_timeout,
                                 since=self._forgiven[i])
-        # This worker stops sending there at once; the others see it at
-        # their next refresh.
-        if passive_out(self.table.passive_failures(self.rows[i], now, cfg.fail_timeout,
-                                                   since=self._forgiven[i]), cfg.max_fails):
-            self._usable[i] = False
-            self._sticky_ok[i] = False
+        self._apply_passive(now)
+
+    def _apply_passive(self, now: float) -> None:
+        """Who passive checks keep out now, from the table and the last refresh."""
+        cfg = self.cfg
+        fails = [self.table.passive_failures(row, now, cfg.fail_timeout, since=self._forgiven[i])
+                 for i, row in enumerate(self.rows)] if cfg.max_fails else [0] * len(self.rows)
+        self._out = ejected(fails, self._eligible, cfg.max_fails, cfg.max_ejection_percent)
+        for i, out in enumerate(self._out):
+            self._usable[i] = self._eligible[i] and not out
+            self._sticky_ok[i] = (self._eligible[i] or self._drain[i]) and not out
 
     # -- the snapshot -------------------------------------------------------
 
@@ -215,11 +227,8 @@ class PoolRuntime:
             if h is not None and h.state == "up" and h.failures == 0 and h.last_check:
                 self._forgiven[i] = h.last_check
             up = h is None or h.state == "up"
-            out = cfg.max_fails and len(self.servers) > 1 and passive_out(
-                table.passive_failures(row, now, cfg.fail_timeout, since=self._forgiven[i]),
-                cfg.max_fails)
-            self._usable[i] = up and a.state == "ready" and not out
-            self._sticky_ok[i] = up and a.state in ("ready", "drain") and not out
+            self._eligible[i] = up and a.state == "ready"
+            self._drain[i] = up and a.state == "drain"
             if self._needs_inflight and not self._live:
                 total = table.inflight(row)
                 self._others[i] = total - self._own[i] if self.slot is not None else total
@@ -227,6 +236,7 @@ class PoolRuntime:
             if cfg.slow_start and h is not None and h.state == "up" and came_back(h):
                 weight = slow_start_weight(weight, now - h.last_change, cfg.slow_start)
             self._weight[i] = weight
+        self._apply_passive(now)
 
     def close(self) -> None:
         for pool in self.conns:

@@ -30,7 +30,7 @@ import time
 import gevent
 
 from forkproxy.config import Config, ListenerConfig
-from forkproxy.core import encoding
+from forkproxy.core import encoding, failover
 from forkproxy.core import headers as hdr
 from forkproxy.core import http1
 from forkproxy.core.routing import Router, RouteSpec
@@ -618,7 +618,10 @@ class Session:
           no body: a POST is never sent twice), the failure is listed in
           ``retry.on``, and no byte of the response reached the client;
         - each server is tried at most once, at most ``retry.tries``
-          attempts, none started after ``retry.timeout``.
+          attempts, none started after ``retry.timeout``; each attempt has
+          its own connect, send and read time limits;
+        - a failure counts as a passive failure of the server it happened
+          on only (core.failover has the rules).
         When every server that could take the request is at max_conns, it
         waits in the pool's queue (503 when there is none, it is full, or
         the wait runs out).
@@ -706,23 +709,25 @@ class Session:
                 except UpstreamError as exc:
                     conn.close()
                     last_error = exc
-                    if exc.kind == "status":
-                        if exc.code not in pool.cfg.fail_status:  # else relay counted it
-                            pool.failed(i, time.time())
-                    elif exc.kind != "closed" or not conn.reused:
-                        pool.failed(i, time.time())
-                    if conn.reused and (replayable or not exc.sent) and exc.kind in ("closed", "reset"):
-                        # The server had closed the pooled connection: nothing of
-                        # the request was processed; once more, on a new one.
-                        fresh = i
-                        tried.add(i)
-                    elif not exc.sent or (replayable and _condition(exc) in retry.on):
-                        tried.add(i)
-                    else:
+                    code = exc.code if exc.kind == "status" else None
+                    if failover.charged(exc.kind, conn.reused, code in pool.cfg.fail_status):
+                        pool.failed(i, time.time())  # this server's, never another's
+                    step = failover.after_failure(
+                        exc.kind, sent=exc.sent, reused=conn.reused, replayable=replayable,
+                        listed=failover.condition(exc.kind, code) in retry.on)
+                    if step == failover.STOP:
                         self.refuse(rec, exc.status, exc.detail)
                         return False
-                    rt.log.warning("request %s: route=%s pool=%s server=%s: %s (retrying)",
-                                   rec.request_id, rec.route, pool.name, server.addr, exc.detail)
+                    tried.add(i)
+                    if step == failover.SAME:
+                        fresh = i  # the server had closed the pooled connection
+                    # Said only when another attempt follows: else the
+                    # answer's own error line (serve_one) reports it.
+                    if fresh is not None or (may_try_again() and (
+                            pool.any_usable(tried) or pool.full(tried))):
+                        rt.log.warning("request %s: route=%s pool=%s server=%s: %s (retrying)",
+                                       rec.request_id, rec.route, pool.name, server.addr,
+                                       exc.detail)
                 except BaseException:
                     conn.close()
                     raise
@@ -907,12 +912,20 @@ class Session:
     # -- responses ---------------------------------------------------------
 
     def read_response_head(self, conn: UpstreamConn):
+        """(response, bytes past its head) of the request just sent on ``conn``.
+
+        The whole head must come within the pool's read_timeout of this call
+        (this attempt's own deadline: a server dripping bytes cannot hold a
+        request longer).  Raises ``UpstreamError``.
+        """
         buf = conn.buf
         conn.buf = b""
         # The request has just gone out: the answer cannot be there yet.
         wait = not buf and conn.plain
         limit = self.rt.cfg.server.max_head_size
         got_any = bool(buf)
+        seconds = conn.read_timeout
+        deadline = None
         while True:
             try:
                 end = http1.find_head_end(buf) if buf else -1
@@ -924,7 +937,11 @@ class Session:
             if len(buf) > limit:
                 raise UpstreamError("invalid", f"{conn.server.addr}: response head too large",
                                     sent=True)
-            t = self.timers.start(conn.read_timeout)
+            if deadline is None:  # the first read: the configured duration, a reused timer
+                deadline = time.monotonic() + seconds
+            else:
+                seconds = max(deadline - time.monotonic(), 0.0)  # 0: expires at once
+            t = self.timers.start(seconds)
             try:
                 if wait:
                     wait = False
@@ -1276,13 +1293,6 @@ class _StatusRetry(UpstreamError):
     @property
     def status(self) -> int:
         return self.code
-
-
-def _condition(exc: UpstreamError) -> str:
-    """The ``retry.on`` condition a failed attempt meets."""
-    if isinstance(exc, _StatusRetry):
-        return exc.code
-    return "timeout" if exc.kind == "timeout" else "error"
 
 
 class _UpstreamSendError(Exception):

@@ -84,7 +84,8 @@ def send_now(sock, data) -> int:
         return 0
 
 
-def _expire(glet) -> None:
+def _expire(timer, glet) -> None:
+    timer.stop()  # it repeats (see Timers.start): this expiry is its only one
     glet.throw(socket.timeout("timed out"))
 
 
@@ -104,8 +105,14 @@ class Timers:
         if t is None:
             if len(self._by_seconds) >= 16:  # computed durations (deadlines): no hoarding
                 self.close()
-            t = self._by_seconds[seconds] = self._loop.timer(max(seconds, 0.0), ref=False)
-        t.start(_expire, getcurrent())
+            s = max(seconds, 0.0)
+            t = self._by_seconds[seconds] = self._loop.timer(s, s, ref=False)
+        # again(), never start(): libev's start() reuses what is left of the
+        # timer's last run (nothing once it fired, the rest after an early
+        # stop), so a reused timer would give less and less time, and none
+        # after its first expiry: every later call on the session timed out
+        # at once.  again() sets a stopped timer to its full repeat interval.
+        t.again(_expire, t, getcurrent(), update=False)
         return t
 
     def close(self) -> None:

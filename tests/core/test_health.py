@@ -4,7 +4,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from forkproxy.core.health import RiseFall, passive_out, slow_start_weight
+from forkproxy.core.health import RiseFall, ejected, passive_out, slow_start_weight
 from forkproxy.core.table import HealthRow
 
 
@@ -158,3 +158,52 @@ def test_slow_start_is_monotonic_and_bounded(weight, slow, a, b):
     lo, hi = sorted((a, b))
     wl, wh = slow_start_weight(weight, lo, slow), slow_start_weight(weight, hi, slow)
     assert 1 <= wl <= wh <= weight
+
+
+# (failures, eligible ("1" / "0" per server), max_fails, max_ejection_percent) -> out ("1"/"0")
+EJECTIONS = [
+    ([1, 1, 1], "111", 1, 50, "100"),       # the cascade: one of three at most
+    ([1, 3, 2], "111", 1, 50, "010"),       # the most failures goes first
+    ([2, 2, 0], "111", 2, 50, "100"),       # a tie: the lower index
+    ([1, 1, 1], "111", 1, 100, "111"),      # 100: every server may go (then 503)
+    ([1, 1, 1], "111", 1, 0, "000"),        # 0: counted, nobody out
+    ([1, 0, 0, 0], "1111", 1, 50, "1000"),
+    ([1, 1, 0, 0], "1111", 1, 50, "1100"),  # 4 servers, 50: two
+    ([1, 1, 1, 0], "1111", 1, 50, "1100"),
+    ([5], "1", 1, 50, "0"),                 # a pool of one: never out (nginx)
+    ([5], "1", 1, 100, "1"),                # ...unless the operator allows everything
+    ([1, 1, 0], "011", 1, 50, "110"),       # down by active checks: out anyway, not counted
+    ([0, 1, 1], "011", 1, 50, "010"),       # two eligible: one of them at most
+    ([0, 1, 0], "001", 1, 0, "010"),        # an ineligible one that failed is shown out
+    ([3, 3, 3], "111", 0, 100, "000"),      # max_fails 0: passive checks off
+    ([0, 0, 0], "111", 1, 100, "000"),
+]
+
+
+@pytest.mark.parametrize("fails, eligible, max_fails, pct, out", EJECTIONS)
+def test_ejected(fails, eligible, max_fails, pct, out):
+    got = ejected(fails, [c == "1" for c in eligible], max_fails, pct)
+    assert "".join("1" if o else "0" for o in got) == out
+
+
+@given(st.lists(st.tuples(st.integers(0, 5), st.booleans()), min_size=1, max_size=12),
+       st.integers(0, 3), st.integers(0, 100))
+def test_ejection_keeps_a_server_and_only_takes_failed_ones(servers, max_fails, pct):
+    fails = [f for f, _ in servers]
+    eligible = [e for _, e in servers]
+    out = ejected(fails, eligible, max_fails, pct)
+    n = sum(eligible)
+    out_eligible = [i for i, o in enumerate(out) if o and eligible[i]]
+    assert len(out_eligible) <= n * pct // 100
+    for i, o in enumerate(out):
+        if o:
+            assert passive_out(fails[i], max_fails)  # only a server that failed
+        elif not eligible[i] and passive_out(fails[i], max_fails):
+            raise AssertionError("a failed server that is out anyway is shown out")
+    if pct < 100 and n:
+        assert any(eligible[i] and not out[i] for i in range(len(out)))  # never the whole pool
+    # the cap takes the worst first: nobody kept in has more failures than one taken out
+    kept = [fails[i] for i in range(len(out)) if eligible[i] and not out[i]
+            and passive_out(fails[i], max_fails)]
+    if kept and out_eligible:
+        assert max(kept) <= min(fails[i] for i in out_eligible)

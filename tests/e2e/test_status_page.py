@@ -21,6 +21,7 @@ import pytest
 import requests
 import websocket
 
+from support.configs import one_pool
 from support.procs import Proc, ProcError, free_port, wait_until
 
 CHROMIUM = "/usr/bin/chromium"
@@ -230,3 +231,21 @@ def test_status_page_follows_the_daemon_without_reloading(site, browser, tmp_pat
     assert "unreachable" in cdp.js('document.getElementById("stale").textContent')
     assert set(health(cdp)) == every
     assert cdp.js(PAGE_JS)["loadId"] == first["loadId"]
+
+
+def test_a_server_out_by_passive_checks_is_never_shown_a_green_up(forkproxy_factory,
+                                                                  backend_factory, browser):
+    # Up by its active checks (none here: up from the start) but out after a
+    # failed request (max_fails 1, fail_status): the health badge says "out".
+    bs = [backend_factory(f"b{i}") for i in (1, 2, 3)]
+    port, aport = free_port(), free_port()
+    forkproxy_factory(one_pool(port, [b.addr for b in bs], "fail_status = [500]"),
+                      server={"workers": 1, "admin": f"127.0.0.1:{aport}"})
+    browser.call("Page.navigate", url=f"http://127.0.0.1:{aport}/")
+    wait_until(lambda: len(rows(browser)) == 3, timeout=30, what="the three server rows")
+    r = requests.get(f"http://127.0.0.1:{port}/status/500", timeout=30)
+    victim = next(b for b in bs if b.name == r.headers["X-Backend"])
+    badges = ('Object.fromEntries(Array.from(document.querySelectorAll("tr.server"), '
+              'r => [r.dataset.server, r.querySelector("td.health .badge").textContent]))')
+    wait_until(lambda: browser.js(badges) == {b.addr: "out" if b is victim else "up" for b in bs},
+               timeout=30, what=f"{victim.addr} shown out, the others up")

@@ -88,14 +88,14 @@ class Checkers:
     def health(self, row: int = 0):
         return self.table.read_health(row)
 
-    def wait_row(self, pred, row: int = 0, what: str = "the row"):
+    def wait_row(self, pred, row: int = 0, what: str = "the row", timeout: float = DEADLINE):
         def ok():
             for p in self.procs:
                 if p.poll() is not None and p.returncode not in (-signal.SIGKILL,):
                     raise AssertionError(f"{p.name} exited {p.returncode}:\n{p.log_tail()}")
             h = self.health(row)
             return h is not None and pred(h)
-        wait_until(ok, timeout=DEADLINE, what=what)
+        wait_until(ok, timeout=timeout, what=what)
         return self.health(row)
 
     def close(self):
@@ -267,3 +267,23 @@ def test_slow_http_probes_run_concurrently(checkers, backend_factory):
     for row in range(len(rows)):
         h = c.wait_row(lambda h: h.successes >= 3, row, what=f"3 checks of row {row}")
         assert h.latency >= 0.7
+
+
+def test_probes_of_a_hung_server_keep_their_pace(checkers):
+    """A server that accepts and never answers: each probe lasts its whole
+    timeout (0.5 s), and the next still starts one interval (0.5 s) after it
+    started, not an interval after it ended, so the failures come at the
+    interval's pace: 16 in about 8 s (twice that at the old pace, past the 14 s
+    deadline), and such a server is DOWN within (fall - 1) x interval + timeout.
+    """
+    hung = socket.socket()
+    hung.bind(("127.0.0.1", 0))
+    hung.listen(128)  # the kernel accepts; nobody ever reads or answers
+    try:
+        c = checkers([(f"127.0.0.1:{hung.getsockname()[1]}",
+                       {"interval": 0.5, "timeout": 0.5, "fall": 100})])
+        c.start("checker", initial="fully-up")
+        h = c.wait_row(lambda h: h.failures >= 16, what="16 failed probes", timeout=14)
+        assert h.last_result == "timeout"
+    finally:
+        hung.close()

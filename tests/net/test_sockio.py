@@ -109,3 +109,36 @@ def test_is_plain_tells_tls_and_foreign_objects_apart(pair):
     finally:
         raw.close()
     assert not is_plain(object())
+
+
+def _late_send(sock, delay, data):
+    gevent.sleep(delay)
+    sock.sendall(data)
+
+
+@pytest.mark.parametrize("first_use", ["expired", "stopped early"])
+def test_a_reused_timer_gives_its_full_duration_again(pair, first_use):
+    # libev's start() on a reused timer resumes what was left of its last
+    # run: nothing after an expiry (every later read of the session failed
+    # at once: a retry was charged a timeout it never had), less after an
+    # early stop.  The second read must get the whole 0.5 s: its data comes
+    # well within it.
+    a, b = pair
+    timers = Timers()
+    t = timers.start(0.5)
+    try:
+        if first_use == "expired":
+            with pytest.raises(socket.timeout):
+                a.recv(10)
+        else:
+            gevent.sleep(0.45)
+    finally:
+        t.stop()
+    sender = gevent.spawn(_late_send, b, 0.1, b"late")
+    t = timers.start(0.5)
+    try:
+        assert a.recv(10) == b"late"
+    finally:
+        t.stop()
+        sender.join()
+        timers.close()

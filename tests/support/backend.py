@@ -28,6 +28,10 @@ Endpoints (any method unless said otherwise):
   path (query string removed), sha256 of every POST body in arrival order.
   ``/_stats``, ``/_reset`` and ``/_sethealth`` are not counted.
 - ``/_reset``: clears the stats.
+- ``/_setfault?ms=N&reset=1``: from now on every request but these ``/_``
+  ones waits N ms before it is answered (``/healthz`` too: a slow server),
+  or, with ``reset=1``, is dropped with a TCP RST instead of an answer.
+  ``/_setfault`` alone clears both; ``/_reset`` does too.
 
 Any request may add response headers with ``hdr=Name:Value`` query
 parameters (repeatable), e.g. ``/?hdr=Cache-Control:max-age%3D60``.
@@ -78,6 +82,8 @@ class _Stats:
         self.by_path: dict[str, int] = {}
         self.posts: list[str] = []
         self.health = 200
+        self.delay = 0.0  # /_setfault
+        self.rst = False
 
     def snapshot(self):
         with self.lock:
@@ -216,6 +222,17 @@ class Handler(BaseHTTPRequestHandler):
             with st.lock:
                 st.health = int(self.query.get("status", ["200"])[0])
             return self._json(200, {"health": st.health})
+
+        if path == "/_setfault":
+            with st.lock:
+                st.delay = int(self.query.get("ms", ["0"])[0]) / 1000
+                st.rst = "1" in self.query.get("reset", [])
+            return self._json(200, {"delay": st.delay, "reset": st.rst})
+        if st.rst:
+            self._count(path)
+            return self._abort(rst=True)
+        if st.delay:
+            time.sleep(st.delay)
 
         self._count(path, body_sha if self.command == "POST" else None)
         name = self.server.name

@@ -366,10 +366,27 @@ class Backend:
 
     def stop(self, timeout: float = 10) -> None:
         if self.proc is not None:
+            if self.frozen:
+                self.thaw()  # else TERM would wait for the KILL
             self.proc.stop(timeout=timeout)
 
     def alive(self) -> bool:
         return self.proc is not None and self.proc.alive()
+
+    frozen = False
+
+    def freeze(self) -> None:
+        """SIGSTOP: the kernel still accepts connections, nothing answers (a hung server)."""
+        self.proc.signal(signal.SIGSTOP)
+        self.frozen = True
+
+    def thaw(self) -> None:
+        self.proc.signal(signal.SIGCONT)
+        self.frozen = False
+
+    def set_fault(self, ms: int = 0, reset: bool = False) -> None:
+        """Delay every later answer by ``ms``, or reset every later request (backend.py)."""
+        self._get(f"/_setfault?ms={ms}&reset={int(reset)}")
 
     def _get(self, path: str):
         status, _, body = http_get("127.0.0.1", self.port, path)
