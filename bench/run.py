@@ -109,8 +109,10 @@ def parse_stat(text: str) -> tuple[int, int] | None:
     try:
         # comm (field 2) may hold spaces and parentheses: split after the last ')'
         rest = text[text.rindex(")") + 2:].split()
+        if len(rest) < 15:
+            return None
         return int(rest[1]), sum(int(x) for x in rest[11:15])
-    except (ValueError, IndexError):
+    except ValueError:
         return None
 
 
