@@ -132,11 +132,11 @@ def proc_snapshot() -> dict[int, tuple[int, int]]:
     return snap
 
 
-def tree_ticks(snap: dict[int, tuple[int, int]], roots) -> int:
-    """CPU ticks of the processes ``roots`` and all their descendants in ``snap``
-    (each counted once, however the roots are related)."""
+def tree_pids(snap: dict[int, tuple], roots) -> set[int]:
+    """The pids of ``roots`` and all their descendants in ``snap`` ({pid: (ppid, ...)});
+    roots not in ``snap`` (gone) are left out."""
     children: dict[int, list[int]] = {}
-    for pid, (ppid, _) in snap.items():
+    for pid, (ppid, *_) in snap.items():
         children.setdefault(ppid, []).append(pid)
     seen: set[int] = set()
     todo = [r for r in roots if r in snap]
@@ -145,7 +145,13 @@ def tree_ticks(snap: dict[int, tuple[int, int]], roots) -> int:
         if pid not in seen:
             seen.add(pid)
             todo.extend(children.get(pid, ()))
-    return sum(snap[pid][1] for pid in seen)
+    return seen
+
+
+def tree_ticks(snap: dict[int, tuple[int, int]], roots) -> int:
+    """CPU ticks of the processes ``roots`` and all their descendants in ``snap``
+    (each counted once, however the roots are related)."""
+    return sum(snap[pid][1] for pid in tree_pids(snap, roots))
 
 
 CLK_TCK = os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 100
@@ -256,7 +262,8 @@ def load_python(url: str, seconds: int, threads: int, connections: int) -> dict:
 
 
 def nginx_conf(d: Path, port: int, upstream: str, *, workers: int = 2, listen: str = "",
-               http_extra: str = "", server_extra: str = "", location_extra: str = "") -> str:
+               http_extra: str = "", server_extra: str = "", location_extra: str = "",
+               worker_connections: int = 4096) -> str:
     """The nginx every bench compares against: a proxy to ``upstream`` ("host:port")
     with upstream keep-alive, access log off, its files in ``d``; the extras are
     nginx directives added to the http, server and location blocks (``listen``
@@ -266,7 +273,7 @@ master_process on;
 worker_processes {workers};
 pid {d}/nginx.pid;
 error_log {d}/error.log warn;
-events {{ worker_connections 4096; }}
+events {{ worker_connections {worker_connections}; }}
 http {{
     access_log off;
     client_body_temp_path {d}/client_body;
@@ -290,12 +297,14 @@ http {{
 """
 
 
-def haproxy_conf(port: int, upstream: str, *, threads: int = 2, maxconn: int = 4096) -> str:
+def haproxy_conf(port: int, upstream: str, *, threads: int = 2, maxconn: int = 4096,
+                 keepalive: str = "75s") -> str:
     """The HAProxy compared against: ``threads`` threads (its way of using as many
     CPUs as 2 workers do), keep-alive on both sides, idle server connections
     reused by any client (``http-reuse always``), no log lines at all.
     ``maxconn``: HAProxy refuses to start unless RLIMIT_NOFILE allows about
-    twice as many descriptors."""
+    twice as many descriptors.  ``keepalive``: how long an idle client
+    connection is kept (75 s, as nginx's and forkproxy's defaults)."""
     return f"""global
     nbthread {threads}
     maxconn {maxconn}
@@ -304,9 +313,9 @@ defaults
     option http-keep-alive
     http-reuse always
     timeout connect 5s
-    timeout client 60s
+    timeout client {keepalive}
     timeout server 60s
-    timeout http-keep-alive 75s
+    timeout http-keep-alive {keepalive}
 frontend bench
     bind 127.0.0.1:{port}
     default_backend origin
@@ -371,8 +380,9 @@ class Ctx:
         self.cpu_pids[port] = [p.pid]
         return port
 
-    def start_nginx(self, upstream_port: int, workers: int = 2) -> int | None:
-        """nginx in front of upstream_port, or None when nginx is not installed."""
+    def start_nginx(self, upstream_port: int, workers: int = 2, **extra) -> int | None:
+        """nginx in front of upstream_port, or None when nginx is not installed;
+        ``extra``: more keyword arguments of ``nginx_conf``."""
         binary = shutil.which("nginx") or ("/usr/sbin/nginx" if os.path.exists("/usr/sbin/nginx") else None)
         if not binary:
             return None
@@ -380,15 +390,16 @@ class Ctx:
         d = self.dir / "nginx"
         d.mkdir(exist_ok=True)
         conf = d / "nginx.conf"
-        conf.write_text(nginx_conf(d, port, f"127.0.0.1:{upstream_port}", workers=workers))
+        conf.write_text(nginx_conf(d, port, f"127.0.0.1:{upstream_port}", workers=workers, **extra))
         p = self.start("nginx", [binary, "-p", str(d), "-c", str(conf), "-e", str(d / "error.log")])
         self.wait_http(port, p, "nginx")
         self.cpu_pids[port] = [p.pid]
         return port
 
-    def start_haproxy(self, upstream_port: int, threads: int = 2, maxconn: int = 4096) -> int | None:
+    def start_haproxy(self, upstream_port: int, threads: int = 2, **extra) -> int | None:
         """HAProxy in front of upstream_port (``nbthread``, keep-alive and
-        ``http-reuse`` to the server, no log), or None when not installed."""
+        ``http-reuse`` to the server, no log), or None when not installed;
+        ``extra``: more keyword arguments of ``haproxy_conf``."""
         binary = shutil.which("haproxy") or ("/usr/sbin/haproxy" if os.path.exists("/usr/sbin/haproxy") else None)
         if not binary:
             return None
@@ -396,7 +407,7 @@ class Ctx:
         d = self.dir / "haproxy"
         d.mkdir(exist_ok=True)
         conf = d / "haproxy.cfg"
-        conf.write_text(haproxy_conf(port, f"127.0.0.1:{upstream_port}", threads=threads, maxconn=maxconn))
+        conf.write_text(haproxy_conf(port, f"127.0.0.1:{upstream_port}", threads=threads, **extra))
         # -db: foreground, no master process; stopped by pid like the others
         p = self.start("haproxy", [binary, "-db", "-f", str(conf)], cwd=d)
         self.wait_http(port, p, "haproxy")

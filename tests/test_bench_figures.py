@@ -169,3 +169,51 @@ def test_report_has_one_table_per_shape_with_ratio_columns():
     assert "ratio forkproxy/nginx: cpu/req 3.000; req/s 0.400; p99 1.500" in t2
     fp = next(line for line in t1.splitlines() if line.startswith("forkproxy"))
     assert fp.split()[1:4] == ["200.0", "4.00", "5.00"]         # cpu us/req, /nginx, /haproxy
+
+
+# -- bench/idle.py: memory per idle keep-alive connection ---------------------
+
+_ispec = importlib.util.spec_from_file_location("fp_bench_idle", REPO_ROOT / "bench" / "idle.py")
+idle = sys.modules["fp_bench_idle"] = importlib.util.module_from_spec(_ispec)
+_ispec.loader.exec_module(idle)
+
+ROLLUP = """55d0c0a5e000-7ffd9e1f5000 ---p 00000000 00:00 0                          [rollup]
+Rss:               36732 kB
+Pss:               23286 kB
+Pss_Anon:          20000 kB
+Shared_Clean:       9000 kB
+"""
+STATUS = "Name:\tnginx\nVmPeak:\t   20000 kB\nVmRSS:\t    8844 kB\nRssAnon:\t    3000 kB\n"
+
+
+@pytest.mark.parametrize("text, want", [
+    (ROLLUP, (36732, 23286)),            # Pss_Anon is not Pss
+    (STATUS, (8844, None)),              # no smaps_rollup: RSS only
+    ("Name:\tkthreadd\n", None),         # a kernel thread has no memory lines
+    ("", None),
+])
+def test_parse_mem(text, want):
+    assert idle.parse_mem(text) == want
+
+
+@pytest.mark.parametrize("before, after, conns, want", [
+    (40000, 151600, 10000, 11.16),
+    (40000, 40000, 10000, 0.0),
+    (40000, 39000, 1000, -1.0),          # the tree shrank meanwhile: reported as measured
+    (None, 50000, 10, None),
+    (40000, 50000, 0, None),             # nothing held: no figure
+])
+def test_per_conn(before, after, conns, want):
+    got = idle.per_conn(before, after, conns)
+    assert got == (None if want is None else pytest.approx(want))
+
+
+@pytest.mark.parametrize("wanted, limit, per, want", [
+    (10000, 20000, 1, 10000),
+    (10000, 20000, 2, (20000 - idle.SPARE_FDS) // 2),   # HAProxy: two descriptors each
+    (10000, 1024, 1, 1024 - idle.SPARE_FDS),
+    (10000, 100, 1, 0),                                 # not even the spares
+    (50, 20000, 2, 50),
+])
+def test_conn_budget(wanted, limit, per, want):
+    assert idle.conn_budget(wanted, limit, per) == want
