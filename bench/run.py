@@ -1,25 +1,31 @@
-"""forkproxy benchmark: the same load against a backend directly, through nginx, through forkproxy.
+"""forkproxy benchmark: the same load against a backend directly, through nginx, HAProxy, forkproxy.
 
-    python bench/run.py                         # scenario get1k, 3 rounds of 10 s per target
+    python bench/run.py                         # scenario get1k, 3 rounds of 10 s per target and shape
     python bench/run.py --seconds 5 --rounds 5 --json out.json
+    python bench/run.py --shape t2c64           # wrk -t2 -c64 only (default: t1c32,t2c64)
     python bench/run.py --list
 
-Every number is measured in the same run on the same machine; compare the
-ratios (forkproxy/nginx, forkproxy/direct), not the absolute numbers.  The
-targets take turns, one run each per round (``--rounds``): a shared
-machine's speed drifts by tens of percent within minutes, so a ratio is
-the median of the rounds' ratios, each from runs made close together, and
-a row shows its target's median round.  The
-"floor" row is bench/floor.py, a gevent relay that does nothing but move the
-bytes: the ceiling of any proxy built on gevent workers, here.
-Everything started here is stopped here, by pid. Exit status 1 when any
-target failed to start or its load run failed; 2 on bad arguments.
+The headline figure is the CPU (user + system) each target's whole
+process tree spent per request served, read from /proc before and after
+each run: it barely depends on how the machine is shared, unlike req/s
+and latency.  Every number is measured in the same run on the same
+machine; compare the ratios (to nginx, to HAProxy), not the absolute
+numbers.  The targets take turns, one run each per round (``--rounds``):
+a shared machine's speed drifts by tens of percent within minutes, so a
+ratio is the median of the rounds' ratios, each from runs made close
+together, and a row shows its target's median round; one table per load
+shape.  The "floor" row is bench/floor.py, a gevent relay that does
+nothing but move the bytes: the ceiling of any proxy built on gevent
+workers, here.  Everything started here is stopped here, by pid. Exit
+status 1 when any target failed to start or its load run failed; 2 on
+bad arguments.
 
 Adding a scenario: write ``def my_scenario(ctx) -> list[Result]`` decorated
 with ``@scenario("name", "one line of help")``; use ``ctx.start_backend()``,
-``ctx.start_nginx(port)``, ``ctx.start_forkproxy(body)``, then ``ctx.compare(targets)``
-(or ``ctx.load(url)`` for a single run).
-Rows named "direct", "nginx", "floor" and "forkproxy" get the ratio lines.
+``ctx.start_nginx(port)``, ``ctx.start_haproxy(port)``, ``ctx.start_forkproxy(body)``,
+then ``ctx.compare(targets)`` (or ``ctx.load(url)`` for a single run).
+Rows named "nginx" and "haproxy" get ratio columns; "direct", "nginx",
+"haproxy", "floor" and "forkproxy" the ratio lines.
 """
 
 from __future__ import annotations
