@@ -6,7 +6,8 @@
    requested over keep-alive by wrk (or bench/run.py's Python client)
    through forkproxy (2 workers, memcached, ``cache = true``) and through
    nginx (2 workers, ``proxy_cache`` on a directory in the work dir), in the
-   same run: requests/s, p50, p99, and the forkproxy/nginx ratio.  Every
+   same run: CPU microseconds per request (forkproxy's counts memcached's
+   CPU too), requests/s, p50, p99, and the forkproxy/nginx ratios.  Every
    request after the first is a hit on both (checked: the origin's count).
 2. **frozen memcached**: 8 client threads send GETs of a cached URL in a
    loop; after 1 s memcached gets SIGSTOP.  Printed: the per-request
@@ -80,6 +81,7 @@ def start_nginx_cache(ctx: Ctx, origin: int) -> int | None:
                        "add_header X-Cache $upstream_cache_status;"))
     p = ctx.start("nginx", [binary, "-p", str(d), "-c", str(conf), "-e", str(d / "error.log")])
     ctx.wait_http(port, p, "nginx", path=PATH)
+    ctx.cpu_pids[port] = [p.pid]
     return port
 
 
@@ -109,7 +111,7 @@ def origin_count(origin: int) -> int:
     return doc["by_path"].get("/bytes", 0)
 
 
-def hits(ctx: Ctx, origin: int, mc_port: int) -> tuple[list[Result], int]:
+def hits(ctx: Ctx, origin: int, mc_port: int, mc_pid: int) -> tuple[list[Result], int]:
     before = origin_count(origin)
     try:
         port = start_nginx_cache(ctx, origin)
@@ -118,6 +120,8 @@ def hits(ctx: Ctx, origin: int, mc_port: int) -> tuple[list[Result], int]:
     except StartError as exc:
         nginx = Result("nginx", error=str(exc))
     fp = ctx.start_forkproxy(forkproxy_body(origin, mc_port), server={"access_log": "off"})
+    # a hit costs forkproxy's CPU and memcached's; nginx's cache is in its own workers
+    ctx.cpu_pids[fp].append(mc_pid)
     ctx.wait_http(fp, ctx.procs[-1], "forkproxy", path=PATH)
     rows = ctx.compare([nginx, ("forkproxy", f"http://127.0.0.1:{fp}{PATH}")])
     misses = origin_count(origin) - before
@@ -210,7 +214,7 @@ def main(argv=None) -> int:
         if mc is None:
             print("memcached is not installed: nothing to measure")
             return 1
-        rows, fp = hits(ctx, origin, mc[0])
+        rows, fp = hits(ctx, origin, mc[0], mc[1].pid)
         SCENARIOS.setdefault("cache-hits", (None, "1 KiB cached response, keep-alive"))
         print(report("cache-hits", rows, args))
         for r in rows:

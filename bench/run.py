@@ -1,25 +1,31 @@
-"""forkproxy benchmark: the same load against a backend directly, through nginx, through forkproxy.
+"""forkproxy benchmark: the same load against a backend directly, through nginx, HAProxy, forkproxy.
 
-    python bench/run.py                         # scenario get1k, 3 rounds of 10 s per target
+    python bench/run.py                         # scenario get1k, 3 rounds of 10 s per target and shape
     python bench/run.py --seconds 5 --rounds 5 --json out.json
+    python bench/run.py --shape t2c64           # wrk -t2 -c64 only (default: t1c32,t2c64)
     python bench/run.py --list
 
-Every number is measured in the same run on the same machine; compare the
-ratios (forkproxy/nginx, forkproxy/direct), not the absolute numbers.  The
-targets take turns, one run each per round (``--rounds``): a shared
-machine's speed drifts by tens of percent within minutes, so a ratio is
-the median of the rounds' ratios, each from runs made close together, and
-a row shows its target's median round.  The
-"floor" row is bench/floor.py, a gevent relay that does nothing but move the
-bytes: the ceiling of any proxy built on gevent workers, here.
-Everything started here is stopped here, by pid. Exit status 1 when any
-target failed to start or its load run failed; 2 on bad arguments.
+The headline figure is the CPU (user + system) each target's whole
+process tree spent per request served, read from /proc before and after
+each run: it barely depends on how the machine is shared, unlike req/s
+and latency.  Every number is measured in the same run on the same
+machine; compare the ratios (to nginx, to HAProxy), not the absolute
+numbers.  The targets take turns, one run each per round (``--rounds``):
+a shared machine's speed drifts by tens of percent within minutes, so a
+ratio is the median of the rounds' ratios, each from runs made close
+together, and a row shows its target's median round; one table per load
+shape.  The "floor" row is bench/floor.py, a gevent relay that does
+nothing but move the bytes: the ceiling of any proxy built on gevent
+workers, here.  Everything started here is stopped here, by pid. Exit
+status 1 when any target failed to start or its load run failed; 2 on
+bad arguments.
 
 Adding a scenario: write ``def my_scenario(ctx) -> list[Result]`` decorated
 with ``@scenario("name", "one line of help")``; use ``ctx.start_backend()``,
-``ctx.start_nginx(port)``, ``ctx.start_forkproxy(body)``, then ``ctx.compare(targets)``
-(or ``ctx.load(url)`` for a single run).
-Rows named "direct", "nginx", "floor" and "forkproxy" get the ratio lines.
+``ctx.start_nginx(port)``, ``ctx.start_haproxy(port)``, ``ctx.start_forkproxy(body)``,
+then ``ctx.compare(targets)`` (or ``ctx.load(url)`` for a single run).
+Rows named "nginx" and "haproxy" get ratio columns; "direct", "nginx",
+"haproxy", "floor" and "forkproxy" the ratio lines.
 """
 
 from __future__ import annotations
@@ -38,6 +44,7 @@ import threading
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from urllib.parse import urlsplit
 
 HERE = Path(__file__).resolve().parent
 REPO = HERE.parent
@@ -63,6 +70,10 @@ class Result:
     notes: list[str] = field(default_factory=list)
     rounds: list[float] = field(default_factory=list)  # req/s of each round (Ctx.compare)
     steal_pct: float | None = None  # CPU the host took from this VM during the run (worst round)
+    cpu_us: float | None = None  # CPU microseconds the target spent per request (median round)
+    cpu_rounds: list = field(default_factory=list)  # cpu_us of each round (None: not measured)
+    p99_rounds: list = field(default_factory=list)  # p99_ms of each round
+    shape: str = ""  # the load's shape, "t2c64" = 2 wrk threads, 64 connections
 
     @property
     def ok(self) -> bool:
@@ -90,6 +101,74 @@ def steal_share(before: list[int] | None, after: list[int] | None) -> float | No
         return None
     total = sum(after[:8]) - sum(before[:8])  # guest time is already in user and nice
     return 100.0 * (after[7] - before[7]) / total if total > 0 else None
+
+
+def parse_stat(text: str) -> tuple[int, int] | None:
+    """(ppid, CPU clock ticks) from the text of /proc/PID/stat, or None when malformed.
+
+    The ticks are utime + stime + cutime + cstime (fields 14-17): the
+    process's own time and that of the children it has reaped.  A child's
+    time reaches its parent's cutime only when the parent waits for it, so
+    the live children are not in it; ``tree_ticks`` adds them, and the
+    cutime term keeps the time of a worker that exited during a run.
+    """
+    try:
+        # comm (field 2) may hold spaces and parentheses: split after the last ')'
+        rest = text[text.rindex(")") + 2:].split()
+        if len(rest) < 15:
+            return None
+        return int(rest[1]), sum(int(x) for x in rest[11:15])
+    except ValueError:
+        return None
+
+
+def proc_snapshot() -> dict[int, tuple[int, int]]:
+    """{pid: (ppid, ticks)} of every process now in /proc (zombies included:
+    their time is not yet in their parent's cutime)."""
+    snap = {}
+    for name in os.listdir("/proc"):
+        if name.isdigit():
+            try:
+                with open(f"/proc/{name}/stat") as f:
+                    st = parse_stat(f.read())
+            except OSError:
+                continue  # gone while we looked
+            if st is not None:
+                snap[int(name)] = st
+    return snap
+
+
+def tree_pids(snap: dict[int, tuple], roots) -> set[int]:
+    """The pids of ``roots`` and all their descendants in ``snap`` ({pid: (ppid, ...)});
+    roots not in ``snap`` (gone) are left out."""
+    children: dict[int, list[int]] = {}
+    for pid, (ppid, *_) in snap.items():
+        children.setdefault(ppid, []).append(pid)
+    seen: set[int] = set()
+    todo = [r for r in roots if r in snap]
+    while todo:
+        pid = todo.pop()
+        if pid not in seen:
+            seen.add(pid)
+            todo.extend(children.get(pid, ()))
+    return seen
+
+
+def tree_ticks(snap: dict[int, tuple[int, int]], roots) -> int:
+    """CPU ticks of the processes ``roots`` and all their descendants in ``snap``
+    (each counted once, however the roots are related)."""
+    return sum(snap[pid][1] for pid in tree_pids(snap, roots))
+
+
+CLK_TCK = os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 100
+
+
+def cpu_us_per_request(ticks_before: int, ticks_after: int, requests: int, hz: int = CLK_TCK) -> float | None:
+    """Microseconds of CPU per request between two ``tree_ticks``; None without
+    requests or when the count went backwards (a root exited and took its time away)."""
+    if requests <= 0 or ticks_after < ticks_before:
+        return None
+    return (ticks_after - ticks_before) * 1e6 / hz / requests
 
 
 # -- load generators --------------------------------------------------------
@@ -133,8 +212,6 @@ def load_wrk(url: str, seconds: int, threads: int, connections: int) -> dict:
 
 def load_python(url: str, seconds: int, threads: int, connections: int) -> dict:
     """Fallback without wrk: ``min(connections, 16)`` keep-alive connections, one thread each."""
-    from urllib.parse import urlsplit
-
     u = urlsplit(url)
     n = max(1, min(connections, 16))
     deadline = time.monotonic() + seconds
@@ -191,7 +268,8 @@ def load_python(url: str, seconds: int, threads: int, connections: int) -> dict:
 
 
 def nginx_conf(d: Path, port: int, upstream: str, *, workers: int = 2, listen: str = "",
-               http_extra: str = "", server_extra: str = "", location_extra: str = "") -> str:
+               http_extra: str = "", server_extra: str = "", location_extra: str = "",
+               worker_connections: int = 4096) -> str:
     """The nginx every bench compares against: a proxy to ``upstream`` ("host:port")
     with upstream keep-alive, access log off, its files in ``d``; the extras are
     nginx directives added to the http, server and location blocks (``listen``
@@ -201,7 +279,7 @@ master_process on;
 worker_processes {workers};
 pid {d}/nginx.pid;
 error_log {d}/error.log warn;
-events {{ worker_connections 4096; }}
+events {{ worker_connections {worker_connections}; }}
 http {{
     access_log off;
     client_body_temp_path {d}/client_body;
@@ -225,6 +303,33 @@ http {{
 """
 
 
+def haproxy_conf(port: int, upstream: str, *, threads: int = 2, maxconn: int = 4096,
+                 keepalive: str = "75s") -> str:
+    """The HAProxy compared against: ``threads`` threads (its way of using as many
+    CPUs as 2 workers do), keep-alive on both sides, idle server connections
+    reused by any client (``http-reuse always``), no log lines at all.
+    ``maxconn``: HAProxy refuses to start unless RLIMIT_NOFILE allows about
+    twice as many descriptors.  ``keepalive``: how long an idle client
+    connection is kept (75 s, as nginx's and forkproxy's defaults)."""
+    return f"""global
+    nbthread {threads}
+    maxconn {maxconn}
+defaults
+    mode http
+    option http-keep-alive
+    http-reuse always
+    timeout connect 5s
+    timeout client {keepalive}
+    timeout server 60s
+    timeout http-keep-alive {keepalive}
+frontend bench
+    bind 127.0.0.1:{port}
+    default_backend origin
+backend origin
+    server s1 {upstream}
+"""
+
+
 class Ctx:
     """Where a scenario starts processes and runs load; ``close()`` stops all of them."""
 
@@ -233,11 +338,13 @@ class Ctx:
         self.dir = workdir
         self.procs: list[Proc] = []
         self.forkproxy_dirs: dict[int, Path] = {}  # listener port -> its config, logs, runtime dir
+        # listener port -> the pids whose process trees a request to it costs CPU in
+        self.cpu_pids: dict[int, list[int]] = {}
         self.env = dict(os.environ)
         self.env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO), self.env.get("PYTHONPATH")]))
 
-    def start(self, name: str, argv, env=None) -> Proc:
-        p = Proc(argv, self.dir, name=name, env=env or self.env)
+    def start(self, name: str, argv, env=None, cwd=None) -> Proc:
+        p = Proc(argv, self.dir, name=name, env=env or self.env, cwd=cwd)
         self.procs.append(p)
         return p
 
@@ -267,6 +374,7 @@ class Ctx:
         port = free_port()
         p = self.start("backend", [sys.executable, str(HERE / "backend.py"), "--port", str(port), "--size", str(size)])
         wait_for_port(port, timeout=20, proc=p)
+        self.cpu_pids[port] = [p.pid]
         return port
 
     def start_floor(self, upstream_port: int, workers: int = 2) -> int:
@@ -275,10 +383,12 @@ class Ctx:
         p = self.start("floor", [sys.executable, str(HERE / "floor.py"), "--port", str(port),
                                  "--upstream", str(upstream_port), "--workers", str(workers)])
         self.wait_http(port, p, "floor")
+        self.cpu_pids[port] = [p.pid]
         return port
 
-    def start_nginx(self, upstream_port: int, workers: int = 2) -> int | None:
-        """nginx in front of upstream_port, or None when nginx is not installed."""
+    def start_nginx(self, upstream_port: int, workers: int = 2, **extra) -> int | None:
+        """nginx in front of upstream_port, or None when nginx is not installed;
+        ``extra``: more keyword arguments of ``nginx_conf``."""
         binary = shutil.which("nginx") or ("/usr/sbin/nginx" if os.path.exists("/usr/sbin/nginx") else None)
         if not binary:
             return None
@@ -286,9 +396,28 @@ class Ctx:
         d = self.dir / "nginx"
         d.mkdir(exist_ok=True)
         conf = d / "nginx.conf"
-        conf.write_text(nginx_conf(d, port, f"127.0.0.1:{upstream_port}", workers=workers))
+        conf.write_text(nginx_conf(d, port, f"127.0.0.1:{upstream_port}", workers=workers, **extra))
         p = self.start("nginx", [binary, "-p", str(d), "-c", str(conf), "-e", str(d / "error.log")])
         self.wait_http(port, p, "nginx")
+        self.cpu_pids[port] = [p.pid]
+        return port
+
+    def start_haproxy(self, upstream_port: int, threads: int = 2, **extra) -> int | None:
+        """HAProxy in front of upstream_port (``nbthread``, keep-alive and
+        ``http-reuse`` to the server, no log), or None when not installed;
+        ``extra``: more keyword arguments of ``haproxy_conf``."""
+        binary = shutil.which("haproxy") or ("/usr/sbin/haproxy" if os.path.exists("/usr/sbin/haproxy") else None)
+        if not binary:
+            return None
+        port = free_port()
+        d = self.dir / "haproxy"
+        d.mkdir(exist_ok=True)
+        conf = d / "haproxy.cfg"
+        conf.write_text(haproxy_conf(port, f"127.0.0.1:{upstream_port}", threads=threads, **extra))
+        # -db: foreground, no master process; stopped by pid like the others
+        p = self.start("haproxy", [binary, "-db", "-f", str(conf)], cwd=d)
+        self.wait_http(port, p, "haproxy")
+        self.cpu_pids[port] = [p.pid]
         return port
 
     def start_forkproxy(self, body: str, workers: int = 2, server: dict | None = None) -> int:
@@ -314,39 +443,63 @@ class Ctx:
             err = d / "error.log"
             tail = err.read_text(errors="replace")[-2000:] if err.exists() else ""
             raise StartError(f"{exc}\nerror log:\n{tail}") from None
+        self.cpu_pids[port] = [p.pid]
         return port
 
-    def load(self, target: str, url: str) -> Result:
+    def load(self, target: str, url: str, shape: tuple[int, int] | None = None) -> Result:
+        """One warm-up then one measured run of ``shape`` (wrk threads, connections;
+        default ``--threads``/``--connections``) against url.  When the url's
+        port was started by this Ctx, ``cpu_us`` is the CPU its process trees
+        (``cpu_pids``) spent during the measured run, per request."""
         a = self.args
+        threads, conns = shape or (a.threads, a.connections)
         fn = load_wrk if (shutil.which("wrk") and not a.python_client) else load_python
         if a.warmup:
             try:
-                fn(url, a.warmup, a.threads, a.connections)
+                fn(url, a.warmup, threads, conns)
             except Exception:  # noqa: BLE001 - a failed warm-up shows in the real run
                 pass
+        roots = self.cpu_pids.get(urlsplit(url).port, [])
+        ticks = tree_ticks(proc_snapshot(), roots) if roots else None
         before = cpu_times()
         try:
-            r = Result(target=target, **fn(url, a.seconds, a.threads, a.connections))
+            r = Result(target=target, **fn(url, a.seconds, threads, conns))
         except (RuntimeError, subprocess.TimeoutExpired) as exc:
-            return Result(target=target, error=f"load failed: {exc}")
+            return Result(target=target, error=f"load failed: {exc}", shape=shape_name(threads, conns))
         r.steal_pct = steal_share(before, cpu_times())
+        if ticks is not None:
+            r.cpu_us = cpu_us_per_request(ticks, tree_ticks(proc_snapshot(), roots), r.requests)
+        r.shape = shape_name(threads, conns)
         return r
 
+    def shapes(self) -> list[tuple[int, int]]:
+        """The load shapes to run: ``args.shapes`` (run.py's ``--shape``), else
+        the one of ``--threads``/``--connections`` (the other bench scripts)."""
+        return getattr(self.args, "shapes", None) or [(self.args.threads, self.args.connections)]
+
     def compare(self, targets: list) -> list[Result]:
-        """Load each target once per round, in turn, for ``--rounds`` rounds.
+        """Load each target once per round, in turn, for ``--rounds`` rounds, per shape.
 
         ``targets``: (name, url) pairs, or a ``Result`` (a target that did not
-        start), kept in its place.  Each row is the median round of its
-        target (req/s, p50, p99), with the totals of requests and errors and
-        every round's req/s in ``rounds``; a failed run fails the row.
+        start), kept in its place.  For every shape (``shapes()``, one after
+        the other) each row is the median round of its target (req/s, p50,
+        p99), with the totals of requests and errors and every round's req/s,
+        p99 and CPU per request; a failed run fails the row.
         """
         n = max(1, getattr(self.args, "rounds", 1))
-        runs: dict[str, list[Result]] = {t[0]: [] for t in targets if not isinstance(t, Result)}
-        for _ in range(n):
+        rows: list[Result] = []
+        for shape in self.shapes():
+            runs: dict[str, list[Result]] = {t[0]: [] for t in targets if not isinstance(t, Result)}
+            for _ in range(n):
+                for t in targets:
+                    if not isinstance(t, Result):
+                        runs[t[0]].append(self.load(*t, shape=shape))
             for t in targets:
-                if not isinstance(t, Result):
-                    runs[t[0]].append(self.load(*t))
-        return [t if isinstance(t, Result) else _median_row(runs[t[0]]) for t in targets]
+                if isinstance(t, Result):
+                    rows.append(Result(target=t.target, error=t.error, shape=shape_name(*shape)))
+                else:
+                    rows.append(_median_row(runs[t[0]]))
+        return rows
 
     def close(self):
         for p in reversed(self.procs):
@@ -383,14 +536,48 @@ def _median(values: list[float]) -> float:
 
 
 def _median_row(runs: list[Result]) -> Result:
+    """One row for a target's rounds: req/s and CPU per request are the medians
+    of the rounds' (each on its own), p50 and p99 those of the median-req/s round."""
     bad = [r for r in runs if not r.ok]
     if bad:
         return bad[0]
     mid = sorted(runs, key=lambda r: r.rps)[len(runs) // 2]
+    cpu = [r.cpu_us for r in runs if r.cpu_us is not None]
     return Result(target=mid.target, rps=_median([r.rps for r in runs]), p50_ms=mid.p50_ms,
                   p99_ms=mid.p99_ms, requests=sum(r.requests for r in runs),
                   errors=sum(r.errors for r in runs), tool=mid.tool,
-                  rounds=[r.rps for r in runs], steal_pct=_worst(r.steal_pct for r in runs))
+                  rounds=[r.rps for r in runs], steal_pct=_worst(r.steal_pct for r in runs),
+                  cpu_us=_median(cpu) if cpu else None, cpu_rounds=[r.cpu_us for r in runs],
+                  p99_rounds=[r.p99_ms for r in runs], shape=mid.shape)
+
+
+def shape_name(threads: int, connections: int) -> str:
+    return f"t{threads}c{connections}"
+
+
+def parse_shapes(text: str) -> list[tuple[int, int]]:
+    """"t1c32,t2c64" -> [(1, 32), (2, 64)]; ValueError on anything else."""
+    shapes = []
+    for part in text.split(","):
+        m = re.fullmatch(r"t(\d+)c(\d+)", part.strip())
+        if not m or int(m.group(1)) < 1 or int(m.group(2)) < int(m.group(1)):
+            raise ValueError(f"bad shape {part.strip()!r}: want tNcM with 1 <= N <= M, e.g. t2c64")
+        shapes.append((int(m.group(1)), int(m.group(2))))
+    return shapes
+
+
+def round_ratios(top: list, base: list) -> list[float]:
+    """Each round's top/base, for the rounds where both were measured (and base > 0);
+    [] when the two did not run the same number of rounds."""
+    if len(top) != len(base):
+        return []
+    return [t / b for t, b in zip(top, base) if t is not None and b]
+
+
+def ratio_of(top: list, base: list) -> float | None:
+    """The median of the rounds' ratios (each round's runs were close in time)."""
+    each = round_ratios(top, base)
+    return _median(each) if each else None
 
 
 def _worst(values) -> float | None:
@@ -411,12 +598,13 @@ servers = [{{ addr = "127.0.0.1:{origin}" }}]
 """
 
 
-@scenario("get1k", "keep-alive GET of a 1 KiB response: direct, nginx, gevent floor, forkproxy")
+@scenario("get1k", "keep-alive GET of a 1 KiB response: direct, nginx, HAProxy, gevent floor, forkproxy")
 def get1k(ctx: Ctx) -> list[Result]:
     origin = ctx.start_backend(1024)
     body = FORKPROXY_ONE_POOL.format(origin=origin)
     return ctx.compare([("direct", f"http://127.0.0.1:{origin}/"),
                         _started("nginx", lambda: ctx.start_nginx(origin)),
+                        _started("haproxy", lambda: ctx.start_haproxy(origin)),
                         _started("floor", lambda: ctx.start_floor(origin)),
                         _started("forkproxy", lambda: ctx.start_forkproxy(body))])
 
@@ -448,38 +636,33 @@ def _fmt(v, spec=".1f"):
     return "-" if v is None else format(v, spec)
 
 
-def _ratio(top: Result, base: Result) -> str:
-    """The median of the rounds' ratios (each round's runs were close in time), with their range."""
-    if len(top.rounds) > 1 and len(top.rounds) == len(base.rounds):
-        each = [t / b for t, b in zip(top.rounds, base.rounds)]
-        return f"{_median(each):.3f} (rounds {min(each):.3f}-{max(each):.3f})"
-    return f"{top.rps / base.rps:.3f}"
+def _range(top: list, base: list) -> str:
+    """"M (rounds LO-HI)": the median of the rounds' ratios and their range; "-" if none."""
+    each = round_ratios(top, base)
+    if not each:
+        return "-"
+    if len(each) == 1:
+        return f"{each[0]:.3f}"
+    return f"{_median(each):.3f} (rounds {min(each):.3f}-{max(each):.3f})"
+
+
+BASELINES = ("nginx", "haproxy")  # the columns of ratios, when these rows ran
+RATIO_LINES = [("forkproxy", base) for base in ("nginx", "haproxy", "direct", "floor")] + [("metrics", "forkproxy")]
 
 
 def report(name: str, rows: list[Result], args) -> str:
+    """One table per load shape, in the order the rows came, then the ratio lines of that shape.
+
+    Columns: CPU microseconds per request, its ratio to nginx and to HAProxy
+    (when they ran), req/s and p99 with their ratios to nginx, p50, requests,
+    errors, steal%.  Every ratio is the median of the rounds' ratios.
+    """
     out = [f"scenario {name}: {SCENARIOS[name][1]}"]
-    tools = sorted({r.tool for r in rows if r.tool})
-    n = max((len(r.rounds) for r in rows), default=0)
-    per = f"{n} rounds of {args.seconds}s" if n > 1 else f"{args.seconds}s"
-    out.append(f"load: {', '.join(tools) or '-'}; {per} per target, in turn (median round shown)")
-    out.append(f"{'target':<12}{'req/s':>12}{'p50 ms':>10}{'p99 ms':>10}{'requests':>11}{'errors':>8}"
-               f"{'steal%':>8}")
+    shapes: dict[str, list[Result]] = {}
     for r in rows:
-        if r.ok:
-            out.append(
-                f"{r.target:<12}{_fmt(r.rps):>12}{_fmt(r.p50_ms, '.2f'):>10}{_fmt(r.p99_ms, '.2f'):>10}"
-                f"{r.requests:>11}{r.errors:>8}{_fmt(r.steal_pct):>8}"
-            )
-        else:
-            out.append(f"{r.target:<12}  {r.error.splitlines()[0] if r.error else 'no result'}")
-    by = {r.target: r for r in rows if r.ok}
-    pairs = [("forkproxy", base) for base in ("nginx", "direct", "floor")] + [("metrics", "forkproxy")]
-    for top, base in pairs:
-        if top in by and base in by and (top, base) != ("forkproxy", "forkproxy"):
-            f, b = by[top], by[base]
-            p99 = f"; p99 x{f.p99_ms / b.p99_ms:.2f}" if f.p99_ms and b.p99_ms else ""
-            label = "metrics-on/metrics-off" if top == "metrics" else f"forkproxy/{base}"
-            out.append(f"ratio {label}: req/s {_ratio(f, b)}{p99}")
+        shapes.setdefault(r.shape, []).append(r)
+    for shape, group in shapes.items():
+        out.extend(_table(shape, group, args))
     warning = steal_warning(_worst(r.steal_pct for r in rows if r.ok))
     if warning:
         out.append(warning)
@@ -487,6 +670,46 @@ def report(name: str, rows: list[Result], args) -> str:
         if r.error and "\n" in r.error:
             out.append(f"\n{r.target}: {r.error}")
     return "\n".join(out)
+
+
+def _table(shape: str, rows: list[Result], args) -> list[str]:
+    by = {r.target: r for r in rows if r.ok}
+    bases = [b for b in BASELINES if b in by]
+    tools = sorted({r.tool for r in rows if r.tool})
+    n = max((len(r.rounds) for r in rows), default=0)
+    per = f"{n} rounds of {args.seconds}s" if n > 1 else f"{args.seconds}s"
+    out = ["", f"shape {shape or '-'}; load: {', '.join(tools) or '-'}; {per} per target, in turn "
+               f"(median round shown)"]
+    head = f"{'target':<11}{'cpu us/req':>11}" + "".join(f"{'/' + b:>9}" for b in bases)
+    head += f"{'req/s':>10}" + (f"{'/nginx':>8}" if "nginx" in by else "")
+    head += f"{'p99 ms':>9}" + (f"{'/nginx':>8}" if "nginx" in by else "")
+    head += f"{'p50 ms':>8}{'requests':>10}{'errors':>7}{'steal%':>7}"
+    out.append(head)
+
+    def col(v, width, spec=".2f"):
+        return f"{_fmt(v, spec):>{width}}"
+
+    for r in rows:
+        if not r.ok:
+            out.append(f"{r.target:<11}  {r.error.splitlines()[0] if r.error else 'no result'}")
+            continue
+        line = f"{r.target:<11}" + col(r.cpu_us, 11, ".1f")
+        line += "".join(col(ratio_of(r.cpu_rounds, by[b].cpu_rounds), 9) for b in bases)
+        line += col(r.rps, 10, ".0f")
+        if "nginx" in by:
+            line += col(ratio_of(r.rounds, by["nginx"].rounds), 8)
+        line += col(r.p99_ms, 9)
+        if "nginx" in by:
+            line += col(ratio_of(r.p99_rounds, by["nginx"].p99_rounds), 8)
+        line += f"{col(r.p50_ms, 8)}{r.requests:>10}{r.errors:>7}{col(r.steal_pct, 7, '.1f')}"
+        out.append(line)
+    for top, base in RATIO_LINES:
+        if top in by and base in by:
+            f, b = by[top], by[base]
+            label = "metrics-on/metrics-off" if top == "metrics" else f"{top}/{base}"
+            out.append(f"ratio {label}: cpu/req {_range(f.cpu_rounds, b.cpu_rounds)}; "
+                       f"req/s {_range(f.rounds, b.rounds)}; p99 {_range(f.p99_rounds, b.p99_rounds)}")
+    return out
 
 
 def main(argv=None) -> int:
@@ -497,12 +720,18 @@ def main(argv=None) -> int:
     ap.add_argument("--rounds", type=int, default=3,
                     help="runs per target, the targets taking turns (default 3)")
     ap.add_argument("--warmup", type=int, default=1, help="warm-up seconds before each run (default 1; 0 = none)")
-    ap.add_argument("--threads", type=int, default=2, help="wrk threads (default 2)")
-    ap.add_argument("--connections", type=int, default=64, help="keep-alive connections (default 64)")
+    ap.add_argument("--shape", default="t1c32,t2c64",
+                    help="load shapes, comma-separated: tNcM = N wrk threads, M keep-alive "
+                         "connections (default t1c32,t2c64; one table each)")
     ap.add_argument("--python-client", action="store_true", help="use the Python client even if wrk is installed")
     ap.add_argument("--json", metavar="FILE", help="also write the results as JSON")
     ap.add_argument("--keep", action="store_true", help="keep the work directory (configs, logs)")
     args = ap.parse_args(argv)
+    try:
+        args.shapes = parse_shapes(args.shape)
+    except ValueError as exc:
+        ap.error(str(exc))  # exit status 2
+    args.threads, args.connections = args.shapes[0]
 
     if args.list:
         for name, (_, help) in SCENARIOS.items():
