@@ -1243,7 +1243,8 @@ SECTIONS: tuple[Section, ...] = (
         "result of the previous one. "
         'In to, $1..$9 are the groups of from, ${name} or $name a named group or a variable '
         "($remote_addr, $request_id, $route, $host, $scheme, $request_uri, $uri, $args, "
-        "$is_args), and $$ a dollar sign. "
+        "$is_args), and $$ a dollar sign; $request_uri and $uri carry the canonical path "
+        "(see server.merge_slashes), and a rewritten path is made canonical again. "
         'to must start with "/"; a "?" in it starts a new query that replaces the '
         'request\'s ("/x?" drops it, "/x?a=1&$args" keeps it after a=1); without one the '
         "query is kept. "
@@ -1257,7 +1258,9 @@ SECTIONS: tuple[Section, ...] = (
         '{ to = "https://www.example.com$request_uri", status = 301 }. '
         "forkproxy answers itself; nothing goes upstream. "
         "to is expanded as in rewrite, after the rewrite steps ($uri and $args are the "
-        "rewritten path and query).",
+        "rewritten path and query). "
+        "A Location that would start with // or /\\ (another host, to a browser) keeps one "
+        "slash: GET //evil.example with to = \"$uri/\" is sent to /evil.example/.",
         optional=True,
     ),
     Section(
@@ -1450,7 +1453,9 @@ SETTINGS: tuple[Setting, ...] = (
             "explain and the cache all judge that path, and it is the path sent upstream (the "
             "query goes as received; the access log shows the target as received). A path with "
             "malformed percent-encoding (%zz, %2), %00, or a dot segment with parameters "
-            "(/..;/) is answered 400.",
+            "(/..;/) is answered 400. "
+            "With false, //admin/x stays another path than /admin/x, for rules and servers "
+            "alike: only for servers that tell them apart.",
             _RELOAD, _bool),
     Setting("server", "encoded_slashes", '"reject" or "pass"', "reject",
             "What an encoded slash or backslash (%2F, %5C) or a raw backslash in a request path "
