@@ -32,6 +32,11 @@ redirect = {{ to = "$uri/" }}
 pool = "app"
 
 [[route]]
+host = "rw.test"
+rewrite = [{{ from = "^/r$", to = "/$args?" }}]
+pool = "app"
+
+[[route]]
 path = "/private/"
 access = ["deny all"]
 pool = "app"
@@ -100,7 +105,7 @@ def test_path_scoped_access_route_cannot_be_bypassed(site):
     for target in ACCESS_BYPASSES:
         assert get(port, target).status == 403, target
         doc = explain(fp, port, target)
-        assert doc["route"]["id"] == 1 and doc["refused"]["status"] == 403, (target, doc)
+        assert doc["route"]["id"] == 2 and doc["refused"]["status"] == 403, (target, doc)
     assert b.stats()["requests"] == 0, b.stats()["by_path"]
 
 
@@ -129,6 +134,17 @@ def test_the_backend_receives_the_canonical_path_and_the_query_as_sent(site):
     assert b.stats()["by_path"].get("/caf%C3%A9/~user") == 1, b.stats()["by_path"]
     # the access log keeps the target as received
     wait_until(lambda: "/caf%c3%a9/%7euser" in fp.access_log(), what="the raw target logged")
+
+
+def test_a_rewritten_path_goes_upstream_canonical(site):
+    fp, b, port = site
+    assert get(port, "/r?a/./b/../c//d", host="rw.test").status == 200
+    assert b.stats()["by_path"] == {"/a/c/d": 1}
+    r = get(port, "/r?a%2fb", host="rw.test")  # the query may hold %2F; a path may not
+    assert r.status == 400
+    assert b.stats()["requests"] == 1
+    wait_until(lambda: "rewrite of route 1 made a path no rule can judge: encoded slash"
+               in fp.error_log(), what="the rewrite's refusal in the error log")
 
 
 def test_encoded_slash_is_refused_with_a_reason(site):
