@@ -1157,6 +1157,8 @@ def canonical_request(req, merge_slashes: bool = True, encoded_slashes: str = "r
     request path and ``forkproxyctl explain`` both call it, first thing.
     """
     target = req.target
+    if "%" not in target and "/." not in target and "//" not in target and "\\" not in target:
+        return req  # the hot path: nothing canon could change, in the path or the query
     if target[0] == "/":
         start = 0
     elif target[:7].lower() == "http://" or target[:8].lower() == "https://":
