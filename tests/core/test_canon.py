@@ -17,7 +17,7 @@ from urllib.parse import unquote
 import pytest
 from hypothesis import given, settings, strategies as st
 
-from forkproxy.core.access import DenyRule, first_denial
+from forkproxy.core.access import DenyRule, compile_acl, first_denial
 from forkproxy.core.canon import PathRefused, canonical_path
 from forkproxy.core.rewrite import compile_rewrites
 from forkproxy.core.routing import Router, RouteSpec
@@ -168,6 +168,7 @@ ROUTER = Router([
     RouteSpec(index=2, pool="public", path="/public/"),
     RouteSpec(index=3, pool="default"),
 ])
+ACCESS = {0: compile_acl([("deny", "all")])}  # the private route's access list
 DENY = (DenyRule(path="/admin/"), DenyRule(path_regex=r"^/[^/]+/\.git(/|$)"))
 PUBLIC = compile_rewrites(strip_prefix="/public", add_prefix="/sandbox")
 LEGACY = compile_rewrites(rewrite=[("^/old/(.*)$", "/new/$1")])
@@ -175,8 +176,11 @@ SLASH = compile_rewrites(redirect=("$uri/", 302))
 
 
 def decisions(path: str) -> tuple:
-    """What each kind of rule decides on ``path``: route, deny, the two rewrites, redirect."""
-    return (ROUTER.match("web", "h", path).index,
+    """What each kind of rule decides on ``path``: route, its access list, deny, the
+    two rewrites, the redirect."""
+    route = ROUTER.match("web", "h", path).index
+    return (route,
+            ACCESS[route].permits("192.0.2.1") if route in ACCESS else True,
             first_denial(DENY, "GET", path, "", ()),
             PUBLIC.apply(path, "", {}),
             LEGACY.apply(path, "", {}),
@@ -193,14 +197,14 @@ def decide(raw: str, **kw):
                                  "/%2e/admin/x", "/%2E%2e/admin/x", "/x/.%2e/admin/x"])
 def test_deny_sees_every_spelling(raw):
     assert first_denial(DENY, "GET", raw, "", ()) is None  # the raw path fooled the rule
-    assert decide(raw)[1] == 0
+    assert decide(raw)[2] == 0
 
 
 @pytest.mark.parametrize("raw", ["//private/x", "/%70rivate/x", "/./private/x",
                                  "/x/../private/x", "/%2e%2e/private/x"])
 def test_a_path_scoped_route_sees_every_spelling(raw):
     assert ROUTER.match("web", "h", raw).index == 3
-    assert decide(raw)[0] == 0
+    assert decide(raw)[:2] == (0, False)  # the private route, and its "deny all"
 
 
 @pytest.mark.parametrize("raw", ["//secret", "/%73ecret/x", "/a/../secret/"])
@@ -214,35 +218,38 @@ def test_strip_and_add_prefix_cannot_be_escaped(raw):
     raw_result = PUBLIC.apply(raw, "", {})[0]
     assert raw_result.startswith("/sandbox/")   # looks confined, but a server resolves it
     assert not resolve(raw_result).startswith("/sandbox/")
-    route, denied, _, _, _ = decide(raw)
+    route, _, denied, _, _, _ = decide(raw)
     assert (route, denied) == (3, 0)  # not the public route at all, and denied
 
 
 @pytest.mark.parametrize("raw", ["/public/x", "/public/a/./b", "/public/a/../b"])
 def test_strip_and_add_prefix_keep_inside(raw):
-    route, _, (path, _), _, _ = decide(raw)
+    route, _, _, (path, _), _, _ = decide(raw)
     assert route == 2 and path.startswith("/sandbox/")
 
 
 def test_dotgit_regex_sees_encoded_dots():
-    assert decide("/repo/%2egit/config")[1] == 1
-    assert decide("/repo/x/../.git")[1] == 1
+    assert decide("/repo/%2egit/config")[2] == 1
+    assert decide("/repo/x/../.git")[2] == 1
 
 
 # -- properties --------------------------------------------------------------------
 
-PIECES = ["/", "/", "//", ".", "..", "%2e", "%2E", "%2e%2E", "admin", "%61dmin", "%41",
-          "private", "public", "x", "x;p=1", "%c3%a9", "%25", "%7E", "~", "-", "old",
-          "secret", ".git"]
+SEGMENTS = [".", "..", "%2e", "%2E%2e", ".%2e", "admin", "%61dmin", "ADMIN", "private",
+            "%70rivate", "public", "x", "x;p=1", "%c3%a9", "%25", "%7E", "old", "secret",
+            ".git", "%2egit", ""]
 BAD = ["%2f", "%2F", "%5c", "\\", "%00", "%zz", "%2", "..;", ".;x"]
 
 
-def _path(pieces) -> str:
-    return "/" + "".join(pieces)
+def _paths(segments):
+    """Paths made of these segments, one or two slashes before each, maybe one after."""
+    parts = st.tuples(st.sampled_from(["/", "/", "/", "//"]), st.sampled_from(segments))
+    return st.tuples(st.lists(parts, max_size=8), st.sampled_from(["", "/"])).map(
+        lambda t: ("".join(a + b for a, b in t[0]) + t[1]) or "/")
 
 
-paths = st.lists(st.sampled_from(PIECES), max_size=14).map(_path)
-any_paths = st.lists(st.sampled_from(PIECES + BAD), max_size=14).map(_path)
+paths = _paths(SEGMENTS)
+any_paths = _paths(SEGMENTS + BAD)
 ascii_paths = st.text(st.characters(min_codepoint=0x21, max_codepoint=0x7e, exclude_characters="?"),
                       max_size=40).map(lambda s: "/" + s)
 policies = st.fixed_dictionaries({"merge_slashes": st.booleans(),
@@ -329,9 +336,9 @@ def test_rules_on_the_canonical_path_agree_with_a_resolving_server(raw):
     canon = canonical_path(raw)
     served = resolve(raw)
     assert resolve(canon) == served
-    route, denied, (public, _), _, _ = decisions(canon)
+    route, permitted, denied, (public, _), _, _ = decisions(canon)
     assert (denied == 0) == served.startswith("/admin/")
-    assert (route == 0) == served.startswith("/private/")
+    assert (route == 0) == (not permitted) == served.startswith("/private/")
     if route == 2:
         assert resolve(public).startswith("/sandbox/")
 

@@ -14,6 +14,7 @@ import json
 
 import pytest
 
+from support.configs import cache_site
 from support.procs import free_port, wait_until
 from support.rawhttp import Conn
 
@@ -194,3 +195,20 @@ def test_open_redirect_without_merge_slashes(backend_factory, forkproxy_factory)
     assert get(port, "/\\evil.example", host="redir.test").status == 400
     assert get(port, "/x/..//evil.example/", host="redir.test").headers["Location"] \
         == "/evil.example//"
+
+
+def test_the_cache_key_is_the_canonical_target(backend_factory, forkproxy_factory):
+    """Spellings of one URL are one cache entry (in-process cache: one connection,
+    so one worker, asks for all of them)."""
+    b = backend_factory("origin")
+    port = free_port()
+    forkproxy_factory(cache_site(port, b.addr))
+    b.reset()
+    query = "?hdr=Cache-Control:max-age%3D60"
+    seen = []
+    with Conn(port) as c:
+        for target in ("/c/x", "//c/./%78", "/c/y/../x", "http://app.test/%63//x"):
+            c.send(f"GET {target}{query} HTTP/1.1\r\nHost: app.test\r\n\r\n".encode())
+            seen.append(c.reply().headers["X-Cache"])
+    assert seen == ["MISS", "HIT", "HIT", "HIT"]
+    assert b.stats()["by_path"] == {"/c/x": 1}
