@@ -1454,6 +1454,8 @@ SETTINGS: tuple[Setting, ...] = (
             "query goes as received; the access log shows the target as received). A path with "
             "malformed percent-encoding (%zz, %2), %00, or a dot segment with parameters "
             "(/..;/) is answered 400. "
+            "Other ;parameters are kept as sent: a server that drops them (Tomcat reads "
+            "/admin;x/y as /admin/y) needs rules such as path_regex = \"^/admin[/;]\". "
             "With false, //admin/x stays another path than /admin/x, for rules and servers "
             "alike: only for servers that tell them apart.",
             _RELOAD, _bool),
