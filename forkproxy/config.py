@@ -51,6 +51,7 @@ from typing import Any, Callable
 import tomli
 
 from forkproxy.core.access import DenyRule, Methods, check_regex, compile_acl
+from forkproxy.core.canon import PathRefused, canonical_path
 from forkproxy.core.ratelimit import parse_rate
 from forkproxy.core.rewrite import HeaderRules, compile_rewrites
 from forkproxy.core.routing import RouteSpec, shadowed
@@ -105,6 +106,8 @@ class ServerConfig:
     max_head_size: int = 32768
     max_headers: int = 100
     max_uri_length: int = 8192
+    merge_slashes: bool = True
+    encoded_slashes: str = "reject"
     max_body_size: int = 104857600
     trusted_proxies: tuple = ()
     access: tuple[str, ...] = ()
@@ -783,6 +786,20 @@ def _route_path(value: Any) -> str:
     return value
 
 
+def _rule_path(value: Any) -> str:
+    """A path a rule compares with request paths, which are canonical (core.canon):
+    one that is not could never match, so it is refused with the form to write."""
+    _route_path(value)
+    try:
+        canon = canonical_path(value, merge_slashes=False, encoded_slashes="pass")
+    except PathRefused as e:
+        raise Invalid(f"{_quote(value)}: {e.reason}") from None
+    if canon != value:
+        raise Invalid(f"{_quote(value)} is not a canonical path, and request paths are "
+                      f"(see server.merge_slashes): write {_quote(canon)}")
+    return value
+
+
 def _regex(value: Any) -> str:
     try:
         re.compile(_str(value))
@@ -850,7 +867,7 @@ def _prefix(value: Any) -> str:
         compile_rewrites(strip_prefix=_str(value))
     except ValueError as e:
         raise Invalid(str(e).partition(" ")[2]) from None
-    return value
+    return _rule_path(value)
 
 
 def _rate(value: Any) -> str:
@@ -1246,7 +1263,8 @@ SECTIONS: tuple[Section, ...] = (
         "result of the previous one. "
         'In to, $1..$9 are the groups of from, ${name} or $name a named group or a variable '
         "($remote_addr, $request_id, $route, $host, $scheme, $request_uri, $uri, $args, "
-        "$is_args), and $$ a dollar sign. "
+        "$is_args), and $$ a dollar sign; $request_uri and $uri carry the canonical path "
+        "(see server.merge_slashes), and a rewritten path is made canonical again. "
         'to must start with "/"; a "?" in it starts a new query that replaces the '
         'request\'s ("/x?" drops it, "/x?a=1&$args" keeps it after a=1); without one the '
         "query is kept. "
@@ -1260,7 +1278,9 @@ SECTIONS: tuple[Section, ...] = (
         '{ to = "https://www.example.com$request_uri", status = 301 }. '
         "forkproxy answers itself; nothing goes upstream. "
         "to is expanded as in rewrite, after the rewrite steps ($uri and $args are the "
-        "rewritten path and query).",
+        "rewritten path and query). "
+        "A Location that would start with // or /\\ (another host, to a browser) keeps one "
+        "slash: GET //evil.example with to = \"$uri/\" is sent to /evil.example/.",
         optional=True,
     ),
     Section(
@@ -1447,6 +1467,28 @@ SETTINGS: tuple[Setting, ...] = (
             "Longest request target accepted, in bytes. "
             "A longer one is answered 414.",
             _RELOAD, _int(1)),
+    Setting("server", "merge_slashes", "boolean", True,
+            "Merge runs of slashes in request paths into one (//admin/x is /admin/x), as nginx. "
+            "Every request path is canonicalised once, before anything looks at it: escapes of "
+            "unreserved characters decoded (%61 is a) and other escapes written in uppercase "
+            "hex, slashes merged (with this key), dot segments removed (/a/../b and /a/%2e%2e/b "
+            "are /b). Routes, access, deny rules, strip_prefix, add_prefix, rewrite, redirect, "
+            "explain and the cache all judge that path, and it is the path sent upstream (the "
+            "query goes as received; the access log shows the target as received). A path with "
+            "malformed percent-encoding (%zz, %2), %00, or a dot segment with parameters "
+            "(/..;/) is answered 400. "
+            "Other ;parameters are kept as sent: a server that drops them (Tomcat reads "
+            "/admin;x/y as /admin/y) needs rules such as path_regex = \"^/admin[/;]\". "
+            "With false, //admin/x stays another path than /admin/x, for rules and servers "
+            "alike: only for servers that tell them apart.",
+            _RELOAD, _bool),
+    Setting("server", "encoded_slashes", '"reject" or "pass"', "reject",
+            "What an encoded slash or backslash (%2F, %5C) or a raw backslash in a request path "
+            'gets. "reject": 400, since no rule can know whether the server behind reads it as '
+            'a separator. "pass": kept encoded (%2F, %5C, a raw backslash sent as %5C), never a '
+            "separator for a rule: use it only for servers that do not decode them into "
+            "separators either.",
+            _RELOAD, _enum("encoded_slashes", ("reject", "pass"))),
     Setting("server", "max_body_size", "size", "100m",
             "Largest request body accepted. "
             "A larger one is answered 413. "
@@ -1709,12 +1751,15 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("route", "path", "path prefix", None,
             'Match only paths starting with this prefix, which must start with "/". '
             'Write "/api/" to match /api/x but not /apix. '
-            "Exclusive with path_regex.",
-            _RELOAD, _route_path, example="/api/"),
+            "Exclusive with path_regex. "
+            "Compared with the canonical path (see server.merge_slashes).",
+            _RELOAD, _rule_path, example="/api/"),
     Setting("route", "path_regex", "regular expression", None,
             "Match only paths where this Python regular expression is found. "
             'Anchor it with "^" yourself. '
-            "Exclusive with path.",
+            "Exclusive with path. "
+            "The path is the canonical one (see server.merge_slashes): no dot segments, "
+            "escapes of other than unreserved characters in uppercase hex.",
             _RELOAD, _regex, example="^/(img|css)/"),
     Setting("route", "host_header", "host name", None,
             "Host header sent upstream instead of the client's.",
@@ -1760,8 +1805,8 @@ SETTINGS: tuple[Setting, ...] = (
             _RELOAD, _int(1), example=50),
     # deny = [{ ... }]
     Setting("route.deny", "path", "path prefix", None,
-            "The path starts with this prefix.",
-            _RELOAD, _route_path, example="/admin/"),
+            "The path starts with this prefix (the canonical path: see server.merge_slashes).",
+            _RELOAD, _rule_path, example="/admin/"),
     Setting("route.deny", "path_regex", "regular expression", None,
             "The regular expression is found in the path.",
             _RELOAD, _regex, example="\\.(git|env)(/|$)"),

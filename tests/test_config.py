@@ -266,6 +266,19 @@ BAD = [
       "unterminated character set at position 1"]),
     ("path without slash", MINIMAL.replace('pool = "app"', 'pool = "app"\npath = "api"'),
      ['t.toml:7: route[0].path: must start with "/", got "api"']),
+    # issue 16: request paths are canonical, so a rule's path must be too
+    ("path not canonical", MINIMAL.replace('pool = "app"', 'pool = "app"\npath = "/%61pi/./v1/../"'),
+     ['t.toml:7: route[0].path: "/%61pi/./v1/../" is not a canonical path, and request paths '
+      'are (see server.merge_slashes): write "/api/"']),
+    ("deny path never judged", MINIMAL.replace('pool = "app"', 'pool = "app"\n'
+                                               'deny = [{ path = "/admin%2f" }]\n'
+                                               'strip_prefix = "/a/../b"'),
+     ['t.toml:7: route[0].deny[0].path: "/admin%2f" is not a canonical path, and request paths '
+      'are (see server.merge_slashes): write "/admin%2F"',
+      't.toml:8: route[0].strip_prefix: "/a/../b" is not a canonical path, and request paths '
+      'are (see server.merge_slashes): write "/b"']),
+    ("encoded_slashes unknown", '[server]\nencoded_slashes = "decode"\n' + MINIMAL,
+     ['t.toml:2: server.encoded_slashes: unknown value "decode"; expected one of: reject, pass']),
     ("route cache not a boolean", MINIMAL.replace('pool = "app"', 'pool = "app"\ncache = "yes"'),
      ['t.toml:7: route[0].cache: expected true or false, got a string']),
     ("route cache_set_cookie", MINIMAL.replace('pool = "app"', 'pool = "app"\ncache_set_cookie = "skip"'),
@@ -646,7 +659,7 @@ def configs(draw):
         RouteConfig(i, draw(st.sampled_from(pool_names)),
                     tuple(draw(st.lists(st.sampled_from([lst.name for lst in listeners]), max_size=2))),
                     draw(st.one_of(st.none(), st.sampled_from(["a.example", "*.example.com"]))),
-                    draw(st.one_of(st.none(), st.sampled_from(["/", "/api/", '/q"uote\\'])) ),
+                    draw(st.one_of(st.none(), st.sampled_from(["/", "/api/", '/q"uote'])) ),
                     None,
                     draw(st.one_of(st.none(), st.just("up.internal"))),
                     draw(st.one_of(st.none(), st.integers(0, 1 << 33))))
@@ -659,7 +672,7 @@ def configs(draw):
         max_head_size=draw(st.integers(1, 1 << 20)),
         trusted_proxies=tuple(draw(st.lists(st.ip_addresses().map(ipaddress.ip_network), max_size=3))),
         user=draw(st.one_of(st.none(), st.just("nobody"))),
-        error_log=draw(st.sampled_from(["-", "/var/log/é.log", "a\tb"])),
+        error_log=draw(st.sampled_from(["-", "/var/log/é.log", "a\tb", "back\\slash"])),
         access_log_format=draw(st.sampled_from(["combined", "json"])),
         initial_health=draw(st.sampled_from(["up", "down"])),
     )

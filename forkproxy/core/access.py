@@ -33,7 +33,8 @@ into a ``ConfigError`` with the key path, so ``forkproxy -t`` reports it):
 
 Headers are ``(lower-case name, value)`` pairs as produced by
 ``forkproxy.core.http1``; ``path`` is the path without the query and
-``query`` the part after ``?`` ("" when absent), both as received.
+``query`` the part after ``?`` ("" when absent): the path canonical
+(``core.canon``), the query as received.
 """
 
 from __future__ import annotations

@@ -32,7 +32,10 @@ Steps:
                   kept.
     redirect      answered by forkproxy itself: ``Redirect(status, location)``
                   with ``to`` expanded; status 301, 302 (default), 303, 307 or
-                  308.
+                  308. A location that would start with two slashes or
+                  backslashes in any mix (``//evil.example``, ``/\\evil``: a
+                  browser reads them as another host) keeps one ``/``, so a
+                  redirect built from a template stays on the site.
 
 Templates: ``$1``..``$9`` capture groups of the rule's ``from`` (one digit:
 ``$10`` is ``$1`` then ``0``), ``${name}`` or ``$name`` a named group or else a
@@ -44,7 +47,8 @@ expands to "". Variables (values given by the caller at request time):
     everywhere    ``$remote_addr`` (real client address), ``$request_id``,
                   ``$route`` (the matched route's name or index), ``$host``
                   (request host, no port), ``$scheme`` (``http``/``https``)
-    URL steps     ``$request_uri`` (original target, given by the caller),
+    URL steps     ``$request_uri`` (the target before these steps, given by the
+                  caller: its path canonical, ``core.canon``),
                   ``$uri`` and ``$args`` (path and query as rewritten so far,
                   computed here), ``$is_args`` (``?`` when ``$args`` is set)
     header rules  ``$upstream_addr`` (the server chosen; "" before the pick)
@@ -238,8 +242,17 @@ class Rewriter:
                 path = new_path
             if self.redirect is not None:
                 local.update(uri=path, args=query, is_args="?" if query else "")
-                return Redirect(self._redirect_status, self.redirect.expand(local, uri_safe=True))
+                return Redirect(self._redirect_status,
+                                _same_site(self.redirect.expand(local, uri_safe=True)))
         return path, query
+
+
+def _same_site(location: str) -> str:
+    """``location`` without the second leading slash or backslash that would make it
+    scheme-relative (``//host``; browsers take ``\\`` for ``/``): an open redirect."""
+    if location[:1] in ("/", "\\") and location[1:2] in ("/", "\\"):
+        return "/" + location.lstrip("/\\")
+    return location
 
 
 def compile_rewrites(strip_prefix: str | None = None, add_prefix: str | None = None,

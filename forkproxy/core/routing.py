@@ -34,8 +34,8 @@ a default route and matches everything):
     path_regex  ``re.search`` on the path (anchor with ``^`` yourself).
 
 ``path`` is the path part of the request target without the query string,
-as received (no percent-decoding or dot-segment removal here: the session
-normalises, or not, before calling).
+in canonical form (``core.canon``: the session canonicalises every request
+before routing it; nothing is decoded here).
 """
 
 from __future__ import annotations

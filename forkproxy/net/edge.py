@@ -13,7 +13,9 @@ Session calls, in this order:
     after routing, before anything goes upstream: ``.answer`` is None or
     the ``Answer`` to send instead (403, 404..., 405 with Allow, 429 with
     Retry-After, 414, 431, a redirect); otherwise ``.target`` is the target
-    to send upstream (rewritten). The checks run in the order ACL, methods,
+    to send upstream (rewritten; ``target`` must be canonical, see
+    ``session.canonical_request``, and a rewritten path is made canonical
+    again, 400 when it cannot be). The checks run in the order ACL, methods,
     limits, deny rules, rate limit, rewrites/redirect; an answer's ``why``
     names the rule, for the error log. ``rec.request_id`` is kept when set,
     else chosen by ``Edge.request_id(req, peer)`` (a trusted proxy's
@@ -45,6 +47,7 @@ from operator import itemgetter
 from forkproxy.config import Config
 from forkproxy.core import headers as hdr
 from forkproxy.core.access import DenyRule, Methods, compile_acl, first_denial
+from forkproxy.core.canon import PathRefused, canonical_path
 from forkproxy.core.connlimit import ConnTable, connlimit_size
 from forkproxy.core.ratelimit import RateLimiter, parse_rate, ratelimit_size
 from forkproxy.core.rewrite import HeaderRules, Redirect, compile_rewrites
@@ -157,6 +160,7 @@ class Edge:
                       if shared["conns"] is not None and self.slot is not None else None)
         self.server_pages = {p.status: (p.body, p.content_type) for p in cfg.server.error_pages}
         self.trusted = hdr.parse_networks(cfg.server.trusted_proxies)
+        self.canon = (cfg.server.merge_slashes, cfg.server.encoded_slashes)
         self._rand = random.Random(os.urandom(16))
 
     # -- connections -------------------------------------------------------
@@ -218,7 +222,15 @@ class Edge:
                 if isinstance(got, Redirect):
                     er.answer = Answer(got.status, "redirect", (("Location", got.location),))
                 else:
-                    er.target = got[0] + ("?" + got[1] if got[1] else "")
+                    # A rewrite may put text from the query ($args) or its own
+                    # dot segments in the path: what goes upstream is canonical too.
+                    try:
+                        path = canonical_path(got[0], *self.canon)
+                    except PathRefused as exc:
+                        er.answer = Answer(exc.status, f"rewrite of route {rules.index} made "
+                                           f"a path no rule can judge: {exc.reason}")
+                        return er
+                    er.target = path + ("?" + got[1] if got[1] else "")
         return er
 
     def _check(self, rules: RouteRules, req, client: str, target: str,

@@ -6,7 +6,8 @@ decisions on it, in the request path's order, stopping before anything
 leaves the worker:
 
 1. the head is parsed by ``core.http1`` with the server's limits (400, 414, 431);
-2. ``session.request_target``, then the router (404 when no route matches);
+2. ``session.canonical_request`` (400 for a path no rule can judge),
+   ``session.request_target``, then the router (404 when no route matches);
 3. ``Edge.request(count=False)``: access list, methods, the route's limits,
    deny rules, then rewrites or a redirect; ``session.https_location`` for a
    ``redirect_https`` route; ``session.body_limit`` (413);
@@ -54,8 +55,8 @@ import copy
 from forkproxy.core import http1
 from forkproxy.core.cache_policy import Action
 from forkproxy.logs import AccessRecord
-from forkproxy.net.session import (Runtime, body_limit, https_location, no_route_why,
-                                   no_server_why, request_target, sticky_choice)
+from forkproxy.net.session import (Runtime, body_limit, canonical_request, https_location,
+                                   no_route_why, no_server_why, request_target, sticky_choice)
 
 __all__ = ["explain", "BadQuestion", "request_for"]
 
@@ -126,6 +127,7 @@ def request_for(rt: Runtime, method: str, target: str, host: str, headers) -> ht
 
 def _walk(rt: Runtime, doc: dict, lc, proto: str, req: http1.Request, peer: str) -> None:
     """Fill ``doc`` along the request path; returns at the first answer forkproxy gives itself."""
+    req = canonical_request(req, *rt.canon)
     host_value, host, path, target = request_target(req)
     route = rt.router.match(lc.name, host, path)
     if route is None:

@@ -33,6 +33,7 @@ from forkproxy.config import Config, ListenerConfig
 from forkproxy.core import encoding, failover
 from forkproxy.core import headers as hdr
 from forkproxy.core import http1
+from forkproxy.core.canon import PathRefused, canonical_path
 from forkproxy.core.routing import Router, RouteSpec
 from forkproxy.core.table import Table
 from forkproxy.logs import AccessLog, AccessRecord, error_line
@@ -100,6 +101,7 @@ class Runtime:
         s = cfg.server
         self.limits = http1.Limits(max_uri_length=s.max_uri_length, max_headers=s.max_headers,
                                    max_head_size=s.max_head_size)
+        self.canon = (s.merge_slashes, s.encoded_slashes)  # canonical_request's policy
         self.routes = cfg.routes
         self.router = Router([RouteSpec(index=r.index, pool=r.pool, listeners=frozenset(r.listener),
                                         host=r.host, path=r.path, path_regex=r.path_regex)
@@ -436,6 +438,9 @@ class Session:
             if rt.access_log.enabled:  # only the access log shows them
                 rec.referer, rec.user_agent = req.get("referer"), req.get("user-agent")
             rec.request_id = rt.edge.request_id(req, self.peer)
+            # From here on every decision, the cache and the upstream head see
+            # the canonical target; the logs keep the one received.
+            req = canonical_request(req, *rt.canon)
             keep = self.proxy(req, rec)
             return keep
         except http1.ProtocolError as exc:
@@ -1158,6 +1163,37 @@ def no_route_why(listener: str, host: str | None, path: str) -> str:
 def no_server_why(pool: str) -> str:
     """The 503's reason when no server of ``pool`` is a candidate (the error log, ``explain``)."""
     return f'no server up in pool "{pool}"'
+
+
+def canonical_request(req, merge_slashes: bool = True, encoded_slashes: str = "reject"):
+    """``req`` with the path of its target canonical (``core.canon``), query as received.
+
+    ``req`` itself when its path already is (the common case: no copy).
+    Absolute-form targets keep their scheme and authority.  A path no rule
+    can judge raises ``ProtocolError(400)`` with canon's reason.  The
+    request path and ``forkproxyctl explain`` both call it, first thing.
+    """
+    target = req.target
+    if "%" not in target and "/." not in target and "//" not in target and "\\" not in target:
+        return req  # the hot path: nothing canon could change, in the path or the query
+    if target[0] == "/":
+        start = 0
+    elif target[:7].lower() == "http://" or target[:8].lower() == "https://":
+        i = target.index("://") + 3
+        start, q = target.find("/", i), target.find("?", i)
+        if start < 0 or 0 <= q < start:  # no path: request_target sends "/"
+            return req
+    else:  # asterisk-form, authority-form
+        return req
+    q = target.find("?", start)
+    path = target[start:] if q < 0 else target[start:q]
+    try:
+        canon = canonical_path(path, merge_slashes, encoded_slashes)
+    except PathRefused as exc:
+        raise http1.ProtocolError(exc.status, exc.reason) from None
+    if canon is path:
+        return req
+    return req._replace(target=target[:start] + canon + ("" if q < 0 else target[q:]))
 
 
 def request_target(req) -> tuple[str | None, str | None, str, str]:

@@ -51,6 +51,25 @@ def test_redirects(steps, path, query, redirect):
     assert compile_rewrites(**steps).apply(path, query, V) == redirect
 
 
+@pytest.mark.parametrize("to, path, query, location", [
+    # issue 16: GET //evil.example with redirect to "$uri/" (merge_slashes off,
+    # or any path a template puts first) must not send the browser to evil.example
+    ("$uri/", "//evil.example", "", "/evil.example/"),
+    ("$uri/", "///evil.example", "", "/evil.example/"),
+    ("$uri", "/\\evil.example", "", "/evil.example"),
+    ("$args", "/", "//evil.example/x", "/evil.example/x"),
+    ("$args", "/", "\\\\evil.example", "/evil.example"),
+    ("$args", "/", "\\/evil.example", "/evil.example"),
+    ("/$args", "/", "/evil.example", "/evil.example"),
+    # what stays as it was: one leading slash, absolute URLs, relative references
+    ("$uri/", "/a//b", "", "/a//b/"),
+    ("https://$host$uri", "//evil.example", "", "https://ex.com//evil.example"),
+    ("$args", "/", "x/y", "x/y"),
+])
+def test_redirect_location_is_never_scheme_relative(to, path, query, location):
+    assert compile_rewrites(redirect=(to, 302)).apply(path, query, V).location == location
+
+
 def test_unsafe_variable_values_are_percent_encoded_in_urls():
     r = compile_rewrites(redirect=("https://$host/x", 302))
     loc = r.apply("/", "", {"host": "a\r\nSet-Cookie: x"}).location
