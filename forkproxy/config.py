@@ -49,7 +49,8 @@ from typing import Any, Callable
 
 import tomli
 
-from forkproxy.core.access import DenyRule, Methods, check_regex, compile_acl
+from forkproxy.core.access import DenyRule, Methods, compile_acl
+from forkproxy.core.patterns import PatternError, compile_pattern
 from forkproxy.core.ratelimit import parse_rate
 from forkproxy.core.rewrite import HeaderRules, compile_rewrites
 from forkproxy.errors import EX_CONFIG, EX_OK, EX_USAGE, ConfigError, ConfigErrors
@@ -770,12 +771,9 @@ def _route_path(value: Any) -> str:
 
 def _regex(value: Any) -> str:
     try:
-        re.compile(_str(value))
-    except re.error as e:
-        raise Invalid(f"invalid regular expression {_quote(value)}: {e}") from None
-    reason = check_regex(value)
-    if reason:  # a request could make it backtrack for hours
-        raise Invalid(f"regular expression {_quote(value)} refused: {reason}")
+        compile_pattern(_str(value))
+    except PatternError as e:  # matching must stay linear in time: RE2 only
+        raise Invalid(f"regular expression {_quote(value)} refused by RE2: {e.reason}") from None
     return value
 
 
@@ -1191,10 +1189,12 @@ SECTIONS: tuple[Section, ...] = (
         "status (403 by default) and nothing goes upstream. "
         "They run after access and methods, and before rate_limit. "
         "Path and query are matched as received, before any rewrite. "
-        "Regular expressions are Python's, searched (anchor them yourself), compiled when "
-        "the file is loaded, and refused when their shape could make matching take "
-        "exponential time (nested or empty-matching repetitions such as (a+)+, repeated "
-        "alternations whose branches overlap such as (a|ab)*, backreferences, lookaround).",
+        "Regular expressions are searched (anchor them yourself) with RE2, which matches in "
+        "time linear in the input whatever the pattern, and are compiled when the file is "
+        "loaded. RE2's syntax is Python's without backreferences, lookaround, conditionals, "
+        "atomic groups, possessive quantifiers and (?x); write \\z for \\Z; repetition "
+        "counts go up to 1000; \\d, \\w, \\s and \\b are ASCII-only; {,n} is literal "
+        "(write {0,n}). forkproxy -t refuses what RE2 cannot compile and says why.",
     ),
     Section(
         "route.rate_limit",
@@ -1683,7 +1683,7 @@ SETTINGS: tuple[Setting, ...] = (
             "Exclusive with path_regex.",
             _RELOAD, _route_path, example="/api/"),
     Setting("route", "path_regex", "regular expression", None,
-            "Match only paths where this Python regular expression is found. "
+            "Match only paths where this regular expression (RE2, as in route.deny) is found. "
             'Anchor it with "^" yourself. '
             "Exclusive with path.",
             _RELOAD, _regex, example="^/(img|css)/"),
@@ -1953,7 +1953,8 @@ SETTINGS: tuple[Setting, ...] = (
             "Any other status is a failure.",
             _RELOAD, _status_ranges, _r_status, when=("type", "http")),
     Setting("pool.health", "expect_body", "regular expression", None,
-            "When set, a probe also needs this Python regular expression to be found in the "
+            "When set, a probe also needs this regular expression (RE2, as in route.deny) "
+            "to be found in the "
             "first 64 KiB of the response body, as HAProxy's http-check expect rstring. "
             "It is compiled when the file is loaded.",
             _RELOAD, _regex, example="\"status\":\\s*\"ok\"", when=("type", "http")),

@@ -28,7 +28,8 @@ a default route and matches everything):
     path        a prefix of the request path (``/api/`` matches ``/api/x``
                 but not ``/apix``; ``/api`` matches both: write the slash when
                 you mean a directory, as in nginx ``location``).
-    path_regex  ``re.search`` on the path (anchor with ``^`` yourself).
+    path_regex  searched in the path with RE2 (``forkproxy.core.patterns``;
+                anchor with ``^`` yourself).
 
 ``path`` is the path part of the request target without the query string,
 as received (no percent-decoding or dot-segment removal here: the session
@@ -37,9 +38,10 @@ normalises, or not, before calling).
 
 from __future__ import annotations
 
-import re
 from dataclasses import dataclass
 from typing import Sequence
+
+from .patterns import compile_pattern
 
 __all__ = ["RouteSpec", "Router"]
 
@@ -104,10 +106,7 @@ class Router:
                 exact, suffix = _compile_host(spec.host)
             search = None
             if spec.path_regex is not None:
-                try:
-                    search = re.compile(spec.path_regex).search
-                except re.error as e:
-                    raise ValueError(f"invalid path_regex {spec.path_regex!r}: {e}") from None
+                search = compile_pattern(spec.path_regex).search
             compiled.append(
                 (
                     frozenset(spec.listeners) or None,
