@@ -7,11 +7,15 @@ looks only at what real clients and backends saw.
 
 from __future__ import annotations
 
+import contextlib
 import json
+import socket
 import subprocess
 import sys
+import threading
 
 import pytest
+import requests
 
 from support.procs import free_port
 from support.rawhttp import Conn
@@ -88,3 +92,86 @@ def test_config_check_names_key_line_and_re2_reason(tmp_path):
             "invalid perl operator: (?<= (RE2 has no lookbehind)") in r.stderr
     assert (f'{conf}:8: route[0].rewrite[0].from: regular expression "(a)\\\\1" refused by RE2: '
             "invalid escape sequence: \\1 (RE2 has no backreferences)") in r.stderr
+
+
+# -- Transfer-Encoding: exactly chunked, or 501 --------------------------------------
+
+
+@contextlib.contextmanager
+def _naive_backend():
+    """A keep-alive HTTP/1.1 server that, like many, knows a body only by
+    ``Transfer-Encoding: chunked`` alone or Content-Length: any other
+    Transfer-Encoding it takes for no body, and reads what follows as the
+    next request.  Answers 200 with the request line as the body.  Yields
+    (address, request lines seen); stopped on exit."""
+    srv = socket.socket()
+    srv.bind(("127.0.0.1", 0))
+    srv.listen(64)
+    srv.settimeout(0.2)  # so the loop sees the stop flag
+    stop = threading.Event()
+    seen: list[bytes] = []
+
+    def one(c):
+        with c:
+            c.settimeout(30)
+            f = c.makefile("rb")
+            try:
+                while not stop.is_set():
+                    head = []
+                    while (line := f.readline(65536)) not in (b"\r\n", b""):
+                        head.append(line)
+                    if not head:
+                        return
+                    seen.append(head[0].strip())
+                    fields = {k.strip().lower(): v.strip() for k, _, v in
+                              (h.decode("latin-1").partition(":") for h in head[1:])}
+                    if fields.get("transfer-encoding", "").lower() == "chunked":
+                        while (size := int(f.readline(1024).split(b";")[0], 16)):
+                            f.read(size + 2)
+                        f.readline(1024)
+                    elif "content-length" in fields:
+                        f.read(int(fields["content-length"]))
+                    body = head[0].strip()
+                    c.sendall(b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\n\r\n%s" % (len(body), body))
+            except (OSError, ValueError):
+                return
+
+    def accept():
+        while not stop.is_set():
+            try:
+                c, _ = srv.accept()
+            except socket.timeout:
+                continue
+            threading.Thread(target=one, args=(c,), daemon=True).start()
+
+    t = threading.Thread(target=accept, daemon=True)
+    t.start()
+    try:
+        yield "127.0.0.1:%d" % srv.getsockname()[1], seen
+    finally:
+        stop.set()
+        t.join(5)
+        srv.close()
+
+
+@pytest.mark.parametrize("te", ["gzip, chunked", "identity, chunked", "IDENTITY,Chunked",
+                                "gzip\r\nTransfer-Encoding: chunked"])
+def test_transfer_coding_before_chunked_is_501_and_never_reaches_a_pooled_connection(
+        forkproxy_factory, te):
+    smuggled = b"GET /smuggled HTTP/1.1\r\nHost: a\r\n\r\n"
+    attack = (f"POST /attack HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: {te}\r\n\r\n".encode()
+              + b"%x\r\n%s\r\n0\r\n\r\n" % (len(smuggled), smuggled))
+    with _naive_backend() as (addr, seen):
+        port = free_port()
+        forkproxy_factory(_site(port, addr), server={"workers": 1})
+        with Conn(port) as c:
+            c.send(attack)
+            reply = c.reply("POST")
+            assert reply.status == 501 and reply.headers["Connection"] == "close"
+            assert c.closed_by_peer()
+        # 80 innocent GETs on the worker's pooled upstream connections: each gets its own answer
+        with requests.Session() as s:
+            for n in range(80):
+                r = s.get(f"http://127.0.0.1:{port}/innocent/{n}", timeout=30)
+                assert (r.status_code, r.text) == (200, f"GET /innocent/{n} HTTP/1.1"), n
+        assert not [line for line in seen if b"attack" in line or b"smuggled" in line]
