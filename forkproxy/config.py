@@ -105,6 +105,7 @@ class ServerConfig:
     max_uri_length: int = 8192
     max_body_size: int = 104857600
     trusted_proxies: tuple = ()
+    underscores_in_headers: bool = False
     access: tuple[str, ...] = ()
     hide_headers: tuple[str, ...] = ("server", "x-powered-by")
     error_pages: tuple = ()
@@ -1435,6 +1436,13 @@ SETTINGS: tuple[Setting, ...] = (
             "headers are trusted and extended. "
             "Those headers from any other peer are replaced.",
             _RELOAD, _networks, _r_networks, example=["10.0.0.0/8", "192.0.2.1"]),
+    Setting("server", "underscores_in_headers", "boolean", False,
+            "Forward request header fields whose names contain an underscore. "
+            "Off (as nginx's underscores_in_headers): such fields are dropped before the "
+            "request goes upstream, the request itself is served, because CGI, WSGI and "
+            "PHP backends read X_Forwarded_For and X-Forwarded-For as the same "
+            "HTTP_X_FORWARDED_FOR and a client could pass off its own forwarding headers.",
+            _RELOAD, _bool),
     Setting("server", "access", 'array of "allow CIDR" and "deny CIDR"', [],
             "Address access list of every route that sets none, tried in order as nginx's "
             "allow and deny: the first entry that matches the client address decides, and an "

@@ -110,6 +110,7 @@ def forwarded_for_request(
     trusted: bool,
     via: str = "1.1 forkproxy",
     drop: frozenset[str] = frozenset(),
+    underscores: bool = False,
 ) -> _Headers:
     """Return ``headers`` with X-Forwarded-For/-Proto/-Host, Forwarded and Via set.
 
@@ -123,7 +124,10 @@ def forwarded_for_request(
     Forwarded and X-Real-IP is dropped and fresh ones are written (X-Real-IP
     is not written).  Via: existing values are kept and ``via`` is appended,
     in one field at the end.  ``host`` None means no X-Forwarded-Host and no
-    ``host=`` pair in Forwarded.
+    ``host=`` pair in Forwarded.  ``underscores=False`` (nginx's
+    ``underscores_in_headers off``) drops every field whose name contains
+    ``_``: CGI and WSGI map ``-`` and ``_`` alike to ``HTTP_X_FORWARDED_FOR``,
+    so ``X_Forwarded_For`` would otherwise get past the stripping above.
     """
     xff: list[str] = []
     fwd: list[str] = []
@@ -131,7 +135,7 @@ def forwarded_for_request(
     xfp = xfh = None
     out: _Headers = []
     for n, v in headers:
-        if n in drop:
+        if n in drop or (not underscores and "_" in n):
             continue
         if n == "via":
             vias.append(v)

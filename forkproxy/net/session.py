@@ -590,7 +590,8 @@ class Session:
         return hdr.forwarded_for_request(
             req.headers, client_addr=self.peer, proto=self.proto, host=host_value,
             trusted=self.rt.trusted_peer(self.peer),
-            drop=hdr.hop_by_hop(req.headers, REWRITTEN_REQUEST_FIELDS, tokens))
+            drop=hdr.hop_by_hop(req.headers, REWRITTEN_REQUEST_FIELDS, tokens),
+            underscores=self.rt.cfg.server.underscores_in_headers)
 
     @staticmethod
     def _framing_fields(req) -> list:

@@ -96,6 +96,30 @@ def test_trusted_without_incoming_values_writes_ours():
     assert fields(out, "forwarded") == ["for=10.0.0.2;proto=https"]
 
 
+# Names CGI/WSGI read as HTTP_X_FORWARDED_FOR, HTTP_X_REAL_IP...: dropped unless
+# underscores are allowed (nginx's underscores_in_headers), whoever the peer is.
+UNDERSCORED = [("x_forwarded_for", "6.6.6.6"), ("x_real_ip", "6.6.6.6"), ("x-forwarded_for", "6.6.6.6"),
+               ("forwarded_", "for=6.6.6.6"), ("_", "1"), ("my_header", "kept only when allowed")]
+
+
+@pytest.mark.parametrize("trusted", [False, True])
+@pytest.mark.parametrize("field", UNDERSCORED)
+def test_underscored_names_are_dropped_by_default(field, trusted):
+    incoming = [("host", "a"), field, ("accept", "*/*")]
+    out = forwarded_for_request(incoming, client_addr="203.0.113.7", proto="http", host="a", trusted=trusted)
+    assert field not in out
+    assert out[:2] == [("host", "a"), ("accept", "*/*")]
+    assert fields(out, "x-forwarded-for") == ["203.0.113.7"]
+
+
+@pytest.mark.parametrize("field", UNDERSCORED)
+def test_underscored_names_kept_when_allowed(field):
+    incoming = [("host", "a"), field, ("accept", "*/*")]
+    out = forwarded_for_request(incoming, client_addr="203.0.113.7", proto="http", host="a",
+                                trusted=False, underscores=True)
+    assert out[:3] == incoming
+
+
 @pytest.mark.parametrize("addr,node", [
     ("192.0.2.43", "192.0.2.43"),
     ("2001:db8::1", '"[2001:db8::1]"'),

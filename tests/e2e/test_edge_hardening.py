@@ -175,3 +175,27 @@ def test_transfer_coding_before_chunked_is_501_and_never_reaches_a_pooled_connec
                 r = s.get(f"http://127.0.0.1:{port}/innocent/{n}", timeout=30)
                 assert (r.status_code, r.text) == (200, f"GET /innocent/{n} HTTP/1.1"), n
         assert not [line for line in seen if b"attack" in line or b"smuggled" in line]
+
+
+# -- header names with underscores ---------------------------------------------------
+
+
+@pytest.mark.parametrize("allow", [False, True])
+def test_underscored_header_names_never_reach_the_backend_by_default(
+        backend_factory, forkproxy_factory, allow):
+    b = backend_factory("origin")
+    port = free_port()
+    forkproxy_factory(_site(port, b.addr), server={"underscores_in_headers": True} if allow else None)
+    with Conn(port) as c:
+        c.send(b"GET /echo HTTP/1.1\r\nHost: a\r\nX_Forwarded_For: 6.6.6.6\r\nX_Real_IP: 6.6.6.6\r\n"
+               b"X-Forwarded_Proto: https\r\nX-Plain: 1\r\n\r\n")
+        reply = c.reply()
+    assert reply.status == 200  # the request is served, as nginx does; only the fields go
+    seen = {n.lower(): v for n, v in json.loads(reply.body)["headers"]}
+    assert seen["x-plain"] == "1" and seen["x-forwarded-for"] == "127.0.0.1"
+    underscored = {n: v for n, v in seen.items() if "_" in n}
+    if allow:
+        assert underscored == {"x_forwarded_for": "6.6.6.6", "x_real_ip": "6.6.6.6",
+                               "x-forwarded_proto": "https"}
+    else:
+        assert underscored == {}
