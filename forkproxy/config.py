@@ -121,6 +121,7 @@ class ServerConfig:
     tunnel_timeout: float = 3600.0
     admin: str | None = None
     admin_token: str | None = None
+    admin_names: tuple[str, ...] = ()
 
 
 # Mozilla's "intermediate" TLS 1.2 suites (TLS 1.3 suites are OpenSSL's own
@@ -762,6 +763,15 @@ def _route_host(value: Any) -> str:
     elif not _HOSTNAME_RE.match(body):
         raise Invalid(f'invalid host {_quote(value)}: expected a name such as "shop.example.com" or "*.example.com"')
     return host
+
+
+def _host_names(value: Any) -> tuple[str, ...]:
+    if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+        raise Invalid(f"expected an array of host names, got {_tname(value)}")
+    for v in value:
+        if not _HOSTNAME_RE.match(v):
+            raise Invalid(f'invalid host name {_quote(v)}: expected a name such as "admin.example.com"')
+    return tuple(v.lower().rstrip(".") for v in value)
 
 
 def _route_path(value: Any) -> str:
@@ -1540,6 +1550,13 @@ SETTINGS: tuple[Setting, ...] = (
             "is not a loopback address). Unset: commands are refused. forkproxyctl "
             "reads it from here or from $FORKPROXY_ADMIN_TOKEN.",
             _RELOAD, _opt_str, example="change-me"),
+    Setting("server", "admin_names", "array of host names", [],
+            "Host names the admin endpoint answers to, besides localhost, the name in "
+            "server.admin and any IP address. A request with another Host is answered 421, "
+            "so a web page that rebinds its own DNS name to the admin address (DNS "
+            "rebinding) cannot read /status, /metrics or /explain from a browser. "
+            "The port of the Host is not compared (an SSH tunnel changes it).",
+            _RELOAD, _host_names, _r_list, example=["forkproxy-admin.internal"]),
     # [cache]
     Setting("cache", "servers", 'array of "HOST:PORT"', [],
             "memcached servers (keys spread by consistent hashing). "

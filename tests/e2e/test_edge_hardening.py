@@ -17,7 +17,7 @@ import threading
 import pytest
 import requests
 
-from support.procs import free_port
+from support.procs import free_port, wait_until
 from support.rawhttp import Conn
 from support.runner import REPO_ROOT, _child_env
 
@@ -199,3 +199,42 @@ def test_underscored_header_names_never_reach_the_backend_by_default(
                                "x-forwarded_proto": "https"}
     else:
         assert underscored == {}
+
+
+# -- the admin endpoint answers only to its own names (DNS rebinding) -----------------
+
+
+ADMIN_HOSTS = [
+    ("evil.example", 421), ("evil.example:{aport}", 421), ("127.0.0.1.evil.example", 421),
+    ("localhost.evil.example", 421), ("", 421),
+    ("127.0.0.1:{aport}", 200), ("127.0.0.1", 200), ("localhost:{aport}", 200), ("LOCALHOST.:8080", 200),
+    ("[::1]:{aport}", 200), ("admin.internal", 200), ("Admin.Internal:9", 200),
+]
+
+
+def test_admin_refuses_a_host_that_is_not_its_own(backend_factory, forkproxy_factory):
+    b = backend_factory("origin")
+    port, aport = free_port(), free_port()
+    fp = forkproxy_factory(_site(port, b.addr), server={
+        "admin": f"127.0.0.1:{aport}", "admin_names": ["admin.internal"]})
+    for host, status in ADMIN_HOSTS:
+        host = host.format(aport=aport)
+        for path in ("/status", "/metrics", f"/explain?url=http://a:{port}/", "/"):
+            with Conn(aport) as c:
+                c.send(f"GET {path} HTTP/1.1\r\nHost: {host}\r\n\r\n".encode())
+                reply = c.reply()
+            assert reply.status == status, (host, path, reply.body)
+            if status == 421:
+                assert b"server.admin_names" in reply.body and b"pools" not in reply.body
+        if status == 421:
+            wait_until(lambda: f"admin: refused Host {host!r}" in fp.error_log(),
+                       what="the error-log line")
+
+
+def test_admin_host_check_leaves_forkproxyctl_working(backend_factory, forkproxy_factory):
+    b = backend_factory("origin")
+    port, aport = free_port(), free_port()
+    fp = forkproxy_factory(_site(port, b.addr), server={"admin": f"localhost:{aport}"})
+    for args in (["metrics"], ["explain", "GET", f"http://a:{port}/x"], ["status"]):
+        r = fp.ctl(*args)
+        assert r.returncode == 0, (args, r.stderr)
