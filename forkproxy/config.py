@@ -1508,15 +1508,19 @@ SETTINGS: tuple[Setting, ...] = (
             "or one JSON object per line. "
             "The size field of the combined format is bytes_sent, and forkproxy's fields "
             "follow it as name=value (upstream, upstream_status, request_time, upstream_time, "
-            "route, pool, cache, request_id). "
+            "route, pool, cache, request_id, peer). "
             "A JSON line always has the same keys, in this order, null when absent: "
-            "time (ISO 8601, local time), client (the peer address), request (the request line), "
+            "time (ISO 8601, local time), client (the real client: the peer, or behind a peer in "
+            "trusted_proxies the address its X-Forwarded-For vouches for), "
+            "request (the request line), "
             "method, target, version, status, bytes_received (the request head and the body "
             "bytes read from the client), bytes_sent (the response head and body written to "
             "it), referer, user_agent, route (its index), pool, upstream (the server that "
             "answered), upstream_status, request_time and upstream_time (seconds), cache "
             "(HIT, MISS, STALE, REVALIDATED, BYPASS or PURGE on cached routes), request_id, "
-            "tls_version (such as TLSv1.3) and sni (the server name the TLS client sent).",
+            "tls_version (such as TLSv1.3), sni (the server name the TLS client sent) and "
+            "peer (the address the connection came from, or the one its PROXY header "
+            "carried).",
             _RELOAD, _enum("access_log_format", ("combined", "json"))),
     Setting("server", "log_level", '"debug", "info", "warning", "error" or "critical"', "info",
             "Least severe message written to the error log.",

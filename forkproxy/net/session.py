@@ -436,6 +436,8 @@ class Session:
             if rt.access_log.enabled:  # only the access log shows them
                 rec.referer, rec.user_agent = req.get("referer"), req.get("user-agent")
             rec.request_id = rt.edge.request_id(req, self.peer)
+            if rt.edge.trusted:  # the log's client is the real one, the proxy its peer
+                rec.client = rt.edge.client(req, self.peer)
             keep = self.proxy(req, rec)
             return keep
         except http1.ProtocolError as exc:

@@ -238,3 +238,45 @@ def test_admin_host_check_leaves_forkproxyctl_working(backend_factory, forkproxy
     for args in (["metrics"], ["explain", "GET", f"http://a:{port}/x"], ["status"]):
         r = fp.ctl(*args)
         assert r.returncode == 0, (args, r.stderr)
+
+
+# -- logs behind trusted proxies: the real client, and the peer beside it -------------
+
+
+@pytest.mark.parametrize("fmt", ["combined", "json"])
+def test_logs_name_the_real_client_and_the_peer(backend_factory, forkproxy_factory, fmt):
+    b = backend_factory("origin")
+    port = free_port()
+    fp = forkproxy_factory(_site(port, b.addr, route_extra='deny = [{ path = "/denied" }]'), server={
+        "trusted_proxies": ["127.0.0.1/32"], "access_log_format": fmt})
+    for target in ("/ok", "/denied"):
+        with Conn(port) as c:
+            c.send(f"GET {target} HTTP/1.1\r\nHost: a\r\nX-Forwarded-For: 203.0.113.9\r\n\r\n".encode())
+            c.reply()
+    def lines():  # the harness's readiness probes are logged too
+        return [line for line in fp.access_log().splitlines() if "/ok" in line or "/denied" in line]
+
+    wait_until(lambda: len(lines()) == 2, what="the two access-log lines")
+    lines = lines()
+    if fmt == "json":
+        docs = [json.loads(line) for line in lines]
+        assert [(d["target"], d["client"], d["peer"]) for d in docs] == [
+            ("/ok", "203.0.113.9", "127.0.0.1"), ("/denied", "203.0.113.9", "127.0.0.1")]
+    else:
+        assert all(line.startswith("203.0.113.9 - - [") and line.endswith(" peer=127.0.0.1")
+                   for line in lines), lines
+    wait_until(lambda: '"GET /denied" -> 403' in fp.error_log(),
+               what="the error-log line")
+    assert '203.0.113.9 via 127.0.0.1 "GET /denied" -> 403' in fp.error_log()
+
+
+def test_logs_ignore_x_forwarded_for_from_an_untrusted_peer(backend_factory, forkproxy_factory):
+    b = backend_factory("origin")
+    port = free_port()
+    fp = forkproxy_factory(_site(port, b.addr), server={"access_log_format": "json"})
+    with Conn(port) as c:
+        c.send(b"GET /ok HTTP/1.1\r\nHost: a\r\nX-Forwarded-For: 203.0.113.9\r\n\r\n")
+        c.reply()
+    wait_until(lambda: '"/ok"' in fp.access_log(), what="the access-log line")
+    doc = [json.loads(line) for line in fp.access_log().splitlines() if '"/ok"' in line][0]
+    assert (doc["client"], doc["peer"]) == ("127.0.0.1", "127.0.0.1")
