@@ -211,6 +211,7 @@ class RouteConfig:
     cache: bool = False
     compress: CompressConfig | None = None
     tunnel_timeout: float | None = None
+    upgrade: tuple[str, ...] = ("websocket",)
 
 
 @dataclass(frozen=True)
@@ -817,6 +818,12 @@ def _methods(value: Any) -> tuple[str, ...]:
 
 def _methods_or_none(value: Any) -> tuple[str, ...]:
     return _methods(value) if value else ()
+
+
+def _protocol_names(value: Any) -> tuple[str, ...]:
+    if not isinstance(value, list) or not all(isinstance(v, str) and _TOKEN_RE.match(v) for v in value):
+        raise Invalid(f'expected an array of protocol names such as ["websocket"], got {_tname(value)}')
+    return tuple(v.lower() for v in value)
 
 
 def _header_names(value: Any) -> tuple[str, ...]:
@@ -1848,6 +1855,13 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("route", "tunnel_timeout", "duration", None,
             "Overrides server.tunnel_timeout for this route.",
             _RELOAD, _duration(False), _r_opt_duration, example="10m"),
+    Setting("route", "upgrade", "array of protocol names", ["websocket"],
+            "Protocols a request may switch to with Upgrade (a tunnel once the server "
+            "answers 101), compared by name without case or version. A request asking for "
+            "another one (such as h2c) goes upstream as a plain request without its "
+            "Upgrade, as nginx does for every Upgrade unless told to pass it; [] allows "
+            "none.",
+            _RELOAD, _protocol_names, _r_list),
     Setting("route.compress", "types", "array of media types", list(DEFAULT_COMPRESS_TYPES),
             'Media types to compress (the Content-Type without parameters): "text/html", '
             '"text/*" for a whole family, or "*" for every type. '

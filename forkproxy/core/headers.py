@@ -24,6 +24,7 @@ __all__ = [
     "HOP_BY_HOP", "FORWARDING", "connection_tokens", "hop_by_hop", "strip_hop_by_hop",
     "forwarded_for_request", "forwarded_node", "real_client_addr",
     "parse_networks", "response_headers_for_client", "split_host", "ProtocolError",
+    "allowed_upgrade",
 ]
 
 HOP_BY_HOP: frozenset[str] = frozenset({
@@ -162,6 +163,21 @@ def forwarded_for_request(
     out.append(("forwarded", _join(fwd, _forwarded_element(client_addr, proto, host))))
     out.append(("via", _join(vias, via)))
     return out
+
+
+def allowed_upgrade(value: str, allowed: frozenset[str]) -> str | None:
+    """The protocols of an Upgrade field ``value`` whose names are in ``allowed``.
+
+    ``allowed`` holds lower-case protocol names (a route's ``upgrade``);
+    a protocol ``name/version`` is compared by its name, without case. The
+    kept items are returned as written, in order, joined by ", "; None when
+    none is kept: the request then goes on as a plain one, its Upgrade
+    dropped with the other hop-by-hop fields (nginx passes no Upgrade unless
+    told to), so ``h2c`` or an unknown protocol never gets a tunnel.
+    """
+    kept = [item for item in (i.strip(" \t") for i in value.split(","))
+            if item and item.partition("/")[0].lower() in allowed]
+    return ", ".join(kept) if kept else None
 
 
 def parse_networks(networks: Iterable) -> tuple:

@@ -8,7 +8,7 @@ import pytest
 from hypothesis import given, strategies as st
 
 from forkproxy.core.headers import (
-    HOP_BY_HOP, connection_tokens, forwarded_for_request, forwarded_node,
+    HOP_BY_HOP, allowed_upgrade, connection_tokens, forwarded_for_request, forwarded_node,
     real_client_addr, response_headers_for_client, split_host, strip_hop_by_hop,
 )
 from forkproxy.core.http1 import ProtocolError
@@ -206,3 +206,36 @@ def test_known_connection_tokens_change_nothing(headers):
     tokens = connection_tokens(headers)
     assert hop_by_hop(headers, tokens=tokens) == hop_by_hop(headers)
     assert response_headers_for_client(headers, tokens=tokens) == response_headers_for_client(headers)
+
+
+# -- the Upgrade protocols a route lets through (route.upgrade) ---------------------
+
+WS = frozenset({"websocket"})
+
+
+@pytest.mark.parametrize("value, allowed, kept", [
+    ("websocket", WS, "websocket"),
+    ("WebSocket", WS, "WebSocket"),
+    ("websocket/13", WS, "websocket/13"),
+    ("h2c", WS, None),
+    ("H2C", WS, None),
+    ("h2c, websocket", WS, "websocket"),
+    (" websocket ,, h2c ", WS, "websocket"),
+    ("websocketx", WS, None),
+    ("", WS, None),
+    (",", WS, None),
+    ("websocket", frozenset(), None),
+    ("h2c, foo/2, bar", frozenset({"h2c", "foo"}), "h2c, foo/2"),
+    ("TLS/1.2", frozenset({"tls"}), "TLS/1.2"),
+])
+def test_allowed_upgrade(value, allowed, kept):
+    assert allowed_upgrade(value, allowed) == kept
+
+
+@given(st.lists(st.sampled_from(["websocket", "WebSocket/13", "h2c", "tls/1.3", "foo", " ", ""]),
+                max_size=5),
+       st.sets(st.sampled_from(["websocket", "h2c", "tls"])))
+def test_allowed_upgrade_keeps_only_allowed_names(items, allowed):
+    got = allowed_upgrade(",".join(items), frozenset(allowed))
+    expected = [i.strip() for i in items if i.strip() and i.strip().split("/")[0].lower() in allowed]
+    assert got == (", ".join(expected) if expected else None)

@@ -102,14 +102,16 @@ def _naive_backend():
     """A keep-alive HTTP/1.1 server that, like many, knows a body only by
     ``Transfer-Encoding: chunked`` alone or Content-Length: any other
     Transfer-Encoding it takes for no body, and reads what follows as the
-    next request.  Answers 200 with the request line as the body.  Yields
-    (address, request lines seen); stopped on exit."""
+    next request.  Answers 200 with the request line as the body, or, to a
+    request with Upgrade, 101 and then echoes every byte (a tunnel).  Yields
+    (address, request lines seen, heads seen); stopped on exit."""
     srv = socket.socket()
     srv.bind(("127.0.0.1", 0))
     srv.listen(64)
     srv.settimeout(0.2)  # so the loop sees the stop flag
     stop = threading.Event()
     seen: list[bytes] = []
+    heads: list[dict] = []
 
     def one(c):
         with c:
@@ -125,6 +127,13 @@ def _naive_backend():
                     seen.append(head[0].strip())
                     fields = {k.strip().lower(): v.strip() for k, _, v in
                               (h.decode("latin-1").partition(":") for h in head[1:])}
+                    heads.append(fields)
+                    if "upgrade" in fields:
+                        c.sendall(b"HTTP/1.1 101 Switching Protocols\r\nConnection: upgrade\r\n"
+                                  b"Upgrade: %s\r\n\r\n" % fields["upgrade"].encode())
+                        while data := c.recv(65536):
+                            c.sendall(data)
+                        return
                     if fields.get("transfer-encoding", "").lower() == "chunked":
                         while (size := int(f.readline(1024).split(b";")[0], 16)):
                             f.read(size + 2)
@@ -147,7 +156,7 @@ def _naive_backend():
     t = threading.Thread(target=accept, daemon=True)
     t.start()
     try:
-        yield "127.0.0.1:%d" % srv.getsockname()[1], seen
+        yield "127.0.0.1:%d" % srv.getsockname()[1], seen, heads
     finally:
         stop.set()
         t.join(5)
@@ -161,7 +170,7 @@ def test_transfer_coding_before_chunked_is_501_and_never_reaches_a_pooled_connec
     smuggled = b"GET /smuggled HTTP/1.1\r\nHost: a\r\n\r\n"
     attack = (f"POST /attack HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: {te}\r\n\r\n".encode()
               + b"%x\r\n%s\r\n0\r\n\r\n" % (len(smuggled), smuggled))
-    with _naive_backend() as (addr, seen):
+    with _naive_backend() as (addr, seen, _):
         port = free_port()
         forkproxy_factory(_site(port, addr), server={"workers": 1})
         with Conn(port) as c:
@@ -280,3 +289,35 @@ def test_logs_ignore_x_forwarded_for_from_an_untrusted_peer(backend_factory, for
     wait_until(lambda: '"/ok"' in fp.access_log(), what="the access-log line")
     doc = [json.loads(line) for line in fp.access_log().splitlines() if '"/ok"' in line][0]
     assert (doc["client"], doc["peer"]) == ("127.0.0.1", "127.0.0.1")
+
+
+# -- Upgrade: only the protocols a route allows (websocket by default) -----------------
+
+
+@pytest.mark.parametrize("upgrade, allow, tunnel", [
+    ("h2c", None, False), ("H2C", None, False), ("foo/1", None, False),
+    ("websocket", None, True), ("h2c, websocket", None, True),
+    ("h2c", '["h2c"]', True), ("websocket", "[]", False),
+])
+def test_upgrade_only_to_the_protocols_the_route_allows(forkproxy_factory, upgrade, allow, tunnel):
+    with _naive_backend() as (addr, _, heads):
+        port = free_port()
+        forkproxy_factory(_site(port, addr, route_extra=f"upgrade = {allow}" if allow else ""))
+        with Conn(port) as c:
+            c.send(f"GET /up HTTP/1.1\r\nHost: a\r\nConnection: Upgrade, HTTP2-Settings\r\n"
+                   f"Upgrade: {upgrade}\r\nHTTP2-Settings: AAMAAABkAAQCAAAAAAIAAAAA\r\n\r\n".encode())
+            reply = c.reply()
+            if tunnel:
+                assert reply.status == 101
+                c.send(b"ping through the tunnel")
+                assert c.sock.recv(100) == b"ping through the tunnel"
+            else:  # a plain request: the backend saw no Upgrade, and the connection stays HTTP
+                assert (reply.status, reply.body) == (200, b"GET /up HTTP/1.1")
+                c.send(b"GET /next HTTP/1.1\r\nHost: a\r\n\r\n")
+                assert c.reply().body == b"GET /next HTTP/1.1"
+        up = [h for h in heads if h.get("host") == "a"][0]
+        assert "http2-settings" not in up
+        if tunnel:
+            assert up["upgrade"].lower() in ("websocket", "h2c") and up["connection"] == "upgrade"
+        else:
+            assert "upgrade" not in up and "upgrade" not in up.get("connection", "").lower()
