@@ -128,6 +128,9 @@ class ServerConfig:
 # and not set by this list): forward secrecy and AEAD only.
 DEFAULT_CIPHERS = "ECDHE+AESGCM:ECDHE+CHACHA20:DHE+AESGCM:DHE+CHACHA20"
 
+# Whom a listener with accept_proxy takes PROXY headers from, unless told.
+LOOPBACK_NETWORKS = (ipaddress.ip_network("127.0.0.0/8"), ipaddress.ip_network("::1/128"))
+
 
 @dataclass(frozen=True)
 class TlsCert:
@@ -165,6 +168,7 @@ class ListenerConfig:
     tls_min_version: str = "1.2"
     ciphers: str = DEFAULT_CIPHERS
     accept_proxy: bool = False
+    proxy_protocol_from: tuple = LOOPBACK_NETWORKS
     pool: str | None = None
     idle_timeout: float = 600.0
     max_conns_per_ip: int = 0
@@ -1675,8 +1679,17 @@ SETTINGS: tuple[Setting, ...] = (
             "accept-proxy) from a trusted load balancer in front: the client address it "
             "carries replaces the peer's in logs, forwarding headers and PROXY headers sent "
             "on. A connection without a valid header is closed. "
-            "Only enable it when every peer is such a load balancer.",
+            "Only peers in proxy_protocol_from may connect (loopback unless told): "
+            "give the load balancers' addresses there.",
             _RELOAD, _bool),
+    Setting("listener", "proxy_protocol_from", "array of addresses or CIDR ranges",
+            ["127.0.0.0/8", "::1/128"],
+            "With accept_proxy, the peers whose PROXY headers are believed, as nginx's "
+            "set_real_ip_from: a connection from any other address is closed before a "
+            "byte is read, with a warning in the error log, so a client that reaches the "
+            "listener directly cannot choose its own address. "
+            "HAProxy's accept-proxy believes every peer; [\"0.0.0.0/0\", \"::/0\"] does the same.",
+            _RELOAD, _networks, _r_networks, example=["10.0.0.0/24"]),
     Setting("listener", "tls_min_version", '"1.0", "1.1", "1.2" or "1.3"', "1.2",
             "Oldest TLS version accepted from clients on a TLS listener. "
             "OpenSSL's security level may refuse 1.0 and 1.1 even when allowed here.",

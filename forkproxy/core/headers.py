@@ -24,7 +24,7 @@ __all__ = [
     "HOP_BY_HOP", "FORWARDING", "connection_tokens", "hop_by_hop", "strip_hop_by_hop",
     "forwarded_for_request", "forwarded_node", "real_client_addr",
     "parse_networks", "response_headers_for_client", "split_host", "ProtocolError",
-    "allowed_upgrade",
+    "allowed_upgrade", "in_networks",
 ]
 
 HOP_BY_HOP: frozenset[str] = frozenset({
@@ -199,6 +199,13 @@ def _parse_ip(value: str):
         return ipaddress.ip_address(value)
     except ValueError:
         return None
+
+
+def in_networks(addr: str, networks) -> bool:
+    """True when the address ``addr`` is in one of ``networks`` (``ip_network``
+    objects); an IPv4-mapped IPv6 address is matched as IPv4, and a string
+    that is not an address matches none."""
+    return _trusted(_parse_ip(addr), networks)
 
 
 def _trusted(ip, networks) -> bool:

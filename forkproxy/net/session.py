@@ -172,6 +172,13 @@ class Runtime:
         try:
             local = client.getsockname()[:2]
             if listener.accept_proxy:
+                if peer is None or not hdr.in_networks(peer[0], listener.proxy_protocol_from):
+                    # Its header would choose the client address forkproxy believes.
+                    self.log.warning("listener %s: connection from %s closed: PROXY headers "
+                                     "are not accepted from it (listener.proxy_protocol_from)",
+                                     listener.name, peer[0] if peer else "-")
+                    _close_quietly(client)
+                    return
                 header = tunnel.read_proxy_header(client, self.cfg.server.header_timeout)
                 if header.src is not None:  # LOCAL: the balancer's own check
                     peer, local = header.src, header.dst

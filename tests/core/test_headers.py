@@ -239,3 +239,15 @@ def test_allowed_upgrade_keeps_only_allowed_names(items, allowed):
     got = allowed_upgrade(",".join(items), frozenset(allowed))
     expected = [i.strip() for i in items if i.strip() and i.strip().split("/")[0].lower() in allowed]
     assert got == (", ".join(expected) if expected else None)
+
+
+@pytest.mark.parametrize("addr, inside", [
+    ("127.0.0.1", True), ("127.255.0.9", True), ("::1", True), ("::ffff:127.0.0.1", True),
+    ("10.0.0.1", True), ("10.0.0.2", False), ("192.0.2.1", False), ("::2", False),
+    ("", False), ("unix", False), ("not-an-ip", False),
+])
+def test_in_networks(addr, inside):
+    from forkproxy.core.headers import in_networks
+
+    nets = tuple(map(ipaddress.ip_network, ["127.0.0.0/8", "::1/128", "10.0.0.1/32"]))
+    assert in_networks(addr, nets) is inside

@@ -321,3 +321,46 @@ def test_upgrade_only_to_the_protocols_the_route_allows(forkproxy_factory, upgra
             assert up["upgrade"].lower() in ("websocket", "h2c") and up["connection"] == "upgrade"
         else:
             assert "upgrade" not in up and "upgrade" not in up.get("connection", "").lower()
+
+
+# -- accept_proxy: PROXY headers only from the configured networks -------------------
+
+
+def test_proxy_header_believed_only_from_proxy_protocol_from(backend_factory, forkproxy_factory):
+    from forkproxy.core import proxy_protocol as pp
+
+    b = backend_factory("origin")
+    port, lb_port = free_port(), free_port()
+    fp = forkproxy_factory(_site(port, b.addr) + f"""
+[[listener]]
+name = "lb"
+bind = "127.0.0.1:{lb_port}"
+accept_proxy = true
+proxy_protocol_from = ["127.0.0.2/32"]
+""")
+    header = pp.encode_v1(("203.0.113.9", 4444), ("127.0.0.1", lb_port))
+    request = b"GET /echo?via=lb HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n"
+
+    def send(source: str) -> bytes:
+        with socket.create_connection(("127.0.0.1", lb_port), timeout=10,
+                                      source_address=(source, 0)) as s:
+            s.sendall(header + request)
+            out = b""
+            try:
+                while data := s.recv(65536):
+                    out += data
+            except ConnectionResetError:  # closed with the header unread: a reset
+                pass
+            return out
+
+    # the balancer's address: its header is believed
+    head, _, body = send("127.0.0.2").partition(b"\r\n\r\n")
+    assert head.startswith(b"HTTP/1.1 200")
+    seen = {n.lower(): v for n, v in json.loads(body)["headers"]}
+    assert seen["x-forwarded-for"] == "203.0.113.9"
+    # anyone else: closed before a byte is read, and nothing reaches the backend
+    b.reset()
+    assert send("127.0.0.1") == b""
+    wait_until(lambda: "connection from 127.0.0.1 closed: PROXY headers are not accepted"
+               in fp.error_log(), what="the error-log line")
+    assert b.stats()["requests"] == 0
