@@ -25,6 +25,8 @@ SAME = [
     (r"[\[]x", "[x"), (r"\s+", "a \t b"), (r"\w+@\w+", "mail me@host now"),
     (r".*a.*b", "xxaxxbxx"), (r"(a|ab)(c|bcd)(d*)", "abcd"), (r"^$", ""),
     (r"\A/x$", "/x"), ('"status":\\s*"ok"', '{"status": "ok"}'),
+    # header values are latin-1 text: one code point per byte, as in re
+    (r"caf.$", "caf\xe9"), (r"(?i)CAF\xc9", "a caf\xe9"), (r"(.)(\xe9+)(.)", "x\xe9\xe9y"),
 ]
 
 
