@@ -27,7 +27,9 @@ to 1000. For the inputs forkproxy matches (paths, queries, header values)
 a pattern both engines accept means the same, except: ``\\d``, ``\\w``,
 ``\\s`` and ``\\b`` are ASCII-only (Python's are Unicode); ``$`` matches only
 at the very end (Python's also before a final newline; paths and header
-values never hold one); ``{,n}`` is literal text (write ``{0,n}``).
+values never hold one); ``{,n}`` is literal text (write ``{0,n}``); a
+repeated group that can match the empty string (``a(|.)+a``) may match and
+capture a different stretch (whether it matches is the same).
 """
 
 from __future__ import annotations
