@@ -247,6 +247,10 @@ def test_admin_host_check_leaves_forkproxyctl_working(backend_factory, forkproxy
     for args in (["metrics"], ["explain", "GET", f"http://a:{port}/x"], ["status"]):
         r = fp.ctl(*args)
         assert r.returncode == 0, (args, r.stderr)
+    # and a rebinding page's request, with no admin_names configured
+    with Conn(aport) as c:
+        c.send(b"GET /status HTTP/1.1\r\nHost: rebind.evil.example\r\n\r\n")
+        assert c.reply().status == 421
 
 
 # -- logs behind trusted proxies: the real client, and the peer beside it -------------
