@@ -25,6 +25,9 @@ setup(
         "requests>=2.31,<3",
         "pylibmc>=1.6,<2",
         "tomli>=2.0,<3",
+        # Configured regexes (routes, deny rules, rewrites, health checks) run on
+        # RE2: linear time whatever the pattern, so no request can freeze a worker.
+        "google-re2>=1.1,<2",
     ],
     extras_require={
         "test": [

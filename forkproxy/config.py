@@ -50,8 +50,9 @@ from typing import Any, Callable
 
 import tomli
 
-from forkproxy.core.access import DenyRule, Methods, check_regex, compile_acl
+from forkproxy.core.access import DenyRule, Methods, compile_acl
 from forkproxy.core.canon import PathRefused, canonical_path
+from forkproxy.core.patterns import PatternError, compile_pattern
 from forkproxy.core.ratelimit import parse_rate
 from forkproxy.core.rewrite import HeaderRules, compile_rewrites
 from forkproxy.core.routing import RouteSpec, shadowed
@@ -110,6 +111,7 @@ class ServerConfig:
     encoded_slashes: str = "reject"
     max_body_size: int = 104857600
     trusted_proxies: tuple = ()
+    underscores_in_headers: bool = False
     access: tuple[str, ...] = ()
     hide_headers: tuple[str, ...] = ("server", "x-powered-by")
     error_pages: tuple = ()
@@ -125,11 +127,15 @@ class ServerConfig:
     tunnel_timeout: float = 3600.0
     admin: str | None = None
     admin_token: str | None = None
+    admin_names: tuple[str, ...] = ()
 
 
 # Mozilla's "intermediate" TLS 1.2 suites (TLS 1.3 suites are OpenSSL's own
 # and not set by this list): forward secrecy and AEAD only.
 DEFAULT_CIPHERS = "ECDHE+AESGCM:ECDHE+CHACHA20:DHE+AESGCM:DHE+CHACHA20"
+
+# Whom a listener with accept_proxy takes PROXY headers from, unless told.
+LOOPBACK_NETWORKS = (ipaddress.ip_network("127.0.0.0/8"), ipaddress.ip_network("::1/128"))
 
 
 @dataclass(frozen=True)
@@ -168,6 +174,7 @@ class ListenerConfig:
     tls_min_version: str = "1.2"
     ciphers: str = DEFAULT_CIPHERS
     accept_proxy: bool = False
+    proxy_protocol_from: tuple = LOOPBACK_NETWORKS
     pool: str | None = None
     idle_timeout: float = 600.0
     max_conns_per_ip: int = 0
@@ -216,6 +223,7 @@ class RouteConfig:
     cache_set_cookie: str = "no-store"
     compress: CompressConfig | None = None
     tunnel_timeout: float | None = None
+    upgrade: tuple[str, ...] = ("websocket",)
 
 
 @dataclass(frozen=True)
@@ -780,6 +788,15 @@ def _route_host(value: Any) -> str:
     return host
 
 
+def _host_names(value: Any) -> tuple[str, ...]:
+    if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+        raise Invalid(f"expected an array of host names, got {_tname(value)}")
+    for v in value:
+        if not _HOSTNAME_RE.match(v):
+            raise Invalid(f'invalid host name {_quote(v)}: expected a name such as "admin.example.com"')
+    return tuple(v.lower().rstrip(".") for v in value)
+
+
 def _route_path(value: Any) -> str:
     if not _str(value).startswith("/"):
         raise Invalid(f'must start with "/", got {_quote(value)}')
@@ -802,12 +819,9 @@ def _rule_path(value: Any) -> str:
 
 def _regex(value: Any) -> str:
     try:
-        re.compile(_str(value))
-    except re.error as e:
-        raise Invalid(f"invalid regular expression {_quote(value)}: {e}") from None
-    reason = check_regex(value)
-    if reason:  # a request could make it backtrack for hours
-        raise Invalid(f"regular expression {_quote(value)} refused: {reason}")
+        compile_pattern(_str(value))
+    except PatternError as e:  # matching must stay linear in time: RE2 only
+        raise Invalid(f"regular expression {_quote(value)} refused by RE2: {e.reason}") from None
     return value
 
 
@@ -840,6 +854,12 @@ def _methods(value: Any) -> tuple[str, ...]:
 
 def _methods_or_none(value: Any) -> tuple[str, ...]:
     return _methods(value) if value else ()
+
+
+def _protocol_names(value: Any) -> tuple[str, ...]:
+    if not isinstance(value, list) or not all(isinstance(v, str) and _TOKEN_RE.match(v) for v in value):
+        raise Invalid(f'expected an array of protocol names such as ["websocket"], got {_tname(value)}')
+    return tuple(v.lower() for v in value)
 
 
 def _header_names(value: Any) -> tuple[str, ...]:
@@ -1228,10 +1248,12 @@ SECTIONS: tuple[Section, ...] = (
         "status (403 by default) and nothing goes upstream. "
         "They run after access and methods, and before rate_limit. "
         "Path and query are matched as received, before any rewrite. "
-        "Regular expressions are Python's, searched (anchor them yourself), compiled when "
-        "the file is loaded, and refused when their shape could make matching take "
-        "exponential time (nested or empty-matching repetitions such as (a+)+, repeated "
-        "alternations whose branches overlap such as (a|ab)*, backreferences, lookaround).",
+        "Regular expressions are searched (anchor them yourself) with RE2, which matches in "
+        "time linear in the input whatever the pattern, and are compiled when the file is "
+        "loaded. RE2's syntax is Python's without backreferences, lookaround, conditionals, "
+        "atomic groups, possessive quantifiers and (?x); write \\z for \\Z; repetition "
+        "counts go up to 1000; \\d, \\w, \\s and \\b are ASCII-only; {,n} is literal "
+        "(write {0,n}). forkproxy -t refuses what RE2 cannot compile and says why.",
     ),
     Section(
         "route.rate_limit",
@@ -1500,6 +1522,13 @@ SETTINGS: tuple[Setting, ...] = (
             "headers are trusted and extended. "
             "Those headers from any other peer are replaced.",
             _RELOAD, _networks, _r_networks, example=["10.0.0.0/8", "192.0.2.1"]),
+    Setting("server", "underscores_in_headers", "boolean", False,
+            "Forward request header fields whose names contain an underscore. "
+            "Off (as nginx's underscores_in_headers): such fields are dropped before the "
+            "request goes upstream, the request itself is served, because CGI, WSGI and "
+            "PHP backends read X_Forwarded_For and X-Forwarded-For as the same "
+            "HTTP_X_FORWARDED_FOR and a client could pass off its own forwarding headers.",
+            _RELOAD, _bool),
     Setting("server", "access", 'array of "allow CIDR" and "deny CIDR"', [],
             "Address access list of every route that sets none, tried in order as nginx's "
             "allow and deny: the first entry that matches the client address decides, and an "
@@ -1555,15 +1584,19 @@ SETTINGS: tuple[Setting, ...] = (
             "or one JSON object per line. "
             "The size field of the combined format is bytes_sent, and forkproxy's fields "
             "follow it as name=value (upstream, upstream_status, request_time, upstream_time, "
-            "route, pool, cache, request_id). "
+            "route, pool, cache, request_id, peer). "
             "A JSON line always has the same keys, in this order, null when absent: "
-            "time (ISO 8601, local time), client (the peer address), request (the request line), "
+            "time (ISO 8601, local time), client (the real client: the peer, or behind a peer in "
+            "trusted_proxies the address its X-Forwarded-For vouches for), "
+            "request (the request line), "
             "method, target, version, status, bytes_received (the request head and the body "
             "bytes read from the client), bytes_sent (the response head and body written to "
             "it), referer, user_agent, route (its index), pool, upstream (the server that "
             "answered), upstream_status, request_time and upstream_time (seconds), cache "
             "(HIT, MISS, STALE, REVALIDATED, BYPASS or PURGE on cached routes), request_id, "
-            "tls_version (such as TLSv1.3) and sni (the server name the TLS client sent).",
+            "tls_version (such as TLSv1.3), sni (the server name the TLS client sent) and "
+            "peer (the address the connection came from, or the one its PROXY header "
+            "carried).",
             _RELOAD, _enum("access_log_format", ("combined", "json"))),
     Setting("server", "log_level", '"debug", "info", "warning", "error" or "critical"', "info",
             "Least severe message written to the error log.",
@@ -1597,6 +1630,13 @@ SETTINGS: tuple[Setting, ...] = (
             "is not a loopback address). Unset: commands are refused. forkproxyctl "
             "reads it from here or from $FORKPROXY_ADMIN_TOKEN.",
             _RELOAD, _opt_str, example="change-me"),
+    Setting("server", "admin_names", "array of host names", [],
+            "Host names the admin endpoint answers to, besides localhost, the name in "
+            "server.admin and any IP address. A request with another Host is answered 421, "
+            "so a web page that rebinds its own DNS name to the admin address (DNS "
+            "rebinding) cannot read /status, /metrics or /explain from a browser. "
+            "The port of the Host is not compared (an SSH tunnel changes it).",
+            _RELOAD, _host_names, _r_list, example=["forkproxy-admin.internal"]),
     # [cache]
     Setting("cache", "servers", 'array of "HOST:PORT"', [],
             "memcached servers (keys spread by consistent hashing). "
@@ -1710,8 +1750,17 @@ SETTINGS: tuple[Setting, ...] = (
             "accept-proxy) from a trusted load balancer in front: the client address it "
             "carries replaces the peer's in logs, forwarding headers and PROXY headers sent "
             "on. A connection without a valid header is closed. "
-            "Only enable it when every peer is such a load balancer.",
+            "Only peers in proxy_protocol_from may connect (loopback unless told): "
+            "give the load balancers' addresses there.",
             _RELOAD, _bool),
+    Setting("listener", "proxy_protocol_from", "array of addresses or CIDR ranges",
+            ["127.0.0.0/8", "::1/128"],
+            "With accept_proxy, the peers whose PROXY headers are believed, as nginx's "
+            "set_real_ip_from: a connection from any other address is closed before a "
+            "byte is read, with a warning in the error log, so a client that reaches the "
+            "listener directly cannot choose its own address. "
+            "HAProxy's accept-proxy believes every peer; [\"0.0.0.0/0\", \"::/0\"] does the same.",
+            _RELOAD, _networks, _r_networks, example=["10.0.0.0/24"]),
     Setting("listener", "tls_min_version", '"1.0", "1.1", "1.2" or "1.3"', "1.2",
             "Oldest TLS version accepted from clients on a TLS listener. "
             "OpenSSL's security level may refuse 1.0 and 1.1 even when allowed here.",
@@ -1755,7 +1804,7 @@ SETTINGS: tuple[Setting, ...] = (
             "Compared with the canonical path (see server.merge_slashes).",
             _RELOAD, _rule_path, example="/api/"),
     Setting("route", "path_regex", "regular expression", None,
-            "Match only paths where this Python regular expression is found. "
+            "Match only paths where this regular expression (RE2, as in route.deny) is found. "
             'Anchor it with "^" yourself. '
             "Exclusive with path. "
             "The path is the canonical one (see server.merge_slashes): no dot segments, "
@@ -1918,6 +1967,13 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("route", "tunnel_timeout", "duration", None,
             "Overrides server.tunnel_timeout for this route.",
             _RELOAD, _duration(False), _r_opt_duration, example="10m"),
+    Setting("route", "upgrade", "array of protocol names", ["websocket"],
+            "Protocols a request may switch to with Upgrade (a tunnel once the server "
+            "answers 101), compared by name without case or version. A request asking for "
+            "another one (such as h2c) goes upstream as a plain request without its "
+            "Upgrade, as nginx does for every Upgrade unless told to pass it; [] allows "
+            "none.",
+            _RELOAD, _protocol_names, _r_list),
     Setting("route.compress", "types", "array of media types", list(DEFAULT_COMPRESS_TYPES),
             'Media types to compress (the Content-Type without parameters): "text/html", '
             '"text/*" for a whole family, or "*" for every type. '
@@ -2074,7 +2130,8 @@ SETTINGS: tuple[Setting, ...] = (
             "Any other status is a failure.",
             _RELOAD, _status_ranges, _r_status, when=("type", "http")),
     Setting("pool.health", "expect_body", "regular expression", None,
-            "When set, a probe also needs this Python regular expression to be found in the "
+            "When set, a probe also needs this regular expression (RE2, as in route.deny) "
+            "to be found in the "
             "first 64 KiB of the response body, as HAProxy's http-check expect rstring. "
             "It is compiled when the file is loaded.",
             _RELOAD, _regex, example="\"status\":\\s*\"ok\"", when=("type", "http")),

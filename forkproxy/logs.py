@@ -11,13 +11,17 @@ Formats:
 
         127.0.0.1 - - [29/Nov/2026:03:13:27 +0000] "GET / HTTP/1.1" 200 5 "-" "curl/7.88" \
         upstream=127.0.0.1:8081 upstream_status=200 request_time=0.002 upstream_time=0.001 route=0 pool=web \
-        cache=- request_id=4f1c...
+        cache=- request_id=4f1c... peer=127.0.0.1
 
     The size after the status is ``bytes_sent``: the response head and body
     (nginx's combined format has the body alone).
     ``cache`` is the cache status on routes with ``cache = true``, else ``-``.
     ``request_id`` is the request's X-Request-Id (sent upstream; kept from a
     trusted proxy, generated otherwise), ``-`` for a head that could not be parsed.
+    The first field is the real client: the peer, or behind a peer in
+    ``server.trusted_proxies`` the address its X-Forwarded-For vouches for;
+    ``peer`` is the address the connection came from (or the one its PROXY
+    header carried), the proxy in that case.
 
     Absent values are written as ``-``.
 ``json``
@@ -27,7 +31,7 @@ Formats:
     combined fields, the request line (``request``) with its parts,
     ``bytes_received`` (request head and the body bytes read from the
     client), ``bytes_sent`` (response head and body written to it), and
-    ``tls_version`` / ``sni`` on a TLS connection.
+    ``tls_version`` / ``sni`` on a TLS connection, then ``peer``.
 
 The error log gets one line per request that forkproxy refused or that
 ended in a 5xx (``error_line``), with the record's ``why``.
@@ -69,7 +73,9 @@ class AccessRecord:
     why = None
 
     def __init__(self, client: str, start: float):
-        self.client = client
+        # ``client`` starts as the peer; the session puts the real client
+        # there once the head is parsed (behind trusted_proxies).
+        self.client = self.peer = client
         self.start = start
 
 
@@ -79,7 +85,7 @@ def error_line(r: AccessRecord) -> tuple[int, str] | None:
     Every 5xx, and every request forkproxy refused itself (a 4xx with a
     ``why``), gets one line::
 
-        request <id> <client> "<METHOD target>" -> <status>: <why>[ [route R, pool "P", server S]]
+        request <id> <client>[ via <peer>] "<METHOD target>" -> <status>: <why>[ [route R, pool "P", server S]]
 
     ``<id>`` is ``-`` (and the request ``"-"``) when the head could not be
     parsed.  Level: error for 500 (a bug in forkproxy), info for 408 (a
@@ -99,7 +105,8 @@ def error_line(r: AccessRecord) -> tuple[int, str] | None:
         why += f" [{where}]"
     request = "-" if r.method is None else f"{r.method} {r.target}"
     level = logging.ERROR if status == 500 else logging.INFO if status == 408 else logging.WARNING
-    return level, (f'request {r.request_id or "-"} {r.client} "{_q(request)}" -> {status}: '
+    client = r.client if r.peer == r.client else f"{r.client} via {r.peer}"
+    return level, (f'request {r.request_id or "-"} {client} "{_q(request)}" -> {status}: '
                    f"{why}")
 
 
@@ -175,6 +182,7 @@ class AccessLog:
                 "upstream_time": None if r.upstream_time is None else round(r.upstream_time, 6),
                 "cache": r.cache, "request_id": r.request_id, "tls_version": r.tls_version,
                 "sni": r.sni,
+                "peer": r.peer,
             }, separators=(",", ":")) + "\n"
         upstream_time = "-" if r.upstream_time is None else f"{r.upstream_time:.3f}"
         return (f'{r.client} - - [{self._time_local(r.start)}] "{_q(request)}" {r.status} '
@@ -182,7 +190,7 @@ class AccessLog:
                 f'upstream={r.upstream or "-"} upstream_status={r.upstream_status or "-"} '
                 f'request_time={r.request_time:.3f} upstream_time={upstream_time} '
                 f'route={"-" if r.route is None else r.route} pool={r.pool or "-"} '
-                f'cache={r.cache or "-"} request_id={_q(r.request_id)}\n')
+                f'cache={r.cache or "-"} request_id={_q(r.request_id)} peer={r.peer}\n')
 
     def write(self, r: AccessRecord) -> None:
         if self._file is None:

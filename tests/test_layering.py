@@ -20,7 +20,7 @@ STDLIB = set(sys.stdlib_module_names)
 
 # layer -> (forkproxy layers it may import, third-party packages it may import)
 RULES = {
-    "core": ({"core"}, {"httptools"}),
+    "core": ({"core"}, {"httptools", "re2"}),
     "errors": (set(), set()),
     "logs": (set(), set()),
     "config": ({"core", "errors"}, {"tomli"}),

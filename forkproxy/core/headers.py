@@ -24,6 +24,7 @@ __all__ = [
     "HOP_BY_HOP", "FORWARDING", "connection_tokens", "hop_by_hop", "strip_hop_by_hop",
     "forwarded_for_request", "forwarded_node", "real_client_addr",
     "parse_networks", "response_headers_for_client", "split_host", "ProtocolError",
+    "allowed_upgrade", "in_networks",
 ]
 
 HOP_BY_HOP: frozenset[str] = frozenset({
@@ -110,6 +111,7 @@ def forwarded_for_request(
     trusted: bool,
     via: str = "1.1 forkproxy",
     drop: frozenset[str] = frozenset(),
+    underscores: bool = False,
 ) -> _Headers:
     """Return ``headers`` with X-Forwarded-For/-Proto/-Host, Forwarded and Via set.
 
@@ -123,7 +125,10 @@ def forwarded_for_request(
     Forwarded and X-Real-IP is dropped and fresh ones are written (X-Real-IP
     is not written).  Via: existing values are kept and ``via`` is appended,
     in one field at the end.  ``host`` None means no X-Forwarded-Host and no
-    ``host=`` pair in Forwarded.
+    ``host=`` pair in Forwarded.  ``underscores=False`` (nginx's
+    ``underscores_in_headers off``) drops every field whose name contains
+    ``_``: CGI and WSGI map ``-`` and ``_`` alike to ``HTTP_X_FORWARDED_FOR``,
+    so ``X_Forwarded_For`` would otherwise get past the stripping above.
     """
     xff: list[str] = []
     fwd: list[str] = []
@@ -131,7 +136,7 @@ def forwarded_for_request(
     xfp = xfh = None
     out: _Headers = []
     for n, v in headers:
-        if n in drop:
+        if n in drop or (not underscores and "_" in n):
             continue
         if n == "via":
             vias.append(v)
@@ -160,6 +165,21 @@ def forwarded_for_request(
     return out
 
 
+def allowed_upgrade(value: str, allowed: frozenset[str]) -> str | None:
+    """The protocols of an Upgrade field ``value`` whose names are in ``allowed``.
+
+    ``allowed`` holds lower-case protocol names (a route's ``upgrade``);
+    a protocol ``name/version`` is compared by its name, without case. The
+    kept items are returned as written, in order, joined by ", "; None when
+    none is kept: the request then goes on as a plain one, its Upgrade
+    dropped with the other hop-by-hop fields (nginx passes no Upgrade unless
+    told to), so ``h2c`` or an unknown protocol never gets a tunnel.
+    """
+    kept = [item for item in (i.strip(" \t") for i in value.split(","))
+            if item and item.partition("/")[0].lower() in allowed]
+    return ", ".join(kept) if kept else None
+
+
 def parse_networks(networks: Iterable) -> tuple:
     """``ip_network`` objects from strings ("10.0.0.0/8", "::1") or networks."""
     return tuple(
@@ -179,6 +199,13 @@ def _parse_ip(value: str):
         return ipaddress.ip_address(value)
     except ValueError:
         return None
+
+
+def in_networks(addr: str, networks) -> bool:
+    """True when the address ``addr`` is in one of ``networks`` (``ip_network``
+    objects); an IPv4-mapped IPv6 address is matched as IPv4, and a string
+    that is not an address matches none."""
+    return _trusted(_parse_ip(addr), networks)
 
 
 def _trusted(ip, networks) -> bool:

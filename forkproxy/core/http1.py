@@ -35,7 +35,10 @@ Framing
         Content-Length and Transfer-Encoding, several differing
         Content-Lengths, an invalid Content-Length, or a Transfer-Encoding
         whose final coding is not ``chunked`` is a ``ProtocolError`` (400;
-        501 for a transfer coding we do not know).  Responses to HEAD, 1xx,
+        501 for a transfer coding we do not know).  A request's
+        Transfer-Encoding must be exactly one ``chunked`` (any case): a
+        coding before it (``gzip, chunked``, ``identity, chunked``) is 501,
+        so a request's ``Framing.codings`` is always empty.  Responses to HEAD, 1xx,
         204 and 304 have no body; a response with neither header reads until
         close; a response with both uses chunked.
 
@@ -556,7 +559,12 @@ def _request_framing(version: str, cl: list[str] | None, te: list[str] | None) -
         codings = _transfer_codings(te, 400, 501)
         if codings[-1] != "chunked":
             raise ProtocolError(400, "final transfer coding is not chunked")
-        return CHUNKED if len(codings) == 1 else Framing("chunked", 0, tuple(codings[:-1]))
+        if len(codings) > 1:
+            # As nginx: a coding before chunked (gzip, identity...) is refused,
+            # never passed on; backends that read it differently desync the
+            # pooled connection behind it (RFC 9112 6.1: 501).
+            raise ProtocolError(501, f"transfer coding {codings[0]!r} before chunked not supported")
+        return CHUNKED
     if cl is not None:
         return Framing("length", _content_length(cl, 400))
     return NO_BODY

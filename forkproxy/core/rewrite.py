@@ -21,7 +21,7 @@ Steps:
                   not ``/apix``; a prefix ending in ``/`` strips exactly that.
                   The result always starts with ``/``.
     add_prefix    prepended (``/v2`` + ``/x`` -> ``/v2/x``).
-    rewrite       nginx ``rewrite`` semantics: when ``re.search(from, path)``
+    rewrite       nginx ``rewrite`` semantics: when ``from`` (RE2) is found in the path
                   matches, the WHOLE path is replaced by ``to`` expanded (so
                   anchor ``from`` and capture what you keep:
                   ``{from = "^/old/(.*)", to = "/new/$1"}``). Every rule is
@@ -69,7 +69,7 @@ import re
 from dataclasses import dataclass
 from typing import Iterable, Mapping, Sequence
 
-from .access import compile_regex
+from .patterns import compile_pattern
 from .headers import HOP_BY_HOP
 
 __all__ = [
@@ -179,7 +179,7 @@ class _Rule:
     __slots__ = ("search", "path", "query")
 
     def __init__(self, from_: str, to: str):
-        regex = compile_regex(from_)
+        regex = compile_pattern(from_)
         path_text, sep, query_text = to.partition("?")
         if not path_text.startswith("/"):
             raise ValueError(f"rewrite to {to!r}: must start with '/'")

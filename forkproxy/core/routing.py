@@ -31,7 +31,8 @@ a default route and matches everything):
     path        a prefix of the request path (``/api/`` matches ``/api/x``
                 but not ``/apix``; ``/api`` matches both: write the slash when
                 you mean a directory, as in nginx ``location``).
-    path_regex  ``re.search`` on the path (anchor with ``^`` yourself).
+    path_regex  searched in the path with RE2 (``forkproxy.core.patterns``;
+                anchor with ``^`` yourself).
 
 ``path`` is the path part of the request target without the query string,
 in canonical form (``core.canon``: the session canonicalises every request
@@ -40,9 +41,10 @@ before routing it; nothing is decoded here).
 
 from __future__ import annotations
 
-import re
 from dataclasses import dataclass
 from typing import Sequence
+
+from .patterns import compile_pattern
 
 __all__ = ["RouteSpec", "Router", "shadowed"]
 
@@ -107,10 +109,7 @@ class Router:
                 exact, suffix = _compile_host(spec.host)
             search = None
             if spec.path_regex is not None:
-                try:
-                    search = re.compile(spec.path_regex).search
-                except re.error as e:
-                    raise ValueError(f"invalid path_regex {spec.path_regex!r}: {e}") from None
+                search = compile_pattern(spec.path_regex).search
             compiled.append(
                 (
                     frozenset(spec.listeners) or None,

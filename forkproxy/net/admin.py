@@ -21,6 +21,13 @@ worker's store, each memcached server probed (``version``, PROBE_TIMEOUT),
 its breaker state, and per cached route the ``cache_requests_total`` counts
 with their hit ratio, (HIT + STALE + REVALIDATED) / (those + MISS).
 
+Host check (against DNS rebinding: a page whose own name now resolves to the
+admin address would otherwise read it from a victim's browser): the Host's
+name must be an IP address, ``localhost``, the name in ``server.admin`` or one
+of ``server.admin_names`` (the port is not compared: an SSH tunnel changes it,
+and rebinding needs a name); anything else is 421, before authorisation. A
+request without Host (HTTP/1.0; no browser sends one) passes.
+
 Authorisation: ``Authorization: Bearer TOKEN`` with ``server.admin_token``,
 compared with ``hmac.compare_digest``; required for every POST, and for every
 request when the admin address is not loopback. No token configured: those
@@ -89,6 +96,8 @@ class Admin:
             self.loopback = ipaddress.ip_address(self.host).is_loopback
         except ValueError:
             self.loopback = self.host == "localhost"
+        self.names = frozenset({"localhost", *rt.cfg.server.admin_names}
+                               | (set() if _is_ip(self.host) else {self.host.lower().rstrip(".")}))
         self._fds: dict[int, bool] = {}
         self.leader = None  # this worker's checker's net.leader.Leader, set by daemon.hooks
 
@@ -115,6 +124,7 @@ class Admin:
             client.settimeout(self.rt.cfg.server.header_timeout)
             try:
                 req = self._read(client)
+                self.check_host(req, peer)
                 status, body, ctype, extra = 200, *self.dispatch(req, peer), []
             except _Reply as r:
                 status, body, ctype, extra = r.status, r.body, "text/plain; charset=utf-8", r.headers
@@ -149,6 +159,16 @@ class Admin:
             raise _Reply(exc.status, f"{exc.reason}\n") from None
 
     # -- requests --------------------------------------------------------------------
+
+    def check_host(self, req, peer: str) -> None:
+        """Raise a 421 ``_Reply`` unless the Host names this endpoint (module doc)."""
+        host = req.host
+        if host is None or _is_ip(host) or host.rstrip(".") in self.names:
+            return
+        self.rt.log.warning("admin: refused Host %r from %s (not in server.admin_names)",
+                            req.host_value, peer)
+        raise _Reply(421, f"misdirected request: Host {req.host_value!r} is not a name of this "
+                          f"admin endpoint; add it to server.admin_names\n")
 
     def authorize(self, req, write: bool) -> None:
         """Raise a 401/403 ``_Reply`` unless ``req`` may do this (see the module doc)."""
@@ -367,6 +387,14 @@ def _namespaces(rt, url: str) -> list[str]:
                      f"{exc.reason}\n") from None
     _, host, path, _ = request_target(req)
     return rt.cache.namespaces_serving(rt, host, path)
+
+
+def _is_ip(host: str) -> bool:
+    try:
+        ipaddress.ip_address(host.strip("[]"))
+    except ValueError:
+        return False
+    return True
 
 
 def _hit_ratio(results: dict[str, int]) -> float | None:

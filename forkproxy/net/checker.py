@@ -31,14 +31,13 @@ Decisions:
 * Redirects are never followed: a 3xx is judged by ``expect_status`` like
   any other status. Proxy environment variables are ignored
   (``trust_env = False``).
-* ``expect_body`` is a regex searched (``re.search``) in the first 64 KiB of
+* ``expect_body`` is a regex searched (RE2, ``core.patterns``) in the first 64 KiB of
   the body, decoded as UTF-8 with undecodable bytes replaced.
 """
 
 from __future__ import annotations
 
 import functools
-import re
 import socket
 import time
 from dataclasses import dataclass
@@ -49,6 +48,7 @@ from gevent.event import Event
 
 from forkproxy.config import HealthConfig, ServerEntry
 from forkproxy.core.health import RiseFall
+from forkproxy.core.patterns import compile_pattern
 
 __all__ = ["Target", "Checker", "probe", "BODY_LIMIT"]
 
@@ -157,8 +157,8 @@ def _probe_http(target: Target, session: requests.Session | None) -> tuple[bool,
 
 
 @functools.lru_cache(maxsize=256)
-def _regex(pattern: str) -> re.Pattern:
-    return re.compile(pattern)
+def _regex(pattern: str):
+    return compile_pattern(pattern)
 
 
 def _classify(exc: BaseException) -> str:

@@ -192,6 +192,13 @@ class Edge:
             return False
         return any(ip.version == n.version and ip in n for n in self.trusted)
 
+    def client(self, req, peer: str) -> str:
+        """The real client of ``req`` from ``peer``: ``peer`` itself, or behind a
+        trusted proxy the address its X-Forwarded-For vouches for."""
+        if self.trusted and self._trusted(peer):
+            return hdr.real_client_addr(req.headers, peer, self.trusted)
+        return peer
+
     def request_id(self, req, peer: str) -> str:
         """The id of a request from ``peer``: a trusted proxy's well-formed
         ``X-Request-Id`` is kept; any other request gets 32 random hex digits."""
@@ -209,8 +216,7 @@ class Edge:
         the client; the caller reports ``rules.rate_key`` instead.
         """
         rules = self.routes[index]
-        trusted = self.trusted and self._trusted(peer)
-        client = hdr.real_client_addr(req.headers, peer, self.trusted) if trusted else peer
+        client = self.client(req, peer)
         rid = rec.request_id = rec.request_id or self.request_id(req, peer)
         er = EdgeRequest(rules, client, rid, proto, host or "", req.host_value)
         er.answer = self._check(rules, req, client, target, count) if rules.checks else None

@@ -174,6 +174,13 @@ class Runtime:
         try:
             local = client.getsockname()[:2]
             if listener.accept_proxy:
+                if peer is None or not hdr.in_networks(peer[0], listener.proxy_protocol_from):
+                    # Its header would choose the client address forkproxy believes.
+                    self.log.warning("listener %s: connection from %s closed: PROXY headers "
+                                     "are not accepted from it (listener.proxy_protocol_from)",
+                                     listener.name, peer[0] if peer else "-")
+                    _close_quietly(client)
+                    return
                 header = tunnel.read_proxy_header(client, self.cfg.server.header_timeout)
                 if header.src is not None:  # LOCAL: the balancer's own check
                     peer, local = header.src, header.dst
@@ -438,6 +445,8 @@ class Session:
             if rt.access_log.enabled:  # only the access log shows them
                 rec.referer, rec.user_agent = req.get("referer"), req.get("user-agent")
             rec.request_id = rt.edge.request_id(req, self.peer)
+            if rt.edge.trusted:  # the log's client is the real one, the proxy its peer
+                rec.client = rt.edge.client(req, self.peer)
             # From here on every decision, the cache and the upstream head see
             # the canonical target; the logs keep the one received.
             req = canonical_request(req, *rt.canon)
@@ -579,14 +588,14 @@ class Session:
             got = memo.get(key)
             if got is None:
                 got = _remember(memo, key, (tuple(self._forwarded(req, host_value, tokens)),
-                                            tuple(self._framing_fields(req)),
+                                            tuple(self._framing_fields(req, rc)),
                                             rc.host_header or host_value))
             before, after, out_host = got
             return [*before, ("x-request-id", er.request_id), *after], out_host
         # X-Request-Id, then request_headers
         headers, out_host = er.upstream(self._forwarded(req, host_value, tokens),
                                         rc.host_header or host_value)
-        headers += self._framing_fields(req)
+        headers += self._framing_fields(req, rc)
         return headers, out_host
 
     def _forwarded(self, req, host_value, tokens) -> list:
@@ -595,17 +604,18 @@ class Session:
         return hdr.forwarded_for_request(
             req.headers, client_addr=self.peer, proto=self.proto, host=host_value,
             trusted=self.rt.trusted_peer(self.peer),
-            drop=hdr.hop_by_hop(req.headers, REWRITTEN_REQUEST_FIELDS, tokens))
+            drop=hdr.hop_by_hop(req.headers, REWRITTEN_REQUEST_FIELDS, tokens),
+            underscores=self.rt.cfg.server.underscores_in_headers)
 
     @staticmethod
-    def _framing_fields(req) -> list:
+    def _framing_fields(req, rc) -> list:
         framing = req.framing
         out = []
         if framing.kind == "length":
             out.append(("Content-Length", str(framing.length)))
         elif framing.kind == "chunked":
             out.append(("Transfer-Encoding", ", ".join(framing.codings + ("chunked",))))
-        upgrade = _upgrade_asked(req)
+        upgrade = _upgrade_asked(req, rc)
         if upgrade is not None:  # the one hop-by-hop pair that must cross (WebSocket)
             out += [("Connection", "upgrade"), ("Upgrade", upgrade)]
         return out
@@ -769,7 +779,7 @@ class Session:
             resp, body_start = self.read_response_head(conn)
             if 100 <= resp.status < 200:
                 if resp.status == 101:
-                    if _upgrade_asked(req) is not None:
+                    if _upgrade_asked(req, self.rt.routes[rec.route]) is not None:
                         return self.tunnel(rec, conn, resp, body_start, t0, extra)
                     raise UpstreamError("invalid", f"{conn.server.addr} switched protocols "
                                         "without being asked", sent=True)
@@ -1287,18 +1297,20 @@ def sticky_choice(pool: PoolRuntime, req) -> tuple[int | None, str | None]:
     return pinned, token
 
 
-def _upgrade_asked(req) -> str | None:
+def _upgrade_asked(req, rc=None) -> str | None:
     """The Upgrade value of a request that asks to switch protocols, else None.
 
     Only HTTP/1.1 requests can (RFC 9110 7.8), and only with ``upgrade`` in
-    their Connection field.
+    their Connection field. With the route ``rc``, only the protocols its
+    ``upgrade`` list allows (``core.headers.allowed_upgrade``): None when
+    there is none, and the request goes upstream as a plain one.
     """
     if req.version != "1.1":
         return None
     value = req.upgrade
     if value is None or "upgrade" not in req.connection:
         return None
-    return value
+    return value if rc is None else hdr.allowed_upgrade(value, rc.upgrade)
 
 
 def _compressed(out: list, req, cz):

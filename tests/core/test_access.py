@@ -1,13 +1,9 @@
-"""Access rules: ACL order, method lists, deny rules, the regex safety check."""
-
-import re
+"""Access rules: ACL order, method lists, deny rules."""
 
 import pytest
 from hypothesis import given, strategies as st
 
-from forkproxy.core.access import (
-    MAX_REGEX_LENGTH, DenyRule, Methods, check_regex, compile_acl, compile_regex, first_denial,
-)
+from forkproxy.core.access import DenyRule, Methods, compile_acl, first_denial
 
 ACL = compile_acl([
     ("deny", "10.0.0.5"),
@@ -150,49 +146,9 @@ def test_all_conditions_of_a_rule_must_hold():
     {"path": "/x", "status": 600},
     {"header_regex": "x"},                       # without header
     {"header": "bad name"},
-    {"path_regex": r"(a+)+$"},                   # unsafe
+    {"path_regex": r"(a)\1"},                    # RE2 has no backreferences
     {"query_regex": "["},                        # invalid
 ])
 def test_deny_rule_rejects(kwargs):
     with pytest.raises(ValueError):
         DenyRule(**kwargs)
-
-
-# -- regex safety --------------------------------------------------------------------
-
-UNSAFE = [
-    r"(a+)+$", r"(a*)*", r"(a|a)*$", r"(a|ab)*c", r"(\wx|\dy)+", r"(.*,){10}",
-    r"^(\w+\s?)*$", r"(a?)*", r"(|a)+", r"(x+x+)+y", r"((ab)*c)+",
-    r"(a)\1", r"(?P<q>a)(?P=q)", r"(a)?(?(1)b|c)",
-    r"(?=a)b", r"(?!a)b", r"(?<=a)b", r"(?<!a)b",
-    r"[", r"a{2,1}", "x" * (MAX_REGEX_LENGTH + 1),
-]
-SAFE = [
-    r"^/api/", r"\.(png|jpe?g)$", r"(?:foo|bar)+", r"(ab{2})+", r"a++", r"(?>a+)b",
-    r".*a.*b", r"(\w|\d)+", r"(?i)(a|A)+", r"^/(?:v1|v2)/users/\d+$", r"(?P<id>\d+)",
-    r"(a{2}|b)*", r"^/static/[^/]+\.css$", r"(?i)^mozilla", "x" * MAX_REGEX_LENGTH,
-]
-
-
-@pytest.mark.parametrize("pattern", UNSAFE)
-def test_unsafe_patterns_are_refused(pattern):
-    assert check_regex(pattern)
-    with pytest.raises(ValueError):
-        compile_regex(pattern)
-
-
-@pytest.mark.parametrize("pattern", SAFE)
-def test_safe_patterns_are_accepted(pattern):
-    assert check_regex(pattern) is None
-    assert isinstance(compile_regex(pattern), re.Pattern)
-
-
-@given(st.from_regex(r"[ab()|*+?]{1,8}", fullmatch=True))
-def test_accepted_patterns_stay_fast_on_adversarial_input(pattern):
-    # Only what the check accepts is ever run; a refused shape is never
-    # executed here (running "(a|a)*$" on 30 a's takes minutes).
-    if check_regex(pattern) is not None:
-        return
-    rx = re.compile(pattern)
-    for s in ("a" * 24 + "!", "ab" * 12 + "!", "b" * 24 + "a!"):
-        rx.search(s)  # would hang the test on an exponential shape

@@ -8,7 +8,7 @@ import pytest
 from hypothesis import given, strategies as st
 
 from forkproxy.core.headers import (
-    HOP_BY_HOP, connection_tokens, forwarded_for_request, forwarded_node,
+    HOP_BY_HOP, allowed_upgrade, connection_tokens, forwarded_for_request, forwarded_node,
     real_client_addr, response_headers_for_client, split_host, strip_hop_by_hop,
 )
 from forkproxy.core.http1 import ProtocolError
@@ -94,6 +94,30 @@ def test_trusted_without_incoming_values_writes_ours():
     assert fields(out, "x-forwarded-proto") == ["https"]
     assert fields(out, "x-forwarded-host") == []
     assert fields(out, "forwarded") == ["for=10.0.0.2;proto=https"]
+
+
+# Names CGI/WSGI read as HTTP_X_FORWARDED_FOR, HTTP_X_REAL_IP...: dropped unless
+# underscores are allowed (nginx's underscores_in_headers), whoever the peer is.
+UNDERSCORED = [("x_forwarded_for", "6.6.6.6"), ("x_real_ip", "6.6.6.6"), ("x-forwarded_for", "6.6.6.6"),
+               ("forwarded_", "for=6.6.6.6"), ("_", "1"), ("my_header", "kept only when allowed")]
+
+
+@pytest.mark.parametrize("trusted", [False, True])
+@pytest.mark.parametrize("field", UNDERSCORED)
+def test_underscored_names_are_dropped_by_default(field, trusted):
+    incoming = [("host", "a"), field, ("accept", "*/*")]
+    out = forwarded_for_request(incoming, client_addr="203.0.113.7", proto="http", host="a", trusted=trusted)
+    assert field not in out
+    assert out[:2] == [("host", "a"), ("accept", "*/*")]
+    assert fields(out, "x-forwarded-for") == ["203.0.113.7"]
+
+
+@pytest.mark.parametrize("field", UNDERSCORED)
+def test_underscored_names_kept_when_allowed(field):
+    incoming = [("host", "a"), field, ("accept", "*/*")]
+    out = forwarded_for_request(incoming, client_addr="203.0.113.7", proto="http", host="a",
+                                trusted=False, underscores=True)
+    assert out[:3] == incoming
 
 
 @pytest.mark.parametrize("addr,node", [
@@ -182,3 +206,48 @@ def test_known_connection_tokens_change_nothing(headers):
     tokens = connection_tokens(headers)
     assert hop_by_hop(headers, tokens=tokens) == hop_by_hop(headers)
     assert response_headers_for_client(headers, tokens=tokens) == response_headers_for_client(headers)
+
+
+# -- the Upgrade protocols a route lets through (route.upgrade) ---------------------
+
+WS = frozenset({"websocket"})
+
+
+@pytest.mark.parametrize("value, allowed, kept", [
+    ("websocket", WS, "websocket"),
+    ("WebSocket", WS, "WebSocket"),
+    ("websocket/13", WS, "websocket/13"),
+    ("h2c", WS, None),
+    ("H2C", WS, None),
+    ("h2c, websocket", WS, "websocket"),
+    (" websocket ,, h2c ", WS, "websocket"),
+    ("websocketx", WS, None),
+    ("", WS, None),
+    (",", WS, None),
+    ("websocket", frozenset(), None),
+    ("h2c, foo/2, bar", frozenset({"h2c", "foo"}), "h2c, foo/2"),
+    ("TLS/1.2", frozenset({"tls"}), "TLS/1.2"),
+])
+def test_allowed_upgrade(value, allowed, kept):
+    assert allowed_upgrade(value, allowed) == kept
+
+
+@given(st.lists(st.sampled_from(["websocket", "WebSocket/13", "h2c", "tls/1.3", "foo", " ", ""]),
+                max_size=5),
+       st.sets(st.sampled_from(["websocket", "h2c", "tls"])))
+def test_allowed_upgrade_keeps_only_allowed_names(items, allowed):
+    got = allowed_upgrade(",".join(items), frozenset(allowed))
+    expected = [i.strip() for i in items if i.strip() and i.strip().split("/")[0].lower() in allowed]
+    assert got == (", ".join(expected) if expected else None)
+
+
+@pytest.mark.parametrize("addr, inside", [
+    ("127.0.0.1", True), ("127.255.0.9", True), ("::1", True), ("::ffff:127.0.0.1", True),
+    ("10.0.0.1", True), ("10.0.0.2", False), ("192.0.2.1", False), ("::2", False),
+    ("", False), ("unix", False), ("not-an-ip", False),
+])
+def test_in_networks(addr, inside):
+    from forkproxy.core.headers import in_networks
+
+    nets = tuple(map(ipaddress.ip_network, ["127.0.0.0/8", "::1/128", "10.0.0.1/32"]))
+    assert in_networks(addr, nets) is inside

@@ -54,6 +54,13 @@ INVALID_REQUESTS = [
     ("te-chunked-not-final", b"POST / HTTP/1.1\r\n" + H + b"Transfer-Encoding: chunked, gzip\r\n\r\n", 400),
     ("te-gzip-only", b"POST / HTTP/1.1\r\n" + H + b"Transfer-Encoding: gzip\r\n\r\n", 400),
     ("te-unknown-before-chunked", b"POST / HTTP/1.1\r\n" + H + b"Transfer-Encoding: foo, chunked\r\n\r\n", 501),
+    # only chunked alone: a coding before it desyncs backends that read it otherwise
+    ("te-gzip-chunked", b"POST / HTTP/1.1\r\n" + H + b"Transfer-Encoding: gzip, chunked\r\n\r\n0\r\n\r\n", 501),
+    ("te-identity-chunked", b"POST / HTTP/1.1\r\n" + H + b"Transfer-Encoding: identity, chunked\r\n\r\n0\r\n\r\n", 501),
+    ("te-identity-chunked-upper", b"POST / HTTP/1.1\r\n" + H + b"Transfer-Encoding: IDENTITY,CHUNKED\r\n\r\n0\r\n\r\n", 501),
+    ("te-deflate-chunked", b"POST / HTTP/1.1\r\n" + H + b"Transfer-Encoding: deflate, chunked\r\n\r\n0\r\n\r\n", 501),
+    ("te-gzip-chunked-two-fields", b"POST / HTTP/1.1\r\n" + H + b"Transfer-Encoding: gzip\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n", 501),
+    ("te-x-gzip-chunked", b"POST / HTTP/1.1\r\n" + H + b"Transfer-Encoding: x-gzip, chunked\r\n\r\n0\r\n\r\n", 501),
     ("te-vtab", b"POST / HTTP/1.1\r\n" + H + b"Transfer-Encoding: \x0bchunked\r\n\r\n", 400),
     ("te-obs-fold", b"POST / HTTP/1.1\r\n" + H + b"Transfer-Encoding:\r\n chunked\r\n\r\n", 400),
     ("te-empty", b"POST / HTTP/1.1\r\n" + H + b"Transfer-Encoding: \r\n\r\n", 400),
@@ -201,7 +208,6 @@ VALID_REQUESTS = [
     ("chunked-ext", b'POST / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\n\r\n5 ; a=b;c ;d="x\\"y z"\r\nhello\r\n0;last\r\n\r\n', "POST", "/", "1.1", b"hello", [], b""),
     ("chunked-trailers", b"POST / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\n\r\n2\r\nhi\r\n0\r\nX-Sum:  abc \r\nX-Other: 1\r\n\r\n", "POST", "/", "1.1", b"hi", [("x-sum", "abc"), ("x-other", "1")], b""),
     ("chunked-16-hex-zeros", b"POST / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\n\r\n0000000000000002\r\nhi\r\n0\r\n\r\n", "POST", "/", "1.1", b"hi", [], b""),
-    ("gzip-then-chunked", b"POST / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: gzip, chunked\r\n\r\n2\r\nhi\r\n0\r\n\r\n", "POST", "/", "1.1", b"hi", [], b""),
     ("te-empty-elements", b"POST / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: , chunked\r\n\r\n0\r\n\r\n", "POST", "/", "1.1", b"", [], b""),
     ("absolute-form", b"GET http://a.example/x?y HTTP/1.1\r\nHost: a.example\r\n\r\n", "GET", "http://a.example/x?y", "1.1", b"", [], b""),
     ("authority-form", b"CONNECT a.example:443 HTTP/1.1\r\nHost: a.example:443\r\n\r\n", "CONNECT", "a.example:443", "1.1", b"", [], b""),
@@ -258,8 +264,7 @@ def test_framing_values():
     assert framing(b"POST / HTTP/1.1\r\nHost: a\r\nContent-Length: 0\r\n\r\n") == Framing("length", 0)
     assert framing(b"POST / HTTP/1.1\r\nHost: a\r\nContent-Length: 12\r\n\r\n") == Framing("length", 12)
     assert framing(b"POST / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\n\r\n").kind == "chunked"
-    f = framing(b"POST / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: gzip,chunked\r\n\r\n")
-    assert (f.kind, f.codings) == ("chunked", ("gzip",))
+    assert framing(b"POST / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: Chunked\r\n\r\n") == Framing("chunked")
 
 
 # ---------------------------------------------------------------------------

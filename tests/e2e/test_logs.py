@@ -26,7 +26,7 @@ from support.rawhttp import exchange
 #: Every key of a JSON access-log line, in order (forkproxy.toml(5), access_log_format).
 KEYS = ["time", "client", "request", "method", "target", "version", "status", "bytes_received",
         "bytes_sent", "referer", "user_agent", "route", "pool", "upstream", "upstream_status",
-        "request_time", "upstream_time", "cache", "request_id", "tls_version", "sni"]
+        "request_time", "upstream_time", "cache", "request_id", "tls_version", "sni", "peer"]
 #: An error-log line about one request (gunicorn's prefix, then forkproxy's text).
 ERROR_LINE = re.compile(r'\[(?P<level>[A-Z]+)\] request (?P<id>\S+) (?P<client>\S+) '
                         r'"(?P<request>[^"]*)" -> (?P<status>\d{3}): (?P<why>.*)$')
@@ -269,3 +269,19 @@ def test_a_5xx_line_says_where_it_failed():
     assert error_line(r)[1].endswith('-> 504: timed out [route 3, pool "api", server 10.0.0.1:80]')
     r.status, r.why = 403, "denied"  # a refusal names its own rule
     assert error_line(r)[1].endswith("-> 403: denied")
+
+
+def test_client_and_peer_in_both_formats(tmp_path):
+    """Behind a trusted proxy the first field is the real client, the proxy is ``peer``."""
+    from forkproxy.logs import AccessLog
+
+    r = AccessRecord("10.0.0.2", 0.0)
+    r.client, r.method, r.target, r.version, r.status = "203.0.113.9", "GET", "/", "1.1", 403
+    r.request_id, r.why = "abc", "denied"
+    combined = AccessLog(str(tmp_path / "c.log"), "combined").format_line(r)
+    assert combined.startswith("203.0.113.9 - - [") and combined.endswith(" peer=10.0.0.2\n")
+    doc = json.loads(AccessLog(str(tmp_path / "j.log"), "json").format_line(r))
+    assert (doc["client"], doc["peer"]) == ("203.0.113.9", "10.0.0.2")
+    assert error_line(r)[1] == 'request abc 203.0.113.9 via 10.0.0.2 "GET /" -> 403: denied'
+    r.client = r.peer  # no proxy: the line is as it was
+    assert error_line(r)[1] == 'request abc 10.0.0.2 "GET /" -> 403: denied'
