@@ -552,7 +552,8 @@ def chunked_encode(body: bytes, sizes: list[int]) -> bytes:
 
 
 @settings(max_examples=300, deadline=None)
-@given(method=tokens, target=targets, headers=extra_headers, body=bodies,
+@given(method=tokens.filter(lambda m: m != "CONNECT"),  # CONNECT takes authority-form only
+       target=targets, headers=extra_headers, body=bodies,
        chunked=st.booleans(), chunk_sizes=cut_lists, cuts=cut_lists,
        trailers=st.lists(st.tuples(tokens.map(str.lower), values), max_size=3),
        tail=st.sampled_from([b"", b"GET /next HTTP/1.1\r\nHost: n\r\n\r\n"]))
