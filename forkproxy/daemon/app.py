@@ -142,6 +142,9 @@ def gunicorn_settings(cfg: fpconfig.Config) -> dict:
         settings["user"] = s.user
     if s.group:
         settings["group"] = s.group
+    elif s.user:  # gunicorn's default is the master's group (root's)
+        import pwd
+        settings["group"] = pwd.getpwnam(s.user).pw_gid
     return settings
 
 

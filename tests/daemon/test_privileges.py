@@ -45,11 +45,36 @@ pytestmark = [
 ]
 
 
-def uid_of(pid: int) -> int:
+def status_field(pid: int, name: str) -> list[int]:
+    """The numbers of a line of /proc/PID/status (``Uid``, ``Gid``, ``Groups``)."""
     for line in open(f"/proc/{pid}/status"):
-        if line.startswith("Uid:"):
-            return int(line.split()[1])  # real uid
-    raise KeyError("Uid")
+        if line.startswith(name + ":"):
+            return [int(x) for x in line.split()[1:]]
+    raise KeyError(name)
+
+
+def uid_of(pid: int) -> int:
+    return status_field(pid, "Uid")[0]  # real uid
+
+
+def switched(fp, uid: int, n: int = 2) -> list[int]:
+    """The ``n`` workers, once every one has switched to ``uid`` (a worker boots
+    as root: it imports what it needs before the switch)."""
+    def done():
+        pids = fp.wait_workers(n)
+        return all(uid_of(p) == uid for p in pids)
+    wait_until(done, what=f"{n} workers running as uid {uid}")
+    return fp.wait_workers(n)
+
+
+@pytest.fixture
+def shared_dir():
+    """A directory every user can traverse (for runtime_dir and the logs), like
+    /run and /var/log; pytest's own temporary directories are private to root."""
+    d = tempfile.mkdtemp(prefix="forkproxy-priv-")
+    os.chmod(d, 0o755)
+    yield Path(d)
+    shutil.rmtree(d, ignore_errors=True)
 
 
 @pytest.fixture
@@ -77,9 +102,8 @@ pool = "p"
 servers = [{{ addr = "{b.addr}" }}]
 """, server={"user": "nobody", "group": "nogroup" if _has_group("nogroup") else None,
             "access_log": str(logdir / "access.log"), "error_log": str(logdir / "error.log")})
-    workers = fp.wait_workers(2)
     assert uid_of(fp.pid) == 0
-    assert {uid_of(w) for w in workers} == {nobody.pw_uid}
+    switched(fp, nobody.pw_uid)
 
     url = f"http://127.0.0.1:{port}/"
     assert requests.get(url + "?before", timeout=10).status_code == 200
@@ -106,3 +130,100 @@ def _has_group(name: str) -> bool:
         return True
     except KeyError:
         return False
+
+
+def one_pool(port: int, addr: str, extra: str = "") -> str:
+    return f"""
+[[listener]]
+name = "web"
+bind = "127.0.0.1:{port}"
+[[route]]
+pool = "p"
+[pool.p]
+servers = [{{ addr = "{addr}" }}]
+{extra}
+"""
+
+
+def test_workers_take_the_users_primary_and_supplementary_groups(
+        forkproxy_factory, backend_factory, shared_dir):
+    """server.user without server.group: the user's groups, none of root's (gid 0)."""
+    nobody = pwd.getpwnam("nobody")
+    b = backend_factory("b")
+    port = free_port()
+    fp = forkproxy_factory(one_pool(port, b.addr), server={
+        "user": "nobody", "runtime_dir": str(shared_dir / "run"),
+        "access_log": str(shared_dir / "access.log"), "error_log": str(shared_dir / "error.log")})
+    want_groups = sorted(set(os.getgrouplist("nobody", nobody.pw_gid)))
+    for w in switched(fp, nobody.pw_uid):
+        assert status_field(w, "Gid") == [nobody.pw_gid] * 4
+        assert sorted(status_field(w, "Groups")) == want_groups
+        assert 0 not in status_field(w, "Groups")
+    assert status_field(fp.pid, "Gid")[0] == 0  # the master keeps root's
+
+
+@pytest.fixture
+def private_python(tmp_path):
+    """An interpreter whose library and site-packages only root can read, like a
+    pyenv under /root: a copy of this Python's binary in a 0700 directory, its
+    stdlib and this venv's site-packages reached through symlinks inside it, and
+    forkproxy (this worktree) likewise.  Returns (python, PYTHONPATH, the
+    private directory)."""
+    import sys
+    import sysconfig
+
+    private = Path(tempfile.mkdtemp(prefix="forkproxy-pyenv-"))
+    os.chmod(private, 0o755)  # opened up for the start, closed by the test
+    (private / "bin").mkdir()
+    (private / "lib").mkdir()
+    python = private / "bin" / os.path.basename(os.path.realpath(sys.executable))
+    shutil.copy2(os.path.realpath(sys.executable), python)
+    stdlib = sysconfig.get_paths()["stdlib"]
+    (private / "lib" / os.path.basename(stdlib)).symlink_to(stdlib)
+    (private / "site").symlink_to(sysconfig.get_paths()["purelib"])
+    (private / "src").mkdir()
+    (private / "src" / "forkproxy").symlink_to(Path(forkproxy.__file__).parent)
+    yield str(python), f"{private / 'src'}:{private / 'site'}", private
+    shutil.rmtree(private, ignore_errors=True)
+
+
+def test_workers_need_nothing_from_an_interpreter_the_user_cannot_read(
+        forkproxy_factory, backend_factory, shared_dir, private_python):
+    """Issue 17: with Python where server.user cannot read it, every feature a
+    worker has (sticky cookies, the admin endpoint and its page, health probes,
+    a server named by host name) still works, and workers started later (TTIN,
+    a reload) boot: everything is imported before the switch to the user."""
+    python, pythonpath, private = private_python
+    b = backend_factory("b")
+    port, admin = free_port(), free_port()
+    extra = ('sticky = { cookie = "srv" }\n'
+             'health = { path = "/healthz", interval = "200ms", rise = 1, fall = 1 }')
+    body = one_pool(port, f"localhost:{b.port}", extra)
+    server = {"user": "nobody", "runtime_dir": str(shared_dir / "run"), "admin": f"127.0.0.1:{admin}",
+              "admin_token": "t0ken", "error_log": str(shared_dir / "error.log"),
+              "access_log": str(shared_dir / "access.log")}
+    fp = forkproxy_factory(body, server=server, python=python, env={"PYTHONPATH": pythonpath})
+    switched(fp, pwd.getpwnam("nobody").pw_uid)
+    os.chmod(private, 0o700)  # from now on, nobody cannot read the interpreter
+
+    def exercise():
+        r = requests.get(f"http://127.0.0.1:{port}/", timeout=10)
+        assert r.status_code == 200 and "srv" in r.cookies
+        r = requests.get(f"http://127.0.0.1:{port}/", cookies=r.cookies, timeout=10)
+        assert r.status_code == 200
+        assert requests.get(f"http://127.0.0.1:{admin}/", timeout=10).status_code == 200
+        st = requests.get(f"http://127.0.0.1:{admin}/status", timeout=10).json()
+        assert st["pools"][0]["servers"][0]["health"] == "up"
+
+    for _ in range(4):  # both workers, by the odds of the accept queue
+        exercise()
+    wait_until(lambda: b.stats()["by_path"].get("/healthz", 0) >= 2, what="health probes")
+    fp.signal(signal.SIGTTIN)
+    fp.wait_workers(3)
+    fp.reload()
+    wait_until(lambda: "reload 1: the new generation serves" in fp.error_log(),
+               what="the reloaded generation")
+    for _ in range(4):
+        exercise()
+    log = fp.error_log()
+    assert "No module named" not in log and "Traceback" not in log, log
