@@ -47,19 +47,25 @@ def build_table(cfg: Config, n_slots: int):
     """Create the table for ``cfg`` at its path, carrying over the rows of servers that stay.
 
     Done under the admin lock so that a ``forkproxyctl drain`` racing a
-    reload lands in the new table, not in the one being replaced.  Rows of
+    reload lands in the new table, not in the one being replaced.  The
+    table and the lock file belong to server.user: its workers' admin
+    endpoint opens both for writing.  Rows of
     new servers start as ``server.initial_health`` says (pools with active
     checks) or up (pools without: only passive checks apply to them).
     """
     path = table_path(cfg)
     labels = table_labels(cfg)
+    owner = _owner(cfg.server)
     with shm.admin_lock(path):
+        if owner is not None:
+            os.chown(shm.admin_lock_path(path), *owner)
         try:
             old = shm.open_table(path, writable=False)
         except (OSError, ValueError):
             old = None
         generation = old.generation + 1 if old is not None else 1
-        mm, table = shm.create(path, len(labels), n_slots, generation, labels=labels)
+        mm, table = shm.create(path, len(labels), n_slots, generation, labels=labels,
+                               owner=owner)
         now = time.time()
         row = 0
         for pool in cfg.pools:
@@ -202,6 +208,13 @@ def on_starting(arbiter) -> None:
     # process that takes them, and the kernel frees them when it dies.
     app.fp_lock_fd = os.open(os.path.join(cfg.server.runtime_dir, LOCK_NAME),
                              os.O_RDWR | os.O_CREAT, 0o644)
+    # The admin endpoint's POST /reload: a worker running as server.user may
+    # not signal the master, so it writes a byte here and the master's loop
+    # (daemon.arbiter) reads it as a SIGHUP.  Non-blocking both ways: a full
+    # pipe already holds a request, and the master never waits on it.
+    app.fp_reload_pipe = os.pipe()
+    for fd in app.fp_reload_pipe:
+        os.set_blocking(fd, False)
 
 
 def on_reload(arbiter) -> None:
@@ -275,6 +288,7 @@ def post_fork(arbiter, worker) -> None:
 
     for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGQUIT):
         signal.signal(sig, signal.SIG_DFL)
+    os.close(arbiter.app.fp_reload_pipe[0])  # the master's end
     become_gevent_worker(worker)
 
 
@@ -302,7 +316,8 @@ def post_worker_init(worker) -> None:
         from forkproxy.net.admin import Admin
 
         worker.runtime.admin = Admin(worker.runtime, table, table_path(cfg),
-                                     os.path.join(cfg.server.runtime_dir, LOCK_NAME), set_admin)
+                                     os.path.join(cfg.server.runtime_dir, LOCK_NAME), set_admin,
+                                     reload_fd=app.fp_reload_pipe[1])
     if any(r.cache for r in cfg.routes):
         # After the fork: pylibmc clients must not be shared across processes.
         # Nothing connects here (the store connects on first use), so a

@@ -227,3 +227,43 @@ def test_workers_need_nothing_from_an_interpreter_the_user_cannot_read(
         exercise()
     log = fp.error_log()
     assert "No module named" not in log and "Traceback" not in log, log
+
+
+def admin_post(admin: int, path: str) -> requests.Response:
+    return requests.post(f"http://127.0.0.1:{admin}{path}", timeout=10,
+                         headers={"Authorization": "Bearer t0ken"})
+
+
+def test_admin_commands_work_as_the_user_and_say_why_when_they_cannot(
+        forkproxy_factory, backend_factory, shared_dir):
+    """drain, weight and reload through the admin endpoint of workers running as
+    nobody; a change the system refuses is a 500 with the reason and an error-log
+    line, never a closed connection."""
+    b = backend_factory("b")
+    port, admin = free_port(), free_port()
+    fp = forkproxy_factory(one_pool(port, b.addr), server={
+        "user": "nobody", "runtime_dir": str(shared_dir / "run"), "admin": f"127.0.0.1:{admin}",
+        "admin_token": "t0ken", "error_log": str(shared_dir / "error.log"),
+        "access_log": str(shared_dir / "access.log")})
+    switched(fp, pwd.getpwnam("nobody").pw_uid)
+
+    r = admin_post(admin, f"/servers/p/{b.addr}/drain")
+    assert r.status_code == 200 and r.json()["after"] == "drain", r.text
+    r = admin_post(admin, f"/servers/p/{b.addr}/weight/7")
+    assert r.status_code == 200 and r.json()["after"] == 7, r.text
+    server = fp.ctl_status()["pools"][0]["servers"][0]
+    assert (server["admin"], server["weight"]) == ("drain", 7)
+
+    r = admin_post(admin, "/reload")
+    assert r.status_code == 200, r.text
+    wait_until(lambda: "reload 1: the new generation serves" in fp.error_log(),
+               what="the reload the admin endpoint asked for")
+
+    # The table handed back to root: the workers' user may no longer write it.
+    os.chown(shared_dir / "run" / "health.tbl", 0, 0)
+    r = admin_post(admin, f"/servers/p/{b.addr}/ready")
+    assert r.status_code == 500
+    assert "Permission denied" in r.text and "health.tbl" in r.text
+    wait_until(lambda: "admin: POST /servers/p/" in fp.error_log(), what="the error-log line")
+    assert "Permission denied" in fp.error_log()
+    assert fp.ctl_status()["pools"][0]["servers"][0]["admin"] == "drain"
