@@ -1345,9 +1345,9 @@ SECTIONS: tuple[Section, ...] = (
         "even while it is in drain; when it is not (down, in maint, out after passive "
         "failures, gone from the pool) the request goes to a fresh choice and the response "
         "carries a new cookie. "
-        "Tokens depend only on the server's addr and the secret, so they stay valid "
-        "across reloads and restarts for servers that stay, and in every forkproxy that "
-        "shares the configuration. "
+        "Tokens depend only on the server's addr and the key, so they stay valid "
+        "across reloads and restarts for servers that stay. "
+        "Over a TLS listener the cookie is also Secure and SameSite=Lax. "
         "Stickiness comes before the balance algorithm.",
         optional=True,
     ),
@@ -1995,9 +1995,10 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("pool.sticky", "secret", "string", None,
             "Key of the HMAC that turns a server's addr into its token. "
             "Give every forkproxy that must honour the same cookies the same secret. "
-            "Unset: the key is derived from the pool name, so tokens stay stable across "
-            "reloads, restarts and machines, but someone who can guess a server's addr could "
-            "check the guess against a token; set a secret to rule that out. "
+            "Unset: the key is derived from the pool name and a random key the master makes "
+            "at its first start and keeps in server.runtime_dir/sticky.key (mode 0600), so "
+            "tokens stay valid across reloads, restarts and upgrades of this forkproxy, but "
+            "not on other machines, nor after that file is lost (as /run is at boot). "
             "Changing it invalidates every cookie once (clients get a fresh choice).",
             _RELOAD, _nonempty_str, example="a long random string"),
     # retry = { ... }

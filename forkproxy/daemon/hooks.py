@@ -32,6 +32,7 @@ from forkproxy.daemon import shm
 
 TABLE_NAME = "health.tbl"
 LOCK_NAME = "checker.lock"
+STICKY_KEY_NAME = "sticky.key"
 
 
 def table_path(cfg: Config) -> str:
@@ -86,6 +87,52 @@ def build_table(cfg: Config, n_slots: int):
             copy_rows(old, table, mapping)
             shm.close_table(old)
     return mm, table
+
+
+def sticky_key(runtime_dir: str) -> bytes:
+    """Master: the daemon's random key of sticky tokens, in ``runtime_dir/sticky.key``.
+
+    Made at the first start (32 random bytes, hex, mode 0600, the master's),
+    then read by every later start, reload and USR2 upgrade, so cookies stay
+    valid for servers that stay.  The workers inherit it in memory.  Never
+    follows a symlink.  A file that is not such a key is an error (an
+    operator's to look at, not something to overwrite).
+    """
+    path = os.path.join(runtime_dir, STICKY_KEY_NAME)
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
+    except FileNotFoundError:
+        fd = None
+    except OSError as exc:
+        raise RuntimeError(f"{path}: {exc.strerror}") from None
+    if fd is None:
+        tmp = f"{path}.{os.getpid()}.tmp"
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC,
+                     0o600)
+        try:
+            os.write(fd, os.urandom(32).hex().encode() + b"\n")
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+        try:
+            os.link(tmp, path)  # never replaces: a master that got there first wins
+        except FileExistsError:
+            pass
+        finally:
+            os.unlink(tmp)
+        return sticky_key(runtime_dir)
+    try:
+        text = os.read(fd, 4096).decode("ascii", "replace").strip()
+    finally:
+        os.close(fd)
+    try:
+        key = bytes.fromhex(text)
+    except ValueError:
+        key = b""
+    if len(key) < 16:
+        raise RuntimeError(f"{path}: not a key forkproxy made (remove it to make a new one; "
+                           "every sticky cookie then gets a fresh choice)")
+    return key
 
 
 def _owner(server) -> tuple[int, int] | None:
@@ -192,6 +239,7 @@ def on_starting(arbiter) -> None:
     cfg = app.fp_config
     open_access_log(arbiter, cfg)
     os.makedirs(cfg.server.runtime_dir, mode=0o755, exist_ok=True)
+    app.fp_sticky_key = sticky_key(cfg.server.runtime_dir)  # runtime_dir needs a restart
     if cfg.server.pidfile:
         os.makedirs(os.path.dirname(os.path.abspath(cfg.server.pidfile)), mode=0o755,
                     exist_ok=True)
@@ -305,7 +353,8 @@ def post_worker_init(worker) -> None:
         table.clear_slot(worker.fp_slot)  # the predecessor may have died mid-request
     access_log = app.fp_access_log  # opened by the master, inherited
     worker.log.fp_access_log = access_log  # reopened with the error log on USR1
-    worker.runtime = Runtime(cfg, worker.log, access_log, table, worker.fp_slot, worker.fp_edge)
+    worker.runtime = Runtime(cfg, worker.log, access_log, table, worker.fp_slot, worker.fp_edge,
+                             app.fp_sticky_key)
     # Counting costs every request a few microseconds: only when /metrics can
     # be read (server.admin); a worker without a slot counts nothing.
     if worker.fp_slot is not None and cfg.server.admin:
