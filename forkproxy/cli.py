@@ -43,6 +43,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="validate the configuration and exit (0 valid, 1 invalid)")
     p.add_argument("-T", "--test-dump", action="store_true",
                    help="validate and print the effective configuration as TOML")
+    p.add_argument("--show-secrets", action="store_true",
+                   help="with -T: print server.admin_token and sticky.secret instead of "
+                        "<redacted>")
     p.add_argument("-D", "--daemon", action="store_true",
                    help="detach from the terminal and run in the background")
     p.add_argument("-p", "--pidfile", metavar="FILE", help="override server.pidfile")
@@ -152,7 +155,7 @@ def main(argv: list[str] | None = None) -> int:
             print(f"forkproxy: configuration file {path} test failed", file=sys.stderr)
         return EX_CONFIG
     if args.test_dump:
-        sys.stdout.write(config.dump(cfg))
+        sys.stdout.write(config.dump(cfg, secrets=args.show_secrets))
         return EX_OK
     if args.test:
         print(f"forkproxy: configuration file {path} test is successful", file=sys.stderr)
