@@ -157,12 +157,6 @@ def open_access_log(arbiter, cfg: Config):
     from forkproxy.logs import AccessLog
 
     owner = _owner(cfg.server)
-    arbiter.log.fp_owner = owner
-    if owner is not None and cfg.server.error_log != "-" and os.geteuid() == 0:
-        try:  # gunicorn opened it as root: the workers' USR1 reopen needs it theirs
-            os.chown(cfg.server.error_log, *owner)
-        except OSError:
-            pass
     try:
         log = AccessLog(cfg.server.access_log, cfg.server.access_log_format, owner=owner)
     except OSError as exc:

@@ -267,3 +267,36 @@ def test_admin_commands_work_as_the_user_and_say_why_when_they_cannot(
     wait_until(lambda: "admin: POST /servers/p/" in fp.error_log(), what="the error-log line")
     assert "Permission denied" in fp.error_log()
     assert fp.ctl_status()["pools"][0]["servers"][0]["admin"] == "drain"
+
+
+def test_usr1_never_reopens_a_log_through_a_symlink(forkproxy_factory, backend_factory,
+                                                   shared_dir):
+    """The workers' user may write in the log directory: a symlink it puts in
+    place of a log must not make root append to the file it names, nor give it
+    that file.  The reopen is refused and said; the old files stay in use."""
+    b = backend_factory("b")
+    port = free_port()
+    access, error = shared_dir / "access.log", shared_dir / "error.log"
+    fp = forkproxy_factory(one_pool(port, b.addr), server={
+        "user": "nobody", "runtime_dir": str(shared_dir / "run"),
+        "access_log": str(access), "error_log": str(error)})
+    switched(fp, pwd.getpwnam("nobody").pw_uid)
+    secrets = {}
+    for log in (access, error):
+        target = shared_dir / f"{log.stem}.target"
+        target.write_text("root's\n")
+        os.chmod(target, 0o600)
+        os.rename(log, f"{log}.1")
+        os.symlink(target, log)
+        secrets[target] = target.read_text()
+
+    fp.signal(signal.SIGUSR1)
+    old_error = Path(f"{error}.1")
+    wait_until(lambda: old_error.read_text().count("it is a symbolic link") >= 2,
+               what="both refusals in the error log")
+    for target, text in secrets.items():
+        assert target.read_text() == text
+        assert os.stat(target).st_uid == 0
+    assert requests.get(f"http://127.0.0.1:{port}/?still", timeout=10).status_code == 200
+    wait_until(lambda: "?still" in Path(f"{access}.1").read_text(),
+               what="the request in the old access log")
