@@ -154,6 +154,17 @@ def main(argv: list[str] | None = None) -> int:
         if args.test or args.test_dump:
             print(f"forkproxy: configuration file {path} test failed", file=sys.stderr)
         return EX_CONFIG
+    if not args.signal:
+        # The host, beyond the file (daemon.preflight): -t says what the start would.
+        from forkproxy.daemon.preflight import check
+        errors, warnings = check(cfg)
+        for w in warnings:
+            print(f"forkproxy: warning: {w}", file=sys.stderr)
+        if errors:
+            print(ConfigErrors(errors), file=sys.stderr)
+            if args.test or args.test_dump:
+                print(f"forkproxy: configuration file {path} test failed", file=sys.stderr)
+            return EX_CONFIG
     if args.test_dump:
         sys.stdout.write(config.dump(cfg, secrets=args.show_secrets))
         return EX_OK

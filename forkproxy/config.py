@@ -1474,10 +1474,17 @@ SETTINGS: tuple[Setting, ...] = (
             "File where the master writes its process id.",
             _RESTART, _nonempty_str),
     Setting("server", "runtime_dir", "path", "/run/forkproxy",
-            "Directory for the shared health table and lock files.",
+            "Directory for the shared health table, lock files, the reload status and "
+            "sticky.key (the random key of sticky cookies of pools without sticky.secret).",
             _RESTART, _nonempty_str),
     Setting("server", "user", "user name", None,
-            "User the workers switch to after the master has bound the listeners. "
+            "User the workers switch to after the master has bound the listeners, with "
+            "its supplementary groups and, unless group is set, its primary group. "
+            "Workers import everything they need before the switch; forkproxy -t and "
+            "the start check that the user exists, can read Python's library and "
+            "forkproxy's modules, can reach the log directories and, with admin, "
+            "runtime_dir. "
+            "The master hands it the logs, the health table and its admin lock. "
             "Unset: workers keep the master's user.",
             _RESTART, _opt_str, example="forkproxy"),
     Setting("server", "group", "group name", None,

@@ -300,3 +300,53 @@ def test_usr1_never_reopens_a_log_through_a_symlink(forkproxy_factory, backend_f
     assert requests.get(f"http://127.0.0.1:{port}/?still", timeout=10).status_code == 200
     wait_until(lambda: "?still" in Path(f"{access}.1").read_text(),
                what="the request in the old access log")
+
+
+def run_t(config: Path, python: str | None = None, env=None):
+    import subprocess
+    import sys
+    return subprocess.run([python or sys.executable, "-m", "forkproxy", "-t", "-c", str(config)],
+                          capture_output=True, text=True, timeout=60, env=env)
+
+
+def test_t_checks_what_the_user_can_read_and_reach(tmp_path, shared_dir, private_python):
+    """Issue 17: -t passed while the workers could not read Python.  Now -t asks,
+    as server.user, for the interpreter's library and forkproxy's modules, the log
+    directories (USR1 reopens there) and, with the admin endpoint, runtime_dir."""
+    private_logs = tmp_path / "logs"  # pytest's tmp_path: root's, 0700 above it
+    private_logs.mkdir()
+    conf = tmp_path / "forkproxy.toml"
+    conf.write_text(f"""[server]
+user = "nobody"
+runtime_dir = "{tmp_path / 'run'}"
+admin = "127.0.0.1:{free_port()}"
+error_log = "{private_logs / 'error.log'}"
+access_log = "{shared_dir / 'access.log'}"
+[[listener]]
+name = "web"
+bind = "127.0.0.1:{free_port()}"
+[[route]]
+pool = "p"
+[pool.p]
+servers = [{{ addr = "127.0.0.1:9" }}]
+""")
+    out = run_t(conf)
+    assert out.returncode == 1
+    lines = out.stderr.splitlines()
+    assert f'{conf}: server.error_log: server.user "nobody" cannot reach {private_logs}: its ' \
+           "workers reopen the log there on USR1" in lines, out.stderr
+    assert not any("server.access_log" in line for line in lines)
+    assert any(line.startswith(f'{conf}: server.runtime_dir: server.user "nobody" cannot reach ')
+               for line in lines), out.stderr
+    assert "cannot read" not in out.stderr  # this Python is readable by everyone
+
+    conf.write_text(conf.read_text().replace(str(private_logs), str(shared_dir))
+                    .replace(str(tmp_path / "run"), str(shared_dir / "run")))
+    assert run_t(conf).returncode == 0
+
+    python, pythonpath, private = private_python
+    os.chmod(private, 0o700)
+    out = run_t(conf, python, env={**os.environ, "PYTHONPATH": pythonpath})
+    assert out.returncode == 1
+    assert f'{conf}: server.user: "nobody" cannot read {private}/lib/' in out.stderr, out.stderr
+    assert "pyenv under /root" in out.stderr
