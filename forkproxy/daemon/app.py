@@ -42,18 +42,53 @@ class ProxyLogger(glogging.Logger):
             except OSError:
                 pass  # a log on a filesystem without owners still works for root
 
+    def setup(self, cfg):
+        # gunicorn drops its handlers before it opens the new file: remember
+        # them, so that a reload that cannot open the error log keeps the one
+        # in use (_set_handler) instead of leaving the master without a log.
+        self._fp_prev = [h for h in self.error_log.handlers if getattr(h, "_gunicorn", False)]
+        super().setup(cfg)
+
     def _set_handler(self, log, output, fmt, stream=None):
         if output is None or output == "-":
             return super()._set_handler(log, output, fmt, stream)
-        old = self._get_gunicorn_handler(log)
-        if old:
-            log.handlers.remove(old)
+        prev = self._fp_prev if log is self.error_log else []
+        try:
+            stream = open_append(output)
+        except OSError as exc:
+            if not prev:  # the start: nothing to log to
+                raise
+            for h in prev:  # a reload: the master must not lose its log over it
+                log.addHandler(h)
+            log.error("keeping the error log in use: cannot open %s: %s", output, exc.strerror)
+            return
+        for h in prev:
+            h.close()
         h = logging.FileHandler(output, delay=True)
-        h.stream = open_append(output)
+        h.stream = stream
         self._fp_give(h.stream)
         h.setFormatter(fmt)
         h._gunicorn = True
         log.addHandler(h)
+
+    def fp_reopen_if_moved(self) -> None:
+        """Worker, once its signal handlers are in place: reopen the logs if a
+        rotation moved them meanwhile.  A USR1 that reached the worker while it
+        booted (importing what it needs, see daemon.worker) was lost, and the
+        worker would write to the moved-away files for the rest of its life."""
+        files = [(h.stream, h.baseFilename) for log in glogging.loggers() for h in log.handlers
+                 if isinstance(h, logging.FileHandler) and h.stream]
+        access = self.fp_access_log
+        if access is not None and access.path not in ("-", "off"):
+            files.append((access._file, access.path))
+        for f, path in files:
+            try:
+                st, now = os.fstat(f.fileno()), os.lstat(path)
+            except (AttributeError, OSError, ValueError):
+                continue  # closed, or nothing at the path: nothing to reopen
+            if (st.st_dev, st.st_ino) != (now.st_dev, now.st_ino):
+                self.reopen_files()
+                return
 
     def reopen_files(self):
         for log in glogging.loggers():

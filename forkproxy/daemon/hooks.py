@@ -347,6 +347,7 @@ def post_worker_init(worker) -> None:
         table.clear_slot(worker.fp_slot)  # the predecessor may have died mid-request
     access_log = app.fp_access_log  # opened by the master, inherited
     worker.log.fp_access_log = access_log  # reopened with the error log on USR1
+    worker.log.fp_reopen_if_moved()  # a USR1 sent while this worker booted was lost
     worker.runtime = Runtime(cfg, worker.log, access_log, table, worker.fp_slot, worker.fp_edge,
                              app.fp_sticky_key)
     # Counting costs every request a few microseconds: only when /metrics can

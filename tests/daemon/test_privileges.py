@@ -269,7 +269,7 @@ def test_admin_commands_work_as_the_user_and_say_why_when_they_cannot(
     assert fp.ctl_status()["pools"][0]["servers"][0]["admin"] == "drain"
 
 
-def test_usr1_never_reopens_a_log_through_a_symlink(forkproxy_factory, backend_factory,
+def test_usr1_and_reload_never_open_a_log_through_a_symlink(forkproxy_factory, backend_factory,
                                                    shared_dir):
     """The workers' user may write in the log directory: a symlink it puts in
     place of a log must not make root append to the file it names, nor give it
@@ -294,6 +294,10 @@ def test_usr1_never_reopens_a_log_through_a_symlink(forkproxy_factory, backend_f
     old_error = Path(f"{error}.1")
     wait_until(lambda: old_error.read_text().count("it is a symbolic link") >= 2,
                what="both refusals in the error log")
+    fp.reload()  # the master opens the error log again: it keeps the old one, and lives
+    wait_until(lambda: "reload 1: the new generation serves" in old_error.read_text(),
+               what="the reload, logged in the file still in use")
+    assert "keeping the error log in use" in old_error.read_text()
     for target, text in secrets.items():
         assert target.read_text() == text
         assert os.stat(target).st_uid == 0
