@@ -19,6 +19,8 @@ the whole master.
 
 from __future__ import annotations
 
+import contextlib
+import errno
 import mmap
 import os
 import signal
@@ -104,9 +106,12 @@ def sticky_key(runtime_dir: str) -> bytes:
     except FileNotFoundError:
         fd = None
     except OSError as exc:
-        raise RuntimeError(f"{path}: {exc.strerror}") from None
+        why = "a symbolic link (refused)" if exc.errno == errno.ELOOP else exc.strerror
+        raise RuntimeError(f"{path}: {why}") from None
     if fd is None:
         tmp = f"{path}.{os.getpid()}.tmp"
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(tmp)  # left by a master of the same pid that died here
         fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC,
                      0o600)
         try:

@@ -107,3 +107,21 @@ tls = {{ cert = "{cert}", key = "{key}" }}
     assert "Secure" in attrs and "SameSite=Lax" in attrs and "HttpOnly" in attrs
     _, plain, _ = get(port)
     assert "Secure" not in plain and "SameSite" not in plain
+
+
+def test_a_sticky_key_file_forkproxy_did_not_make_stops_the_start(forkproxy_factory,
+                                                                  backend_factory, tmp_path):
+    b = backend_factory("b")
+    fp = forkproxy_factory(sticky_pool(free_port(), [b]), start=False)
+    run = tmp_path / "forkproxy1" / "run"
+    run.mkdir(parents=True)
+    (run / "sticky.key").write_text("guessable\n")
+    fp.start()
+    assert fp.wait(timeout=30) == 1
+    assert f"{run}/sticky.key: not a key forkproxy made" in fp.output()
+    (run / "sticky.key").unlink()
+    (tmp_path / "elsewhere").write_text(os.urandom(32).hex())
+    (run / "sticky.key").symlink_to(tmp_path / "elsewhere")
+    fp.start()
+    assert fp.wait(timeout=30) == 1
+    assert f"{run}/sticky.key: a symbolic link (refused)" in fp.output()
