@@ -16,6 +16,8 @@ from pathlib import Path
 
 import pytest
 import requests
+import trustme
+import urllib3
 
 import forkproxy
 
@@ -195,26 +197,57 @@ def test_workers_need_nothing_from_an_interpreter_the_user_cannot_read(
     a reload) boot: everything is imported before the switch to the user."""
     python, pythonpath, private = private_python
     b = backend_factory("b")
-    port, admin = free_port(), free_port()
-    extra = ('sticky = { cookie = "srv" }\n'
-             'health = { path = "/healthz", interval = "200ms", rise = 1, fall = 1 }')
-    body = one_pool(port, f"localhost:{b.port}", extra)
+    port, tls_port, admin = free_port(), free_port(), free_port()
+    leaf = trustme.CA().issue_cert("a.example")
+    cert, key = shared_dir / "a.pem", shared_dir / "a.key"
+    cert.write_bytes(b"".join(p.bytes() for p in leaf.cert_chain_pems))
+    leaf.private_key_pem.write_to_path(str(key))
+    os.chmod(key, 0o600)
+    body = f"""
+[[listener]]
+name = "web"
+bind = "127.0.0.1:{port}"
+[[listener]]
+name = "websecure"
+bind = "127.0.0.1:{tls_port}"
+tls = {{ cert = "{cert}", key = "{key}" }}
+[[route]]
+path = "/bytes"
+pool = "p"
+cache = true
+compress = {{ types = ["application/octet-stream"], min_size = "1k" }}
+[[route]]
+pool = "p"
+[pool.p]
+servers = [{{ addr = "localhost:{b.port}" }}]
+sticky = {{ cookie = "srv" }}
+health = {{ path = "/healthz", interval = "200ms", rise = 1, fall = 1 }}
+"""
     server = {"user": "nobody", "runtime_dir": str(shared_dir / "run"), "admin": f"127.0.0.1:{admin}",
               "admin_token": "t0ken", "error_log": str(shared_dir / "error.log"),
               "access_log": str(shared_dir / "access.log")}
     fp = forkproxy_factory(body, server=server, python=python, env={"PYTHONPATH": pythonpath})
     switched(fp, pwd.getpwnam("nobody").pw_uid)
     os.chmod(private, 0o700)  # from now on, nobody cannot read the interpreter
+    cached = "/bytes?n=4000&hdr=Cache-Control:max-age%3D60"
 
     def exercise():
+        assert requests.get(f"http://127.0.0.1:{admin}/", timeout=10).status_code == 200
+        st = requests.get(f"http://127.0.0.1:{admin}/status", timeout=10).json()
+        assert st["pools"][0]["servers"][0]["health"] == "up"
         r = requests.get(f"http://127.0.0.1:{port}/", timeout=10)
         assert r.status_code == 200 and "srv" in r.cookies
         r = requests.get(f"http://127.0.0.1:{port}/", cookies=r.cookies, timeout=10)
         assert r.status_code == 200
-        assert requests.get(f"http://127.0.0.1:{admin}/", timeout=10).status_code == 200
-        st = requests.get(f"http://127.0.0.1:{admin}/status", timeout=10).json()
-        assert st["pools"][0]["servers"][0]["health"] == "up"
+        r = requests.get(f"https://127.0.0.1:{tls_port}/", timeout=10, verify=False)
+        assert r.status_code == 200 and "Secure" in r.headers["Set-Cookie"]
+        for encoding in ("gzip", "br"):
+            r = requests.get(f"http://127.0.0.1:{port}{cached}", timeout=10,
+                             headers={"Accept-Encoding": encoding})
+            assert r.status_code == 200 and r.headers.get("Content-Encoding") == encoding
+            assert len(r.content) == 4000
 
+    urllib3.disable_warnings(urllib3.exceptions.InsecureRequestWarning)
     for _ in range(4):  # both workers, by the odds of the accept queue
         exercise()
     wait_until(lambda: b.stats()["by_path"].get("/healthz", 0) >= 2, what="health probes")
