@@ -1,9 +1,9 @@
 """What ``forkproxy -t`` and the start check beyond the file: the host.
 
 A file can be valid and still not run here: a ``server.user`` that does not
-exist, a log directory that is missing or that the workers' user cannot
-reach, a Python the workers' user cannot read (installed under /root, as
-pyenv does).  ``check(cfg)`` returns (errors, warnings) as ``ConfigError``s
+exist, a log directory that is missing, a Python the workers' user cannot
+read (installed under /root, as pyenv does).  A log directory the workers'
+user cannot reach is a warning: they serve, but cannot follow a rotation.  ``check(cfg)`` returns (errors, warnings) as ``ConfigError``s
 (``FILE: key: message``); ``forkproxy -t`` prints both and fails on errors,
 and so does the start, before anything is bound.
 
@@ -143,9 +143,11 @@ def check(cfg: Config) -> tuple[list[ConfigError], list[ConfigError]]:
                     "under /root?)")
             answers = answers[len(dirs):]
             for (key, d), ok in zip(reach, answers):
-                if not ok:
-                    err(key, f'server.user "{s.user}" cannot reach {d}: its workers reopen '
-                        "the log there on USR1")
+                if not ok:  # serving works; rotation does not: a warning
+                    warnings.append(ConfigError(
+                        cfg.path, None, key, f'server.user "{s.user}" cannot reach {d}: its '
+                        "workers could not reopen the log on USR1 and would go on writing to "
+                        "the rotated file (chmod o+x the directory)"))
             if s.admin and not answers[-1]:
                 err("server.runtime_dir", f'server.user "{s.user}" cannot reach {rdir}: the '
                     "admin endpoint's commands (drain, weight...) write the table there")
