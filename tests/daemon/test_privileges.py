@@ -113,16 +113,20 @@ servers = [{{ addr = "{b.addr}" }}]
     wait_until(lambda: "?before" in log.read_text(), what="the access log line")
     assert os.stat(log).st_uid == nobody.pw_uid
 
-    # logrotate: move the file away, USR1; the master makes the new one.
+    # logrotate: move the files away, USR1; the master makes the new ones.
     os.rename(log, str(log) + ".1")
+    os.rename(fp.server["error_log"], fp.server["error_log"] + ".1")
     fp.signal(signal.SIGUSR1)
-    wait_until(log.exists, what="the reopened access log")
+    wait_until(lambda: log.exists() and Path(fp.server["error_log"]).exists(),
+               what="the reopened logs")
 
     def logged_after():
         requests.get(url + "?after", timeout=10)
         return "?after" in log.read_text()
     wait_until(logged_after, what="workers writing to the new file")
     assert os.stat(log).st_uid == nobody.pw_uid
+    error = Path(fp.server["error_log"])
+    assert os.stat(error).st_uid == nobody.pw_uid  # the master handed over the new one too
 
 
 def _has_group(name: str) -> bool:
