@@ -62,7 +62,7 @@ def runtime(tmp: Path, n: int, extra: str | None) -> PoolRuntime:
     for row in range(n):
         for slot in range(1, 8):
             table.inflight_add(row, slot, (row * 7 + slot) % 3)
-    pool = PoolRuntime(pool_cfg(n, extra), table, list(range(n)), 0)
+    pool = PoolRuntime(pool_cfg(n, extra), table, list(range(n)), 0, sticky_key=bytes(32))
     pool.refresh(time.time())
     return pool
 

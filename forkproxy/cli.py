@@ -43,6 +43,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="validate the configuration and exit (0 valid, 1 invalid)")
     p.add_argument("-T", "--test-dump", action="store_true",
                    help="validate and print the effective configuration as TOML")
+    p.add_argument("--show-secrets", action="store_true",
+                   help="with -T: print server.admin_token and sticky.secret instead of "
+                        "<redacted>")
     p.add_argument("-D", "--daemon", action="store_true",
                    help="detach from the terminal and run in the background")
     p.add_argument("-p", "--pidfile", metavar="FILE", help="override server.pidfile")
@@ -155,8 +158,19 @@ def main(argv: list[str] | None = None) -> int:
         # Warnings never fail the test: the file serves as it is.
         for warning in config.warnings(cfg):
             print(warning, file=sys.stderr)
+    if not args.signal:
+        # The host, beyond the file (daemon.preflight): -t says what the start would.
+        from forkproxy.daemon.preflight import check
+        errors, warnings = check(cfg)
+        for w in warnings:
+            print(f"forkproxy: warning: {w}", file=sys.stderr)
+        if errors:
+            print(ConfigErrors(errors), file=sys.stderr)
+            if args.test or args.test_dump:
+                print(f"forkproxy: configuration file {path} test failed", file=sys.stderr)
+            return EX_CONFIG
     if args.test_dump:
-        sys.stdout.write(config.dump(cfg))
+        sys.stdout.write(config.dump(cfg, secrets=args.show_secrets))
         return EX_OK
     if args.test:
         print(f"forkproxy: configuration file {path} test is successful", file=sys.stderr)

@@ -729,6 +729,19 @@ def _opt_str(value: Any) -> str | None:
     return _nonempty_str(value)
 
 
+#: What ``forkproxy -T`` prints in place of a secret (``dump``).
+REDACTED = "<redacted>"
+
+
+def _secret_str(value: Any) -> str:
+    """A non-empty string that is not REDACTED: a dump pasted back as a
+    configuration must not make the placeholder, which everyone knows, the secret."""
+    if _nonempty_str(value) == REDACTED:
+        raise Invalid(f"{_quote(REDACTED)} is what forkproxy -T prints in place of a secret: "
+                      "write the secret itself")
+    return value
+
+
 _NAME_RE = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.-]{0,63}$")
 
 
@@ -1120,6 +1133,7 @@ class Setting:
     render: Callable[[Any], Any] = field(default=_r_same, repr=False, compare=False)
     example: Any = None
     when: tuple[str, str] | None = None
+    secret: bool = False  # printed as REDACTED by dump (forkproxy -T) unless asked
 
     @property
     def required(self) -> bool:
@@ -1407,9 +1421,9 @@ SECTIONS: tuple[Section, ...] = (
         "even while it is in drain; when it is not (down, in maint, out after passive "
         "failures, gone from the pool) the request goes to a fresh choice and the response "
         "carries a new cookie. "
-        "Tokens depend only on the server's addr and the secret, so they stay valid "
-        "across reloads and restarts for servers that stay, and in every forkproxy that "
-        "shares the configuration. "
+        "Tokens depend only on the server's addr and the key, so they stay valid "
+        "across reloads and restarts for servers that stay. "
+        "Over a TLS listener the cookie is also Secure and SameSite=Lax. "
         "Stickiness comes before the balance algorithm.",
         optional=True,
     ),
@@ -1554,10 +1568,17 @@ SETTINGS: tuple[Setting, ...] = (
             "File where the master writes its process id.",
             _RESTART, _nonempty_str),
     Setting("server", "runtime_dir", "path", "/run/forkproxy",
-            "Directory for the shared health table and lock files.",
+            "Directory for the shared health table, lock files, the reload status and "
+            "sticky.key (the random key of sticky cookies of pools without sticky.secret).",
             _RESTART, _nonempty_str),
     Setting("server", "user", "user name", None,
-            "User the workers switch to after the master has bound the listeners. "
+            "User the workers switch to after the master has bound the listeners, with "
+            "its supplementary groups and, unless group is set, its primary group. "
+            "Workers import everything they need before the switch; forkproxy -t and "
+            "the start check that the user exists, can read Python's library and "
+            "forkproxy's modules, can reach the log directories and, with admin, "
+            "runtime_dir. "
+            "The master hands it the logs, the health table and its admin lock. "
             "Unset: workers keep the master's user.",
             _RESTART, _opt_str, example="forkproxy"),
     Setting("server", "group", "group name", None,
@@ -1629,7 +1650,7 @@ SETTINGS: tuple[Setting, ...] = (
             "every request that changes state (and for every request when server.admin "
             "is not a loopback address). Unset: commands are refused. forkproxyctl "
             "reads it from here or from $FORKPROXY_ADMIN_TOKEN.",
-            _RELOAD, _opt_str, example="change-me"),
+            _RELOAD, _secret_str, example="change-me", secret=True),
     Setting("server", "admin_names", "array of host names", [],
             "Host names the admin endpoint answers to, besides localhost, the name in "
             "server.admin and any IP address. A request with another Host is answered 421, "
@@ -2177,11 +2198,12 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("pool.sticky", "secret", "string", None,
             "Key of the HMAC that turns a server's addr into its token. "
             "Give every forkproxy that must honour the same cookies the same secret. "
-            "Unset: the key is derived from the pool name, so tokens stay stable across "
-            "reloads, restarts and machines, but someone who can guess a server's addr could "
-            "check the guess against a token; set a secret to rule that out. "
+            "Unset: the key is derived from the pool name and a random key the master makes "
+            "at its first start and keeps in server.runtime_dir/sticky.key (mode 0600), so "
+            "tokens stay valid across reloads, restarts and upgrades of this forkproxy, but "
+            "not on other machines, nor after that file is lost (as /run is at boot). "
             "Changing it invalidates every cookie once (clients get a fresh choice).",
-            _RELOAD, _nonempty_str, example="a long random string"),
+            _RELOAD, _secret_str, example="a long random string", secret=True),
     # retry = { ... }
     Setting("pool.retry", "tries", "integer 0..100", 0,
             "Most attempts per request, the first included, as nginx's "
@@ -2976,23 +2998,30 @@ def _applies(s: Setting, obj: Any) -> bool:
     return s.when is None or getattr(obj, s.when[0]) == s.when[1]
 
 
-def _inline(sec: Section, obj: Any) -> str:
+def _value(s: Setting, obj: Any, secrets: bool) -> Any:
+    """What ``dump`` writes for key ``s`` of ``obj``: its rendered value, REDACTED
+    for a set secret unless ``secrets``."""
+    v = s.render(getattr(obj, s.name))
+    return REDACTED if s.secret and v is not None and not secrets else v
+
+
+def _inline(sec: Section, obj: Any, secrets: bool) -> str:
     parts = []
     for s in _KEYS.get(sec.path, []):
         if not _applies(s, obj):
             continue
-        v = s.render(getattr(obj, s.name))
+        v = _value(s, obj, secrets)
         if v is not None:
             parts.append(f"{s.name} = {_toml(v)}")
     return "{ " + ", ".join(parts) + " }"
 
 
-def _dump_table(sec: Section, obj: Any) -> list[str]:
+def _dump_table(sec: Section, obj: Any, secrets: bool) -> list[str]:
     out = []
     for s in _KEYS.get(sec.path, []):
         if not _applies(s, obj):
             continue
-        v = s.render(getattr(obj, s.name))
+        v = _value(s, obj, secrets)
         if v is None:
             out.append(f"# {s.name} is not set")
         else:
@@ -3001,31 +3030,34 @@ def _dump_table(sec: Section, obj: Any) -> list[str]:
         v = getattr(obj, child.key)
         if child.kind == "array":
             out.append(f"{child.key} = [")
-            out.extend(f"  {_inline(child, item)}," for item in v)
+            out.extend(f"  {_inline(child, item, secrets)}," for item in v)
             out.append("]")
         elif v is None:
             out.append(f"# {child.key} is not set")
         else:
-            out.append(f"{child.key} = {_inline(child, v)}")
+            out.append(f"{child.key} = {_inline(child, v, secrets)}")
     return out
 
 
-def dump(cfg: Config) -> str:
+def dump(cfg: Config, secrets: bool = False) -> str:
     """The effective configuration as TOML, every default filled in (what
-    ``forkproxy -T`` prints).  ``loads(dump(cfg), cfg.path) == cfg``."""
+    ``forkproxy -T`` prints).  Secrets (server.admin_token, sticky.secret)
+    read REDACTED, which the loader refuses, unless ``secrets``
+    (``-T --show-secrets``).  ``loads(dump(cfg, True), cfg.path) == cfg``."""
     out = [f"# effective configuration of {cfg.path}"]
     attr = {"server": "server", "listener": "listeners", "route": "routes", "pool": "pools",
             "cache": "cache"}
     for sec in _CHILDREN[None]:
         value = getattr(cfg, attr[sec.key])
         if sec.kind == "table":
-            out += ["", f"[{sec.key}]"] + _dump_table(sec, value)
+            out += ["", f"[{sec.key}]"] + _dump_table(sec, value, secrets)
         elif sec.kind == "array":
             for item in value:
-                out += ["", f"[[{sec.key}]]"] + _dump_table(sec, item)
+                out += ["", f"[[{sec.key}]]"] + _dump_table(sec, item, secrets)
         else:
             for item in value:
-                out += ["", f"[{sec.key}.{_bare(item.name)}]"] + _dump_table(sec, item)
+                out += ["", f"[{sec.key}.{_bare(item.name)}]"] + _dump_table(sec, item,
+                                                                               secrets)
     return "\n".join(out) + "\n"
 
 

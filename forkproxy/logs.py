@@ -39,9 +39,11 @@ ended in a 5xx (``error_line``), with the record's ``why``.
 
 from __future__ import annotations
 
+import errno
 import json
 import logging
 import os
+import stat
 import sys
 import time
 
@@ -120,6 +122,36 @@ def _q(value) -> str:
     return text
 
 
+def open_append(path: str):
+    """Open the log file ``path`` for appending (created 0644), never through a
+    symbolic link and only if it is a regular file; a line-buffered text file.
+
+    The directory of a log may belong to the workers' user (server.user),
+    and the master, root, reopens the logs on USR1 and hands the new files
+    to that user: a symlink planted in place of a log would make root
+    append to, then give away, whatever file it names.  Raises ``OSError``
+    with a reason an operator understands.
+    """
+    try:
+        # O_NONBLOCK: a FIFO without a reader fails at once instead of
+        # blocking the master; it changes nothing for a regular file.
+        fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_NOFOLLOW
+                     | os.O_NONBLOCK | os.O_CLOEXEC, 0o644)
+    except OSError as exc:
+        if exc.errno == errno.ELOOP:
+            raise OSError(errno.ELOOP, "it is a symbolic link (log files are never opened "
+                          "through one)", path) from None
+        raise
+    try:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            raise OSError(errno.EINVAL, "not a regular file", path)
+        os.set_blocking(fd, True)
+        return os.fdopen(fd, "a", buffering=1, encoding="utf-8", errors="replace")
+    except BaseException:
+        os.close(fd)
+        raise
+
+
 class AccessLog:
     """A line-per-request log at ``path`` ("-" stderr, "off" nothing)."""
 
@@ -147,7 +179,7 @@ class AccessLog:
         old = self._file
         # Line-buffered append: one write per request, whole lines only,
         # so workers sharing the file never interleave inside a line.
-        self._file = open(self.path, "a", buffering=1, encoding="utf-8", errors="replace")
+        self._file = open_append(self.path)
         if self.owner is not None and os.geteuid() == 0:
             try:
                 os.fchown(self._file.fileno(), *self.owner)

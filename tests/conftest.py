@@ -67,8 +67,9 @@ def forkproxy_factory(tmp_path):
     """
     made: list[ForkProxy] = []
 
-    def make(body: str = "", server: dict | None = None, start: bool = True, ready: bool = True, args=(), env=None):
-        fp = ForkProxy(tmp_path / f"forkproxy{len(made) + 1}", body, server, args=args, env=env)
+    def make(body: str = "", server: dict | None = None, start: bool = True, ready: bool = True, args=(), env=None,
+             python=None):
+        fp = ForkProxy(tmp_path / f"forkproxy{len(made) + 1}", body, server, args=args, env=env, python=python)
         made.append(fp)
         if start:
             fp.start()

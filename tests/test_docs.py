@@ -283,7 +283,7 @@ def test_every_option_in_forkproxy_8_is_in_help(forkproxy_help):
 
 def test_forkproxy_8_documents_the_command_line():
     expected = {
-        "-c", "--config", "-t", "--test", "-T", "--test-dump", "-D", "--daemon",
+        "-c", "--config", "-t", "--test", "-T", "--test-dump", "--show-secrets", "-D", "--daemon",
         "-p", "--pidfile", "-s", "--signal", "--wait", "-v", "--version", "-h", "--help",
     }
     assert man_options(MAN / "forkproxy.8") == expected

@@ -8,6 +8,7 @@ the workers override ``handle`` (see ``daemon.worker``).
 
 from __future__ import annotations
 
+import logging
 import math
 import os
 import sys
@@ -17,36 +18,103 @@ from gunicorn.app.base import BaseApplication
 
 from forkproxy import config as fpconfig
 from forkproxy.daemon import hooks
+from forkproxy.logs import open_append
 
 
 class ProxyLogger(glogging.Logger):
     """gunicorn's logger, plus forkproxy's access log on USR1 (reopen_files).
 
-    ``fp_owner`` (uid, gid of server.user): the master, which reopens first,
-    hands the new error log to the workers' user too, so they can reopen it.
+    The error log is opened by ``logs.open_append`` (never through a
+    symlink) at start, reload and USR1, and the master hands each file it
+    opens to server.user (by descriptor, never by path) so the workers can
+    reopen it too.  A file that cannot be reopened keeps the old one in use
+    and is reported.
     """
 
     fp_access_log = None
-    fp_owner = None
+
+    def _fp_give(self, f) -> None:
+        """Hand the open log ``f`` to the workers' user (master, root only)."""
+        owner = (self.cfg.uid, self.cfg.gid)
+        if os.geteuid() == 0 and owner != (os.geteuid(), os.getegid()):
+            try:
+                os.fchown(f.fileno(), *owner)
+            except OSError:
+                pass  # a log on a filesystem without owners still works for root
+
+    def setup(self, cfg):
+        # gunicorn drops its handlers before it opens the new file: remember
+        # them, so that a reload that cannot open the error log keeps the one
+        # in use (_set_handler) instead of leaving the master without a log.
+        self._fp_prev = [h for h in self.error_log.handlers if getattr(h, "_gunicorn", False)]
+        super().setup(cfg)
+
+    def _set_handler(self, log, output, fmt, stream=None):
+        if output is None or output == "-":
+            return super()._set_handler(log, output, fmt, stream)
+        prev = self._fp_prev if log is self.error_log else []
+        try:
+            stream = open_append(output)
+        except OSError as exc:
+            if not prev:  # the start: nothing to log to
+                raise
+            for h in prev:  # a reload: the master must not lose its log over it
+                log.addHandler(h)
+            log.error("keeping the error log in use: cannot open %s: %s", output, exc.strerror)
+            return
+        for h in prev:
+            h.close()
+        h = logging.FileHandler(output, delay=True)
+        h.stream = stream
+        self._fp_give(h.stream)
+        h.setFormatter(fmt)
+        h._gunicorn = True
+        log.addHandler(h)
+
+    def fp_reopen_if_moved(self) -> None:
+        """Worker, once its signal handlers are in place: reopen the logs if a
+        rotation moved them meanwhile.  A USR1 that reached the worker while it
+        booted (importing what it needs, see daemon.worker) was lost, and the
+        worker would write to the moved-away files for the rest of its life."""
+        files = [(h.stream, h.baseFilename) for log in glogging.loggers() for h in log.handlers
+                 if isinstance(h, logging.FileHandler) and h.stream]
+        access = self.fp_access_log
+        if access is not None and access.path not in ("-", "off"):
+            files.append((access._file, access.path))
+        for f, path in files:
+            try:
+                st, now = os.fstat(f.fileno()), os.lstat(path)
+            except (AttributeError, OSError, ValueError):
+                continue  # closed, or nothing at the path: nothing to reopen
+            if (st.st_dev, st.st_ino) != (now.st_dev, now.st_ino):
+                self.reopen_files()
+                return
 
     def reopen_files(self):
-        try:
-            super().reopen_files()
-        except OSError as exc:  # never let one log keep the other from reopening
-            # (the error log's own handler is the broken one: say it on stderr)
-            print(f"forkproxy: pid {os.getpid()}: cannot reopen the error log: {exc}",
-                  file=sys.stderr)
-        errorlog = self.cfg.errorlog
-        if self.fp_owner is not None and os.geteuid() == 0 and errorlog not in ("-", None):
-            try:
-                os.chown(errorlog, *self.fp_owner)
-            except OSError:
-                pass
+        for log in glogging.loggers():
+            for handler in log.handlers:
+                if not isinstance(handler, logging.FileHandler) or not handler.stream:
+                    continue
+                try:
+                    new = open_append(handler.baseFilename)
+                except OSError as exc:  # keep writing to the old file; say why on both
+                    msg = f"cannot reopen the log {handler.baseFilename}: {exc.strerror}"
+                    print(f"forkproxy: pid {os.getpid()}: {msg}", file=sys.stderr)
+                    self.error("%s (still writing to the old file)", msg)
+                    continue
+                self._fp_give(new)
+                handler.acquire()
+                try:
+                    handler.stream.close()
+                    handler.stream = new
+                finally:
+                    handler.release()
         if self.fp_access_log is not None:
             try:
                 self.fp_access_log.reopen()
             except OSError as exc:
-                self.error("cannot reopen the access log: %s", exc)
+                self.error("cannot reopen the access log %s: %s (still writing to the old "
+                           "file)", self.fp_access_log.path, exc.strerror)
 
 
 def _bind(listener: fpconfig.ListenerConfig) -> str:
@@ -142,6 +210,9 @@ def gunicorn_settings(cfg: fpconfig.Config) -> dict:
         settings["user"] = s.user
     if s.group:
         settings["group"] = s.group
+    elif s.user:  # gunicorn's default is the master's group (root's)
+        import pwd
+        settings["group"] = pwd.getpwnam(s.user).pw_gid
     return settings
 
 

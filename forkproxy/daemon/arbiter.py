@@ -117,9 +117,19 @@ class ForkProxyArbiter(Arbiter):
             self._announce_serving()
 
     def wait_for_signals(self, timeout=1.0):
+        """gunicorn's queued signals, plus a SIGHUP for each wake-up that finds
+        reload requests from the admin endpoint (``hooks.on_starting``)."""
         if not self.fp_announced:
             timeout = min(timeout, 0.05)  # notice the new generation booting promptly
-        return super().wait_for_signals(timeout=timeout)
+        signals = super().wait_for_signals(timeout=timeout)
+        pipe = getattr(self.app, "fp_reload_pipe", None)
+        if pipe is not None:
+            try:
+                if os.read(pipe[0], 4096):
+                    signals.append(signal.SIGHUP)
+            except BlockingIOError:
+                pass
+        return signals
 
     def _announce_serving(self) -> None:
         n = len(self._serving())

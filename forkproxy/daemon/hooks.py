@@ -19,6 +19,8 @@ the whole master.
 
 from __future__ import annotations
 
+import contextlib
+import errno
 import mmap
 import os
 import signal
@@ -32,6 +34,7 @@ from forkproxy.daemon import shm
 
 TABLE_NAME = "health.tbl"
 LOCK_NAME = "checker.lock"
+STICKY_KEY_NAME = "sticky.key"
 
 
 def table_path(cfg: Config) -> str:
@@ -47,19 +50,25 @@ def build_table(cfg: Config, n_slots: int):
     """Create the table for ``cfg`` at its path, carrying over the rows of servers that stay.
 
     Done under the admin lock so that a ``forkproxyctl drain`` racing a
-    reload lands in the new table, not in the one being replaced.  Rows of
+    reload lands in the new table, not in the one being replaced.  The
+    table and the lock file belong to server.user: its workers' admin
+    endpoint opens both for writing.  Rows of
     new servers start as ``server.initial_health`` says (pools with active
     checks) or up (pools without: only passive checks apply to them).
     """
     path = table_path(cfg)
     labels = table_labels(cfg)
+    owner = _owner(cfg.server)
     with shm.admin_lock(path):
+        if owner is not None:
+            os.chown(shm.admin_lock_path(path), *owner)
         try:
             old = shm.open_table(path, writable=False)
         except (OSError, ValueError):
             old = None
         generation = old.generation + 1 if old is not None else 1
-        mm, table = shm.create(path, len(labels), n_slots, generation, labels=labels)
+        mm, table = shm.create(path, len(labels), n_slots, generation, labels=labels,
+                               owner=owner)
         now = time.time()
         row = 0
         for pool in cfg.pools:
@@ -80,6 +89,55 @@ def build_table(cfg: Config, n_slots: int):
             copy_rows(old, table, mapping)
             shm.close_table(old)
     return mm, table
+
+
+def sticky_key(runtime_dir: str) -> bytes:
+    """Master: the daemon's random key of sticky tokens, in ``runtime_dir/sticky.key``.
+
+    Made at the first start (32 random bytes, hex, mode 0600, the master's),
+    then read by every later start, reload and USR2 upgrade, so cookies stay
+    valid for servers that stay.  The workers inherit it in memory.  Never
+    follows a symlink.  A file that is not such a key is an error (an
+    operator's to look at, not something to overwrite).
+    """
+    path = os.path.join(runtime_dir, STICKY_KEY_NAME)
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
+    except FileNotFoundError:
+        fd = None
+    except OSError as exc:
+        why = "a symbolic link (refused)" if exc.errno == errno.ELOOP else exc.strerror
+        raise RuntimeError(f"{path}: {why}") from None
+    if fd is None:
+        tmp = f"{path}.{os.getpid()}.tmp"
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(tmp)  # left by a master of the same pid that died here
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC,
+                     0o600)
+        try:
+            os.write(fd, os.urandom(32).hex().encode() + b"\n")
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+        try:
+            os.link(tmp, path)  # never replaces: a master that got there first wins
+        except FileExistsError:
+            pass
+        finally:
+            os.unlink(tmp)
+        return sticky_key(runtime_dir)
+    try:
+        text = os.read(fd, 4096).decode("ascii", "replace").strip()
+    finally:
+        os.close(fd)
+    try:
+        key = bytes.fromhex(text)
+    except ValueError:
+        key = b""
+    if len(key) < 16:
+        raise RuntimeError(f"{path}: not a key forkproxy made (remove it to make a new one; "
+                           "every sticky cookie then gets a fresh choice)")
+    return key
 
 
 def _owner(server) -> tuple[int, int] | None:
@@ -104,12 +162,6 @@ def open_access_log(arbiter, cfg: Config):
     from forkproxy.logs import AccessLog
 
     owner = _owner(cfg.server)
-    arbiter.log.fp_owner = owner
-    if owner is not None and cfg.server.error_log != "-" and os.geteuid() == 0:
-        try:  # gunicorn opened it as root: the workers' USR1 reopen needs it theirs
-            os.chown(cfg.server.error_log, *owner)
-        except OSError:
-            pass
     try:
         log = AccessLog(cfg.server.access_log, cfg.server.access_log_format, owner=owner)
     except OSError as exc:
@@ -186,6 +238,7 @@ def on_starting(arbiter) -> None:
     cfg = app.fp_config
     open_access_log(arbiter, cfg)
     os.makedirs(cfg.server.runtime_dir, mode=0o755, exist_ok=True)
+    app.fp_sticky_key = sticky_key(cfg.server.runtime_dir)  # runtime_dir needs a restart
     if cfg.server.pidfile:
         os.makedirs(os.path.dirname(os.path.abspath(cfg.server.pidfile)), mode=0o755,
                     exist_ok=True)
@@ -202,6 +255,13 @@ def on_starting(arbiter) -> None:
     # process that takes them, and the kernel frees them when it dies.
     app.fp_lock_fd = os.open(os.path.join(cfg.server.runtime_dir, LOCK_NAME),
                              os.O_RDWR | os.O_CREAT, 0o644)
+    # The admin endpoint's POST /reload: a worker running as server.user may
+    # not signal the master, so it writes a byte here and the master's loop
+    # (daemon.arbiter) reads it as a SIGHUP.  Non-blocking both ways: a full
+    # pipe already holds a request, and the master never waits on it.
+    app.fp_reload_pipe = os.pipe()
+    for fd in app.fp_reload_pipe:
+        os.set_blocking(fd, False)
 
 
 def on_reload(arbiter) -> None:
@@ -275,6 +335,7 @@ def post_fork(arbiter, worker) -> None:
 
     for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGQUIT):
         signal.signal(sig, signal.SIG_DFL)
+    os.close(arbiter.app.fp_reload_pipe[0])  # the master's end
     become_gevent_worker(worker)
 
 
@@ -291,7 +352,9 @@ def post_worker_init(worker) -> None:
         table.clear_slot(worker.fp_slot)  # the predecessor may have died mid-request
     access_log = app.fp_access_log  # opened by the master, inherited
     worker.log.fp_access_log = access_log  # reopened with the error log on USR1
-    worker.runtime = Runtime(cfg, worker.log, access_log, table, worker.fp_slot, worker.fp_edge)
+    worker.log.fp_reopen_if_moved()  # a USR1 sent while this worker booted was lost
+    worker.runtime = Runtime(cfg, worker.log, access_log, table, worker.fp_slot, worker.fp_edge,
+                             app.fp_sticky_key)
     # Counting costs every request a few microseconds: only when /metrics can
     # be read (server.admin); a worker without a slot counts nothing.
     if worker.fp_slot is not None and cfg.server.admin:
@@ -302,7 +365,8 @@ def post_worker_init(worker) -> None:
         from forkproxy.net.admin import Admin
 
         worker.runtime.admin = Admin(worker.runtime, table, table_path(cfg),
-                                     os.path.join(cfg.server.runtime_dir, LOCK_NAME), set_admin)
+                                     os.path.join(cfg.server.runtime_dir, LOCK_NAME), set_admin,
+                                     reload_fd=app.fp_reload_pipe[1])
     if any(r.cache for r in cfg.routes):
         # After the fork: pylibmc clients must not be shared across processes.
         # Nothing connects here (the store connects on first use), so a

@@ -25,10 +25,13 @@ __all__ = ["create", "open_table", "close_table", "admin_lock", "admin_lock_path
 
 
 def create(path: str, n_rows: int, n_slots: int, generation: int, *,
-           labels=None, mode: int = 0o644) -> tuple[mmap.mmap, Table]:
+           labels=None, mode: int = 0o644, owner: tuple[int, int] | None = None
+           ) -> tuple[mmap.mmap, Table]:
     """Create the table file at ``path`` atomically and map it shared.
 
     ``labels`` (optional, one per row) name the rows, e.g. ``"pool/addr"``.
+    ``owner`` (uid, gid): whom the file belongs to (server.user, whose
+    workers open it for writing to change admin cells).
     Returns the writable mapping and a ``Table`` over it (close both with
     ``close_table(table)``); the file appears
     at ``path`` only once fully formatted (temp file + rename).
@@ -40,6 +43,8 @@ def create(path: str, n_rows: int, n_slots: int, generation: int, *,
     fd = os.open(tmp, os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, mode)
     try:
         os.fchmod(fd, mode)  # the umask must not narrow what forkproxyctl needs
+        if owner is not None:
+            os.fchown(fd, *owner)
         os.ftruncate(fd, size)
         mm = mmap.mmap(fd, size, flags=mmap.MAP_SHARED, prot=mmap.PROT_READ | mmap.PROT_WRITE)
         table = Table(mm, create=True, n_rows=n_rows, n_slots=n_slots, generation=generation)

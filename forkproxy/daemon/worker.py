@@ -9,8 +9,19 @@ hook, before ``init_process``) imports gevent and turns the instance into a
 (patching, signals, heartbeat) except ``handle``, which hands each accepted
 connection to forkproxy's session loop, and the graceful exit (``run``), which
 stops accepting at once and drains (see the class docstring).
+
+Privileges: gunicorn switches to ``server.user`` in ``init_process``, after
+gevent's patching.  Between the two (``patch``), the worker imports every
+module it will ever need (``preload``) and sets its groups
+(``set_groups``): after the switch it may not be able to read the
+interpreter's library or forkproxy's own files (a Python under /root), and
+gunicorn alone would leave it root's supplementary groups (gid 0 too when
+``server.group`` is unset).
 """
 
+import importlib
+import os
+import pkgutil
 import signal
 
 from gunicorn.workers.base_async import AsyncWorker
@@ -20,6 +31,63 @@ class ProxyWorker(AsyncWorker):
     """The pre-fork face of the worker; see the module docstring."""
 
     runtime = None  # forkproxy.net.session.Runtime, set by the post_worker_init hook
+
+
+# Imported lazily by the stdlib or by libraries, on paths a worker takes after
+# its start (a server named by host name, the first health probe, DNS through
+# gevent's thread pool): loaded before the worker switches to server.user.
+LAZY_MODULES = (
+    "encodings.idna", "encodings.ascii", "encodings.latin_1", "encodings.utf_8",
+    "idna", "gevent.resolver.thread", "gevent.threadpool", "gevent.resolver.blocking",
+    "_strptime", "email.utils", "http.client", "urllib3.util.ssl_",
+    "charset_normalizer", "certifi",
+)
+
+
+def preload() -> None:
+    """Import every module of forkproxy.core and forkproxy.net, LAZY_MODULES, and
+    read the package's data files (the admin status page): what the worker
+    reads from disk after this is only its configuration's files.
+
+    Called in the worker after gevent's patching (ssl must be patched before
+    requests imports it) and before the switch to ``server.user``.  A module
+    missing from LAZY_MODULES (an optional one) is skipped.
+    """
+    import forkproxy.core
+    import forkproxy.net
+
+    for pkg in (forkproxy.core, forkproxy.net):
+        for info in pkgutil.iter_modules(pkg.__path__):
+            importlib.import_module(f"{pkg.__name__}.{info.name}")
+    for name in LAZY_MODULES:
+        try:
+            importlib.import_module(name)
+        except ImportError:
+            pass
+    from forkproxy.net.admin import _page
+    _page()
+
+
+def set_groups(uid: int, gid: int) -> None:
+    """Before gunicorn's setuid: the groups of the user ``uid``, primary ``gid``.
+
+    ``os.initgroups`` gives the user's supplementary groups (dropping the
+    master's, root's 0 among them), then ``setgid``: gunicorn's own
+    ``initgroups`` path never calls setgid, and its default group is the
+    master's.  Nothing to do when the worker keeps the master's user, or is
+    not root.  With only ``server.group``: that group alone.
+    """
+    if os.getuid() != 0:
+        return
+    if uid != 0:
+        import pwd
+
+        os.initgroups(pwd.getpwuid(uid).pw_name, gid)
+    elif gid != os.getgid():
+        os.setgroups([gid])
+    else:
+        return
+    os.setgid(gid)
 
 
 def become_gevent_worker(worker: ProxyWorker) -> None:
@@ -52,6 +120,11 @@ def become_gevent_worker(worker: ProxyWorker) -> None:
         """
 
         runtime = None
+
+        def patch(self):
+            super().patch()
+            preload()  # see the module docstring: before init_process drops privileges
+            set_groups(self.cfg.uid, self.cfg.gid)
 
         def handle(self, listener, client, addr):
             # gevent hands over a socket whose timeout is the default one;

@@ -10,7 +10,7 @@ listener's rules. One request per connection (answered with
     GET  /metrics                                 Prometheus text, summed over workers
     POST /servers/POOL/SERVER/drain|maint|ready   admin state, in the shared table
     POST /servers/POOL/SERVER/weight/N            N 1..1000, or "config" to restore
-    POST /reload                                  SIGHUP to the master (a safe reload)
+    POST /reload                                  a reload, as SIGHUP to the master does
     POST /purge?url=URL | /purge?host=HOST        delete a URL, or every URL of a host,
                                                   from the cache (through this worker's store)
     GET  /explain?method=M&url=URL&header=N:%20V  what a request would get (net.explain)
@@ -37,6 +37,10 @@ change is logged at warning level with the peer address and what changed.
 State changes go through the shared table (the admin lock, then the current
 generation, as forkproxyctl does), so every worker applies them at its next
 snapshot. Metrics are ``core.metrics`` cells summed over every worker slot.
+
+A command that fails for a reason of the system (``OSError``: a table file
+the workers' user may not write...) is answered 500 with the reason, and
+logged at error level; a bug is answered 500 too, logged with its trace.
 """
 
 from __future__ import annotations
@@ -47,7 +51,6 @@ import importlib.resources
 import ipaddress
 import json
 import os
-import signal
 import socket
 import time
 from urllib.parse import parse_qs, unquote
@@ -83,12 +86,15 @@ class Admin:
     admin cell under the admin lock and returns (old, new) or None (no row).
     """
 
-    def __init__(self, rt, table, table_path: str, lock_path: str, set_admin):
+    def __init__(self, rt, table, table_path: str, lock_path: str, set_admin, reload_fd: int):
+        """``reload_fd``: the pipe the master reads reload requests from
+        (a worker running as server.user may not signal it)."""
         self.rt = rt
         self.table = table
         self.table_path = table_path
         self.lock_path = lock_path
         self.set_admin = set_admin
+        self.reload_fd = reload_fd
         host, _, port = rt.cfg.server.admin.rpartition(":")
         self.host, self.port = host.strip("[]") or "0.0.0.0", int(port)
         self.token = rt.cfg.server.admin_token
@@ -125,7 +131,18 @@ class Admin:
             try:
                 req = self._read(client)
                 self.check_host(req, peer)
-                status, body, ctype, extra = 200, *self.dispatch(req, peer), []
+                try:
+                    status, body, ctype, extra = 200, *self.dispatch(req, peer), []
+                except _Reply:
+                    raise
+                except OSError as exc:  # the system's refusal: say it, never swallow it
+                    self.rt.log.error("admin: %s %s from %s failed: %s", req.method,
+                                      req.target, peer, exc)
+                    raise _Reply(500, f"{req.method} {req.target.split('?', 1)[0]} failed: "
+                                      f"{exc}\n") from None
+                except Exception:  # a bug must cost one admin request, never the worker
+                    self.rt.log.exception("admin: internal error on a request from %s", peer)
+                    raise _Reply(500, "internal error (see the error log)\n") from None
             except _Reply as r:
                 status, body, ctype, extra = r.status, r.body, "text/plain; charset=utf-8", r.headers
             data = body.encode()
@@ -134,7 +151,7 @@ class Admin:
                     "Cache-Control: no-store", "Connection: close", *extra]
             client.sendall(("\r\n".join(head) + "\r\n\r\n").encode() + data)
         except (OSError, socket.timeout):
-            pass
+            pass  # the client went away or was too slow: nothing to answer
         except Exception:  # a bug must cost one admin request, never the worker
             self.rt.log.exception("admin: internal error on a request from %s", peer)
         finally:
@@ -208,7 +225,10 @@ class Admin:
         self.authorize(req, write=True)
         if parts == ["reload"]:
             self.rt.log.warning("admin: reload requested by %s", peer)
-            os.kill(os.getppid(), signal.SIGHUP)  # the master: the same safe reload as HUP
+            try:
+                os.write(self.reload_fd, b"R")  # read by the master's loop as a SIGHUP
+            except BlockingIOError:
+                pass  # a full pipe already holds requests the master will read
             return json.dumps({"reload": "requested"}) + "\n", "application/json"
         if parts == ["purge"]:
             return self.purge(_query(req), peer), "application/json"

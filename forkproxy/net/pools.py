@@ -17,6 +17,7 @@ snapshot plus this worker's own live count (bench/balance.py measures both).
 from __future__ import annotations
 
 import hashlib
+import hmac
 import random
 from collections import deque
 
@@ -43,19 +44,29 @@ def came_back(h) -> bool:
     return not h.reason.startswith("init-state") and not h.reason.startswith("initial")
 
 
-def sticky_secret(cfg: PoolConfig) -> bytes:
-    """The HMAC key of a pool's sticky tokens: ``sticky.secret``, or one
-    derived from the pool name (stable across reloads, restarts and hosts)."""
+def sticky_secret(cfg: PoolConfig, daemon_key: bytes | None) -> bytes:
+    """The HMAC key of a pool's sticky tokens: ``sticky.secret``, else one
+    derived from ``daemon_key`` (the random key the master keeps in
+    server.runtime_dir, ``daemon.hooks.sticky_key``) and the pool name.
+
+    Never from the pool name alone: anyone could compute that key, and with
+    it a cookie for any server addr they guess.
+    """
     secret = cfg.sticky.secret if cfg.sticky is not None else None
     if secret is not None:
         return secret.encode("utf-8")
-    return hashlib.sha256(b"forkproxy sticky v1\0" + cfg.name.encode("utf-8")).digest()
+    if not daemon_key:
+        raise ValueError(f"pool {cfg.name}: sticky needs sticky.secret or the daemon's key")
+    return hmac.new(daemon_key, b"forkproxy sticky v1\0" + cfg.name.encode("utf-8"),
+                    hashlib.sha256).digest()
 
 
 class PoolRuntime:
     """One pool inside one worker."""
 
-    def __init__(self, cfg: PoolConfig, table: Table, rows: list[int], slot: int | None):
+    def __init__(self, cfg: PoolConfig, table: Table, rows: list[int], slot: int | None,
+                 sticky_key: bytes | None = None):
+        """``sticky_key``: the daemon's random key (``sticky_secret``)."""
         self.cfg = cfg
         self.name = cfg.name
         self.servers = cfg.servers
@@ -64,7 +75,8 @@ class PoolRuntime:
         self.slot = slot
         specs = [ServerSpec(s.addr, s.weight, s.backup) for s in cfg.servers]
         self.balancer = Balancer(specs, algorithm=cfg.balance, hash_method=cfg.hash_method)
-        self.sticky = StickyTable(specs, sticky_secret(cfg)) if cfg.sticky is not None else None
+        self.sticky = (StickyTable(specs, sticky_secret(cfg, sticky_key))
+                       if cfg.sticky is not None else None)
         self.retry = cfg.retry or DEFAULT_RETRY
         self.conns = [ConnPool(s, cfg) for s in cfg.servers]
         n = len(cfg.servers)
@@ -139,12 +151,16 @@ class PoolRuntime:
             return None, token
         return i, token
 
-    def set_cookie(self, i: int) -> str:
-        """The Set-Cookie value that pins a client to server i."""
+    def set_cookie(self, i: int, tls: bool = False) -> str:
+        """The Set-Cookie value that pins a client to server i; ``tls``: the
+        client came over TLS, so the cookie is ``Secure`` (never sent back in
+        clear) and ``SameSite=Lax`` (not on other sites' cross-site posts)."""
         st = self.cfg.sticky
         value = f"{st.cookie}={self.sticky.token(i)}; Path=/; HttpOnly"
         if st.ttl:
             value += f"; Max-Age={int(st.ttl)}"
+        if tls:
+            value += "; Secure; SameSite=Lax"
         return value
 
     def any_usable(self, exclude) -> bool:

@@ -90,7 +90,8 @@ class Runtime:
     admin = None  # net.admin.Admin, set by daemon.hooks when server.admin is set
 
     def __init__(self, cfg: Config, log, access_log: AccessLog, table: Table,
-                 slot: int | None, shared: dict | None = None):
+                 slot: int | None, shared: dict | None = None, sticky_key: bytes | None = None):
+        """``sticky_key``: the daemon's key of sticky tokens (``net.pools.sticky_secret``)."""
         self.cfg = cfg
         # Client heads made by Session.relay, by what they were made from
         # (at most CLIENT_HEADS, then forgotten at once).
@@ -111,7 +112,7 @@ class Runtime:
         for p in cfg.pools:  # table rows: pools in file order, servers in list order
             rows = list(range(row, row + len(p.servers)))
             row += len(p.servers)
-            self.pools[p.name] = PoolRuntime(p, table, rows, slot)
+            self.pools[p.name] = PoolRuntime(p, table, rows, slot, sticky_key)
         self.refresh(time.time())
         self.trusted = s.trusted_proxies
         self._listeners: dict[int, ListenerConfig] = {}
@@ -708,7 +709,7 @@ class Session:
                     continue
                 host = out_host or server.addr
                 head = http1.serialize_request_head(req.method, target, [("Host", host)] + headers)
-                cookie = (("Set-Cookie", pool.set_cookie(i)),) if (
+                cookie = (("Set-Cookie", pool.set_cookie(i, self.tls_version is not None)),) if (
                     pool.sticky is not None and token != pool.sticky.token(i)) else ()
 
                 if retry.on and replayable:

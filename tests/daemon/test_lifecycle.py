@@ -198,3 +198,23 @@ def test_demo_runs_and_spreads_requests():
     assert f"http://127.0.0.1:{port}/" in out.stdout
     answered = {n for n in ("backend 1", "backend 2", "backend 3") if n in out.stdout}
     assert len(answered) >= 2, out.stdout
+
+
+def test_T_redacts_secrets_unless_asked_and_the_placeholder_is_refused(tmp_path):
+    f = tmp_path / "s.toml"
+    f.write_text('[server]\nadmin_token = "tok-3141"\n'
+                 + body_for(8080, "127.0.0.1:8081", 'sticky = { secret = "stk-2718" }'))
+    dump = run_cli("-T", "-c", str(f))
+    assert dump.returncode == 0, dump.stderr
+    assert "tok-3141" not in dump.stdout and "stk-2718" not in dump.stdout
+    assert 'admin_token = "<redacted>"' in dump.stdout
+    assert 'secret = "<redacted>"' in dump.stdout
+    shown = run_cli("-T", "--show-secrets", "-c", str(f))
+    assert 'admin_token = "tok-3141"' in shown.stdout and 'secret = "stk-2718"' in shown.stdout
+    # The redacted dump pasted back as a configuration: refused, key by key.
+    pasted = tmp_path / "pasted.toml"
+    pasted.write_text(dump.stdout)
+    out = run_cli("-t", "-c", str(pasted))
+    assert out.returncode == 1
+    assert "server.admin_token: " in out.stderr and "sticky.secret: " in out.stderr, out.stderr
+    assert "write the secret itself" in out.stderr

@@ -79,11 +79,14 @@ class ForkProxy:
     Harness defaults: workers = 2; pidfile, runtime_dir, error_log and
     access_log inside ``directory``. An override of ``None`` drops a key.
 
+    ``python``: the interpreter to run it with (default: the tests' own).
     Not started by the constructor: call ``start()`` (or use ``with``,
     which starts, and stops on exit).
     """
 
-    def __init__(self, directory, body: str = "", server: dict | None = None, args=(), env=None, name="forkproxy"):
+    def __init__(self, directory, body: str = "", server: dict | None = None, args=(), env=None, name="forkproxy",
+                 python: str | None = None):
+        self.python = python or sys.executable  # the interpreter that runs the master
         self.dir = Path(directory)
         self.dir.mkdir(parents=True, exist_ok=True)
         self.name = name
@@ -138,7 +141,7 @@ class ForkProxy:
         """Start the master (foreground) and return self; does not wait for readiness."""
         if self.proc is not None and self.proc.alive():
             raise ProcError("forkproxy already running")
-        argv = [sys.executable, "-m", "forkproxy", "-c", str(self.config_path), *self.args]
+        argv = [self.python, "-m", "forkproxy", "-c", str(self.config_path), *self.args]
         self.proc = Proc(argv, self.dir, name=self.name, env=_child_env(self.env), cwd=self.dir)
         return self
 
