@@ -9,6 +9,11 @@ hook, before ``init_process``) imports gevent and turns the instance into a
 (patching, signals, heartbeat) except ``handle``, which hands each accepted
 connection to forkproxy's session loop, and the graceful exit (``run``), which
 stops accepting at once and drains (see the class docstring).
+
+A worker that cannot boot once the first generation served (its
+configuration came with a reload) does not halt the master, as gunicorn's
+boot error would: it writes why into the generation's boot report and exits
+with ``BOOT_REFUSED``; the master refuses that generation (``daemon.arbiter``).
 """
 
 import signal
@@ -24,8 +29,16 @@ class ProxyWorker(AsyncWorker):
 
 def become_gevent_worker(worker: ProxyWorker) -> None:
     """In the child, after fork: make ``worker`` a ``GeventProxyWorker``."""
+    import sys
     import time
     from functools import partial
+
+    from forkproxy.daemon import arbiter, process
+
+    process.close_parent_pipe()  # -D's parent waits for the master, not for workers
+    slot = getattr(worker, "fp_slot", None)
+    arbiter.set_title(f"worker {'-' if slot is None else slot} generation "
+                      f"{getattr(worker, 'fp_gen', '?')}")
 
     import gevent
     from gevent.event import Event
@@ -52,6 +65,17 @@ def become_gevent_worker(worker: ProxyWorker) -> None:
         """
 
         runtime = None
+
+        def init_process(self):
+            try:
+                super().init_process()
+            except Exception as exc:
+                report = getattr(self.app, "fp_boot_report", None)
+                if self.booted or report is None:
+                    raise  # the first generation: gunicorn's boot error halts the master
+                self.log.exception("worker %s cannot serve this configuration", self.pid)
+                arbiter.write_boot_report(report, f"{type(exc).__name__}: {exc}")
+                sys.exit(arbiter.BOOT_REFUSED)
 
         def handle(self, listener, client, addr):
             # gevent hands over a socket whose timeout is the default one;
