@@ -148,7 +148,9 @@ class ForkProxyArbiter(Arbiter):
         self.fp_gen_reload = 0       # the HUP that started the newest generation
         self.fp_gen_started = time.monotonic()
         self.fp_announced = False    # the newest generation was announced as serving
-        self.fp_good = None          # (generation, Config) of the last generation that served
+        # (generation, Config) of the last generation that served, or of the
+        # first one while it boots: what a refused reload goes back to.
+        self.fp_good = (1, app.fp_config)
         self.fp_titled = False
         self.START_CTX["args"] = reexec_args(sys.argv)
         if start_cwd:
@@ -252,8 +254,10 @@ class ForkProxyArbiter(Arbiter):
             self._announce_serving()
 
     def _generation_failure(self) -> str | None:
-        """Why the newest generation cannot serve, or None (only after a generation served)."""
-        if self.fp_good is None or self.fp_announced or self.fp_good[0] == self.fp_gen:
+        """Why the newest generation, forked by a reload, cannot serve, or None."""
+        if self.fp_announced or self.fp_good[0] == self.fp_gen or not self.fp_gen_reload:
+            # (a restored configuration is not refused again: its workers are
+            # respawned while the older ones keep serving)
             return None
         report = getattr(self.app, "fp_boot_report", None)
         text = read_boot_report(report) if report is not None else ""
@@ -282,9 +286,9 @@ class ForkProxyArbiter(Arbiter):
     def _announce_serving(self) -> None:
         """Every worker of the newest generation serves: tell systemd, ``-D``'s parent, reload.json."""
         self.fp_good = (self.fp_gen, self.app.fp_config)
-        if getattr(self.app, "fp_boot_report", None) is None:
-            # From now on a worker that cannot boot refuses its generation
-            # (daemon.worker) instead of halting the master.
+        if self.app.fp_boot_report is None:
+            # From now on even a replacement worker that cannot boot exits
+            # with BOOT_REFUSED (daemon.worker) instead of halting the master.
             self.app.fp_boot_report = new_boot_report()
         n = len(self._serving(newest_only=True))
         process.sd_notify(f"READY=1\nSTATUS=serving: generation {self.fp_gen}, {n} workers")
@@ -354,13 +358,10 @@ class ForkProxyArbiter(Arbiter):
 
     def _status_dir(self) -> str:
         """Where a refusal is reported: the runtime_dir of the configuration that keeps serving."""
-        cfg = self.fp_good[1] if self.fp_good is not None else self.app.fp_config
-        return cfg.server.runtime_dir
+        return self.fp_good[1].server.runtime_dir
 
     def _restore_good(self) -> None:
         """Apply the last configuration that served again, as the next generation."""
-        if self.fp_good is None:
-            return
         self.app.set_config(self.fp_good[1])
         try:
             self._apply(0)
@@ -393,8 +394,7 @@ class ForkProxyArbiter(Arbiter):
             if self.pidfile is not None:
                 self.pidfile.unlink()
             self.pidfile = new
-        if self.app.fp_boot_report is not None:
-            self.app.fp_boot_report = new_boot_report()
+        self.app.fp_boot_report = new_boot_report()
         if reload_no:
             self.log.info("reload %d: generation %d starting", reload_no, self.fp_gen)
         else:

@@ -68,10 +68,12 @@ def _wait_for_master(fd: int) -> int:
         if not chunk:
             break
         data += chunk
-    if data:
-        return data[0]
-    print("forkproxy: the master exited before serving (see the error log)", file=sys.stderr)
-    return 1
+    if data == b"\0":
+        return 0
+    why = f"with status {data[0]} " if data else ""
+    print(f"forkproxy: the master exited {why}before serving (see the error log)",
+          file=sys.stderr)
+    return data[0] if data else 1
 
 
 def tell_parent(status: int) -> None:

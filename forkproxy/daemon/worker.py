@@ -10,8 +10,8 @@ hook, before ``init_process``) imports gevent and turns the instance into a
 connection to forkproxy's session loop, and the graceful exit (``run``), which
 stops accepting at once and drains (see the class docstring).
 
-A worker that cannot boot once the first generation served (its
-configuration came with a reload) does not halt the master, as gunicorn's
+A worker that cannot boot with a configuration that came with a reload (or
+once the first generation served) does not halt the master, as gunicorn's
 boot error would: it writes why into the generation's boot report and exits
 with ``BOOT_REFUSED``; the master refuses that generation (``daemon.arbiter``).
 """
@@ -72,7 +72,7 @@ def become_gevent_worker(worker: ProxyWorker) -> None:
             except Exception as exc:
                 report = getattr(self.app, "fp_boot_report", None)
                 if self.booted or report is None:
-                    raise  # the first generation: gunicorn's boot error halts the master
+                    raise  # the first generation booting: gunicorn's boot error halts the master
                 self.log.exception("worker %s cannot serve this configuration", self.pid)
                 arbiter.write_boot_report(report, f"{type(exc).__name__}: {exc}")
                 sys.exit(arbiter.BOOT_REFUSED)
