@@ -284,10 +284,13 @@ class Load(threading.Thread):
 
 
 def reload_status(d: Path) -> dict | None:
+    """reload.json, with "reload" the count of reloads (older masters called it "generation")."""
     try:
-        return json.loads((d / "run" / "reload.json").read_text())
+        st = json.loads((d / "run" / "reload.json").read_text())
     except (OSError, ValueError):
         return None
+    st.setdefault("reload", st.get("generation"))
+    return st
 
 
 def test_master_survives_200_mutated_reloads_under_load(forkproxy_factory, backend_factory):
@@ -320,9 +323,9 @@ def test_master_survives_200_mutated_reloads_under_load(forkproxy_factory, backe
             sent += 1
             before = (reload_status(d) or {}).get("reload", 0)
             fp.signal(signal.SIGHUP)
-            wait_until(lambda: (st := reload_status(d)) is not None and st["reload"] > before
-                       and st["state"] in ("serving", "rejected"), timeout=60,
-                       what=f"the outcome of reload {before + 1} ({what})")
+            wait_until(lambda: not fp.alive() or (st := reload_status(d)) is not None
+                       and st["reload"] > before and st["state"] in ("serving", "rejected"),
+                       timeout=60, what=f"the outcome of reload {before + 1} ({what})")
             st = reload_status(d)
             assert fp.alive(), f"the master exited after reload {sent} ({what})"
             assert st["reload"] == before + 1, (what, st)
