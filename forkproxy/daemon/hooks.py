@@ -337,8 +337,11 @@ def start_checker(worker, cfg: Config, table, lock_fd: int):
             row += 1
     if not targets:
         return None
+    from forkproxy.daemon.worker import set_title
+
     checker = Checker(table, targets, Leader(lock_fd), worker.log,
-                      initial=cfg.server.initial_health, metrics=worker.runtime.metrics)
+                      initial=cfg.server.initial_health, metrics=worker.runtime.metrics,
+                      on_lead=lambda lead: set_title(worker, checker=lead))
     gevent.spawn(checker.run)
     return checker
 

@@ -27,6 +27,15 @@ class ProxyWorker(AsyncWorker):
     runtime = None  # forkproxy.net.session.Runtime, set by the post_worker_init hook
 
 
+def set_title(worker, checker: bool = False) -> None:
+    """``forkproxy: worker SLOT generation N``, `` (checker)`` while it runs the health checks."""
+    from forkproxy.daemon.arbiter import set_title as title
+
+    slot = getattr(worker, "fp_slot", None)
+    title(f"worker {'-' if slot is None else slot} generation {getattr(worker, 'fp_gen', '?')}"
+          + (" (checker)" if checker else ""))
+
+
 def become_gevent_worker(worker: ProxyWorker) -> None:
     """In the child, after fork: make ``worker`` a ``GeventProxyWorker``."""
     import sys
@@ -36,9 +45,7 @@ def become_gevent_worker(worker: ProxyWorker) -> None:
     from forkproxy.daemon import arbiter, process
 
     process.close_parent_pipe()  # -D's parent waits for the master, not for workers
-    slot = getattr(worker, "fp_slot", None)
-    arbiter.set_title(f"worker {'-' if slot is None else slot} generation "
-                      f"{getattr(worker, 'fp_gen', '?')}")
+    set_title(worker)
 
     import gevent
     from gevent.event import Event

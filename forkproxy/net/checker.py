@@ -218,8 +218,9 @@ class Checker:
     """
 
     def __init__(self, table, targets: list[Target], leader, log, *, initial: str = "up",
-                 clock=time.time, metrics=None):
+                 clock=time.time, metrics=None, on_lead=None):
         self.table = table
+        self.on_lead = on_lead  # called with True / False when this worker wins / loses the lock
         self.metrics = metrics
         self.targets = list(targets)
         self.leader = leader
@@ -245,6 +246,8 @@ class Checker:
                 self.log.info("health checker elected: %d servers to check", len(self.targets))
             elif was_leader and not leader:
                 self.log.warning("health checker lost the checker lock; checks paused in this worker")
+            if leader != was_leader and self.on_lead is not None:
+                self.on_lead(leader)
             was_leader = leader
             if leader and not self._loops and self.targets:
                 self._start_loops()

@@ -267,3 +267,11 @@ def test_process_titles_say_what_each_process_is(forkproxy_factory, backend_fact
     wait_until(lambda: sorted(cmdline(p) for p in children_of(fp.pid)) ==
                ["forkproxy: worker 0 generation 1", "forkproxy: worker 1 generation 1"],
                what="the workers' titles")
+
+
+def test_the_worker_running_the_health_checks_says_so(forkproxy_factory, backend_factory):
+    b = backend_factory("b")
+    port = free_port()
+    fp = forkproxy_factory(body_for(port, b.addr) + 'health = { interval = "1s" }\n')
+    wait_until(lambda: sorted(cmdline(p).endswith("(checker)") for p in children_of(fp.pid))
+               == [False, True], what="one checker among the workers")
