@@ -170,8 +170,8 @@ pool = "demo"
 balance = "round_robin"
 # A request that finds a server gone is tried on the next one.
 retry = {{ tries = 3 }}
-# Probe every server twice a second; one failure takes it down.
-health = {{ path = "/", interval = "500ms", timeout = "400ms", rise = 1, fall = 1 }}
+# Probe every server twice a second; two failures in a row take it down.
+health = {{ path = "/", interval = "500ms", timeout = "2s", rise = 1, fall = 2 }}
 servers = [
 {servers}
 ]
