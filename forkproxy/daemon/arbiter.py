@@ -278,6 +278,12 @@ class ForkProxyArbiter(Arbiter):
             self.retire(pid, worker)
         self._restore_good()
 
+    def maybe_promote_master(self):
+        was_new = self.master_pid != 0
+        super().maybe_promote_master()
+        if was_new and self.master_pid == 0:
+            self.fp_titled = False  # gunicorn titled it "master [...]" again
+
     def wait_for_signals(self, timeout=1.0):
         if not self.fp_announced:
             timeout = min(timeout, 0.05)  # notice the new generation booting promptly
