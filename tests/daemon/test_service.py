@@ -193,7 +193,7 @@ def test_notify_ready_after_the_workers_serve_and_around_reloads(forkproxy_facto
         wait_until(lambda: (reload_status(fp) or {}).get("state") == "serving")
         assert reload_status(fp)["generation"] == 2
         assert fp.ctl_status()["generation"] == 2
-        assert "generation 2 serves" in fp.error_log()
+        wait_until(lambda: "generation 2 serves" in fp.error_log(), what="the error log line")
         titles = {cmdline(p) for p in children_of(fp.pid)}
         wait_until(lambda: all("generation 2" in cmdline(p) for p in children_of(fp.pid)),
                    what=f"only generation 2 workers (titles {titles})")
