@@ -20,8 +20,10 @@ setup(
     install_requires=[
         "gevent>=24.10,<27",
         # The master is gunicorn's Arbiter through its public embedding API:
-        # pin the major so its internals cannot shift under us.
-        "gunicorn>=27.0,<28",
+        # pin the major so its internals cannot shift under us.  The extras
+        # are what its gevent worker imports (packaging) and what names each
+        # process in ps (setproctitle); plain "gunicorn" has neither.
+        "gunicorn[gevent,setproctitle]>=27.0,<28",
         "requests>=2.31,<3",
         "pylibmc>=1.6,<2",
         "tomli>=2.0,<3",

@@ -1,7 +1,9 @@
 """A tiny demo origin: ``python demo/backend.py --port P --name "backend 1"``.
 
 Answers every GET/HEAD/POST with ``hello from NAME`` (and ``X-Backend: NAME``),
-HTTP/1.1 with keep-alive. Stdlib only. Exits cleanly on SIGTERM or Ctrl-C.
+HTTP/1.1 with keep-alive; paths under ``/static/`` are cacheable for a minute
+(``Cache-Control: max-age=60``), everything else is not (``no-store``).
+Stdlib only. Exits cleanly on SIGTERM or Ctrl-C.
 """
 
 import argparse
@@ -23,6 +25,8 @@ class Handler(BaseHTTPRequestHandler):
         self.send_header("Content-Type", "text/plain; charset=utf-8")
         self.send_header("Content-Length", str(len(body)))
         self.send_header("X-Backend", self.server.name)
+        cacheable = self.path.startswith("/static/")
+        self.send_header("Cache-Control", "max-age=60" if cacheable else "no-store")
         self.end_headers()
         if self.command != "HEAD":
             self.wfile.write(body)

@@ -1,6 +1,6 @@
 """forkproxy's command line: nginx-style flags and exit codes.
 
-    forkproxy [-c file] [-t] [-T] [-D] [-p pidfile] [-s signal] [-v] [-h]
+    forkproxy [-c file] [-t] [-T] [-D] [-p pidfile] [-s signal] [-v] [-V] [-h]
 
 Exit status: 0 ok; 1 configuration error (every error printed as
 ``FILE:LINE: key.path: message``); 2 usage error; 3 a worker failed to boot;
@@ -57,7 +57,34 @@ def build_parser() -> argparse.ArgumentParser:
                         "reload was rejected (1, errors printed)")
     p.add_argument("-v", "--version", action="version", version=f"forkproxy {__version__}",
                    help="print the version and exit")
+    p.add_argument("-V", "--versions", action="store_true",
+                   help="print the versions of forkproxy and of what it runs on, and exit")
     return p
+
+
+def versions() -> list[str]:
+    """``-V``: forkproxy's version and those of the parts it runs on (nginx's -V)."""
+    import platform
+    import ssl
+    from importlib import metadata
+
+    def dist(name):
+        try:
+            return metadata.version(name)
+        except metadata.PackageNotFoundError:
+            return "not installed"
+
+    try:
+        import pylibmc
+        libmemcached = pylibmc.libmemcached_version
+    except ImportError as exc:
+        libmemcached = f"unavailable ({exc})"
+    return [f"forkproxy {__version__}",
+            f"Python {platform.python_version()} ({sys.executable})",
+            f"gevent {dist('gevent')}",
+            f"gunicorn {dist('gunicorn')}",
+            f"OpenSSL: {ssl.OPENSSL_VERSION}",
+            f"libmemcached {libmemcached} (pylibmc {dist('pylibmc')})"]
 
 
 def _config_path(args) -> str:
@@ -140,6 +167,9 @@ def main(argv: list[str] | None = None) -> int:
         args = parser.parse_args(argv)
     except SystemExit as exc:
         return EX_OK if exc.code == 0 else EX_USAGE
+    if args.versions:
+        print("\n".join(versions()))
+        return EX_OK
     path = _config_path(args)
     try:
         cfg = _load(path, args.pidfile)
@@ -185,12 +215,14 @@ def main(argv: list[str] | None = None) -> int:
     # -D changes to /: reloads and a USR2 re-exec must still find the file.
     cfg = dataclasses.replace(cfg, path=os.path.abspath(cfg.path))
     start_cwd = os.getcwd()
+    from forkproxy.daemon import process
     if args.daemon:
-        from forkproxy.daemon.process import daemonize
-        daemonize()
+        process.daemonize()  # returns in the master; the command waits for its word
+    code = EX_OK
     try:
         from forkproxy.daemon.app import run
-        run(cfg, detached=args.daemon, start_cwd=start_cwd)
+        run(cfg, detached=args.daemon, start_cwd=start_cwd, pidfile=args.pidfile)
     except SystemExit as exc:
-        return exc.code if isinstance(exc.code, int) else EX_SOFTWARE
-    return EX_OK
+        code = exc.code if isinstance(exc.code, int) else EX_SOFTWARE
+    process.tell_parent(code or EX_SOFTWARE)  # stopped before serving: never 0
+    return code

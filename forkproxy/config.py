@@ -709,8 +709,8 @@ def _workers(value: Any) -> int:
     if value == "auto":
         return os.cpu_count() or 1
     if isinstance(value, str):
-        raise Invalid(f'expected an integer >= 1 or "auto", got {_quote(value)}')
-    return _int(1)(value)
+        raise Invalid(f'expected an integer 1..1024 or "auto", got {_quote(value)}')
+    return _int(1, 1024)(value)
 
 
 def _networks(value: Any) -> tuple:
@@ -1468,8 +1468,9 @@ _RELOAD = True
 
 SETTINGS: tuple[Setting, ...] = (
     # [server]
-    Setting("server", "workers", 'integer >= 1 or "auto"', "auto",
-            'Number of worker processes. "auto" uses one per CPU.',
+    Setting("server", "workers", 'integer 1..1024 or "auto"', "auto",
+            'Number of worker processes. "auto" uses one per CPU. '
+            "The bound keeps a typo from forking a million processes.",
             _RELOAD, _workers),
     Setting("server", "worker_connections", "integer >= 1", 10000,
             "Maximum number of concurrent client connections per worker.",

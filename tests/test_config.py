@@ -232,7 +232,7 @@ BAD = [
     ("bad size", '[server]\nmax_body_size = "1x"\n' + MINIMAL,
      ['t.toml:2: server.max_body_size: expected a size such as 65536, "64k", "1m" or "1g", got "1x"']),
     ("wrong type", '[server]\nworkers = "many"\nworker_connections = true\n' + MINIMAL,
-     ['t.toml:2: server.workers: expected an integer >= 1 or "auto", got "many"',
+     ['t.toml:2: server.workers: expected an integer 1..1024 or "auto", got "many"',
       "t.toml:3: server.worker_connections: expected an integer, got a boolean"]),
     ("enum with suggestion", '[server]\nlog_level = "warn"\n' + MINIMAL,
      ['t.toml:2: server.log_level: unknown value "warn"; expected one of: debug, info, '
@@ -359,8 +359,8 @@ def test_error_attributes_and_str():
         loads("[server]\nworkers = 0\n" + MINIMAL, "x.toml")
     (e,) = info.value.errors
     assert (e.file, e.line, e.key) == ("x.toml", 2, "server.workers")
-    assert e.message == "expected an integer >= 1, got 0"
-    assert str(info.value) == "x.toml:2: server.workers: expected an integer >= 1, got 0"
+    assert e.message == "expected an integer 1..1024, got 0"
+    assert str(info.value) == "x.toml:2: server.workers: expected an integer 1..1024, got 0"
     assert str(ConfigError("f", None, "k", "m")) == "f: k: m"
     assert str(ConfigError("f", 3, "", "m")) == "f:3: m"
 

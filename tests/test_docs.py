@@ -284,7 +284,7 @@ def test_every_option_in_forkproxy_8_is_in_help(forkproxy_help):
 def test_forkproxy_8_documents_the_command_line():
     expected = {
         "-c", "--config", "-t", "--test", "-T", "--test-dump", "--show-secrets", "-D", "--daemon",
-        "-p", "--pidfile", "-s", "--signal", "--wait", "-v", "--version", "-h", "--help",
+        "-p", "--pidfile", "-s", "--signal", "--wait", "-v", "--version", "-V", "--versions", "-h", "--help",
     }
     assert man_options(MAN / "forkproxy.8") == expected
     assert man_options(MAN / "forkproxy.8", "SYNOPSIS") == {o for o in expected if len(o) == 2}

@@ -25,8 +25,9 @@ RULES = {
     "logs": (set(), set()),
     "config": ({"core", "errors"}, {"tomli"}),
     "net": ({"core", "config", "errors", "logs"}, {"gevent", "pylibmc", "requests", "brotli"}),
-    "daemon": ({"net", "core", "config", "errors", "logs"}, {"gunicorn"}),
-    "cli": ({"config", "errors"}, set()),
+    "daemon": ({"net", "core", "config", "errors", "logs"}, {"gunicorn", "setproctitle"}),
+    # pylibmc: only -V, for the libmemcached version it was built with.
+    "cli": ({"config", "errors"}, {"pylibmc"}),
     # ctl reads the table (daemon.shm) and reload.json (daemon.process) and
     # asks who holds the checker lock (net.leader), all stdlib + core;
     # tests/test_ctl.py pins it to exactly those modules.  requests only
@@ -36,7 +37,7 @@ RULES = {
     "__init__": (set(), set()),
 }
 # (layer, what) pairs allowed only inside function bodies.
-LAZY_ONLY = {("daemon", "gevent"), ("daemon", "net"), ("cli", "daemon")}
+LAZY_ONLY = {("daemon", "gevent"), ("daemon", "net"), ("cli", "daemon"), ("cli", "pylibmc")}
 
 
 def layer_of(path: pathlib.Path) -> str:

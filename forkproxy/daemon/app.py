@@ -8,6 +8,7 @@ the workers override ``handle`` (see ``daemon.worker``).
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import math
 import os
@@ -124,15 +125,50 @@ def _bind(listener: fpconfig.ListenerConfig) -> str:
     return f"{host}:{listener.port}"
 
 
+# Stdlib modules the workers' net layer imports that bind nothing gevent
+# patches (no socket, ssl, select or threading names): the master imports them
+# once, so a worker (a new generation, a replacement) does not.
+_PRELOAD_STDLIB = ("email.utils", "hmac", "importlib.metadata", "importlib.resources",
+                   "ipaddress", "json", "hashlib", "urllib.parse", "zlib", "collections",
+                   "copy", "operator", "base64", "calendar", "datetime")
+
+
+def preload() -> None:
+    """Import, in the master, what every worker needs and the master may hold.
+
+    forkproxy's pure parts (``core``, ``logs``) and the stdlib modules above;
+    never gevent, requests or pylibmc (DESIGN section 1): a worker imports
+    those after the fork.
+    """
+    import importlib
+    import pkgutil
+
+    import forkproxy.core
+
+    for name in _PRELOAD_STDLIB:
+        importlib.import_module(name)
+    for mod in pkgutil.iter_modules(forkproxy.core.__path__):
+        importlib.import_module(f"forkproxy.core.{mod.name}")
+    importlib.import_module("forkproxy.logs")
+
+
 def _no_wsgi(environ, start_response):  # pragma: no cover - never called
     raise RuntimeError("forkproxy workers do not run WSGI")
 
 
 class ForkProxyApp(BaseApplication):
-    """Holds the current ``forkproxy.config.Config`` as ``fp_config``."""
+    """Holds the current ``forkproxy.config.Config`` as ``fp_config``.
 
-    def __init__(self, cfg: fpconfig.Config):
+    ``pidfile``: the command line's ``-p``, which overrides server.pidfile
+    in every file read, the first and each reload's.  ``fp_boot_report``:
+    see ``daemon.arbiter`` (None until the first generation serves).
+    """
+
+    fp_boot_report = None
+
+    def __init__(self, cfg: fpconfig.Config, pidfile: str | None = None):
         self.fp_config = cfg
+        self.fp_pidfile = pidfile
         super().__init__(usage=None, prog="forkproxy")
 
     def load_config(self) -> None:
@@ -161,15 +197,23 @@ class ForkProxyApp(BaseApplication):
                 if log is not None:
                     log.error("reload rejected: %s", err)
             return errors
-        self.fp_config = candidate
+        if self.fp_pidfile:
+            candidate = dataclasses.replace(
+                candidate, server=dataclasses.replace(candidate.server, pidfile=self.fp_pidfile))
+        self.set_config(candidate)
+        return []
+
+    def set_config(self, cfg: fpconfig.Config) -> None:
+        """Make ``cfg`` the current configuration (gunicorn's settings too)."""
+        self.fp_config = cfg
         self.load_default_config()
         self.load_config()
-        return []
 
     def run(self, detached: bool = False, start_cwd: str | None = None):
         """Run forkproxy's arbiter (see ``daemon.arbiter``) until it stops."""
         from forkproxy.daemon.arbiter import ForkProxyArbiter
 
+        preload()
         arbiter = ForkProxyArbiter(self, start_cwd=start_cwd)
         arbiter.fp_detached = detached
         self.logger = arbiter.log
@@ -216,10 +260,12 @@ def gunicorn_settings(cfg: fpconfig.Config) -> dict:
     return settings
 
 
-def run(cfg: fpconfig.Config, detached: bool = False, start_cwd: str | None = None) -> None:
+def run(cfg: fpconfig.Config, detached: bool = False, start_cwd: str | None = None,
+        pidfile: str | None = None) -> None:
     """Run the master until it is stopped (exits the process).
 
     ``detached``: the caller daemonized (``-D``); ``start_cwd``: the directory
-    the command was started in (a USR2 upgrade re-executes from there).
+    the command was started in (a USR2 upgrade re-executes from there);
+    ``pidfile``: ``-p``, kept across reloads.
     """
-    ForkProxyApp(cfg).run(detached=detached, start_cwd=start_cwd)
+    ForkProxyApp(cfg, pidfile=pidfile).run(detached=detached, start_cwd=start_cwd)

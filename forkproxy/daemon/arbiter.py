@@ -11,6 +11,12 @@ replaces it:
   workers either) and is reported in the error log and ``reload.json``;
 - listeners that stay keep their socket (and its accept queue); removed ones
   are closed, added ones opened;
+- the master never exits because of a reload: any failure while applying
+  the new file, a worker of the new generation that cannot boot with it
+  (gunicorn halts the master on that), or a new generation that does not
+  serve within ``BOOT_GRACE`` refuses the reload with the reason and applies
+  the last configuration that served again, as the next generation, while
+  the old workers keep serving;
 - the new generation is forked at once; each older worker is *retired*
   (SIGTERM, after which it drains, see ``daemon.worker``) as soon as every
   worker of the newest generation serves, or at once if it had not booted
@@ -19,12 +25,19 @@ replaces it:
 
 The master loop keeps running during all of it; the only wait it does is
 the signal queue's, shortened to 50 ms while a generation is booting.
+
+One generation number everywhere: ``fp_gen`` (1 for the first generation,
++1 for every generation forked after a reload) is the health table's
+generation (``forkproxyctl status``, the admin ``/status``), the error log's,
+``reload.json``'s and the ``STATUS=`` line sent to systemd.
 """
 
 from __future__ import annotations
 
+import mmap
 import os
 import signal
+import struct
 import sys
 import time
 
@@ -34,9 +47,45 @@ from gunicorn.arbiter import Arbiter
 
 from forkproxy.daemon import process
 
-# How long an older generation may outlive a newest one that never comes up
+# How long a new generation may take to serve before the reload is refused
 # (workers that crash while booting are respawned meanwhile).
 BOOT_GRACE = 30.0
+
+# Exit status of a worker that could not boot with a configuration after
+# the first generation served (daemon.worker): unlike gunicorn's
+# WORKER_BOOT_ERROR (3) it does not halt the master.
+BOOT_REFUSED = 75
+
+# A worker that cannot boot writes why into the generation's boot report:
+# a shared anonymous mapping, length (u32) then UTF-8 text.
+REPORT_SIZE = 4096
+
+
+def new_boot_report() -> mmap.mmap:
+    return mmap.mmap(-1, REPORT_SIZE)
+
+
+def write_boot_report(report: mmap.mmap, text: str) -> None:
+    """Worker side: record why it could not boot (the first writer wins)."""
+    if struct.unpack_from("<I", report, 0)[0]:
+        return
+    data = text.encode("utf-8", "replace")[:REPORT_SIZE - 4]
+    report[4:4 + len(data)] = data
+    struct.pack_into("<I", report, 0, len(data))  # last: a reader sees all or nothing
+
+
+def read_boot_report(report: mmap.mmap) -> str:
+    n = struct.unpack_from("<I", report, 0)[0]
+    return bytes(report[4:4 + min(n, REPORT_SIZE - 4)]).decode("utf-8", "replace")
+
+
+def set_title(title: str) -> None:
+    """``forkproxy: TITLE`` in ps (setproctitle; nothing without it)."""
+    try:
+        from setproctitle import setproctitle
+    except ImportError:  # pragma: no cover - a dependency (setup.py)
+        return
+    setproctitle(f"forkproxy: {title}")
 
 
 def _is_booted(worker) -> bool:
@@ -45,6 +94,28 @@ def _is_booted(worker) -> bool:
         return worker.tmp.last_update() != worker.fp_tmp0
     except (OSError, ValueError, AttributeError):
         return False
+
+
+def _show(addr) -> str:
+    if isinstance(addr, tuple):
+        host = addr[0]
+        return f"[{host}]:{addr[1]}" if ":" in host else f"{host}:{addr[1]}"
+    return str(addr)
+
+
+def _same_address(configured, bound) -> bool:
+    """Whether a configured bind address (host, port) is the bound socket's name."""
+    import ipaddress
+
+    if not (isinstance(configured, tuple) and isinstance(bound, tuple)):
+        return configured == bound
+    if configured[1] != bound[1]:
+        return False
+    try:
+        return ipaddress.ip_address(configured[0].strip("[]")) == \
+            ipaddress.ip_address(bound[0].split("%")[0])
+    except ValueError:
+        return configured[0] == bound[0]
 
 
 def reexec_args(argv: list[str]) -> list[str]:
@@ -72,14 +143,71 @@ class ForkProxyArbiter(Arbiter):
 
     def __init__(self, app, start_cwd: str | None = None):
         super().__init__(app)
-        self.fp_gen = 0              # bumped by every accepted reload
+        self.fp_gen = 1              # the newest generation (module docstring)
         self.fp_reloads = 0          # every HUP, for reload.json
         self.fp_gen_reload = 0       # the HUP that started the newest generation
         self.fp_gen_started = time.monotonic()
         self.fp_announced = False    # the newest generation was announced as serving
+        # (generation, Config) of the last generation that served, or of the
+        # first one while it boots: what a refused reload goes back to.
+        self.fp_good = (1, app.fp_config)
+        self.fp_titled = False
         self.START_CTX["args"] = reexec_args(sys.argv)
         if start_cwd:
             self.START_CTX["cwd"] = start_cwd
+
+    # -- start ----------------------------------------------------------------
+
+    def start(self):
+        """gunicorn's start, minus its early READY=1, plus complete socket activation.
+
+        gunicorn tells systemd READY=1 before any worker exists; forkproxy
+        sends it when the first generation serves (``_announce_serving``).
+        A start that fails (an address in use, a socket activation that does
+        not match the file) removes the pidfile it wrote.
+        """
+        notify = os.environ.pop("NOTIFY_SOCKET", None)
+        try:
+            super().start()
+            if self.systemd:
+                self._complete_activation()
+        except BaseException:
+            if self.pidfile is not None:
+                self.pidfile.unlink()
+                self.pidfile = None
+            raise
+        finally:
+            if notify is not None:
+                os.environ["NOTIFY_SOCKET"] = notify
+
+    def _complete_activation(self) -> None:
+        """Socket activation: bind what the handed-over sockets lack; refuse strangers.
+
+        systemd hands over the sockets its .socket unit names; every
+        listener and the admin endpoint of the file that is not among them
+        is bound here as without activation.  A handed-over socket that the
+        file does not name is refused (no listener settings apply to it).
+        """
+        wanted = list(self.cfg.address)
+        strangers = []
+        for lnr in self.LISTENERS:
+            match = next((a for a in wanted if _same_address(a, lnr.cfg_addr)), None)
+            if match is None:
+                strangers.append(str(lnr))
+            else:
+                lnr.cfg_addr = match  # a reload compares the configured form
+                wanted.remove(match)
+        if strangers:
+            raise RuntimeError("socket activation handed over " + ", ".join(strangers)
+                               + ", which no [[listener]] bind nor server.admin names")
+        for addr in wanted:
+            try:
+                lnr = gsock._sock_type(addr)(addr, self.cfg, self.log)
+            except OSError as exc:
+                raise RuntimeError(f"socket activation did not hand over {_show(addr)} and "
+                                   f"it cannot be bound: {exc.strerror}") from None
+            self.log.info("socket activation: also listening at %s", lnr)
+            self.LISTENERS.append(lnr)
 
     # -- worker accounting --------------------------------------------------
 
@@ -100,7 +228,17 @@ class ForkProxyArbiter(Arbiter):
             self.spawn_worker()
 
     def manage_workers(self):
-        """Keep ``num_workers`` of the newest generation; retire the surplus and older ones."""
+        """Keep ``num_workers`` of the newest generation; retire the surplus and older ones.
+
+        A newest generation that cannot serve (a worker's boot report, or
+        nothing up after ``BOOT_GRACE``) is refused, see ``_refuse_generation``.
+        """
+        if not self.fp_titled:  # after gunicorn's own title in run()
+            self.fp_titled = True
+            set_title(f"master -c {self.app.fp_config.path}")
+        failure = self._generation_failure()
+        if failure:
+            self._refuse_generation(failure)
         if len(self._serving(newest_only=True)) < self.num_workers:
             self.spawn_workers()
         newest = self._serving(newest_only=True)
@@ -108,13 +246,43 @@ class ForkProxyArbiter(Arbiter):
             pid, worker = newest.pop(0)
             self.retire(pid, worker)
         all_up = all(_is_booted(w) for _, w in newest)
-        waited = time.monotonic() - self.fp_gen_started > BOOT_GRACE
         for pid, worker in self._serving():
-            if worker.fp_gen < self.fp_gen and (all_up or waited or not _is_booted(worker)):
+            if worker.fp_gen < self.fp_gen and (all_up or not _is_booted(worker)):
                 self.retire(pid, worker)
         if all_up and not self.fp_announced:
             self.fp_announced = True
             self._announce_serving()
+
+    def _generation_failure(self) -> str | None:
+        """Why the newest generation, forked by a reload, cannot serve, or None."""
+        if self.fp_announced or self.fp_good[0] == self.fp_gen or not self.fp_gen_reload:
+            # (a restored configuration is not refused again: its workers are
+            # respawned while the older ones keep serving)
+            return None
+        report = getattr(self.app, "fp_boot_report", None)
+        text = read_boot_report(report) if report is not None else ""
+        if text:
+            return f"a worker of generation {self.fp_gen} could not start: {text}"
+        if time.monotonic() - self.fp_gen_started > BOOT_GRACE:
+            return f"generation {self.fp_gen} did not serve within {BOOT_GRACE:g}s"
+        return None
+
+    def _refuse_generation(self, reason: str) -> None:
+        """The newest generation cannot serve: refuse its reload, serve the last good config again."""
+        self.log.error("reload %d refused: %s", self.fp_gen_reload, reason)
+        if self.fp_gen_reload:
+            process.write_status(self._status_dir(), self.fp_gen_reload, "rejected", [reason],
+                                 generation=self.fp_gen)
+        process.sd_notify("STATUS=reload refused: " + reason)
+        for pid, worker in self._serving(newest_only=True):
+            self.retire(pid, worker)
+        self._restore_good()
+
+    def maybe_promote_master(self):
+        was_new = self.master_pid != 0
+        super().maybe_promote_master()
+        if was_new and self.master_pid == 0:
+            self.fp_titled = False  # gunicorn titled it "master [...]" again
 
     def wait_for_signals(self, timeout=1.0):
         """gunicorn's queued signals, plus a SIGHUP for each wake-up that finds
@@ -132,13 +300,22 @@ class ForkProxyArbiter(Arbiter):
         return signals
 
     def _announce_serving(self) -> None:
-        n = len(self._serving())
+        """Every worker of the newest generation serves: tell systemd, ``-D``'s parent, reload.json."""
+        self.fp_good = (self.fp_gen, self.app.fp_config)
+        if self.app.fp_boot_report is None:
+            # From now on even a replacement worker that cannot boot exits
+            # with BOOT_REFUSED (daemon.worker) instead of halting the master.
+            self.app.fp_boot_report = new_boot_report()
+        n = len(self._serving(newest_only=True))
         process.sd_notify(f"READY=1\nSTATUS=serving: generation {self.fp_gen}, {n} workers")
+        process.tell_parent(0)
         # A rejected HUP since then has the last word in reload.json.
         if self.fp_gen_reload and self.fp_gen_reload == self.fp_reloads:
             process.write_status(self.app.fp_config.server.runtime_dir, self.fp_reloads,
-                                 "serving")
-            self.log.info("reload %d: the new generation serves", self.fp_reloads)
+                                 "serving", generation=self.fp_gen)
+            self.log.info("reload %d: generation %d serves", self.fp_reloads, self.fp_gen)
+        else:
+            self.log.info("generation %d serves", self.fp_gen)
 
     # -- signals --------------------------------------------------------------
 
@@ -165,38 +342,80 @@ class ForkProxyArbiter(Arbiter):
         super().stop(graceful)
 
     def reload(self):
-        """SIGHUP: validate, then switch generations without blocking (module docstring)."""
+        """SIGHUP: validate, then switch generations without blocking (module docstring).
+
+        Whatever the file holds, the master keeps running: a file that does
+        not validate changes nothing; any failure while applying it is
+        reported the same way and the last configuration that served is
+        applied again.
+        """
         self.fp_reloads += 1
-        runtime_dir = self.app.fp_config.server.runtime_dir
-        errors = self.app.reload()
+        try:
+            errors = self.app.reload()
+        except Exception as exc:  # a loader bug must not take the master down
+            self.log.exception("reload %d: reading the configuration failed", self.fp_reloads)
+            errors = [f"reading the configuration failed: {type(exc).__name__}: {exc}"]
         if errors:
-            process.write_status(runtime_dir, self.fp_reloads, "rejected", errors)
+            runtime_dir = self.app.fp_config.server.runtime_dir
+            process.write_status(runtime_dir, self.fp_reloads, "rejected", errors,
+                                 generation=self.fp_gen)
             process.sd_notify("STATUS=reload rejected: " + errors[0])
             return
         process.sd_notify(f"RELOADING=1\n{process.monotonic_usec()}\nSTATUS=reloading")
+        try:
+            self._apply(self.fp_reloads)
+        except Exception as exc:
+            self.log.exception("reload %d: applying the configuration failed", self.fp_reloads)
+            reason = f"applying the configuration failed: {type(exc).__name__}: {exc}"
+            process.write_status(self._status_dir(), self.fp_reloads, "rejected", [reason],
+                                 generation=self.fp_gen)
+            process.sd_notify("STATUS=reload refused: " + reason)
+            self._restore_good()
+
+    def _status_dir(self) -> str:
+        """Where a refusal is reported: the runtime_dir of the configuration that keeps serving."""
+        return self.fp_good[1].server.runtime_dir
+
+    def _restore_good(self) -> None:
+        """Apply the last configuration that served again, as the next generation."""
+        self.app.set_config(self.fp_good[1])
+        try:
+            self._apply(0)
+        except Exception:  # noqa: BLE001 - keep whatever workers still serve
+            self.log.critical("re-applying the last configuration that served failed; "
+                              "the workers still running keep serving", exc_info=True)
+
+    def _apply(self, reload_no: int) -> None:
+        """Fork the next generation for ``self.app.fp_config`` (``reload_no`` 0: a restore)."""
         runtime_dir = self.app.fp_config.server.runtime_dir
         os.makedirs(runtime_dir, mode=0o755, exist_ok=True)
-        process.write_status(runtime_dir, self.fp_reloads, "loading")
+        self.fp_gen += 1
+        self.fp_gen_reload = reload_no
+        self.fp_gen_started = time.monotonic()
+        self.fp_announced = False
+        if reload_no:
+            process.write_status(runtime_dir, reload_no, "loading", generation=self.fp_gen)
         old_pidfile = self.cfg.pidfile
         self.setup(self.app)
         self.log.reopen_files()
         self._rebind()
         self.cfg.on_reload(self)
         if self.cfg.pidfile != old_pidfile:
+            from gunicorn.pidfile import Pidfile
+            new = None
+            if self.cfg.pidfile:
+                name = self.cfg.pidfile + (".2" if self.master_pid else "")
+                new = Pidfile(name)
+                new.create(self.pid)  # first: a pidfile that cannot be written changes nothing
             if self.pidfile is not None:
                 self.pidfile.unlink()
-                self.pidfile = None
-            if self.cfg.pidfile:
-                from gunicorn.pidfile import Pidfile
-                name = self.cfg.pidfile + (".2" if self.master_pid else "")
-                self.pidfile = Pidfile(name)
-                self.pidfile.create(self.pid)
-        util._setproctitle("master [%s]" % self.proc_name)
-        self.fp_gen += 1
-        self.fp_gen_reload = self.fp_reloads
-        self.fp_gen_started = time.monotonic()
-        self.fp_announced = False
-        self.log.info("reload %d: generation %d starting", self.fp_reloads, self.fp_gen)
+            self.pidfile = new
+        self.app.fp_boot_report = new_boot_report()
+        if reload_no:
+            self.log.info("reload %d: generation %d starting", reload_no, self.fp_gen)
+        else:
+            self.log.info("generation %d starting with the last configuration that served",
+                          self.fp_gen)
         self.manage_workers()
 
     def _rebind(self) -> None:

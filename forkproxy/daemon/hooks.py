@@ -46,8 +46,10 @@ def table_labels(cfg: Config) -> list[str]:
     return [f"{p.name}/{s.addr}" for p in cfg.pools for s in p.servers]
 
 
-def build_table(cfg: Config, n_slots: int):
+def build_table(cfg: Config, n_slots: int, generation: int):
     """Create the table for ``cfg`` at its path, carrying over the rows of servers that stay.
+
+    ``generation``: the master's generation number (``daemon.arbiter``).
 
     Done under the admin lock so that a ``forkproxyctl drain`` racing a
     reload lands in the new table, not in the one being replaced.  The
@@ -66,7 +68,6 @@ def build_table(cfg: Config, n_slots: int):
             old = shm.open_table(path, writable=False)
         except (OSError, ValueError):
             old = None
-        generation = old.generation + 1 if old is not None else 1
         mm, table = shm.create(path, len(labels), n_slots, generation, labels=labels,
                                owner=owner)
         now = time.time()
@@ -245,7 +246,7 @@ def on_starting(arbiter) -> None:
     # Slots for TTIN headroom; a worker beyond them runs without a slot.
     app.fp_n_slots = max(8, 2 * cfg.server.workers)
     app.fp_slots = set()
-    app.fp_mmap, app.fp_table = build_table(cfg, app.fp_n_slots)
+    app.fp_mmap, app.fp_table = build_table(cfg, app.fp_n_slots, arbiter.fp_gen)
     app.fp_edge = build_edge(cfg, app.fp_n_slots, None)
     app.fp_metrics = build_metrics(cfg, app.fp_n_slots, None)
     # The cache's change counters (core.epochs): one buffer for the master's
@@ -276,7 +277,7 @@ def on_reload(arbiter) -> None:
             arbiter.log.error("keeping the previous access log: %s", exc)
     app.fp_n_slots = max(app.fp_n_slots, 2 * app.fp_config.server.workers)
     # The old mapping stays alive in the old workers until they exit.
-    app.fp_mmap, app.fp_table = build_table(app.fp_config, app.fp_n_slots)
+    app.fp_mmap, app.fp_table = build_table(app.fp_config, app.fp_n_slots, arbiter.fp_gen)
     app.fp_edge = build_edge(app.fp_config, app.fp_n_slots, app.fp_edge)
     app.fp_metrics = m = build_metrics(app.fp_config, app.fp_n_slots, app.fp_metrics)
     m.add(m.base, m.index[("reloads_total", ())])  # the base row is the master's
@@ -400,8 +401,11 @@ def start_checker(worker, cfg: Config, table, lock_fd: int):
             row += 1
     if not targets:
         return None
+    from forkproxy.daemon.worker import set_title
+
     checker = Checker(table, targets, Leader(lock_fd), worker.log,
-                      initial=cfg.server.initial_health, metrics=worker.runtime.metrics)
+                      initial=cfg.server.initial_health, metrics=worker.runtime.metrics,
+                      on_lead=lambda lead: set_title(worker, checker=lead))
     gevent.spawn(checker.run)
     return checker
 

@@ -5,10 +5,13 @@ reload-status reader from here.
 
 Reload status: after every SIGHUP the master writes ``reload.json`` in
 ``server.runtime_dir`` (temp file + rename, so a reader never sees half of
-it): ``{"generation": N, "state": "loading" | "serving" | "rejected",
-"errors": [...], "pid": PID, "time": T}``.  ``generation`` counts the
-reloads this master handled; ``forkproxy -s reload --wait`` reads it before
-and after signalling.
+it): ``{"reload": N, "generation": G, "state": "loading" | "serving" |
+"rejected", "errors": [...], "pid": PID, "time": T}``.  ``reload`` counts
+the reloads (HUPs) this master handled; ``generation`` is the master's
+generation number (the one the health table, the error log and systemd's
+STATUS show: the new one while loading or serving, the one still serving
+when rejected).  ``forkproxy -s reload --wait`` reads it before and after
+signalling.
 """
 
 from __future__ import annotations
@@ -22,20 +25,83 @@ import time
 STATUS_NAME = "reload.json"
 
 
+# -D: the write end of the pipe the command's first process waits on.
+_PARENT_FD: int | None = None
+
+
 def daemonize() -> None:
-    """Detach: double fork, new session, stdio to /dev/null, umask 022, cwd /."""
+    """Detach: double fork, new session, stdin/stdout to /dev/null, umask 022, cwd /.
+
+    The command's own process does not exit at once: it waits until the
+    master reports (``tell_parent``) that its first generation serves (exit
+    0) or that it stops before (its exit status), and exits the same way,
+    as nginx does; a master that dies without a word makes it exit 1.
+    stderr stays the terminal's until then, so start-up errors are seen;
+    ``tell_parent`` points it at /dev/null.
+    """
+    global _PARENT_FD
+    r, w = os.pipe()
     if os.fork():
-        os._exit(0)
+        os.close(w)
+        sys.exit(_wait_for_master(r))
+    os.close(r)
     os.setsid()
     if os.fork():
         os._exit(0)
     os.umask(0o022)
     os.chdir("/")
     devnull = os.open(os.devnull, os.O_RDWR)
-    for fd in (0, 1, 2):
+    for fd in (0, 1):
         os.dup2(devnull, fd)
     if devnull > 2:
         os.close(devnull)
+    _PARENT_FD = w
+
+
+def _wait_for_master(fd: int) -> int:
+    data = b""
+    while True:
+        try:
+            chunk = os.read(fd, 1)
+        except InterruptedError:  # pragma: no cover - PEP 475 retries
+            continue
+        if not chunk:
+            break
+        data += chunk
+    if data == b"\0":
+        return 0
+    why = f"with status {data[0]} " if data else ""
+    print(f"forkproxy: the master exited {why}before serving (see the error log)",
+          file=sys.stderr)
+    return data[0] if data else 1
+
+
+def tell_parent(status: int) -> None:
+    """Master, after ``daemonize``: report ``status`` (0: serving) to the waiting command, once."""
+    global _PARENT_FD
+    if _PARENT_FD is None:
+        return
+    fd, _PARENT_FD = _PARENT_FD, None
+    try:
+        os.write(fd, bytes([status & 0xFF]))
+    except OSError:
+        pass
+    os.close(fd)
+    if status == 0:  # detached for good: the terminal may go away
+        devnull = os.open(os.devnull, os.O_RDWR)
+        os.dup2(devnull, 2)
+        os.close(devnull)
+
+
+def close_parent_pipe() -> None:
+    """Worker, after fork: drop the master's copy of the pipe (its end of file is the master's)."""
+    global _PARENT_FD
+    if _PARENT_FD is not None:
+        try:
+            os.close(_PARENT_FD)
+        except OSError:
+            pass
+        _PARENT_FD = None
 
 
 def sd_notify(state: str) -> bool:
@@ -67,12 +133,13 @@ def status_path(runtime_dir: str) -> str:
     return os.path.join(runtime_dir, STATUS_NAME)
 
 
-def write_status(runtime_dir: str, generation: int, state: str, errors=()) -> None:
+def write_status(runtime_dir: str, reload_no: int, state: str, errors=(),
+                 generation: int | None = None) -> None:
     """Atomically replace ``reload.json`` (see the module docstring)."""
     path = status_path(runtime_dir)
     tmp = f"{path}.{os.getpid()}.tmp"
-    data = {"generation": generation, "state": state, "errors": list(errors),
-            "pid": os.getpid(), "time": time.time()}
+    data = {"reload": reload_no, "generation": generation, "state": state,
+            "errors": list(errors), "pid": os.getpid(), "time": time.time()}
     try:
         with open(tmp, "w", encoding="utf-8") as f:
             json.dump(data, f)
@@ -91,17 +158,22 @@ def read_status(runtime_dir: str) -> dict | None:
     return data if isinstance(data, dict) else None
 
 
+def _reload_no(status: dict) -> int:
+    n = status.get("reload", status.get("generation"))  # "generation": before "reload" existed
+    return n if isinstance(n, int) else 0
+
+
 def wait_reload(runtime_dir: str, pid: int, before: dict | None, timeout: float) -> tuple[bool, list]:
     """After a HUP to ``pid``: wait until its next generation serves or is rejected.
 
     Returns (ok, errors).  A master that dies, or a timeout, is a failure
     with the reason as the one error.
     """
-    floor = before["generation"] if before and before.get("pid") == pid else 0
+    floor = _reload_no(before) if before and before.get("pid") == pid else 0
     deadline = time.monotonic() + timeout
     while True:
         st = read_status(runtime_dir)
-        if st and st.get("pid") == pid and st.get("generation", 0) > floor:
+        if st and st.get("pid") == pid and _reload_no(st) > floor:
             if st.get("state") == "serving":
                 return True, []
             if st.get("state") == "rejected":

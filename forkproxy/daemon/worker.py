@@ -17,6 +17,11 @@ module it will ever need (``preload``) and sets its groups
 interpreter's library or forkproxy's own files (a Python under /root), and
 gunicorn alone would leave it root's supplementary groups (gid 0 too when
 ``server.group`` is unset).
+
+A worker that cannot boot with a configuration that came with a reload (or
+once the first generation served) does not halt the master, as gunicorn's
+boot error would: it writes why into the generation's boot report and exits
+with ``BOOT_REFUSED``; the master refuses that generation (``daemon.arbiter``).
 """
 
 import importlib
@@ -90,10 +95,25 @@ def set_groups(uid: int, gid: int) -> None:
     os.setgid(gid)
 
 
+def set_title(worker, checker: bool = False) -> None:
+    """``forkproxy: worker SLOT generation N``, `` (checker)`` while it runs the health checks."""
+    from forkproxy.daemon.arbiter import set_title as title
+
+    slot = getattr(worker, "fp_slot", None)
+    title(f"worker {'-' if slot is None else slot} generation {getattr(worker, 'fp_gen', '?')}"
+          + (" (checker)" if checker else ""))
+
+
 def become_gevent_worker(worker: ProxyWorker) -> None:
     """In the child, after fork: make ``worker`` a ``GeventProxyWorker``."""
+    import sys
     import time
     from functools import partial
+
+    from forkproxy.daemon import arbiter, process
+
+    process.close_parent_pipe()  # -D's parent waits for the master, not for workers
+    set_title(worker)
 
     import gevent
     from gevent.event import Event
@@ -125,6 +145,17 @@ def become_gevent_worker(worker: ProxyWorker) -> None:
             super().patch()
             preload()  # see the module docstring: before init_process drops privileges
             set_groups(self.cfg.uid, self.cfg.gid)
+
+        def init_process(self):
+            try:
+                super().init_process()
+            except Exception as exc:
+                report = getattr(self.app, "fp_boot_report", None)
+                if self.booted or report is None:
+                    raise  # the first generation booting: gunicorn's boot error halts the master
+                self.log.exception("worker %s cannot serve this configuration", self.pid)
+                arbiter.write_boot_report(report, f"{type(exc).__name__}: {exc}")
+                sys.exit(arbiter.BOOT_REFUSED)
 
         def handle(self, listener, client, addr):
             # gevent hands over a socket whose timeout is the default one;

@@ -39,11 +39,11 @@ from __future__ import annotations
 
 import functools
 import socket
+import sys
 import time
 from dataclasses import dataclass
 
 import gevent
-import requests
 from gevent.event import Event
 
 from forkproxy.config import HealthConfig, ServerEntry
@@ -79,7 +79,14 @@ class _ProbeTimeout(Exception):
 
 
 def new_session() -> requests.Session:
-    """A ``requests.Session`` for probes: no proxies or netrc from the environment."""
+    """A ``requests.Session`` for probes: no proxies or netrc from the environment.
+
+    requests is imported here, by the worker that probes, once it serves:
+    importing it at every worker's boot delayed each one by a third of a
+    second on a busy machine.
+    """
+    import requests
+
     s = requests.Session()
     s.trust_env = False
     return s
@@ -163,6 +170,8 @@ def _regex(pattern: str):
 
 def _classify(exc: BaseException) -> str:
     """Map the exception chain of a failed probe to a short result."""
+    # Only an HTTP probe raises requests' errors, and it imported requests.
+    requests = sys.modules.get("requests")
     seen: set[int] = set()
     todo = [exc]
     while todo:
@@ -174,13 +183,14 @@ def _classify(exc: BaseException) -> str:
             return "refused"
         if isinstance(e, (ConnectionResetError, BrokenPipeError)):
             return "reset"
-        if isinstance(e, (TimeoutError, socket.timeout, requests.Timeout, _ProbeTimeout)):
+        if isinstance(e, (TimeoutError, socket.timeout, _ProbeTimeout)) or \
+                (requests is not None and isinstance(e, requests.Timeout)):
             return "timeout"
         # requests wraps urllib3 wraps the OSError: follow every link.
         todo += [e.__cause__, e.__context__, getattr(e, "reason", None)]
         todo += [a for a in getattr(e, "args", ()) if isinstance(a, BaseException)]
     name = type(exc).__name__
-    if isinstance(exc, requests.ConnectionError):
+    if requests is not None and isinstance(exc, requests.ConnectionError):
         # The interesting part is the innermost message (e.g. "Name or
         # service not known", "RemoteDisconnected").
         inner: BaseException = exc
@@ -212,8 +222,9 @@ class Checker:
     """
 
     def __init__(self, table, targets: list[Target], leader, log, *, initial: str = "up",
-                 clock=time.time, metrics=None):
+                 clock=time.time, metrics=None, on_lead=None):
         self.table = table
+        self.on_lead = on_lead  # called with True / False when this worker wins / loses the lock
         self.metrics = metrics
         self.targets = list(targets)
         self.leader = leader
@@ -239,6 +250,8 @@ class Checker:
                 self.log.info("health checker elected: %d servers to check", len(self.targets))
             elif was_leader and not leader:
                 self.log.warning("health checker lost the checker lock; checks paused in this worker")
+            if leader != was_leader and self.on_lead is not None:
+                self.on_lead(leader)
             was_leader = leader
             if leader and not self._loops and self.targets:
                 self._start_loops()

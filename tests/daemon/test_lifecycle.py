@@ -190,14 +190,18 @@ def test_s_stop_signals_the_master_through_its_pidfile(forkproxy_factory, backen
     assert fp.wait(30) == 0
 
 
-def test_demo_runs_and_spreads_requests():
-    port = free_port()
+def test_demo_shows_balancing_failover_caching_and_the_status_page():
+    port, admin = free_port(), free_port()
     out = subprocess.run([sys.executable, str(ROOT / "demo" / "run.py"), "--once", "--port",
-                          str(port)], capture_output=True, text=True, timeout=120, cwd=ROOT)
+                          str(port), "--admin-port", str(admin)],
+                         capture_output=True, text=True, timeout=120, cwd=ROOT)
     assert out.returncode == 0, out.stdout + out.stderr
     assert f"http://127.0.0.1:{port}/" in out.stdout
+    assert f"status page: http://127.0.0.1:{admin}/" in out.stdout
     answered = {n for n in ("backend 1", "backend 2", "backend 3") if n in out.stdout}
     assert len(answered) >= 2, out.stdout
+    assert "none failed" in out.stdout and "backend 2 down" in out.stdout, out.stdout
+    assert "X-Cache: MISS" in out.stdout and "X-Cache: HIT" in out.stdout, out.stdout
 
 
 def test_T_redacts_secrets_unless_asked_and_the_placeholder_is_refused(tmp_path):

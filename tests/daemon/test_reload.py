@@ -49,9 +49,9 @@ def status(fp):
 
 
 def reload_and_wait(fp, state="serving"):
-    before = (status(fp) or {}).get("generation", 0)
+    before = (status(fp) or {}).get("reload", 0)
     fp.reload()
-    wait_until(lambda: (st := status(fp)) is not None and st["generation"] > before
+    wait_until(lambda: (st := status(fp)) is not None and st["reload"] > before
                and st["state"] == state, timeout=30)
     return status(fp)
 
