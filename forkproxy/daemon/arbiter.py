@@ -42,7 +42,6 @@ import sys
 import time
 
 from gunicorn import sock as gsock
-from gunicorn import util
 from gunicorn.arbiter import Arbiter
 
 from forkproxy.daemon import process

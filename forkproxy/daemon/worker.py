@@ -49,10 +49,15 @@ LAZY_MODULES = (
 )
 
 
-def preload() -> None:
+def preload(switching: bool) -> None:
     """Import every module of forkproxy.core and forkproxy.net, LAZY_MODULES, and
     read the package's data files (the admin status page): what the worker
     reads from disk after this is only its configuration's files.
+
+    ``switching``: the worker is about to switch to another user.  Then
+    ``requests`` (which ``net.checker`` imports only in the worker that
+    probes, to spare every other worker's boot a third of a second) is
+    imported now too: after the switch the interpreter may be unreadable.
 
     Called in the worker after gevent's patching (ssl must be patched before
     requests imports it) and before the switch to ``server.user``.  A module
@@ -69,6 +74,8 @@ def preload() -> None:
             importlib.import_module(name)
         except ImportError:
             pass
+    if switching:
+        importlib.import_module("requests")
     from forkproxy.net.admin import _page
     _page()
 
@@ -143,7 +150,8 @@ def become_gevent_worker(worker: ProxyWorker) -> None:
 
         def patch(self):
             super().patch()
-            preload()  # see the module docstring: before init_process drops privileges
+            # See the module docstring: before init_process drops privileges.
+            preload(self.cfg.uid != os.getuid())
             set_groups(self.cfg.uid, self.cfg.gid)
 
         def init_process(self):
