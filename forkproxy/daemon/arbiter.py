@@ -394,17 +394,19 @@ class ForkProxyArbiter(Arbiter):
         self.fp_announced = False
         if reload_no:
             process.write_status(runtime_dir, reload_no, "loading", generation=self.fp_gen)
-        old_pidfile = self.cfg.pidfile
         self.setup(self.app)
         self.log.reopen_files()
         self._rebind()
         self.cfg.on_reload(self)
-        if self.cfg.pidfile != old_pidfile:
+        # Compared with the file held, not with the last configuration: a
+        # restore after a refused reload must not unlink the file it keeps.
+        held = self.pidfile.fname if self.pidfile is not None else None
+        want = self.cfg.pidfile + (".2" if self.master_pid else "") if self.cfg.pidfile else None
+        if want != held:
             from gunicorn.pidfile import Pidfile
             new = None
-            if self.cfg.pidfile:
-                name = self.cfg.pidfile + (".2" if self.master_pid else "")
-                new = Pidfile(name)
+            if want:
+                new = Pidfile(want)
                 new.create(self.pid)  # first: a pidfile that cannot be written changes nothing
             if self.pidfile is not None:
                 self.pidfile.unlink()

@@ -258,7 +258,7 @@ health = {{ path = "/healthz", interval = "200ms", rise = 1, fall = 1 }}
     fp.signal(signal.SIGTTIN)
     fp.wait_workers(3)
     fp.reload()
-    wait_until(lambda: "reload 1: the new generation serves" in fp.error_log(),
+    wait_until(lambda: "reload 1: generation 2 serves" in fp.error_log(),
                what="the reloaded generation")
     for _ in range(4):
         exercise()
@@ -293,7 +293,7 @@ def test_admin_commands_work_as_the_user_and_say_why_when_they_cannot(
 
     r = admin_post(admin, "/reload")
     assert r.status_code == 200, r.text
-    wait_until(lambda: "reload 1: the new generation serves" in fp.error_log(),
+    wait_until(lambda: "reload 1: generation 2 serves" in fp.error_log(),
                what="the reload the admin endpoint asked for")
 
     # The table handed back to root: the workers' user may no longer write it.
@@ -332,7 +332,7 @@ def test_usr1_and_reload_never_open_a_log_through_a_symlink(forkproxy_factory, b
     wait_until(lambda: old_error.read_text().count("it is a symbolic link") >= 2,
                what="both refusals in the error log")
     fp.reload()  # the master opens the error log again: it keeps the old one, and lives
-    wait_until(lambda: "reload 1: the new generation serves" in old_error.read_text(),
+    wait_until(lambda: "reload 1: generation 2 serves" in old_error.read_text(),
                what="the reload, logged in the file still in use")
     assert "keeping the error log in use" in old_error.read_text()
     for target, text in secrets.items():

@@ -78,7 +78,7 @@ def test_cookies_stay_valid_across_a_reload_and_a_restart(forkproxy_factory, bac
 
     assert pinned()
     fp.reload()
-    wait_until(lambda: "reload 1: the new generation serves" in fp.error_log(), what="the reload")
+    wait_until(lambda: "reload 1: generation 2 serves" in fp.error_log(), what="the reload")
     assert all(pinned() for _ in range(4))
     fp.stop()
     fp.start()
