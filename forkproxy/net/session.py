@@ -54,6 +54,7 @@ REWRITTEN_RESPONSE_FIELDS = frozenset({"content-length"})
 # How many client response heads (Session.relay) and upstream request fields
 # (Session.upstream_fields) a worker remembers.
 CLIENT_HEADS = 512
+_UNKNOWN = object()
 
 
 class ClientGone(Exception):
@@ -112,7 +113,7 @@ class Runtime:
             self.pools[p.name] = PoolRuntime(p, table, rows, slot)
         self.refresh(time.time())
         self.trusted = s.trusted_proxies
-        self._listeners: dict[int, ListenerConfig] = {}
+        self._listeners: dict = {}  # listening socket -> ListenerConfig, None: admin
         # TLS listeners (contexts built by the master when it loaded the file)
         self.tls = {lc.name: ListenerTLS(lc) for lc in cfg.listeners if lc.contexts}
         self.https_port = {r.index: _https_port(cfg, r) for r in cfg.routes if r.redirect_https}
@@ -121,12 +122,27 @@ class Runtime:
         self.draining = False
         self.drain_until = 0.0
 
-    def listener_for(self, sock) -> ListenerConfig:
-        """The configured listener a listening socket belongs to (by bound address)."""
-        key = sock.fileno()
-        found = self._listeners.get(key)
-        if found is None:
+    def listener_for(self, sock, client) -> ListenerConfig | None:
+        """What the listening socket ``sock`` serves: its configured listener,
+        or None for the admin endpoint (by bound address).
+
+        Remembered by the socket object, not its descriptor: the drain closes
+        the listening sockets while connections they accepted just before may
+        not have been handled yet, and a closed socket has neither descriptor
+        nor address.  Then ``client``'s local address tells, being the bound
+        one (an address of it, for a wildcard bind).  Raises ``OSError`` when
+        that is needed and the client is gone.
+        """
+        found = self._listeners.get(sock, _UNKNOWN)
+        if found is not _UNKNOWN:
+            return found
+        try:
             host, port = sock.getsockname()[:2]
+        except OSError:  # closed by the drain
+            host, port = client.getsockname()[:2]
+        if self.admin is not None and self.admin.listens_on(host, port):
+            found = None
+        else:
             for lc in self.cfg.listeners:
                 if lc.port == port and (lc.host in ("", "0.0.0.0", "::") or lc.host == host
                                         or _same_host(lc.host, host)):
@@ -134,14 +150,18 @@ class Runtime:
                     break
             else:  # a socket we do not know: serve it with the first listener's rules
                 found = self.cfg.listeners[0]
-            self._listeners[key] = found
+        self._listeners[sock] = found
         return found
 
     def handle(self, listener_sock, client, addr) -> None:
-        if self.admin is not None and self.admin.owns(listener_sock):
+        try:
+            listener = self.listener_for(listener_sock, client)
+        except OSError:  # the client left before it was looked at
+            _close_quietly(client)
+            return
+        if listener is None:
             self.admin.handle(client, addr)  # its own socket: never a listener's rules
             return
-        listener = self.listener_for(listener_sock)
         ticket = self.edge.admit(listener, addr)  # max_conns_per_ip
         if ticket is None:
             self.log.warning("connection from %s to listener %s refused: max_conns_per_ip (%d) "
