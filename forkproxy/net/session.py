@@ -530,6 +530,7 @@ class Session:
         rt = self.rt
         method = req.method
         host_value, host, path, upstream_target = request_target(req)
+        rec.host = host
         route = rt.router.match(self.listener.name, host, path)
         if route is None:
             self.refuse(rec, 404, no_route_why(self.listener.name, host, path))
