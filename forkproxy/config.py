@@ -1400,7 +1400,11 @@ SETTINGS: tuple[Setting, ...] = (
             "the requests in flight before they are killed.",
             _RELOAD, _duration(False), _r_duration),
     Setting("server", "keepalive_timeout", "duration", "75s",
-            "How long an idle client keep-alive connection is kept open. "
+            "How long an idle client keep-alive connection is kept open, counted from "
+            "its last response. Responses on a kept connection say "
+            '"Keep-Alive: timeout=N", N a second less than this (at least 1), so that '
+            "clients stop reusing it before forkproxy closes it; a request that arrives as "
+            "it runs out is still answered, and the close lingers (forkproxy(8)). "
             '"0s" disables client keep-alive.',
             _RELOAD, _duration(True), _r_duration),
     Setting("server", "header_timeout", "duration", "10s",

@@ -24,10 +24,13 @@ from __future__ import annotations
 import email.utils
 import errno
 import ipaddress
+import math
 import socket
 import time
 
 import gevent
+from gevent import get_hub, getcurrent
+from gevent.monkey import get_original
 
 from forkproxy.config import Config, ListenerConfig
 from forkproxy.core import encoding
@@ -48,6 +51,11 @@ CONTINUE = b"HTTP/1.1 100 Continue\r\n\r\n"
 # On drain, how long (at most; never beyond keepalive_timeout) an idle
 # keep-alive connection may still bring one last request (forkproxy(8)).
 DRAIN_WINDOW = 1.0
+# How long (at most) a connection forkproxy closes is read and discarded
+# after its FIN, until the client's own: a request the client sent as the
+# connection was being closed then meets a FIN, not a reset (lingering close).
+LINGER = 2.0
+_select = get_original("select", "select")  # a poll of 0 s, without gevent's hub
 # Fields the proxy writes itself (or consumes), dropped with the hop-by-hop ones.
 REWRITTEN_REQUEST_FIELDS = frozenset({"host", "content-length", "expect", "x-request-id"})
 REWRITTEN_RESPONSE_FIELDS = frozenset({"content-length"})
@@ -119,6 +127,12 @@ class Runtime:
         self.https_port = {r.index: _https_port(cfg, r) for r in cfg.routes if r.redirect_https}
         self.edge = Edge(cfg, shared, slot, log)  # shared: the master's buffers (daemon.hooks)
         self.sessions: set[Session] = set()  # live client connections (drain wakes idle ones)
+        # Told to clients on every kept connection, a second short of the
+        # truth, so that they stop reusing it before forkproxy closes it.
+        kt = s.keepalive_timeout
+        self.keep_alive = ("Keep-Alive", f"timeout={max(1, math.ceil(kt) - 1)}") if kt > 0 else None
+        self.keep_alive_line = f"{self.keep_alive[0]}: {self.keep_alive[1]}\r\n" \
+            if self.keep_alive else ""
         self.draining = False
         self.drain_until = 0.0
 
@@ -299,6 +313,8 @@ class Session:
         self.buf = b""
         self.served = 0
         self.idle_waiting = False
+        self.client_done = False  # the client closed its side (EOF between requests)
+        self.glet = None  # the greenlet serving this connection (Runtime._close_idle wakes it)
         self.received = self.sent = 0  # bytes read from / written to the client, in all
         # Each blocking call is bounded by one of these (net.sockio); the
         # sockets themselves have no timeout.
@@ -309,7 +325,15 @@ class Session:
     # -- connection loop -------------------------------------------------
 
     def run(self) -> None:
+        """Serve requests until the connection ends.
+
+        When forkproxy ends it (keepalive_timeout, the drain, a response
+        with ``Connection: close``), the close lingers (``linger``); when the
+        client closed, reset or stalled, or a response was cut, it is closed
+        at once.
+        """
         client = self.client
+        self.glet = getcurrent()
         self.rt.sessions.add(self)
         try:
             client.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
@@ -319,6 +343,8 @@ class Session:
         try:
             while self.serve_one():
                 self.served += 1
+            if not self.client_done:
+                self.linger()
         except (ClientGone, Abort):
             pass
         except Exception:  # a bug must cost one connection, never the worker
@@ -331,13 +357,53 @@ class Session:
             except OSError:
                 pass
 
-    def shut_idle(self) -> None:
-        """Called on drain: wake the idle read with EOF so the session ends."""
-        if self.idle_waiting:
-            try:
-                self.client.shutdown(socket.SHUT_RDWR)
-            except OSError:
+    def linger(self) -> None:
+        """The close of a connection the client may still be writing to (nginx's
+        lingering close): FIN first, then read and discard until the client's
+        FIN, for at most LINGER seconds.
+
+        Closing a socket with unread bytes, or receiving bytes after the close,
+        makes the kernel answer with a reset, which can destroy the last
+        response before the client read it and turns a request that crossed
+        the close into "connection reset" instead of a clean end the client
+        can retry on.
+        """
+        client = self.client
+        try:
+            client.shutdown(socket.SHUT_WR)
+        except OSError:
+            return
+        t = self.timers.start(LINGER)  # bounds the whole wait
+        try:
+            while client.recv(RECV_SIZE):
                 pass
+        except OSError:  # socket.timeout included
+            pass
+        finally:
+            t.stop()
+
+    def shut_idle(self) -> None:
+        """Called at the end of the drain window: a session waiting for a next
+        request stops waiting, as if keepalive_timeout had run out (a request
+        already there is still answered; see ``read_head``)."""
+        if self.idle_waiting:
+            get_hub().loop.run_callback(self._wake)
+
+    def _wake(self) -> None:
+        # In the hub, as a timer's expiry: the session may have got its
+        # request since shut_idle, and then it is left alone.
+        if self.idle_waiting and self.glet is not None:
+            self.glet.throw(socket.timeout("drained"))
+
+    def arrived(self) -> bool:
+        """True when the client sent something (bytes or its FIN) not read yet."""
+        client = self.client
+        if not self.plain and client.pending():
+            return True
+        try:
+            return bool(_select([client.fileno()], (), (), 0)[0])
+        except (OSError, ValueError):
+            return True  # let the read say what happened
 
     def _recv(self, seconds: float, idle: bool = False) -> bytes:
         """One read from the client, of up to RECV_SIZE bytes, within ``seconds``.
@@ -387,16 +453,26 @@ class Session:
                 # The last response still said keep-alive: take a request
                 # already on its way, but only until the drain window ends.
                 wait = min(wait, rt.drain_until - time.monotonic())
-                if wait <= 0:
-                    return None
             self.idle_waiting = True  # Runtime._close_idle may wake it
             try:
+                if wait <= 0:
+                    raise socket.timeout()
                 buf = self._recv(wait, idle=bool(self.served))
             except socket.timeout:
-                return None
+                # A request that came as the wait ran out is answered
+                # (Connection: close when draining): dropping it would lose it.
+                if not self.arrived():
+                    return None
+                buf = None
             finally:
                 self.idle_waiting = False
+            if buf is None:
+                try:
+                    buf = self._recv(srv.header_timeout)
+                except socket.timeout:
+                    return None
             if not buf:
+                self.client_done = True
                 return None
         deadline = None
         while True:
@@ -422,6 +498,7 @@ class Session:
             except socket.timeout:
                 raise http1.ProtocolError(408, "request head not received in time") from None
             if not data:
+                self.client_done = True
                 return None
             buf += data
         if end > srv.max_head_size:
@@ -522,7 +599,8 @@ class Session:
         rec.status = 308
         head = (f"HTTP/1.1 308 Permanent Redirect\r\nDate: {CLOCK.date()}\r\n"
                 f"Location: {location}\r\nContent-Length: 0\r\n"
-                f"{'' if keep else 'Connection: close' + chr(13) + chr(10)}\r\n").encode()
+                f"{self.rt.keep_alive_line if keep else 'Connection: close' + chr(13) + chr(10)}"
+                "\r\n").encode()
         self._send(head)
         return keep
 
@@ -870,7 +948,8 @@ class Session:
                                         rframing.length if rframing.kind == "length" else None,
                                         rframing.codings)
         keep, chunk_out = framing_fields_out(out, req.version, keep, encoder, rframing.kind,
-                                             rframing.length, rframing.codings)
+                                             rframing.length, rframing.codings,
+                                             self.rt.keep_alive)
         return (http1.serialize_response_head(resp.status, resp.reason, out), keep, chunk_out,
                 encoder, http1.keep_alive(resp.version, tokens))
 
@@ -1188,10 +1267,13 @@ def request_target(req) -> tuple[str | None, str | None, str, str]:
 
 
 def framing_fields_out(out: list, version: str, keep: bool, encoder, kind: str,
-                       length: int | None = None, codings: tuple = ()) -> tuple[bool, bool]:
+                       length: int | None = None, codings: tuple = (),
+                       keep_alive=None) -> tuple[bool, bool]:
     """Append to ``out`` the fields that frame a response body for a client
     (``kind``: the body's framing as it comes, "none", "length", "chunked" or
     "close") and its Connection field; (keep-alive, chunked) come back.
+    ``keep_alive``: the Keep-Alive field a kept connection gets
+    (``Runtime.keep_alive``).
 
     Relayed responses and cache hits both go out through here.
     """
@@ -1213,8 +1295,11 @@ def framing_fields_out(out: list, version: str, keep: bool, encoder, kind: str,
             keep = False
     if not keep:
         out.append(("Connection", "close"))
-    elif version == "1.0":
-        out.append(("Connection", "keep-alive"))
+    else:
+        if version == "1.0":
+            out.append(("Connection", "keep-alive"))
+        if keep_alive is not None:
+            out.append(keep_alive)
     return keep, chunk_out
 
 
