@@ -208,6 +208,9 @@ class RouteConfig:
     cache: bool = False
     compress: CompressConfig | None = None
     tunnel_timeout: float | None = None
+    request_buffering: bool = True
+    request_buffer_memory: int = 65536
+    request_buffer_timeout: float = 300.0
 
 
 @dataclass(frozen=True)
@@ -1464,7 +1467,8 @@ SETTINGS: tuple[Setting, ...] = (
             "File where the master writes its process id.",
             _RESTART, _nonempty_str),
     Setting("server", "runtime_dir", "path", "/run/forkproxy",
-            "Directory for the shared health table and lock files.",
+            "Directory for the shared health table and lock files, and (in body/, private "
+            "to the workers) request bodies larger than a route's request_buffer_memory.",
             _RESTART, _nonempty_str),
     Setting("server", "user", "user name", None,
             "User the workers switch to after the master has bound the listeners. "
@@ -1821,6 +1825,26 @@ SETTINGS: tuple[Setting, ...] = (
             "hide_headers, response_headers, rewrite_location and compress like any "
             "other response.",
             _RELOAD, _bool),
+    Setting("route", "request_buffering", "boolean", True,
+            "Read a request's whole body before choosing a server, as nginx's "
+            "proxy_request_buffering (on by default there too): a client that sends its body "
+            "slowly then holds no server, a body that does not come in time never reaches "
+            "one, and an idempotent request with a body (PUT, DELETE) may be retried on "
+            "another server. The body goes upstream with a Content-Length, a chunked one "
+            "too. When buffering, an Expect: 100-continue is answered by forkproxy. false "
+            "streams the body to the server as it comes (uploads larger than a server "
+            "should wait for, or that it answers before their end).",
+            _RELOAD, _bool),
+    Setting("route", "request_buffer_memory", "size", "64k",
+            "How much of a buffered request body is kept in memory; the rest of a larger "
+            "one goes to a file in server.runtime_dir, removed from the directory as soon "
+            "as it is opened (nginx's client_body_buffer_size).",
+            _RELOAD, _size(0), _r_size),
+    Setting("route", "request_buffer_timeout", "duration", "5m",
+            "Total time allowed to receive a buffered request body, from the end of its "
+            "head; past it the request is answered 408 and reaches no server. "
+            "body_timeout still bounds each wait between two reads.",
+            _RELOAD, _duration(False), _r_duration),
     Setting("route", "tunnel_timeout", "duration", None,
             "Overrides server.tunnel_timeout for this route.",
             _RELOAD, _duration(False), _r_opt_duration, example="10m"),

@@ -42,6 +42,7 @@ from forkproxy.logs import AccessLog, AccessRecord, error_line
 from forkproxy.net import compress, tunnel
 from forkproxy.net.edge import Edge
 from forkproxy.net.pools import REFRESH, PoolRuntime
+from forkproxy.net.spool import Spool, body_dir
 from forkproxy.net.sockio import Timers, is_plain, recv_ready, send_now, wait_readable
 from forkproxy.net.tls import HandshakeFailed, ListenerTLS, tls_server_name
 from forkproxy.net.upstream import RECV_SIZE, UpstreamConn, UpstreamError
@@ -127,6 +128,7 @@ class Runtime:
         self.https_port = {r.index: _https_port(cfg, r) for r in cfg.routes if r.redirect_https}
         self.edge = Edge(cfg, shared, slot, log)  # shared: the master's buffers (daemon.hooks)
         self.sessions: set[Session] = set()  # live client connections (drain wakes idle ones)
+        self.body_dir = body_dir(s.runtime_dir)  # spooled request bodies (net.spool)
         # Told to clients on every kept connection, a second short of the
         # truth, so that they stop reusing it before forkproxy closes it.
         kt = s.keepalive_timeout
@@ -298,6 +300,7 @@ class Session:
     tls_version = sni = None  # a TLS connection's protocol and SNI name (set by Runtime)
     hsts = None  # the matched route's Strict-Transport-Security value, over TLS only
     edge_req = None  # the current request's net.edge.EdgeRequest (after routing)
+    spool = None  # the current request's body, read whole (route request_buffering)
     cache_hook = None  # net.caching's hook for the exchange in progress (see its contract)
     cache_tee = None  # the current response's net.caching.Tee: the origin's body goes in
     # Sizes of the current request's head and of its response's: only small
@@ -547,6 +550,9 @@ class Session:
                 self.refuse(rec, 500, f"internal error: {exc!r}")
             return False
         finally:
+            if self.spool is not None:
+                self.spool.close()
+                self.spool = None
             if rec.status:
                 rec.request_time = time.time() - start
                 # Bytes read past this request wait in self.buf for the next
@@ -639,6 +645,8 @@ class Session:
                 # nginx's way: the proxy asks for the body itself and strips
                 # the expectation, so the upstream never waits on a 100.
                 self._send(CONTINUE)
+        if has_body and rc.request_buffering and _upgrade_asked(req) is None:
+            self.spool = self.buffer_body(rc, framing, max_body)
 
         tokens = req.connection
         client_keepalive = http1.keep_alive(req.version, tokens)
@@ -676,11 +684,16 @@ class Session:
                                             tuple(self._framing_fields(req)),
                                             rc.host_header or host_value))
             before, after, out_host = got
-            return [*before, ("x-request-id", er.request_id), *after], out_host
-        # X-Request-Id, then request_headers
-        headers, out_host = er.upstream(self._forwarded(req, host_value, tokens),
-                                        rc.host_header or host_value)
-        headers += self._framing_fields(req)
+            headers = [*before, ("x-request-id", er.request_id), *after]
+        else:
+            # X-Request-Id, then request_headers
+            headers, out_host = er.upstream(self._forwarded(req, host_value, tokens),
+                                            rc.host_header or host_value)
+            headers += self._framing_fields(req)
+        if self.spool is not None and req.framing.kind == "chunked":
+            # The body was read whole: it goes with its length (as nginx does).
+            headers = [f for f in headers if f[0] != "Transfer-Encoding"]
+            headers.append(("Content-Length", str(self.spool.size)))
         return headers, out_host
 
     def _forwarded(self, req, host_value, tokens) -> list:
@@ -725,7 +738,8 @@ class Session:
         rt = self.rt
         retry = pool.retry
         tried: set[int] = set()
-        replayable = not has_body and req.method in IDEMPOTENT
+        # A buffered body can be sent again (route request_buffering).
+        replayable = (not has_body or self.spool is not None) and req.method in IDEMPOTENT
         last_error: UpstreamError | None = None
         fresh: int | None = None  # a server whose pooled connection turned out stale
         attempts = 0
@@ -840,7 +854,9 @@ class Session:
         cfgp = pool.cfg
         # 1. the request
         try:
-            if framing.kind == "length" and framing.length:
+            if self.spool is not None:
+                self.send_spooled(conn, head)
+            elif framing.kind == "length" and framing.length:
                 self.send_length_body(conn, head, framing.length)
             elif framing.kind == "chunked":
                 self.send_chunked_body(conn, head, max_body)
@@ -964,6 +980,76 @@ class Session:
         if not data:
             raise ClientGone()
         return data
+
+    def buffer_body(self, rc, framing, max_body: int) -> Spool:
+        """The request's whole body, read before a server is chosen (route
+        request_buffering): in memory up to request_buffer_memory, then in a
+        file (net.spool).
+
+        Raises ``ProtocolError``: 408 when it has not all come within the
+        route's request_buffer_timeout, or nothing came for body_timeout;
+        413 for a chunked body over ``max_body``; 400 for bad chunks; 500
+        when it cannot be stored.  Bytes past the body stay in ``self.buf``.
+        """
+        spool = Spool(rc.request_buffer_memory, self.rt.body_dir)
+        deadline = time.monotonic() + rc.request_buffer_timeout
+        data, self.buf = self.buf, b""
+        try:
+            if framing.kind == "length":
+                remaining = framing.length
+                while len(data) < remaining:
+                    spool.write(data)
+                    remaining -= len(data)
+                    data = self._buffered_read(rc, deadline)
+                spool.write(data[:remaining])
+                self.buf = data[remaining:]
+                return spool
+            decoder = http1.make_decoder(http1.CHUNKED, status=400, limits=self.rt.limits)
+            while True:
+                if data:
+                    pieces, leftover = decoder.feed(data)
+                    for piece in pieces:
+                        if piece:
+                            spool.write(piece)
+                    if max_body and spool.size > max_body:
+                        raise http1.ProtocolError(413, f"chunked body over the limit {max_body}")
+                    if decoder.done:
+                        self.buf = leftover
+                        return spool
+                data = self._buffered_read(rc, deadline)
+        except OSError as exc:  # the file of a large body (not socket errors: ClientGone)
+            spool.close()
+            raise http1.ProtocolError(500, f"cannot store the request body in "
+                                      f"{self.rt.body_dir}: {exc}") from None
+        except BaseException:
+            spool.close()
+            raise
+
+    def _buffered_read(self, rc, deadline: float) -> bytes:
+        idle = self.edge_req.body_timeout if self.edge_req is not None \
+            else self.rt.cfg.server.body_timeout
+        left = deadline - time.monotonic()
+        try:
+            if left <= 0:
+                raise socket.timeout()
+            data = self._recv(idle if idle < left else left)
+        except socket.timeout:
+            if time.monotonic() < deadline:
+                why = f"nothing of the request body for body_timeout ({idle:g}s)"
+            else:
+                why = f"request body not received within request_buffer_timeout " \
+                      f"({rc.request_buffer_timeout:g}s)"
+            raise http1.ProtocolError(408, why) from None
+        if not data:
+            raise ClientGone()
+        return data
+
+    def send_spooled(self, conn: UpstreamConn, head: bytes) -> None:
+        """The head and the buffered body (``buffer_body``) to the server."""
+        sent = False
+        for piece in self.spool.pieces(head):
+            self._up_send(conn, piece, sent=sent)
+            sent = True
 
     def send_length_body(self, conn: UpstreamConn, head: bytes, length: int) -> None:
         buf = self.buf
