@@ -20,6 +20,7 @@ import argparse
 import hashlib
 import random
 import sys
+import tempfile
 import threading
 import time
 from pathlib import Path
@@ -51,7 +52,6 @@ def main() -> int:
     ap.add_argument("--keepalive-timeout", default="75s")
     ap.add_argument("--gap", type=float, default=0.5, help="longest idle gap (s)")
     args = ap.parse_args()
-    import tempfile
     work = Path(tempfile.mkdtemp(prefix="fp-soak-"))
     b = Backend("b", work / "backend")
     port = free_port()
