@@ -224,6 +224,9 @@ class RouteConfig:
     compress: CompressConfig | None = None
     tunnel_timeout: float | None = None
     upgrade: tuple[str, ...] = ("websocket",)
+    request_buffering: bool = True
+    request_buffer_memory: int = 65536
+    request_buffer_timeout: float = 300.0
 
 
 @dataclass(frozen=True)
@@ -1480,7 +1483,11 @@ SETTINGS: tuple[Setting, ...] = (
             "the requests in flight before they are killed.",
             _RELOAD, _duration(False), _r_duration),
     Setting("server", "keepalive_timeout", "duration", "75s",
-            "How long an idle client keep-alive connection is kept open. "
+            "How long an idle client keep-alive connection is kept open, counted from "
+            "its last response. Responses on a kept connection say "
+            '"Keep-Alive: timeout=N", N a second less than this (at least 1), so that '
+            "clients stop reusing it before forkproxy closes it; a request that arrives as "
+            "it runs out is still answered, and the close lingers (forkproxy(8)). "
             '"0s" disables client keep-alive.',
             _RELOAD, _duration(True), _r_duration),
     Setting("server", "header_timeout", "duration", "10s",
@@ -1569,8 +1576,10 @@ SETTINGS: tuple[Setting, ...] = (
             "File where the master writes its process id.",
             _RESTART, _nonempty_str),
     Setting("server", "runtime_dir", "path", "/run/forkproxy",
-            "Directory for the shared health table, lock files, the reload status and "
-            "sticky.key (the random key of sticky cookies of pools without sticky.secret).",
+            "Directory for the shared health table, lock files, the reload status, "
+            "sticky.key (the random key of sticky cookies of pools without sticky.secret) "
+            "and (in body/, private to the workers) request bodies larger than a route's "
+            "request_buffer_memory.",
             _RESTART, _nonempty_str),
     Setting("server", "user", "user name", None,
             "User the workers switch to after the master has bound the listeners, with "
@@ -1608,10 +1617,11 @@ SETTINGS: tuple[Setting, ...] = (
             "follow it as name=value (upstream, upstream_status, request_time, upstream_time, "
             "route, pool, cache, request_id, peer). "
             "A JSON line always has the same keys, in this order, null when absent: "
-            "time (ISO 8601, local time), client (the real client: the peer, or behind a peer in "
-            "trusted_proxies the address its X-Forwarded-For vouches for), "
-            "request (the request line), "
-            "method, target, version, status, bytes_received (the request head and the body "
+            "time (RFC 3339, local time, such as 2026-11-29T03:13:27+00:00), client (the real "
+            "client: the peer, or behind a peer in trusted_proxies the address its "
+            "X-Forwarded-For vouches for), request (the request line), method, target, "
+            "host (the host the request named, by its Host field or absolute target, "
+            "without the port), version, status, bytes_received (the request head and the body "
             "bytes read from the client), bytes_sent (the response head and body written to "
             "it), referer, user_agent, route (its index), pool, upstream (the server that "
             "answered), upstream_status, request_time and upstream_time (seconds), cache "
@@ -1986,6 +1996,26 @@ SETTINGS: tuple[Setting, ...] = (
             "stored without it either way; any other field a qualified private names is "
             "never stored either.",
             _RELOAD, _set_cookie_mode),
+    Setting("route", "request_buffering", "boolean", True,
+            "Read a request's whole body before choosing a server, as nginx's "
+            "proxy_request_buffering (on by default there too): a client that sends its body "
+            "slowly then holds no server, a body that does not come in time never reaches "
+            "one, and an idempotent request with a body (PUT, DELETE) may be retried on "
+            "another server. The body goes upstream with a Content-Length, a chunked one "
+            "too. When buffering, an Expect: 100-continue is answered by forkproxy. false "
+            "streams the body to the server as it comes (uploads larger than a server "
+            "should wait for, or that it answers before their end).",
+            _RELOAD, _bool),
+    Setting("route", "request_buffer_memory", "size", "64k",
+            "How much of a buffered request body is kept in memory; the rest of a larger "
+            "one goes to a file in server.runtime_dir, removed from the directory as soon "
+            "as it is opened (nginx's client_body_buffer_size).",
+            _RELOAD, _size(0), _r_size),
+    Setting("route", "request_buffer_timeout", "duration", "5m",
+            "Total time allowed to receive a buffered request body, from the end of its "
+            "head; past it the request is answered 408 and reaches no server. "
+            "body_timeout still bounds each wait between two reads.",
+            _RELOAD, _duration(False), _r_duration),
     Setting("route", "tunnel_timeout", "duration", None,
             "Overrides server.tunnel_timeout for this route.",
             _RELOAD, _duration(False), _r_opt_duration, example="10m"),

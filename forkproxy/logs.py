@@ -28,7 +28,8 @@ Formats:
     One JSON object per line, always with the same keys in the same order
     (absent values are ``null``): a stable interface for log shippers,
     documented in forkproxy.toml(5) under ``access_log_format``.  The
-    combined fields, the request line (``request``) with its parts,
+    combined fields, the time in RFC 3339, the request line (``request``)
+    with its parts and the ``host`` it named,
     ``bytes_received`` (request head and the body bytes read from the
     client), ``bytes_sent`` (response head and body written to it), and
     ``tls_version`` / ``sni`` on a TLS connection, then ``peer``.
@@ -61,6 +62,7 @@ class AccessRecord:
     # The defaults live on the class: one record is made per request, and it
     # sets only what its request came to have.
     method = target = version = None
+    host = None  # the host the request named (Host or absolute target), lower case, no port
     status = 0
     bytes_sent = bytes_received = 0
     referer = user_agent = None
@@ -163,8 +165,8 @@ class AccessLog:
         self.path = path
         self.format = fmt
         self._file = None
-        self._stamp_second = -1
-        self._stamp = ""
+        self._stamp_second = self._iso_second = -1
+        self._stamp = self._iso = ""
         self.owner = owner
         self.enabled = path != "off"
         self.reopen()
@@ -200,13 +202,22 @@ class AccessLog:
             self._stamp = time.strftime("%d/%b/%Y:%H:%M:%S %z", time.localtime(second))
         return self._stamp
 
+    def _time_iso(self, now: float) -> str:
+        """RFC 3339 local time, such as 2026-11-29T03:13:27+00:00."""
+        second = int(now)
+        if second != self._iso_second:
+            self._iso_second = second
+            text = time.strftime("%Y-%m-%dT%H:%M:%S%z", time.localtime(second))
+            self._iso = f"{text[:-2]}:{text[-2:]}"  # %z has no colon: +0000
+        return self._iso
+
     def format_line(self, r: AccessRecord) -> str:
         request = "-" if r.method is None else f"{r.method} {r.target} HTTP/{r.version}"
         if self.format == "json":
             return json.dumps({
-                "time": time.strftime("%Y-%m-%dT%H:%M:%S%z", time.localtime(r.start)),
+                "time": self._time_iso(r.start),
                 "client": r.client, "request": None if r.method is None else request,
-                "method": r.method, "target": r.target, "version": r.version,
+                "method": r.method, "target": r.target, "host": r.host, "version": r.version,
                 "status": r.status, "bytes_received": r.bytes_received,
                 "bytes_sent": r.bytes_sent, "referer": r.referer, "user_agent": r.user_agent,
                 "route": r.route, "pool": r.pool, "upstream": r.upstream,

@@ -243,8 +243,9 @@ def test_backend_stats_and_reset(backend, web):
     assert st["requests"] == 5
     assert st["by_path"] == {"/a": 2, "/echo": 1, "/upload": 2}
     assert st["posts"] == [hashlib.sha256(b"one").hexdigest(), hashlib.sha256(b"two").hexdigest()]
+    assert st["heads"] == {"/a": 2, "/echo": 1, "/upload": 2}
     backend.reset()
-    assert backend.stats() == {"requests": 0, "by_path": {}, "posts": []}
+    assert backend.stats() == {"requests": 0, "by_path": {}, "posts": [], "heads": {}}
 
 
 def test_backend_slow_extra_headers_and_health(backend, web):

@@ -153,6 +153,21 @@ def _owner(server) -> tuple[int, int] | None:
     return pw.pw_uid, gid
 
 
+def make_body_dir(cfg: Config) -> None:
+    """Master: the directory of spooled request bodies (net.spool), the workers' own.
+
+    Private (0700): bodies are the clients' data.  Given to server.user, who
+    could not create it in the root-owned runtime_dir.
+    """
+    from forkproxy.net.spool import body_dir
+
+    path = body_dir(cfg.server.runtime_dir)
+    os.makedirs(path, mode=0o700, exist_ok=True)
+    owner = _owner(cfg.server)
+    if owner is not None and os.geteuid() == 0:
+        os.chown(path, *owner)
+
+
 def open_access_log(arbiter, cfg: Config):
     """Master: open the access log with the master's privileges and give it to server.user.
 
@@ -240,6 +255,7 @@ def on_starting(arbiter) -> None:
     open_access_log(arbiter, cfg)
     os.makedirs(cfg.server.runtime_dir, mode=0o755, exist_ok=True)
     app.fp_sticky_key = sticky_key(cfg.server.runtime_dir)  # runtime_dir needs a restart
+    make_body_dir(cfg)
     if cfg.server.pidfile:
         os.makedirs(os.path.dirname(os.path.abspath(cfg.server.pidfile)), mode=0o755,
                     exist_ok=True)

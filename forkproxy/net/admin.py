@@ -104,22 +104,12 @@ class Admin:
             self.loopback = self.host == "localhost"
         self.names = frozenset({"localhost", *rt.cfg.server.admin_names}
                                | (set() if _is_ip(self.host) else {self.host.lower().rstrip(".")}))
-        self._fds: dict[int, bool] = {}
         self.leader = None  # this worker's checker's net.leader.Leader, set by daemon.hooks
 
-    def owns(self, sock) -> bool:
-        """True when the listening socket ``sock`` is the admin one (by bound address)."""
-        fd = sock.fileno()
-        mine = self._fds.get(fd)
-        if mine is None:
-            try:
-                host, port = sock.getsockname()[:2]
-            except (OSError, ValueError):
-                return False
-            mine = self._fds[fd] = port == self.port and (
-                self.host in ("0.0.0.0", "::", host) or (self.host == "localhost"
-                                                          and host == "127.0.0.1"))
-        return mine
+    def listens_on(self, host: str, port: int) -> bool:
+        """True when a listening socket bound to (``host``, ``port``) is the admin one."""
+        return port == self.port and (self.host in ("0.0.0.0", "::", host)
+                                      or (self.host == "localhost" and host == "127.0.0.1"))
 
     # -- the connection --------------------------------------------------------------
 

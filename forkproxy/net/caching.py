@@ -642,7 +642,8 @@ class Cache:
         if body:
             out, encoder = s.encoder_for(req, rec, code, entry.headers, out, reader.length)
         keep, chunk_out = framing_fields_out(out, req.version, keep, encoder,
-                                             "length" if body else "none", reader.length)
+                                             "length" if body else "none", reader.length,
+                                             keep_alive=s.rt.keep_alive)
         got = (http1.serialize_response_head(code, reason, out), code, body, keep, encoder,
                chunk_out)
         if key is not None:

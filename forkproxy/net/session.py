@@ -24,10 +24,13 @@ from __future__ import annotations
 import email.utils
 import errno
 import ipaddress
+import math
 import socket
 import time
 
 import gevent
+from gevent import get_hub, getcurrent
+from gevent.monkey import get_original
 
 from forkproxy.config import Config, ListenerConfig
 from forkproxy.core import encoding, failover
@@ -40,6 +43,7 @@ from forkproxy.logs import AccessLog, AccessRecord, error_line
 from forkproxy.net import compress, tunnel
 from forkproxy.net.edge import Edge
 from forkproxy.net.pools import REFRESH, PoolRuntime
+from forkproxy.net.spool import Spool, body_dir
 from forkproxy.net.sockio import Timers, is_plain, recv_ready, send_now, wait_readable
 from forkproxy.net.tls import HandshakeFailed, ListenerTLS, tls_server_name
 from forkproxy.net.upstream import RECV_SIZE, UpstreamConn, UpstreamError
@@ -49,12 +53,18 @@ CONTINUE = b"HTTP/1.1 100 Continue\r\n\r\n"
 # On drain, how long (at most; never beyond keepalive_timeout) an idle
 # keep-alive connection may still bring one last request (forkproxy(8)).
 DRAIN_WINDOW = 1.0
+# How long (at most) a connection forkproxy closes is read and discarded
+# after its FIN, until the client's own: a request the client sent as the
+# connection was being closed then meets a FIN, not a reset (lingering close).
+LINGER = 2.0
+_select = get_original("select", "select")  # a poll of 0 s, without gevent's hub
 # Fields the proxy writes itself (or consumes), dropped with the hop-by-hop ones.
 REWRITTEN_REQUEST_FIELDS = frozenset({"host", "content-length", "expect", "x-request-id"})
 REWRITTEN_RESPONSE_FIELDS = frozenset({"content-length"})
 # How many client response heads (Session.relay) and upstream request fields
 # (Session.upstream_fields) a worker remembers.
 CLIENT_HEADS = 512
+_UNKNOWN = object()
 
 
 class ClientGone(Exception):
@@ -115,21 +125,43 @@ class Runtime:
             self.pools[p.name] = PoolRuntime(p, table, rows, slot, sticky_key)
         self.refresh(time.time())
         self.trusted = s.trusted_proxies
-        self._listeners: dict[int, ListenerConfig] = {}
+        self._listeners: dict = {}  # listening socket -> ListenerConfig, None: admin
         # TLS listeners (contexts built by the master when it loaded the file)
         self.tls = {lc.name: ListenerTLS(lc) for lc in cfg.listeners if lc.contexts}
         self.https_port = {r.index: _https_port(cfg, r) for r in cfg.routes if r.redirect_https}
         self.edge = Edge(cfg, shared, slot, log)  # shared: the master's buffers (daemon.hooks)
         self.sessions: set[Session] = set()  # live client connections (drain wakes idle ones)
+        self.body_dir = body_dir(s.runtime_dir)  # spooled request bodies (net.spool)
+        # Told to clients on every kept connection, a second short of the
+        # truth, so that they stop reusing it before forkproxy closes it.
+        kt = s.keepalive_timeout
+        self.keep_alive = ("Keep-Alive", f"timeout={max(1, math.ceil(kt) - 1)}") if kt > 0 else None
+        self.keep_alive_line = f"{self.keep_alive[0]}: {self.keep_alive[1]}\r\n" \
+            if self.keep_alive else ""
         self.draining = False
         self.drain_until = 0.0
 
-    def listener_for(self, sock) -> ListenerConfig:
-        """The configured listener a listening socket belongs to (by bound address)."""
-        key = sock.fileno()
-        found = self._listeners.get(key)
-        if found is None:
+    def listener_for(self, sock, client) -> ListenerConfig | None:
+        """What the listening socket ``sock`` serves: its configured listener,
+        or None for the admin endpoint (by bound address).
+
+        Remembered by the socket object, not its descriptor: the drain closes
+        the listening sockets while connections they accepted just before may
+        not have been handled yet, and a closed socket has neither descriptor
+        nor address.  Then ``client``'s local address tells, being the bound
+        one (an address of it, for a wildcard bind).  Raises ``OSError`` when
+        that is needed and the client is gone.
+        """
+        found = self._listeners.get(sock, _UNKNOWN)
+        if found is not _UNKNOWN:
+            return found
+        try:
             host, port = sock.getsockname()[:2]
+        except OSError:  # closed by the drain
+            host, port = client.getsockname()[:2]
+        if self.admin is not None and self.admin.listens_on(host, port):
+            found = None
+        else:
             for lc in self.cfg.listeners:
                 if lc.port == port and (lc.host in ("", "0.0.0.0", "::") or lc.host == host
                                         or _same_host(lc.host, host)):
@@ -137,14 +169,18 @@ class Runtime:
                     break
             else:  # a socket we do not know: serve it with the first listener's rules
                 found = self.cfg.listeners[0]
-            self._listeners[key] = found
+        self._listeners[sock] = found
         return found
 
     def handle(self, listener_sock, client, addr) -> None:
-        if self.admin is not None and self.admin.owns(listener_sock):
+        try:
+            listener = self.listener_for(listener_sock, client)
+        except OSError:  # the client left before it was looked at
+            _close_quietly(client)
+            return
+        if listener is None:
             self.admin.handle(client, addr)  # its own socket: never a listener's rules
             return
-        listener = self.listener_for(listener_sock)
         ticket = self.edge.admit(listener, addr)  # max_conns_per_ip
         if ticket is None:
             self.log.warning("connection from %s to listener %s refused: max_conns_per_ip (%d) "
@@ -274,6 +310,7 @@ class Session:
     tls_version = sni = None  # a TLS connection's protocol and SNI name (set by Runtime)
     hsts = None  # the matched route's Strict-Transport-Security value, over TLS only
     edge_req = None  # the current request's net.edge.EdgeRequest (after routing)
+    spool = None  # the current request's body, read whole (route request_buffering)
     cache_hook = None  # net.caching's hook for the exchange in progress (see its contract)
     cache_tee = None  # the current response's net.caching.Tee: the origin's body goes in
     # Sizes of the current request's head and of its response's: only small
@@ -289,6 +326,8 @@ class Session:
         self.buf = b""
         self.served = 0
         self.idle_waiting = False
+        self.client_done = False  # the client closed its side (EOF between requests)
+        self.glet = None  # the greenlet serving this connection (Runtime._close_idle wakes it)
         self.received = self.sent = 0  # bytes read from / written to the client, in all
         # Each blocking call is bounded by one of these (net.sockio); the
         # sockets themselves have no timeout.
@@ -299,7 +338,15 @@ class Session:
     # -- connection loop -------------------------------------------------
 
     def run(self) -> None:
+        """Serve requests until the connection ends.
+
+        When forkproxy ends it (keepalive_timeout, the drain, a response
+        with ``Connection: close``), the close lingers (``linger``); when the
+        client closed, reset or stalled, or a response was cut, it is closed
+        at once.
+        """
         client = self.client
+        self.glet = getcurrent()
         self.rt.sessions.add(self)
         try:
             client.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
@@ -309,6 +356,8 @@ class Session:
         try:
             while self.serve_one():
                 self.served += 1
+            if not self.client_done:
+                self.linger()
         except (ClientGone, Abort):
             pass
         except Exception:  # a bug must cost one connection, never the worker
@@ -321,13 +370,53 @@ class Session:
             except OSError:
                 pass
 
-    def shut_idle(self) -> None:
-        """Called on drain: wake the idle read with EOF so the session ends."""
-        if self.idle_waiting:
-            try:
-                self.client.shutdown(socket.SHUT_RDWR)
-            except OSError:
+    def linger(self) -> None:
+        """The close of a connection the client may still be writing to (nginx's
+        lingering close): FIN first, then read and discard until the client's
+        FIN, for at most LINGER seconds.
+
+        Closing a socket with unread bytes, or receiving bytes after the close,
+        makes the kernel answer with a reset, which can destroy the last
+        response before the client read it and turns a request that crossed
+        the close into "connection reset" instead of a clean end the client
+        can retry on.
+        """
+        client = self.client
+        try:
+            client.shutdown(socket.SHUT_WR)
+        except OSError:
+            return
+        t = self.timers.start(LINGER)  # bounds the whole wait
+        try:
+            while client.recv(RECV_SIZE):
                 pass
+        except OSError:  # socket.timeout included
+            pass
+        finally:
+            t.stop()
+
+    def shut_idle(self) -> None:
+        """Called at the end of the drain window: a session waiting for a next
+        request stops waiting, as if keepalive_timeout had run out (a request
+        already there is still answered; see ``read_head``)."""
+        if self.idle_waiting:
+            get_hub().loop.run_callback(self._wake)
+
+    def _wake(self) -> None:
+        # In the hub, as a timer's expiry: the session may have got its
+        # request since shut_idle, and then it is left alone.
+        if self.idle_waiting and self.glet is not None:
+            self.glet.throw(socket.timeout("drained"))
+
+    def arrived(self) -> bool:
+        """True when the client sent something (bytes or its FIN) not read yet."""
+        client = self.client
+        if not self.plain and client.pending():
+            return True
+        try:
+            return bool(_select([client.fileno()], (), (), 0)[0])
+        except (OSError, ValueError):
+            return True  # let the read say what happened
 
     def _recv(self, seconds: float, idle: bool = False) -> bytes:
         """One read from the client, of up to RECV_SIZE bytes, within ``seconds``.
@@ -377,16 +466,26 @@ class Session:
                 # The last response still said keep-alive: take a request
                 # already on its way, but only until the drain window ends.
                 wait = min(wait, rt.drain_until - time.monotonic())
-                if wait <= 0:
-                    return None
             self.idle_waiting = True  # Runtime._close_idle may wake it
             try:
+                if wait <= 0:
+                    raise socket.timeout()
                 buf = self._recv(wait, idle=bool(self.served))
             except socket.timeout:
-                return None
+                # A request that came as the wait ran out is answered
+                # (Connection: close when draining): dropping it would lose it.
+                if not self.arrived():
+                    return None
+                buf = None
             finally:
                 self.idle_waiting = False
+            if buf is None:
+                try:
+                    buf = self._recv(srv.header_timeout)
+                except socket.timeout:
+                    return None
             if not buf:
+                self.client_done = True
                 return None
         deadline = None
         while True:
@@ -412,6 +511,7 @@ class Session:
             except socket.timeout:
                 raise http1.ProtocolError(408, "request head not received in time") from None
             if not data:
+                self.client_done = True
                 return None
             buf += data
         if end > srv.max_head_size:
@@ -465,6 +565,9 @@ class Session:
                 self.refuse(rec, 500, f"internal error: {exc!r}")
             return False
         finally:
+            if self.spool is not None:
+                self.spool.close()
+                self.spool = None
             if rec.status:
                 rec.request_time = time.time() - start
                 # Bytes read past this request wait in self.buf for the next
@@ -517,7 +620,8 @@ class Session:
         rec.status = 308
         head = (f"HTTP/1.1 308 Permanent Redirect\r\nDate: {CLOCK.date()}\r\n"
                 f"Location: {location}\r\nContent-Length: 0\r\n"
-                f"{'' if keep else 'Connection: close' + chr(13) + chr(10)}\r\n").encode()
+                f"{self.rt.keep_alive_line if keep else 'Connection: close' + chr(13) + chr(10)}"
+                "\r\n").encode()
         self._send(head)
         return keep
 
@@ -525,6 +629,7 @@ class Session:
         rt = self.rt
         method = req.method
         host_value, host, path, upstream_target = request_target(req)
+        rec.host = host
         route = rt.router.match(self.listener.name, host, path)
         if route is None:
             self.refuse(rec, 404, no_route_why(self.listener.name, host, path))
@@ -555,6 +660,8 @@ class Session:
                 # nginx's way: the proxy asks for the body itself and strips
                 # the expectation, so the upstream never waits on a 100.
                 self._send(CONTINUE)
+        if has_body and rc.request_buffering and _upgrade_asked(req) is None:
+            self.spool = self.buffer_body(rc, framing, max_body)
 
         tokens = req.connection
         client_keepalive = http1.keep_alive(req.version, tokens)
@@ -592,11 +699,16 @@ class Session:
                                             tuple(self._framing_fields(req, rc)),
                                             rc.host_header or host_value))
             before, after, out_host = got
-            return [*before, ("x-request-id", er.request_id), *after], out_host
-        # X-Request-Id, then request_headers
-        headers, out_host = er.upstream(self._forwarded(req, host_value, tokens),
-                                        rc.host_header or host_value)
-        headers += self._framing_fields(req, rc)
+            headers = [*before, ("x-request-id", er.request_id), *after]
+        else:
+            # X-Request-Id, then request_headers
+            headers, out_host = er.upstream(self._forwarded(req, host_value, tokens),
+                                            rc.host_header or host_value)
+            headers += self._framing_fields(req, rc)
+        if self.spool is not None and req.framing.kind == "chunked":
+            # The body was read whole: it goes with its length (as nginx does).
+            headers = [f for f in headers if f[0] != "Transfer-Encoding"]
+            headers.append(("Content-Length", str(self.spool.size)))
         return headers, out_host
 
     def _forwarded(self, req, host_value, tokens) -> list:
@@ -645,7 +757,8 @@ class Session:
         rt = self.rt
         retry = pool.retry
         tried: set[int] = set()
-        replayable = not has_body and req.method in IDEMPOTENT
+        # A buffered body can be sent again (route request_buffering).
+        replayable = (not has_body or self.spool is not None) and req.method in IDEMPOTENT
         last_error: UpstreamError | None = None
         fresh: int | None = None  # a server whose pooled connection turned out stale
         attempts = 0
@@ -762,7 +875,9 @@ class Session:
         cfgp = pool.cfg
         # 1. the request
         try:
-            if framing.kind == "length" and framing.length:
+            if self.spool is not None:
+                self.send_spooled(conn, head)
+            elif framing.kind == "length" and framing.length:
                 self.send_length_body(conn, head, framing.length)
             elif framing.kind == "chunked":
                 self.send_chunked_body(conn, head, max_body)
@@ -870,7 +985,8 @@ class Session:
                                         rframing.length if rframing.kind == "length" else None,
                                         rframing.codings)
         keep, chunk_out = framing_fields_out(out, req.version, keep, encoder, rframing.kind,
-                                             rframing.length, rframing.codings)
+                                             rframing.length, rframing.codings,
+                                             self.rt.keep_alive)
         return (http1.serialize_response_head(resp.status, resp.reason, out), keep, chunk_out,
                 encoder, http1.keep_alive(resp.version, tokens))
 
@@ -885,6 +1001,76 @@ class Session:
         if not data:
             raise ClientGone()
         return data
+
+    def buffer_body(self, rc, framing, max_body: int) -> Spool:
+        """The request's whole body, read before a server is chosen (route
+        request_buffering): in memory up to request_buffer_memory, then in a
+        file (net.spool).
+
+        Raises ``ProtocolError``: 408 when it has not all come within the
+        route's request_buffer_timeout, or nothing came for body_timeout;
+        413 for a chunked body over ``max_body``; 400 for bad chunks; 500
+        when it cannot be stored.  Bytes past the body stay in ``self.buf``.
+        """
+        spool = Spool(rc.request_buffer_memory, self.rt.body_dir)
+        deadline = time.monotonic() + rc.request_buffer_timeout
+        data, self.buf = self.buf, b""
+        try:
+            if framing.kind == "length":
+                remaining = framing.length
+                while len(data) < remaining:
+                    spool.write(data)
+                    remaining -= len(data)
+                    data = self._buffered_read(rc, deadline)
+                spool.write(data[:remaining])
+                self.buf = data[remaining:]
+                return spool
+            decoder = http1.make_decoder(http1.CHUNKED, status=400, limits=self.rt.limits)
+            while True:
+                if data:
+                    pieces, leftover = decoder.feed(data)
+                    for piece in pieces:
+                        if piece:
+                            spool.write(piece)
+                    if max_body and spool.size > max_body:
+                        raise http1.ProtocolError(413, f"chunked body over the limit {max_body}")
+                    if decoder.done:
+                        self.buf = leftover
+                        return spool
+                data = self._buffered_read(rc, deadline)
+        except OSError as exc:  # the file of a large body (not socket errors: ClientGone)
+            spool.close()
+            raise http1.ProtocolError(500, f"cannot store the request body in "
+                                      f"{self.rt.body_dir}: {exc}") from None
+        except BaseException:
+            spool.close()
+            raise
+
+    def _buffered_read(self, rc, deadline: float) -> bytes:
+        idle = self.edge_req.body_timeout if self.edge_req is not None \
+            else self.rt.cfg.server.body_timeout
+        left = deadline - time.monotonic()
+        try:
+            if left <= 0:
+                raise socket.timeout()
+            data = self._recv(idle if idle < left else left)
+        except socket.timeout:
+            if time.monotonic() < deadline:
+                why = f"nothing of the request body for body_timeout ({idle:g}s)"
+            else:
+                why = f"request body not received within request_buffer_timeout " \
+                      f"({rc.request_buffer_timeout:g}s)"
+            raise http1.ProtocolError(408, why) from None
+        if not data:
+            raise ClientGone()
+        return data
+
+    def send_spooled(self, conn: UpstreamConn, head: bytes) -> None:
+        """The head and the buffered body (``buffer_body``) to the server."""
+        sent = False
+        for piece in self.spool.pieces(head):
+            self._up_send(conn, piece, sent=sent)
+            sent = True
 
     def send_length_body(self, conn: UpstreamConn, head: bytes, length: int) -> None:
         buf = self.buf
@@ -1231,10 +1417,13 @@ def request_target(req) -> tuple[str | None, str | None, str, str]:
 
 
 def framing_fields_out(out: list, version: str, keep: bool, encoder, kind: str,
-                       length: int | None = None, codings: tuple = ()) -> tuple[bool, bool]:
+                       length: int | None = None, codings: tuple = (),
+                       keep_alive=None) -> tuple[bool, bool]:
     """Append to ``out`` the fields that frame a response body for a client
     (``kind``: the body's framing as it comes, "none", "length", "chunked" or
     "close") and its Connection field; (keep-alive, chunked) come back.
+    ``keep_alive``: the Keep-Alive field a kept connection gets
+    (``Runtime.keep_alive``).
 
     Relayed responses and cache hits both go out through here.
     """
@@ -1256,8 +1445,11 @@ def framing_fields_out(out: list, version: str, keep: bool, encoder, kind: str,
             keep = False
     if not keep:
         out.append(("Connection", "close"))
-    elif version == "1.0":
-        out.append(("Connection", "keep-alive"))
+    else:
+        if version == "1.0":
+            out.append(("Connection", "keep-alive"))
+        if keep_alive is not None:
+            out.append(keep_alive)
     return keep, chunk_out
 
 

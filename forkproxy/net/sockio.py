@@ -22,7 +22,11 @@ When the timer fires, ``socket.timeout`` is thrown into the greenlet that
 started it, from the hub, exactly as gevent's own ``Timeout`` does: the
 call it is blocked in raises ``socket.timeout``, as with ``settimeout``.
 A timer must be stopped before the call that started it returns (the
-``finally`` above); a stopped timer is never fired.  One ``Timers`` serves
+``finally`` above); a stopped timer is never fired.  Every start runs the
+whole duration: libev keeps what is left of a stopped timer and a plain
+restart resumes from there (a keep-alive connection's idle waits would sum
+up to one keepalive_timeout), so a timer repeats at its duration and is
+started with ``again``, which always sets a full period.  One ``Timers`` serves
 one greenlet at a time: it is not shared across sessions.
 
 ``wait_readable(sock)`` makes a read cheap when the data is
@@ -105,8 +109,10 @@ class Timers:
         if t is None:
             if len(self._by_seconds) >= 16:  # computed durations (deadlines): no hoarding
                 self.close()
-            s = max(seconds, 0.0)
-            t = self._by_seconds[seconds] = self._loop.timer(s, s, ref=False)
+            # Repeating, with the duration as its period: see below.  A period
+            # of 0 would start nothing.
+            period = max(seconds, 1e-6)
+            t = self._by_seconds[seconds] = self._loop.timer(period, period, ref=False)
         # again(), never start(): libev's start() reuses what is left of the
         # timer's last run (nothing once it fired, the rest after an early
         # stop), so a reused timer would give less and less time, and none

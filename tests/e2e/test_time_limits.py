@@ -38,8 +38,23 @@ def test_an_idle_keep_alive_connection_is_closed_after_keepalive_timeout(site):
         assert c.closed_by_peer()
 
 
-def test_a_stalled_request_body_ends_the_connection_after_body_timeout(site):
-    fp, port, _ = site
+def test_a_stalled_request_body_is_answered_408_after_body_timeout(site):
+    fp, port, b = site
+    with Conn(port) as c:
+        c.send(b"POST /upload HTTP/1.1\r\nHost: a\r\nContent-Length: 100\r\n\r\n" + b"x" * 10)
+        # 90 bytes never come: the body is being buffered (request_buffering),
+        # so no server holds the request and the client hears why.
+        assert c.reply("POST").status == 408
+        assert c.closed_by_peer()
+    assert "/upload" not in b.stats()["by_path"]
+
+
+def test_a_stalled_streamed_request_body_ends_the_connection_after_body_timeout(
+        forkproxy_factory, backend_factory):
+    b = backend_factory("b")
+    port = free_port()
+    forkproxy_factory(one_pool(port, [b.addr], route_extra="request_buffering = false"),
+                      server=LIMITS)
     with Conn(port) as c:
         c.send(b"POST /upload HTTP/1.1\r\nHost: a\r\nContent-Length: 100\r\n\r\n" + b"x" * 10)
         # 90 bytes never come: the server must end the connection within body_timeout.

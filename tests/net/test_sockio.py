@@ -65,6 +65,29 @@ def test_timers_are_reused_by_duration_and_bounded_in_number():
     timers.close()
 
 
+def test_a_reused_timer_runs_its_whole_duration_every_time(pair):
+    # libev keeps what was left of a stopped timer and a plain restart
+    # resumes from there: a session's keepalive_timeout timer, reused for
+    # each wait for a next request, ran out after keepalive_timeout of idle
+    # time summed over the connection's life, and closed it while its client
+    # was still using it (issue 17).  Here 1 s is used up in three waits;
+    # the fourth must still have its whole second for data sent after 50 ms.
+    a, b = pair
+    timers = Timers()
+    for _ in range(3):
+        t = timers.start(1.0)
+        gevent.sleep(0.4)
+        t.stop()
+    gevent.spawn_later(0.05, b.sendall, b"late")
+    t = timers.start(1.0)
+    try:
+        data = a.recv(10)
+    finally:
+        t.stop()
+        timers.close()
+    assert data == b"late"
+
+
 def test_wait_readable_returns_once_data_or_eof_is_there(pair):
     a, b = pair
     gevent.spawn(b.sendall, b"hello")

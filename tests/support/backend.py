@@ -24,8 +24,10 @@ Endpoints (any method unless said otherwise):
 - ``/etag/...?v=TAG``: 200 with ``ETag: "TAG"`` and body ``version TAG``, or
   304 (no body) when the request's ``If-None-Match`` names ``"TAG"``.
 - ``/healthz``: answers the status set by ``/_sethealth?status=N`` (default 200).
-- ``/_stats``: JSON ``{requests, by_path, posts}``: request count, counts per
-  path (query string removed), sha256 of every POST body in arrival order.
+- ``/_stats``: JSON ``{requests, by_path, posts, heads}``: request count, counts per
+  path (query string removed), sha256 of every POST body in arrival order;
+  ``heads``: counts per path of request heads received, counted before the
+  body is read (a request whose body never ends is in ``heads`` only).
   ``/_stats``, ``/_reset`` and ``/_sethealth`` are not counted.
 - ``/_reset``: clears the stats.
 - ``/_setfault?ms=N&reset=1``: from now on every request but these ``/_``
@@ -81,13 +83,15 @@ class _Stats:
         self.requests = 0
         self.by_path: dict[str, int] = {}
         self.posts: list[str] = []
+        self.heads: dict[str, int] = {}
         self.health = 200
         self.delay = 0.0  # /_setfault
         self.rst = False
 
     def snapshot(self):
         with self.lock:
-            return {"requests": self.requests, "by_path": dict(self.by_path), "posts": list(self.posts)}
+            return {"requests": self.requests, "by_path": dict(self.by_path), "posts": list(self.posts),
+                    "heads": dict(self.heads)}
 
 
 class BadBody(Exception):
@@ -203,6 +207,9 @@ class Handler(BaseHTTPRequestHandler):
         url = urlsplit(self.path)
         path = url.path
         self.query = parse_qs(url.query)
+        if path not in ("/_stats", "/_reset", "/_sethealth"):
+            with st.lock:
+                st.heads[path] = st.heads.get(path, 0) + 1
         if path == "/dieheader":
             self._count(path)
             return self._abort(rst="1" in self.query.get("rst", []))
