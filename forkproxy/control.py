@@ -63,7 +63,7 @@ class ControlError(Exception):
 
 
 class NoSuchServer(ControlError):
-    """``set_admin``: the table has no row for that pool and server (the message names what exists)."""
+    """``set_admin``: no row for that pool and server (the message names what exists)."""
 
 
 class NotRunning(ControlError):
@@ -306,7 +306,8 @@ def reload_number(status: dict) -> int:
     return n if isinstance(n, int) else 0
 
 
-def wait_reload(runtime_dir: str, pid: int, before: dict | None, timeout: float) -> tuple[bool, list]:
+def wait_reload(runtime_dir: str, pid: int, before: dict | None, timeout: float
+                ) -> tuple[bool, list]:
     """After a reload request to master ``pid``: wait until its next generation
     serves or is rejected.  ``before``: the status read before the request.
 
