@@ -15,10 +15,9 @@ import os
 import signal
 import sys
 
-from forkproxy import __version__, config
+from forkproxy import __version__, config, control
+from forkproxy.control import DEFAULT_CONFIG
 from forkproxy.errors import EX_CONFIG, EX_OK, EX_SOFTWARE, EX_USAGE, ConfigErrors
-
-DEFAULT_CONFIG = "/etc/forkproxy/forkproxy.toml"
 
 # -s NAME: the signal and what it means to the master (gunicorn's meanings:
 # TERM is the graceful stop, QUIT the fast one; the opposite of nginx).
@@ -87,10 +86,6 @@ def versions() -> list[str]:
             f"libmemcached {libmemcached} (pylibmc {dist('pylibmc')})"]
 
 
-def _config_path(args) -> str:
-    return args.config or os.environ.get("FORKPROXY_CONFIG") or DEFAULT_CONFIG
-
-
 def _load(path: str, pidfile: str | None):
     cfg = config.load(path)
     if pidfile:
@@ -98,47 +93,30 @@ def _load(path: str, pidfile: str | None):
     return cfg
 
 
-def _read_pid(pidfile: str) -> tuple[int | None, str | None]:
-    """The master's pid from ``pidfile``, or (None, why not)."""
-    try:
-        with open(pidfile, encoding="ascii") as f:
-            pid = int(f.read().strip())
-    except FileNotFoundError:
-        return None, f"no pidfile at {pidfile}: is forkproxy running?"
-    except (OSError, ValueError) as exc:
-        return None, f"cannot read the pid from {pidfile}: {exc}"
-    return pid, None
-
-
 def send_signal(name: str, pidfile: str, wait_in: str | None = None,
                 timeout: float = 60.0) -> int:
-    """``-s``: signal the master whose pid is in ``pidfile``.
+    """``-s``: signal the master whose pid is in ``pidfile`` (``control.signal_master``).
 
     ``wait_in`` (``-s reload --wait``): the runtime dir whose ``reload.json``
-    says when the new generation serves or why the reload was rejected.
+    says when the new generation serves or why the reload was rejected
+    (``control.reload_and_wait``).
     """
-    pid, why = _read_pid(pidfile)
-    if pid is None:
-        print(f"forkproxy: {why}", file=sys.stderr)
-        return EX_CONFIG
-    before = None
-    if wait_in is not None:
-        from forkproxy.daemon import process
-        before = process.read_status(wait_in)
     try:
-        os.kill(pid, SIGNALS[name])
-    except ProcessLookupError:
+        pid = control.read_pid(pidfile)
+        ok, errors = control.reload_and_wait(
+            wait_in, pid, lambda: control.signal_master(pid, SIGNALS[name]),
+            None if wait_in is None else timeout)
+    except control.NotRunning:
         print(f"forkproxy: stale pidfile {pidfile}: no process {pid}", file=sys.stderr)
         return EX_CONFIG
-    except PermissionError:
-        print(f"forkproxy: not allowed to signal process {pid}", file=sys.stderr)
+    except control.ControlError as exc:
+        print(f"forkproxy: {exc.message}", file=sys.stderr)
+        return EX_CONFIG
+    if not ok:
+        for err in errors:
+            print(f"forkproxy: reload rejected: {err}", file=sys.stderr)
         return EX_CONFIG
     if wait_in is not None:
-        ok, errors = process.wait_reload(wait_in, pid, before, timeout)
-        if not ok:
-            for err in errors:
-                print(f"forkproxy: reload rejected: {err}", file=sys.stderr)
-            return EX_CONFIG
         print("forkproxy: reloaded: the new generation serves", file=sys.stderr)
     return EX_OK
 
@@ -170,7 +148,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.versions:
         print("\n".join(versions()))
         return EX_OK
-    path = _config_path(args)
+    path = control.config_path(args.config)
     try:
         cfg = _load(path, args.pidfile)
     except ConfigErrors as exc:

@@ -21,12 +21,10 @@ Two ways in, chosen per command:
   commands, logged by the daemon with the peer); ``explain`` and
   ``metrics`` always (they exist only there).
 - The shared health table at ``{server.runtime_dir}/health.tbl``
-  (``forkproxy.daemon.shm``): ``status`` when the endpoint is off or does not
-  answer; ``drain``, ``maint``, ``ready`` and ``weight`` likewise,
-  following the table's writer contract: take ``shm.admin_lock(table_path)``, *then* open
-  the table (so a reload that swaps in the next generation under the same
-  lock never loses the change), write the row's admin cell, release. They are
-  idempotent: setting the state a server already has writes nothing.
+  (``forkproxy.control``): ``status`` when the endpoint is off or does not
+  answer; ``drain``, ``maint``, ``ready`` and ``weight`` likewise, through
+  ``control.set_admin`` as the endpoint does (the table's writer contract;
+  idempotent: setting the state a server already has writes nothing).
 
 Without the endpoint (or a token), ``reload`` sends SIGHUP to the pid in
 ``server.pidfile``, and ``purge`` sends a ``PURGE`` request to the http
@@ -36,15 +34,17 @@ listens on every address; the next one when it redirects), which
 ``ready`` and ``weight`` write the table only while the pidfile names a
 running master: a stopped forkproxy leaves its table behind.  ``reload`` then waits
 (``--timeout``) until ``reload.json`` (``daemon.process``) says the new
-generation serves or was rejected, and reports the new table generation.
+generation serves or was rejected (``control.reload_and_wait``, as
+``forkproxy -s reload --wait`` does), and reports the new table generation.
 
 Exit status: 0 success; 1 failure (forkproxy not running, table unreadable,
 endpoint unreachable or refusing, unknown pool or server, broken
 configuration, rejected reload); 2 usage error.
 
-Layering: config, errors, core, ``daemon.shm`` and ``daemon.process`` (both
-stdlib + core) and ``net.leader.holder_pid``; importing it pulls in no
-gunicorn, gevent, pylibmc or requests (``status`` from the table stays light).
+Layering: config, errors, core, ``control`` (the actions, stdlib + core) and
+``net.leader.holder_pid`` (stdlib); never ``daemon``.  Importing it pulls in
+no gunicorn, gevent, pylibmc or requests (``status`` from the table stays
+light).
 """
 
 from __future__ import annotations
@@ -58,19 +58,15 @@ import sys
 import time
 from urllib.parse import quote
 
-from forkproxy import config
+from forkproxy import config, control
+from forkproxy.control import DEFAULT_CONFIG, WEIGHT_MAX, master_pid
 from forkproxy.core import http1
 from forkproxy.core.status import snapshot
-from forkproxy.core.table import AdminRow, LayoutError, Table
-from forkproxy.daemon import process, shm
+from forkproxy.core.table import LayoutError, Table
 from forkproxy.errors import EX_CONFIG, EX_OK, EX_USAGE, ConfigErrors
 from forkproxy.net.leader import holder_pid
 
 __all__ = [
-    "DEFAULT_CONFIG",
-    "TABLE_NAME",
-    "CHECKER_LOCK_NAME",
-    "WEIGHT_MAX",
     "CtlError",
     "checker_pid",
     "master_pid",
@@ -79,29 +75,24 @@ __all__ = [
     "render_status",
     "render_cache",
     "render_explain",
-    "set_admin",
     "status",
     "reload",
     "purge",
     "explain",
     "admin_call",
     "admin_get",
+    "COMMANDS",
     "build_parser",
     "main",
 ]
 
-DEFAULT_CONFIG = "/etc/forkproxy/forkproxy.toml"
-TABLE_NAME = "health.tbl"
-CHECKER_LOCK_NAME = "checker.lock"
-#: Same bounds as the ``weight`` key of a pool's servers (1..1000).
-WEIGHT_MAX = 1000
 
-class CtlError(Exception):
-    """A failure to report as ``forkproxyctl: MESSAGE`` and exit with ``code``."""
+class CtlError(control.ControlError):
+    """A failure to report as ``forkproxyctl: MESSAGE`` and exit with ``code``
+    (``main`` reports every other ``control.ControlError`` with EX_CONFIG)."""
 
     def __init__(self, message: str, code: int = EX_CONFIG):
         super().__init__(message)
-        self.message = message
         self.code = code
 
 
@@ -117,24 +108,6 @@ def checker_pid(lock_path: str) -> int | None:
         return holder_pid(lock_path)
     except OSError:
         return None
-
-
-def master_pid(pidfile: str) -> int | None:
-    """The pid in ``pidfile`` if that process exists, else None (never raises)."""
-    try:
-        with open(pidfile, encoding="ascii") as f:
-            pid = int(f.read().strip())
-    except (OSError, ValueError):
-        return None
-    if pid <= 0:
-        return None
-    try:
-        os.kill(pid, 0)
-    except PermissionError:  # exists, owned by someone else
-        return pid
-    except OSError:
-        return None
-    return pid
 
 
 # -- presentation --------------------------------------------------------------------
@@ -220,20 +193,29 @@ def render_cache(cache: dict) -> str:
 # -- the table -----------------------------------------------------------------------
 
 
-def _open(path: str, writable: bool = False) -> Table:
-    """``shm.open_table`` with every failure turned into an operator's message."""
-    try:
-        return shm.open_table(path, writable=writable)
-    except FileNotFoundError:
-        raise CtlError(f"forkproxy does not seem to be running: no health table at {path}") from None
-    except PermissionError:
+def _table_error(path: str, exc: Exception, writable: bool = False) -> CtlError:
+    """The operator's message for a failure to open the table at ``path`` (or,
+    when ``exc.filename`` says so, its admin lock file)."""
+    if isinstance(exc, FileNotFoundError) and exc.filename == path:
+        return CtlError(f"forkproxy does not seem to be running: no health table at {path}")
+    if isinstance(exc, PermissionError):
+        if exc.filename == control.admin_lock_path(path):
+            return CtlError(f"permission denied: cannot lock {exc.filename} "
+                            "(run as root or as the user forkproxy runs as)")
         how = "read and write" if writable else "read"
-        raise CtlError(f"permission denied: cannot {how} {path} (run as root or as the "
-                       "user forkproxy runs as)") from None
-    except (LayoutError, ValueError) as exc:  # ValueError: mmap of an empty file
-        raise CtlError(f"{path} is not a health table this forkproxyctl can read: {exc}") from None
-    except OSError as exc:
-        raise CtlError(f"cannot open {path}: {exc.strerror or exc}") from None
+        return CtlError(f"permission denied: cannot {how} {path} (run as root or as the "
+                        "user forkproxy runs as)")
+    if isinstance(exc, (LayoutError, ValueError)):  # ValueError: mmap of an empty file
+        return CtlError(f"{path} is not a health table this forkproxyctl can read: {exc}")
+    return CtlError(f"cannot open {exc.filename or path}: {exc.strerror or exc}")
+
+
+def _open(path: str) -> Table:
+    """``control.open_table`` (read-only) with every failure turned into an operator's message."""
+    try:
+        return control.open_table(path)
+    except (OSError, LayoutError, ValueError) as exc:
+        raise _table_error(path, exc) from None
 
 
 def _who() -> str:
@@ -249,58 +231,15 @@ def _who() -> str:
     return f"forkproxyctl {user}"
 
 
-def _find_row(table: Table, pool: str, server: str) -> int:
-    """The row of ``pool/server``; CtlError naming what exists when there is none."""
-    row = table.find(f"{pool}/{server}")
-    if row is not None:
-        return row
-    known: dict[str, list[str]] = {}
-    for r in range(table.n_rows):
-        p, _, addr = table.label(r).partition("/")
-        known.setdefault(p, []).append(addr)
-    if pool not in known:
-        raise CtlError(f"no pool {pool!r} in the health table; pools: "
-                       + (", ".join(known) or "none"))
-    raise CtlError(f"no server {server!r} in pool {pool!r}; servers: " + ", ".join(known[pool]))
-
-
 def set_admin(path: str, pool: str, server: str, *, state: str | None = None,
-              weight: int | None = None, by: str | None = None,
-              now: float | None = None) -> tuple[AdminRow, AdminRow]:
-    """Change one server's admin cell in the table at ``path``; return (old, new).
-
-    ``state`` is ``"ready"``, ``"drain"`` or ``"maint"`` (None: keep);
-    ``weight`` is 1..WEIGHT_MAX to override the configured weight, 0 to go
-    back to it (None: keep). State and weight are independent. Takes the
-    admin lock, then opens the table writable (the writer contract of
-    ``core.table``). Writes nothing when the cell already says so (so
-    ``changed``/``by`` keep telling who really changed it). Raises CtlError.
-    """
-    # Check first: admin_lock creates its lock file, and a command aimed at a
-    # forkproxy that is not running must leave nothing behind.
-    if not os.path.exists(path):
-        shm.close_table(_open(path))  # raises the right message (missing, no permission)
+              weight: int | None = None):
+    """``control.set_admin`` by this user (``_who``), its failures as CtlError."""
     try:
-        with shm.admin_lock(path):
-            table = _open(path, writable=True)
-            try:
-                row = _find_row(table, pool, server)
-                old = table.read_admin(row)
-                new = AdminRow(
-                    state=old.state if state is None else state,
-                    weight=old.weight if weight is None else weight,
-                    changed=old.changed, by=old.by,
-                )
-                if new != old:
-                    new = AdminRow(new.state, new.weight, time.time() if now is None else now,
-                                   by if by is not None else _who())
-                    table.write_admin(row, new)
-                return old, new
-            finally:
-                shm.close_table(table)
-    except PermissionError:  # only the lock file: _open reports its own
-        raise CtlError(f"permission denied: cannot lock {shm.admin_lock_path(path)} "
-                       "(run as root or as the user forkproxy runs as)") from None
+        return control.set_admin(path, pool, server, state=state, weight=weight, by=_who())
+    except control.NoSuchServer as exc:
+        raise CtlError(exc.message) from None
+    except (OSError, LayoutError, ValueError) as exc:
+        raise _table_error(path, exc, writable=True) from None
 
 
 # -- the admin endpoint --------------------------------------------------------------
@@ -319,12 +258,7 @@ def _endpoint(cfg: config.Config) -> tuple[str, int]:
     if not cfg.server.admin:
         raise CtlError("server.admin is not set: forkproxy has no admin endpoint")
     host, port = config.split_host_port(cfg.server.admin)
-    return _reachable(host), port
-
-
-def _reachable(host: str) -> str:
-    """Where to connect to reach a socket bound to ``host`` (loopback for a wildcard)."""
-    return {"": "127.0.0.1", "0.0.0.0": "127.0.0.1", "::": "::1"}.get(host, host)
+    return control.connect_address(host), port
 
 
 def admin_call(cfg: config.Config, method: str, path: str, timeout: float = 10) -> tuple[int, str]:
@@ -395,9 +329,9 @@ def status(cfg: config.Config, tpath: str) -> tuple[dict, str]:
     table = _open(tpath)
     try:
         doc = snapshot(table, cfg, time.time(),
-                       checker_pid(os.path.join(cfg.server.runtime_dir, CHECKER_LOCK_NAME)))
+                       checker_pid(control.checker_lock_path(cfg.server.runtime_dir)))
     finally:
-        shm.close_table(table)
+        control.close_table(table)
     doc["master_pid"] = master_pid(cfg.server.pidfile)
     if doc["master_pid"] is None:
         print(f"forkproxyctl: warning: no running master per {cfg.server.pidfile}: "
@@ -410,7 +344,7 @@ def _table_generation(tpath: str) -> int:
     try:
         return table.generation
     finally:
-        shm.close_table(table)
+        control.close_table(table)
 
 
 # -- reload --------------------------------------------------------------------------
@@ -426,31 +360,37 @@ def reload(cfg: config.Config, tpath: str, wait: bool, timeout: float) -> dict:
     generation serving at the end (the endpoint's ``/status`` when the reload
     went through it, else the table's header).
     """
-    rdir = cfg.server.runtime_dir
-    before = process.read_status(rdir)
+    not_running = CtlError(f"forkproxy does not seem to be running: no process per "
+                           f"{cfg.server.pidfile}")
     if _commands_allowed(cfg):
         via = "admin"
         doc = json.loads(_admin_ok(cfg, "GET", "/status"))
         master, gen0 = doc["master_pid"], doc["generation"]
-        _admin_ok(cfg, "POST", "/reload")
+
+        def ask():
+            _admin_ok(cfg, "POST", "/reload")
     else:
         via = "signal"
         master = master_pid(cfg.server.pidfile)
         if master is None:
-            raise CtlError(f"forkproxy does not seem to be running: no process per "
-                           f"{cfg.server.pidfile}")
+            raise not_running
         gen0 = _table_generation(tpath)
-        try:
-            os.kill(master, signal.SIGHUP)
-        except PermissionError:
-            raise CtlError(f"not allowed to signal the master (pid {master}): run as root or "
-                           "as the user forkproxy runs as") from None
+
+        def ask():
+            try:
+                control.signal_master(master, signal.SIGHUP)
+            except control.NotRunning:
+                raise not_running from None
+            except control.NotAllowed:
+                raise CtlError(f"not allowed to signal the master (pid {master}): run as root "
+                               "or as the user forkproxy runs as") from None
     out = {"via": via, "master_pid": master, "state": "requested", "generation_before": gen0,
            "generation": gen0, "errors": []}
+    deadline = time.monotonic() + timeout
+    ok, errors = control.reload_and_wait(cfg.server.runtime_dir, master, ask,
+                                         timeout if wait else None)
     if not wait:
         return out
-    deadline = time.monotonic() + timeout
-    ok, errors = process.wait_reload(rdir, master, before, timeout)
     if not ok:
         rejected = not any(e.startswith(("no new generation", "the master")) for e in errors)
         out.update(state="rejected" if rejected else "failed", errors=errors)
@@ -511,8 +451,8 @@ def purge(cfg: config.Config, url: str | None, host: str | None, timeout: float 
     """Delete ``url`` (or every URL of ``host``) from the cache.
 
     Through the admin endpoint when commands can go there, else a PURGE
-    request to the listener serving the URL's scheme and port (see
-    ``_purge_through_listeners``).  Returns ``{url | host, purged,
+    request to the listener serving the URL's scheme and port
+    (``control.purge_through_listeners``).  Returns ``{url | host, purged,
     shared, via}``; ``shared`` False: an in-process cache, purged in the one
     worker that answered.
     """
@@ -523,88 +463,7 @@ def purge(cfg: config.Config, url: str | None, host: str | None, timeout: float 
         doc = json.loads(_admin_ok(cfg, "POST", f"/purge?{query}", timeout))
         doc["via"] = "admin"
         return doc
-    scheme, port = None, None
-    if url is not None:
-        host, target = _url_parts(url)
-        scheme, _, _, port = http1.split_url(url)
-    else:
-        target = "/*"
-    code, text = _purge_through_listeners(cfg, scheme, port, host, target, timeout)
-    if code == 403:
-        raise CtlError(f"{url or host}: forkproxy refused the PURGE (403): without the admin "
-                       "endpoint (server.admin and admin_token), cache.purge_allowed must "
-                       "include 127.0.0.1")
-    if code not in (200, 404):
-        raise CtlError(f"{url or host}: forkproxy answered {code} {text}")
-    what = {"url": url} if url is not None else {"host": host}
-    return {**what, "purged": code == 200, "shared": cfg.cache.servers != (), "via": "listener"}
-
-
-def _purge_listeners(cfg: config.Config, scheme: str | None, port: int | None) -> list:
-    """The http listeners a PURGE may go to, best first: those serving the
-    URL's scheme (TLS for https), the one on its port first, then the others;
-    in file order for a host purge (no scheme)."""
-    listeners = [lc for lc in cfg.listeners if lc.mode == "http"]
-    if scheme is None:
-        return listeners
-    return sorted(listeners, key=lambda lc: (bool(lc.contexts) != (scheme == "https"),
-                                             lc.port != port))
-
-
-def _purge_through_listeners(cfg: config.Config, scheme: str | None, port: int | None,
-                             host: str, target: str, timeout: float) -> tuple[int, str]:
-    """(status, body text) of ``PURGE target`` with Host ``host`` from the
-    first listener of ``_purge_listeners`` that does not redirect it (a
-    ``redirect_https`` route answers 308 on a plain listener: the next one,
-    with TLS, then takes it).  The cache deletes both schemes' entries
-    whichever listener takes the request."""
-    listeners = _purge_listeners(cfg, scheme, port)
-    if not listeners:
-        raise CtlError("the configuration has no http listener to send PURGE to")
-    for lc in listeners:
-        code, text = _purge_request(lc, host, target, timeout)
-        if not 300 <= code < 400:
-            return code, text
-    raise CtlError(f"every http listener redirects PURGE {target} for {host} (last: {code} "
-                   f"from {lc.name}); use the admin endpoint (server.admin and a token)")
-
-
-def _purge_request(lc: config.ListenerConfig, host: str, target: str,
-                   timeout: float) -> tuple[int, str]:
-    """(status, body text) of ``PURGE target`` with Host ``host`` to listener ``lc``.
-
-    Over TLS for a TLS listener, with the URL's host as SNI and no
-    certificate check: the address comes from the daemon's own configuration
-    on this host, which is what is trusted here, not a name.
-    """
-    import http.client
-    import socket
-    import ssl
-
-    addr = _reachable(lc.host)
-    conn = http.client.HTTPConnection(addr, lc.port, timeout=timeout)
-    try:
-        if lc.contexts:
-            ctx = ssl.create_default_context()
-            ctx.check_hostname = False
-            ctx.verify_mode = ssl.CERT_NONE
-            name = host.rpartition(":")[0] if host.rpartition(":")[2].isdigit() else host
-            sock = socket.create_connection((addr, lc.port), timeout=timeout)
-            try:
-                conn.sock = ctx.wrap_socket(sock, server_hostname=name.strip("[]") or None)
-            except BaseException:
-                sock.close()
-                raise
-        conn.putrequest("PURGE", target, skip_host=True, skip_accept_encoding=True)
-        conn.putheader("Host", host)
-        conn.putheader("Content-Length", "0")
-        conn.endheaders()
-        resp = conn.getresponse()
-        return resp.status, resp.read().decode("utf-8", "replace").strip()
-    except OSError as exc:
-        raise CtlError(f"cannot reach forkproxy on {addr}:{lc.port} ({lc.name}): {exc}") from None
-    finally:
-        conn.close()
+    return control.purge_through_listeners(cfg, url, host, timeout)
 
 
 def _purge_text(r: dict) -> str:
@@ -683,19 +542,10 @@ class _Parser(argparse.ArgumentParser):
 
 
 def _weight(text: str) -> int:
-    """``N`` (1..1000) or ``config``/``-1`` (back to the configured weight, stored as 0)."""
-    if text in ("config", "-1"):
-        return 0
     try:
-        n = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected 1..{WEIGHT_MAX} or 'config', got {text!r}") from None
-    if n == 0:
-        raise argparse.ArgumentTypeError(
-            "weight 0 is not supported: use 'drain' to stop new traffic to a server")
-    if not 1 <= n <= WEIGHT_MAX:
-        raise argparse.ArgumentTypeError(f"expected 1..{WEIGHT_MAX} or 'config', got {n}")
-    return n
+        return control.parse_weight(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
 
 
 def _url(text: str) -> str:
@@ -723,58 +573,6 @@ def _seconds(text: str) -> float:
     return value
 
 
-def build_parser() -> argparse.ArgumentParser:
-    p = _Parser(prog="forkproxyctl",
-                description="Inspect and control a running forkproxy through its admin "
-                            "endpoint and its shared health table. See forkproxyctl(8).")
-    p.add_argument("-c", "--config", metavar="FILE",
-                   help=f"configuration file (default {DEFAULT_CONFIG}, or $FORKPROXY_CONFIG)")
-    p.add_argument("--json", action="store_true", help="print one JSON document")
-    sub = p.add_subparsers(dest="command", metavar="COMMAND", required=True, parser_class=_Parser)
-
-    def command(name: str, help: str):
-        s = sub.add_parser(name, help=help)
-        # Accepted after the command too; SUPPRESS keeps the top-level value.
-        s.add_argument("-c", "--config", metavar="FILE", default=argparse.SUPPRESS,
-                       help="configuration file, as before the command")
-        s.add_argument("--json", action="store_true", default=argparse.SUPPRESS,
-                       help="print one JSON document")
-        return s
-
-    command("status", "every pool and server: health, admin state, checks, load; the cache")
-    for name, what in (("drain", "no new requests except those pinned by persistence"),
-                       ("maint", "no traffic at all"),
-                       ("ready", "back in rotation")):
-        s = command(name, f"put a server in the {name} admin state: {what}")
-        s.add_argument("pool")
-        s.add_argument("server", help="the server's addr as written in the configuration")
-    s = command("weight", "override a server's weight (or 'config' to restore it)")
-    s.add_argument("pool")
-    s.add_argument("server", help="the server's addr as written in the configuration")
-    s.add_argument("weight", type=_weight, metavar="N", help=f"1..{WEIGHT_MAX}, or 'config'")
-    command("metrics", "print the admin endpoint's /metrics (Prometheus text)")
-    s = command("purge", "delete a URL (or every URL of a host) from the cache")
-    g = s.add_mutually_exclusive_group(required=True)
-    g.add_argument("url", nargs="?", type=_url,
-                   help="the URL as clients request it, http://HOST/PATH?QUERY")
-    g.add_argument("--host", help="purge every URL of this Host (with its port, if not the default)")
-    s = command("reload", "reload the configuration file; wait until it serves or is rejected")
-    s.add_argument("--no-wait", dest="wait", action="store_false",
-                   help="return once the reload is requested")
-    s.add_argument("--timeout", type=_seconds, default=60.0, metavar="SECONDS",
-                   help="how long to wait for the new generation (default 60)")
-    s = command("explain", "how a request would be routed, refused, cached and balanced")
-    s.add_argument("method", help="the request method, such as GET")
-    s.add_argument("url", type=_url, help="http://HOST[:PORT]/PATH?QUERY; the port picks the "
-                                          "listener")
-    s.add_argument("-H", "--header", action="append", default=[], type=_header,
-                   metavar="'NAME: VALUE'", help="a request header (repeatable)")
-    s.add_argument("--listener", metavar="NAME", help="the listener, instead of the URL's port")
-    s.add_argument("--client", metavar="IP",
-                   help="the client address (default: this host's, as the endpoint sees it)")
-    return p
-
-
 def _describe_weight(w: int | None) -> str:
     return str(w) if w else "config"
 
@@ -788,42 +586,40 @@ def _emit(args, doc: dict, text: str, stream=None) -> None:
         (stream or sys.stdout).write(text if text.endswith("\n") else text + "\n")
 
 
-def _load(args):
-    path = args.config or os.environ.get("FORKPROXY_CONFIG") or DEFAULT_CONFIG
-    try:
-        return config.load(path)
-    except ConfigErrors as exc:
-        print(exc, file=sys.stderr)
-        if args.command == "reload":
-            raise CtlError("reload not sent: the running master would reject this file") from None
-        raise CtlError(f"cannot use the configuration file {path}") from None
+# -- the commands: each one a handler run(args, cfg, table path) -> exit status ------
 
 
-def _run(args) -> int:
-    cfg = _load(args)
-    tpath = os.path.join(cfg.server.runtime_dir, TABLE_NAME)
-    if args.command == "status":
-        doc, source = status(cfg, tpath)
-        _emit(args, doc, render_status(doc, time.time(), source))
-    elif args.command == "metrics":
-        text = admin_get(cfg, "/metrics")
-        if args.json:
-            _emit(args, metrics_json(text), "")
-        else:
-            sys.stdout.write(text)
-    elif args.command == "purge":
-        r = purge(cfg, args.url, args.host)
-        _emit(args, r, _purge_text(r))
-    elif args.command == "reload":
-        r = reload(cfg, tpath, args.wait, args.timeout)
-        ok = r["state"] in ("requested", "serving")
-        _emit(args, r, _reload_text(r), None if ok else sys.stderr)
-        return EX_OK if ok else EX_CONFIG
-    elif args.command == "explain":
-        doc = explain(cfg, args.method.upper(), args.url, args.header, args.listener, args.client)
-        _emit(args, doc, render_explain(doc))
+def _status(args, cfg: config.Config, tpath: str) -> int:
+    doc, source = status(cfg, tpath)
+    _emit(args, doc, render_status(doc, time.time(), source))
+    return EX_OK
+
+
+def _metrics(args, cfg: config.Config, tpath: str) -> int:
+    text = admin_get(cfg, "/metrics")
+    if args.json:
+        _emit(args, metrics_json(text), "")
     else:
-        return _set(args, cfg, tpath)
+        sys.stdout.write(text)
+    return EX_OK
+
+
+def _purge(args, cfg: config.Config, tpath: str) -> int:
+    r = purge(cfg, args.url, args.host)
+    _emit(args, r, _purge_text(r))
+    return EX_OK
+
+
+def _reload(args, cfg: config.Config, tpath: str) -> int:
+    r = reload(cfg, tpath, args.wait, args.timeout)
+    ok = r["state"] in ("requested", "serving")
+    _emit(args, r, _reload_text(r), None if ok else sys.stderr)
+    return EX_OK if ok else EX_CONFIG
+
+
+def _explain(args, cfg: config.Config, tpath: str) -> int:
+    doc = explain(cfg, args.method.upper(), args.url, args.header, args.listener, args.client)
+    _emit(args, doc, render_explain(doc))
     return EX_OK
 
 
@@ -879,6 +675,98 @@ def _set_through_endpoint(args, cfg: config.Config, tpath: str) -> dict | None:
     return json.loads(body)
 
 
+def _no_arguments(p: argparse.ArgumentParser) -> None:
+    pass
+
+
+def _server_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("pool")
+    p.add_argument("server", help="the server's addr as written in the configuration")
+
+
+def _weight_arguments(p: argparse.ArgumentParser) -> None:
+    _server_arguments(p)
+    p.add_argument("weight", type=_weight, metavar="N", help=f"1..{WEIGHT_MAX}, or 'config'")
+
+
+def _purge_arguments(p: argparse.ArgumentParser) -> None:
+    g = p.add_mutually_exclusive_group(required=True)
+    g.add_argument("url", nargs="?", type=_url,
+                   help="the URL as clients request it, http://HOST/PATH?QUERY")
+    g.add_argument("--host", help="purge every URL of this Host (with its port, if not the default)")
+
+
+def _reload_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--no-wait", dest="wait", action="store_false",
+                   help="return once the reload is requested")
+    p.add_argument("--timeout", type=_seconds, default=60.0, metavar="SECONDS",
+                   help="how long to wait for the new generation (default 60)")
+
+
+def _explain_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("method", help="the request method, such as GET")
+    p.add_argument("url", type=_url, help="http://HOST[:PORT]/PATH?QUERY; the port picks the "
+                                          "listener")
+    p.add_argument("-H", "--header", action="append", default=[], type=_header,
+                   metavar="'NAME: VALUE'", help="a request header (repeatable)")
+    p.add_argument("--listener", metavar="NAME", help="the listener, instead of the URL's port")
+    p.add_argument("--client", metavar="IP",
+                   help="the client address (default: this host's, as the endpoint sees it)")
+
+
+#: (name, help, arguments(parser), run(args, cfg, table path) -> exit status), in --help order.
+COMMANDS = [
+    ("status", "every pool and server: health, admin state, checks, load; the cache",
+     _no_arguments, _status),
+    ("drain", "put a server in the drain admin state: no new requests except those pinned "
+              "by persistence", _server_arguments, _set),
+    ("maint", "put a server in the maint admin state: no traffic at all",
+     _server_arguments, _set),
+    ("ready", "put a server in the ready admin state: back in rotation",
+     _server_arguments, _set),
+    ("weight", "override a server's weight (or 'config' to restore it)",
+     _weight_arguments, _set),
+    ("metrics", "print the admin endpoint's /metrics (Prometheus text)", _no_arguments, _metrics),
+    ("purge", "delete a URL (or every URL of a host) from the cache", _purge_arguments, _purge),
+    ("reload", "reload the configuration file; wait until it serves or is rejected",
+     _reload_arguments, _reload),
+    ("explain", "how a request would be routed, refused, cached and balanced",
+     _explain_arguments, _explain),
+]
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The parser of ``COMMANDS``; ``-c`` and ``--json`` before or after the command."""
+    p = _Parser(prog="forkproxyctl",
+                description="Inspect and control a running forkproxy through its admin "
+                            "endpoint and its shared health table. See forkproxyctl(8).")
+    p.add_argument("-c", "--config", metavar="FILE",
+                   help=f"configuration file (default {DEFAULT_CONFIG}, or $FORKPROXY_CONFIG)")
+    p.add_argument("--json", action="store_true", help="print one JSON document")
+    sub = p.add_subparsers(dest="command", metavar="COMMAND", required=True, parser_class=_Parser)
+    for name, help, arguments, run in COMMANDS:
+        s = sub.add_parser(name, help=help)
+        # Accepted after the command too; SUPPRESS keeps the top-level value.
+        s.add_argument("-c", "--config", metavar="FILE", default=argparse.SUPPRESS,
+                       help="configuration file, as before the command")
+        s.add_argument("--json", action="store_true", default=argparse.SUPPRESS,
+                       help="print one JSON document")
+        arguments(s)
+        s.set_defaults(run=run)
+    return p
+
+
+def _load(args):
+    path = control.config_path(args.config)
+    try:
+        return config.load(path)
+    except ConfigErrors as exc:
+        print(exc, file=sys.stderr)
+        if args.command == "reload":
+            raise CtlError("reload not sent: the running master would reject this file") from None
+        raise CtlError(f"cannot use the configuration file {path}") from None
+
+
 def main(argv: list[str] | None = None) -> int:
     """Run forkproxyctl; returns the exit status (0, 1 failure, 2 usage)."""
     try:
@@ -886,10 +774,11 @@ def main(argv: list[str] | None = None) -> int:
             args = build_parser().parse_args(argv)
         except SystemExit as exc:  # --help
             return EX_OK if exc.code in (0, None) else EX_USAGE
-        return _run(args)
-    except CtlError as exc:
+        cfg = _load(args)
+        return args.run(args, cfg, control.table_path(cfg.server.runtime_dir))
+    except control.ControlError as exc:
         print(f"forkproxyctl: {exc.message}", file=sys.stderr)
-        return exc.code
+        return getattr(exc, "code", EX_CONFIG)
     except BrokenPipeError:  # `forkproxyctl status | head`
         # Point stdout at /dev/null so the interpreter's final flush does
         # not raise again on the closed pipe.

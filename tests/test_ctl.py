@@ -451,7 +451,7 @@ def test_help_exits_0(env):
 # -- layering ----------------------------------------------------------------------------
 
 
-def test_ctl_uses_nothing_of_daemon_but_shm_and_process():
+def test_ctl_imports_no_daemon_and_of_net_only_the_checker_lock_reader():
     tree = ast.parse((ROOT / "forkproxy" / "ctl.py").read_text())
     names = set()
     for node in ast.walk(tree):
@@ -459,9 +459,8 @@ def test_ctl_uses_nothing_of_daemon_but_shm_and_process():
             names |= {f"{node.module}.{a.name}" for a in node.names}
         elif isinstance(node, ast.Import):
             names |= {a.name for a in node.names}
-    # both stdlib + core: the reload status reader comes from daemon.process
-    assert {n for n in names if n.startswith("forkproxy.daemon")} == {
-        "forkproxy.daemon.shm", "forkproxy.daemon.process"}
+    # the table, the pidfile and reload.json are forkproxy.control's
+    assert {n for n in names if n.startswith("forkproxy.daemon")} == set()
     assert {n for n in names if n.startswith("forkproxy.net")} == {"forkproxy.net.leader.holder_pid"}
 
 

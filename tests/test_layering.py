@@ -24,15 +24,20 @@ RULES = {
     "errors": (set(), set()),
     "logs": (set(), set()),
     "config": ({"core", "errors"}, {"tomli"}),
-    "net": ({"core", "config", "errors", "logs"}, {"gevent", "pylibmc", "requests", "brotli"}),
-    "daemon": ({"net", "core", "config", "errors", "logs"}, {"gunicorn", "setproctitle"}),
+    # The operator's actions, one owner each (DESIGN section 0): the admin
+    # endpoint (net), forkproxy -s (cli), forkproxyctl and the master (daemon)
+    # call them, so they reach down only.
+    "control": ({"core", "config", "errors"}, set()),
+    "net": ({"core", "config", "control", "errors", "logs"},
+            {"gevent", "pylibmc", "requests", "brotli"}),
+    "daemon": ({"net", "core", "config", "control", "errors", "logs"}, {"gunicorn", "setproctitle"}),
     # pylibmc: only -V, for the libmemcached version it was built with.
-    "cli": ({"config", "errors"}, {"pylibmc"}),
-    # ctl reads the table (daemon.shm) and reload.json (daemon.process) and
-    # asks who holds the checker lock (net.leader), all stdlib + core;
-    # tests/test_ctl.py pins it to exactly those modules.  requests only
-    # inside the admin endpoint's client: importing ctl must stay light.
-    "ctl": ({"config", "errors", "core", "daemon", "net"}, {"requests"}),
+    "cli": ({"config", "control", "errors"}, {"pylibmc"}),
+    # ctl: a command table over control, never daemon; of net only who holds
+    # the checker lock (net.leader, stdlib; tests/test_ctl.py pins it).
+    # requests only inside the admin endpoint's client: importing ctl must
+    # stay light.
+    "ctl": ({"config", "errors", "core", "control", "net"}, {"requests"}),
     "__main__": ({"cli"}, set()),
     "__init__": (set(), set()),
 }

@@ -26,19 +26,18 @@ import os
 import signal
 import time
 
+from forkproxy import control
 from forkproxy.config import Config
 from forkproxy.core.epochs import Epochs
 from forkproxy.core.health import RiseFall
 from forkproxy.core.table import HealthRow, copy_rows
 from forkproxy.daemon import shm
 
-TABLE_NAME = "health.tbl"
-LOCK_NAME = "checker.lock"
 STICKY_KEY_NAME = "sticky.key"
 
 
 def table_path(cfg: Config) -> str:
-    return os.path.join(cfg.server.runtime_dir, TABLE_NAME)
+    return control.table_path(cfg.server.runtime_dir)
 
 
 def table_labels(cfg: Config) -> list[str]:
@@ -223,31 +222,6 @@ def build_metrics(cfg: Config, n_slots: int, old):
     return metrics
 
 
-def set_admin(path: str, label: str, state: str | None, weight: int | None, by: str,
-              now: float):
-    """Change the admin cell of row ``label`` in the table at ``path`` (a worker's
-    admin endpoint): the writer contract of ``core.table`` (admin lock, then
-    open the current generation). Returns (old, new) ``AdminRow``s, or None
-    when there is no such row; writes nothing when nothing changes."""
-    from forkproxy.core.table import AdminRow
-
-    with shm.admin_lock(path):
-        table = shm.open_table(path, writable=True)
-        try:
-            row = table.find(label)
-            if row is None:
-                return None
-            old = table.read_admin(row)
-            new = AdminRow(old.state if state is None else state,
-                           old.weight if weight is None else weight, old.changed, old.by)
-            if new != old:
-                new = AdminRow(new.state, new.weight, now, by)
-                table.write_admin(row, new)
-            return old, new
-        finally:
-            shm.close_table(table)
-
-
 def on_starting(arbiter) -> None:
     """Master, before binding: runtime dir, pidfile dir, access log, the table and the checker lock."""
     app = arbiter.app
@@ -270,7 +244,7 @@ def on_starting(arbiter) -> None:
     app.fp_cache_epochs = mmap.mmap(-1, Epochs.SIZE)
     # Opened once by the master and inherited: lockf locks belong to the
     # process that takes them, and the kernel frees them when it dies.
-    app.fp_lock_fd = os.open(os.path.join(cfg.server.runtime_dir, LOCK_NAME),
+    app.fp_lock_fd = os.open(control.checker_lock_path(cfg.server.runtime_dir),
                              os.O_RDWR | os.O_CREAT, 0o644)
     # The admin endpoint's POST /reload: a worker running as server.user may
     # not signal the master, so it writes a byte here and the master's loop
@@ -382,7 +356,7 @@ def post_worker_init(worker) -> None:
         from forkproxy.net.admin import Admin
 
         worker.runtime.admin = Admin(worker.runtime, table, table_path(cfg),
-                                     os.path.join(cfg.server.runtime_dir, LOCK_NAME), set_admin,
+                                     control.checker_lock_path(cfg.server.runtime_dir),
                                      reload_fd=app.fp_reload_pipe[1])
     if any(r.cache for r in cfg.routes):
         # After the fork: pylibmc clients must not be shared across processes.

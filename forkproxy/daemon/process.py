@@ -1,7 +1,8 @@
 """The daemon as a Unix process: detaching, systemd notification, reload status.
 
-Stdlib only: ``forkproxy -s`` (the command line, not the master) imports the
-reload-status reader from here.
+Stdlib + ``forkproxy.control`` (which owns the file's name and its readers,
+``read_reload_status`` and ``wait_reload``, for ``forkproxy -s reload --wait``,
+``forkproxyctl reload`` and the tests).
 
 Reload status: after every SIGHUP the master writes ``reload.json`` in
 ``server.runtime_dir`` (temp file + rename, so a reader never sees half of
@@ -22,7 +23,7 @@ import socket
 import sys
 import time
 
-STATUS_NAME = "reload.json"
+from forkproxy.control import reload_status_path
 
 
 # -D: the write end of the pipe the command's first process waits on.
@@ -129,14 +130,10 @@ def monotonic_usec() -> str:
     return f"MONOTONIC_USEC={time.clock_gettime_ns(time.CLOCK_MONOTONIC) // 1000}"
 
 
-def status_path(runtime_dir: str) -> str:
-    return os.path.join(runtime_dir, STATUS_NAME)
-
-
 def write_status(runtime_dir: str, reload_no: int, state: str, errors=(),
                  generation: int | None = None) -> None:
     """Atomically replace ``reload.json`` (see the module docstring)."""
-    path = status_path(runtime_dir)
+    path = reload_status_path(runtime_dir)
     tmp = f"{path}.{os.getpid()}.tmp"
     data = {"reload": reload_no, "generation": generation, "state": state,
             "errors": list(errors), "pid": os.getpid(), "time": time.time()}
@@ -146,44 +143,3 @@ def write_status(runtime_dir: str, reload_no: int, state: str, errors=(),
         os.replace(tmp, path)
     except OSError as exc:
         print(f"forkproxy: cannot write {path}: {exc}", file=sys.stderr)
-
-
-def read_status(runtime_dir: str) -> dict | None:
-    """The last reload status, or None when there is none (or it is unreadable)."""
-    try:
-        with open(status_path(runtime_dir), encoding="utf-8") as f:
-            data = json.load(f)
-    except (OSError, ValueError):
-        return None
-    return data if isinstance(data, dict) else None
-
-
-def _reload_no(status: dict) -> int:
-    n = status.get("reload", status.get("generation"))  # "generation": before "reload" existed
-    return n if isinstance(n, int) else 0
-
-
-def wait_reload(runtime_dir: str, pid: int, before: dict | None, timeout: float) -> tuple[bool, list]:
-    """After a HUP to ``pid``: wait until its next generation serves or is rejected.
-
-    Returns (ok, errors).  A master that dies, or a timeout, is a failure
-    with the reason as the one error.
-    """
-    floor = _reload_no(before) if before and before.get("pid") == pid else 0
-    deadline = time.monotonic() + timeout
-    while True:
-        st = read_status(runtime_dir)
-        if st and st.get("pid") == pid and _reload_no(st) > floor:
-            if st.get("state") == "serving":
-                return True, []
-            if st.get("state") == "rejected":
-                return False, st.get("errors") or ["rejected"]
-        try:
-            os.kill(pid, 0)
-        except ProcessLookupError:
-            return False, [f"the master (pid {pid}) exited during the reload"]
-        except PermissionError:
-            pass
-        if time.monotonic() > deadline:
-            return False, [f"no new generation serving after {timeout:g}s"]
-        time.sleep(0.05)

@@ -8,17 +8,18 @@ half-made table; on reload the master creates the next generation the same
 way, copies rows with ``core.table.copy_rows`` under ``admin_lock``, and the
 rename swaps it in while old workers keep their mapping of the old inode.
 
-Stdlib + ``forkproxy.core`` only: no gunicorn, no gevent, nothing from net/,
-so ``forkproxyctl`` can use it too.
+Opening, closing and locking a table (the readers' and admin writers' side)
+belong to ``forkproxy.control``, which the admin endpoint and
+``forkproxyctl`` use too; they are re-exported here for the master.
 """
 
 from __future__ import annotations
 
 import contextlib
-import fcntl
 import mmap
 import os
 
+from forkproxy.control import admin_lock, admin_lock_path, close_table, open_table
 from forkproxy.core.table import Table, table_size
 
 __all__ = ["create", "open_table", "close_table", "admin_lock", "admin_lock_path"]
@@ -59,63 +60,3 @@ def create(path: str, n_rows: int, n_slots: int, generation: int, *,
     finally:
         os.close(fd)  # the mapping keeps the file alive
     return mm, table
-
-
-def open_table(path: str, writable: bool = False) -> Table:
-    """Map an existing table file; read-only unless ``writable``.
-
-    Raises ``core.table.LayoutError`` if the file is not a table of this
-    layout version. The mapping is reachable as ``table.buf``; release it
-    with ``close_table``.
-    """
-    fd = os.open(path, (os.O_RDWR if writable else os.O_RDONLY) | os.O_CLOEXEC)
-    try:
-        size = os.fstat(fd).st_size
-        if writable:
-            mm = mmap.mmap(fd, size, flags=mmap.MAP_SHARED, prot=mmap.PROT_READ | mmap.PROT_WRITE)
-        else:
-            mm = mmap.mmap(fd, size, flags=mmap.MAP_SHARED, prot=mmap.PROT_READ)
-    finally:
-        os.close(fd)
-    try:
-        return Table(mm)
-    except BaseException:
-        mm.close()
-        raise
-
-
-def close_table(table: Table) -> None:
-    """Release ``table``'s views and unmap its buffer if it is an mmap (idempotent).
-
-    Every other ``Table`` over the same mmap must be released first, or
-    ``mmap.close`` raises ``BufferError``.
-    """
-    table.release()
-    buf = table.buf
-    if isinstance(buf, mmap.mmap) and not buf.closed:
-        buf.close()
-
-
-def admin_lock_path(path: str) -> str:
-    """The admin lock file for the table at ``path`` (stable across generations)."""
-    return f"{path}.admin.lock"
-
-
-@contextlib.contextmanager
-def admin_lock(path: str, blocking: bool = True):
-    """Hold the exclusive admin lock for the table at ``path``.
-
-    Writers of admin cells (``forkproxyctl``, the admin endpoint, the master
-    while copying rows on reload) take it, then open the table. It is a POSIX
-    ``lockf`` lock, released by the kernel if the holder dies. Raises
-    ``BlockingIOError`` if ``blocking`` is false and the lock is held.
-    """
-    fd = os.open(admin_lock_path(path), os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
-    try:
-        fcntl.lockf(fd, fcntl.LOCK_EX if blocking else fcntl.LOCK_EX | fcntl.LOCK_NB)
-        try:
-            yield
-        finally:
-            fcntl.lockf(fd, fcntl.LOCK_UN)
-    finally:
-        os.close(fd)

@@ -57,7 +57,7 @@ from urllib.parse import parse_qs, unquote
 
 import gevent
 
-from forkproxy import __version__
+from forkproxy import __version__, control
 from forkproxy.config import split_host_port
 from forkproxy.core import http1
 from forkproxy.core.metrics import render
@@ -66,11 +66,9 @@ from forkproxy.net.explain import BadQuestion, explain, request_for
 from forkproxy.net.leader import holder_pid
 from forkproxy.net.session import request_target
 
-__all__ = ["Admin", "WEIGHT_MAX"]
+__all__ = ["Admin"]
 
-WEIGHT_MAX = 1000
 _MAX_HEAD = 16384
-_STATES = ("drain", "maint", "ready")
 
 
 class _Reply(Exception):
@@ -82,18 +80,16 @@ class _Reply(Exception):
 class Admin:
     """One worker's admin endpoint (built by ``daemon.hooks`` when server.admin is set).
 
-    ``set_admin(table_path, label, state, weight, by, now)`` writes a row's
-    admin cell under the admin lock and returns (old, new) or None (no row).
+    Changes to a server go through ``control.set_admin``, as forkproxyctl's do.
     """
 
-    def __init__(self, rt, table, table_path: str, lock_path: str, set_admin, reload_fd: int):
+    def __init__(self, rt, table, table_path: str, lock_path: str, reload_fd: int):
         """``reload_fd``: the pipe the master reads reload requests from
         (a worker running as server.user may not signal it)."""
         self.rt = rt
         self.table = table
         self.table_path = table_path
         self.lock_path = lock_path
-        self.set_admin = set_admin
         self.reload_fd = reload_fd
         host, _, port = rt.cfg.server.admin.rpartition(":")
         self.host, self.port = host.strip("[]") or "0.0.0.0", int(port)
@@ -222,7 +218,7 @@ class Admin:
             return json.dumps({"reload": "requested"}) + "\n", "application/json"
         if parts == ["purge"]:
             return self.purge(_query(req), peer), "application/json"
-        if len(parts) == 4 and parts[0] == "servers" and parts[3] in _STATES:
+        if len(parts) == 4 and parts[0] == "servers" and parts[3] in control.ADMIN_STATES:
             return self.change(parts[1], parts[2], peer, state=parts[3]), "application/json"
         if len(parts) == 5 and parts[0] == "servers" and parts[3] == "weight":
             return self.change(parts[1], parts[2], peer, weight=_weight(parts[4])), "application/json"
@@ -231,11 +227,11 @@ class Admin:
 
     def change(self, pool: str, server: str, peer: str, *, state=None, weight=None) -> str:
         label = f"{pool}/{server}"
-        result = self.set_admin(self.table_path, label, state, weight, f"admin {peer}"[:32],
-                                time.time())
-        if result is None:
-            raise _Reply(404, f"no server {server!r} in pool {pool!r}\n")
-        old, new = result
+        try:
+            old, new = control.set_admin(self.table_path, pool, server, state=state,
+                                         weight=weight, by=f"admin {peer}"[:32], now=time.time())
+        except control.NoSuchServer:
+            raise _Reply(404, f"no server {server!r} in pool {pool!r}\n") from None
         if state is not None:
             field, before, after = "admin", old.state, new.state
         else:
@@ -437,12 +433,7 @@ def _page() -> str:
 
 
 def _weight(text: str) -> int:
-    if text in ("config", "-1"):
-        return 0
     try:
-        n = int(text)
-    except ValueError:
-        n = -1
-    if not 1 <= n <= WEIGHT_MAX:
-        raise _Reply(400, f"weight: expected 1..{WEIGHT_MAX} or 'config', got {text!r}\n")
-    return n
+        return control.parse_weight(text)
+    except ValueError as exc:
+        raise _Reply(400, f"weight: {exc}\n") from None

@@ -332,38 +332,32 @@ def _wait_gone(pid: int, timeout: float) -> None:
         time.sleep(POLL)
 
 
-class Backend:
-    """A ``backend.py`` process (see its docstring for endpoints) on 127.0.0.1.
+class _Served:
+    """A process listening on 127.0.0.1:``port``, as Backend and Memcached are.
 
-    Started by the constructor unless ``start=False``; ``stop()`` then
-    ``start()`` brings it back on the same port.
+    Subclasses give ``_argv()``, ``_proc_name()`` and ``_env()``; ``start()``
+    (again after ``stop()``: the same port) returns once the port accepts.
     """
 
-    def __init__(self, name: str, directory, port: int | None = None, start: bool = True):
-        self.name = name
-        self.dir = Path(directory)
-        self.port = port or free_port()
-        self.proc: Proc | None = None
-        if start:
-            self.start()
+    frozen = False
+    proc: Proc | None = None
 
     @property
     def addr(self) -> str:
         return f"127.0.0.1:{self.port}"
 
     @property
-    def url(self) -> str:
-        return f"http://{self.addr}"
-
-    @property
     def pid(self) -> int:
         return self.proc.pid
 
-    def start(self, timeout: float = 15) -> "Backend":
+    def _env(self):
+        return None
+
+    def start(self, timeout: float = 15):
         if self.proc is not None and self.proc.alive():
             return self
-        argv = [sys.executable, str(BACKEND_PY), "--port", str(self.port), "--name", self.name]
-        self.proc = Proc(argv, self.dir, name=f"backend-{self.name}", env=_child_env())
+        self.proc = Proc(self._argv(), self.dir, name=self._proc_name(), env=self._env())
+        self.frozen = False
         wait_for_port(self.port, timeout=timeout, proc=self.proc)
         return self
 
@@ -376,8 +370,6 @@ class Backend:
     def alive(self) -> bool:
         return self.proc is not None and self.proc.alive()
 
-    frozen = False
-
     def freeze(self) -> None:
         """SIGSTOP: the kernel still accepts connections, nothing answers (a hung server)."""
         self.proc.signal(signal.SIGSTOP)
@@ -386,6 +378,40 @@ class Backend:
     def thaw(self) -> None:
         self.proc.signal(signal.SIGCONT)
         self.frozen = False
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.stop()
+
+
+class Backend(_Served):
+    """A ``backend.py`` process (see its docstring for endpoints) on 127.0.0.1.
+
+    Started by the constructor unless ``start=False``; ``stop()`` then
+    ``start()`` brings it back on the same port.
+    """
+
+    def __init__(self, name: str, directory, port: int | None = None, start: bool = True):
+        self.name = name
+        self.dir = Path(directory)
+        self.port = port or free_port()
+        if start:
+            self.start()
+
+    @property
+    def url(self) -> str:
+        return f"http://{self.addr}"
+
+    def _argv(self) -> list[str]:
+        return [sys.executable, str(BACKEND_PY), "--port", str(self.port), "--name", self.name]
+
+    def _proc_name(self) -> str:
+        return f"backend-{self.name}"
+
+    def _env(self):
+        return _child_env()
 
     def set_fault(self, ms: int = 0, reset: bool = False) -> None:
         """Delay every later answer by ``ms``, or reset every later request (backend.py)."""
@@ -411,12 +437,6 @@ class Backend:
     def log_text(self) -> str:
         return self.proc.log_text() if self.proc else ""
 
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *exc):
-        self.stop()
-
     def __repr__(self):
         return f"<Backend {self.name} {self.addr}>"
 
@@ -424,7 +444,7 @@ class Backend:
 MEMCACHED = "/usr/bin/memcached"
 
 
-class Memcached:
+class Memcached(_Served):
     """Debian's memcached on 127.0.0.1:PORT (``-U 0 -m 64``), started by the constructor.
 
     Skips the calling test when memcached is not installed.
@@ -440,46 +460,18 @@ class Memcached:
         self.dir = Path(directory)
         self.port = port or free_port()
         self.extra_args = list(extra_args)
-        self.proc: Proc | None = None
-        self.frozen = False
         if start:
             self.start()
 
-    @property
-    def addr(self) -> str:
-        return f"127.0.0.1:{self.port}"
-
-    @property
-    def pid(self) -> int:
-        return self.proc.pid
-
-    def start(self, timeout: float = 15) -> "Memcached":
-        if self.proc is not None and self.proc.alive():
-            return self
-        argv = [self.binary, "-l", "127.0.0.1", "-p", str(self.port), "-U", "0", "-m", "64", *self.extra_args]
+    def _argv(self) -> list[str]:
+        argv = [self.binary, "-l", "127.0.0.1", "-p", str(self.port), "-U", "0", "-m", "64",
+                *self.extra_args]
         if os.geteuid() == 0:
             argv += ["-u", "root"]  # memcached refuses to run as root without it
-        self.proc = Proc(argv, self.dir, name=f"memcached-{self.port}")
-        self.frozen = False
-        wait_for_port(self.port, timeout=timeout, proc=self.proc)
-        return self
+        return argv
 
-    def freeze(self) -> None:
-        """SIGSTOP: connections still complete in the kernel, nothing answers."""
-        self.proc.signal(signal.SIGSTOP)
-        self.frozen = True
-
-    def thaw(self) -> None:
-        self.proc.signal(signal.SIGCONT)
-        self.frozen = False
-
-    def stop(self, timeout: float = 10) -> None:
-        if self.proc is not None:
-            self.proc.stop(timeout=timeout)
-            self.frozen = False
-
-    def alive(self) -> bool:
-        return self.proc is not None and self.proc.alive()
+    def _proc_name(self) -> str:
+        return f"memcached-{self.port}"
 
     def command(self, line: str, timeout: float = 5) -> bytes:
         """Send one text-protocol command; return the reply up to END/OK/an error line."""
@@ -504,12 +496,6 @@ class Memcached:
 
     def flush_all(self) -> None:
         self.command("flush_all")
-
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *exc):
-        self.stop()
 
     def __repr__(self):
         return f"<Memcached {self.addr}>"
