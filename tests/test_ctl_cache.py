@@ -54,7 +54,7 @@ def test_purge_through_the_endpoint(site):
     assert out.returncode == 0, out.stderr
     assert out.stdout == f"{url}: purged\n"
     assert x_cache(port, path) == "MISS"
-    assert f"admin: purge of {url}: deleted (asked by 127.0.0.1)" in fp.error_log()
+    fp.wait_error_log(f"admin: purge of {url}: deleted (asked by 127.0.0.1)")
     out = fp.ctl("--json", "purge", f"http://127.0.0.1:{port}/never")
     assert out.returncode == 0, out.stderr
     assert json.loads(out.stdout) == {"url": f"http://127.0.0.1:{port}/never", "purged": False,
@@ -71,7 +71,7 @@ def test_purge_through_the_endpoint(site):
     assert out.returncode == 0, out.stderr
     assert out.stdout == f"every URL of 127.0.0.1:{port}: purged\n"
     wait_until(lambda: x_cache(port, path) == "MISS", timeout=10, what="a miss after the purge")
-    assert f"admin: purge of every URL of 127.0.0.1:{port} (asked by 127.0.0.1)" in fp.error_log()
+    fp.wait_error_log(f"admin: purge of every URL of 127.0.0.1:{port} (asked by 127.0.0.1)")
 
 
 def test_purge_needs_the_token(site):

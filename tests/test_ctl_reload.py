@@ -77,7 +77,7 @@ def test_reload_through_the_endpoint_reports_the_new_generation(forkproxy_factor
                           f"{before + 1}\n")
     moves_to(port, "b2")
     assert generation(fp) == before + 1
-    assert "admin: reload requested by 127.0.0.1" in fp.error_log()
+    fp.wait_error_log("admin: reload requested by 127.0.0.1")
     out = fp.ctl("--json", "reload")
     assert out.returncode == 0, out.stderr
     doc = json.loads(out.stdout)

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import re
 import signal
 import threading
 from pathlib import Path
@@ -277,7 +278,7 @@ def test_sticky_sessions_hold_across_workers_and_drain(four):
 
 def test_max_conns_queue_then_503(forkproxy_factory, backend_factory):
     b = backend_factory("b1")
-    port = free_port()
+    port, admin = free_port(), free_port()
 
     def start(queue):
         body = f"""
@@ -292,18 +293,35 @@ pool = "web"
 servers = [{{ addr = "{b.addr}", max_conns = 1 }}]
 {queue}
 """
-        fp = forkproxy_factory(body, server={"workers": 2})
+        fp = forkproxy_factory(body, server={"workers": 2, "admin": f"127.0.0.1:{admin}"})
         fp.wait_workers(2)
         return fp
 
     def with_one_in_flight(fp, then):
-        slow = threading.Thread(target=lambda: get(port, "/slow?ms=3000"))
-        slow.start()
+        # The backend is frozen (SIGSTOP): the first request holds the only
+        # slot until it is thawed, however long the checks below take.
+        b.freeze()
+        first = threading.Thread(target=lambda: get(port, "/"))
+        first.start()
         try:
             wait_until(lambda: inflight(fp) == 1, timeout=30, what="one request in flight")
             return then()
         finally:
-            slow.join(60)
+            b.thaw()
+            first.join(60)
+
+    def connections() -> int:
+        text = requests.get(f"http://127.0.0.1:{admin}/metrics", timeout=10).text
+        return int(float(re.search(r"^forkproxy_connections_active (\S+)$", text, re.M).group(1)))
+
+    def queued_until_the_slot_frees() -> int:
+        got = {}
+        second = threading.Thread(target=lambda: got.setdefault("status", get(port).status_code))
+        second.start()
+        wait_until(lambda: connections() == 2, timeout=30, what="the second request waiting")
+        b.thaw()  # the first request ends: its slot goes to the queued one
+        second.join(60)
+        return got["status"]
 
     fp = start('queue = { size = 10, timeout = "100ms" }')
     assert with_one_in_flight(fp, lambda: get(port).status_code) == 503
@@ -312,4 +330,4 @@ servers = [{{ addr = "{b.addr}", max_conns = 1 }}]
     assert with_one_in_flight(fp, lambda: get(port).status_code) == 503
     fp.stop()
     fp = start('queue = { size = 10, timeout = "30s" }')  # waits for the slot
-    assert with_one_in_flight(fp, lambda: get(port).status_code) == 200
+    assert with_one_in_flight(fp, queued_until_the_slot_frees) == 200

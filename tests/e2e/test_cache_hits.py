@@ -161,7 +161,7 @@ def test_breaker_transitions_are_in_the_error_log(forkproxy_factory, origin, mc)
         mc.thaw()
     wait_until(lambda: get(port, path).status_code == 200
                and "breaker closed" in fp.error_log(), timeout=20, what="the breaker closing")
-    assert "memcached" in fp.error_log()
+    fp.wait_error_log("memcached")
 
 
 def test_a_remembered_hit_head_still_fits_each_request(forkproxy_factory, origin, mc):

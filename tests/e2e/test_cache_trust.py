@@ -344,7 +344,7 @@ def test_purge_is_refused_by_default(forkproxy_factory, backend_factory, store):
     ask(port, path)
     assert ask(port, path, method="PURGE").status == 403
     assert ask(port, path).cache == "HIT"
-    assert "outside cache.purge_allowed (empty: PURGE is refused" in fp.error_log()
+    fp.wait_error_log("outside cache.purge_allowed (empty: PURGE is refused")
     # forkproxyctl purge without the admin endpoint says what to do
     out = fp.ctl("purge", f"http://127.0.0.1:{port}/p")
     assert out.returncode != 0 and "cache.purge_allowed must include 127.0.0.1" in out.stderr
@@ -362,7 +362,7 @@ def test_purge_judges_the_client_behind_a_trusted_proxy(forkproxy_factory, backe
     r = ask(port, path, method="PURGE", headers=[("X-Forwarded-For", "203.0.113.5")])
     assert r.status == 403
     assert ask(port, path).cache == "HIT"
-    assert "PURGE from 203.0.113.5, outside cache.purge_allowed" in fp.error_log()
+    fp.wait_error_log("PURGE from 203.0.113.5, outside cache.purge_allowed")
     # an untrusted peer's X-Forwarded-For is not believed: 127.0.0.2 is judged
     r = ask(port, path, method="PURGE", source="127.0.0.2",
             headers=[("X-Forwarded-For", "192.0.2.7")])

@@ -280,7 +280,7 @@ def test_logs_name_the_real_client_and_the_peer(backend_factory, forkproxy_facto
                    for line in lines), lines
     wait_until(lambda: '"GET /denied" -> 403' in fp.error_log(),
                what="the error-log line")
-    assert '203.0.113.9 via 127.0.0.1 "GET /denied" -> 403' in fp.error_log()
+    fp.wait_error_log('203.0.113.9 via 127.0.0.1 "GET /denied" -> 403')
 
 
 def test_logs_ignore_x_forwarded_for_from_an_untrusted_peer(backend_factory, forkproxy_factory):

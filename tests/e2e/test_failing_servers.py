@@ -249,7 +249,7 @@ read_timeout = "500ms"
     wait_until(lambda: "did not answer in time" in fp.error_log(), what="the 504's error line")
     line = next(l for l in fp.error_log().splitlines() if "did not answer in time" in l)
     assert "(retrying)" not in line  # one server: nothing is retried
-    assert fp.error_log().count("did not answer in time") == 1
+    assert fp.wait_error_log("did not answer in time").count("did not answer in time") == 1
 
     a.set_fault(ms=1500)
     b.set_fault(ms=1500)

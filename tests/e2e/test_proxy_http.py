@@ -415,7 +415,7 @@ def test_upstream_timeout_is_504(forkproxy_factory, backend_factory):
     fp, port = _single_pool(forkproxy_factory, slow.addr)
     r = requests.get(f"http://127.0.0.1:{port}/slow?ms=3000", timeout=10)
     assert r.status_code == 504
-    assert "did not answer in time" in fp.error_log()
+    fp.wait_error_log("did not answer in time")
 
 
 def test_upstream_closing_before_a_response_is_502(forkproxy_factory, backend_factory):
@@ -504,7 +504,7 @@ def test_bad_upstream_response_is_502(forkproxy_factory, lie):
         fp, port = _single_pool(forkproxy_factory, addr)
         assert requests.get(f"http://127.0.0.1:{port}/", timeout=10).status_code == 502
         assert requests.get(f"http://127.0.0.1:{port}/", timeout=10).status_code == 502
-    assert "invalid response" in fp.error_log()
+    fp.wait_error_log("invalid response")
 
 
 # -- access log ---------------------------------------------------------------------------

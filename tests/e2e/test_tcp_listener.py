@@ -207,7 +207,7 @@ def test_connect_failure_retries_another_server(servers, forkproxy_factory):
             c.sendall(b"%d" % i)
             c.shutdown(socket.SHUT_WR)
             assert recv_all(c) == b"%d" % i
-    assert f"server={dead}: connect" in fp.error_log()
+    fp.wait_error_log(f"server={dead}: connect")
 
 
 def test_idle_timeout_closes_both_sides(servers, forkproxy_factory):

@@ -21,7 +21,7 @@ from pathlib import Path
 from urllib.parse import urlsplit
 
 from . import procs
-from .procs import POLL, Proc, ProcError, children_of, free_port, wait_for_port
+from .procs import POLL, Proc, ProcError, children_of, free_port, wait_for_port, wait_until
 
 __all__ = ["ForkProxy", "Backend", "Memcached", "toml_value", "http_get", "REPO_ROOT", "BACKEND_PY"]
 
@@ -290,6 +290,13 @@ class ForkProxy:
 
     def error_log(self) -> str:
         return self._log("error_log")
+
+    def wait_error_log(self, text: str, timeout: float = 30) -> str:
+        """The error log once it holds ``text``.  A request's error line is
+        written when the request ends, after its response went out: a client
+        can read the answer before the line is there."""
+        wait_until(lambda: text in self.error_log(), timeout=timeout, what=f"{text!r} in the error log")
+        return self.error_log()
 
     def ctl(self, *args: str) -> subprocess.CompletedProcess:
         """``forkproxyctl -c <this config> ARGS`` as a subprocess (output captured)."""
