@@ -169,8 +169,8 @@ servers = [{{ addr = "{p1.addr}" }}, {{ addr = "{p2.addr}" }}, {{ addr = "{backu
     r = requests.get(url, timeout=10)
     assert r.status_code == 502
     assert "127.0.0.1" not in r.text
-    log = fp.error_log()
-    assert "pool=web" in log and "refused" in log
+    log = fp.wait_error_log("refused")
+    assert "pool=web" in log
 
 
 # -- keep-alive and pipelining -------------------------------------------------------
@@ -406,8 +406,8 @@ def test_upstream_refused_is_502_with_a_logged_reason(forkproxy_factory):
     r = requests.get(f"http://127.0.0.1:{port}/x", timeout=10)
     assert r.status_code == 502
     assert r.text == "502 Bad Gateway\n"
-    log = fp.error_log()
-    assert "route=0 pool=only" in log and dead in log and "refused" in log
+    log = fp.wait_error_log(dead)
+    assert "route=0 pool=only" in log and "refused" in log
 
 
 def test_upstream_timeout_is_504(forkproxy_factory, backend_factory):
