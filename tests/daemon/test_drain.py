@@ -55,8 +55,10 @@ def test_connections_accepted_as_the_drain_closes_the_listener_are_answered(
     finally:
         os.kill(worker, signal.SIGCONT)
     replies = [c.reply() for c in conns]
+    # Every one answered.  Not every answer says Connection: close: on a
+    # loaded machine the worker may serve a connection before it handles
+    # TERM (a clean-clone run saw it); the drain then closes it idle.
     assert [r.status for r in replies] == [200] * len(conns)
-    assert all(r.headers["Connection"] == "close" for r in replies)
     wait_until(lambda: not procs.pid_alive(worker), what="the drained worker to exit")
     assert "Traceback" not in fp.output()
 
