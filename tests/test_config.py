@@ -190,23 +190,39 @@ def test_config_is_frozen():
         cfg.server.workers = 9  # type: ignore[misc]
 
 
-def test_dataclass_defaults_match_declarations():
-    """The dataclass defaults and the SETTINGS defaults must not drift apart."""
-    classes = {"server": ServerConfig, "listener": ListenerConfig, "route": RouteConfig,
-               "pool": PoolConfig, "pool.servers": ServerEntry, "pool.health": HealthConfig, "pool.tls": PoolTlsConfig,
-               "listener.tls": TlsCert, "listener.certs": TlsCert,
-               "pool.sticky": StickyConfig, "pool.retry": RetryConfig, "pool.queue": QueueConfig,
-               "route.compress": config.CompressConfig, "cache": config.CacheConfig,
-               "route.deny": config.DenyConfig, "route.rate_limit": config.RateLimitConfig,
-               "route.rewrite": config.RewriteRule, "route.redirect": config.RedirectConfig,
-               "route.request_headers": config.HeaderRulesConfig,
-               "route.response_headers": config.HeaderRulesConfig}
-    for s in SETTINGS:
-        if s.required or s.name == "workers":  # (rewrite's required "from" is field "pattern")
-            continue
-        fld = {f.name: f for f in dataclasses.fields(classes[s.section])}[s.name]
-        expected = None if s.default is None else s.parse(s.default)
-        assert fld.default == expected, (s.section, s.name)
+def test_each_table_dataclass_is_made_from_its_keys():
+    """Every key is declared once: its section's dataclass has one field per
+    key, default ``parse(default)`` (none when required), one per sub-table,
+    and only the declared derived fields besides."""
+    from forkproxy.config.document import CLASSES
+    for sec in config.SECTIONS:
+        fields = {f.name: f for f in dataclasses.fields(CLASSES[sec.path])}
+        keys = [s for s in SETTINGS if s.section == sec.path]
+        subs = [c.key for c in config.SECTIONS if c.parent == sec.path]
+        derived = [d.name for d in sec.derived]
+        assert sorted(fields) == sorted([s.attribute for s in keys] + subs + derived), sec.path
+        for s in keys:
+            expected = (dataclasses.MISSING if s.required else None if s.default is None
+                        else s.parse(s.default))
+            assert fields[s.attribute].default == expected, (s.section, s.name)
+
+
+def test_the_dataclass_maker_orders_fields_for_positional_use():
+    """Fields without a default come first, in declaration order, derived
+    ones after the key they follow; sections sharing a class share keys."""
+    from forkproxy.config.schema import LAST, REQUIRED, Derived, Section, Setting, config_classes
+    sec = Section("t", "table", "[t]", "", cls="T", doc="A test table.",
+                  derived=(Derived("host", after="addr"), Derived("memo", after=LAST, default=0)))
+    keys = (Setting("t", "weight", "integer", 1, "", True, int),
+            Setting("t", "addr", "string", REQUIRED, "", True),
+            Setting("t", "from", "string", None, "", True, attr="pattern"))
+    cls = config_classes((sec,), keys, "here")["t"]
+    assert [f.name for f in dataclasses.fields(cls)] == ["addr", "host", "weight", "pattern", "memo"]
+    assert cls("a", "h") == cls(addr="a", host="h", weight=1, pattern=None, memo=0)
+    assert (cls.__module__, cls.__doc__) == ("here", "A test table.")
+    twin = Section("u", "table", "[u]", "", cls="T")
+    with pytest.raises(TypeError, match="shares T"):
+        config_classes((sec, twin), keys, "here")
 
 
 # --- bad configurations: exact "FILE:LINE: key: message" -------------------

@@ -2,8 +2,9 @@
 and speak TLS to the servers of pools that ask for it.
 
 Server side.  The ``ssl.SSLContext`` objects of a listener are built by
-``forkproxy.config`` when the file is loaded, in the master, before the
-workers fork: every worker of a generation shares their session ticket keys
+``net.tls_contexts`` (gevent-free), which the configuration loader calls when
+the file is loaded, in the master, before the workers fork: every worker of a
+generation shares their session ticket keys
 (a client resumes its session whichever worker accepts it) and keys are read
 with the master's privileges.  A reload loads the files again, so new
 certificates reach the next generation of workers; old workers keep theirs.

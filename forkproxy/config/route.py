@@ -1,0 +1,461 @@
+"""``[[route]]`` tables and their sub-tables: the edge rules (``deny``,
+``rate_limit``, ``rewrite``, ``redirect``, ``request_headers``,
+``response_headers``) and ``compress``.
+
+Their keys, each declared once, the dataclasses made from them, and the
+builders that check a table's keys together with the code that runs them.
+"""
+
+from __future__ import annotations
+
+from forkproxy.config.parsers import (
+    _access_list, _bool, _cookie_name, _duration, _error_pages, _header_names, _header_table,
+    _header_value, _hsts, _int, _listener_names, _media_types, _methods, _methods_or_none, _name,
+    _nonempty_str, _prefix, _protocol_names, _r_duration, _r_error_pages, _r_list,
+    _r_opt_duration, _r_opt_list, _r_size, _r_table, _rate, _rate_key, _regex, _route_host,
+    _rule_path, _set_cookie_mode, _size, _str,
+)
+from forkproxy.config.schema import (
+    _RELOAD, REQUIRED, Derived, Path, Section, Setting, config_classes, copied,
+)
+from forkproxy.core.access import DenyRule
+from forkproxy.core.rewrite import HeaderRules, compile_rewrites
+
+DEFAULT_COMPRESS_TYPES = (
+    "text/html", "text/css", "text/plain", "text/xml", "text/javascript",
+    "application/javascript", "application/json", "application/xml", "image/svg+xml",
+)
+
+SECTIONS: tuple[Section, ...] = (
+    Section(
+        "route",
+        "array",
+        "[[route]]",
+        "Routes send each request to a pool. "
+        "They are tried in file order and the first whose every condition holds wins. "
+        "A route without host, path or listener conditions matches every request. "
+        "A request that no route matches is answered 404.",
+        cls="RouteConfig",
+        doc="""One ``[[route]]``; ``index`` is its position in the file (0-based).""",
+        derived=(Derived("index"),),
+    ),
+    Section(
+        "route.deny",
+        "array",
+        "deny = [{ ... }]",
+        "Requests the route refuses, as an array of inline tables such as "
+        '[{ path = "/admin/" }, { header = "X-Debug", status = 404 }, '
+        '{ query_regex = "(^|&)debug=", methods = ["GET"] }]. '
+        "Every condition a rule gives must hold; the first rule that holds answers its "
+        "status (403 by default) and nothing goes upstream. "
+        "They run after access and methods, and before rate_limit. "
+        "Path and query are matched as received, before any rewrite. "
+        "Regular expressions are searched (anchor them yourself) with RE2, which matches in "
+        "time linear in the input whatever the pattern, and are compiled when the file is "
+        "loaded. RE2's syntax is Python's without backreferences, lookaround, conditionals, "
+        "atomic groups, possessive quantifiers and (?x); write \\z for \\Z; repetition "
+        "counts go up to 1000; \\d, \\w, \\s and \\b are ASCII-only; {,n} is literal "
+        "(write {0,n}). forkproxy -t refuses what RE2 cannot compile and says why.",
+        cls="DenyConfig",
+        doc="""One ``deny = [{ ... }]`` rule of a route (see ``core.access.DenyRule``).""",
+    ),
+    Section(
+        "route.rate_limit",
+        "table",
+        "rate_limit = { ... }",
+        "A token bucket per key, as an inline table such as "
+        '{ key = "ip", rate = "100r/s", burst = 50 } (nginx\'s limit_req with burst and '
+        "nodelay). "
+        "A full bucket admits burst requests at once, then one every 1/rate seconds; a "
+        "request over the limit is answered 429 with Retry-After (whole seconds, rounded "
+        "up) and nothing goes upstream. "
+        "The buckets live in shared memory, so the limit holds whichever worker serves "
+        "the request (up to one request per worker above it when several workers admit "
+        "the same key in the same instant). "
+        "Memory is bounded: each worker tracks up to keys keys and forgets the least "
+        "recently seen one first. "
+        "A reload starts every bucket full again.",
+        optional=True,
+        cls="RateLimitConfig",
+        doc="""``rate_limit = { ... }``: ``rate`` as written ("100r/s"); ``key`` "ip" or "header:NAME".""",
+    ),
+    Section(
+        "route.rewrite",
+        "array",
+        "rewrite = [{ ... }]",
+        "URL rewrites, as an array of inline tables such as "
+        '[{ from = "^/old/(.*)", to = "/new/$1" }], with nginx\'s rewrite semantics: '
+        "when the regular expression from is found in the path, the whole path becomes to, "
+        "expanded. "
+        "Every rule is tried, in order, after strip_prefix and add_prefix, each on the "
+        "result of the previous one. "
+        'In to, $1..$9 are the groups of from, ${name} or $name a named group or a variable '
+        "($remote_addr, $request_id, $route, $host, $scheme, $request_uri, $uri, $args, "
+        "$is_args), and $$ a dollar sign; $request_uri and $uri carry the canonical path "
+        "(see server.merge_slashes), and a rewritten path is made canonical again. "
+        'to must start with "/"; a "?" in it starts a new query that replaces the '
+        'request\'s ("/x?" drops it, "/x?a=1&$args" keeps it after a=1); without one the '
+        "query is kept. "
+        "Regular expressions are checked as in deny.",
+        cls="RewriteRule",
+        doc="""One ``rewrite = [{ from, to }]`` rule; ``pattern`` is the TOML key ``from``.""",
+    ),
+    Section(
+        "route.redirect",
+        "table",
+        "redirect = { ... }",
+        "Answer every request of the route with a redirect, as an inline table such as "
+        '{ to = "https://www.example.com$request_uri", status = 301 }. '
+        "forkproxy answers itself; nothing goes upstream. "
+        "to is expanded as in rewrite, after the rewrite steps ($uri and $args are the "
+        "rewritten path and query). "
+        "A Location that would start with // or /\\ (another host, to a browser) keeps one "
+        "slash: GET //evil.example with to = \"$uri/\" is sent to /evil.example/.",
+        optional=True,
+        cls="RedirectConfig",
+        doc="""``redirect = { ... }``: answer the route's requests with a redirect to ``to``.""",
+    ),
+    Section(
+        "route.request_headers",
+        "table",
+        "request_headers = { ... }",
+        "Header rules for the request sent upstream, as an inline table such as "
+        '{ set = { X-Env = "prod" }, add = { X-Client = "$remote_addr" }, remove = ["Cookie"] }. '
+        "Fields named in remove or set are removed, then the set fields are added, then "
+        "the add fields (a second value even when the field exists). "
+        "Values may use $remote_addr (the real client address), $request_id, $route (the "
+        "route's index), $host, $scheme and $upstream_addr (the server chosen; empty in "
+        "requests). "
+        "A field whose value expands to nothing, or to control characters, is left out. "
+        "Framing and hop-by-hop fields cannot be changed; Host can only be set (as "
+        "host_header does).",
+        optional=True,
+        cls="HeaderRulesConfig",
+        doc="""``request_headers`` / ``response_headers``: ``set`` and ``add`` as (name, template) pairs.""",
+    ),
+    Section(
+        "route.response_headers",
+        "table",
+        "response_headers = { ... }",
+        "Header rules for the response sent to the client, as request_headers. "
+        "They run after hide_headers and rewrite_location.",
+        optional=True,
+        cls="HeaderRulesConfig",
+        doc="""``request_headers`` / ``response_headers``: ``set`` and ``add`` as (name, template) pairs.""",
+    ),
+    Section(
+        "route.compress",
+        "table",
+        "compress = { ... }",
+        "Compress responses of the route on the fly, as an inline table such as "
+        '{ types = ["text/html", "application/json"], min_size = "1k", level = 6 } '
+        "(an empty table { } takes the defaults). "
+        "The coding is chosen from the client's Accept-Encoding, q-values included: "
+        "br (brotli, when the Python brotli package is installed) or gzip, brotli first "
+        "on a tie. "
+        "Bodies are compressed as they stream (never buffered whole) and sent chunked "
+        "(to HTTP/1.0 clients: until the connection closes), with Content-Encoding, "
+        "a weakened ETag (W/) and without Accept-Ranges. "
+        "Every response that could be compressed gets Vary: Accept-Encoding, also when "
+        "this client gets it uncompressed. "
+        "Left as they are: responses that already have a Content-Encoding, whose type is "
+        "not in types, whose Content-Length is below min_size, with "
+        "Cache-Control: no-transform, 204, 206 and 304 responses, and answers to HEAD. "
+        "Compression is the last step before the client: on a route with cache the cache "
+        "stores the representation the server sent, never a compressed copy of ours.",
+        optional=True,
+        cls="CompressConfig",
+        doc="""A route's ``compress = { ... }``: on-the-fly response compression.
+
+        ``types``: media types (``text/*`` and ``*`` allowed), lower case;
+        ``min_size`` in bytes (a known Content-Length below it is sent as it is);
+        ``level`` 1..9 (gzip's scale; mapped for brotli by ``net.compress``).
+        """,
+    ),
+)
+
+SETTINGS: tuple[Setting, ...] = (
+    Setting("route", "pool", "pool name", REQUIRED,
+            "The pool that serves the requests this route matches. It must exist.",
+            _RELOAD, _str, example="web"),
+    Setting("route", "listener", "listener name or array of names", [],
+            "Match only requests that arrived on one of these listeners. "
+            "Empty: any listener.",
+            _RELOAD, _listener_names, _r_list, example=["web"]),
+    Setting("route", "host", "host name", None,
+            'Match only this Host, exactly, or any subdomain with "*.example.com" '
+            "(not example.com itself). "
+            "Compared without case and without port.",
+            _RELOAD, _route_host, example="shop.example.com"),
+    Setting("route", "path", "path prefix", None,
+            'Match only paths starting with this prefix, which must start with "/". '
+            'Write "/api/" to match /api/x but not /apix. '
+            "Exclusive with path_regex. "
+            "Compared with the canonical path (see server.merge_slashes).",
+            _RELOAD, _rule_path, example="/api/"),
+    Setting("route", "path_regex", "regular expression", None,
+            "Match only paths where this regular expression (RE2, as in route.deny) is found. "
+            'Anchor it with "^" yourself. '
+            "Exclusive with path. "
+            "The path is the canonical one (see server.merge_slashes): no dot segments, "
+            "escapes of other than unreserved characters in uppercase hex.",
+            _RELOAD, _regex, example="^/(img|css)/"),
+    Setting("route", "host_header", "host name", None,
+            "Host header sent upstream instead of the client's.",
+            _RELOAD, _header_value, example="backend.internal"),
+    Setting("route", "max_body_size", "size", None,
+            "Overrides server.max_body_size for this route.",
+            _RELOAD, _size(0), _r_size, example="1g"),
+    Setting("route", "access", 'array of "allow CIDR" and "deny CIDR"', None,
+            "Overrides server.access for this route ([] allows every address).",
+            _RELOAD, _access_list, _r_opt_list, example=["allow 192.0.2.0/24", "deny all"]),
+    Setting("route", "methods", "array of method names", None,
+            "The only methods the route accepts; any other is answered 405 with an Allow "
+            "header. Allowing GET allows HEAD. Unset: every method.",
+            _RELOAD, _methods, _r_opt_list, example=["GET", "POST"]),
+    Setting("route", "strip_prefix", "path prefix", None,
+            "Removed from the start of the path before the request goes upstream, at a "
+            'segment boundary: "/api" turns /api/x into /x and /api into /, not /apix.',
+            _RELOAD, _prefix, example="/api"),
+    Setting("route", "add_prefix", "path prefix", None,
+            "Put in front of the path (after strip_prefix): \"/v2\" turns /x into /v2/x.",
+            _RELOAD, _prefix, example="/v2"),
+    Setting("route", "hide_headers", "array of header names", None,
+            "Overrides server.hide_headers for this route.",
+            _RELOAD, _header_names, _r_opt_list, example=["Server", "X-Powered-By", "X-Runtime"]),
+    Setting("route", "error_pages", 'table of status = "path"', None,
+            "Overrides server.error_pages for this route.",
+            _RELOAD, _error_pages, _r_error_pages, example={"503": "/etc/forkproxy/maint.html"}),
+    Setting("route", "rewrite_location", "boolean", True,
+            "Rewrite Location and Refresh response headers that point at the server's "
+            "address (or at host_header) to the host the client asked for, and drop the "
+            "Domain attribute of Set-Cookie headers that name the server's address, as "
+            "nginx's proxy_redirect default and proxy_cookie_domain.",
+            _RELOAD, _bool),
+    Setting("route", "body_timeout", "duration", None,
+            "Overrides server.body_timeout for this route.",
+            _RELOAD, _duration(False), _r_opt_duration, example="10s"),
+    Setting("route", "max_uri_length", "integer >= 1", None,
+            "Lower limit than server.max_uri_length for this route (answered 414); the "
+            "request head is read before routing, so the server's limit applies first.",
+            _RELOAD, _int(1), example=1024),
+    Setting("route", "max_headers", "integer >= 1", None,
+            "Lower limit than server.max_headers for this route (answered 431).",
+            _RELOAD, _int(1), example=50),
+    # deny = [{ ... }]
+    Setting("route.deny", "path", "path prefix", None,
+            "The path starts with this prefix (the canonical path: see server.merge_slashes).",
+            _RELOAD, _rule_path, example="/admin/"),
+    Setting("route.deny", "path_regex", "regular expression", None,
+            "The regular expression is found in the path.",
+            _RELOAD, _regex, example="\\.(git|env)(/|$)"),
+    Setting("route.deny", "query_regex", "regular expression", None,
+            "The regular expression is found in the query (the part after ?, empty when none).",
+            _RELOAD, _regex, example="(^|&)debug="),
+    Setting("route.deny", "header", "header name", None,
+            "The request has this header field.",
+            _RELOAD, _cookie_name, example="X-Debug"),
+    Setting("route.deny", "header_regex", "regular expression", None,
+            "With header: one of its values matches this regular expression.",
+            _RELOAD, _regex, example="(?i)sqlmap"),
+    Setting("route.deny", "methods", "array of method names", [],
+            "The request method is one of these. Empty: any method.",
+            _RELOAD, _methods_or_none, _r_list, example=["POST"]),
+    Setting("route.deny", "status", "integer 400..599", 403,
+            "The status of the answer.",
+            _RELOAD, _int(400, 599)),
+    # rate_limit = { ... }
+    Setting("route.rate_limit", "rate", '"Nr/s", "Nr/m" or "Nr/h"', REQUIRED,
+            "Sustained rate allowed per key.",
+            _RELOAD, _rate, example="100r/s"),
+    Setting("route.rate_limit", "key", '"ip" or "header:NAME"', "ip",
+            "What a bucket belongs to: the real client address, or the value of a request "
+            "header (requests without it are keyed by the client address).",
+            _RELOAD, _rate_key),
+    Setting("route.rate_limit", "burst", "integer 1..1000000", 1,
+            "Requests a full bucket admits at once.",
+            _RELOAD, _int(1, 1000000)),
+    Setting("route.rate_limit", "keys", "integer 16..10000000", 10000,
+            "Keys each worker tracks (32 bytes per key and worker slot).",
+            _RELOAD, _int(16, 10000000)),
+    # rewrite = [{ ... }]
+    Setting("route.rewrite", "from", "regular expression", REQUIRED,
+            "Searched in the path.",
+            _RELOAD, _regex, example="^/old/(.*)", attr="pattern"),
+    Setting("route.rewrite", "to", "path template", REQUIRED,
+            "The new path (and optionally query).",
+            _RELOAD, _str, example="/new/$1"),
+    # redirect = { ... }
+    Setting("route.redirect", "to", "URL template", REQUIRED,
+            "The Location of the answer.",
+            _RELOAD, _nonempty_str, example="https://example.com$request_uri"),
+    Setting("route.redirect", "status", "301, 302, 303, 307 or 308", 302,
+            "The status of the answer.",
+            _RELOAD, _int(301, 308)),
+    # request_headers and response_headers = { ... }
+    Setting("route.request_headers", "set", "table of name = value", {},
+            "Fields replaced (or added when absent).",
+            _RELOAD, _header_table, _r_table),
+    Setting("route.request_headers", "add", "table of name = value", {},
+            "Fields added.",
+            _RELOAD, _header_table, _r_table),
+    Setting("route.request_headers", "remove", "array of header names", [],
+            "Fields removed.",
+            _RELOAD, _header_names, _r_list),
+    Setting("route", "redirect_https", "boolean", False,
+            "Answer requests that arrived without TLS with a 308 redirect to the same URL "
+            "over https, as nginx's return 308 https://$host$request_uri. "
+            "The port is that of the first TLS listener the route accepts, left out when it "
+            "is 443.",
+            _RELOAD, _bool),
+    Setting("route", "hsts", "Strict-Transport-Security value", None,
+            "Add a Strict-Transport-Security header with this value to responses sent over "
+            "TLS (never over plain HTTP, as RFC 6797 says).",
+            _RELOAD, _hsts, example="max-age=31536000; includeSubDomains"),
+    Setting("route", "cache", "boolean", False,
+            "Serve this route's GET and HEAD requests through the shared cache ([cache]). "
+            "Unsafe methods (POST, PUT, DELETE...) on the route still invalidate what the "
+            "cache holds for their URL. "
+            "The cache stores the origin's response; hits go out through the route's "
+            "hide_headers, response_headers, rewrite_location and compress like any "
+            "other response.",
+            _RELOAD, _bool),
+    Setting("route", "cache_key", "name", None,
+            "The route's cache namespace: responses are stored and found under it, so no "
+            "other route ever serves them. "
+            "Routes that set the same name share their entries, on purpose (two listeners' "
+            "routes to one pool, say). "
+            "Unset: a digest of what makes the route (its listener list, host, path or "
+            "path_regex, pool, strip_prefix, add_prefix, rewrite, host_header and "
+            "request_headers), which stays the same across reloads as long as those do, so a "
+            "reload keeps the route's entries; changing one of them starts the route on an "
+            "empty cache. "
+            "Two routes never share by default: routes with the same listeners, host and "
+            "path could not both be reached. "
+            "A purge of a URL (PURGE, forkproxyctl purge) deletes it in every route that a "
+            "request for it reaches on any listener; a purge of a host, in every route.",
+            _RELOAD, _name, example="shop"),
+    Setting("route", "cache_set_cookie", '"no-store" or "strip"', "no-store",
+            "What the cache does with a response that sets a cookie (Set-Cookie), which "
+            "would hand one client's cookie to the next: not store it "
+            "(nginx's and Varnish's default), or store it without its Set-Cookie (as "
+            "Varnish's unset beresp.http.Set-Cookie); the client whose request fetched it "
+            "still gets its cookie. "
+            'A response with Cache-Control: private="Set-Cookie" (RFC 9111 5.2.2.7) is '
+            "stored without it either way; any other field a qualified private names is "
+            "never stored either.",
+            _RELOAD, _set_cookie_mode),
+    Setting("route", "request_buffering", "boolean", True,
+            "Read a request's whole body before choosing a server, as nginx's "
+            "proxy_request_buffering (on by default there too): a client that sends its body "
+            "slowly then holds no server, a body that does not come in time never reaches "
+            "one, and an idempotent request with a body (PUT, DELETE) may be retried on "
+            "another server. The body goes upstream with a Content-Length, a chunked one "
+            "too. When buffering, an Expect: 100-continue is answered by forkproxy. false "
+            "streams the body to the server as it comes (uploads larger than a server "
+            "should wait for, or that it answers before their end).",
+            _RELOAD, _bool),
+    Setting("route", "request_buffer_memory", "size", "64k",
+            "How much of a buffered request body is kept in memory; the rest of a larger "
+            "one goes to a file in server.runtime_dir, removed from the directory as soon "
+            "as it is opened (nginx's client_body_buffer_size).",
+            _RELOAD, _size(0), _r_size),
+    Setting("route", "request_buffer_timeout", "duration", "5m",
+            "Total time allowed to receive a buffered request body, from the end of its "
+            "head; past it the request is answered 408 and reaches no server. "
+            "body_timeout still bounds each wait between two reads.",
+            _RELOAD, _duration(False), _r_duration),
+    Setting("route", "tunnel_timeout", "duration", None,
+            "Overrides server.tunnel_timeout for this route.",
+            _RELOAD, _duration(False), _r_opt_duration, example="10m"),
+    Setting("route", "upgrade", "array of protocol names", ["websocket"],
+            "Protocols a request may switch to with Upgrade (a tunnel once the server "
+            "answers 101), compared by name without case or version. A request asking for "
+            "another one (such as h2c) goes upstream as a plain request without its "
+            "Upgrade, as nginx does for every Upgrade unless told to pass it; [] allows "
+            "none.",
+            _RELOAD, _protocol_names, _r_list),
+    Setting("route.compress", "types", "array of media types", list(DEFAULT_COMPRESS_TYPES),
+            'Media types to compress (the Content-Type without parameters): "text/html", '
+            '"text/*" for a whole family, or "*" for every type. '
+            "Responses without a Content-Type are never compressed.",
+            _RELOAD, _media_types, _r_list),
+    Setting("route.compress", "min_size", "size", "1k",
+            "Responses whose Content-Length is below this are sent uncompressed "
+            "(gzip would save little and cost a header). "
+            "Responses of unknown length (chunked) are compressed.",
+            _RELOAD, _size(0), _r_size),
+    Setting("route.compress", "level", "integer 1..9", 6,
+            "Compression level, gzip's scale: 1 is fastest, 9 smallest. "
+            "Brotli uses a quality of similar cost.",
+            _RELOAD, _int(1, 9)),
+)
+SETTINGS += copied(SETTINGS, "route.request_headers", "route.response_headers")
+
+_CLASSES = config_classes(SECTIONS, SETTINGS, __name__)
+RouteConfig = _CLASSES["route"]
+DenyConfig = _CLASSES["route.deny"]
+RateLimitConfig = _CLASSES["route.rate_limit"]
+RewriteRule = _CLASSES["route.rewrite"]
+RedirectConfig = _CLASSES["route.redirect"]
+HeaderRulesConfig = _CLASSES["route.request_headers"]
+CompressConfig = _CLASSES["route.compress"]
+
+
+# Builders: the values of one table (parsed, keyed by field) -> its
+# dataclass, with the checks that involve several keys of the table.
+# ``err(path, message)`` records an error.
+
+
+def _build_route(values: dict, path: Path, err) -> RouteConfig | None:
+    if values["path"] is not None and values["path_regex"] is not None:
+        err(path + ("path_regex",), "path and path_regex are exclusive: use one or the other")
+        return None
+    return RouteConfig(index=path[-1], **values)
+
+
+def _build_deny(values: dict, path: Path, err) -> DenyConfig | None:
+    try:
+        DenyRule(**{k: v for k, v in values.items() if k != "methods"},
+                 methods=frozenset(values["methods"]))
+    except ValueError as e:
+        err(path, str(e))
+        return None
+    return DenyConfig(**values)
+
+
+def _build_rewrite(values: dict, path: Path, err) -> RewriteRule | None:
+    try:
+        compile_rewrites(rewrite=[(values["pattern"], values["to"])])
+    except ValueError as e:
+        err(path + ("to",), str(e))
+        return None
+    return RewriteRule(**values)
+
+
+def _build_redirect(values: dict, path: Path, err) -> RedirectConfig | None:
+    try:
+        compile_rewrites(redirect=(values["to"], values["status"]))
+    except ValueError as e:
+        err(path + ("to" if "status" not in str(e) else "status",), str(e))
+        return None
+    return RedirectConfig(**values)
+
+
+def _build_header_rules(values: dict, path: Path, err) -> HeaderRulesConfig | None:
+    try:
+        HeaderRules(dict(values["set"]), dict(values["add"]), values["remove"])
+    except ValueError as e:
+        err(path, str(e))
+        return None
+    return HeaderRulesConfig(**values)
+
+
+BUILDERS = {
+    "route": _build_route,
+    "route.deny": _build_deny,
+    "route.rewrite": _build_rewrite,
+    "route.redirect": _build_redirect,
+    "route.request_headers": _build_header_rules,
+    "route.response_headers": _build_header_rules,
+}
