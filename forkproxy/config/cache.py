@@ -131,5 +131,5 @@ SETTINGS: tuple[Setting, ...] = (
             _RELOAD, _networks, _r_networks),
 )
 
-_CLASSES = config_classes(SECTIONS, SETTINGS, __name__)
-CacheConfig = _CLASSES["cache"]
+CLASSES = config_classes(SECTIONS, SETTINGS, __name__)
+CacheConfig = CLASSES["cache"]

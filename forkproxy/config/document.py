@@ -26,7 +26,7 @@ _MODULES = (server, cache, listener, route, pool)
 
 SECTIONS: tuple[Section, ...] = tuple(s for m in _MODULES for s in m.SECTIONS)
 SETTINGS: tuple[Setting, ...] = tuple(s for m in _MODULES for s in m.SETTINGS)
-CLASSES: dict[str, type] = {p: c for m in _MODULES for p, c in m._CLASSES.items()}
+CLASSES: dict[str, type] = {p: c for m in _MODULES for p, c in m.CLASSES.items()}
 
 
 def _default_builder(cls: type) -> Callable[[dict, Path, Any], Any]:
@@ -39,8 +39,8 @@ def _default_builder(cls: type) -> Callable[[dict, Path, Any], Any]:
 #: Section path -> ``build(values, path, err)``: the table's dataclass, or None
 #: after ``err(path, message)``; ``values`` are keyed by field name.
 BUILDERS: dict[str, Callable[[dict, Path, Any], Any]] = {
-    path: getattr(m, "BUILDERS", {}).get(path) or _default_builder(m._CLASSES[path])
-    for m in _MODULES for path in m._CLASSES
+    path: getattr(m, "BUILDERS", {}).get(path) or _default_builder(m.CLASSES[path])
+    for m in _MODULES for path in m.CLASSES
 }
 
 CHILDREN: dict[str | None, list[Section]] = {}

@@ -163,9 +163,9 @@ SETTINGS: tuple[Setting, ...] = (
 )
 SETTINGS += copied(SETTINGS, "listener.tls", "listener.certs")
 
-_CLASSES = config_classes(SECTIONS, SETTINGS, __name__)
-ListenerConfig = _CLASSES["listener"]
-TlsCert = _CLASSES["listener.tls"]
+CLASSES = config_classes(SECTIONS, SETTINGS, __name__)
+ListenerConfig = CLASSES["listener"]
+TlsCert = CLASSES["listener.tls"]
 
 
 # Builders: the values of one table (parsed, keyed by field) -> its

@@ -388,14 +388,14 @@ SETTINGS: tuple[Setting, ...] = (
             _RELOAD, _duration(False), _r_duration),
 )
 
-_CLASSES = config_classes(SECTIONS, SETTINGS, __name__)
-PoolConfig = _CLASSES["pool"]
-ServerEntry = _CLASSES["pool.servers"]
-PoolTlsConfig = _CLASSES["pool.tls"]
-HealthConfig = _CLASSES["pool.health"]
-StickyConfig = _CLASSES["pool.sticky"]
-RetryConfig = _CLASSES["pool.retry"]
-QueueConfig = _CLASSES["pool.queue"]
+CLASSES = config_classes(SECTIONS, SETTINGS, __name__)
+PoolConfig = CLASSES["pool"]
+ServerEntry = CLASSES["pool.servers"]
+PoolTlsConfig = CLASSES["pool.tls"]
+HealthConfig = CLASSES["pool.health"]
+StickyConfig = CLASSES["pool.sticky"]
+RetryConfig = CLASSES["pool.retry"]
+QueueConfig = CLASSES["pool.queue"]
 
 
 # Builders: the values of one table (parsed, keyed by field) -> its

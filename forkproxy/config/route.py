@@ -392,14 +392,14 @@ SETTINGS: tuple[Setting, ...] = (
 )
 SETTINGS += copied(SETTINGS, "route.request_headers", "route.response_headers")
 
-_CLASSES = config_classes(SECTIONS, SETTINGS, __name__)
-RouteConfig = _CLASSES["route"]
-DenyConfig = _CLASSES["route.deny"]
-RateLimitConfig = _CLASSES["route.rate_limit"]
-RewriteRule = _CLASSES["route.rewrite"]
-RedirectConfig = _CLASSES["route.redirect"]
-HeaderRulesConfig = _CLASSES["route.request_headers"]
-CompressConfig = _CLASSES["route.compress"]
+CLASSES = config_classes(SECTIONS, SETTINGS, __name__)
+RouteConfig = CLASSES["route"]
+DenyConfig = CLASSES["route.deny"]
+RateLimitConfig = CLASSES["route.rate_limit"]
+RewriteRule = CLASSES["route.rewrite"]
+RedirectConfig = CLASSES["route.redirect"]
+HeaderRulesConfig = CLASSES["route.request_headers"]
+CompressConfig = CLASSES["route.compress"]
 
 
 # Builders: the values of one table (parsed, keyed by field) -> its

@@ -224,5 +224,5 @@ SETTINGS: tuple[Setting, ...] = (
             _RELOAD, _host_names, _r_list, example=["forkproxy-admin.internal"]),
 )
 
-_CLASSES = config_classes(SECTIONS, SETTINGS, __name__)
-ServerConfig = _CLASSES["server"]
+CLASSES = config_classes(SECTIONS, SETTINGS, __name__)
+ServerConfig = CLASSES["server"]
