@@ -141,8 +141,9 @@ def config_classes(sections: tuple[Section, ...], settings: tuple[Setting, ...],
         specs = _fields(sec, keys, children)
         cls = by_name.get(sec.cls)
         if cls is None:
-            cls = dataclasses.make_dataclass(sec.cls, specs, frozen=True)
-            cls.__module__, cls.__doc__ = module, inspect.cleandoc(sec.doc)
+            # A docstring given here spares dataclass making one from the signature.
+            cls = dataclasses.make_dataclass(sec.cls, specs, frozen=True, namespace={
+                "__module__": module, "__doc__": inspect.cleandoc(sec.doc)})
             by_name[sec.cls] = cls
         elif [f.name for f in dataclasses.fields(cls)] != [name for name, _, _ in specs]:
             raise TypeError(f"{sec.path} shares {sec.cls} with a section of other keys")
