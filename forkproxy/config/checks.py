@@ -11,6 +11,7 @@ from forkproxy.config.units import Invalid, _is_ip, _quote, split_host_port
 from forkproxy.core.routing import RouteSpec, shadowed
 from forkproxy.errors import ConfigError
 
+#: How long ``warnings`` waits, in all, for the server names to resolve.
 RESOLVE_TIMEOUT = 2.0
 
 
