@@ -99,7 +99,7 @@ def sample() -> str:
     """conf/forkproxy.toml: every key with its default (or an example) and its help."""
     out = [
         "# forkproxy.toml: every key of forkproxy, with its default and its help.",
-        "# Generated from forkproxy/config.py by `python -m forkproxy.config --write-docs .`:",
+        "# Generated from the declarations in forkproxy/config/ by `python -m forkproxy.config --write-docs .`:",
         "# do not edit by hand.  Reference: forkproxy.toml(5).",
         "#",
         '# Durations take a unit: "500ms", "2s", "1.5s", "1m", "1h".  Sizes are bytes',
