@@ -1,5 +1,9 @@
 """gunicorn server hooks: where forkproxy's own state enters the master and workers.
 
+The master's hooks fill the master's state (``daemon.state.MasterState``,
+reached as ``arbiter.state``); the worker's build its runtime from its
+``daemon.state.WorkerContext`` alone (``build_runtime``).
+
 Master side: the runtime dir, the shared health table (``health.tbl``, one
 row per pool and server, rebuilt on reload with the rows of servers that
 stay), the checker lock file, and the worker slots (a respawned worker gets
