@@ -5,7 +5,8 @@ instantiates the worker class in the master, before the fork.  So
 ``ProxyWorker`` is an ``AsyncWorker`` that imports gevent only in the
 methods that run after the fork, and does there what gunicorn's
 ``GeventWorker`` does (``patch``, ``init_process``, ``notify``, the QUIT
-and USR1 handlers, mirrored from gunicorn 27), plus forkproxy's ``handle``,
+and USR1 handlers, mirrored from gunicorn 27; tests/daemon/test_gunicorn_shim.py
+fails when gunicorn's changes), plus forkproxy's ``handle``,
 which hands each accepted connection to forkproxy's session loop, and the
 graceful exit (``run``), which stops accepting at once and drains (see the
 class docstring).

@@ -104,3 +104,20 @@ def test_only_the_shim_uses_gunicorn_private_names_and_nothing_is_hung_on_its_ob
             found += [f"{path.name}: {m.group(0)}" for m in private.finditer(text)]
         found += [f"{path.name}: {m.group(0)}" for m in hung.finditer(text)]
     assert found == []
+
+
+def test_proxy_worker_mirrors_every_method_of_gunicorns_gevent_worker():
+    """``daemon.worker.ProxyWorker`` does what ``GeventWorker`` does without being
+    one (the master must not import gevent): a gunicorn release that changes
+    what ``GeventWorker`` overrides fails here, to be mirrored (or not) on purpose.
+    ``timeout_ctx`` and ``handle_request`` serve gunicorn's WSGI path only."""
+    from gunicorn.workers.ggevent import GeventWorker
+
+    from forkproxy.daemon.worker import ProxyWorker
+
+    overridden = {name for name in vars(GeventWorker) if not name.startswith("__")}
+    assert overridden == {"server_class", "wsgi_handler", "patch", "notify", "timeout_ctx",
+                          "run", "handle", "handle_request", "handle_quit", "handle_usr1",
+                          "init_process"}
+    mirrored = {"patch", "notify", "run", "handle", "handle_quit", "handle_usr1", "init_process"}
+    assert all(name in vars(ProxyWorker) for name in mirrored)
