@@ -47,6 +47,8 @@ LAZY_MODULES = (
     "idna", "gevent.resolver.thread", "gevent.threadpool", "gevent.resolver.blocking",
     "_strptime", "email.utils", "http.client", "urllib3.util.ssl_",
     "charset_normalizer", "certifi",
+    # ProxyWorker.run's own, imported there so that the master never loads gevent.
+    "gevent.server", "gevent.pool", "gevent.event",
 )
 
 
