@@ -334,7 +334,7 @@ def post_worker_init(worker) -> None:
     """Child, gevent patched: build this worker's runtime and start its greenlets."""
     import gevent
 
-    from forkproxy.net.session import Runtime, maintain
+    from forkproxy.net.listener import Runtime, maintain
 
     app = worker.app
     cfg = app.fp_config
@@ -362,7 +362,7 @@ def post_worker_init(worker) -> None:
         # After the fork: pylibmc clients must not be shared across processes.
         # Nothing connects here (the store connects on first use), so a
         # memcached that is down cannot fail the boot.
-        from forkproxy.net.caching import Cache
+        from forkproxy.net.http_cache import Cache
 
         worker.runtime.cache = Cache.from_config(cfg.cache, worker.log, worker.fp_cache_epochs)
     checker = start_checker(worker, cfg, table, app.fp_lock_fd)

@@ -35,7 +35,7 @@ from gunicorn.workers.base_async import AsyncWorker
 class ProxyWorker(AsyncWorker):
     """The pre-fork face of the worker; see the module docstring."""
 
-    runtime = None  # forkproxy.net.session.Runtime, set by the post_worker_init hook
+    runtime = None  # forkproxy.net.listener.Runtime, set by the post_worker_init hook
 
 
 # Imported lazily by the stdlib or by libraries, on paths a worker takes after
@@ -138,7 +138,7 @@ def become_gevent_worker(worker: ProxyWorker) -> None:
           kept accepting for up to a second after SIGTERM; and it waited for
           its servers' pools with one-second sleeps.  Here SIGTERM wakes the
           loop at once: the listeners are closed (the other generation takes
-          the accept queue), the runtime drains (see ``net.session``), and
+          the accept queue), the runtime drains (see ``net.listener``), and
           the worker exits as soon as no connection is left, or kills the
           rest at ``server.graceful_timeout``.
         - ``init_signals``: SIGTERM is delivered through gevent's loop (a

@@ -64,7 +64,7 @@ from forkproxy.core.metrics import render
 from forkproxy.core.status import snapshot, traffic
 from forkproxy.net.explain import BadQuestion, explain, request_for
 from forkproxy.net.leader import holder_pid
-from forkproxy.net.session import request_target
+from forkproxy.net.request_path import request_target
 
 __all__ = ["Admin"]
 

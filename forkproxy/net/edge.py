@@ -14,7 +14,7 @@ Session calls, in this order:
     the ``Answer`` to send instead (403, 404..., 405 with Allow, 429 with
     Retry-After, 414, 431, a redirect); otherwise ``.target`` is the target
     to send upstream (rewritten; ``target`` must be canonical, see
-    ``session.canonical_request``, and a rewritten path is made canonical
+    ``request_path.canonical_request``, and a rewritten path is made canonical
     again, 400 when it cannot be). The checks run in the order ACL, methods,
     limits, deny rules, rate limit, rewrites/redirect; an answer's ``why``
     names the rule, for the error log. ``rec.request_id`` is kept when set,

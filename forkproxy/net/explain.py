@@ -6,13 +6,13 @@ decisions on it, in the request path's order, stopping before anything
 leaves the worker:
 
 1. the head is parsed by ``core.http1`` with the server's limits (400, 414, 431);
-2. ``session.canonical_request`` (400 for a path no rule can judge),
-   ``session.request_target``, then the router (404 when no route matches);
+2. ``request_path.canonical_request`` (400 for a path no rule can judge),
+   ``request_path.request_target``, then the router (404 when no route matches);
 3. ``Edge.request(count=False)``: access list, methods, the route's limits,
-   deny rules, then rewrites or a redirect; ``session.https_location`` for a
-   ``redirect_https`` route; ``session.body_limit`` (413);
+   deny rules, then rewrites or a redirect; ``request_path.https_location`` for a
+   ``redirect_https`` route; ``request_path.body_limit`` (413);
 4. the cache: ``Cache.consult``, a lookup in the store (reads only);
-5. the server: ``session.sticky_choice``, else the pool's ``pick`` on a copy
+5. the server: ``forward.sticky_choice``, else the pool's ``pick`` on a copy
    of its balancer, so this worker's rotation does not move, and nothing is
    counted in flight.
 
@@ -45,7 +45,7 @@ REVALIDATED on a 304, MISS otherwise) and 504 (only-if-cached, nothing stored).
 ``request.host`` is the Host the request carries: a ``Host`` header among
 ``headers``, else the URL's authority.
 ``cache.key`` is the URL as the cache names it (the client's target, before
-rewrites), ``cache.namespace`` the route's (``net.caching.route_namespace``).
+rewrites), ``cache.namespace`` the route's (``net.http_cache.route_namespace``).
 """
 
 from __future__ import annotations
@@ -55,8 +55,10 @@ import copy
 from forkproxy.core import http1
 from forkproxy.core.cache_policy import Action
 from forkproxy.logs import AccessRecord
-from forkproxy.net.session import (Runtime, body_limit, canonical_request, https_location,
-                                   no_route_why, no_server_why, request_target, sticky_choice)
+from forkproxy.net.forward import sticky_choice
+from forkproxy.net.listener import Runtime
+from forkproxy.net.request_path import (body_limit, canonical_request, https_location, no_route_why,
+                                        no_server_why, request_target)
 
 __all__ = ["explain", "BadQuestion", "request_for"]
 
@@ -200,7 +202,7 @@ def _pool(pool, req, peer: str) -> dict:
 
 
 def _server(doc: dict, pool, req, peer: str) -> None:
-    """The server ``Session.exchange`` would try first, and the sticky cookie's part in it."""
+    """The server ``forward.exchange`` would try first, and the sticky cookie's part in it."""
     pinned, token = sticky_choice(pool, req)
     if pool.sticky is not None:
         named = pool.sticky.index(token) if token is not None else None

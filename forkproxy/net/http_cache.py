@@ -1,11 +1,11 @@
 """The shared HTTP cache in the proxy: the glue between ``Session``,
-``net.cache`` (bytes in memcached or memory) and ``core.cache_policy``
+``net.cache_store`` (bytes in memcached or memory) and ``core.cache_policy``
 (RFC 9111 as pure functions).
 
 CONTRACT (``Session`` makes three calls into it, nothing else):
 
 - ``Session.proxy`` hands a request to ``Cache.handle(...)`` instead of
-  ``Session.exchange`` when its route has ``cache = true`` (and every
+  ``forward.exchange`` when its route has ``cache = true`` (and every
   ``PURGE`` request when the cache is on).  ``handle`` answers from the
   store, or calls ``exchange`` itself with ``session.cache_hook`` set, and
   returns what ``exchange`` would: True when the connection may carry
@@ -78,8 +78,11 @@ from forkproxy.core import headers as hdr
 from forkproxy.core import http1
 from forkproxy.core.epochs import Epochs
 from forkproxy.logs import AccessRecord
-from forkproxy.net.cache import CacheError, MemcachedStore, MemoryStore, breaker_for
-from forkproxy.net.session import CLOCK, Abort, Session, framing_fields_out, request_target
+from forkproxy.net import forward
+from forkproxy.net.cache_store import CacheError, MemcachedStore, MemoryStore, breaker_for
+from forkproxy.net.relay import Abort
+from forkproxy.net.request_path import request_target
+from forkproxy.net.response import CLOCK, encoder_for, framing_fields_out
 
 log = logging.getLogger("forkproxy.cache")
 
@@ -312,7 +315,7 @@ class Cache:
 
     def namespaces_serving(self, rt, host: str | None, path: str) -> list[str]:
         """The namespaces of the cached routes a request for ``host`` (lower
-        case, no port: ``session.request_target``'s) and ``path`` reaches, on
+        case, no port: ``request_path.request_target``'s) and ``path`` reaches, on
         every listener of ``rt``: where a URL purge or invalidation looks."""
         found = []
         for lc in rt.cfg.listeners:
@@ -415,7 +418,7 @@ class Cache:
         """Answer ``req`` from the store or through ``s.exchange``; True to keep
         the connection.  ``target`` goes upstream (rewritten), ``key_target``
         (the client's) names the URL in the store.  A hit never builds the head
-        that would go upstream (``Session.upstream_head``): only a miss asks for it."""
+        that would go upstream (``forward.upstream_head``): only a miss asks for it."""
         method = req.method
         if method == "PURGE":
             return self.purge(s, req, rec, host, key_target, keep)
@@ -460,13 +463,13 @@ class Cache:
                  hook=None, validators=None) -> bool:
         """Through ``s.exchange``, with ``hook`` as the session's cache hook and
         ``validators`` (a revalidation) added to the upstream fields."""
-        headers, out_host = s.upstream_head(req, rec, host)
+        headers, out_host = forward.upstream_head(s, req, rec, host)
         if validators is not None:
             headers = _conditional(headers, validators)
         s.cache_hook = hook
         try:
-            return s.exchange(req, rec, pool, target, out_host, headers, framing, has_body,
-                              max_body, keep)
+            return forward.exchange(s, req, rec, pool, target, out_host, headers, framing, has_body,
+                                    max_body, keep)
         finally:
             s.cache_hook = None
             if hook is not None and hook.tee is not None:
@@ -514,10 +517,11 @@ class Cache:
         lock = key + "\nrefresh"
         if not self.store.lock(lock, self.cfg.lock_timeout):
             return
-        bg = Session(s.rt, s.listener, _NullClient(), ("127.0.0.1", 0))
+        # The class of ``s``: this module imports nothing of the connection loop.
+        bg = type(s)(s.rt, s.listener, _NullClient(), ("127.0.0.1", 0))
         bg.proto = s.proto
         greq = req._replace(method="GET", version="1.1")
-        headers, out_host = s.upstream_head(req, fg_rec, host)
+        headers, out_host = forward.upstream_head(s, req, fg_rec, host)
         hdrs = _conditional(headers, validators)
 
         def run():
@@ -525,7 +529,8 @@ class Cache:
             rec.route, rec.pool, rec.cache = fg_rec.route, pool.name, "REFRESH"
             bg.cache_hook = _Hook(self, bg, greq, rec, key, True, stale=stale)
             try:
-                bg.exchange(greq, rec, pool, target, out_host, hdrs, greq.framing, False, 0, True)
+                forward.exchange(bg, greq, rec, pool, target, out_host, hdrs, greq.framing, False, 0,
+                                 True)
             except Exception:  # a background refresh must never take anything down
                 self.log.debug("background refresh of a stale entry failed", exc_info=True)
             finally:
@@ -544,7 +549,7 @@ class Cache:
         The stored head is the origin's; on the way out it goes through the
         same response step as a relayed response: the route's hide_headers,
         rewrite_location and response_headers (``EdgeRequest.downstream``),
-        then its ``compress`` (``Session.encoder_for``).  With ``writer``,
+        then its ``compress`` (``response.encoder_for``).  With ``writer``,
         the (origin's) body is also written to it (a 304 merged into a
         stored entry re-stores it under the new head) and committed at the end.
         """
@@ -640,7 +645,7 @@ class Cache:
             out.append(("Strict-Transport-Security", s.hsts))
         encoder = None
         if body:
-            out, encoder = s.encoder_for(req, rec, code, entry.headers, out, reader.length)
+            out, encoder = encoder_for(s, req, rec, code, entry.headers, out, reader.length)
         keep, chunk_out = framing_fields_out(out, req.version, keep, encoder,
                                              "length" if body else "none", reader.length,
                                              keep_alive=s.rt.keep_alive)

@@ -1,6 +1,6 @@
 """The cache's store: memcached through pylibmc, guarded, or a per-worker LRU.
 
-CONTRACT (consumed by ``net.session``; HTTP semantics live in
+CONTRACT (consumed by ``net.http_cache``; HTTP semantics live in
 ``core.cache_policy``, this layer stores bytes):
 
 - ``get_entry(key) -> (head, BodyReader) | None``.  ``head`` is what the
@@ -47,7 +47,7 @@ CONTRACT (consumed by ``net.session``; HTTP semantics live in
   ``NAMESPACE_TTL``).
 - Breaker transitions ("memcached ... misbehaves, bypassing it", "...
   answers again") go to ``log`` (the worker's error log, given by
-  ``net.caching.make_store``; the ``forkproxy.cache`` logger otherwise).
+  ``net.http_cache.make_store``; the ``forkproxy.cache`` logger otherwise).
 - ``state`` -> dict: backend, servers, mode, breaker state
   ("closed", "open", "half-open") and counters.
 

@@ -1,0 +1,58 @@
+"""WebSocket (any protocol upgrade a route allows): after a 101, a two-way tunnel.
+
+``forward.attempt`` calls ``tunnel`` when the server switched protocols for a
+request that asked it to (``forward.upgrade_asked``); the bytes then go both
+ways through ``net.tunnel.Relay``, the relay the L4 proxy (``net.tcp_proxy``)
+uses too.
+"""
+
+from __future__ import annotations
+
+import time
+
+from forkproxy.core import headers as hdr
+from forkproxy.core import http1
+from forkproxy.logs import AccessRecord
+from forkproxy.net.sockio import sendall
+from forkproxy.net.tunnel import Relay
+from forkproxy.net.upstream import UpstreamConn
+
+
+def tunnel(s, rec: AccessRecord, conn: UpstreamConn, resp, early: bytes, t0,
+           extra=()) -> bool:
+    """A 101 to a request that asked for it: relay bytes both ways until both end.
+
+    The tunnel counts as a request in flight to its server (least_conn,
+    max_conns) for its whole life; it ends when either side closes or
+    resets, or after the route's tunnel_timeout without a byte either way.
+    A draining worker lets it run (up to graceful_timeout).  Bytes that
+    already came past the heads on either side (``early`` from the server,
+    ``s.buf`` from the client) go first.  Returns False: the client
+    connection is done.
+    """
+    rt = s.rt
+    rc = rt.routes[rec.route]
+    out = hdr.response_headers_for_client(resp.headers)
+    upgrade = resp.get("upgrade")
+    out.append(("Connection", "upgrade"))
+    if upgrade is not None:
+        out.append(("Upgrade", upgrade))
+    out.extend(extra)
+    rec.status = rec.upstream_status = 101
+    s._send(http1.serialize_response_head(101, resp.reason, out) + early)
+    rec.upstream_time = time.time() - t0
+    up = conn.sock
+    try:
+        if s.buf:
+            up.settimeout(rt.pools[rec.pool].cfg.send_timeout)
+            sendall(up, s.buf)
+            s.buf = b""
+        timeout = rc.tunnel_timeout if rc.tunnel_timeout is not None \
+            else rt.cfg.server.tunnel_timeout
+        Relay(s.client, up, timeout,
+              tls_client=hasattr(s.client, "unwrap")).run()
+    except OSError:  # the server went away before the early bytes reached it
+        pass
+    finally:
+        conn.close()
+    return False
