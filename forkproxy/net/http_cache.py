@@ -1,27 +1,28 @@
-"""The shared HTTP cache in the proxy: the glue between ``Session``,
+"""The shared HTTP cache in the proxy: the glue between the request path,
 ``net.cache_store`` (bytes in memcached or memory) and ``core.cache_policy``
-(RFC 9111 as pure functions).
+(RFC 9111 as pure functions).  It imports nothing of the connection loop.
 
-CONTRACT (``Session`` makes three calls into it, nothing else):
+CONTRACT (what the request path calls, with the request's ``Transaction``):
 
-- ``Session.proxy`` hands a request to ``Cache.handle(...)`` instead of
+- The connection loop hands a request to ``Cache.handle(s, tx)`` instead of
   ``forward.exchange`` when its route has ``cache = true`` (and every
   ``PURGE`` request when the cache is on).  ``handle`` answers from the
-  store, or calls ``exchange`` itself with ``session.cache_hook`` set, and
+  store, or calls ``forward.exchange`` itself with ``tx.hook`` set, and
   returns what ``exchange`` would: True when the connection may carry
   another request.
-- ``relay`` calls ``session.cache_hook.on_response(resp, framing)`` once the
+- ``forward.attempt`` calls ``tx.hook.on_response(resp, framing)`` once the
   response head is parsed and will be used (after any retry decision).  It
   returns a ``Tee``: either ``served`` (the cache answered the client itself:
   a 304 merged into the stored entry, or a stale entry served because the
-  origin answered 5xx; ``relay`` closes the upstream connection and returns
-  ``tee.keep``) or a sink whose ``headers`` are added to the client's and
-  which gets every piece of the origin's (decoded, uncompressed) body with
-  ``write`` and, once the body ended cleanly, ``commit``.  A body that does
-  not end cleanly is never committed, so never stored.
-- ``refuse`` calls ``session.cache_hook.on_refuse(rec, status)`` before a 5xx
-  error response: True when a stale entry was served instead
-  (stale-if-error with the pool down or unreachable).
+  origin answered 5xx; the upstream connection is closed and ``tee.keep``
+  returned) or a sink (``tx.tee``) whose ``headers`` are added to the
+  client's and which gets every piece of the origin's (decoded,
+  uncompressed) body with ``write`` and, once the body ended cleanly,
+  ``commit``.  A body that does not end cleanly is never committed, so
+  never stored.
+- ``refuse`` calls ``tx.hook.on_refuse(tx, status)`` before a 5xx error
+  response: True when a stale entry was served instead (stale-if-error with
+  the pool down or unreachable).
 
 Keys.  Each URL's primary key (``cache_policy.primary_key``: scheme, Host,
 target with its query) is prefixed with its authority's namespace token
@@ -29,8 +30,7 @@ target with its query) is prefixed with its authority's namespace token
 with its route's namespace (``route_namespace``: the route's ``cache_key``,
 else a digest of the route's definition), so no route ever serves what
 another stored.  The target is the client's, before the route's
-strip_prefix, add_prefix and rewrite (``Session.proxy`` passes it as
-``key_target``): two routes sharing a ``cache_key`` still keep
+strip_prefix, add_prefix and rewrite (``tx.asked_target``): two routes sharing a ``cache_key`` still keep
 ``/internal/x`` and ``/x`` apart.  A URL purge, and the invalidation by an
 unsafe request (RFC 9111 4.4), delete the URL in the namespace of every
 cached route that a request for it would reach on any listener
@@ -81,8 +81,10 @@ from forkproxy.logs import AccessRecord
 from forkproxy.net import forward
 from forkproxy.net.cache_store import CacheError, MemcachedStore, MemoryStore, breaker_for
 from forkproxy.net.relay import Abort
-from forkproxy.net.request_path import request_target
-from forkproxy.net.response import CLOCK, encoder_for, framing_fields_out
+from forkproxy.net.response import CLOSE, encoder_for, framing_fields_out, own_response
+from forkproxy.net.sockio import Timers
+from forkproxy.net.transaction import Transaction
+from forkproxy.net.upstream_http import upstream_fields
 
 log = logging.getLogger("forkproxy.cache")
 
@@ -203,33 +205,40 @@ class _Served(Tee):
         self.keep = keep
 
 
-class _NullClient:
-    """The client of a background refresh: every byte sent to it is dropped."""
+class _Background:
+    """Where a background refresh (stale-while-revalidate) sends its response:
+    nowhere.  It stands for the connection loop's session in ``forward.exchange``
+    (the runtime, a peer, the scheme, timers, ``_send``, ``refuse``), with no
+    client and no socket: the refreshed response only goes into the store."""
 
-    def send(self, data) -> int:
-        return len(data)
+    tls_version = None
+    buf = b""
 
-    def sendall(self, data) -> None:
+    def __init__(self, rt, proto: str):
+        self.rt = rt
+        self.peer = "127.0.0.1"
+        self.proto = proto
+        self.timers = Timers()
+
+    def _send(self, data) -> None:
         pass
 
-    def settimeout(self, t) -> None:
-        pass
-
-    def setsockopt(self, *args) -> None:
-        pass
-
-    def close(self) -> None:
-        pass
+    def refuse(self, tx, status: int, why: str, *, fields=()) -> None:
+        rec = tx.rec
+        rec.why = why
+        if status >= 500 and tx.hook is not None and tx.hook.on_refuse(tx, status):
+            return
+        rec.status = status
 
 
 class _Hook:
-    """``session.cache_hook`` for one exchange: stores the response, or serves
-    the stale entry on a 304 or an error (see the module contract)."""
+    """``tx.hook`` for one exchange: stores the response, or serves the stale
+    entry on a 304 or an error (see the module contract)."""
 
-    def __init__(self, cache: "Cache", s, req, rec, key: str | None, keep: bool,
-                 stale=None, on_store=None, invalidate=None):
-        self.cache, self.s, self.req, self.rec = cache, s, req, rec
-        self.key, self.keep, self.stale = key, keep, stale
+    def __init__(self, cache: "Cache", s, tx, key: str | None, stale=None, on_store=None,
+                 invalidate=None):
+        self.cache, self.s, self.tx = cache, s, tx
+        self.key, self.stale = key, stale
         # (namespace, scheme, host, client's target) of an unsafe request
         self.invalidate = invalidate
         self.on_store = on_store
@@ -238,16 +247,14 @@ class _Hook:
         self.tee: Tee | None = None
 
     def on_response(self, resp, rframing) -> Tee:
-        c, req, now = self.cache, self.req, time.time()
+        c, tx, now = self.cache, self.tx, time.time()
+        req, rec = tx.req, tx.rec
         self.resp = resp
         if self.invalidate is not None:
             # Before the response goes out: the client's next request must miss.
             ns, *url = self.invalidate
-            host = None
             for p in policy.invalidations(req.method, resp.status, *url, resp.headers):
-                if host is None:
-                    host = request_target(req)[1]
-                for other in c.namespaces_serving(self.s.rt, host, _path(p)) or [ns]:
+                for other in c.namespaces_serving(self.s.rt, tx.host, _path(p)) or [ns]:
                     c.invalidate(p, other)
         if self.stale is not None:
             entry, reader = self.stale
@@ -255,19 +262,19 @@ class _Hook:
                 new = policy.merge_304(entry, resp.headers, self.request_time, now,
                                        cdn_header=c.cdn)
                 writer = c.begin(self.key, new, req.headers) if self.key else None
-                c.serve(self.s, req, self.rec, new, reader, "REVALIDATED", self.keep, writer)
-                return _Served(self.keep)
+                c.serve(self.s, tx, new, reader, "REVALIDATED", tx.keep, writer)
+                return _Served(tx.keep)
             if resp.status in policy.ERROR_STATUSES and policy.stale_if_error_ok(
                     entry, now, req.headers, heuristic_max=c.hmax, cdn_header=c.cdn):
-                c.serve(self.s, req, self.rec, entry, reader, "STALE", self.keep)
-                return _Served(self.keep)
-        status = self.rec.cache or "MISS"
-        self.rec.cache = status
+                c.serve(self.s, tx, entry, reader, "STALE", tx.keep)
+                return _Served(tx.keep)
+        status = rec.cache or "MISS"
+        rec.cache = status
         extra = [(c.header, status)] if c.header else []
         writer = None
         if self.key is not None and req.method == "GET" and resp.status != 304:
             if policy.storable("GET", resp.status, req.headers, resp.headers, cdn_header=c.cdn,
-                               set_cookie=self.s.rt.routes[self.rec.route].cache_set_cookie):
+                               set_cookie=tx.rc.cache_set_cookie):
                 entry = policy.make_entry(resp.status, resp.reason, req.headers, resp.headers,
                                           self.request_time, now, cdn_header=c.cdn)
                 writer = c.begin(self.key, entry, req.headers)
@@ -276,15 +283,15 @@ class _Hook:
         self.tee = Tee(extra, writer, self.on_store)
         return self.tee
 
-    def on_refuse(self, rec, status: int) -> bool:
+    def on_refuse(self, tx, status: int) -> bool:
         if self.stale is None:
             return False
         entry, reader = self.stale
         c = self.cache
-        if not policy.stale_if_error_ok(entry, time.time(), self.req.headers,
+        if not policy.stale_if_error_ok(entry, time.time(), tx.req.headers,
                                         heuristic_max=c.hmax, cdn_header=c.cdn):
             return False
-        c.serve(self.s, self.req, rec, entry, reader, "STALE", False)
+        c.serve(self.s, tx, entry, reader, "STALE", False)
         return True
 
 
@@ -413,71 +420,68 @@ class Cache:
                           cdn_header=self.cdn)
         return _tuple_new(Lookup, (primary, key, False, entry, reader, d))  # Lookup(...), faster
 
-    def handle(self, s, req, rec, cached_route: bool, pool, host: str, target: str,
-               framing, has_body: bool, max_body, keep: bool, key_target: str) -> bool:
-        """Answer ``req`` from the store or through ``s.exchange``; True to keep
-        the connection.  ``target`` goes upstream (rewritten), ``key_target``
-        (the client's) names the URL in the store.  A hit never builds the head
-        that would go upstream (``forward.upstream_head``): only a miss asks for it."""
+    def handle(self, s, tx) -> bool:
+        """Answer ``tx.req`` from the store or through ``forward.exchange``; True
+        to keep the connection.  ``tx.target`` goes upstream (rewritten),
+        ``tx.asked_target`` (the client's) names the URL in the store.  A hit
+        never builds the head that would go upstream
+        (``upstream_http.upstream_fields``): only a miss asks for it."""
+        req, rec = tx.req, tx.rec
         method = req.method
         if method == "PURGE":
-            return self.purge(s, req, rec, host, key_target, keep)
+            return self.purge(s, tx)
+        cached_route = tx.rc.cache
         if cached_route:
-            ns = self.namespace(s.rt.routes[rec.route])
-            look = self.consult(s.proto, host, key_target, req, has_body, ns)
+            ns = self.namespace(tx.rc)
+            look = self.consult(s.proto, tx.host_value, tx.asked_target, req, tx.has_body, ns)
             d = look.decision
             if d is not None and d.action is _FRESH:  # a hit: nothing more to set up
-                return self.serve(s, req, rec, look.entry, look.reader, "HIT", keep)
+                return self.serve(s, tx, look.entry, look.reader, "HIT", tx.keep)
         # What a miss calls to go upstream (hook: the _Hook that sees the response).
-        forward = functools.partial(self._forward, s, req, rec, pool, host, target, framing,
-                                    has_body, max_body, keep)
+        forward = functools.partial(self._forward, s, tx)
         if not cached_route:
             return forward()
         if look.key is None:
             rec.cache = "BYPASS"
-            return forward(_Hook(self, s, req, rec, None, keep,
-                                 invalidate=(ns, s.proto, host or "", key_target)))
+            return forward(_Hook(self, s, tx, None,
+                                 invalidate=(ns, s.proto, tx.host_value or "", tx.asked_target)))
         key = look.key
         if look.passed:
-            return forward(_Hook(self, s, req, rec, key, keep))
+            return forward(_Hook(self, s, tx, key))
         entry, reader = look.entry, look.reader
         action = d.action
         if action is policy.Action.STALE_OK:
             if d.background_refresh:
-                self.refresh_later(s, req, rec, pool, key, host, target,
-                                   d.conditional_headers, (entry, reader))
-            return self.serve(s, req, rec, entry, reader, "STALE", keep)
+                self.refresh_later(s, tx, key, d.conditional_headers, (entry, reader))
+            return self.serve(s, tx, entry, reader, "STALE", tx.keep)
         if action is policy.Action.GATEWAY_TIMEOUT:
-            s.refuse(rec, 504, "only-if-cached and nothing usable in the cache")
+            s.refuse(tx, 504, "only-if-cached and nothing usable in the cache")
             return False
         if action is policy.Action.REVALIDATE:
-            return forward(_Hook(self, s, req, rec, key, keep, stale=(entry, reader)),
-                           d.conditional_headers)
+            return forward(_Hook(self, s, tx, key, stale=(entry, reader)), d.conditional_headers)
         # MISS
         if method != "GET" or any(n in CONDITIONAL_FIELDS for n, _ in req.headers):
-            return forward(_Hook(self, s, req, rec, key, keep))
-        return self.coalesced(s, req, rec, key, keep, forward)
+            return forward(_Hook(self, s, tx, key))
+        return self.coalesced(s, tx, key, forward)
 
     @staticmethod
-    def _forward(s, req, rec, pool, host, target, framing, has_body, max_body, keep,
-                 hook=None, validators=None) -> bool:
-        """Through ``s.exchange``, with ``hook`` as the session's cache hook and
-        ``validators`` (a revalidation) added to the upstream fields."""
-        headers, out_host = forward.upstream_head(s, req, rec, host)
-        if validators is not None:
-            headers = _conditional(headers, validators)
-        s.cache_hook = hook
+    def _forward(s, tx, hook=None, validators=None) -> bool:
+        """Through ``forward.exchange``, with ``hook`` as the transaction's cache
+        hook and ``validators`` (a revalidation) added to the upstream fields."""
+        headers, tx.out_host = upstream_fields(s, tx)
+        tx.headers = _conditional(headers, validators) if validators is not None else headers
+        tx.hook = hook
         try:
-            return forward.exchange(s, req, rec, pool, target, out_host, headers, framing, has_body,
-                                    max_body, keep)
+            return forward.exchange(s, tx)
         finally:
-            s.cache_hook = None
+            tx.hook = None
             if hook is not None and hook.tee is not None:
                 hook.tee.abort()  # no-op once committed
 
-    def coalesced(self, s, req, rec, key: str, keep: bool, forward) -> bool:
+    def coalesced(self, s, tx, key: str, forward) -> bool:
         """A GET miss: one request upstream per key across the fleet (module docstring)."""
         store = self.store
+        req = tx.req
         lock_ttl = self.cfg.lock_timeout
         if not store.lock(key, lock_ttl):
             deadline = time.monotonic() + lock_ttl
@@ -487,17 +491,17 @@ class Cache:
                 pause = min(pause * 2, 0.05)
                 found = self.lookup(key, req.headers)
                 if found is _PASS:
-                    return forward(_Hook(self, s, req, rec, key, keep))
+                    return forward(_Hook(self, s, tx, key))
                 if found is not None:
                     entry, reader = found
                     d = policy.decide(entry, req.method, req.headers, time.time(),
                                       heuristic_max=self.hmax, cdn_header=self.cdn)
                     if d.action is policy.Action.FRESH:
-                        return self.serve(s, req, rec, entry, reader, "HIT", keep)
+                        return self.serve(s, tx, entry, reader, "HIT", tx.keep)
                 if store.lock(key, lock_ttl):
                     break  # the holder finished (or died) without storing: our turn
                 if time.monotonic() >= deadline:
-                    return forward(_Hook(self, s, req, rec, key, keep))
+                    return forward(_Hook(self, s, tx, key))
         try:
             # Stored between our lookup and the lock (the previous holder's): use it.
             found = self.lookup(key, req.headers)
@@ -506,35 +510,35 @@ class Cache:
                 d = policy.decide(entry, req.method, req.headers, time.time(),
                                   heuristic_max=self.hmax, cdn_header=self.cdn)
                 if d.action is policy.Action.FRESH:
-                    return self.serve(s, req, rec, entry, reader, "HIT", keep)
-            return forward(_Hook(self, s, req, rec, key, keep))
+                    return self.serve(s, tx, entry, reader, "HIT", tx.keep)
+            return forward(_Hook(self, s, tx, key))
         finally:
             store.unlock(key)
 
-    def refresh_later(self, s, req, fg_rec, pool, key, host, target, validators,
-                      stale) -> None:
-        """stale-while-revalidate: one background conditional GET per key across the fleet."""
+    def refresh_later(self, s, tx, key, validators, stale) -> None:
+        """stale-while-revalidate: one background conditional GET per key across
+        the fleet, through the forwarding stage with no client (``_Background``)."""
         lock = key + "\nrefresh"
         if not self.store.lock(lock, self.cfg.lock_timeout):
             return
-        # The class of ``s``: this module imports nothing of the connection loop.
-        bg = type(s)(s.rt, s.listener, _NullClient(), ("127.0.0.1", 0))
-        bg.proto = s.proto
-        greq = req._replace(method="GET", version="1.1")
-        headers, out_host = forward.upstream_head(s, req, fg_rec, host)
-        hdrs = _conditional(headers, validators)
+        bg = _Background(s.rt, s.proto)
+        headers, out_host = upstream_fields(s, tx)  # the client's, as a miss would send
+        btx = Transaction(AccessRecord("-", time.time()), time.time())
+        btx.req = tx.req._replace(method="GET", version="1.1")
+        for name in ("host_value", "host", "path", "asked_target", "target", "rc", "pool"):
+            setattr(btx, name, getattr(tx, name))
+        btx.headers, btx.out_host, btx.keep = _conditional(headers, validators), out_host, True
+        rec = btx.rec
+        rec.route, rec.pool, rec.cache = tx.rc.index, tx.pool.name, "REFRESH"
 
         def run():
-            rec = AccessRecord("-", time.time())
-            rec.route, rec.pool, rec.cache = fg_rec.route, pool.name, "REFRESH"
-            bg.cache_hook = _Hook(self, bg, greq, rec, key, True, stale=stale)
+            btx.hook = _Hook(self, bg, btx, key, stale=stale)
             try:
-                forward.exchange(bg, greq, rec, pool, target, out_host, hdrs, greq.framing, False, 0,
-                                 True)
+                forward.exchange(bg, btx)
             except Exception:  # a background refresh must never take anything down
                 self.log.debug("background refresh of a stale entry failed", exc_info=True)
             finally:
-                bg.cache_hook = None
+                btx.hook = None
                 bg.timers.close()
                 self.store.unlock(lock)
 
@@ -542,7 +546,7 @@ class Cache:
 
     # -- answering from the store ----------------------------------------------
 
-    def serve(self, s, req, rec, entry: policy.Entry, reader, status: str, keep: bool,
+    def serve(self, s, tx, entry: policy.Entry, reader, status: str, keep: bool,
               writer=None) -> bool:
         """Send ``entry`` (or a 304 when the client's conditions hold) to the client.
 
@@ -553,8 +557,9 @@ class Cache:
         the (origin's) body is also written to it (a 304 merged into a
         stored entry re-stores it under the new head) and committed at the end.
         """
+        req, rec = tx.req, tx.rec
         keep = keep and not s.rt.draining
-        head, code, body, keep, encoder, chunk_out = self._head(s, req, rec, entry, reader, status,
+        head, code, body, keep, encoder, chunk_out = self._head(s, tx, entry, reader, status,
                                                                 keep, time.time())
         rec.status, rec.cache = code, status
         send_body = body and req.method != "HEAD"
@@ -594,7 +599,7 @@ class Cache:
             writer.commit()
         return keep
 
-    def _head(self, s, req, rec, entry: policy.Entry, reader, status: str, keep: bool,
+    def _head(self, s, tx, entry: policy.Entry, reader, status: str, keep: bool,
               now: float) -> tuple:
         """(head bytes, status code, has a body, keep, encoder or None, chunked) of the
         answer ``serve`` sends.
@@ -606,7 +611,7 @@ class Cache:
         version; hits on a hot entry ask for the same one all second long, so
         the last one made is remembered on the Entry object (one slot).
         """
-        er = s.edge_req
+        req, er, rc = tx.req, tx.edge, tx.rc
         if not policy.CLIENT_CONDITIONS.isdisjoint(map(_NAME, req.headers)) and \
                 policy.client_not_modified(entry, req.headers, req.method):
             code, reason, body = 304, "Not Modified", False
@@ -622,9 +627,10 @@ class Cache:
                 age = 0 if age < 0 else policy.DELTA_MAX
             rules = er.rules if er is not None else None
             if (rules is None or rules.resp_rules is None) and (
-                    rec.route is None or s.rt.routes[rec.route].compress is None):
+                    rc is None or rc.compress is None):
                 key = (age, reader.length, rules, s.proto, er.host_value if er is not None else None,
-                       rec.pool, status, s.hsts, keep, req.version)
+                       tx.pool.name if tx.pool is not None else None, status, tx.hsts, keep,
+                       req.version)
                 memo = entry.__dict__.get("_head")
                 if memo is not None and memo[0] == key:
                     return memo[1]
@@ -637,15 +643,15 @@ class Cache:
             out.append(("age", str(age)))
             out.append(fields[-1])  # Via
         if er is not None:  # hide_headers, rewrite_location, response_headers
-            out = er.downstream(out, "", self._servers(s, rec) if er.rules.rewrite_location
+            out = er.downstream(out, "", self._servers(tx) if er.rules.rewrite_location
                                 else None)
         if self.header:
             out.append((self.header, status))
-        if s.hsts is not None:
-            out.append(("Strict-Transport-Security", s.hsts))
+        if tx.hsts is not None:
+            out.append(("Strict-Transport-Security", tx.hsts))
         encoder = None
         if body:
-            out, encoder = encoder_for(s, req, rec, code, entry.headers, out, reader.length)
+            out, encoder = encoder_for(tx, code, entry.headers, out, reader.length)
         keep, chunk_out = framing_fields_out(out, req.version, keep, encoder,
                                              "length" if body else "none", reader.length,
                                              keep_alive=s.rt.keep_alive)
@@ -656,9 +662,9 @@ class Cache:
         return got
 
     @staticmethod
-    def _servers(s, rec) -> tuple:
+    def _servers(tx) -> tuple:
         """The addresses of the pool a stored response came from (rewrite_location)."""
-        pool = s.rt.pools.get(rec.pool) if rec.pool is not None else None
+        pool = tx.pool
         return tuple(srv.addr for srv in pool.servers) if pool is not None else ()
 
     # -- purge -------------------------------------------------------------------
@@ -676,37 +682,35 @@ class Cache:
         namespace; False when the store could not be told."""
         return self.store.bump_namespace(_authority(policy.primary_key("http", host or "", "/")))
 
-    def purge(self, s, req, rec, host: str, target: str, keep: bool) -> bool:
+    def purge(self, s, tx) -> bool:
         """PURGE URL deletes it (every variant, http and https, in every route
         that serves it); PURGE /* bumps the Host's namespace (every URL of it,
         every route).  200 done, 404 nothing was cached, 403 when the client
         (after server.trusted_proxies, as the access rules see it) is outside
         purge_allowed: a refusal of who asks, not of the method (no 405)."""
+        req, rec, host, target = tx.req, tx.rec, tx.host_value, tx.asked_target
         rec.cache = "PURGE"
-        client = s.edge_req.client if s.edge_req is not None else s.peer
+        client = tx.edge.client if tx.edge is not None else s.peer
         if not _allowed(client, self.cfg.purge_allowed):
-            s.refuse(rec, 403, f"PURGE from {client}, outside cache.purge_allowed"
+            s.refuse(tx, 403, f"PURGE from {client}, outside cache.purge_allowed"
                      + ("" if self.cfg.purge_allowed else " (empty: PURGE is refused; "
                         "forkproxyctl purge goes through the admin endpoint)"))
             return False
         if req.framing.kind != "none" and not (req.framing.kind == "length"
                                                and req.framing.length == 0):
-            s.refuse(rec, 400, "PURGE with a body")
+            s.refuse(tx, 400, "PURGE with a body")
             return False
         if target == "/*":
             code, text = (200, "purged every URL of the host\n") if self.purge_host(host) else \
                 (503, "the cache could not be reached\n")
         else:
             code, text = (200, "purged\n") if self.purge_url(
-                host, target, self.namespaces_serving(s.rt, *request_target(req)[1:3])) else \
+                host, target, self.namespaces_serving(s.rt, tx.host, tx.path)) else \
                 (404, "not in the cache\n")
-        body = text.encode()
-        keep = keep and not s.rt.draining
-        head = (f"HTTP/1.1 {code} {http1.reason_phrase(code)}\r\nDate: {CLOCK.date()}\r\n"
-                f"Content-Type: text/plain; charset=utf-8\r\nContent-Length: {len(body)}\r\n"
-                f"{'' if keep else 'Connection: close' + chr(13) + chr(10)}\r\n").encode()
+        keep = tx.keep and not s.rt.draining
         rec.status = code
-        s._send(head + body)
+        s._send(own_response(code, body=text.encode(), ctype="text/plain; charset=utf-8",
+                             connection="" if keep else CLOSE))
         return keep
 
 

@@ -29,12 +29,12 @@ from gevent.monkey import get_original
 from forkproxy.config import ListenerConfig
 from forkproxy.core import http1
 from forkproxy.logs import AccessRecord, error_line
-from forkproxy.net import forward, request_body
-from forkproxy.net.forward import upgrade_asked
+from forkproxy.net import forward, request_body, response
+from forkproxy.net.upstream_http import upgrade_asked, upstream_fields
 from forkproxy.net.relay import Abort, ClientGone
 from forkproxy.net.request_path import (body_limit, canonical_request, https_location,
                                         no_route_why, request_target)
-from forkproxy.net.response import CLOCK
+from forkproxy.net.transaction import Transaction
 from forkproxy.net.sockio import Timers, is_plain, recv_ready, send_within, wait_readable
 from forkproxy.net.upstream import RECV_SIZE
 
@@ -51,15 +51,7 @@ class Session:
 
     proto = "http"  # "https" when the connection came over TLS (set by Runtime)
     tls_version = sni = None  # a TLS connection's protocol and SNI name (set by Runtime)
-    hsts = None  # the matched route's Strict-Transport-Security value, over TLS only
-    edge_req = None  # the current request's net.edge.EdgeRequest (after routing)
-    spool = None  # the current request's body, read whole (route request_buffering)
-    cache_hook = None  # net.http_cache's hook for the exchange in progress (see its contract)
-    cache_tee = None  # the current response's net.http_cache.Tee: the origin's body goes in
-    # Sizes of the current request's head and of its response's: only small
-    # heads' results are remembered (upstream_fields, relay), so a client
-    # cannot make a worker keep more than CLIENT_HEADS small ones.
-    head_size = resp_head_size = 0
+    # Nothing of one request lives here: see net.transaction.
 
     def __init__(self, rt, listener: ListenerConfig, client: socket.socket, addr):
         self.rt = rt
@@ -276,14 +268,15 @@ class Session:
         rec = AccessRecord(self.peer, start)
         if self.tls_version is not None:
             rec.tls_version, rec.sni = self.tls_version, self.sni
+        tx = Transaction(rec, start)
         received, sent = self.received - len(self.buf), self.sent
         keep = False
         try:
             head = self.read_head()
             if head is None:
                 return False
-            self.head_size = len(head)
-            start = rec.start = time.time()
+            tx.head_size = len(head)
+            start = tx.start = rec.start = time.time()
             req = http1.parse_request_head(head, rt.limits)
             rec.method, rec.target, rec.version = req.method, req.target, req.version
             if rt.access_log.enabled:  # only the access log shows them
@@ -293,11 +286,11 @@ class Session:
                 rec.client = rt.edge.client(req, self.peer)
             # From here on every decision, the cache and the upstream head see
             # the canonical target; the logs keep the one received.
-            req = canonical_request(req, *rt.canon)
-            keep = self.proxy(req, rec)
+            tx.req = canonical_request(req, *rt.canon)
+            keep = self.proxy(tx)
             return keep
         except http1.ProtocolError as exc:
-            self.refuse(rec, exc.status,
+            self.refuse(tx, exc.status,
                         f"malformed request: {exc.reason}" if exc.status == 400 else exc.reason)
             return False
         except (ClientGone, Abort):
@@ -305,28 +298,32 @@ class Session:
         except Exception as exc:  # a bug must cost one request, never the worker
             rt.log.exception("internal error on a request from %s", self.peer)
             if not rec.status:
-                self.refuse(rec, 500, f"internal error: {exc!r}")
+                self.refuse(tx, 500, f"internal error: {exc!r}")
             return False
         finally:
-            if self.spool is not None:
-                self.spool.close()
-                self.spool = None
+            if tx.spool is not None:
+                tx.close()
             if rec.status:
-                rec.request_time = time.time() - start
-                # Bytes read past this request wait in self.buf for the next
-                # one; once the connection closes, every byte read was this one's.
-                rec.bytes_received = self.received - (len(self.buf) if keep else 0) - received
-                rec.bytes_sent = self.sent - sent
-                if rt.access_log.enabled:
-                    rt.access_log.write(rec)
-                if rec.status >= 400:  # error_line's first test, without the call
-                    line = error_line(rec)
-                    if line is not None:
-                        rt.log.log(line[0], "%s", line[1])
-                if rt.metrics is not None:
-                    rt.metrics.request(rec)
+                self.log(tx, received, sent, keep)
 
-    def refuse(self, rec: AccessRecord, status: int, why: str, *, fields=()) -> None:
+    def log(self, tx: Transaction, received: int, sent: int, keep: bool) -> None:
+        """The request's access-log line, error-log line and counters, once it ended."""
+        rt, rec = self.rt, tx.rec
+        rec.request_time = time.time() - tx.start
+        # Bytes read past this request wait in self.buf for the next
+        # one; once the connection closes, every byte read was this one's.
+        rec.bytes_received = self.received - (len(self.buf) if keep else 0) - received
+        rec.bytes_sent = self.sent - sent
+        if rt.access_log.enabled:
+            rt.access_log.write(rec)
+        if rec.status >= 400:  # error_line's first test, without the call
+            line = error_line(rec)
+            if line is not None:
+                rt.log.log(line[0], "%s", line[1])
+        if rt.metrics is not None:
+            rt.metrics.request(rec)
+
+    def refuse(self, tx: Transaction, status: int, why: str, *, fields=()) -> None:
         """Answer with forkproxy's own short error response and close.
 
         ``why`` says in words what made forkproxy answer so: the error log's
@@ -335,64 +332,58 @@ class Session:
         or the status line's text: never ``why`` (servers stay unnamed).
         ``fields``: extra header fields (Allow, Retry-After, Location).
         """
+        rec = tx.rec
         rec.why = why
-        if status >= 500 and self.cache_hook is not None and self.cache_hook.on_refuse(rec, status):
+        if status >= 500 and tx.hook is not None and tx.hook.on_refuse(tx, status):
             return  # stale-if-error: a stored response went out instead
         rec.status = status
-        reason = http1.reason_phrase(status)
-        body, ctype = self.rt.edge.page(rec.route, status) or (
-            f"{status} {reason}\n".encode(), "text/plain; charset=utf-8")
-        extra = "".join(f"{n}: {v}\r\n" for n, v in fields)
-        head = (f"HTTP/1.1 {status} {reason}\r\nDate: {CLOCK.date()}\r\n{extra}"
-                f"Content-Type: {ctype}\r\nContent-Length: {len(body)}\r\n"
-                f"Connection: close\r\n\r\n").encode()
+        page = self.rt.edge.page(tx.rc.index if tx.rc is not None else None, status)
         try:
-            self._send(head + (b"" if rec.method == "HEAD" else body))
+            self._send(response.error_response(status, fields, page, rec.method == "HEAD"))
         except ClientGone:
             pass
 
-    def redirect_https(self, req: http1.Request, rec: AccessRecord, host: str, target: str) -> bool:
+    def redirect_https(self, tx: Transaction) -> bool:
         """308 to the same URL over https (route redirect_https); True to keep the connection.
 
         The connection stays open only when the request had no body to skip.
         """
-        location = https_location(self.rt, rec.route, host, target)
+        req = tx.req
+        location = https_location(self.rt, tx.rc.index, tx.host, tx.target)
         framing = req.framing
         keep = (framing.kind == "none" or (framing.kind == "length" and not framing.length)) \
             and http1.wants_keep_alive(req.version, req.headers) and not self.rt.draining
-        rec.status = 308
-        head = (f"HTTP/1.1 308 Permanent Redirect\r\nDate: {CLOCK.date()}\r\n"
-                f"Location: {location}\r\nContent-Length: 0\r\n"
-                f"{self.rt.keep_alive_line if keep else 'Connection: close' + chr(13) + chr(10)}"
-                "\r\n").encode()
-        self._send(head)
+        tx.rec.status = 308
+        self._send(response.redirect(location, self.rt.keep_alive_line if keep else None))
         return keep
 
-    def proxy(self, req: http1.Request, rec: AccessRecord) -> bool:
+    def proxy(self, tx: Transaction) -> bool:
         rt = self.rt
+        req, rec = tx.req, tx.rec
         method = req.method
-        host_value, host, path, upstream_target = request_target(req)
-        rec.host = host
+        tx.host_value, host, path, upstream_target = request_target(req)
+        tx.host = rec.host = host
+        tx.path = path
         route = rt.router.match(self.listener.name, host, path)
         if route is None:
-            self.refuse(rec, 404, no_route_why(self.listener.name, host, path))
+            self.refuse(tx, 404, no_route_why(self.listener.name, host, path))
             return False
-        rc = rt.routes[route.index]
+        rc = tx.rc = rt.routes[route.index]
         rec.route = route.index
         rec.pool = route.pool
-        pool = rt.pools[route.pool]
-        er = self.edge_req = rt.edge.request(rc.index, req, rec, self.peer, self.proto, host,
-                                             upstream_target)
+        tx.pool = rt.pools[route.pool]
+        er = tx.edge = rt.edge.request(rc.index, req, rec, self.peer, self.proto, host,
+                                       upstream_target)
         if er.answer is not None:  # ACL, methods, deny, rate limit, redirect (net.edge)
-            self.refuse(rec, er.answer.status, er.answer.why, fields=er.answer.fields)
+            self.refuse(tx, er.answer.status, er.answer.why, fields=er.answer.fields)
             return False
-        asked_target, upstream_target = upstream_target, er.target  # the cache keys the first
+        tx.asked_target, tx.target = upstream_target, er.target  # the cache keys the first
         if rc.redirect_https and self.proto == "http":
-            return self.redirect_https(req, rec, host, upstream_target)
-        self.hsts = rc.hsts if self.proto == "https" else None
+            return self.redirect_https(tx)
+        tx.hsts = rc.hsts if self.proto == "https" else None
 
         framing = req.framing
-        max_body = body_limit(rt, rc, framing)
+        tx.max_body = body_limit(rt, rc, framing)
         has_body = framing.carries_body
 
         expect = req.expect
@@ -404,14 +395,11 @@ class Session:
                 # the expectation, so the upstream never waits on a 100.
                 self._send(CONTINUE)
         if has_body and rc.request_buffering and upgrade_asked(req) is None:
-            self.spool = request_body.buffer_body(self, rc, framing, max_body)
+            tx.spool = request_body.buffer_body(self, tx)
 
-        tokens = req.connection
-        client_keepalive = http1.keep_alive(req.version, tokens)
+        tx.keep = http1.keep_alive(req.version, req.connection)
         if rt.cache is not None and (rc.cache or method == "PURGE"):
             # A hit never goes upstream: the upstream head is built only when asked.
-            return rt.cache.handle(self, req, rec, rc.cache, pool, host_value, upstream_target,
-                                   framing, has_body, max_body, client_keepalive, asked_target)
-        headers, out_host = forward.upstream_fields(self, req, rc, er, host_value, tokens)
-        return forward.exchange(self, req, rec, pool, upstream_target, out_host, headers, framing,
-                                has_body, max_body, client_keepalive)
+            return rt.cache.handle(self, tx)
+        tx.headers, tx.out_host = upstream_fields(self, tx)
+        return forward.exchange(self, tx)

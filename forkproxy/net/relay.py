@@ -41,12 +41,12 @@ def up_recv(s, conn: UpstreamConn) -> bytes:
         t.stop()
 
 
-def relay_length(s, conn: UpstreamConn, head: bytes, data: bytes, length: int) -> None:
+def relay_length(s, tx, conn: UpstreamConn, head: bytes, data: bytes, length: int) -> None:
     if len(data) > length:
         conn.buf = data[length:]  # garbage past the body: never reuse this connection
         data = data[:length]
     remaining = length - len(data)
-    tee = s.cache_tee
+    tee = tx.tee
     if tee is not None and data:
         tee.write(data)
         if not remaining:
@@ -69,7 +69,7 @@ def relay_length(s, conn: UpstreamConn, head: bytes, data: bytes, length: int) -
         s._send(data)
 
 
-def relay_decoded(s, conn: UpstreamConn, head: bytes, data: bytes, framing,
+def relay_decoded(s, tx, conn: UpstreamConn, head: bytes, data: bytes, framing,
                   chunk_out: bool, encoder=None) -> bool:
     """Relay a chunked or close-delimited body; True when it ended cleanly framed.
 
@@ -80,7 +80,7 @@ def relay_decoded(s, conn: UpstreamConn, head: bytes, data: bytes, framing,
     """
     decoder = http1.make_decoder(framing, status=502, limits=s.rt.limits)
     pending = [head]
-    tee = s.cache_tee
+    tee = tx.tee
     while True:
         if data:
             try:

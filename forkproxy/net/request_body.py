@@ -41,9 +41,9 @@ def up_send(s, conn: UpstreamConn, data, *, sent: bool) -> None:
         raise UpstreamSendError(exc.strerror or str(exc), sent) from None
 
 
-def _client_body_read(s) -> bytes:
+def _client_body_read(s, tx) -> bytes:
     try:
-        data = s._recv(s.edge_req.body_timeout if s.edge_req is not None
+        data = s._recv(tx.edge.body_timeout if tx.edge is not None
                        else s.rt.cfg.server.body_timeout)
     except socket.timeout:
         raise ClientGone() from None
@@ -52,16 +52,17 @@ def _client_body_read(s) -> bytes:
     return data
 
 
-def buffer_body(s, rc, framing, max_body: int) -> Spool:
+def buffer_body(s, tx) -> Spool:
     """The request's whole body, read before a server is chosen (route
     request_buffering): in memory up to request_buffer_memory, then in a
     file (net.spool).
 
     Raises ``ProtocolError``: 408 when it has not all come within the
     route's request_buffer_timeout, or nothing came for body_timeout;
-    413 for a chunked body over ``max_body``; 400 for bad chunks; 500
+    413 for a chunked body over ``tx.max_body``; 400 for bad chunks; 500
     when it cannot be stored.  Bytes past the body stay in ``s.buf``.
     """
+    rc, framing, max_body = tx.rc, tx.req.framing, tx.max_body
     spool = Spool(rc.request_buffer_memory, s.rt.body_dir)
     deadline = time.monotonic() + rc.request_buffer_timeout
     data, s.buf = s.buf, b""
@@ -71,7 +72,7 @@ def buffer_body(s, rc, framing, max_body: int) -> Spool:
             while len(data) < remaining:
                 spool.write(data)
                 remaining -= len(data)
-                data = _buffered_read(s, rc, deadline)
+                data = _buffered_read(s, tx, deadline)
             spool.write(data[:remaining])
             s.buf = data[remaining:]
             return spool
@@ -87,7 +88,7 @@ def buffer_body(s, rc, framing, max_body: int) -> Spool:
                 if decoder.done:
                     s.buf = leftover
                     return spool
-            data = _buffered_read(s, rc, deadline)
+            data = _buffered_read(s, tx, deadline)
     except OSError as exc:  # the file of a large body (not socket errors: ClientGone)
         spool.close()
         raise http1.ProtocolError(500, f"cannot store the request body in "
@@ -97,8 +98,9 @@ def buffer_body(s, rc, framing, max_body: int) -> Spool:
         raise
 
 
-def _buffered_read(s, rc, deadline: float) -> bytes:
-    idle = s.edge_req.body_timeout if s.edge_req is not None \
+def _buffered_read(s, tx, deadline: float) -> bytes:
+    rc = tx.rc
+    idle = tx.edge.body_timeout if tx.edge is not None \
         else s.rt.cfg.server.body_timeout
     left = deadline - time.monotonic()
     try:
@@ -117,22 +119,22 @@ def _buffered_read(s, rc, deadline: float) -> bytes:
     return data
 
 
-def send_spooled(s, conn: UpstreamConn, head: bytes) -> None:
+def send_spooled(s, tx, conn: UpstreamConn, head: bytes) -> None:
     """The head and the buffered body (``buffer_body``) to the server."""
     sent = False
-    for piece in s.spool.pieces(head):
+    for piece in tx.spool.pieces(head):
         up_send(s, conn, piece, sent=sent)
         sent = True
 
 
-def send_length_body(s, conn: UpstreamConn, head: bytes, length: int) -> None:
+def send_length_body(s, tx, conn: UpstreamConn, head: bytes, length: int) -> None:
     buf = s.buf
     first = buf[:length]
     remaining = length - len(first)
     up_send(s, conn, head + first, sent=False)
     s.buf = buf[length:]  # only now: a failed first send is retried with them
     while remaining:
-        data = _client_body_read(s)
+        data = _client_body_read(s, tx)
         if len(data) > remaining:
             s.buf = data[remaining:]
             data = data[:remaining]
@@ -140,7 +142,7 @@ def send_length_body(s, conn: UpstreamConn, head: bytes, length: int) -> None:
         up_send(s, conn, data, sent=True)
 
 
-def send_chunked_body(s, conn: UpstreamConn, head: bytes, max_body: int) -> None:
+def send_chunked_body(s, tx, conn: UpstreamConn, head: bytes, max_body: int) -> None:
     decoder = http1.make_decoder(http1.CHUNKED, status=400,
                                  limits=s.rt.limits)
     up_send(s, conn, head, sent=False)  # first: a failed one is retried with s.buf intact
@@ -163,6 +165,6 @@ def send_chunked_body(s, conn: UpstreamConn, head: bytes, max_body: int) -> None
                 up_send(s, conn, b"".join(out), sent=True)
             if decoder.done:
                 return
-        data = _client_body_read(s)
+        data = _client_body_read(s, tx)
 
 # -- responses ---------------------------------------------------------

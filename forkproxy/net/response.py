@@ -15,7 +15,6 @@ import time
 from forkproxy.core import encoding
 from forkproxy.core import headers as hdr
 from forkproxy.core import http1
-from forkproxy.logs import AccessRecord
 from forkproxy.net import compress
 
 REWRITTEN_RESPONSE_FIELDS = frozenset({"content-length"})
@@ -39,6 +38,34 @@ class _Clock:
 
 
 CLOCK = _Clock()
+CLOSE = "Connection: close\r\n"
+
+
+def own_response(status: int, fields=(), body: bytes = b"", ctype: str | None = None,
+                 connection: str = CLOSE, head_only: bool = False) -> bytes:
+    """A response forkproxy writes itself (an error, a redirect, a PURGE's answer):
+    status line, Date, ``fields``, Content-Type (with ``ctype``), Content-Length,
+    ``connection`` (a whole header line, or ""), then ``body`` unless ``head_only``."""
+    extra = "".join(f"{n}: {v}\r\n" for n, v in fields)
+    ctype_line = f"Content-Type: {ctype}\r\n" if ctype is not None else ""
+    head = (f"HTTP/1.1 {status} {http1.reason_phrase(status)}\r\nDate: {CLOCK.date()}\r\n"
+            f"{extra}{ctype_line}Content-Length: {len(body)}\r\n{connection}\r\n").encode()
+    return head if head_only else head + body
+
+
+def error_response(status: int, fields, page, head_only: bool) -> bytes:
+    """forkproxy's own error response, which closes the connection: ``page``
+    (body, type) is the route's error page, else the status line's text."""
+    body, ctype = page or (f"{status} {http1.reason_phrase(status)}\n".encode(),
+                           "text/plain; charset=utf-8")
+    return own_response(status, fields, body, ctype, head_only=head_only)
+
+
+def redirect(location: str, keep_alive_line: str | None) -> bytes:
+    """A 308 to ``location``; ``keep_alive_line``: the kept connection's Keep-Alive
+    line (None: the connection closes)."""
+    return own_response(308, (("Location", location),),
+                        connection=CLOSE if keep_alive_line is None else keep_alive_line)
 
 
 def framing_fields_out(out: list, version: str, keep: bool, encoder, kind: str,
@@ -104,34 +131,33 @@ def _compressed(out: list, req, cz):
     return out, compress.new(coding, cz.level)
 
 
-def client_head(s, req, rec, resp, rframing, conn, extra, tee, keep) -> tuple:
+def client_head(s, tx, resp, rframing, conn, extra, keep) -> tuple:
     """(head bytes, keep, chunked, encoder or None, upstream keep-alive) of the
     response ``forward.attempt`` sends the client for ``resp``."""
     tokens = http1.connection_tokens(resp.headers)
     out = hdr.response_headers_for_client(
         resp.headers, also=REWRITTEN_RESPONSE_FIELDS if rframing.kind != "none" else frozenset(),
         tokens=tokens)
-    if s.edge_req is not None:  # hide_headers, rewrite_location, response_headers
-        out = s.edge_req.downstream(out, conn.server.addr)
+    if tx.edge is not None:  # hide_headers, rewrite_location, response_headers
+        out = tx.edge.downstream(out, conn.server.addr)
     if resp.get("date") is None:  # RFC 9110 6.6.1: an origin without a clock
         out.append(("Date", CLOCK.date()))
-    if s.hsts is not None:
-        out.append(("Strict-Transport-Security", s.hsts))
+    if tx.hsts is not None:
+        out.append(("Strict-Transport-Security", tx.hsts))
     out.extend(extra)
-    if tee is not None:
-        out.extend(tee.headers)
-    out, encoder = encoder_for(s, req, rec, resp.status, resp.headers, out,
+    if tx.tee is not None:
+        out.extend(tx.tee.headers)
+    out, encoder = encoder_for(tx, resp.status, resp.headers, out,
                                rframing.length if rframing.kind == "length" else None,
                                rframing.codings)
-    keep, chunk_out = framing_fields_out(out, req.version, keep, encoder, rframing.kind,
+    keep, chunk_out = framing_fields_out(out, tx.req.version, keep, encoder, rframing.kind,
                                          rframing.length, rframing.codings,
                                          s.rt.keep_alive)
     return (http1.serialize_response_head(resp.status, resp.reason, out), keep, chunk_out,
             encoder, http1.keep_alive(resp.version, tokens))
 
 
-def encoder_for(s, req, rec: AccessRecord, status: int, origin_headers, out: list,
-                length: int | None, codings=()):
+def encoder_for(tx, status: int, origin_headers, out: list, length: int | None, codings=()):
     """(client headers, encoder or None): the route's ``compress`` applied to one response.
 
     The hook for every path that sends a response body (relay, cache
@@ -141,7 +167,8 @@ def encoder_for(s, req, rec: AccessRecord, status: int, origin_headers, out: lis
     body chunked (or until close), pass every piece through
     ``encoder.feed`` and end with ``encoder.finish()``.
     """
-    cz = s.rt.routes[rec.route].compress if rec.route is not None else None
+    cz = tx.rc.compress if tx.rc is not None else None
+    req = tx.req
     if cz is None or not encoding.eligible(req.method, status, origin_headers,
                                            types=cz.types, min_size=cz.min_size,
                                            length=length, transfer_codings=codings):

@@ -6,7 +6,8 @@ terminates TLS, and after reading the client's PROXY header, when it
 accepts one):
 
 - the server is chosen by the pool's balancer (the client's address is the
-  key of ip_hash and hash); a connect error or timeout counts as a passive
+  key of ip_hash and hash) through ``net.forward.ServerChoice``, as for an
+  HTTP request; a connect error or timeout counts as a passive
   failure and the next server is tried, each at most once; when none can
   be reached the client connection is closed (there is nothing else to say
   at Layer 4);
@@ -24,6 +25,7 @@ import time
 
 from forkproxy.config import ListenerConfig
 from forkproxy.core import proxy_protocol
+from forkproxy.net.forward import ServerChoice
 from forkproxy.net.tls import wrap_upstream
 from forkproxy.net.tunnel import Relay
 
@@ -61,16 +63,16 @@ def serve(rt, listener: ListenerConfig, client, peer: tuple, local: tuple) -> No
 def _connect(rt, pool, peer, local):
     """(socket, index) of the first server that accepts; (None, None) when none does."""
     cfg = pool.cfg
-    tried: set[int] = set()
     key = peer[0].encode() if peer else None
+    choice = ServerChoice(pool, lambda tried: pool.balancer.pick(pool, key=key, rng=_RNG,
+                                                                 exclude=tried))
     while True:
-        i = pool.balancer.pick(pool, key=key, rng=_RNG, exclude=tried)
+        i = choice.next()
         if i is None:
             rt.log.error("tcp pool=%s: no server available for %s%s", pool.name,
-                         peer[0] if peer else "-", " (all tried)" if tried else "")
+                         peer[0] if peer else "-", " (all tried)" if choice.tried else "")
             return None, None
         server = pool.servers[i]
-        tried.add(i)
         try:
             up = socket.create_connection((server.host, server.port), timeout=cfg.connect_timeout)
             up.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
@@ -84,5 +86,6 @@ def _connect(rt, pool, peer, local):
                 getattr(exc, "reason", None) or exc.strerror or exc)
             rt.log.warning("tcp pool=%s server=%s: connect: %s", pool.name, server.addr, reason)
             pool.failed(i, time.time())
+            choice.failed(i)
             continue
         return up, i

@@ -12,14 +12,12 @@ import time
 
 from forkproxy.core import headers as hdr
 from forkproxy.core import http1
-from forkproxy.logs import AccessRecord
 from forkproxy.net.sockio import sendall
 from forkproxy.net.tunnel import Relay
 from forkproxy.net.upstream import UpstreamConn
 
 
-def tunnel(s, rec: AccessRecord, conn: UpstreamConn, resp, early: bytes, t0,
-           extra=()) -> bool:
+def tunnel(s, tx, conn: UpstreamConn, resp, early: bytes, extra=()) -> bool:
     """A 101 to a request that asked for it: relay bytes both ways until both end.
 
     The tunnel counts as a request in flight to its server (least_conn,
@@ -30,8 +28,7 @@ def tunnel(s, rec: AccessRecord, conn: UpstreamConn, resp, early: bytes, t0,
     ``s.buf`` from the client) go first.  Returns False: the client
     connection is done.
     """
-    rt = s.rt
-    rc = rt.routes[rec.route]
+    rt, rc, rec = s.rt, tx.rc, tx.rec
     out = hdr.response_headers_for_client(resp.headers)
     upgrade = resp.get("upgrade")
     out.append(("Connection", "upgrade"))
@@ -40,11 +37,11 @@ def tunnel(s, rec: AccessRecord, conn: UpstreamConn, resp, early: bytes, t0,
     out.extend(extra)
     rec.status = rec.upstream_status = 101
     s._send(http1.serialize_response_head(101, resp.reason, out) + early)
-    rec.upstream_time = time.time() - t0
+    rec.upstream_time = time.time() - tx.upstream_start
     up = conn.sock
     try:
         if s.buf:
-            up.settimeout(rt.pools[rec.pool].cfg.send_timeout)
+            up.settimeout(tx.pool.cfg.send_timeout)
             sendall(up, s.buf)
             s.buf = b""
         timeout = rc.tunnel_timeout if rc.tunnel_timeout is not None \
