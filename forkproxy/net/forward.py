@@ -112,7 +112,8 @@ class ServerChoice:
 def exchange(s, tx) -> bool:
     """Pick a server, send the request, relay the response; fail over when allowed.
 
-    The server a valid sticky cookie names comes first.  After a failed
+    The server a valid sticky cookie names (``tx.pinned``, from the
+    balancing stage) comes first.  After a failed
     attempt (forkproxy.toml(5), retry):
     - a pooled connection found closed is retried once on a new
       connection to the same server (not counted as a try);
@@ -132,10 +133,9 @@ def exchange(s, tx) -> bool:
     rt, pool, req = s.rt, tx.pool, tx.req
     # A buffered body can be sent again (route request_buffering).
     replayable = (not tx.has_body or tx.spool is not None) and req.method in IDEMPOTENT
-    pinned, token = sticky_choice(pool, req) if pool.sticky is not None else (None, None)
     metrics = rt.metrics
-    choice = ServerChoice(pool, lambda tried: pool.pick(req, s.peer, tried), pool.retry, pinned,
-                          queue=True, on_retry=None if metrics is None
+    choice = ServerChoice(pool, lambda tried: pool.pick(req, s.peer, tried), pool.retry,
+                          tx.pinned, queue=True, on_retry=None if metrics is None
                           else lambda: metrics.retry(pool.name))
     last_error: UpstreamError | None = None
     while True:
@@ -156,7 +156,7 @@ def exchange(s, tx) -> bool:
         # request that is still connecting.
         pool.begin(i)
         try:
-            got = _try_server(s, tx, choice, i, token, replayable)
+            got = _try_server(s, tx, choice, i, replayable)
         finally:
             pool.end(i)
         if not isinstance(got, UpstreamError):
@@ -164,7 +164,7 @@ def exchange(s, tx) -> bool:
         last_error = got
 
 
-def _try_server(s, tx, choice: ServerChoice, i: int, token, replayable: bool):
+def _try_server(s, tx, choice: ServerChoice, i: int, replayable: bool):
     """One attempt on server ``i``: what ``exchange`` returns, or the
     ``UpstreamError`` after which another attempt may follow."""
     rt, pool, req, rec = s.rt, tx.pool, tx.req, tx.rec
@@ -182,7 +182,7 @@ def _try_server(s, tx, choice: ServerChoice, i: int, token, replayable: bool):
     head = http1.serialize_request_head(req.method, tx.target,
                                         [("Host", tx.out_host or server.addr)] + tx.headers)
     cookie = (("Set-Cookie", pool.set_cookie(i, s.tls_version is not None)),) if (
-        pool.sticky is not None and token != pool.sticky.token(i)) else ()
+        pool.sticky is not None and tx.token != pool.sticky.token(i)) else ()
     retry = pool.retry
     if retry.on and replayable:
         def retry_status(status: int) -> bool:

@@ -78,7 +78,7 @@ from forkproxy.core import headers as hdr
 from forkproxy.core import http1
 from forkproxy.core.epochs import Epochs
 from forkproxy.logs import AccessRecord
-from forkproxy.net import forward
+from forkproxy.net import stages
 from forkproxy.net.cache_store import CacheError, MemcachedStore, MemoryStore, breaker_for
 from forkproxy.net.relay import Abort
 from forkproxy.net.response import CLOSE, encoder_for, framing_fields_out, own_response
@@ -177,10 +177,9 @@ class Tee:
     served = False
     keep = False
 
-    def __init__(self, headers=(), writer=None, on_commit=None):
+    def __init__(self, headers=(), writer=None):
         self.headers = list(headers)
         self.writer = writer
-        self.on_commit = on_commit
 
     def write(self, data) -> None:
         if self.writer is not None and not self.writer.write(bytes(data)):
@@ -188,8 +187,8 @@ class Tee:
 
     def commit(self) -> None:
         w, self.writer = self.writer, None
-        if w is not None and w.commit() and self.on_commit is not None:
-            self.on_commit()
+        if w is not None:
+            w.commit()
 
     def abort(self) -> None:
         w, self.writer = self.writer, None
@@ -207,12 +206,14 @@ class _Served(Tee):
 
 class _Background:
     """Where a background refresh (stale-while-revalidate) sends its response:
-    nowhere.  It stands for the connection loop's session in ``forward.exchange``
-    (the runtime, a peer, the scheme, timers, ``_send``, ``refuse``), with no
-    client and no socket: the refreshed response only goes into the store."""
+    nowhere.  It stands for the connection loop's session in the balancing
+    and forwarding stages (``net.stages``: the runtime, a peer, the scheme,
+    timers, ``_send``, ``refuse``), with no client and no socket: the
+    refreshed response only goes into the store."""
 
     tls_version = None
     buf = b""
+    live = True
 
     def __init__(self, rt, proto: str):
         self.rt = rt
@@ -230,18 +231,21 @@ class _Background:
             return
         rec.status = status
 
+    def balanced(self, tx) -> None:
+        return None
+
 
 class _Hook:
     """``tx.hook`` for one exchange: stores the response, or serves the stale
     entry on a 304 or an error (see the module contract)."""
 
-    def __init__(self, cache: "Cache", s, tx, key: str | None, stale=None, on_store=None,
-                 invalidate=None):
+    def __init__(self, cache: "Cache", s, tx, key: str | None, stale=None, invalidate=None,
+                 validators=None):
         self.cache, self.s, self.tx = cache, s, tx
         self.key, self.stale = key, stale
         # (namespace, scheme, host, client's target) of an unsafe request
         self.invalidate = invalidate
-        self.on_store = on_store
+        self.validators = validators  # a revalidation's conditional fields
         self.request_time = time.time()
         self.resp = None
         self.tee: Tee | None = None
@@ -280,8 +284,18 @@ class _Hook:
                 writer = c.begin(self.key, entry, req.headers)
             else:
                 c.mark_pass(self.key)
-        self.tee = Tee(extra, writer, self.on_store)
+        self.tee = Tee(extra, writer)
         return self.tee
+
+    def upstream_fields(self, headers) -> list:
+        """The upstream head's fields for this exchange: a revalidation's
+        validators replace the client's conditions."""
+        return headers if self.validators is None else _conditional(headers, self.validators)
+
+    def done(self) -> None:
+        """The exchange ended: a body not stored by now never will be."""
+        if self.tee is not None:
+            self.tee.abort()  # no-op once committed
 
     def on_refuse(self, tx, status: int) -> bool:
         if self.stale is None:
@@ -336,7 +350,7 @@ class Cache:
         """The store key of URL ``primary`` in route namespace ``ns``."""
         return self.store.namespace(_authority(primary)) + "\n" + ns + "\n" + primary
 
-    def lookup(self, key: str, req_headers):
+    def lookup_key(self, key: str, req_headers):
         """(entry, reader), ``_PASS`` or None; the variant the request selects."""
         got = self.store.get_entry(key)
         if got is None:
@@ -412,7 +426,7 @@ class Cache:
         if req.method not in ("GET", "HEAD") or has_body:
             return Lookup(primary)
         key = self.key(primary, ns)
-        found = self.lookup(key, req.headers)
+        found = self.lookup_key(key, req.headers)
         if found is _PASS:
             return Lookup(primary, key, True)
         entry, reader = found or (None, None)
@@ -420,34 +434,33 @@ class Cache:
                           cdn_header=self.cdn)
         return _tuple_new(Lookup, (primary, key, False, entry, reader, d))  # Lookup(...), faster
 
-    def handle(self, s, tx) -> bool:
-        """Answer ``tx.req`` from the store or through ``forward.exchange``; True
-        to keep the connection.  ``tx.target`` goes upstream (rewritten),
-        ``tx.asked_target`` (the client's) names the URL in the store.  A hit
-        never builds the head that would go upstream
-        (``upstream_http.upstream_fields``): only a miss asks for it."""
+    def lookup(self, s, tx):
+        """The cache lookup stage (``net.stages.cache_lookup``): answer ``tx.req``
+        from the store and return True to keep the connection (False: close
+        it), or set up a miss and return None: ``tx.hook`` then sees the
+        response the forwarding stage gets.  ``tx.asked_target`` (the
+        client's) names the URL in the store; a hit never builds the head that
+        would go upstream (``upstream_http.upstream_fields``)."""
         req, rec = tx.req, tx.rec
         method = req.method
         if method == "PURGE":
             return self.purge(s, tx)
-        cached_route = tx.rc.cache
-        if cached_route:
-            ns = self.namespace(tx.rc)
-            look = self.consult(s.proto, tx.host_value, tx.asked_target, req, tx.has_body, ns)
-            d = look.decision
-            if d is not None and d.action is _FRESH:  # a hit: nothing more to set up
-                return self.serve(s, tx, look.entry, look.reader, "HIT", tx.keep)
-        # What a miss calls to go upstream (hook: the _Hook that sees the response).
-        forward = functools.partial(self._forward, s, tx)
-        if not cached_route:
-            return forward()
+        if not tx.rc.cache:
+            return None
+        ns = self.namespace(tx.rc)
+        look = self.consult(s.proto, tx.host_value, tx.asked_target, req, tx.has_body, ns)
+        d = look.decision
+        if d is not None and d.action is _FRESH:  # a hit: nothing more to set up
+            return self.serve(s, tx, look.entry, look.reader, "HIT", tx.keep)
         if look.key is None:
             rec.cache = "BYPASS"
-            return forward(_Hook(self, s, tx, None,
-                                 invalidate=(ns, s.proto, tx.host_value or "", tx.asked_target)))
+            tx.hook = _Hook(self, s, tx, None,
+                            invalidate=(ns, s.proto, tx.host_value or "", tx.asked_target))
+            return None
         key = look.key
         if look.passed:
-            return forward(_Hook(self, s, tx, key))
+            tx.hook = _Hook(self, s, tx, key)
+            return None
         entry, reader = look.entry, look.reader
         action = d.action
         if action is policy.Action.STALE_OK:
@@ -458,28 +471,19 @@ class Cache:
             s.refuse(tx, 504, "only-if-cached and nothing usable in the cache")
             return False
         if action is policy.Action.REVALIDATE:
-            return forward(_Hook(self, s, tx, key, stale=(entry, reader)), d.conditional_headers)
+            tx.hook = _Hook(self, s, tx, key, stale=(entry, reader),
+                            validators=d.conditional_headers)
+            return None
         # MISS
         if method != "GET" or any(n in CONDITIONAL_FIELDS for n, _ in req.headers):
-            return forward(_Hook(self, s, tx, key))
-        return self.coalesced(s, tx, key, forward)
+            tx.hook = _Hook(self, s, tx, key)
+            return None
+        return self.coalesced(s, tx, key)
 
-    @staticmethod
-    def _forward(s, tx, hook=None, validators=None) -> bool:
-        """Through ``forward.exchange``, with ``hook`` as the transaction's cache
-        hook and ``validators`` (a revalidation) added to the upstream fields."""
-        headers, tx.out_host = upstream_fields(s, tx)
-        tx.headers = _conditional(headers, validators) if validators is not None else headers
-        tx.hook = hook
-        try:
-            return forward.exchange(s, tx)
-        finally:
-            tx.hook = None
-            if hook is not None and hook.tee is not None:
-                hook.tee.abort()  # no-op once committed
-
-    def coalesced(self, s, tx, key: str, forward) -> bool:
-        """A GET miss: one request upstream per key across the fleet (module docstring)."""
+    def coalesced(self, s, tx, key: str):
+        """A GET miss: one request upstream per key across the fleet (module
+        docstring).  A hit answers (``lookup``'s return); else the miss is set
+        up, holding the lock when it got it (released when ``tx`` ends)."""
         store = self.store
         req = tx.req
         lock_ttl = self.cfg.lock_timeout
@@ -489,9 +493,9 @@ class Cache:
             while True:
                 gevent.sleep(pause)
                 pause = min(pause * 2, 0.05)
-                found = self.lookup(key, req.headers)
+                found = self.lookup_key(key, req.headers)
                 if found is _PASS:
-                    return forward(_Hook(self, s, tx, key))
+                    break
                 if found is not None:
                     entry, reader = found
                     d = policy.decide(entry, req.method, req.headers, time.time(),
@@ -499,21 +503,27 @@ class Cache:
                     if d.action is policy.Action.FRESH:
                         return self.serve(s, tx, entry, reader, "HIT", tx.keep)
                 if store.lock(key, lock_ttl):
-                    break  # the holder finished (or died) without storing: our turn
+                    return self._locked(s, tx, key)  # the holder finished (or died): our turn
                 if time.monotonic() >= deadline:
-                    return forward(_Hook(self, s, tx, key))
-        try:
-            # Stored between our lookup and the lock (the previous holder's): use it.
-            found = self.lookup(key, req.headers)
-            if found is not None and found is not _PASS:
-                entry, reader = found
-                d = policy.decide(entry, req.method, req.headers, time.time(),
-                                  heuristic_max=self.hmax, cdn_header=self.cdn)
-                if d.action is policy.Action.FRESH:
-                    return self.serve(s, tx, entry, reader, "HIT", tx.keep)
-            return forward(_Hook(self, s, tx, key))
-        finally:
-            store.unlock(key)
+                    break
+            tx.hook = _Hook(self, s, tx, key)
+            return None
+        return self._locked(s, tx, key)
+
+    def _locked(self, s, tx, key: str):
+        """``coalesced`` with the lock on ``key`` held, until ``tx`` ends
+        (``tx.cleanup``), whatever it ends with."""
+        tx.cleanup = functools.partial(self.store.unlock, key)
+        # Stored between our lookup and the lock (the previous holder's): use it.
+        found = self.lookup_key(key, tx.req.headers)
+        if found is not None and found is not _PASS:
+            entry, reader = found
+            d = policy.decide(entry, tx.req.method, tx.req.headers, time.time(),
+                              heuristic_max=self.hmax, cdn_header=self.cdn)
+            if d.action is policy.Action.FRESH:
+                return self.serve(s, tx, entry, reader, "HIT", tx.keep)
+        tx.hook = _Hook(self, s, tx, key)
+        return None
 
     def refresh_later(self, s, tx, key, validators, stale) -> None:
         """stale-while-revalidate: one background conditional GET per key across
@@ -534,7 +544,8 @@ class Cache:
         def run():
             btx.hook = _Hook(self, bg, btx, key, stale=stale)
             try:
-                forward.exchange(bg, btx)
+                stages.balancing(bg, btx)
+                stages.forwarding(bg, btx)
             except Exception:  # a background refresh must never take anything down
                 self.log.debug("background refresh of a stale entry failed", exc_info=True)
             finally:

@@ -2,9 +2,11 @@
 
 ``net.listener.Runtime.handle`` runs a ``Session`` for every accepted HTTP
 connection; it serves requests on that connection until either side closes
-it, a timeout expires, or the worker drains.  For each request it reads the
-head, routes it and hands it to the cache (``net.http_cache``) or to
-forwarding (``net.forward``).
+it, a timeout expires, or the worker drains.  For each request it reads and
+parses the head, makes the request's ``Transaction`` (``net.transaction``),
+runs the request stages on it (``net.stages``: admission, routing, edge
+rules, redirects, body, cache lookup, balancing, forwarding) and writes its
+log lines (``log``).
 
 Rules kept here (DESIGN section 4):
 - a request is read and validated completely (head) before anything is sent
@@ -29,11 +31,10 @@ from gevent.monkey import get_original
 from forkproxy.config import ListenerConfig
 from forkproxy.core import http1
 from forkproxy.logs import AccessRecord, error_line
-from forkproxy.net import forward, request_body, response
-from forkproxy.net.upstream_http import upgrade_asked, upstream_fields
+from forkproxy.net import request_body, response, stages
+from forkproxy.net.upstream_http import upgrade_asked
 from forkproxy.net.relay import Abort, ClientGone
-from forkproxy.net.request_path import (body_limit, canonical_request, https_location,
-                                        no_route_why, request_target)
+from forkproxy.net.request_path import https_location
 from forkproxy.net.transaction import Transaction
 from forkproxy.net.sockio import Timers, is_plain, recv_ready, send_within, wait_readable
 from forkproxy.net.upstream import RECV_SIZE
@@ -50,6 +51,7 @@ class Session:
     """Serve requests on one client connection until it ends."""
 
     proto = "http"  # "https" when the connection came over TLS (set by Runtime)
+    live = True  # the request stages act (net.explain's DryRun only reports)
     tls_version = sni = None  # a TLS connection's protocol and SNI name (set by Runtime)
     # Nothing of one request lives here: see net.transaction.
 
@@ -284,10 +286,11 @@ class Session:
             rec.request_id = rt.edge.request_id(req, self.peer)
             if rt.edge.trusted:  # the log's client is the real one, the proxy its peer
                 rec.client = rt.edge.client(req, self.peer)
-            # From here on every decision, the cache and the upstream head see
-            # the canonical target; the logs keep the one received.
-            tx.req = canonical_request(req, *rt.canon)
-            keep = self.proxy(tx)
+            # The stages make the target canonical (admission): from there on
+            # every decision, the cache and the upstream head see it; the
+            # logs keep the one received.
+            tx.req = req
+            keep = stages.run(self, tx)
             return keep
         except http1.ProtocolError as exc:
             self.refuse(tx, exc.status,
@@ -301,7 +304,7 @@ class Session:
                 self.refuse(tx, 500, f"internal error: {exc!r}")
             return False
         finally:
-            if tx.spool is not None:
+            if tx.spool is not None or tx.cleanup is not None:
                 tx.close()
             if rec.status:
                 self.log(tx, received, sent, keep)
@@ -357,35 +360,13 @@ class Session:
         self._send(response.redirect(location, self.rt.keep_alive_line if keep else None))
         return keep
 
-    def proxy(self, tx: Transaction) -> bool:
-        rt = self.rt
-        req, rec = tx.req, tx.rec
-        method = req.method
-        tx.host_value, host, path, upstream_target = request_target(req)
-        tx.host = rec.host = host
-        tx.path = path
-        route = rt.router.match(self.listener.name, host, path)
-        if route is None:
-            self.refuse(tx, 404, no_route_why(self.listener.name, host, path))
-            return False
-        rc = tx.rc = rt.routes[route.index]
-        rec.route = route.index
-        rec.pool = route.pool
-        tx.pool = rt.pools[route.pool]
-        er = tx.edge = rt.edge.request(rc.index, req, rec, self.peer, self.proto, host,
-                                       upstream_target)
-        if er.answer is not None:  # ACL, methods, deny, rate limit, redirect (net.edge)
-            self.refuse(tx, er.answer.status, er.answer.why, fields=er.answer.fields)
-            return False
-        tx.asked_target, tx.target = upstream_target, er.target  # the cache keys the first
-        if rc.redirect_https and self.proto == "http":
-            return self.redirect_https(tx)
-        tx.hsts = rc.hsts if self.proto == "https" else None
+    # -- what the request stages (net.stages) do through the connection --
 
-        framing = req.framing
-        tx.max_body = body_limit(rt, rc, framing)
-        has_body = framing.carries_body
-
+    def take_body(self, tx: Transaction) -> None:
+        """The body stage's part with the client: answer ``Expect``, read a
+        body whole before a server is chosen (route request_buffering)."""
+        req = tx.req
+        has_body = req.framing.carries_body
         expect = req.expect
         if expect is not None:
             if expect.lower() != "100-continue":
@@ -394,12 +375,14 @@ class Session:
                 # nginx's way: the proxy asks for the body itself and strips
                 # the expectation, so the upstream never waits on a 100.
                 self._send(CONTINUE)
-        if has_body and rc.request_buffering and upgrade_asked(req) is None:
+        if has_body and tx.rc.request_buffering and upgrade_asked(req) is None:
             tx.spool = request_body.buffer_body(self, tx)
 
-        tx.keep = http1.keep_alive(req.version, req.connection)
-        if rt.cache is not None and (rc.cache or method == "PURGE"):
-            # A hit never goes upstream: the upstream head is built only when asked.
-            return rt.cache.handle(self, tx)
-        tx.headers, tx.out_host = upstream_fields(self, tx)
-        return forward.exchange(self, tx)
+    def cached(self, tx: Transaction):
+        """The cache lookup stage: the cache answers, or sets up the miss."""
+        return self.rt.cache.lookup(self, tx)
+
+    @staticmethod
+    def balanced(tx: Transaction) -> None:
+        """The balancing stage: the pick is made as the request is forwarded."""
+        return None

@@ -22,8 +22,9 @@ class Transaction:
     client's target, which the cache keys), ``rc`` (the route's config).
     Edge rules: ``edge`` (``net.edge.EdgeRequest``), ``target`` (what goes
     upstream, after rewrites), ``hsts``.  Admission of the body:
-    ``max_body``, ``spool`` (a body read whole).  Balancing and forwarding:
-    ``pool``, ``keep`` (the client asked to keep the connection),
+    ``max_body``, ``spool`` (a body read whole), ``keep`` (the client asked
+    to keep the connection).  Balancing and forwarding: ``pool``,
+    ``pinned`` and ``token`` (a sticky cookie's server and token),
     ``headers`` and ``out_host`` (the upstream head's fields and Host),
     ``resp_head_size``.  The cache's ``hook`` and ``tee`` see the response
     (``net.http_cache``).  Timings: ``start`` (the head was read),
@@ -43,10 +44,12 @@ class Transaction:
     max_body = 0
     spool = None  # net.spool.Spool: the body read whole (route request_buffering)
     keep = False
+    pinned = token = None  # the server a sticky cookie names; the cookie's token
     headers = out_host = None
     hook = None  # net.http_cache's hook for the exchange in progress
     tee = None  # the current response's net.http_cache.Tee
     upstream_start = 0.0
+    cleanup = None  # what to release when the request ends (a cache lock)
 
     def __init__(self, rec: AccessRecord, start: float):
         self.rec = rec
@@ -57,7 +60,10 @@ class Transaction:
         return self.req.framing.carries_body
 
     def close(self) -> None:
-        """Release what the request holds (a spooled body's file)."""
+        """Release what the request holds (a spooled body's file, a cache lock)."""
         if self.spool is not None:
             self.spool.close()
             self.spool = None
+        if self.cleanup is not None:
+            cleanup, self.cleanup = self.cleanup, None
+            cleanup()
