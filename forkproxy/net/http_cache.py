@@ -76,13 +76,13 @@ from forkproxy.config import CacheConfig
 from forkproxy.core import cache_policy as policy
 from forkproxy.core import headers as hdr
 from forkproxy.core import http1
-from forkproxy.core.epochs import Epochs
 from forkproxy.logs import AccessRecord
 from forkproxy.net import stages
-from forkproxy.net.cache_store import CacheError, MemcachedStore, MemoryStore, breaker_for
+from forkproxy.net.cache_filter import CONDITIONAL_FIELDS, Background, Hook, conditional
+from forkproxy.net.cache_memcached import make_store
+from forkproxy.net.cache_store import CacheError
 from forkproxy.net.relay import Abort
 from forkproxy.net.response import CLOSE, encoder_for, framing_fields_out, own_response
-from forkproxy.net.sockio import Timers
 from forkproxy.net.transaction import Transaction
 from forkproxy.net.upstream_http import upstream_fields
 
@@ -98,26 +98,6 @@ _LENGTH = frozenset({"content-length"})
 _NAME = operator.itemgetter(0)
 _FRESH = policy.Action.FRESH  # a module global: an Enum member read from its class is slow
 _tuple_new = tuple.__new__
-CONDITIONAL_FIELDS = frozenset({"if-none-match", "if-modified-since", "if-match",
-                                "if-unmodified-since", "if-range"})
-
-
-def make_store(cfg: CacheConfig, log_=None, epochs_buf=None):
-    """The store ``[cache]`` describes; no I/O happens here (after the fork).
-
-    ``log_``: where the breaker's transitions go (the worker's error log).
-    ``epochs_buf``: the change counters the master shares with its workers
-    (``core.epochs``; None: this process's own, as for a tool outside a master).
-    """
-    if not cfg.servers:
-        return MemoryStore(cfg.memory_size, max_object_size=cfg.max_object_size)
-    timeout_ms = max(1, round(cfg.timeout * 1000))  # libmemcached counts in whole ms
-    breaker = breaker_for(timeout_ms / 1000, failures=cfg.breaker_failures,
-                          window=cfg.breaker_window, cooldown=cfg.breaker_cooldown)
-    return MemcachedStore(list(cfg.servers), max_object_size=cfg.max_object_size,
-                          timeout_ms=timeout_ms, breaker=breaker,
-                          mode=cfg.mode, log_=log_, near_size=cfg.memory_size,
-                          epochs=Epochs(epochs_buf) if epochs_buf is not None else None)
 
 
 def route_namespace(rc) -> str:
@@ -169,144 +149,6 @@ class Lookup(NamedTuple):
     entry: policy.Entry | None = None
     reader: object = None
     decision: policy.Decision | None = None
-
-
-class Tee:
-    """What ``relay`` does with one upstream response (see the module contract)."""
-
-    served = False
-    keep = False
-
-    def __init__(self, headers=(), writer=None):
-        self.headers = list(headers)
-        self.writer = writer
-
-    def write(self, data) -> None:
-        if self.writer is not None and not self.writer.write(bytes(data)):
-            self.writer = None  # too large or a cache error: pass the rest through
-
-    def commit(self) -> None:
-        w, self.writer = self.writer, None
-        if w is not None:
-            w.commit()
-
-    def abort(self) -> None:
-        w, self.writer = self.writer, None
-        if w is not None:
-            w.abort()
-
-
-class _Served(Tee):
-    served = True
-
-    def __init__(self, keep: bool):
-        super().__init__()
-        self.keep = keep
-
-
-class _Background:
-    """Where a background refresh (stale-while-revalidate) sends its response:
-    nowhere.  It stands for the connection loop's session in the balancing
-    and forwarding stages (``net.stages``: the runtime, a peer, the scheme,
-    timers, ``_send``, ``refuse``), with no client and no socket: the
-    refreshed response only goes into the store."""
-
-    tls_version = None
-    buf = b""
-    live = True
-
-    def __init__(self, rt, proto: str):
-        self.rt = rt
-        self.peer = "127.0.0.1"
-        self.proto = proto
-        self.timers = Timers()
-
-    def _send(self, data) -> None:
-        pass
-
-    def refuse(self, tx, status: int, why: str, *, fields=()) -> None:
-        rec = tx.rec
-        rec.why = why
-        if status >= 500 and tx.hook is not None and tx.hook.on_refuse(tx, status):
-            return
-        rec.status = status
-
-    def balanced(self, tx) -> None:
-        return None
-
-
-class _Hook:
-    """``tx.hook`` for one exchange: stores the response, or serves the stale
-    entry on a 304 or an error (see the module contract)."""
-
-    def __init__(self, cache: "Cache", s, tx, key: str | None, stale=None, invalidate=None,
-                 validators=None):
-        self.cache, self.s, self.tx = cache, s, tx
-        self.key, self.stale = key, stale
-        # (namespace, scheme, host, client's target) of an unsafe request
-        self.invalidate = invalidate
-        self.validators = validators  # a revalidation's conditional fields
-        self.request_time = time.time()
-        self.resp = None
-        self.tee: Tee | None = None
-
-    def on_response(self, resp, rframing) -> Tee:
-        c, tx, now = self.cache, self.tx, time.time()
-        req, rec = tx.req, tx.rec
-        self.resp = resp
-        if self.invalidate is not None:
-            # Before the response goes out: the client's next request must miss.
-            ns, *url = self.invalidate
-            for p in policy.invalidations(req.method, resp.status, *url, resp.headers):
-                for other in c.namespaces_serving(self.s.rt, tx.host, _path(p)) or [ns]:
-                    c.invalidate(p, other)
-        if self.stale is not None:
-            entry, reader = self.stale
-            if resp.status == 304 and policy.can_freshen(entry, resp.headers):
-                new = policy.merge_304(entry, resp.headers, self.request_time, now,
-                                       cdn_header=c.cdn)
-                writer = c.begin(self.key, new, req.headers) if self.key else None
-                c.serve(self.s, tx, new, reader, "REVALIDATED", tx.keep, writer)
-                return _Served(tx.keep)
-            if resp.status in policy.ERROR_STATUSES and policy.stale_if_error_ok(
-                    entry, now, req.headers, heuristic_max=c.hmax, cdn_header=c.cdn):
-                c.serve(self.s, tx, entry, reader, "STALE", tx.keep)
-                return _Served(tx.keep)
-        status = rec.cache or "MISS"
-        rec.cache = status
-        extra = [(c.header, status)] if c.header else []
-        writer = None
-        if self.key is not None and req.method == "GET" and resp.status != 304:
-            if policy.storable("GET", resp.status, req.headers, resp.headers, cdn_header=c.cdn,
-                               set_cookie=tx.rc.cache_set_cookie):
-                entry = policy.make_entry(resp.status, resp.reason, req.headers, resp.headers,
-                                          self.request_time, now, cdn_header=c.cdn)
-                writer = c.begin(self.key, entry, req.headers)
-            else:
-                c.mark_pass(self.key)
-        self.tee = Tee(extra, writer)
-        return self.tee
-
-    def upstream_fields(self, headers) -> list:
-        """The upstream head's fields for this exchange: a revalidation's
-        validators replace the client's conditions."""
-        return headers if self.validators is None else _conditional(headers, self.validators)
-
-    def done(self) -> None:
-        """The exchange ended: a body not stored by now never will be."""
-        if self.tee is not None:
-            self.tee.abort()  # no-op once committed
-
-    def on_refuse(self, tx, status: int) -> bool:
-        if self.stale is None:
-            return False
-        entry, reader = self.stale
-        c = self.cache
-        if not policy.stale_if_error_ok(entry, time.time(), tx.req.headers,
-                                        heuristic_max=c.hmax, cdn_header=c.cdn):
-            return False
-        c.serve(self.s, tx, entry, reader, "STALE", False)
-        return True
 
 
 class Cache:
@@ -410,6 +252,11 @@ class Cache:
         if w is not None:
             w.commit()
 
+    def invalidate_serving(self, rt, host: str | None, primary: str, ns: str) -> None:
+        """Delete URL ``primary`` in every cached route serving it (``ns`` if none)."""
+        for other in self.namespaces_serving(rt, host, _path(primary)) or [ns]:
+            self.invalidate(primary, other)
+
     def invalidate(self, primary: str, ns: str) -> bool:
         """Delete a URL in namespace ``ns``, every variant of it; True when
         something was there."""
@@ -454,12 +301,12 @@ class Cache:
             return self.serve(s, tx, look.entry, look.reader, "HIT", tx.keep)
         if look.key is None:
             rec.cache = "BYPASS"
-            tx.hook = _Hook(self, s, tx, None,
+            tx.hook = Hook(self, s, tx, None,
                             invalidate=(ns, s.proto, tx.host_value or "", tx.asked_target))
             return None
         key = look.key
         if look.passed:
-            tx.hook = _Hook(self, s, tx, key)
+            tx.hook = Hook(self, s, tx, key)
             return None
         entry, reader = look.entry, look.reader
         action = d.action
@@ -471,12 +318,12 @@ class Cache:
             s.refuse(tx, 504, "only-if-cached and nothing usable in the cache")
             return False
         if action is policy.Action.REVALIDATE:
-            tx.hook = _Hook(self, s, tx, key, stale=(entry, reader),
+            tx.hook = Hook(self, s, tx, key, stale=(entry, reader),
                             validators=d.conditional_headers)
             return None
         # MISS
         if method != "GET" or any(n in CONDITIONAL_FIELDS for n, _ in req.headers):
-            tx.hook = _Hook(self, s, tx, key)
+            tx.hook = Hook(self, s, tx, key)
             return None
         return self.coalesced(s, tx, key)
 
@@ -506,7 +353,7 @@ class Cache:
                     return self._locked(s, tx, key)  # the holder finished (or died): our turn
                 if time.monotonic() >= deadline:
                     break
-            tx.hook = _Hook(self, s, tx, key)
+            tx.hook = Hook(self, s, tx, key)
             return None
         return self._locked(s, tx, key)
 
@@ -522,27 +369,27 @@ class Cache:
                               heuristic_max=self.hmax, cdn_header=self.cdn)
             if d.action is policy.Action.FRESH:
                 return self.serve(s, tx, entry, reader, "HIT", tx.keep)
-        tx.hook = _Hook(self, s, tx, key)
+        tx.hook = Hook(self, s, tx, key)
         return None
 
     def refresh_later(self, s, tx, key, validators, stale) -> None:
         """stale-while-revalidate: one background conditional GET per key across
-        the fleet, through the forwarding stage with no client (``_Background``)."""
+        the fleet, through the forwarding stage with no client (``Background``)."""
         lock = key + "\nrefresh"
         if not self.store.lock(lock, self.cfg.lock_timeout):
             return
-        bg = _Background(s.rt, s.proto)
+        bg = Background(s.rt, s.proto)
         headers, out_host = upstream_fields(s, tx)  # the client's, as a miss would send
         btx = Transaction(AccessRecord("-", time.time()), time.time())
         btx.req = tx.req._replace(method="GET", version="1.1")
         for name in ("host_value", "host", "path", "asked_target", "target", "rc", "pool"):
             setattr(btx, name, getattr(tx, name))
-        btx.headers, btx.out_host, btx.keep = _conditional(headers, validators), out_host, True
+        btx.headers, btx.out_host, btx.keep = conditional(headers, validators), out_host, True
         rec = btx.rec
         rec.route, rec.pool, rec.cache = tx.rc.index, tx.pool.name, "REFRESH"
 
         def run():
-            btx.hook = _Hook(self, bg, btx, key, stale=stale)
+            btx.hook = Hook(self, bg, btx, key, stale=stale)
             try:
                 stages.balancing(bg, btx)
                 stages.forwarding(bg, btx)
@@ -632,10 +479,7 @@ class Cache:
         else:
             code, reason = entry.status, entry.reason
             body = code not in (204, 304) and code >= 200
-            # policy.age_value, inline (every hit): the key needs the number only
-            age = int(entry.initial_age + (now - entry.response_time))
-            if not 0 <= age <= policy.DELTA_MAX:
-                age = 0 if age < 0 else policy.DELTA_MAX
+            age = _age(entry, now)
             rules = er.rules if er is not None else None
             if (rules is None or rules.resp_rules is None) and (
                     rc is None or rc.compress is None):
@@ -647,12 +491,7 @@ class Cache:
                     return memo[1]
             else:
                 key = None
-            # serve_headers, as a client gets them: the stored fields' part
-            # is the same for every hit on this Entry, Age is not.
-            fields = _client_fields(entry)
-            out = list(fields[:-1])
-            out.append(("age", str(age)))
-            out.append(fields[-1])  # Via
+            out = _client_fields(entry, age)
         if er is not None:  # hide_headers, rewrite_location, response_headers
             out = er.downstream(out, "", self._servers(tx) if er.rules.rewrite_location
                                 else None)
@@ -725,15 +564,28 @@ class Cache:
         return keep
 
 
-def _client_fields(entry: policy.Entry) -> tuple:
-    """``entry.served_headers`` through ``response_headers_for_client`` (Via
-    last, Content-Length out: ``serve`` frames the body itself); worked out
-    once per Entry object, as the entry's own facts are (core.cache_policy)."""
-    memo = entry.__dict__.get("_client_fields")
-    if memo is None:
-        memo = tuple(hdr.response_headers_for_client(entry.served_headers, also=_LENGTH))
-        entry.__dict__["_client_fields"] = memo  # frozen dataclass: not via setattr
-    return memo
+def _age(entry: policy.Entry, now: float) -> int:
+    """``policy.age_value``, inline (every hit): the memo key needs the number only."""
+    age = int(entry.initial_age + (now - entry.response_time))
+    if not 0 <= age <= policy.DELTA_MAX:
+        age = 0 if age < 0 else policy.DELTA_MAX
+    return age
+
+
+def _client_fields(entry: policy.Entry, age: int) -> list:
+    """``entry.served_headers`` as a client gets them, with its ``age``:
+    through ``response_headers_for_client`` (Via last, Content-Length out:
+    ``serve`` frames the body itself).  The stored fields' part is the same
+    for every hit on this Entry, Age is not: it is worked out once per Entry
+    object, as the entry's own facts are (core.cache_policy)."""
+    fields = entry.__dict__.get("_client_fields")
+    if fields is None:
+        fields = tuple(hdr.response_headers_for_client(entry.served_headers, also=_LENGTH))
+        entry.__dict__["_client_fields"] = fields  # frozen dataclass: not via setattr
+    out = list(fields[:-1])
+    out.append(("age", str(age)))
+    out.append(fields[-1])  # Via
+    return out
 
 
 def _allowed(peer: str, nets) -> bool:
@@ -746,10 +598,3 @@ def _allowed(peer: str, nets) -> bool:
     if addr.version == 6 and addr.ipv4_mapped is not None:
         addr = addr.ipv4_mapped
     return any(addr in n for n in nets)
-
-
-def _conditional(headers, validators) -> list:
-    """The upstream headers with the client's conditions replaced by the cache's validators."""
-    out = [(n, v) for n, v in headers if n.lower() not in CONDITIONAL_FIELDS]
-    out.extend(validators)
-    return out

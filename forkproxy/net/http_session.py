@@ -194,36 +194,10 @@ class Session:
         (header_timeout for the first request), then header_timeout in total for
         the rest of the head.
         """
-        rt = self.rt
-        srv = rt.cfg.server
-        buf = self.buf
+        srv = self.rt.cfg.server
+        buf = self.buf or self._first_bytes()
         if not buf:
-            wait = srv.keepalive_timeout if self.served else srv.header_timeout
-            if rt.draining and self.served:
-                # The last response still said keep-alive: take a request
-                # already on its way, but only until the drain window ends.
-                wait = min(wait, rt.drain_until - time.monotonic())
-            self.idle_waiting = True  # Runtime._close_idle may wake it
-            try:
-                if wait <= 0:
-                    raise socket.timeout()
-                buf = self._recv(wait, idle=bool(self.served))
-            except socket.timeout:
-                # A request that came as the wait ran out is answered
-                # (Connection: close when draining): dropping it would lose it.
-                if not self.arrived():
-                    return None
-                buf = None
-            finally:
-                self.idle_waiting = False
-            if buf is None:
-                try:
-                    buf = self._recv(srv.header_timeout)
-                except socket.timeout:
-                    return None
-            if not buf:
-                self.client_done = True
-                return None
+            return None
         deadline = None
         while True:
             if buf[:2] == b"\r\n":  # RFC 9112 2.2: ignore empty lines before a request line
@@ -255,6 +229,38 @@ class Session:
             raise http1.ProtocolError(431, "request head too large")
         self.buf = buf[end:]
         return buf[:end]
+
+    def _first_bytes(self) -> bytes | None:
+        """The first bytes of the next request (the buffer is empty), or None
+        (b"" when the client closed) when none came in time."""
+        rt = self.rt
+        srv = rt.cfg.server
+        wait = srv.keepalive_timeout if self.served else srv.header_timeout
+        if rt.draining and self.served:
+            # The last response still said keep-alive: take a request
+            # already on its way, but only until the drain window ends.
+            wait = min(wait, rt.drain_until - time.monotonic())
+        self.idle_waiting = True  # Runtime._close_idle may wake it
+        try:
+            if wait <= 0:
+                raise socket.timeout()
+            buf = self._recv(wait, idle=bool(self.served))
+        except socket.timeout:
+            # A request that came as the wait ran out is answered
+            # (Connection: close when draining): dropping it would lose it.
+            if not self.arrived():
+                return None
+            buf = None
+        finally:
+            self.idle_waiting = False
+        if buf is None:
+            try:
+                buf = self._recv(srv.header_timeout)
+            except socket.timeout:
+                return None
+        if not buf:
+            self.client_done = True
+        return buf
 
     # -- one request -----------------------------------------------------
 

@@ -52,8 +52,7 @@ def routing(s, tx):
 def edge_rules(s, tx):
     """ACL, methods, limits, deny rules, rate limit, rewrites, redirects
     (``net.edge``); a dry run does not count the request against its rate limit."""
-    er = tx.edge = s.rt.edge.request(tx.rc.index, tx.req, tx.rec, s.peer, s.proto, tx.host,
-                                     tx.asked_target, count=s.live)
+    er = tx.edge = s.rt.edge.request(tx, s.peer, s.proto, count=s.live)
     if er.answer is not None:
         s.refuse(tx, er.answer.status, er.answer.why, fields=er.answer.fields)
         return False
