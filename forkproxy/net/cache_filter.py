@@ -29,7 +29,9 @@ CONDITIONAL_FIELDS = frozenset({"if-none-match", "if-modified-since", "if-match"
 
 
 class Tee:
-    """What ``relay`` does with one upstream response (see the module contract)."""
+    """What the forwarding does with one upstream response (``net.http_cache``'s
+    contract): ``served`` (the cache answered), or a response filter that
+    writes the origin's body into the store (store-on-miss)."""
 
     served = False
     keep = False
@@ -46,6 +48,20 @@ class Tee:
         w, self.writer = self.writer, None
         if w is not None:
             w.commit()
+
+    # The response filter contract (net.relay.pump): the origin's bytes pass
+    # through unchanged; the body's clean end commits the copy.
+    def on_data(self, data) -> bytes:
+        self.write(data)
+        return data
+
+    @staticmethod
+    def on_flush() -> bytes:
+        return b""
+
+    def on_end(self) -> bytes:
+        self.commit()
+        return b""
 
     def abort(self) -> None:
         w, self.writer = self.writer, None
@@ -71,6 +87,7 @@ class Background:
     tls_version = None
     buf = b""
     live = True
+    sent = 0
 
     def __init__(self, rt, proto: str):
         self.rt = rt

@@ -17,7 +17,6 @@ import socket
 import time
 
 from forkproxy.core import failover
-from forkproxy.core import headers as hdr
 from forkproxy.core import http1
 from forkproxy.net import relay, request_body, response, websocket
 from forkproxy.net.pools import PoolRuntime
@@ -238,18 +237,11 @@ def attempt(s, tx, i: int, conn: UpstreamConn, head: bytes, extra=(), retry_stat
     if got is None:  # a 304 merged, or stale-if-error: the cache answered
         conn.close()
         return tx.tee.keep
-    client_head, keep, chunk_out, encoder, up_keepalive, rframing = got
+    keep, up_keepalive, rframing = got[1], got[4], got[5]
     rec.status = resp.status
     if resp.status >= 500:  # relayed as it came: the error log names who answered it
         rec.why = f"upstream {conn.server.addr} answered {resp.status}"
-    if rframing.kind == "none":
-        s._send(client_head)
-        conn.buf = body_start
-    elif rframing.kind == "length" and encoder is None:
-        relay.relay_length(s, tx, conn, client_head, body_start, rframing.length)
-    else:
-        up_keepalive = relay.relay_decoded(s, tx, conn, client_head, body_start, rframing,
-                                           chunk_out, encoder) and up_keepalive
+    up_keepalive = _relay_body(s, tx, conn, body_start, got) and up_keepalive
     rec.upstream_time = time.time() - tx.upstream_start
     if tx.tee is not None:
         tx.tee.commit()  # bodiless responses (HEAD, 304): committed here; no-op otherwise
@@ -258,6 +250,30 @@ def attempt(s, tx, i: int, conn: UpstreamConn, head: bytes, extra=(), retry_stat
     else:
         conn.close()
     return keep
+
+
+def _relay_body(s, tx, conn: UpstreamConn, body_start: bytes, got) -> bool:
+    """The client head and the response body through the response filters
+    (the cache's tee, compression) and the body pump (``net.relay``); False
+    when the body did not end cleanly framed."""
+    client_head, _, chunk_out, encoder, _, rframing = got
+    kind, length, tee = rframing.kind, rframing.length, tx.tee
+    if kind == "none":
+        s._send(client_head)
+        conn.buf = body_start
+        return True
+    if kind == "length" and tee is None and encoder is None and len(body_start) >= length:
+        # The whole body came with the head (a small response): one send.
+        conn.buf = body_start[length:]  # garbage past the body: never reuse this connection
+        s._send(client_head + body_start[:length])
+        return True
+    filters = [f for f in (tee, encoder) if f is not None]
+    if kind == "length" and encoder is None:
+        relay.pump(s, client_head, relay.length_body(s, conn, body_start, length), filters)
+        return True
+    body = relay.DecodedBody(s, conn, body_start, rframing)
+    relay.pump(s, client_head, body, filters, chunk_out)
+    return body.clean
 
 
 def _send_request(s, tx, conn: UpstreamConn, head: bytes) -> None:
@@ -297,8 +313,7 @@ def _response_head(s, tx, conn: UpstreamConn):
                                 "without being asked", sent=True)
         interim = interim or req.version == "1.1"
         if req.version == "1.1":
-            s._send(http1.serialize_response_head(
-                resp.status, resp.reason, hdr.response_headers_for_client(resp.headers)))
+            s._send(response.interim_head(resp))
         conn.buf = body_start
 
 

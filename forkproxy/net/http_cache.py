@@ -78,10 +78,10 @@ from forkproxy.core import headers as hdr
 from forkproxy.core import http1
 from forkproxy.logs import AccessRecord
 from forkproxy.net import stages
-from forkproxy.net.cache_filter import CONDITIONAL_FIELDS, Background, Hook, conditional
+from forkproxy.net.cache_filter import CONDITIONAL_FIELDS, Background, Hook, Tee, conditional
 from forkproxy.net.cache_memcached import make_store
 from forkproxy.net.cache_store import CacheError
-from forkproxy.net.relay import Abort
+from forkproxy.net.relay import Abort, Discard, pump
 from forkproxy.net.response import CLOSE, encoder_for, framing_fields_out, own_response
 from forkproxy.net.transaction import Transaction
 from forkproxy.net.upstream_http import upstream_fields
@@ -411,9 +411,10 @@ class Cache:
         The stored head is the origin's; on the way out it goes through the
         same response step as a relayed response: the route's hide_headers,
         rewrite_location and response_headers (``EdgeRequest.downstream``),
-        then its ``compress`` (``response.encoder_for``).  With ``writer``,
-        the (origin's) body is also written to it (a 304 merged into a
-        stored entry re-stores it under the new head) and committed at the end.
+        then its ``compress`` (``response.encoder_for``), through the body
+        pump (``relay.pump``).  With ``writer``, the (origin's) body is also
+        written to it through a ``Tee`` (a 304 merged into a stored entry
+        re-stores it under the new head) and committed at its end.
         """
         req, rec = tx.req, tx.rec
         keep = keep and not s.rt.draining
@@ -429,32 +430,18 @@ class Cache:
             if whole is not None and encoder is None:  # a small body as it is: one send
                 s._send(head + whole)
                 return keep
-        pending = head
+        tee = Tee(writer=writer) if writer is not None else None
+        last = encoder if send_body else Discard  # HEAD: the body only goes to the writer
+        sent = s.sent
         try:
-            for chunk in reader:
-                if writer is not None and not writer.write(chunk):
-                    writer = None
-                if send_body:
-                    if encoder is not None:
-                        chunk = encoder.feed(chunk)
-                    if chunk_out:
-                        chunk = http1.encode_chunk(chunk)
-                    if chunk:  # an encoder may hold a small body back until finish()
-                        s._send(pending + chunk if pending else chunk)
-                        pending = b""
+            pump(s, head, _stored(reader), [f for f in (tee, last) if f is not None],
+                 chunk_out and send_body, flush=False)
         except CacheError as exc:
-            if writer is not None:
-                writer.abort()
-            if pending or not send_body:  # nothing of the body went out yet
+            if tee is not None:
+                tee.abort()
+            if s.sent == sent or not send_body:  # nothing of the body went out yet
                 self.log.warning("cache: stored body unreadable (%s); dropping the client", exc)
             raise Abort() from None
-        if encoder is not None and send_body:
-            tail = encoder.finish()
-            pending += (http1.encode_chunk(tail) + http1.encode_last_chunk()) if chunk_out else tail
-        if pending:
-            s._send(pending)
-        if writer is not None:
-            writer.commit()
         return keep
 
     def _head(self, s, tx, entry: policy.Entry, reader, status: str, keep: bool,
@@ -562,6 +549,13 @@ class Cache:
         s._send(own_response(code, body=text.encode(), ctype="text/plain; charset=utf-8",
                              connection="" if keep else CLOSE))
         return keep
+
+
+def _stored(reader):
+    """The batches of a stored body (``relay.pump``): one per chunk as read."""
+    for chunk in reader:
+        yield (chunk,), False
+    yield (), True
 
 
 def _age(entry: policy.Entry, now: float) -> int:

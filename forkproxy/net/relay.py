@@ -1,10 +1,13 @@
-"""The response body pump: upstream to client, through fixed-size reads.
+"""The response body pump and its filters: to the client, through fixed-size reads.
 
-``relay_length`` moves a Content-Length body; ``relay_decoded`` a chunked or
-close-delimited one, or any body through a compression encoder.  The
-cache's tee (``net.http_cache``) gets the origin's bytes before any
-encoding.  A body that cannot be completed raises ``Abort``: the client
-connection is dropped without a clean terminator (DESIGN section 4).
+``pump`` is the one loop that sends a response body: from the server
+(``length_body`` for a Content-Length body, ``DecodedBody`` for a chunked
+or close-delimited one) or from the cache's store (``net.http_cache``),
+through the response filters, one contract (``on_data``, ``on_flush``,
+``on_end``): the cache's tee (``net.cache_filter.Tee``: store-on-miss, the
+origin's bytes before any encoding) and compression (``net.compress``).  A
+body that cannot be completed raises ``Abort``: the client connection is
+dropped without a clean terminator (DESIGN section 4).
 """
 
 from __future__ import annotations
@@ -41,17 +44,58 @@ def up_recv(s, conn: UpstreamConn) -> bytes:
         t.stop()
 
 
-def relay_length(s, tx, conn: UpstreamConn, head: bytes, data: bytes, length: int) -> None:
+def pump(s, head: bytes, batches, filters=(), chunk_out: bool = False,
+         flush: bool = True) -> None:
+    """Send ``head`` and then a body to the client: the one body pump.
+
+    ``batches`` yields ``(pieces, last)``: the body's pieces as one read gave
+    them (from the server, or a stored chunk), and whether the body ends with
+    them.  Every piece goes through ``filters`` in order, one contract
+    (``on_data(bytes) -> bytes``; ``on_flush() -> bytes`` after each batch
+    when ``flush``; ``on_end() -> bytes`` when the body ended cleanly, before
+    its last bytes go out, so that a stored copy is there for the client's
+    next request); what a filter gives out goes through the filters after
+    it.  The cache's tee and the compression encoders are filters.
+    ``chunk_out``: frame the output chunked, the last chunk after the end.
+    What one batch made is sent at once, the head with the first one.
+    """
+    pending = [head]
+    for pieces, last in batches:
+        for piece in pieces:
+            if piece:
+                _out(filters, 0, piece, pending, chunk_out)
+        if last or flush:
+            for i, f in enumerate(filters):
+                tail = f.on_end() if last else f.on_flush()
+                if tail:
+                    _out(filters, i + 1, tail, pending, chunk_out)
+        if last and chunk_out:
+            pending.append(http1.encode_last_chunk())
+        if pending:
+            s._send(pending[0] if len(pending) == 1 else b"".join(pending))
+            pending = []
+        if last:
+            return
+
+
+def _out(filters, start: int, data: bytes, pending: list, chunk_out: bool) -> None:
+    """``data`` through ``filters[start:]``, framed, onto ``pending``."""
+    for f in filters[start:]:
+        data = f.on_data(data)
+        if not data:
+            return
+    pending.append(http1.encode_chunk(data) if chunk_out else data)
+
+
+def length_body(s, conn: UpstreamConn, data: bytes, length: int):
+    """The batches of a Content-Length body from the server (``pump``): ``data``
+    came with the head; bytes past the body stay in ``conn.buf`` (and the
+    connection is then not reused).  ``Abort`` when the server stops short."""
     if len(data) > length:
         conn.buf = data[length:]  # garbage past the body: never reuse this connection
         data = data[:length]
     remaining = length - len(data)
-    tee = tx.tee
-    if tee is not None and data:
-        tee.write(data)
-        if not remaining:
-            tee.commit()  # before the last byte goes out: the client's next request hits
-    s._send(head + data)
+    yield (data,), not remaining
     while remaining:
         data = up_recv(s, conn)
         if not data:
@@ -62,73 +106,59 @@ def relay_length(s, tx, conn: UpstreamConn, head: bytes, data: bytes, length: in
             conn.buf = data[remaining:]
             data = data[:remaining]
         remaining -= len(data)
-        if tee is not None:
-            tee.write(data)
-            if not remaining:
-                tee.commit()  # before the last byte goes out: the client's next request hits
-        s._send(data)
+        yield (data,), not remaining
 
 
-def relay_decoded(s, tx, conn: UpstreamConn, head: bytes, data: bytes, framing,
-                  chunk_out: bool, encoder=None) -> bool:
-    """Relay a chunked or close-delimited body; True when it ended cleanly framed.
+class DecodedBody:
+    """The batches of a chunked or close-delimited body from the server
+    (any body, with an encoder): iterate it in ``pump``; ``clean`` says
+    afterwards whether it ended cleanly framed (else the connection is not
+    reused).  ``Abort`` when it is badly framed or cut."""
 
-    With an ``encoder`` (net.compress) any body, length-framed too, goes
-    through it: it is the last step before the client, so what comes
-    before it (``piece``) is the origin's representation.  Each read from
-    the upstream is flushed on to the client as it came.
-    """
-    decoder = http1.make_decoder(framing, status=502, limits=s.rt.limits)
-    pending = [head]
-    tee = tx.tee
-    while True:
-        if data:
-            try:
-                pieces, leftover = decoder.feed(data)
-            except http1.ProtocolError as exc:
-                s.rt.log.error("%s sent a badly framed body (%s); dropping the client",
-                               conn.server.addr, exc.reason)
-                raise Abort() from None
-            for piece in pieces:
-                if piece:
-                    if tee is not None:
-                        tee.write(piece)  # the origin's bytes, before any encoding
-                    if encoder is not None:
-                        piece = encoder.feed(piece)
-                    pending.append(http1.encode_chunk(piece) if chunk_out else piece)
-            if decoder.done:
-                conn.buf = leftover
-                if tee is not None:
-                    tee.commit()  # before the end goes out: the client's next request hits
-                if encoder is not None:
-                    _encoder_end(encoder.finish(), pending, chunk_out)
-                if chunk_out:
-                    pending.append(http1.encode_last_chunk())
-                s._send(b"".join(pending))
-                return True
-            if encoder is not None:
-                _encoder_end(encoder.flush(), pending, chunk_out)
-            if pending:
-                s._send(b"".join(pending))
-                pending = []
-        data = up_recv(s, conn)
-        if not data:
-            try:
-                decoder.eof()
-            except http1.IncompleteBody:
-                s.rt.log.error("%s closed the connection in the middle of a chunked "
-                               "body; dropping the client", conn.server.addr)
-                raise Abort() from None
-            if tee is not None:
-                tee.commit()
-            if encoder is not None:
-                _encoder_end(encoder.finish(), pending, chunk_out)
-            if chunk_out:
-                pending.append(http1.encode_last_chunk())
-            s._send(b"".join(pending))
-            return False
+    def __init__(self, s, conn: UpstreamConn, data: bytes, framing):
+        self.s, self.conn, self.data = s, conn, data
+        self.decoder = http1.make_decoder(framing, status=502, limits=s.rt.limits)
+        self.clean = False
+
+    def __iter__(self):
+        s, conn, decoder, data = self.s, self.conn, self.decoder, self.data
+        while True:
+            if data:
+                try:
+                    pieces, leftover = decoder.feed(data)
+                except http1.ProtocolError as exc:
+                    s.rt.log.error("%s sent a badly framed body (%s); dropping the client",
+                                   conn.server.addr, exc.reason)
+                    raise Abort() from None
+                if decoder.done:
+                    conn.buf = leftover
+                    self.clean = True
+                    yield pieces, True
+                    return
+                yield pieces, False
+            data = up_recv(s, conn)
+            if not data:
+                try:
+                    decoder.eof()
+                except http1.IncompleteBody:
+                    s.rt.log.error("%s closed the connection in the middle of a chunked "
+                                   "body; dropping the client", conn.server.addr)
+                    raise Abort() from None
+                yield (), True
+                return
 
 
-def _encoder_end(data: bytes, pending: list, chunk_out: bool) -> None:
-    if data:
-        pending.append(http1.encode_chunk(data) if chunk_out else data)
+class Discard:
+    """A filter that lets nothing through (a HEAD whose stored body is re-stored)."""
+
+    @staticmethod
+    def on_data(data) -> bytes:
+        return b""
+
+    @staticmethod
+    def on_flush() -> bytes:
+        return b""
+
+    @staticmethod
+    def on_end() -> bytes:
+        return b""

@@ -1,10 +1,12 @@
-"""Response heads for the client: framing fields, Date, compression's fields.
+"""Every response head forkproxy sends a client, built here.
 
-Relayed responses (``client_head``) and cache hits (``net.http_cache``)
-frame their bodies through ``framing_fields_out`` and apply the route's
-``compress`` through ``encoder_for``; ``CLOCK`` gives the Date text of every
+Relayed responses (``client_head``), relayed 1xx and 101 heads
+(``interim_head``) and cache hits (``net.http_cache``) frame their bodies
+through ``framing_fields_out`` and apply the route's ``compress`` through
+``encoder_for``; forkproxy's own answers (errors, the https redirect,
+PURGE's) come from ``own_response``; ``CLOCK`` gives the Date text of every
 head forkproxy writes.  Heads made from small origin heads are remembered
-(``_remember``, at most CLIENT_HEADS per worker).
+(``remember``, at most CLIENT_HEADS per worker).
 """
 
 from __future__ import annotations
@@ -129,6 +131,20 @@ def _compressed(out: list, req, cz):
            if n not in ("content-length", "accept-ranges")]
     out.append(("Content-Encoding", coding))
     return out, compress.new(coding, cz.level)
+
+
+def interim_head(resp, extra=()) -> bytes:
+    """The head of a 1xx response relayed to the client: the origin's fields,
+    hop-by-hop out; a 101 keeps the Connection and Upgrade pair it switches
+    with, and gets ``extra`` (the sticky Set-Cookie)."""
+    out = hdr.response_headers_for_client(resp.headers)
+    if resp.status == 101:
+        upgrade = resp.get("upgrade")
+        out.append(("Connection", "upgrade"))
+        if upgrade is not None:
+            out.append(("Upgrade", upgrade))
+        out.extend(extra)
+    return http1.serialize_response_head(resp.status, resp.reason, out)
 
 
 def client_head(s, tx, resp, rframing, conn, extra, keep) -> tuple:

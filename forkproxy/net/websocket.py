@@ -10,8 +10,7 @@ from __future__ import annotations
 
 import time
 
-from forkproxy.core import headers as hdr
-from forkproxy.core import http1
+from forkproxy.net import response
 from forkproxy.net.sockio import sendall
 from forkproxy.net.tunnel import Relay
 from forkproxy.net.upstream import UpstreamConn
@@ -29,14 +28,8 @@ def tunnel(s, tx, conn: UpstreamConn, resp, early: bytes, extra=()) -> bool:
     connection is done.
     """
     rt, rc, rec = s.rt, tx.rc, tx.rec
-    out = hdr.response_headers_for_client(resp.headers)
-    upgrade = resp.get("upgrade")
-    out.append(("Connection", "upgrade"))
-    if upgrade is not None:
-        out.append(("Upgrade", upgrade))
-    out.extend(extra)
     rec.status = rec.upstream_status = 101
-    s._send(http1.serialize_response_head(101, resp.reason, out) + early)
+    s._send(response.interim_head(resp, extra) + early)
     rec.upstream_time = time.time() - tx.upstream_start
     up = conn.sock
     try:
