@@ -13,6 +13,7 @@ head in (``net.upstream_http``), response body to the client
 
 from __future__ import annotations
 
+import functools
 import socket
 import time
 
@@ -45,15 +46,18 @@ class ServerChoice:
     after the first.
     """
 
+    # The state of a first attempt lives on the class: one choice is made
+    # per request, and most never need a second attempt.
+    tried: frozenset | set = frozenset()  # the servers that failed (a set once one did)
+    attempts = 0
+    first_at = 0.0
+    fresh: int | None = None  # a server whose pooled connection turned out stale
+    queue_deadline: float | None = None
+
     def __init__(self, pool: PoolRuntime, pick, retry=None, pinned=None, queue: bool = False,
                  on_retry=None):
         self.pool, self.pick, self.retry, self.pinned = pool, pick, retry, pinned
         self.queue, self.on_retry = queue, on_retry
-        self.tried: set[int] = set()
-        self.attempts = 0
-        self.first_at = 0.0
-        self.fresh: int | None = None  # a server whose pooled connection turned out stale
-        self.queue_deadline: float | None = None
 
     def may_try_again(self) -> bool:
         retry = self.retry
@@ -98,6 +102,8 @@ class ServerChoice:
     def failed(self, i: int, same: bool = False) -> None:
         """Server ``i`` failed; ``same``: its pooled connection was found
         closed, and it is tried again at once on a new one."""
+        if not self.tried:
+            self.tried = set()
         self.tried.add(i)
         if same:
             self.fresh = i
@@ -131,11 +137,12 @@ def exchange(s, tx) -> bool:
     """
     rt, pool, req = s.rt, tx.pool, tx.req
     # A buffered body can be sent again (route request_buffering).
-    replayable = (not tx.has_body or tx.spool is not None) and req.method in IDEMPOTENT
+    replayable = (not req.framing.carries_body or tx.spool is not None) \
+        and req.method in IDEMPOTENT
     metrics = rt.metrics
-    choice = ServerChoice(pool, lambda tried: pool.pick(req, s.peer, tried), pool.retry,
+    choice = ServerChoice(pool, functools.partial(pool.pick, req, s.peer), pool.retry,
                           tx.pinned, queue=True, on_retry=None if metrics is None
-                          else lambda: metrics.retry(pool.name))
+                          else functools.partial(metrics.retry, pool.name))
     last_error: UpstreamError | None = None
     while True:
         try:
