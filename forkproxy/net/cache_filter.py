@@ -105,9 +105,6 @@ class Background:
             return
         rec.status = status
 
-    def balanced(self, tx) -> None:
-        return None
-
 
 class Hook:
     """``tx.hook`` for one exchange: stores the response, or serves the stale

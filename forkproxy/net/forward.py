@@ -137,8 +137,7 @@ def exchange(s, tx) -> bool:
     """
     rt, pool, req = s.rt, tx.pool, tx.req
     # A buffered body can be sent again (route request_buffering).
-    replayable = (not req.framing.carries_body or tx.spool is not None) \
-        and req.method in IDEMPOTENT
+    replayable = (not tx.has_body or tx.spool is not None) and req.method in IDEMPOTENT
     metrics = rt.metrics
     choice = ServerChoice(pool, functools.partial(pool.pick, req, s.peer), pool.retry,
                           tx.pinned, queue=True, on_retry=None if metrics is None
@@ -231,7 +230,10 @@ def attempt(s, tx, i: int, conn: UpstreamConn, head: bytes, extra=(), retry_stat
     """
     tx.upstream_start = time.time()
     _send_request(s, tx, conn, head)
-    resp, body_start, interim = _response_head(s, tx, conn)
+    resp, body_start = read_response_head(s, tx, conn)
+    interim = False
+    if 100 <= resp.status < 200:
+        resp, body_start, interim = _interim(s, tx, conn, resp, body_start)
     if resp.status == 101:
         return websocket.tunnel(s, tx, conn, resp, body_start, extra)
     rec, pool = tx.rec, tx.pool
@@ -244,11 +246,18 @@ def attempt(s, tx, i: int, conn: UpstreamConn, head: bytes, extra=(), retry_stat
     if got is None:  # a 304 merged, or stale-if-error: the cache answered
         conn.close()
         return tx.tee.keep
-    keep, up_keepalive, rframing = got[1], got[4], got[5]
+    client_head, keep, _, encoder, up_keepalive, rframing = got
     rec.status = resp.status
     if resp.status >= 500:  # relayed as it came: the error log names who answered it
         rec.why = f"upstream {conn.server.addr} answered {resp.status}"
-    up_keepalive = _relay_body(s, tx, conn, body_start, got) and up_keepalive
+    length = rframing.length
+    if rframing.kind == "length" and encoder is None and tx.tee is None \
+            and len(body_start) >= length:
+        # The whole body came with the head (a small response): one send.
+        conn.buf = body_start[length:]  # garbage past the body: never reuse this connection
+        s._send(client_head + body_start[:length])
+    else:
+        up_keepalive = _relay_body(s, tx, conn, body_start, got) and up_keepalive
     rec.upstream_time = time.time() - tx.upstream_start
     if tx.tee is not None:
         tx.tee.commit()  # bodiless responses (HEAD, 304): committed here; no-op otherwise
@@ -268,11 +277,6 @@ def _relay_body(s, tx, conn: UpstreamConn, body_start: bytes, got) -> bool:
     if kind == "none":
         s._send(client_head)
         conn.buf = body_start
-        return True
-    if kind == "length" and tee is None and encoder is None and len(body_start) >= length:
-        # The whole body came with the head (a small response): one send.
-        conn.buf = body_start[length:]  # garbage past the body: never reuse this connection
-        s._send(client_head + body_start[:length])
         return True
     filters = [f for f in (tee, encoder) if f is not None]
     if kind == "length" and encoder is None:
@@ -303,14 +307,13 @@ def _send_request(s, tx, conn: UpstreamConn, head: bytes) -> None:
                             sent=True) from None
 
 
-def _response_head(s, tx, conn: UpstreamConn):
-    """(response, bytes past its head, an interim response went out): the final
-    response head, or a 101 to a request that asked for it; 1xx interim
-    responses are forwarded to 1.1 clients."""
+def _interim(s, tx, conn: UpstreamConn, resp, body_start: bytes):
+    """After a 1xx ``resp``: (response, bytes past its head, an interim
+    response went out): the final response head, or a 101 to a request that
+    asked for it; 1xx interim responses are forwarded to 1.1 clients."""
     req = tx.req
     interim = False
     while True:
-        resp, body_start = read_response_head(s, tx, conn)
         if not 100 <= resp.status < 200:
             return resp, body_start, interim
         if resp.status == 101:
@@ -322,6 +325,7 @@ def _response_head(s, tx, conn: UpstreamConn):
         if req.version == "1.1":
             s._send(response.interim_head(resp))
         conn.buf = body_start
+        resp, body_start = read_response_head(s, tx, conn)
 
 
 def _client_head(s, tx, conn: UpstreamConn, resp, extra):

@@ -372,7 +372,7 @@ class Session:
         """The body stage's part with the client: answer ``Expect``, read a
         body whole before a server is chosen (route request_buffering)."""
         req = tx.req
-        has_body = req.framing.carries_body
+        has_body = tx.has_body
         expect = req.expect
         if expect is not None:
             if expect.lower() != "100-continue":
@@ -387,8 +387,3 @@ class Session:
     def cached(self, tx: Transaction):
         """The cache lookup stage: the cache answers, or sets up the miss."""
         return self.rt.cache.lookup(self, tx)
-
-    @staticmethod
-    def balanced(tx: Transaction) -> None:
-        """The balancing stage: the pick is made as the request is forwarded."""
-        return None

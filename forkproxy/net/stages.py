@@ -15,7 +15,8 @@ kinds of ``s``; what leaves the worker goes through ``s``:
 
 What ``s`` offers the stages: ``rt``, ``listener``, ``peer``, ``proto``,
 ``live``, and ``refuse(tx, status, why, fields=())``,
-``redirect_https(tx)``, ``take_body(tx)``, ``cached(tx)``, ``balanced(tx)``.
+``redirect_https(tx)``, ``take_body(tx)``, ``cached(tx)``, and, for a dry run,
+``balanced(tx)``.
 """
 
 from __future__ import annotations
@@ -74,7 +75,9 @@ def body(s, tx):
     req = tx.req
     tx.max_body = body_limit(s.rt, tx.rc, req.framing)
     tx.keep = http1.keep_alive(req.version, req.connection)
-    return s.take_body(tx)
+    tx.has_body = req.framing.carries_body
+    if tx.has_body or req.expect is not None:
+        return s.take_body(tx)
 
 
 def cache_lookup(s, tx):
@@ -91,9 +94,10 @@ def balancing(s, tx):
     """The server a sticky cookie pins the request to (else the balancer's
     pick, made by ``forward.ServerChoice`` as it forwards)."""
     pool = tx.pool
-    tx.pinned, tx.token = sticky_choice(pool, tx.req) if pool.sticky is not None \
-        else (None, None)
-    return s.balanced(tx)
+    if pool.sticky is not None:
+        tx.pinned, tx.token = sticky_choice(pool, tx.req)
+    if not s.live:  # a dry run reports the pick; a live one makes it as it forwards
+        return s.balanced(tx)
 
 
 def forwarding(s, tx):

@@ -42,6 +42,7 @@ class Transaction:
     hsts = None  # the route's Strict-Transport-Security value, over TLS only
     pool = None  # net.pools.PoolRuntime, once routed
     max_body = 0
+    has_body = False  # the request carries a body (set by the body stage)
     spool = None  # net.spool.Spool: the body read whole (route request_buffering)
     keep = False
     pinned = token = None  # the server a sticky cookie names; the cookie's token
@@ -54,10 +55,6 @@ class Transaction:
     def __init__(self, rec: AccessRecord, start: float):
         self.rec = rec
         self.start = start
-
-    @property
-    def has_body(self) -> bool:
-        return self.req.framing.carries_body
 
     def close(self) -> None:
         """Release what the request holds (a spooled body's file, a cache lock)."""
