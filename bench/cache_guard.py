@@ -5,7 +5,7 @@
 
 Runs as a forkproxy worker does (gevent monkey-patched) against a real
 memcached it starts on 127.0.0.1 and stops by pid.  For each mode of
-``forkproxy.net.cache.MemcachedStore``:
+``forkproxy.net.cache_memcached.MemcachedStore``:
 
 - hit: ``get_entry`` of a stored 10 KB body, read to its end (p50/p99 us);
 - live: the same load on a running memcached, for the baseline hub stall;
@@ -36,7 +36,7 @@ HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parent))
 sys.path.insert(0, str(HERE.parent / "tests"))
 
-from forkproxy.net.cache import Breaker, MemcachedStore  # noqa: E402
+from forkproxy.net.cache_memcached import Breaker, MemcachedStore  # noqa: E402
 from support.procs import Proc, free_port, wait_for_port  # noqa: E402
 
 MODES = ("direct", "threadpool")

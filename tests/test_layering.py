@@ -155,3 +155,78 @@ def test_master_side_imports_pull_in_no_gevent_requests_or_pylibmc(module):
             "print(bad); sys.exit(1 if bad else 0)")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT)
     assert out.returncode == 0, out.stdout + out.stderr
+
+
+# Sizes the request path keeps (issue 18): small modules and functions that
+# say what they hold, short parameter lists, a cache apart from the loop.
+NET = PKG / "net"
+MAX_NET_MODULE_LINES = 600
+MAX_NET_FUNCTION_LINES = 60
+MAX_PARAMETERS = 8
+# The connection loop and what only it runs; the cache modules import none of them.
+CONNECTION_LOOP = {"forkproxy.net.http_session", "forkproxy.net.listener"}
+CACHE_MODULES = ("http_cache.py", "cache_filter.py", "cache_store.py", "cache_memcached.py")
+
+
+def _functions(path: pathlib.Path):
+    for node in ast.walk(ast.parse(path.read_text(), str(path))):
+        if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)):
+            yield node
+
+
+def _parameters(fn) -> int:
+    a = fn.args
+    return (len(a.posonlyargs) + len(a.args) + len(a.kwonlyargs) + (a.vararg is not None)
+            + (a.kwarg is not None))
+
+
+def test_no_net_module_is_over_600_lines():
+    long = [f"{p.relative_to(ROOT)}: {n} lines" for p in sorted(NET.glob("*.py"))
+            if (n := len(p.read_text().splitlines())) > MAX_NET_MODULE_LINES]
+    assert long == []
+
+
+def test_no_net_function_is_over_60_lines():
+    long = [f"{p.relative_to(ROOT)}:{fn.lineno} {fn.name}: {fn.end_lineno - fn.lineno + 1} lines"
+            for p in sorted(NET.glob("*.py")) for fn in _functions(p)
+            if fn.end_lineno - fn.lineno + 1 > MAX_NET_FUNCTION_LINES]
+    assert long == []
+
+
+def test_no_function_has_more_than_8_parameters():
+    many = [f"{p.relative_to(ROOT)}:{fn.lineno} {fn.name}: {_parameters(fn)} parameters"
+            for p in sorted(PKG.rglob("*.py")) for fn in _functions(p)
+            if _parameters(fn) > MAX_PARAMETERS]
+    assert many == []
+
+
+def _imported_modules(path: pathlib.Path) -> set[str]:
+    """Every module ``path`` imports, ``from a import b`` counting ``a.b`` too."""
+    found = set()
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.Import):
+            found.update(alias.name for alias in node.names)
+        elif isinstance(node, ast.ImportFrom) and node.module:
+            found.add(node.module)
+            found.update(f"{node.module}.{alias.name}" for alias in node.names)
+    return found
+
+
+@pytest.mark.parametrize("module", CACHE_MODULES)
+def test_the_cache_imports_nothing_of_the_connection_loop(module):
+    assert _imported_modules(NET / module) & CONNECTION_LOOP == set()
+
+
+def test_the_import_check_sees_from_imports(tmp_path):
+    bad = tmp_path / "bad.py"
+    bad.write_text("from forkproxy.net import http_session\n")
+    assert _imported_modules(bad) & CONNECTION_LOOP == {"forkproxy.net.http_session"}
+
+
+def test_architecture_doc_names_every_module():
+    """docs/ARCHITECTURE.md says in one line what each module holds: a module
+    added without its line fails here."""
+    doc = (ROOT / "docs" / "ARCHITECTURE.md").read_text()
+    missing = [str(p.relative_to(PKG)) for p in sorted(PKG.rglob("*.py"))
+               if p.name != "__init__.py" and f"`{p.name}`" not in doc]
+    assert missing == []

@@ -1,6 +1,6 @@
 """Load-balancing algorithms and the sticky-session codec, sans-IO.
 
-CONTRACT (consumed by ``forkproxy.net.session`` / ``net.upstream``, one
+CONTRACT (consumed by ``forkproxy.net.forward`` / ``net.upstream``, one
 ``Balancer`` per pool per worker process):
 
     ``ServerSpec(key, weight=1, backup=False)``

@@ -1,6 +1,6 @@
 """RFC 9111 shared-cache policy, sans-IO.
 
-CONTRACT (consumed by ``forkproxy.net.cache`` / ``net.session``; keep it):
+CONTRACT (consumed by ``forkproxy.net.http_cache``; keep it):
 
 Everything here is pure.  Times are float epoch seconds passed in by the
 caller; headers are lists of ``(lower-case name, value)`` str pairs, in order,

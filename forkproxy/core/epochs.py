@@ -1,6 +1,6 @@
 """Change counters over a buffer shared by the workers of one forkproxy.
 
-CONTRACT (consumed by ``net.cache``'s near copies; the master makes the
+CONTRACT (consumed by ``net.cache_store``'s near copies; the master makes the
 buffer, ``SIZE`` bytes of anonymous shared memory, before it forks):
 
 - ``values[i]`` is counter ``i``; counter 0 stands for every key (host
@@ -34,7 +34,7 @@ class Epochs:
     @staticmethod
     def slot(hashed: str) -> int:
         """The counter of a key given as hex digits after a 3-character prefix
-        (``net.cache.hashed_key``'s "fp:" + sha256 hex): 1..SLOTS-1."""
+        (``net.cache_store.hashed_key``'s "fp:" + sha256 hex): 1..SLOTS-1."""
         return 1 + int(hashed[3:15], 16) % (Epochs.SLOTS - 1)
 
     def bump(self, i: int, value: int) -> None:

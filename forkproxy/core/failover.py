@@ -1,6 +1,6 @@
 """After a failed attempt at a server: whom it is charged to, where the request goes next.
 
-Pure decisions for ``net.session.Session.exchange`` (DESIGN section 4, and
+Pure decisions for ``net.forward.exchange`` (DESIGN section 4, and
 forkproxy.toml(5) ``retry``), on what the attempt's ``UpstreamError`` says:
 ``kind`` ("refused", "reset", "timeout", "closed", "invalid", or "status"
 for a response whose status ``retry.on`` lists), ``sent`` (a byte of the

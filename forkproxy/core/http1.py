@@ -1,6 +1,6 @@
 """HTTP/1.1 framing, sans-IO: bytes in, parsed heads and body pieces out.
 
-CONTRACT (consumed by ``forkproxy.net.session`` and ``net.upstream``; keep it):
+CONTRACT (consumed by ``forkproxy.net.forward`` and ``net.upstream``; keep it):
 
 Heads
     ``find_head_end(buf, start=0) -> int``

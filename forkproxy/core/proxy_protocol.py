@@ -11,7 +11,7 @@ header carries one family.
 ``ProxyHeader`` (with the number of bytes it took) once complete, and raises
 ``ProxyProtocolError`` as soon as ``buf`` cannot start one.  v2 TLVs are
 skipped.  A reader should never read past the header: the bytes after it
-belong to the relayed stream (see ``net.tunnel.read_proxy_header``).
+belong to the relayed stream (see ``net.listener.read_proxy_header``).
 """
 
 from __future__ import annotations

@@ -4,7 +4,7 @@ CONTRACT (consumed by the session; the master creates the buffer, a
 MAP_SHARED mmap, before forking, as for ``forkproxy.core.table``):
 
     ``ratelimit_size(n_keys, n_slots, ways=WAYS)`` bytes needed.
-    ``RateLimiter(buf, n_keys, n_slots, rate, burst, create=False, seed=b"", ways=WAYS)``
+    ``RateLimiter(buf, n_keys, n_slots, rate, burst, create=False, seed=b"")``
         ``rate`` in requests per second (> 0), ``burst`` >= 1 requests.
         ``create=True`` formats a zeroed buffer (``seed``: 16 random bytes
         from the caller, keying the hash so clients cannot aim keys at one
@@ -110,8 +110,11 @@ def parse_rate(text: str) -> float:
 class RateLimiter:
     """One route's limiter over ``buf``; see the module docstring."""
 
+    ways = WAYS  # entries per slot in a bucket (the layout's; one for every limiter)
+
     def __init__(self, buf, n_keys: int, n_slots: int, rate: float, burst: int, *,
-                 create: bool = False, seed: bytes = b"", ways: int = WAYS):
+                 create: bool = False, seed: bytes = b""):
+        ways = self.ways
         if not rate > 0 or not math.isfinite(rate):
             raise ValueError(f"rate {rate}: must be > 0")
         if burst < 1:

@@ -1,6 +1,6 @@
 """Request routing, sans-IO: (listener, host, path) -> the route that serves it.
 
-CONTRACT (consumed by ``forkproxy.net.session`` and ``forkproxyctl explain``):
+CONTRACT (consumed by ``forkproxy.net.http_session`` and ``forkproxyctl explain``):
 
     ``RouteSpec``   what one ``[[route]]`` table of the config says, converted
                     by the config loader.  ``index`` is its position in the

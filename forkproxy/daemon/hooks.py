@@ -324,10 +324,10 @@ def post_fork(arbiter, worker) -> None:
 
 
 def build_runtime(ctx, log):
-    """Worker, gevent patched: the ``net.session.Runtime`` of ``ctx`` (a
+    """Worker, gevent patched: the ``net.listener.Runtime`` of ``ctx`` (a
     ``daemon.state.WorkerContext``), complete, and its health checker (None
     when no pool has active checks; not started)."""
-    from forkproxy.net.session import Runtime
+    from forkproxy.net.listener import Runtime
 
     cfg = ctx.config
     metrics = cache = leader = None
@@ -341,7 +341,7 @@ def build_runtime(ctx, log):
         # After the fork: pylibmc clients must not be shared across processes.
         # Nothing connects here (the store connects on first use), so a
         # memcached that is down cannot fail the boot.
-        from forkproxy.net.caching import Cache
+        from forkproxy.net.http_cache import Cache
 
         cache = Cache.from_config(cfg.cache, log, ctx.cache_epochs)
     targets = _check_targets(cfg)
@@ -349,18 +349,14 @@ def build_runtime(ctx, log):
         from forkproxy.net.leader import Leader
 
         leader = Leader(ctx.lock_fd)
-    admin = None
-    if cfg.server.admin:
-        def admin(rt):
-            from forkproxy.net.admin import Admin
+    def admin(rt):
+        from forkproxy.net.admin import Admin
 
-            endpoint = Admin(rt, ctx.table, table_path(cfg),
-                             control.checker_lock_path(cfg.server.runtime_dir),
-                             reload_fd=ctx.reload_fd)
-            endpoint.leader = leader
-            return endpoint
-    runtime = Runtime(cfg, log, ctx.access_log, ctx.table, ctx.slot, ctx.edge, ctx.sticky_key,
-                      cache=cache, metrics=metrics, admin=admin)
+        return Admin(rt, ctx.table, table_path(cfg),
+                     control.checker_lock_path(cfg.server.runtime_dir),
+                     reload_fd=ctx.reload_fd, leader=leader)
+    runtime = Runtime(ctx, log, cache=cache, metrics=metrics,
+                      admin=admin if cfg.server.admin else None)
     checker = None
     if targets:
         from forkproxy.daemon.worker import set_title
@@ -375,7 +371,7 @@ def post_worker_init(worker) -> None:
     """Child, gevent patched: build this worker's runtime and start its greenlets."""
     import gevent
 
-    from forkproxy.net.session import maintain
+    from forkproxy.net.listener import maintain
 
     ctx = worker.context
     if ctx.slot is not None:

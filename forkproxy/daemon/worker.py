@@ -126,7 +126,7 @@ class ProxyWorker(AsyncWorker):
       kept accepting for up to a second after SIGTERM; and it waited for
       its servers' pools with one-second sleeps.  Here SIGTERM wakes the
       loop at once: the listeners are closed (the other generation takes
-      the accept queue), the runtime drains (see ``net.session``), and
+      the accept queue), the runtime drains (see ``net.listener``), and
       the worker exits as soon as no connection is left, or kills the
       rest at ``server.graceful_timeout``.
     - ``init_signals``: SIGTERM is delivered through gevent's loop (a
@@ -134,7 +134,7 @@ class ProxyWorker(AsyncWorker):
       inside whatever code the Python-level handler interrupted.
 
     ``context``: its ``daemon.state.WorkerContext``; ``runtime``: its
-    ``net.session.Runtime``, built by the ``post_worker_init`` hook.
+    ``net.listener.Runtime``, built by the ``post_worker_init`` hook.
     """
 
     runtime = None

@@ -64,7 +64,7 @@ from forkproxy.core.metrics import render
 from forkproxy.core.status import snapshot, traffic
 from forkproxy.net.explain import BadQuestion, explain, request_for
 from forkproxy.net.leader import holder_pid
-from forkproxy.net.session import request_target
+from forkproxy.net.request_path import request_target
 
 __all__ = ["Admin"]
 
@@ -83,9 +83,10 @@ class Admin:
     Changes to a server go through ``control.set_admin``, as forkproxyctl's do.
     """
 
-    def __init__(self, rt, table, table_path: str, lock_path: str, reload_fd: int):
+    def __init__(self, rt, table, table_path: str, lock_path: str, reload_fd: int, leader=None):
         """``reload_fd``: the pipe the master reads reload requests from
-        (a worker running as server.user may not signal it)."""
+        (a worker running as server.user may not signal it); ``leader``: this
+        worker's checker's ``net.leader.Leader`` (None: no active checks)."""
         self.rt = rt
         self.table = table
         self.table_path = table_path
@@ -100,7 +101,7 @@ class Admin:
             self.loopback = self.host == "localhost"
         self.names = frozenset({"localhost", *rt.cfg.server.admin_names}
                                | (set() if _is_ip(self.host) else {self.host.lower().rstrip(".")}))
-        self.leader = None  # this worker's checker's net.leader.Leader, set by daemon.hooks
+        self.leader = leader
 
     def listens_on(self, host: str, port: int) -> bool:
         """True when a listening socket bound to (``host``, ``port``) is the admin one."""

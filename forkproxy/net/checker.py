@@ -221,15 +221,16 @@ class Checker:
     checking the old generation's table.
     """
 
+    clock = staticmethod(time.time)  # the epoch clock stamped into rows (a test may set its own)
+
     def __init__(self, table, targets: list[Target], leader, log, *, initial: str = "up",
-                 clock=time.time, metrics=None, on_lead=None):
+                 metrics=None, on_lead=None):
         self.table = table
         self.on_lead = on_lead  # called with True / False when this worker wins / loses the lock
         self.metrics = metrics
         self.targets = list(targets)
         self.leader = leader
         self.log = log
-        self.clock = clock
         self._machines = {t.row: RiseFall(t.health.rise, t.health.fall, init_state=initial)
                           for t in self.targets}
         intervals = [t.health.interval for t in self.targets]

@@ -11,6 +11,9 @@ slow stream (server-sent events, a long poll) reaches the client as it
 comes instead of waiting for a full compressor block.  With 64 KiB reads
 the cost in ratio is small.
 
+An encoder is a response filter (``net.relay.pump``'s contract):
+``on_data``, ``on_flush`` and ``on_end`` are ``feed``, ``flush`` and ``finish``.
+
 ``AVAILABLE``: the codings this process can produce, in order of preference
 (brotli compresses text 15-25% better than gzip at similar speed).
 ``level`` is the route's compress.level: 1..9, mapped onto brotli's 0..11
@@ -49,6 +52,9 @@ class GzipEncoder:
     def finish(self) -> bytes:
         return self._z.flush(zlib.Z_FINISH)
 
+    # The response filter contract (net.relay.pump).
+    on_data, on_flush, on_end = feed, flush, finish
+
 
 class BrotliEncoder:
     __slots__ = ("_c",)
@@ -64,6 +70,9 @@ class BrotliEncoder:
 
     def finish(self) -> bytes:
         return self._c.finish()
+
+    # The response filter contract (net.relay.pump).
+    on_data, on_flush, on_end = feed, flush, finish
 
 
 def new(coding: str, level: int):

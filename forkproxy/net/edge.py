@@ -9,12 +9,12 @@ Session calls, in this order:
 
 ``Edge.admit(listener, peer) -> ticket | None`` and ``release(ticket)``
     around a whole connection: ``max_conns_per_ip`` (None: close it now).
-``Edge.request(index, req, rec, peer, proto, host, target) -> EdgeRequest``
+``Edge.request(tx, peer, proto) -> EdgeRequest``
     after routing, before anything goes upstream: ``.answer`` is None or
     the ``Answer`` to send instead (403, 404..., 405 with Allow, 429 with
     Retry-After, 414, 431, a redirect); otherwise ``.target`` is the target
     to send upstream (rewritten; ``target`` must be canonical, see
-    ``session.canonical_request``, and a rewritten path is made canonical
+    ``request_path.canonical_request``, and a rewritten path is made canonical
     again, 400 when it cannot be). The checks run in the order ACL, methods,
     limits, deny rules, rate limit, rewrites/redirect; an answer's ``why``
     names the rule, for the error log. ``rec.request_id`` is kept when set,
@@ -207,15 +207,17 @@ class Edge:
             rid = "%032x" % self._rand.getrandbits(128)
         return rid
 
-    def request(self, index: int, req, rec, peer: str, proto: str, host: str | None,
-                target: str, *, count: bool = True) -> "EdgeRequest":
-        """The edge's decision for one request (see the module docstring).
+    def request(self, tx, peer: str, proto: str, *, count: bool = True) -> "EdgeRequest":
+        """The edge's decision for one routed request (see the module docstring):
+        the transaction's route (``tx.rc``), request, access record, host and
+        target as the client asked for it (``tx.asked_target``).
 
         ``count=False`` (``forkproxyctl explain``): the same checks, except
         that the rate limit is not consulted, so nothing is counted against
         the client; the caller reports ``rules.rate_key`` instead.
         """
-        rules = self.routes[index]
+        req, rec, host, target = tx.req, tx.rec, tx.host, tx.asked_target
+        rules = self.routes[tx.rc.index]
         client = self.client(req, peer)
         rid = rec.request_id = rec.request_id or self.request_id(req, peer)
         er = EdgeRequest(rules, client, rid, proto, host or "", req.host_value)

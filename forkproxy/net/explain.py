@@ -2,17 +2,18 @@
 
 ``explain(rt, method, url, headers, listener=None, client=...)`` builds the
 request a client would send for ``url`` and runs the request path's own
-decisions on it, in the request path's order, stopping before anything
-leaves the worker:
+stages on it (``net.stages.STAGES``, the list the connection loop runs), in
+a dry mode (``DryRun``) that stops before anything leaves the worker:
 
 1. the head is parsed by ``core.http1`` with the server's limits (400, 414, 431);
-2. ``session.canonical_request`` (400 for a path no rule can judge),
-   ``session.request_target``, then the router (404 when no route matches);
-3. ``Edge.request(count=False)``: access list, methods, the route's limits,
-   deny rules, then rewrites or a redirect; ``session.https_location`` for a
-   ``redirect_https`` route; ``session.body_limit`` (413);
-4. the cache: ``Cache.consult``, a lookup in the store (reads only);
-5. the server: ``session.sticky_choice``, else the pool's ``pick`` on a copy
+2. admission: ``request_path.canonical_request`` (400 for a path no rule can
+   judge), ``request_path.request_target``; routing (404 when no route matches);
+3. edge rules: ``Edge.request(count=False)``: access list, methods, the
+   route's limits, deny rules, then rewrites or a redirect; redirects:
+   ``request_path.https_location`` for a ``redirect_https`` route; body:
+   ``request_path.body_limit`` (413);
+4. cache lookup: ``Cache.consult``, a lookup in the store (reads only);
+5. balancing: ``forward.sticky_choice``, else the pool's ``pick`` on a copy
    of its balancer, so this worker's rotation does not move, and nothing is
    counted in flight.
 
@@ -45,7 +46,7 @@ REVALIDATED on a 304, MISS otherwise) and 504 (only-if-cached, nothing stored).
 ``request.host`` is the Host the request carries: a ``Host`` header among
 ``headers``, else the URL's authority.
 ``cache.key`` is the URL as the cache names it (the client's target, before
-rewrites), ``cache.namespace`` the route's (``net.caching.route_namespace``).
+rewrites), ``cache.namespace`` the route's (``net.http_cache.route_namespace``).
 """
 
 from __future__ import annotations
@@ -55,8 +56,11 @@ import copy
 from forkproxy.core import http1
 from forkproxy.core.cache_policy import Action
 from forkproxy.logs import AccessRecord
-from forkproxy.net.session import (Runtime, body_limit, canonical_request, https_location,
-                                   no_route_why, no_server_why, request_target, sticky_choice)
+from forkproxy.net.forward import sticky_choice
+from forkproxy.net.listener import Runtime
+from forkproxy.net.request_path import https_location, no_server_why
+from forkproxy.net.stages import STAGES
+from forkproxy.net.transaction import Transaction
 
 __all__ = ["explain", "BadQuestion", "request_for"]
 
@@ -125,49 +129,81 @@ def request_for(rt: Runtime, method: str, target: str, host: str, headers) -> ht
     return http1.parse_request_head(raw, rt.limits)
 
 
-def _walk(rt: Runtime, doc: dict, lc, proto: str, req: http1.Request, peer: str) -> None:
-    """Fill ``doc`` along the request path; returns at the first answer forkproxy gives itself."""
-    req = canonical_request(req, *rt.canon)
-    host_value, host, path, target = request_target(req)
-    route = rt.router.match(lc.name, host, path)
-    if route is None:
-        doc["refused"] = {"status": 404, "why": no_route_why(lc.name, host, path)}
-        return
-    rc = rt.routes[route.index]
-    doc["route"] = {"id": rc.index, "host": rc.host, "path": rc.path,
-                    "path_regex": rc.path_regex, "pool": rc.pool, "cache": rc.cache}
-    er = rt.edge.request(rc.index, req, AccessRecord(peer, 0.0), peer, proto, host, target,
-                         count=False)
-    doc["request"]["client"] = er.client
-    if rc.rate_limit is not None:
-        doc["rate_limit"] = {"rate": rc.rate_limit.rate, "burst": rc.rate_limit.burst,
-                             "key": er.rules.rate_key(req, er.client)}
-    if er.answer is not None:
-        location = dict(er.answer.fields).get("Location")
+class DryRun:
+    """The connection the request stages (``net.stages``) see in a dry run:
+    what would be sent is written into ``doc``, and every answer stops."""
+
+    live = False
+
+    def __init__(self, rt: Runtime, doc: dict, listener, proto: str, peer: str):
+        self.rt, self.doc, self.listener, self.proto, self.peer = rt, doc, listener, proto, peer
+
+    def refuse(self, tx, status: int, why: str, *, fields=()) -> bool:
+        location = dict(fields).get("Location")
         if location is not None:
-            doc["redirect"] = {"status": er.answer.status, "location": location}
+            self.doc["redirect"] = {"status": status, "location": location}
         else:
-            doc["refused"] = {"status": er.answer.status, "why": er.answer.why}
-        return
-    doc["upstream_target"] = er.target
-    if rc.redirect_https and proto == "http":
-        doc["redirect"] = {"status": 308,
-                           "location": https_location(rt, rc.index, host, er.target)}
-        return
-    body_limit(rt, rc, req.framing)
-    doc["cache"] = _cache(rt, rc, proto, host_value, target, req, req.framing.carries_body)
-    result = doc["cache"]["result"] if doc["cache"] is not None else None
-    if result == "504":
-        doc["refused"] = {"status": 504, "why": "only-if-cached and nothing usable in the cache"}
-    if result in ("504", "PURGE"):  # the cache answers itself: no server is asked
-        return
-    pool = rt.pools[rc.pool]
-    doc["pool"] = _pool(pool, req, peer)
-    _server(doc, pool, req, peer)
+            self.doc["refused"] = {"status": status, "why": why}
+        return False
+
+    def redirect_https(self, tx) -> bool:
+        self.doc["redirect"] = {"status": 308,
+                                "location": https_location(self.rt, tx.rc.index, tx.host,
+                                                           tx.target)}
+        return False
+
+    def take_body(self, tx) -> None:
+        return None
+
+    def cached(self, tx):
+        rt, doc = self.rt, self.doc
+        doc["cache"] = _cache(rt, tx.rc, self.proto, tx.host_value, tx.asked_target, tx.req,
+                              tx.req.framing.carries_body)
+        result = doc["cache"]["result"]
+        if result == "504":
+            self.refuse(tx, 504, "only-if-cached and nothing usable in the cache")
+        if result in ("504", "PURGE"):  # the cache answers itself: no server is asked
+            return False
+        return None
+
+    def balanced(self, tx) -> bool:
+        pool, req = tx.pool, tx.req
+        self.doc["pool"] = _pool(pool, req, self.peer)
+        _server(self.doc, pool, req, self.peer)
+        return False  # nothing leaves the worker
+
+
+def _walk(rt: Runtime, doc: dict, lc, proto: str, req: http1.Request, peer: str) -> None:
+    """Fill ``doc`` along the request stages; returns at the first answer
+    forkproxy gives itself, or before forwarding."""
+    dry = DryRun(rt, doc, lc, proto, peer)
+    tx = Transaction(AccessRecord(peer, 0.0), 0.0)
+    tx.req = req
+    for stage in STAGES:
+        answered = stage(dry, tx)
+        _report(doc, tx)
+        if answered is not None:
+            return
+
+
+def _report(doc: dict, tx) -> None:
+    """What the stages so far decided: the route, the edge's client and rate
+    limit, the target sent upstream."""
+    rc, er = tx.rc, tx.edge
+    if rc is not None:
+        doc["route"] = {"id": rc.index, "host": rc.host, "path": rc.path,
+                        "path_regex": rc.path_regex, "pool": rc.pool, "cache": rc.cache}
+    if er is not None:
+        doc["request"]["client"] = er.client
+        if rc.rate_limit is not None:
+            doc["rate_limit"] = {"rate": rc.rate_limit.rate, "burst": rc.rate_limit.burst,
+                                 "key": er.rules.rate_key(tx.req, er.client)}
+    if tx.target is not None:
+        doc["upstream_target"] = tx.target
 
 
 def _cache(rt: Runtime, rc, proto: str, host_value, target: str, req, has_body: bool):
-    """What the cache would do, as ``Session.proxy`` and ``Cache.handle`` decide it
+    """What the cache would do, as ``Cache.lookup`` decides it
     (``target``: the client's, which the cache keys)."""
     if rt.cache is None or not (rc.cache or req.method == "PURGE"):
         return None
@@ -200,7 +236,7 @@ def _pool(pool, req, peer: str) -> dict:
 
 
 def _server(doc: dict, pool, req, peer: str) -> None:
-    """The server ``Session.exchange`` would try first, and the sticky cookie's part in it."""
+    """The server ``forward.exchange`` would try first, and the sticky cookie's part in it."""
     pinned, token = sticky_choice(pool, req)
     if pool.sticky is not None:
         named = pool.sticky.index(token) if token is not None else None

@@ -47,6 +47,9 @@ catch EAGAIN and wait); a spurious wake-up falls back to that wrapper.
 The last three are for plain sockets only (``is_plain``): a TLS socket may
 already hold decrypted bytes that no readiness event announces, and its
 raw socket must never see plaintext.
+
+``send_within(sock, data, plain, timers, seconds)`` is how every byte to a
+client or a server goes out: ``send_now`` first, a timer only for the rest.
 """
 
 from __future__ import annotations
@@ -126,3 +129,33 @@ class Timers:
         for t in self._by_seconds.values():
             t.close()
         self._by_seconds.clear()
+
+
+def sendall(sock, data) -> None:
+    """sendall, with the common case (everything fits the socket buffer) in one call.
+
+    gevent's sendall costs three Python frames and timeout bookkeeping per
+    call; a single send() nearly always takes a whole small response.
+    """
+    sent = sock.send(data)
+    if sent < len(data):
+        sock.sendall(memoryview(data)[sent:])
+
+
+def send_within(sock, data, plain: bool, timers: Timers, seconds: float) -> None:
+    """All of ``data`` to ``sock``; ``socket.timeout`` if it takes over ``seconds``.
+
+    A plain socket takes what fits at once without a timer (``send_now``); a
+    timer bounds only the wait for the rest.
+    """
+    if plain:
+        sent = send_now(sock, data)
+        if sent == len(data):
+            return
+        data = memoryview(data)[sent:]
+    t = timers.start(seconds)
+    try:
+        sendall(sock, data)
+    finally:
+        t.stop()
+

@@ -165,7 +165,7 @@ def test_breaker_transitions_are_in_the_error_log(forkproxy_factory, origin, mc)
 
 
 def test_a_remembered_hit_head_still_fits_each_request(forkproxy_factory, origin, mc):
-    """Hits on one entry within a second share their head (net.caching remembers the
+    """Hits on one entry within a second share their head (net.http_cache remembers the
     last one made); every request still gets the head its own version, keep-alive,
     Host and cache status call for, interleaved, and Age moves on."""
     fp, port = start(forkproxy_factory, origin, mc)

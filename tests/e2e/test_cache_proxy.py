@@ -268,7 +268,7 @@ def test_in_process_cache_and_purge_forbidden(forkproxy_factory, origin):
 
 
 def test_no_worker_serves_a_copy_older_than_a_purge(proxy, origin):
-    """Each worker keeps near copies of hot entries (net.cache); a PURGE taken
+    """Each worker keeps near copies of hot entries (net.cache_store); a PURGE taken
     by either worker must void them in both at once: the next GET, whichever
     worker takes it, is a miss.  Over 8 rounds, the GET goes to the worker that
     did not take the PURGE in about half of them."""

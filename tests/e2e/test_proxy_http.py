@@ -492,7 +492,7 @@ def test_access_log_has_upstream_fields(site):
 
 
 def test_a_remembered_client_head_fits_each_request(forkproxy_factory):
-    """Session.relay remembers the client heads it made, by what they were made
+    """forward.attempt remembers the client heads it made, by what they were made
     from.  One server's byte-identical answer, asked for in every shape, gets
     each request its own head: another route's rules, HTTP/1.0 or 1.1,
     keep-alive or close, HEAD; and, as the server sends no Date, the proxy's
@@ -545,7 +545,7 @@ servers = [{{ addr = "{addr}" }}]
 
 def test_the_same_request_again_gets_the_same_fields_and_its_own_id(forkproxy_factory,
                                                                      backend_factory):
-    """Session.upstream_fields remembers the fields around X-Request-Id: a request
+    """forward.upstream_fields remembers the fields around X-Request-Id: a request
     sent again byte for byte reaches the server with the same forwarding fields
     and a new id each time."""
     b = backend_factory("b")

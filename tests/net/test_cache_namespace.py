@@ -1,4 +1,4 @@
-"""net.caching.route_namespace: which routes share cache entries (issue 16).
+"""net.http_cache.route_namespace: which routes share cache entries (issue 16).
 
 Table-driven over real configuration text (``config.loads``): a route's
 default namespace is a digest of what decides which requests reach it and
@@ -10,7 +10,7 @@ from __future__ import annotations
 import pytest
 
 from forkproxy.config import loads
-from forkproxy.net.caching import route_namespace
+from forkproxy.net.http_cache import route_namespace
 
 BASE = """
 [[listener]]

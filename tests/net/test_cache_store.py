@@ -1,4 +1,4 @@
-"""net.cache: the memcached store (both modes) and the in-process store, against a real memcached.
+"""net.cache_store and net.cache_memcached: the memcached store (both modes) and the in-process store, against a real memcached.
 
 Most tests drive the stores in this process (pylibmc in "direct" mode is
 plain blocking I/O; "threadpool" mode uses gevent's hub and threadpool,
@@ -22,8 +22,9 @@ from support.procs import wait_until
 from support.runner import REPO_ROOT
 
 from forkproxy.core.epochs import Epochs
-from forkproxy.net.cache import (NAMESPACE_HOSTS, NAMESPACE_TTL, NEAR_TTL, Breaker, CacheError, MemcachedStore,
-                                  MemoryStore, _split_entry, breaker_for, hashed_key)
+from forkproxy.net.cache_memcached import Breaker, MemcachedStore, breaker_for
+from forkproxy.net.cache_store import (NAMESPACE_HOSTS, NAMESPACE_TTL, NEAR_TTL, CacheError, MemoryStore,
+                                       _split_entry, hashed_key)
 
 SMALL_ITEM = 1000   # small chunks: many chunks from a few KB
 # Where a test expects memcached to answer: a generous timeout, so a loaded
@@ -278,7 +279,7 @@ def test_lock_in_process(make_store):
 _LOCKER = """
 import sys
 from gevent import monkey; monkey.patch_all()
-from forkproxy.net.cache import MemcachedStore
+from forkproxy.net.cache_memcached import MemcachedStore
 store = MemcachedStore([sys.argv[1]], mode=sys.argv[2], timeout_ms=500)
 print("held" if store.lock("page", 30) else "busy", flush=True)
 sys.stdin.readline()
@@ -478,7 +479,7 @@ _GEVENT = """
 import json, sys
 from gevent import monkey; monkey.patch_all()
 import gevent
-from forkproxy.net.cache import MemcachedStore
+from forkproxy.net.cache_memcached import MemcachedStore
 addr, mode = sys.argv[1], sys.argv[2]
 store = MemcachedStore([addr], mode=mode, item_size=1000, timeout_ms=500)
 body = bytes(range(256)) * 40
@@ -578,7 +579,7 @@ def test_near_copies_are_bounded_and_skip_big_items(memcached):
 
 
 def test_a_remembered_inline_entry_is_the_fresh_one():
-    from forkproxy.net.cache import REMEMBERED_ITEM_SIZE, _HEADER, _MAGIC, _remembered_inline
+    from forkproxy.net.cache_store import REMEMBERED_ITEM_SIZE, _HEADER, _MAGIC, _remembered_inline
 
     def item(body: bytes, count: int = 0, length: int | None = None) -> bytes:
         head = b'{"v":1}'

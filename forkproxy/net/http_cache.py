@@ -1,27 +1,28 @@
-"""The shared HTTP cache in the proxy: the glue between ``Session``,
-``net.cache`` (bytes in memcached or memory) and ``core.cache_policy``
-(RFC 9111 as pure functions).
+"""The shared HTTP cache in the proxy: the glue between the request path,
+``net.cache_store`` (bytes in memcached or memory) and ``core.cache_policy``
+(RFC 9111 as pure functions).  It imports nothing of the connection loop.
 
-CONTRACT (``Session`` makes three calls into it, nothing else):
+CONTRACT (what the request path calls, with the request's ``Transaction``):
 
-- ``Session.proxy`` hands a request to ``Cache.handle(...)`` instead of
-  ``Session.exchange`` when its route has ``cache = true`` (and every
+- The connection loop hands a request to ``Cache.handle(s, tx)`` instead of
+  ``forward.exchange`` when its route has ``cache = true`` (and every
   ``PURGE`` request when the cache is on).  ``handle`` answers from the
-  store, or calls ``exchange`` itself with ``session.cache_hook`` set, and
+  store, or calls ``forward.exchange`` itself with ``tx.hook`` set, and
   returns what ``exchange`` would: True when the connection may carry
   another request.
-- ``relay`` calls ``session.cache_hook.on_response(resp, framing)`` once the
+- ``forward.attempt`` calls ``tx.hook.on_response(resp, framing)`` once the
   response head is parsed and will be used (after any retry decision).  It
   returns a ``Tee``: either ``served`` (the cache answered the client itself:
   a 304 merged into the stored entry, or a stale entry served because the
-  origin answered 5xx; ``relay`` closes the upstream connection and returns
-  ``tee.keep``) or a sink whose ``headers`` are added to the client's and
-  which gets every piece of the origin's (decoded, uncompressed) body with
-  ``write`` and, once the body ended cleanly, ``commit``.  A body that does
-  not end cleanly is never committed, so never stored.
-- ``refuse`` calls ``session.cache_hook.on_refuse(rec, status)`` before a 5xx
-  error response: True when a stale entry was served instead
-  (stale-if-error with the pool down or unreachable).
+  origin answered 5xx; the upstream connection is closed and ``tee.keep``
+  returned) or a sink (``tx.tee``) whose ``headers`` are added to the
+  client's and which gets every piece of the origin's (decoded,
+  uncompressed) body with ``write`` and, once the body ended cleanly,
+  ``commit``.  A body that does not end cleanly is never committed, so
+  never stored.
+- ``refuse`` calls ``tx.hook.on_refuse(tx, status)`` before a 5xx error
+  response: True when a stale entry was served instead (stale-if-error with
+  the pool down or unreachable).
 
 Keys.  Each URL's primary key (``cache_policy.primary_key``: scheme, Host,
 target with its query) is prefixed with its authority's namespace token
@@ -29,8 +30,7 @@ target with its query) is prefixed with its authority's namespace token
 with its route's namespace (``route_namespace``: the route's ``cache_key``,
 else a digest of the route's definition), so no route ever serves what
 another stored.  The target is the client's, before the route's
-strip_prefix, add_prefix and rewrite (``Session.proxy`` passes it as
-``key_target``): two routes sharing a ``cache_key`` still keep
+strip_prefix, add_prefix and rewrite (``tx.asked_target``): two routes sharing a ``cache_key`` still keep
 ``/internal/x`` and ``/x`` apart.  A URL purge, and the invalidation by an
 unsafe request (RFC 9111 4.4), delete the URL in the namespace of every
 cached route that a request for it would reach on any listener
@@ -76,10 +76,15 @@ from forkproxy.config import CacheConfig
 from forkproxy.core import cache_policy as policy
 from forkproxy.core import headers as hdr
 from forkproxy.core import http1
-from forkproxy.core.epochs import Epochs
 from forkproxy.logs import AccessRecord
-from forkproxy.net.cache import CacheError, MemcachedStore, MemoryStore, breaker_for
-from forkproxy.net.session import CLOCK, Abort, Session, framing_fields_out, request_target
+from forkproxy.net import stages
+from forkproxy.net.cache_filter import CONDITIONAL_FIELDS, Background, Hook, Tee, conditional
+from forkproxy.net.cache_memcached import make_store
+from forkproxy.net.cache_store import CacheError
+from forkproxy.net.relay import Abort, Discard, pump
+from forkproxy.net.response import CLOSE, encoder_for, framing_fields_out, own_response
+from forkproxy.net.transaction import Transaction
+from forkproxy.net.upstream_http import upstream_fields
 
 log = logging.getLogger("forkproxy.cache")
 
@@ -93,26 +98,6 @@ _LENGTH = frozenset({"content-length"})
 _NAME = operator.itemgetter(0)
 _FRESH = policy.Action.FRESH  # a module global: an Enum member read from its class is slow
 _tuple_new = tuple.__new__
-CONDITIONAL_FIELDS = frozenset({"if-none-match", "if-modified-since", "if-match",
-                                "if-unmodified-since", "if-range"})
-
-
-def make_store(cfg: CacheConfig, log_=None, epochs_buf=None):
-    """The store ``[cache]`` describes; no I/O happens here (after the fork).
-
-    ``log_``: where the breaker's transitions go (the worker's error log).
-    ``epochs_buf``: the change counters the master shares with its workers
-    (``core.epochs``; None: this process's own, as for a tool outside a master).
-    """
-    if not cfg.servers:
-        return MemoryStore(cfg.memory_size, max_object_size=cfg.max_object_size)
-    timeout_ms = max(1, round(cfg.timeout * 1000))  # libmemcached counts in whole ms
-    breaker = breaker_for(timeout_ms / 1000, failures=cfg.breaker_failures,
-                          window=cfg.breaker_window, cooldown=cfg.breaker_cooldown)
-    return MemcachedStore(list(cfg.servers), max_object_size=cfg.max_object_size,
-                          timeout_ms=timeout_ms, breaker=breaker,
-                          mode=cfg.mode, log_=log_, near_size=cfg.memory_size,
-                          epochs=Epochs(epochs_buf) if epochs_buf is not None else None)
 
 
 def route_namespace(rc) -> str:
@@ -166,125 +151,6 @@ class Lookup(NamedTuple):
     decision: policy.Decision | None = None
 
 
-class Tee:
-    """What ``relay`` does with one upstream response (see the module contract)."""
-
-    served = False
-    keep = False
-
-    def __init__(self, headers=(), writer=None, on_commit=None):
-        self.headers = list(headers)
-        self.writer = writer
-        self.on_commit = on_commit
-
-    def write(self, data) -> None:
-        if self.writer is not None and not self.writer.write(bytes(data)):
-            self.writer = None  # too large or a cache error: pass the rest through
-
-    def commit(self) -> None:
-        w, self.writer = self.writer, None
-        if w is not None and w.commit() and self.on_commit is not None:
-            self.on_commit()
-
-    def abort(self) -> None:
-        w, self.writer = self.writer, None
-        if w is not None:
-            w.abort()
-
-
-class _Served(Tee):
-    served = True
-
-    def __init__(self, keep: bool):
-        super().__init__()
-        self.keep = keep
-
-
-class _NullClient:
-    """The client of a background refresh: every byte sent to it is dropped."""
-
-    def send(self, data) -> int:
-        return len(data)
-
-    def sendall(self, data) -> None:
-        pass
-
-    def settimeout(self, t) -> None:
-        pass
-
-    def setsockopt(self, *args) -> None:
-        pass
-
-    def close(self) -> None:
-        pass
-
-
-class _Hook:
-    """``session.cache_hook`` for one exchange: stores the response, or serves
-    the stale entry on a 304 or an error (see the module contract)."""
-
-    def __init__(self, cache: "Cache", s, req, rec, key: str | None, keep: bool,
-                 stale=None, on_store=None, invalidate=None):
-        self.cache, self.s, self.req, self.rec = cache, s, req, rec
-        self.key, self.keep, self.stale = key, keep, stale
-        # (namespace, scheme, host, client's target) of an unsafe request
-        self.invalidate = invalidate
-        self.on_store = on_store
-        self.request_time = time.time()
-        self.resp = None
-        self.tee: Tee | None = None
-
-    def on_response(self, resp, rframing) -> Tee:
-        c, req, now = self.cache, self.req, time.time()
-        self.resp = resp
-        if self.invalidate is not None:
-            # Before the response goes out: the client's next request must miss.
-            ns, *url = self.invalidate
-            host = None
-            for p in policy.invalidations(req.method, resp.status, *url, resp.headers):
-                if host is None:
-                    host = request_target(req)[1]
-                for other in c.namespaces_serving(self.s.rt, host, _path(p)) or [ns]:
-                    c.invalidate(p, other)
-        if self.stale is not None:
-            entry, reader = self.stale
-            if resp.status == 304 and policy.can_freshen(entry, resp.headers):
-                new = policy.merge_304(entry, resp.headers, self.request_time, now,
-                                       cdn_header=c.cdn)
-                writer = c.begin(self.key, new, req.headers) if self.key else None
-                c.serve(self.s, req, self.rec, new, reader, "REVALIDATED", self.keep, writer)
-                return _Served(self.keep)
-            if resp.status in policy.ERROR_STATUSES and policy.stale_if_error_ok(
-                    entry, now, req.headers, heuristic_max=c.hmax, cdn_header=c.cdn):
-                c.serve(self.s, req, self.rec, entry, reader, "STALE", self.keep)
-                return _Served(self.keep)
-        status = self.rec.cache or "MISS"
-        self.rec.cache = status
-        extra = [(c.header, status)] if c.header else []
-        writer = None
-        if self.key is not None and req.method == "GET" and resp.status != 304:
-            if policy.storable("GET", resp.status, req.headers, resp.headers, cdn_header=c.cdn,
-                               set_cookie=self.s.rt.routes[self.rec.route].cache_set_cookie):
-                entry = policy.make_entry(resp.status, resp.reason, req.headers, resp.headers,
-                                          self.request_time, now, cdn_header=c.cdn)
-                writer = c.begin(self.key, entry, req.headers)
-            else:
-                c.mark_pass(self.key)
-        self.tee = Tee(extra, writer, self.on_store)
-        return self.tee
-
-    def on_refuse(self, rec, status: int) -> bool:
-        if self.stale is None:
-            return False
-        entry, reader = self.stale
-        c = self.cache
-        if not policy.stale_if_error_ok(entry, time.time(), self.req.headers,
-                                        heuristic_max=c.hmax, cdn_header=c.cdn):
-            return False
-        c.serve(self.s, self.req, rec, entry, reader, "STALE", False)
-        return True
-
-
 class Cache:
     """One worker's cache: the store plus the ``[cache]`` settings."""
 
@@ -312,7 +178,7 @@ class Cache:
 
     def namespaces_serving(self, rt, host: str | None, path: str) -> list[str]:
         """The namespaces of the cached routes a request for ``host`` (lower
-        case, no port: ``session.request_target``'s) and ``path`` reaches, on
+        case, no port: ``request_path.request_target``'s) and ``path`` reaches, on
         every listener of ``rt``: where a URL purge or invalidation looks."""
         found = []
         for lc in rt.cfg.listeners:
@@ -326,7 +192,7 @@ class Cache:
         """The store key of URL ``primary`` in route namespace ``ns``."""
         return self.store.namespace(_authority(primary)) + "\n" + ns + "\n" + primary
 
-    def lookup(self, key: str, req_headers):
+    def lookup_key(self, key: str, req_headers):
         """(entry, reader), ``_PASS`` or None; the variant the request selects."""
         got = self.store.get_entry(key)
         if got is None:
@@ -386,6 +252,11 @@ class Cache:
         if w is not None:
             w.commit()
 
+    def invalidate_serving(self, rt, host: str | None, primary: str, ns: str) -> None:
+        """Delete URL ``primary`` in every cached route serving it (``ns`` if none)."""
+        for other in self.namespaces_serving(rt, host, _path(primary)) or [ns]:
+            self.invalidate(primary, other)
+
     def invalidate(self, primary: str, ns: str) -> bool:
         """Delete a URL in namespace ``ns``, every variant of it; True when
         something was there."""
@@ -402,7 +273,7 @@ class Cache:
         if req.method not in ("GET", "HEAD") or has_body:
             return Lookup(primary)
         key = self.key(primary, ns)
-        found = self.lookup(key, req.headers)
+        found = self.lookup_key(key, req.headers)
         if found is _PASS:
             return Lookup(primary, key, True)
         entry, reader = found or (None, None)
@@ -410,71 +281,58 @@ class Cache:
                           cdn_header=self.cdn)
         return _tuple_new(Lookup, (primary, key, False, entry, reader, d))  # Lookup(...), faster
 
-    def handle(self, s, req, rec, cached_route: bool, pool, host: str, target: str,
-               framing, has_body: bool, max_body, keep: bool, key_target: str) -> bool:
-        """Answer ``req`` from the store or through ``s.exchange``; True to keep
-        the connection.  ``target`` goes upstream (rewritten), ``key_target``
-        (the client's) names the URL in the store.  A hit never builds the head
-        that would go upstream (``Session.upstream_head``): only a miss asks for it."""
+    def lookup(self, s, tx):
+        """The cache lookup stage (``net.stages.cache_lookup``): answer ``tx.req``
+        from the store and return True to keep the connection (False: close
+        it), or set up a miss and return None: ``tx.hook`` then sees the
+        response the forwarding stage gets.  ``tx.asked_target`` (the
+        client's) names the URL in the store; a hit never builds the head that
+        would go upstream (``upstream_http.upstream_fields``)."""
+        req, rec = tx.req, tx.rec
         method = req.method
         if method == "PURGE":
-            return self.purge(s, req, rec, host, key_target, keep)
-        if cached_route:
-            ns = self.namespace(s.rt.routes[rec.route])
-            look = self.consult(s.proto, host, key_target, req, has_body, ns)
-            d = look.decision
-            if d is not None and d.action is _FRESH:  # a hit: nothing more to set up
-                return self.serve(s, req, rec, look.entry, look.reader, "HIT", keep)
-        # What a miss calls to go upstream (hook: the _Hook that sees the response).
-        forward = functools.partial(self._forward, s, req, rec, pool, host, target, framing,
-                                    has_body, max_body, keep)
-        if not cached_route:
-            return forward()
+            return self.purge(s, tx)
+        if not tx.rc.cache:
+            return None
+        ns = self.namespace(tx.rc)
+        look = self.consult(s.proto, tx.host_value, tx.asked_target, req, tx.has_body, ns)
+        d = look.decision
+        if d is not None and d.action is _FRESH:  # a hit: nothing more to set up
+            return self.serve(s, tx, look.entry, look.reader, "HIT", tx.keep)
         if look.key is None:
             rec.cache = "BYPASS"
-            return forward(_Hook(self, s, req, rec, None, keep,
-                                 invalidate=(ns, s.proto, host or "", key_target)))
+            tx.hook = Hook(self, s, tx, None,
+                            invalidate=(ns, s.proto, tx.host_value or "", tx.asked_target))
+            return None
         key = look.key
         if look.passed:
-            return forward(_Hook(self, s, req, rec, key, keep))
+            tx.hook = Hook(self, s, tx, key)
+            return None
         entry, reader = look.entry, look.reader
         action = d.action
         if action is policy.Action.STALE_OK:
             if d.background_refresh:
-                self.refresh_later(s, req, rec, pool, key, host, target,
-                                   d.conditional_headers, (entry, reader))
-            return self.serve(s, req, rec, entry, reader, "STALE", keep)
+                self.refresh_later(s, tx, key, d.conditional_headers, (entry, reader))
+            return self.serve(s, tx, entry, reader, "STALE", tx.keep)
         if action is policy.Action.GATEWAY_TIMEOUT:
-            s.refuse(rec, 504, "only-if-cached and nothing usable in the cache")
+            s.refuse(tx, 504, "only-if-cached and nothing usable in the cache")
             return False
         if action is policy.Action.REVALIDATE:
-            return forward(_Hook(self, s, req, rec, key, keep, stale=(entry, reader)),
-                           d.conditional_headers)
+            tx.hook = Hook(self, s, tx, key, stale=(entry, reader),
+                            validators=d.conditional_headers)
+            return None
         # MISS
         if method != "GET" or any(n in CONDITIONAL_FIELDS for n, _ in req.headers):
-            return forward(_Hook(self, s, req, rec, key, keep))
-        return self.coalesced(s, req, rec, key, keep, forward)
+            tx.hook = Hook(self, s, tx, key)
+            return None
+        return self.coalesced(s, tx, key)
 
-    @staticmethod
-    def _forward(s, req, rec, pool, host, target, framing, has_body, max_body, keep,
-                 hook=None, validators=None) -> bool:
-        """Through ``s.exchange``, with ``hook`` as the session's cache hook and
-        ``validators`` (a revalidation) added to the upstream fields."""
-        headers, out_host = s.upstream_head(req, rec, host)
-        if validators is not None:
-            headers = _conditional(headers, validators)
-        s.cache_hook = hook
-        try:
-            return s.exchange(req, rec, pool, target, out_host, headers, framing, has_body,
-                              max_body, keep)
-        finally:
-            s.cache_hook = None
-            if hook is not None and hook.tee is not None:
-                hook.tee.abort()  # no-op once committed
-
-    def coalesced(self, s, req, rec, key: str, keep: bool, forward) -> bool:
-        """A GET miss: one request upstream per key across the fleet (module docstring)."""
+    def coalesced(self, s, tx, key: str):
+        """A GET miss: one request upstream per key across the fleet (module
+        docstring).  A hit answers (``lookup``'s return); else the miss is set
+        up, holding the lock when it got it (released when ``tx`` ends)."""
         store = self.store
+        req = tx.req
         lock_ttl = self.cfg.lock_timeout
         if not store.lock(key, lock_ttl):
             deadline = time.monotonic() + lock_ttl
@@ -482,54 +340,63 @@ class Cache:
             while True:
                 gevent.sleep(pause)
                 pause = min(pause * 2, 0.05)
-                found = self.lookup(key, req.headers)
+                found = self.lookup_key(key, req.headers)
                 if found is _PASS:
-                    return forward(_Hook(self, s, req, rec, key, keep))
+                    break
                 if found is not None:
                     entry, reader = found
                     d = policy.decide(entry, req.method, req.headers, time.time(),
                                       heuristic_max=self.hmax, cdn_header=self.cdn)
                     if d.action is policy.Action.FRESH:
-                        return self.serve(s, req, rec, entry, reader, "HIT", keep)
+                        return self.serve(s, tx, entry, reader, "HIT", tx.keep)
                 if store.lock(key, lock_ttl):
-                    break  # the holder finished (or died) without storing: our turn
+                    return self._locked(s, tx, key)  # the holder finished (or died): our turn
                 if time.monotonic() >= deadline:
-                    return forward(_Hook(self, s, req, rec, key, keep))
-        try:
-            # Stored between our lookup and the lock (the previous holder's): use it.
-            found = self.lookup(key, req.headers)
-            if found is not None and found is not _PASS:
-                entry, reader = found
-                d = policy.decide(entry, req.method, req.headers, time.time(),
-                                  heuristic_max=self.hmax, cdn_header=self.cdn)
-                if d.action is policy.Action.FRESH:
-                    return self.serve(s, req, rec, entry, reader, "HIT", keep)
-            return forward(_Hook(self, s, req, rec, key, keep))
-        finally:
-            store.unlock(key)
+                    break
+            tx.hook = Hook(self, s, tx, key)
+            return None
+        return self._locked(s, tx, key)
 
-    def refresh_later(self, s, req, fg_rec, pool, key, host, target, validators,
-                      stale) -> None:
-        """stale-while-revalidate: one background conditional GET per key across the fleet."""
+    def _locked(self, s, tx, key: str):
+        """``coalesced`` with the lock on ``key`` held, until ``tx`` ends
+        (``tx.cleanup``), whatever it ends with."""
+        tx.cleanup = functools.partial(self.store.unlock, key)
+        # Stored between our lookup and the lock (the previous holder's): use it.
+        found = self.lookup_key(key, tx.req.headers)
+        if found is not None and found is not _PASS:
+            entry, reader = found
+            d = policy.decide(entry, tx.req.method, tx.req.headers, time.time(),
+                              heuristic_max=self.hmax, cdn_header=self.cdn)
+            if d.action is policy.Action.FRESH:
+                return self.serve(s, tx, entry, reader, "HIT", tx.keep)
+        tx.hook = Hook(self, s, tx, key)
+        return None
+
+    def refresh_later(self, s, tx, key, validators, stale) -> None:
+        """stale-while-revalidate: one background conditional GET per key across
+        the fleet, through the forwarding stage with no client (``Background``)."""
         lock = key + "\nrefresh"
         if not self.store.lock(lock, self.cfg.lock_timeout):
             return
-        bg = Session(s.rt, s.listener, _NullClient(), ("127.0.0.1", 0))
-        bg.proto = s.proto
-        greq = req._replace(method="GET", version="1.1")
-        headers, out_host = s.upstream_head(req, fg_rec, host)
-        hdrs = _conditional(headers, validators)
+        bg = Background(s.rt, s.proto)
+        headers, out_host = upstream_fields(s, tx)  # the client's, as a miss would send
+        btx = Transaction(AccessRecord("-", time.time()), time.time())
+        btx.req = tx.req._replace(method="GET", version="1.1")
+        for name in ("host_value", "host", "path", "asked_target", "target", "rc", "pool"):
+            setattr(btx, name, getattr(tx, name))
+        btx.headers, btx.out_host, btx.keep = conditional(headers, validators), out_host, True
+        rec = btx.rec
+        rec.route, rec.pool, rec.cache = tx.rc.index, tx.pool.name, "REFRESH"
 
         def run():
-            rec = AccessRecord("-", time.time())
-            rec.route, rec.pool, rec.cache = fg_rec.route, pool.name, "REFRESH"
-            bg.cache_hook = _Hook(self, bg, greq, rec, key, True, stale=stale)
+            btx.hook = Hook(self, bg, btx, key, stale=stale)
             try:
-                bg.exchange(greq, rec, pool, target, out_host, hdrs, greq.framing, False, 0, True)
+                stages.balancing(bg, btx)
+                stages.forwarding(bg, btx)
             except Exception:  # a background refresh must never take anything down
                 self.log.debug("background refresh of a stale entry failed", exc_info=True)
             finally:
-                bg.cache_hook = None
+                btx.hook = None
                 bg.timers.close()
                 self.store.unlock(lock)
 
@@ -537,19 +404,21 @@ class Cache:
 
     # -- answering from the store ----------------------------------------------
 
-    def serve(self, s, req, rec, entry: policy.Entry, reader, status: str, keep: bool,
+    def serve(self, s, tx, entry: policy.Entry, reader, status: str, keep: bool,
               writer=None) -> bool:
         """Send ``entry`` (or a 304 when the client's conditions hold) to the client.
 
         The stored head is the origin's; on the way out it goes through the
         same response step as a relayed response: the route's hide_headers,
         rewrite_location and response_headers (``EdgeRequest.downstream``),
-        then its ``compress`` (``Session.encoder_for``).  With ``writer``,
-        the (origin's) body is also written to it (a 304 merged into a
-        stored entry re-stores it under the new head) and committed at the end.
+        then its ``compress`` (``response.encoder_for``), through the body
+        pump (``relay.pump``).  With ``writer``, the (origin's) body is also
+        written to it through a ``Tee`` (a 304 merged into a stored entry
+        re-stores it under the new head) and committed at its end.
         """
+        req, rec = tx.req, tx.rec
         keep = keep and not s.rt.draining
-        head, code, body, keep, encoder, chunk_out = self._head(s, req, rec, entry, reader, status,
+        head, code, body, keep, encoder, chunk_out = self._head(s, tx, entry, reader, status,
                                                                 keep, time.time())
         rec.status, rec.cache = code, status
         send_body = body and req.method != "HEAD"
@@ -561,35 +430,21 @@ class Cache:
             if whole is not None and encoder is None:  # a small body as it is: one send
                 s._send(head + whole)
                 return keep
-        pending = head
+        tee = Tee(writer=writer) if writer is not None else None
+        last = encoder if send_body else Discard  # HEAD: the body only goes to the writer
+        sent = s.sent
         try:
-            for chunk in reader:
-                if writer is not None and not writer.write(chunk):
-                    writer = None
-                if send_body:
-                    if encoder is not None:
-                        chunk = encoder.feed(chunk)
-                    if chunk_out:
-                        chunk = http1.encode_chunk(chunk)
-                    if chunk:  # an encoder may hold a small body back until finish()
-                        s._send(pending + chunk if pending else chunk)
-                        pending = b""
+            pump(s, head, _stored(reader), [f for f in (tee, last) if f is not None],
+                 chunk_out and send_body, flush=False)
         except CacheError as exc:
-            if writer is not None:
-                writer.abort()
-            if pending or not send_body:  # nothing of the body went out yet
+            if tee is not None:
+                tee.abort()
+            if s.sent == sent or not send_body:  # nothing of the body went out yet
                 self.log.warning("cache: stored body unreadable (%s); dropping the client", exc)
             raise Abort() from None
-        if encoder is not None and send_body:
-            tail = encoder.finish()
-            pending += (http1.encode_chunk(tail) + http1.encode_last_chunk()) if chunk_out else tail
-        if pending:
-            s._send(pending)
-        if writer is not None:
-            writer.commit()
         return keep
 
-    def _head(self, s, req, rec, entry: policy.Entry, reader, status: str, keep: bool,
+    def _head(self, s, tx, entry: policy.Entry, reader, status: str, keep: bool,
               now: float) -> tuple:
         """(head bytes, status code, has a body, keep, encoder or None, chunked) of the
         answer ``serve`` sends.
@@ -601,7 +456,7 @@ class Cache:
         version; hits on a hot entry ask for the same one all second long, so
         the last one made is remembered on the Entry object (one slot).
         """
-        er = s.edge_req
+        req, er, rc = tx.req, tx.edge, tx.rc
         if not policy.CLIENT_CONDITIONS.isdisjoint(map(_NAME, req.headers)) and \
                 policy.client_not_modified(entry, req.headers, req.method):
             code, reason, body = 304, "Not Modified", False
@@ -611,36 +466,29 @@ class Cache:
         else:
             code, reason = entry.status, entry.reason
             body = code not in (204, 304) and code >= 200
-            # policy.age_value, inline (every hit): the key needs the number only
-            age = int(entry.initial_age + (now - entry.response_time))
-            if not 0 <= age <= policy.DELTA_MAX:
-                age = 0 if age < 0 else policy.DELTA_MAX
+            age = _age(entry, now)
             rules = er.rules if er is not None else None
             if (rules is None or rules.resp_rules is None) and (
-                    rec.route is None or s.rt.routes[rec.route].compress is None):
+                    rc is None or rc.compress is None):
                 key = (age, reader.length, rules, s.proto, er.host_value if er is not None else None,
-                       rec.pool, status, s.hsts, keep, req.version)
+                       tx.pool.name if tx.pool is not None else None, status, tx.hsts, keep,
+                       req.version)
                 memo = entry.__dict__.get("_head")
                 if memo is not None and memo[0] == key:
                     return memo[1]
             else:
                 key = None
-            # serve_headers, as a client gets them: the stored fields' part
-            # is the same for every hit on this Entry, Age is not.
-            fields = _client_fields(entry)
-            out = list(fields[:-1])
-            out.append(("age", str(age)))
-            out.append(fields[-1])  # Via
+            out = _client_fields(entry, age)
         if er is not None:  # hide_headers, rewrite_location, response_headers
-            out = er.downstream(out, "", self._servers(s, rec) if er.rules.rewrite_location
+            out = er.downstream(out, "", self._servers(tx) if er.rules.rewrite_location
                                 else None)
         if self.header:
             out.append((self.header, status))
-        if s.hsts is not None:
-            out.append(("Strict-Transport-Security", s.hsts))
+        if tx.hsts is not None:
+            out.append(("Strict-Transport-Security", tx.hsts))
         encoder = None
         if body:
-            out, encoder = s.encoder_for(req, rec, code, entry.headers, out, reader.length)
+            out, encoder = encoder_for(tx, code, entry.headers, out, reader.length)
         keep, chunk_out = framing_fields_out(out, req.version, keep, encoder,
                                              "length" if body else "none", reader.length,
                                              keep_alive=s.rt.keep_alive)
@@ -651,9 +499,9 @@ class Cache:
         return got
 
     @staticmethod
-    def _servers(s, rec) -> tuple:
+    def _servers(tx) -> tuple:
         """The addresses of the pool a stored response came from (rewrite_location)."""
-        pool = s.rt.pools.get(rec.pool) if rec.pool is not None else None
+        pool = tx.pool
         return tuple(srv.addr for srv in pool.servers) if pool is not None else ()
 
     # -- purge -------------------------------------------------------------------
@@ -671,49 +519,67 @@ class Cache:
         namespace; False when the store could not be told."""
         return self.store.bump_namespace(_authority(policy.primary_key("http", host or "", "/")))
 
-    def purge(self, s, req, rec, host: str, target: str, keep: bool) -> bool:
+    def purge(self, s, tx) -> bool:
         """PURGE URL deletes it (every variant, http and https, in every route
         that serves it); PURGE /* bumps the Host's namespace (every URL of it,
         every route).  200 done, 404 nothing was cached, 403 when the client
         (after server.trusted_proxies, as the access rules see it) is outside
         purge_allowed: a refusal of who asks, not of the method (no 405)."""
+        req, rec, host, target = tx.req, tx.rec, tx.host_value, tx.asked_target
         rec.cache = "PURGE"
-        client = s.edge_req.client if s.edge_req is not None else s.peer
+        client = tx.edge.client if tx.edge is not None else s.peer
         if not _allowed(client, self.cfg.purge_allowed):
-            s.refuse(rec, 403, f"PURGE from {client}, outside cache.purge_allowed"
+            s.refuse(tx, 403, f"PURGE from {client}, outside cache.purge_allowed"
                      + ("" if self.cfg.purge_allowed else " (empty: PURGE is refused; "
                         "forkproxyctl purge goes through the admin endpoint)"))
             return False
         if req.framing.kind != "none" and not (req.framing.kind == "length"
                                                and req.framing.length == 0):
-            s.refuse(rec, 400, "PURGE with a body")
+            s.refuse(tx, 400, "PURGE with a body")
             return False
         if target == "/*":
             code, text = (200, "purged every URL of the host\n") if self.purge_host(host) else \
                 (503, "the cache could not be reached\n")
         else:
             code, text = (200, "purged\n") if self.purge_url(
-                host, target, self.namespaces_serving(s.rt, *request_target(req)[1:3])) else \
+                host, target, self.namespaces_serving(s.rt, tx.host, tx.path)) else \
                 (404, "not in the cache\n")
-        body = text.encode()
-        keep = keep and not s.rt.draining
-        head = (f"HTTP/1.1 {code} {http1.reason_phrase(code)}\r\nDate: {CLOCK.date()}\r\n"
-                f"Content-Type: text/plain; charset=utf-8\r\nContent-Length: {len(body)}\r\n"
-                f"{'' if keep else 'Connection: close' + chr(13) + chr(10)}\r\n").encode()
+        keep = tx.keep and not s.rt.draining
         rec.status = code
-        s._send(head + body)
+        s._send(own_response(code, body=text.encode(), ctype="text/plain; charset=utf-8",
+                             connection="" if keep else CLOSE))
         return keep
 
 
-def _client_fields(entry: policy.Entry) -> tuple:
-    """``entry.served_headers`` through ``response_headers_for_client`` (Via
-    last, Content-Length out: ``serve`` frames the body itself); worked out
-    once per Entry object, as the entry's own facts are (core.cache_policy)."""
-    memo = entry.__dict__.get("_client_fields")
-    if memo is None:
-        memo = tuple(hdr.response_headers_for_client(entry.served_headers, also=_LENGTH))
-        entry.__dict__["_client_fields"] = memo  # frozen dataclass: not via setattr
-    return memo
+def _stored(reader):
+    """The batches of a stored body (``relay.pump``): one per chunk as read."""
+    for chunk in reader:
+        yield (chunk,), False
+    yield (), True
+
+
+def _age(entry: policy.Entry, now: float) -> int:
+    """``policy.age_value``, inline (every hit): the memo key needs the number only."""
+    age = int(entry.initial_age + (now - entry.response_time))
+    if not 0 <= age <= policy.DELTA_MAX:
+        age = 0 if age < 0 else policy.DELTA_MAX
+    return age
+
+
+def _client_fields(entry: policy.Entry, age: int) -> list:
+    """``entry.served_headers`` as a client gets them, with its ``age``:
+    through ``response_headers_for_client`` (Via last, Content-Length out:
+    ``serve`` frames the body itself).  The stored fields' part is the same
+    for every hit on this Entry, Age is not: it is worked out once per Entry
+    object, as the entry's own facts are (core.cache_policy)."""
+    fields = entry.__dict__.get("_client_fields")
+    if fields is None:
+        fields = tuple(hdr.response_headers_for_client(entry.served_headers, also=_LENGTH))
+        entry.__dict__["_client_fields"] = fields  # frozen dataclass: not via setattr
+    out = list(fields[:-1])
+    out.append(("age", str(age)))
+    out.append(fields[-1])  # Via
+    return out
 
 
 def _allowed(peer: str, nets) -> bool:
@@ -726,10 +592,3 @@ def _allowed(peer: str, nets) -> bool:
     if addr.version == 6 and addr.ipv4_mapped is not None:
         addr = addr.ipv4_mapped
     return any(addr in n for n in nets)
-
-
-def _conditional(headers, validators) -> list:
-    """The upstream headers with the client's conditions replaced by the cache's validators."""
-    out = [(n, v) for n, v in headers if n.lower() not in CONDITIONAL_FIELDS]
-    out.extend(validators)
-    return out

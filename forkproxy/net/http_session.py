@@ -1,0 +1,389 @@
+"""The connection loop: one client connection, its requests one after the other.
+
+``net.listener.Runtime.handle`` runs a ``Session`` for every accepted HTTP
+connection; it serves requests on that connection until either side closes
+it, a timeout expires, or the worker drains.  For each request it reads and
+parses the head, makes the request's ``Transaction`` (``net.transaction``),
+runs the request stages on it (``net.stages``: admission, routing, edge
+rules, redirects, body, cache lookup, balancing, forwarding) and writes its
+log lines (``log``).
+
+Rules kept here (DESIGN section 4):
+- a request is read and validated completely (head) before anything is sent
+  upstream; a bad one gets a 4xx with ``Connection: close`` and no byte of it
+  reaches a backend; the head sent upstream is rebuilt, never relayed;
+- bodies stream in both directions through fixed-size buffers;
+- an upstream connection is reused only after a complete, cleanly framed
+  exchange; a truncated response body ends the client connection without a
+  clean terminator;
+- a request goes to another server only when nothing of it was sent
+  (connect failed) or it has no body and an idempotent method.
+"""
+
+from __future__ import annotations
+
+import socket
+import time
+
+from gevent import get_hub, getcurrent
+from gevent.monkey import get_original
+
+from forkproxy.config import ListenerConfig
+from forkproxy.core import http1
+from forkproxy.logs import AccessRecord, error_line
+from forkproxy.net import request_body, response, stages
+from forkproxy.net.upstream_http import upgrade_asked
+from forkproxy.net.relay import Abort, ClientGone
+from forkproxy.net.request_path import https_location
+from forkproxy.net.transaction import Transaction
+from forkproxy.net.sockio import Timers, is_plain, recv_ready, send_within, wait_readable
+from forkproxy.net.upstream import RECV_SIZE
+
+CONTINUE = b"HTTP/1.1 100 Continue\r\n\r\n"
+# How long (at most) a connection forkproxy closes is read and discarded
+# after its FIN, until the client's own: a request the client sent as the
+# connection was being closed then meets a FIN, not a reset (lingering close).
+LINGER = 2.0
+_select = get_original("select", "select")  # a poll of 0 s, without gevent's hub
+
+
+class Session:
+    """Serve requests on one client connection until it ends."""
+
+    proto = "http"  # "https" when the connection came over TLS (set by Runtime)
+    live = True  # the request stages act (net.explain's DryRun only reports)
+    tls_version = sni = None  # a TLS connection's protocol and SNI name (set by Runtime)
+    # Nothing of one request lives here: see net.transaction.
+
+    def __init__(self, rt, listener: ListenerConfig, client: socket.socket, addr):
+        self.rt = rt
+        self.listener = listener
+        self.client = client
+        self.peer = addr[0] if isinstance(addr, tuple) else "unix"
+        self.buf = b""
+        self.served = 0
+        self.idle_waiting = False
+        self.client_done = False  # the client closed its side (EOF between requests)
+        self.glet = None  # the greenlet serving this connection (Runtime._close_idle wakes it)
+        self.received = self.sent = 0  # bytes read from / written to the client, in all
+        # Each blocking call is bounded by one of these (net.sockio); the
+        # sockets themselves have no timeout.
+        self.timers = Timers()
+        self.send_timeout = rt.cfg.server.send_timeout
+        self.plain = is_plain(client)  # not TLS: waits and sends take the short cuts
+
+    # -- connection loop -------------------------------------------------
+
+    def run(self) -> None:
+        """Serve requests until the connection ends.
+
+        When forkproxy ends it (keepalive_timeout, the drain, a response
+        with ``Connection: close``), the close lingers (``linger``); when the
+        client closed, reset or stalled, or a response was cut, it is closed
+        at once.
+        """
+        client = self.client
+        self.glet = getcurrent()
+        self.rt.sessions.add(self)
+        try:
+            client.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            client.settimeout(None)
+        except OSError:
+            pass
+        try:
+            while self.serve_one():
+                self.served += 1
+            if not self.client_done:
+                self.linger()
+        except (ClientGone, Abort):
+            pass
+        except Exception:  # a bug must cost one connection, never the worker
+            self.rt.log.exception("internal error on a connection from %s", self.peer)
+        finally:
+            self.rt.sessions.discard(self)
+            self.timers.close()
+            try:
+                client.close()
+            except OSError:
+                pass
+
+    def linger(self) -> None:
+        """The close of a connection the client may still be writing to (nginx's
+        lingering close): FIN first, then read and discard until the client's
+        FIN, for at most LINGER seconds.
+
+        Closing a socket with unread bytes, or receiving bytes after the close,
+        makes the kernel answer with a reset, which can destroy the last
+        response before the client read it and turns a request that crossed
+        the close into "connection reset" instead of a clean end the client
+        can retry on.
+        """
+        client = self.client
+        try:
+            client.shutdown(socket.SHUT_WR)
+        except OSError:
+            return
+        t = self.timers.start(LINGER)  # bounds the whole wait
+        try:
+            while client.recv(RECV_SIZE):
+                pass
+        except OSError:  # socket.timeout included
+            pass
+        finally:
+            t.stop()
+
+    def shut_idle(self) -> None:
+        """Called at the end of the drain window: a session waiting for a next
+        request stops waiting, as if keepalive_timeout had run out (a request
+        already there is still answered; see ``read_head``)."""
+        if self.idle_waiting:
+            get_hub().loop.run_callback(self._wake)
+
+    def _wake(self) -> None:
+        # In the hub, as a timer's expiry: the session may have got its
+        # request since shut_idle, and then it is left alone.
+        if self.idle_waiting and self.glet is not None:
+            self.glet.throw(socket.timeout("drained"))
+
+    def arrived(self) -> bool:
+        """True when the client sent something (bytes or its FIN) not read yet."""
+        client = self.client
+        if not self.plain and client.pending():
+            return True
+        try:
+            return bool(_select([client.fileno()], (), (), 0)[0])
+        except (OSError, ValueError):
+            return True  # let the read say what happened
+
+    def _recv(self, seconds: float, idle: bool = False) -> bytes:
+        """One read from the client, of up to RECV_SIZE bytes, within ``seconds``.
+
+        ``idle``: nothing is expected to be there yet (the next request of a
+        keep-alive connection), so wait before reading (net.sockio).
+        Raises ``socket.timeout`` when nothing came in time, ``ClientGone``
+        when the connection failed.
+        """
+        t = self.timers.start(seconds)
+        try:
+            if idle and self.plain:
+                wait_readable(self.client)
+                data = recv_ready(self.client, RECV_SIZE)
+            else:
+                data = self.client.recv(RECV_SIZE)
+        except socket.timeout:
+            raise
+        except OSError:
+            raise ClientGone() from None
+        finally:
+            t.stop()
+        self.received += len(data)
+        return data
+
+    def _send(self, data) -> None:
+        """All of ``data`` to the client within send_timeout, else ``ClientGone``."""
+        try:
+            send_within(self.client, data, self.plain, self.timers, self.send_timeout)
+        except OSError:  # socket.timeout included
+            raise ClientGone() from None
+        self.sent += len(data)
+
+    def read_head(self):
+        """The next request head as bytes, or None when the client is done.
+
+        Waits up to keepalive_timeout for the first byte of a follow-up request
+        (header_timeout for the first request), then header_timeout in total for
+        the rest of the head.
+        """
+        srv = self.rt.cfg.server
+        buf = self.buf or self._first_bytes()
+        if not buf:
+            return None
+        deadline = None
+        while True:
+            if buf[:2] == b"\r\n":  # RFC 9112 2.2: ignore empty lines before a request line
+                buf = buf.lstrip(b"\r\n")
+                if not buf:
+                    self.buf = b""
+                    return self.read_head()
+            end = buf.find(b"\r\n\r\n")  # find_head_end's answer when there is an end
+            if end >= 0:
+                end += 4
+                break
+            http1.find_head_end(buf)  # no end yet: raises on a bare CR or LF
+            if len(buf) > srv.max_head_size:
+                raise http1.ProtocolError(431, "request head too large")
+            if deadline is None:  # header_timeout for the rest of the head, from its first bytes
+                deadline = time.monotonic() + srv.header_timeout
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                raise http1.ProtocolError(408, "request head not received in time")
+            try:
+                data = self._recv(remaining)
+            except socket.timeout:
+                raise http1.ProtocolError(408, "request head not received in time") from None
+            if not data:
+                self.client_done = True
+                return None
+            buf += data
+        if end > srv.max_head_size:
+            raise http1.ProtocolError(431, "request head too large")
+        self.buf = buf[end:]
+        return buf[:end]
+
+    def _first_bytes(self) -> bytes | None:
+        """The first bytes of the next request (the buffer is empty), or None
+        (b"" when the client closed) when none came in time."""
+        rt = self.rt
+        srv = rt.cfg.server
+        wait = srv.keepalive_timeout if self.served else srv.header_timeout
+        if rt.draining and self.served:
+            # The last response still said keep-alive: take a request
+            # already on its way, but only until the drain window ends.
+            wait = min(wait, rt.drain_until - time.monotonic())
+        self.idle_waiting = True  # Runtime._close_idle may wake it
+        try:
+            if wait <= 0:
+                raise socket.timeout()
+            buf = self._recv(wait, idle=bool(self.served))
+        except socket.timeout:
+            # A request that came as the wait ran out is answered
+            # (Connection: close when draining): dropping it would lose it.
+            if not self.arrived():
+                return None
+            buf = None
+        finally:
+            self.idle_waiting = False
+        if buf is None:
+            try:
+                buf = self._recv(srv.header_timeout)
+            except socket.timeout:
+                return None
+        if not buf:
+            self.client_done = True
+        return buf
+
+    # -- one request -----------------------------------------------------
+
+    def serve_one(self) -> bool:
+        """Serve one request; True when the connection may carry another.
+
+        A request that was answered leaves its access-log line and, when it
+        was refused or ended in a 5xx, one error-log line saying why
+        (``logs.error_line``).  A bug answers 500 when nothing went out yet.
+        """
+        rt = self.rt
+        start = time.time()
+        rec = AccessRecord(self.peer, start)
+        if self.tls_version is not None:
+            rec.tls_version, rec.sni = self.tls_version, self.sni
+        tx = Transaction(rec, start)
+        received, sent = self.received - len(self.buf), self.sent
+        keep = False
+        try:
+            head = self.read_head()
+            if head is None:
+                return False
+            tx.head_size = len(head)
+            start = tx.start = rec.start = time.time()
+            req = http1.parse_request_head(head, rt.limits)
+            rec.method, rec.target, rec.version = req.method, req.target, req.version
+            if rt.access_log.enabled:  # only the access log shows them
+                rec.referer, rec.user_agent = req.get("referer"), req.get("user-agent")
+            rec.request_id = rt.edge.request_id(req, self.peer)
+            if rt.edge.trusted:  # the log's client is the real one, the proxy its peer
+                rec.client = rt.edge.client(req, self.peer)
+            # The stages make the target canonical (admission): from there on
+            # every decision, the cache and the upstream head see it; the
+            # logs keep the one received.
+            tx.req = req
+            keep = stages.run(self, tx)
+            return keep
+        except http1.ProtocolError as exc:
+            self.refuse(tx, exc.status,
+                        f"malformed request: {exc.reason}" if exc.status == 400 else exc.reason)
+            return False
+        except (ClientGone, Abort):
+            raise
+        except Exception as exc:  # a bug must cost one request, never the worker
+            rt.log.exception("internal error on a request from %s", self.peer)
+            if not rec.status:
+                self.refuse(tx, 500, f"internal error: {exc!r}")
+            return False
+        finally:
+            if tx.spool is not None or tx.cleanup is not None:
+                tx.close()
+            if rec.status:
+                self.log(tx, received, sent, keep)
+
+    def log(self, tx: Transaction, received: int, sent: int, keep: bool) -> None:
+        """The request's access-log line, error-log line and counters, once it ended."""
+        rt, rec = self.rt, tx.rec
+        rec.request_time = time.time() - tx.start
+        # Bytes read past this request wait in self.buf for the next
+        # one; once the connection closes, every byte read was this one's.
+        rec.bytes_received = self.received - (len(self.buf) if keep else 0) - received
+        rec.bytes_sent = self.sent - sent
+        if rt.access_log.enabled:
+            rt.access_log.write(rec)
+        if rec.status >= 400:  # error_line's first test, without the call
+            line = error_line(rec)
+            if line is not None:
+                rt.log.log(line[0], "%s", line[1])
+        if rt.metrics is not None:
+            rt.metrics.request(rec)
+
+    def refuse(self, tx: Transaction, status: int, why: str, *, fields=()) -> None:
+        """Answer with forkproxy's own short error response and close.
+
+        ``why`` says in words what made forkproxy answer so: the error log's
+        reason (``logs.error_line``, written when the request ends).
+        The body is the route's (else the server's) error page for the status,
+        or the status line's text: never ``why`` (servers stay unnamed).
+        ``fields``: extra header fields (Allow, Retry-After, Location).
+        """
+        rec = tx.rec
+        rec.why = why
+        if status >= 500 and tx.hook is not None and tx.hook.on_refuse(tx, status):
+            return  # stale-if-error: a stored response went out instead
+        rec.status = status
+        page = self.rt.edge.page(tx.rc.index if tx.rc is not None else None, status)
+        try:
+            self._send(response.error_response(status, fields, page, rec.method == "HEAD"))
+        except ClientGone:
+            pass
+
+    def redirect_https(self, tx: Transaction) -> bool:
+        """308 to the same URL over https (route redirect_https); True to keep the connection.
+
+        The connection stays open only when the request had no body to skip.
+        """
+        req = tx.req
+        location = https_location(self.rt, tx.rc.index, tx.host, tx.target)
+        framing = req.framing
+        keep = (framing.kind == "none" or (framing.kind == "length" and not framing.length)) \
+            and http1.wants_keep_alive(req.version, req.headers) and not self.rt.draining
+        tx.rec.status = 308
+        self._send(response.redirect(location, self.rt.keep_alive_line if keep else None))
+        return keep
+
+    # -- what the request stages (net.stages) do through the connection --
+
+    def take_body(self, tx: Transaction) -> None:
+        """The body stage's part with the client: answer ``Expect``, read a
+        body whole before a server is chosen (route request_buffering)."""
+        req = tx.req
+        has_body = tx.has_body
+        expect = req.expect
+        if expect is not None:
+            if expect.lower() != "100-continue":
+                raise http1.ProtocolError(417, "unsupported expectation")
+            if has_body and req.version == "1.1" and not self.buf:
+                # nginx's way: the proxy asks for the body itself and strips
+                # the expectation, so the upstream never waits on a 100.
+                self._send(CONTINUE)
+        if has_body and tx.rc.request_buffering and upgrade_asked(req) is None:
+            tx.spool = request_body.buffer_body(self, tx)
+
+    def cached(self, tx: Transaction):
+        """The cache lookup stage: the cache answers, or sets up the miss."""
+        return self.rt.cache.lookup(self, tx)

@@ -1,0 +1,127 @@
+"""The request stages, in request-path order: one list, run live and dry.
+
+``STAGES`` is what happens to a request once its head is parsed.  Each
+stage is a function ``stage(s, tx)`` of the connection ``s`` and the
+request's ``Transaction``: it fills in ``tx`` and returns None to pass it
+on, or a bool when the request has been answered (True: the connection may
+carry another request).  The decisions are made here, the same for both
+kinds of ``s``; what leaves the worker goes through ``s``:
+
+- the connection loop (``net.http_session.Session``, ``s.live`` True)
+  answers, reads the body, forwards;
+- ``net.explain``'s ``DryRun`` (``s.live`` False) records what would
+  happen and stops before anything is sent; ``forkproxyctl explain`` thus
+  runs this very list and cannot disagree with the request path.
+
+What ``s`` offers the stages: ``rt``, ``listener``, ``peer``, ``proto``,
+``live``, and ``refuse(tx, status, why, fields=())``,
+``redirect_https(tx)``, ``take_body(tx)``, ``cached(tx)``, and, for a dry run,
+``balanced(tx)``.
+"""
+
+from __future__ import annotations
+
+from forkproxy.core import http1
+from forkproxy.net import forward
+from forkproxy.net.forward import sticky_choice
+from forkproxy.net.request_path import (body_limit, canonical_request, no_route_why,
+                                        request_target)
+from forkproxy.net.upstream_http import upstream_fields
+
+
+def admission(s, tx):
+    """The canonical target (400 for a path no rule can judge) and its form
+    (400, 501 for CONNECT): every later decision sees the canonical one."""
+    req = tx.req = canonical_request(tx.req, *s.rt.canon)
+    tx.host_value, tx.host, tx.path, tx.asked_target = request_target(req)
+    tx.rec.host = tx.host
+
+
+def routing(s, tx):
+    """The route of (listener, host, path); 404 when none matches."""
+    rt = s.rt
+    route = rt.router.match(s.listener.name, tx.host, tx.path)
+    if route is None:
+        s.refuse(tx, 404, no_route_why(s.listener.name, tx.host, tx.path))
+        return False
+    tx.rc = rt.routes[route.index]
+    tx.pool = rt.pools[route.pool]
+    rec = tx.rec
+    rec.route, rec.pool = route.index, route.pool
+
+
+def edge_rules(s, tx):
+    """ACL, methods, limits, deny rules, rate limit, rewrites, redirects
+    (``net.edge``); a dry run does not count the request against its rate limit."""
+    er = tx.edge = s.rt.edge.request(tx, s.peer, s.proto, count=s.live)
+    if er.answer is not None:
+        s.refuse(tx, er.answer.status, er.answer.why, fields=er.answer.fields)
+        return False
+    tx.target = er.target  # the cache keys the client's (asked_target)
+
+
+def redirects(s, tx):
+    """A ``redirect_https`` route answers plain http with a 308; over TLS its
+    HSTS value goes on the response."""
+    rc = tx.rc
+    if rc.redirect_https and s.proto == "http":
+        return s.redirect_https(tx)
+    tx.hsts = rc.hsts if s.proto == "https" else None
+
+
+def body(s, tx):
+    """The body limit (413), then the body itself: ``Expect``, request
+    buffering (``s.take_body``; nothing in a dry run)."""
+    req = tx.req
+    tx.max_body = body_limit(s.rt, tx.rc, req.framing)
+    tx.keep = http1.keep_alive(req.version, req.connection)
+    tx.has_body = req.framing.carries_body
+    if tx.has_body or req.expect is not None:
+        return s.take_body(tx)
+
+
+def cache_lookup(s, tx):
+    """On a cached route (and for every PURGE when the cache is on): the
+    cache answers (hit, stale, PURGE, 504) or sets up the miss
+    (``net.http_cache``); ``s.cached`` does it, or reports it."""
+    cache = s.rt.cache
+    if cache is None or not (tx.rc.cache or tx.req.method == "PURGE"):
+        return None
+    return s.cached(tx)
+
+
+def balancing(s, tx):
+    """The server a sticky cookie pins the request to (else the balancer's
+    pick, made by ``forward.ServerChoice`` as it forwards)."""
+    pool = tx.pool
+    if pool.sticky is not None:
+        tx.pinned, tx.token = sticky_choice(pool, tx.req)
+    if not s.live:  # a dry run reports the pick; a live one makes it as it forwards
+        return s.balanced(tx)
+
+
+def forwarding(s, tx):
+    """The upstream head (a cache hook may add its validators), then the
+    exchange with a server (``net.forward``); always answers."""
+    hook = tx.hook
+    if tx.headers is None:
+        headers, tx.out_host = upstream_fields(s, tx)
+        tx.headers = hook.upstream_fields(headers) if hook is not None else headers
+    try:
+        return forward.exchange(s, tx)
+    finally:
+        tx.hook = None
+        if hook is not None:
+            hook.done()
+
+
+STAGES = (admission, routing, edge_rules, redirects, body, cache_lookup, balancing, forwarding)
+
+
+def run(s, tx) -> bool:
+    """Run ``STAGES`` on ``tx`` until one answers; what it answered."""
+    for stage in STAGES:
+        got = stage(s, tx)
+        if got is not None:
+            return got
+    raise AssertionError("forwarding always answers")

@@ -1,0 +1,159 @@
+"""HTTP/1.1 with a server: the request head's fields, the response head read.
+
+``upstream_fields`` builds the fields of the head sent upstream (DESIGN
+section 4: rebuilt, never relayed): hop-by-hop and rewritten fields out,
+forwarding fields, X-Request-Id and the route's request_headers in, the
+framing fields rebuilt.  ``read_response_head`` reads and parses the
+server's answer within the pool's read_timeout.
+"""
+
+from __future__ import annotations
+
+import socket
+import time
+
+from forkproxy.core import headers as hdr
+from forkproxy.core import http1
+from forkproxy.net import response
+from forkproxy.net.sockio import recv_ready, wait_readable
+from forkproxy.net.upstream import RECV_SIZE, UpstreamConn, UpstreamError
+
+# Fields the proxy writes itself (or consumes), dropped with the hop-by-hop ones.
+REWRITTEN_REQUEST_FIELDS = frozenset({"host", "content-length", "expect", "x-request-id"})
+
+
+def upgrade_asked(req, rc=None) -> str | None:
+    """The Upgrade value of a request that asks to switch protocols, else None.
+
+    Only HTTP/1.1 requests can (RFC 9110 7.8), and only with ``upgrade`` in
+    their Connection field. With the route ``rc``, only the protocols its
+    ``upgrade`` list allows (``core.headers.allowed_upgrade``): None when
+    there is none, and the request goes upstream as a plain one.
+    """
+    if req.version != "1.1":
+        return None
+    value = req.upgrade
+    if value is None or "upgrade" not in req.connection:
+        return None
+    return value if rc is None else hdr.allowed_upgrade(value, rc.upgrade)
+
+
+def upstream_fields(s, tx) -> tuple[list, str | None]:
+    """(fields, Host) of the head sent upstream for ``tx.req``: hop-by-hop and
+    rewritten fields out, forwarding fields, X-Request-Id and the route's
+    request_headers in, the framing fields rebuilt (DESIGN section 4).
+
+    Without request_headers (which may use per-request variables), the
+    fields are a function of the request's fields and version, the peer,
+    the scheme, the Host and the route, but for X-Request-Id: for a head
+    of at most http1.REMEMBERED_HEAD_SIZE bytes, what is around it is
+    remembered in the runtime's upstream_heads (at most CLIENT_HEADS,
+    then forgotten at once).
+    """
+    req, rc, er, host_value = tx.req, tx.rc, tx.edge, tx.host_value
+    tokens = req.connection
+    if er.rules.req_rules is None and tx.head_size <= http1.REMEMBERED_HEAD_SIZE:
+        key = (tuple(req.headers), req.version, s.peer, s.proto, host_value, rc.index)
+        memo = s.rt.upstream_heads
+        got = memo.get(key)
+        if got is None:
+            got = response.remember(memo, key, (tuple(_forwarded(s, req, host_value, tokens)),
+                                                tuple(_framing_fields(req, rc)),
+                                                rc.host_header or host_value))
+        before, after, out_host = got
+        headers = [*before, ("x-request-id", er.request_id), *after]
+    else:
+        # X-Request-Id, then request_headers
+        headers, out_host = er.upstream(_forwarded(s, req, host_value, tokens),
+                                        rc.host_header or host_value)
+        headers += _framing_fields(req, rc)
+    if tx.spool is not None and req.framing.kind == "chunked":
+        # The body was read whole: it goes with its length (as nginx does).
+        headers = [f for f in headers if f[0] != "Transfer-Encoding"]
+        headers.append(("Content-Length", str(tx.spool.size)))
+    return headers, out_host
+
+
+def _forwarded(s, req, host_value, tokens) -> list:
+    # The client's X-Request-Id goes with the hop-by-hop fields
+    # (REWRITTEN_REQUEST_FIELDS): upstream_fields adds forkproxy's.
+    return hdr.forwarded_for_request(
+        req.headers, client_addr=s.peer, proto=s.proto, host=host_value,
+        trusted=s.rt.trusted_peer(s.peer),
+        drop=hdr.hop_by_hop(req.headers, REWRITTEN_REQUEST_FIELDS, tokens),
+        underscores=s.rt.cfg.server.underscores_in_headers)
+
+
+def _framing_fields(req, rc) -> list:
+    framing = req.framing
+    out = []
+    if framing.kind == "length":
+        out.append(("Content-Length", str(framing.length)))
+    elif framing.kind == "chunked":
+        out.append(("Transfer-Encoding", ", ".join(framing.codings + ("chunked",))))
+    upgrade = upgrade_asked(req, rc)
+    if upgrade is not None:  # the one hop-by-hop pair that must cross (WebSocket)
+        out += [("Connection", "upgrade"), ("Upgrade", upgrade)]
+    return out
+
+
+def read_response_head(s, tx, conn: UpstreamConn):
+    """(response, bytes past its head) of the request just sent on ``conn``.
+
+    The whole head must come within the pool's read_timeout of this call
+    (this attempt's own deadline: a server dripping bytes cannot hold a
+    request longer).  Raises ``UpstreamError``.
+    """
+    buf = conn.buf
+    conn.buf = b""
+    # The request has just gone out: the answer cannot be there yet.
+    wait = not buf and conn.plain
+    limit = s.rt.cfg.server.max_head_size
+    got_any = bool(buf)
+    seconds = conn.read_timeout
+    deadline = None
+    while True:
+        try:
+            end = http1.find_head_end(buf) if buf else -1
+        except http1.ProtocolError as exc:  # a bare CR or LF: the server's fault, not the client's
+            raise UpstreamError("invalid", f"{conn.server.addr}: invalid response: {exc.reason}",
+                                sent=True) from None
+        if end >= 0:
+            break
+        if len(buf) > limit:
+            raise UpstreamError("invalid", f"{conn.server.addr}: response head too large",
+                                sent=True)
+        if deadline is None:  # the first read: the configured duration, a reused timer
+            deadline = time.monotonic() + seconds
+        else:
+            seconds = max(deadline - time.monotonic(), 0.0)  # 0: expires at once
+        t = s.timers.start(seconds)
+        try:
+            if wait:
+                wait = False
+                wait_readable(conn.sock)
+                data = recv_ready(conn.sock, RECV_SIZE)
+            else:
+                data = conn.sock.recv(RECV_SIZE)
+        except socket.timeout:
+            raise UpstreamError("timeout", f"upstream {conn.server.addr} did not answer in "
+                                f"time ({conn.read_timeout:g}s reading the response head)",
+                                sent=True) from None
+        except OSError as exc:
+            raise UpstreamError("reset" if not got_any else "invalid",
+                                f"{conn.server.addr}: {exc.strerror or exc} before a response",
+                                sent=True) from None
+        finally:
+            t.stop()
+        if not data:
+            raise UpstreamError("closed", f"{conn.server.addr} closed the connection "
+                                "without a response", sent=True)
+        got_any = True
+        buf += data
+    tx.resp_head_size = end
+    try:
+        resp = http1.parse_response_head(buf[:end], s.rt.limits)
+    except http1.ProtocolError as exc:
+        raise UpstreamError("invalid", f"{conn.server.addr}: invalid response: {exc.reason}",
+                            sent=True) from None
+    return resp, buf[end:]
