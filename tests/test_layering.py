@@ -155,3 +155,92 @@ def test_master_side_imports_pull_in_no_gevent_requests_or_pylibmc(module):
             "print(bad); sys.exit(1 if bad else 0)")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT)
     assert out.returncode == 0, out.stdout + out.stderr
+
+
+# Small modules, short signatures (issue 19): a module of forkproxy/ over
+# MAX_MODULE_LINES lines, or a function taking more than MAX_PARAMETERS
+# parameters (``self``/``cls`` not counted; ``*args`` and ``**kwargs`` count
+# one each), is a module or a function doing too much.
+MAX_MODULE_LINES = 800
+MAX_PARAMETERS = 8
+# TEMPORARY: forkproxy/net/session.py, net/cache.py and net/caching.py are
+# being split by other work (issue 19; caching.py is listed although it is
+# at 735 lines today, as that work may grow it on the way).  Empty both
+# lists once that work has merged: nothing else may join them.
+LONG_MODULES_ALLOWED = {
+    "forkproxy/net/session.py",
+    "forkproxy/net/cache.py",
+    "forkproxy/net/caching.py",
+}
+LONG_SIGNATURES_ALLOWED = {
+    ("forkproxy/net/session.py", "Runtime.__init__"),
+    ("forkproxy/net/session.py", "Session.exchange"),
+    ("forkproxy/net/session.py", "Session.relay"),
+    ("forkproxy/net/cache.py", "MemcachedStore.__init__"),
+    ("forkproxy/net/caching.py", "_Hook.__init__"),
+    ("forkproxy/net/caching.py", "Cache.handle"),
+    ("forkproxy/net/caching.py", "Cache._forward"),
+    ("forkproxy/net/caching.py", "Cache.refresh_later"),
+}
+
+
+def module_lines(pkg: pathlib.Path) -> dict[str, int]:
+    """{path relative to the package's parent: line count} of every module."""
+    return {path.relative_to(pkg.parent).as_posix(): len(path.read_text().splitlines())
+            for path in sorted(pkg.rglob("*.py"))}
+
+
+def signatures(pkg: pathlib.Path) -> dict[tuple[str, str], int]:
+    """{(module path, qualified name): parameter count} of every function and method."""
+    found = {}
+
+    def visit(node, prefix, rel):
+        for child in ast.iter_child_nodes(node):
+            if isinstance(child, ast.ClassDef):
+                visit(child, prefix + child.name + ".", rel)
+            elif isinstance(child, (ast.FunctionDef, ast.AsyncFunctionDef)):
+                a = child.args
+                names = [p.arg for p in a.posonlyargs + a.args + a.kwonlyargs]
+                count = len(names) + (a.vararg is not None) + (a.kwarg is not None)
+                if names and names[0] in ("self", "cls") and prefix:
+                    count -= 1
+                found[(rel, prefix + child.name)] = count
+                visit(child, prefix + child.name + ".", rel)
+            else:
+                visit(child, prefix, rel)
+
+    for path in sorted(pkg.rglob("*.py")):
+        visit(ast.parse(path.read_text()), "", path.relative_to(pkg.parent).as_posix())
+    return found
+
+
+def oversized(pkg: pathlib.Path) -> list[str]:
+    """Modules over MAX_MODULE_LINES and functions over MAX_PARAMETERS, allow-lists aside."""
+    bad = [f"{rel}: {n} lines (at most {MAX_MODULE_LINES})"
+           for rel, n in module_lines(pkg).items()
+           if n > MAX_MODULE_LINES and rel not in LONG_MODULES_ALLOWED]
+    bad += [f"{rel}: {name} takes {n} parameters (at most {MAX_PARAMETERS})"
+            for (rel, name), n in signatures(pkg).items()
+            if n > MAX_PARAMETERS and (rel, name) not in LONG_SIGNATURES_ALLOWED]
+    return bad
+
+
+def test_no_module_is_too_long_and_no_function_takes_too_many_parameters():
+    assert oversized(PKG) == []
+
+
+def test_the_size_rules_catch_a_violation(tmp_path):
+    """The checker itself can fail: a long module and a long signature are reported,
+    a method's ``self`` is not counted."""
+    fake = tmp_path / "forkproxy"
+    (fake / "core").mkdir(parents=True)
+    (fake / "core" / "long.py").write_text("x = 1\n" * (MAX_MODULE_LINES + 1))
+    (fake / "core" / "wide.py").write_text(
+        "def f(a, b, c, d, e, f, g, *h, i):\n    pass\n\n\n"
+        "class C:\n    def ok(self, a, b, c, d, e, f, g, h):\n        pass\n\n"
+        "    def wide(self, a, b, c, d, e, f, g, h, **i):\n        pass\n")
+    assert oversized(fake) == [
+        f"forkproxy/core/long.py: {MAX_MODULE_LINES + 1} lines (at most {MAX_MODULE_LINES})",
+        "forkproxy/core/wide.py: f takes 9 parameters (at most 8)",
+        "forkproxy/core/wide.py: C.wide takes 9 parameters (at most 8)",
+    ]
