@@ -13,16 +13,12 @@ if TYPE_CHECKING:
     from .entry import Entry
 
 
-
 # Upstream results for which stale-if-error may serve the stored entry (RFC 5861 4).
 ERROR_STATUSES = frozenset({500, 502, 503, 504})
-
-
 
 # RFC 9110 15.4.5: what a 304 repeats from the 200 it stands for (+ Age, RFC 9111 5.1).
 NOT_MODIFIED_FIELDS = frozenset({"cache-control", "content-location", "date", "etag",
                                  "expires", "vary", "age"})
-
 
 
 class Action(str, enum.Enum):
@@ -122,14 +118,12 @@ def stale_if_error_ok(entry: Entry, now: float, req_headers, *, heuristic_max: f
     return staleness <= window
 
 
-
 def serve_headers(entry: Entry, now: float) -> list[tuple[str, str]]:
     """Stored headers with Age set to the current age (RFC 9111 5.1); Date
     is left as stored."""
     out = list(entry.served_headers)
     out.append(("age", age_value(entry, now)))
     return out
-
 
 
 def not_modified_headers(entry: Entry, now: float) -> list[tuple[str, str]]:

@@ -12,10 +12,8 @@ from .fields import _NAME, _all, _list_members
 from .structured_fields import _SF, _SFError
 
 
-
 DEFAULT_CDN_HEADER = "cdn-cache-control"
 DELTA_MAX = 2 ** 31                      # RFC 9111 1.2.2
-
 
 
 @dataclass(frozen=True)
@@ -163,7 +161,6 @@ def _parse_cache_control(values: tuple[str, ...]) -> Directives:
     return _build(pairs)
 
 
-
 def parse_cdn_cache_control(values: list[str]) -> Directives | None:
     """Parse a targeted field (RFC 9213) as an RFC 8941 dictionary.
 
@@ -205,13 +202,10 @@ def _parse_cdn_cache_control(values: tuple[str, ...]) -> Directives | None:
     return _build(pairs)
 
 
-
 _NO_DIRECTIVES = Directives()
 _PRAGMA_NO_CACHE = Directives(no_cache=True)
 
-
 _DIRECTIVE_FIELDS = frozenset({"cache-control", "pragma"})
-
 
 
 def _request_directives(req_headers) -> Directives:

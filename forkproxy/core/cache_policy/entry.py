@@ -14,10 +14,8 @@ from .freshness import _age_value, _date_value, freshness_lifetime
 from .vary import _secondary, _selected, _vary_fields, vary_key
 
 
-
 # RFC 9111 3.1 / DESIGN section 4: never stored, never forwarded.
 HOP_BY_HOP = frozenset({"connection", "keep-alive", "te", "trailer", "transfer-encoding", "upgrade"})
-
 
 
 def _hop_by_hop(headers) -> set[str]:
@@ -25,7 +23,6 @@ def _hop_by_hop(headers) -> set[str]:
     names.update(m.lower() for m in _list_members(_all(headers, "connection")))
     names.update(n for n, _ in headers if n.startswith("proxy-"))
     return names
-
 
 
 @dataclass(frozen=True)
@@ -150,7 +147,6 @@ def _not_stored(resp_headers, cdn_header) -> set[str]:
     drop.add("set-cookie")
     drop.update(response_directives(resp_headers, cdn_header)[0].private_fields)
     return drop
-
 
 
 def conditional_headers(entry: Entry) -> list[tuple[str, str]]:

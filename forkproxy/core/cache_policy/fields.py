@@ -3,7 +3,6 @@
 from operator import itemgetter
 
 
-
 def _all(headers, name: str) -> list[str]:
     return [v for n, v in headers if n == name]
 
@@ -17,7 +16,6 @@ def _first(headers, name: str) -> str | None:
 
 def _list_members(values) -> list[str]:
     return [m.strip() for v in values for m in v.split(",") if m.strip()]
-
 
 
 # The name of a (name, value) pair, in C: ``map(_NAME, headers)``.

@@ -12,12 +12,10 @@ if TYPE_CHECKING:  # the entry imports this module: annotations only
     from .entry import Entry
 
 
-
 HEURISTIC_FRACTION = 0.1                 # RFC 9111 4.2.2 suggests 10%
 
 # RFC 9110 15.1: statuses cacheable by default (heuristically cacheable).
 HEURISTIC_STATUSES = frozenset({200, 203, 204, 206, 300, 301, 308, 404, 405, 410, 414, 501})
-
 
 
 def _date_value(entry: Entry) -> float:
@@ -60,7 +58,6 @@ def current_age(entry: Entry, now: float) -> float:
     """RFC 9111 4.2.3, with the entry's stored Date, Age and times."""
     resident_time = now - entry.response_time
     return entry.initial_age + resident_time
-
 
 
 def age_value(entry: Entry, now: float) -> str:

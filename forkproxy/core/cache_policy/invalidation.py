@@ -9,9 +9,7 @@ from .fields import _first
 from .keys import primary_key
 
 
-
 SAFE_METHODS = frozenset({"GET", "HEAD", "OPTIONS", "TRACE"})
-
 
 
 def invalidations(method: str, status: int, req_scheme: str, req_host: str,

@@ -4,7 +4,6 @@ import re
 from functools import lru_cache
 
 
-
 _DEFAULT_PORTS = {"http": "80", "https": "443"}
 
 

@@ -8,11 +8,8 @@ from .freshness import HEURISTIC_STATUSES
 from .vary import _vary_fields
 
 
-
 # Statuses whose caching rules we implement, for must-understand (RFC 9111 5.2.2.3).
 UNDERSTOOD_STATUSES = HEURISTIC_STATUSES - {206} | {302, 303, 307}
-
-
 
 # What a cached route does with a response that sets a cookie (its cache_set_cookie).
 SET_COOKIE_MODES = ("no-store", "strip")

@@ -10,7 +10,6 @@ import base64
 import re
 
 
-
 _SF_KEY = re.compile(r"[a-z*][a-z0-9_\-.*]*")
 _SF_NUMBER = re.compile(r"-?[0-9]{1,15}(\.[0-9]{1,3})?")
 _SF_TOKEN = re.compile(r"[A-Za-z*][!#$%&'*+\-.^_`|~0-9A-Za-z:/]*")

@@ -13,10 +13,8 @@ from .fields import _NAME, _all, _first
 from .freshness import _date_value
 
 
-
 # RFC 9111 3.2: fields a 304 may not overwrite in the stored response.
 NOT_UPDATED_BY_304 = frozenset({"content-length"})
-
 
 
 def can_freshen(entry: Entry, resp_304_headers) -> bool:

@@ -8,7 +8,6 @@ import json
 from .fields import _all, _list_members
 
 
-
 def _vary_fields(vary_values) -> tuple[str, ...] | None:
     names = [m.lower() for m in _list_members(vary_values)]
     if "*" in names:

@@ -226,7 +226,6 @@ def _diagnose_request_line(text: str, pos: int, limits: Limits) -> ProtocolError
     return ProtocolError(400, "malformed HTTP version")
 
 
-
 def parse_response_head(head: bytes, limits: Limits = DEFAULT_LIMITS) -> Response:
     """Parse and validate a response head from an upstream; errors are 502."""
     if len(head) > REMEMBERED_HEAD_SIZE or isinstance(head, str):

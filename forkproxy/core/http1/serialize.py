@@ -23,7 +23,6 @@ def serialize_request_head(method: str, target: str, headers) -> bytes:
     return f"{method} {target} HTTP/1.1\r\n{_fields(headers)}\r\n".encode("latin-1")
 
 
-
 def reason_phrase(status: int) -> str:
     """The reason phrase forkproxy writes for its own responses of ``status``
     (RFC 9110's names, e.g. 413 Content Too Large); "Error" when it has none."""

@@ -37,7 +37,6 @@ def _check_target(method: str, target: str) -> None:
     raise ProtocolError(400, "invalid request target form")
 
 
-
 _VALID_HOSTS: dict[str, tuple[str, int | None]] = {}  # value -> result, for values seen valid
 
 
