@@ -27,7 +27,8 @@ REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
 from forkproxy.config import loads  # noqa: E402
-from forkproxy.core import http1  # noqa: E402
+from forkproxy.core.http1.heads import parse_request_head  # noqa: E402
+from forkproxy.core.http1.messages import Limits  # noqa: E402
 from forkproxy.daemon import shm  # noqa: E402
 from forkproxy.net import pools as pools_mod  # noqa: E402
 from forkproxy.net.pools import PoolRuntime  # noqa: E402
@@ -75,8 +76,8 @@ def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--number", type=int, default=20000)
     args = ap.parse_args()
-    req = http1.parse_request_head(
-        b"GET /a/b?c=1 HTTP/1.1\r\nHost: x\r\nCookie: srv=zzzz\r\n\r\n", http1.Limits())
+    req = parse_request_head(
+        b"GET /a/b?c=1 HTTP/1.1\r\nHost: x\r\nCookie: srv=zzzz\r\n\r\n", Limits())
     with tempfile.TemporaryDirectory() as d:
         tmp = Path(d)
         print(f"{'algorithm':16} {'3 servers':>12} {'300 servers':>12}   (us per request: pick + begin + end)")

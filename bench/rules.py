@@ -31,7 +31,8 @@ sys.path.insert(0, str(HERE.parent))
 sys.path.insert(0, str(HERE))
 
 from forkproxy.config import loads  # noqa: E402
-from forkproxy.core import http1  # noqa: E402
+from forkproxy.core.http1.heads import parse_request_head  # noqa: E402
+from forkproxy.core.http1.messages import Limits  # noqa: E402
 from forkproxy.logs import AccessRecord  # noqa: E402
 from forkproxy.net.edge import Edge  # noqa: E402
 
@@ -78,7 +79,7 @@ def in_process(number: int) -> tuple[float, float]:
     edge = Edge(cfg, None, None)
     head = (b"GET /x HTTP/1.1\r\nHost: shop.example\r\nUser-Agent: bench/1\r\n"
             b"Accept: */*\r\nCookie: a=1\r\n\r\n")
-    req = http1.parse_request_head(head, http1.Limits())
+    req = parse_request_head(head, Limits())
     up = [("user-agent", "bench/1"), ("accept", "*/*"), ("x-forwarded-for", "127.0.0.1")]
     down = [("content-type", "text/plain"), ("server", "origin"), ("date", "x"), ("via", "1.1 forkproxy")]
 

@@ -34,7 +34,7 @@ import os
 import time
 
 from forkproxy.config import Config, ListenerConfig
-from forkproxy.core import http1
+from forkproxy.core.http1.targets import split_url
 from forkproxy.core.table import ADMIN_STATES, AdminRow, Table
 
 __all__ = [
@@ -368,11 +368,11 @@ def purge_through_listeners(cfg: Config, url: str | None, host: str | None,
     Returns ``{url | host, purged, shared, via: "listener"}``; ``shared``
     False: an in-process cache, purged in the one worker that answered.
     Raises ControlError (refused, unreachable, every listener redirects),
-    ValueError for a ``url`` ``core.http1.split_url`` refuses.
+    ValueError for a ``url`` ``core.http1.targets.split_url`` refuses.
     """
     scheme, port = None, None
     if url is not None:
-        scheme, host, target, port = http1.split_url(url)
+        scheme, host, target, port = split_url(url)
     else:
         target = "/*"
     code, text = _purge_through_listeners(cfg, scheme, port, host, target, timeout)

@@ -60,7 +60,7 @@ from urllib.parse import quote
 
 from forkproxy import config, control
 from forkproxy.control import DEFAULT_CONFIG, WEIGHT_MAX, master_pid
-from forkproxy.core import http1
+from forkproxy.core.http1.targets import split_url
 from forkproxy.core.status import snapshot
 from forkproxy.core.table import LayoutError, Table
 from forkproxy.errors import EX_CONFIG, EX_OK, EX_USAGE, ConfigErrors
@@ -441,7 +441,7 @@ def _reload_text(r: dict) -> str:
 def _url_parts(url: str) -> tuple[str, str]:
     """(Host, target) of ``http://HOST/PATH?QUERY``; a usage error otherwise."""
     try:
-        _, authority, target, _ = http1.split_url(url)
+        _, authority, target, _ = split_url(url)
     except ValueError as exc:
         raise CtlError(str(exc), EX_USAGE) from None
     return authority, target

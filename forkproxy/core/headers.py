@@ -1,7 +1,7 @@
 """Hop-by-hop stripping and forwarding headers, sans-IO.
 
 Headers are lists of ``(name, value)`` pairs with lower-case ``str`` names
-(as produced by ``forkproxy.core.http1``); every function returns a new
+(as produced by ``forkproxy.core.http1.heads``); every function returns a new
 list and keeps the order of the fields it does not touch.
 
 Trust model: a client's own ``X-Forwarded-*`` / ``Forwarded`` / ``X-Real-IP``
@@ -18,7 +18,9 @@ import re
 from functools import lru_cache
 from typing import Iterable
 
-from .http1 import ProtocolError, connection_tokens, split_host
+from .http1.connection import connection_tokens
+from .http1.messages import ProtocolError
+from .http1.targets import split_host
 
 __all__ = [
     "HOP_BY_HOP", "FORWARDING", "connection_tokens", "hop_by_hop", "strip_hop_by_hop",

@@ -6,8 +6,24 @@ from email.utils import formatdate
 import pytest
 from hypothesis import given, strategies as st
 
-from forkproxy.core import cache_policy as cp
-from forkproxy.core.cache_policy import Action, Entry
+from forkproxy.core.cache_policy import decision
+from forkproxy.core.cache_policy.dates import parse_http_date
+from forkproxy.core.cache_policy.decision import (
+    Action, not_modified_headers, serve_headers, stale_if_error_ok,
+)
+from forkproxy.core.cache_policy.directives import (
+    DEFAULT_CDN_HEADER, Directives, _request_directives, parse_cache_control,
+    parse_cdn_cache_control, response_directives,
+)
+from forkproxy.core.cache_policy.entry import Entry, conditional_headers, make_entry
+from forkproxy.core.cache_policy.freshness import (
+    _age_value, age_value, current_age, freshness_lifetime,
+)
+from forkproxy.core.cache_policy.invalidation import invalidations
+from forkproxy.core.cache_policy.keys import primary_key
+from forkproxy.core.cache_policy.storability import SET_COOKIE_MODES, not_storable_reason, storable
+from forkproxy.core.cache_policy.validation import can_freshen, client_not_modified, merge_304
+from forkproxy.core.cache_policy.vary import vary_key
 
 T0 = 1_700_000_000.0                   # a fixed "now" for the origin's clock
 HMAX = 86400.0
@@ -18,11 +34,11 @@ def d(t):
 
 
 def entry(headers, status=200, request_time=T0, response_time=T0, req_headers=()):
-    return cp.make_entry(status, "OK", list(req_headers), list(headers), request_time, response_time)
+    return make_entry(status, "OK", list(req_headers), list(headers), request_time, response_time)
 
 
-def decide(e, req=(), now=T0, method="GET", cdn=cp.DEFAULT_CDN_HEADER):
-    return cp.decide(e, method, list(req), now, heuristic_max=HMAX, cdn_header=cdn)
+def decide(e, req=(), now=T0, method="GET", cdn=DEFAULT_CDN_HEADER):
+    return decision.decide(e, method, list(req), now, heuristic_max=HMAX, cdn_header=cdn)
 
 
 # ------------------------------------------------------------------ parsing
@@ -69,11 +85,11 @@ def decide(e, req=(), now=T0, method="GET", cdn=cp.DEFAULT_CDN_HEADER):
     ([",,, ,"], {}),
 ])
 def test_parse_cache_control(values, expect):
-    got = cp.parse_cache_control(values)
+    got = parse_cache_control(values)
     for attr, value in expect.items():
         assert getattr(got, attr) == value, attr
     if not expect:
-        assert got == cp.Directives()
+        assert got == Directives()
 
 
 @pytest.mark.parametrize("values, expect", [
@@ -96,7 +112,7 @@ def test_parse_cache_control(values, expect):
     (["unknown-thing=tok, max-age=3"], {"max_age": 3, "extensions": (("unknown-thing", "tok"),)}),
 ])
 def test_parse_cdn_cache_control(values, expect):
-    got = cp.parse_cdn_cache_control(values)
+    got = parse_cdn_cache_control(values)
     assert got is not None
     for attr, value in expect.items():
         assert getattr(got, attr) == value, attr
@@ -108,7 +124,7 @@ def test_parse_cdn_cache_control(values, expect):
 ])
 def test_parse_cdn_cache_control_invalid_is_none(values):
     # RFC 9213 2.1: an invalid targeted field is ignored
-    assert cp.parse_cdn_cache_control(values) is None
+    assert parse_cdn_cache_control(values) is None
 
 
 @pytest.mark.parametrize("value, expect", [
@@ -127,36 +143,36 @@ def test_parse_cdn_cache_control_invalid_is_none(values):
     ("0", None), ("-1", None), ("", None), ("Sun, 06 Nov 1994", None),
 ])
 def test_parse_http_date(value, expect):
-    assert cp.parse_http_date(value) == expect
+    assert parse_http_date(value) == expect
 
 
 def test_rfc850_fifty_year_rule():
     # RFC 9110 5.6.7: a two-digit year > 50 years ahead is the past century
-    now = cp.parse_http_date("Sat, 01 Jan 2050 00:00:00 GMT")
-    assert cp.parse_http_date("Friday, 01-Jan-99 00:00:00 GMT", now) == cp.parse_http_date(
+    now = parse_http_date("Sat, 01 Jan 2050 00:00:00 GMT")
+    assert parse_http_date("Friday, 01-Jan-99 00:00:00 GMT", now) == parse_http_date(
         "Fri, 01 Jan 2099 00:00:00 GMT")
-    assert cp.parse_http_date("Thursday, 01-Jan-01 00:00:00 GMT", now) == cp.parse_http_date(
+    assert parse_http_date("Thursday, 01-Jan-01 00:00:00 GMT", now) == parse_http_date(
         "Mon, 01 Jan 2001 00:00:00 GMT")
-    now2 = cp.parse_http_date("Mon, 01 Jan 2024 00:00:00 GMT")
-    assert cp.parse_http_date("Friday, 01-Jan-99 00:00:00 GMT", now2) == cp.parse_http_date(
+    now2 = parse_http_date("Mon, 01 Jan 2024 00:00:00 GMT")
+    assert parse_http_date("Friday, 01-Jan-99 00:00:00 GMT", now2) == parse_http_date(
         "Fri, 01 Jan 1999 00:00:00 GMT")
 
 
 @given(st.integers(min_value=0, max_value=253402300799))
 def test_http_date_round_trips_formatdate(t):
-    assert cp.parse_http_date(formatdate(t, usegmt=True)) == t
+    assert parse_http_date(formatdate(t, usegmt=True)) == t
 
 
 @given(st.lists(st.text(), max_size=4))
 def test_parse_cache_control_never_raises(values):
-    got = cp.parse_cache_control(values)
+    got = parse_cache_control(values)
     assert got.max_age is None or 0 <= got.max_age <= 2 ** 31
 
 
 @given(st.lists(st.text(), max_size=4))
 def test_parse_cdn_cache_control_never_raises(values):
-    got = cp.parse_cdn_cache_control(values)
-    assert got is None or isinstance(got, cp.Directives)
+    got = parse_cdn_cache_control(values)
+    assert got is None or isinstance(got, Directives)
 
 
 # --------------------------------------------------------------------- keys
@@ -173,12 +189,12 @@ def test_parse_cdn_cache_control_never_raises(values):
     (("http", "h", "/A?Q"), "http://h/A?Q"),    # path and query are case-sensitive
 ])
 def test_primary_key(args, expect):
-    assert cp.primary_key(*args) == expect
+    assert primary_key(*args) == expect
 
 
 def test_primary_key_distinguishes_query_and_scheme():
-    keys = {cp.primary_key("http", "h", "/a"), cp.primary_key("http", "h", "/a?x"),
-            cp.primary_key("https", "h", "/a"), cp.primary_key("http", "h2", "/a")}
+    keys = {primary_key("http", "h", "/a"), primary_key("http", "h", "/a?x"),
+            primary_key("https", "h", "/a"), primary_key("http", "h2", "/a")}
     assert len(keys) == 4
 
 
@@ -199,8 +215,8 @@ def test_primary_key_distinguishes_query_and_scheme():
     (["a, b"], [("a", "1"), ("b", "2")], [("a", "1"), ("b", "3")], False),
 ])
 def test_vary_matching(vary, stored_req, req, matches):
-    stored = cp.vary_key(vary, stored_req)
-    assert (cp.vary_key(vary, req) == stored) is matches
+    stored = vary_key(vary, stored_req)
+    assert (vary_key(vary, req) == stored) is matches
     e = entry([("cache-control", "max-age=60")] + [("vary", v) for v in vary], req_headers=stored_req)
     assert e.secondary_key == stored
     assert (decide(e, req).action is Action.FRESH) is matches
@@ -208,8 +224,8 @@ def test_vary_matching(vary, stored_req, req, matches):
 
 def test_vary_star_never_matches():
     # RFC 9111 4.1: "*" always fails to match; such responses are not stored
-    assert cp.vary_key(["accept, *"], []) is None
-    assert not cp.storable("GET", 200, [], [("cache-control", "max-age=60"), ("vary", "*")])
+    assert vary_key(["accept, *"], []) is None
+    assert not storable("GET", 200, [], [("cache-control", "max-age=60"), ("vary", "*")])
 
 
 # -------------------------------------------------------------- storability
@@ -276,20 +292,20 @@ STORE_CASES = [
 @pytest.mark.parametrize("method, status, req, resp, expect, section", STORE_CASES,
                          ids=[c[-1] for c in STORE_CASES])
 def test_storable(method, status, req, resp, expect, section):
-    assert cp.storable(method, status, req, resp) is expect
-    assert (cp.not_storable_reason(method, status, req, resp) is None) is expect
+    assert storable(method, status, req, resp) is expect
+    assert (not_storable_reason(method, status, req, resp) is None) is expect
 
 
 def test_storable_private_cache_and_custom_target():
     resp = [("cache-control", "max-age=60, private")]
-    assert cp.storable("GET", 200, [], resp, shared=False)
+    assert storable("GET", 200, [], resp, shared=False)
     # a site can target forkproxy alone with its own field name (RFC 9213 2)
     resp = [("cache-control", "no-store"), ("cdn-cache-control", "no-store"),
             ("forkproxy-cache-control", "max-age=60")]
-    assert not cp.storable("GET", 200, [], resp)
-    assert cp.storable("GET", 200, [], resp, cdn_header="forkproxy-cache-control")
-    assert cp.storable("GET", 200, [], resp, cdn_header=("forkproxy-cache-control", "cdn-cache-control"))
-    assert not cp.storable("GET", 200, [], resp, cdn_header=())
+    assert not storable("GET", 200, [], resp)
+    assert storable("GET", 200, [], resp, cdn_header="forkproxy-cache-control")
+    assert storable("GET", 200, [], resp, cdn_header=("forkproxy-cache-control", "cdn-cache-control"))
+    assert not storable("GET", 200, [], resp, cdn_header=())
 
 
 @pytest.mark.parametrize("resp, mode, expect", [
@@ -303,28 +319,28 @@ def test_storable_private_cache_and_custom_target():
 ])
 def test_storable_with_set_cookie_modes(resp, mode, expect):
     resp = [("cache-control", "max-age=60")] + resp
-    assert cp.storable("GET", 200, [], resp, set_cookie=mode) is expect
-    assert cp.not_storable_reason("GET", 200, [], resp, set_cookie=mode) == (
+    assert storable("GET", 200, [], resp, set_cookie=mode) is expect
+    assert not_storable_reason("GET", 200, [], resp, set_cookie=mode) == (
         None if expect else "private" if ("cache-control", "private") in resp else "set-cookie")
     # a private cache keeps its own cookies
-    assert cp.storable("GET", 200, [], resp, set_cookie=mode, shared=False)
+    assert storable("GET", 200, [], resp, set_cookie=mode, shared=False)
 
 
 @pytest.mark.parametrize("resp, cdn, gone", [
     # (response fields, cdn_header, fields never stored besides hop-by-hop)
-    ([("cache-control", "max-age=60"), ("set-cookie", "a=1")], cp.DEFAULT_CDN_HEADER, {"set-cookie"}),
+    ([("cache-control", "max-age=60"), ("set-cookie", "a=1")], DEFAULT_CDN_HEADER, {"set-cookie"}),
     ([("cache-control", 'max-age=60, private="Set-Cookie, X-User"'), ("set-cookie", "a=1"),
-      ("x-user", "ann")], cp.DEFAULT_CDN_HEADER, {"set-cookie", "x-user"}),
-    ([("cache-control", 'max-age=60, private="x-user"'), ("x-user", "ann")], cp.DEFAULT_CDN_HEADER,
+      ("x-user", "ann")], DEFAULT_CDN_HEADER, {"set-cookie", "x-user"}),
+    ([("cache-control", 'max-age=60, private="x-user"'), ("x-user", "ann")], DEFAULT_CDN_HEADER,
      {"x-user"}),
     ([("cdn-cache-control", 'max-age=60, private=("x-user")'), ("x-user", "ann")],
-     cp.DEFAULT_CDN_HEADER, {"x-user"}),
+     DEFAULT_CDN_HEADER, {"x-user"}),
     # with no targeted field obeyed, Cache-Control's private counts
     ([("cdn-cache-control", "max-age=60"), ("cache-control", 'private="x-user"'), ("x-user", "a")],
      (), {"x-user"}),
 ])
 def test_make_entry_leaves_out_set_cookie_and_qualified_private_fields(resp, cdn, gone):
-    e = cp.make_entry(200, "OK", [], resp, T0, T0, cdn_header=cdn)
+    e = make_entry(200, "OK", [], resp, T0, T0, cdn_header=cdn)
     assert {n for n, _ in e.headers} == {n for n, _ in resp} - gone | {"date"}
 
 
@@ -389,7 +405,7 @@ FRESHNESS_CASES = [
                          ids=[c[-1] for c in FRESHNESS_CASES])
 def test_freshness_lifetime(headers, status, lifetime, section):
     e = entry(headers, status=status)
-    assert cp.freshness_lifetime(e, heuristic_max=HMAX) == pytest.approx(lifetime)
+    assert freshness_lifetime(e, heuristic_max=HMAX) == pytest.approx(lifetime)
 
 
 # ----------------------------------------------------------------------- age
@@ -415,17 +431,17 @@ AGE_CASES = [
 def test_current_age(date, age, req_t, resp_t, now, expect):
     headers = [("date", d(date))] + ([("age", age)] if age is not None else [])
     e = entry(headers, request_time=req_t, response_time=resp_t)
-    assert cp.current_age(e, now) == pytest.approx(expect)
+    assert current_age(e, now) == pytest.approx(expect)
 
 
 def test_age_first_line_wins_and_serve_headers():
     e = entry([("date", d(T0)), ("age", "10"), ("age", "50"), ("cache-control", "max-age=600")])
-    assert cp.current_age(e, T0) == 10
+    assert current_age(e, T0) == 10
     # RFC 9111 5.1: Age sent on every cached response; Date untouched
-    out = cp.serve_headers(e, T0 + 5.9)
+    out = serve_headers(e, T0 + 5.9)
     assert [v for n, v in out if n == "age"] == ["15"]
     assert [v for n, v in out if n == "date"] == [d(T0)]
-    assert ("age", "0") in cp.serve_headers(entry([("cache-control", "max-age=1")]), T0)
+    assert ("age", "0") in serve_headers(entry([("cache-control", "max-age=1")]), T0)
 
 
 # ---------------------------------------------------------------- decisions
@@ -521,7 +537,7 @@ STALE_IF_ERROR_CASES = [
                          ids=[c[-1] for c in STALE_IF_ERROR_CASES])
 def test_stale_if_error(cc, req, offset, ok, section):
     e = swr_entry(cc)
-    assert cp.stale_if_error_ok(e, T0 + offset, req, heuristic_max=HMAX) is ok
+    assert stale_if_error_ok(e, T0 + offset, req, heuristic_max=HMAX) is ok
 
 
 # -------------------------------------------------------------- revalidation
@@ -529,9 +545,9 @@ def test_stale_if_error(cc, req, offset, ok, section):
 def test_conditional_headers():
     # RFC 9111 4.3.1
     e = entry([("etag", 'W/"a"'), ("last-modified", d(T0 - 5)), ("cache-control", "max-age=0")])
-    assert cp.conditional_headers(e) == [("if-none-match", 'W/"a"'), ("if-modified-since", d(T0 - 5))]
-    assert cp.conditional_headers(entry([("cache-control", "max-age=0")])) == []
-    assert cp.conditional_headers(entry([("last-modified", "junk"), ("expires", "0")])) == []
+    assert conditional_headers(e) == [("if-none-match", 'W/"a"'), ("if-modified-since", d(T0 - 5))]
+    assert conditional_headers(entry([("cache-control", "max-age=0")])) == []
+    assert conditional_headers(entry([("last-modified", "junk"), ("expires", "0")])) == []
 
 
 def test_merge_304_updates_keeps_and_protects_content_length():
@@ -540,8 +556,8 @@ def test_merge_304_updates_keeps_and_protects_content_length():
                ("content-length", "5"), ("content-type", "text/plain"), ("x-old", "kept")])
     resp_304 = [("date", d(T0 + 100)), ("etag", '"v1"'), ("cache-control", "max-age=600"),
                 ("content-length", "0"), ("set-cookie", "c=3"), ("connection", "close"), ("x-new", "1")]
-    assert cp.can_freshen(e, resp_304)
-    m = cp.merge_304(e, resp_304, T0 + 99, T0 + 100)
+    assert can_freshen(e, resp_304)
+    m = merge_304(e, resp_304, T0 + 99, T0 + 100)
     h = m.headers
     assert [v for n, v in h if n == "content-length"] == ["5"]
     assert [v for n, v in h if n == "cache-control"] == ["max-age=600"]
@@ -550,12 +566,12 @@ def test_merge_304_updates_keeps_and_protects_content_length():
     assert "connection" not in dict(h) and "age" not in dict(h)
     assert (m.request_time, m.response_time, m.status) == (T0 + 99, T0 + 100, 200)
     assert decide(m, now=T0 + 150).action is Action.FRESH
-    assert cp.current_age(m, T0 + 100) == pytest.approx(1)
+    assert current_age(m, T0 + 100) == pytest.approx(1)
 
 
 def test_merge_304_leaves_out_what_its_qualified_private_names():
     e = entry([("date", d(T0)), ("etag", '"v1"'), ("cache-control", "max-age=10"), ("x-user", "ann")])
-    m = cp.merge_304(e, [("etag", '"v1"'), ("cache-control", 'max-age=60, private="X-User"'),
+    m = merge_304(e, [("etag", '"v1"'), ("cache-control", 'max-age=60, private="X-User"'),
                          ("x-user", "bob"), ("set-cookie", "s=2")], T0 + 1, T0 + 1)
     assert "x-user" not in dict(m.headers) and "set-cookie" not in dict(m.headers)
     assert dict(m.headers)["cache-control"] == 'max-age=60, private="X-User"'
@@ -563,7 +579,7 @@ def test_merge_304_leaves_out_what_its_qualified_private_names():
 
 def test_merge_304_without_date_uses_its_response_time():
     e = entry([("date", d(T0)), ("etag", '"v1"'), ("cache-control", "max-age=10")])
-    m = cp.merge_304(e, [("etag", '"v1"')], T0 + 500, T0 + 500)
+    m = merge_304(e, [("etag", '"v1"')], T0 + 500, T0 + 500)
     assert [v for n, v in m.headers if n == "date"] == [d(T0 + 500)]
     assert decide(m, now=T0 + 505).action is Action.FRESH
 
@@ -576,7 +592,7 @@ def test_merge_304_without_date_uses_its_response_time():
     ([("etag", '"a"')], [], True),
 ])
 def test_can_freshen(stored, resp_304, ok):
-    assert cp.can_freshen(entry(stored), resp_304) is ok
+    assert can_freshen(entry(stored), resp_304) is ok
 
 
 NOT_MODIFIED_CASES = [
@@ -603,20 +619,20 @@ NOT_MODIFIED_CASES = [
 def test_client_not_modified(req, expect, section):
     e = entry([("date", d(T0)), ("etag", 'W/"v1"'), ("last-modified", d(T0 - 100)),
                ("cache-control", "max-age=60")])
-    assert cp.client_not_modified(e, req) is expect
+    assert client_not_modified(e, req) is expect
 
 
 def test_client_not_modified_edges():
     no_lm = entry([("date", d(T0)), ("cache-control", "max-age=60")])
-    assert cp.client_not_modified(no_lm, [("if-modified-since", d(T0))])       # falls back to Date
-    assert not cp.client_not_modified(no_lm, [("if-modified-since", d(T0 - 1))])
-    assert not cp.client_not_modified(no_lm, [("if-modified-since", d(T0))], method="POST")
+    assert client_not_modified(no_lm, [("if-modified-since", d(T0))])       # falls back to Date
+    assert not client_not_modified(no_lm, [("if-modified-since", d(T0 - 1))])
+    assert not client_not_modified(no_lm, [("if-modified-since", d(T0))], method="POST")
     redirect = entry([("etag", '"v1"'), ("cache-control", "max-age=60")], status=301)
-    assert not cp.client_not_modified(redirect, [("if-none-match", '"v1"')])
+    assert not client_not_modified(redirect, [("if-none-match", '"v1"')])
     e = entry([("date", d(T0)), ("etag", '"v1"'), ("content-type", "text/html"),
                ("content-length", "3"), ("cache-control", "max-age=60"), ("vary", "accept")],
               req_headers=[("accept", "*/*")])
-    names = {n for n, _ in cp.not_modified_headers(e, T0 + 2)}
+    names = {n for n, _ in not_modified_headers(e, T0 + 2)}
     assert names == {"date", "etag", "cache-control", "vary", "age"}
 
 
@@ -644,7 +660,7 @@ INVALIDATION_CASES = [
 
 @pytest.mark.parametrize("method, status, resp, keys", INVALIDATION_CASES)
 def test_invalidations(method, status, resp, keys):
-    assert cp.invalidations(method, status, "http", "EX.com", "/a?x=1", resp) == keys
+    assert invalidations(method, status, "http", "EX.com", "/a?x=1", resp) == keys
 
 
 # ---------------------------------------------------------------- end to end
@@ -653,32 +669,32 @@ def test_store_serve_revalidate_cycle():
     req = [("accept-encoding", "gzip")]
     resp = [("date", d(T0)), ("cache-control", "max-age=60"), ("etag", '"v1"'),
             ("vary", "Accept-Encoding"), ("content-encoding", "gzip"), ("content-length", "20")]
-    assert cp.storable("GET", 200, req, resp)
+    assert storable("GET", 200, req, resp)
     e = Entry.from_bytes(entry(resp, req_headers=req).to_bytes())
     assert decide(e, req, now=T0 + 30).action is Action.FRESH
-    assert cp.client_not_modified(e, req + [("if-none-match", '"v1"')])
+    assert client_not_modified(e, req + [("if-none-match", '"v1"')])
     stale = decide(e, req, now=T0 + 90)
     assert stale.action is Action.REVALIDATE
     assert dict(stale.conditional_headers) == {"if-none-match": '"v1"'}
-    m = cp.merge_304(e, [("date", d(T0 + 90)), ("etag", '"v1"')], T0 + 90, T0 + 90)
+    m = merge_304(e, [("date", d(T0 + 90)), ("etag", '"v1"')], T0 + 90, T0 + 90)
     assert decide(m, req, now=T0 + 100).action is Action.FRESH
-    assert dict(cp.serve_headers(m, T0 + 100))["age"] == "10"
+    assert dict(serve_headers(m, T0 + 100))["age"] == "10"
 
 
 # -- remembered parses (pure functions of their text; results are immutable) -----
 
 def test_remembered_parses_give_the_same_answers():
     values = ["max-age=60, s-maxage=30", 'private="set-cookie"']
-    assert cp.parse_cache_control(values) == cp.parse_cache_control(list(values))
-    assert cp.parse_cache_control([]) == cp.Directives()
+    assert parse_cache_control(values) == parse_cache_control(list(values))
+    assert parse_cache_control([]) == Directives()
     imf = "Sun, 06 Nov 1994 08:49:37 GMT"
-    assert cp.parse_http_date(imf) == cp.parse_http_date(imf, 0.0) == 784111777.0
+    assert parse_http_date(imf) == parse_http_date(imf, 0.0) == 784111777.0
     # rfc850 depends on now: the same text, two answers (nothing remembered).
     rfc850 = "Friday, 01-Jan-99 00:00:00 GMT"
-    assert cp.parse_http_date(rfc850, cp.parse_http_date("Sat, 01 Jan 2050 00:00:00 GMT")) == \
-        cp.parse_http_date("Fri, 01 Jan 2099 00:00:00 GMT")
-    assert cp.parse_http_date(rfc850, cp.parse_http_date("Mon, 01 Jan 2024 00:00:00 GMT")) == \
-        cp.parse_http_date("Fri, 01 Jan 1999 00:00:00 GMT")
+    assert parse_http_date(rfc850, parse_http_date("Sat, 01 Jan 2050 00:00:00 GMT")) == \
+        parse_http_date("Fri, 01 Jan 2099 00:00:00 GMT")
+    assert parse_http_date(rfc850, parse_http_date("Mon, 01 Jan 2024 00:00:00 GMT")) == \
+        parse_http_date("Fri, 01 Jan 1999 00:00:00 GMT")
 
 
 def test_a_decoded_entry_is_remembered_by_its_bytes_and_junk_always_refused():
@@ -711,32 +727,32 @@ _REQ = st.lists(st.tuples(st.sampled_from(["accept-encoding", "a", "b", "cache-c
 
 
 @given(_FIELDS, _REQ, _REQ, st.sampled_from([200, 404, 302]), st.floats(0, 5000),
-       st.sampled_from([cp.DEFAULT_CDN_HEADER, ()]))
+       st.sampled_from([DEFAULT_CDN_HEADER, ()]))
 def test_remembered_entry_facts_equal_the_definitions(fields, stored_req, req, status, later, cdn):
     e = entry(list(fields), status=status, request_time=T0 - 1, response_time=T0, req_headers=stored_req)
     for _ in range(2):  # computed, then remembered: the same answers
-        assert e.policy(HMAX, cdn) == (cp.response_directives(e.headers, cdn)[0],
-                                       cp.freshness_lifetime(e, heuristic_max=HMAX, cdn_header=cdn))
-        assert e.validators == tuple(cp.conditional_headers(e))
-        assert e.vary_matches(req) == (cp.vary_key(e.vary_fields, req) == e.secondary_key)
+        assert e.policy(HMAX, cdn) == (response_directives(e.headers, cdn)[0],
+                                       freshness_lifetime(e, heuristic_max=HMAX, cdn_header=cdn))
+        assert e.validators == tuple(conditional_headers(e))
+        assert e.vary_matches(req) == (vary_key(e.vary_fields, req) == e.secondary_key)
         # RFC 9111 4.2.3, written out
         first_date = next(v for n, v in e.headers if n == "date")  # the first one counts
-        date = cp.parse_http_date(first_date) or e.response_time
+        date = parse_http_date(first_date) or e.response_time
         apparent = max(0.0, e.response_time - date)
-        corrected = max(apparent, cp._age_value(e.headers) + e.response_time - e.request_time)
-        assert cp.current_age(e, T0 + later) == pytest.approx(corrected + later)
-        served = cp.serve_headers(e, T0 + later)
+        corrected = max(apparent, _age_value(e.headers) + e.response_time - e.request_time)
+        assert current_age(e, T0 + later) == pytest.approx(corrected + later)
+        served = serve_headers(e, T0 + later)
         assert served[:-1] == [(n, v) for n, v in e.headers if n != "age"]
-        assert served[-1] == ("age", cp.age_value(e, T0 + later))
+        assert served[-1] == ("age", age_value(e, T0 + later))
     # Another cache's settings are answered for those settings, not from the memo.
-    assert e.policy(1.0, cdn)[1] == cp.freshness_lifetime(e, heuristic_max=1.0, cdn_header=cdn)
+    assert e.policy(1.0, cdn)[1] == freshness_lifetime(e, heuristic_max=1.0, cdn_header=cdn)
 
 
 def test_a_request_without_directives_gets_the_empty_ones():
-    assert cp._request_directives([("accept", "*/*")]) == cp.parse_cache_control([])
-    assert cp._request_directives([("pragma", "no-cache")]) == cp.Directives(no_cache=True)
-    assert cp._request_directives([("pragma", "no-cache"), ("cache-control", "max-age=1")]) == \
-        cp.parse_cache_control(["max-age=1"])
+    assert _request_directives([("accept", "*/*")]) == parse_cache_control([])
+    assert _request_directives([("pragma", "no-cache")]) == Directives(no_cache=True)
+    assert _request_directives([("pragma", "no-cache"), ("cache-control", "max-age=1")]) == \
+        parse_cache_control(["max-age=1"])
 
 
 _PRIVATE_CC = st.sampled_from(['private="set-cookie"', 'private="x-user", max-age=5', "private",
@@ -745,17 +761,17 @@ _PRIVATE_CC = st.sampled_from(['private="set-cookie"', 'private="x-user", max-ag
 
 @given(st.lists(st.tuples(st.sampled_from(["set-cookie", "x-user", "cache-control", "etag"]),
                           st.sampled_from(["a=1", "ann", '"t"'])), max_size=5),
-       _PRIVATE_CC, st.sampled_from(cp.SET_COOKIE_MODES))
+       _PRIVATE_CC, st.sampled_from(SET_COOKIE_MODES))
 def test_a_stored_entry_never_holds_a_cookie_nor_a_private_field(fields, cc, mode):
     resp = [("cache-control", cc)] + [(n, v) for n, v in fields if n != "cache-control"]
-    directives = cp.parse_cache_control([cc])
-    stored = cp.storable("GET", 200, [], resp, set_cookie=mode)
+    directives = parse_cache_control([cc])
+    stored = storable("GET", 200, [], resp, set_cookie=mode)
     has_cookie = any(n == "set-cookie" for n, _ in resp)
     if directives.private or (has_cookie and mode == "no-store"
                               and "set-cookie" not in directives.private_fields):
         assert not stored
-    e = cp.make_entry(200, "OK", [], resp, T0, T0)
+    e = make_entry(200, "OK", [], resp, T0, T0)
     names = {n for n, _ in e.headers}
     assert "set-cookie" not in names and names.isdisjoint(directives.private_fields)
-    m = cp.merge_304(e, resp, T0 + 1, T0 + 1)
+    m = merge_304(e, resp, T0 + 1, T0 + 1)
     assert "set-cookie" not in dict(m.headers)

@@ -11,7 +11,7 @@ from forkproxy.core.headers import (
     HOP_BY_HOP, allowed_upgrade, connection_tokens, forwarded_for_request, forwarded_node,
     real_client_addr, response_headers_for_client, split_host, strip_hop_by_hop,
 )
-from forkproxy.core.http1 import ProtocolError
+from forkproxy.core.http1.messages import ProtocolError
 
 
 def test_hop_by_hop_set():

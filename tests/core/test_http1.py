@@ -5,13 +5,18 @@ from __future__ import annotations
 import pytest
 from hypothesis import given, settings, strategies as st
 
-from forkproxy.core.http1 import (
+from forkproxy.core.http1.connection import wants_keep_alive
+from forkproxy.core.http1.decoders import make_decoder
+from forkproxy.core.http1.framing import request_body_framing, response_body_framing
+from forkproxy.core.http1.heads import find_head_end, parse_request_head, parse_response_head
+from forkproxy.core.http1.messages import (
     DEFAULT_LIMITS, Framing, IncompleteBody, Limits, ProtocolError, Response,
-    encode_chunk, encode_last_chunk, find_head_end, make_decoder,
-    parse_request_head, parse_response_head, reason_phrase, request_body_framing,
-    response_body_framing, serialize_request_head, serialize_response_head,
-    split_host, split_url, wants_keep_alive,
 )
+from forkproxy.core.http1.serialize import (
+    encode_chunk, encode_last_chunk, reason_phrase, serialize_request_head,
+    serialize_response_head,
+)
+from forkproxy.core.http1.targets import split_host, split_url
 
 
 def read_request(raw: bytes, limits: Limits = Limits()):
@@ -670,7 +675,7 @@ def test_a_complete_head_is_left_to_the_parser_which_refuses_bare_lf():
     ("1.0", "keep-alive"), ("1.0", "Keep-Alive, close"), ("1.1", "upgrade, Close"),
 ])
 def test_keep_alive_from_tokens_is_wants_keep_alive(version, connection):
-    from forkproxy.core.http1 import connection_tokens, keep_alive
+    from forkproxy.core.http1.connection import connection_tokens, keep_alive
 
     headers = [("host", "a")] + ([("connection", connection)] if connection else [])
     assert keep_alive(version, connection_tokens(headers)) == wants_keep_alive(version, headers)
@@ -712,7 +717,7 @@ _HEAD_FIELDS = st.lists(st.tuples(st.sampled_from(["X-A", "accept", "Content-Len
 @given(st.sampled_from(["GET", "POST", "HEAD"]), st.sampled_from(["1.0", "1.1"]), _HEAD_FIELDS,
        st.integers(0, 3000))
 def test_a_remembered_head_parses_as_a_fresh_one(method, version, fields, pad):
-    from forkproxy.core.http1 import _parse_request_head, _parse_response_head
+    from forkproxy.core.http1.heads import _parse_request_head, _parse_response_head
 
     lines = "".join(f"{n}: {v}\r\n" for n, v in fields) + f"X-Pad: {'p' * pad}\r\n"
     for head, parse, fresh in (

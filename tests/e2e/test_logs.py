@@ -18,7 +18,8 @@ import ssl
 import pytest
 import trustme
 
-from forkproxy.core import http1
+from forkproxy.core.http1.heads import parse_request_head
+from forkproxy.core.http1.messages import Limits, ProtocolError
 from forkproxy.logs import AccessRecord, error_line
 from support.procs import free_port, wait_until
 from support.rawhttp import exchange
@@ -188,8 +189,8 @@ def test_every_refusal_and_5xx_leaves_an_error_line_with_the_request_id(site):
     # A server in maint: once a worker's snapshot has it, its pool has no server up.
     assert fp.ctl("maint", "down", b.addr).returncode == 0
     bad = b"GET /malformed HTTP/1.1\r\nHost: x\r\nBad Header: 1\r\n\r\n"
-    with pytest.raises(http1.ProtocolError) as parsed:
-        http1.parse_request_head(bad, http1.Limits())
+    with pytest.raises(ProtocolError) as parsed:
+        parse_request_head(bad, Limits())
     cases = [  # (target, Host, status, why)
         ("/denied", "denied.example", 403,
          'address 127.0.0.1 denied by access rule 2 of route 0 ("deny 127.0.0.0/8")'),
