@@ -736,7 +736,8 @@ COMMANDS = [
 
 
 def build_parser() -> argparse.ArgumentParser:
-    """The parser of ``COMMANDS``; ``-c`` and ``--json`` before or after the command."""
+    """The parser of ``COMMANDS``; ``-c`` and ``--json`` before or after the command
+    (and every other option too, through ``parse_args``)."""
     p = _Parser(prog="forkproxyctl",
                 description="Inspect and control a running forkproxy through its admin "
                             "endpoint and its shared health table. See forkproxyctl(8).")
@@ -753,7 +754,27 @@ def build_parser() -> argparse.ArgumentParser:
                        help="print one JSON document")
         arguments(s)
         s.set_defaults(run=run)
+    # Options that take a value, of the commands and global: parse_args steps over them.
+    p.value_options = {opt for s in sub.choices.values() for action in s._actions
+                       if action.nargs != 0 for opt in action.option_strings}
     return p
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    """``build_parser().parse_args``, with a command's own options (``--timeout``,
+    ``--host``, ``-H``...) accepted before its name too: the command name is
+    moved to the front, so ``forkproxyctl --timeout 5 reload`` reads as
+    ``forkproxyctl reload --timeout 5``.  Positional arguments still follow it."""
+    parser = build_parser()
+    argv = list(sys.argv[1:] if argv is None else argv)
+    names = {c[0] for c in COMMANDS}
+    takes_value = parser.value_options
+    i = 0
+    while i < len(argv) and argv[i].startswith("-") and argv[i] != "--":
+        i += 2 if argv[i] in takes_value else 1  # an option, and its value if it takes one
+    if 0 < i < len(argv) and argv[i] in names:
+        argv = [argv[i], *argv[:i], *argv[i + 1:]]
+    return parser.parse_args(argv)
 
 
 def _load(args):
@@ -771,7 +792,7 @@ def main(argv: list[str] | None = None) -> int:
     """Run forkproxyctl; returns the exit status (0, 1 failure, 2 usage)."""
     try:
         try:
-            args = build_parser().parse_args(argv)
+            args = parse_args(argv)
         except SystemExit as exc:  # --help
             return EX_OK if exc.code in (0, None) else EX_USAGE
         cfg = _load(args)

@@ -493,3 +493,15 @@ def test_every_help_option_is_in_forkproxyctl_8_and_back(env):
     from test_docs import MAN, help_options, man_options
     r = env.ctl("--help", conf=False)
     assert help_options(r.stdout) == man_options(MAN / "forkproxyctl.8")
+
+
+@pytest.mark.parametrize("before, after", [
+    (["--timeout", "5", "reload"], ["reload", "--timeout", "5"]),
+    (["--timeout=5", "--no-wait", "reload"], ["reload", "--timeout=5", "--no-wait"]),
+    (["--host", "h", "-c", "F", "purge"], ["purge", "--host", "h", "-c", "F"]),
+    (["-H", "Host: b", "--listener", "web", "explain", "GET", "http://a/"],
+     ["explain", "GET", "http://a/", "-H", "Host: b", "--listener", "web"]),
+    (["-c", "status", "--json", "status"], ["status", "-c", "status", "--json"]),  # a value, not the command
+])
+def test_a_commands_own_options_are_taken_before_its_name_too(before, after):
+    assert ctl.parse_args(before) == ctl.parse_args(after)
