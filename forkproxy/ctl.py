@@ -3,6 +3,9 @@
     forkproxyctl [-c FILE] [--json] status
     forkproxyctl [-c FILE] [--json] drain|maint|ready POOL SERVER
     forkproxyctl [-c FILE] [--json] weight POOL SERVER N|config
+    forkproxyctl [-c FILE] [--json] add-server POOL ADDR [--weight N] [--backup]
+                                    [--max-conns N]
+    forkproxyctl [-c FILE] [--json] remove-server POOL ADDR
     forkproxyctl [-c FILE] [--json] purge URL | --host HOST
     forkproxyctl [-c FILE] [--json] reload [--no-wait] [--timeout SECONDS]
     forkproxyctl [-c FILE] [--json] explain METHOD URL [-H 'Name: value']...
@@ -24,7 +27,10 @@ Two ways in, chosen per command:
   (``forkproxy.control``): ``status`` when the endpoint is off or does not
   answer; ``drain``, ``maint``, ``ready`` and ``weight`` likewise, through
   ``control.set_admin`` as the endpoint does (the table's writer contract;
-  idempotent: setting the state a server already has writes nothing).
+  idempotent: setting the state a server already has writes nothing);
+  ``add-server`` and ``remove-server`` likewise, through
+  ``control.add_server`` / ``control.remove_server`` (the table's member
+  cells and the state file ``servers.json``).
 
 Without the endpoint (or a token), ``reload`` sends SIGHUP to the pid in
 ``server.pidfile``, and ``purge`` sends a ``PURGE`` request to the http
@@ -149,7 +155,12 @@ def _row_cells(pool: str, s: dict, now: float) -> list[str]:
                f"{'' if s['passive_out'] else ', kept in rotation'})" + (f"; {why}" if why else ""))
     if s["passive_out"] and s["health"] == "up":
         health = "OUT"  # up by its active checks, out by passive ones
-    return [pool, s["addr"], health, admin, check, str(s["inflight"]),
+    addr = s["addr"]
+    if s.get("origin", "config") != "config":  # came at run time: say how
+        addr += f" ({s['origin']})"
+    if s.get("member") == "removing":
+        admin = "removing"
+    return [pool, addr, health, admin, check, str(s["inflight"]),
             format_age(None if when is None else now - when), why or "-"]
 
 
@@ -649,6 +660,43 @@ def _set(args, cfg: config.Config, tpath: str) -> int:
     return EX_OK
 
 
+def _membership(args, cfg: config.Config, tpath: str) -> int:
+    """add-server, remove-server: through the admin endpoint when commands
+    can go there, else (or when it does not answer) the table directly."""
+    add = args.command == "add-server"
+    doc = None
+    if _commands_allowed(cfg):
+        path = f"/servers/{quote(args.pool, safe='')}/{quote(args.addr, safe='')}/"
+        if add:
+            path += (f"add?weight={args.weight}&backup={'true' if args.backup else 'false'}"
+                     f"&max_conns={args.max_conns}")
+        else:
+            path += "remove"
+        try:
+            status_, body = admin_call(cfg, "POST", path)
+        except Unreachable as exc:
+            print(f"forkproxyctl: {exc.message}; writing the table directly", file=sys.stderr)
+        else:
+            if status_ != 200:
+                raise CtlError(f"admin endpoint {cfg.server.admin}: {status_} {body.strip()}")
+            doc = json.loads(body)
+    if doc is None:
+        _check_running(cfg, tpath)
+        try:
+            if add:
+                doc = control.add_server(tpath, cfg, args.pool, control.Spec(
+                    args.addr, args.weight, args.backup, args.max_conns), by=_who())
+            else:
+                doc = control.remove_server(tpath, cfg, args.pool, args.addr, by=_who())
+        except (OSError, LayoutError, ValueError) as exc:
+            raise _table_error(tpath, exc, writable=True) from None
+    text = (f"{doc['server']}: added; every worker uses it within a second" if add else
+            f"{doc['server']}: removed; no new requests, its row is freed once those in "
+            "flight end")
+    _emit(args, doc, text)
+    return EX_OK
+
+
 def _check_running(cfg: config.Config, tpath: str) -> None:
     """CtlError unless ``server.pidfile`` names a running process: the table of
     a stopped forkproxy stays on disk, and a change written there would be
@@ -689,6 +737,33 @@ def _weight_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("weight", type=_weight, metavar="N", help=f"1..{WEIGHT_MAX}, or 'config'")
 
 
+def _count(lo: int, hi: int):
+    def parse(text: str) -> int:
+        try:
+            n = int(text)
+        except ValueError:
+            n = lo - 1
+        if not lo <= n <= hi:
+            raise argparse.ArgumentTypeError(f"expected {lo}..{hi}, got {text!r}")
+        return n
+    return parse
+
+
+def _add_server_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("pool")
+    p.add_argument("addr", help="HOST:PORT or [IPv6]:PORT")
+    p.add_argument("--weight", type=_count(1, WEIGHT_MAX), default=1, metavar="N",
+                   help=f"1..{WEIGHT_MAX} (default 1)")
+    p.add_argument("--backup", action="store_true", help="a backup server")
+    p.add_argument("--max-conns", type=_count(0, control.MAX_CONNS_MAX), default=0,
+                   metavar="N", help="most requests in flight to it, 0: no limit (default)")
+
+
+def _remove_server_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("pool")
+    p.add_argument("addr", help="the server's address as the status shows it")
+
+
 def _purge_arguments(p: argparse.ArgumentParser) -> None:
     g = p.add_mutually_exclusive_group(required=True)
     g.add_argument("url", nargs="?", type=_url,
@@ -726,6 +801,10 @@ COMMANDS = [
      _server_arguments, _set),
     ("weight", "override a server's weight (or 'config' to restore it)",
      _weight_arguments, _set),
+    ("add-server", "add a server to a pool at run time, kept across reloads and restarts",
+     _add_server_arguments, _membership),
+    ("remove-server", "remove a server from a pool at run time: no new requests, those in "
+                      "flight finish", _remove_server_arguments, _membership),
     ("metrics", "print the admin endpoint's /metrics (Prometheus text)", _no_arguments, _metrics),
     ("purge", "delete a URL (or every URL of a host) from the cache", _purge_arguments, _purge),
     ("reload", "reload the configuration file; wait until it serves or is rejected",

@@ -138,6 +138,7 @@ def test_status_json(env):
             "latency": pytest.approx(0.0034), "last_change": pytest.approx(now - 125),
             "reason": "2 successful checks, last: ok", "admin_changed": None,
             "admin_by": None, "passive_failures": 0, "passive_out": False,
+            "origin": "config", "member": "active",
         }
         assert web2["health"] == "down" and web2["last_result"] == "refused"
         (api,) = doc["pools"][1]["servers"]

@@ -132,8 +132,19 @@ SETTINGS: tuple[Setting, ...] = (
             "Directory for the shared health table, lock files, the reload status, "
             "sticky.key (the random key of sticky cookies of pools without sticky.secret) "
             "and (in body/, private to the workers) request bodies larger than a route's "
-            "request_buffer_memory.",
+            "request_buffer_memory; and servers.json, the servers added and removed at run "
+            "time (forkproxyctl add-server, remove-server), kept across reloads and restarts.",
             _RESTART, _nonempty_str),
+    Setting("server", "runtime_servers", "integer 0..10000", 64,
+            "Rows of the health table kept for servers that come at run time, over all "
+            "pools: those added with forkproxyctl add-server (or the admin endpoint) and "
+            "those DNS discovery finds. "
+            "Each row costs 320 + 64 x (2 x workers, at least 8) bytes of shared memory. "
+            "When every row is in use, add-server fails with \"the health table is full\" "
+            "and DNS discovery keeps the servers it has (it logs the error); "
+            "the row of a removed server is freed once its requests in flight have ended. "
+            "A reload applies a change.",
+            _RELOAD, _int(0, 10000)),
     Setting("server", "user", "user name", None,
             "User the workers switch to after the master has bound the listeners, with "
             "its supplementary groups and, unless group is set, its primary group. "

@@ -25,12 +25,12 @@ import mmap
 import os
 import signal
 import time
+from dataclasses import replace
 
 from forkproxy import control
 from forkproxy.config import Config
 from forkproxy.core.epochs import Epochs
-from forkproxy.core.health import RiseFall
-from forkproxy.core.table import HealthRow, copy_rows
+from forkproxy.core.table import copy_rows
 from forkproxy.daemon import shm
 
 STICKY_KEY_NAME = "sticky.key"
@@ -45,7 +45,7 @@ def table_labels(cfg: Config) -> list[str]:
     return [f"{p.name}/{s.addr}" for p in cfg.pools for s in p.servers]
 
 
-def build_table(cfg: Config, n_slots: int, generation: int):
+def build_table(cfg: Config, n_slots: int, generation: int, log=None):
     """Create the table for ``cfg`` at its path, carrying over the rows of servers that stay.
 
     ``generation``: the master's generation number (``daemon.arbiter``).
@@ -56,36 +56,45 @@ def build_table(cfg: Config, n_slots: int, generation: int):
     endpoint opens both for writing.  Rows of
     new servers start as ``server.initial_health`` says (pools with active
     checks) or up (pools without: only passive checks apply to them).
+    The rows are ``control.table_plan``'s: the configured servers, then
+    those added at run time (the state file, whose records the
+    configuration overrides are dropped from it, with a warning on ``log``),
+    then free rows for more.
     """
     path = table_path(cfg)
-    labels = table_labels(cfg)
     owner = _owner(cfg.server)
     with shm.admin_lock(path):
         if owner is not None:
             os.chown(shm.admin_lock_path(path), *owner)
         try:
+            state = control.read_state(cfg.server.runtime_dir)
+        except (control.ControlError, OSError) as exc:
+            if log is not None:
+                log.error("ignoring the servers added or removed at run time: %s",
+                          getattr(exc, "message", exc))
+            state = None
+        rows, kept, notes = control.table_plan(cfg, state or {})
+        for note in notes:
+            if log is not None:
+                log.warning("%s", note)
+        if state is not None and kept != state and (state.get("pools") or kept["pools"]):
+            control.write_state(cfg.server.runtime_dir, kept)
+        try:
             old = shm.open_table(path, writable=False)
         except (OSError, ValueError):
             old = None
-        mm, table = shm.create(path, len(labels), n_slots, generation, labels=labels,
-                               owner=owner)
+        mm, table = shm.create(path, len(rows), n_slots, generation, owner=owner)
         now = time.time()
-        row = 0
-        for pool in cfg.pools:
-            if pool.health is not None:
-                first = RiseFall(pool.health.rise, pool.health.fall,
-                                 init_state=cfg.server.initial_health).initial(now)
-            else:
-                first = HealthRow(state="up", last_change=now, reason="initial: no active checks")
-            for _ in pool.servers:
-                table.write_health(row, first)
-                row += 1
+        for row, (label, member) in enumerate(rows):
+            table.write_member(row, label, replace(member, changed=now))
+            if member.state == "active":
+                table.write_health(row, control.first_health(cfg, label.partition("/")[0], now))
         if old is not None:
+            new_rows = {label: row for row, label, m in control.members(table)}
             mapping = {}
-            for i in range(old.n_rows):
-                j = table.find(old.label(i))
-                if j is not None:
-                    mapping[i] = j
+            for i, label, m in control.members(old):
+                if m.state == "active" and label in new_rows:
+                    mapping[i] = new_rows[label]
             copy_rows(old, table, mapping)
             shm.close_table(old)
     return mm, table
@@ -236,7 +245,7 @@ def on_starting(arbiter) -> None:
     # Slots for TTIN headroom; a worker beyond them runs without a slot.
     app.fp_n_slots = max(8, 2 * cfg.server.workers)
     app.fp_slots = set()
-    app.fp_mmap, app.fp_table = build_table(cfg, app.fp_n_slots, arbiter.fp_gen)
+    app.fp_mmap, app.fp_table = build_table(cfg, app.fp_n_slots, arbiter.fp_gen, arbiter.log)
     app.fp_edge = build_edge(cfg, app.fp_n_slots, None)
     app.fp_metrics = build_metrics(cfg, app.fp_n_slots, None)
     # The cache's change counters (core.epochs): one buffer for the master's
@@ -267,7 +276,8 @@ def on_reload(arbiter) -> None:
             arbiter.log.error("keeping the previous access log: %s", exc)
     app.fp_n_slots = max(app.fp_n_slots, 2 * app.fp_config.server.workers)
     # The old mapping stays alive in the old workers until they exit.
-    app.fp_mmap, app.fp_table = build_table(app.fp_config, app.fp_n_slots, arbiter.fp_gen)
+    app.fp_mmap, app.fp_table = build_table(app.fp_config, app.fp_n_slots, arbiter.fp_gen,
+                                             arbiter.log)
     app.fp_edge = build_edge(app.fp_config, app.fp_n_slots, app.fp_edge)
     app.fp_metrics = m = build_metrics(app.fp_config, app.fp_n_slots, app.fp_metrics)
     m.add(m.base, m.index[("reloads_total", ())])  # the base row is the master's
@@ -373,29 +383,25 @@ def post_worker_init(worker) -> None:
 
 
 def start_checker(worker, cfg: Config, table, lock_fd: int):
-    """Every worker runs a checker greenlet; the one holding the lock probes.
+    """Every worker runs a checker greenlet; the one holding the lock probes,
+    and frees the rows of removed servers (servers come and go at run time,
+    so every worker runs one, with or without active checks).
 
-    Returns the checker (None when no pool has active checks).
+    Returns the checker.
     """
     import gevent
 
-    from forkproxy.net.checker import Checker, Target
+    from forkproxy.net.checker import Checker, reclaimer, table_targets
     from forkproxy.net.leader import Leader
 
-    targets = []
-    row = 0
-    for pool in cfg.pools:
-        for server in pool.servers:
-            if pool.health is not None:
-                targets.append(Target(row, pool.name, server, pool.health))
-            row += 1
-    if not targets:
-        return None
     from forkproxy.daemon.worker import set_title
 
-    checker = Checker(table, targets, Leader(lock_fd), worker.log,
+    checker = Checker(table, [], Leader(lock_fd), worker.log,
                       initial=cfg.server.initial_health, metrics=worker.runtime.metrics,
-                      on_lead=lambda lead: set_title(worker, checker=lead))
+                      on_lead=lambda lead: set_title(worker, checker=lead),
+                      members_of=lambda t: table_targets(t, cfg),
+                      housekeeping=[reclaimer(table, table_path(cfg), worker.log)],
+                      poll=min([0.5] + [p.health.interval for p in cfg.pools if p.health]))
     gevent.spawn(checker.run)
     return checker
 
