@@ -37,6 +37,7 @@ import json
 import mmap
 import os
 import time
+from dataclasses import replace
 
 from forkproxy.config import Config, ListenerConfig, split_host_port
 from forkproxy.core import http1
@@ -53,7 +54,7 @@ __all__ = [
     "reload_and_wait", "connect_address", "purge_through_listeners",
     "STATE_NAME", "REMOVE_GRACE", "MAX_CONNS_MAX", "TableFull", "state_path", "read_state",
     "write_state", "configured_specs", "table_plan", "members", "active_row", "first_health",
-    "allocate_row", "reclaim", "add_server", "remove_server",
+    "allocate_row", "reclaim", "add_server", "remove_server", "sync_discovered",
 ]
 
 DEFAULT_CONFIG = "/etc/forkproxy/forkproxy.toml"
@@ -480,6 +481,46 @@ def remove_server(path: str, cfg: Config, pool: str, addr: str, *, by: str,
             configured = None
         write_state(cfg.server.runtime_dir, record_remove(state, pool, addr, configured))
     return {"server": label, "row": row, "changed": True}
+
+
+def sync_discovered(table: Table, cfg: Config, pool: str, found: list[Spec], now: float
+                    ) -> tuple[list[str], list[str]]:
+    """Make ``pool``'s servers found by DNS discovery (origin "dns") the
+    ``found`` ones: new addresses take free rows, addresses no longer found
+    go to "removing" (their requests finish, ``reclaim`` frees the row),
+    changed weights or priorities are rewritten in place.  An address the
+    pool already has from the file or the runtime API is left to that entry.
+    Admin lock held.  Returns (added, removed) labels; raises TableFull
+    after adding what fitted.
+    """
+    want = {s.addr: s for s in found}
+    have = {}
+    taken = set()
+    for row, label, m in members(table):
+        p, _, addr = label.partition("/")
+        if p != pool or m.state != "active":
+            continue
+        if m.origin != "dns":
+            taken.add(addr)
+        else:
+            have[addr] = (row, m)
+    added, removed = [], []
+    for addr, (row, m) in have.items():
+        spec = want.get(addr)
+        if spec is None or addr in taken:
+            table.write_member(row, f"{pool}/{addr}", replace(m, state="removing", changed=now))
+            removed.append(f"{pool}/{addr}")
+        elif (spec.weight, spec.backup, spec.max_conns) != (m.weight, m.backup, m.max_conns):
+            table.write_member(row, f"{pool}/{addr}", replace(
+                m, weight=spec.weight, backup=spec.backup, max_conns=spec.max_conns))
+    for addr, spec in want.items():
+        if addr in have or addr in taken:
+            continue
+        allocate_row(table, f"{pool}/{addr}", MemberRow(
+            origin="dns", weight=spec.weight, backup=spec.backup, max_conns=spec.max_conns),
+            first_health(cfg, pool, now), "dns", now)
+        added.append(f"{pool}/{addr}")
+    return added, removed
 
 
 # -- the master process --------------------------------------------------------------

@@ -90,6 +90,7 @@ def build_table(cfg: Config, n_slots: int, generation: int, log=None):
             if member.state == "active":
                 table.write_health(row, control.first_health(cfg, label.partition("/")[0], now))
         if old is not None:
+            _carry_discovered(cfg, old, table, now, log)
             new_rows = {label: row for row, label, m in control.members(table)}
             mapping = {}
             for i, label, m in control.members(old):
@@ -98,6 +99,21 @@ def build_table(cfg: Config, n_slots: int, generation: int, log=None):
             copy_rows(old, table, mapping)
             shm.close_table(old)
     return mm, table
+
+
+def _carry_discovered(cfg: Config, old, table, now: float, log) -> None:
+    """Give the servers DNS discovery found for pools that still discover
+    rows in the new table: until the next answer, they are the last known set."""
+    discovering = {p.name for p in cfg.pools if p.discover}
+    for _, label, m in control.members(old):
+        if m.origin == "dns" and m.state == "active" and label.partition("/")[0] in discovering:
+            try:
+                control.allocate_row(table, label, m, control.first_health(
+                    cfg, label.partition("/")[0], now), "dns", now)
+            except control.TableFull as exc:
+                if log is not None:
+                    log.error("servers found by DNS not all kept: %s", exc.message)
+                return
 
 
 def sticky_key(runtime_dir: str) -> bytes:
@@ -384,14 +400,16 @@ def post_worker_init(worker) -> None:
 
 def start_checker(worker, cfg: Config, table, lock_fd: int):
     """Every worker runs a checker greenlet; the one holding the lock probes,
-    and frees the rows of removed servers (servers come and go at run time,
-    so every worker runs one, with or without active checks).
+    frees the rows of removed servers and runs DNS discovery (servers come
+    and go at run time, so every worker runs one, with or without active
+    checks).
 
     Returns the checker.
     """
     import gevent
 
     from forkproxy.net.checker import Checker, reclaimer, table_targets
+    from forkproxy.net.discovery import Discovery
     from forkproxy.net.leader import Leader
 
     from forkproxy.daemon.worker import set_title
@@ -400,7 +418,8 @@ def start_checker(worker, cfg: Config, table, lock_fd: int):
                       initial=cfg.server.initial_health, metrics=worker.runtime.metrics,
                       on_lead=lambda lead: set_title(worker, checker=lead),
                       members_of=lambda t: table_targets(t, cfg),
-                      housekeeping=[reclaimer(table, table_path(cfg), worker.log)],
+                      housekeeping=[reclaimer(table, table_path(cfg), worker.log),
+                                    Discovery(table, table_path(cfg), cfg, worker.log).job],
                       poll=min([0.5] + [p.health.interval for p in cfg.pools if p.health]))
     gevent.spawn(checker.run)
     return checker

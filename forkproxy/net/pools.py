@@ -30,6 +30,7 @@ import hmac
 import logging
 import random
 from collections import deque
+from dataclasses import replace
 
 import gevent.event
 
@@ -130,11 +131,12 @@ class PoolRuntime:
         live = [i for i, dead in enumerate(self._dead) if not dead]
         specs = [ServerSpec(self.servers[i].addr, self.servers[i].weight, self.servers[i].backup)
                  for i in live]
-        self._live_idx = None if len(live) == len(self.servers) else live
+        self._live_idx = None if specs and len(live) == len(self.servers) else live
         self.balancer = (Balancer(specs, algorithm=self.cfg.balance,
                                   hash_method=self.cfg.hash_method) if specs else None)
-        self.sticky = (StickyTable(specs, self._secret)
-                       if self._secret is not None and specs else None)
+        sticky = StickyTable(specs, self._secret) if self._secret is not None and specs else None
+        self.sticky = (sticky if sticky is None or self._live_idx is None
+                       else _LiveSticky(sticky, self._live_idx))
 
     # -- membership ----------------------------------------------------------
 
@@ -161,6 +163,14 @@ class PoolRuntime:
             if alive:
                 self._serials[i] = got[1].serial
                 known.add((row, got[1].serial))
+                m, server = got[1], self.servers[i]
+                if (m.weight, m.backup, m.max_conns) != (server.weight, server.backup,
+                                                         server.max_conns):
+                    # DNS discovery follows an SRV record's new weight or priority.
+                    self.servers[i] = replace(server, weight=m.weight, backup=m.backup,
+                                              max_conns=m.max_conns)
+                    self._limit[i] = m.max_conns
+                    changed = True
             elif not self._dead[i]:
                 _log.info("pool %s: %s removed: no new requests", self.name, self.servers[i].addr)
                 self._dead[i] = changed = True
@@ -223,13 +233,16 @@ class PoolRuntime:
 
     def pick(self, req, peer: str, exclude) -> int | None:
         """The server for this attempt, or None when no server can take it now."""
+        return self.pick_key(self.key(req, peer), self._rng, exclude)
+
+    def pick_key(self, key: bytes | None, rng, exclude) -> int | None:
+        """``pick`` with the balancer's key and random source given (tcp listeners)."""
         if self._live_idx is None:
-            return self.balancer.pick(self, key=self.key(req, peer), rng=self._rng,
-                                      exclude=exclude)
+            return self.balancer.pick(self, key=key, rng=rng, exclude=exclude)
         if self.balancer is None:
             return None
         idx = self._live_idx
-        j = self.balancer.pick(_LiveView(self, idx), key=self.key(req, peer), rng=self._rng,
+        j = self.balancer.pick(_LiveView(self, idx), key=key, rng=rng,
                                exclude={j for j, i in enumerate(idx) if i in exclude}
                                if exclude else exclude)
         return None if j is None else idx[j]
@@ -242,8 +255,6 @@ class PoolRuntime:
         if token is None:
             return None, None
         i = self.sticky.index(token)
-        if i is not None and self._live_idx is not None:
-            i = self._live_idx[i]
         if i is None or not self._sticky_ok[i]:
             return None, token
         lim = self._limit[i]
@@ -256,8 +267,7 @@ class PoolRuntime:
         client came over TLS, so the cookie is ``Secure`` (never sent back in
         clear) and ``SameSite=Lax`` (not on other sites' cross-site posts)."""
         st = self.cfg.sticky
-        j = i if self._live_idx is None else self._live_idx.index(i)
-        value = f"{st.cookie}={self.sticky.token(j)}; Path=/; HttpOnly"
+        value = f"{st.cookie}={self.sticky.token(i)}; Path=/; HttpOnly"
         if st.ttl:
             value += f"; Max-Age={int(st.ttl)}"
         if tls:
@@ -380,6 +390,23 @@ class _LiveView:
 
     def effective_weight(self, j: int) -> int:
         return self.pool.effective_weight(self.idx[j])
+
+
+class _LiveSticky:
+    """A StickyTable over the live servers, in the pool's indexes."""
+
+    __slots__ = ("table", "idx", "back")
+
+    def __init__(self, table: StickyTable, idx: list[int]):
+        self.table, self.idx = table, idx
+        self.back = {i: j for j, i in enumerate(idx)}
+
+    def index(self, token: str) -> int | None:
+        j = self.table.index(token)
+        return None if j is None else self.idx[j]
+
+    def token(self, i: int) -> str:
+        return self.table.token(self.back[i])
 
 
 # -- request keys ---------------------------------------------------------------

@@ -115,7 +115,7 @@ def _connect(rt, pool, peer, local):
     tried: set[int] = set()
     key = peer[0].encode() if peer else None
     while True:
-        i = pool.balancer.pick(pool, key=key, rng=_RNG, exclude=tried)
+        i = pool.pick_key(key, _RNG, tried)
         if i is None:
             rt.log.error("tcp pool=%s: no server available for %s%s", pool.name,
                          peer[0] if peer else "-", " (all tried)" if tried else "")
