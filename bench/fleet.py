@@ -17,6 +17,10 @@
    the first answer from ``b`` per worker.  Bounded by the TTL (the next
    resolution) + the workers' 0.2 s refresh.
 
+3. What a fleet rate limit costs: the median latency of keep-alive GETs
+   through a 1-worker forkproxy without a limit, with a node limit and with
+   a fleet limit (memcached on 127.0.0.1), alternating in rounds.
+
 Prints one line per round and the median and max over rounds and workers.
 """
 
@@ -197,6 +201,43 @@ def bench_dns(args, tmp: Path) -> list[float]:
     return all_t
 
 
+def bench_limit_cost(args, tmp: Path) -> dict[str, float]:
+    """Median latency of one keep-alive GET through forkproxy (1 worker) with no
+    rate limit, a node limit and a fleet limit (memcached on 127.0.0.1), in
+    rounds alternating between the three; the limits never refuse."""
+    from support.runner import Memcached
+
+    mc, a = Memcached(tmp / "mc"), Backend("a", tmp / "b")
+    fps, ports = {}, {}
+    try:
+        for scope in ("none", "node", "fleet"):
+            ports[scope] = port = free_port()
+            extra = "" if scope == "none" else (
+                f'rate_limit = {{ rate = "1000000r/s", burst = 1000000, scope = "{scope}" }}')
+            body = (f'[cache]\nservers = ["{mc.addr}"]\n'
+                    + fp_body(port, f'{{ addr = "{a.addr}" }}').replace(
+                        'pool = "web"\n[pool', f'pool = "web"\n{extra}\n[pool'))
+            fps[scope] = ForkProxy(tmp / f"fp-{scope}", body,
+                                   server={"workers": 1, "access_log": "off"}).start()
+            fps[scope].wait_ready()
+        times: dict[str, list[float]] = {k: [] for k in fps}
+        conns = {k: http.client.HTTPConnection("127.0.0.1", p, timeout=10)
+                 for k, p in ports.items()}
+        for _ in range(args.rounds * 4):
+            for k, conn in conns.items():
+                for _ in range(250):
+                    t = time.perf_counter()
+                    conn.request("GET", "/x")
+                    conn.getresponse().read()
+                    times[k].append(time.perf_counter() - t)
+        return {k: statistics.median(v) for k, v in times.items()}
+    finally:
+        for fp in fps.values():
+            fp.stop()
+        mc.stop()
+        a.stop()
+
+
 def summary(what: str, xs: list[float]) -> None:
     print(f"{what}: median {statistics.median(xs) * 1000:.0f} ms, max {max(xs) * 1000:.0f} ms "
           f"over {len(xs)} worker-rounds")
@@ -210,12 +251,16 @@ def main() -> None:
     args = ap.parse_args()
     with tempfile.TemporaryDirectory(prefix="fp-fleet-") as d:
         try:
+            cost = bench_limit_cost(args, Path(d) / "limits")
             add = bench_add_server(args, Path(d) / "add")
             dns = bench_dns(args, Path(d) / "dns")
         finally:
             kill_leaked()
     summary("add-server -> first request per worker (from the table write)", add)
     summary("DNS change -> first request per worker (TTL 1 s)", dns)
+    print("median GET latency: " + ", ".join(f"{k} {v * 1e6:.0f} us" for k, v in cost.items())
+          + f"; a fleet limit costs {(cost['fleet'] - cost['node']) * 1e6:.0f} us per request "
+          "more than a node limit")
 
 
 if __name__ == "__main__":

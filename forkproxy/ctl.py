@@ -173,6 +173,10 @@ def render_status(doc: dict, now: float, source: str) -> str:
              + (f"checker pid {checker}" if checker else "no active checker")]
     if doc.get("cache"):
         lines.append(render_cache(doc["cache"]))
+    for rl in doc.get("rate_limits") or ():
+        lines.append(f"rate limit of route {rl['route']}: "
+                     + ("shared by the fleet (memcached)" if rl["shared"]
+                        else f"NODE LIMIT ({rl['why']})"))
     rows = [list(_COLUMNS)]
     for pool in doc["pools"]:
         for s in pool["servers"]:

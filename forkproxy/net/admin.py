@@ -65,6 +65,7 @@ from forkproxy.config import split_host_port
 from forkproxy.core import http1
 from forkproxy.core.metrics import render
 from forkproxy.core.status import snapshot, traffic
+from forkproxy.net.edge import rate_limit_states
 from forkproxy.net.explain import BadQuestion, explain, request_for
 from forkproxy.net.leader import holder_pid
 from forkproxy.net.session import request_target
@@ -291,6 +292,8 @@ class Admin:
         doc["listeners"] = [{"name": lc.name, "bind": lc.bind, "mode": lc.mode,
                              "tls": bool(lc.contexts)} for lc in cfg.listeners]
         doc["workers"] = cfg.server.workers
+        # Fleet rate limits: shared through memcached, or each node's own now.
+        doc["rate_limits"] = rate_limit_states(self.rt.edge)
         return doc
 
     def totals(self) -> dict[tuple, int]:

@@ -50,6 +50,7 @@ from forkproxy.core.access import DenyRule, Methods, compile_acl, first_denial
 from forkproxy.core.canon import PathRefused, canonical_path
 from forkproxy.core.connlimit import ConnTable, connlimit_size
 from forkproxy.core.ratelimit import RateLimiter, parse_rate, ratelimit_size
+from forkproxy.net.fleetlimit import FleetLimiter
 from forkproxy.core.rewrite import HeaderRules, Redirect, compile_rewrites
 
 __all__ = ["Edge", "EdgeRequest", "Answer", "create_shared", "CONN_ENTRIES"]
@@ -139,6 +140,12 @@ def _rules(c) -> HeaderRules | None:
     return rules or None
 
 
+def rate_limit_states(edge) -> list[dict]:
+    """What each fleet rate limit of ``edge``'s routes applies now (``FleetLimiter.state``)."""
+    return [rules.limiter.state() for rules in edge.routes
+            if isinstance(rules.limiter, FleetLimiter)]
+
+
 class Edge:
     """A worker's edge rules for one configuration; see the module docstring."""
 
@@ -155,6 +162,9 @@ class Edge:
                 rl = r.rate_limit
                 limiter = RateLimiter(shared["rate"][r.index], rl.keys, n, parse_rate(rl.rate),
                                       rl.burst)
+                if rl.scope == "fleet":  # counted in memcached, the node's as the fallback
+                    limiter = FleetLimiter(limiter, cfg.cache.servers, cfg.cache.timeout,
+                                           rl.rate, rl.burst, r.index, log)
             self.routes.append(RouteRules(cfg, r, limiter))
         self.conns = (ConnTable(shared["conns"], CONN_ENTRIES, n)
                       if shared["conns"] is not None and self.slot is not None else None)
