@@ -50,7 +50,6 @@ from forkproxy.core.access import DenyRule, Methods, compile_acl, first_denial
 from forkproxy.core.canon import PathRefused, canonical_path
 from forkproxy.core.connlimit import ConnTable, connlimit_size
 from forkproxy.core.ratelimit import RateLimiter, parse_rate, ratelimit_size
-from forkproxy.net.fleetlimit import FleetLimiter
 from forkproxy.core.rewrite import HeaderRules, Redirect, compile_rewrites
 
 __all__ = ["Edge", "EdgeRequest", "Answer", "create_shared", "CONN_ENTRIES"]
@@ -143,7 +142,7 @@ def _rules(c) -> HeaderRules | None:
 def rate_limit_states(edge) -> list[dict]:
     """What each fleet rate limit of ``edge``'s routes applies now (``FleetLimiter.state``)."""
     return [rules.limiter.state() for rules in edge.routes
-            if isinstance(rules.limiter, FleetLimiter)]
+            if hasattr(rules.limiter, "state")]  # net.fleetlimit.FleetLimiter
 
 
 class Edge:
@@ -163,6 +162,10 @@ class Edge:
                 limiter = RateLimiter(shared["rate"][r.index], rl.keys, n, parse_rate(rl.rate),
                                       rl.burst)
                 if rl.scope == "fleet":  # counted in memcached, the node's as the fallback
+                    # Here, in the worker: the master imports this module (create_shared)
+                    # and must never load gevent or pylibmc, which net.cache does.
+                    from forkproxy.net.fleetlimit import FleetLimiter
+
                     limiter = FleetLimiter(limiter, cfg.cache.servers, cfg.cache.timeout,
                                            rl.rate, rl.burst, r.index, log)
             self.routes.append(RouteRules(cfg, r, limiter))

@@ -26,7 +26,10 @@ import pylibmc
 from forkproxy.core.ratelimit import fleet_window
 from forkproxy.net.cache import behaviors, breaker_for, hashed_key
 
-__all__ = ["FleetLimiter"]
+__all__ = ["FleetLimiter", "PROBE_AFTER"]
+
+#: ``state()`` asks memcached itself when this worker's last call is older.
+PROBE_AFTER = 1.0
 
 
 class FleetLimiter:
@@ -44,13 +47,24 @@ class FleetLimiter:
         self.breaker = breaker_for(timeout)
         self._client = None
         self._pid = None
-        self._last_ok = True  # the last call to memcached counted the request
+        self._last_ok = True  # the last call to memcached answered
+        self._last_at = float("-inf")  # when (monotonic)
 
     def state(self) -> dict:
         """{route, scope: "fleet", shared: whether memcached holds the count now, why}."""
         if not self.servers:
             return {"route": self.route, "scope": "fleet", "shared": False,
                     "why": "no cache.servers: each node limits on its own"}
+        if time.monotonic() - self._last_at > PROBE_AFTER:
+            # This worker has not asked memcached lately (another one took the
+            # requests): ask now, so the answer is about memcached, not about
+            # which worker answered /status.
+            try:
+                self._memcached().get("fp:rl:probe")
+                self._last_ok = True
+            except pylibmc.Error:
+                self._last_ok = False
+            self._last_at = time.monotonic()
         shared = self.breaker.state == "closed" and self._last_ok
         return {"route": self.route, "scope": "fleet", "shared": shared,
                 "why": None if shared else "memcached unreachable: each node limits on its own"}
@@ -83,7 +97,7 @@ class FleetLimiter:
                 result = self._count(key)
             except pylibmc.Error:
                 result = None
-            self._last_ok = result is not None
+            self._last_ok, self._last_at = result is not None, time.monotonic()
             change = self.breaker.record(self._last_ok, time.monotonic() - started)
             if change is not None and self.log is not None:
                 if change == "closed":
