@@ -429,6 +429,25 @@ def test_global_options_before_or_after_the_command(argv, config, as_json):
     assert (args.config, args.json) == (config, as_json)
 
 
+# The positional arguments of each command, for the test below; a command added
+# to ctl.COMMANDS without an entry here fails it.
+_COMMAND_ARGS = {"status": [], "drain": ["web", "s"], "maint": ["web", "s"], "ready": ["web", "s"],
+                 "weight": ["web", "s", "2"], "metrics": [], "purge": ["http://a/x"],
+                 "reload": [], "explain": ["GET", "http://a/"],
+                 "add-server": ["web", "10.0.0.9:80", "--weight", "2"],
+                 "remove-server": ["web", "10.0.0.9:80"]}
+
+
+@pytest.mark.parametrize("name", [c[0] for c in ctl.COMMANDS])
+def test_every_command_takes_the_global_options_before_or_after_its_name(name):
+    args = _COMMAND_ARGS[name]
+    parse = ctl.build_parser().parse_args
+    for argv in (["-c", "F", "--json", name, *args], [name, *args, "--json", "-c", "F"],
+                 ["--json", name, "--config", "F", *args]):
+        parsed = parse(argv)
+        assert (parsed.command, parsed.config, parsed.json) == (name, "F", True), argv
+
+
 def test_a_change_with_no_running_master_exits_1_and_writes_nothing(env):
     env.make_table()
     env.pidfile.write_text("999999999\n")  # above pid_max: never a process

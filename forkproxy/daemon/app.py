@@ -19,22 +19,25 @@ from gunicorn.app.base import BaseApplication
 
 from forkproxy import config as fpconfig
 from forkproxy.daemon import hooks
+from forkproxy.daemon.gunicorn_shim import HandlerHookLogger
+from forkproxy.daemon.state import MasterState
 from forkproxy.logs import open_append
 
 
-class ProxyLogger(glogging.Logger):
-    """gunicorn's logger, plus forkproxy's access log on USR1 (reopen_files).
+class ProxyLogger(HandlerHookLogger):
+    """gunicorn's logger, with its log files opened by forkproxy.
 
     The error log is opened by ``logs.open_append`` (never through a
     symlink) at start, reload and USR1, and the master hands each file it
     opens to server.user (by descriptor, never by path) so the workers can
     reopen it too.  A file that cannot be reopened keeps the old one in use
-    and is reported.
+    and is reported.  The access log is forkproxy's own (``logs.AccessLog``,
+    held by ``daemon.state``): ``reopen_all`` reopens it with the others.
     """
 
-    fp_access_log = None
+    _previous: list = []  # the error log's handlers while setup replaces them
 
-    def _fp_give(self, f) -> None:
+    def _give(self, f) -> None:
         """Hand the open log ``f`` to the workers' user (master, root only)."""
         owner = (self.cfg.uid, self.cfg.gid)
         if os.geteuid() == 0 and owner != (os.geteuid(), os.getegid()):
@@ -46,14 +49,14 @@ class ProxyLogger(glogging.Logger):
     def setup(self, cfg):
         # gunicorn drops its handlers before it opens the new file: remember
         # them, so that a reload that cannot open the error log keeps the one
-        # in use (_set_handler) instead of leaving the master without a log.
-        self._fp_prev = [h for h in self.error_log.handlers if getattr(h, "_gunicorn", False)]
+        # in use (make_handler) instead of leaving the master without a log.
+        self._previous = self.previous_handlers(self.error_log)
         super().setup(cfg)
 
-    def _set_handler(self, log, output, fmt, stream=None):
+    def make_handler(self, log, output, fmt, stream=None):
         if output is None or output == "-":
-            return super()._set_handler(log, output, fmt, stream)
-        prev = self._fp_prev if log is self.error_log else []
+            return super().make_handler(log, output, fmt, stream)
+        prev = self._previous if log is self.error_log else []
         try:
             stream = open_append(output)
         except OSError as exc:
@@ -67,28 +70,27 @@ class ProxyLogger(glogging.Logger):
             h.close()
         h = logging.FileHandler(output, delay=True)
         h.stream = stream
-        self._fp_give(h.stream)
+        self._give(h.stream)
         h.setFormatter(fmt)
-        h._gunicorn = True
+        self.mark(h)
         log.addHandler(h)
 
-    def fp_reopen_if_moved(self) -> None:
+    def reopen_if_moved(self, access_log) -> None:
         """Worker, once its signal handlers are in place: reopen the logs if a
         rotation moved them meanwhile.  A USR1 that reached the worker while it
         booted (importing what it needs, see daemon.worker) was lost, and the
         worker would write to the moved-away files for the rest of its life."""
         files = [(h.stream, h.baseFilename) for log in glogging.loggers() for h in log.handlers
                  if isinstance(h, logging.FileHandler) and h.stream]
-        access = self.fp_access_log
-        if access is not None and access.path not in ("-", "off"):
-            files.append((access._file, access.path))
+        if access_log is not None and access_log.path not in ("-", "off"):
+            files.append((access_log._file, access_log.path))
         for f, path in files:
             try:
                 st, now = os.fstat(f.fileno()), os.lstat(path)
             except (AttributeError, OSError, ValueError):
                 continue  # closed, or nothing at the path: nothing to reopen
             if (st.st_dev, st.st_ino) != (now.st_dev, now.st_ino):
-                self.reopen_files()
+                self.reopen_all(access_log)
                 return
 
     def reopen_files(self):
@@ -103,19 +105,23 @@ class ProxyLogger(glogging.Logger):
                     print(f"forkproxy: pid {os.getpid()}: {msg}", file=sys.stderr)
                     self.error("%s (still writing to the old file)", msg)
                     continue
-                self._fp_give(new)
+                self._give(new)
                 handler.acquire()
                 try:
                     handler.stream.close()
                     handler.stream = new
                 finally:
                     handler.release()
-        if self.fp_access_log is not None:
+
+    def reopen_all(self, access_log) -> None:
+        """USR1 (master and workers) and a reload (master): the error log, then ``access_log``."""
+        self.reopen_files()
+        if access_log is not None:
             try:
-                self.fp_access_log.reopen()
+                access_log.reopen()
             except OSError as exc:
                 self.error("cannot reopen the access log %s: %s (still writing to the old "
-                           "file)", self.fp_access_log.path, exc.strerror)
+                           "file)", access_log.path, exc.strerror)
 
 
 def _bind(listener: fpconfig.ListenerConfig) -> str:
@@ -157,22 +163,18 @@ def _no_wsgi(environ, start_response):  # pragma: no cover - never called
 
 
 class ForkProxyApp(BaseApplication):
-    """Holds the current ``forkproxy.config.Config`` as ``fp_config``.
+    """gunicorn's application for the master of ``state`` (a ``daemon.state.MasterState``).
 
-    ``pidfile``: the command line's ``-p``, which overrides server.pidfile
-    in every file read, the first and each reload's.  ``fp_boot_report``:
-    see ``daemon.arbiter`` (None until the first generation serves).
+    Its settings are those of ``state.config``; ``reload`` replaces that
+    configuration only with one that validates.
     """
 
-    fp_boot_report = None
-
-    def __init__(self, cfg: fpconfig.Config, pidfile: str | None = None):
-        self.fp_config = cfg
-        self.fp_pidfile = pidfile
+    def __init__(self, state: MasterState):
+        self.state = state
         super().__init__(usage=None, prog="forkproxy")
 
     def load_config(self) -> None:
-        for name, value in gunicorn_settings(self.fp_config).items():
+        for name, value in gunicorn_settings(self.state.config).items():
             self.cfg.set(name, value)
 
     def load(self):
@@ -185,38 +187,34 @@ class ForkProxyApp(BaseApplication):
         configuration was taken.  gunicorn's own ``reload`` exits the master
         on a bad file (DESIGN section 3, item 1).  Here the candidate is
         parsed and validated first, and only a valid one replaces the
-        current settings.
+        current settings.  The errors are printed on stderr; the arbiter
+        logs them.
         """
         try:
-            candidate = fpconfig.load(self.fp_config.path)
+            candidate = fpconfig.load(self.state.config.path)
         except fpconfig.ConfigErrors as exc:
             errors = [str(err) for err in exc.errors]
-            log = getattr(self, "logger", None)
             for err in errors:
                 print(f"forkproxy: reload rejected: {err}", file=sys.stderr)
-                if log is not None:
-                    log.error("reload rejected: %s", err)
             return errors
-        if self.fp_pidfile:
+        if self.state.pidfile:
             candidate = dataclasses.replace(
-                candidate, server=dataclasses.replace(candidate.server, pidfile=self.fp_pidfile))
+                candidate, server=dataclasses.replace(candidate.server, pidfile=self.state.pidfile))
         self.set_config(candidate)
         return []
 
     def set_config(self, cfg: fpconfig.Config) -> None:
         """Make ``cfg`` the current configuration (gunicorn's settings too)."""
-        self.fp_config = cfg
+        self.state.config = cfg
         self.load_default_config()
         self.load_config()
 
-    def run(self, detached: bool = False, start_cwd: str | None = None):
+    def run(self, start_cwd: str | None = None):
         """Run forkproxy's arbiter (see ``daemon.arbiter``) until it stops."""
         from forkproxy.daemon.arbiter import ForkProxyArbiter
 
         preload()
-        arbiter = ForkProxyArbiter(self, start_cwd=start_cwd)
-        arbiter.fp_detached = detached
-        self.logger = arbiter.log
+        arbiter = ForkProxyArbiter(self, self.state, start_cwd=start_cwd)
         try:
             arbiter.run()
         except RuntimeError as exc:  # e.g. a pidfile naming a live process
@@ -268,4 +266,5 @@ def run(cfg: fpconfig.Config, detached: bool = False, start_cwd: str | None = No
     the command was started in (a USR2 upgrade re-executes from there);
     ``pidfile``: ``-p``, kept across reloads.
     """
-    ForkProxyApp(cfg, pidfile=pidfile).run(detached=detached, start_cwd=start_cwd)
+    state = MasterState(cfg, pidfile=pidfile, detached=detached)
+    ForkProxyApp(state).run(start_cwd=start_cwd)

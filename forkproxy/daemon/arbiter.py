@@ -26,7 +26,7 @@ replaces it:
 The master loop keeps running during all of it; the only wait it does is
 the signal queue's, shortened to 50 ms while a generation is booting.
 
-One generation number everywhere: ``fp_gen`` (1 for the first generation,
+One generation number everywhere: ``state.generation`` (1 for the first generation,
 +1 for every generation forked after a reload) is the health table's
 generation (``forkproxyctl status``, the admin ``/status``), the error log's,
 ``reload.json``'s and the ``STATUS=`` line sent to systemd.
@@ -41,10 +41,11 @@ import struct
 import sys
 import time
 
-from gunicorn import sock as gsock
 from gunicorn.arbiter import Arbiter
 
 from forkproxy.daemon import process
+from forkproxy.daemon.gunicorn_shim import listener
+from forkproxy.daemon.state import MasterState
 
 # How long a new generation may take to serve before the reload is refused
 # (workers that crash while booting are respawned meanwhile).
@@ -90,7 +91,7 @@ def set_title(title: str) -> None:
 def _is_booted(worker) -> bool:
     """A worker serves once it has touched its heartbeat file (first ``notify``)."""
     try:
-        return worker.tmp.last_update() != worker.fp_tmp0
+        return worker.tmp.last_update() != worker.context.heartbeat0
     except (OSError, ValueError, AttributeError):
         return False
 
@@ -136,21 +137,12 @@ def reexec_args(argv: list[str]) -> list[str]:
 
 
 class ForkProxyArbiter(Arbiter):
-    """See the module docstring.  ``fp_detached``: started with ``-D``."""
+    """See the module docstring.  ``state``: the master's (``daemon.state``), which
+    the hooks (``daemon.hooks``) reach through the arbiter they are given."""
 
-    fp_detached = False
-
-    def __init__(self, app, start_cwd: str | None = None):
+    def __init__(self, app, state: MasterState, start_cwd: str | None = None):
+        self.state = state
         super().__init__(app)
-        self.fp_gen = 1              # the newest generation (module docstring)
-        self.fp_reloads = 0          # every HUP, for reload.json
-        self.fp_gen_reload = 0       # the HUP that started the newest generation
-        self.fp_gen_started = time.monotonic()
-        self.fp_announced = False    # the newest generation was announced as serving
-        # (generation, Config) of the last generation that served, or of the
-        # first one while it boots: what a refused reload goes back to.
-        self.fp_good = (1, app.fp_config)
-        self.fp_titled = False
         self.START_CTX["args"] = reexec_args(sys.argv)
         if start_cwd:
             self.START_CTX["cwd"] = start_cwd
@@ -201,7 +193,7 @@ class ForkProxyArbiter(Arbiter):
                                + ", which no [[listener]] bind nor server.admin names")
         for addr in wanted:
             try:
-                lnr = gsock._sock_type(addr)(addr, self.cfg, self.log)
+                lnr = listener(addr, self.cfg, self.log)
             except OSError as exc:
                 raise RuntimeError(f"socket activation did not hand over {_show(addr)} and "
                                    f"it cannot be bound: {exc.strerror}") from None
@@ -212,14 +204,15 @@ class ForkProxyArbiter(Arbiter):
 
     def _serving(self, newest_only: bool = False) -> list:
         """(pid, worker) of the workers not retiring, oldest first."""
+        gen = self.state.generation
         return sorted(((pid, w) for pid, w in self.WORKERS.items()
-                       if not getattr(w, "fp_retiring", False)
-                       and (not newest_only or w.fp_gen == self.fp_gen)),
+                       if not w.context.retiring
+                       and (not newest_only or w.context.generation == gen)),
                       key=lambda kv: kv[1].age)
 
     def retire(self, pid: int, worker) -> None:
         """Ask a worker to drain and exit (once)."""
-        worker.fp_retiring = True
+        worker.context.retiring = True
         self.kill_worker(pid, signal.SIGTERM)
 
     def spawn_workers(self):
@@ -232,9 +225,10 @@ class ForkProxyArbiter(Arbiter):
         A newest generation that cannot serve (a worker's boot report, or
         nothing up after ``BOOT_GRACE``) is refused, see ``_refuse_generation``.
         """
-        if not self.fp_titled:  # after gunicorn's own title in run()
-            self.fp_titled = True
-            set_title(f"master -c {self.app.fp_config.path}")
+        st = self.state
+        if not st.titled:  # after gunicorn's own title in run()
+            st.titled = True
+            set_title(f"master -c {st.config.path}")
         failure = self._generation_failure()
         if failure:
             self._refuse_generation(failure)
@@ -246,32 +240,33 @@ class ForkProxyArbiter(Arbiter):
             self.retire(pid, worker)
         all_up = all(_is_booted(w) for _, w in newest)
         for pid, worker in self._serving():
-            if worker.fp_gen < self.fp_gen and (all_up or not _is_booted(worker)):
+            if worker.context.generation < st.generation and (all_up or not _is_booted(worker)):
                 self.retire(pid, worker)
-        if all_up and not self.fp_announced:
-            self.fp_announced = True
+        if all_up and not st.announced:
+            st.announced = True
             self._announce_serving()
 
     def _generation_failure(self) -> str | None:
         """Why the newest generation, forked by a reload, cannot serve, or None."""
-        if self.fp_announced or self.fp_good[0] == self.fp_gen or not self.fp_gen_reload:
+        st = self.state
+        if st.announced or st.good[0] == st.generation or not st.gen_reload:
             # (a restored configuration is not refused again: its workers are
             # respawned while the older ones keep serving)
             return None
-        report = getattr(self.app, "fp_boot_report", None)
-        text = read_boot_report(report) if report is not None else ""
+        text = read_boot_report(st.boot_report) if st.boot_report is not None else ""
         if text:
-            return f"a worker of generation {self.fp_gen} could not start: {text}"
-        if time.monotonic() - self.fp_gen_started > BOOT_GRACE:
-            return f"generation {self.fp_gen} did not serve within {BOOT_GRACE:g}s"
+            return f"a worker of generation {st.generation} could not start: {text}"
+        if time.monotonic() - st.gen_started > BOOT_GRACE:
+            return f"generation {st.generation} did not serve within {BOOT_GRACE:g}s"
         return None
 
     def _refuse_generation(self, reason: str) -> None:
         """The newest generation cannot serve: refuse its reload, serve the last good config again."""
-        self.log.error("reload %d refused: %s", self.fp_gen_reload, reason)
-        if self.fp_gen_reload:
-            process.write_status(self._status_dir(), self.fp_gen_reload, "rejected", [reason],
-                                 generation=self.fp_gen)
+        st = self.state
+        self.log.error("reload %d refused: %s", st.gen_reload, reason)
+        if st.gen_reload:
+            process.write_status(self._status_dir(), st.gen_reload, "rejected", [reason],
+                                 generation=st.generation)
         process.sd_notify("STATUS=reload refused: " + reason)
         for pid, worker in self._serving(newest_only=True):
             self.retire(pid, worker)
@@ -281,15 +276,15 @@ class ForkProxyArbiter(Arbiter):
         was_new = self.master_pid != 0
         super().maybe_promote_master()
         if was_new and self.master_pid == 0:
-            self.fp_titled = False  # gunicorn titled it "master [...]" again
+            self.state.titled = False  # gunicorn titled it "master [...]" again
 
     def wait_for_signals(self, timeout=1.0):
         """gunicorn's queued signals, plus a SIGHUP for each wake-up that finds
         reload requests from the admin endpoint (``hooks.on_starting``)."""
-        if not self.fp_announced:
+        if not self.state.announced:
             timeout = min(timeout, 0.05)  # notice the new generation booting promptly
         signals = super().wait_for_signals(timeout=timeout)
-        pipe = getattr(self.app, "fp_reload_pipe", None)
+        pipe = self.state.reload_pipe
         if pipe is not None:
             try:
                 if os.read(pipe[0], 4096):
@@ -300,21 +295,22 @@ class ForkProxyArbiter(Arbiter):
 
     def _announce_serving(self) -> None:
         """Every worker of the newest generation serves: tell systemd, ``-D``'s parent, reload.json."""
-        self.fp_good = (self.fp_gen, self.app.fp_config)
-        if self.app.fp_boot_report is None:
+        st = self.state
+        st.good = (st.generation, st.config)
+        if st.boot_report is None:
             # From now on even a replacement worker that cannot boot exits
             # with BOOT_REFUSED (daemon.worker) instead of halting the master.
-            self.app.fp_boot_report = new_boot_report()
+            st.boot_report = new_boot_report()
         n = len(self._serving(newest_only=True))
-        process.sd_notify(f"READY=1\nSTATUS=serving: generation {self.fp_gen}, {n} workers")
+        process.sd_notify(f"READY=1\nSTATUS=serving: generation {st.generation}, {n} workers")
         process.tell_parent(0)
         # A rejected HUP since then has the last word in reload.json.
-        if self.fp_gen_reload and self.fp_gen_reload == self.fp_reloads:
-            process.write_status(self.app.fp_config.server.runtime_dir, self.fp_reloads,
-                                 "serving", generation=self.fp_gen)
-            self.log.info("reload %d: generation %d serves", self.fp_reloads, self.fp_gen)
+        if st.gen_reload and st.gen_reload == st.reloads:
+            process.write_status(st.config.server.runtime_dir, st.reloads,
+                                 "serving", generation=st.generation)
+            self.log.info("reload %d: generation %d serves", st.reloads, st.generation)
         else:
-            self.log.info("generation %d serves", self.fp_gen)
+            self.log.info("generation %d serves", st.generation)
 
     # -- signals --------------------------------------------------------------
 
@@ -329,12 +325,23 @@ class ForkProxyArbiter(Arbiter):
             on_tty = os.isatty(0)
         except OSError:
             on_tty = False
-        if self.fp_detached or not on_tty:
+        if self.state.detached or not on_tty:
             self.log.info("WINCH: graceful stop of the workers")
             self.num_workers = 0
             self.manage_workers()
         else:
             self.log.info("WINCH ignored: running in the foreground on a terminal")
+
+    def handle_usr1(self):
+        """gunicorn's USR1 (reopen the logs, then tell the workers), the access log included.
+
+        The master reopens the access log before it signals the workers: the
+        new file is created (and given to server.user) by the master, the
+        workers then reopen the path that exists.  (gunicorn's own also
+        forwards USR1 to its "dirty" arbiter, which forkproxy never runs.)
+        """
+        self.log.reopen_all(self.state.access_log)
+        self.kill_workers(signal.SIGUSR1)
 
     def stop(self, graceful=True):
         process.sd_notify("STOPPING=1\nSTATUS=stopping")
@@ -348,36 +355,39 @@ class ForkProxyArbiter(Arbiter):
         reported the same way and the last configuration that served is
         applied again.
         """
-        self.fp_reloads += 1
+        st = self.state
+        st.reloads += 1
         try:
             errors = self.app.reload()
+            for err in errors:
+                self.log.error("reload rejected: %s", err)
         except Exception as exc:  # a loader bug must not take the master down
-            self.log.exception("reload %d: reading the configuration failed", self.fp_reloads)
+            self.log.exception("reload %d: reading the configuration failed", st.reloads)
             errors = [f"reading the configuration failed: {type(exc).__name__}: {exc}"]
         if errors:
-            runtime_dir = self.app.fp_config.server.runtime_dir
-            process.write_status(runtime_dir, self.fp_reloads, "rejected", errors,
-                                 generation=self.fp_gen)
+            runtime_dir = st.config.server.runtime_dir
+            process.write_status(runtime_dir, st.reloads, "rejected", errors,
+                                 generation=st.generation)
             process.sd_notify("STATUS=reload rejected: " + errors[0])
             return
         process.sd_notify(f"RELOADING=1\n{process.monotonic_usec()}\nSTATUS=reloading")
         try:
-            self._apply(self.fp_reloads)
+            self._apply(st.reloads)
         except Exception as exc:
-            self.log.exception("reload %d: applying the configuration failed", self.fp_reloads)
+            self.log.exception("reload %d: applying the configuration failed", st.reloads)
             reason = f"applying the configuration failed: {type(exc).__name__}: {exc}"
-            process.write_status(self._status_dir(), self.fp_reloads, "rejected", [reason],
-                                 generation=self.fp_gen)
+            process.write_status(self._status_dir(), st.reloads, "rejected", [reason],
+                                 generation=st.generation)
             process.sd_notify("STATUS=reload refused: " + reason)
             self._restore_good()
 
     def _status_dir(self) -> str:
         """Where a refusal is reported: the runtime_dir of the configuration that keeps serving."""
-        return self.fp_good[1].server.runtime_dir
+        return self.state.good[1].server.runtime_dir
 
     def _restore_good(self) -> None:
         """Apply the last configuration that served again, as the next generation."""
-        self.app.set_config(self.fp_good[1])
+        self.app.set_config(self.state.good[1])
         try:
             self._apply(0)
         except Exception:  # noqa: BLE001 - keep whatever workers still serve
@@ -385,17 +395,18 @@ class ForkProxyArbiter(Arbiter):
                               "the workers still running keep serving", exc_info=True)
 
     def _apply(self, reload_no: int) -> None:
-        """Fork the next generation for ``self.app.fp_config`` (``reload_no`` 0: a restore)."""
-        runtime_dir = self.app.fp_config.server.runtime_dir
+        """Fork the next generation for ``state.config`` (``reload_no`` 0: a restore)."""
+        st = self.state
+        runtime_dir = st.config.server.runtime_dir
         os.makedirs(runtime_dir, mode=0o755, exist_ok=True)
-        self.fp_gen += 1
-        self.fp_gen_reload = reload_no
-        self.fp_gen_started = time.monotonic()
-        self.fp_announced = False
+        st.generation += 1
+        st.gen_reload = reload_no
+        st.gen_started = time.monotonic()
+        st.announced = False
         if reload_no:
-            process.write_status(runtime_dir, reload_no, "loading", generation=self.fp_gen)
+            process.write_status(runtime_dir, reload_no, "loading", generation=st.generation)
         self.setup(self.app)
-        self.log.reopen_files()
+        self.log.reopen_all(st.access_log)
         self._rebind()
         self.cfg.on_reload(self)
         # Compared with the file held, not with the last configuration: a
@@ -411,12 +422,12 @@ class ForkProxyArbiter(Arbiter):
             if self.pidfile is not None:
                 self.pidfile.unlink()
             self.pidfile = new
-        self.app.fp_boot_report = new_boot_report()
+        st.boot_report = new_boot_report()
         if reload_no:
-            self.log.info("reload %d: generation %d starting", reload_no, self.fp_gen)
+            self.log.info("reload %d: generation %d starting", reload_no, st.generation)
         else:
             self.log.info("generation %d starting with the last configuration that served",
-                          self.fp_gen)
+                          st.generation)
         self.manage_workers()
 
     def _rebind(self) -> None:
@@ -434,7 +445,7 @@ class ForkProxyArbiter(Arbiter):
             lnr.close()
         for addr in wanted:
             try:
-                lnr = gsock._sock_type(addr)(addr, self.cfg, self.log)
+                lnr = listener(addr, self.cfg, self.log)
             except OSError as exc:
                 # Validation cannot foresee an address in use: serve the rest.
                 self.log.error("cannot listen on %s: %s", addr, exc)

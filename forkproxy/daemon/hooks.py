@@ -1,5 +1,9 @@
 """gunicorn server hooks: where forkproxy's own state enters the master and workers.
 
+The master's hooks fill the master's state (``daemon.state.MasterState``,
+reached as ``arbiter.state``); the worker's build its runtime from its
+``daemon.state.WorkerContext`` alone (``build_runtime``).
+
 Master side: the runtime dir, the shared health table (``health.tbl``, one
 row per pool and server, rebuilt on reload with the rows of servers that
 stay), the checker lock file, and the worker slots (a respawned worker gets
@@ -192,8 +196,8 @@ def make_body_dir(cfg: Config) -> None:
         os.chown(path, *owner)
 
 
-def open_access_log(arbiter, cfg: Config):
-    """Master: open the access log with the master's privileges and give it to server.user.
+def open_access_log(cfg: Config):
+    """Master: the access log, opened with the master's privileges and given to server.user.
 
     Workers inherit the open file; on USR1 the master reopens it first (a
     new file after logrotate moved the old one, handed to server.user), then
@@ -206,8 +210,7 @@ def open_access_log(arbiter, cfg: Config):
         log = AccessLog(cfg.server.access_log, cfg.server.access_log_format, owner=owner)
     except OSError as exc:
         raise RuntimeError(f"server.access_log {cfg.server.access_log}: {exc.strerror}") from None
-    arbiter.app.fp_access_log = log
-    arbiter.log.fp_access_log = log  # the master's own USR1 reopen
+    return log
 
 
 def build_edge(cfg: Config, n_slots: int, old: dict | None) -> dict:
@@ -249,75 +252,62 @@ def build_metrics(cfg: Config, n_slots: int, old):
 
 def on_starting(arbiter) -> None:
     """Master, before binding: runtime dir, pidfile dir, access log, the table and the checker lock."""
-    app = arbiter.app
-    cfg = app.fp_config
-    open_access_log(arbiter, cfg)
+    st = arbiter.state
+    cfg = st.config
+    st.access_log = open_access_log(cfg)
     os.makedirs(cfg.server.runtime_dir, mode=0o755, exist_ok=True)
-    app.fp_sticky_key = sticky_key(cfg.server.runtime_dir)  # runtime_dir needs a restart
+    st.sticky_key = sticky_key(cfg.server.runtime_dir)  # runtime_dir needs a restart
     make_body_dir(cfg)
     if cfg.server.pidfile:
         os.makedirs(os.path.dirname(os.path.abspath(cfg.server.pidfile)), mode=0o755,
                     exist_ok=True)
     # Slots for TTIN headroom; a worker beyond them runs without a slot.
-    app.fp_n_slots = max(8, 2 * cfg.server.workers)
-    app.fp_slots = set()
-    app.fp_mmap, app.fp_table = build_table(cfg, app.fp_n_slots, arbiter.fp_gen, arbiter.log)
-    app.fp_edge = build_edge(cfg, app.fp_n_slots, None)
-    app.fp_metrics = build_metrics(cfg, app.fp_n_slots, None)
+    st.n_slots = max(8, 2 * cfg.server.workers)
+    st.slots = set()
+    st.table_map, st.table = build_table(cfg, st.n_slots, st.generation, arbiter.log)
+    st.edge = build_edge(cfg, st.n_slots, None)
+    st.metrics = build_metrics(cfg, st.n_slots, None)
     # The cache's change counters (core.epochs): one buffer for the master's
     # life, so workers of every generation see each other's changes.
-    app.fp_cache_epochs = mmap.mmap(-1, Epochs.SIZE)
+    st.cache_epochs = mmap.mmap(-1, Epochs.SIZE)
     # Opened once by the master and inherited: lockf locks belong to the
     # process that takes them, and the kernel frees them when it dies.
-    app.fp_lock_fd = os.open(control.checker_lock_path(cfg.server.runtime_dir),
-                             os.O_RDWR | os.O_CREAT, 0o644)
+    st.lock_fd = os.open(control.checker_lock_path(cfg.server.runtime_dir),
+                         os.O_RDWR | os.O_CREAT, 0o644)
     # The admin endpoint's POST /reload: a worker running as server.user may
     # not signal the master, so it writes a byte here and the master's loop
     # (daemon.arbiter) reads it as a SIGHUP.  Non-blocking both ways: a full
     # pipe already holds a request, and the master never waits on it.
-    app.fp_reload_pipe = os.pipe()
-    for fd in app.fp_reload_pipe:
+    st.reload_pipe = os.pipe()
+    for fd in st.reload_pipe:
         os.set_blocking(fd, False)
 
 
 def on_reload(arbiter) -> None:
     """Master, after a reload read the new file: the next table generation."""
-    app = arbiter.app
-    old, cfg = app.fp_access_log, app.fp_config
+    st = arbiter.state
+    old, cfg = st.access_log, st.config
     if (old.path, old.format) != (cfg.server.access_log, cfg.server.access_log_format):
         try:
-            open_access_log(arbiter, cfg)
+            st.access_log = open_access_log(cfg)
             old.close()  # the old generation keeps its own inherited copy
         except RuntimeError as exc:
             arbiter.log.error("keeping the previous access log: %s", exc)
-    app.fp_n_slots = max(app.fp_n_slots, 2 * app.fp_config.server.workers)
+    st.n_slots = max(st.n_slots, 2 * cfg.server.workers)
     # The old mapping stays alive in the old workers until they exit.
-    app.fp_mmap, app.fp_table = build_table(app.fp_config, app.fp_n_slots, arbiter.fp_gen,
-                                             arbiter.log)
-    app.fp_edge = build_edge(app.fp_config, app.fp_n_slots, app.fp_edge)
-    app.fp_metrics = m = build_metrics(app.fp_config, app.fp_n_slots, app.fp_metrics)
+    st.table_map, st.table = build_table(cfg, st.n_slots, st.generation, arbiter.log)
+    st.edge = build_edge(cfg, st.n_slots, st.edge)
+    st.metrics = m = build_metrics(cfg, st.n_slots, st.metrics)
     m.add(m.base, m.index[("reloads_total", ())])  # the base row is the master's
 
 
 def pre_fork(arbiter, worker) -> None:
-    """Master, before forking a worker: its generation, and the lowest free slot."""
-    app = arbiter.app
-    # Generation and heartbeat baseline: the arbiter retires older
-    # generations once every worker of the newest one has notified.
-    worker.fp_gen = getattr(arbiter, "fp_gen", 0)
-    worker.fp_tmp0 = worker.tmp.last_update()
-    free = [s for s in range(app.fp_n_slots) if s not in app.fp_slots]
-    worker.fp_slot = free[0] if free else None
-    worker.fp_table = app.fp_table
-    worker.fp_edge = app.fp_edge
-    worker.fp_cache_epochs = app.fp_cache_epochs
-    worker.fp_metrics = app.fp_metrics
-    if worker.fp_slot is not None:
-        app.fp_slots.add(worker.fp_slot)
-    else:
+    """Master, before forking a worker (its context is made, ``daemon.worker``): say
+    when it got no slot."""
+    if worker.context.slot is None:
         arbiter.log.warning("no free table slot for a new worker: its in-flight requests "
                             "and passive failures are not shared (more than %d workers)",
-                            app.fp_n_slots)
+                            arbiter.state.n_slots)
 
 
 def child_exit(arbiter, worker) -> None:
@@ -326,19 +316,19 @@ def child_exit(arbiter, worker) -> None:
     A SIGKILLed worker's in-flight counts would otherwise stay in the table;
     the worker is dead, so the master is now the cells' only writer.
     """
-    slot = getattr(worker, "fp_slot", None)
-    if slot is None:
+    ctx = worker.context
+    if ctx.slot is None:
         return
-    worker.fp_table.clear_slot(slot)
-    conns = worker.fp_edge.get("conns_table")
+    ctx.table.clear_slot(ctx.slot)
+    conns = ctx.edge.get("conns_table")
     if conns is not None:
-        conns.clear_slot(slot)  # its connections died with it
-    worker.fp_metrics.clear_gauges(slot)  # its counters stay: totals survive it
-    arbiter.app.fp_slots.discard(slot)
+        conns.clear_slot(ctx.slot)  # its connections died with it
+    ctx.metrics.clear_gauges(ctx.slot)  # its counters stay: totals survive it
+    arbiter.state.release(ctx)
 
 
 def post_fork(arbiter, worker) -> None:
-    """Child, right after fork: become the gevent worker (see daemon.worker).
+    """Child, right after fork: the master's signal handlers and pipe end go.
 
     Until ``init_signals`` installs the worker's own handlers (after gevent is
     imported and patched, a few hundred milliseconds), the child still has the
@@ -348,81 +338,84 @@ def post_fork(arbiter, worker) -> None:
     A worker that has served nothing may simply die, so those signals get
     their default action until then.
     """
-    from forkproxy.daemon.worker import become_gevent_worker
+    from forkproxy.daemon import process
+    from forkproxy.daemon.worker import set_title
 
     for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGQUIT):
         signal.signal(sig, signal.SIG_DFL)
-    os.close(arbiter.app.fp_reload_pipe[0])  # the master's end
-    become_gevent_worker(worker)
+    os.close(arbiter.state.reload_pipe[0])  # the master's end
+    process.close_parent_pipe()  # -D's parent waits for the master, not for workers
+    set_title(worker.context)
 
 
-def post_worker_init(worker) -> None:
-    """Child, gevent patched: build this worker's runtime and start its greenlets."""
-    import gevent
+def build_runtime(ctx, log):
+    """Worker, gevent patched: the ``net.session.Runtime`` of ``ctx`` (a
+    ``daemon.state.WorkerContext``), complete, and its health checker (not
+    started; every worker has one, see below)."""
+    from forkproxy.net.session import Runtime
 
-    from forkproxy.net.session import Runtime, maintain
-
-    app = worker.app
-    cfg = app.fp_config
-    table = worker.fp_table
-    if worker.fp_slot is not None:
-        table.clear_slot(worker.fp_slot)  # the predecessor may have died mid-request
-    access_log = app.fp_access_log  # opened by the master, inherited
-    worker.log.fp_access_log = access_log  # reopened with the error log on USR1
-    worker.log.fp_reopen_if_moved()  # a USR1 sent while this worker booted was lost
-    worker.runtime = Runtime(cfg, worker.log, access_log, table, worker.fp_slot, worker.fp_edge,
-                             app.fp_sticky_key)
+    cfg = ctx.config
+    metrics = cache = leader = None
     # Counting costs every request a few microseconds: only when /metrics can
     # be read (server.admin); a worker without a slot counts nothing.
-    if worker.fp_slot is not None and cfg.server.admin:
+    if ctx.slot is not None and cfg.server.admin:
         from forkproxy.core.metrics import SlotCounter
 
-        worker.runtime.metrics = SlotCounter(worker.fp_metrics, worker.fp_slot)
-    if cfg.server.admin:
-        from forkproxy.net.admin import Admin
-
-        worker.runtime.admin = Admin(worker.runtime, table, table_path(cfg),
-                                     control.checker_lock_path(cfg.server.runtime_dir),
-                                     reload_fd=app.fp_reload_pipe[1])
+        metrics = SlotCounter(ctx.metrics, ctx.slot)
     if any(r.cache for r in cfg.routes):
         # After the fork: pylibmc clients must not be shared across processes.
         # Nothing connects here (the store connects on first use), so a
         # memcached that is down cannot fail the boot.
         from forkproxy.net.caching import Cache
 
-        worker.runtime.cache = Cache.from_config(cfg.cache, worker.log, worker.fp_cache_epochs)
-    checker = start_checker(worker, cfg, table, app.fp_lock_fd)
-    if checker is not None and worker.runtime.admin is not None:
-        worker.runtime.admin.leader = checker.leader
-    gevent.spawn(maintain, worker, lambda: worker.runtime,
-                 on_stop=[checker.stop] if checker is not None else [])
-
-
-def start_checker(worker, cfg: Config, table, lock_fd: int):
-    """Every worker runs a checker greenlet; the one holding the lock probes,
-    frees the rows of removed servers and runs DNS discovery (servers come
-    and go at run time, so every worker runs one, with or without active
-    checks).
-
-    Returns the checker.
-    """
-    import gevent
-
-    from forkproxy.net.checker import Checker, reclaimer, table_targets
-    from forkproxy.net.discovery import Discovery
+        cache = Cache.from_config(cfg.cache, log, ctx.cache_epochs)
     from forkproxy.net.leader import Leader
 
-    from forkproxy.daemon.worker import set_title
+    # Every worker runs a checker (servers come and go at run time, so with
+    # or without active checks): the one holding the lock probes, frees the
+    # rows of removed servers and runs DNS discovery.
+    leader = Leader(ctx.lock_fd)
+    admin = None
+    if cfg.server.admin:
+        def admin(rt):
+            from forkproxy.net.admin import Admin
 
-    checker = Checker(table, [], Leader(lock_fd), worker.log,
-                      initial=cfg.server.initial_health, metrics=worker.runtime.metrics,
-                      on_lead=lambda lead: set_title(worker, checker=lead),
+            endpoint = Admin(rt, ctx.table, table_path(cfg),
+                             control.checker_lock_path(cfg.server.runtime_dir),
+                             reload_fd=ctx.reload_fd)
+            endpoint.leader = leader
+            return endpoint
+    runtime = Runtime(cfg, log, ctx.access_log, ctx.table, ctx.slot, ctx.edge, ctx.sticky_key,
+                      cache=cache, metrics=metrics, admin=admin)
+    from forkproxy.daemon.worker import set_title
+    from forkproxy.net.checker import Checker, reclaimer, table_targets
+    from forkproxy.net.discovery import Discovery
+
+    path = table_path(cfg)
+    checker = Checker(ctx.table, [], leader, log, initial=cfg.server.initial_health,
+                      metrics=metrics, on_lead=lambda lead: set_title(ctx, checker=lead),
                       members_of=lambda t: table_targets(t, cfg),
-                      housekeeping=[reclaimer(table, table_path(cfg), worker.log),
-                                    Discovery(table, table_path(cfg), cfg, worker.log).job],
+                      housekeeping=[reclaimer(ctx.table, path, log),
+                                    Discovery(ctx.table, path, cfg, log).job],
                       poll=min([0.5] + [p.health.interval for p in cfg.pools if p.health]))
-    gevent.spawn(checker.run)
-    return checker
+    return runtime, checker
+
+
+def post_worker_init(worker) -> None:
+    """Child, gevent patched: build this worker's runtime and start its greenlets."""
+    import gevent
+
+    from forkproxy.net.session import maintain
+
+    ctx = worker.context
+    if ctx.slot is not None:
+        ctx.table.clear_slot(ctx.slot)  # the predecessor may have died mid-request
+    worker.log.reopen_if_moved(ctx.access_log)  # a USR1 sent while this worker booted was lost
+    worker.runtime, checker = build_runtime(ctx, worker.log)
+    if checker is not None:
+        gevent.spawn(checker.run)
+    gevent.spawn(maintain, worker, lambda: worker.runtime,
+                 on_stop=[checker.stop] if checker is not None else [])
 
 
 def worker_exit(arbiter, worker) -> None:

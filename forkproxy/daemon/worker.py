@@ -1,14 +1,20 @@
-"""The worker class gunicorn forks: a ``GeventWorker`` with forkproxy's ``handle`` and drain.
+"""The worker class gunicorn forks: gunicorn's gevent worker with forkproxy's ``handle`` and drain.
 
 The master must never import gevent (DESIGN section 1), yet gunicorn
-instantiates the worker class in the master, before the fork.  So the class
-the master sees, ``ProxyWorker``, is a plain ``AsyncWorker``; right after the
-fork, in the child, ``become_gevent_worker`` (called from the ``post_fork``
-hook, before ``init_process``) imports gevent and turns the instance into a
-``GeventProxyWorker``.  From then on it is gunicorn's own ``GeventWorker``
-(patching, signals, heartbeat) except ``handle``, which hands each accepted
-connection to forkproxy's session loop, and the graceful exit (``run``), which
-stops accepting at once and drains (see the class docstring).
+instantiates the worker class in the master, before the fork.  So
+``ProxyWorker`` is an ``AsyncWorker`` that imports gevent only in the
+methods that run after the fork, and does there what gunicorn's
+``GeventWorker`` does (``patch``, ``init_process``, ``notify``, the QUIT
+and USR1 handlers, mirrored from gunicorn 27; tests/daemon/test_gunicorn_shim.py
+fails when gunicorn's changes), plus forkproxy's ``handle``,
+which hands each accepted connection to forkproxy's session loop, and the
+graceful exit (``run``), which stops accepting at once and drains (see the
+class docstring).
+
+Made in the master, the worker takes its ``context`` (``daemon.state``) from
+the master's state: its generation, slot and the shared memory it maps, as
+of its fork.  After the fork, the ``post_worker_init`` hook builds its
+``runtime`` from that context (``hooks.build_runtime``).
 
 Privileges: gunicorn switches to ``server.user`` in ``init_process``, after
 gevent's patching.  Between the two (``patch``), the worker imports every
@@ -28,14 +34,9 @@ import importlib
 import os
 import pkgutil
 import signal
+import sys
 
 from gunicorn.workers.base_async import AsyncWorker
-
-
-class ProxyWorker(AsyncWorker):
-    """The pre-fork face of the worker; see the module docstring."""
-
-    runtime = None  # forkproxy.net.session.Runtime, set by the post_worker_init hook
 
 
 # Imported lazily by the stdlib or by libraries, on paths a worker takes after
@@ -46,6 +47,8 @@ LAZY_MODULES = (
     "idna", "gevent.resolver.thread", "gevent.threadpool", "gevent.resolver.blocking",
     "_strptime", "email.utils", "http.client", "urllib3.util.ssl_",
     "charset_normalizer", "certifi",
+    # ProxyWorker.run's own, imported there so that the master never loads gevent.
+    "gevent.server", "gevent.pool", "gevent.event",
 )
 
 
@@ -102,110 +105,143 @@ def set_groups(uid: int, gid: int) -> None:
     os.setgid(gid)
 
 
-def set_title(worker, checker: bool = False) -> None:
-    """``forkproxy: worker SLOT generation N``, `` (checker)`` while it runs the health checks."""
+def set_title(ctx, checker: bool = False) -> None:
+    """``forkproxy: worker SLOT generation N``, `` (checker)`` while it runs the health checks.
+
+    ``ctx``: the worker's ``daemon.state.WorkerContext``.
+    """
     from forkproxy.daemon.arbiter import set_title as title
 
-    slot = getattr(worker, "fp_slot", None)
-    title(f"worker {'-' if slot is None else slot} generation {getattr(worker, 'fp_gen', '?')}"
-          + (" (checker)" if checker else ""))
+    slot = '-' if ctx.slot is None else ctx.slot
+    title(f"worker {slot} generation {ctx.generation}" + (" (checker)" if checker else ""))
 
 
-def become_gevent_worker(worker: ProxyWorker) -> None:
-    """In the child, after fork: make ``worker`` a ``GeventProxyWorker``."""
-    import sys
-    import time
-    from functools import partial
+class ProxyWorker(AsyncWorker):
+    """gunicorn's ``GeventWorker``, its gevent imported after the fork (module docstring).
 
-    from forkproxy.daemon import arbiter, process
+    Two overrides besides ``handle``, because gunicorn's behaviour breaks
+    a reload that drops nothing (DESIGN sections 3.5 and 5):
 
-    process.close_parent_pipe()  # -D's parent waits for the master, not for workers
-    set_title(worker)
+    - ``run``: gunicorn checks ``alive`` once a second, so an old worker
+      kept accepting for up to a second after SIGTERM; and it waited for
+      its servers' pools with one-second sleeps.  Here SIGTERM wakes the
+      loop at once: the listeners are closed (the other generation takes
+      the accept queue), the runtime drains (see ``net.session``), and
+      the worker exits as soon as no connection is left, or kills the
+      rest at ``server.graceful_timeout``.
+    - ``init_signals``: SIGTERM is delivered through gevent's loop (a
+      ``gevent.signal_handler``), so the wake-up runs in a greenlet, not
+      inside whatever code the Python-level handler interrupted.
 
-    import gevent
-    from gevent.event import Event
-    from gevent.pool import Pool
-    from gevent.server import StreamServer
-    from gunicorn.workers.ggevent import GeventWorker
+    ``context``: its ``daemon.state.WorkerContext``; ``runtime``: its
+    ``net.session.Runtime``, built by the ``post_worker_init`` hook.
+    """
 
-    class GeventProxyWorker(GeventWorker):
-        """gunicorn's GeventWorker with forkproxy's connection loop and drain.
+    runtime = None
 
-        Two overrides besides ``handle``, because gunicorn's behaviour breaks
-        a reload that drops nothing (DESIGN sections 3.5 and 5):
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.context = self.app.state.new_worker(self.tmp.last_update())
+        self._stop = None  # gevent.event.Event, made by init_signals after the fork
 
-        - ``run``: gunicorn checks ``alive`` once a second, so an old worker
-          kept accepting for up to a second after SIGTERM; and it waited for
-          its servers' pools with one-second sleeps.  Here SIGTERM wakes the
-          loop at once: the listeners are closed (the other generation takes
-          the accept queue), the runtime drains (see ``net.session``), and
-          the worker exits as soon as no connection is left, or kills the
-          rest at ``server.graceful_timeout``.
-        - ``init_signals``: SIGTERM is delivered through gevent's loop (a
-          ``gevent.signal_handler``), so the wake-up runs in a greenlet, not
-          inside whatever code the Python-level handler interrupted.
-        """
+    # -- gunicorn's GeventWorker, gevent imported here -----------------------------
 
-        runtime = None
+    def patch(self):
+        from gevent import monkey, socket
 
-        def patch(self):
-            super().patch()
-            # See the module docstring: before init_process drops privileges.
-            preload(self.cfg.uid != os.getuid())
-            set_groups(self.cfg.uid, self.cfg.gid)
+        monkey.patch_all()
+        self.sockets = [socket.socket(s.FAMILY, socket.SOCK_STREAM, fileno=s.sock.detach())
+                        for s in self.sockets]
+        # See the module docstring: before init_process drops privileges.
+        preload(self.cfg.uid != os.getuid())
+        set_groups(self.cfg.uid, self.cfg.gid)
 
-        def init_process(self):
-            try:
-                super().init_process()
-            except Exception as exc:
-                report = getattr(self.app, "fp_boot_report", None)
-                if self.booted or report is None:
-                    raise  # the first generation booting: gunicorn's boot error halts the master
-                self.log.exception("worker %s cannot serve this configuration", self.pid)
-                arbiter.write_boot_report(report, f"{type(exc).__name__}: {exc}")
-                sys.exit(arbiter.BOOT_REFUSED)
+    def init_process(self):
+        from gevent import hub
 
-        def handle(self, listener, client, addr):
-            # gevent hands over a socket whose timeout is the default one;
-            # the session sets its own per phase.
-            self.runtime.handle(listener, client, addr)
+        from forkproxy.daemon import arbiter
 
-        def init_signals(self):
-            super().init_signals()
-            self.fp_stop = Event()
-            gevent.signal_handler(signal.SIGTERM, self.fp_term)
+        try:
+            self.patch()
+            hub.reinit()
+            super().init_process()
+        except Exception as exc:
+            report = self.context.boot_report
+            if self.booted or report is None:
+                raise  # the first generation booting: gunicorn's boot error halts the master
+            self.log.exception("worker %s cannot serve this configuration", self.pid)
+            arbiter.write_boot_report(report, f"{type(exc).__name__}: {exc}")
+            sys.exit(arbiter.BOOT_REFUSED)
 
-        def fp_term(self):
-            self.alive = False
-            self.fp_stop.set()
+    def notify(self):
+        super().notify()
+        if self.ppid != os.getppid():
+            self.log.info("Parent changed, shutting down: %s", self)
+            sys.exit(0)
 
-        def run(self):
-            servers = []
-            for s in self.sockets:
-                s.setblocking(1)
-                server = StreamServer(s, handle=partial(self.handle, s),
-                                      spawn=Pool(self.worker_connections))
-                if self.cfg.workers > 1:
-                    server.max_accept = 1  # spread connections over the workers
-                server.start()
-                servers.append(server)
-            while self.alive:
-                self.notify()  # the first notify tells the master this worker serves
-                self.fp_stop.wait(1.0)
-            for server in servers:
-                server.close()  # stop accepting now
-            if self.runtime is not None:
-                self.runtime.drain()
-            deadline = time.monotonic() + self.cfg.graceful_timeout
-            while any(srv.pool.free_count() != srv.pool.size for srv in servers):
-                if time.monotonic() >= deadline:
-                    self.log.warning("worker %s: graceful timeout, closing %d connections",
-                                     self.pid, sum(srv.pool.size - srv.pool.free_count()
-                                                   for srv in servers))
-                    for srv in servers:
-                        srv.stop(timeout=1)
-                    return
-                self.notify()
-                gevent.sleep(0.05)
+    def handle_quit(self, sig, frame):
+        import gevent
 
-    worker.__class__ = GeventProxyWorker
+        # Out of the signal handler, so that it may block (gunicorn #1126).
+        gevent.spawn(super().handle_quit, sig, frame)
+
+    def handle_usr1(self, sig, frame):
+        import gevent
+
+        # In a greenlet, as gunicorn's (#1645); the access log too.
+        gevent.spawn(self.log.reopen_all, self.context.access_log)
+
+    # -- forkproxy's -----------------------------------------------------------
+
+    def handle(self, listener, client, addr):
+        # gevent hands over a socket whose timeout is the default one;
+        # the session sets its own per phase.
+        self.runtime.handle(listener, client, addr)
+
+    def init_signals(self):
+        import gevent
+        from gevent.event import Event
+
+        super().init_signals()
+        self._stop = Event()
+        gevent.signal_handler(signal.SIGTERM, self._term)
+
+    def _term(self):
+        self.alive = False
+        self._stop.set()
+
+    def run(self):
+        import time
+        from functools import partial
+
+        import gevent
+        from gevent.pool import Pool
+        from gevent.server import StreamServer
+
+        servers = []
+        for s in self.sockets:
+            s.setblocking(1)
+            server = StreamServer(s, handle=partial(self.handle, s),
+                                  spawn=Pool(self.worker_connections))
+            if self.cfg.workers > 1:
+                server.max_accept = 1  # spread connections over the workers
+            server.start()
+            servers.append(server)
+        while self.alive:
+            self.notify()  # the first notify tells the master this worker serves
+            self._stop.wait(1.0)
+        for server in servers:
+            server.close()  # stop accepting now
+        if self.runtime is not None:
+            self.runtime.drain()
+        deadline = time.monotonic() + self.cfg.graceful_timeout
+        while any(srv.pool.free_count() != srv.pool.size for srv in servers):
+            if time.monotonic() >= deadline:
+                self.log.warning("worker %s: graceful timeout, closing %d connections",
+                                 self.pid, sum(srv.pool.size - srv.pool.free_count()
+                                               for srv in servers))
+                for srv in servers:
+                    srv.stop(timeout=1)
+                return
+            self.notify()
+            gevent.sleep(0.05)

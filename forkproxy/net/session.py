@@ -95,14 +95,19 @@ CLOCK = _Clock()
 class Runtime:
     """A worker's state for one configuration: what every session shares."""
 
-    cache = None  # net.caching.Cache, set by daemon.hooks when a route has cache = true
-    metrics = None  # core.metrics.SlotCounter, set by daemon.hooks (None: no slot)
-    admin = None  # net.admin.Admin, set by daemon.hooks when server.admin is set
-
     def __init__(self, cfg: Config, log, access_log: AccessLog, table: Table,
-                 slot: int | None, shared: dict | None = None, sticky_key: bytes | None = None):
-        """``sticky_key``: the daemon's key of sticky tokens (``net.pools.sticky_secret``)."""
+                 slot: int | None, shared: dict | None = None, sticky_key: bytes | None = None,
+                 *, cache=None, metrics=None, admin=None):
+        """``sticky_key``: the daemon's key of sticky tokens (``net.pools.sticky_secret``).
+
+        ``cache``: the ``net.caching.Cache`` (None: no route caches);
+        ``metrics``: the ``core.metrics.SlotCounter`` requests are counted in
+        (None: nothing counted); ``admin``: called with this runtime, last,
+        returns the ``net.admin.Admin`` endpoint (None: no server.admin).
+        """
         self.cfg = cfg
+        self.cache = cache
+        self.metrics = metrics
         # Client heads made by Session.relay, by what they were made from
         # (at most CLIENT_HEADS, then forgotten at once).
         self.client_heads: dict[tuple, tuple] = {}
@@ -140,6 +145,7 @@ class Runtime:
             if self.keep_alive else ""
         self.draining = False
         self.drain_until = 0.0
+        self.admin = admin(self) if admin is not None else None  # last: it reads this runtime
 
     def listener_for(self, sock, client) -> ListenerConfig | None:
         """What the listening socket ``sock`` serves: its configured listener,

@@ -22,10 +22,14 @@ from __future__ import annotations
 import functools
 import socket
 import ssl
+import weakref
 
 from gevent import ssl as gssl
 
 from forkproxy.config import ListenerConfig, PoolTlsConfig
+
+# The SNI name each accepted connection sent, by connection (forgotten with it).
+_SERVER_NAMES: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
 
 
 class HandshakeFailed(Exception):
@@ -74,7 +78,8 @@ class ListenerTLS:
         # the callback gevent's inner socket, which points back at the
         # SSLSocket: the connection, whose context may change.
         owner = conn._sslsock() if hasattr(conn, "_sslsock") else conn
-        owner.fp_server_name = server_name
+        if server_name is not None:
+            _SERVER_NAMES[owner] = server_name
         chosen = self.choose(server_name)
         if chosen is not ctx:
             owner.context = chosen
@@ -110,7 +115,7 @@ class ListenerTLS:
 
 def tls_server_name(tls) -> str | None:
     """The server name a client sent in SNI on an accepted connection (None: none)."""
-    return getattr(tls, "fp_server_name", None)
+    return _SERVER_NAMES.get(tls)
 
 
 def _close(sock) -> None:

@@ -11,22 +11,9 @@ import signal
 import time
 
 from support import procs
+from support.configs import one_pool
 from support.procs import free_port, wait_until
 from support.rawhttp import Conn
-
-
-def body_for(port, addr):
-    return f"""
-[[listener]]
-name = "web"
-bind = "127.0.0.1:{port}"
-
-[[route]]
-pool = "p"
-
-[pool.p]
-servers = [{{ addr = "{addr}" }}]
-"""
 
 
 def _stopped(pid: int) -> bool:
@@ -43,7 +30,7 @@ def test_connections_accepted_as_the_drain_closes_the_listener_are_answered(
     # were reset (issue 17: the USR2 + WINCH upgrade lost a request so).
     b = backend_factory("b")
     port = free_port()
-    fp = forkproxy_factory(body_for(port, b.addr), server={"workers": 1})
+    fp = forkproxy_factory(one_pool(port, [b.addr]), server={"workers": 1})
     worker, = fp.wait_workers(1)
     os.kill(worker, signal.SIGSTOP)
     try:
@@ -97,7 +84,7 @@ def test_a_request_that_comes_as_the_drain_window_ends_is_answered(forkproxy_fac
     # went unanswered.
     b = backend_factory("b")
     port = free_port()
-    fp = forkproxy_factory(body_for(port, b.addr), server={"workers": 1})
+    fp = forkproxy_factory(one_pool(port, [b.addr]), server={"workers": 1})
     worker, = fp.wait_workers(1)
     c = Conn(port)
     c.send(b"GET /first HTTP/1.1\r\nHost: x\r\n\r\n")

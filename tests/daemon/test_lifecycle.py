@@ -16,6 +16,7 @@ import pytest
 import requests
 
 from forkproxy import __version__
+from support.configs import one_pool
 from support.procs import free_port, wait_until
 
 ROOT = pathlib.Path(__file__).resolve().parents[2]
@@ -24,21 +25,6 @@ ROOT = pathlib.Path(__file__).resolve().parents[2]
 def run_cli(*args, timeout=30):
     return subprocess.run([sys.executable, "-m", "forkproxy", *args], capture_output=True,
                           text=True, timeout=timeout, cwd=ROOT)
-
-
-def body_for(port, addr, extra_pool=""):
-    return f"""
-[[listener]]
-name = "web"
-bind = "127.0.0.1:{port}"
-
-[[route]]
-pool = "p"
-
-[pool.p]
-servers = [{{ addr = "{addr}" }}]
-{extra_pool}
-"""
 
 
 # -- command line ------------------------------------------------------------------
@@ -55,7 +41,7 @@ def test_usage_error_exits_2():
 
 def test_t_accepts_a_good_file_and_T_prints_the_effective_config(tmp_path):
     f = tmp_path / "ok.toml"
-    f.write_text(body_for(8080, "127.0.0.1:8081"))
+    f.write_text(one_pool(8080, ["127.0.0.1:8081"]))
     ok = run_cli("-t", "-c", str(f))
     assert ok.returncode == 0, ok.stderr
     dump = run_cli("-T", "-c", str(f))
@@ -93,7 +79,8 @@ def test_missing_file_is_a_clear_config_error(tmp_path):
 
 def test_signal_without_a_running_master_is_a_clear_error(tmp_path):
     f = tmp_path / "c.toml"
-    f.write_text(f'[server]\npidfile = "{tmp_path}/none.pid"\n' + body_for(8080, "127.0.0.1:8081"))
+    f.write_text(f'[server]\npidfile = "{tmp_path}/none.pid"\n'
+                 + one_pool(8080, ["127.0.0.1:8081"]))
     out = run_cli("-s", "reload", "-c", str(f))
     assert out.returncode == 1 and "no pidfile" in out.stderr
 
@@ -110,7 +97,7 @@ def _maps(pid: int) -> str:
 def test_master_never_loads_gevent_and_workers_do(forkproxy_factory, backend_factory):
     b = backend_factory("b")
     port = free_port()
-    fp = forkproxy_factory(body_for(port, b.addr))
+    fp = forkproxy_factory(one_pool(port, [b.addr]))
     workers = fp.wait_workers(2)
     # A worker imports gevent as it boots: wait for both to have done so...
     wait_until(lambda: all("gevent" in _maps(w) for w in workers), what="workers booted")
@@ -122,14 +109,14 @@ def test_master_never_loads_gevent_and_workers_do(forkproxy_factory, backend_fac
 def test_workers_auto_is_one_per_cpu(forkproxy_factory, backend_factory):
     b = backend_factory("b")
     port = free_port()
-    fp = forkproxy_factory(body_for(port, b.addr), server={"workers": "auto"})
+    fp = forkproxy_factory(one_pool(port, [b.addr]), server={"workers": "auto"})
     assert len(fp.wait_workers(os.cpu_count())) == os.cpu_count()
 
 
 def test_a_killed_worker_is_replaced_and_service_continues(forkproxy_factory, backend_factory):
     b = backend_factory("b")
     port = free_port()
-    fp = forkproxy_factory(body_for(port, b.addr))
+    fp = forkproxy_factory(one_pool(port, [b.addr]))
     before = set(fp.wait_workers(2))
     victim = sorted(before)[0]
     os.kill(victim, signal.SIGKILL)
@@ -160,7 +147,7 @@ def _start_slow(fp, backend, port, ms):
 def test_term_is_graceful_the_request_in_flight_finishes(forkproxy_factory, backend_factory):
     b = backend_factory("b")
     port = free_port()
-    fp = forkproxy_factory(body_for(port, b.addr))
+    fp = forkproxy_factory(one_pool(port, [b.addr]))
     t, result = _start_slow(fp, b, port, 1500)
     fp.signal(signal.SIGTERM)
     t.join(30)
@@ -173,7 +160,7 @@ def test_term_is_graceful_the_request_in_flight_finishes(forkproxy_factory, back
 def test_int_and_quit_stop_fast_cutting_requests_in_flight(forkproxy_factory, backend_factory, sig):
     b = backend_factory("b")
     port = free_port()
-    fp = forkproxy_factory(body_for(port, b.addr))
+    fp = forkproxy_factory(one_pool(port, [b.addr]))
     t, result = _start_slow(fp, b, port, 20000)
     fp.signal(sig)
     assert fp.wait(15) is not None     # it exits long before the 20 s request would finish
@@ -184,7 +171,7 @@ def test_int_and_quit_stop_fast_cutting_requests_in_flight(forkproxy_factory, ba
 def test_s_stop_signals_the_master_through_its_pidfile(forkproxy_factory, backend_factory):
     b = backend_factory("b")
     port = free_port()
-    fp = forkproxy_factory(body_for(port, b.addr))
+    fp = forkproxy_factory(one_pool(port, [b.addr]))
     out = run_cli("-s", "stop", "-c", str(fp.config_path))
     assert out.returncode == 0, out.stderr
     assert fp.wait(30) == 0
@@ -207,7 +194,7 @@ def test_demo_shows_balancing_failover_caching_and_the_status_page():
 def test_T_redacts_secrets_unless_asked_and_the_placeholder_is_refused(tmp_path):
     f = tmp_path / "s.toml"
     f.write_text('[server]\nadmin_token = "tok-3141"\n'
-                 + body_for(8080, "127.0.0.1:8081", 'sticky = { secret = "stk-2718" }'))
+                 + one_pool(8080, ["127.0.0.1:8081"], 'sticky = { secret = "stk-2718" }'))
     dump = run_cli("-T", "-c", str(f))
     assert dump.returncode == 0, dump.stderr
     assert "tok-3141" not in dump.stdout and "stk-2718" not in dump.stdout

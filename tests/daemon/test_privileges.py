@@ -21,6 +21,7 @@ import urllib3
 
 import forkproxy
 
+from support.configs import one_pool
 from support.procs import free_port, wait_until
 
 def _world_traversable(path: str) -> bool:
@@ -94,16 +95,9 @@ def test_workers_run_as_the_configured_user_and_keep_logging(forkproxy_factory, 
     nobody = pwd.getpwnam("nobody")
     b = backend_factory("b")
     port = free_port()
-    fp = forkproxy_factory(f"""
-[[listener]]
-name = "web"
-bind = "127.0.0.1:{port}"
-[[route]]
-pool = "p"
-[pool.p]
-servers = [{{ addr = "{b.addr}" }}]
-""", server={"user": "nobody", "group": "nogroup" if _has_group("nogroup") else None,
-            "access_log": str(logdir / "access.log"), "error_log": str(logdir / "error.log")})
+    fp = forkproxy_factory(one_pool(port, [b.addr], pool="p"), server={
+        "user": "nobody", "group": "nogroup" if _has_group("nogroup") else None,
+        "access_log": str(logdir / "access.log"), "error_log": str(logdir / "error.log")})
     assert uid_of(fp.pid) == 0
     switched(fp, nobody.pw_uid)
 
@@ -138,26 +132,13 @@ def _has_group(name: str) -> bool:
         return False
 
 
-def one_pool(port: int, addr: str, extra: str = "") -> str:
-    return f"""
-[[listener]]
-name = "web"
-bind = "127.0.0.1:{port}"
-[[route]]
-pool = "p"
-[pool.p]
-servers = [{{ addr = "{addr}" }}]
-{extra}
-"""
-
-
 def test_workers_take_the_users_primary_and_supplementary_groups(
         forkproxy_factory, backend_factory, shared_dir):
     """server.user without server.group: the user's groups, none of root's (gid 0)."""
     nobody = pwd.getpwnam("nobody")
     b = backend_factory("b")
     port = free_port()
-    fp = forkproxy_factory(one_pool(port, b.addr), server={
+    fp = forkproxy_factory(one_pool(port, [b.addr], pool="p"), server={
         "user": "nobody", "runtime_dir": str(shared_dir / "run"),
         "access_log": str(shared_dir / "access.log"), "error_log": str(shared_dir / "error.log")})
     want_groups = sorted(set(os.getgrouplist("nobody", nobody.pw_gid)))
@@ -278,7 +259,7 @@ def test_admin_commands_work_as_the_user_and_say_why_when_they_cannot(
     line, never a closed connection."""
     b = backend_factory("b")
     port, admin = free_port(), free_port()
-    fp = forkproxy_factory(one_pool(port, b.addr), server={
+    fp = forkproxy_factory(one_pool(port, [b.addr], pool="p"), server={
         "user": "nobody", "runtime_dir": str(shared_dir / "run"), "admin": f"127.0.0.1:{admin}",
         "admin_token": "t0ken", "error_log": str(shared_dir / "error.log"),
         "access_log": str(shared_dir / "access.log")})
@@ -314,7 +295,7 @@ def test_usr1_and_reload_never_open_a_log_through_a_symlink(forkproxy_factory, b
     b = backend_factory("b")
     port = free_port()
     access, error = shared_dir / "access.log", shared_dir / "error.log"
-    fp = forkproxy_factory(one_pool(port, b.addr), server={
+    fp = forkproxy_factory(one_pool(port, [b.addr], pool="p"), server={
         "user": "nobody", "runtime_dir": str(shared_dir / "run"),
         "access_log": str(access), "error_log": str(error)})
     switched(fp, pwd.getpwnam("nobody").pw_uid)
@@ -364,14 +345,7 @@ runtime_dir = "{tmp_path / 'run'}"
 admin = "127.0.0.1:{free_port()}"
 error_log = "{private_logs / 'error.log'}"
 access_log = "{shared_dir / 'access.log'}"
-[[listener]]
-name = "web"
-bind = "127.0.0.1:{free_port()}"
-[[route]]
-pool = "p"
-[pool.p]
-servers = [{{ addr = "127.0.0.1:9" }}]
-""")
+""" + one_pool(free_port(), ["127.0.0.1:9"], pool="p"))
     out = run_t(conf)
     assert out.returncode == 1
     lines = out.stderr.splitlines()

@@ -15,24 +15,10 @@ import threading
 
 import requests
 
+from support.configs import one_pool
 from support.procs import free_port, wait_until
 from support.rawhttp import Conn
 from support.runner import REPO_ROOT
-
-
-def body_for(port, *addrs, extra_listener=""):
-    servers = ", ".join(f'{{ addr = "{a}" }}' for a in addrs)
-    return f"""
-[[listener]]
-name = "web"
-bind = "127.0.0.1:{port}"
-{extra_listener}
-[[route]]
-pool = "p"
-
-[pool.p]
-servers = [{servers}]
-"""
 
 
 def served_by(port, path="/"):
@@ -77,10 +63,10 @@ def test_hup_with_a_good_file_switches_traffic_to_the_new_pool(forkproxy_factory
                                                                  backend_factory):
     a, b = backend_factory("alpha"), backend_factory("beta")
     port = free_port()
-    fp = forkproxy_factory(body_for(port, a.addr))
+    fp = forkproxy_factory(one_pool(port, [a.addr]))
     old = set(fp.wait_workers(2))
     assert "alpha" in served_by(port)
-    fp.write_config(body_for(port, b.addr))
+    fp.write_config(one_pool(port, [b.addr]))
     st = reload_and_wait(fp)
     assert st["errors"] == []
     for _ in range(6):
@@ -94,9 +80,9 @@ def test_hup_with_a_broken_file_keeps_serving_and_logs_every_error(forkproxy_fac
                                                                    backend_factory):
     a = backend_factory("alpha")
     port = free_port()
-    fp = forkproxy_factory(body_for(port, a.addr))
+    fp = forkproxy_factory(one_pool(port, [a.addr]))
     workers = set(fp.wait_workers(2))
-    fp.write_config(body_for(port, a.addr) + "\n[pool.q]\nbalance = \"nope\"\nservers = []\n")
+    fp.write_config(one_pool(port, [a.addr]) + "\n[pool.q]\nbalance = \"nope\"\nservers = []\n")
     st = reload_and_wait(fp, "rejected")
     assert st["errors"] and all(str(fp.config_path) in e for e in st["errors"])
     assert "pool.q" in st["errors"][0]
@@ -110,10 +96,10 @@ def test_hup_with_a_broken_file_keeps_serving_and_logs_every_error(forkproxy_fac
 def test_ten_hups_in_one_second_end_on_the_last_file(forkproxy_factory, backend_factory):
     a, b = backend_factory("alpha"), backend_factory("beta")
     port = free_port()
-    fp = forkproxy_factory(body_for(port, a.addr))
+    fp = forkproxy_factory(one_pool(port, [a.addr]))
     fp.wait_workers(2)
     for i in range(10):
-        write_atomically(fp, body_for(port, (a if i % 2 else b).addr))
+        write_atomically(fp, one_pool(port, [(a if i % 2 else b).addr]))
         fp.reload()  # the kernel may merge HUPs still pending: each handled one reloads
     assert served_by(port) in ("alpha", "beta")  # served throughout, by some generation
     # One more, waited for: the master handled the burst and is still in charge.
@@ -131,7 +117,7 @@ def test_keep_alive_connection_gets_connection_close_then_new_pool(forkproxy_fac
                                                                    backend_factory):
     a, b = backend_factory("alpha"), backend_factory("beta")
     port = free_port()
-    fp = forkproxy_factory(body_for(port, a.addr), server={"workers": 1})
+    fp = forkproxy_factory(one_pool(port, [a.addr]), server={"workers": 1})
     fp.wait_workers(1)
     get = f"GET / HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\n\r\n".encode()
     slow = f"GET /slow?ms=5000 HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\n\r\n".encode()
@@ -142,7 +128,7 @@ def test_keep_alive_connection_gets_connection_close_then_new_pool(forkproxy_fac
         before = a.stats()["by_path"].get("/slow", 0)
         c.send(slow)
         wait_until(lambda: a.stats()["by_path"].get("/slow", 0) > before)
-        fp.write_config(body_for(port, b.addr))
+        fp.write_config(one_pool(port, [b.addr]))
         reload_and_wait(fp)     # the old worker is draining from here on
         # The request in flight finishes on the old pool, told to close.
         r = c.reply()
@@ -155,7 +141,7 @@ def test_keep_alive_connection_gets_connection_close_then_new_pool(forkproxy_fac
 def test_a_slow_request_in_flight_survives_a_reload(forkproxy_factory, backend_factory):
     a, b = backend_factory("alpha"), backend_factory("beta")
     port = free_port()
-    fp = forkproxy_factory(body_for(port, a.addr))
+    fp = forkproxy_factory(one_pool(port, [a.addr]))
     fp.wait_workers(2)
     result = {}
 
@@ -170,7 +156,7 @@ def test_a_slow_request_in_flight_survives_a_reload(forkproxy_factory, backend_f
     t = threading.Thread(target=slow, daemon=True)
     t.start()
     wait_until(lambda: a.stats()["by_path"].get("/slow", 0) > before)
-    fp.write_config(body_for(port, b.addr))
+    fp.write_config(one_pool(port, [b.addr]))
     reload_and_wait(fp)
     t.join(30)
     assert result == {"status": 200}
@@ -179,13 +165,13 @@ def test_a_slow_request_in_flight_survives_a_reload(forkproxy_factory, backend_f
 def test_listeners_added_and_removed_by_a_reload(forkproxy_factory, backend_factory):
     a = backend_factory("alpha")
     port, port2 = free_port(), free_port()
-    fp = forkproxy_factory(body_for(port, a.addr))
+    fp = forkproxy_factory(one_pool(port, [a.addr]))
     extra = f'[[listener]]\nname = "two"\nbind = "127.0.0.1:{port2}"\n'
-    fp.write_config(body_for(port, a.addr, extra_listener=extra))
+    fp.write_config(one_pool(port, [a.addr], listener_extra=extra))
     reload_and_wait(fp)
     assert "alpha" in served_by(port2)
     assert "alpha" in served_by(port)
-    fp.write_config(body_for(port, a.addr))
+    fp.write_config(one_pool(port, [a.addr]))
     reload_and_wait(fp)
 
     def closed():
@@ -202,8 +188,8 @@ def test_s_reload_wait_exits_0_when_serving_and_1_with_the_errors(forkproxy_fact
                                                                  backend_factory):
     a, b = backend_factory("alpha"), backend_factory("beta")
     port = free_port()
-    fp = forkproxy_factory(body_for(port, a.addr))
-    fp.write_config(body_for(port, b.addr))
+    fp = forkproxy_factory(one_pool(port, [a.addr]))
+    fp.write_config(one_pool(port, [b.addr]))
     out = run_cli("-s", "reload", "--wait", "-c", str(fp.config_path))
     assert out.returncode == 0, out.stderr
     assert all("beta" in served_by(port) for _ in range(4))
@@ -220,7 +206,7 @@ def test_s_reload_wait_exits_0_when_serving_and_1_with_the_errors(forkproxy_fact
 def test_pidfile_is_kept_across_reloads(forkproxy_factory, backend_factory):
     a = backend_factory("alpha")
     port = free_port()
-    fp = forkproxy_factory(body_for(port, a.addr))
+    fp = forkproxy_factory(one_pool(port, [a.addr]))
     reload_and_wait(fp)
     assert int(fp.pidfile.read_text()) == fp.pid
     assert os.stat(fp.dir / "run").st_mode & 0o002 == 0

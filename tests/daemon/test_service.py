@@ -21,23 +21,9 @@ import pytest
 import requests
 
 from support import procs
+from support.configs import one_pool
 from support.procs import Proc, children_of, free_port, wait_until
 from support.runner import REPO_ROOT, _child_env, http_get
-
-
-def body_for(port, *addrs, admin_port=None, extra=""):
-    servers = ", ".join(f'{{ addr = "{a}" }}' for a in addrs)
-    return f"""
-[[listener]]
-name = "web"
-bind = "127.0.0.1:{port}"
-{extra}
-[[route]]
-pool = "p"
-
-[pool.p]
-servers = [{servers}]
-"""
 
 
 def reload_status(fp) -> dict | None:
@@ -72,13 +58,13 @@ def test_a_pool_listing_a_server_twice_is_refused_and_the_old_generation_serves(
         forkproxy_factory, backend_factory):
     b = backend_factory("b")
     port = free_port()
-    fp = forkproxy_factory(body_for(port, b.addr))
-    fp.write_config(body_for(port, b.addr, b.addr))
+    fp = forkproxy_factory(one_pool(port, [b.addr]))
+    fp.write_config(one_pool(port, [b.addr, b.addr]))
     st = hup_and_wait(fp, "rejected")
     assert b.addr in " ".join(st["errors"]), st
     assert fp.alive()
     assert requests.get(f"http://127.0.0.1:{port}/", timeout=10).status_code == 200
-    fp.write_config(body_for(port, b.addr))
+    fp.write_config(one_pool(port, [b.addr]))
     hup_and_wait(fp, "serving")
     assert fp.alive()
     assert requests.get(f"http://127.0.0.1:{port}/", timeout=10).status_code == 200
@@ -87,7 +73,7 @@ def test_a_pool_listing_a_server_twice_is_refused_and_the_old_generation_serves(
 def test_a_reload_whose_pidfile_cannot_be_written_is_refused(forkproxy_factory, backend_factory):
     b = backend_factory("b")
     port = free_port()
-    fp = forkproxy_factory(body_for(port, b.addr))
+    fp = forkproxy_factory(one_pool(port, [b.addr]))
     pidfile = fp.pidfile
     pid_before = pidfile.read_text()
     fp.write_config(server={**fp.server, "pidfile": "/nonexistent-forkproxy-dir/forkproxy.pid"})
@@ -103,7 +89,7 @@ def test_p_pidfile_is_kept_across_reloads(forkproxy_factory, backend_factory, tm
     b = backend_factory("b")
     port = free_port()
     pidfile = tmp_path / "other.pid"
-    fp = forkproxy_factory(body_for(port, b.addr), args=["-p", str(pidfile)])
+    fp = forkproxy_factory(one_pool(port, [b.addr]), args=["-p", str(pidfile)])
     wait_until(lambda: pidfile.exists(), what="the -p pidfile")
     hup_and_wait(fp, "serving")
     assert pidfile.read_text().strip() == str(fp.pid)
@@ -120,7 +106,7 @@ def test_D_exits_1_without_a_pidfile_when_the_port_is_taken(forkproxy_factory, b
         taken.bind(("127.0.0.1", 0))
         taken.listen()
         port = taken.getsockname()[1]
-        fp = forkproxy_factory(body_for(port, b.addr), args=["-D"], ready=False)
+        fp = forkproxy_factory(one_pool(port, [b.addr]), args=["-D"], ready=False)
         assert fp.wait(60) == 1, fp.output()
     assert "the master exited with status 1 before serving" in fp.output()
     assert not fp.pidfile.exists()
@@ -129,7 +115,7 @@ def test_D_exits_1_without_a_pidfile_when_the_port_is_taken(forkproxy_factory, b
 def test_D_returns_0_once_the_workers_serve(forkproxy_factory, backend_factory):
     b = backend_factory("b")
     port = free_port()
-    fp = forkproxy_factory(body_for(port, b.addr), args=["-D"], ready=False)
+    fp = forkproxy_factory(one_pool(port, [b.addr]), args=["-D"], ready=False)
     assert fp.wait(60) == 0, fp.output()
     fp.track_daemon()
     # No waiting: when -D returns the listener is bound and a worker accepts.
@@ -174,7 +160,7 @@ def test_notify_ready_after_the_workers_serve_and_around_reloads(forkproxy_facto
     port = free_port()
     notify = Notify(tmp_path / "notify.sock")
     try:
-        fp = forkproxy_factory(body_for(port, b.addr), env={"NOTIFY_SOCKET": notify.path},
+        fp = forkproxy_factory(one_pool(port, [b.addr]), env={"NOTIFY_SOCKET": notify.path},
                                ready=False)
         ready = notify.next_with("READY=1")
         # Sent once every worker of generation 1 serves: gunicorn's own
@@ -228,7 +214,7 @@ def test_socket_activation_binds_what_was_not_handed_over(forkproxy_factory, bac
     b = backend_factory("b")
     web, other, admin = free_port(), free_port(), free_port()
     extra = f'\n[[listener]]\nname = "other"\nbind = "127.0.0.1:{other}"\n'
-    fp = forkproxy_factory(body_for(web, b.addr, extra=extra),
+    fp = forkproxy_factory(one_pool(web, [b.addr], listener_extra=extra),
                            server={"admin": f"127.0.0.1:{admin}"}, start=False)
     activated(fp, web)
     fp.wait_ready(web)
@@ -240,7 +226,7 @@ def test_socket_activation_refuses_a_socket_the_file_does_not_name(forkproxy_fac
                                                                     backend_factory):
     b = backend_factory("b")
     web, stranger = free_port(), free_port()
-    fp = forkproxy_factory(body_for(web, b.addr), start=False)
+    fp = forkproxy_factory(one_pool(web, [b.addr]), start=False)
     proc = activated(fp, stranger)
     assert proc.wait(60) == 1
     assert f"127.0.0.1:{stranger}" in fp.output(), fp.output()
@@ -261,7 +247,7 @@ def test_V_prints_the_versions_of_what_forkproxy_runs_on():
 def test_process_titles_say_what_each_process_is(forkproxy_factory, backend_factory):
     b = backend_factory("b")
     port = free_port()
-    fp = forkproxy_factory(body_for(port, b.addr))
+    fp = forkproxy_factory(one_pool(port, [b.addr]))
     wait_until(lambda: cmdline(fp.pid).startswith("forkproxy: master"), what="the master's title")
     assert cmdline(fp.pid) == f"forkproxy: master -c {fp.config_path}"
     wait_until(lambda: sorted(cmdline(p) for p in children_of(fp.pid)) ==
@@ -272,6 +258,6 @@ def test_process_titles_say_what_each_process_is(forkproxy_factory, backend_fact
 def test_the_worker_running_the_health_checks_says_so(forkproxy_factory, backend_factory):
     b = backend_factory("b")
     port = free_port()
-    fp = forkproxy_factory(body_for(port, b.addr) + 'health = { interval = "1s" }\n')
+    fp = forkproxy_factory(one_pool(port, [b.addr]) + 'health = { interval = "1s" }\n')
     wait_until(lambda: sorted(cmdline(p).endswith("(checker)") for p in children_of(fp.pid))
                == [False, True], what="one checker among the workers")

@@ -15,22 +15,9 @@ from pathlib import Path
 import requests
 
 from support import procs
+from support.configs import one_pool
 from support.procs import children_of, free_port, open_files, wait_until
 from support.runner import REPO_ROOT
-
-
-def body_for(port, addr):
-    return f"""
-[[listener]]
-name = "web"
-bind = "127.0.0.1:{port}"
-
-[[route]]
-pool = "p"
-
-[pool.p]
-servers = [{{ addr = "{addr}" }}]
-"""
 
 
 def get(port, path="/"):
@@ -47,7 +34,7 @@ def read_pid(path: Path):
 def test_ttin_adds_a_worker_and_ttou_removes_one(forkproxy_factory, backend_factory):
     b = backend_factory("b")
     port = free_port()
-    fp = forkproxy_factory(body_for(port, b.addr))
+    fp = forkproxy_factory(one_pool(port, [b.addr]))
     fp.wait_workers(2)
     fp.signal(signal.SIGTTIN)
     fp.wait_workers(3)
@@ -63,7 +50,7 @@ def test_ttin_adds_a_worker_and_ttou_removes_one(forkproxy_factory, backend_fact
 def test_usr1_reopens_the_error_and_access_logs(forkproxy_factory, backend_factory):
     b = backend_factory("b")
     port = free_port()
-    fp = forkproxy_factory(body_for(port, b.addr))
+    fp = forkproxy_factory(one_pool(port, [b.addr]))
     fp.wait_workers(2)
     access, error = Path(fp.server["access_log"]), Path(fp.server["error_log"])
     assert get(port, "/before").status_code == 200
@@ -90,7 +77,7 @@ def test_usr2_winch_term_upgrade_while_requests_keep_succeeding(forkproxy_factor
                                                                backend_factory):
     b = backend_factory("b")
     port = free_port()
-    fp = forkproxy_factory(body_for(port, b.addr))
+    fp = forkproxy_factory(one_pool(port, [b.addr]))
     old_workers = set(fp.wait_workers(2))
     # "phase": the last signal sent, so that a failure says when it happened
     stats = {"ok": 0, "failed": [], "phase": "before USR2"}
@@ -150,7 +137,7 @@ def test_D_daemonizes_writes_the_pidfile_and_s_stop_removes_it(forkproxy_factory
                                                                backend_factory):
     b = backend_factory("b")
     port = free_port()
-    fp = forkproxy_factory(body_for(port, b.addr), args=["-D"], ready=False)
+    fp = forkproxy_factory(one_pool(port, [b.addr]), args=["-D"], ready=False)
     assert fp.wait(30) == 0             # the foreground process returns at once
     wait_until(lambda: read_pid(fp.pidfile) is not None, timeout=30)
     master = fp.track_daemon()
@@ -178,7 +165,7 @@ def _answers(port):
 def test_s_with_a_stale_pidfile_is_a_clear_error(forkproxy_factory, backend_factory, tmp_path):
     b = backend_factory("b")
     port = free_port()
-    fp = forkproxy_factory(body_for(port, b.addr), start=False)
+    fp = forkproxy_factory(one_pool(port, [b.addr]), start=False)
     dead = subprocess.Popen([sys.executable, "-c", "pass"])
     dead.wait()
     fp.pidfile.write_text(f"{dead.pid}\n")

@@ -281,18 +281,7 @@ def test_max_conns_queue_then_503(forkproxy_factory, backend_factory):
     port, admin = free_port(), free_port()
 
     def start(queue):
-        body = f"""
-[[listener]]
-name = "web"
-bind = "127.0.0.1:{port}"
-
-[[route]]
-pool = "web"
-
-[pool.web]
-servers = [{{ addr = "{b.addr}", max_conns = 1 }}]
-{queue}
-"""
+        body = one_pool(port, [f'{{ addr = "{b.addr}", max_conns = 1 }}'], queue)
         fp = forkproxy_factory(body, server={"workers": 2, "admin": f"127.0.0.1:{admin}"})
         fp.wait_workers(2)
         return fp

@@ -340,25 +340,13 @@ def _read_to_last_chunk(sock) -> bytes:
 @pytest.fixture(scope="module")
 def cached_proxy(origin, tmp_path_factory):
     """compress on a route with cache = true (the in-process store)."""
+    from support.configs import one_pool
     from support.procs import free_port
     from support.runner import ForkProxy
     port = free_port()
-    body = f"""
-[cache]
-servers = []
-
-[[listener]]
-name = "web"
-bind = "127.0.0.1:{port}"
-
-[[route]]
-pool = "app"
-cache = true
-compress = {{ types = ["text/*"] }}
-
-[pool.app]
-servers = [{{ addr = "{origin.addr}" }}]
-"""
+    body = "[cache]\nservers = []\n" + one_pool(
+        port, [origin.addr], route_extra='cache = true\ncompress = { types = ["text/*"] }',
+        pool="app")
     fp = ForkProxy(tmp_path_factory.mktemp("fpc"), body, server={"workers": 1})
     fp.start()
     try:

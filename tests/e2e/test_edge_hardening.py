@@ -17,6 +17,7 @@ import threading
 import pytest
 import requests
 
+from support.configs import one_pool
 from support.procs import free_port, wait_until
 from support.rawhttp import Conn
 from support.runner import REPO_ROOT, _child_env
@@ -25,19 +26,7 @@ CUBIC = r"^/(.*)/(.*)/(.*)\.php$"
 
 
 def _site(port: int, backend_addr: str, route_extra: str = "", server_extra: str = "") -> str:
-    return f"""
-{server_extra}
-[[listener]]
-name = "web"
-bind = "127.0.0.1:{port}"
-
-[[route]]
-pool = "app"
-{route_extra}
-
-[pool.app]
-servers = [{{ addr = "{backend_addr}" }}]
-"""
+    return f"\n{server_extra}" + one_pool(port, [backend_addr], route_extra=route_extra, pool="app")
 
 
 # -- regular expressions: RE2, linear time -------------------------------------------

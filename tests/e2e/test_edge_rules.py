@@ -16,6 +16,7 @@ from concurrent.futures import ThreadPoolExecutor
 import pytest
 import requests
 
+from support.configs import one_pool
 from support.procs import free_port, wait_until
 from support.rawhttp import Conn
 from support.runner import http_get
@@ -123,16 +124,9 @@ def test_rewrites_and_header_rules_as_the_backend_sees_them(site):
 def test_request_id_kept_from_a_trusted_proxy_only(backend_factory, forkproxy_factory):
     b = backend_factory("origin")
     port = free_port()
-    fp = forkproxy_factory(f"""
-[[listener]]
-name = "web"
-bind = "127.0.0.1:{port}"
-[[route]]
-pool = "app"
-access = ["allow 192.0.2.0/24", "deny all"]
-[pool.app]
-servers = [{{ addr = "{b.addr}" }}]
-""", server={"trusted_proxies": ["127.0.0.1"], "access_log_format": "json"})
+    access = 'access = ["allow 192.0.2.0/24", "deny all"]'
+    fp = forkproxy_factory(one_pool(port, [b.addr], route_extra=access, pool="app"),
+                           server={"trusted_proxies": ["127.0.0.1"], "access_log_format": "json"})
     r = requests.get(f"http://127.0.0.1:{port}/echo",
                      headers={"X-Request-Id": "edge-42", "X-Forwarded-For": "192.0.2.7"})
     assert r.status_code == 200  # the real client (after trusted_proxies) is allowed
@@ -191,16 +185,9 @@ def test_rate_limit_holds_across_four_workers(backend_factory, forkproxy_factory
     b = backend_factory("origin")
     port = free_port()
     rate, burst = 40, 10
-    fp = forkproxy_factory(f"""
-[[listener]]
-name = "web"
-bind = "127.0.0.1:{port}"
-[[route]]
-pool = "app"
-rate_limit = {{ key = "header:X-Key", rate = "{rate}r/s", burst = {burst} }}
-[pool.app]
-servers = [{{ addr = "{b.addr}" }}]
-""", server={"workers": 4})
+    limit = f'rate_limit = {{ key = "header:X-Key", rate = "{rate}r/s", burst = {burst} }}'
+    fp = forkproxy_factory(one_pool(port, [b.addr], route_extra=limit, pool="app"),
+                           server={"workers": 4})
     fp.wait_workers(4)
 
     def hammer(until):
@@ -235,16 +222,8 @@ servers = [{{ addr = "{b.addr}" }}]
 def test_max_conns_per_ip_counts_over_every_worker(backend_factory, forkproxy_factory):
     b = backend_factory("origin")
     port = free_port()
-    fp = forkproxy_factory(f"""
-[[listener]]
-name = "web"
-bind = "127.0.0.1:{port}"
-max_conns_per_ip = 3
-[[route]]
-pool = "app"
-[pool.app]
-servers = [{{ addr = "{b.addr}" }}]
-""", server={"workers": 4})
+    fp = forkproxy_factory(one_pool(port, [b.addr], pool="app",
+                                    listener_extra="max_conns_per_ip = 3"), server={"workers": 4})
     fp.wait_workers(4)
     held = []
     for _ in range(3):

@@ -23,6 +23,7 @@ import time
 import requests
 
 from support import procs
+from support.configs import one_pool
 from support.procs import free_port, wait_until
 from support.rawhttp import Conn
 
@@ -103,17 +104,7 @@ servers = [{{ addr = "{b.addr}" }}]
 def _site(forkproxy_factory, backend_factory, **server):
     b = backend_factory("b")
     port = free_port()
-    fp = forkproxy_factory(f"""
-[[listener]]
-name = "web"
-bind = "127.0.0.1:{port}"
-
-[[route]]
-pool = "p"
-
-[pool.p]
-servers = [{{ addr = "{b.addr}" }}]
-""", server={"workers": 1, **server})
+    fp = forkproxy_factory(one_pool(port, [b.addr], pool="p"), server={"workers": 1, **server})
     return fp, port
 
 

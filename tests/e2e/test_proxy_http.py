@@ -19,6 +19,7 @@ import pytest
 import requests
 
 from support.backend import pattern_sha256
+from support.configs import one_pool
 from support.procs import free_port, wait_until
 from support.rawhttp import Conn, exchange
 from support.runner import Backend, ForkProxy
@@ -148,15 +149,8 @@ def test_smooth_weighted_round_robin_over_fresh_connections(site):
 def test_backup_serves_only_when_no_primary_can_be_reached(forkproxy_factory, backend_factory):
     p1, p2, backup = backend_factory("p1"), backend_factory("p2"), backend_factory("bk")
     port = free_port()
-    fp = forkproxy_factory(f"""
-[[listener]]
-name = "web"
-bind = "127.0.0.1:{port}"
-[[route]]
-pool = "web"
-[pool.web]
-servers = [{{ addr = "{p1.addr}" }}, {{ addr = "{p2.addr}" }}, {{ addr = "{backup.addr}", backup = true }}]
-""")
+    fp = forkproxy_factory(one_pool(port, [p1.addr, p2.addr,
+                                           f'{{ addr = "{backup.addr}", backup = true }}']))
     url = f"http://127.0.0.1:{port}/"
     assert {requests.get(url, timeout=10).headers["x-backend"] for _ in range(10)} == {"p1", "p2"}
     p1.stop()
@@ -289,15 +283,8 @@ def test_one_gib_download_and_upload_stream_with_bounded_memory(forkproxy_factor
     """RSS growth of the serving worker (peak, VmHWM) stays under 20 MiB."""
     big = backend_factory("big")
     port = free_port()
-    fp = forkproxy_factory(f"""
-[[listener]]
-name = "web"
-bind = "127.0.0.1:{port}"
-[[route]]
-pool = "big"
-[pool.big]
-servers = [{{ addr = "{big.addr}" }}]
-""", server={"workers": 1, "max_body_size": "0"})
+    fp = forkproxy_factory(one_pool(port, [big.addr], pool="big"),
+                           server={"workers": 1, "max_body_size": "0"})
     (worker,) = fp.wait_workers(1)
     requests.get(f"http://127.0.0.1:{port}/", timeout=10)  # warm the worker up
     before = _vm(worker, "VmRSS")
@@ -358,15 +345,8 @@ def test_response_hop_by_hop_headers_are_removed(site):
 def test_trusted_proxy_chains_are_kept(forkproxy_factory, backend_factory):
     b = backend_factory("b")
     port = free_port()
-    forkproxy_factory(f"""
-[[listener]]
-name = "web"
-bind = "127.0.0.1:{port}"
-[[route]]
-pool = "p"
-[pool.p]
-servers = [{{ addr = "{b.addr}" }}]
-""", server={"trusted_proxies": ["127.0.0.0/8"]})
+    forkproxy_factory(one_pool(port, [b.addr], pool="p"),
+                      server={"trusted_proxies": ["127.0.0.0/8"]})
     r = requests.get(f"http://127.0.0.1:{port}/echo", timeout=10,
                      headers={"X-Forwarded-For": "203.0.113.7", "X-Forwarded-Proto": "https"})
     names = {n.lower(): v for n, v in r.json()["headers"]}
@@ -387,16 +367,8 @@ def test_host_header_passes_unchanged_and_curl_sees_the_proxy(site):
 
 def _single_pool(forkproxy_factory, addr, **server):
     port = free_port()
-    fp = forkproxy_factory(f"""
-[[listener]]
-name = "web"
-bind = "127.0.0.1:{port}"
-[[route]]
-pool = "only"
-[pool.only]
-read_timeout = "1s"
-servers = [{{ addr = "{addr}" }}]
-""", server=server or None)
+    fp = forkproxy_factory(one_pool(port, [addr], 'read_timeout = "1s"', pool="only"),
+                           server=server or None)
     return fp, port
 
 

@@ -18,6 +18,7 @@ import stat
 import threading
 import time
 
+from support.configs import one_pool
 from support.procs import free_port, wait_until
 from support.rawhttp import Conn
 
@@ -25,18 +26,8 @@ from support.rawhttp import Conn
 def _site(forkproxy_factory, backend_factory, route_extra=""):
     b = backend_factory("b")
     port = free_port()
-    fp = forkproxy_factory(f"""
-[[listener]]
-name = "web"
-bind = "127.0.0.1:{port}"
-
-[[route]]
-pool = "p"
-{route_extra}
-
-[pool.p]
-servers = [{{ addr = "{b.addr}" }}]
-""", server={"workers": 1})
+    fp = forkproxy_factory(one_pool(port, [b.addr], route_extra=route_extra, pool="p"),
+                           server={"workers": 1})
     return fp, port, b
 
 
@@ -159,18 +150,9 @@ def test_an_idempotent_request_with_a_buffered_body_is_retried_on_another_server
     threading.Thread(target=drop, daemon=True).start()
     port = free_port()
     try:
-        forkproxy_factory(f"""
-[[listener]]
-name = "web"
-bind = "127.0.0.1:{port}"
-
-[[route]]
-pool = "p"
-
-[pool.p]
-servers = [{{ addr = "127.0.0.1:{dropper.getsockname()[1]}" }}, {{ addr = "{b.addr}" }}]
-max_fails = 0
-""", server={"workers": 1})
+        dropped = f"127.0.0.1:{dropper.getsockname()[1]}"
+        forkproxy_factory(one_pool(port, [dropped, b.addr], "max_fails = 0", pool="p"),
+                          server={"workers": 1})
         statuses = []
         for _ in range(4):
             with Conn(port) as c:

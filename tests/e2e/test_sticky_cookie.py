@@ -18,24 +18,14 @@ import requests
 import trustme
 
 from forkproxy.core.balance import sticky_token
+from support.configs import one_pool
 from support.procs import free_port, wait_until
 from support.runner import http_get
 
 
 def sticky_pool(port: int, backends, extra_listener: str = "") -> str:
-    servers = ", ".join(f'{{ addr = "{b.addr}" }}' for b in backends)
-    return f"""
-[[listener]]
-name = "web"
-bind = "127.0.0.1:{port}"
-{extra_listener}
-[[route]]
-pool = "app"
-
-[pool.app]
-servers = [{servers}]
-sticky = {{ cookie = "srv" }}
-"""
+    return one_pool(port, [b.addr for b in backends], 'sticky = { cookie = "srv" }', pool="app",
+                    listener_extra=extra_listener)
 
 
 def get(port: int, token: str | None = None, tls: bool = False):

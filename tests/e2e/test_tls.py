@@ -17,6 +17,7 @@ import pytest
 import trustme
 from cryptography import x509
 
+from support.configs import one_pool
 from support.procs import free_port, wait_until
 from support.runner import _child_env
 
@@ -75,18 +76,8 @@ def get(sock, path="/", host="a.example") -> tuple[int, dict, bytes]:
 
 
 def start(forkproxy_factory, backend, port, certs_toml, extra=""):
-    body = f"""
-[[listener]]
-name = "websecure"
-bind = "127.0.0.1:{port}"
-{certs_toml}
-{extra}
-[[route]]
-pool = "app"
-
-[pool.app]
-servers = [{{ addr = "{backend.addr}" }}]
-"""
+    body = one_pool(port, [backend.addr], pool="app", listener="websecure",
+                    listener_extra=f"{certs_toml}\n{extra}")
     return forkproxy_factory(body, ready=False).wait_ready(f"https://127.0.0.1:{port}/")
 
 

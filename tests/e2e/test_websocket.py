@@ -13,6 +13,7 @@ import sys
 
 import pytest
 
+from support.configs import one_pool
 from support.procs import Proc, free_port, wait_for_port, wait_until
 from support.rawhttp import Conn
 from support.runner import _child_env
@@ -68,20 +69,7 @@ def ws_servers(tmp_path):
 
 
 def config(port, servers, route_extra="", pool_extra="") -> str:
-    addrs = ", ".join(f'{{ addr = "{s.addr}" }}' for s in servers)
-    return f"""
-[[listener]]
-name = "web"
-bind = "127.0.0.1:{port}"
-
-[[route]]
-pool = "web"
-{route_extra}
-
-[pool.web]
-servers = [{addrs}]
-{pool_extra}
-"""
+    return one_pool(port, [s.addr for s in servers], pool_extra, route_extra)
 
 
 def ctl(fp, *args):

@@ -5,25 +5,27 @@ from __future__ import annotations
 import json
 
 
-def one_pool(port: int, servers, pool_extra: str = "", route_extra: str = "") -> str:
-    """One http listener "web" on 127.0.0.1:``port``, one route to pool "web".
+def one_pool(port: int, servers, pool_extra: str = "", route_extra: str = "", *,
+             pool: str = "web", listener: str = "web", listener_extra: str = "") -> str:
+    """One http listener ``listener`` on 127.0.0.1:``port``, one route to pool ``pool``.
 
     ``servers``: addresses, or inline tables as written in TOML (``'{ addr =
-    "...", weight = 2 }'``); ``pool_extra`` / ``route_extra``: more lines of
-    the pool / the route.
+    "...", weight = 2 }'``); ``pool_extra`` / ``route_extra`` /
+    ``listener_extra``: more lines of the pool / the route / the listener.
+    The pool comes last: lines appended to the text are the pool's.
     """
     entries = ", ".join(s if s.lstrip().startswith("{") else f'{{ addr = "{s}" }}'
                         for s in servers)
     return f"""
 [[listener]]
-name = "web"
+name = "{listener}"
 bind = "127.0.0.1:{port}"
-
+{listener_extra}
 [[route]]
-pool = "web"
+pool = "{pool}"
 {route_extra}
 
-[pool.web]
+[pool.{pool}]
 servers = [{entries}]
 {pool_extra}
 """
