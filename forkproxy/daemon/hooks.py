@@ -392,8 +392,12 @@ def build_runtime(ctx, log):
     from forkproxy.net.discovery import Discovery
 
     path = table_path(cfg)
+    # The title says "(checker)" for the worker that runs active checks, as before:
+    # not for the lock holder of a configuration without any.
+    checks = any(p.health is not None for p in cfg.pools)
     checker = Checker(ctx.table, [], leader, log, initial=cfg.server.initial_health,
-                      metrics=metrics, on_lead=lambda lead: set_title(ctx, checker=lead),
+                      metrics=metrics,
+                      on_lead=lambda lead: set_title(ctx, checker=lead and checks),
                       members_of=lambda t: table_targets(t, cfg),
                       housekeeping=[reclaimer(ctx.table, path, log),
                                     Discovery(ctx.table, path, cfg, log).job],
