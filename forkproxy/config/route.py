@@ -282,7 +282,7 @@ SETTINGS: tuple[Setting, ...] = (
             "window of the rate's unit (1 s for r/s, 1 min for r/m, 1 h for r/h) admitting "
             "N + burst - 1 requests, up to twice that around a window's edge. "
             "It costs one memcached round trip per request, bounded by cache.timeout "
-            "(measured with memcached on the same host: about 0.1 ms more than a node "
+            "(measured with memcached on the same host: 0.1 to 0.2 ms more than a node "
             "limit, bench/fleet.py); "
             "while memcached errors or is slow (the cache's breaker rules), or without "
             "cache.servers, each node applies the node limit instead and "
