@@ -44,11 +44,6 @@ def table_path(cfg: Config) -> str:
     return control.table_path(cfg.server.runtime_dir)
 
 
-def table_labels(cfg: Config) -> list[str]:
-    """One row per (pool, server): pools in file order, servers in list order."""
-    return [f"{p.name}/{s.addr}" for p in cfg.pools for s in p.servers]
-
-
 def build_table(cfg: Config, n_slots: int, generation: int, log=None):
     """Create the table for ``cfg`` at its path, carrying over the rows of servers that stay.
 
