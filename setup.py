@@ -30,6 +30,9 @@ setup(
         # Configured regexes (routes, deny rules, rewrites, health checks) run on
         # RE2: linear time whatever the pattern, so no request can freeze a worker.
         "google-re2>=1.1,<2",
+        # DNS discovery ({ dns = ... } and { srv = ... } servers): SRV records, TTLs
+        # and chosen resolvers, which the standard library's getaddrinfo cannot give.
+        "dnspython>=2.4,<3",
     ],
     extras_require={
         "test": [

@@ -9,6 +9,11 @@ operator action".  What lives here:
 - the shared table's reader/writer side: ``open_table``, ``close_table``,
   ``admin_lock`` (the master's ``create`` stays in ``daemon.shm``);
 - ``set_admin``: a server's admin state (drain, maint, ready) and weight;
+- servers that come and go: ``add_server``, ``remove_server`` (member
+  cells of the table, and the state file ``STATE_NAME`` that keeps them
+  across reloads and restarts, see ``core.members``), ``allocate_row`` and
+  ``reclaim`` (the rows of removed servers, freed once their in-flight
+  requests end), ``table_plan`` (the master's rows for a configuration);
 - the master's pid (``read_pid``, ``master_pid``) and signalling it
   (``signal_master``);
 - reload and wait: ``read_reload_status``, ``wait_reload``,
@@ -32,10 +37,13 @@ import json
 import mmap
 import os
 import time
+from dataclasses import replace
 
-from forkproxy.config import Config, ListenerConfig
+from forkproxy.config import Config, ListenerConfig, split_host_port
+from forkproxy.core.health import RiseFall
 from forkproxy.core.http1.targets import split_url
-from forkproxy.core.table import ADMIN_STATES, AdminRow, Table
+from forkproxy.core.members import Spec, empty_state, merge, record_add, record_remove
+from forkproxy.core.table import ADMIN_STATES, AdminRow, HealthRow, MemberRow, Table
 
 __all__ = [
     "DEFAULT_CONFIG", "TABLE_NAME", "CHECKER_LOCK_NAME", "RELOAD_STATUS_NAME", "ADMIN_STATES",
@@ -44,12 +52,22 @@ __all__ = [
     "open_table", "close_table", "admin_lock", "admin_lock_path", "set_admin", "parse_weight",
     "read_pid", "master_pid", "signal_master", "read_reload_status", "wait_reload",
     "reload_and_wait", "connect_address", "purge_through_listeners",
+    "STATE_NAME", "REMOVE_GRACE", "MAX_CONNS_MAX", "TableFull", "state_path", "read_state",
+    "write_state", "configured_specs", "table_plan", "members", "active_row", "first_health",
+    "allocate_row", "reclaim", "add_server", "remove_server", "sync_discovered",
 ]
 
 DEFAULT_CONFIG = "/etc/forkproxy/forkproxy.toml"
 TABLE_NAME = "health.tbl"
 CHECKER_LOCK_NAME = "checker.lock"
 RELOAD_STATUS_NAME = "reload.json"
+STATE_NAME = "servers.json"
+#: Seconds a removed server's row stays "removing" before it may be freed
+#: (once nothing is in flight to it): every worker re-reads members every
+#: ``net.pools.REFRESH`` (0.2 s), so by then none picks it any more.
+REMOVE_GRACE = 2.0
+#: Same bounds as the ``max_conns`` key of a pool's servers.
+MAX_CONNS_MAX = 100000
 #: Same bounds as the ``weight`` key of a pool's servers (1..1000).
 WEIGHT_MAX = 1000
 
@@ -64,6 +82,10 @@ class ControlError(Exception):
 
 class NoSuchServer(ControlError):
     """``set_admin``: no row for that pool and server (the message names what exists)."""
+
+
+class TableFull(ControlError):
+    """``add_server``: every row ``server.runtime_servers`` keeps is in use."""
 
 
 class NotRunning(ControlError):
@@ -158,12 +180,12 @@ def admin_lock(path: str, blocking: bool = True):
 
 def _find_row(table: Table, pool: str, server: str) -> int:
     """The row of ``pool/server``; NoSuchServer naming what exists when there is none."""
-    row = table.find(f"{pool}/{server}")
+    row = active_row(table, pool, server)
     if row is not None:
         return row
     known: dict[str, list[str]] = {}
-    for r in range(table.n_rows):
-        p, _, addr = table.label(r).partition("/")
+    for r, label, _ in members(table):
+        p, _, addr = label.partition("/")
         known.setdefault(p, []).append(addr)
     if pool not in known:
         raise NoSuchServer(f"no pool {pool!r} in the health table; pools: "
@@ -228,6 +250,277 @@ def parse_weight(text: str) -> int:
     if not 1 <= n <= WEIGHT_MAX:
         raise ValueError(f"expected 1..{WEIGHT_MAX} or 'config', got {n}")
     return n
+
+
+# -- servers that come and go --------------------------------------------------------
+
+
+def state_path(runtime_dir: str) -> str:
+    return os.path.join(runtime_dir, STATE_NAME)
+
+
+def read_state(runtime_dir: str) -> dict:
+    """The runtime changes kept in ``runtime_dir`` (``core.members``'s document).
+
+    An absent file is no change.  Raises ControlError for a file that is
+    not such a document (an operator's to look at: it is never overwritten
+    silently) and the ``OSError`` of reading it.
+    """
+    path = state_path(runtime_dir)
+    try:
+        with open(path, encoding="utf-8") as f:
+            data = json.load(f)
+    except FileNotFoundError:
+        return empty_state()
+    except ValueError as exc:
+        raise ControlError(f"{path}: not a forkproxy state file: {exc}") from None
+    if not isinstance(data, dict) or not isinstance(data.get("pools"), dict):
+        raise ControlError(f"{path}: not a forkproxy state file")
+    return data
+
+
+def write_state(runtime_dir: str, state: dict) -> None:
+    """Replace the state file (temp file, fsync, rename: never half written)."""
+    path = state_path(runtime_dir)
+    tmp = f"{path}.{os.getpid()}.tmp"
+    with open(tmp, "w", encoding="utf-8") as f:
+        json.dump(state, f, indent=2, sort_keys=True)
+        f.write("\n")
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+
+
+def configured_specs(cfg: Config) -> dict[str, list[Spec]]:
+    """Every pool's servers as the configuration file lists them."""
+    return {p.name: [Spec(s.addr, s.weight, s.backup, s.max_conns) for s in p.servers]
+            for p in cfg.pools}
+
+
+def table_plan(cfg: Config, state: dict) -> tuple[list[tuple[str, MemberRow]], dict, list[str]]:
+    """The master's rows for ``cfg`` with the runtime changes of ``state``.
+
+    Returns ``(rows, kept state, notes)``: first one row per configured
+    server, pools in file order and servers in list order (``net.listener``
+    counts on that order), free when removed at run time; then the servers
+    added at run time; then free rows up to ``server.runtime_servers`` rows
+    beyond the configured ones (the room for servers that come at run
+    time).  Each row is (label, member); serials start at 1.
+    """
+    pools, kept, notes = merge(configured_specs(cfg), state)
+    rows: list[tuple[str, MemberRow]] = []
+    extra: list[tuple[str, MemberRow]] = []
+    for name, entries in pools.items():
+        for spec, origin, active in entries:
+            m = MemberRow("active" if active else "free", origin, spec.weight, spec.backup,
+                          spec.max_conns, 1)
+            label = f"{name}/{spec.addr}" if active else ""
+            (rows if origin == "config" else extra).append((label, m))
+    room = cfg.server.runtime_servers
+    if len(extra) > room:
+        notes.append(f"server.runtime_servers = {room} leaves no room for {len(extra) - room} "
+                     "server(s) added at run time: not used (raise it and reload)")
+        extra = extra[:room]
+    return rows + extra + [("", MemberRow())] * (room - len(extra)), kept, notes
+
+
+def members(table: Table) -> list[tuple[int, str, MemberRow]]:
+    """(row, label, member) of every row that is not free, in row order.
+
+    A labelled row whose member cell was never written is a configured,
+    active server (a table made by ``set_label`` alone, as tests do).
+    """
+    out = []
+    for row in range(table.n_rows):
+        got = table.read_member(row)
+        if got is None:
+            label = table.label(row)
+            if label:
+                out.append((row, label, MemberRow("active", serial=1)))
+        elif got[1].state != "free" and got[0]:
+            out.append((row, got[0], got[1]))
+    return out
+
+
+def active_row(table: Table, pool: str, addr: str) -> int | None:
+    """The row of the active server ``addr`` of ``pool``, or None."""
+    want = f"{pool}/{addr}"
+    for row, label, m in members(table):
+        if label == want and m.state == "active":
+            return row
+    return None
+
+
+def first_health(cfg: Config, pool: str, now: float) -> HealthRow:
+    """The health a new row of ``pool`` starts with (as the master's rows do)."""
+    health = cfg.pool(pool).health
+    if health is None:
+        return HealthRow(state="up", last_change=now, reason="initial: no active checks")
+    return RiseFall(health.rise, health.fall, init_state=cfg.server.initial_health).initial(now)
+
+
+def reclaim(table: Table, now: float, grace: float = REMOVE_GRACE) -> list[str]:
+    """Free the rows of removed servers that nothing is in flight to, ``grace``
+    seconds after their removal; return their labels.  Admin lock held."""
+    freed = []
+    for row, label, m in members(table):
+        if m.state == "removing" and now - m.changed >= grace and table.inflight(row) == 0:
+            table.write_member(row, "", MemberRow("free", m.origin, serial=m.serial,
+                                                  changed=now))
+            freed.append(label)
+    return freed
+
+
+def allocate_row(table: Table, label: str, member: MemberRow, health: HealthRow,
+                 by: str, now: float) -> int:
+    """Put a server into a free row (after ``reclaim``); return the row.
+
+    Its health and admin cells start afresh (a reused row must not inherit
+    its last occupant's); ``member.serial`` is replaced by the row's next
+    one.  Admin lock held.  Raises TableFull.
+    """
+    if len(label.encode("utf-8")) > 64:
+        raise ControlError(f"{label!r}: pool and address are longer than the table's 64 bytes")
+    reclaim(table, now)
+    for row in range(table.n_rows):
+        got = table.read_member(row)
+        if got is not None and got[1].state == "free":
+            table.write_health(row, health)
+            table.write_admin(row, AdminRow("ready", 0, now, by))
+            table.write_member(row, label, MemberRow(
+                "active", member.origin, member.weight, member.backup, member.max_conns,
+                got[1].serial + 1, now))
+            return row
+    raise TableFull("the health table is full: every row server.runtime_servers keeps for "
+                    "servers that come at run time is in use (raise it and reload)")
+
+
+def _check_spec(cfg: Config, pool: str, spec: Spec) -> Spec | None:
+    """The configured entry of ``spec.addr`` in ``pool`` (None: not listed);
+    ControlError for an unknown pool or settings out of bounds."""
+    try:
+        p = cfg.pool(pool)
+    except KeyError:
+        raise NoSuchServer(f"no pool {pool!r} in the configuration; pools: "
+                           + (", ".join(q.name for q in cfg.pools) or "none")) from None
+    try:
+        split_host_port(spec.addr)
+    except ValueError as exc:
+        raise ControlError(f"server address {spec.addr!r}: {exc}") from None
+    if not 1 <= spec.weight <= WEIGHT_MAX:
+        raise ControlError(f"weight {spec.weight}: expected 1..{WEIGHT_MAX}")
+    if not 0 <= spec.max_conns <= MAX_CONNS_MAX:
+        raise ControlError(f"max_conns {spec.max_conns}: expected 0..{MAX_CONNS_MAX}")
+    for s in p.servers:
+        if s.addr == spec.addr:
+            return Spec(s.addr, s.weight, s.backup, s.max_conns)
+    return None
+
+
+@contextlib.contextmanager
+def _membership_change(path: str, runtime_dir: str):
+    """(writable table at ``path``, state document of ``runtime_dir``) with the
+    admin lock held, as ``set_admin`` takes them (nothing created when the
+    table is missing)."""
+    if not os.path.exists(path):
+        close_table(open_table(path))  # raises the reason (missing, no permission)
+    with admin_lock(path):
+        state = read_state(runtime_dir)
+        table = open_table(path, writable=True)
+        try:
+            yield table, state
+        finally:
+            close_table(table)
+
+
+def add_server(path: str, cfg: Config, pool: str, spec: Spec, *, by: str,
+               now: float | None = None) -> dict:
+    """Add ``spec`` to ``pool`` of the running forkproxy whose table is at ``path``.
+
+    Takes the admin lock, puts the server in a free row (every worker uses
+    it at its next refresh, health checks start for it), and records it in
+    the state file of ``cfg.server.runtime_dir``.  Returns ``{server, row,
+    changed}``.  Raises NoSuchServer (no such pool), ControlError (already
+    in the pool, bad settings), TableFull, and what opening the table raises.
+    """
+    now = time.time() if now is None else now
+    configured = _check_spec(cfg, pool, spec)
+    label = f"{pool}/{spec.addr}"
+    with _membership_change(path, cfg.server.runtime_dir) as (table, state):
+        if active_row(table, pool, spec.addr) is not None:
+            raise ControlError(f"{spec.addr} is already a server of pool {pool!r}")
+        row = allocate_row(table, label, MemberRow(origin="runtime", weight=spec.weight,
+                                                   backup=spec.backup, max_conns=spec.max_conns),
+                           first_health(cfg, pool, now), by, now)
+        write_state(cfg.server.runtime_dir, record_add(state, pool, spec, configured))
+    return {"server": label, "row": row, "changed": True}
+
+
+def remove_server(path: str, cfg: Config, pool: str, addr: str, *, by: str,
+                  now: float | None = None) -> dict:
+    """Remove ``addr`` from ``pool``: no new requests go to it, those in flight
+    finish, then its row is freed (``reclaim``, by the health checker's
+    process or the next ``add_server``).  Recorded in the state file.
+
+    Returns ``{server, row, changed}``.  Raises NoSuchServer, ControlError
+    for a server DNS discovery found (it would come back with the next
+    answer: drain or maint it instead), and what opening the table raises.
+    """
+    now = time.time() if now is None else now
+    with _membership_change(path, cfg.server.runtime_dir) as (table, state):
+        row = _find_row(table, pool, addr)
+        label, m = table.read_member(row)
+        if m.origin == "dns":
+            raise ControlError(f"{label} was found by DNS discovery and follows its "
+                               "answers: use drain or maint to keep it out")
+        table.write_member(row, label, MemberRow("removing", m.origin, m.weight, m.backup,
+                                                 m.max_conns, m.serial, now))
+        try:
+            configured = _check_spec(cfg, pool, Spec(addr))
+        except ControlError:
+            configured = None
+        write_state(cfg.server.runtime_dir, record_remove(state, pool, addr, configured))
+    return {"server": label, "row": row, "changed": True}
+
+
+def sync_discovered(table: Table, cfg: Config, pool: str, found: list[Spec], now: float
+                    ) -> tuple[list[str], list[str]]:
+    """Make ``pool``'s servers found by DNS discovery (origin "dns") the
+    ``found`` ones: new addresses take free rows, addresses no longer found
+    go to "removing" (their requests finish, ``reclaim`` frees the row),
+    changed weights or priorities are rewritten in place.  An address the
+    pool already has from the file or the runtime API is left to that entry.
+    Admin lock held.  Returns (added, removed) labels; raises TableFull
+    after adding what fitted.
+    """
+    want = {s.addr: s for s in found}
+    have = {}
+    taken = set()
+    for row, label, m in members(table):
+        p, _, addr = label.partition("/")
+        if p != pool or m.state != "active":
+            continue
+        if m.origin != "dns":
+            taken.add(addr)
+        else:
+            have[addr] = (row, m)
+    added, removed = [], []
+    for addr, (row, m) in have.items():
+        spec = want.get(addr)
+        if spec is None or addr in taken:
+            table.write_member(row, f"{pool}/{addr}", replace(m, state="removing", changed=now))
+            removed.append(f"{pool}/{addr}")
+        elif (spec.weight, spec.backup, spec.max_conns) != (m.weight, m.backup, m.max_conns):
+            table.write_member(row, f"{pool}/{addr}", replace(
+                m, weight=spec.weight, backup=spec.backup, max_conns=spec.max_conns))
+    for addr, spec in want.items():
+        if addr in have or addr in taken:
+            continue
+        allocate_row(table, f"{pool}/{addr}", MemberRow(
+            origin="dns", weight=spec.weight, backup=spec.backup, max_conns=spec.max_conns),
+            first_health(cfg, pool, now), "dns", now)
+        added.append(f"{pool}/{addr}")
+    return added, removed
 
 
 # -- the master process --------------------------------------------------------------

@@ -138,6 +138,7 @@ def test_status_json(env):
             "latency": pytest.approx(0.0034), "last_change": pytest.approx(now - 125),
             "reason": "2 successful checks, last: ok", "admin_changed": None,
             "admin_by": None, "passive_failures": 0, "passive_out": False,
+            "origin": "config", "member": "active",
         }
         assert web2["health"] == "down" and web2["last_result"] == "refused"
         (api,) = doc["pools"][1]["servers"]
@@ -432,7 +433,9 @@ def test_global_options_before_or_after_the_command(argv, config, as_json):
 # to ctl.COMMANDS without an entry here fails it.
 _COMMAND_ARGS = {"status": [], "drain": ["web", "s"], "maint": ["web", "s"], "ready": ["web", "s"],
                  "weight": ["web", "s", "2"], "metrics": [], "purge": ["http://a/x"],
-                 "reload": [], "explain": ["GET", "http://a/"]}
+                 "reload": [], "explain": ["GET", "http://a/"],
+                 "add-server": ["web", "10.0.0.9:80", "--weight", "2"],
+                 "remove-server": ["web", "10.0.0.9:80"]}
 
 
 @pytest.mark.parametrize("name", [c[0] for c in ctl.COMMANDS])
@@ -469,9 +472,9 @@ def test_help_exits_0(env):
 
 
 def test_ctl_imports_no_daemon_and_of_net_only_the_checker_lock_reader():
-    tree = ast.parse((ROOT / "forkproxy" / "ctl.py").read_text())
     names = set()
-    for node in ast.walk(tree):
+    for node in (n for path in sorted((ROOT / "forkproxy" / "ctl").glob("*.py"))
+                 for n in ast.walk(ast.parse(path.read_text()))):
         if isinstance(node, ast.ImportFrom) and node.module:
             names |= {f"{node.module}.{a.name}" for a in node.names}
         elif isinstance(node, ast.Import):

@@ -28,8 +28,9 @@ RULES = {
     # endpoint (net), forkproxy -s (cli), forkproxyctl and the master (daemon)
     # call them, so they reach down only.
     "control": ({"core", "config", "errors"}, set()),
+    # dns: dnspython, for DNS discovery (net.discovery).
     "net": ({"core", "config", "control", "errors", "logs"},
-            {"gevent", "pylibmc", "requests", "brotli"}),
+            {"gevent", "pylibmc", "requests", "brotli", "dns"}),
     "daemon": ({"net", "core", "config", "control", "errors", "logs"}, {"gunicorn", "setproctitle"}),
     # pylibmc: only -V, for the libmemcached version it was built with.
     "cli": ({"config", "control", "errors"}, {"pylibmc"}),

@@ -37,6 +37,9 @@ def _roff_text(text: str) -> list[str]:
 def _default_text(s: Setting) -> str:
     if s.required:
         return "required"
+    one_of = SECTION[s.section].one_of
+    if s.name in one_of:
+        return "one of " + ", ".join(one_of)
     if s.default is None:
         return "unset"
     v = s.default
@@ -134,13 +137,18 @@ def _sample_keys(sec: Section) -> list[str]:
             out += _sample_table(child)
             continue
         out += _comment(f"{child.key}: {child.help} Keys of each entry:")
+        one_of = ", ".join(child.one_of)
         for s in KEYS.get(child.path, []):
-            default = ("required" if s.required else "unset by default" if s.default is None
+            default = ("required" if s.required else f"each entry has one of {one_of}"
+                       if s.name in child.one_of else "unset by default" if s.default is None
                        else f"default {_toml(s.default)}")
             flags = ", ".join(x for x in (s.type, default) if x)
             out += _comment(f"{s.name} ({flags}): {s.help}", indent="  ")
-        required = [s for s in KEYS.get(child.path, []) if s.required]
-        full = [(s, _doc_value(s)) for s in KEYS.get(child.path, [])]
+        keys = KEYS.get(child.path, [])
+        # Of alternative keys, the first stands for them in the examples.
+        others = [s for s in keys if s.name in child.one_of[1:]]
+        required = [s for s in keys if s.required or child.one_of[:1] == (s.name,)]
+        full = [(s, _doc_value(s)) for s in keys if s not in others]
         if not child.required:  # an optional array: the whole example commented out
             out.append(f"#{child.key} = [{{ " + ", ".join(f"{s.name} = {_toml(v)}" for s, v in full)
                        + " }]")
@@ -148,6 +156,7 @@ def _sample_keys(sec: Section) -> list[str]:
         out.append(f"{child.key} = [")
         out.append("  { " + ", ".join(f"{s.name} = {_toml(s.example)}" for s in required) + " },")
         out.append("  #{ " + ", ".join(f"{s.name} = {_toml(v)}" for s, v in full) + " },")
+        out += [f"  #{{ {s.name} = {_toml(s.example)} }}," for s in others]
         out.append("]")
     return out
 

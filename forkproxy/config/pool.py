@@ -15,7 +15,7 @@ from forkproxy.config.parsers import (
     _regex, _retry_on, _secret_str, _status_ranges,
 )
 from forkproxy.config.schema import (
-    _RELOAD, REQUIRED, Derived, Path, Section, Setting, config_classes,
+    _RELOAD, LAST, Derived, Path, Section, Setting, config_classes,
 )
 from forkproxy.config.units import _is_ip, _quote, split_host_port
 from forkproxy.net.tls_contexts import TlsFileError, check_ca_file
@@ -36,20 +36,38 @@ SECTIONS: tuple[Section, ...] = (
         server out of rotation for ``fail_timeout``; ``max_fails`` 0 disables
         them.  ``slow_start`` seconds (0: off) ramp a returning server's weight.
         """,
-        derived=(Derived("name"),),
+        derived=(Derived("name"), Derived("discover", after=LAST, default=())),
     ),
     Section(
         "pool.servers",
         "array",
         "servers = [{ ... }]",
         "The servers of the pool, as an array of inline tables "
-        'such as { addr = "10.0.0.11:8080", weight = 2 }. '
-        "At least one is required.",
+        'such as { addr = "10.0.0.11:8080", weight = 2 }, '
+        'or entries that DNS discovery expands: { dns = "app.internal:8080" } (every A and '
+        'AAAA address of the name, on that port) and { srv = "_http._tcp.app.service.consul" } '
+        "(the targets, ports and weights of the SRV records; targets of the lowest priority "
+        "are the primaries, the others backups). "
+        "The process that runs the health checks resolves them against server.resolvers, "
+        "again when the TTL of the answer runs out (within server.dns_min_ttl and "
+        "server.dns_max_ttl), and adds and removes servers as the answers change, through "
+        "the health table, with no reload; active checks start for new addresses. "
+        "A failed or empty answer keeps the servers of the last good one. "
+        "Until the first answer, a pool whose servers are all discovered has none. "
+        "At least one entry is required.",
         required=True,
         need='the pool has no servers: add at least one { addr = "HOST:PORT" }',
         cls="ServerEntry",
-        doc="""One member of a pool's ``servers`` array.""",
-        derived=(Derived("host", after="addr"), Derived("port", after="addr")),
+        doc="""One member of a pool's ``servers`` array.
+
+        A pool's ``servers`` holds only ``addr`` entries; its ``dns`` and
+        ``srv`` entries are its ``discover`` (their ``addr``, ``host`` and
+        ``port`` are None, but a dns entry's ``host`` and ``port``).
+        """,
+        derived=(Derived("host", after="addr", default=None),
+                 Derived("port", after="addr", default=None)),
+        one_of=("addr", "dns", "srv"),
+        also="discover",
     ),
     Section(
         "pool.tls",
@@ -257,9 +275,10 @@ SETTINGS: tuple[Setting, ...] = (
             '"0s" disables it.',
             _RELOAD, _duration(True), _r_duration),
     # servers = [{ ... }]
-    Setting("pool.servers", "addr", '"HOST:PORT" or "[IPv6]:PORT"', REQUIRED,
+    Setting("pool.servers", "addr", '"HOST:PORT" or "[IPv6]:PORT"', None,
             "Address of the server. The port is required. Each address once per pool "
-            "(a name that does not resolve is only a warning of forkproxy -t).",
+            "(a name that does not resolve is only a warning of forkproxy -t). "
+            "Each entry has exactly one of addr, dns and srv.",
             _RELOAD, _addr, example="127.0.0.1:8080"),
     Setting("pool.servers", "weight", "integer 1..1000", 1,
             "Relative share of requests the server receives.",
@@ -274,6 +293,15 @@ SETTINGS: tuple[Setting, ...] = (
             "a few requests. "
             "0: no limit.",
             _RELOAD, _int(0, 100000)),
+    Setting("pool.servers", "dns", '"NAME:PORT"', None,
+            "DNS discovery: one server per A and AAAA address of NAME, on PORT, each with "
+            "this entry's weight, backup and max_conns.",
+            _RELOAD, _addr, example="app.internal:8080"),
+    Setting("pool.servers", "srv", "DNS name", None,
+            "DNS discovery: one server per address of each target of the SRV records of "
+            "this name, on the record's port; its weight is the record's (1..1000), it is a "
+            "backup unless its priority is the lowest; max_conns is this entry's.",
+            _RELOAD, _nonempty_str, example="_http._tcp.app.service.consul"),
     # tls = { ... } of a pool
     Setting("pool.tls", "verify", "boolean", True,
             "Check the server's certificate against ca and the name sni. "
@@ -410,9 +438,11 @@ def _build_pool(values: dict, path: Path, err) -> PoolConfig | None:
         err(path + ("health",), 'HTTP checks are sent without TLS: a pool with tls needs '
             'health = { type = "tcp", ... }')
         return None
-    if _duplicate_servers(values["servers"], path, err):
+    servers = tuple(s for s in values["servers"] if s.addr is not None)
+    if _duplicate_servers(servers, path, err):
         return None
-    return PoolConfig(name=path[-1], **values)
+    return PoolConfig(name=path[-1], **{**values, "servers": servers},
+                      discover=tuple(s for s in values["servers"] if s.addr is None))
 
 
 def _duplicate_servers(servers: tuple, path: Path, err) -> bool:
@@ -435,8 +465,14 @@ def _duplicate_servers(servers: tuple, path: Path, err) -> bool:
     return found
 
 
-def _build_server_entry(values: dict, path: Path, err) -> ServerEntry:
-    host, port = split_host_port(values["addr"])
+def _build_server_entry(values: dict, path: Path, err) -> ServerEntry | None:
+    given = [k for k in ("addr", "dns", "srv") if values.get(k) is not None]
+    if len(given) != 1:
+        err(path, "a server has exactly one of addr, dns and srv"
+            + (f" (this one has {' and '.join(given)})" if given else ""))
+        return None
+    host, port = split_host_port(values["addr"] or values["dns"]) if values["srv"] is None \
+        else (None, None)
     return ServerEntry(host=host, port=port, **values)
 
 

@@ -65,6 +65,8 @@ def _dump_table(sec: Section, obj: Any, secrets: bool) -> list[str]:
             out.append(f"{s.name} = {_toml(v)}")
     for child in CHILDREN.get(sec.path, []):
         v = getattr(obj, child.key)
+        if child.also:
+            v = tuple(v) + tuple(getattr(obj, child.also))
         if child.kind == "array":
             out.append(f"{child.key} = [")
             out.extend(f"  {_inline(child, item, secrets)}," for item in v)

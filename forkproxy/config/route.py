@@ -9,7 +9,7 @@ builders that check a table's keys together with the code that runs them.
 from __future__ import annotations
 
 from forkproxy.config.parsers import (
-    _access_list, _bool, _cookie_name, _duration, _error_pages, _header_names, _header_table,
+    _access_list, _bool, _cookie_name, _duration, _enum, _error_pages, _header_names, _header_table,
     _header_value, _hsts, _int, _listener_names, _media_types, _methods, _methods_or_none, _name,
     _nonempty_str, _prefix, _protocol_names, _r_duration, _r_error_pages, _r_list,
     _r_opt_duration, _r_opt_list, _r_size, _r_table, _rate, _rate_key, _regex, _route_host,
@@ -275,6 +275,19 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("route.rate_limit", "burst", "integer 1..1000000", 1,
             "Requests a full bucket admits at once.",
             _RELOAD, _int(1, 1000000)),
+    Setting("route.rate_limit", "scope", '"node" or "fleet"', "node",
+            '"node": the token bucket above, in this forkproxy\'s shared memory. '
+            '"fleet": one count per key shared by every forkproxy using the same '
+            "cache.servers (memcached), for routes with the same index and rate: a fixed "
+            "window of the rate's unit (1 s for r/s, 1 min for r/m, 1 h for r/h) admitting "
+            "N + burst - 1 requests, up to twice that around a window's edge. "
+            "It costs one memcached round trip per request, bounded by cache.timeout "
+            "(measured with memcached on the same host: 0.1 to 0.2 ms more than a node "
+            "limit, bench/fleet.py); "
+            "while memcached errors or is slow (the cache's breaker rules), or without "
+            "cache.servers, each node applies the node limit instead and "
+            "forkproxyctl status says so.",
+            _RELOAD, _enum("scope", ("node", "fleet"))),
     Setting("route.rate_limit", "keys", "integer 16..10000000", 10000,
             "Keys each worker tracks (32 bytes per key and worker slot).",
             _RELOAD, _int(16, 10000000)),

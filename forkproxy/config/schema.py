@@ -91,6 +91,12 @@ class Section:
     cls: str = ""
     doc: str = field(default="", repr=False)
     derived: tuple[Derived, ...] = field(default=(), repr=False)
+    # An array whose entries each have exactly one of these keys (the
+    # builder checks it; the sample shows one entry per key).
+    one_of: tuple[str, ...] = ()
+    # The parent's field that holds the rest of this array's entries, when
+    # its builder splits them (a pool's discover: the dns and srv servers).
+    also: str = ""
 
     @property
     def key(self) -> str:

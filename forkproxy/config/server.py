@@ -11,6 +11,7 @@ from forkproxy.config.parsers import (
     _r_size, _secret_str, _size, _workers,
 )
 from forkproxy.config.schema import _RELOAD, _RESTART, Section, Setting, config_classes
+from forkproxy.config.units import Invalid, split_host_port
 
 SECTIONS: tuple[Section, ...] = (
     Section(
@@ -22,6 +23,29 @@ SECTIONS: tuple[Section, ...] = (
         doc="""The ``[server]`` table: process-wide settings.""",
     ),
 )
+
+def _resolvers(value) -> tuple[str, ...]:
+    """An array of "IP" or "IP:PORT" ("[IPv6]:PORT"), each an IP address."""
+    import ipaddress
+
+    if not isinstance(value, list):
+        raise Invalid('expected an array of "IP" or "IP:PORT" strings')
+    out = []
+    for v in value:
+        if not isinstance(v, str):
+            raise Invalid('expected an array of "IP" or "IP:PORT" strings')
+        try:
+            ipaddress.ip_address(v)
+            host = v
+        except ValueError:
+            host, _ = split_host_port(v)
+        try:
+            ipaddress.ip_address(host)
+        except ValueError:
+            raise Invalid(f"{v!r}: a resolver is an IP address, not a name") from None
+        out.append(v)
+    return tuple(out)
+
 
 SETTINGS: tuple[Setting, ...] = (
     Setting("server", "workers", 'integer 1..1024 or "auto"', "auto",
@@ -132,8 +156,19 @@ SETTINGS: tuple[Setting, ...] = (
             "Directory for the shared health table, lock files, the reload status, "
             "sticky.key (the random key of sticky cookies of pools without sticky.secret) "
             "and (in body/, private to the workers) request bodies larger than a route's "
-            "request_buffer_memory.",
+            "request_buffer_memory; and servers.json, the servers added and removed at run "
+            "time (forkproxyctl add-server, remove-server), kept across reloads and restarts.",
             _RESTART, _nonempty_str),
+    Setting("server", "runtime_servers", "integer 0..10000", 64,
+            "Rows of the health table kept for servers that come at run time, over all "
+            "pools: those added with forkproxyctl add-server (or the admin endpoint) and "
+            "those DNS discovery finds. "
+            "Each row costs 320 + 64 x (2 x workers, at least 8) bytes of shared memory. "
+            "When every row is in use, add-server fails with \"the health table is full\" "
+            "and DNS discovery keeps the servers it has (it logs the error); "
+            "the row of a removed server is freed once its requests in flight have ended. "
+            "A reload applies a change.",
+            _RELOAD, _int(0, 10000)),
     Setting("server", "user", "user name", None,
             "User the workers switch to after the master has bound the listeners, with "
             "its supplementary groups and, unless group is set, its primary group. "
@@ -222,6 +257,20 @@ SETTINGS: tuple[Setting, ...] = (
             "rebinding) cannot read /status, /metrics or /explain from a browser. "
             "The port of the Host is not compared (an SSH tunnel changes it).",
             _RELOAD, _host_names, _r_list, example=["forkproxy-admin.internal"]),
+    # DNS discovery: { dns = "NAME:PORT" } and { srv = "NAME" } servers of pools
+    Setting("server", "resolvers", 'array of "IP" or "IP:PORT"', [],
+            "DNS servers that resolve the dns and srv entries of pools' servers "
+            "(port 53 unless given). "
+            "Empty: the system's, from /etc/resolv.conf.",
+            _RELOAD, _resolvers, _r_list, example=["10.0.0.2", "127.0.0.1:8600"]),
+    Setting("server", "dns_min_ttl", "duration", "1s",
+            "Shortest time between two resolutions of a dns or srv entry, whatever the "
+            "TTL of the answer; also the time before a failed resolution is tried again.",
+            _RELOAD, _duration(False), _r_duration),
+    Setting("server", "dns_max_ttl", "duration", "5m",
+            "Longest time between two resolutions of a dns or srv entry, whatever the "
+            "TTL of the answer.",
+            _RELOAD, _duration(False), _r_duration),
 )
 
 CLASSES = config_classes(SECTIONS, SETTINGS, __name__)

@@ -107,6 +107,23 @@ def parse_rate(text: str) -> float:
     return float(m.group(1)) / _PER[m.group(2)]
 
 
+def fleet_window(text: str, burst: int, now: float) -> tuple[int, int, float]:
+    """(window number, requests allowed in it per key, when it ends) of a fleet
+    limit (``scope = "fleet"``, counted in memcached by every node).
+
+    A fixed window of the rate's unit (1 s for "Nr/s", 1 min for "Nr/m", 1 h
+    for "Nr/h"), epoch-aligned so that every node names the same window,
+    admitting N + burst - 1 requests (at least 1).  Coarser than the
+    per-node token bucket: up to twice that around a window's edge.
+    ``ValueError`` for a rate ``parse_rate`` refuses.
+    """
+    parse_rate(text)
+    m = _RATE.fullmatch(text)
+    width = _PER[m.group(2)]
+    window = int(now // width)
+    return window, max(1, int(float(m.group(1))) + burst - 1), (window + 1) * width
+
+
 class RateLimiter:
     """One route's limiter over ``buf``; see the module docstring."""
 

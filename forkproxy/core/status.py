@@ -13,7 +13,7 @@ import contextlib
 
 from forkproxy.core.health import ejected
 from forkproxy.core.metrics import CLASSES
-from forkproxy.core.table import Table
+from forkproxy.core.table import MemberRow, Table
 
 __all__ = ["snapshot", "traffic"]
 
@@ -55,9 +55,14 @@ def snapshot(table: Table, cfg, now: float,
                 after the last check if it succeeded),
             passive_out (out of rotation by passive checks: max_fails
                 reached, within max_ejection_percent; a pool of one
-                server is never out, but its failures count)}]}]}
+                server is never out, but its failures count),
+            origin ("config" | "runtime": added by forkproxyctl add-server
+                or the admin endpoint | "dns": found by DNS discovery),
+            member ("active" | "removing": removed, its requests in
+                flight not all ended yet)}]}]}
 
-    Pools and servers are in table order (config order). Rows are read
+    Pools and servers are in table order (config order, then servers that
+    came at run time); free rows are left out. Rows are read
     under the table's seqlocks; nothing is written. ``master_pid`` is None
     here; ``main`` fills it in from the pidfile.
     """
@@ -65,7 +70,13 @@ def snapshot(table: Table, cfg, now: float,
     by_name: dict[str, dict] = {}
     settings: dict[str, tuple] = {}
     for row in range(table.n_rows):
-        label = table.label(row)
+        got = table.read_member(row)
+        if got is None:  # a table made by set_label alone: configured rows
+            label, member = table.label(row), MemberRow("active")
+        else:
+            label, member = got
+        if member.state == "free" or not label:
+            continue
         pool_name, _, addr = label.partition("/")
         entry = by_name.get(pool_name)
         if entry is None:
@@ -79,6 +90,7 @@ def snapshot(table: Table, cfg, now: float,
         # workers apply the same rule, see net.pools): count only windows
         # opened after it, as far as the row still shows it.
         since = h.last_check if h is not None and h.state == "up" and h.failures == 0 else 0.0
+        since = max(since, member.changed)  # a reused row's older failures are not its own
         fails = table.passive_failures(row, now, fail_timeout, since=since)
         checked = h is not None and h.last_check > 0
         entry["servers"].append({
@@ -97,12 +109,15 @@ def snapshot(table: Table, cfg, now: float,
             "admin_by": a.by or None,
             "passive_failures": fails,
             "passive_out": False,  # below, once the pool's rows are all read
+            "origin": member.origin,
+            "member": member.state,
         })
     for entry in pools:  # the workers' rule (net.pools), from the same table
         max_fails, _, max_percent, _ = settings[entry["name"]]
         servers = entry["servers"]
         out = ejected([s["passive_failures"] for s in servers],
-                      [s["health"] != "down" and s["admin"] == "ready" for s in servers],
+                      [s["health"] != "down" and s["admin"] == "ready"
+                       and s["member"] == "active" for s in servers],
                       max_fails, max_percent)
         for s, o in zip(servers, out):
             s["passive_out"] = o

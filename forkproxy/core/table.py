@@ -10,12 +10,14 @@ Layout (all offsets multiples of 8, native byte order: the file is a
 per-host runtime artefact, never shipped between machines)::
 
     header   64 bytes   magic "FPXTABLE", layout version, header size,
-                        generation, n_rows, n_slots, row size
-    row i    256 + 64 * n_slots bytes, at 64 + i * row_size
-      +0     label      64 bytes  "pool/addr", written by the master before fork
+                        generation, n_rows, n_slots, row size; at +40 the
+                        membership version (u64, see below)
+    row i    320 + 64 * n_slots bytes, at 64 + i * row_size
+      +0     label      64 bytes  "pool/addr" ("" for a free row)
       +64    health     128 bytes seqlock cell, written only by the checker
       +192   admin      64 bytes  seqlock cell, written only under the admin lock
-      +256   slot j     64 bytes  per worker slot, written only by its owner:
+      +256   member     64 bytes  seqlock cell, written only under the admin lock
+      +320   slot j     64 bytes  per worker slot, written only by its owner:
                         inflight i64, passive fail count u64, window start f64,
                         requests u64, bytes_in u64, bytes_out u64, 2 x reserved
 
@@ -58,6 +60,18 @@ the same lock while it copies rows into the next generation's table, so an
 admin change is never lost across a reload (writers open the table *after*
 taking the lock, and the master renames the new table in before releasing it).
 
+Membership (layout 2): servers come and go at run time (``forkproxyctl
+add-server``, DNS discovery), so a row is a place a server may occupy. Its
+member cell says whether it is ``active``, ``removing`` (no new requests;
+in-flight ones finish) or ``free``, where the server came from (``config``,
+``runtime``, ``dns``), its weight, backup flag and max_conns, and a
+``serial`` bumped every time the row is given to a server, so a worker can
+tell a reused row from the server it knew. The member cell's CRC also covers
+the row's label, which is written just before it: a reader that accepts the
+cell has the label that goes with it. Every membership write bumps the
+header's membership version, so workers re-read members only after a change.
+Member cells are written only under the admin lock (``forkproxy.control``).
+
 Strings are fixed-size, NUL padded, truncated on a UTF-8 character boundary.
 
 A ``Table`` holds memoryviews of its buffer: call ``release()`` before
@@ -83,10 +97,13 @@ __all__ = [
     "copy_rows",
     "HEALTH_STATES",
     "ADMIN_STATES",
+    "MemberRow",
+    "MEMBER_STATES",
+    "ORIGINS",
 ]
 
 MAGIC = b"FPXTABLE"
-LAYOUT_VERSION = 1
+LAYOUT_VERSION = 2
 
 # Header: magic, version, header size, generation, n_rows, n_slots, row size.
 _HEADER = struct.Struct("@8sIIQIII")
@@ -110,6 +127,15 @@ _ADMIN_BODY = struct.Struct(f"@B3xI d{_BY_SIZE}s")
 _ADMIN_SIZE = 64
 _ADMIN_BODY_OFF = 16
 
+# Member cell (64 bytes): seq, crc, state, origin, backup, weight, max_conns,
+# serial, changed. CRC over the body and the row's label.
+_MEMBER_BODY = struct.Struct("@BBBxIIId")
+_MEMBER_SIZE = 64
+_MEMBER_BODY_OFF = 16
+
+# Header offset of the membership version (u64), after the packed header.
+_OFF_MEMBERS_VERSION = 40
+
 # Per-slot columns (64 bytes), each an aligned 8-byte cell.
 _SLOT_SIZE = 64
 _S_INFLIGHT, _S_FAILS, _S_WINDOW, _S_REQUESTS, _S_BYTES_IN, _S_BYTES_OUT = 0, 8, 16, 24, 32, 40
@@ -117,15 +143,20 @@ _S_INFLIGHT, _S_FAILS, _S_WINDOW, _S_REQUESTS, _S_BYTES_IN, _S_BYTES_OUT = 0, 8,
 _OFF_LABEL = 0
 _OFF_HEALTH = _OFF_LABEL + _LABEL_SIZE
 _OFF_ADMIN = _OFF_HEALTH + _HEALTH_SIZE
-_OFF_SLOTS = _OFF_ADMIN + _ADMIN_SIZE
+_OFF_MEMBER = _OFF_ADMIN + _ADMIN_SIZE
+_OFF_SLOTS = _OFF_MEMBER + _MEMBER_SIZE
 
 assert _HEADER.size <= HEADER_SIZE
 assert _HEALTH_BODY_OFF + _HEALTH_BODY.size <= _HEALTH_SIZE
 assert _ADMIN_BODY_OFF + _ADMIN_BODY.size <= _ADMIN_SIZE
+assert _MEMBER_BODY_OFF + _MEMBER_BODY.size <= _MEMBER_SIZE
+assert _HEADER.size <= _OFF_MEMBERS_VERSION
 
 # Codes on disk. 0 means "never written" in both cells.
 HEALTH_STATES = ("up", "down")
 ADMIN_STATES = ("ready", "drain", "maint")
+MEMBER_STATES = ("active", "removing", "free")
+ORIGINS = ("config", "runtime", "dns")
 _HEALTH_CODE = {s: i + 1 for i, s in enumerate(HEALTH_STATES)}
 _ADMIN_CODE = {s: i + 1 for i, s in enumerate(ADMIN_STATES)}
 
@@ -174,6 +205,21 @@ class AdminRow:
     weight: int = 0
     changed: float = 0.0
     by: str = ""
+
+
+@dataclass(frozen=True)
+class MemberRow:
+    """Who occupies a row: ``state`` one of MEMBER_STATES, ``origin`` one of
+    ORIGINS, the server's settings, ``serial`` (bumped at every allocation
+    of the row) and ``changed`` (epoch seconds of the last state change)."""
+
+    state: str = "free"
+    origin: str = "config"
+    weight: int = 1
+    backup: bool = False
+    max_conns: int = 0
+    serial: int = 0
+    changed: float = 0.0
 
 
 @dataclass(frozen=True)
@@ -253,6 +299,7 @@ class Table:
         _, self._u64, self._i64, self._f64 = self._views
         self._last_health: dict[int, HealthRow] = {}
         self._last_admin: dict[int, AdminRow] = {}
+        self._last_member: dict[int, tuple[str, MemberRow]] = {}
 
     def release(self) -> None:
         """Drop this view's hold on the buffer (needed before ``mmap.close``)."""
@@ -395,6 +442,59 @@ class Table:
             raise ValueError(f"weight {a.weight} out of range")
         body = _ADMIN_BODY.pack(_ADMIN_CODE[a.state], a.weight, a.changed, _enc(a.by, _BY_SIZE))
         self._seq_write(self._row(row) + _OFF_ADMIN, _ADMIN_BODY_OFF, body)
+
+    # -- membership -----------------------------------------------------------------
+
+    @property
+    def members_version(self) -> int:
+        """Bumped by every ``write_member``: re-read members when it moved."""
+        return self._u64[_OFF_MEMBERS_VERSION // 8]
+
+    def read_member(self, row: int, tries: int = READ_TRIES) -> tuple[str, MemberRow] | None:
+        """(label, member) of the row, consistent with each other; None if the
+        cell was never written, or stays locked past ``tries`` with no good copy."""
+        off = self._row(row)
+        u64, i = self._u64, (off + _OFF_MEMBER) // 8
+        for _ in range(max(1, tries)):
+            s1 = u64[i]
+            if s1 == 0:
+                return None
+            if s1 % 2:
+                continue
+            crc = _CRC.unpack_from(self.buf, off + _OFF_MEMBER + 8)[0]
+            label = self._get(off + _OFF_LABEL, _LABEL_SIZE)
+            body = self._get(off + _OFF_MEMBER + _MEMBER_BODY_OFF, _MEMBER_BODY.size)
+            if u64[i] == s1 and zlib.crc32(label + body) == crc:
+                state, origin, backup, weight, max_conns, serial, changed = _MEMBER_BODY.unpack(body)
+                m = MemberRow(
+                    state=MEMBER_STATES[state - 1] if 1 <= state <= len(MEMBER_STATES) else "free",
+                    origin=ORIGINS[origin - 1] if 1 <= origin <= len(ORIGINS) else "config",
+                    weight=weight, backup=bool(backup), max_conns=max_conns, serial=serial,
+                    changed=changed)
+                self._last_member[row] = (_dec(label), m)
+                return self._last_member[row]
+        return self._last_member.get(row)
+
+    def write_member(self, row: int, label: str, m: MemberRow) -> None:
+        """Set the row's label and member cell, then bump the membership version.
+
+        Callers must hold the admin lock (or be the master building the table).
+        """
+        off = self._row(row)
+        i = (off + _OFF_MEMBER) // 8
+        seq = self._u64[i]
+        seq = seq + 1 if seq % 2 == 0 else seq + 2
+        self._seq_begin(off + _OFF_MEMBER, seq)
+        raw = _enc(label, _LABEL_SIZE).ljust(_LABEL_SIZE, b"\0")
+        body = _MEMBER_BODY.pack(MEMBER_STATES.index(m.state) + 1, ORIGINS.index(m.origin) + 1,
+                                 int(m.backup), m.weight, m.max_conns, m.serial & _U32_MAX,
+                                 m.changed)
+        self._put(off + _OFF_LABEL, raw)
+        self._put(off + _OFF_MEMBER + _MEMBER_BODY_OFF, body)
+        _CRC.pack_into(self.buf, off + _OFF_MEMBER + 8, zlib.crc32(raw + body))
+        self._seq_end(off + _OFF_MEMBER, seq + 1)
+        v = _OFF_MEMBERS_VERSION // 8
+        self._u64[v] = (self._u64[v] + 1) & _U64_MASK
 
     # -- per-slot columns ----------------------------------------------------------
 

@@ -29,12 +29,12 @@ import mmap
 import os
 import signal
 import time
+from dataclasses import replace
 
 from forkproxy import control
 from forkproxy.config import Config
 from forkproxy.core.epochs import Epochs
-from forkproxy.core.health import RiseFall
-from forkproxy.core.table import HealthRow, copy_rows
+from forkproxy.core.table import copy_rows
 from forkproxy.daemon import shm
 
 STICKY_KEY_NAME = "sticky.key"
@@ -44,12 +44,7 @@ def table_path(cfg: Config) -> str:
     return control.table_path(cfg.server.runtime_dir)
 
 
-def table_labels(cfg: Config) -> list[str]:
-    """One row per (pool, server): pools in file order, servers in list order."""
-    return [f"{p.name}/{s.addr}" for p in cfg.pools for s in p.servers]
-
-
-def build_table(cfg: Config, n_slots: int, generation: int):
+def build_table(cfg: Config, n_slots: int, generation: int, log=None):
     """Create the table for ``cfg`` at its path, carrying over the rows of servers that stay.
 
     ``generation``: the master's generation number (``daemon.arbiter``).
@@ -60,39 +55,64 @@ def build_table(cfg: Config, n_slots: int, generation: int):
     endpoint opens both for writing.  Rows of
     new servers start as ``server.initial_health`` says (pools with active
     checks) or up (pools without: only passive checks apply to them).
+    The rows are ``control.table_plan``'s: the configured servers, then
+    those added at run time (the state file, whose records the
+    configuration overrides are dropped from it, with a warning on ``log``),
+    then free rows for more.
     """
     path = table_path(cfg)
-    labels = table_labels(cfg)
     owner = _owner(cfg.server)
     with shm.admin_lock(path):
         if owner is not None:
             os.chown(shm.admin_lock_path(path), *owner)
         try:
+            state = control.read_state(cfg.server.runtime_dir)
+        except (control.ControlError, OSError) as exc:
+            if log is not None:
+                log.error("ignoring the servers added or removed at run time: %s",
+                          getattr(exc, "message", exc))
+            state = None
+        rows, kept, notes = control.table_plan(cfg, state or {})
+        for note in notes:
+            if log is not None:
+                log.warning("%s", note)
+        if state is not None and kept != state and (state.get("pools") or kept["pools"]):
+            control.write_state(cfg.server.runtime_dir, kept)
+        try:
             old = shm.open_table(path, writable=False)
         except (OSError, ValueError):
             old = None
-        mm, table = shm.create(path, len(labels), n_slots, generation, labels=labels,
-                               owner=owner)
+        mm, table = shm.create(path, len(rows), n_slots, generation, owner=owner)
         now = time.time()
-        row = 0
-        for pool in cfg.pools:
-            if pool.health is not None:
-                first = RiseFall(pool.health.rise, pool.health.fall,
-                                 init_state=cfg.server.initial_health).initial(now)
-            else:
-                first = HealthRow(state="up", last_change=now, reason="initial: no active checks")
-            for _ in pool.servers:
-                table.write_health(row, first)
-                row += 1
+        for row, (label, member) in enumerate(rows):
+            table.write_member(row, label, replace(member, changed=now))
+            if member.state == "active":
+                table.write_health(row, control.first_health(cfg, label.partition("/")[0], now))
         if old is not None:
+            _carry_discovered(cfg, old, table, now, log)
+            new_rows = {label: row for row, label, m in control.members(table)}
             mapping = {}
-            for i in range(old.n_rows):
-                j = table.find(old.label(i))
-                if j is not None:
-                    mapping[i] = j
+            for i, label, m in control.members(old):
+                if m.state == "active" and label in new_rows:
+                    mapping[i] = new_rows[label]
             copy_rows(old, table, mapping)
             shm.close_table(old)
     return mm, table
+
+
+def _carry_discovered(cfg: Config, old, table, now: float, log) -> None:
+    """Give the servers DNS discovery found for pools that still discover
+    rows in the new table: until the next answer, they are the last known set."""
+    discovering = {p.name for p in cfg.pools if p.discover}
+    for _, label, m in control.members(old):
+        if m.origin == "dns" and m.state == "active" and label.partition("/")[0] in discovering:
+            try:
+                control.allocate_row(table, label, m, control.first_health(
+                    cfg, label.partition("/")[0], now), "dns", now)
+            except control.TableFull as exc:
+                if log is not None:
+                    log.error("servers found by DNS not all kept: %s", exc.message)
+                return
 
 
 def sticky_key(runtime_dir: str) -> bytes:
@@ -239,7 +259,7 @@ def on_starting(arbiter) -> None:
     # Slots for TTIN headroom; a worker beyond them runs without a slot.
     st.n_slots = max(8, 2 * cfg.server.workers)
     st.slots = set()
-    st.table_map, st.table = build_table(cfg, st.n_slots, st.generation)
+    st.table_map, st.table = build_table(cfg, st.n_slots, st.generation, arbiter.log)
     st.edge = build_edge(cfg, st.n_slots, None)
     st.metrics = build_metrics(cfg, st.n_slots, None)
     # The cache's change counters (core.epochs): one buffer for the master's
@@ -270,7 +290,7 @@ def on_reload(arbiter) -> None:
             arbiter.log.error("keeping the previous access log: %s", exc)
     st.n_slots = max(st.n_slots, 2 * cfg.server.workers)
     # The old mapping stays alive in the old workers until they exit.
-    st.table_map, st.table = build_table(cfg, st.n_slots, st.generation)
+    st.table_map, st.table = build_table(cfg, st.n_slots, st.generation, arbiter.log)
     st.edge = build_edge(cfg, st.n_slots, st.edge)
     st.metrics = m = build_metrics(cfg, st.n_slots, st.metrics)
     m.add(m.base, m.index[("reloads_total", ())])  # the base row is the master's
@@ -325,12 +345,12 @@ def post_fork(arbiter, worker) -> None:
 
 def build_runtime(ctx, log):
     """Worker, gevent patched: the ``net.listener.Runtime`` of ``ctx`` (a
-    ``daemon.state.WorkerContext``), complete, and its health checker (None
-    when no pool has active checks; not started)."""
+    ``daemon.state.WorkerContext``), complete, and its health checker (not
+    started; every worker has one, see below)."""
     from forkproxy.net.listener import Runtime
 
     cfg = ctx.config
-    metrics = cache = leader = None
+    metrics = cache = None
     # Counting costs every request a few microseconds: only when /metrics can
     # be read (server.admin); a worker without a slot counts nothing.
     if ctx.slot is not None and cfg.server.admin:
@@ -344,11 +364,13 @@ def build_runtime(ctx, log):
         from forkproxy.net.http_cache import Cache
 
         cache = Cache.from_config(cfg.cache, log, ctx.cache_epochs)
-    targets = _check_targets(cfg)
-    if targets:
-        from forkproxy.net.leader import Leader
+    from forkproxy.net.leader import Leader
 
-        leader = Leader(ctx.lock_fd)
+    # Every worker runs a checker (servers come and go at run time, so with
+    # or without active checks): the one holding the lock probes, frees the
+    # rows of removed servers and runs DNS discovery.
+    leader = Leader(ctx.lock_fd)
+
     def admin(rt):
         from forkproxy.net.admin import Admin
 
@@ -357,13 +379,21 @@ def build_runtime(ctx, log):
                      reload_fd=ctx.reload_fd, leader=leader)
     runtime = Runtime(ctx, log, cache=cache, metrics=metrics,
                       admin=admin if cfg.server.admin else None)
-    checker = None
-    if targets:
-        from forkproxy.daemon.worker import set_title
-        from forkproxy.net.checker import Checker
+    from forkproxy.daemon.worker import set_title
+    from forkproxy.net.checker import Checker, Following, reclaimer, table_targets
+    from forkproxy.net.discovery import Discovery
 
-        checker = Checker(ctx.table, targets, leader, log, initial=cfg.server.initial_health,
-                          metrics=metrics, on_lead=lambda lead: set_title(ctx, checker=lead))
+    path = table_path(cfg)
+    # The title says "(checker)" for the worker that runs active checks, as before:
+    # not for the lock holder of a configuration without any.
+    checks = any(p.health is not None for p in cfg.pools)
+    checker = Checker(ctx.table, [], leader, log, initial=cfg.server.initial_health,
+                      metrics=metrics,
+                      on_lead=lambda lead: set_title(ctx, checker=lead and checks),
+                      follow=Following(
+                          lambda t: table_targets(t, cfg),
+                          (reclaimer(ctx.table, path, log), Discovery(ctx.table, path, cfg, log).job),
+                          min([0.5] + [p.health.interval for p in cfg.pools if p.health])))
     return runtime, checker
 
 
@@ -382,20 +412,6 @@ def post_worker_init(worker) -> None:
         gevent.spawn(checker.run)
     gevent.spawn(maintain, worker, lambda: worker.runtime,
                  on_stop=[checker.stop] if checker is not None else [])
-
-
-def _check_targets(cfg: Config) -> list:
-    """The active health checks' targets: (table row, pool, server, checks)."""
-    from forkproxy.net.checker import Target
-
-    targets = []
-    row = 0
-    for pool in cfg.pools:
-        for server in pool.servers:
-            if pool.health is not None:
-                targets.append(Target(row, pool.name, server, pool.health))
-            row += 1
-    return targets
 
 
 def worker_exit(arbiter, worker) -> None:

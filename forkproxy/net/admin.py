@@ -10,6 +10,9 @@ listener's rules. One request per connection (answered with
     GET  /metrics                                 Prometheus text, summed over workers
     POST /servers/POOL/SERVER/drain|maint|ready   admin state, in the shared table
     POST /servers/POOL/SERVER/weight/N            N 1..1000, or "config" to restore
+    POST /servers/POOL/ADDR/add[?weight=N&backup=true&max_conns=N]
+                                                  a server added at run time
+    POST /servers/POOL/ADDR/remove                a server removed at run time
     POST /reload                                  a reload, as SIGHUP to the master does
     POST /purge?url=URL | /purge?host=HOST        delete a URL, or every URL of a host,
                                                   from the cache (through this worker's store)
@@ -62,6 +65,7 @@ from forkproxy.config import split_host_port
 from forkproxy.core import http1
 from forkproxy.core.metrics import render
 from forkproxy.core.status import snapshot, traffic
+from forkproxy.net.edge import rate_limit_states
 from forkproxy.net.explain import BadQuestion, explain, request_for
 from forkproxy.net.leader import holder_pid
 from forkproxy.net.request_path import request_target
@@ -223,8 +227,32 @@ class Admin:
             return self.change(parts[1], parts[2], peer, state=parts[3]), "application/json"
         if len(parts) == 5 and parts[0] == "servers" and parts[3] == "weight":
             return self.change(parts[1], parts[2], peer, weight=_weight(parts[4])), "application/json"
+        if len(parts) == 4 and parts[0] == "servers" and parts[3] in ("add", "remove"):
+            return self.membership(parts[1], parts[2], parts[3], _query(req),
+                                   peer), "application/json"
         raise _Reply(404, "not found: POST /reload, /purge or /servers/POOL/SERVER/"
-                          "(drain|maint|ready|weight/N)\n")
+                          "(drain|maint|ready|weight/N|add|remove)\n")
+
+    def membership(self, pool: str, addr: str, action: str, query: dict, peer: str) -> str:
+        """add or remove a server (``control.add_server``, ``remove_server``)."""
+        by = f"admin {peer}"[:32]
+        try:
+            if action == "add":
+                spec = control.Spec(addr, _number(query, "weight", 1),
+                                    _one(query, "backup") in ("true", "1", "yes"),
+                                    _number(query, "max_conns", 0))
+                doc = control.add_server(self.table_path, self.rt.cfg, pool, spec, by=by)
+            else:
+                doc = control.remove_server(self.table_path, self.rt.cfg, pool, addr, by=by)
+        except control.NoSuchServer as exc:
+            raise _Reply(404, exc.message + "\n") from None
+        except control.TableFull as exc:
+            raise _Reply(507, exc.message + "\n") from None
+        except control.ControlError as exc:
+            raise _Reply(409, exc.message + "\n") from None
+        self.rt.log.warning("admin: %s %s (asked by %s)", doc["server"],
+                            "added" if action == "add" else "removed", peer)
+        return json.dumps(doc) + "\n"
 
     def change(self, pool: str, server: str, peer: str, *, state=None, weight=None) -> str:
         label = f"{pool}/{server}"
@@ -265,6 +293,8 @@ class Admin:
         doc["listeners"] = [{"name": lc.name, "bind": lc.bind, "mode": lc.mode,
                              "tls": bool(lc.contexts)} for lc in cfg.listeners]
         doc["workers"] = cfg.server.workers
+        # Fleet rate limits: shared through memcached, or each node's own now.
+        doc["rate_limits"] = rate_limit_states(self.rt.edge)
         return doc
 
     def totals(self) -> dict[tuple, int]:
@@ -425,6 +455,17 @@ def _one(query: dict, name: str) -> str | None:
     if len(values) > 1:
         raise _Reply(400, f"{name} given more than once\n")
     return values[0]
+
+
+def _number(query: dict, name: str, default: int) -> int:
+    """The integer parameter ``name`` (``default`` when absent); 400 otherwise."""
+    text = _one(query, name)
+    if text is None:
+        return default
+    try:
+        return int(text)
+    except ValueError:
+        raise _Reply(400, f"{name}: expected an integer, got {text!r}\n") from None
 
 
 @functools.cache

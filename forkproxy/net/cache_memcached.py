@@ -132,6 +132,16 @@ class Breaker:
         self.opened += 1
 
 
+def behaviors(timeout_ms: float) -> dict:
+    """pylibmc behaviors bounding every call by ``timeout_ms`` (see the module docstring);
+    the cache's store and the fleet's rate limits (``net.fleetlimit``) share them."""
+    t = int(timeout_ms)
+    return {"tcp_nodelay": True, "ketama": True, "connect_timeout": t,
+            "send_timeout": t * 1000, "receive_timeout": t * 1000, "_poll_timeout": t,
+            # after a timeout, libmemcached answers "server down" at once for this long
+            "retry_timeout": 1}
+
+
 def breaker_for(timeout: float, **kw) -> Breaker:
     """A breaker for calls bounded by ``timeout`` seconds (``cache.timeout``).
 
@@ -192,11 +202,7 @@ class MemcachedStore(_Backend):
 
     @property
     def behaviors(self) -> dict:
-        t = int(self.timeout_ms)
-        return {"tcp_nodelay": True, "ketama": True, "connect_timeout": t,
-                "send_timeout": t * 1000, "receive_timeout": t * 1000, "_poll_timeout": t,
-                # after a timeout, libmemcached answers "server down" at once for this long
-                "retry_timeout": 1}
+        return behaviors(self.timeout_ms)
 
     def _client(self):
         """A client for this process (created after the fork, again after another fork)."""

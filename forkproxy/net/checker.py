@@ -20,6 +20,14 @@ The first probes of all targets are spread over their first interval so
 hundreds of checks do not fire in the same instant forever after (HAProxy
 does the same).
 
+Servers come and go (``control.add_server``, DNS discovery): with
+``members_of``, the checker follows the table's member cells, starting a
+loop for a new server and stopping the loop of a removed one at its next
+poll (a probe in progress for a row that left is not written).  Its
+``housekeeping`` jobs (freeing the rows of removed servers, DNS
+discovery) run at every poll of the worker holding the lock, so that one
+process does them.
+
 Decisions:
 
 * Every HTTP probe uses a fresh connection and sends ``Connection: close``
@@ -41,16 +49,18 @@ import functools
 import socket
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import gevent
 from gevent.event import Event
 
-from forkproxy.config import HealthConfig, ServerEntry
+from forkproxy import control
+from forkproxy.config import HealthConfig, ServerEntry, split_host_port
 from forkproxy.core.health import RiseFall
 from forkproxy.core.patterns import compile_pattern
 
-__all__ = ["Target", "Checker", "probe", "BODY_LIMIT"]
+__all__ = ["Target", "Checker", "probe", "BODY_LIMIT", "table_targets", "reclaimer"]
 
 #: How much of the body ``expect_body`` is matched against.
 BODY_LIMIT = 64 * 1024
@@ -67,11 +77,41 @@ class Target:
     pool: str
     server: ServerEntry
     health: HealthConfig
+    serial: int = 0  # the row's member serial (core.table): a reused row is another target
 
     @property
     def label(self) -> str:
         """``"POOL/ADDR"``, the row label in the shared table."""
         return f"{self.pool}/{self.server.addr}"
+
+
+def table_targets(table, cfg) -> list[Target]:
+    """The active servers of the pools with active checks, as the table's
+    member cells say (configured, added at run time, found by DNS)."""
+    health = {p.name: p.health for p in cfg.pools if p.health is not None}
+    out = []
+    for row, label, m in control.members(table):
+        pool, _, addr = label.partition("/")
+        if m.state != "active" or pool not in health:
+            continue
+        host, port = split_host_port(addr)
+        server = ServerEntry(addr=addr, host=host, port=port, weight=m.weight, backup=m.backup,
+                             max_conns=m.max_conns)
+        out.append(Target(row, pool, server, health[pool], m.serial))
+    return out
+
+
+def reclaimer(table, path: str, log):
+    """A housekeeping job: free the rows of removed servers whose requests
+    ended (``control.reclaim``), under the admin lock of the table at ``path``."""
+    def job() -> None:
+        if not any(m.state == "removing" for _, _, m in control.members(table)):
+            return
+        with control.admin_lock(path):
+            freed = control.reclaim(table, time.time())
+        for label in freed:
+            log.info("server %s removed: its requests ended, its row is free", label)
+    return job
 
 
 class _ProbeTimeout(Exception):
@@ -205,6 +245,18 @@ def _classify(exc: BaseException) -> str:
     return f"error: {name}: {exc}" if str(exc) else f"error: {name}"
 
 
+@dataclass(frozen=True)
+class Following:
+    """How a ``Checker`` follows servers that come and go: ``members_of(table)``
+    gives the current targets; ``housekeeping``: callables run at every poll
+    while leading (freeing removed rows, DNS discovery); ``poll``: the longest
+    time between two polls (None: the election poll and the targets' intervals)."""
+
+    members_of: Callable
+    housekeeping: tuple = ()
+    poll: float | None = None
+
+
 class Checker:
     """Active checks of ``targets``, run by whichever worker holds ``leader``.
 
@@ -224,19 +276,24 @@ class Checker:
     clock = staticmethod(time.time)  # the epoch clock stamped into rows (a test may set its own)
 
     def __init__(self, table, targets: list[Target], leader, log, *, initial: str = "up",
-                 metrics=None, on_lead=None):
+                 metrics=None, on_lead=None, follow: Following | None = None):
+        """``follow``: the table's membership to follow (servers that come and
+        go), with its housekeeping jobs; None: ``targets`` for good."""
         self.table = table
+        self.members_of = follow.members_of if follow is not None else None
+        self.housekeeping = list(follow.housekeeping) if follow is not None else []
+        self._seen_version = None
         self.on_lead = on_lead  # called with True / False when this worker wins / loses the lock
         self.metrics = metrics
         self.targets = list(targets)
         self.leader = leader
         self.log = log
-        self._machines = {t.row: RiseFall(t.health.rise, t.health.fall, init_state=initial)
-                          for t in self.targets}
+        self.initial = initial
         intervals = [t.health.interval for t in self.targets]
-        self._poll = min([_ELECTION_POLL, *intervals])
+        poll = follow.poll if follow is not None else None
+        self._poll = min([_ELECTION_POLL, *intervals] + ([poll] if poll else []))
         self._stopped = Event()
-        self._loops: list[gevent.Greenlet] = []
+        self._loops: dict[Target, gevent.Greenlet] = {}
         self._session: requests.Session | None = None
 
     def run(self) -> None:
@@ -247,6 +304,8 @@ class Checker:
             except OSError as e:  # e.g. the fd is not open for writing: say so, keep serving
                 self.log.error("health checker: cannot take the checker lock: %s", e)
                 leader = False
+            if leader:
+                self._sync()
             if leader and not was_leader:
                 self.log.info("health checker elected: %d servers to check", len(self.targets))
             elif was_leader and not leader:
@@ -254,15 +313,19 @@ class Checker:
             if leader != was_leader and self.on_lead is not None:
                 self.on_lead(leader)
             was_leader = leader
-            if leader and not self._loops and self.targets:
-                self._start_loops()
+            if leader:
+                for job in self.housekeeping:
+                    try:
+                        job()
+                    except Exception:  # never end the checks for a housekeeping bug
+                        self.log.exception("health checker: housekeeping failed")
             self._stopped.wait(self._poll)
 
     def stop(self) -> None:
         """Stop probing (idempotent): end ``run``, kill the probe loops, release the lock."""
         self._stopped.set()
-        loops, self._loops = self._loops, []
-        gevent.killall(loops, block=False)
+        loops, self._loops = self._loops, {}
+        gevent.killall(list(loops.values()), block=False)
         try:
             self.leader.release()
         except (AttributeError, OSError):
@@ -271,15 +334,31 @@ class Checker:
             self._session.close()
             self._session = None
 
-    def _start_loops(self) -> None:
-        self._session = new_session()
-        n = len(self.targets)
-        for i, t in enumerate(self.targets):
-            # Spread the first probes over the first interval (see module doc).
-            self._loops.append(gevent.spawn(self._loop, t, t.health.interval * i / n))
+    def _sync(self) -> None:
+        """Start the loops of targets that have none, stop those of targets that left."""
+        if self.members_of is not None:
+            version = self.table.members_version
+            if version != self._seen_version:
+                self._seen_version = version
+                self.targets = self.members_of(self.table)
+        current = set(self.targets)
+        for t in [t for t in self._loops if t not in current]:
+            self._loops.pop(t).kill(block=False)
+        new = [t for t in self.targets if t not in self._loops]
+        if not new:
+            return
+        if self._session is None:
+            self._session = new_session()
+        first = not self._loops
+        for i, t in enumerate(new):
+            # At the start, spread the first probes over the first interval
+            # (see module doc); a server that arrives later is probed at once.
+            delay = t.health.interval * i / len(new) if first else 0.0
+            self._loops[t] = gevent.spawn(self._loop, t, delay)
 
     def _loop(self, t: Target, delay: float) -> None:
-        rf, h = self._machines[t.row], t.health
+        rf = RiseFall(t.health.rise, t.health.fall, init_state=self.initial)
+        h = t.health
         if self._stopped.wait(delay):
             return
         while not self._stopped.is_set():
@@ -292,7 +371,7 @@ class Checker:
             started = time.monotonic()
             try:
                 ok, result, latency = probe(t, session=self._session)
-                if self._stopped.is_set() or not self.leader.held:
+                if self._stopped.is_set() or not self.leader.held or t not in self._loops:
                     continue
                 old = self.table.read_health(t.row)
                 new = rf.step(old, ok, self.clock(), result, latency)

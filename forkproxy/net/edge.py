@@ -139,6 +139,12 @@ def _rules(c) -> HeaderRules | None:
     return rules or None
 
 
+def rate_limit_states(edge) -> list[dict]:
+    """What each fleet rate limit of ``edge``'s routes applies now (``FleetLimiter.state``)."""
+    return [rules.limiter.state() for rules in edge.routes
+            if hasattr(rules.limiter, "state")]  # net.fleetlimit.FleetLimiter
+
+
 class Edge:
     """A worker's edge rules for one configuration; see the module docstring."""
 
@@ -155,6 +161,13 @@ class Edge:
                 rl = r.rate_limit
                 limiter = RateLimiter(shared["rate"][r.index], rl.keys, n, parse_rate(rl.rate),
                                       rl.burst)
+                if rl.scope == "fleet":  # counted in memcached, the node's as the fallback
+                    # Here, in the worker: the master imports this module (create_shared)
+                    # and must never load gevent or pylibmc, which net.cache_memcached does.
+                    from forkproxy.net.fleetlimit import FleetLimiter
+
+                    limiter = FleetLimiter(limiter, cfg.cache.servers, cfg.cache.timeout,
+                                           rl.rate, rl.burst, r.index, log)
             self.routes.append(RouteRules(cfg, r, limiter))
         self.conns = (ConnTable(shared["conns"], CONN_ENTRIES, n)
                       if shared["conns"] is not None and self.slot is not None else None)

@@ -12,18 +12,30 @@ workers' requests.  Summing a server's cells over the slots costs about
 2.5 us, so a pool of up to ``LIVE_INFLIGHT_MAX`` servers reads them live at
 every pick; a bigger pool uses the other workers' counts as of the last
 snapshot plus this worker's own live count (bench/balance.py measures both).
+
+Servers come and go at run time (``control.add_server``, ``remove_server``,
+DNS discovery): the table's member cells say which rows hold this pool's
+servers.  A refresh that finds the table's membership version moved
+re-reads them (``sync_members``).  Indexes are stable for the worker's
+life, because a request holds its server's index from pick to end: a new
+server is appended, a removed one stays at its index, never picked again
+(``_dead``), its in-flight requests ending normally.  The balancer then
+runs over the live servers only (``_LiveView`` maps its indexes to ours).
 """
 
 from __future__ import annotations
 
 import hashlib
 import hmac
+import logging
 import random
 from collections import deque
+from dataclasses import replace
 
 import gevent.event
 
-from forkproxy.config import PoolConfig, RetryConfig
+from forkproxy.config import PoolConfig, RetryConfig, ServerEntry, split_host_port
+from forkproxy.control import members
 from forkproxy.core.balance import Balancer, ServerSpec, StickyTable, cookie_value, query_value
 from forkproxy.core.health import ejected, slow_start_weight
 from forkproxy.core.table import Table
@@ -33,6 +45,8 @@ REFRESH = 0.2  # seconds between two snapshots of the shared table
 LIVE_INFLIGHT_MAX = 16  # pools up to this size read in-flight counts live
 QUEUE_POLL = 0.05  # a queued request re-checks at least this often (other workers free slots too)
 DEFAULT_RETRY = RetryConfig()
+# The worker's error log (gunicorn's): membership changes are rare and worth a line.
+_log = logging.getLogger("gunicorn.error")
 
 
 def came_back(h) -> bool:
@@ -69,14 +83,15 @@ class PoolRuntime:
         """``sticky_key``: the daemon's random key (``sticky_secret``)."""
         self.cfg = cfg
         self.name = cfg.name
-        self.servers = cfg.servers
+        self.servers = list(cfg.servers)
         self.table = table
-        self.rows = rows
+        self.rows = list(rows)
         self.slot = slot
-        specs = [ServerSpec(s.addr, s.weight, s.backup) for s in cfg.servers]
-        self.balancer = Balancer(specs, algorithm=cfg.balance, hash_method=cfg.hash_method)
-        self.sticky = (StickyTable(specs, sticky_secret(cfg, sticky_key))
-                       if cfg.sticky is not None else None)
+        self._serials: list[int | None] = [None] * len(rows)  # None: as the master made it
+        self._dead = [False] * len(rows)  # removed from the pool: never picked again
+        self._secret = sticky_secret(cfg, sticky_key) if cfg.sticky is not None else None
+        self._version = None  # the table's membership version last synced
+        self._build_balancer()
         self.retry = cfg.retry or DEFAULT_RETRY
         self.conns = [ConnPool(s, cfg) for s in cfg.servers]
         n = len(cfg.servers)
@@ -94,18 +109,102 @@ class PoolRuntime:
         self._cells = [table.inflight_cell(r, slot) for r in rows] if slot is not None else None
         self._others = [0] * n  # the other workers' ones at the last refresh (big pools)
         self._limit = [s.max_conns for s in cfg.servers]
-        self._live = n <= LIVE_INFLIGHT_MAX
-        self._needs_inflight = cfg.balance in ("least_conn", "random2") or any(self._limit)
         self._waiters: deque = deque()
         self._rng = random.Random()  # built in the worker, after the fork: seeded per worker
-        if any(self._limit):
-            # The balancer reads view.usable per candidate: only pools with
-            # max_conns pay for the in-flight read it then needs.
-            self.usable = self._usable_below_limit
+        self._sized()
         if cfg.balance == "ip_hash":
             self.key = _peer_key
         elif cfg.balance == "hash":
             self.key = _hash_key_reader(cfg.hash_key)
+
+    def _sized(self) -> None:
+        """What depends on the number of servers and their limits."""
+        self._live = len(self.servers) <= LIVE_INFLIGHT_MAX
+        self._needs_inflight = self.cfg.balance in ("least_conn", "random2") or any(self._limit)
+        if any(self._limit):
+            # The balancer reads view.usable per candidate: only pools with
+            # max_conns pay for the in-flight read it then needs.
+            self.usable = self._usable_below_limit
+
+    def _build_balancer(self) -> None:
+        """Balancer and sticky table over the servers not removed (None: none left)."""
+        live = [i for i, dead in enumerate(self._dead) if not dead]
+        specs = [ServerSpec(self.servers[i].addr, self.servers[i].weight, self.servers[i].backup)
+                 for i in live]
+        self._live_idx = None if specs and len(live) == len(self.servers) else live
+        self.balancer = (Balancer(specs, algorithm=self.cfg.balance,
+                                  hash_method=self.cfg.hash_method) if specs else None)
+        sticky = StickyTable(specs, self._secret) if self._secret is not None and specs else None
+        self.sticky = (sticky if sticky is None or self._live_idx is None
+                       else _LiveSticky(sticky, self._live_idx))
+
+    # -- membership ----------------------------------------------------------
+
+    def sync_members(self, now: float) -> bool:
+        """Follow the table's member cells: servers removed, servers added.
+
+        Returns True when the pool changed.  Cheap when nothing moved (one
+        8-byte read); otherwise reads every row's member cell.
+        """
+        version = self.table.members_version
+        if version == self._version:
+            return False
+        self._version = version
+        prefix = self.name + "/"
+        mine = {row: (label, m) for row, label, m in members(self.table)
+                if label.startswith(prefix)}
+        changed = False
+        known = set()
+        for i, row in enumerate(self.rows):
+            got = mine.get(row)
+            alive = (not self._dead[i] and got is not None
+                     and got[0] == prefix + self.servers[i].addr
+                     and self._serials[i] in (None, got[1].serial) and got[1].state == "active")
+            if alive:
+                self._serials[i] = got[1].serial
+                known.add((row, got[1].serial))
+                m, server = got[1], self.servers[i]
+                if (m.weight, m.backup, m.max_conns) != (server.weight, server.backup,
+                                                         server.max_conns):
+                    # DNS discovery follows an SRV record's new weight or priority.
+                    self.servers[i] = replace(server, weight=m.weight, backup=m.backup,
+                                              max_conns=m.max_conns)
+                    self._limit[i] = m.max_conns
+                    changed = True
+            elif not self._dead[i]:
+                _log.info("pool %s: %s removed: no new requests", self.name, self.servers[i].addr)
+                self._dead[i] = changed = True
+                self._usable[i] = self._sticky_ok[i] = self._eligible[i] = False
+                self.conns[i].close()
+        for row, (label, m) in mine.items():
+            if m.state == "active" and (row, m.serial) not in known:
+                self._append(row, label[len(prefix):], m)
+                _log.info("pool %s: now using %s (%s)", self.name, label[len(prefix):], m.origin)
+                changed = True
+        if changed:
+            self._sized()
+            self._build_balancer()
+        return changed
+
+    def _append(self, row: int, addr: str, m) -> None:
+        host, port = split_host_port(addr)
+        server = ServerEntry(addr=addr, host=host, port=port, weight=m.weight, backup=m.backup,
+                             max_conns=m.max_conns)
+        self.servers.append(server)
+        self.rows.append(row)
+        self._serials.append(m.serial)
+        self._dead.append(False)
+        self.conns.append(ConnPool(server, self.cfg))
+        for col, value in ((self._usable, False), (self._sticky_ok, False),
+                           (self._eligible, False), (self._drain, False), (self._out, False),
+                           (self._weight, m.weight), (self._own, 0), (self._others, 0),
+                           (self._limit, m.max_conns)):
+            col.append(value)
+        # Passive failures counted in this row before it was given to this
+        # server belong to its last occupant.
+        self._forgiven.append(m.changed)
+        if self._cells is not None:
+            self._cells.append(self.table.inflight_cell(row, self.slot))
 
     # -- ServerView ---------------------------------------------------------
 
@@ -134,7 +233,19 @@ class PoolRuntime:
 
     def pick(self, req, peer: str, exclude) -> int | None:
         """The server for this attempt, or None when no server can take it now."""
-        return self.balancer.pick(self, key=self.key(req, peer), rng=self._rng, exclude=exclude)
+        return self.pick_key(self.key(req, peer), self._rng, exclude)
+
+    def pick_key(self, key: bytes | None, rng, exclude) -> int | None:
+        """``pick`` with the balancer's key and random source given (tcp listeners)."""
+        if self._live_idx is None:
+            return self.balancer.pick(self, key=key, rng=rng, exclude=exclude)
+        if self.balancer is None:
+            return None
+        idx = self._live_idx
+        j = self.balancer.pick(_LiveView(self, idx), key=key, rng=rng,
+                               exclude={j for j, i in enumerate(idx) if i in exclude}
+                               if exclude else exclude)
+        return None if j is None else idx[j]
 
     def sticky_server(self, req) -> tuple[int | None, str | None]:
         """(server the request's sticky cookie names if it may take it, the cookie's token)."""
@@ -237,7 +348,10 @@ class PoolRuntime:
         """Re-read health, admin state and passive failures of every server."""
         cfg = self.cfg
         table = self.table
+        self.sync_members(now)
         for i, row in enumerate(self.rows):
+            if self._dead[i]:
+                continue
             h = table.read_health(row)
             a = table.read_admin(row)
             if h is not None and h.state == "up" and h.failures == 0 and h.last_check:
@@ -257,6 +371,42 @@ class PoolRuntime:
     def close(self) -> None:
         for pool in self.conns:
             pool.close()
+
+
+class _LiveView:
+    """The balancer's view of a pool some of whose servers were removed:
+    its index j is the pool's ``idx[j]``."""
+
+    __slots__ = ("pool", "idx")
+
+    def __init__(self, pool: PoolRuntime, idx: list[int]):
+        self.pool, self.idx = pool, idx
+
+    def usable(self, j: int) -> bool:
+        return self.pool.usable(self.idx[j])
+
+    def inflight(self, j: int) -> int:
+        return self.pool.inflight(self.idx[j])
+
+    def effective_weight(self, j: int) -> int:
+        return self.pool.effective_weight(self.idx[j])
+
+
+class _LiveSticky:
+    """A StickyTable over the live servers, in the pool's indexes."""
+
+    __slots__ = ("table", "idx", "back")
+
+    def __init__(self, table: StickyTable, idx: list[int]):
+        self.table, self.idx = table, idx
+        self.back = {i: j for j, i in enumerate(idx)}
+
+    def index(self, token: str) -> int | None:
+        j = self.table.index(token)
+        return None if j is None else self.idx[j]
+
+    def token(self, i: int) -> str:
+        return self.table.token(self.back[i])
 
 
 # -- request keys ---------------------------------------------------------------

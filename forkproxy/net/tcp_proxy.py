@@ -64,8 +64,7 @@ def _connect(rt, pool, peer, local):
     """(socket, index) of the first server that accepts; (None, None) when none does."""
     cfg = pool.cfg
     key = peer[0].encode() if peer else None
-    choice = ServerChoice(pool, lambda tried: pool.balancer.pick(pool, key=key, rng=_RNG,
-                                                                 exclude=tried))
+    choice = ServerChoice(pool, lambda tried: pool.pick_key(key, _RNG, tried))
     while True:
         i = choice.next()
         if i is None:

@@ -6,7 +6,9 @@ import math
 import pytest
 from hypothesis import given, settings, strategies as st
 
-from forkproxy.core.ratelimit import LayoutError, RateLimiter, parse_rate, ratelimit_size
+from forkproxy.core.ratelimit import (
+    LayoutError, RateLimiter, fleet_window, parse_rate, ratelimit_size,
+)
 
 
 def make(rate=10.0, burst=5, n_keys=64, n_slots=4, **kw):
@@ -205,3 +207,16 @@ def test_forked_workers_share_one_bucket():
         counts.append(int(os.read(r, 64) or b"0"))
         os.close(r)
     assert burst <= sum(counts) <= burst + n_slots - 1, counts
+
+
+# -- fleet windows (scope = "fleet", counted in memcached) -----------------------------
+
+@pytest.mark.parametrize("rate, burst, now, expect", [
+    ("10r/s", 1, 5.5, (5, 10, 6.0)),
+    ("10r/s", 5, 5.0, (5, 14, 6.0)),        # the window starts at its own second
+    ("6r/h", 1, 7199.0, (1, 6, 7200.0)),
+    ("30r/m", 1, 60.0, (1, 30, 120.0)),
+    ("0.5r/s", 1, 3.2, (3, 1, 4.0)),        # never less than one request
+])
+def test_fleet_window(rate, burst, now, expect):
+    assert fleet_window(rate, burst, now) == expect

@@ -318,3 +318,28 @@ def test_an_inflight_cell_is_the_slot_count_inflight_add_moves():
     assert t.inflight(1) == 3
     cells[k] -= 2
     assert t.inflight(1) == 1 and t.inflight(0) == 0 and t.inflight(2) == 0
+
+
+# -- membership (layout 2) ------------------------------------------------------------
+
+
+def test_member_cell_round_trips_with_its_label_and_bumps_the_version():
+    t = make()
+    assert t.read_member(1) is None and t.members_version == 0
+    m = T.MemberRow("active", "runtime", weight=3, backup=True, max_conns=7, serial=2,
+                    changed=12.5)
+    t.write_member(1, "web/10.0.0.9:80", m)
+    again = Table(t.buf)
+    assert again.read_member(1) == ("web/10.0.0.9:80", m)
+    assert again.label(1) == "web/10.0.0.9:80"
+    assert again.members_version == 1
+    t.write_member(1, "", T.MemberRow("free", "runtime", serial=2))
+    assert again.members_version == 2 and again.read_member(1)[0] == ""
+
+
+def test_member_cell_refuses_a_label_that_does_not_go_with_it():
+    t = make()
+    t.write_member(0, "web/a:1", T.MemberRow("active", serial=1))
+    t.set_label(0, "web/b:1")  # a label changed without its cell: torn
+    fresh = Table(t.buf)
+    assert fresh.read_member(0, tries=3) is None

@@ -3,6 +3,9 @@
     forkproxyctl [-c FILE] [--json] status
     forkproxyctl [-c FILE] [--json] drain|maint|ready POOL SERVER
     forkproxyctl [-c FILE] [--json] weight POOL SERVER N|config
+    forkproxyctl [-c FILE] [--json] add-server POOL ADDR [--weight N] [--backup]
+                                    [--max-conns N]
+    forkproxyctl [-c FILE] [--json] remove-server POOL ADDR
     forkproxyctl [-c FILE] [--json] purge URL | --host HOST
     forkproxyctl [-c FILE] [--json] reload [--no-wait] [--timeout SECONDS]
     forkproxyctl [-c FILE] [--json] explain METHOD URL [-H 'Name: value']...
@@ -24,7 +27,10 @@ Two ways in, chosen per command:
   (``forkproxy.control``): ``status`` when the endpoint is off or does not
   answer; ``drain``, ``maint``, ``ready`` and ``weight`` likewise, through
   ``control.set_admin`` as the endpoint does (the table's writer contract;
-  idempotent: setting the state a server already has writes nothing).
+  idempotent: setting the state a server already has writes nothing);
+  ``add-server`` and ``remove-server`` likewise, through
+  ``control.add_server`` / ``control.remove_server`` (the table's member
+  cells and the state file ``servers.json``).
 
 Without the endpoint (or a token), ``reload`` sends SIGHUP to the pid in
 ``server.pidfile``, and ``purge`` sends a ``PURGE`` request to the http
@@ -63,6 +69,8 @@ from forkproxy.control import DEFAULT_CONFIG, WEIGHT_MAX, master_pid
 from forkproxy.core.http1.targets import split_url
 from forkproxy.core.status import snapshot
 from forkproxy.core.table import LayoutError, Table
+from forkproxy.ctl.render import (format_age, render_cache, render_explain,  # noqa: F401
+                                  render_status, _purge_text, _reload_text)
 from forkproxy.errors import EX_CONFIG, EX_OK, EX_USAGE, ConfigErrors
 from forkproxy.net.leader import holder_pid
 
@@ -111,83 +119,6 @@ def checker_pid(lock_path: str) -> int | None:
 
 
 # -- presentation --------------------------------------------------------------------
-
-
-def format_age(seconds: float | None) -> str:
-    """A short human age: ``"3s"``, ``"2m"``, ``"1h"``, ``"4d"`` (truncated); ``"-"`` if None.
-
-    Negative ages (a clock step backwards) read as ``"0s"``.
-    """
-    if seconds is None:
-        return "-"
-    s = int(max(0.0, seconds))
-    for unit, size in (("d", 86400), ("h", 3600), ("m", 60)):
-        if s >= size:
-            return f"{s // size}{unit}"
-    return f"{s}s"
-
-
-_COLUMNS = ("POOL", "SERVER", "HEALTH", "ADMIN", "CHECK", "INFLIGHT", "SINCE", "WHY")
-
-
-def _row_cells(pool: str, s: dict, now: float) -> list[str]:
-    health = (s["health"] or "unknown").upper()
-    admin = s["admin"] + (f" w={s['weight']}" if s["weight"] else "")
-    if s["last_check"] is None:
-        check = "-"
-    else:
-        ms = s["latency"] * 1000
-        check = f"{s['last_result'] or '?'} " + (f"{ms:.1f}ms" if ms < 10 else f"{ms:.0f}ms")
-    # "Since" and "why" describe the most recent change, health or admin.
-    when, why = s["last_change"], s["reason"] or ""
-    if s["admin_changed"] and (when is None or s["admin_changed"] >= when):
-        when = s["admin_changed"]
-        why = f"{s['admin']} by {s['admin_by'] or '?'}"
-    n = s["passive_failures"]
-    if n:  # out of rotation, or kept in it (a pool of one, max_ejection_percent)
-        why = (f"{n} failed request{'s' if n != 1 else ''} (max_fails"
-               f"{'' if s['passive_out'] else ', kept in rotation'})" + (f"; {why}" if why else ""))
-    if s["passive_out"] and s["health"] == "up":
-        health = "OUT"  # up by its active checks, out by passive ones
-    return [pool, s["addr"], health, admin, check, str(s["inflight"]),
-            format_age(None if when is None else now - when), why or "-"]
-
-
-def render_status(doc: dict, now: float, source: str) -> str:
-    """The human table for a status document: a header line naming ``source``
-    (where it was read), a line on the cache when the document has one (the
-    admin endpoint's), then one line per server."""
-    checker = doc["checker_pid"]
-    lines = [f"{source}, generation {doc['generation']}, "
-             + (f"checker pid {checker}" if checker else "no active checker")]
-    if doc.get("cache"):
-        lines.append(render_cache(doc["cache"]))
-    rows = [list(_COLUMNS)]
-    for pool in doc["pools"]:
-        for s in pool["servers"]:
-            rows.append(_row_cells(pool["name"], s, now))
-    widths = [max(len(r[i]) for r in rows) for i in range(len(_COLUMNS))]
-    for r in rows:
-        # The last column is free text: no padding after it.
-        lines.append("  ".join(c.ljust(w) for c, w in zip(r[:-1], widths)) + "  " + r[-1])
-    return "\n".join(line.rstrip() for line in lines) + "\n"
-
-
-def _ratio(value: float | None) -> str:
-    return "-" if value is None else f"{value * 100:.1f}%"
-
-
-def render_cache(cache: dict) -> str:
-    """One line: the store, whether each memcached server answers, the answering
-    worker's breaker, and the hit ratio (overall, then per cached route)."""
-    if cache["backend"] == "memcached":
-        where = "memcached " + ", ".join(
-            f"{s['addr']} {'up' if s['reachable'] else 'NOT ANSWERING'}" for s in cache["servers"])
-        where += f"; breaker {cache['breaker']} (worker {cache['worker_pid']})"
-    else:
-        where = "in-process, per worker"
-    routes = ", ".join(f"route {r['route']} {_ratio(r['hit_ratio'])}" for r in cache["routes"])
-    return f"cache {where}; hit ratio {_ratio(cache['hit_ratio'])}" + (f" ({routes})" if routes else "")
 
 
 # -- the table -----------------------------------------------------------------------
@@ -425,16 +356,6 @@ def _new_generation(cfg: config.Config, tpath: str, via: str, old: int,
         time.sleep(0.1)
 
 
-def _reload_text(r: dict) -> str:
-    how = "through the admin endpoint" if r["via"] == "admin" else f"SIGHUP to pid {r['master_pid']}"
-    if r["state"] == "requested":
-        return f"reload requested ({how}); generation {r['generation_before']} serving"
-    if r["state"] == "serving":
-        return f"reloaded ({how}): generation {r['generation_before']} -> {r['generation']}"
-    return "\n".join([f"reload {r['state']} ({how}): {e}" for e in r["errors"]]
-                     + [f"generation {r['generation_before']} still serving"])
-
-
 # -- purge ---------------------------------------------------------------------------
 
 
@@ -466,14 +387,6 @@ def purge(cfg: config.Config, url: str | None, host: str | None, timeout: float 
     return control.purge_through_listeners(cfg, url, host, timeout)
 
 
-def _purge_text(r: dict) -> str:
-    what = r["url"] if "url" in r else f"every URL of {r['host']}"
-    text = f"{what}: {'purged' if r['purged'] else 'not in the cache'}"
-    if not r["shared"]:
-        text += " (in-process cache: in the worker that answered only)"
-    return text
-
-
 # -- explain -------------------------------------------------------------------------
 
 
@@ -485,49 +398,6 @@ def explain(cfg: config.Config, method: str, url: str, headers: list[str],
     query = [("method", method), ("url", url)] + [("header", h) for h in headers]
     query += [(k, v) for k, v in (("listener", listener), ("client", client)) if v is not None]
     return json.loads(_admin_ok(cfg, "GET", "/explain?" + urlencode(query)))
-
-
-def render_explain(doc: dict) -> str:
-    """A few aligned lines: what forkproxy would do with the request, in order."""
-    req, lc = doc["request"], doc["listener"]
-    lines = [("listener", f"{lc['name']} {lc['bind']} ({lc['proto']})"),
-             ("request", f"{req['method']} {req['target']}  Host {req['host']}, "
-                         f"client {req['client']}")]
-    route = doc["route"]
-    if route is not None:
-        where = " ".join(f"{k}={route[k]}" for k in ("host", "path", "path_regex") if route[k])
-        lines.append(("route", f"#{route['id']} {where or '(default)'} -> pool {route['pool']}"))
-    if doc["upstream_target"] is not None and doc["upstream_target"] != req["target"]:
-        lines.append(("rewritten", doc["upstream_target"]))
-    if doc["rate_limit"] is not None:
-        rl = doc["rate_limit"]
-        lines.append(("rate limit", f"{rl['rate']} burst {rl['burst']}, bucket {rl['key']!r} "
-                                    "(not consulted by explain)"))
-    if doc["refused"] is not None:
-        lines.append(("refused", f"{doc['refused']['status']} {doc['refused']['why']}"))
-    if doc["redirect"] is not None:
-        lines.append(("redirect", f"{doc['redirect']['status']} -> {doc['redirect']['location']}"))
-    if doc["cache"] is not None:
-        c = doc["cache"]
-        ns = c.get("namespace")
-        lines.append(("cache", " ".join(filter(None, [c["result"], c["key"],
-                                                      f"[{ns}]" if ns else "",
-                                                      f"({c['reason']})" if c["reason"] else ""]))))
-    if doc["pool"] is not None:
-        p = doc["pool"]
-        lines.append(("pool", f"{p['name']} {p['balance']}"
-                              + (f", key {p['key']!r}" if p["key"] is not None else "")))
-    if doc["sticky"] is not None:
-        st = doc["sticky"]
-        lines.append(("sticky", f"cookie {st['cookie']}: "
-                                + (f"names {st['server'] or 'no server of this pool'}"
-                                   if st["token"] else "not sent")))
-    if doc["server"] is not None:
-        lines.append(("server", f"{doc['server']['addr']} (by {doc['server']['by']})"))
-    elif doc["why_no_server"] is not None:
-        lines.append(("server", doc["why_no_server"]))
-    width = max(len(label) for label, _ in lines)
-    return "".join(f"{label.ljust(width)}  {text}\n" for label, text in lines)
 
 
 # -- the command line ----------------------------------------------------------------
@@ -649,6 +519,43 @@ def _set(args, cfg: config.Config, tpath: str) -> int:
     return EX_OK
 
 
+def _membership(args, cfg: config.Config, tpath: str) -> int:
+    """add-server, remove-server: through the admin endpoint when commands
+    can go there, else (or when it does not answer) the table directly."""
+    add = args.command == "add-server"
+    doc = None
+    if _commands_allowed(cfg):
+        path = f"/servers/{quote(args.pool, safe='')}/{quote(args.addr, safe='')}/"
+        if add:
+            path += (f"add?weight={args.weight}&backup={'true' if args.backup else 'false'}"
+                     f"&max_conns={args.max_conns}")
+        else:
+            path += "remove"
+        try:
+            status_, body = admin_call(cfg, "POST", path)
+        except Unreachable as exc:
+            print(f"forkproxyctl: {exc.message}; writing the table directly", file=sys.stderr)
+        else:
+            if status_ != 200:
+                raise CtlError(f"admin endpoint {cfg.server.admin}: {status_} {body.strip()}")
+            doc = json.loads(body)
+    if doc is None:
+        _check_running(cfg, tpath)
+        try:
+            if add:
+                doc = control.add_server(tpath, cfg, args.pool, control.Spec(
+                    args.addr, args.weight, args.backup, args.max_conns), by=_who())
+            else:
+                doc = control.remove_server(tpath, cfg, args.pool, args.addr, by=_who())
+        except (OSError, LayoutError, ValueError) as exc:
+            raise _table_error(tpath, exc, writable=True) from None
+    text = (f"{doc['server']}: added; every worker uses it within a second" if add else
+            f"{doc['server']}: removed; no new requests, its row is freed once those in "
+            "flight end")
+    _emit(args, doc, text)
+    return EX_OK
+
+
 def _check_running(cfg: config.Config, tpath: str) -> None:
     """CtlError unless ``server.pidfile`` names a running process: the table of
     a stopped forkproxy stays on disk, and a change written there would be
@@ -689,6 +596,33 @@ def _weight_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("weight", type=_weight, metavar="N", help=f"1..{WEIGHT_MAX}, or 'config'")
 
 
+def _count(lo: int, hi: int):
+    def parse(text: str) -> int:
+        try:
+            n = int(text)
+        except ValueError:
+            n = lo - 1
+        if not lo <= n <= hi:
+            raise argparse.ArgumentTypeError(f"expected {lo}..{hi}, got {text!r}")
+        return n
+    return parse
+
+
+def _add_server_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("pool")
+    p.add_argument("addr", help="HOST:PORT or [IPv6]:PORT")
+    p.add_argument("--weight", type=_count(1, WEIGHT_MAX), default=1, metavar="N",
+                   help=f"1..{WEIGHT_MAX} (default 1)")
+    p.add_argument("--backup", action="store_true", help="a backup server")
+    p.add_argument("--max-conns", type=_count(0, control.MAX_CONNS_MAX), default=0,
+                   metavar="N", help="most requests in flight to it, 0: no limit (default)")
+
+
+def _remove_server_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("pool")
+    p.add_argument("addr", help="the server's address as the status shows it")
+
+
 def _purge_arguments(p: argparse.ArgumentParser) -> None:
     g = p.add_mutually_exclusive_group(required=True)
     g.add_argument("url", nargs="?", type=_url,
@@ -726,6 +660,10 @@ COMMANDS = [
      _server_arguments, _set),
     ("weight", "override a server's weight (or 'config' to restore it)",
      _weight_arguments, _set),
+    ("add-server", "add a server to a pool at run time, kept across reloads and restarts",
+     _add_server_arguments, _membership),
+    ("remove-server", "remove a server from a pool at run time: no new requests, those in "
+                      "flight finish", _remove_server_arguments, _membership),
     ("metrics", "print the admin endpoint's /metrics (Prometheus text)", _no_arguments, _metrics),
     ("purge", "delete a URL (or every URL of a host) from the cache", _purge_arguments, _purge),
     ("reload", "reload the configuration file; wait until it serves or is rejected",
@@ -807,7 +745,3 @@ def main(argv: list[str] | None = None) -> int:
         os.dup2(devnull, sys.stdout.fileno())
         os.close(devnull)
         return EX_OK
-
-
-if __name__ == "__main__":
-    sys.exit(main())

@@ -1,0 +1,7 @@
+"""``python -m forkproxy.ctl``: the same as ``forkproxyctl``."""
+
+import sys
+
+from forkproxy.ctl import main
+
+sys.exit(main())
