@@ -60,6 +60,13 @@ def test_free_port_unique_and_bindable():
         s.bind(("127.0.0.1", ports[-1]))
 
 
+def test_free_ports_are_never_ones_the_kernel_gives_outgoing_connections():
+    """A port from the ephemeral range could be taken by any client's connect()
+    before the daemon binds it (a clean-clone run failed that way)."""
+    low, high = map(int, open("/proc/sys/net/ipv4/ip_local_port_range").read().split())
+    assert not any(low <= free_port() <= high for _ in range(50))
+
+
 def test_wait_for_port_times_out_with_clear_message():
     port = free_port()
     with pytest.raises(ProcError, match=f"127.0.0.1:{port}"):

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import atexit
 import os
+import random
 import signal
 import socket
 import subprocess
@@ -49,20 +50,45 @@ class ProcError(RuntimeError):
     """A harness process failed to start, become ready, or stop."""
 
 
+def _port_span() -> range:
+    """The ports this test process hands out: below the kernel's ephemeral
+    range, so that no outgoing connection (a client of another test, another
+    xdist worker's) can take one as its local port between ``free_port()``
+    and the daemon's bind; one slice of that span per xdist worker."""
+    try:
+        with open("/proc/sys/net/ipv4/ip_local_port_range") as f:
+            ephemeral_low = int(f.read().split()[0])
+    except (OSError, ValueError, IndexError):
+        ephemeral_low = 32768
+    low, high = 10000, max(10000 + 1024, ephemeral_low)
+    count = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1") or 1)
+    worker = os.environ.get("PYTEST_XDIST_WORKER", "gw0")[2:]
+    index = int(worker) % count if worker.isdigit() else 0
+    size = (high - low) // count
+    return range(low + index * size, low + (index + 1) * size)
+
+
 def free_port() -> int:
     """Return a TCP port on 127.0.0.1 that was free a moment ago.
 
-    The kernel picks it (bind to port 0); ports already returned by this
-    function in this interpreter are skipped.
+    Taken from ``_port_span()`` (never an ephemeral port: the kernel gives
+    those to outgoing connections too, and one that took the port before
+    the daemon bound it failed its start with "Connection in use"); ports
+    already returned by this function in this interpreter are skipped.
     """
+    span = _port_span()
     for _ in range(200):
+        port = random.choice(span)
+        if port in _handed_out:
+            continue
         with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-            s.bind(("127.0.0.1", 0))
-            port = s.getsockname()[1]
-        if port not in _handed_out:
-            _handed_out.add(port)
-            return port
-    raise ProcError("free_port: the kernel keeps handing out ports already used")
+            try:
+                s.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+        _handed_out.add(port)
+        return port
+    raise ProcError(f"free_port: no free port found in {span.start}-{span.stop - 1}")
 
 
 def port_open(port: int, host: str = "127.0.0.1", timeout: float = 0.5) -> bool:
