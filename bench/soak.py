@@ -31,6 +31,7 @@ REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 sys.path.insert(0, str(REPO / "tests"))
 
+from support.configs import mixed_site  # noqa: E402
 from support.procs import free_port, kill_leaked  # noqa: E402
 from support.runner import Backend, ForkProxy  # noqa: E402
 
@@ -55,25 +56,8 @@ def main() -> int:
     work = Path(tempfile.mkdtemp(prefix="fp-soak-"))
     b = Backend("b", work / "backend")
     port = free_port()
-    fp = ForkProxy(work / "fp", f"""
-[cache]
-servers = []
-
-[[listener]]
-name = "web"
-bind = "127.0.0.1:{port}"
-
-[[route]]
-path = "/c/"
-pool = "p"
-cache = true
-
-[[route]]
-pool = "p"
-
-[pool.p]
-servers = [{{ addr = "{b.addr}" }}]
-""", server={"keepalive_timeout": args.keepalive_timeout, "access_log": "off"})
+    fp = ForkProxy(work / "fp", mixed_site(port, b.addr),
+                   server={"keepalive_timeout": args.keepalive_timeout, "access_log": "off"})
     fp.start()
     try:
         fp.wait_ready()

@@ -23,7 +23,7 @@ import time
 import requests
 
 from support import procs
-from support.configs import one_pool
+from support.configs import mixed_site, one_pool
 from support.procs import free_port, wait_until
 from support.rawhttp import Conn
 
@@ -37,25 +37,7 @@ def test_keep_alive_connections_stay_open_through_many_short_idle_gaps(
         forkproxy_factory, backend_factory):
     b = backend_factory("b")
     port = free_port()
-    forkproxy_factory(f"""
-[cache]
-servers = []
-
-[[listener]]
-name = "web"
-bind = "127.0.0.1:{port}"
-
-[[route]]
-path = "/c/"
-pool = "p"
-cache = true
-
-[[route]]
-pool = "p"
-
-[pool.p]
-servers = [{{ addr = "{b.addr}" }}]
-""", server={"keepalive_timeout": "1s"})
+    forkproxy_factory(mixed_site(port, b.addr), server={"keepalive_timeout": "1s"})
     base = f"http://127.0.0.1:{port}"
     upload_sha = hashlib.sha256(BODY).hexdigest()
     failures: list[str] = []

@@ -37,6 +37,30 @@ def cache_site(port: int, origin_addr: str, cache: str = "", route_extra: str = 
                                                route_extra="cache = true\n" + route_extra)
 
 
+def mixed_site(port: int, origin_addr: str) -> str:
+    """One listener "web", pool "p" with one origin: paths under /c/ cached
+    (in each worker's memory), everything else proxied (the keep-alive soak's)."""
+    return f"""
+[cache]
+servers = []
+
+[[listener]]
+name = "web"
+bind = "127.0.0.1:{port}"
+
+[[route]]
+path = "/c/"
+pool = "p"
+cache = true
+
+[[route]]
+pool = "p"
+
+[pool.p]
+servers = [{{ addr = "{origin_addr}" }}]
+"""
+
+
 def memcached(addr: str | list[str], timeout: str = "1s") -> str:
     """``[cache]`` lines for the memcached at ``addr`` (one "host:port", or a list).
 
