@@ -27,10 +27,7 @@ from forkproxy.core.ratelimit import fleet_window
 from forkproxy.net.cache_memcached import behaviors, breaker_for
 from forkproxy.net.cache_store import hashed_key
 
-__all__ = ["FleetLimiter", "PROBE_AFTER"]
-
-#: ``state()`` asks memcached itself when this worker's last call is older.
-PROBE_AFTER = 1.0
+__all__ = ["FleetLimiter"]
 
 
 class FleetLimiter:
@@ -48,25 +45,21 @@ class FleetLimiter:
         self.breaker = breaker_for(timeout)
         self._client = None
         self._pid = None
-        self._last_ok = True  # the last call to memcached answered
-        self._last_at = float("-inf")  # when (monotonic)
 
     def state(self) -> dict:
         """{route, scope: "fleet", shared: whether memcached holds the count now, why}."""
         if not self.servers:
             return {"route": self.route, "scope": "fleet", "shared": False,
                     "why": "no cache.servers: each node limits on its own"}
-        if time.monotonic() - self._last_at > PROBE_AFTER:
-            # This worker has not asked memcached lately (another one took the
-            # requests): ask now, so the answer is about memcached, not about
-            # which worker answered /status.
-            try:
-                self._memcached().get("fp:rl:probe")
-                self._last_ok = True
-            except pylibmc.Error:
-                self._last_ok = False
-            self._last_at = time.monotonic()
-        shared = self.breaker.state == "closed" and self._last_ok
+        # Ask memcached itself, each time: the worker that answers /status may
+        # not be the one that took the requests, and its last call says
+        # nothing about memcached now (a readiness request just before an
+        # outage left it "answering").  One get, bounded by cache.timeout.
+        try:
+            self._memcached().get("fp:rl:probe")
+            shared = True
+        except pylibmc.Error:
+            shared = False
         return {"route": self.route, "scope": "fleet", "shared": shared,
                 "why": None if shared else "memcached unreachable: each node limits on its own"}
 
@@ -98,8 +91,7 @@ class FleetLimiter:
                 result = self._count(key)
             except pylibmc.Error:
                 result = None
-            self._last_ok, self._last_at = result is not None, time.monotonic()
-            change = self.breaker.record(self._last_ok, time.monotonic() - started)
+            change = self.breaker.record(result is not None, time.monotonic() - started)
             if change is not None and self.log is not None:
                 if change == "closed":
                     self.log.warning("rate limit of route %s: memcached answers again; the "
