@@ -109,8 +109,8 @@ class Session:
 
     def linger(self) -> None:
         """The close of a connection the client may still be writing to (nginx's
-        lingering close): FIN first, then read and discard until the client's
-        FIN, for at most LINGER seconds.
+        lingering close): close_notify (TLS) and FIN first, then read and
+        discard until the client's FIN, for at most LINGER seconds.
 
         Closing a socket with unread bytes, or receiving bytes after the close,
         makes the kernel answer with a reset, which can destroy the last
@@ -119,12 +119,19 @@ class Session:
         can retry on.
         """
         client = self.client
-        try:
-            client.shutdown(socket.SHUT_WR)
-        except OSError:
-            return
         t = self.timers.start(LINGER)  # bounds the whole wait
         try:
+            if not self.plain:
+                # TLS: close_notify first (RFC 8446 6.1), so that a client
+                # reading to the end can tell our close from a cut.  unwrap
+                # also waits for the client's own close_notify (or its FIN).
+                try:
+                    client.unwrap()
+                except socket.timeout:
+                    raise
+                except (OSError, ValueError):
+                    pass  # the client's FIN, or bytes after our close_notify: drain them raw
+            client.shutdown(socket.SHUT_WR)
             while client.recv(RECV_SIZE):
                 pass
         except OSError:  # socket.timeout included
