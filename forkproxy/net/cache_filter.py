@@ -138,7 +138,8 @@ class Hook:
                  validators=None, whole=True):
         self.cache, self.s, self.tx = cache, s, tx
         self.key, self.stale = key, stale
-        self.whole = whole and key is not None and tx.req.method == "GET"
+        self.may_store = key is not None and tx.req.method == "GET"
+        self.whole = whole and self.may_store
         # (namespace, scheme, host, client's target) of an unsafe request
         self.invalidate = invalidate
         self.validators = validators  # a revalidation's conditional fields
@@ -171,7 +172,7 @@ class Hook:
         rec.cache = status
         extra = [(c.header, status)] if c.header else []
         writer = None
-        if self.key is not None and req.method == "GET" and resp.status not in (206, 304):
+        if self.may_store and resp.status not in (206, 304):
             if policy.storable("GET", resp.status, req.headers, resp.headers, cdn_header=c.cdn,
                                set_cookie=tx.rc.cache_set_cookie) and not (
                     rframing.kind == "length" and rframing.length > c.cfg.max_object_size):
@@ -186,11 +187,11 @@ class Hook:
 
     def upstream_fields(self, headers) -> list:
         """The upstream head's fields for this exchange: a GET that may be
-        stored asks for the whole, with the normalised Accept-Encoding of its
-        variant key; a revalidation's validators replace the client's
-        conditions."""
-        if self.whole:
-            headers = cache_ranges.upstream_fields(headers)
+        stored sends the normalised Accept-Encoding of its variant key and
+        asks for the whole (unless hit-for-pass); a revalidation's validators
+        replace the client's conditions."""
+        if self.may_store:
+            headers = cache_ranges.upstream_fields(headers, self.whole)
         return headers if self.validators is None else conditional(headers, self.validators)
 
     def done(self) -> None:

@@ -13,10 +13,14 @@ What is served (``core.cache_policy.ranges`` decides which part):
   without its Range and If-Range (``upstream_fields``), the whole 200 is
   stored, and the client gets its part of it as the body goes by
   (``cache_filter.RangeTee``: the whole into the store, the part to the
-  client, a 206 or 416 head from ``client_view``).  A response whose length is unknown
-  (chunked) is sent whole.  A URL marked hit-for-pass (its last response
-  could not be stored, or was larger than max_object_size) keeps its Range:
-  the origin's 206 is passed through, never stored.
+  client, a 206 or 416 head from ``client_view``).  A response whose
+  length is unknown (chunked) is sent whole.  A URL marked hit-for-pass
+  (its last response could not be stored, or was larger than
+  max_object_size) keeps its Range: the origin's 206 is passed through,
+  never stored.
+- Either way, a GET miss whose response may be stored sends upstream the
+  Accept-Encoding its variant key holds (``upstream_fields``): what is
+  stored under a key is what any request with that key may be given.
 """
 
 from __future__ import annotations
@@ -33,17 +37,19 @@ _NAME = itemgetter(0)
 _PART_FIELDS = frozenset({"range", "if-range"})
 
 
-def upstream_fields(headers) -> list:
-    """The head sent upstream for a cacheable GET miss: without Range and
-    If-Range, with the Accept-Encoding the variant key names
-    (``cache_policy.normalize_accept_encoding``)."""
+def upstream_fields(headers, whole: bool = True) -> list:
+    """The head sent upstream for a GET miss whose response may be stored:
+    with the Accept-Encoding its variant key names
+    (``cache_policy.normalize_accept_encoding``), and, when ``whole``,
+    without Range and If-Range."""
+    drop = _PART_FIELDS if whole else ()
     ae = []
     out = []
     for n, v in headers:
         low = n.lower()
         if low == "accept-encoding":
             ae.append(v)
-        elif low not in _PART_FIELDS:
+        elif low not in drop:
             out.append((n, v))
     coding = policy.normalize_accept_encoding(ae)
     if coding is not None:
