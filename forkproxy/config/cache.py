@@ -116,6 +116,16 @@ SETTINGS: tuple[Setting, ...] = (
             "this long for its response to be stored, then go upstream themselves. "
             "Also the lifetime of the lock, should its holder die.",
             _RELOAD, _duration(False), _r_duration),
+    Setting("cache", "stale_if_error", "duration", "0s",
+            "How long past its freshness a stored response may still be served when the origin "
+            "fails (answers 500, 502, 503 or 504, refuses the connection, resets it, times out, "
+            "or no server of the pool is up), for responses that name no stale-if-error "
+            "themselves (RFC 5861; a request's own stale-if-error still wins): nginx's "
+            "proxy_cache_use_stale error timeout http_500 http_502 http_503 http_504, with a "
+            "bound. Never for a response with no-cache, must-revalidate, proxy-revalidate or "
+            "s-maxage. Entries are kept that much longer past their freshness. "
+            '"0s": only what responses and requests say.',
+            _RELOAD, _duration(True), _r_duration),
     Setting("cache", "heuristic_max", "duration", "1h",
             "Upper bound of the heuristic freshness (10% of the time since Last-Modified) "
             "given to responses without explicit freshness. "

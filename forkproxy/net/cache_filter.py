@@ -165,7 +165,8 @@ class Hook:
                 c.serve(self.s, tx, new, reader, "REVALIDATED", tx.keep, writer)
                 return Served(tx.keep)
             if resp.status in policy.ERROR_STATUSES and policy.stale_if_error_ok(
-                    entry, now, req.headers, heuristic_max=c.hmax, cdn_header=c.cdn):
+                    entry, now, req.headers, heuristic_max=c.hmax, cdn_header=c.cdn,
+                    default=c.sie):
                 c.serve(self.s, tx, entry, reader, "STALE", tx.keep)
                 return Served(tx.keep)
         status = rec.cache or "MISS"
@@ -205,7 +206,7 @@ class Hook:
         entry, reader = self.stale
         c = self.cache
         if not policy.stale_if_error_ok(entry, time.time(), tx.req.headers,
-                                        heuristic_max=c.hmax, cdn_header=c.cdn):
+                                        heuristic_max=c.hmax, cdn_header=c.cdn, default=c.sie):
             return False
         c.serve(self.s, tx, entry, reader, "STALE", False)
         return True

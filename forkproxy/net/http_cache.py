@@ -162,6 +162,7 @@ class Cache:
         self.log = log_ or log
         self.cdn = cfg.cdn_cache_control.lower() or ()
         self.hmax = cfg.heuristic_max
+        self.sie = cfg.stale_if_error or None  # the default stale-if-error window
         self.header = cfg.header
         self._namespaces: dict[int, tuple] = {}  # route index -> (RouteConfig, namespace)
 
@@ -222,7 +223,8 @@ class Cache:
     def ttl(self, entry: policy.Entry) -> float:
         life = policy.freshness_lifetime(entry, heuristic_max=self.hmax, cdn_header=self.cdn)
         cc, _ = policy.response_directives(entry.headers, self.cdn)
-        extra = max(cc.stale_while_revalidate or 0, cc.stale_if_error or 0)
+        sie = cc.stale_if_error if cc.stale_if_error is not None else self.sie
+        extra = max(cc.stale_while_revalidate or 0, sie or 0)
         if policy.conditional_headers(entry):
             extra += VALIDATOR_KEEP
         return max(1.0, life + extra)

@@ -22,9 +22,10 @@ COMPRESS = 'compress = { types = ["application/octet-stream", "text/*"], min_siz
 BODY = b"".join(pattern(1000))
 
 
-def start(forkproxy_factory, origin, mc, pool_extra="", route_extra=""):
+def start(forkproxy_factory, origin, mc, pool_extra="", route_extra="", cache_extra=""):
     port = free_port()
-    body = cache_site(port, origin.addr, memcached(mc.addr), route_extra) + pool_extra
+    body = cache_site(port, origin.addr, memcached(mc.addr) + "\n" + cache_extra,
+                      route_extra) + pool_extra
     return forkproxy_factory(body), port
 
 
@@ -183,6 +184,17 @@ def test_stale_if_error_when_the_origin_resets_or_hangs(forkproxy_factory, origi
     # the range of a stale entry too
     r = get(port, path, {"Range": "bytes=0-1"})
     assert r.status_code == 206 and r.content == first.content[:2]
+
+
+def test_stale_if_error_default_of_the_cache(forkproxy_factory, origin, mc):
+    _, port = start(forkproxy_factory, origin, mc, cache_extra='stale_if_error = "10m"')
+    plain = "/d?hdr=Cache-Control:max-age%3D1"  # says nothing of stale-if-error
+    strict = "/d?hdr=Cache-Control:max-age%3D1,must-revalidate"
+    first = get(port, plain)
+    get(port, strict)
+    origin.stop()
+    assert wait_stale(port, plain).content == first.content
+    assert get(port, strict).status_code in (502, 503, 504)
 
 
 # -- Accept-Encoding variants ------------------------------------------------
