@@ -23,8 +23,11 @@ Flow for the shell:
    ``REVALIDATE`` forward with ``decision.conditional_headers`` added, then a
    304 (and ``can_freshen``) -> ``merge_304`` + store + serve, a 5xx or a
    connection error -> ``stale_if_error_ok`` decides whether the stale entry
-   is served instead; ``MISS`` forward as is; ``GATEWAY_TIMEOUT`` answer 504
-   (``only-if-cached`` and nothing usable).
+   is served instead; ``MISS`` forward as is (an entry there, stale and
+   without a validator, may still be served on an error the same way);
+   ``GATEWAY_TIMEOUT`` answer 504 (``only-if-cached`` and nothing usable).
+   Whatever entry is served, ``select_range`` says which part of it a Range
+   request gets (206, 416 or the whole).
 3. Response in.  ``storable(...)`` -> ``make_entry(...)`` -> store the head
    (``entry.to_bytes()``) and the body.  For any method, ``invalidations(...)``
    lists primary keys to delete (all variants).
