@@ -247,7 +247,8 @@ def attempt(s, tx, i: int, conn: UpstreamConn, head: bytes, extra=(), retry_stat
         conn.close()
         return tx.tee.keep
     client_head, keep, _, encoder, up_keepalive, rframing = got
-    rec.status = resp.status
+    view = tx.tee.view if tx.tee is not None else None  # a part of the origin's 200
+    rec.status = resp.status if view is None else view[0].status
     if resp.status >= 500:  # relayed as it came: the error log names who answered it
         rec.why = f"upstream {conn.server.addr} answered {resp.status}"
     length = rframing.length
@@ -360,6 +361,8 @@ def _client_head(s, tx, conn: UpstreamConn, resp, extra):
         tee = tx.tee = tx.hook.on_response(resp, rframing)
         if tee.served:
             return None
+        if tee.view is not None:  # the client's part of it (net.cache_ranges): its own head
+            return response.client_head(s, tx, *tee.view, conn, extra, keep) + (rframing,)
     got = response.client_head(s, tx, resp, rframing, conn, extra, keep) + (rframing,)
     if key is not None:
         response.remember(s.rt.client_heads, key, got)
