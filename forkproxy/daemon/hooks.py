@@ -176,19 +176,22 @@ def _owner(server) -> tuple[int, int] | None:
     return pw.pw_uid, gid
 
 
-def make_body_dir(cfg: Config) -> None:
-    """Master: the directory of spooled request bodies (net.spool), the workers' own.
+def make_private_dirs(cfg: Config) -> None:
+    """Master: the workers' own directories in runtime_dir: spooled request
+    bodies (net.spool) and the sockets that hand connections over (net.handoff).
 
-    Private (0700): bodies are the clients' data.  Given to server.user, who
-    could not create it in the root-owned runtime_dir.
+    Private (0700): bodies are the clients' data, the sockets take their
+    connections.  Given to server.user, who could not create them in the
+    root-owned runtime_dir.
     """
+    from forkproxy.control import handoff_dir
     from forkproxy.net.spool import body_dir
 
-    path = body_dir(cfg.server.runtime_dir)
-    os.makedirs(path, mode=0o700, exist_ok=True)
     owner = _owner(cfg.server)
-    if owner is not None and os.geteuid() == 0:
-        os.chown(path, *owner)
+    for path in (body_dir(cfg.server.runtime_dir), handoff_dir(cfg.server.runtime_dir)):
+        os.makedirs(path, mode=0o700, exist_ok=True)
+        if owner is not None and os.geteuid() == 0:
+            os.chown(path, *owner)
 
 
 def open_access_log(cfg: Config):
@@ -252,7 +255,7 @@ def on_starting(arbiter) -> None:
     st.access_log = open_access_log(cfg)
     os.makedirs(cfg.server.runtime_dir, mode=0o755, exist_ok=True)
     st.sticky_key = sticky_key(cfg.server.runtime_dir)  # runtime_dir needs a restart
-    make_body_dir(cfg)
+    make_private_dirs(cfg)
     if cfg.server.pidfile:
         os.makedirs(os.path.dirname(os.path.abspath(cfg.server.pidfile)), mode=0o755,
                     exist_ok=True)

@@ -227,6 +227,8 @@ class ProxyWorker(AsyncWorker):
                 server.max_accept = 1  # spread connections over the workers
             server.start()
             servers.append(server)
+        if self.runtime is not None:  # connections older generations hand over (net.handoff)
+            self.runtime.open_handoff(self.context.generation)
         while self.alive:
             self.notify()  # the first notify tells the master this worker serves
             self._stop.wait(1.0)
@@ -234,14 +236,18 @@ class ProxyWorker(AsyncWorker):
             server.close()  # stop accepting now
         if self.runtime is not None:
             self.runtime.drain()
+        # Connections accepted, and those an older generation handed over.
+        groups = [srv.pool for srv in servers]
+        if self.runtime is not None and self.runtime.handoff is not None:
+            groups.append(self.runtime.handoff.serving)
         deadline = time.monotonic() + self.cfg.graceful_timeout
-        while any(srv.pool.free_count() != srv.pool.size for srv in servers):
+        while any(len(g) for g in groups):
             if time.monotonic() >= deadline:
                 self.log.warning("worker %s: graceful timeout, closing %d connections",
-                                 self.pid, sum(srv.pool.size - srv.pool.free_count()
-                                               for srv in servers))
+                                 self.pid, sum(len(g) for g in groups))
                 for srv in servers:
                     srv.stop(timeout=1)
+                groups[-1].kill(timeout=1)
                 return
             self.notify()
             gevent.sleep(0.05)

@@ -115,6 +115,10 @@ class Background:
         self.proto = proto
         self.timers = Timers()
 
+    @property
+    def draining(self) -> bool:
+        return self.rt.draining
+
     def _send(self, data) -> None:
         pass
 

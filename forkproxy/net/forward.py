@@ -335,7 +335,7 @@ def _client_head(s, tx, conn: UpstreamConn, resp, extra):
     (``tx.hook``).  Remembered in the runtime's client_heads when nothing
     per request goes into it."""
     req, er = tx.req, tx.edge
-    keep = tx.keep and not s.rt.draining
+    keep = tx.keep and not s.draining
     tx.tee = tee = None
     if tx.hook is None and not extra and (er is None or er.rules.resp_rules is None) \
             and (tx.rc is None or tx.rc.compress is None) \

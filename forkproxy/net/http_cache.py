@@ -425,7 +425,7 @@ class Cache:
         re-stores it under the new head) and committed at its end.
         """
         req, rec = tx.req, tx.rec
-        keep = keep and not s.rt.draining
+        keep = keep and not s.draining
         head, code, body, keep, encoder, chunk_out, span = self._head(s, tx, entry, reader,
                                                                       status, keep, time.time())
         rec.status, rec.cache = code, status
@@ -560,7 +560,7 @@ class Cache:
             code, text = (200, "purged\n") if self.purge_url(
                 host, target, self.namespaces_serving(s.rt, tx.host, tx.path)) else \
                 (404, "not in the cache\n")
-        keep = tx.keep and not s.rt.draining
+        keep = tx.keep and not s.draining
         rec.status = code
         s._send(own_response(code, body=text.encode(), ctype="text/plain; charset=utf-8",
                              connection="" if keep else CLOSE))

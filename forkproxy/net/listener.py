@@ -28,6 +28,7 @@ from forkproxy.core import http1, proxy_protocol
 from forkproxy.core.routing import Router, RouteSpec
 from forkproxy.net import tcp_proxy
 from forkproxy.net.edge import Edge
+from forkproxy.net.handoff import Handoff
 from forkproxy.net.http_session import Session
 from forkproxy.net.pools import REFRESH, PoolRuntime
 from forkproxy.net.spool import body_dir
@@ -94,6 +95,8 @@ class Runtime:
             if self.keep_alive else ""
         self.draining = False
         self.drain_until = 0.0
+        self.handoff = None  # net.handoff.Handoff once open_handoff ran
+        self.handing_off = False  # draining, and a newer generation takes connections
         self.admin = admin(self) if admin is not None else None  # last: it reads this runtime
 
     def listener_for(self, sock, client) -> ListenerConfig | None:
@@ -136,6 +139,11 @@ class Runtime:
         if listener is None:
             self.admin.handle(client, addr)  # its own socket: never a listener's rules
             return
+        self._admitted(listener, client, addr)
+
+    def _admitted(self, listener: ListenerConfig, client, addr, served: int | None = None):
+        """Serve a connection within the listener's max_conns_per_ip, counted.
+        ``served``: requests it carried in a worker that handed it over."""
         ticket = self.edge.admit(listener, addr)  # max_conns_per_ip
         if ticket is None:
             self.log.warning("connection from %s to listener %s refused: max_conns_per_ip (%d) "
@@ -146,7 +154,9 @@ class Runtime:
         if metrics is not None:
             metrics.connection(1)
         try:
-            if listener.mode == "http" and not listener.contexts and not listener.accept_proxy:
+            if served is not None:
+                Session(self, listener, client, addr, served=served).run()
+            elif listener.mode == "http" and not listener.contexts and not listener.accept_proxy:
                 Session(self, listener, client, addr).run()
             else:
                 self.handle_edge(listener, client, addr)
@@ -154,6 +164,26 @@ class Runtime:
             self.edge.release(ticket)
             if metrics is not None:
                 metrics.connection(-1)
+
+    def handle_handed(self, name: str, client, peer, served: int) -> None:
+        """A keep-alive connection a draining worker of an older generation
+        handed over (``net.handoff``): served on, by this configuration's
+        listener of the same name (closed when there is none, or it is no
+        longer plain HTTP), counted and admitted like an accepted one."""
+        listener = next((lc for lc in self.cfg.listeners if lc.name == name), None)
+        if listener is None or listener.mode != "http" or listener.contexts:
+            self.log.info("connection from %s handed over for listener %s closed: no such "
+                          "plain HTTP listener now", peer[0], name)
+            _close_quietly(client)
+            return
+        self._admitted(listener, client, peer, served)
+
+    def open_handoff(self, generation: int) -> None:
+        """Take connections that draining workers of older generations hand over."""
+        self.handoff = Handoff(self.cfg.server.runtime_dir, generation, self.handle_handed,
+                               self.log)
+        if not self.handoff.open():
+            self.handoff = None
 
     def handle_edge(self, listener: ListenerConfig, client, addr) -> None:
         """A connection that needs more than plain HTTP: a PROXY header to read,
@@ -210,8 +240,10 @@ class Runtime:
     def drain(self) -> None:
         """Stop keeping connections alive (idempotent).
 
-        In-flight requests finish; their connections close after the response
-        (they answer with ``Connection: close``).  A keep-alive connection's
+        With a newer generation taking them (``net.handoff``), plain-HTTP
+        connections go to it as soon as they wait for a next request.
+        Otherwise in-flight requests finish; their connections close after
+        the response (they answer with ``Connection: close``).  A keep-alive connection's
         next request is still answered (with ``Connection: close``) during
         the drain window, because its client may have sent it already: closing
         at once would lose it.  Connections idle through the whole window are
@@ -219,10 +251,16 @@ class Runtime:
         """
         if self.draining:
             return
+        if self.handoff is not None:
+            self.handoff.close()  # no more connections come here
+            self.handing_off = bool(self.handoff.targets())
         self.draining = True
         window = min(DRAIN_WINDOW, self.cfg.server.keepalive_timeout)
         self.drain_until = time.monotonic() + window
         gevent.spawn_later(window, self._close_idle)
+        if self.handing_off:
+            for session in list(self.sessions):
+                session.hand_off_soon()  # those waiting for a next request go now
 
     def _close_idle(self) -> None:
         for session in list(self.sessions):

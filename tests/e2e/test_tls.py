@@ -153,6 +153,21 @@ def test_a_close_forkproxy_decides_is_announced_with_close_notify(pki, backend_f
     assert got.startswith(b"HTTP/1.1 200 ")
 
 
+def test_a_tls_connection_is_not_handed_over_at_a_reload(pki, backend_factory,
+                                                        forkproxy_factory):
+    """Its TLS state lives in the old worker's OpenSSL (net.handoff): it stays
+    there, and its next response closes it, as before connections were handed."""
+    b = backend_factory()
+    port = free_port()
+    fp = start(forkproxy_factory, b, port,
+               f'tls = {{ cert = "{pki["a"][0]}", key = "{pki["a"][1]}" }}')
+    with handshake(port, client_ctx(pki), "a.example") as s:
+        assert get(s)[0] == 200
+        fp.reload_and_wait()
+        status, hdrs, _ = get(s)
+        assert status == 200 and hdrs.get("connection") == "close"
+
+
 @pytest.mark.filterwarnings("ignore:ssl.TLSVersion.TLSv1:DeprecationWarning")
 def test_old_tls_versions_refused_by_default(pki, backend_factory, forkproxy_factory):
     b = backend_factory()
