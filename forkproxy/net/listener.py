@@ -266,6 +266,14 @@ class Runtime:
         for session in list(self.sessions):
             session.shut_idle()  # only those waiting for a next request
 
+    def tunnels_timeout(self) -> float:
+        """The longest a tunnel may stay idle here: server.tunnel_timeout, a
+        route's own, a TCP listener's idle_timeout.  A worker draining for a
+        reload keeps its tunnels that long at most (daemon.worker)."""
+        return max([self.cfg.server.tunnel_timeout]
+                   + [r.tunnel_timeout for r in self.cfg.routes if r.tunnel_timeout is not None]
+                   + [lc.idle_timeout for lc in self.cfg.listeners if lc.mode == "tcp"])
+
     def trusted_peer(self, ip: str) -> bool:
         if not self.trusted:
             return False
