@@ -64,6 +64,10 @@ def render_status(doc: dict, now: float, source: str) -> str:
         lines.append(f"rate limit of route {rl['route']}: "
                      + ("shared by the fleet (memcached)" if rl["shared"]
                         else f"NODE LIMIT ({rl['why']})"))
+    for st in doc.get("sticky_tables") or ():
+        lines.append(f"sticky table of pool {st['pool']}: "
+                     + ("shared by the fleet (memcached)" if st["shared"]
+                        else f"WORKER TABLES ({st['why']})"))
     rows = [list(_COLUMNS)]
     for pool in doc["pools"]:
         for s in pool["servers"]:

@@ -295,6 +295,9 @@ class Admin:
         doc["workers"] = cfg.server.workers
         # Fleet rate limits: shared through memcached, or each node's own now.
         doc["rate_limits"] = rate_limit_states(self.rt.edge)
+        # Fleet sticky tables (net.sticktable): in memcached, or each worker's own now.
+        doc["sticky_tables"] = [p.stick.state() for p in self.rt.pools.values()
+                                if p.stick is not None and p.stick.fleet]
         return doc
 
     def totals(self) -> dict[tuple, int]:

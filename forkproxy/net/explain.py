@@ -237,7 +237,7 @@ def _pool(pool, req, peer: str) -> dict:
 
 def _server(doc: dict, pool, req, peer: str) -> None:
     """The server ``forward.exchange`` would try first, and the sticky cookie's part in it."""
-    pinned, token = sticky_choice(pool, req)
+    pinned, token = sticky_choice(pool, req, peer)
     if pool.sticky is not None:
         named = pool.sticky.index(token) if token is not None else None
         doc["sticky"] = {"cookie": pool.cfg.sticky.cookie, "token": token,

@@ -77,6 +77,12 @@ class Runtime:
             rows = list(range(row, row + len(p.servers)))
             row += len(p.servers)
             self.pools[p.name] = PoolRuntime(p, table, rows, slot, ctx.sticky_key)
+            if p.sticky is not None and p.sticky.key is not None:
+                # Here, in the worker: pylibmc is never loaded in the master.
+                from forkproxy.net.sticktable import StickTable
+
+                self.pools[p.name].stick = StickTable(p.name, p.sticky, cfg.cache.servers,
+                                                      cfg.cache.timeout, log)
         self.refresh(time.time())
         self.trusted = s.trusted_proxies
         self._listeners: dict = {}  # listening socket -> ListenerConfig, None: admin
