@@ -271,6 +271,11 @@ class PoolRuntime:
         i = self._by_addr.get(addr) if addr is not None else None
         return i if i is not None and self._may_stick(i) else None
 
+    def row_of(self, addr: str) -> int | None:
+        """The table row of this pool's server ``addr`` (None: not one now)."""
+        i = self._by_addr.get(addr)
+        return self.rows[i] if i is not None else None
+
     def _may_stick(self, i: int) -> bool:
         """Server i takes its sticky clients: usable or in drain, below max_conns."""
         if not self._sticky_ok[i]:
