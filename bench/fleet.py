@@ -213,6 +213,25 @@ def bench_dns(args, tmp: Path) -> list[float]:
     return all_t
 
 
+def median_latencies(ports: dict[str, int], rounds: int, headers) -> dict[str, float]:
+    """Median seconds of a keep-alive GET per target (name -> port), 250 in a
+    row each in turn, ``rounds`` x 4 times; ``headers(name, n)``: the nth
+    request's fields."""
+    times: dict[str, list[float]] = {k: [] for k in ports}
+    conns = {k: http.client.HTTPConnection("127.0.0.1", p, timeout=10) for k, p in ports.items()}
+    n = 0
+    for _ in range(rounds * 4):
+        for k, conn in conns.items():
+            for _ in range(250):
+                n += 1
+                fields = headers(k, n)
+                t = time.perf_counter()
+                conn.request("GET", "/x", headers=fields)
+                conn.getresponse().read()
+                times[k].append(time.perf_counter() - t)
+    return {k: statistics.median(v) for k, v in times.items()}
+
+
 def bench_limit_cost(args, tmp: Path) -> dict[str, float]:
     """Median latency of one keep-alive GET through forkproxy (1 worker) with no
     rate limit, a node limit and a fleet limit (memcached on 127.0.0.1), in
@@ -232,17 +251,7 @@ def bench_limit_cost(args, tmp: Path) -> dict[str, float]:
             fps[scope] = ForkProxy(tmp / f"fp-{scope}", body,
                                    server={"workers": 1, "access_log": "off"}).start()
             fps[scope].wait_ready()
-        times: dict[str, list[float]] = {k: [] for k in fps}
-        conns = {k: http.client.HTTPConnection("127.0.0.1", p, timeout=10)
-                 for k, p in ports.items()}
-        for _ in range(args.rounds * 4):
-            for k, conn in conns.items():
-                for _ in range(250):
-                    t = time.perf_counter()
-                    conn.request("GET", "/x")
-                    conn.getresponse().read()
-                    times[k].append(time.perf_counter() - t)
-        return {k: statistics.median(v) for k, v in times.items()}
+        return median_latencies(ports, args.rounds, lambda k, n: {})
     finally:
         for fp in fps.values():
             fp.stop()
@@ -270,20 +279,8 @@ def bench_sticky_cost(args, tmp: Path) -> dict[str, float]:
                                    server={"workers": 1, "access_log": "off"}).start()
             fps[scope].wait_ready()
         ports["fleet-new"] = ports["fleet"]
-        times: dict[str, list[float]] = {k: [] for k in ports}
-        conns = {k: http.client.HTTPConnection("127.0.0.1", p, timeout=10)
-                 for k, p in ports.items()}
-        n = 0
-        for _ in range(args.rounds * 4):
-            for k, conn in conns.items():
-                for _ in range(250):
-                    n += 1
-                    key = f"new-{n}" if k == "fleet-new" else "one-client"
-                    t = time.perf_counter()
-                    conn.request("GET", "/x", headers={"X-Client": key})
-                    conn.getresponse().read()
-                    times[k].append(time.perf_counter() - t)
-        return {k: statistics.median(v) for k, v in times.items()}
+        return median_latencies(ports, args.rounds, lambda k, n: {
+            "X-Client": f"new-{n}" if k == "fleet-new" else "one-client"})
     finally:
         for fp in fps.values():
             fp.stop()
