@@ -51,6 +51,7 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO / "tests"))
+sys.path.insert(0, str(REPO))  # forkproxy itself, for the in-process calls
 
 from support.dnsserver import write_zone  # noqa: E402
 from support.procs import Proc, free_port, kill_leaked, wait_until  # noqa: E402
