@@ -162,9 +162,10 @@ class Metrics:
     def totals(self) -> dict[tuple, int]:
         """Every key's value summed over all rows (gauges read as signed)."""
         cells, n = self.cells, self.n_keys
+        rows = [cells[row * n:(row + 1) * n].tolist() for row in range(self.n_slots + 1)]
         out = {}
-        for k, key in enumerate(self.keys):
-            total = sum(cells[row * n + k] for row in range(self.n_slots + 1)) & 0xFFFFFFFFFFFFFFFF
+        for key, column in zip(self.keys, zip(*rows)):
+            total = sum(column) & 0xFFFFFFFFFFFFFFFF
             out[key] = total - (1 << 64) if total >= 1 << 63 else total
         return out
 
@@ -301,15 +302,23 @@ def relabel_rows(totals: dict[tuple, int], rows: dict[int, tuple[str, str]]) -> 
     that row now, ``rows``: {row: (pool, addr)}; a row that is free, or holds
     a server of another pool than the series', is left out."""
     out = {}
-    for (name, labels), value in totals.items():
-        d = dict(labels)
-        server = d.get("server", "")
-        if server.startswith("#"):
-            got = rows.get(int(server[1:]))
-            if got is None or got[0] != d.get("pool"):
-                continue
-            labels = tuple((k, got[1] if k == "server" else v) for k, v in labels)
-        out[(name, labels)] = value
+    for key, value in totals.items():
+        labels = key[1]
+        pool = None
+        for k, v in labels:  # pool comes before server (request_keys)
+            if k == "pool":
+                pool = v
+            elif k == "server":
+                if v[:1] == "#":
+                    got = rows.get(int(v[1:]))
+                    if got is None or got[0] != pool:
+                        break
+                    key = (key[0], tuple((k, got[1] if k == "server" else v)
+                                         for k, v in labels))
+                out[key] = value
+                break
+        else:
+            out[key] = value
     return out
 
 
