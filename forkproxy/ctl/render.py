@@ -144,7 +144,12 @@ def render_explain(doc: dict) -> str:
         p = doc["pool"]
         lines.append(("pool", f"{p['name']} {p['balance']}"
                               + (f", key {p['key']!r}" if p["key"] is not None else "")))
-    if doc["sticky"] is not None:
+    if doc["sticky"] is not None and "table" in doc["sticky"]:
+        st = doc["sticky"]
+        lines.append(("sticky", f"{st['table']} table by {st['key']}: "
+                                + (f"{st['value']} -> {st['server'] or 'no entry'}"
+                                   if st["value"] else "the request has no key")))
+    elif doc["sticky"] is not None:
         st = doc["sticky"]
         lines.append(("sticky", f"cookie {st['cookie']}: "
                                 + (f"names {st['server'] or 'no server of this pool'}"

@@ -103,3 +103,17 @@ def test_a_client_pinned_to_a_server_in_maint_is_pinned_again(forkproxy_factory,
     wait_until(lambda: json.loads(fp1.ctl("--json", "status").stdout)["pools"][0]["servers"]
                [[b.addr for b in bs].index(addr)]["admin"] == "ready", what="ready again")
     assert [backend_for(p, "alice")[0] for p in (p2, p1, p2, p1)] == [new] * 4
+
+
+def test_explain_shows_the_key_and_its_entry(forkproxy_factory, backend_factory):
+    bs = [backend_factory(f"b{i}") for i in range(2)]
+    fp, port = node(forkproxy_factory, bs, 'key = "header:X-Client", ttl = "30m"', workers=1)
+    first = backend_for(port, "alice")[0]
+    addr = next(b.addr for b in bs if b.name == first)
+    url = f"http://127.0.0.1:{port}/"
+    doc = json.loads(fp.ctl("--json", "explain", "GET", url, "-H", "X-Client: alice").stdout)
+    assert doc["sticky"] == {"table": "node", "key": "header:x-client", "value": "h alice",
+                             "server": addr}
+    assert doc["server"] == {"addr": addr, "by": "sticky"}
+    text = fp.ctl("explain", "GET", url).stdout
+    assert "node table by header:x-client: the request has no key" in text
