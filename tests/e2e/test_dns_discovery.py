@@ -122,6 +122,7 @@ def test_a_discovered_server_has_its_own_metrics(forkproxy_factory, backend_fact
     fp = forkproxy_factory(one_pool(port, ['{ srv = "_http._tcp.app.test" }']),
                            server={**server_conf(dns_server), "admin": f"127.0.0.1:{aport}"},
                            ready=False)
+    fp.wait_workers(2)
     wait_until(lambda: active(fp) == {a.addr}, timeout=20, what="a found")
 
     def served():
