@@ -425,7 +425,8 @@ SETTINGS: tuple[Setting, ...] = (
             _RELOAD, _enum("scope", ("node", "fleet"))),
     Setting("pool.sticky", "keys", "integer 16..10000000", 100000,
             "Entries each worker keeps in its own table (scope node, and the copy of scope "
-            "fleet); beyond it the least recently used is forgotten.",
+            "fleet), about 300 bytes each for a short key; beyond it the least recently used "
+            "is forgotten.",
             _RELOAD, _int(16, 10000000)),
     # retry = { ... }
     Setting("pool.retry", "tries", "integer 0..100", 0,
