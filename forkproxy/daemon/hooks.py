@@ -239,7 +239,11 @@ def build_metrics(cfg: Config, n_slots: int, old):
     from forkproxy.core.metrics import Metrics, request_keys
 
     pools = {p.name: [s.addr for s in p.servers] for p in cfg.pools}
-    keys = request_keys([(r.index, r.pool, pools.get(r.pool, [])) for r in cfg.routes], pools)
+    # The table's rows after the configured servers' (control.table_plan) hold
+    # the servers that come at run time: their series are kept by row.
+    first = sum(len(p.servers) for p in cfg.pools)
+    keys = request_keys([(r.index, r.pool, pools.get(r.pool, [])) for r in cfg.routes], pools,
+                        range(first, first + cfg.server.runtime_servers))
     if old is not None and old.keys == keys and old.n_slots == n_slots:
         return old
     metrics = Metrics(keys, n_slots, mmap.mmap(-1, Metrics.size(len(keys), n_slots)))

@@ -188,6 +188,8 @@ def _try_server(s, tx, choice: ServerChoice, i: int, replayable: bool):
                                         [("Host", tx.out_host or server.addr)] + tx.headers)
     cookie = (("Set-Cookie", pool.set_cookie(i, s.tls_version is not None)),) if (
         pool.sticky is not None and tx.token != pool.sticky.token(i)) else ()
+    if pool.stick is not None and tx.token is not None:
+        pool.stick.store(tx.token, server.addr)  # a new, moved or aging entry
     retry = pool.retry
     if retry.on and replayable:
         def retry_status(status: int) -> bool:
@@ -369,13 +371,18 @@ def _client_head(s, tx, conn: UpstreamConn, resp, extra):
     return got
 
 
-def sticky_choice(pool: PoolRuntime, req) -> tuple[int | None, str | None]:
-    """(server the request's sticky cookie pins it to, or None; the cookie's token).
+def sticky_choice(pool: PoolRuntime, req, client: str = "") -> tuple[int | None, object]:
+    """(server the request's sticky cookie or sticky table entry pins it to,
+    or None; the cookie's token, or the table's ``net.sticktable.Stuck``).
 
     A server in drain keeps its sticky requests but takes no new tunnel
     (WebSocket).  Read-only: ``forkproxyctl explain`` asks it too.
     """
-    pinned, token = pool.sticky_server(req)
+    if pool.stick is not None:  # a sticky table: by the request's key, no cookie
+        token = pool.stick.lookup(req, client)
+        pinned = pool.stuck_server(token.addr) if token is not None else None
+    else:
+        pinned, token = pool.sticky_server(req)
     if pinned is not None and not pool.usable(pinned) and upgrade_asked(req) is not None:
         pinned = None
     return pinned, token

@@ -40,6 +40,16 @@ DRAIN_WINDOW = 1.0
 _UNKNOWN = object()
 
 
+def _stick_table(cfg, p, log):
+    """Pool ``p``'s sticky table (``sticky = { key = ... }``), else None."""
+    if p.sticky is None or p.sticky.key is None:
+        return None
+    # Here, in the worker: pylibmc is never loaded in the master.
+    from forkproxy.net.sticktable import StickTable
+
+    return StickTable(p.name, p.sticky, cfg.cache.servers, cfg.cache.timeout, log)
+
+
 class Runtime:
     """A worker's state for one configuration: what every session shares."""
 
@@ -78,7 +88,10 @@ class Runtime:
             rows = list(range(row, row + len(p.servers)))
             row += len(p.servers)
             self.pools[p.name] = PoolRuntime(p, table, rows, slot, ctx.sticky_key)
+            self.pools[p.name].stick = _stick_table(cfg, p, log)
         self.refresh(time.time())
+        if metrics is not None:  # servers that came at run time are counted by their row
+            metrics.metrics.locate = self._row_of
         self.trusted = s.trusted_proxies
         self._listeners: dict = {}  # listening socket -> ListenerConfig, None: admin
         # TLS listeners (contexts built by the master when it loaded the file)
@@ -231,6 +244,10 @@ class Runtime:
             session.proto = "https"
             session.tls_version, session.sni = client.version(), tls_server_name(client)
         session.run()
+
+    def _row_of(self, pool: str, addr: str) -> int | None:
+        got = self.pools.get(pool)
+        return got.row_of(addr) if got is not None else None
 
     def refresh(self, now: float) -> None:
         """Take a new snapshot of the shared table for every pool."""
