@@ -454,6 +454,19 @@ def _hash_key(value: Any) -> str:
     return f"{kind}:{name.lower() if kind == 'header' else name}"
 
 
+def _split_by(value: Any) -> str:
+    """A route's split_by: "cookie:NAME", "header:NAME" (kept in lower case) or "src"."""
+    if value == "src":
+        return value
+    try:
+        got = _hash_key(value)
+    except Invalid:
+        got = None
+    if got is None or got.startswith(("uri", "query:")):
+        raise Invalid(f'expected "cookie:NAME", "header:NAME" or "src", got {_quote(value)}')
+    return got
+
+
 def _cookie_name(value: Any) -> str:
     if not _TOKEN_RE.match(_str(value)):
         raise Invalid(f"invalid cookie name {_quote(value)}: use letters, digits and !#$%&'*+-.^_`|~")

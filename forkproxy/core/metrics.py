@@ -66,12 +66,13 @@ def _histogram(name: str, labels: tuple) -> list[tuple]:
 def request_keys(routes, pools=None) -> list[tuple]:
     """Every key of a configuration.
 
-    ``routes``: ``[(route_id, pool, [server addrs])]``; ``pools``: ``{pool:
+    ``routes``: ``[(route_id, pool, [server addrs])]``, one entry per pool
+    of a route that splits its requests across pools; ``pools``: ``{pool:
     [server addrs]}`` (default: the pools the routes name). A key is
     ``(family, ((label, value), ...))``; histogram families are stored as
     their ``_bucket``, ``_sum`` and ``_count`` keys.
 
-    Requests get one series per route, server of its pool (plus ``""``:
+    Requests get one series per route, pool, server of that pool (plus ``""``:
     answered without a server, such as a 502 after every try failed or a
     redirect) and status class; requests that matched no route count under
     route ``""``.
@@ -80,14 +81,18 @@ def request_keys(routes, pools=None) -> list[tuple]:
         pools = {p: list(s) for _, p, s in routes if p}
     keys: list[tuple] = [(name, ()) for name in _SINGLE]
     targets = [("", "", [])] + [(str(r), p or "", list(s)) for r, p, s in routes]
+    seen = set()
     for route, pool, servers in targets:
         for server in [""] + servers:
             for cls in CLASSES:
                 keys.append(("requests_total", (("route", route), ("pool", pool),
                                                 ("server", server), ("code", cls))))
         keys += _histogram("request_duration_seconds", (("route", route), ("pool", pool)))
-        keys += [("cache_requests_total", (("route", route), ("result", r))) for r in CACHE_RESULTS]
-        keys.append(("ratelimited_total", (("route", route),)))
+        if route not in seen:  # once per route, whatever its pools
+            seen.add(route)
+            keys += [("cache_requests_total", (("route", route), ("result", r)))
+                     for r in CACHE_RESULTS]
+            keys.append(("ratelimited_total", (("route", route),)))
     for pool, servers in pools.items():
         keys.append(("retries_total", (("pool", pool),)))
         for server in servers:
@@ -117,9 +122,10 @@ class Metrics:
         by_label: dict[str, dict[tuple, int]] = {}
         for i, (name, labels) in enumerate(self.keys):
             by_label.setdefault(name, {})[tuple(v for _, v in labels)] = i
-        self._req = {(r, srv, c): i for (r, _, srv, c), i in by_label.get("requests_total", {}).items()}
+        self._req = {(r, p, srv, c): i
+                     for (r, p, srv, c), i in by_label.get("requests_total", {}).items()}
         # histogram series -> index of its first bucket (sum and count follow the buckets)
-        self._dur = {r: i for (r, _, le), i in
+        self._dur = {(r, p): i for (r, p, le), i in
                      by_label.get("request_duration_seconds_bucket", {}).items() if le == _LE[0]}
         self._up = {(p, srv): i for (p, srv, le), i in
                     by_label.get("upstream_duration_seconds_bucket", {}).items() if le == _LE[0]}
@@ -189,11 +195,12 @@ class Metrics:
     def _plan(self, route, pool, upstream, cls: int) -> tuple:
         """(requests cell, duration histogram, upstream histogram, route label) of a request."""
         r = "" if route is None else str(route)
+        p = "" if route is None else pool or ""
         code = f"{cls}xx"
-        req = self._req.get((r, upstream or "", code))
+        req = self._req.get((r, p, upstream or "", code))
         if req is None:
-            req = self._req.get((r, "", code))
-        return req, self._dur.get(r), self._up.get((pool or "", upstream or "")), r
+            req = self._req.get((r, p, "", code))
+        return req, self._dur.get((r, p)), self._up.get((pool or "", upstream or "")), r
 
     def _observe(self, i: int, seconds: float) -> None:
         """One observation into the histogram series whose first bucket is cell ``i``."""

@@ -233,10 +233,12 @@ def build_metrics(cfg: Config, n_slots: int, old):
     """
     import mmap
 
+    from forkproxy.config.route import route_pools
     from forkproxy.core.metrics import Metrics, request_keys
 
     pools = {p.name: [s.addr for s in p.servers] for p in cfg.pools}
-    keys = request_keys([(r.index, r.pool, pools.get(r.pool, [])) for r in cfg.routes], pools)
+    keys = request_keys([(r.index, p, pools.get(p, [])) for r in cfg.routes
+                         for p in route_pools(r)], pools)
     if old is not None and old.keys == keys and old.n_slots == n_slots:
         return old
     metrics = Metrics(keys, n_slots, mmap.mmap(-1, Metrics.size(len(keys), n_slots)))

@@ -176,8 +176,9 @@ def _try_server(s, tx, choice: ServerChoice, i: int, replayable: bool):
     server = pool.servers[i]
     rec.upstream = server.addr
     try:
-        conn = (pool.conns[i].checkout(replayable) if i not in choice.tried
-                else pool.conns[i].connect())
+        limits = tx.rc.timeouts  # the route's own time limits, if any
+        conn = (pool.conns[i].checkout(replayable, limits) if i not in choice.tried
+                else pool.conns[i].connect(limits))
     except UpstreamError as exc:
         rt.log.warning("request %s: route=%s pool=%s server=%s: %s", rec.request_id,
                        tx.rc.index, pool.name, server.addr, exc.detail)
