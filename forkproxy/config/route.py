@@ -66,8 +66,8 @@ SECTIONS: tuple[Section, ...] = (
         "Each pool keeps its own balancing, health checks, sticky cookie, retry and queue; "
         "the access log's pool field, the metrics' pool label and forkproxyctl explain "
         "name the pool a request took. "
-        "As nginx's split_clients (with a proxy_pass to a variable), HAProxy's weighted "
-        "use_backend with rand() or a stick table, Envoy's weighted_clusters, Traefik's "
+        "As nginx's split_clients (with a proxy_pass to a variable), HAProxy's use_backend "
+        "on a random draw or a stick table, Envoy's weighted_clusters, Traefik's "
         "weighted services. "
         "On a cached route both pools' responses share the route's cache entries.",
         cls="SplitEntry",

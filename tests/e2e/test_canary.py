@@ -152,6 +152,9 @@ def test_explain_says_the_split_and_the_pool_a_request_takes(canary):
     doc = json.loads(fp.ctl("--json", "explain", "GET", f"http://random.test:{port}/").stdout)
     assert doc["split"]["how"] == "random" and doc["split"]["key"] is None
     assert doc["split"]["pools"][1] == {"pool": "v2", "weight": 10, "share": 0.1}
+    text = fp.ctl("explain", "GET", f"http://sticky.test:{port}/", "-H", "X-User: user-1").stdout
+    line = next(ln for ln in text.splitlines() if ln.startswith("split"))
+    assert "v1 50, v2 50 (by header:x-user, key 'key user-1' -> v" in line, text
 
 
 def test_a_route_read_timeout_overrides_the_pool(canary):
