@@ -22,9 +22,10 @@ CONTRACT (consumed by ``forkproxy.config.route``, ``net.stages`` and ``net.expla
     ``Split.choose(req, client, rand=random.random) -> int``
         ``pick(key)`` when the split is sticky, else ``draw(rand())``.
 
-The hash is BLAKE2b keyed by the pool's name (64 bits), the same in every
-worker, process and version: a client keeps its pool across reloads and
-restarts as long as the pools and weights do.
+The hash (BLAKE2b of the key, mixed with a seed made of the pool's name by
+splitmix64's finaliser) is the same in every worker, process and version: a
+client keeps its pool across reloads and restarts as long as the pools and
+weights do.
 """
 
 from __future__ import annotations
@@ -41,6 +42,7 @@ __all__ = ["Split", "MAX_WEIGHT"]
 
 MAX_WEIGHT = 1000
 _SCALE = 1.0 / (1 << 64)
+_MASK = (1 << 64) - 1
 
 
 @dataclass(frozen=True)
@@ -51,7 +53,7 @@ class Split:
     weights: tuple[int, ...]
     by: str | None = None  # "cookie:NAME", "header:NAME" (lower case), "src"; None: random
     _cum: tuple[int, ...] = field(init=False, repr=False, compare=False)
-    _hashers: tuple = field(init=False, repr=False, compare=False)
+    _seeds: tuple = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         pools, weights = tuple(self.pools), tuple(self.weights)
@@ -75,9 +77,10 @@ class Split:
         object.__setattr__(self, "pools", pools)
         object.__setattr__(self, "weights", weights)
         object.__setattr__(self, "_cum", tuple(cum))
-        # Keyed by the pool's name: a pool's scores do not depend on the others.
-        object.__setattr__(self, "_hashers", tuple(
-            (i, w, hashlib.blake2b(digest_size=8, key=name.encode("utf-8")[:64]))
+        # Seeded by the pool's name: a pool's scores do not depend on the others.
+        object.__setattr__(self, "_seeds", tuple(
+            (i, w, int.from_bytes(hashlib.blake2b(name.encode("utf-8"), digest_size=8,
+                                                  person=b"fp-split").digest(), "big"))
             for i, (name, w) in enumerate(zip(pools, weights)) if w > 0))
 
     @property
@@ -98,12 +101,18 @@ class Split:
         return b"key " + value.encode("utf-8", "surrogateescape")
 
     def pick(self, key: bytes) -> int:
+        # One BLAKE2b of the key, then per pool the splitmix64 finaliser of
+        # (key hash XOR pool seed): a uniform draw u in (0, 1) per (key, pool),
+        # and the pool with the highest weight / -ln(u) wins (each pool wins
+        # with probability weight / sum of weights).
+        k = int.from_bytes(hashlib.blake2b(key, digest_size=8).digest(), "big")
         best, best_score = -1, -1.0
-        for i, w, hasher in self._hashers:
-            h = hasher.copy()
-            h.update(key)
-            u = (int.from_bytes(h.digest(), "big") + 0.5) * _SCALE  # in (0, 1)
-            score = w / -math.log(u)
+        for i, w, seed in self._seeds:
+            x = ((k ^ seed) + 0x9E3779B97F4A7C15) & _MASK
+            x = ((x ^ (x >> 30)) * 0xBF58476D1CE4E5B9) & _MASK
+            x = ((x ^ (x >> 27)) * 0x94D049BB133111EB) & _MASK
+            x ^= x >> 31
+            score = w / -math.log((x + 0.5) * _SCALE)
             if score > best_score:
                 best, best_score = i, score
         return best
