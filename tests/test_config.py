@@ -294,6 +294,11 @@ BAD = [
       'got "query:u"']),
     ("route read_timeout", MINIMAL.replace('pool = "app"', 'pool = "app"\nread_timeout = "0s"'),
      ["t.toml:7: route[0].read_timeout: must be greater than zero"]),
+    ("retry budget over 100%", MINIMAL + 'retry = { budget = "120%" }\n',
+     ['t.toml:10: pool.app.retry.budget: expected a percentage such as "20%" (0% to 100%), '
+      'got "120%"']),
+    ("retry budget without %", MINIMAL + 'retry = { budget = 20 }\n',
+     ["t.toml:10: pool.app.retry.budget: expected a string, got an integer"]),
     ("path and regex", MINIMAL.replace('pool = "app"', 'pool = "app"\npath = "/a"\npath_regex = "^/b"'),
      ["t.toml:8: route[0].path_regex: path and path_regex are exclusive: use one or the other"]),
     ("invalid regex", MINIMAL.replace('pool = "app"', 'pool = "app"\npath_regex = "(["'),
@@ -644,6 +649,15 @@ def test_a_split_route_round_trips():
     assert "# pool is not set" in out
     assert 'pools = [\n  { pool = "app", weight = 95 },\n  { pool = "v2", weight = 5 },\n]' in out
     assert loads(out, "a.toml") == cfg
+
+
+def test_a_retry_budget_round_trips():
+    cfg = loads(MINIMAL + 'retry = { budget = "12.5%", budget_min = 0 }\n', "a.toml")
+    retry = cfg.pools[0].retry
+    assert (retry.budget, retry.budget_min) == (12.5, 0)
+    assert 'budget = "12.5%", budget_min = 0' in dump(cfg)
+    assert loads(dump(cfg), "a.toml") == cfg
+    assert loads(MINIMAL + "retry = {}\n", "a.toml").pools[0].retry.budget is None
 
 
 _EDGE_SECTIONS = ("route.deny", "route.rate_limit", "route.rewrite", "route.redirect",

@@ -494,6 +494,18 @@ def _retry_on(value: Any) -> tuple:
     return tuple(out)
 
 
+def _percent(value: Any) -> float:
+    """"20%", "12.5%": a share of 0..100 percent."""
+    m = re.fullmatch(r"(\d{1,3}(?:\.\d{1,3})?)%", _str(value).strip())
+    if m is None or float(m.group(1)) > 100:
+        raise Invalid(f'expected a percentage such as "20%" (0% to 100%), got {_quote(value)}')
+    return float(m.group(1))
+
+
+def _r_percent(v: float | None) -> str | None:
+    return None if v is None else f"{v:g}%"
+
+
 def _r_retry_on(v: tuple) -> list:
     return [x if isinstance(x, str) else str(x) for x in v]
 

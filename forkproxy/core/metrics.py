@@ -39,6 +39,7 @@ FAMILIES: dict[str, tuple[str, str]] = {
     "sent_bytes_total": ("counter", "Response bytes sent to clients (head and body)."),
     "connections_active": ("gauge", "Client connections open now, every listener but admin."),
     "retries_total": ("counter", "Requests sent again to another server of the pool."),
+    "retries_denied_total": ("counter", "Requests the pool's retry budget refused a retry."),
     "health_transitions_total": ("counter", "Servers marked up or down by the active checks."),
     "cache_requests_total": ("counter", "Requests on cached routes, by route and cache result."),
     "ratelimited_total": ("counter", "Requests refused with 429 by a route's rate limit."),
@@ -95,6 +96,7 @@ def request_keys(routes, pools=None) -> list[tuple]:
             keys.append(("ratelimited_total", (("route", route),)))
     for pool, servers in pools.items():
         keys.append(("retries_total", (("pool", pool),)))
+        keys.append(("retries_denied_total", (("pool", pool),)))
         for server in servers:
             keys += _histogram("upstream_duration_seconds", (("pool", pool), ("server", server)))
             keys += [("health_transitions_total", (("pool", pool), ("server", server), ("to", to)))
@@ -133,6 +135,7 @@ class Metrics:
         self._cache = by_label.get("cache_requests_total", {})
         self._limited = {r: i for (r,), i in by_label.get("ratelimited_total", {}).items()}
         self._retries = {p: i for (p,), i in by_label.get("retries_total", {}).items()}
+        self._denied = {p: i for (p,), i in by_label.get("retries_denied_total", {}).items()}
         self._moves = by_label.get("health_transitions_total", {})
         self._in = self.index.get(("received_bytes_total", ()), 0)
         self._out = self.index.get(("sent_bytes_total", ()), 0)
@@ -214,6 +217,11 @@ class Metrics:
         if k is not None:
             self.cells[slot * self.n_keys + k] += 1
 
+    def count_retry_denied(self, slot: int, pool: str) -> None:
+        k = self._denied.get(pool)
+        if k is not None:
+            self.cells[slot * self.n_keys + k] += 1
+
     def count_transition(self, slot: int, pool: str, server: str, to: str) -> None:
         k = self._moves.get((pool, server, to))
         if k is not None:
@@ -251,6 +259,10 @@ class SlotCounter:
     def retry(self, pool: str) -> None:
         """A request of ``pool`` goes to another server after a failed attempt."""
         self.metrics.count_retry(self.slot, pool)
+
+    def retry_denied(self, pool: str) -> None:
+        """The retry budget of ``pool`` refused a request its retry."""
+        self.metrics.count_retry_denied(self.slot, pool)
 
     def transition(self, pool: str, server: str, to: str) -> None:
         """The active checks turned ``server`` of ``pool`` ``to`` "up" or "down"."""
