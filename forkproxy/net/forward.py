@@ -166,7 +166,9 @@ def exchange(s, tx) -> bool:
       attempts, none started after ``retry.timeout``; each attempt has
       its own connect, send and read time limits;
     - a failure counts as a passive failure of the server it happened
-      on only (core.failover has the rules).
+      on only (core.failover has the rules);
+    - with ``retry.budget``, a retry starts only while the pool's retries
+      in flight in this worker are within it (``failover.within_budget``).
     When every server that could take the request is at max_conns, it
     waits in the pool's queue (503 when there is none, it is full, or
     the wait runs out).

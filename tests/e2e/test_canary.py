@@ -14,7 +14,8 @@ import json
 import pytest
 import requests
 
-from support.procs import free_port
+from forkproxy.core.split import Split
+from support.procs import free_port, wait_until
 
 TOKEN = "canary-token"
 N = 400
@@ -133,6 +134,38 @@ def test_split_by_header_keeps_each_client_on_one_pool(canary):
     assert all(len(pools) == 1 for pools in seen.values()), seen
     # Both pools get clients (30 clients at 50/50: all on one side is 2**-29).
     assert {p for pools in seen.values() for p in pools} == {"v1", "v2"}
+
+
+def test_raising_a_canary_weight_on_reload_moves_clients_only_to_it(canary):
+    """The assignment is the same in every worker and generation (the
+    worker's answers match ``core.split`` run here), and a reload that
+    raises v2's weight moves clients from v1 to v2, never back."""
+    fp, port = canary
+    users = [f"user-{u}" for u in range(60)]
+
+    def pools_now() -> dict[str, str]:
+        out = {}
+        for u in users:  # a new connection each: no old worker keeps serving it
+            r = requests.get(f"http://127.0.0.1:{port}/", timeout=30, headers={
+                "Host": "sticky.test", "X-User": u, "Connection": "close"})
+            out[u] = r.headers["X-Backend"]
+        return out
+
+    def predicted(weights) -> dict[str, str]:
+        split = Split(("v1", "v2"), weights, "header:x-user")
+        return {u: split.pools[split.pick(f"key {u}".encode())] for u in users}
+
+    before = pools_now()
+    assert before == predicted((50, 50))
+    fp.write_config(fp.body.replace('{ pool = "v1", weight = 50 }, { pool = "v2", weight = 50 }',
+                                    '{ pool = "v1", weight = 20 }, { pool = "v2", weight = 80 }'))
+    fp.reload()
+    after_weights = predicted((20, 80))
+    wait_until(lambda: pools_now() == after_weights, timeout=30,
+               what="the new generation's split")
+    moved = [u for u in users if before[u] != after_weights[u]]
+    assert moved and all(before[u] == "v1" and after_weights[u] == "v2" for u in moved)
+    print(f"\n50/50 -> 20/80 on reload: {len(moved)} of {len(users)} clients moved, all v1 -> v2")
 
 
 def test_explain_says_the_split_and_the_pool_a_request_takes(canary):
