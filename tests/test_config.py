@@ -270,6 +270,35 @@ BAD = [
      ['t.toml:6: route[0].pool: no pool named "ap"; did you mean "app"?']),
     ("route to unknown listener", MINIMAL.replace('pool = "app"', 'listener = ["web",\n  "wbe"]\npool = "app"'),
      ['t.toml:7: route[0].listener[1]: no listener named "wbe"; did you mean "web"?']),
+    # issue 24: weighted splits across pools
+    ("split to unknown pool", MINIMAL.replace('pool = "app"', 'pools = [{ pool = "app", weight = 9 },\n'
+                                              '  { pool = "apq", weight = 1 }]'),
+     ['t.toml:7: route[0].pools[1].pool: no pool named "apq"; did you mean "app"?']),
+    ("pool and pools", MINIMAL.replace('pool = "app"', 'pool = "app"\npools = [{ pool = "app" }]'),
+     ["t.toml:7: route[0].pools: a route has exactly one of pool (one pool) and pools "
+      "(a weighted split)"]),
+    ("neither pool nor pools", MINIMAL.replace('pool = "app"', 'host = "a.test"'),
+     ["t.toml:5: route[0]: a route has exactly one of pool (one pool) and pools "
+      "(a weighted split)"]),
+    ("split weights sum to 0", MINIMAL.replace('pool = "app"', 'pools = [{ pool = "app", weight = 0 }]'),
+     ["t.toml:6: route[0].pools: the split's weights sum to 0: no pool would get a request"]),
+    ("split weight too large", MINIMAL.replace('pool = "app"', 'pools = [{ pool = "app", weight = 1001 }]'),
+     ["t.toml:6: route[0].pools[0].weight: expected an integer 0..1000, got 1001"]),
+    ("split pool twice", MINIMAL.replace('pool = "app"', 'pools = [{ pool = "app" }, { pool = "app" }]'),
+     ["t.toml:6: route[0].pools: a pool appears twice in the split"]),
+    ("split_by without pools", MINIMAL.replace('pool = "app"', 'pool = "app"\nsplit_by = "ip"'),
+     ["t.toml:7: route[0].split_by: split_by needs pools (a weighted split)"]),
+    ("split_by unknown", MINIMAL.replace('pool = "app"', 'pools = [{ pool = "app" }]\n'
+                                         'split_by = "query:u"'),
+     ['t.toml:7: route[0].split_by: expected "cookie:NAME", "header:NAME" or "ip", '
+      'got "query:u"']),
+    ("route read_timeout", MINIMAL.replace('pool = "app"', 'pool = "app"\nread_timeout = "0s"'),
+     ["t.toml:7: route[0].read_timeout: must be greater than zero"]),
+    ("retry budget over 100%", MINIMAL + 'retry = { budget = "120%" }\n',
+     ['t.toml:10: pool.app.retry.budget: expected a percentage such as "20%" (0% to 100%), '
+      'got "120%"']),
+    ("retry budget without %", MINIMAL + 'retry = { budget = 20 }\n',
+     ["t.toml:10: pool.app.retry.budget: expected a string, got an integer"]),
     ("path and regex", MINIMAL.replace('pool = "app"', 'pool = "app"\npath = "/a"\npath_regex = "^/b"'),
      ["t.toml:8: route[0].path_regex: path and path_regex are exclusive: use one or the other"]),
     ("invalid regex", MINIMAL.replace('pool = "app"', 'pool = "app"\npath_regex = "(["'),
@@ -605,6 +634,32 @@ def test_dump_round_trip(text):
     assert dump(loads(out, "a.toml")) == out
 
 
+def test_a_split_route_round_trips():
+    text = MINIMAL.replace('pool = "app"', 'pools = [{ pool = "app", weight = 95 }, '
+                           '{ pool = "v2", weight = 5 }]\nsplit_by = "header:X-User"\n'
+                           'read_timeout = "2s"\nconnect_timeout = "500ms"') \
+        + '[pool.v2]\nservers = [{ addr = "127.0.0.1:9001" }]\n'
+    cfg = loads(text, "a.toml")
+    r = cfg.routes[0]
+    assert r.pool is None and r.split_by == "header:x-user"
+    assert (r.split.pools, r.split.weights, r.split.by) == (("app", "v2"), (95, 5), "header:x-user")
+    assert r.timeouts == (0.5, None, 2.0)
+    assert cfg.routes[0].split is not None and loads(MINIMAL, "a.toml").routes[0].timeouts is None
+    out = dump(cfg)
+    assert "# pool is not set" in out
+    assert 'pools = [\n  { pool = "app", weight = 95 },\n  { pool = "v2", weight = 5 },\n]' in out
+    assert loads(out, "a.toml") == cfg
+
+
+def test_a_retry_budget_round_trips():
+    cfg = loads(MINIMAL + 'retry = { budget = "12.5%", budget_min = 0 }\n', "a.toml")
+    retry = cfg.pools[0].retry
+    assert (retry.budget, retry.budget_min) == (12.5, 0)
+    assert 'budget = "12.5%", budget_min = 0' in dump(cfg)
+    assert loads(dump(cfg), "a.toml") == cfg
+    assert loads(MINIMAL + "retry = {}\n", "a.toml").pools[0].retry.budget is None
+
+
 _EDGE_SECTIONS = ("route.deny", "route.rate_limit", "route.rewrite", "route.redirect",
                   "route.request_headers", "route.response_headers")
 
@@ -616,6 +671,8 @@ def test_dump_fills_every_default():
             continue  # not in this config; tests/e2e/test_edge_rules.py
         if s.section == "pool.servers" and s.name in ("addr", "dns", "srv"):
             continue  # one of them per entry: pool_with's servers have addr
+        if s.section == "route.pools" or (s.section, s.name) == ("route", "pool"):
+            continue  # a route has pool or pools: test_a_split_route_round_trips
         if s.default is None and "." in s.section:
             # An inline table leaves unset keys out: no comment fits inside { }.
             assert f" {s.name} = " not in out, s.name

@@ -129,6 +129,9 @@ def test_every_documented_key_is_accepted(setting, tmp_path):
     text = BASE.format(**slots).replace(", }]", " }]")
     if setting.section == "pool.servers" and setting.name in ("dns", "srv"):
         text = text.replace('addr = "127.0.0.1:9000"', line)
+    if setting.section == "route.pools" or setting.name == "split_by":  # a split, not pool
+        entry = 'pool = "app"' + ("" if setting.name in ("pool", "split_by") else f", {line}")
+        text = text.replace('[[route]]\npool = "app"\n', f"[[route]]\npools = [{{ {entry} }}]\n")
     if setting.name == "proxy_protocol":  # only tcp listeners may use such a pool
         text = text.replace('[[route]]\npool = "app"\n', "")
     if setting.section == "pool.tls" and setting.name == "ca":  # it must be readable

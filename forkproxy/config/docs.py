@@ -125,12 +125,14 @@ def sample() -> str:
 def _sample_keys(sec: Section) -> list[str]:
     out = []
     for s in KEYS.get(sec.path, []):
-        note = "required" if s.required else ("unset by default" if s.default is None else "")
+        first = sec.one_of[:1] == (s.name,)  # set in the sample: it stands for its alternatives
+        note = "required" if s.required else ("one of " + ", ".join(sec.one_of) if first
+                                              else "unset by default" if s.default is None else "")
         flags = ", ".join(x for x in (s.type, note, "" if s.reload else "restart") if x)
         out.append("")
         out += _comment(f"{s.name} ({flags}): {s.help}")
         line = f"{s.name} = {_toml(_doc_value(s))}"
-        out.append(line if s.required else "#" + line)
+        out.append(line if s.required or first else "#" + line)
     for child in CHILDREN.get(sec.path, []):
         out.append("")
         if child.kind == "table":

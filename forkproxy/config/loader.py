@@ -160,8 +160,9 @@ class _Loader:
         for r in routes:
             if r is None:
                 continue
-            if r.pool not in pools:
-                self.err(("route", r.index, "pool"), f"no pool named {_quote(r.pool)}{_did_you_mean(r.pool, pools)}")
+            for where, name in _route_pools(r):
+                if name not in pools:
+                    self.err(where, f"no pool named {_quote(name)}{_did_you_mean(name, pools)}")
             for j, name in enumerate(r.listener):
                 if name not in names:
                     p = ("route", r.index, "listener")
@@ -192,10 +193,18 @@ class _Loader:
                         p += (j,)
                     self.err(p, f"listener {_quote(name)} is a tcp listener: routes apply to "
                              "http listeners only")
-            raw = raw_pools.get(r.pool)
-            if isinstance(raw, dict) and raw.get("proxy_protocol") is not None:
-                self.err(("route", r.index, "pool"), f"pool {_quote(r.pool)} sends PROXY "
-                         "protocol headers: only tcp listeners may use it")
+            for where, name in _route_pools(r):
+                raw = raw_pools.get(name)
+                if isinstance(raw, dict) and raw.get("proxy_protocol") is not None:
+                    self.err(where, f"pool {_quote(name)} sends PROXY "
+                             "protocol headers: only tcp listeners may use it")
+
+
+def _route_pools(r) -> list[tuple[tuple, str]]:
+    """(key path, pool name) of each pool a route names (its pool, or each of its split)."""
+    if r.split is None:
+        return [(("route", r.index, "pool"), r.pool)]
+    return [(("route", r.index, "pools", j, "pool"), name) for j, name in enumerate(r.split.pools)]
 
 
 def _did_you_mean(name: str, choices: list[str]) -> str:

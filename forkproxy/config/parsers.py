@@ -465,6 +465,19 @@ def _stick_key(value: Any) -> str:
     return f"{kind}:{name.lower() if kind == 'header' else name}"
 
 
+def _split_by(value: Any) -> str:
+    """A route's split_by: "cookie:NAME", "header:NAME" (kept in lower case) or "ip"."""
+    if value == "ip":
+        return value
+    try:
+        got = _hash_key(value)
+    except Invalid:
+        got = None
+    if got is None or got.startswith(("uri", "query:")):
+        raise Invalid(f'expected "cookie:NAME", "header:NAME" or "ip", got {_quote(value)}')
+    return got
+
+
 def _cookie_name(value: Any) -> str:
     if not _TOKEN_RE.match(_str(value)):
         raise Invalid(f"invalid cookie name {_quote(value)}: use letters, digits and !#$%&'*+-.^_`|~")
@@ -490,6 +503,18 @@ def _retry_on(value: Any) -> tuple:
         if code not in out:
             out.append(code)
     return tuple(out)
+
+
+def _percent(value: Any) -> float:
+    """"20%", "12.5%": a share of 0..100 percent."""
+    m = re.fullmatch(r"(\d{1,3}(?:\.\d{1,3})?)%", _str(value).strip())
+    if m is None or float(m.group(1)) > 100:
+        raise Invalid(f'expected a percentage such as "20%" (0% to 100%), got {_quote(value)}')
+    return float(m.group(1))
+
+
+def _r_percent(v: float | None) -> str | None:
+    return None if v is None else f"{v:g}%"
 
 
 def _r_retry_on(v: tuple) -> list:

@@ -11,8 +11,8 @@ import ipaddress
 
 from forkproxy.config.parsers import (
     _addr, _bool, _cookie_name, _duration, _enum, _fail_status, _hash_key, _header_value, _int,
-    _nonempty_str, _probe_path, _r_duration, _r_list, _r_opt_duration, _r_retry_on, _r_status,
-    _regex, _retry_on, _secret_str, _status_ranges, _stick_key,
+    _nonempty_str, _percent, _probe_path, _r_duration, _r_list, _r_opt_duration, _r_percent,
+    _r_retry_on, _r_status, _regex, _retry_on, _secret_str, _status_ranges, _stick_key,
 )
 from forkproxy.config.schema import (
     _RELOAD, LAST, Derived, Path, Section, Setting, config_classes,
@@ -168,13 +168,17 @@ SECTIONS: tuple[Section, ...] = (
         "was made on, but for a pooled connection the server had closed. "
         "The error log says \"(retrying)\" for a failed attempt only when another one follows; "
         "the last one is reported with the answer sent to the client. "
+        'A budget such as { budget = "20%" } bounds the retries in flight by the load, as '
+        "Envoy's retry_budget (nginx and HAProxy have only counts of tries). "
         "Without this table the defaults below apply.",
         optional=True,
         cls="RetryConfig",
         doc="""A pool's ``retry = { ... }`` (nginx's proxy_next_upstream family).
 
         ``tries`` 0: each server of the pool at most once; ``timeout`` 0: no
-        time limit; ``on``: "error", "timeout" and status codes as ints.
+        time limit; ``on``: "error", "timeout" and status codes as ints;
+        ``budget``: percent of the requests in flight that may be retries
+        (None: no budget), at least ``budget_min``.
         """,
     ),
     Section(
@@ -449,6 +453,22 @@ SETTINGS: tuple[Setting, ...] = (
             "another server is left to try; otherwise it is relayed). "
             "Failures before any byte was sent are retried whatever this says.",
             _RELOAD, _retry_on, _r_retry_on),
+    Setting("pool.retry", "budget", "percentage", None,
+            "A retry budget, as Envoy's retry_budget: a request moves to another server "
+            "only while the pool's retries in flight stay under this share of its requests "
+            "in flight (and under budget_min, whichever is larger), so that a failing pool "
+            "is not hit by a retry storm on top of its load. "
+            "A retry that the budget refuses is not made: the client gets the last failure "
+            "(a 502 or 504, or the server's own 5xx response). "
+            "Counted per worker: each worker holds its own share of the pool's load. "
+            "The retry on a new connection after a pooled one was found closed is not "
+            "counted. "
+            "Unset: no budget (retries as tries and timeout allow).",
+            _RELOAD, _percent, _r_percent, example="20%"),
+    Setting("pool.retry", "budget_min", "integer 0..10000", 3,
+            "With budget: retries in flight always allowed, whatever the share (Envoy's "
+            "min_retry_concurrency), so that a pool with few requests still retries them.",
+            _RELOAD, _int(0, 10000)),
     # queue = { ... }
     Setting("pool.queue", "size", "integer 1..100000", 100,
             "Most requests waiting in the queue of one worker.",

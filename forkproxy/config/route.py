@@ -13,13 +13,14 @@ from forkproxy.config.parsers import (
     _header_value, _hsts, _int, _listener_names, _media_types, _methods, _methods_or_none, _name,
     _nonempty_str, _prefix, _protocol_names, _r_duration, _r_error_pages, _r_list,
     _r_opt_duration, _r_opt_list, _r_size, _r_table, _rate, _rate_key, _regex, _route_host,
-    _rule_path, _set_cookie_mode, _size, _str,
+    _rule_path, _set_cookie_mode, _size, _split_by, _str,
 )
 from forkproxy.config.schema import (
-    _RELOAD, REQUIRED, Derived, Path, Section, Setting, config_classes, copied,
+    _RELOAD, LAST, REQUIRED, Derived, Path, Section, Setting, config_classes, copied,
 )
 from forkproxy.core.access import DenyRule
 from forkproxy.core.rewrite import HeaderRules, compile_rewrites
+from forkproxy.core.split import Split
 
 DEFAULT_COMPRESS_TYPES = (
     "text/html", "text/css", "text/plain", "text/xml", "text/javascript",
@@ -36,8 +37,43 @@ SECTIONS: tuple[Section, ...] = (
         "A route without host, path or listener conditions matches every request. "
         "A request that no route matches is answered 404.",
         cls="RouteConfig",
-        doc="""One ``[[route]]``; ``index`` is its position in the file (0-based).""",
-        derived=(Derived("index"),),
+        doc="""One ``[[route]]``; ``index`` is its position in the file (0-based).
+
+        ``pool`` (one pool) or ``pools`` (a weighted split, ``split`` its
+        ``core.split.Split``; None for one pool).  ``timeouts``: the route's
+        (connect_timeout, send_timeout, read_timeout), each None for the
+        pool's; None when the route overrides none.
+        """,
+        derived=(Derived("index"), Derived("split", after=LAST, default=None),
+                 Derived("timeouts", after=LAST, default=None)),
+        one_of=("pool", "pools"),
+    ),
+    Section(
+        "route.pools",
+        "array",
+        "pools = [{ ... }]",
+        "A weighted split of the route's requests across pools, for canaries and blue/green "
+        'deployments, as an array of inline tables such as [{ pool = "v1", weight = 95 }, '
+        '{ pool = "v2", weight = 5 }], instead of pool (a route has exactly one of the two). '
+        "Each pool gets its weight's share of the requests; weight 0 takes a pool out "
+        "of the split without removing it from the file. "
+        "Without split_by each request draws its pool at random, by weight; with it, each "
+        "client's key is hashed onto the weights (weighted rendezvous hashing, over BLAKE2b "
+        "seeded by the pools' names), so a client stays on its pool as long as the weights do, in "
+        "every worker and across reloads and restarts, and raising a pool's weight moves "
+        "clients only to that pool (lowering it, only from it), about as many as its "
+        "share changed. "
+        "Each pool keeps its own balancing, health checks, sticky cookie, retry and queue "
+        "(pools with sticky cookies want split_by: a client the split moves to another "
+        "pool gets that pool's cookie); "
+        "the access log's pool field, the metrics' pool label and forkproxyctl explain "
+        "name the pool a request took. "
+        "As nginx's split_clients (with a proxy_pass to a variable), HAProxy's use_backend "
+        "on a random draw or a stick table, Envoy's weighted_clusters, Traefik's "
+        "weighted services. "
+        "On a cached route both pools' responses share the route's cache entries.",
+        cls="SplitEntry",
+        doc="""One entry of a route's ``pools = [{ pool, weight }]``.""",
     ),
     Section(
         "route.deny",
@@ -175,8 +211,9 @@ SECTIONS: tuple[Section, ...] = (
 )
 
 SETTINGS: tuple[Setting, ...] = (
-    Setting("route", "pool", "pool name", REQUIRED,
-            "The pool that serves the requests this route matches. It must exist.",
+    Setting("route", "pool", "pool name", None,
+            "The pool that serves the requests this route matches. It must exist. "
+            "A route has exactly one of pool and pools.",
             _RELOAD, _str, example="web"),
     Setting("route", "listener", "listener name or array of names", [],
             "Match only requests that arrived on one of these listeners. "
@@ -388,6 +425,37 @@ SETTINGS: tuple[Setting, ...] = (
             "Upgrade, as nginx does for every Upgrade unless told to pass it; [] allows "
             "none.",
             _RELOAD, _protocol_names, _r_list),
+    Setting("route", "split_by", '"cookie:NAME", "header:NAME" or "ip"', None,
+            "With pools: what keeps a client on one pool of the split: the value of a cookie, "
+            "of a request header, or the client's address (the real one behind "
+            "server.trusted_proxies). "
+            "A request without the cookie or header is keyed by its client's address. "
+            "Unset: each request draws its pool at random, by weight (as Envoy's "
+            "weighted_clusters).",
+            _RELOAD, _split_by, example="cookie:session"),
+    Setting("route", "connect_timeout", "duration", None,
+            "Overrides the connect_timeout of the route's pool (of each pool of a split) for "
+            "this route's requests.",
+            _RELOAD, _duration(False), _r_opt_duration, example="1s"),
+    Setting("route", "read_timeout", "duration", None,
+            "Overrides the read_timeout of the route's pool (of each pool of a split) for this "
+            "route's requests: a report route may wait minutes for a server that other "
+            "routes must not wait for. "
+            "A request that runs out of it before the response head is answered 504 (or "
+            "moves to another server, as the pool's retry says).",
+            _RELOAD, _duration(False), _r_opt_duration, example="5s"),
+    Setting("route", "send_timeout", "duration", None,
+            "Overrides the send_timeout of the route's pool (of each pool of a split) for this "
+            "route's requests.",
+            _RELOAD, _duration(False), _r_opt_duration, example="30s"),
+    # pools = [{ ... }]
+    Setting("route.pools", "pool", "pool name", REQUIRED,
+            "A pool of the split. It must exist, and appear once in the split.",
+            _RELOAD, _str, example="v1"),
+    Setting("route.pools", "weight", "integer 0..1000", 1,
+            "Its share of the requests, relative to the others' weights; 0: none. "
+            "The weights of a split must not all be 0.",
+            _RELOAD, _int(0, 1000), example=95),
     Setting("route.compress", "types", "array of media types", list(DEFAULT_COMPRESS_TYPES),
             'Media types to compress (the Content-Type without parameters): "text/html", '
             '"text/*" for a whole family, or "*" for every type. '
@@ -407,6 +475,7 @@ SETTINGS += copied(SETTINGS, "route.request_headers", "route.response_headers")
 
 CLASSES = config_classes(SECTIONS, SETTINGS, __name__)
 RouteConfig = CLASSES["route"]
+SplitEntry = CLASSES["route.pools"]
 DenyConfig = CLASSES["route.deny"]
 RateLimitConfig = CLASSES["route.rate_limit"]
 RewriteRule = CLASSES["route.rewrite"]
@@ -420,11 +489,35 @@ CompressConfig = CLASSES["route.compress"]
 # ``err(path, message)`` records an error.
 
 
+def route_pools(rc) -> tuple[str, ...]:
+    """The names of the pools a route sends requests to (each pool of its
+    split, weight 0 included)."""
+    return rc.split.pools if rc.split is not None else (rc.pool,)
+
+
 def _build_route(values: dict, path: Path, err) -> RouteConfig | None:
     if values["path"] is not None and values["path_regex"] is not None:
         err(path + ("path_regex",), "path and path_regex are exclusive: use one or the other")
         return None
-    return RouteConfig(index=path[-1], **values)
+    entries = values["pools"]
+    if (values["pool"] is None) == (not entries):
+        err(path + (("pools",) if entries else ()),
+            "a route has exactly one of pool (one pool) and pools (a weighted split)")
+        return None
+    split = None
+    if entries:
+        try:
+            split = Split(tuple(e.pool for e in entries), tuple(e.weight for e in entries),
+                          values["split_by"])
+        except ValueError as e:
+            err(path + ("pools",), str(e))
+            return None
+    elif values["split_by"] is not None:
+        err(path + ("split_by",), "split_by needs pools (a weighted split)")
+        return None
+    limits = (values["connect_timeout"], values["send_timeout"], values["read_timeout"])
+    return RouteConfig(index=path[-1], split=split, **values,
+                       timeouts=None if limits == (None, None, None) else limits)
 
 
 def _build_deny(values: dict, path: Path, err) -> DenyConfig | None:

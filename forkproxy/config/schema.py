@@ -92,7 +92,9 @@ class Section:
     doc: str = field(default="", repr=False)
     derived: tuple[Derived, ...] = field(default=(), repr=False)
     # An array whose entries each have exactly one of these keys (the
-    # builder checks it; the sample shows one entry per key).
+    # builder checks it; the sample shows one entry per key); for a table,
+    # its keys or sub-tables of which it has exactly one (a route's pool and
+    # pools; the sample sets the first).
     one_of: tuple[str, ...] = ()
     # The parent's field that holds the rest of this array's entries, when
     # its builder splits them (a pool's discover: the dns and srv servers).

@@ -15,7 +15,7 @@ spent (net.sockio).
 
 from __future__ import annotations
 
-__all__ = ["SAME", "OTHER", "STOP", "condition", "charged", "after_failure"]
+__all__ = ["SAME", "OTHER", "STOP", "condition", "charged", "after_failure", "within_budget"]
 
 SAME = "same"  # once more on a new connection to the same server (not counted as a try)
 OTHER = "other"  # another server, if one is left and the retry limits allow
@@ -61,3 +61,14 @@ def after_failure(kind: str, *, sent: bool, reused: bool, replayable: bool, list
     if not sent or (replayable and listed):
         return OTHER
     return STOP
+
+
+def within_budget(retrying: int, active: int, percent: float, minimum: int) -> bool:
+    """Whether one more retry may start under a retry budget (Envoy's retry_budget).
+
+    ``retrying``: the pool's retries in flight, not counting this request's;
+    ``active``: its requests in flight, this one included; ``percent`` of
+    them may be retries, and always ``minimum`` (Envoy's
+    min_retry_concurrency), so that a pool with little traffic still retries.
+    """
+    return retrying < max(minimum, active * percent / 100.0)

@@ -39,6 +39,7 @@ FAMILIES: dict[str, tuple[str, str]] = {
     "sent_bytes_total": ("counter", "Response bytes sent to clients (head and body)."),
     "connections_active": ("gauge", "Client connections open now, every listener but admin."),
     "retries_total": ("counter", "Requests sent again to another server of the pool."),
+    "retries_denied_total": ("counter", "Requests the pool's retry budget refused a retry."),
     "health_transitions_total": ("counter", "Servers marked up or down by the active checks."),
     "cache_requests_total": ("counter", "Requests on cached routes, by route and cache result."),
     "ratelimited_total": ("counter", "Requests refused with 429 by a route's rate limit."),
@@ -73,12 +74,13 @@ def row_label(row: int) -> str:
 def request_keys(routes, pools=None, spare_rows=()) -> list[tuple]:
     """Every key of a configuration.
 
-    ``routes``: ``[(route_id, pool, [server addrs])]``; ``pools``: ``{pool:
+    ``routes``: ``[(route_id, pool, [server addrs])]``, one entry per pool
+    of a route that splits its requests across pools; ``pools``: ``{pool:
     [server addrs]}`` (default: the pools the routes name). A key is
     ``(family, ((label, value), ...))``; histogram families are stored as
     their ``_bucket``, ``_sum`` and ``_count`` keys.
 
-    Requests get one series per route, server of its pool (plus ``""``:
+    Requests get one series per route, pool, server of that pool (plus ``""``:
     answered without a server, such as a 502 after every try failed or a
     redirect) and status class; requests that matched no route count under
     route ``""``.
@@ -94,16 +96,21 @@ def request_keys(routes, pools=None, spare_rows=()) -> list[tuple]:
     pools = {p: list(s) + spares for p, s in pools.items()}
     keys: list[tuple] = [(name, ()) for name in _SINGLE]
     targets = [("", "", [])] + [(str(r), p or "", list(s)) for r, p, s in routes]
+    seen = set()
     for route, pool, servers in targets:
         for server in [""] + servers:
             for cls in CLASSES:
                 keys.append(("requests_total", (("route", route), ("pool", pool),
                                                 ("server", server), ("code", cls))))
         keys += _histogram("request_duration_seconds", (("route", route), ("pool", pool)))
-        keys += [("cache_requests_total", (("route", route), ("result", r))) for r in CACHE_RESULTS]
-        keys.append(("ratelimited_total", (("route", route),)))
+        if route not in seen:  # once per route, whatever its pools
+            seen.add(route)
+            keys += [("cache_requests_total", (("route", route), ("result", r)))
+                     for r in CACHE_RESULTS]
+            keys.append(("ratelimited_total", (("route", route),)))
     for pool, servers in pools.items():
         keys.append(("retries_total", (("pool", pool),)))
+        keys.append(("retries_denied_total", (("pool", pool),)))
         for server in servers:
             keys += _histogram("upstream_duration_seconds", (("pool", pool), ("server", server)))
             keys += [("health_transitions_total", (("pool", pool), ("server", server), ("to", to)))
@@ -131,9 +138,10 @@ class Metrics:
         by_label: dict[str, dict[tuple, int]] = {}
         for i, (name, labels) in enumerate(self.keys):
             by_label.setdefault(name, {})[tuple(v for _, v in labels)] = i
-        self._req = {(r, srv, c): i for (r, _, srv, c), i in by_label.get("requests_total", {}).items()}
+        self._req = {(r, p, srv, c): i
+                     for (r, p, srv, c), i in by_label.get("requests_total", {}).items()}
         # histogram series -> index of its first bucket (sum and count follow the buckets)
-        self._dur = {r: i for (r, _, le), i in
+        self._dur = {(r, p): i for (r, p, le), i in
                      by_label.get("request_duration_seconds_bucket", {}).items() if le == _LE[0]}
         self._up = {(p, srv): i for (p, srv, le), i in
                     by_label.get("upstream_duration_seconds_bucket", {}).items() if le == _LE[0]}
@@ -145,6 +153,7 @@ class Metrics:
         self._cache = by_label.get("cache_requests_total", {})
         self._limited = {r: i for (r,), i in by_label.get("ratelimited_total", {}).items()}
         self._retries = {p: i for (p,), i in by_label.get("retries_total", {}).items()}
+        self._denied = {p: i for (p,), i in by_label.get("retries_denied_total", {}).items()}
         self._moves = by_label.get("health_transitions_total", {})
         self._in = self.index.get(("received_bytes_total", ()), 0)
         self._out = self.index.get(("sent_bytes_total", ()), 0)
@@ -212,15 +221,16 @@ class Metrics:
         whether it may be remembered) of a request.  A server that came at run
         time is counted in its row's series, found each time (rows are reused)."""
         r = "" if route is None else str(route)
+        p = "" if route is None else pool or ""
         code = f"{cls}xx"
         server, fixed = upstream or "", True
         if server and (pool, server) not in self._known and self.locate is not None:
             row = self.locate(pool, server)
             server, fixed = (row_label(row) if row is not None else server), False
-        req = self._req.get((r, server, code))
+        req = self._req.get((r, p, server, code))
         if req is None:
-            req = self._req.get((r, "", code))
-        return req, self._dur.get(r), self._up.get((pool or "", server)), r, fixed
+            req = self._req.get((r, p, "", code))
+        return req, self._dur.get((r, p)), self._up.get((pool or "", server)), r, fixed
 
     def _observe(self, i: int, seconds: float) -> None:
         """One observation into the histogram series whose first bucket is cell ``i``."""
@@ -231,6 +241,11 @@ class Metrics:
 
     def count_retry(self, slot: int, pool: str) -> None:
         k = self._retries.get(pool)
+        if k is not None:
+            self.cells[slot * self.n_keys + k] += 1
+
+    def count_retry_denied(self, slot: int, pool: str) -> None:
+        k = self._denied.get(pool)
         if k is not None:
             self.cells[slot * self.n_keys + k] += 1
 
@@ -274,6 +289,10 @@ class SlotCounter:
     def retry(self, pool: str) -> None:
         """A request of ``pool`` goes to another server after a failed attempt."""
         self.metrics.count_retry(self.slot, pool)
+
+    def retry_denied(self, pool: str) -> None:
+        """The retry budget of ``pool`` refused a request its retry."""
+        self.metrics.count_retry_denied(self.slot, pool)
 
     def transition(self, pool: str, server: str, to: str) -> None:
         """The active checks turned ``server`` of ``pool`` ``to`` "up" or "down"."""

@@ -124,6 +124,12 @@ def render_explain(doc: dict) -> str:
     if route is not None:
         where = " ".join(f"{k}={route[k]}" for k in ("host", "path", "path_regex") if route[k])
         lines.append(("route", f"#{route['id']} {where or '(default)'} -> pool {route['pool']}"))
+    split = doc.get("split")
+    if split is not None:
+        weights = ", ".join(f"{p['pool']} {p['weight']}" for p in split["pools"])
+        how = (f"by {split['by']}, key {split['key']!r}" if split["how"] == "hash"
+               else "random per request: this one drew")
+        lines.append(("split", f"{weights} ({how} -> {split['pool']})"))
     if doc["upstream_target"] is not None and doc["upstream_target"] != req["target"]:
         lines.append(("rewritten", doc["upstream_target"]))
     if doc["rate_limit"] is not None:

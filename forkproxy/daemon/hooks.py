@@ -236,13 +236,15 @@ def build_metrics(cfg: Config, n_slots: int, old):
     """
     import mmap
 
+    from forkproxy.config.route import route_pools
     from forkproxy.core.metrics import Metrics, request_keys
 
     pools = {p.name: [s.addr for s in p.servers] for p in cfg.pools}
     # The table's rows after the configured servers' (control.table_plan) hold
     # the servers that come at run time: their series are kept by row.
     first = sum(len(p.servers) for p in cfg.pools)
-    keys = request_keys([(r.index, r.pool, pools.get(r.pool, [])) for r in cfg.routes], pools,
+    keys = request_keys([(r.index, p, pools.get(p, [])) for r in cfg.routes
+                         for p in route_pools(r)], pools,
                         range(first, first + cfg.server.runtime_servers))
     if old is not None and old.keys == keys and old.n_slots == n_slots:
         return old

@@ -30,6 +30,8 @@ The answer (``forkproxyctl explain --json`` prints it)::
     {request: {method, url, target, host, client},
      listener: {name, bind, proto},
      route: {id, host, path, path_regex, pool, cache} | null,
+     split: {by, key, pool, how: "hash" | "random",
+             pools: [{pool, weight, share}]} | null,  # a route's pools = [...]
      upstream_target: target after rewrites | null,
      refused: {status, why} | null,      # forkproxy would answer itself
      redirect: {status, location} | null,
@@ -39,6 +41,13 @@ The answer (``forkproxyctl explain --json`` prints it)::
      why_no_server: str | null,
      sticky: {cookie, token, server} | {table: scope, key, value, server} | null,
      cache: {result, key, namespace, action, reason, age} | null}
+
+On a route with a weighted split (``pools``), ``route.pool`` is the pool
+this request takes, and ``split`` says how: ``how`` "hash" (``split_by``:
+the same ``key`` always takes the same pool) or "random" (no ``split_by``:
+this request drew ``pool``, the next one draws again, by weight); ``key``
+is "key VALUE" (the cookie's or header's value) or "src ADDRESS" (the
+client's, for ``split_by = "ip"`` or a request without the cookie or header).
 
 ``cache.result`` is the ``X-Cache`` value the response would carry: HIT,
 STALE, MISS, BYPASS, PURGE, or REVALIDATE (a conditional request upstream:
@@ -83,7 +92,7 @@ def explain(rt: Runtime, method: str, url: str, headers: list[tuple[str, str]],
     doc = {"request": {"method": method, "url": url, "target": target, "host": host,
                        "client": client},
            "listener": {"name": lc.name, "bind": lc.bind, "proto": proto},
-           "route": None, "upstream_target": None, "refused": None, "redirect": None,
+           "route": None, "split": None, "upstream_target": None, "refused": None, "redirect": None,
            "rate_limit": None, "pool": None, "server": None, "why_no_server": None,
            "sticky": None, "cache": None}
     try:
@@ -182,6 +191,8 @@ def _walk(rt: Runtime, doc: dict, lc, proto: str, req: http1.Request, peer: str)
     for stage in STAGES:
         answered = stage(dry, tx)
         _report(doc, tx)
+        if doc["split"] is None and tx.pool is not None and tx.rc.split is not None:
+            doc["split"] = _split(tx.rc.split, tx, rt.edge.client(req, peer))
         if answered is not None:
             return
 
@@ -192,7 +203,8 @@ def _report(doc: dict, tx) -> None:
     rc, er = tx.rc, tx.edge
     if rc is not None:
         doc["route"] = {"id": rc.index, "host": rc.host, "path": rc.path,
-                        "path_regex": rc.path_regex, "pool": rc.pool, "cache": rc.cache}
+                        "path_regex": rc.path_regex, "cache": rc.cache,
+                        "pool": tx.pool.name if tx.pool is not None else rc.pool}
     if er is not None:
         doc["request"]["client"] = er.client
         if rc.rate_limit is not None:
@@ -200,6 +212,15 @@ def _report(doc: dict, tx) -> None:
                                  "key": er.rules.rate_key(tx.req, er.client)}
     if tx.target is not None:
         doc["upstream_target"] = tx.target
+
+
+def _split(split, tx, client: str) -> dict:
+    """The route's split and the pool the routing stage took for this request."""
+    key = split.key(tx.req, client)
+    return {"by": split.by, "key": None if key is None else key.decode("utf-8", "replace"),
+            "pool": tx.pool.name, "how": "random" if key is None else "hash",
+            "pools": [{"pool": p, "weight": w, "share": round(split.share(i), 4)}
+                      for i, (p, w) in enumerate(zip(split.pools, split.weights))]}
 
 
 def _cache(rt: Runtime, rc, proto: str, host_value, target: str, req, has_body: bool):

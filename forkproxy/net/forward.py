@@ -53,11 +53,16 @@ class ServerChoice:
     first_at = 0.0
     fresh: int | None = None  # a server whose pooled connection turned out stale
     queue_deadline: float | None = None
+    # With a retry budget: this request counts in the pool's requests
+    # (active) and, once it retried, in its retries in flight (retrying);
+    # over_budget: the budget refused it a retry.
+    active = retrying = over_budget = False
 
     def __init__(self, pool: PoolRuntime, pick, retry=None, pinned=None, queue: bool = False,
                  on_retry=None):
         self.pool, self.pick, self.retry, self.pinned = pool, pick, retry, pinned
         self.queue, self.on_retry = queue, on_retry
+        self.budgeted = retry is not None and retry.budget is not None
 
     def may_try_again(self) -> bool:
         retry = self.retry
@@ -65,7 +70,31 @@ class ServerChoice:
             return True
         if retry.tries and self.attempts >= retry.tries:
             return False
-        return not retry.timeout or time.monotonic() - self.first_at < retry.timeout
+        if retry.timeout and time.monotonic() - self.first_at >= retry.timeout:
+            return False
+        if self.budgeted and not self._within_budget():
+            self.over_budget = True
+            return False
+        return True
+
+    def _within_budget(self) -> bool:
+        pool, retry = self.pool, self.retry
+        return failover.within_budget(pool.retrying - self.retrying, pool.active,
+                                      retry.budget, retry.budget_min)
+
+    def denied(self) -> bool:
+        """The retry budget refused a retry that a server was left for."""
+        return self.over_budget and (self.pool.any_usable(self.tried) or self.pool.full(self.tried))
+
+    def close(self) -> None:
+        """The request is over: out of the budget's counts (``exchange``)."""
+        pool = self.pool
+        if self.active:
+            pool.active -= 1
+            self.active = False
+        if self.retrying:
+            pool.retrying -= 1
+            self.retrying = False
 
     def next(self) -> int | None:
         """The next server to try, None when there is none left to try.
@@ -95,8 +124,15 @@ class ServerChoice:
                 self.attempts += 1
                 if self.attempts == 1:
                     self.first_at = time.monotonic()
-                elif self.on_retry is not None:
-                    self.on_retry()
+                    if self.budgeted:
+                        self.active = True
+                        pool.active += 1
+                else:
+                    if self.budgeted and not self.retrying:
+                        self.retrying = True
+                        pool.retrying += 1
+                    if self.on_retry is not None:
+                        self.on_retry()
             return i
 
     def failed(self, i: int, same: bool = False) -> None:
@@ -110,8 +146,8 @@ class ServerChoice:
 
     def more(self) -> bool:
         """Whether another attempt may follow the last failure."""
-        return self.fresh is not None or (self.may_try_again() and (
-            self.pool.any_usable(self.tried) or self.pool.full(self.tried)))
+        return self.fresh is not None or ((
+            self.pool.any_usable(self.tried) or self.pool.full(self.tried)) and self.may_try_again())
 
 
 def exchange(s, tx) -> bool:
@@ -130,7 +166,9 @@ def exchange(s, tx) -> bool:
       attempts, none started after ``retry.timeout``; each attempt has
       its own connect, send and read time limits;
     - a failure counts as a passive failure of the server it happened
-      on only (core.failover has the rules).
+      on only (core.failover has the rules);
+    - with ``retry.budget``, a retry starts only while the pool's retries
+      in flight in this worker are within it (``failover.within_budget``).
     When every server that could take the request is at max_conns, it
     waits in the pool's queue (503 when there is none, it is full, or
     the wait runs out).
@@ -142,6 +180,19 @@ def exchange(s, tx) -> bool:
     choice = ServerChoice(pool, functools.partial(pool.pick, req, s.peer), pool.retry,
                           tx.pinned, queue=True, on_retry=None if metrics is None
                           else functools.partial(metrics.retry, pool.name))
+    if not choice.budgeted:
+        return _attempts(s, tx, choice, replayable)
+    try:  # a retry budget counts the pool's requests and retries in flight
+        return _attempts(s, tx, choice, replayable)
+    finally:
+        choice.close()
+        if metrics is not None and choice.denied():
+            metrics.retry_denied(pool.name)
+
+
+def _attempts(s, tx, choice: ServerChoice, replayable: bool) -> bool:
+    """``exchange``'s attempts, one server after the other, until one answers."""
+    pool = tx.pool
     last_error: UpstreamError | None = None
     while True:
         try:
@@ -155,7 +206,9 @@ def exchange(s, tx) -> bool:
             if last_error is None:
                 s.refuse(tx, 503, no_server_why(pool.name))
             else:
-                s.refuse(tx, last_error.status, last_error.detail)
+                s.refuse(tx, last_error.status, last_error.detail
+                         + (" (no retry: the retry budget is spent)" if choice.denied()
+                            else ""))
             return False
         # Counted from the pick on: max_conns and least_conn must see a
         # request that is still connecting.
@@ -176,8 +229,9 @@ def _try_server(s, tx, choice: ServerChoice, i: int, replayable: bool):
     server = pool.servers[i]
     rec.upstream = server.addr
     try:
-        conn = (pool.conns[i].checkout(replayable) if i not in choice.tried
-                else pool.conns[i].connect())
+        limits = tx.rc.timeouts  # the route's own time limits, if any
+        conn = (pool.conns[i].checkout(replayable, limits) if i not in choice.tried
+                else pool.conns[i].connect(limits))
     except UpstreamError as exc:
         rt.log.warning("request %s: route=%s pool=%s server=%s: %s", rec.request_id,
                        tx.rc.index, pool.name, server.addr, exc.detail)

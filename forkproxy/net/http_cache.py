@@ -108,19 +108,19 @@ def route_namespace(rc) -> str:
     ``cache_key`` when the route sets one ("k:NAME": routes naming the same
     one share entries on purpose); else "r:" and a digest of what decides
     which requests reach the route and what is asked upstream for them: its
-    listener list, host, path, path_regex, pool, strip_prefix, add_prefix,
-    rewrite, host_header and request_headers.  Not its index (a route added
-    in front must not empty the others), nor rules that apply before the
-    lookup or to every response alike (access, methods, deny, rate limit,
-    hide_headers, response_headers, compress): the first route matching a
-    (listener, host, path) is the only one that ever serves it, so two routes
-    with the same digest could not both be reached.  Stable across reloads
-    and processes for an unchanged route (memcached is shared by both).
+    listener list, host, path, path_regex, pool (a split's pools, not weights), strip_prefix,
+    add_prefix, rewrite, host_header and request_headers.  Not its index (a route added in
+    front must not empty the others), nor rules that apply before the lookup or to every
+    response alike (access, methods, deny, rate limit, hide_headers, response_headers,
+    compress): the first route matching a (listener, host, path) is the only one that ever
+    serves it, so two routes with the same digest could not both be reached.  Stable across
+    reloads and processes for an unchanged route (memcached is shared by both).
     """
     if rc.cache_key is not None:
         return "k:" + rc.cache_key
-    what = repr((tuple(sorted(rc.listener)), rc.host, rc.path, rc.path_regex, rc.pool,
-                 rc.strip_prefix, rc.add_prefix, rc.rewrite, rc.host_header, rc.request_headers))
+    what = repr((tuple(sorted(rc.listener)), rc.host, rc.path, rc.path_regex, rc.pool or
+                 rc.split.pools, rc.strip_prefix, rc.add_prefix, rc.rewrite, rc.host_header,
+                 rc.request_headers))
     return "r:" + hashlib.sha256(what.encode("utf-8", "surrogatepass")).hexdigest()[:24]
 
 

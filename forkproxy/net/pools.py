@@ -101,6 +101,9 @@ class PoolRuntime:
         self._version = None  # the table's membership version last synced
         self._build_balancer()
         self.retry = cfg.retry or DEFAULT_RETRY
+        # With retry.budget: this worker's requests of the pool in flight,
+        # and of those, the ones on a retry (net.forward.ServerChoice).
+        self.active = self.retrying = 0
         self.conns = [ConnPool(s, cfg) for s in cfg.servers]
         n = len(cfg.servers)
         self._usable = [True] * n

@@ -38,16 +38,20 @@ def admission(s, tx):
 
 
 def routing(s, tx):
-    """The route of (listener, host, path); 404 when none matches."""
+    """The route of (listener, host, path), 404 when none matches; its pool,
+    or the pool its split (``core.split``) gives this request."""
     rt = s.rt
     route = rt.router.match(s.listener.name, tx.host, tx.path)
     if route is None:
         s.refuse(tx, 404, no_route_why(s.listener.name, tx.host, tx.path))
         return False
-    tx.rc = rt.routes[route.index]
-    tx.pool = rt.pools[route.pool]
+    rc = tx.rc = rt.routes[route.index]
+    split = rc.split  # a weighted split across pools (core.split): this request's pool
+    name = route.pool if split is None else split.pools[
+        split.choose(tx.req, rt.edge.client(tx.req, s.peer) if split.by is not None else "")]
+    tx.pool = rt.pools[name]
     rec = tx.rec
-    rec.route, rec.pool = route.index, route.pool
+    rec.route, rec.pool = route.index, name
 
 
 def edge_rules(s, tx):

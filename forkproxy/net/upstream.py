@@ -88,6 +88,15 @@ def _still_open(sock: socket.socket) -> bool:
     return not readable
 
 
+def _override(conn: UpstreamConn, limits) -> None:
+    """A route's send and read time limits (``limits[1:]``, None: the pool's) on ``conn``."""
+    _, send, read = limits
+    if send is not None:
+        conn.send_timeout = send
+    if read is not None:
+        conn.read_timeout = read
+
+
 class ConnPool:
     """Idle connections to one server, for one worker."""
 
@@ -102,7 +111,7 @@ class ConnPool:
         self.tls = pool.tls  # PoolTlsConfig or None
         self.tls_session = None  # the last TLS session with this server, to resume
 
-    def checkout(self, replayable: bool = True) -> UpstreamConn:
+    def checkout(self, replayable: bool = True, limits=None) -> UpstreamConn:
         """A live connection: an idle one when there is a good one, else a new one.
 
         An idle connection is probed (a zero-timeout poll) before reuse when
@@ -112,6 +121,8 @@ class ConnPool:
         retries it on a new connection if the server had closed this one.
         Raises ``UpstreamError`` ("refused", "timeout", "reset") when a new
         connection cannot be made; nothing of the request was sent then.
+        ``limits``: a route's (connect, send, read) time limits, each None
+        for the pool's (route connect_timeout, send_timeout, read_timeout).
         """
         now = time.monotonic()
         while self.idle:
@@ -120,14 +131,18 @@ class ConnPool:
             if idle_for < self.idle_timeout and (
                     (replayable and idle_for < WARM) or _still_open(conn.sock)):
                 conn.reused = True
+                if limits is not None:
+                    _override(conn, limits)
                 return conn
             conn.close()
-        return self.connect()
+        return self.connect(limits)
 
-    def connect(self) -> UpstreamConn:
+    def connect(self, limits=None) -> UpstreamConn:
         server = self.server
+        connect_timeout = self.connect_timeout if limits is None or limits[0] is None \
+            else limits[0]
         try:
-            sock = socket.create_connection((server.host, server.port), timeout=self.connect_timeout)
+            sock = socket.create_connection((server.host, server.port), timeout=connect_timeout)
         except socket.timeout:
             raise UpstreamError("timeout", f"connect to {server.addr} timed out", sent=False) from None
         except ConnectionRefusedError:
@@ -139,15 +154,18 @@ class ConnPool:
                                 sent=False) from None
         sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         if self.tls is not None:
-            sock = self._tls(sock)
+            sock = self._tls(sock, connect_timeout)
         sock.settimeout(None)
-        return UpstreamConn(sock, server, self.send_timeout, self.read_timeout)
+        conn = UpstreamConn(sock, server, self.send_timeout, self.read_timeout)
+        if limits is not None:
+            _override(conn, limits)
+        return conn
 
-    def _tls(self, sock):
+    def _tls(self, sock, connect_timeout: float):
         """The TLS handshake of a new connection; UpstreamError (nothing sent) on failure."""
         server = self.server
         try:
-            tls = wrap_upstream(sock, self.tls, server.host, self.connect_timeout,
+            tls = wrap_upstream(sock, self.tls, server.host, connect_timeout,
                                 session=self.tls_session)
         except socket.timeout:
             raise UpstreamError("timeout", f"TLS handshake with {server.addr} timed out",
@@ -165,6 +183,7 @@ class ConnPool:
             conn.close()
             return
         conn.idle_since = time.monotonic()
+        conn.send_timeout, conn.read_timeout = self.send_timeout, self.read_timeout  # the pool's again
         self.idle.append(conn)
 
     def close(self) -> None:

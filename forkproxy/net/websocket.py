@@ -34,7 +34,7 @@ def tunnel(s, tx, conn: UpstreamConn, resp, early: bytes, extra=()) -> bool:
     up = conn.sock
     try:
         if s.buf:
-            up.settimeout(tx.pool.cfg.send_timeout)
+            up.settimeout(conn.send_timeout)  # the pool's, or the route's
             sendall(up, s.buf)
             s.buf = b""
         timeout = rc.tunnel_timeout if rc.tunnel_timeout is not None \

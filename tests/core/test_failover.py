@@ -4,7 +4,8 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from forkproxy.core.failover import OTHER, SAME, STOP, after_failure, charged, condition
+from forkproxy.core.failover import (OTHER, SAME, STOP, after_failure, charged, condition,
+                                     within_budget)
 
 KINDS = ("refused", "reset", "timeout", "closed", "invalid", "status")
 
@@ -79,3 +80,41 @@ def test_a_sent_request_that_is_not_replayable_only_ever_stops(kind, sent, reuse
         assert step in (SAME, OTHER)  # nothing was sent: never the client's problem
     if step == SAME:
         assert reused and not charged(kind, reused)  # the same server only for a stale one
+
+
+# Retry budgets (pool retry.budget, Envoy's retry_budget):
+# (retries in flight but this one, requests in flight, percent, minimum) -> may retry
+BUDGETS = [
+    (0, 1, 20.0, 3, True),     # few requests: the minimum lets them retry
+    (2, 1, 20.0, 3, True),
+    (3, 1, 20.0, 3, False),    # the minimum reached, 20% of 1 is less
+    (3, 20, 20.0, 3, True),    # 20% of 20 = 4
+    (4, 20, 20.0, 3, False),
+    (19, 100, 20.0, 3, True),
+    (20, 100, 20.0, 3, False),
+    (0, 10, 0.0, 0, False),    # 0% and no minimum: never
+    (0, 1, 100.0, 0, True),    # 100%: every request may be on a retry
+    (1, 1, 100.0, 0, False),
+    (0, 0, 20.0, 0, False),
+]
+
+
+@pytest.mark.parametrize("retrying, active, percent, minimum, allowed", BUDGETS)
+def test_within_budget(retrying, active, percent, minimum, allowed):
+    assert within_budget(retrying, active, percent, minimum) is allowed
+
+
+@given(st.integers(0, 1000), st.integers(0, 1000), st.integers(0, 100), st.integers(0, 50),
+       st.integers(0, 10))
+def test_a_budget_is_monotonic(retrying, active, percent, minimum, more):
+    """More requests in flight never refuse what fewer allowed; more retries
+    in flight never allow what fewer refused; the minimum always holds."""
+    ok = within_budget(retrying, active, percent, minimum)
+    if ok:
+        assert within_budget(retrying, active + more, percent, minimum)
+        assert within_budget(max(0, retrying - more), active, percent, minimum)
+    else:
+        assert not within_budget(retrying + more, active, percent, minimum)
+    assert within_budget(retrying, active, percent, minimum) or retrying >= minimum
+    # Never more retries in flight than the share allows (or the minimum).
+    assert not ok or retrying < max(minimum, active * percent / 100)
