@@ -1,0 +1,139 @@
+"""net.cache_shm: the embedded store shared by the workers, across real processes.
+
+Workers are ``os.fork``ed children of the test (as a master forks them:
+they inherit the mapping and the descriptor the row locks are taken on).
+A child reports through its exit status; nothing waits on time.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import os
+import signal
+import types
+
+import pytest
+
+from forkproxy.core import cache_slab
+from forkproxy.net.cache_shm import REGION_NAME, SharedStore, create_region
+
+
+@pytest.fixture
+def region(tmp_path):
+    r = create_region(str(tmp_path), 8 << 20)
+    yield r
+    os.close(r.fd)
+
+
+def in_child(fn) -> int:
+    """Run ``fn()`` in a forked child; its exit status (fn's int), or -signal."""
+    pid = os.fork()
+    if pid == 0:
+        try:
+            code = fn() or 0
+        except BaseException:
+            code = 99
+        os._exit(code)
+    _, status = os.waitpid(pid, 0)
+    return -os.WTERMSIG(status) if os.WIFSIGNALED(status) else os.WEXITSTATUS(status)
+
+
+def store_entry(store, key: str, body: bytes, head: bytes = b"h") -> bool:
+    w = store.begin_write(key, head)
+    for i in range(0, len(body), 10_000):
+        if not w.write(body[i:i + 10_000]):
+            return False
+    return w.commit()
+
+
+def read(store, key: str) -> bytes | None:
+    got = store.get_entry(key)
+    return None if got is None else b"".join(got[1])
+
+
+def row_lock_is_free(region, store, key: str) -> bool:
+    """Whether another process could take the row lock of the entry ``key`` now."""
+    row = store.slab.row_of(bytes.fromhex(store._entry_key(key)[3:]))
+    fd = os.open(region.path, os.O_RDWR)
+    try:
+        def probe():
+            try:
+                fcntl.lockf(fd, fcntl.LOCK_EX | fcntl.LOCK_NB, 1, row)
+            except OSError:
+                return 1
+            return 0
+        return in_child(probe) == 0  # a child: our own locks never conflict with us
+    finally:
+        os.close(fd)
+
+
+def test_the_file_is_made_whole_and_private(region, tmp_path):
+    assert os.listdir(tmp_path) == [REGION_NAME]
+    assert os.stat(region.path).st_mode & 0o777 == 0o600
+    with pytest.raises(ValueError):
+        create_region(str(tmp_path), 4096)
+    assert os.listdir(tmp_path) == [REGION_NAME]
+
+
+def test_what_one_worker_stores_deletes_or_purges_every_worker_sees_at_once(region):
+    a = SharedStore(region)
+    body = os.urandom(300_000)  # chunked
+    assert in_child(lambda: 0 if store_entry(SharedStore(region), "k", body) else 1) == 0
+    assert read(a, "k") == body
+    ns = a.namespace("shop.example")
+    assert in_child(lambda: 0 if SharedStore(region).bump_namespace("shop.example") else 1) == 0
+    assert a.namespace("shop.example") != ns  # not after NAMESPACE_TTL: at once
+    assert in_child(lambda: 0 if SharedStore(region).delete("k") else 1) == 0
+    assert a.get_entry("k") is None
+
+
+def test_coalescing_lock_across_workers_and_its_expiry(region):
+    now = [100.0]
+    a = SharedStore(region, clock=lambda: now[0])
+    assert in_child(lambda: 0 if SharedStore(region, clock=lambda: 100.0).lock("page", 5) else 1) == 0
+    assert not a.lock("page", 5)        # held by the other worker, which died holding it
+    now[0] += 10                        # ... until its ttl
+    assert a.lock("page", 5)
+    a.unlock("page")
+    assert in_child(lambda: 0 if SharedStore(region, clock=lambda: 110.0).lock("page", 5) else 1) == 0
+
+
+def test_a_body_with_a_chunk_evicted_is_a_miss_not_a_broken_hit(region):
+    store = SharedStore(region)
+    assert store_entry(store, "k", os.urandom(200_000))
+    item = store._get(store._entry_key("k"))
+    version = item[4:20]
+    store._delete(store._chunk_key("k", version, 2))
+    assert store.get_entry("k") is None and store.state["broken"] == 1
+    assert store.get_entry("k") is None  # dropped
+
+
+@pytest.mark.parametrize("before", [None, b"old body " * 100])
+def test_a_worker_killed_mid_write_leaves_no_entry_and_no_lock(region, monkeypatch, before):
+    """The child dies inside ``Slab.put`` (value copied, header not yet, seq odd),
+    holding the row lock: the lock is the kernel's to free, readers miss, and
+    the next write of the key takes the slot."""
+    store = SharedStore(region)
+    if before is not None:
+        assert store_entry(store, "k", before)
+
+    def die():
+        def pack_into(*args):
+            os.kill(os.getpid(), signal.SIGKILL)
+        monkeypatch.setattr(cache_slab, "struct", types.SimpleNamespace(pack_into=pack_into))
+        store_entry(SharedStore(region), "k", b"new body " * 100)
+        return 3
+
+    assert in_child(die) == -signal.SIGKILL
+    assert row_lock_is_free(region, store, "k")
+    assert store.get_entry("k") is None
+    assert store_entry(store, "k", b"again " * 100)
+    assert read(store, "k") == b"again " * 100
+
+
+def test_state_counts_entries(region):
+    store = SharedStore(region)
+    assert store_entry(store, "a", b"x" * 100)
+    s = store.state
+    assert s["backend"] == "shared" and s["items"] == 1 and s["max_bytes"] == 8 << 20
+    assert s["max_object_size"] == store.slab.max_body < 8 << 20
