@@ -21,8 +21,9 @@ commit word that makes a half-written slot invisible) is
 - Every change is at once visible to every worker: there are no near
   copies; a host purge changes the region's namespace counter, which every
   worker compares with the one it read its host tokens under.
-- Coalescing is ``_Backend.lock`` over ``add``: one worker of the forkproxy
-  goes upstream for a URL, the others wait for its entry.
+- Coalescing is ``_Backend.lock``'s: one worker of the forkproxy goes
+  upstream for a URL, the others wait for its entry; a lock whose holder
+  (its pid is the value) is gone is free at once, not after its ttl.
 - Bodies are stored in chunks of the largest class (64 KiB), as in
   memcached; a body larger than ``Slab.max_body`` (a quarter of the largest
   class's bytes) or ``max_object_size`` is not stored.  A hit checks that
@@ -39,7 +40,7 @@ import time
 from typing import Callable
 
 from forkproxy.core.cache_slab import Slab, region_size_ok
-from forkproxy.net.cache_store import BodyReader, _Backend, _split_entry
+from forkproxy.net.cache_store import BodyReader, _Backend, _split_entry, hashed_key
 
 __all__ = ["REGION_NAME", "Region", "create_region", "SharedStore"]
 
@@ -87,6 +88,17 @@ def _key32(k: str) -> bytes:
     return bytes.fromhex(k[3:])
 
 
+def _alive(pid: bytes) -> bool:
+    """Whether the process a lock names (its pid, as written by ``lock``) exists."""
+    try:
+        os.kill(int(pid), 0)
+    except (ProcessLookupError, ValueError):
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
 class SharedStore(_Backend):
     """The store over a ``Region`` shared by the workers (module docstring)."""
 
@@ -125,14 +137,14 @@ class SharedStore(_Backend):
             self.counters["errors"] += 1
             return None
 
-    def _write(self, op, k, *args) -> bool:
+    def _write(self, op, k, *args, failed: bool = False) -> bool:
         key = _key32(k)
         try:
             with self._locked(key):
                 return op(key, *args)
         except (OSError, ValueError):
             self.counters["errors"] += 1
-            return False
+            return failed
 
     def _set(self, k, v, ttl) -> bool:
         return self._write(self._put, k, bytes(v), ttl)
@@ -148,6 +160,21 @@ class SharedStore(_Backend):
 
     def _delete(self, k) -> bool:
         return self._write(self.slab.delete, k)
+
+    # -- coalescing: a lock whose holder died is free --------------------------------
+
+    def lock(self, key: str, ttl: float) -> bool:
+        """``_Backend.lock``, and a lock held by a process that is gone (a worker
+        killed while it fetched) is taken over at once, not after ``ttl``."""
+        return self._write(self._take, hashed_key("lock", key), str(os.getpid()).encode(), ttl,
+                           failed=True)
+
+    def _take(self, key, v, ttl) -> bool:
+        now = self.clock()
+        held = self.slab.get(key, now, touch=False)
+        if held is not None and _alive(held):
+            return False
+        return self.slab.put(key, v, self._expires(ttl), now, self._stamp())
 
     # -- hits: a body whose chunks are not all there is a miss ------------------------
 

@@ -87,15 +87,18 @@ def test_what_one_worker_stores_deletes_or_purges_every_worker_sees_at_once(regi
     assert a.get_entry("k") is None
 
 
-def test_coalescing_lock_across_workers_and_its_expiry(region):
+def test_coalescing_lock_across_workers_its_expiry_and_a_dead_holder(region):
     now = [100.0]
     a = SharedStore(region, clock=lambda: now[0])
-    assert in_child(lambda: 0 if SharedStore(region, clock=lambda: 100.0).lock("page", 5) else 1) == 0
-    assert not a.lock("page", 5)        # held by the other worker, which died holding it
-    now[0] += 10                        # ... until its ttl
     assert a.lock("page", 5)
-    a.unlock("page")
+    assert in_child(lambda: 1 if SharedStore(region, clock=lambda: 100.0).lock("page", 5) else 0) == 0
+    now[0] += 10                        # expired: another worker takes it
     assert in_child(lambda: 0 if SharedStore(region, clock=lambda: 110.0).lock("page", 5) else 1) == 0
+    # ... and died holding it: free at once, not after its ttl
+    assert a.lock("page", 5)
+    assert not a.lock("page", 5)        # held by this (live) process
+    a.unlock("page")
+    assert a.lock("page", 5)
 
 
 def test_a_body_with_a_chunk_evicted_is_a_miss_not_a_broken_hit(region):
