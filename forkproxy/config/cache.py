@@ -78,17 +78,19 @@ SETTINGS: tuple[Setting, ...] = (
             "an invalidation and a purge are the same whichever worker takes the request. "
             "It is made empty when forkproxy starts and kept across reloads (remade empty when "
             "a reload changes its size). "
-            "Entries are kept in slots of 1 KiB, 4 KiB, 16 KiB and 64 KiB (their head and "
+            "Entries are kept in slots of seven sizes, 1 KiB to 64 KiB (their head and "
             "body; larger bodies in 64 KiB chunks), the least recently used of a set of slots "
-            "out first; a body larger than a quarter of the 64 KiB slots' bytes (about 8.7 MiB "
+            "out first; a body larger than a quarter of the 64 KiB slots' bytes (8 MiB "
             "of the default 64m) or than max_object_size is not stored. "
             "A worker killed while it writes leaves no entry half written. "
-            "At least about 1m (one set of slots); "
+            "At least about 2m (one set of slots); "
             "0: each worker keeps its own cache of memory_size bytes instead (hits, coalescing, "
             "invalidations and purges are then per worker).",
             _RELOAD, _shared_size, _r_size),
     Setting("cache", "memory_size", "size", "64m",
             "Bytes of each worker's in-process cache when servers = [] and shared_size = 0. "
+            "With the embedded store (shared_size > 0), each worker's copies of entries it "
+            "read, each used only while the region's slot is unchanged (never stale). "
             "With memcached, it holds near copies of entries read from memcached, so a hot URL "
             "costs each worker two memcached round trips a second, not one per hit: a copy is "
             "used for at most 0.5 s, and never after any worker of this forkproxy stored, "

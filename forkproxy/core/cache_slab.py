@@ -50,7 +50,8 @@ MAGIC = b"FPSLAB01"
 HEADER_SIZE = 64
 _HEADER = struct.Struct("=8sQQQ")  # magic, size, rows, namespace counter (at +24)
 # (payload bytes, ways): a row holds every class.
-CLASSES: tuple[tuple[int, int], ...] = ((1024, 32), (4096, 32), (16384, 16), (65536, 8))
+CLASSES: tuple[tuple[int, int], ...] = (
+    (1024, 32), (2048, 32), (4096, 32), (8192, 16), (16384, 16), (32768, 12), (65536, 16))
 SLOT_HEADER = 64
 _SLOT = struct.Struct("=QddII32s")  # seq, used, expires, length, crc, key
 _CRC_PART = struct.Struct("=dI32s")  # expires, length, key: what the CRC covers besides the value
@@ -145,8 +146,8 @@ class Slab:
                 yield pos // 8
             pos = tags.find(tag, pos + 1)
 
-    def _read(self, start: int, way: int, key: bytes, now: float) -> tuple[int, bytes] | None:
-        """(stamp, value) of ``way`` when it holds ``key``, whole and unexpired."""
+    def _read(self, start: int, way: int, key: bytes, now: float) -> tuple[int, bytes, float] | None:
+        """(stamp, value, expires) of ``way`` when it holds ``key``, whole and unexpired."""
         off, _, _ = self.ways[way]
         at = start + off
         seq = self._q[at // 8]
@@ -160,25 +161,42 @@ class Slab:
             return None
         if self._q[at // 8] != seq:
             return None
-        return seq, value
+        return seq, value, expires
 
     # -- reads (no lock) -----------------------------------------------------------
 
     def get(self, key: bytes, now: float, touch: bool = True) -> bytes | None:
         """The value of ``key`` (None: absent, expired, or being written); ``touch``
         records the use for LRU."""
+        got = self.find(key, now, touch)
+        return None if got is None else got[0]
+
+    def find(self, key: bytes, now: float, touch: bool = True) -> tuple[bytes, int, int, float] | None:
+        """``get``, with what ``still`` needs to tell later that the copy is still the
+        slot's: (value, the slot's seq word index, seq, expires)."""
         row = self.row_of(key)
         start = self._row_start(row)
         best = None
         for way in self._matches(key, row):
             got = self._read(start, way, key, now)
             if got is not None and (best is None or got[0] > best[0]):
-                best = (got[0], got[1], way)
+                best = got + (way,)
         if best is None:
             return None
+        q = (start + self.ways[best[3]][0]) // 8
         if touch:
-            self._d[(start + self.ways[best[2]][0]) // 8 + 1] = now
-        return best[1]
+            self._d[q + 1] = now
+        return best[1], q, best[0], best[2]
+
+    def still(self, q: int, seq: int, expires: float, now: float, touch: bool = True) -> bool:
+        """Whether the copy ``find`` made is still the value of its key: its slot was not
+        written since (any write, move or delete changes ``seq``: stamps only grow)
+        and it has not expired.  One 8-byte read instead of a lookup and a copy."""
+        if self._q[q] != seq or (expires and expires <= now):
+            return False
+        if touch:
+            self._d[q + 1] = now
+        return True
 
     # -- writes (the caller holds the row's lock) -----------------------------------
 

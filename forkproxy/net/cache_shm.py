@@ -18,9 +18,14 @@ commit word that makes a half-written slot invisible) is
   them when it dies, so a worker killed while it holds one blocks nobody.
   The lock is held for a copy of at most one slot (64 KiB) and taken
   without yielding to other greenlets.  Readers take no lock.
-- Every change is at once visible to every worker: there are no near
-  copies; a host purge changes the region's namespace counter, which every
-  worker compares with the one it read its host tokens under.
+- Every change is at once visible to every worker.  A worker keeps copies
+  of the values it read (``near_size`` bytes, least recently used out, as
+  ``cache.memory_size`` says), each with its slot's commit word: a copy is
+  used only while that word is unchanged, and any write, move or delete of
+  the slot changes it (one 8-byte read instead of a lookup, a copy and a
+  CRC), so a copy is never older than the region.  A host purge changes the
+  region's namespace counter, which every worker compares with the one it
+  read its host tokens under.
 - Coalescing is ``_Backend.lock``'s: one worker of the forkproxy goes
   upstream for a URL, the others wait for its entry; a lock whose holder
   (its pid is the value) is gone is free at once, not after its ttl.
@@ -40,7 +45,7 @@ import time
 from typing import Callable
 
 from forkproxy.core.cache_slab import Slab, region_size_ok
-from forkproxy.net.cache_store import BodyReader, _Backend, _split_entry, hashed_key
+from forkproxy.net.cache_store import LRU, BodyReader, _Backend, _split_entry, hashed_key
 
 __all__ = ["REGION_NAME", "Region", "create_region", "SharedStore"]
 
@@ -105,13 +110,15 @@ class SharedStore(_Backend):
     wall: Callable[[], int] = staticmethod(time.monotonic_ns)
 
     def __init__(self, region: Region, *, max_object_size: int = 8 << 20, item_size: int = 0,
-                 clock: Callable[[], float] = time.monotonic):
-        """``item_size``: the chunk size (0: the largest class's, its upper bound)."""
+                 near_size: int = 1 << 20, clock: Callable[[], float] = time.monotonic):
+        """``item_size``: the chunk size (0: the largest class's, its upper bound);
+        ``near_size``: bytes of this process's copies of values read (0: none)."""
         slab = region.slab
         super().__init__(min(max_object_size, slab.max_body),
                          min(item_size or slab.max_value, slab.max_value))
         self.region, self.slab, self.clock = region, slab, clock
         self._ns_epoch = slab.epoch
+        self.near = LRU(near_size, clock) if near_size > 0 else None
 
     @contextlib.contextmanager
     def _locked(self, key: bytes):
@@ -131,11 +138,24 @@ class SharedStore(_Backend):
     # primitives (see _Backend); every error is a miss or a failed write
 
     def _get(self, k):
+        now = self.clock()
+        near = self.near
+        if near is not None:
+            copy = near.get(k)
+            if copy is not None:
+                if self.slab.still(copy[1], copy[2], copy[3], now):
+                    return copy[0]
+                near.drop(k)
         try:
-            return self.slab.get(_key32(k), self.clock())
+            got = self.slab.find(_key32(k), now)
         except (OSError, ValueError):
             self.counters["errors"] += 1
             return None
+        if got is None:
+            return None
+        if near is not None and len(got[0]) <= near.max_bytes >> 4:
+            near.put(k, got, len(got[0]))
+        return got[0]
 
     def _write(self, op, k, *args, failed: bool = False) -> bool:
         key = _key32(k)

@@ -140,3 +140,32 @@ def test_state_counts_entries(region):
     s = store.state
     assert s["backend"] == "shared" and s["items"] == 1 and s["max_bytes"] == 8 << 20
     assert s["max_object_size"] == store.slab.max_body < 8 << 20
+
+
+def test_a_workers_copies_are_never_older_than_the_region(region):
+    """A copy of a value read is used only while its slot's commit word is unchanged:
+    another worker's overwrite, delete or eviction is seen at the next read."""
+    a = SharedStore(region)
+    assert a._set("fp:" + "11" * 32, b"one", 0)
+    k = "fp:" + "11" * 32
+    assert a._get(k) == b"one" and a._get(k) == b"one"  # the second from the copy
+    assert len(a.near) == 1
+    assert in_child(lambda: 0 if SharedStore(region)._set(k, b"two", 0) else 1) == 0
+    assert a._get(k) == b"two"
+    assert in_child(lambda: 0 if SharedStore(region)._delete(k) else 1) == 0
+    assert a._get(k) is None
+    # any write into the slot (another key's, on eviction) is a change too: the copy
+    # is not used, the slot is read again
+    assert a._set(k, b"three", 0) and a._get(k) == b"three"
+    q = a.near.get(k)[1]
+    a.slab._q[q] = a.slab._q[q] + 2
+    assert a._get(k) == b"three" and a.near.get(k)[2] == a.slab._q[q]
+
+
+def test_expired_copies_are_not_used(region):
+    now = [100.0]
+    a = SharedStore(region, clock=lambda: now[0])
+    k = "fp:" + "22" * 32
+    assert a._set(k, b"v", 5) and a._get(k) == b"v"
+    now[0] += 5
+    assert a._get(k) is None
