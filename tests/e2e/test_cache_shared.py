@@ -269,3 +269,20 @@ def test_the_per_worker_store_is_still_there(forkproxy_factory, origin):
         assert ask(c, path)[1] == "MISS"
     assert count(origin, "/w") == 2
     assert not os.path.exists(os.path.join(fp.server["runtime_dir"], "cache.shm"))
+
+
+def test_a_reload_that_changes_the_size_starts_an_empty_store(forkproxy_factory, origin):
+    fp, port = start(forkproxy_factory, origin, 2)
+    path = f"/z?{MAXAGE}"
+    assert ask(connect(port), path)[1] == "MISS"
+    inode = os.stat(os.path.join(fp.server["runtime_dir"], "cache.shm")).st_ino
+    old = set(fp.worker_pids())
+    fp.write_config(fp.body.replace("[cache]\n", '[cache]\nshared_size = "8m"\n', 1))
+    fp.reload()
+    wait_until(lambda: len(fp.worker_pids()) == 2 and not old & set(fp.worker_pids()),
+               timeout=30, what="the new generation alone")
+    region = os.path.join(fp.server["runtime_dir"], "cache.shm")
+    assert os.stat(region).st_ino != inode and os.stat(region).st_size == 8 << 20
+    assert ask(connect(port), path)[1] == "MISS"
+    for c, *_ in on_workers(fp, port, 2).values():
+        assert ask(c, path)[1] == "HIT"
