@@ -83,6 +83,8 @@ SETTINGS: tuple[Setting, ...] = (
             "out first; a body larger than a quarter of the 64 KiB slots' bytes (8 MiB "
             "of the default 64m) or than max_object_size is not stored. "
             "A worker killed while it writes leaves no entry half written. "
+            "Keep runtime_dir on a memory file system (the default /run is one): elsewhere the "
+            "kernel also writes the region's changes to disk. "
             "At least about 2m (one set of slots); "
             "0: each worker keeps its own cache of memory_size bytes instead (hits, coalescing, "
             "invalidations and purges are then per worker).",
@@ -90,7 +92,8 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("cache", "memory_size", "size", "64m",
             "Bytes of each worker's in-process cache when servers = [] and shared_size = 0. "
             "With the embedded store (shared_size > 0), each worker's copies of entries it "
-            "read, each used only while the region's slot is unchanged (never stale). "
+            "read (at most a quarter of shared_size), each used only while the region's slot "
+            "is unchanged, so never older than the store. "
             "With memcached, it holds near copies of entries read from memcached, so a hot URL "
             "costs each worker two memcached round trips a second, not one per hit: a copy is "
             "used for at most 0.5 s, and never after any worker of this forkproxy stored, "

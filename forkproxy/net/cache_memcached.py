@@ -381,7 +381,7 @@ def make_store(cfg: CacheConfig, log_=None, epochs_buf=None, region=None):
             from forkproxy.net.cache_shm import SharedStore
 
             return SharedStore(region, max_object_size=cfg.max_object_size,
-                               near_size=cfg.memory_size)
+                               near_size=min(cfg.memory_size, cfg.shared_size // 4))
         return MemoryStore(cfg.memory_size, max_object_size=cfg.max_object_size)
     timeout_ms = max(1, round(cfg.timeout * 1000))  # libmemcached counts in whole ms
     breaker = breaker_for(timeout_ms / 1000, failures=cfg.breaker_failures,

@@ -169,3 +169,50 @@ def test_expired_copies_are_not_used(region):
     assert a._set(k, b"v", 5) and a._get(k) == b"v"
     now[0] += 5
     assert a._get(k) is None
+
+
+def test_two_writers_and_a_reader_at_once_never_see_a_torn_value(tmp_path):
+    """Two worker processes rewrite 64 keys of one row (values of every class) while
+    this one reads them: every value read is whole and its key's, never a mix."""
+    region = create_region(str(tmp_path), 4 << 20)
+    keys = [f"fp:{i:064x}" for i in range(64)]  # bytes 8..16 are zero: all in row 0
+
+    def value(i: int, n: int) -> bytes:
+        return (b"%d:%d;" % (i, n)) * (1 + n * 37 % 7000)  # up to 56 KB
+
+    def writer(seed: int):
+        store = SharedStore(region, near_size=0)
+        for n in range(1500):
+            i = (n * 7 + seed) % 64
+            if not store._set(keys[i], value(i, n), 0):
+                return 1
+        return 0
+
+    pids = []
+    for seed in (0, 3):
+        pid = os.fork()
+        if pid == 0:
+            try:
+                code = writer(seed)
+            except BaseException:
+                code = 99
+            os._exit(code)
+        pids.append(pid)
+    reader = SharedStore(region, near_size=0)
+    seen, statuses = 0, {}
+    while len(statuses) < len(pids):
+        for i, k in enumerate(keys):
+            v = reader._get(k)
+            if v is not None:
+                parts = v.split(b";")
+                assert parts[-1] == b"" and len(set(parts[:-1])) == 1, f"key {i}: torn value"
+                assert parts[0].startswith(b"%d:" % i), f"key {i}: another key's value"
+                seen += 1
+        for pid in pids:
+            if pid not in statuses:
+                done, status = os.waitpid(pid, os.WNOHANG)
+                if done:
+                    statuses[pid] = status
+    assert all(os.WIFEXITED(s) and os.WEXITSTATUS(s) == 0 for s in statuses.values())
+    assert seen > 0
+    os.close(region.fd)
