@@ -22,6 +22,18 @@
    a fleet limit (memcached on 127.0.0.1), alternating in rounds.
 
 Prints one line per round and the median and max over rounds and workers.
+
+    python bench/fleet.py --sticky [--rounds 5]
+
+4. What a sticky table costs (only this, with ``--sticky``): the median
+   latency of keep-alive GETs with ``X-Client`` through a 1-worker forkproxy
+   of a pool of three backends, without stickiness, with a node table and
+   with a fleet table (memcached on 127.0.0.1), alternating in rounds;
+   "fleet" repeats one key per connection (a memcached get per request),
+   "fleet-new" sends a new key every request (a get, then an add).
+   Then the same calls in one process, without HTTP: the median time of a
+   ``StickTable`` lookup (and store) per request, node and fleet (less
+   noisy on a busy host).
 """
 
 from __future__ import annotations
@@ -39,6 +51,7 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO / "tests"))
+sys.path.insert(0, str(REPO))  # forkproxy itself, for the in-process calls
 
 from support.dnsserver import write_zone  # noqa: E402
 from support.procs import Proc, free_port, kill_leaked, wait_until  # noqa: E402
@@ -201,6 +214,25 @@ def bench_dns(args, tmp: Path) -> list[float]:
     return all_t
 
 
+def median_latencies(ports: dict[str, int], rounds: int, headers) -> dict[str, float]:
+    """Median seconds of a keep-alive GET per target (name -> port), 250 in a
+    row each in turn, ``rounds`` x 4 times; ``headers(name, n)``: the nth
+    request's fields."""
+    times: dict[str, list[float]] = {k: [] for k in ports}
+    conns = {k: http.client.HTTPConnection("127.0.0.1", p, timeout=10) for k, p in ports.items()}
+    n = 0
+    for _ in range(rounds * 4):
+        for k, conn in conns.items():
+            for _ in range(250):
+                n += 1
+                fields = headers(k, n)
+                t = time.perf_counter()
+                conn.request("GET", "/x", headers=fields)
+                conn.getresponse().read()
+                times[k].append(time.perf_counter() - t)
+    return {k: statistics.median(v) for k, v in times.items()}
+
+
 def bench_limit_cost(args, tmp: Path) -> dict[str, float]:
     """Median latency of one keep-alive GET through forkproxy (1 worker) with no
     rate limit, a node limit and a fleet limit (memcached on 127.0.0.1), in
@@ -220,22 +252,71 @@ def bench_limit_cost(args, tmp: Path) -> dict[str, float]:
             fps[scope] = ForkProxy(tmp / f"fp-{scope}", body,
                                    server={"workers": 1, "access_log": "off"}).start()
             fps[scope].wait_ready()
-        times: dict[str, list[float]] = {k: [] for k in fps}
-        conns = {k: http.client.HTTPConnection("127.0.0.1", p, timeout=10)
-                 for k, p in ports.items()}
-        for _ in range(args.rounds * 4):
-            for k, conn in conns.items():
-                for _ in range(250):
-                    t = time.perf_counter()
-                    conn.request("GET", "/x")
-                    conn.getresponse().read()
-                    times[k].append(time.perf_counter() - t)
-        return {k: statistics.median(v) for k, v in times.items()}
+        return median_latencies(ports, args.rounds, lambda k, n: {})
     finally:
         for fp in fps.values():
             fp.stop()
         mc.stop()
         a.stop()
+
+
+def bench_sticky_cost(args, tmp: Path) -> dict[str, float]:
+    """Median latency of one keep-alive GET with an X-Client key through
+    forkproxy (1 worker, three backends): no stickiness, a node table, a
+    fleet table with the same key every request, and with a new one."""
+    from support.runner import Memcached
+
+    mc = Memcached(tmp / "mc")
+    bs = [Backend(n, tmp / "b") for n in ("a", "b", "c")]
+    servers = ", ".join(f'{{ addr = "{b.addr}" }}' for b in bs)
+    fps, ports = {}, {}
+    try:
+        for scope in ("none", "node", "fleet"):
+            ports[scope] = port = free_port()
+            body = f'[cache]\nservers = ["{mc.addr}"]\n' + fp_body(port, servers)
+            if scope != "none":
+                body += f'sticky = {{ key = "header:X-Client", ttl = "30m", scope = "{scope}" }}\n'
+            fps[scope] = ForkProxy(tmp / f"fp-{scope}", body,
+                                   server={"workers": 1, "access_log": "off"}).start()
+            fps[scope].wait_ready()
+        ports["fleet-new"] = ports["fleet"]
+        return median_latencies(ports, args.rounds, lambda k, n: {
+            "X-Client": f"new-{n}" if k == "fleet-new" else "one-client"})
+    finally:
+        for fp in fps.values():
+            fp.stop()
+        mc.stop()
+        for b in bs:
+            b.stop()
+
+
+def bench_sticky_calls(tmp: Path, n: int = 5000) -> dict[str, float]:
+    """Median seconds of one request's sticky-table work (lookup, then store
+    of the server chosen) in this process, with memcached on 127.0.0.1."""
+    from types import SimpleNamespace
+
+    from forkproxy.net.sticktable import StickTable
+    from support.runner import Memcached
+
+    mc = Memcached(tmp / "mc-calls")
+    try:
+        out = {}
+        for name, scope, new in (("node", "node", False), ("fleet", "fleet", False),
+                                 ("fleet-new", "fleet", True)):
+            cfg = SimpleNamespace(key="header:x-client", ttl=1800.0, scope=scope, keys=100000)
+            table = StickTable("web", cfg, [mc.addr], 0.5)
+            times = []
+            for i in range(n):
+                value = f"{name}-{i}" if new else "one-client"
+                req = SimpleNamespace(get=lambda h, v=value: v, get_all=lambda h: [])
+                t = time.perf_counter()
+                stuck = table.lookup(req, "127.0.0.1")
+                table.store(stuck, "127.0.0.1:8080")
+                times.append(time.perf_counter() - t)
+            out[name] = statistics.median(times)
+        return out
+    finally:
+        mc.stop()
 
 
 def summary(what: str, xs: list[float]) -> None:
@@ -248,7 +329,22 @@ def main() -> None:
     ap.add_argument("--workers", type=int, default=4)
     ap.add_argument("--connections", type=int, default=48)
     ap.add_argument("--rounds", type=int, default=5)
+    ap.add_argument("--sticky", action="store_true", help="only what a sticky table costs")
     args = ap.parse_args()
+    if args.sticky:
+        with tempfile.TemporaryDirectory(prefix="fp-fleet-") as d:
+            try:
+                cost = bench_sticky_cost(args, Path(d))
+                calls = bench_sticky_calls(Path(d))
+            finally:
+                kill_leaked()
+        print("one request's sticky-table work in-process (lookup + store): "
+              + ", ".join(f"{k} {v * 1e6:.0f} us" for k, v in calls.items()))
+        print("median GET latency: " + ", ".join(f"{k} {v * 1e6:.0f} us" for k, v in cost.items())
+              + f"; a fleet sticky table costs {(cost['fleet'] - cost['node']) * 1e6:.0f} us per "
+              f"request more than a node one ({(cost['fleet-new'] - cost['node']) * 1e6:.0f} us "
+              "for a new key)")
+        return
     with tempfile.TemporaryDirectory(prefix="fp-fleet-") as d:
         try:
             cost = bench_limit_cost(args, Path(d) / "limits")

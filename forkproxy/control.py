@@ -109,6 +109,11 @@ def checker_lock_path(runtime_dir: str) -> str:
     return os.path.join(runtime_dir, CHECKER_LOCK_NAME)
 
 
+def handoff_dir(runtime_dir: str) -> str:
+    """Where workers listen for the connections older generations hand over (net.handoff)."""
+    return os.path.join(runtime_dir, "handoff")
+
+
 def reload_status_path(runtime_dir: str) -> str:
     return os.path.join(runtime_dir, RELOAD_STATUS_NAME)
 

@@ -16,11 +16,12 @@ fixes them all in one pass instead of one per ``forkproxy -t`` run.
 
 from __future__ import annotations
 
-__all__ = ["EX_OK", "EX_CONFIG", "EX_USAGE", "EX_SOFTWARE", "ConfigError", "ConfigErrors"]
+__all__ = ["EX_OK", "EX_CONFIG", "EX_USAGE", "EX_NOT_RUNNING", "EX_SOFTWARE", "ConfigError", "ConfigErrors"]
 
 EX_OK = 0
 EX_CONFIG = 1
 EX_USAGE = 2
+EX_NOT_RUNNING = 3  # LSB: `status` of a program that is not running
 EX_SOFTWARE = 70
 
 

@@ -784,6 +784,23 @@ def test_warnings_name_servers_that_do_not_resolve():
     assert ws[0].message.endswith("); forkproxy resolves it again when it connects")
 
 
+def test_warnings_name_what_a_fleet_shares_without_memcached():
+    text = MINIMAL.replace('{ addr = "127.0.0.1:9000" }]',
+                           '{ addr = "127.0.0.1:9000" }]\n'
+                           'sticky = { key = "ip", scope = "fleet" }\n')
+    text = text.replace('pool = "app"\n', 'pool = "app"\nrate_limit = { rate = "5r/s", '
+                        'scope = "fleet" }\n', 1)
+    ws = config.warnings(loads(text, "f.toml"), text, resolve_timeout=0)
+    assert [(w.key, w.message) for w in ws] == [
+        ("route[0].rate_limit.scope", 'warning: scope = "fleet" without cache.servers: nothing '
+         "is shared, each node applies the limit on its own"),
+        ("pool.app.sticky.scope", 'warning: scope = "fleet" without cache.servers: nothing '
+         "is shared, each worker keeps its own sticky table")]
+    assert all(w.line is not None for w in ws)
+    shared = text + '\n[cache]\nservers = ["127.0.0.1:11211"]\n'
+    assert config.warnings(loads(shared, "f.toml"), shared, resolve_timeout=0) == []
+
+
 def test_no_warnings_for_a_plain_config():
     assert config.warnings(loads(MINIMAL, "m.toml"), MINIMAL) == []
 

@@ -184,7 +184,7 @@ def test_environment_variables_are_documented(page, words):
 
 @pytest.mark.parametrize(
     "page, codes",
-    [("forkproxy.8", ["0", "1", "2", "3", "70"]), ("forkproxyctl.8", ["0", "1", "2"])],
+    [("forkproxy.8", ["0", "1", "2", "3", "70"]), ("forkproxyctl.8", ["0", "1", "2", "3"])],
 )
 def test_exit_statuses_are_documented(page, codes):
     status = section_text(MAN / page, "EXIT STATUS")

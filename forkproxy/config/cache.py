@@ -39,10 +39,25 @@ SECTIONS: tuple[Section, ...] = (
         "the Host and the request target as the client sent it, with its query, before "
         "strip_prefix, add_prefix and rewrite: a response is only ever served by the route "
         "that stored it (or one sharing its cache_key), whatever the rewrites make of the "
-        "target; Vary selects a variant. "
+        "target; Vary selects a variant, Accept-Encoding counted as the one coding a miss "
+        "asks the origin for (br, gzip or none: \"gzip, deflate\" and \"deflate, gzip\" share "
+        "a variant; a miss that may be stored sends that normalised Accept-Encoding upstream). "
         "A response that sets a cookie is not stored (see cache_set_cookie). "
         "Stale entries are revalidated with If-None-Match and If-Modified-Since; "
-        "stale-while-revalidate and stale-if-error are honoured. "
+        "stale-while-revalidate and stale-if-error are honoured: within its stale-if-error "
+        "window a stored response, with or without a validator, is served (header STALE, "
+        "with its Age) when the origin answers 500, 502, 503 or 504, refuses the connection, "
+        "resets it or times out (pool read_timeout), or when no server of the pool is up. "
+        "Ranges: a GET with one byte range (bytes=A-B, A- or -N, and an If-Range that holds) "
+        "of a stored 200 is answered 206 with Content-Range from the cache, or 416 with "
+        "Content-Range: bytes */LENGTH when the range starts past the end; several ranges, "
+        "another unit or an If-Range that does not hold get the whole 200 (as nginx does with "
+        "several ranges). The part is of the stored representation, never compressed. "
+        "A Range request that misses goes upstream without Range and If-Range, the whole "
+        "response is stored and the client gets its part (nginx's proxy_cache does the "
+        "same); for a URL whose last response could not be stored, or was known to be larger "
+        "than max_object_size, the Range goes upstream; a 206 from the origin is passed "
+        "through, never stored. "
         "A successful POST, PUT, DELETE or other unsafe method invalidates the URL and its "
         "Location and Content-Location on the same host. "
         "Concurrent misses for one URL send one request upstream; the others wait for it "
@@ -70,7 +85,9 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("cache", "max_object_size", "size", "8m",
             "Largest response body stored. "
             "Bodies larger than one memcached item are stored in chunks. "
-            "A larger response is passed through uncached, without being buffered.",
+            "A larger response is passed through uncached, without being buffered; "
+            "one whose Content-Length says so marks its URL hit-for-pass for 10 s (its "
+            "requests then go upstream at once, Range included).",
             _RELOAD, _size(1), _r_size),
     Setting("cache", "shared_size", "size", "64m",
             "Bytes of the embedded store used when servers = []: a file in server.runtime_dir "
@@ -130,6 +147,16 @@ SETTINGS: tuple[Setting, ...] = (
             "this long for its response to be stored, then go upstream themselves. "
             "Also the lifetime of the lock, should its holder die.",
             _RELOAD, _duration(False), _r_duration),
+    Setting("cache", "stale_if_error", "duration", "0s",
+            "How long past its freshness a stored response may still be served when the origin "
+            "fails (answers 500, 502, 503 or 504, refuses the connection, resets it, times out, "
+            "or no server of the pool is up), for responses that name no stale-if-error "
+            "themselves (RFC 5861; a request's own stale-if-error still wins): nginx's "
+            "proxy_cache_use_stale error timeout http_500 http_502 http_503 http_504, with a "
+            "bound. Never for a response with no-cache, must-revalidate, proxy-revalidate or "
+            "s-maxage. Entries are kept that much longer past their freshness. "
+            '"0s": only what responses and requests say.',
+            _RELOAD, _duration(True), _r_duration),
     Setting("cache", "heuristic_max", "duration", "1h",
             "Upper bound of the heuristic freshness (10% of the time since Last-Modified) "
             "given to responses without explicit freshness. "

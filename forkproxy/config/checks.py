@@ -20,7 +20,8 @@ def warnings(cfg: Config, text: str | None = None,
     """Problems of a valid configuration that do not stop it from serving,
     each ``FILE:LINE: key: warning: ...``, in file order: a route no request
     can reach (an earlier one takes them all), a server name that does not
-    resolve now (DNS may be down at check time: only a warning).
+    resolve now (DNS may be down at check time: only a warning), something
+    shared by a fleet (``scope = "fleet"``) with no memcached to share it.
 
     ``text`` is the file's text, for line numbers (read from ``cfg.path``
     when None; no line numbers when it cannot be read).  Resolving takes at
@@ -34,6 +35,7 @@ def warnings(cfg: Config, text: str | None = None,
             text = ""
     out = _Loader(text, cfg.path)
     _warn_shadowed(cfg, out.err)
+    _warn_fleet_alone(cfg, out.err)
     _warn_unresolved(cfg, out.err, resolve_timeout)
     return sorted(out.errors, key=_sort_key)
 
@@ -44,6 +46,21 @@ def _warn_shadowed(cfg: Config, warn) -> None:
     for later, earlier in shadowed(specs):
         warn(("route", specs[later].index), f"warning: this route never matches: "
              f"route[{specs[earlier].index}] before it takes every request it would")
+
+
+def _warn_fleet_alone(cfg: Config, warn) -> None:
+    """A fleet rate limit or sticky table without cache.servers: it works,
+    but each node (each worker, for a table) holds its own."""
+    if cfg.cache.servers:
+        return
+    for r in cfg.routes:
+        if r.rate_limit is not None and r.rate_limit.scope == "fleet":
+            warn(("route", r.index, "rate_limit", "scope"), 'warning: scope = "fleet" without '
+                 "cache.servers: nothing is shared, each node applies the limit on its own")
+    for p in cfg.pools:
+        if p.sticky is not None and p.sticky.key is not None and p.sticky.scope == "fleet":
+            warn(("pool", p.name, "sticky", "scope"), 'warning: scope = "fleet" without '
+                 "cache.servers: nothing is shared, each worker keeps its own sticky table")
 
 
 def _warn_unresolved(cfg: Config, warn, timeout: float) -> None:

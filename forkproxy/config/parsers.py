@@ -454,6 +454,17 @@ def _hash_key(value: Any) -> str:
     return f"{kind}:{name.lower() if kind == 'header' else name}"
 
 
+def _stick_key(value: Any) -> str:
+    """A sticky table's key: "ip", "header:NAME" (lower-cased) or "cookie:NAME"."""
+    value = _str(value).strip()
+    if value == "ip":
+        return value
+    kind, sep, name = value.partition(":")
+    if not sep or kind not in ("header", "cookie") or not _TOKEN_RE.match(name):
+        raise Invalid(f'expected "ip", "header:NAME" or "cookie:NAME", got {_quote(value)}')
+    return f"{kind}:{name.lower() if kind == 'header' else name}"
+
+
 def _cookie_name(value: Any) -> str:
     if not _TOKEN_RE.match(_str(value)):
         raise Invalid(f"invalid cookie name {_quote(value)}: use letters, digits and !#$%&'*+-.^_`|~")

@@ -12,7 +12,7 @@ import ipaddress
 from forkproxy.config.parsers import (
     _addr, _bool, _cookie_name, _duration, _enum, _fail_status, _hash_key, _header_value, _int,
     _nonempty_str, _probe_path, _r_duration, _r_list, _r_opt_duration, _r_retry_on, _r_status,
-    _regex, _retry_on, _secret_str, _status_ranges,
+    _regex, _retry_on, _secret_str, _status_ranges, _stick_key,
 )
 from forkproxy.config.schema import (
     _RELOAD, LAST, Derived, Path, Section, Setting, config_classes,
@@ -125,16 +125,28 @@ SECTIONS: tuple[Section, ...] = (
         "even while it is in drain; when it is not (down, in maint, out after passive "
         "failures, gone from the pool) the request goes to a fresh choice and the response "
         "carries a new cookie. "
-        "Tokens depend only on the server's addr and the key, so they stay valid "
+        "Tokens depend only on the server's addr and the HMAC key (secret), so they stay valid "
         "across reloads and restarts for servers that stay. "
         "Over a TLS listener the cookie is also Secure and SameSite=Lax. "
-        "Stickiness comes before the balance algorithm.",
+        "Stickiness comes before the balance algorithm. "
+        "With key, the pool keeps a sticky table instead, as HAProxy's stick tables, for "
+        "clients that keep no cookie of forkproxy's: "
+        '{ key = "header:X-Client", ttl = "30m", scope = "fleet" } maps the value of the key '
+        "to the server the first request went to (by its addr, so entries stay valid across "
+        "reloads and as servers come and go); later requests with the same value go to that "
+        "server while it may take them, as with the cookie; when it is down, in maint, out "
+        "after passive failures or gone, the request goes to a fresh choice and the entry "
+        "is rewritten. No cookie is set. A request without the key is balanced as usual.",
         optional=True,
         cls="StickyConfig",
-        doc="""A pool's ``sticky = { ... }``: cookie-based session persistence.
+        doc="""A pool's ``sticky = { ... }``: session persistence.
 
-        ``ttl`` 0 makes a session cookie (no Max-Age).  ``secret`` None: the
-        tokens are keyed by the pool name alone (see the key's help).
+        ``key`` None: by cookie (``cookie``, ``ttl`` 0 makes a session cookie,
+        no Max-Age; ``secret`` None: the daemon's key, see the key's help).
+        ``key`` "ip", "header:NAME" or "cookie:NAME": a sticky table whose
+        entries last ``ttl`` seconds after their last use (0: no expiry), kept per worker
+        (``scope`` "node") or in memcached (``scope`` "fleet", falling back to
+        the worker's own table), at most ``keys`` entries per worker.
         """,
     ),
     Section(
@@ -375,7 +387,9 @@ SETTINGS: tuple[Setting, ...] = (
             _RELOAD, _cookie_name),
     Setting("pool.sticky", "ttl", "duration", "0s",
             "Max-Age of the cookie. "
-            '"0s" makes a session cookie, dropped when the browser closes.',
+            '"0s" makes a session cookie, dropped when the browser closes. '
+            "With key: how long an entry of the sticky table lasts after its last use; "
+            '"0s": until it is forgotten (keys) or memcached evicts it.',
             _RELOAD, _duration(True), _r_duration),
     Setting("pool.sticky", "secret", "string", None,
             "Key of the HMAC that turns a server's addr into its token. "
@@ -386,6 +400,34 @@ SETTINGS: tuple[Setting, ...] = (
             "not on other machines, nor after that file is lost (as /run is at boot). "
             "Changing it invalidates every cookie once (clients get a fresh choice).",
             _RELOAD, _secret_str, example="a long random string", secret=True),
+    Setting("pool.sticky", "key", '"ip", "header:NAME" or "cookie:NAME"', None,
+            "Makes stickiness a sticky table keyed by this instead of a cookie of forkproxy's: "
+            "the real client address (behind server.trusted_proxies, the one they vouch "
+            "for), a request header's value, or a cookie the application sets (a session id). "
+            "Unset: the cookie above (cookie, secret).",
+            _RELOAD, _stick_key, example="header:X-Client"),
+    Setting("pool.sticky", "scope", '"node" or "fleet"', "node",
+            'Where the sticky table of key lives. "node": in each worker\'s memory, so a '
+            "client whose connections reach different workers (or nodes) may be pinned to a "
+            "different server by each. "
+            '"fleet": in memcached (cache.servers), shared by every worker of every '
+            "forkproxy on the same memcached whose pool has the same name, as HAProxy's peers "
+            "share stick tables; an entry expires ttl after its last use (refreshed at most "
+            "every tenth of ttl), each call bounded by cache.timeout. "
+            "It costs one memcached get per request with the key, and a write when an entry "
+            "is made, moved or refreshed (measured with memcached on the same host, "
+            "bench/fleet.py --sticky: 0.1 to 0.2 ms of latency more than a node table for a "
+            "known key, about 25 us of the worker's time; 0.4 to 0.55 ms for a new key, "
+            "a get and an add, about 50 us). "
+            "While memcached errors or is slow (the cache's breaker rules), or without "
+            "cache.servers, each worker uses its own table as with \"node\" (it keeps a copy of "
+            "the entries it read or wrote) and forkproxyctl status says so.",
+            _RELOAD, _enum("scope", ("node", "fleet"))),
+    Setting("pool.sticky", "keys", "integer 16..10000000", 100000,
+            "Entries each worker keeps in its own table (scope node, and the copy of scope "
+            "fleet), about 300 bytes each for a short key; beyond it the least recently used "
+            "is forgotten.",
+            _RELOAD, _int(16, 10000000)),
     # retry = { ... }
     Setting("pool.retry", "tries", "integer 0..100", 0,
             "Most attempts per request, the first included, as nginx's "

@@ -57,7 +57,11 @@ SETTINGS: tuple[Setting, ...] = (
             _RELOAD, _int(1)),
     Setting("server", "graceful_timeout", "duration", "30s",
             "On reload or graceful stop, how long old workers may take to finish "
-            "the requests in flight before they are killed.",
+            "the requests in flight before they are killed. "
+            "On a reload, tunnels (WebSocket, TCP listeners) are kept past it until they "
+            "end or their idle timeout passes (the longest of tunnel_timeout, the routes' "
+            "and the TCP listeners' idle_timeout), counted from the reload; a stop cuts "
+            "them at graceful_timeout.",
             _RELOAD, _duration(False), _r_duration),
     Setting("server", "keepalive_timeout", "duration", "75s",
             "How long an idle client keep-alive connection is kept open, counted from "

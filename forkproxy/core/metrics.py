@@ -63,7 +63,14 @@ def _histogram(name: str, labels: tuple) -> list[tuple]:
             + [(f"{name}_sum", labels), (f"{name}_count", labels)])
 
 
-def request_keys(routes, pools=None) -> list[tuple]:
+def row_label(row: int) -> str:
+    """The ``server`` label of the series kept for table row ``row``: a server
+    that came at run time (add-server, DNS discovery), named by its addr only
+    when the page is rendered (``relabel_rows``)."""
+    return f"#{row}"
+
+
+def request_keys(routes, pools=None, spare_rows=()) -> list[tuple]:
     """Every key of a configuration.
 
     ``routes``: ``[(route_id, pool, [server addrs])]``; ``pools``: ``{pool:
@@ -75,9 +82,16 @@ def request_keys(routes, pools=None) -> list[tuple]:
     answered without a server, such as a 502 after every try failed or a
     redirect) and status class; requests that matched no route count under
     route ``""``.
+
+    ``spare_rows``: the table rows kept for servers that come at run time;
+    each gets the series of a server (``row_label``) in every pool, and in
+    every route of its pool.
     """
     if pools is None:
         pools = {p: list(s) for _, p, s in routes if p}
+    spares = [row_label(r) for r in spare_rows]
+    routes = [(r, p, list(s) + (spares if p else [])) for r, p, s in routes]
+    pools = {p: list(s) + spares for p, s in pools.items()}
     keys: list[tuple] = [(name, ()) for name in _SINGLE]
     targets = [("", "", [])] + [(str(r), p or "", list(s)) for r, p, s in routes]
     for route, pool, servers in targets:
@@ -124,6 +138,10 @@ class Metrics:
         self._up = {(p, srv): i for (p, srv, le), i in
                     by_label.get("upstream_duration_seconds_bucket", {}).items() if le == _LE[0]}
         self._plans: dict[tuple, tuple] = {}
+        # (pool, addr) -> table row of a server that came at run time, or
+        # None (set by the worker's runtime: its pools know their rows).
+        self.locate = None
+        self._known = {(p, srv) for (p, srv) in self._up if not srv.startswith("#")}
         self._cache = by_label.get("cache_requests_total", {})
         self._limited = {r: i for (r,), i in by_label.get("ratelimited_total", {}).items()}
         self._retries = {p: i for (p,), i in by_label.get("retries_total", {}).items()}
@@ -144,9 +162,10 @@ class Metrics:
     def totals(self) -> dict[tuple, int]:
         """Every key's value summed over all rows (gauges read as signed)."""
         cells, n = self.cells, self.n_keys
+        rows = [cells[row * n:(row + 1) * n].tolist() for row in range(self.n_slots + 1)]
         out = {}
-        for k, key in enumerate(self.keys):
-            total = sum(cells[row * n + k] for row in range(self.n_slots + 1)) & 0xFFFFFFFFFFFFFFFF
+        for key, column in zip(self.keys, zip(*rows)):
+            total = sum(column) & 0xFFFFFFFFFFFFFFFF
             out[key] = total - (1 << 64) if total >= 1 << 63 else total
         return out
 
@@ -164,9 +183,11 @@ class Metrics:
             return
         key = (rec.route, rec.pool, rec.upstream, status // 100)
         plan = self._plans.get(key)
-        if plan is None:  # once per combination: the configuration bounds them
-            plan = self._plans[key] = self._plan(*key)
-        req, dur, up, r = plan
+        if plan is None:
+            plan = self._plan(*key)
+            if plan[4]:  # once per combination: the configuration bounds them
+                self._plans[key] = plan
+        req, dur, up, r, _ = plan
         row = slot * self.n_keys
         cells = self.cells
         if req is not None:
@@ -187,13 +208,19 @@ class Metrics:
         cells[row + self._out] += rec.bytes_sent
 
     def _plan(self, route, pool, upstream, cls: int) -> tuple:
-        """(requests cell, duration histogram, upstream histogram, route label) of a request."""
+        """(requests cell, duration histogram, upstream histogram, route label,
+        whether it may be remembered) of a request.  A server that came at run
+        time is counted in its row's series, found each time (rows are reused)."""
         r = "" if route is None else str(route)
         code = f"{cls}xx"
-        req = self._req.get((r, upstream or "", code))
+        server, fixed = upstream or "", True
+        if server and (pool, server) not in self._known and self.locate is not None:
+            row = self.locate(pool, server)
+            server, fixed = (row_label(row) if row is not None else server), False
+        req = self._req.get((r, server, code))
         if req is None:
             req = self._req.get((r, "", code))
-        return req, self._dur.get(r), self._up.get((pool or "", upstream or "")), r
+        return req, self._dur.get(r), self._up.get((pool or "", server)), r, fixed
 
     def _observe(self, i: int, seconds: float) -> None:
         """One observation into the histogram series whose first bucket is cell ``i``."""
@@ -209,6 +236,9 @@ class Metrics:
 
     def count_transition(self, slot: int, pool: str, server: str, to: str) -> None:
         k = self._moves.get((pool, server, to))
+        if k is None and self.locate is not None:  # a server that came at run time
+            row = self.locate(pool, server)
+            k = self._moves.get((pool, row_label(row), to)) if row is not None else None
         if k is not None:
             self.cells[slot * self.n_keys + k] += 1
 
@@ -265,6 +295,31 @@ def _family(name: str) -> tuple[str, str]:
         if name.endswith(part) and FAMILIES.get(base, ("",))[0] == "histogram":
             return base, part
     return name, ""
+
+
+def relabel_rows(totals: dict[tuple, int], rows: dict[int, tuple[str, str]]) -> dict[tuple, int]:
+    """``totals`` with each row series (``row_label``) named by the server in
+    that row now, ``rows``: {row: (pool, addr)}; a row that is free, or holds
+    a server of another pool than the series', is left out."""
+    out = {}
+    for key, value in totals.items():
+        labels = key[1]
+        pool = None
+        for k, v in labels:  # pool comes before server (request_keys)
+            if k == "pool":
+                pool = v
+            elif k == "server":
+                if v[:1] == "#":
+                    got = rows.get(int(v[1:]))
+                    if got is None or got[0] != pool:
+                        break
+                    key = (key[0], tuple((k, got[1] if k == "server" else v)
+                                         for k, v in labels))
+                out[key] = value
+                break
+        else:
+            out[key] = value
+    return out
 
 
 def render(totals: dict[tuple, int], extra: list[tuple] = ()) -> str:

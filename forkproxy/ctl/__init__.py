@@ -45,7 +45,8 @@ generation serves or was rejected (``control.reload_and_wait``, as
 
 Exit status: 0 success; 1 failure (forkproxy not running, table unreadable,
 endpoint unreachable or refusing, unknown pool or server, broken
-configuration, rejected reload); 2 usage error.
+configuration, rejected reload); 2 usage error; 3 ``status`` read a table
+no running master serves (shown, marked stale).
 
 Layering: config, errors, core, ``control`` (the actions, stdlib + core) and
 ``net.leader.holder_pid`` (stdlib); never ``daemon``.  Importing it pulls in
@@ -71,7 +72,7 @@ from forkproxy.core.status import snapshot
 from forkproxy.core.table import LayoutError, Table
 from forkproxy.ctl.render import (format_age, render_cache, render_explain,  # noqa: F401
                                   render_status, _purge_text, _reload_text)
-from forkproxy.errors import EX_CONFIG, EX_OK, EX_USAGE, ConfigErrors
+from forkproxy.errors import EX_CONFIG, EX_NOT_RUNNING, EX_OK, EX_USAGE, ConfigErrors
 from forkproxy.net.leader import holder_pid
 
 __all__ = [
@@ -462,7 +463,10 @@ def _emit(args, doc: dict, text: str, stream=None) -> None:
 def _status(args, cfg: config.Config, tpath: str) -> int:
     doc, source = status(cfg, tpath)
     _emit(args, doc, render_status(doc, time.time(), source))
-    return EX_OK
+    # A table left by a stopped daemon is still shown (the last state is what
+    # an operator wants to read), but `forkproxyctl status || alert` must fire:
+    # 3 is LSB's "program is not running", as `systemctl status` answers.
+    return EX_NOT_RUNNING if doc.get("master_pid", 0) is None else EX_OK
 
 
 def _metrics(args, cfg: config.Config, tpath: str) -> int:

@@ -64,6 +64,10 @@ def render_status(doc: dict, now: float, source: str) -> str:
         lines.append(f"rate limit of route {rl['route']}: "
                      + ("shared by the fleet (memcached)" if rl["shared"]
                         else f"NODE LIMIT ({rl['why']})"))
+    for st in doc.get("sticky_tables") or ():
+        lines.append(f"sticky table of pool {st['pool']}: "
+                     + ("shared by the fleet (memcached)" if st["shared"]
+                        else f"WORKER TABLES ({st['why']})"))
     rows = [list(_COLUMNS)]
     for pool in doc["pools"]:
         for s in pool["servers"]:
@@ -142,7 +146,12 @@ def render_explain(doc: dict) -> str:
         p = doc["pool"]
         lines.append(("pool", f"{p['name']} {p['balance']}"
                               + (f", key {p['key']!r}" if p["key"] is not None else "")))
-    if doc["sticky"] is not None:
+    if doc["sticky"] is not None and "table" in doc["sticky"]:
+        st = doc["sticky"]
+        lines.append(("sticky", f"{st['table']} table by {st['key']}: "
+                                + (f"{st['value']} -> {st['server'] or 'no entry'}"
+                                   if st["value"] else "the request has no key")))
+    elif doc["sticky"] is not None:
         st = doc["sticky"]
         lines.append(("sticky", f"cookie {st['cookie']}: "
                                 + (f"names {st['server'] or 'no server of this pool'}"

@@ -178,19 +178,22 @@ def _owner(server) -> tuple[int, int] | None:
     return pw.pw_uid, gid
 
 
-def make_body_dir(cfg: Config) -> None:
-    """Master: the directory of spooled request bodies (net.spool), the workers' own.
+def make_private_dirs(cfg: Config) -> None:
+    """Master: the workers' own directories in runtime_dir: spooled request
+    bodies (net.spool) and the sockets that hand connections over (net.handoff).
 
-    Private (0700): bodies are the clients' data.  Given to server.user, who
-    could not create it in the root-owned runtime_dir.
+    Private (0700): bodies are the clients' data, the sockets take their
+    connections.  Given to server.user, who could not create them in the
+    root-owned runtime_dir.
     """
+    from forkproxy.control import handoff_dir
     from forkproxy.net.spool import body_dir
 
-    path = body_dir(cfg.server.runtime_dir)
-    os.makedirs(path, mode=0o700, exist_ok=True)
     owner = _owner(cfg.server)
-    if owner is not None and os.geteuid() == 0:
-        os.chown(path, *owner)
+    for path in (body_dir(cfg.server.runtime_dir), handoff_dir(cfg.server.runtime_dir)):
+        os.makedirs(path, mode=0o700, exist_ok=True)
+        if owner is not None and os.geteuid() == 0:
+            os.chown(path, *owner)
 
 
 def open_access_log(cfg: Config):
@@ -238,7 +241,11 @@ def build_metrics(cfg: Config, n_slots: int, old):
     from forkproxy.core.metrics import Metrics, request_keys
 
     pools = {p.name: [s.addr for s in p.servers] for p in cfg.pools}
-    keys = request_keys([(r.index, r.pool, pools.get(r.pool, [])) for r in cfg.routes], pools)
+    # The table's rows after the configured servers' (control.table_plan) hold
+    # the servers that come at run time: their series are kept by row.
+    first = sum(len(p.servers) for p in cfg.pools)
+    keys = request_keys([(r.index, r.pool, pools.get(r.pool, [])) for r in cfg.routes], pools,
+                        range(first, first + cfg.server.runtime_servers))
     if old is not None and old.keys == keys and old.n_slots == n_slots:
         return old
     metrics = Metrics(keys, n_slots, mmap.mmap(-1, Metrics.size(len(keys), n_slots)))
@@ -281,7 +288,7 @@ def on_starting(arbiter) -> None:
     st.access_log = open_access_log(cfg)
     os.makedirs(cfg.server.runtime_dir, mode=0o755, exist_ok=True)
     st.sticky_key = sticky_key(cfg.server.runtime_dir)  # runtime_dir needs a restart
-    make_body_dir(cfg)
+    make_private_dirs(cfg)
     if cfg.server.pidfile:
         os.makedirs(os.path.dirname(os.path.abspath(cfg.server.pidfile)), mode=0o755,
                     exist_ok=True)

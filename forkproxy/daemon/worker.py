@@ -227,6 +227,8 @@ class ProxyWorker(AsyncWorker):
                 server.max_accept = 1  # spread connections over the workers
             server.start()
             servers.append(server)
+        if self.runtime is not None:  # connections older generations hand over (net.handoff)
+            self.runtime.open_handoff(self.context.generation)
         while self.alive:
             self.notify()  # the first notify tells the master this worker serves
             self._stop.wait(1.0)
@@ -234,14 +236,43 @@ class ProxyWorker(AsyncWorker):
             server.close()  # stop accepting now
         if self.runtime is not None:
             self.runtime.drain()
-        deadline = time.monotonic() + self.cfg.graceful_timeout
-        while any(srv.pool.free_count() != srv.pool.size for srv in servers):
-            if time.monotonic() >= deadline:
-                self.log.warning("worker %s: graceful timeout, closing %d connections",
-                                 self.pid, sum(srv.pool.size - srv.pool.free_count()
-                                               for srv in servers))
-                for srv in servers:
-                    srv.stop(timeout=1)
-                return
+        # Connections accepted, and those an older generation handed over.
+        rt = self.runtime
+        groups = [srv.pool for srv in servers]
+        if rt is not None and rt.handoff is not None:
+            groups.append(rt.handoff.serving)
+        start = time.monotonic()
+        deadline = start + self.cfg.graceful_timeout
+        # A reload (a newer generation serves): tunnels may stay until their
+        # own timeout, WebSocket users are not cut because the file changed.
+        # A stop: graceful_timeout for everything.
+        tunnels_until = start + rt.tunnels_timeout() if rt is not None and rt.handing_off \
+            else deadline
+        while any(len(g) for g in groups):
+            now = time.monotonic()
+            if now >= deadline:
+                if self._cut(groups, keep_tunnels=now < tunnels_until):
+                    for srv in servers:
+                        srv.stop(timeout=1)
+                    return
+                deadline = tunnels_until
             self.notify()
             gevent.sleep(0.05)
+
+    def _cut(self, groups, keep_tunnels: bool) -> bool:
+        """graceful_timeout ran out: close the connections left (but tunnels
+        with ``keep_tunnels``); True when none is kept."""
+        from forkproxy.net.tunnel import LIVE
+
+        left = [g for group in groups for g in list(group)
+                if not (keep_tunnels and g in LIVE)]
+        kept = sum(len(g) for g in groups) - len(left)
+        if left:
+            self.log.warning("worker %s: graceful timeout, closing %d connections", self.pid,
+                             len(left))
+        for g in left:
+            g.kill(block=False)
+        if kept:
+            self.log.info("worker %s: draining for a reload, keeping %d tunnels until they "
+                          "end (at most server.tunnel_timeout)", self.pid, kept)
+        return not kept

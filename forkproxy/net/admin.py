@@ -63,7 +63,7 @@ import gevent
 from forkproxy import __version__, control
 from forkproxy.config import split_host_port
 from forkproxy.core import http1
-from forkproxy.core.metrics import render
+from forkproxy.core.metrics import relabel_rows, render
 from forkproxy.core.status import snapshot, traffic
 from forkproxy.net.edge import rate_limit_states
 from forkproxy.net.explain import BadQuestion, explain, request_for
@@ -295,6 +295,9 @@ class Admin:
         doc["workers"] = cfg.server.workers
         # Fleet rate limits: shared through memcached, or each node's own now.
         doc["rate_limits"] = rate_limit_states(self.rt.edge)
+        # Fleet sticky tables (net.sticktable): in memcached, or each worker's own now.
+        doc["sticky_tables"] = [p.stick.state() for p in self.rt.pools.values()
+                                if p.stick is not None and p.stick.fleet]
         return doc
 
     def totals(self) -> dict[tuple, int]:
@@ -303,7 +306,11 @@ class Admin:
         return counter.metrics.totals() if counter is not None else {}
 
     def metrics_text(self) -> str:
-        totals = self.totals()  # read once: every worker's row, every key
+        # Read once: every worker's row, every key; the rows of servers that
+        # came at run time named by the server in each now.
+        rows = {row: tuple(label.split("/", 1)) for row, label, m in control.members(self.table)
+                if m.state != "free" and "/" in label}
+        totals = relabel_rows(self.totals(), rows)
         extra = []
         for pool in self.status()["pools"]:
             for s in pool["servers"]:

@@ -5,11 +5,14 @@
 ``net.forward`` call it (see ``net.http_cache``'s contract):
 
 - ``Hook.upstream_fields``: a revalidation's validators replace the
-  client's conditions in the head sent upstream;
+  client's conditions in the head sent upstream; a cacheable GET asks for
+  the whole (no Range) with its normalised Accept-Encoding
+  (``net.cache_ranges``);
 - ``Hook.on_response``: an unsafe request's success invalidates the URL; a
   304 merges into the stale entry, an error may serve it (stale-if-error);
   otherwise the response gets a ``Tee`` (store-on-miss) that the body pump
-  (``net.relay``) writes the origin's body into and commits at a clean end;
+  (``net.relay``) writes the origin's body into and commits at a clean end
+  (a ``RangeTee`` when the client asked for a part of it);
 - ``Hook.on_refuse``: stale-if-error when forkproxy itself would answer 5xx;
 - ``Hook.done``: the exchange ended (a body not committed is dropped).
 
@@ -22,6 +25,7 @@ from __future__ import annotations
 import time
 
 from forkproxy.core import cache_policy as policy
+from forkproxy.net import cache_ranges
 from forkproxy.net.sockio import Timers
 
 CONDITIONAL_FIELDS = frozenset({"if-none-match", "if-modified-since", "if-match",
@@ -35,6 +39,7 @@ class Tee:
 
     served = False
     keep = False
+    view = None  # (response, framing) the client's head is made of, when not the origin's
 
     def __init__(self, headers=(), writer=None):
         self.headers = list(headers)
@@ -69,6 +74,21 @@ class Tee:
             w.abort()
 
 
+class RangeTee(Tee):
+    """A miss's ``Tee`` that stores the origin's whole 200 and lets only the
+    client's part (``span``) through; ``net.forward`` makes the client's head
+    of ``view`` (a 206 or 416)."""
+
+    def __init__(self, headers, writer, resp, span):
+        super().__init__(headers, writer)
+        self.view = cache_ranges.client_view(resp, span)
+        self.part = cache_ranges.RangeSlice(span)
+
+    def on_data(self, data) -> bytes:
+        self.write(data)
+        return self.part.on_data(data)
+
+
 class Served(Tee):
     served = True
 
@@ -95,6 +115,10 @@ class Background:
         self.proto = proto
         self.timers = Timers()
 
+    @property
+    def draining(self) -> bool:
+        return self.rt.draining
+
     def _send(self, data) -> None:
         pass
 
@@ -108,12 +132,18 @@ class Background:
 
 class Hook:
     """``tx.hook`` for one exchange: stores the response, or serves the stale
-    entry on a 304 or an error (see the module contract)."""
+    entry on a 304 or an error (see the module contract).  ``stale``: the
+    stored (entry, reader) the request could not use as it is, served when
+    the origin fails and stale-if-error allows (validators or not).
+    ``whole``: a GET that may be stored asks upstream for the whole (False
+    for a URL marked hit-for-pass: its Range goes upstream)."""
 
     def __init__(self, cache, s, tx, key: str | None, stale=None, invalidate=None,
-                 validators=None):
+                 validators=None, whole=True):
         self.cache, self.s, self.tx = cache, s, tx
         self.key, self.stale = key, stale
+        self.may_store = key is not None and tx.req.method == "GET"
+        self.whole = whole and self.may_store
         # (namespace, scheme, host, client's target) of an unsafe request
         self.invalidate = invalidate
         self.validators = validators  # a revalidation's conditional fields
@@ -139,27 +169,34 @@ class Hook:
                 c.serve(self.s, tx, new, reader, "REVALIDATED", tx.keep, writer)
                 return Served(tx.keep)
             if resp.status in policy.ERROR_STATUSES and policy.stale_if_error_ok(
-                    entry, now, req.headers, heuristic_max=c.hmax, cdn_header=c.cdn):
+                    entry, now, req.headers, heuristic_max=c.hmax, cdn_header=c.cdn,
+                    default=c.sie):
                 c.serve(self.s, tx, entry, reader, "STALE", tx.keep)
                 return Served(tx.keep)
         status = rec.cache or "MISS"
         rec.cache = status
         extra = [(c.header, status)] if c.header else []
         writer = None
-        if self.key is not None and req.method == "GET" and resp.status != 304:
+        if self.may_store and resp.status not in (206, 304):
             if policy.storable("GET", resp.status, req.headers, resp.headers, cdn_header=c.cdn,
-                               set_cookie=tx.rc.cache_set_cookie):
+                               set_cookie=tx.rc.cache_set_cookie) and not (
+                    rframing.kind == "length" and rframing.length > c.cfg.max_object_size):
                 entry = policy.make_entry(resp.status, resp.reason, req.headers, resp.headers,
                                           self.request_time, now, cdn_header=c.cdn)
                 writer = c.begin(self.key, entry, req.headers)
-            else:
+            else:  # hit-for-pass: not storable, or known too large before its body
                 c.mark_pass(self.key)
-        self.tee = Tee(extra, writer)
+        span = cache_ranges.miss_span(req, resp, rframing) if self.whole else None
+        self.tee = Tee(extra, writer) if span is None else RangeTee(extra, writer, resp, span)
         return self.tee
 
     def upstream_fields(self, headers) -> list:
-        """The upstream head's fields for this exchange: a revalidation's
-        validators replace the client's conditions."""
+        """The upstream head's fields for this exchange: a GET that may be
+        stored sends the normalised Accept-Encoding of its variant key and
+        asks for the whole (unless hit-for-pass); a revalidation's validators
+        replace the client's conditions."""
+        if self.may_store:
+            headers = cache_ranges.upstream_fields(headers, self.whole)
         return headers if self.validators is None else conditional(headers, self.validators)
 
     def done(self) -> None:
@@ -173,7 +210,7 @@ class Hook:
         entry, reader = self.stale
         c = self.cache
         if not policy.stale_if_error_ok(entry, time.time(), tx.req.headers,
-                                        heuristic_max=c.hmax, cdn_header=c.cdn):
+                                        heuristic_max=c.hmax, cdn_header=c.cdn, default=c.sie):
             return False
         c.serve(self.s, tx, entry, reader, "STALE", False)
         return True

@@ -153,6 +153,34 @@ def breaker_for(timeout: float, **kw) -> Breaker:
     return Breaker(slow=max(0.1, timeout), open_after=max(0.25, 3 * timeout), **kw)
 
 
+class FleetClient:
+    """The pylibmc client of what a fleet shares besides the cache (``net.fleetlimit``,
+    ``net.sticktable``): ``client()`` is made in the process that calls it (after
+    the fork), its calls bounded by ``timeout`` seconds (cache.timeout)."""
+
+    def __init__(self, servers, timeout: float):
+        self.servers, self.timeout = tuple(servers), timeout
+        self._client = None
+        self._pid: int | None = None  # the _FORKS count the client was made for
+
+    def client(self):
+        if self._pid != _FORKS[0]:
+            self._client = pylibmc.Client(list(self.servers), binary=True,
+                                          behaviors=behaviors(max(1, self.timeout * 1000)))
+            self._pid = _FORKS[0]
+        return self._client
+
+    def answers(self) -> bool:
+        """Whether memcached answers now: one get, bounded by the timeout.  Asked
+        each time: the worker answering /status may not be the one that took
+        the requests, and its last call says nothing about memcached now."""
+        try:
+            self.client().get("fp:fleet:probe")
+            return True
+        except pylibmc.Error:
+            return False
+
+
 
 # ------------------------------------------------------------------ memcached
 

@@ -37,7 +37,7 @@ The answer (``forkproxyctl explain --json`` prints it)::
      pool: {name, balance, key} | null,  # key: the hash / ip_hash key
      server: {addr, by: "sticky" | "balance"} | null,
      why_no_server: str | null,
-     sticky: {cookie, token, server} | null,
+     sticky: {cookie, token, server} | {table: scope, key, value, server} | null,
      cache: {result, key, namespace, action, reason, age} | null}
 
 ``cache.result`` is the ``X-Cache`` value the response would carry: HIT,
@@ -237,8 +237,12 @@ def _pool(pool, req, peer: str) -> dict:
 
 def _server(doc: dict, pool, req, peer: str) -> None:
     """The server ``forward.exchange`` would try first, and the sticky cookie's part in it."""
-    pinned, token = sticky_choice(pool, req)
-    if pool.sticky is not None:
+    pinned, token = sticky_choice(pool, req, peer)
+    if pool.stick is not None:  # a sticky table: the request's key and its entry
+        doc["sticky"] = {"table": pool.cfg.sticky.scope, "key": pool.cfg.sticky.key,
+                         "value": token.key if token is not None else None,
+                         "server": token.addr if token is not None else None}
+    elif pool.sticky is not None:
         named = pool.sticky.index(token) if token is not None else None
         doc["sticky"] = {"cookie": pool.cfg.sticky.cookie, "token": token,
                          "server": pool.servers[named].addr if named is not None else None}

@@ -18,13 +18,12 @@ memcached answers again.  The breaker's transitions are logged, and
 
 from __future__ import annotations
 
-import os
 import time
 
 import pylibmc
 
 from forkproxy.core.ratelimit import fleet_window
-from forkproxy.net.cache_memcached import behaviors, breaker_for
+from forkproxy.net.cache_memcached import FleetClient, breaker_for
 from forkproxy.net.cache_store import hashed_key
 
 __all__ = ["FleetLimiter"]
@@ -43,32 +42,19 @@ class FleetLimiter:
         self.local, self.servers, self.timeout = local, tuple(servers), timeout
         self.rate, self.burst, self.route, self.log, self.clock = rate, burst, route, log, clock
         self.breaker = breaker_for(timeout)
-        self._client = None
-        self._pid = None
+        fleet = FleetClient(self.servers, timeout)
+        self._memcached, self._answers = fleet.client, fleet.answers
 
     def state(self) -> dict:
         """{route, scope: "fleet", shared: whether memcached holds the count now, why}."""
         if not self.servers:
             return {"route": self.route, "scope": "fleet", "shared": False,
                     "why": "no cache.servers: each node limits on its own"}
-        # Ask memcached itself, each time: the worker that answers /status may
-        # not be the one that took the requests, and its last call says
-        # nothing about memcached now (a readiness request just before an
-        # outage left it "answering").  One get, bounded by cache.timeout.
-        try:
-            self._memcached().get("fp:rl:probe")
-            shared = True
-        except pylibmc.Error:
-            shared = False
+        # Ask memcached itself, each time (a readiness request just before an
+        # outage left this worker's last call "answering").
+        shared = self._answers()
         return {"route": self.route, "scope": "fleet", "shared": shared,
                 "why": None if shared else "memcached unreachable: each node limits on its own"}
-
-    def _memcached(self):
-        if self._pid != os.getpid():  # made in the process that uses it (after the fork)
-            self._client = pylibmc.Client(list(self.servers), binary=True,
-                                          behaviors=behaviors(max(1, self.timeout * 1000)))
-            self._pid = os.getpid()
-        return self._client
 
     def _count(self, key: str) -> tuple[bool, float]:
         now = self.clock()

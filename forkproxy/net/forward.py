@@ -188,6 +188,8 @@ def _try_server(s, tx, choice: ServerChoice, i: int, replayable: bool):
                                         [("Host", tx.out_host or server.addr)] + tx.headers)
     cookie = (("Set-Cookie", pool.set_cookie(i, s.tls_version is not None)),) if (
         pool.sticky is not None and tx.token != pool.sticky.token(i)) else ()
+    if pool.stick is not None and tx.token is not None:
+        pool.stick.store(tx.token, server.addr)  # a new, moved or aging entry
     retry = pool.retry
     if retry.on and replayable:
         def retry_status(status: int) -> bool:
@@ -247,7 +249,8 @@ def attempt(s, tx, i: int, conn: UpstreamConn, head: bytes, extra=(), retry_stat
         conn.close()
         return tx.tee.keep
     client_head, keep, _, encoder, up_keepalive, rframing = got
-    rec.status = resp.status
+    view = tx.tee.view if tx.tee is not None else None  # a part of the origin's 200
+    rec.status = resp.status if view is None else view[0].status
     if resp.status >= 500:  # relayed as it came: the error log names who answered it
         rec.why = f"upstream {conn.server.addr} answered {resp.status}"
     length = rframing.length
@@ -334,7 +337,7 @@ def _client_head(s, tx, conn: UpstreamConn, resp, extra):
     (``tx.hook``).  Remembered in the runtime's client_heads when nothing
     per request goes into it."""
     req, er = tx.req, tx.edge
-    keep = tx.keep and not s.rt.draining
+    keep = tx.keep and not s.draining
     tx.tee = tee = None
     if tx.hook is None and not extra and (er is None or er.rules.resp_rules is None) \
             and (tx.rc is None or tx.rc.compress is None) \
@@ -360,19 +363,26 @@ def _client_head(s, tx, conn: UpstreamConn, resp, extra):
         tee = tx.tee = tx.hook.on_response(resp, rframing)
         if tee.served:
             return None
+        if tee.view is not None:  # the client's part of it (net.cache_ranges): its own head
+            return response.client_head(s, tx, *tee.view, conn, extra, keep) + (rframing,)
     got = response.client_head(s, tx, resp, rframing, conn, extra, keep) + (rframing,)
     if key is not None:
         response.remember(s.rt.client_heads, key, got)
     return got
 
 
-def sticky_choice(pool: PoolRuntime, req) -> tuple[int | None, str | None]:
-    """(server the request's sticky cookie pins it to, or None; the cookie's token).
+def sticky_choice(pool: PoolRuntime, req, client: str = "") -> tuple[int | None, object]:
+    """(server the request's sticky cookie or sticky table entry pins it to,
+    or None; the cookie's token, or the table's ``net.sticktable.Stuck``).
 
     A server in drain keeps its sticky requests but takes no new tunnel
     (WebSocket).  Read-only: ``forkproxyctl explain`` asks it too.
     """
-    pinned, token = pool.sticky_server(req)
+    if pool.stick is not None:  # a sticky table: by the request's key, no cookie
+        token = pool.stick.lookup(req, client)
+        pinned = pool.stuck_server(token.addr) if token is not None else None
+    else:
+        pinned, token = pool.sticky_server(req)
     if pinned is not None and not pool.usable(pinned) and upgrade_asked(req) is not None:
         pinned = None
     return pinned, token

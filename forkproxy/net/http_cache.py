@@ -78,7 +78,8 @@ from forkproxy.core import headers as hdr
 from forkproxy.core import http1
 from forkproxy.logs import AccessRecord
 from forkproxy.net import stages
-from forkproxy.net.cache_filter import CONDITIONAL_FIELDS, Background, Hook, Tee, conditional
+from forkproxy.net.cache_filter import CONDITIONAL_FIELDS, Background, Hook, Tee
+from forkproxy.net.cache_ranges import RangeSlice, span_of
 from forkproxy.net.cache_memcached import make_store
 from forkproxy.net.cache_store import CacheError
 from forkproxy.net.relay import Abort, Discard, pump
@@ -96,6 +97,7 @@ _VARY = b"VARY "
 _PASS = b"PASS"
 _LENGTH = frozenset({"content-length"})
 _NAME = operator.itemgetter(0)
+_ASKING = policy.CLIENT_CONDITIONS | {"range"}  # request fields a hit may answer other than 200
 _FRESH = policy.Action.FRESH  # a module global: an Enum member read from its class is slow
 _tuple_new = tuple.__new__
 
@@ -160,6 +162,7 @@ class Cache:
         self.log = log_ or log
         self.cdn = cfg.cdn_cache_control.lower() or ()
         self.hmax = cfg.heuristic_max
+        self.sie = cfg.stale_if_error or None  # the default stale-if-error window
         self.header = cfg.header
         self._namespaces: dict[int, tuple] = {}  # route index -> (RouteConfig, namespace)
 
@@ -220,7 +223,8 @@ class Cache:
     def ttl(self, entry: policy.Entry) -> float:
         life = policy.freshness_lifetime(entry, heuristic_max=self.hmax, cdn_header=self.cdn)
         cc, _ = policy.response_directives(entry.headers, self.cdn)
-        extra = max(cc.stale_while_revalidate or 0, cc.stale_if_error or 0)
+        sie = cc.stale_if_error if cc.stale_if_error is not None else self.sie
+        extra = max(cc.stale_while_revalidate or 0, sie or 0)
         if policy.conditional_headers(entry):
             extra += VALIDATOR_KEEP
         return max(1.0, life + extra)
@@ -306,7 +310,7 @@ class Cache:
             return None
         key = look.key
         if look.passed:
-            tx.hook = Hook(self, s, tx, key)
+            tx.hook = Hook(self, s, tx, key, whole=False)
             return None
         entry, reader = look.entry, look.reader
         action = d.action
@@ -321,16 +325,19 @@ class Cache:
             tx.hook = Hook(self, s, tx, key, stale=(entry, reader),
                             validators=d.conditional_headers)
             return None
-        # MISS
+        # MISS; a stored entry it could not use (no validator) may still serve
+        # if the origin fails (stale-if-error)
+        stale = (entry, reader) if entry is not None else None
         if method != "GET" or any(n in CONDITIONAL_FIELDS for n, _ in req.headers):
-            tx.hook = Hook(self, s, tx, key)
+            tx.hook = Hook(self, s, tx, key, stale=stale)
             return None
-        return self.coalesced(s, tx, key)
+        return self.coalesced(s, tx, key, stale)
 
-    def coalesced(self, s, tx, key: str):
+    def coalesced(self, s, tx, key: str, stale=None):
         """A GET miss: one request upstream per key across the fleet (module
         docstring).  A hit answers (``lookup``'s return); else the miss is set
-        up, holding the lock when it got it (released when ``tx`` ends)."""
+        up, holding the lock when it got it (released when ``tx`` ends);
+        ``stale``: what ``Hook`` may serve when the origin fails."""
         store = self.store
         req = tx.req
         lock_ttl = self.cfg.lock_timeout
@@ -350,14 +357,14 @@ class Cache:
                     if d.action is policy.Action.FRESH:
                         return self.serve(s, tx, entry, reader, "HIT", tx.keep)
                 if store.lock(key, lock_ttl):
-                    return self._locked(s, tx, key)  # the holder finished (or died): our turn
+                    return self._locked(s, tx, key, stale)  # the holder is done: our turn
                 if time.monotonic() >= deadline:
                     break
-            tx.hook = Hook(self, s, tx, key)
+            tx.hook = Hook(self, s, tx, key, stale=stale)
             return None
-        return self._locked(s, tx, key)
+        return self._locked(s, tx, key, stale)
 
-    def _locked(self, s, tx, key: str):
+    def _locked(self, s, tx, key: str, stale=None):
         """``coalesced`` with the lock on ``key`` held, until ``tx`` ends
         (``tx.cleanup``), whatever it ends with."""
         tx.cleanup = functools.partial(self.store.unlock, key)
@@ -369,7 +376,7 @@ class Cache:
                               heuristic_max=self.hmax, cdn_header=self.cdn)
             if d.action is policy.Action.FRESH:
                 return self.serve(s, tx, entry, reader, "HIT", tx.keep)
-        tx.hook = Hook(self, s, tx, key)
+        tx.hook = Hook(self, s, tx, key, stale=stale)
         return None
 
     def refresh_later(self, s, tx, key, validators, stale) -> None:
@@ -384,12 +391,13 @@ class Cache:
         btx.req = tx.req._replace(method="GET", version="1.1")
         for name in ("host_value", "host", "path", "asked_target", "target", "rc", "pool"):
             setattr(btx, name, getattr(tx, name))
-        btx.headers, btx.out_host, btx.keep = conditional(headers, validators), out_host, True
+        hook = Hook(self, bg, btx, key, stale=stale, validators=validators)
+        btx.headers, btx.out_host, btx.keep = hook.upstream_fields(headers), out_host, True
         rec = btx.rec
         rec.route, rec.pool, rec.cache = tx.rc.index, tx.pool.name, "REFRESH"
 
         def run():
-            btx.hook = Hook(self, bg, btx, key, stale=stale)
+            btx.hook = hook
             try:
                 stages.balancing(bg, btx)
                 stages.forwarding(bg, btx)
@@ -417,21 +425,22 @@ class Cache:
         re-stores it under the new head) and committed at its end.
         """
         req, rec = tx.req, tx.rec
-        keep = keep and not s.rt.draining
-        head, code, body, keep, encoder, chunk_out = self._head(s, tx, entry, reader, status,
-                                                                keep, time.time())
+        keep = keep and not s.draining
+        head, code, body, keep, encoder, chunk_out, span = self._head(s, tx, entry, reader,
+                                                                      status, keep, time.time())
         rec.status, rec.cache = code, status
-        send_body = body and req.method != "HEAD"
+        send_body = body and req.method != "HEAD" and (span is None or span.size > 0)
         if writer is None:
             if not send_body:
                 s._send(head)
                 return keep
             whole = reader.whole
             if whole is not None and encoder is None:  # a small body as it is: one send
-                s._send(head + whole)
+                s._send(head + (whole if span is None else whole[span.start:span.end + 1]))
                 return keep
         tee = Tee(writer=writer) if writer is not None else None
-        last = encoder if send_body else Discard  # HEAD: the body only goes to the writer
+        # HEAD, 416: the body only goes to the writer; a 206: only its part to the client
+        last = (encoder if span is None else RangeSlice(span)) if send_body else Discard
         sent = s.sent
         try:
             pump(s, head, _stored(reader), [f for f in (tee, last) if f is not None],
@@ -446,8 +455,9 @@ class Cache:
 
     def _head(self, s, tx, entry: policy.Entry, reader, status: str, keep: bool,
               now: float) -> tuple:
-        """(head bytes, status code, has a body, keep, encoder or None, chunked) of the
-        answer ``serve`` sends.
+        """(head bytes, status code, has a body, keep, encoder or None, chunked,
+        the part sent: None for the whole, else a 206's or 416's
+        ``cache_policy.Span``/``Unsatisfiable``) of the answer ``serve`` sends.
 
         Without response_headers (which may use per-request variables) and
         compress (which reads the request's Accept-Encoding), the head is a
@@ -457,18 +467,21 @@ class Cache:
         the last one made is remembered on the Entry object (one slot).
         """
         req, er, rc = tx.req, tx.edge, tx.rc
-        if not policy.CLIENT_CONDITIONS.isdisjoint(map(_NAME, req.headers)) and \
-                policy.client_not_modified(entry, req.headers, req.method):
+        asking = not _ASKING.isdisjoint(map(_NAME, req.headers))
+        length, span = reader.length, None
+        if asking and policy.client_not_modified(entry, req.headers, req.method):
             code, reason, body = 304, "Not Modified", False
             out = hdr.response_headers_for_client(policy.not_modified_headers(entry, now),
                                                   also=_LENGTH)
             key = None
         else:
-            code, reason = entry.status, entry.reason
+            span = span_of(req, entry, length) if asking else None
+            code, reason = (entry.status, entry.reason) if span is None else \
+                (span.status, span.reason)
             body = code not in (204, 304) and code >= 200
             age = _age(entry, now)
             rules = er.rules if er is not None else None
-            if (rules is None or rules.resp_rules is None) and (
+            if span is None and (rules is None or rules.resp_rules is None) and (
                     rc is None or rc.compress is None):
                 key = (age, reader.length, rules, s.proto, er.host_value if er is not None else None,
                        tx.pool.name if tx.pool is not None else None, status, tx.hsts, keep,
@@ -479,6 +492,9 @@ class Cache:
             else:
                 key = None
             out = _client_fields(entry, age)
+            if span is not None:
+                out.append(("Content-Range", span.content_range))
+                length = span.size
         if er is not None:  # hide_headers, rewrite_location, response_headers
             out = er.downstream(out, "", self._servers(tx) if er.rules.rewrite_location
                                 else None)
@@ -488,12 +504,12 @@ class Cache:
             out.append(("Strict-Transport-Security", tx.hsts))
         encoder = None
         if body:
-            out, encoder = encoder_for(tx, code, entry.headers, out, reader.length)
+            out, encoder = encoder_for(tx, code, entry.headers, out, length)
         keep, chunk_out = framing_fields_out(out, req.version, keep, encoder,
-                                             "length" if body else "none", reader.length,
+                                             "length" if body else "none", length,
                                              keep_alive=s.rt.keep_alive)
         got = (http1.serialize_response_head(code, reason, out), code, body, keep, encoder,
-               chunk_out)
+               chunk_out, span)
         if key is not None:
             entry.__dict__["_head"] = (key, got)  # frozen dataclass: not via setattr
         return got
@@ -528,7 +544,7 @@ class Cache:
         req, rec, host, target = tx.req, tx.rec, tx.host_value, tx.asked_target
         rec.cache = "PURGE"
         client = tx.edge.client if tx.edge is not None else s.peer
-        if not _allowed(client, self.cfg.purge_allowed):
+        if client != "unix" and not hdr.in_networks(client, self.cfg.purge_allowed):
             s.refuse(tx, 403, f"PURGE from {client}, outside cache.purge_allowed"
                      + ("" if self.cfg.purge_allowed else " (empty: PURGE is refused; "
                         "forkproxyctl purge goes through the admin endpoint)"))
@@ -544,7 +560,7 @@ class Cache:
             code, text = (200, "purged\n") if self.purge_url(
                 host, target, self.namespaces_serving(s.rt, tx.host, tx.path)) else \
                 (404, "not in the cache\n")
-        keep = tx.keep and not s.rt.draining
+        keep = tx.keep and not s.draining
         rec.status = code
         s._send(own_response(code, body=text.encode(), ctype="text/plain; charset=utf-8",
                              connection="" if keep else CLOSE))
@@ -581,14 +597,3 @@ def _client_fields(entry: policy.Entry, age: int) -> list:
     out.append(fields[-1])  # Via
     return out
 
-
-def _allowed(peer: str, nets) -> bool:
-    import ipaddress
-
-    try:
-        addr = ipaddress.ip_address(peer)
-    except ValueError:
-        return peer == "unix"
-    if addr.version == 6 and addr.ipv4_mapped is not None:
-        addr = addr.ipv4_mapped
-    return any(addr in n for n in nets)

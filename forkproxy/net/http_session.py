@@ -47,6 +47,15 @@ LINGER = 2.0
 _select = get_original("select", "select")  # a poll of 0 s, without gevent's hub
 
 
+class HandedOff(Exception):
+    """The connection went to a worker of the newest generation (net.handoff)."""
+
+
+class HandOffNow(socket.timeout):
+    """Thrown into an idle session when its worker starts to drain
+    (``Runtime.drain``): stop waiting here and hand the connection off."""
+
+
 class Session:
     """Serve requests on one client connection until it ends."""
 
@@ -55,13 +64,15 @@ class Session:
     tls_version = sni = None  # a TLS connection's protocol and SNI name (set by Runtime)
     # Nothing of one request lives here: see net.transaction.
 
-    def __init__(self, rt, listener: ListenerConfig, client: socket.socket, addr):
+    def __init__(self, rt, listener: ListenerConfig, client: socket.socket, addr, served=0):
+        """``served``: requests this connection carried before (a connection
+        handed over by a draining worker, net.handoff)."""
         self.rt = rt
         self.listener = listener
         self.client = client
         self.peer = addr[0] if isinstance(addr, tuple) else "unix"
         self.buf = b""
-        self.served = 0
+        self.served = served
         self.idle_waiting = False
         self.client_done = False  # the client closed its side (EOF between requests)
         self.glet = None  # the greenlet serving this connection (Runtime._close_idle wakes it)
@@ -95,8 +106,8 @@ class Session:
                 self.served += 1
             if not self.client_done:
                 self.linger()
-        except (ClientGone, Abort):
-            pass
+        except (ClientGone, Abort, HandedOff):
+            pass  # handed off: another process holds it now, so no shutdown here
         except Exception:  # a bug must cost one connection, never the worker
             self.rt.log.exception("internal error on a connection from %s", self.peer)
         finally:
@@ -109,8 +120,8 @@ class Session:
 
     def linger(self) -> None:
         """The close of a connection the client may still be writing to (nginx's
-        lingering close): FIN first, then read and discard until the client's
-        FIN, for at most LINGER seconds.
+        lingering close): close_notify (TLS) and FIN first, then read and
+        discard until the client's FIN, for at most LINGER seconds.
 
         Closing a socket with unread bytes, or receiving bytes after the close,
         makes the kernel answer with a reset, which can destroy the last
@@ -119,12 +130,19 @@ class Session:
         can retry on.
         """
         client = self.client
-        try:
-            client.shutdown(socket.SHUT_WR)
-        except OSError:
-            return
         t = self.timers.start(LINGER)  # bounds the whole wait
         try:
+            if not self.plain:
+                # TLS: close_notify first (RFC 8446 6.1), so that a client
+                # reading to the end can tell our close from a cut.  unwrap
+                # also waits for the client's own close_notify (or its FIN).
+                try:
+                    client.unwrap()
+                except socket.timeout:
+                    raise
+                except (OSError, ValueError):
+                    pass  # the client's FIN, or bytes after our close_notify: drain them raw
+            client.shutdown(socket.SHUT_WR)
             while client.recv(RECV_SIZE):
                 pass
         except OSError:  # socket.timeout included
@@ -139,11 +157,37 @@ class Session:
         if self.idle_waiting:
             get_hub().loop.run_callback(self._wake)
 
-    def _wake(self) -> None:
+    def _wake(self, exc=socket.timeout("drained")) -> None:
         # In the hub, as a timer's expiry: the session may have got its
         # request since shut_idle, and then it is left alone.
         if self.idle_waiting and self.glet is not None:
-            self.glet.throw(socket.timeout("drained"))
+            self.glet.throw(exc)
+
+    def hand_off_soon(self) -> None:
+        """Called when the worker starts to drain: a session waiting for a next
+        request hands its connection off now (the others do once their
+        response went out, ``_first_bytes``)."""
+        if self.idle_waiting and self.hands_off:
+            get_hub().loop.run_callback(self._wake, HandOffNow("handoff"))
+
+    @property
+    def hands_off(self) -> bool:
+        """Whether this connection goes to the newest generation when its
+        worker drains: plain HTTP, a newer generation listening."""
+        return self.plain and self.rt.handing_off
+
+    @property
+    def draining(self) -> bool:
+        """Whether responses close the connection: the worker drains and the
+        connection cannot be handed off (``Connection: close``)."""
+        return self.rt.draining and not self.hands_off
+
+    def _hand_off(self) -> bool:
+        """Give the connection to the newest generation (nothing of a next
+        request read yet); True when it took it."""
+        rt = self.rt
+        return self.hands_off and rt.handoff.give(self.client, self.listener.name,
+                                                    (self.peer, 0), self.served)
 
     def arrived(self) -> bool:
         """True when the client sent something (bytes or its FIN) not read yet."""
@@ -236,23 +280,30 @@ class Session:
         rt = self.rt
         srv = rt.cfg.server
         wait = srv.keepalive_timeout if self.served else srv.header_timeout
-        if rt.draining and self.served:
-            # The last response still said keep-alive: take a request
-            # already on its way, but only until the drain window ends.
-            wait = min(wait, rt.drain_until - time.monotonic())
-        self.idle_waiting = True  # Runtime._close_idle may wake it
-        try:
-            if wait <= 0:
-                raise socket.timeout()
-            buf = self._recv(wait, idle=bool(self.served))
-        except socket.timeout:
-            # A request that came as the wait ran out is answered
-            # (Connection: close when draining): dropping it would lose it.
-            if not self.arrived():
-                return None
-            buf = None
-        finally:
-            self.idle_waiting = False
+        while True:
+            if rt.draining:
+                if self._hand_off():
+                    raise HandedOff()
+                if self.served:
+                    # The last response still said keep-alive: take a request
+                    # already on its way, but only until the drain window ends.
+                    wait = min(wait, rt.drain_until - time.monotonic())
+            self.idle_waiting = True  # Runtime._close_idle may wake it
+            try:
+                if wait <= 0:
+                    raise socket.timeout()
+                buf = self._recv(wait, idle=bool(self.served))
+            except HandOffNow:
+                continue  # the drain began: hand off (a request on its way goes along)
+            except socket.timeout:
+                # A request that came as the wait ran out is answered
+                # (Connection: close when draining): dropping it would lose it.
+                if not self.arrived():
+                    return None
+                buf = None
+            finally:
+                self.idle_waiting = False
+            break
         if buf is None:
             try:
                 buf = self._recv(srv.header_timeout)
@@ -302,7 +353,7 @@ class Session:
             self.refuse(tx, exc.status,
                         f"malformed request: {exc.reason}" if exc.status == 400 else exc.reason)
             return False
-        except (ClientGone, Abort):
+        except (ClientGone, Abort, HandedOff):
             raise
         except Exception as exc:  # a bug must cost one request, never the worker
             rt.log.exception("internal error on a request from %s", self.peer)
@@ -361,7 +412,7 @@ class Session:
         location = https_location(self.rt, tx.rc.index, tx.host, tx.target)
         framing = req.framing
         keep = (framing.kind == "none" or (framing.kind == "length" and not framing.length)) \
-            and http1.wants_keep_alive(req.version, req.headers) and not self.rt.draining
+            and http1.wants_keep_alive(req.version, req.headers) and not self.draining
         tx.rec.status = 308
         self._send(response.redirect(location, self.rt.keep_alive_line if keep else None))
         return keep

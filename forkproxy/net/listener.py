@@ -28,6 +28,7 @@ from forkproxy.core import http1, proxy_protocol
 from forkproxy.core.routing import Router, RouteSpec
 from forkproxy.net import tcp_proxy
 from forkproxy.net.edge import Edge
+from forkproxy.net.handoff import Handoff
 from forkproxy.net.http_session import Session
 from forkproxy.net.pools import REFRESH, PoolRuntime
 from forkproxy.net.spool import body_dir
@@ -37,6 +38,16 @@ from forkproxy.net.tls import HandshakeFailed, ListenerTLS, tls_server_name
 # keep-alive connection may still bring one last request (forkproxy(8)).
 DRAIN_WINDOW = 1.0
 _UNKNOWN = object()
+
+
+def _stick_table(cfg, p, log):
+    """Pool ``p``'s sticky table (``sticky = { key = ... }``), else None."""
+    if p.sticky is None or p.sticky.key is None:
+        return None
+    # Here, in the worker: pylibmc is never loaded in the master.
+    from forkproxy.net.sticktable import StickTable
+
+    return StickTable(p.name, p.sticky, cfg.cache.servers, cfg.cache.timeout, log)
 
 
 class Runtime:
@@ -77,7 +88,10 @@ class Runtime:
             rows = list(range(row, row + len(p.servers)))
             row += len(p.servers)
             self.pools[p.name] = PoolRuntime(p, table, rows, slot, ctx.sticky_key)
+            self.pools[p.name].stick = _stick_table(cfg, p, log)
         self.refresh(time.time())
+        if metrics is not None:  # servers that came at run time are counted by their row
+            metrics.metrics.locate = self._row_of
         self.trusted = s.trusted_proxies
         self._listeners: dict = {}  # listening socket -> ListenerConfig, None: admin
         # TLS listeners (contexts built by the master when it loaded the file)
@@ -94,6 +108,8 @@ class Runtime:
             if self.keep_alive else ""
         self.draining = False
         self.drain_until = 0.0
+        self.handoff = None  # net.handoff.Handoff once open_handoff ran
+        self.handing_off = False  # draining, and a newer generation takes connections
         self.admin = admin(self) if admin is not None else None  # last: it reads this runtime
 
     def listener_for(self, sock, client) -> ListenerConfig | None:
@@ -136,6 +152,11 @@ class Runtime:
         if listener is None:
             self.admin.handle(client, addr)  # its own socket: never a listener's rules
             return
+        self._admitted(listener, client, addr)
+
+    def _admitted(self, listener: ListenerConfig, client, addr, served: int | None = None):
+        """Serve a connection within the listener's max_conns_per_ip, counted.
+        ``served``: requests it carried in a worker that handed it over."""
         ticket = self.edge.admit(listener, addr)  # max_conns_per_ip
         if ticket is None:
             self.log.warning("connection from %s to listener %s refused: max_conns_per_ip (%d) "
@@ -146,7 +167,9 @@ class Runtime:
         if metrics is not None:
             metrics.connection(1)
         try:
-            if listener.mode == "http" and not listener.contexts and not listener.accept_proxy:
+            if served is not None:
+                Session(self, listener, client, addr, served=served).run()
+            elif listener.mode == "http" and not listener.contexts and not listener.accept_proxy:
                 Session(self, listener, client, addr).run()
             else:
                 self.handle_edge(listener, client, addr)
@@ -154,6 +177,26 @@ class Runtime:
             self.edge.release(ticket)
             if metrics is not None:
                 metrics.connection(-1)
+
+    def handle_handed(self, name: str, client, peer, served: int) -> None:
+        """A keep-alive connection a draining worker of an older generation
+        handed over (``net.handoff``): served on, by this configuration's
+        listener of the same name (closed when there is none, or it is no
+        longer plain HTTP), counted and admitted like an accepted one."""
+        listener = next((lc for lc in self.cfg.listeners if lc.name == name), None)
+        if listener is None or listener.mode != "http" or listener.contexts:
+            self.log.info("connection from %s handed over for listener %s closed: no such "
+                          "plain HTTP listener now", peer[0], name)
+            _close_quietly(client)
+            return
+        self._admitted(listener, client, peer, served)
+
+    def open_handoff(self, generation: int) -> None:
+        """Take connections that draining workers of older generations hand over."""
+        self.handoff = Handoff(self.cfg.server.runtime_dir, generation, self.handle_handed,
+                               self.log)
+        if not self.handoff.open():
+            self.handoff = None
 
     def handle_edge(self, listener: ListenerConfig, client, addr) -> None:
         """A connection that needs more than plain HTTP: a PROXY header to read,
@@ -202,6 +245,10 @@ class Runtime:
             session.tls_version, session.sni = client.version(), tls_server_name(client)
         session.run()
 
+    def _row_of(self, pool: str, addr: str) -> int | None:
+        got = self.pools.get(pool)
+        return got.row_of(addr) if got is not None else None
+
     def refresh(self, now: float) -> None:
         """Take a new snapshot of the shared table for every pool."""
         for pool in self.pools.values():
@@ -210,8 +257,10 @@ class Runtime:
     def drain(self) -> None:
         """Stop keeping connections alive (idempotent).
 
-        In-flight requests finish; their connections close after the response
-        (they answer with ``Connection: close``).  A keep-alive connection's
+        With a newer generation taking them (``net.handoff``), plain-HTTP
+        connections go to it as soon as they wait for a next request.
+        Otherwise in-flight requests finish; their connections close after
+        the response (they answer with ``Connection: close``).  A keep-alive connection's
         next request is still answered (with ``Connection: close``) during
         the drain window, because its client may have sent it already: closing
         at once would lose it.  Connections idle through the whole window are
@@ -219,14 +268,28 @@ class Runtime:
         """
         if self.draining:
             return
+        if self.handoff is not None:
+            self.handoff.close()  # no more connections come here
+            self.handing_off = bool(self.handoff.targets())
         self.draining = True
         window = min(DRAIN_WINDOW, self.cfg.server.keepalive_timeout)
         self.drain_until = time.monotonic() + window
         gevent.spawn_later(window, self._close_idle)
+        if self.handing_off:
+            for session in list(self.sessions):
+                session.hand_off_soon()  # those waiting for a next request go now
 
     def _close_idle(self) -> None:
         for session in list(self.sessions):
             session.shut_idle()  # only those waiting for a next request
+
+    def tunnels_timeout(self) -> float:
+        """The longest a tunnel may stay idle here: server.tunnel_timeout, a
+        route's own, a TCP listener's idle_timeout.  A worker draining for a
+        reload keeps its tunnels that long at most (daemon.worker)."""
+        return max([self.cfg.server.tunnel_timeout]
+                   + [r.tunnel_timeout for r in self.cfg.routes if r.tunnel_timeout is not None]
+                   + [lc.idle_timeout for lc in self.cfg.listeners if lc.mode == "tcp"])
 
     def trusted_peer(self, ip: str) -> bool:
         if not self.trusted:

@@ -76,7 +76,14 @@ def sticky_secret(cfg: PoolConfig, daemon_key: bytes | None) -> bytes:
 
 
 class PoolRuntime:
-    """One pool inside one worker."""
+    """One pool inside one worker.
+
+    ``sticky``: the cookie's token table (``sticky`` without ``key``);
+    ``stick``: the sticky table (``sticky = { key = ... }``, a
+    ``net.sticktable.StickTable`` the runtime sets), else None.
+    """
+
+    stick = None
 
     def __init__(self, cfg: PoolConfig, table: Table, rows: list[int], slot: int | None,
                  sticky_key: bytes | None = None):
@@ -89,7 +96,8 @@ class PoolRuntime:
         self.slot = slot
         self._serials: list[int | None] = [None] * len(rows)  # None: as the master made it
         self._dead = [False] * len(rows)  # removed from the pool: never picked again
-        self._secret = sticky_secret(cfg, sticky_key) if cfg.sticky is not None else None
+        self._secret = (sticky_secret(cfg, sticky_key)
+                        if cfg.sticky is not None and cfg.sticky.key is None else None)
         self._version = None  # the table's membership version last synced
         self._build_balancer()
         self.retry = cfg.retry or DEFAULT_RETRY
@@ -134,6 +142,7 @@ class PoolRuntime:
         self._live_idx = None if specs and len(live) == len(self.servers) else live
         self.balancer = (Balancer(specs, algorithm=self.cfg.balance,
                                   hash_method=self.cfg.hash_method) if specs else None)
+        self._by_addr = {self.servers[i].addr: i for i in live}  # the sticky table's servers
         sticky = StickyTable(specs, self._secret) if self._secret is not None and specs else None
         self.sticky = (sticky if sticky is None or self._live_idx is None
                        else _LiveSticky(sticky, self._live_idx))
@@ -255,12 +264,24 @@ class PoolRuntime:
         if token is None:
             return None, None
         i = self.sticky.index(token)
-        if i is None or not self._sticky_ok[i]:
-            return None, token
+        return (i if i is not None and self._may_stick(i) else None), token
+
+    def stuck_server(self, addr: str | None) -> int | None:
+        """The server of addr ``addr`` (a sticky table's entry) if it may take the request."""
+        i = self._by_addr.get(addr) if addr is not None else None
+        return i if i is not None and self._may_stick(i) else None
+
+    def row_of(self, addr: str) -> int | None:
+        """The table row of this pool's server ``addr`` (None: not one now)."""
+        i = self._by_addr.get(addr)
+        return self.rows[i] if i is not None else None
+
+    def _may_stick(self, i: int) -> bool:
+        """Server i takes its sticky clients: usable or in drain, below max_conns."""
+        if not self._sticky_ok[i]:
+            return False
         lim = self._limit[i]
-        if lim and self.inflight(i) >= lim:
-            return None, token
-        return i, token
+        return not (lim and self.inflight(i) >= lim)
 
     def set_cookie(self, i: int, tls: bool = False) -> str:
         """The Set-Cookie value that pins a client to server i; ``tls``: the

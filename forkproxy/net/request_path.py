@@ -66,8 +66,17 @@ def request_target(req) -> tuple[str | None, str | None, str, str]:
     if target.startswith("/"):
         return req.host_value, req.host, target.partition("?")[0], target
     if target[:7].lower() == "http://" or target[:8].lower() == "https://":
-        authority, slash, rest = target.split("://", 1)[1].partition("/")
-        upstream_target = slash + rest if slash else "/"
+        rest = target.split("://", 1)[1]
+        # The authority ends at the first "/" or "?" (RFC 3986 3.2): in
+        # "http://h?a=/b" the query holds the slash, the path is empty ("/").
+        end = len(rest)
+        for c in "/?":
+            i = rest.find(c)
+            if 0 <= i < end:
+                end = i
+        authority, upstream_target = rest[:end], rest[end:]
+        if not upstream_target.startswith("/"):
+            upstream_target = "/" + upstream_target
         return (authority, hdr.split_host(authority)[0], upstream_target.partition("?")[0],
                 upstream_target)
     if target == "*" and req.method == "OPTIONS":

@@ -91,11 +91,11 @@ def cache_lookup(s, tx):
 
 
 def balancing(s, tx):
-    """The server a sticky cookie pins the request to (else the balancer's
-    pick, made by ``forward.ServerChoice`` as it forwards)."""
+    """The server a sticky cookie or sticky table pins the request to (else
+    the balancer's pick, made by ``forward.ServerChoice`` as it forwards)."""
     pool = tx.pool
-    if pool.sticky is not None:
-        tx.pinned, tx.token = sticky_choice(pool, tx.req)
+    if pool.sticky is not None or pool.stick is not None:
+        tx.pinned, tx.token = sticky_choice(pool, tx.req, tx.edge.client if tx.edge else s.peer)
     if not s.live:  # a dry run reports the pick; a live one makes it as it forwards
         return s.balanced(tx)
 

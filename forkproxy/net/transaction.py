@@ -45,7 +45,7 @@ class Transaction:
     has_body = False  # the request carries a body (set by the body stage)
     spool = None  # net.spool.Spool: the body read whole (route request_buffering)
     keep = False
-    pinned = token = None  # the server a sticky cookie names; the cookie's token
+    pinned = token = None  # the server a sticky cookie (table) names; its token (Stuck)
     headers = out_host = None
     hook = None  # net.http_cache's hook for the exchange in progress
     tee = None  # the current response's net.http_cache.Tee

@@ -22,6 +22,10 @@ import gevent
 
 BUF_SIZE = 262144  # per read; 64 KiB relays at a third of the speed
 
+#: The greenlets relaying a tunnel now: a worker draining for a reload keeps
+#: them past graceful_timeout, up to its tunnels' timeout (daemon.worker).
+LIVE: set = set()
+
 
 class Relay:
     """Both directions of one tunnel, a watchdog for the idle timeout."""
@@ -39,10 +43,13 @@ class Relay:
             s.settimeout(None)  # the watchdog bounds the waits
         back = gevent.spawn(self._pump, self.up, self.client, True)
         dog = gevent.spawn(self._watch)
+        me = gevent.getcurrent()
+        LIVE.add(me)
         try:
             self._pump(self.client, self.up, False)
             back.join()
         finally:
+            LIVE.discard(me)
             dog.kill(block=False)
             back.kill(block=False)
 

@@ -540,6 +540,19 @@ def test_stale_if_error(cc, req, offset, ok, section):
     assert stale_if_error_ok(e, T0 + offset, req, heuristic_max=HMAX) is ok
 
 
+@pytest.mark.parametrize("cc, req, offset, ok", [
+    ("max-age=60", [], 100, True),                             # the cache's default
+    ("max-age=60", [], 161, False),                            # past it
+    ("max-age=60, stale-if-error=10", [], 100, False),         # the response's wins
+    ("max-age=60", [("cache-control", "stale-if-error=5")], 100, False),  # the request's wins
+    ("max-age=60, must-revalidate", [], 100, False),           # never past these
+    ("s-maxage=60", [], 100, False),
+])
+def test_stale_if_error_default(cc, req, offset, ok):
+    e = swr_entry(cc)
+    assert stale_if_error_ok(e, T0 + offset, req, heuristic_max=HMAX, default=100) is ok
+
+
 # -------------------------------------------------------------- revalidation
 
 def test_conditional_headers():

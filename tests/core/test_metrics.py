@@ -6,7 +6,8 @@ from types import SimpleNamespace
 
 import pytest
 
-from forkproxy.core.metrics import BUCKETS, Metrics, SlotCounter, render, request_keys
+from forkproxy.core.metrics import (BUCKETS, Metrics, SlotCounter, relabel_rows, render,
+                                    request_keys)
 
 ROUTES = [(0, "web", ["10.0.0.1:80", "10.0.0.2:80"]), (1, "api", ["10.0.1.1:80"])]
 
@@ -57,6 +58,32 @@ def test_a_server_not_in_the_pool_counts_without_a_server():
     m = make()
     SlotCounter(m, 0).request(rec(upstream="10.9.9.9:80"))
     assert m.totals()[req_key("0", "web", "", "2xx")] == 1
+
+
+def test_a_server_that_came_at_run_time_counts_in_its_rows_series():
+    keys = request_keys(ROUTES, spare_rows=range(3, 5))
+    m = Metrics(keys, 2, bytearray(Metrics.size(len(keys), 2)))
+    rows = {("web", "10.0.0.9:80"): 4}
+    m.locate = lambda pool, addr: rows.get((pool, addr))
+    c = SlotCounter(m, 0)
+    c.request(rec(upstream="10.0.0.9:80"))
+    c.transition("web", "10.0.0.9:80", "down")
+    rows[("web", "10.0.0.9:80")] = 3  # removed, then added again in another row
+    c.request(rec(upstream="10.0.0.9:80", status=503))
+    c.request(rec(upstream="10.0.0.8:80"))  # not (or no longer) a server: no server
+    t = m.totals()
+    assert t[req_key("0", "web", "#4", "2xx")] == 1
+    assert t[req_key("0", "web", "#3", "5xx")] == 1
+    assert t[req_key("0", "web", "", "2xx")] == 1
+    assert t[("health_transitions_total", (("pool", "web"), ("server", "#4"), ("to", "down")))] == 1
+    named = relabel_rows(t, {3: ("web", "10.0.0.9:80"), 4: ("api", "10.0.1.7:80")})
+    assert named[req_key("0", "web", "10.0.0.9:80", "5xx")] == 1
+    # Row 4 holds a server of another pool now: web's series of row 4 are left out,
+    # and a free row's too; configured servers keep theirs.
+    assert not any(dict(k[1]).get("server", "").startswith("#") for k in named)
+    assert all(dict(k[1]).get("server") != "10.0.1.7:80" or dict(k[1])["pool"] == "api"
+               for k in named)
+    assert req_key("0", "web", "10.0.0.1:80", "2xx") in named
 
 
 def test_a_successor_in_the_slot_keeps_the_totals_and_gauges_clear():

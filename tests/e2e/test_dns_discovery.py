@@ -111,3 +111,25 @@ def test_dns_entry_follows_every_a_and_aaaa_address(forkproxy_factory, backend_f
     fp.wait_error_log("resolution failed (", timeout=20)
     wait_until(lambda: active(fp) == {f"127.0.0.2:{a.port}"}, timeout=20,
                what="the set kept across the reload")
+
+
+def test_a_discovered_server_has_its_own_metrics(forkproxy_factory, backend_factory, dns_server):
+    import requests
+
+    a = backend_factory("a")
+    dns_server.set(srv((10, 5, a.port)))
+    port, aport = free_port(), free_port()
+    fp = forkproxy_factory(one_pool(port, ['{ srv = "_http._tcp.app.test" }']),
+                           server={**server_conf(dns_server), "admin": f"127.0.0.1:{aport}"},
+                           ready=False)
+    fp.wait_workers(2)
+    wait_until(lambda: active(fp) == {a.addr}, timeout=20, what="a found")
+
+    def served():
+        return http_get("127.0.0.1", port, "/x")[0] == 200
+    wait_until(served, timeout=15, what="a request through a")
+    text = requests.get(f"http://127.0.0.1:{aport}/metrics", timeout=30).text
+    labels = f'pool="web",server="{a.addr}"'
+    assert f'forkproxy_requests_total{{route="0",{labels},code="2xx"}} ' in text
+    assert f"forkproxy_upstream_duration_seconds_count{{{labels}}} " in text
+    assert 'server="#' not in text

@@ -129,6 +129,16 @@ def test_absolute_form_target_routes_by_its_authority(site):
     assert echoed["path"] == "/echo?q=1"  # origin-form upstream
 
 
+def test_absolute_form_target_without_a_path_keeps_its_query(site):
+    """The authority ends at "?" too: the slash in the query is no path (RFC 3986 3.2)."""
+    raw = (b"GET http://x.api.example?q=/b HTTP/1.1\r\nHost: shop.example\r\n"
+           b"Connection: close\r\n\r\n")
+    with Conn(site.web) as c:
+        c.send(raw)
+        reply = c.reply()
+    assert reply.status == 200 and reply.body == b"api"  # was 400: "x.api.example?q=" as Host
+
+
 # -- balancing -------------------------------------------------------------------
 
 def test_smooth_weighted_round_robin_over_fresh_connections(site):

@@ -160,3 +160,26 @@ def test_health_checks_start_for_an_added_server(forkproxy_factory, backend_fact
                what="a check of b")
     b.set_health(503)
     wait_until(lambda: servers(fp)[b.addr]["health"] == "down", timeout=15, what="b down")
+
+
+def test_a_server_added_at_run_time_has_its_own_metrics(forkproxy_factory, backend_factory):
+    a, b = backend_factory("a"), backend_factory("b")
+    port, aport = free_port(), free_port()
+    fp = forkproxy_factory(one_pool(port, [a.addr]),
+                           server={"workers": 2, "admin": f"127.0.0.1:{aport}",
+                                   "admin_token": TOKEN})
+    assert fp.ctl("add-server", "web", b.addr).returncode == 0
+
+    def b_served():
+        hit(port, 4)
+        return b.stats()["requests"] >= 4
+    wait_until(b_served, timeout=15, what="requests reaching b")
+    text = requests.get(f"http://127.0.0.1:{aport}/metrics", timeout=30).text
+    got = {line.rsplit(" ", 1)[0]: float(line.rsplit(" ", 1)[1])
+           for line in text.splitlines() if line and not line.startswith("#")}
+    served = b.stats()["requests"]
+    labels = f'pool="web",server="{b.addr}"'
+    assert got[f'forkproxy_requests_total{{route="0",{labels},code="2xx"}}'] == served
+    assert got[f"forkproxy_upstream_duration_seconds_count{{{labels}}}"] == served
+    assert got[f"forkproxy_server_up{{{labels}}}"] == 1
+    assert 'server="#' not in text  # the rows' series are named by their servers

@@ -132,6 +132,42 @@ def test_session_resumption(pki, backend_factory, forkproxy_factory):
             assert get(s)[0] == 200
 
 
+def test_a_close_forkproxy_decides_is_announced_with_close_notify(pki, backend_factory,
+                                                                 forkproxy_factory):
+    """RFC 8446 6.1: the close is authenticated, so a client reading to the end
+    (an HTTP/1.0 response, a body delimited by the close) can tell it from a cut.
+    Without close_notify Python's ssl raises SSLEOFError instead of returning b''."""
+    b = backend_factory()
+    port = free_port()
+    start(forkproxy_factory, b, port, f'tls = {{ cert = "{pki["a"][0]}", key = "{pki["a"][1]}" }}')
+    raw = socket.create_connection(("127.0.0.1", port), timeout=5)
+    with client_ctx(pki).wrap_socket(raw, server_hostname="a.example",
+                                     suppress_ragged_eofs=False) as s:
+        s.sendall(b"GET / HTTP/1.1\r\nHost: a.example\r\nConnection: close\r\n\r\n")
+        got = b""
+        while True:
+            data = s.recv(65536)  # SSLEOFError here: the close was not announced
+            if not data:
+                break
+            got += data
+    assert got.startswith(b"HTTP/1.1 200 ")
+
+
+def test_a_tls_connection_is_not_handed_over_at_a_reload(pki, backend_factory,
+                                                        forkproxy_factory):
+    """Its TLS state lives in the old worker's OpenSSL (net.handoff): it stays
+    there, and its next response closes it, as before connections were handed."""
+    b = backend_factory()
+    port = free_port()
+    fp = start(forkproxy_factory, b, port,
+               f'tls = {{ cert = "{pki["a"][0]}", key = "{pki["a"][1]}" }}')
+    with handshake(port, client_ctx(pki), "a.example") as s:
+        assert get(s)[0] == 200
+        fp.reload_and_wait()
+        status, hdrs, _ = get(s)
+        assert status == 200 and hdrs.get("connection") == "close"
+
+
 @pytest.mark.filterwarnings("ignore:ssl.TLSVersion.TLSv1:DeprecationWarning")
 def test_old_tls_versions_refused_by_default(pki, backend_factory, forkproxy_factory):
     b = backend_factory()

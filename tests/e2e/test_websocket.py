@@ -151,6 +151,26 @@ def test_tunnel_survives_a_reload(ws_servers, forkproxy_factory):
         c.close()
 
 
+def test_a_tunnel_outlives_graceful_timeout_after_a_reload(ws_servers, forkproxy_factory):
+    """A reload's drain keeps tunnels up to their own timeout (here 1h), not
+    graceful_timeout (1s): a changed file does not cut WebSocket users.  The
+    old worker's log line says when graceful_timeout has passed."""
+    (ws,) = ws_servers(1)
+    port = free_port()
+    fp = forkproxy_factory(config(port, [ws]), server={"graceful_timeout": "1s", "workers": 1})
+    c = websocket.create_connection(f"ws://127.0.0.1:{port}/", timeout=10)
+    try:
+        c.send("before")
+        assert c.recv() == "before"
+        fp.reload_and_wait()
+        fp.wait_error_log("keeping 1 tunnels until they end")
+        for i in range(3):
+            c.send(f"after {i}")
+            assert c.recv() == f"after {i}"
+    finally:
+        c.close()
+
+
 def test_upgrade_never_goes_to_a_server_in_drain(ws_servers, forkproxy_factory):
     a, b = ws_servers(2)
     port = free_port()

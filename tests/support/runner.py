@@ -168,6 +168,21 @@ class ForkProxy:
         """SIGHUP to the master (rewrite the config first with ``write_config``)."""
         self.signal(signal.SIGHUP)
 
+    def reload_status(self) -> dict | None:
+        """``reload.json`` in runtime_dir (None before the first generation writes it)."""
+        try:
+            return json.loads((self.dir / "run" / "reload.json").read_text())
+        except (OSError, ValueError):
+            return None
+
+    def reload_and_wait(self, state: str = "serving") -> dict:
+        """SIGHUP, then wait until ``reload.json`` counts one more reload in ``state``."""
+        before = (self.reload_status() or {}).get("reload", 0)
+        self.reload()
+        wait_until(lambda: (st := self.reload_status()) is not None and st["reload"] > before
+                   and st["state"] == state, timeout=30, what=f"reload {before + 1} {state}")
+        return self.reload_status()
+
     def wait(self, timeout: float | None = None) -> int:
         """Wait for the master to exit; return its status (``subprocess.TimeoutExpired`` on timeout)."""
         return self._proc().wait(timeout)

@@ -23,8 +23,11 @@ Flow for the shell:
    ``REVALIDATE`` forward with ``decision.conditional_headers`` added, then a
    304 (and ``can_freshen``) -> ``merge_304`` + store + serve, a 5xx or a
    connection error -> ``stale_if_error_ok`` decides whether the stale entry
-   is served instead; ``MISS`` forward as is; ``GATEWAY_TIMEOUT`` answer 504
-   (``only-if-cached`` and nothing usable).
+   is served instead; ``MISS`` forward as is (an entry there, stale and
+   without a validator, may still be served on an error the same way);
+   ``GATEWAY_TIMEOUT`` answer 504 (``only-if-cached`` and nothing usable).
+   Whatever entry is served, ``select_range`` says which part of it a Range
+   request gets (206, 416 or the whole).
 3. Response in.  ``storable(...)`` -> ``make_entry(...)`` -> store the head
    (``entry.to_bytes()``) and the body.  For any method, ``invalidations(...)``
    lists primary keys to delete (all variants).
@@ -32,7 +35,8 @@ Flow for the shell:
 Choices (RFC 9111 leaves them to the cache):
 
 - Only responses to GET are stored; HEAD is answered from a stored GET.
-  206 (no range assembly) and 304 (not a complete response) are not stored.
+  206 (no range assembly) and 304 (not a complete response) are not stored;
+  one byte range of a stored 200 is served from it (``ranges``).
   A response with neither explicit freshness nor a validator is not stored
   (it could never be reused).  Heuristic freshness (RFC 9111 4.2.2) is 10% of
   ``Date - Last-Modified`` capped by ``heuristic_max``, only for heuristically
@@ -76,7 +80,9 @@ Modules, each holding one part of the above:
   ``parse_cdn_cache_control`` (over ``structured_fields``, RFC 8941),
   ``response_directives``; ``DEFAULT_CDN_HEADER``, ``DELTA_MAX``;
 - ``dates``: ``parse_http_date``, ``format_http_date``;
-- ``keys``: ``primary_key``;  ``vary``: ``vary_key``;
+- ``keys``: ``primary_key``;  ``vary``: ``vary_key``, ``normalize_accept_encoding``;
+- ``ranges``: ``select_range`` (``parse_range``, ``if_range_holds``), ``Span``,
+  ``Unsatisfiable``: the part of a stored 200 a Range request gets;
 - ``storability``: ``storable``, ``not_storable_reason``, ``SET_COOKIE_MODES``;
 - ``entry``: ``Entry`` (and its byte format), ``make_entry``,
   ``conditional_headers``;
@@ -104,6 +110,7 @@ from .entry import Entry, conditional_headers, make_entry  # noqa: F401
 from .freshness import HEURISTIC_STATUSES, age_value, current_age, freshness_lifetime  # noqa: F401
 from .invalidation import invalidations  # noqa: F401
 from .keys import primary_key  # noqa: F401
+from .ranges import Span, Unsatisfiable, if_range_holds, parse_range, select_range  # noqa: F401
 from .storability import SET_COOKIE_MODES, not_storable_reason, storable  # noqa: F401
 from .validation import CLIENT_CONDITIONS, can_freshen, client_not_modified, merge_304  # noqa: F401
-from .vary import vary_key  # noqa: F401
+from .vary import normalize_accept_encoding, vary_key  # noqa: F401

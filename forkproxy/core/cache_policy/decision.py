@@ -102,9 +102,11 @@ def _revalidate(req: Directives, entry: Entry, age: float, reason: str) -> Decis
 
 
 def stale_if_error_ok(entry: Entry, now: float, req_headers, *, heuristic_max: float,
-                      cdn_header=DEFAULT_CDN_HEADER) -> bool:
+                      cdn_header=DEFAULT_CDN_HEADER, default: float | None = None) -> bool:
     """May ``entry`` be served because the origin failed (5xx in
-    ``ERROR_STATUSES`` or no answer)?  RFC 5861 4, bounded by RFC 9111 4.2.4."""
+    ``ERROR_STATUSES`` or no answer)?  RFC 5861 4, bounded by RFC 9111 4.2.4.
+    ``default``: the window (seconds) when neither the request nor the
+    response names one (the cache's own, e.g. nginx's proxy_cache_use_stale)."""
     if not entry.vary_matches(req_headers):
         return False
     cc, lifetime = entry.policy(heuristic_max, cdn_header)
@@ -112,6 +114,8 @@ def stale_if_error_ok(entry: Entry, now: float, req_headers, *, heuristic_max: f
         return False
     req = _request_directives(req_headers)
     window = req.stale_if_error if req.stale_if_error is not None else cc.stale_if_error
+    if window is None:
+        window = default
     if window is None:
         return False
     staleness = current_age(entry, now) - lifetime

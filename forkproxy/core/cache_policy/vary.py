@@ -1,11 +1,32 @@
 """Vary (RFC 9111 4.1): the request fields a response is selected by, as a
-secondary key that tells its variants apart."""
+secondary key that tells its variants apart.
+
+Accept-Encoding is normalised (as Varnish does): its value in the key is
+the one coding the cache asks the origin for on a miss (``br``, ``gzip``,
+or none), so ``gzip, deflate``, ``deflate, gzip`` and ``gzip;q=1.0,
+deflate`` share one variant; the head sent upstream on a miss carries that
+same normalised value (``net.cache_filter``), so what is stored under the
+key is what any request with that key may get.
+"""
 
 from __future__ import annotations
 
 import json
 
+from forkproxy.core.encoding import choose
+
 from .fields import _all, _list_members
+
+# The codings a normalised Accept-Encoding may name, preferred first on equal q.
+NORMAL_CODINGS = ("br", "gzip")
+
+
+def normalize_accept_encoding(values) -> str | None:
+    """The Accept-Encoding a cache miss sends upstream for a request with these
+    field ``values``: "br" or "gzip" (the acceptable one with the higher q,
+    br on a tie; ``*`` counts for both), or None: none at all (identity;
+    also when the request has none)."""
+    return choose(values, NORMAL_CODINGS)
 
 
 def _vary_fields(vary_values) -> tuple[str, ...] | None:
@@ -19,6 +40,9 @@ def _selected(fields, req_headers) -> tuple[tuple[str, str | None], ...]:
     out = []
     for name in fields:
         values = _all(req_headers, name)
+        if name == "accept-encoding":
+            out.append((name, normalize_accept_encoding(values)))
+            continue
         # Whitespace around commas carries no meaning (RFC 9111 4.1).
         out.append((name, ",".join(_list_members(values)) if values else None))
     return tuple(out)
