@@ -10,6 +10,15 @@ from forkproxy.config.parsers import (
     _r_networks, _r_size, _size,
 )
 from forkproxy.config.schema import _RELOAD, Section, Setting, config_classes
+from forkproxy.config.units import Invalid, parse_size
+from forkproxy.core.cache_slab import HEADER_SIZE, region_size_ok, row_size
+
+
+def _shared_size(value) -> int:
+    n = parse_size(value)
+    if n and not region_size_ok(n):
+        raise Invalid(f"must be 0 or at least {HEADER_SIZE + row_size()} bytes (one row), got {n}")
+    return n
 
 SECTIONS: tuple[Section, ...] = (
     Section(
@@ -19,7 +28,8 @@ SECTIONS: tuple[Section, ...] = (
         "The shared HTTP cache (RFC 9111, with RFC 9213's CDN-Cache-Control) used by the routes "
         "that set cache = true. "
         "Entries live in memcached, shared by every worker of every forkproxy that names the "
-        "same servers, or, with servers = [], in each worker's memory. "
+        "same servers, or, with servers = [], in memory shared by every worker of this "
+        "forkproxy (shared_size bytes, kept across reloads). "
         "The cache fails open: a memcached that is down, slow or frozen makes requests misses "
         "(sent upstream), never errors. "
         "Only responses to GET are stored, and only when the response allows it "
@@ -58,7 +68,8 @@ SECTIONS: tuple[Section, ...] = (
         cls="CacheConfig",
         doc="""The ``[cache]`` table: the shared HTTP cache of routes with ``cache = true``.
 
-        ``servers`` empty: a per-worker in-process cache of ``memory_size`` bytes.
+        ``servers`` empty: the embedded store shared by the workers (``shared_size`` bytes;
+        0: a per-worker in-process cache of ``memory_size`` bytes).
         ``header`` "" sends no cache-status header; ``cdn_cache_control`` "" obeys
         Cache-Control only.  Times in seconds.
         """,
@@ -68,8 +79,8 @@ SECTIONS: tuple[Section, ...] = (
 SETTINGS: tuple[Setting, ...] = (
     Setting("cache", "servers", 'array of "HOST:PORT"', [],
             "memcached servers (keys spread by consistent hashing). "
-            "Empty: an in-process cache per worker, bounded by memory_size, with the same "
-            "semantics (hits, coalescing and purges are then per worker).",
+            "Empty: the embedded store, shared_size bytes of memory shared by every worker of "
+            "this forkproxy (see shared_size).",
             _RELOAD, _addrs, _r_list, example=["127.0.0.1:11211"]),
     Setting("cache", "max_object_size", "size", "8m",
             "Largest response body stored. "
@@ -78,8 +89,28 @@ SETTINGS: tuple[Setting, ...] = (
             "one whose Content-Length says so marks its URL hit-for-pass for 10 s (its "
             "requests then go upstream at once, Range included).",
             _RELOAD, _size(1), _r_size),
+    Setting("cache", "shared_size", "size", "64m",
+            "Bytes of the embedded store used when servers = []: a file in server.runtime_dir "
+            "(cache.shm) mapped by every worker, so a hit, a miss that goes upstream (coalescing), "
+            "an invalidation and a purge are the same whichever worker takes the request. "
+            "It is made empty when forkproxy starts and kept across reloads (remade empty when "
+            "a reload changes its size). "
+            "Entries are kept in slots of seven sizes, 1 KiB to 64 KiB (their head and "
+            "body; larger bodies in 64 KiB chunks), the least recently used of a set of slots "
+            "out first; a body larger than a quarter of the 64 KiB slots' bytes (8 MiB "
+            "of the default 64m) or than max_object_size is not stored. "
+            "A worker killed while it writes leaves no entry half written. "
+            "Keep runtime_dir on a memory file system (the default /run is one): elsewhere the "
+            "kernel also writes the region's changes to disk. "
+            "At least about 2m (one set of slots); "
+            "0: each worker keeps its own cache of memory_size bytes instead (hits, coalescing, "
+            "invalidations and purges are then per worker).",
+            _RELOAD, _shared_size, _r_size),
     Setting("cache", "memory_size", "size", "64m",
-            "Bytes of each worker's in-process cache. With servers = [], it is the whole cache. "
+            "Bytes of each worker's in-process cache when servers = [] and shared_size = 0. "
+            "With the embedded store (shared_size > 0), each worker's copies of entries it "
+            "read (at most a quarter of shared_size), each used only while the region's slot "
+            "is unchanged, so never older than the store. "
             "With memcached, it holds near copies of entries read from memcached, so a hot URL "
             "costs each worker two memcached round trips a second, not one per hit: a copy is "
             "used for at most 0.5 s, and never after any worker of this forkproxy stored, "

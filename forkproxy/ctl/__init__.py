@@ -375,8 +375,8 @@ def purge(cfg: config.Config, url: str | None, host: str | None, timeout: float 
     Through the admin endpoint when commands can go there, else a PURGE
     request to the listener serving the URL's scheme and port
     (``control.purge_through_listeners``).  Returns ``{url | host, purged,
-    shared, via}``; ``shared`` False: an in-process cache, purged in the one
-    worker that answered.
+    shared, via}``; ``shared`` False: a per-worker in-process cache
+    (``shared_size = 0``), purged in the one worker that answered.
     """
     if _commands_allowed(cfg):
         from urllib.parse import urlencode

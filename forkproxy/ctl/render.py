@@ -90,6 +90,8 @@ def render_cache(cache: dict) -> str:
         where = "memcached " + ", ".join(
             f"{s['addr']} {'up' if s['reachable'] else 'NOT ANSWERING'}" for s in cache["servers"])
         where += f"; breaker {cache['breaker']} (worker {cache['worker_pid']})"
+    elif cache["backend"] == "shared":
+        where = "embedded, shared by the workers"
     else:
         where = "in-process, per worker"
     routes = ", ".join(f"route {r['route']} {_ratio(r['hit_ratio'])}" for r in cache["routes"])

@@ -12,7 +12,9 @@ Worker side: the worker's runtime and its housekeeping greenlets.
 Both: the metrics buffer (``core.metrics``: a shared anonymous mmap made by
 the master, one row per slot; kept across a reload that keeps its series,
 else rebuilt with the totals carried over), the cache's change counters
-(``core.epochs``: shared anonymous memory, one for the master's life) and,
+(``core.epochs``: shared anonymous memory, one for the master's life), the
+embedded cache store's region (``net.cache_shm``, ``cache.shm`` in runtime_dir,
+kept across reloads) and,
 when ``server.admin`` is set, the admin endpoint (``net.admin``) on its own
 listening socket.
 
@@ -254,6 +256,33 @@ def build_metrics(cfg: Config, n_slots: int, old):
     return metrics
 
 
+def build_cache_region(cfg: Config, old, log=None):
+    """Master: the embedded cache store's region (``net.cache_shm``) when a route caches
+    without memcached and cache.shared_size > 0; ``old`` itself when its size stays
+    (its entries survive the reload).  A region no longer needed is kept, unused.
+
+    On start (``old`` None) a failure is fatal; on reload it is logged and the old
+    region kept (the new workers then keep their own stores if there is none).
+    """
+    c = cfg.cache
+    if not any(r.cache for r in cfg.routes) or c.servers or not c.shared_size:
+        return old
+    if old is not None and old.size == c.shared_size:
+        return old
+    from forkproxy.net.cache_shm import create_region
+
+    try:
+        region = create_region(cfg.server.runtime_dir, c.shared_size, _owner(cfg.server))
+    except OSError as exc:
+        if log is None:
+            raise RuntimeError(f"cache.shared_size: {cfg.server.runtime_dir}: {exc.strerror}") from None
+        log.error("cache: keeping the previous embedded store: %s", exc)
+        return old
+    if old is not None:
+        os.close(old.fd)  # the old generation keeps its inherited descriptor and mapping
+    return region
+
+
 def on_starting(arbiter) -> None:
     """Master, before binding: runtime dir, pidfile dir, access log, the table and the checker lock."""
     st = arbiter.state
@@ -274,6 +303,7 @@ def on_starting(arbiter) -> None:
     # The cache's change counters (core.epochs): one buffer for the master's
     # life, so workers of every generation see each other's changes.
     st.cache_epochs = mmap.mmap(-1, Epochs.SIZE)
+    st.cache_region = build_cache_region(cfg, None)
     # Opened once by the master and inherited: lockf locks belong to the
     # process that takes them, and the kernel frees them when it dies.
     st.lock_fd = os.open(control.checker_lock_path(cfg.server.runtime_dir),
@@ -302,6 +332,7 @@ def on_reload(arbiter) -> None:
     st.table_map, st.table = build_table(cfg, st.n_slots, st.generation, arbiter.log)
     st.edge = build_edge(cfg, st.n_slots, st.edge)
     st.metrics = m = build_metrics(cfg, st.n_slots, st.metrics)
+    st.cache_region = build_cache_region(cfg, st.cache_region, arbiter.log)
     m.add(m.base, m.index[("reloads_total", ())])  # the base row is the master's
 
 
@@ -372,7 +403,7 @@ def build_runtime(ctx, log):
         # memcached that is down cannot fail the boot.
         from forkproxy.net.http_cache import Cache
 
-        cache = Cache.from_config(cfg.cache, log, ctx.cache_epochs)
+        cache = Cache.from_config(cfg.cache, log, ctx.cache_epochs, ctx.cache_region)
     from forkproxy.net.leader import Leader
 
     # Every worker runs a checker (servers come and go at run time, so with

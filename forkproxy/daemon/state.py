@@ -6,7 +6,7 @@ application and arbiter it makes; nothing of forkproxy's is stored on
 gunicorn's objects.  The master's hooks (``daemon.hooks``) fill and update
 it: the configuration that serves, the generation counters, the shared
 memory every worker maps (health table, edge buffers, metrics, the cache's
-change counters), the access log, the sticky key, the worker slots.
+change counters and embedded store), the access log, the sticky key, the worker slots.
 
 A ``WorkerContext`` is what one worker is forked with: made by
 ``MasterState.new_worker`` when gunicorn makes the worker object (in the
@@ -46,6 +46,7 @@ class WorkerContext:
     edge: dict
     metrics: Any
     cache_epochs: Any
+    cache_region: Any
     access_log: Any
     sticky_key: bytes
     lock_fd: int
@@ -98,6 +99,7 @@ class MasterState:
     edge: dict | None = None     # net.edge.create_shared's buffers
     metrics: Any = None          # core.metrics.Metrics
     cache_epochs: Any = None     # core.epochs' buffer, one for the master's life
+    cache_region: Any = None     # net.cache_shm.Region: the embedded store, kept across reloads
     lock_fd: int = -1            # the checker lock file (net.leader)
     reload_pipe: tuple[int, int] | None = None  # the admin endpoint's reload requests
 
@@ -114,7 +116,7 @@ class MasterState:
         return WorkerContext(
             generation=self.generation, heartbeat0=heartbeat0, slot=slot, config=self.config,
             table=self.table, edge=self.edge, metrics=self.metrics,
-            cache_epochs=self.cache_epochs, access_log=self.access_log,
+            cache_epochs=self.cache_epochs, cache_region=self.cache_region, access_log=self.access_log,
             sticky_key=self.sticky_key, lock_fd=self.lock_fd,
             reload_fd=self.reload_pipe[1] if self.reload_pipe else -1,
             boot_report=self.boot_report)

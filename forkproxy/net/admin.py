@@ -334,7 +334,7 @@ class Admin:
         url, host = _one(query, "url"), _one(query, "host")
         if (url is None) == (host is None):
             raise _Reply(400, "purge: give url=URL or host=HOST\n")
-        shared = cache.store.state["backend"] == "memcached"
+        shared = cache.store.state["backend"] in ("memcached", "shared")
         if url is not None:
             try:
                 _, authority, target, _ = http1.split_url(url)

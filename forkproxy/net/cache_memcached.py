@@ -393,14 +393,23 @@ def _mc_delete(mc, k):
     return mc.delete(k)
 
 
-def make_store(cfg: CacheConfig, log_=None, epochs_buf=None):
+def make_store(cfg: CacheConfig, log_=None, epochs_buf=None, region=None):
     """The store ``[cache]`` describes; no I/O happens here (after the fork).
+
+    ``region``: the embedded store's shared region (``net.cache_shm``), made
+    by the master when servers = [] and shared_size > 0; None: each
+    worker's own ``MemoryStore``.
 
     ``log_``: where the breaker's transitions go (the worker's error log).
     ``epochs_buf``: the change counters the master shares with its workers
     (``core.epochs``; None: this process's own, as for a tool outside a master).
     """
     if not cfg.servers:
+        if region is not None:
+            from forkproxy.net.cache_shm import SharedStore
+
+            return SharedStore(region, max_object_size=cfg.max_object_size,
+                               near_size=min(cfg.memory_size, cfg.shared_size // 4))
         return MemoryStore(cfg.memory_size, max_object_size=cfg.max_object_size)
     timeout_ms = max(1, round(cfg.timeout * 1000))  # libmemcached counts in whole ms
     breaker = breaker_for(timeout_ms / 1000, failures=cfg.breaker_failures,

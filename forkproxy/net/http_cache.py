@@ -167,8 +167,8 @@ class Cache:
         self._namespaces: dict[int, tuple] = {}  # route index -> (RouteConfig, namespace)
 
     @classmethod
-    def from_config(cls, cfg: CacheConfig, log_=None, epochs_buf=None) -> "Cache":
-        return cls(cfg, make_store(cfg, log_, epochs_buf), log_)
+    def from_config(cls, cfg: CacheConfig, log_=None, epochs_buf=None, region=None) -> "Cache":
+        return cls(cfg, make_store(cfg, log_, epochs_buf, region), log_)
 
     # -- keys and store access ----------------------------------------------
 

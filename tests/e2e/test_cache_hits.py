@@ -1,6 +1,7 @@
 """Responses served from the cache go out like relayed ones (issues 6, 8, 9).
 
-Real memcached, real forkproxy (2 workers), real origin (tests/support/backend.py).
+Real memcached or the embedded store (``store``), real forkproxy (2 workers), real
+origin (tests/support/backend.py).
 A hit goes through the route's response step: hide_headers, response_headers,
 rewrite_location, then compress; the store keeps the origin's representation.
 The breaker's transitions are in the error log.  No timing is asserted.
@@ -24,8 +25,16 @@ from support.rawhttp import Conn
 MAXAGE = "hdr=Cache-Control:max-age%3D60"
 
 
+@pytest.fixture(params=["memcached", "shared"])
+def store(request, memcached_factory):
+    """A memcached, or None: the embedded store (servers = [])."""
+    return memcached_factory() if request.param == "memcached" else None
+
+
 def config(port, origin, mc, route_extra="", cache_extra="", timeout="1s") -> str:
-    return cache_site(port, origin.addr, f"{memcached(mc.addr, timeout)}\n{cache_extra}",
+    """``mc``: a memcached, or None for the embedded store."""
+    servers = memcached(mc.addr, timeout) if mc is not None else "servers = []"
+    return cache_site(port, origin.addr, f"{servers}\n{cache_extra}",
                       route_extra)
 
 
@@ -50,8 +59,8 @@ def count(origin, path) -> int:
     return origin.stats()["by_path"].get(path, 0)
 
 
-def test_hits_get_the_routes_response_rules(forkproxy_factory, origin, mc):
-    fp, port = start(forkproxy_factory, origin, mc, route_extra="""
+def test_hits_get_the_routes_response_rules(forkproxy_factory, origin, store):
+    fp, port = start(forkproxy_factory, origin, store, route_extra="""
 response_headers = { set = { X-Served-By = "edge" }, add = { X-Id = "$request_id" }, remove = ["X-Drop"] }
 """)
     loc = quote(f"Location:http://{origin.addr}/there?a=1", safe="")
@@ -80,8 +89,8 @@ COMPRESS = 'compress = { types = ["application/octet-stream", "text/*"], min_siz
 
 
 @pytest.mark.parametrize("chunked", ["", "&chunked=1"])
-def test_hits_are_compressed_for_clients_that_accept_it(forkproxy_factory, origin, mc, chunked):
-    fp, port = start(forkproxy_factory, origin, mc, route_extra=COMPRESS)
+def test_hits_are_compressed_for_clients_that_accept_it(forkproxy_factory, origin, store, chunked):
+    fp, port = start(forkproxy_factory, origin, store, route_extra=COMPRESS)
     n = 50000
     want = b"".join(pattern(n))
     path = f"/bytes?n={n}{chunked}&{MAXAGE}"
@@ -101,8 +110,8 @@ def test_hits_are_compressed_for_clients_that_accept_it(forkproxy_factory, origi
     assert count(origin, "/bytes") == 1  # one stored representation serves every client
 
 
-def test_compressed_hit_on_the_wire_with_curl_and_http10(forkproxy_factory, origin, mc, tmp_path):
-    fp, port = start(forkproxy_factory, origin, mc, route_extra=COMPRESS)
+def test_compressed_hit_on_the_wire_with_curl_and_http10(forkproxy_factory, origin, store, tmp_path):
+    fp, port = start(forkproxy_factory, origin, store, route_extra=COMPRESS)
     n = 200000
     want = b"".join(pattern(n))
     path = f"/bytes?n={n}&{MAXAGE}"
@@ -135,8 +144,8 @@ def test_compressed_hit_on_the_wire_with_curl_and_http10(forkproxy_factory, orig
     assert zlib.decompress(rest, 31) == want
 
 
-def test_origin_encoded_hits_are_not_compressed_twice(forkproxy_factory, origin, mc):
-    fp, port = start(forkproxy_factory, origin, mc, route_extra=COMPRESS)
+def test_origin_encoded_hits_are_not_compressed_twice(forkproxy_factory, origin, store):
+    fp, port = start(forkproxy_factory, origin, store, route_extra=COMPRESS)
     path = f"/bytes?n=5000&hdr=Content-Encoding:gzip&hdr=Vary:Accept-Encoding&{MAXAGE}"
     with Conn(port) as c:  # raw: the body is not really gzip, no client may decode it
         for _ in range(2):
@@ -164,11 +173,11 @@ def test_breaker_transitions_are_in_the_error_log(forkproxy_factory, origin, mc)
     fp.wait_error_log("memcached")
 
 
-def test_a_remembered_hit_head_still_fits_each_request(forkproxy_factory, origin, mc):
+def test_a_remembered_hit_head_still_fits_each_request(forkproxy_factory, origin, store):
     """Hits on one entry within a second share their head (net.http_cache remembers the
     last one made); every request still gets the head its own version, keep-alive,
     Host and cache status call for, interleaved, and Age moves on."""
-    fp, port = start(forkproxy_factory, origin, mc)
+    fp, port = start(forkproxy_factory, origin, store)
     path = f"/bytes?n=100&{MAXAGE}"
     body = b"".join(pattern(100))
     assert get(port, path, {"Host": "a.example"}).headers["X-Cache"] == "MISS"

@@ -2,7 +2,8 @@
 
 Real memcached (started by the fixture), real forkproxy masters with 2
 workers, a real origin that counts requests per path (``/_stats``).  With
-2 workers and memcached, a hit is a hit whichever worker serves it.  No
+2 workers and memcached (or the embedded store: ``proxy`` runs over both), a
+hit is a hit whichever worker serves it.  No
 timing is asserted; figures live in bench/cache.py.
 """
 
@@ -27,12 +28,13 @@ def config(port, backend, cache="", route_extra="") -> str:
     return cache_site(port, backend.addr, cache, route_extra)
 
 
-@pytest.fixture
-def proxy(forkproxy_factory, origin, mc):
+@pytest.fixture(params=["memcached", "shared"])
+def proxy(request, forkproxy_factory, origin, memcached_factory):
+    """2 workers over memcached, or over the embedded store (servers = [])."""
     port = free_port()
+    store = memcached(memcached_factory().addr) if request.param == "memcached" else "servers = []"
     # PURGE is refused by default (purge_allowed = []): these tests send it from loopback.
-    return forkproxy_factory(config(port, origin, memcached(mc.addr)
-                                    + '\npurge_allowed = ["127.0.0.1"]'))
+    return forkproxy_factory(config(port, origin, store + '\npurge_allowed = ["127.0.0.1"]'))
 
 
 def port_of(fp) -> int:

@@ -25,12 +25,14 @@ MAXAGE = "hdr=Cache-Control:max-age%3D60"
 HOST = "shop.example"
 
 
-@pytest.fixture(params=["memory", "memcached"])
+@pytest.fixture(params=["memory", "shared", "memcached"])
 def store(request, memcached_factory):
-    """(``[cache]`` lines, workers): the in-process store with one worker (its
-    entries are per worker), or memcached shared by two."""
+    """(``[cache]`` lines, workers): the per-worker store with one worker (its
+    entries are per worker), or the embedded store or memcached shared by two."""
     if request.param == "memory":
-        return "servers = []", 1
+        return "servers = []\nshared_size = 0", 1
+    if request.param == "shared":
+        return "servers = []", 2
     return memcached(memcached_factory().addr), 2
 
 

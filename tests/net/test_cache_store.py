@@ -23,6 +23,7 @@ from support.runner import REPO_ROOT
 
 from forkproxy.core.epochs import Epochs
 from forkproxy.net.cache_memcached import Breaker, MemcachedStore, breaker_for
+from forkproxy.net.cache_shm import SharedStore, create_region
 from forkproxy.net.cache_store import (NAMESPACE_HOSTS, NAMESPACE_TTL, NEAR_TTL, CacheError, MemoryStore,
                                        _split_entry, hashed_key)
 
@@ -52,12 +53,15 @@ def memcached(memcached_factory):
     return memcached_factory()
 
 
-@pytest.fixture(params=["direct", "threadpool", "memory"])
-def make_store(request, memcached_factory):
+@pytest.fixture(params=["direct", "threadpool", "memory", "shared"])
+def make_store(request, memcached_factory, tmp_path):
     """``make(**kw) -> store`` of the parametrized kind (one memcached per test)."""
-    mc = memcached_factory() if request.param != "memory" else None
+    mc = memcached_factory() if request.param not in ("memory", "shared") else None
 
     def make(**kw):
+        if request.param == "shared":  # the embedded store (net.cache_shm)
+            kw.pop("timeout_ms", None)
+            return SharedStore(create_region(str(tmp_path), kw.pop("max_bytes", 32 << 20)), **kw)
         if mc is None:
             kw.pop("timeout_ms", None)
             return MemoryStore(kw.pop("max_bytes", 64 << 20), **kw)
@@ -131,7 +135,7 @@ def test_round_trip_chunked_over_one_megabyte(make_store):
     head, reader = store.get_entry("big")
     chunks = list(reader)
     assert head == b"head" and reader.length == len(body)
-    assert len(chunks) == 3 and b"".join(chunks) == body
+    assert len(chunks) == -(-len(body) // store.item_size) and b"".join(chunks) == body
 
 
 def test_overwrite_replaces(make_store):
