@@ -26,7 +26,7 @@ from forkproxy.config import Config, ListenerConfig
 from forkproxy.core import headers as hdr
 from forkproxy.core import http1, proxy_protocol
 from forkproxy.core.routing import Router, RouteSpec
-from forkproxy.net import tcp_proxy
+from forkproxy.net import stages, tcp_proxy
 from forkproxy.net.edge import Edge
 from forkproxy.net.http_session import Session
 from forkproxy.net.pools import REFRESH, PoolRuntime
@@ -78,6 +78,9 @@ class Runtime:
             row += len(p.servers)
             self.pools[p.name] = PoolRuntime(p, table, rows, slot, ctx.sticky_key)
         self.refresh(time.time())
+        # Each route's request stages after routing (net.stages.plan), made once.
+        self.plans = [stages.plan(r, self.pools[r.pool].cfg.sticky is not None, cache is not None)
+                      for r in cfg.routes]
         self.trusted = s.trusted_proxies
         self._listeners: dict = {}  # listening socket -> ListenerConfig, None: admin
         # TLS listeners (contexts built by the master when it loaded the file)
