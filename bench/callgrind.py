@@ -17,15 +17,16 @@ The program is run twice under ``valgrind --tool=callgrind``, with
 ``N_LO`` (200) and ``N_HI`` (1200) measured requests after ``WARMUP``
 (300); ``(instructions(N_HI) - instructions(N_LO)) / (N_HI - N_LO)`` is
 the figure: start-up, imports, warm-up and exit cancel out.  The
-interpreter's hash seed is fixed (``PYTHONHASHSEED=0``), so a run repeats
-its count within about 0.1%.
+interpreter's hash seed is fixed (``PYTHONHASHSEED=0``); a run still repeats
+its count only within about 0.7% (gevent's scheduling differs from run to run).
 
-``--at REV`` (repeatable; ``.`` is this tree): ``git archive REV`` into a
-temporary directory, which goes first on ``sys.path``; the harness itself
-(this file) stays the same for every revision.  It knows the two ways a
-worker's runtime has been built (``build_runtime(ctx, log)`` in
-``daemon.hooks`` since the master's ``WorkerContext``), so it runs on the
-commits of issue 18 either side of the redesign (f8e67dc and after).
+``--at REV`` (repeatable; ``.`` is this tree, copied first): ``git
+archive REV`` into a temporary directory, which goes first on
+``PYTHONPATH``; the harness itself (this file, with ``bench/backend.py``'s
+origin and ``bench/run.py``'s configuration) stays the same for every
+revision.  It needs ``daemon.hooks.on_starting`` and ``build_runtime(ctx,
+log)`` as they are since the master's ``WorkerContext``: the commits of
+issue 18 either side of the redesign (f8e67dc and after) have them.
 
 ``--profile`` runs the same workload once, without valgrind, under
 cProfile, and prints forkproxy's function calls per request, most frequent
