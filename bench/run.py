@@ -342,6 +342,37 @@ class Ctx:
         self.cpu_pids: dict[int, list[int]] = {}
         self.env = dict(os.environ)
         self.env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO), self.env.get("PYTHONPATH")]))
+        # --also: (target name "forkproxy@<commit>", directory holding that commit's forkproxy/)
+        self.also: list[tuple[str, Path]] = []
+
+    def add_commit(self, rev: str) -> None:
+        """Make forkproxy at ``rev`` a target of the forkproxy scenarios
+        ("forkproxy@<short commit>"): ``git archive`` of its ``forkproxy/``
+        into the work directory, run with that directory first on PYTHONPATH."""
+        short = subprocess.run(["git", "-C", str(REPO), "rev-parse", "--short", rev + "^{commit}"],
+                               check=True, capture_output=True, text=True).stdout.strip()
+        dest = self.dir / f"src-{short}"
+        dest.mkdir()
+        archive = subprocess.run(["git", "-C", str(REPO), "archive", short, "forkproxy"],
+                                 check=True, stdout=subprocess.PIPE).stdout
+        subprocess.run(["tar", "-x", "-C", str(dest)], input=archive, check=True)
+        self.also.append((f"forkproxy@{short}", dest))
+
+    def wants(self, target: str) -> bool:
+        """Whether ``--targets`` keeps ``target`` ("forkproxy" keeps every "forkproxy@...")."""
+        only = getattr(self.args, "targets", None)
+        return not only or target in only or target.split("@")[0] in only
+
+    def started(self, target: str, start, path: str = "/"):
+        """``_started``, or None (left out of ``compare``) when ``--targets`` leaves it out."""
+        return _started(target, start, path) if self.wants(target) else None
+
+    def forkproxy_targets(self, body: str, name: str = "forkproxy", **kw) -> list:
+        """This tree's forkproxy with ``body``, then the same at every ``--also`` commit."""
+        return [self.started(name, lambda: self.start_forkproxy(body, **kw))] + [
+            self.started(f"{name}@{label.split('@')[1]}",
+                         lambda src=src: self.start_forkproxy(body, src=src, **kw))
+            for label, src in self.also]
 
     def start(self, name: str, argv, env=None, cwd=None) -> Proc:
         p = Proc(argv, self.dir, name=name, env=env or self.env, cwd=cwd)
@@ -420,8 +451,10 @@ class Ctx:
         self.cpu_pids[port] = [p.pid]
         return port
 
-    def start_forkproxy(self, body: str, workers: int = 2, server: dict | None = None) -> int:
-        """forkproxy with ``body`` (use ``{port}`` for the listener port); returns the port."""
+    def start_forkproxy(self, body: str, workers: int = 2, server: dict | None = None,
+                        src: Path | None = None) -> int:
+        """forkproxy with ``body`` (use ``{port}`` for the listener port); returns the port.
+        ``src``: a directory with another commit's ``forkproxy/`` to run instead (``add_commit``)."""
         port = free_port()
         d = self.forkproxy_dirs[port] = Path(tempfile.mkdtemp(prefix="forkproxy", dir=self.dir))
         srv = {
@@ -436,7 +469,8 @@ class Ctx:
         lines = ["[server]"] + [f"{k} = {json.dumps(v)}" for k, v in srv.items()]
         conf = d / "forkproxy.toml"
         conf.write_text("\n".join(lines) + "\n\n" + body.replace("{port}", str(port)))
-        p = self.start("forkproxy", [sys.executable, "-m", "forkproxy", "-c", str(conf)])
+        env = dict(self.env, PYTHONPATH=str(src)) if src is not None else None
+        p = self.start("forkproxy", [sys.executable, "-m", "forkproxy", "-c", str(conf)], env=env)
         try:
             self.wait_http(port, p, "forkproxy")
         except StartError as exc:
@@ -487,6 +521,7 @@ class Ctx:
         p99 and CPU per request; a failed run fails the row.
         """
         n = max(1, getattr(self.args, "rounds", 1))
+        targets = [t for t in targets if t is not None]  # left out by --targets
         rows: list[Result] = []
         for shape in self.shapes():
             runs: dict[str, list[Result]] = {t[0]: [] for t in targets if not isinstance(t, Result)}
@@ -602,11 +637,11 @@ servers = [{{ addr = "127.0.0.1:{origin}" }}]
 def get1k(ctx: Ctx) -> list[Result]:
     origin = ctx.start_backend(1024)
     body = FORKPROXY_ONE_POOL.format(origin=origin)
-    return ctx.compare([("direct", f"http://127.0.0.1:{origin}/"),
-                        _started("nginx", lambda: ctx.start_nginx(origin)),
-                        _started("haproxy", lambda: ctx.start_haproxy(origin)),
-                        _started("floor", lambda: ctx.start_floor(origin)),
-                        _started("forkproxy", lambda: ctx.start_forkproxy(body))])
+    return ctx.compare([ctx.started("direct", lambda: origin),
+                        ctx.started("nginx", lambda: ctx.start_nginx(origin)),
+                        ctx.started("haproxy", lambda: ctx.start_haproxy(origin)),
+                        ctx.started("floor", lambda: ctx.start_floor(origin)),
+                        *ctx.forkproxy_targets(body)])
 
 
 @scenario("metrics", "get1k through forkproxy with metrics off, then on (server.admin set)")
@@ -614,8 +649,8 @@ def metrics(ctx: Ctx) -> list[Result]:
     origin = ctx.start_backend(1024)
     body = FORKPROXY_ONE_POOL.format(origin=origin)
     admin = {"admin": f"127.0.0.1:{free_port()}"}
-    return ctx.compare([_started("forkproxy", lambda: ctx.start_forkproxy(body)),
-                        _started("metrics", lambda: ctx.start_forkproxy(body, server=admin))])
+    return ctx.compare([*ctx.forkproxy_targets(body),
+                        *ctx.forkproxy_targets(body, "metrics", server=admin)])
 
 
 # -- report -------------------------------------------------------------------
@@ -680,7 +715,8 @@ def _table(shape: str, rows: list[Result], args) -> list[str]:
     per = f"{n} rounds of {args.seconds}s" if n > 1 else f"{args.seconds}s"
     out = ["", f"shape {shape or '-'}; load: {', '.join(tools) or '-'}; {per} per target, in turn "
                f"(median round shown)"]
-    head = f"{'target':<11}{'cpu us/req':>11}" + "".join(f"{'/' + b:>9}" for b in bases)
+    w = max([11] + [len(r.target) + 1 for r in rows])
+    head = f"{'target':<{w}}{'cpu us/req':>11}" + "".join(f"{'/' + b:>9}" for b in bases)
     head += f"{'req/s':>10}" + (f"{'/nginx':>8}" if "nginx" in by else "")
     head += f"{'p99 ms':>9}" + (f"{'/nginx':>8}" if "nginx" in by else "")
     head += f"{'p50 ms':>8}{'requests':>10}{'errors':>7}{'steal%':>7}"
@@ -691,9 +727,9 @@ def _table(shape: str, rows: list[Result], args) -> list[str]:
 
     for r in rows:
         if not r.ok:
-            out.append(f"{r.target:<11}  {r.error.splitlines()[0] if r.error else 'no result'}")
+            out.append(f"{r.target:<{w}}  {r.error.splitlines()[0] if r.error else 'no result'}")
             continue
-        line = f"{r.target:<11}" + col(r.cpu_us, 11, ".1f")
+        line = f"{r.target:<{w}}" + col(r.cpu_us, 11, ".1f")
         line += "".join(col(ratio_of(r.cpu_rounds, by[b].cpu_rounds), 9) for b in bases)
         line += col(r.rps, 10, ".0f")
         if "nginx" in by:
@@ -703,10 +739,11 @@ def _table(shape: str, rows: list[Result], args) -> list[str]:
             line += col(ratio_of(r.p99_rounds, by["nginx"].p99_rounds), 8)
         line += f"{col(r.p50_ms, 8)}{r.requests:>10}{r.errors:>7}{col(r.steal_pct, 7, '.1f')}"
         out.append(line)
-    for top, base in RATIO_LINES:
+    pairs = RATIO_LINES + [(t.split("@")[0], t) for t in by if "@" in t]  # this tree / --also
+    for top, base in pairs:
         if top in by and base in by:
             f, b = by[top], by[base]
-            label = "metrics-on/metrics-off" if top == "metrics" else f"{top}/{base}"
+            label = "metrics-on/metrics-off" if (top, base) == ("metrics", "forkproxy") else f"{top}/{base}"
             out.append(f"ratio {label}: cpu/req {_range(f.cpu_rounds, b.cpu_rounds)}; "
                        f"req/s {_range(f.rounds, b.rounds)}; p99 {_range(f.p99_rounds, b.p99_rounds)}")
     return out
@@ -726,6 +763,12 @@ def main(argv=None) -> int:
     ap.add_argument("--python-client", action="store_true", help="use the Python client even if wrk is installed")
     ap.add_argument("--json", metavar="FILE", help="also write the results as JSON")
     ap.add_argument("--keep", action="store_true", help="keep the work directory (configs, logs)")
+    ap.add_argument("--also", action="append", default=[], metavar="COMMIT",
+                    help="also run forkproxy as it is at COMMIT (repeatable): target "
+                         "forkproxy@<commit>, in the same rounds as this tree's")
+    ap.add_argument("--targets", type=lambda v: set(filter(None, v.split(","))),
+                    help="run only these targets, comma-separated (\"forkproxy\" includes "
+                         "every forkproxy@<commit>); default: all")
     args = ap.parse_args(argv)
     try:
         args.shapes = parse_shapes(args.shape)
@@ -750,6 +793,13 @@ def main(argv=None) -> int:
     ctx = Ctx(args, workdir)
     rows: list[Result] = []
     try:
+        for rev in args.also:
+            try:
+                ctx.add_commit(rev)
+            except subprocess.CalledProcessError as exc:
+                print(f"bench: --also {rev}: {(exc.stderr or b'').decode(errors='replace').strip()}",
+                      file=sys.stderr)
+                return 2
         rows = SCENARIOS[args.scenario][0](ctx)
     except (StartError, OSError, RuntimeError) as exc:
         rows.append(Result(target="setup", error=f"failed to start: {exc}"))

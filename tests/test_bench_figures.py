@@ -171,6 +171,29 @@ def test_report_has_one_table_per_shape_with_ratio_columns():
     assert fp.split()[1:4] == ["200.0", "4.00", "5.00"]         # cpu us/req, /nginx, /haproxy
 
 
+
+def test_report_compares_this_tree_with_another_commit():
+    """--also COMMIT: its row, as wide as its name, and this tree's ratio to it."""
+    rows = [bench._median_row([_run("forkproxy", 1000, 5.0, 90.0)]),
+            bench._median_row([_run("forkproxy@f8e67dc", 800, 6.0, 100.0)])]
+    text = bench.report("get1k", rows, type("Args", (), {"seconds": 3})())
+    assert "ratio forkproxy/forkproxy@f8e67dc: cpu/req 0.900; req/s 1.250; p99 0.833" in text
+    old = next(line for line in text.splitlines() if line.startswith("forkproxy@"))
+    assert old.split()[:3] == ["forkproxy@f8e67dc", "100.0", "800"]
+
+
+@pytest.mark.parametrize("only, target, want", [
+    (None, "nginx", True),
+    ({"forkproxy"}, "forkproxy@f8e67dc", True),       # a commit's forkproxy goes with it
+    ({"forkproxy"}, "nginx", False),
+    ({"forkproxy@f8e67dc"}, "forkproxy", False),
+    ({"direct", "forkproxy"}, "direct", True),
+])
+def test_targets_keeps_the_named_ones(tmp_path, only, target, want):
+    ctx = bench.Ctx(type("Args", (), {"targets": only})(), tmp_path)
+    assert ctx.wants(target) is want
+    assert (ctx.started(target, lambda: 1234) is None) is not want
+
 # -- bench/idle.py: memory per idle keep-alive connection ---------------------
 
 _ispec = importlib.util.spec_from_file_location("fp_bench_idle", REPO_ROOT / "bench" / "idle.py")

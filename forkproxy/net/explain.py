@@ -2,7 +2,7 @@
 
 ``explain(rt, method, url, headers, listener=None, client=...)`` builds the
 request a client would send for ``url`` and runs the request path's own
-stages on it (``net.stages.STAGES``, the list the connection loop runs), in
+stages on it (``net.stages.run``, the walk the connection loop makes), in
 a dry mode (``DryRun``) that stops before anything leaves the worker:
 
 1. the head is parsed by ``core.http1`` with the server's limits (400, 414, 431);
@@ -13,9 +13,9 @@ a dry mode (``DryRun``) that stops before anything leaves the worker:
    ``request_path.https_location`` for a ``redirect_https`` route; body:
    ``request_path.body_limit`` (413);
 4. cache lookup: ``Cache.consult``, a lookup in the store (reads only);
-5. balancing: ``forward.sticky_choice``, else the pool's ``pick`` on a copy
-   of its balancer, so this worker's rotation does not move, and nothing is
-   counted in flight.
+5. balancing, reported where forwarding would start: ``forward.sticky_choice``,
+   else the pool's ``pick`` on a copy of its balancer, so this worker's
+   rotation does not move, and nothing is counted in flight.
 
 Two differences with a real request, on purpose: the rate limit is not
 consulted (that would count the request against the client); its rule and
@@ -68,7 +68,7 @@ from forkproxy.logs import AccessRecord
 from forkproxy.net.forward import sticky_choice
 from forkproxy.net.listener import Runtime
 from forkproxy.net.request_path import https_location, no_server_why
-from forkproxy.net.stages import STAGES
+from forkproxy.net import stages
 from forkproxy.net.transaction import Transaction
 
 __all__ = ["explain", "BadQuestion", "request_for"]
@@ -183,18 +183,18 @@ class DryRun:
 
 
 def _walk(rt: Runtime, doc: dict, lc, proto: str, req: http1.Request, peer: str) -> None:
-    """Fill ``doc`` along the request stages; returns at the first answer
-    forkproxy gives itself, or before forwarding."""
+    """Fill ``doc`` along the request stages (``stages.run``, the connection
+    loop's own walk); returns at the first answer forkproxy gives itself, or
+    before forwarding."""
     dry = DryRun(rt, doc, lc, proto, peer)
     tx = Transaction(AccessRecord(peer, 0.0), 0.0)
     tx.req = req
-    for stage in STAGES:
-        answered = stage(dry, tx)
+    try:
+        stages.run(dry, tx)
+    finally:  # a refusal raised (400, 413) still reports what came before it
         _report(doc, tx)
         if doc["split"] is None and tx.pool is not None and tx.rc.split is not None:
             doc["split"] = _split(tx.rc.split, tx, rt.edge.client(req, peer))
-        if answered is not None:
-            return
 
 
 def _report(doc: dict, tx) -> None:

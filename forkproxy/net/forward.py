@@ -13,7 +13,6 @@ head in (``net.upstream_http``), response body to the client
 
 from __future__ import annotations
 
-import functools
 import socket
 import time
 
@@ -27,6 +26,7 @@ from forkproxy.net.upstream import UpstreamConn, UpstreamError
 from forkproxy.net.upstream_http import read_response_head, upgrade_asked
 
 IDEMPOTENT = frozenset({"GET", "HEAD", "OPTIONS", "TRACE", "PUT", "DELETE"})
+_NOTHING_TRIED: frozenset = frozenset()
 
 
 class PoolFull(Exception):
@@ -48,7 +48,7 @@ class ServerChoice:
 
     # The state of a first attempt lives on the class: one choice is made
     # per request, and most never need a second attempt.
-    tried: frozenset | set = frozenset()  # the servers that failed (a set once one did)
+    tried: frozenset | set = _NOTHING_TRIED  # the servers that failed (a set once one did)
     attempts = 0
     first_at = 0.0
     fresh: int | None = None  # a server whose pooled connection turned out stale
@@ -150,6 +150,46 @@ class ServerChoice:
             self.pool.any_usable(self.tried) or self.pool.full(self.tried)) and self.may_try_again())
 
 
+class _RequestChoice(ServerChoice):
+    """The ``ServerChoice`` of one HTTP request: the balancer picks by the
+    request's key, the pool's queue is waited in, and every attempt after
+    the first is counted in ``metrics`` (None: nothing counted).
+
+    The first server is chosen here, as ``next`` would choose it (the
+    sticky cookie's, else the balancer's pick), and ``next`` hands it out
+    first: most requests make no other attempt.  When no server can take
+    the request now, ``next`` decides (the queue, or None)."""
+
+    queue = True
+
+    def __init__(self, pool: PoolRuntime, req, peer: str, pinned: int | None, metrics):
+        self.pool = pool
+        self.req = req
+        self.peer = peer
+        self.metrics = metrics
+        retry = self.retry = pool.retry
+        self.budgeted = retry is not None and retry.budget is not None
+        self.pinned = None
+        self.tried = _NOTHING_TRIED
+        i = pinned if pinned is not None else pool.pick(req, peer, self.tried)
+        self.fresh = i
+        if i is None:
+            self.attempts = 0
+        else:  # counted as next() counts a first attempt
+            self.attempts = 1
+            self.first_at = time.monotonic()
+            if self.budgeted:
+                self.active = True
+                pool.active += 1
+
+    def pick(self, tried) -> int | None:
+        return self.pool.pick(self.req, self.peer, tried)
+
+    def on_retry(self) -> None:
+        if self.metrics is not None:
+            self.metrics.retry(self.pool.name)
+
+
 def exchange(s, tx) -> bool:
     """Pick a server, send the request, relay the response; fail over when allowed.
 
@@ -177,9 +217,7 @@ def exchange(s, tx) -> bool:
     # A buffered body can be sent again (route request_buffering).
     replayable = (not tx.has_body or tx.spool is not None) and req.method in IDEMPOTENT
     metrics = rt.metrics
-    choice = ServerChoice(pool, functools.partial(pool.pick, req, s.peer), pool.retry,
-                          tx.pinned, queue=True, on_retry=None if metrics is None
-                          else functools.partial(metrics.retry, pool.name))
+    choice = _RequestChoice(pool, req, s.peer, tx.pinned, metrics)
     if not choice.budgeted:
         return _attempts(s, tx, choice, replayable)
     try:  # a retry budget counts the pool's requests and retries in flight
@@ -245,14 +283,9 @@ def _try_server(s, tx, choice: ServerChoice, i: int, replayable: bool):
     if pool.stick is not None and tx.token is not None:
         pool.stick.store(tx.token, server.addr)  # a new, moved or aging entry
     retry = pool.retry
-    if retry.on and replayable:
-        def retry_status(status: int) -> bool:
-            return (status in retry.on and choice.may_try_again()
-                    and pool.any_usable(choice.tried | {i}))
-    else:
-        retry_status = None
     try:
-        return attempt(s, tx, i, conn, head, cookie, retry_status)
+        return attempt(s, tx, i, conn, head, cookie,
+                       choice if retry.on and replayable else None)
     except UpstreamError as exc:
         conn.close()
         code = exc.code if exc.kind == "status" else None
@@ -276,37 +309,49 @@ def _try_server(s, tx, choice: ServerChoice, i: int, replayable: bool):
         raise
 
 
-def attempt(s, tx, i: int, conn: UpstreamConn, head: bytes, extra=(), retry_status=None) -> bool:
+def attempt(s, tx, i: int, conn: UpstreamConn, head: bytes, extra=(), choice=None) -> bool:
     """Send one request on ``conn`` and relay its response to the client.
 
-    ``extra``: response fields to add (the sticky Set-Cookie).
-    ``retry_status(status)``: True when a response with that status should
-    be dropped for another attempt; it is asked only while nothing of the
-    response went to the client, and then ``_StatusRetry`` is raised.
-    """
+    ``extra``: response fields to add (the sticky Set-Cookie).  ``choice``:
+    the request's ``ServerChoice`` when a response whose status ``retry.on``
+    lists may be dropped for another attempt (a replayable request): it is
+    (``_StatusRetry``) while nothing of it went to the client, another
+    server may take it and the retry limits allow."""
     tx.upstream_start = time.time()
-    _send_request(s, tx, conn, head)
+    try:  # the request head, and its body (``_send_body``)
+        if tx.spool is None and tx.req.framing.kind == "none":
+            request_body.up_send(s, conn, head, sent=False)
+        else:
+            _send_body(s, tx, conn, head)
+    except UpstreamSendError as exc:
+        raise UpstreamError("reset", f"sending to {conn.server.addr}: {exc}",
+                            sent=exc.sent) from None
+    except socket.timeout:
+        raise UpstreamError("timeout", f"sending to {conn.server.addr} timed out",
+                            sent=True) from None
     resp, body_start = read_response_head(s, tx, conn)
     interim = False
     if 100 <= resp.status < 200:
         resp, body_start, interim = _interim(s, tx, conn, resp, body_start)
-    if resp.status == 101:
+    status = resp.status
+    if status == 101:
         return websocket.tunnel(s, tx, conn, resp, body_start, extra)
     rec, pool = tx.rec, tx.pool
-    rec.upstream_status = resp.status
-    if resp.status in pool.cfg.fail_status:
+    rec.upstream_status = status
+    if status in pool.cfg.fail_status:
         pool.failed(i, time.time())
-    if retry_status is not None and not interim and retry_status(resp.status):
-        raise _StatusRetry(resp.status, f"upstream {conn.server.addr} answered {resp.status}")
+    if choice is not None and not interim and status in pool.retry.on \
+            and choice.may_try_again() and pool.any_usable(choice.tried | {i}):
+        raise _StatusRetry(status, f"upstream {conn.server.addr} answered {status}")
     got = _client_head(s, tx, conn, resp, extra)
     if got is None:  # a 304 merged, or stale-if-error: the cache answered
         conn.close()
         return tx.tee.keep
     client_head, keep, _, encoder, up_keepalive, rframing = got
-    view = tx.tee.view if tx.tee is not None else None  # a part of the origin's 200
-    rec.status = resp.status if view is None else view[0].status
-    if resp.status >= 500:  # relayed as it came: the error log names who answered it
-        rec.why = f"upstream {conn.server.addr} answered {resp.status}"
+    tee = tx.tee  # with a view: the client gets a part of the origin's 200 (a range)
+    rec.status = status if tee is None or tee.view is None else tee.view[0].status
+    if status >= 500:  # relayed as it came: the error log names who answered it
+        rec.why = f"upstream {conn.server.addr} answered {status}"
     length = rframing.length
     if rframing.kind == "length" and encoder is None and tx.tee is None \
             and len(body_start) >= length:
@@ -344,24 +389,18 @@ def _relay_body(s, tx, conn: UpstreamConn, body_start: bytes, got) -> bool:
     return body.clean
 
 
-def _send_request(s, tx, conn: UpstreamConn, head: bytes) -> None:
-    """The request head and its body to the server; ``UpstreamError`` when that fails."""
+def _send_body(s, tx, conn: UpstreamConn, head: bytes) -> None:
+    """The request head and its body to the server (``attempt`` sends a
+    request without one itself); raises what ``net.request_body`` raises."""
     framing = tx.req.framing
-    try:
-        if tx.spool is not None:
-            request_body.send_spooled(s, tx, conn, head)
-        elif framing.kind == "length" and framing.length:
-            request_body.send_length_body(s, tx, conn, head, framing.length)
-        elif framing.kind == "chunked":
-            request_body.send_chunked_body(s, tx, conn, head, tx.max_body)
-        else:
-            request_body.up_send(s, conn, head, sent=False)
-    except UpstreamSendError as exc:
-        raise UpstreamError("reset", f"sending to {conn.server.addr}: {exc}",
-                            sent=exc.sent) from None
-    except socket.timeout:
-        raise UpstreamError("timeout", f"sending to {conn.server.addr} timed out",
-                            sent=True) from None
+    if tx.spool is not None:
+        request_body.send_spooled(s, tx, conn, head)
+    elif framing.kind == "length" and framing.length:
+        request_body.send_length_body(s, tx, conn, head, framing.length)
+    elif framing.kind == "chunked":
+        request_body.send_chunked_body(s, tx, conn, head, tx.max_body)
+    else:
+        request_body.up_send(s, conn, head, sent=False)
 
 
 def _interim(s, tx, conn: UpstreamConn, resp, body_start: bytes):

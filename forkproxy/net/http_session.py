@@ -364,16 +364,17 @@ class Session:
             if tx.spool is not None or tx.cleanup is not None:
                 tx.close()
             if rec.status:
-                self.log(tx, received, sent, keep)
+                rec.request_time = time.time() - start
+                # Bytes read past this request wait in self.buf for the next
+                # one; once the connection closes, every byte read was this one's.
+                rec.bytes_received = self.received - (len(self.buf) if keep else 0) - received
+                rec.bytes_sent = self.sent - sent
+                if rt.access_log.enabled or rec.status >= 400 or rt.metrics is not None:
+                    self.log(rec)
 
-    def log(self, tx: Transaction, received: int, sent: int, keep: bool) -> None:
-        """The request's access-log line, error-log line and counters, once it ended."""
-        rt, rec = self.rt, tx.rec
-        rec.request_time = time.time() - tx.start
-        # Bytes read past this request wait in self.buf for the next
-        # one; once the connection closes, every byte read was this one's.
-        rec.bytes_received = self.received - (len(self.buf) if keep else 0) - received
-        rec.bytes_sent = self.sent - sent
+    def log(self, rec: AccessRecord) -> None:
+        """The access-log line, error-log line and counters of a request that ended."""
+        rt = self.rt
         if rt.access_log.enabled:
             rt.access_log.write(rec)
         if rec.status >= 400:  # error_line's first test, without the call

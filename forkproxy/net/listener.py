@@ -23,10 +23,11 @@ import time
 import gevent
 
 from forkproxy.config import Config, ListenerConfig
+from forkproxy.config.route import route_pools
 from forkproxy.core import headers as hdr
 from forkproxy.core import http1, proxy_protocol
 from forkproxy.core.routing import Router, RouteSpec
-from forkproxy.net import tcp_proxy
+from forkproxy.net import stages, tcp_proxy
 from forkproxy.net.edge import Edge
 from forkproxy.net.handoff import Handoff
 from forkproxy.net.http_session import Session
@@ -92,6 +93,7 @@ class Runtime:
         self.refresh(time.time())
         if metrics is not None:  # servers that came at run time are counted by their row
             metrics.metrics.locate = self._row_of
+        self.plans = self._plans(cache is not None)
         self.trusted = s.trusted_proxies
         self._listeners: dict = {}  # listening socket -> ListenerConfig, None: admin
         # TLS listeners (contexts built by the master when it loaded the file)
@@ -142,6 +144,11 @@ class Runtime:
                 found = self.cfg.listeners[0]
         self._listeners[sock] = found
         return found
+
+    def _plans(self, cache: bool) -> list[tuple]:
+        """Each route's request stages after routing (``net.stages.plan``), made once."""
+        return [stages.plan(r, any(self.pools[p].cfg.sticky is not None for p in route_pools(r)),
+                            cache) for r in self.cfg.routes]
 
     def handle(self, listener_sock, client, addr) -> None:
         try:

@@ -123,6 +123,7 @@ class PoolRuntime:
         self._waiters: deque = deque()
         self._rng = random.Random()  # built in the worker, after the fork: seeded per worker
         self._sized()
+        self._keyed = cfg.balance in ("ip_hash", "hash")  # else key() is None
         if cfg.balance == "ip_hash":
             self.key = _peer_key
         elif cfg.balance == "hash":
@@ -245,7 +246,10 @@ class PoolRuntime:
 
     def pick(self, req, peer: str, exclude) -> int | None:
         """The server for this attempt, or None when no server can take it now."""
-        return self.pick_key(self.key(req, peer), self._rng, exclude)
+        key = self.key(req, peer) if self._keyed else None
+        if self._live_idx is None:  # pick_key's first case, without its call
+            return self.balancer.pick(self, key=key, rng=self._rng, exclude=exclude)
+        return self.pick_key(key, self._rng, exclude)
 
     def pick_key(self, key: bytes | None, rng, exclude) -> int | None:
         """``pick`` with the balancer's key and random source given (tcp listeners)."""

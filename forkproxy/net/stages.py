@@ -14,7 +14,8 @@ kinds of ``s``; what leaves the worker goes through ``s``:
   runs this very list and cannot disagree with the request path.
 
 What ``s`` offers the stages: ``rt``, ``listener``, ``peer``, ``proto``,
-``live``, and ``refuse(tx, status, why, fields=())``,
+``live``, ``rt.plans`` (each route's stages, ``plan``), and
+``refuse(tx, status, why, fields=())``,
 ``redirect_https(tx)``, ``take_body(tx)``, ``cached(tx)``, and, for a dry run,
 ``balanced(tx)``.
 """
@@ -96,17 +97,20 @@ def cache_lookup(s, tx):
 
 def balancing(s, tx):
     """The server a sticky cookie or sticky table pins the request to (else
-    the balancer's pick, made by ``forward.ServerChoice`` as it forwards)."""
+    the balancer's pick, made by ``forward.ServerChoice`` as it forwards);
+    only in the plans of routes to a pool with either (a split's pools may
+    differ: the one this request takes decides)."""
     pool = tx.pool
     if pool.sticky is not None or pool.stick is not None:
         tx.pinned, tx.token = sticky_choice(pool, tx.req, tx.edge.client if tx.edge else s.peer)
-    if not s.live:  # a dry run reports the pick; a live one makes it as it forwards
-        return s.balanced(tx)
 
 
 def forwarding(s, tx):
     """The upstream head (a cache hook may add its validators), then the
-    exchange with a server (``net.forward``); always answers."""
+    exchange with a server (``net.forward``); always answers.  A dry run
+    stops here: it reports the server the balancer would pick."""
+    if not s.live:
+        return s.balanced(tx)
     hook = tx.hook
     if tx.headers is None:
         headers, tx.out_host = upstream_fields(s, tx)
@@ -122,10 +126,36 @@ def forwarding(s, tx):
 STAGES = (admission, routing, edge_rules, redirects, body, cache_lookup, balancing, forwarding)
 
 
+def plan(rc, sticky: bool, cache: bool) -> tuple:
+    """The stages after routing that a request on route ``rc`` runs, in
+    ``STAGES`` order: the others could only pass every request of the route
+    on, so they are left out.  ``sticky``: the route's pool has sticky
+    cookies; ``cache``: the worker has a cache (it answers PURGE on every
+    route).  Made once per route when a worker's runtime is built
+    (``Runtime.plans``)."""
+    skip = set()
+    if not rc.redirect_https and rc.hsts is None:
+        skip.add(redirects)  # it would only set tx.hsts to None, its default
+    if not cache:
+        skip.add(cache_lookup)
+    if not sticky:
+        skip.add(balancing)  # nothing to pin by: the balancer picks as it forwards
+    return tuple(stage for stage in STAGES[2:] if stage not in skip)
+
+
 def run(s, tx) -> bool:
-    """Run ``STAGES`` on ``tx`` until one answers; what it answered."""
-    for stage in STAGES:
-        got = stage(s, tx)
-        if got is not None:
-            return got
-    raise AssertionError("forwarding always answers")
+    """Run ``STAGES`` on ``tx`` until one answers; what it answered.
+
+    Admission and routing come first; then the route's plan
+    (``s.rt.plans``, see ``plan``): the connection loop and ``explain`` run
+    this one function, so they walk the same stages."""
+    got = admission(s, tx)
+    if got is None:
+        got = routing(s, tx)
+        if got is None:
+            for stage in s.rt.plans[tx.rc.index]:
+                got = stage(s, tx)
+                if got is not None:
+                    return got
+            raise AssertionError("forwarding always answers")
+    return got

@@ -33,6 +33,9 @@ class Transaction:
 
     # The defaults live on the class, as AccessRecord's do: one transaction
     # is made per request, and it sets only what its request came to have.
+    # Those every forwarded request reads before anything sets them are set
+    # in __init__ too: an instance's own attribute is read faster than a
+    # default on its class (which the interpreter does not specialise).
     req = None  # core.http1.Request, its target canonical
     head_size = resp_head_size = 0  # only small heads' results are remembered
     host_value = host = path = None
@@ -55,6 +58,7 @@ class Transaction:
     def __init__(self, rec: AccessRecord, start: float):
         self.rec = rec
         self.start = start
+        self.spool = self.cleanup = self.hook = self.headers = self.pinned = self.hsts = None
 
     def close(self) -> None:
         """Release what the request holds (a spooled body's file, a cache lock)."""

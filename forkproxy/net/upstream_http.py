@@ -97,6 +97,21 @@ def _framing_fields(req, rc) -> list:
     return out
 
 
+def _head_end(conn: UpstreamConn, buf: bytes, limit: int) -> int:
+    """``http1.find_head_end`` of a response head: -1 while there is no end
+    yet; ``UpstreamError`` on a bare CR or LF (the server's fault, not the
+    client's) or past ``limit`` bytes without an end."""
+    try:
+        end = http1.find_head_end(buf)
+    except http1.ProtocolError as exc:
+        raise UpstreamError("invalid", f"{conn.server.addr}: invalid response: {exc.reason}",
+                            sent=True) from None
+    if end < 0 and len(buf) > limit:
+        raise UpstreamError("invalid", f"{conn.server.addr}: response head too large",
+                            sent=True)
+    return end
+
+
 def read_response_head(s, tx, conn: UpstreamConn):
     """(response, bytes past its head) of the request just sent on ``conn``.
 
@@ -113,16 +128,14 @@ def read_response_head(s, tx, conn: UpstreamConn):
     seconds = conn.read_timeout
     deadline = None
     while True:
-        try:
-            end = http1.find_head_end(buf) if buf else -1
-        except http1.ProtocolError as exc:  # a bare CR or LF: the server's fault, not the client's
-            raise UpstreamError("invalid", f"{conn.server.addr}: invalid response: {exc.reason}",
-                                sent=True) from None
-        if end >= 0:
-            break
-        if len(buf) > limit:
-            raise UpstreamError("invalid", f"{conn.server.addr}: response head too large",
-                                sent=True)
+        if buf:
+            end = buf.find(b"\r\n\r\n")
+            if end > 0 and buf[:2] != b"\r\n":  # find_head_end's answer, without its call
+                end += 4
+                break
+            end = _head_end(conn, buf, limit)  # leading empty lines, bare CR or LF, size
+            if end >= 0:
+                break
         if deadline is None:  # the first read: the configured duration, a reused timer
             deadline = time.monotonic() + seconds
         else:
