@@ -171,12 +171,14 @@ class FleetClient:
         return self._client
 
     def answers(self) -> bool:
-        """Whether memcached answers now: one get, bounded by the timeout.  Asked
-        each time: the worker answering /status may not be the one that took
-        the requests, and its last call says nothing about memcached now."""
+        """Whether memcached answers now: one set of a key of its own that
+        expires in a second, bounded by the timeout.  Asked each time: the
+        worker answering /status may not be the one that took the requests,
+        and its last call says nothing about memcached now.  A set, not a
+        get: libmemcached reports the first get on a connection the server
+        closed as a miss, not as an error."""
         try:
-            self.client().get("fp:fleet:probe")
-            return True
+            return bool(self.client().set("fp:fleet:probe", "1", time=1))
         except pylibmc.Error:
             return False
 
