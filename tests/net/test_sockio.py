@@ -139,26 +139,34 @@ def _late_send(sock, delay, data):
     sock.sendall(data)
 
 
-@pytest.mark.parametrize("first_use", ["expired", "stopped early"])
-def test_a_reused_timer_gives_its_full_duration_again(pair, first_use):
+# (first use, timer duration, how long the first use waits, when the data comes
+# in the second): with the bug the second wait has what the first left (0 s
+# after an expiry, 2 s after the early stop), less than the data needs; with
+# the fix it has the whole duration.  Margins of a second or more: a loaded
+# machine's late wake-ups do not decide the outcome.
+@pytest.mark.parametrize("first_use, duration, first_wait, late", [
+    ("expired", 1.0, None, 0.1),
+    ("stopped early", 4.0, 2.0, 3.0),
+])
+def test_a_reused_timer_gives_its_full_duration_again(pair, first_use, duration, first_wait,
+                                                      late):
     # libev's start() on a reused timer resumes what was left of its last
     # run: nothing after an expiry (every later read of the session failed
     # at once: a retry was charged a timeout it never had), less after an
-    # early stop.  The second read must get the whole 0.5 s: its data comes
-    # well within it.
+    # early stop.  The second read must get the whole duration.
     a, b = pair
     timers = Timers()
-    t = timers.start(0.5)
+    t = timers.start(duration)
     try:
-        if first_use == "expired":
+        if first_wait is None:
             with pytest.raises(socket.timeout):
                 a.recv(10)
         else:
-            gevent.sleep(0.45)
+            gevent.sleep(first_wait)
     finally:
         t.stop()
-    sender = gevent.spawn(_late_send, b, 0.1, b"late")
-    t = timers.start(0.5)
+    sender = gevent.spawn(_late_send, b, late, b"late")
+    t = timers.start(duration)
     try:
         assert a.recv(10) == b"late"
     finally:
