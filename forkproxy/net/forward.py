@@ -236,6 +236,7 @@ def _try_server(s, tx, choice: ServerChoice, i: int, replayable: bool):
         rt.log.warning("request %s: route=%s pool=%s server=%s: %s", rec.request_id,
                        tx.rc.index, pool.name, server.addr, exc.detail)
         pool.failed(i, time.time())
+        pool.outcome(i, None)
         choice.failed(i)
         return exc
     head = http1.serialize_request_head(req.method, tx.target,
@@ -258,6 +259,8 @@ def _try_server(s, tx, choice: ServerChoice, i: int, replayable: bool):
         code = exc.code if exc.kind == "status" else None
         if failover.charged(exc.kind, conn.reused, code in pool.cfg.fail_status):
             pool.failed(i, time.time())  # this server's, never another's
+            if exc.kind != "status":  # a status was counted by attempt
+                pool.outcome(i, None)
         step = failover.after_failure(
             exc.kind, sent=exc.sent, reused=conn.reused, replayable=replayable,
             listed=failover.condition(exc.kind, code) in retry.on)
@@ -294,6 +297,7 @@ def attempt(s, tx, i: int, conn: UpstreamConn, head: bytes, extra=(), retry_stat
         return websocket.tunnel(s, tx, conn, resp, body_start, extra)
     rec, pool = tx.rec, tx.pool
     rec.upstream_status = resp.status
+    pool.outcome(i, resp.status)
     if resp.status in pool.cfg.fail_status:
         pool.failed(i, time.time())
     if retry_status is not None and not interim and retry_status(resp.status):
