@@ -82,11 +82,13 @@ Outlier detection (layout 3, ``core.outlier``): each worker counts, in
 its slot, its run of consecutive 5xx and gateway errors to a server and
 when the run began, when it last saw a success (or a 5xx that is not a
 gateway error, which ends a gateway run), and its successes and errors
-(totals, for the success rate).  ``outlier_runs`` sums the runs that began
-after the last success any worker saw and after the server's last
-ejection: consecutive errors across the workers, never counting one whose
-run another worker's success broke (a run that began before that success
-is left out whole: the count errs low, never high).  The elected checker
+(totals, for the success rate).  A worker that records an error reads the
+other slots' last success (and last non-gateway 5xx): if one came after
+its run began, or the server was ejected since, it begins a new run.
+``outlier_counts`` sums the runs that began after the last success any
+worker saw and after the server's last ejection: consecutive errors across
+the workers.  Between two stores of different workers the sum may miss an
+error, never count one a success broke.  The elected checker
 reads them, decides, and writes the row's outlier cell (ejected until,
 since, ejections so far, reason); every worker reads that cell.
 
