@@ -200,6 +200,8 @@ SECTIONS: tuple[Section, ...] = (
         "50, one; a pool of one server is never ejected) are ejected at a time. "
         "forkproxyctl status says \"ejected (outlier: REASON) for 12s\"; the metrics count "
         "ejections (outlier_ejections_total) and show who is ejected (server_ejected). "
+        "For the pool of a tcp listener, a connect that fails counts as a gateway error "
+        "and one that succeeds as a success. "
         "HAProxy's nearest equivalent is observe layer7 with error-limit and on-error "
         "mark-down; nginx has only max_fails. "
         "Without this table no outlier detection is done (passive checks, max_fails, still are).",

@@ -43,7 +43,8 @@ REASONS = ("consecutive_5xx", "consecutive_gateway_failure", "success_rate")
 
 def kind_of(status: int | None) -> str:
     """The outcome ``core.table.Table.outcome`` counts: "ok", "5xx" or
-    "gateway" (``status`` None: no response, a locally seen failure)."""
+    "gateway" (``status`` None: no response, a locally seen failure; 0: an
+    L4 connection made, a success)."""
     if status is None or status in GATEWAY:
         return "gateway"
     return "5xx" if 500 <= status <= 599 else "ok"

@@ -364,7 +364,7 @@ class PoolRuntime:
     def outcome(self, i: int, status: int | None) -> None:
         """What an attempt on server i got, for outlier detection: the
         response's ``status``, or None for no response (connect error,
-        reset, timeout).  Counted in this worker's slot of the table; the
+        reset, timeout), 0 for an L4 connection made.  Counted in this worker's slot of the table; the
         checker decides (net.outlier)."""
         if self.slot is not None and self.cfg.outlier is not None:
             self.table.outcome(self.rows[i], self.slot, time.time(), kind_of(status),

@@ -23,7 +23,7 @@ def make(n_rows=2, n_slots=3):
 
 @pytest.mark.parametrize("status, kind", [
     (200, "ok"), (404, "ok"), (499, "ok"), (500, "5xx"), (501, "5xx"), (599, "5xx"),
-    (502, "gateway"), (503, "gateway"), (504, "gateway"), (None, "gateway"),
+    (502, "gateway"), (503, "gateway"), (504, "gateway"), (None, "gateway"), (0, "ok"),
 ])
 def test_kind_of(status, kind):
     assert kind_of(status) == kind
