@@ -256,21 +256,21 @@ class Metrics:
         if k is not None:
             self.cells[slot * self.n_keys + k] += 1
 
-    def count_transition(self, slot: int, pool: str, server: str, to: str) -> None:
-        k = self._moves.get((pool, server, to))
-        if k is None and self.locate is not None:  # a server that came at run time
+    def _count_server(self, slot: int, keys: dict, pool: str, server: str, what: str) -> None:
+        """Count one in the cell ``keys[(pool, server, what)]``, a server
+        that came at run time by its row's label."""
+        k = keys.get((pool, server, what))
+        if k is None and self.locate is not None:
             row = self.locate(pool, server)
-            k = self._moves.get((pool, row_label(row), to)) if row is not None else None
+            k = keys.get((pool, row_label(row), what)) if row is not None else None
         if k is not None:
             self.cells[slot * self.n_keys + k] += 1
 
+    def count_transition(self, slot: int, pool: str, server: str, to: str) -> None:
+        self._count_server(slot, self._moves, pool, server, to)
+
     def count_ejection(self, slot: int, pool: str, server: str, reason: str) -> None:
-        k = self._ejections.get((pool, server, reason))
-        if k is None and self.locate is not None:  # a server that came at run time
-            row = self.locate(pool, server)
-            k = self._ejections.get((pool, row_label(row), reason)) if row is not None else None
-        if k is not None:
-            self.cells[slot * self.n_keys + k] += 1
+        self._count_server(slot, self._ejections, pool, server, reason)
 
     def clear_gauges(self, slot: int) -> None:
         """Zero ``slot``'s gauges (the master, once the slot's worker is dead)."""
