@@ -13,8 +13,9 @@ A server is *ejected* (takes no new requests) for a while when
   ``minimum_hosts`` of them did (``success_rate_outliers``).
 
 The n-th ejection lasts ``base_ejection_time * n``, at most
-``max_ejection_time`` (``ejection_time``); n goes down by one for every
-interval the server spends back in rotation (``after_interval``).  At most
+``max_ejection_time`` (``ejection_time``); n goes down by one at every
+interval pass once the server is back in rotation for an interval
+(``after_interval``).  At most
 ``floor(servers * max_ejection_percent / 100)`` of a pool's servers are
 ejected at a time (``room``): with 3 servers and 50 %, one.
 
@@ -63,11 +64,11 @@ def eject(o: OutlierRow, now: float, reason: str, base: float, cap: float) -> Ou
                       reason=reason)
 
 
-def after_interval(o: OutlierRow, now: float) -> OutlierRow:
-    """The cell after an interval: a server back in rotation has its
-    multiplier lowered by one (Envoy), so that a server that behaves comes
-    back to short ejections."""
-    if o.until <= now and o.ejections > 0:
+def after_interval(o: OutlierRow, now: float, interval: float) -> OutlierRow:
+    """The cell after an interval: a server back in rotation for at least
+    ``interval`` has its multiplier lowered by one (Envoy), so that a server
+    that behaves comes back to short ejections."""
+    if o.ejections > 0 and now - o.until >= interval:
         return replace(o, ejections=o.ejections - 1)
     return o
 

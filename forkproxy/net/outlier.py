@@ -112,7 +112,7 @@ class Detector:
                 continue
             ok, bad = max(0, c.successes - last[1]), max(0, c.errors - last[2])
             volumes.append((ok, ok + bad))
-            lower = after_interval(cells[k], now)
+            lower = after_interval(cells[k], now, rules.interval)
             if lower != cells[k]:
                 self.table.write_outlier(row, lower)
                 cells[k] = lower

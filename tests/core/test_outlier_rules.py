@@ -48,12 +48,13 @@ def test_eject_counts_and_times():
 
 
 @pytest.mark.parametrize("o, now, n", [
-    (OutlierRow(until=50, ejections=3), 60, 2),  # back in rotation: one less
+    (OutlierRow(until=50, ejections=3), 60, 2),  # back in rotation for an interval: one less
+    (OutlierRow(until=55, ejections=3), 60, 3),  # back, but not for a whole interval yet
     (OutlierRow(until=70, ejections=3), 60, 3),  # still ejected: unchanged
     (OutlierRow(), 60, 0),  # never ejected
 ])
 def test_after_interval(o, now, n):
-    assert after_interval(o, now).ejections == n
+    assert after_interval(o, now, 10.0).ejections == n
 
 
 @pytest.mark.parametrize("servers, ejected, percent, want", [
