@@ -85,6 +85,12 @@ def test_consecutive_5xx_ejects_a_server_and_it_takes_no_requests(
     assert metric(fp, "server_ejected", f'server="{backends[0].addr}"') == 0
     assert f"server web/{bad.addr} ejected for 3600s (outlier: 3 consecutive 5xx)" \
         in fp.error_log()
+    # A reload keeps the ejection: the next generation's workers send it nothing either.
+    fp.reload_and_wait()
+    assert servers(fp)[bad.addr]["ejected"]
+    wait_until(lambda: statuses(s, port, 9) == [200] * 9, timeout=60,
+               what="the new generation serving")
+    assert bad.stats()["requests"] == before
 
 
 def test_an_ejection_ends_and_the_server_takes_requests_again(
