@@ -653,6 +653,15 @@ def metrics(ctx: Ctx) -> list[Result]:
                         *ctx.forkproxy_targets(body, "metrics", server=admin)])
 
 
+@scenario("outlier", "get1k through forkproxy without, then with outlier detection on the pool")
+def outlier(ctx: Ctx) -> list[Result]:
+    origin = ctx.start_backend(1024)
+    body = FORKPROXY_ONE_POOL.format(origin=origin)
+    detected = body + 'outlier = { consecutive_5xx = 5, consecutive_gateway_failure = 3 }\n'
+    return ctx.compare([_started("forkproxy", lambda: ctx.start_forkproxy(body)),
+                        _started("outlier", lambda: ctx.start_forkproxy(detected))])
+
+
 # -- report -------------------------------------------------------------------
 
 
@@ -682,7 +691,8 @@ def _range(top: list, base: list) -> str:
 
 
 BASELINES = ("nginx", "haproxy")  # the columns of ratios, when these rows ran
-RATIO_LINES = [("forkproxy", base) for base in ("nginx", "haproxy", "direct", "floor")] + [("metrics", "forkproxy")]
+RATIO_LINES = [("forkproxy", base) for base in ("nginx", "haproxy", "direct", "floor")] + [
+    ("metrics", "forkproxy"), ("outlier", "forkproxy")]
 
 
 def report(name: str, rows: list[Result], args) -> str:

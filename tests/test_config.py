@@ -660,12 +660,37 @@ def test_a_retry_budget_round_trips():
     assert loads(MINIMAL + "retry = {}\n", "a.toml").pools[0].retry.budget is None
 
 
+def test_an_outlier_table_round_trips():
+    cfg = loads(MINIMAL + 'outlier = { consecutive_5xx = 3, interval = "500ms", '
+                'success_rate_stdev_factor = 1 }\n', "a.toml")
+    o = cfg.pools[0].outlier
+    assert (o.consecutive_5xx, o.interval, o.success_rate_stdev_factor) == (3, 0.5, 1.0)
+    assert (o.base_ejection_time, o.max_ejection_time, o.success_rate) == (30.0, 300.0, True)
+    assert "success_rate_stdev_factor = 1.0" in dump(cfg)
+    assert loads(dump(cfg), "a.toml") == cfg
+    assert loads(MINIMAL, "a.toml").pools[0].outlier is None
+
+
+@pytest.mark.parametrize("table, message", [
+    ('{ success_rate_stdev_factor = "1.9" }', "expected a number"),
+    ("{ success_rate_stdev_factor = -1 }", "0..100"),
+    ('{ interval = "0s" }', "greater than zero"),
+    ("{ consecutive_5xx = 1001 }", "0..1000"),
+    ("{ ejection = 1 }", "ejection"),
+])
+def test_outlier_values_are_checked(table, message):
+    with pytest.raises(ConfigErrors) as e:
+        loads(MINIMAL + f"outlier = {table}\n", "a.toml")
+    assert message in str(e.value)
+
+
 _EDGE_SECTIONS = ("route.deny", "route.rate_limit", "route.rewrite", "route.redirect",
                   "route.request_headers", "route.response_headers")
 
 
 def test_dump_fills_every_default():
-    out = dump(loads(pool_with('health = {}\nbalance = "hash"\nsticky = {}\nretry = {}\nqueue = {}')))
+    out = dump(loads(pool_with('health = {}\nbalance = "hash"\nsticky = {}\nretry = {}\nqueue = {}'
+                               '\noutlier = {}')))
     for s in SETTINGS:
         if s.section in _EDGE_SECTIONS:
             continue  # not in this config; tests/e2e/test_edge_rules.py

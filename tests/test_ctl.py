@@ -18,6 +18,7 @@ import pytest
 
 from forkproxy import ctl
 from forkproxy.core.table import AdminRow, HealthRow
+from forkproxy.ctl.render import render_status
 from forkproxy.daemon import shm
 
 pytestmark = pytest.mark.timeout(120)
@@ -138,7 +139,8 @@ def test_status_json(env):
             "latency": pytest.approx(0.0034), "last_change": pytest.approx(now - 125),
             "reason": "2 successful checks, last: ok", "admin_changed": None,
             "admin_by": None, "passive_failures": 0, "passive_out": False,
-            "origin": "config", "member": "active",
+            "origin": "config", "member": "active", "ejected": False, "ejected_until": None,
+            "ejection_reason": None, "ejections": 0,
         }
         assert web2["health"] == "down" and web2["last_result"] == "refused"
         (api,) = doc["pools"][1]["servers"]
@@ -156,6 +158,22 @@ def test_status_shows_passive_failures(env):
     assert web2["passive_out"] is True  # max_fails defaults to 1, as in nginx
     line = env.ctl("status").stdout.splitlines()[3]
     assert "1 failed request (max_fails); 3 failed checks" in line
+
+
+def test_status_says_ejected_by_outlier_detection():
+    now = 1000.0
+    server = {"addr": "127.0.0.1:8081", "health": "up", "admin": "ready", "weight": None,
+              "last_check": None, "inflight": 0, "last_change": None, "reason": None,
+              "admin_changed": None, "admin_by": None, "passive_failures": 0,
+              "passive_out": False, "ejected": True, "ejected_until": now + 30.5,
+              "ejection_reason": "5 consecutive 5xx", "ejections": 1}
+    doc = {"generation": 1, "checker_pid": None, "pools": [{"name": "web", "servers": [server]}]}
+    line = render_status(doc, now, "x").splitlines()[-1]
+    assert line.split()[2] == "EJECTED"
+    assert line.endswith("ejected (outlier: 5 consecutive 5xx) for 30s")
+    down = render_status({**doc, "pools": [{"name": "web", "servers": [
+        {**server, "health": "down"}]}]}, now, "x").splitlines()[-1]
+    assert down.split()[2] == "DOWN"  # the active checks' verdict first
 
 
 def test_status_says_out_and_kept_in_rotation(env):

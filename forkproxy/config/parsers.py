@@ -505,6 +505,17 @@ def _retry_on(value: Any) -> tuple:
     return tuple(out)
 
 
+def _number(lo: float, hi: float) -> Callable[[Any], float]:
+    def parse(value: Any) -> float:
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise Invalid(f"expected a number, got {_tname(value)}")
+        if not lo <= value <= hi:
+            raise Invalid(f"expected a number {lo:g}..{hi:g}, got {value!r}")
+        return float(value)
+
+    return parse
+
+
 def _percent(value: Any) -> float:
     """"20%", "12.5%": a share of 0..100 percent."""
     m = re.fullmatch(r"(\d{1,3}(?:\.\d{1,3})?)%", _str(value).strip())

@@ -1,5 +1,5 @@
 """``[pool.NAME]`` tables and their sub-tables: ``servers``, ``tls``, ``health``,
-``sticky``, ``retry`` and ``queue``.
+``sticky``, ``retry``, ``outlier`` and ``queue``.
 
 Their keys, each declared once, the dataclasses made from them, and the
 builders (a pool's name, duplicate servers, a CA file that must load).
@@ -11,7 +11,7 @@ import ipaddress
 
 from forkproxy.config.parsers import (
     _addr, _bool, _cookie_name, _duration, _enum, _fail_status, _hash_key, _header_value, _int,
-    _nonempty_str, _percent, _probe_path, _r_duration, _r_list, _r_opt_duration, _r_percent,
+    _nonempty_str, _number, _percent, _probe_path, _r_duration, _r_list, _r_opt_duration, _r_percent,
     _r_retry_on, _r_status, _regex, _retry_on, _secret_str, _status_ranges, _stick_key,
 )
 from forkproxy.config.schema import (
@@ -182,6 +182,38 @@ SECTIONS: tuple[Section, ...] = (
         """,
     ),
     Section(
+        "pool.outlier",
+        "table",
+        "outlier = { ... }",
+        "Outlier detection, as Envoy's outlier_detection: servers that answer errors while "
+        "the pool's others do not are ejected (take no new requests) for a while, as an "
+        'inline table such as { consecutive_5xx = 5, interval = "10s", '
+        'base_ejection_time = "30s" }. '
+        "Every worker counts each server's responses in the health table; the worker that "
+        "runs the health checks decides, at once for runs of consecutive errors, every "
+        "interval for the success rate, and every worker stops sending new requests to an "
+        "ejected server within 0.2 s. "
+        "The n-th ejection of a server lasts base_ejection_time times n, at most "
+        "max_ejection_time; n goes down by one for every interval the server then spends in "
+        "rotation. "
+        "At most max_ejection_percent of the pool's servers (rounded down: with 3 servers and "
+        "50, one; a pool of one server is never ejected) are ejected at a time. "
+        "forkproxyctl status says \"ejected (outlier: REASON) for 12s\"; the metrics count "
+        "ejections (outlier_ejections_total) and show who is ejected (server_ejected). "
+        "For the pool of a tcp listener, a connect that fails counts as a gateway error "
+        "and one that succeeds as a success. "
+        "HAProxy's nearest equivalent is observe layer7 with error-limit and on-error "
+        "mark-down; nginx has only max_fails. "
+        "Without this table no outlier detection is done (passive checks, max_fails, still are).",
+        optional=True,
+        cls="OutlierConfig",
+        doc="""A pool's ``outlier = { ... }`` (Envoy's outlier_detection).
+
+        0 turns a consecutive rule off; ``success_rate`` false turns the
+        success-rate rule off.
+        """,
+    ),
+    Section(
         "pool.queue",
         "table",
         "queue = { ... }",
@@ -273,7 +305,8 @@ SETTINGS: tuple[Setting, ...] = (
             "passive failures (with 3 servers and 50, at most one is out); 100 lets max_fails "
             "take out every server (then requests get 503 until fail_timeout passes); "
             "0 counts and shows failures but takes no server out. "
-            "Active checks are not capped: a server they mark DOWN is out.",
+            "Active checks are not capped: a server they mark DOWN is out. "
+            "The same share caps outlier ejections (outlier), counted on their own.",
             _RELOAD, _int(0, 100)),
     Setting("pool", "fail_timeout", "duration", "10s",
             "As nginx's fail_timeout: both the window in which max_fails failures are counted "
@@ -469,6 +502,46 @@ SETTINGS: tuple[Setting, ...] = (
             "With budget: retries in flight always allowed, whatever the share (Envoy's "
             "min_retry_concurrency), so that a pool with few requests still retries them.",
             _RELOAD, _int(0, 10000)),
+    # outlier = { ... }
+    Setting("pool.outlier", "consecutive_5xx", "integer 0..1000", 5,
+            "Eject a server after this many 5xx responses (or failed attempts: connect error, "
+            "reset, timeout) in a row, counted over all workers; a response that is not a 5xx "
+            "ends the run. As Envoy's consecutive_5xx. 0: off.",
+            _RELOAD, _int(0, 1000)),
+    Setting("pool.outlier", "consecutive_gateway_failure", "integer 0..1000", 0,
+            "Eject a server after this many gateway errors in a row: 502, 503, 504 and failed "
+            "attempts (connect error, reset, timeout); any other response ends the run. "
+            "As Envoy's consecutive_gateway_failure. 0: off.",
+            _RELOAD, _int(0, 1000)),
+    Setting("pool.outlier", "interval", "duration", "10s",
+            "How often the success rates are compared (over the requests of the last interval), "
+            "and the step by which an ejection's multiplier goes down. As Envoy's interval.",
+            _RELOAD, _duration(False), _r_duration),
+    Setting("pool.outlier", "base_ejection_time", "duration", "30s",
+            "How long the first ejection of a server lasts; the n-th lasts n times as long.",
+            _RELOAD, _duration(False), _r_duration),
+    Setting("pool.outlier", "max_ejection_time", "duration", "300s",
+            "The longest an ejection lasts, whatever n.",
+            _RELOAD, _duration(False), _r_duration),
+    Setting("pool.outlier", "success_rate", "boolean", True,
+            "Eject, every interval, the servers whose success rate (responses that are not 5xx, "
+            "among all) is below the mean of the pool's servers' rates minus "
+            "success_rate_stdev_factor times their standard deviation, counting only servers "
+            "with at least success_rate_request_volume requests in the interval, and only when "
+            "at least success_rate_minimum_hosts of them have. As Envoy's success-rate rule.",
+            _RELOAD, _bool),
+    Setting("pool.outlier", "success_rate_minimum_hosts", "integer 1..1000", 5,
+            "Servers with enough requests needed for the success-rate rule to decide anything.",
+            _RELOAD, _int(1, 1000)),
+    Setting("pool.outlier", "success_rate_request_volume", "integer 1..10000000", 100,
+            "Requests a server needs in an interval to count in the success-rate rule.",
+            _RELOAD, _int(1, 10000000)),
+    Setting("pool.outlier", "success_rate_stdev_factor", "number 0..100", 1.9,
+            "How many standard deviations below the mean a server's success rate must be to be "
+            "ejected (Envoy's success_rate_stdev_factor, 1900, divided by 1000). With few "
+            "servers use a small factor: among n servers none can be more than "
+            "(n - 1) / sqrt(n) deviations below the mean (1.15 for 3).",
+            _RELOAD, _number(0, 100)),
     # queue = { ... }
     Setting("pool.queue", "size", "integer 1..100000", 100,
             "Most requests waiting in the queue of one worker.",
@@ -486,6 +559,7 @@ HealthConfig = CLASSES["pool.health"]
 StickyConfig = CLASSES["pool.sticky"]
 RetryConfig = CLASSES["pool.retry"]
 QueueConfig = CLASSES["pool.queue"]
+OutlierConfig = CLASSES["pool.outlier"]
 
 
 # Builders: the values of one table (parsed, keyed by field) -> its

@@ -16,6 +16,8 @@ def _toml(value: Any) -> str:
         return "true" if value else "false"
     if isinstance(value, int):
         return str(value)
+    if isinstance(value, float) and value == value and abs(value) != float("inf"):
+        return repr(value)  # TOML's float syntax: 1.9, 1.0
     if isinstance(value, str):
         return _quote(value)
     if isinstance(value, (list, tuple)):

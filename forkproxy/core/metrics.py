@@ -25,6 +25,8 @@ from __future__ import annotations
 
 from bisect import bisect_left
 
+from forkproxy.core.outlier import REASONS as OUTLIER_REASONS
+
 __all__ = ["FAMILIES", "GAUGES", "CLASSES", "BUCKETS", "CACHE_RESULTS", "Metrics", "SlotCounter",
            "request_keys", "render"]
 
@@ -41,6 +43,8 @@ FAMILIES: dict[str, tuple[str, str]] = {
     "retries_total": ("counter", "Requests sent again to another server of the pool."),
     "retries_denied_total": ("counter", "Requests the pool's retry budget refused a retry."),
     "health_transitions_total": ("counter", "Servers marked up or down by the active checks."),
+    "outlier_ejections_total": ("counter", "Servers ejected by outlier detection, by reason "
+                                "(consecutive_5xx, consecutive_gateway_failure, success_rate)."),
     "cache_requests_total": ("counter", "Requests on cached routes, by route and cache result."),
     "ratelimited_total": ("counter", "Requests refused with 429 by a route's rate limit."),
     "reloads_total": ("counter", "Configuration reloads taken (SIGHUP or the admin API)."),
@@ -115,6 +119,8 @@ def request_keys(routes, pools=None, spare_rows=()) -> list[tuple]:
             keys += _histogram("upstream_duration_seconds", (("pool", pool), ("server", server)))
             keys += [("health_transitions_total", (("pool", pool), ("server", server), ("to", to)))
                      for to in ("up", "down")]
+            keys += [("outlier_ejections_total", (("pool", pool), ("server", server),
+                                                  ("reason", why))) for why in OUTLIER_REASONS]
     return keys
 
 
@@ -155,6 +161,7 @@ class Metrics:
         self._retries = {p: i for (p,), i in by_label.get("retries_total", {}).items()}
         self._denied = {p: i for (p,), i in by_label.get("retries_denied_total", {}).items()}
         self._moves = by_label.get("health_transitions_total", {})
+        self._ejections = by_label.get("outlier_ejections_total", {})
         self._in = self.index.get(("received_bytes_total", ()), 0)
         self._out = self.index.get(("sent_bytes_total", ()), 0)
 
@@ -249,13 +256,21 @@ class Metrics:
         if k is not None:
             self.cells[slot * self.n_keys + k] += 1
 
-    def count_transition(self, slot: int, pool: str, server: str, to: str) -> None:
-        k = self._moves.get((pool, server, to))
-        if k is None and self.locate is not None:  # a server that came at run time
+    def _count_server(self, slot: int, keys: dict, pool: str, server: str, what: str) -> None:
+        """Count one in the cell ``keys[(pool, server, what)]``, a server
+        that came at run time by its row's label."""
+        k = keys.get((pool, server, what))
+        if k is None and self.locate is not None:
             row = self.locate(pool, server)
-            k = self._moves.get((pool, row_label(row), to)) if row is not None else None
+            k = keys.get((pool, row_label(row), what)) if row is not None else None
         if k is not None:
             self.cells[slot * self.n_keys + k] += 1
+
+    def count_transition(self, slot: int, pool: str, server: str, to: str) -> None:
+        self._count_server(slot, self._moves, pool, server, to)
+
+    def count_ejection(self, slot: int, pool: str, server: str, reason: str) -> None:
+        self._count_server(slot, self._ejections, pool, server, reason)
 
     def clear_gauges(self, slot: int) -> None:
         """Zero ``slot``'s gauges (the master, once the slot's worker is dead)."""
@@ -297,6 +312,10 @@ class SlotCounter:
     def transition(self, pool: str, server: str, to: str) -> None:
         """The active checks turned ``server`` of ``pool`` ``to`` "up" or "down"."""
         self.metrics.count_transition(self.slot, pool, server, to)
+
+    def ejection(self, pool: str, server: str, reason: str) -> None:
+        """Outlier detection ejected ``server`` of ``pool`` (``reason``: core.outlier.REASONS)."""
+        self.metrics.count_ejection(self.slot, pool, server, reason)
 
     def connection(self, n: int) -> None:
         """+1 when a client connection opens, -1 when it closes."""

@@ -13,7 +13,7 @@ import contextlib
 
 from forkproxy.core.health import ejected
 from forkproxy.core.metrics import CLASSES
-from forkproxy.core.table import MemberRow, Table
+from forkproxy.core.table import MemberRow, OutlierRow, Table
 
 __all__ = ["snapshot", "traffic"]
 
@@ -32,6 +32,17 @@ def _pool_settings(cfg, name: str) -> tuple[int, float, int, dict[str, int]]:
         return _MAX_FAILS, _FAIL_TIMEOUT, _MAX_EJECTION, {}
     weights = {s.addr: s.weight for s in pool.servers}
     return pool.max_fails, pool.fail_timeout, pool.max_ejection_percent, weights
+
+
+def _outlier_on(cfg, name: str) -> bool:
+    """False when the configuration says pool ``name`` has no outlier
+    detection (a cell left by an earlier generation then means nothing)."""
+    if cfg is None:
+        return True
+    try:
+        return cfg.pool(name).outlier is not None
+    except KeyError:
+        return True
 
 
 def snapshot(table: Table, cfg, now: float,
@@ -59,7 +70,10 @@ def snapshot(table: Table, cfg, now: float,
             origin ("config" | "runtime": added by forkproxyctl add-server
                 or the admin endpoint | "dns": found by DNS discovery),
             member ("active" | "removing": removed, its requests in
-                flight not all ended yet)}]}]}
+                flight not all ended yet),
+            ejected (bool: ejected by outlier detection now),
+            ejected_until (epoch s | null), ejection_reason (str | null),
+            ejections (the multiplier of its next ejection)}]}]}
 
     Pools and servers are in table order (config order, then servers that
     came at run time); free rows are left out. Rows are read
@@ -92,6 +106,8 @@ def snapshot(table: Table, cfg, now: float,
         since = h.last_check if h is not None and h.state == "up" and h.failures == 0 else 0.0
         since = max(since, member.changed)  # a reused row's older failures are not its own
         fails = table.passive_failures(row, now, fail_timeout, since=since)
+        o = table.read_outlier(row) if _outlier_on(cfg, pool_name) else OutlierRow()
+        ejected_now = o.until > now
         checked = h is not None and h.last_check > 0
         entry["servers"].append({
             "addr": addr,
@@ -111,6 +127,10 @@ def snapshot(table: Table, cfg, now: float,
             "passive_out": False,  # below, once the pool's rows are all read
             "origin": member.origin,
             "member": member.state,
+            "ejected": ejected_now,
+            "ejected_until": o.until if ejected_now else None,
+            "ejection_reason": o.reason if ejected_now else None,
+            "ejections": o.ejections,
         })
     for entry in pools:  # the workers' rule (net.pools), from the same table
         max_fails, _, max_percent, _ = settings[entry["name"]]

@@ -12,14 +12,20 @@ per-host runtime artefact, never shipped between machines)::
     header   64 bytes   magic "FPXTABLE", layout version, header size,
                         generation, n_rows, n_slots, row size; at +40 the
                         membership version (u64, see below)
-    row i    320 + 64 * n_slots bytes, at 64 + i * row_size
+    row i    384 + 128 * n_slots bytes, at 64 + i * row_size
       +0     label      64 bytes  "pool/addr" ("" for a free row)
       +64    health     128 bytes seqlock cell, written only by the checker
       +192   admin      64 bytes  seqlock cell, written only under the admin lock
       +256   member     64 bytes  seqlock cell, written only under the admin lock
-      +320   slot j     64 bytes  per worker slot, written only by its owner:
+      +320   outlier    64 bytes  seqlock cell, written only by the checker
+      +384   slot j     128 bytes per worker slot, written only by its owner:
                         inflight i64, passive fail count u64, window start f64,
-                        requests u64, bytes_in u64, bytes_out u64, 2 x reserved
+                        requests u64, bytes_in u64, bytes_out u64, 2 x reserved,
+                        then the outlier columns (layout 3): the run of 5xx and
+                        of gateway errors (two u32 in one u64), the run's
+                        start f64, the gateway run's start f64, the last
+                        success f64, the last non-gateway 5xx f64, successes
+                        u64, errors u64, 1 x reserved
 
 One writer per cell, no cross-process locks on the hot path. Python has no
 cross-process atomics, so the design leans on one hardware fact: a single
@@ -72,6 +78,20 @@ cell has the label that goes with it. Every membership write bumps the
 header's membership version, so workers re-read members only after a change.
 Member cells are written only under the admin lock (``forkproxy.control``).
 
+Outlier detection (layout 3, ``core.outlier``): each worker counts, in
+its slot, its run of consecutive 5xx and gateway errors to a server and
+when the run began, when it last saw a success (or a 5xx that is not a
+gateway error, which ends a gateway run), and its successes and errors
+(totals, for the success rate).  A worker that records an error reads the
+other slots' last success (and last non-gateway 5xx): if one came after
+its run began, or the server was ejected since, it begins a new run.
+``outlier_counts`` sums the runs that began after the last success any
+worker saw and after the server's last ejection: consecutive errors across
+the workers.  Between two stores of different workers the sum may miss an
+error, never count one a success broke.  The elected checker
+reads them, decides, and writes the row's outlier cell (ejected until,
+since, ejections so far, reason); every worker reads that cell.
+
 Strings are fixed-size, NUL padded, truncated on a UTF-8 character boundary.
 
 A ``Table`` holds memoryviews of its buffer: call ``release()`` before
@@ -100,10 +120,12 @@ __all__ = [
     "MemberRow",
     "MEMBER_STATES",
     "ORIGINS",
+    "OutlierRow",
+    "OutlierCounts",
 ]
 
 MAGIC = b"FPXTABLE"
-LAYOUT_VERSION = 2
+LAYOUT_VERSION = 3
 
 # Header: magic, version, header size, generation, n_rows, n_slots, row size.
 _HEADER = struct.Struct("@8sIIQIII")
@@ -133,23 +155,36 @@ _MEMBER_BODY = struct.Struct("@BBBxIIId")
 _MEMBER_SIZE = 64
 _MEMBER_BODY_OFF = 16
 
+# Outlier cell (64 bytes): seq, crc, until, since, ejections, reason. CRC over [16, 64).
+_OUTLIER_REASON_SIZE = 28
+_OUTLIER_BODY = struct.Struct(f"@ddI{_OUTLIER_REASON_SIZE}s")
+_OUTLIER_SIZE = 64
+_OUTLIER_BODY_OFF = 16
+
 # Header offset of the membership version (u64), after the packed header.
 _OFF_MEMBERS_VERSION = 40
 
 # Per-slot columns (64 bytes), each an aligned 8-byte cell.
-_SLOT_SIZE = 64
+_SLOT_SIZE = 128
 _S_INFLIGHT, _S_FAILS, _S_WINDOW, _S_REQUESTS, _S_BYTES_IN, _S_BYTES_OUT = 0, 8, 16, 24, 32, 40
+# Outlier columns: runs (5xx in the low u32, gateway in the high u32), run
+# start, gateway run start, last success, last non-gateway 5xx, totals.
+_S_RUNS, _S_RUN_START, _S_GW_START, _S_LAST_OK, _S_LAST_5XX = 64, 72, 80, 88, 96
+_S_OK, _S_ERR = 104, 112
+_U32 = 2**32
 
 _OFF_LABEL = 0
 _OFF_HEALTH = _OFF_LABEL + _LABEL_SIZE
 _OFF_ADMIN = _OFF_HEALTH + _HEALTH_SIZE
 _OFF_MEMBER = _OFF_ADMIN + _ADMIN_SIZE
-_OFF_SLOTS = _OFF_MEMBER + _MEMBER_SIZE
+_OFF_OUTLIER = _OFF_MEMBER + _MEMBER_SIZE
+_OFF_SLOTS = _OFF_OUTLIER + _OUTLIER_SIZE
 
 assert _HEADER.size <= HEADER_SIZE
 assert _HEALTH_BODY_OFF + _HEALTH_BODY.size <= _HEALTH_SIZE
 assert _ADMIN_BODY_OFF + _ADMIN_BODY.size <= _ADMIN_SIZE
 assert _MEMBER_BODY_OFF + _MEMBER_BODY.size <= _MEMBER_SIZE
+assert _OUTLIER_BODY_OFF + _OUTLIER_BODY.size <= _OUTLIER_SIZE
 assert _HEADER.size <= _OFF_MEMBERS_VERSION
 
 # Codes on disk. 0 means "never written" in both cells.
@@ -231,6 +266,32 @@ class SlotCounters:
     bytes_out: int = 0
 
 
+@dataclass(frozen=True)
+class OutlierRow:
+    """A server's outlier ejection, as the checker last wrote it: ejected
+    while ``until`` > now; ``since``: when the last ejection began;
+    ``ejections``: the multiplier of the next ejection's time
+    (``core.outlier``); ``reason``: why (short text)."""
+
+    until: float = 0.0
+    since: float = 0.0
+    ejections: int = 0
+    reason: str = ""
+
+
+@dataclass(frozen=True)
+class OutlierCounts:
+    """A server's outlier counters summed over the worker slots:
+    ``consecutive_5xx`` and ``consecutive_gateway`` (runs not broken by a
+    success anywhere, see the module docstring), ``successes`` and
+    ``errors`` (totals since the slots were cleared, wrapping u64)."""
+
+    consecutive_5xx: int = 0
+    consecutive_gateway: int = 0
+    successes: int = 0
+    errors: int = 0
+
+
 def table_size(n_rows: int, n_slots: int) -> int:
     """Bytes needed for a table of ``n_rows`` rows and ``n_slots`` worker slots."""
     if n_rows < 0 or n_slots < 0:
@@ -300,6 +361,7 @@ class Table:
         self._last_health: dict[int, HealthRow] = {}
         self._last_admin: dict[int, AdminRow] = {}
         self._last_member: dict[int, tuple[str, MemberRow]] = {}
+        self._last_outlier: dict[int, OutlierRow] = {}
 
     def release(self) -> None:
         """Drop this view's hold on the buffer (needed before ``mmap.close``)."""
@@ -443,6 +505,27 @@ class Table:
         body = _ADMIN_BODY.pack(_ADMIN_CODE[a.state], a.weight, a.changed, _enc(a.by, _BY_SIZE))
         self._seq_write(self._row(row) + _OFF_ADMIN, _ADMIN_BODY_OFF, body)
 
+    def read_outlier(self, row: int, tries: int = READ_TRIES) -> OutlierRow:
+        """The row's outlier ejection; ``OutlierRow()`` (never ejected) if
+        never written; the last good copy if the cell stays locked."""
+        off = self._row(row) + _OFF_OUTLIER
+        try:
+            body = self._seq_read(off, _OUTLIER_BODY_OFF, _OUTLIER_BODY.size, tries)
+        except LookupError:
+            return OutlierRow()
+        if body is None:
+            return self._last_outlier.get(row, OutlierRow())
+        until, since, n, reason = _OUTLIER_BODY.unpack(body)
+        o = OutlierRow(until=until, since=since, ejections=n, reason=_dec(reason))
+        self._last_outlier[row] = o
+        return o
+
+    def write_outlier(self, row: int, o: OutlierRow) -> None:
+        """Set the row's outlier ejection. Only the elected checker may call this."""
+        body = _OUTLIER_BODY.pack(o.until, o.since, min(max(o.ejections, 0), _U32_MAX),
+                                  _enc(o.reason, _OUTLIER_REASON_SIZE))
+        self._seq_write(self._row(row) + _OFF_OUTLIER, _OUTLIER_BODY_OFF, body)
+
     # -- membership -----------------------------------------------------------------
 
     @property
@@ -574,6 +657,66 @@ class Table:
             bout += self._u64[i + _S_BYTES_OUT // 8]
         return SlotCounters(req & _U64_MASK, bin_ & _U64_MASK, bout & _U64_MASK)
 
+    def outcome(self, row: int, slot: int, now: float, kind: str, since: float = 0.0) -> None:
+        """Count one response (or failed attempt) for outlier detection.
+        Owner of ``slot`` only.  ``kind``: "ok" (not a 5xx), "5xx" (a 5xx
+        that is not a gateway error) or "gateway" (502, 503, 504, or no
+        response: connect error, reset, timeout).  ``since``: the server's
+        last ejection; a run that began before it is over (the ejection
+        was its verdict), so an error after it begins a new run."""
+        i = self._slot(row, slot) // 8
+        u64, f64 = self._u64, self._f64
+        runs = i + _S_RUNS // 8
+        if kind == "ok":
+            f64[i + _S_LAST_OK // 8] = now
+            u64[i + _S_OK // 8] = (u64[i + _S_OK // 8] + 1) & _U64_MASK
+            if u64[runs]:
+                u64[runs] = 0
+            return
+        u64[i + _S_ERR // 8] = (u64[i + _S_ERR // 8] + 1) & _U64_MASK
+        n5, ngw = u64[runs] % _U32, u64[runs] // _U32
+        if n5:
+            # A success in any worker (or an ejection) since this run began
+            # ended it: begin a new one rather than be left out of the sum.
+            last_ok = max(since, self._latest(row, _S_LAST_OK))
+            if f64[i + _S_RUN_START // 8] <= last_ok:
+                n5 = ngw = 0
+            elif ngw and f64[i + _S_GW_START // 8] <= self._latest(row, _S_LAST_5XX):
+                ngw = 0
+        if not n5:
+            f64[i + _S_RUN_START // 8] = now  # the start first: never a count with an old start
+        if kind == "gateway":
+            if not ngw:
+                f64[i + _S_GW_START // 8] = now
+            ngw = min(ngw + 1, _U32_MAX)
+        else:
+            f64[i + _S_LAST_5XX // 8] = now
+            ngw = 0
+        u64[runs] = ngw * _U32 + min(n5 + 1, _U32_MAX)
+
+    def _latest(self, row: int, col: int) -> float:
+        """The latest time in column ``col`` of the row's slots."""
+        base, step = (self._slot(row, 0) + col) // 8, _SLOT_SIZE // 8
+        return max((self._f64[base + j * step] for j in range(self.n_slots)), default=0.0)
+
+    def outlier_counts(self, row: int, since: float = 0.0) -> OutlierCounts:
+        """The row's outlier counters over every slot; runs that began
+        before ``since`` (the server's last ejection) are left out."""
+        f64, u64 = self._f64, self._u64
+        slots = [self._slot(row, j) // 8 for j in range(self.n_slots)]
+        last_ok = max([since] + [f64[i + _S_LAST_OK // 8] for i in slots])
+        last_5xx = max([last_ok] + [f64[i + _S_LAST_5XX // 8] for i in slots])
+        n5 = ngw = ok = err = 0
+        for i in slots:
+            runs = u64[i + _S_RUNS // 8]
+            if runs and f64[i + _S_RUN_START // 8] > last_ok:
+                n5 += runs % _U32
+            if runs >= _U32 and f64[i + _S_GW_START // 8] > last_5xx:
+                ngw += runs // _U32
+            ok += u64[i + _S_OK // 8]
+            err += u64[i + _S_ERR // 8]
+        return OutlierCounts(n5, ngw, ok & _U64_MASK, err & _U64_MASK)
+
     def clear_slot(self, slot: int, *, counters: bool = False) -> None:
         """Reset ``slot``'s in-flight and passive-failure columns in every row.
 
@@ -588,13 +731,14 @@ class Table:
             self._i64[i + _S_INFLIGHT // 8] = 0
             self._u64[i + _S_FAILS // 8] = 0
             self._f64[i + _S_WINDOW // 8] = 0.0
+            self._u64[i + _S_RUNS // 8] = 0
             if counters:
-                for col in (_S_REQUESTS, _S_BYTES_IN, _S_BYTES_OUT):
+                for col in (_S_REQUESTS, _S_BYTES_IN, _S_BYTES_OUT, _S_OK, _S_ERR):
                     self._u64[i + col // 8] = 0
 
 
 def copy_rows(src: Table, dst: Table, mapping: dict[int, int]) -> None:
-    """Carry health and admin state of servers that stay across a reload.
+    """Carry health, admin and outlier state of servers that stay across a reload.
 
     ``mapping`` is old row index -> new row index. Per-slot columns are not
     copied: the new generation's workers start with empty slots, and the
@@ -609,3 +753,5 @@ def copy_rows(src: Table, dst: Table, mapping: dict[int, int]) -> None:
             dst.write_health(new, h)
         if src._u64[(src._row(old) + _OFF_ADMIN) // 8] != 0:
             dst.write_admin(new, src.read_admin(old))
+        if src._u64[(src._row(old) + _OFF_OUTLIER) // 8] != 0:
+            dst.write_outlier(new, src.read_outlier(old))

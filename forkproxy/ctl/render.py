@@ -42,6 +42,10 @@ def _row_cells(pool: str, s: dict, now: float) -> list[str]:
                f"{'' if s['passive_out'] else ', kept in rotation'})" + (f"; {why}" if why else ""))
     if s["passive_out"] and s["health"] == "up":
         health = "OUT"  # up by its active checks, out by passive ones
+    if s.get("ejected") and s["health"] != "down":
+        health = "EJECTED"
+        left = format_age(s["ejected_until"] - now)
+        why = f"ejected (outlier: {s['ejection_reason']}) for {left}" + (f"; {why}" if why else "")
     addr = s["addr"]
     if s.get("origin", "config") != "config":  # came at run time: say how
         addr += f" ({s['origin']})"

@@ -422,8 +422,10 @@ def build_runtime(ctx, log):
     from forkproxy.daemon.worker import set_title
     from forkproxy.net.checker import Checker, Following, reclaimer, table_targets
     from forkproxy.net.discovery import Discovery
+    from forkproxy.net.outlier import Detector
 
     path = table_path(cfg)
+    outliers = Detector(ctx.table, cfg, log, metrics)
     # The title says "(checker)" for the worker that runs active checks, as before:
     # not for the lock holder of a configuration without any.
     checks = any(p.health is not None for p in cfg.pools)
@@ -432,8 +434,10 @@ def build_runtime(ctx, log):
                       on_lead=lambda lead: set_title(ctx, checker=lead and checks),
                       follow=Following(
                           lambda t: table_targets(t, cfg),
-                          (reclaimer(ctx.table, path, log), Discovery(ctx.table, path, cfg, log).job),
-                          min([0.5] + [p.health.interval for p in cfg.pools if p.health])))
+                          (reclaimer(ctx.table, path, log), Discovery(ctx.table, path, cfg, log).job,
+                           outliers.job),
+                          min([0.5] + [p.health.interval for p in cfg.pools if p.health]
+                              + ([outliers.poll] if outliers.poll else []))))
     return runtime, checker
 
 

@@ -321,6 +321,9 @@ class Admin:
                               "active checks and not out by passive ones (max_fails)."))
                 extra.append(("server_inflight", labels, s["inflight"], "gauge",
                               "Requests in flight to the server, over every worker."))
+                extra.append(("server_ejected", labels, 1 if s["ejected"] else 0, "gauge",
+                              "1 while outlier detection (the pool's outlier) ejects the "
+                              "server."))
         return render(totals, extra)
 
     # -- the cache -------------------------------------------------------------------

@@ -274,6 +274,7 @@ def _try_server(s, tx, choice: ServerChoice, i: int, replayable: bool):
         rt.log.warning("request %s: route=%s pool=%s server=%s: %s", rec.request_id,
                        tx.rc.index, pool.name, server.addr, exc.detail)
         pool.failed(i, time.time())
+        pool.outcome(i, None)
         choice.failed(i)
         return exc
     head = http1.serialize_request_head(req.method, tx.target,
@@ -291,6 +292,8 @@ def _try_server(s, tx, choice: ServerChoice, i: int, replayable: bool):
         code = exc.code if exc.kind == "status" else None
         if failover.charged(exc.kind, conn.reused, code in pool.cfg.fail_status):
             pool.failed(i, time.time())  # this server's, never another's
+            if exc.kind != "status":  # a status was counted by attempt
+                pool.outcome(i, None)
         step = failover.after_failure(
             exc.kind, sent=exc.sent, reused=conn.reused, replayable=replayable,
             listed=failover.condition(exc.kind, code) in retry.on)
@@ -312,11 +315,9 @@ def _try_server(s, tx, choice: ServerChoice, i: int, replayable: bool):
 def attempt(s, tx, i: int, conn: UpstreamConn, head: bytes, extra=(), choice=None) -> bool:
     """Send one request on ``conn`` and relay its response to the client.
 
-    ``extra``: response fields to add (the sticky Set-Cookie).  ``choice``:
-    the request's ``ServerChoice`` when a response whose status ``retry.on``
-    lists may be dropped for another attempt (a replayable request): it is
-    (``_StatusRetry``) while nothing of it went to the client, another
-    server may take it and the retry limits allow."""
+    ``extra``: response fields to add (the sticky Set-Cookie).  ``choice``: the
+    request's ``ServerChoice`` when a status ``retry.on`` lists may be dropped for
+    another attempt (``_StatusRetry``: nothing sent yet, a server left, the limits)."""
     tx.upstream_start = time.time()
     try:  # the request head, and its body (``_send_body``)
         if tx.spool is None and tx.req.framing.kind == "none":
@@ -338,6 +339,8 @@ def attempt(s, tx, i: int, conn: UpstreamConn, head: bytes, extra=(), choice=Non
         return websocket.tunnel(s, tx, conn, resp, body_start, extra)
     rec, pool = tx.rec, tx.pool
     rec.upstream_status = status
+    if pool.outliers:
+        pool.outcome(i, status)
     if status in pool.cfg.fail_status:
         pool.failed(i, time.time())
     if choice is not None and not interim and status in pool.retry.on \

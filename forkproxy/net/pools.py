@@ -29,6 +29,7 @@ import hashlib
 import hmac
 import logging
 import random
+import time
 from collections import deque
 from dataclasses import replace
 
@@ -38,6 +39,7 @@ from forkproxy.config import PoolConfig, RetryConfig, ServerEntry, split_host_po
 from forkproxy.control import members
 from forkproxy.core.balance import Balancer, ServerSpec, StickyTable, cookie_value, query_value
 from forkproxy.core.health import ejected, slow_start_weight
+from forkproxy.core.outlier import kind_of
 from forkproxy.core.table import Table
 from forkproxy.net.upstream import ConnPool
 
@@ -94,6 +96,8 @@ class PoolRuntime:
         self.table = table
         self.rows = list(rows)
         self.slot = slot
+        # Whether attempts' outcomes are counted (``outcome``): the hot path asks this first.
+        self.outliers = slot is not None and cfg.outlier is not None
         self._serials: list[int | None] = [None] * len(rows)  # None: as the master made it
         self._dead = [False] * len(rows)  # removed from the pool: never picked again
         self._secret = (sticky_secret(cfg, sticky_key)
@@ -113,6 +117,8 @@ class PoolRuntime:
         self._eligible = [True] * n
         self._drain = [False] * n
         self._out = [False] * n
+        self._ejected = [False] * n  # ejected by outlier detection (core.outlier), at the last refresh
+        self._since = [0.0] * n  # when outlier detection last ejected it (runs before it are over)
         self._weight = [s.weight for s in cfg.servers]
         self._forgiven = [0.0] * n  # last successful active check, per server
         self._own = [0] * n  # this worker's requests in flight, per server
@@ -210,6 +216,7 @@ class PoolRuntime:
         self.conns.append(ConnPool(server, self.cfg))
         for col, value in ((self._usable, False), (self._sticky_ok, False),
                            (self._eligible, False), (self._drain, False), (self._out, False),
+                           (self._ejected, False), (self._since, 0.0),
                            (self._weight, m.weight), (self._own, 0), (self._others, 0),
                            (self._limit, m.max_conns)):
             col.append(value)
@@ -360,6 +367,15 @@ class PoolRuntime:
                                 since=self._forgiven[i])
         self._apply_passive(now)
 
+    def outcome(self, i: int, status: int | None) -> None:
+        """What an attempt on server i got, for outlier detection: the
+        response's ``status``, or None for no response (connect error,
+        reset, timeout), 0 for an L4 connection made.  Counted in this worker's slot of the table; the
+        checker decides (net.outlier)."""
+        if self.outliers:
+            self.table.outcome(self.rows[i], self.slot, time.time(), kind_of(status),
+                               self._since[i])
+
     def _apply_passive(self, now: float) -> None:
         """Who passive checks keep out now, from the table and the last refresh."""
         cfg = self.cfg
@@ -367,6 +383,7 @@ class PoolRuntime:
                  for i, row in enumerate(self.rows)] if cfg.max_fails else [0] * len(self.rows)
         self._out = ejected(fails, self._eligible, cfg.max_fails, cfg.max_ejection_percent)
         for i, out in enumerate(self._out):
+            out = out or self._ejected[i]
             self._usable[i] = self._eligible[i] and not out
             self._sticky_ok[i] = (self._eligible[i] or self._drain[i]) and not out
 
@@ -394,6 +411,9 @@ class PoolRuntime:
             if cfg.slow_start and h is not None and h.state == "up" and came_back(h):
                 weight = slow_start_weight(weight, now - h.last_change, cfg.slow_start)
             self._weight[i] = weight
+            if cfg.outlier is not None:
+                o = table.read_outlier(row)
+                self._ejected[i], self._since[i] = o.until > now, o.since
         self._apply_passive(now)
 
     def close(self) -> None:

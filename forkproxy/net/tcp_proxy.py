@@ -85,6 +85,8 @@ def _connect(rt, pool, peer, local):
                 getattr(exc, "reason", None) or exc.strerror or exc)
             rt.log.warning("tcp pool=%s server=%s: connect: %s", pool.name, server.addr, reason)
             pool.failed(i, time.time())
+            pool.outcome(i, None)
             choice.failed(i)
             continue
+        pool.outcome(i, 0)  # connected: a success for outlier detection
         return up, i

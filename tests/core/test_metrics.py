@@ -68,6 +68,7 @@ def test_a_server_that_came_at_run_time_counts_in_its_rows_series():
     c = SlotCounter(m, 0)
     c.request(rec(upstream="10.0.0.9:80"))
     c.transition("web", "10.0.0.9:80", "down")
+    c.ejection("web", "10.0.0.9:80", "consecutive_5xx")
     rows[("web", "10.0.0.9:80")] = 3  # removed, then added again in another row
     c.request(rec(upstream="10.0.0.9:80", status=503))
     c.request(rec(upstream="10.0.0.8:80"))  # not (or no longer) a server: no server
@@ -76,6 +77,8 @@ def test_a_server_that_came_at_run_time_counts_in_its_rows_series():
     assert t[req_key("0", "web", "#3", "5xx")] == 1
     assert t[req_key("0", "web", "", "2xx")] == 1
     assert t[("health_transitions_total", (("pool", "web"), ("server", "#4"), ("to", "down")))] == 1
+    assert t[("outlier_ejections_total", (("pool", "web"), ("server", "#4"),
+                                          ("reason", "consecutive_5xx")))] == 1
     named = relabel_rows(t, {3: ("web", "10.0.0.9:80"), 4: ("api", "10.0.1.7:80")})
     assert named[req_key("0", "web", "10.0.0.9:80", "5xx")] == 1
     # Row 4 holds a server of another pool now: web's series of row 4 are left out,
@@ -207,6 +210,19 @@ def test_retries_and_health_transitions():
     assert not any("api" in k for k in s)  # zeros left out
     assert s['forkproxy_health_transitions_total{pool="web",server="10.0.0.2:80",to="down"}'] == 1
     assert s['forkproxy_health_transitions_total{pool="web",server="10.0.0.2:80",to="up"}'] == 1
+
+
+def test_outlier_ejections_by_reason():
+    m = make()
+    c = SlotCounter(m, 1)
+    c.ejection("web", "10.0.0.2:80", "consecutive_5xx")
+    c.ejection("web", "10.0.0.2:80", "success_rate")
+    c.ejection("web", "10.0.0.2:80", "success_rate")
+    c.ejection("web", "10.9.9.9:80", "success_rate")  # not a server of the layout: ignored
+    s = parse(render(m.totals()))
+    key = 'forkproxy_outlier_ejections_total{pool="web",server="10.0.0.2:80",reason="%s"}'
+    assert s[key % "consecutive_5xx"] == 1 and s[key % "success_rate"] == 2
+    assert key % "consecutive_gateway_failure" not in s  # zeros left out
 
 
 def test_pools_no_route_names_still_get_their_series():

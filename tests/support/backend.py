@@ -34,6 +34,10 @@ Endpoints (any method unless said otherwise):
   ones waits N ms before it is answered (``/healthz`` too: a slow server),
   or, with ``reset=1``, is dropped with a TCP RST instead of an answer.
   ``/_setfault`` alone clears both; ``/_reset`` does too.
+- ``/_setstatus?code=N&every=K``: from now on every K-th request (K = 1, the
+  default: every one) to a path but these ``/_`` ones and ``/healthz`` is
+  answered status N (a failing server, or one failing 1 in K).
+  ``/_setstatus`` alone clears it; ``/_reset`` does too.
 
 Any request may add response headers with ``hdr=Name:Value`` query
 parameters (repeatable), e.g. ``/?hdr=Cache-Control:max-age%3D60``.
@@ -87,6 +91,9 @@ class _Stats:
         self.health = 200
         self.delay = 0.0  # /_setfault
         self.rst = False
+        self.status = 0  # /_setstatus
+        self.every = 1
+        self.seen = 0
 
     def snapshot(self):
         with self.lock:
@@ -207,7 +214,7 @@ class Handler(BaseHTTPRequestHandler):
         url = urlsplit(self.path)
         path = url.path
         self.query = parse_qs(url.query)
-        if path not in ("/_stats", "/_reset", "/_sethealth"):
+        if path not in ("/_stats", "/_reset", "/_sethealth", "/_setstatus"):
             with st.lock:
                 st.heads[path] = st.heads.get(path, 0) + 1
         if path == "/dieheader":
@@ -235,9 +242,21 @@ class Handler(BaseHTTPRequestHandler):
                 st.delay = int(self.query.get("ms", ["0"])[0]) / 1000
                 st.rst = "1" in self.query.get("reset", [])
             return self._json(200, {"delay": st.delay, "reset": st.rst})
+        if path == "/_setstatus":
+            with st.lock:
+                st.status = int(self.query.get("code", ["0"])[0])
+                st.every, st.seen = max(1, int(self.query.get("every", ["1"])[0])), 0
+            return self._json(200, {"status": st.status, "every": st.every})
         if st.rst:
             self._count(path)
             return self._abort(rst=True)
+        if st.status and path != "/healthz":
+            with st.lock:
+                st.seen += 1
+                fail = st.seen % st.every == 0
+            if fail:
+                self._count(path)
+                return self._send(st.status, f"status {st.status} from {self.server.name}\n")
         if st.delay:
             time.sleep(st.delay)
 
