@@ -14,7 +14,8 @@ kinds of ``s``; what leaves the worker goes through ``s``:
   runs this very list and cannot disagree with the request path.
 
 What ``s`` offers the stages: ``rt``, ``listener``, ``peer``, ``proto``,
-``live``, and ``refuse(tx, status, why, fields=())``,
+``live``, ``mirrored`` (a client's request: a route's mirror may copy it),
+and ``refuse(tx, status, why, fields=())``,
 ``redirect_https(tx)``, ``take_body(tx)``, ``cached(tx)``, and, for a dry run,
 ``balanced(tx)``.
 """
@@ -108,10 +109,14 @@ def forwarding(s, tx):
     """The upstream head (a cache hook may add its validators), then the
     exchange with a server (``net.forward``); always answers."""
     hook = tx.hook
+    mirror = False
     if tx.headers is None:
         headers, tx.out_host = upstream_fields(s, tx)
         tx.headers = hook.upstream_fields(headers) if hook is not None else headers
+        mirror = tx.rc.mirror is not None and s.mirrored
     try:
+        if mirror:  # a copy to the route's mirror pool (net.mirror), sent by its own greenlet
+            s.rt.mirrors.copy(s, tx)
         return forward.exchange(s, tx)
     finally:
         tx.hook = None
