@@ -222,8 +222,10 @@ SECTIONS: tuple[Section, ...] = (
         "Each request is drawn at random (percent of them, independently in each worker). "
         "The copy carries the same head as the request sent to the route's pool "
         "(rewritten target, X-Forwarded-For, X-Request-Id, request_headers...), plus "
-        "X-Forkproxy-Mirror: 1 and Connection: close; the Host stays the same (Envoy "
+        "X-Forkproxy-Mirror: 1; the Host stays the same (Envoy "
         'appends "-shadow" to it instead; nginx marks nothing). '
+        "It goes on one of the mirror pool's keep-alive connections (or a new one), and "
+        "its whole answer is read and thrown away. "
         "Bodies: nginx's mirror_request_body reads the whole body before mirroring; "
         "here only bodies up to max_body are mirrored: a body read whole "
         "(request_buffering) is copied from where it was kept; a streamed body "
@@ -231,8 +233,11 @@ SECTIONS: tuple[Section, ...] = (
         "before the real request is sent (as nginx does) and copied; a larger one, or a "
         "streamed chunked one, is not mirrored (counted as skipped). "
         "Requests that ask to upgrade (WebSocket) are never mirrored. "
-        "The mirror pool's servers are chosen by its own balancer and health; its failures "
-        "are not counted as passive failures of any server, and never retried. "
+        "The mirror pool's servers are chosen by its own balancer and health; a server "
+        "that takes no connection (refused, connect timeout) counts as a passive failure "
+        "of the mirror pool (its max_fails and fail_timeout, so that a dead mirror is "
+        "skipped cheaply); nothing of a copy is ever charged to the route's pool, and a "
+        "copy is never retried. "
         "Nothing of the copy goes in the access log (a debug line in the error log); "
         "forkproxy_mirror_total{route,result} counts sent (an answer came), failed (no "
         "server, connection error, no answer within timeout), dropped (the queue was "
@@ -511,7 +516,8 @@ SETTINGS: tuple[Setting, ...] = (
             _RELOAD, _size(0), _r_size),
     Setting("route.mirror", "timeout", "duration", "2s",
             "The whole of a copy's exchange (connect, send, the answer read and thrown "
-            "away) must end within it; then its connection is closed.",
+            "away) must end within it, else its connection is closed (a copy whose "
+            "answer's head came in time still counts as sent).",
             _RELOAD, _duration(False), _r_duration),
     Setting("route.compress", "types", "array of media types", list(DEFAULT_COMPRESS_TYPES),
             'Media types to compress (the Content-Type without parameters): "text/html", '

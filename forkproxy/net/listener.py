@@ -91,7 +91,7 @@ class Runtime:
             self.pools[p.name] = PoolRuntime(p, table, rows, slot, ctx.sticky_key)
             self.pools[p.name].stick = _stick_table(cfg, p, log)
         self.refresh(time.time())
-        self.mirrors = Mirrors(cfg.routes, self.pools, metrics, log)  # routes' shadow traffic
+        self.mirrors = Mirrors(cfg.routes, self.pools, metrics, log, self.limits)  # routes' shadow traffic
         if metrics is not None:  # servers that came at run time are counted by their row
             metrics.metrics.locate = self._row_of
         self.trusted = s.trusted_proxies

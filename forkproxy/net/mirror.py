@@ -10,18 +10,26 @@ for) and the real request goes on at once.  The copy's greenlet runs when
 the real request first waits on its server.
 
 A copy: the mirror pool's balancer picks a server (counted in its
-in-flight requests, so max_conns and least_conn see it), a new connection
-(never a pooled one: ``Connection: close``), the real request's head plus
-``X-Forkproxy-Mirror: 1`` and its body when ``core.mirror.body_plan``
-allows, then the answer is read until the server closes, all within the
-mirror's ``timeout``.  Its failures are nobody's passive failures and are
-never retried; they are counted (``forkproxy_mirror_total``) and said in a
-debug line, never in the access log.
+in-flight requests, so max_conns and least_conn see it), one of the
+pool's keep-alive connections to it (or a new one), the real request's
+head plus ``X-Forkproxy-Mirror: 1`` and its body when
+``core.mirror.body_plan`` allows, then the whole answer is read and thrown
+away (the connection goes back to the pool when it ended cleanly), all
+within the mirror's ``timeout``.  A server that takes no connection gets a passive
+failure of the mirror pool (its max_fails: the next copies skip it, cheaply,
+as the pool's own requests would); nothing else of a copy is charged, and
+never to the route's pool.  Copies are never retried; their fate is counted
+(``forkproxy_mirror_total``) and said in a debug line, never in the access
+log.
 """
 
 from __future__ import annotations
 
+import functools
+import ipaddress
 import random
+import socket
+import time
 
 import gevent
 from gevent.pool import Pool
@@ -29,7 +37,7 @@ from gevent.pool import Pool
 from forkproxy.core import http1
 from forkproxy.core import mirror as decide
 from forkproxy.net.request_body import _client_body_read
-from forkproxy.net.upstream import RECV_SIZE, UpstreamError
+from forkproxy.net.upstream import RECV_SIZE, UpstreamConn, UpstreamError
 from forkproxy.net.upstream_http import upgrade_asked
 
 MARK = ("X-Forkproxy-Mirror", "1")
@@ -40,11 +48,14 @@ class Mirrors:
 
     ``routes``: the configuration's routes; ``pools``: the worker's
     ``net.pools.PoolRuntime`` by name; ``metrics``: a
-    ``core.metrics.SlotCounter`` or None; ``draw``: uniform in [0, 1)."""
+    ``core.metrics.SlotCounter`` or None; ``limits``: the server's
+    ``http1.Limits`` (the answers' heads); ``draw``: uniform in [0, 1)."""
 
-    def __init__(self, routes, pools: dict, metrics, log, draw=random.random):
+    def __init__(self, routes, pools: dict, metrics, log, limits=http1.DEFAULT_LIMITS,
+                 draw=random.random):
         self.queues = {r.index: Pool(r.mirror.queue) for r in routes if r.mirror is not None}
         self.pools, self.metrics, self.log, self.draw = pools, metrics, log, draw
+        self.limits = limits
 
     def count(self, route: int, result: str) -> None:
         if self.metrics is not None:
@@ -77,7 +88,7 @@ class Mirrors:
         if queue.full():  # checked after the last wait: spawn must not block
             self.count(rc.index, "dropped")
             return
-        head = (req.method, tx.target, tx.out_host, tx.headers + [MARK, ("Connection", "close")])
+        head = (req.method, tx.target, tx.out_host, tx.headers + [MARK])
         job = (self.pools[m.pool], rc.index, m.timeout, tx.rec.request_id)
         queue.spawn(self.send, job, req, s.peer, head, body)
 
@@ -99,16 +110,26 @@ class Mirrors:
         timer = gevent.Timeout(seconds)
         timer.start()
         try:
-            conn = pool.conns[i].connect((seconds, None, None))
+            try:
+                conn = _checkout(pool, i, seconds)
+            except (UpstreamError, OSError, gevent.Timeout):
+                # A server that takes no connection: the mirror pool's passive
+                # failure (max_fails), which keeps its next copies from trying it.
+                pool.failed(i, time.time())
+                raise
             conn.sock.sendall(http1.serialize_request_head(
                 method, target, [("Host", out_host or server.addr)] + fields) + body)
-            _discard_answer(conn.sock, answered)
+            if _discard_answer(conn.sock, method, answered, self.limits):
+                pool.conns[i].checkin(conn)  # the whole answer read: the next copy's
+                conn = None
         except gevent.Timeout as exc:
             if exc is not timer:
                 raise
             why = f"no answer within {seconds:g}s"
         except UpstreamError as exc:
             why = exc.detail
+        except http1.ProtocolError as exc:
+            why = f"invalid response: {exc.reason}"
         except OSError as exc:
             why = exc.strerror or str(exc)
         finally:
@@ -122,18 +143,73 @@ class Mirrors:
         self.count(route, result)
 
 
-def _discard_answer(sock, answered: list) -> None:
-    """Read the answer until the server closes; ``answered[0]`` once a
-    response line began (a copy answered counts as sent even if its body
-    is then cut by the time limit)."""
-    first = b""
+def _checkout(pool, i: int, seconds: float) -> UpstreamConn:
+    """A connection to server ``i`` of ``pool``: an idle one of the pool's
+    (probed first), else a new one.
+
+    A new plain connection to an address is made here, without the
+    resolver: ``socket.create_connection`` (``net.upstream``'s) asks gevent's
+    resolver threads even for an address, which a copy per request made
+    costly (bench/mirror.py, a dead mirror: a p99 of hundreds of ms); TLS
+    and host names go through the pool's own ``connect``."""
+    cp = pool.conns[i]
+    server = cp.server
+    family = _family(server.host) if pool.cfg.tls is None and not cp.idle else None
+    if family is None:
+        return cp.checkout(False, (seconds, None, None))
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    try:
+        sock.connect((server.host, server.port))
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+    except BaseException:
+        sock.close()
+        raise
+    return UpstreamConn(sock, server, cp.send_timeout, cp.read_timeout)
+
+
+@functools.lru_cache(maxsize=1024)
+def _family(host: str):
+    """The address family of an address, None for a host name."""
+    try:
+        return socket.AF_INET6 if ipaddress.ip_address(host).version == 6 else socket.AF_INET
+    except ValueError:
+        return None
+
+
+def _discard_answer(sock, method: str, answered: list, limits) -> bool:
+    """Read the answer to a copy whole, 1xx heads skipped, and throw it
+    away; ``answered[0]`` once its final head came (a copy answered counts
+    as sent even if its body is then cut).  True when the connection may
+    carry another request."""
+    buf = b""
     while True:
+        end = http1.find_head_end(buf) if buf else -1
+        if end >= 0:
+            resp = http1.parse_response_head(buf[:end], limits)
+            buf = buf[end:]
+            if 100 <= resp.status < 200 and resp.status != 101:
+                continue  # interim
+            break
+        if len(buf) > limits.max_head_size:
+            raise http1.ProtocolError(502, "response head too large")
         data = sock.recv(RECV_SIZE)
         if not data:
-            return
-        if not answered[0]:
-            first = (first + data)[:5]
-            answered[0] = first == b"HTTP/"
+            return False
+        buf += data
+    answered[0] = True
+    if resp.status == 101:
+        return False
+    framing = http1.response_body_framing(method, resp)
+    decoder = http1.make_decoder(framing, 502, limits)
+    while True:
+        if buf:
+            _, buf = decoder.feed(buf)
+        if decoder.done:
+            return not buf and framing.kind != "close" and http1.keep_alive(
+                resp.version, http1.connection_tokens(resp.headers))
+        buf = sock.recv(RECV_SIZE)
+        if not buf:
+            return False
 
 
 def read_whole(s, tx, length: int) -> bytes:
