@@ -145,7 +145,7 @@ class Mirrors:
 
 def _checkout(pool, i: int, seconds: float) -> UpstreamConn:
     """A connection to server ``i`` of ``pool``: an idle one of the pool's
-    (probed first), else a new one.
+    (probed first unless warm: ``ConnPool.checkout``), else a new one.
 
     A new plain connection to an address is made here, without the
     resolver: ``socket.create_connection`` (``net.upstream``'s) asks gevent's
@@ -156,7 +156,9 @@ def _checkout(pool, i: int, seconds: float) -> UpstreamConn:
     server = cp.server
     family = _family(server.host) if pool.cfg.tls is None and not cp.idle else None
     if family is None:
-        return cp.checkout(False, (seconds, None, None))
+        # Warm idle connections are taken without a probe (a copy lost to one
+        # the server just closed is counted failed, never retried).
+        return cp.checkout(True, (seconds, None, None))
     sock = socket.socket(family, socket.SOCK_STREAM)
     try:
         sock.connect((server.host, server.port))
