@@ -688,6 +688,26 @@ _EDGE_SECTIONS = ("route.deny", "route.rate_limit", "route.rewrite", "route.redi
                   "route.request_headers", "route.response_headers")
 
 
+def test_a_mirror_round_trips():
+    text = MINIMAL.replace('pool = "app"\n', 'pool = "app"\nmirror = { pool = "app" }\n', 1)
+    cfg = loads(text, "a.toml")
+    m = cfg.routes[0].mirror
+    assert (m.pool, m.percent, m.queue, m.max_body, m.timeout) == ("app", 100, 64, 65536, 2.0)
+    out = dump(cfg)
+    assert 'mirror = { pool = "app", percent = 100, queue = 64, max_body = "64k", timeout = "2s" }' \
+        in out
+    assert loads(out, "a.toml") == cfg
+    assert loads(MINIMAL, "a.toml").routes[0].mirror is None
+    for bad, why in (('{ pool = "ap" }', 'mirror.pool: no pool named "ap"; did you mean "app"?'),
+                     ('{ pool = "app", percent = 101 }',
+                      "mirror.percent: expected an integer 0..100, got 101"),
+                     ('{ percent = 10 }', "mirror.pool"),
+                     ('{ pool = "app", queue = 0 }', "mirror.queue")):
+        with pytest.raises(ConfigErrors) as e:
+            loads(text.replace('{ pool = "app" }', bad), "a.toml")
+        assert f"a.toml:7: route[0].{why}" in str(e.value)
+
+
 def test_dump_fills_every_default():
     out = dump(loads(pool_with('health = {}\nbalance = "hash"\nsticky = {}\nretry = {}\nqueue = {}'
                                '\noutlier = {}')))
@@ -702,8 +722,9 @@ def test_dump_fills_every_default():
             # An inline table leaves unset keys out: no comment fits inside { }.
             assert f" {s.name} = " not in out, s.name
         elif s.when or s.section in ("listener.tls", "listener.certs", "pool.tls",
-                                     "route.compress"):
-            continue  # mode = "tcp" only; TLS: tests/e2e/test_tls.py; compress: test_encoding.py
+                                     "route.compress", "route.mirror"):
+            continue  # mode = "tcp" only; TLS: tests/e2e/test_tls.py; compress:
+            # test_encoding.py; mirror: test_a_mirror_round_trips
         elif s.default is None:
             assert f"# {s.name} is not set" in out
         else:

@@ -160,7 +160,7 @@ class _Loader:
         for r in routes:
             if r is None:
                 continue
-            for where, name in _route_pools(r):
+            for where, name in _route_pools(r) + _mirror_pool(r):
                 if name not in pools:
                     self.err(where, f"no pool named {_quote(name)}{_did_you_mean(name, pools)}")
             for j, name in enumerate(r.listener):
@@ -193,7 +193,7 @@ class _Loader:
                         p += (j,)
                     self.err(p, f"listener {_quote(name)} is a tcp listener: routes apply to "
                              "http listeners only")
-            for where, name in _route_pools(r):
+            for where, name in _route_pools(r) + _mirror_pool(r):
                 raw = raw_pools.get(name)
                 if isinstance(raw, dict) and raw.get("proxy_protocol") is not None:
                     self.err(where, f"pool {_quote(name)} sends PROXY "
@@ -205,6 +205,11 @@ def _route_pools(r) -> list[tuple[tuple, str]]:
     if r.split is None:
         return [(("route", r.index, "pool"), r.pool)]
     return [(("route", r.index, "pools", j, "pool"), name) for j, name in enumerate(r.split.pools)]
+
+
+def _mirror_pool(r) -> list[tuple[tuple, str]]:
+    """(key path, pool name) of the pool a route mirrors to, if it does."""
+    return [] if r.mirror is None else [(("route", r.index, "mirror", "pool"), r.mirror.pool)]
 
 
 def _did_you_mean(name: str, choices: list[str]) -> str:

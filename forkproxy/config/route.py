@@ -1,6 +1,6 @@
 """``[[route]]`` tables and their sub-tables: the edge rules (``deny``,
 ``rate_limit``, ``rewrite``, ``redirect``, ``request_headers``,
-``response_headers``) and ``compress``.
+``response_headers``), ``compress`` and ``mirror``.
 
 Their keys, each declared once, the dataclasses made from them, and the
 builders that check a table's keys together with the code that runs them.
@@ -206,6 +206,53 @@ SECTIONS: tuple[Section, ...] = (
         ``types``: media types (``text/*`` and ``*`` allowed), lower case;
         ``min_size`` in bytes (a known Content-Length below it is sent as it is);
         ``level`` 1..9 (gzip's scale; mapped for brotli by ``net.compress``).
+        """,
+    ),
+    Section(
+        "route.mirror",
+        "table",
+        "mirror = { ... }",
+        "Shadow traffic: a copy of the route's requests goes to another pool and its answer "
+        'is thrown away, as an inline table such as { pool = "canary", percent = 10 } '
+        "(nginx's mirror, Envoy's request_mirror_policies; HAProxy and Caddy have none). "
+        "The client gets the route's own pool's answer, never the mirror's, and the copy "
+        "costs the real request no wait: it is sent by its own greenlet after the real "
+        "request's head is ready, each worker has at most queue copies in flight (a copy "
+        "over it is dropped, not queued), and it has its own time limit. "
+        "Each request is drawn at random (percent of them, independently in each worker). "
+        "Only requests that go to the route's pool are mirrored: those forkproxy answers "
+        "itself (refusals, redirects, cache hits, background refreshes) are not, unlike "
+        "nginx, whose mirror runs before its cache. "
+        "The copy carries the same head as the request sent to the route's pool "
+        "(rewritten target, X-Forwarded-For, X-Request-Id, request_headers...), plus "
+        "X-Forkproxy-Mirror: 1; the Host stays the same (Envoy "
+        'appends "-shadow" to it instead; nginx marks nothing). '
+        "It goes on one of the mirror pool's keep-alive connections (or a new one), and "
+        "its whole answer is read and thrown away. "
+        "Bodies: nginx's mirror_request_body reads the whole body before mirroring; "
+        "here only bodies up to max_body are mirrored: a body read whole "
+        "(request_buffering) is copied from where it was kept; a streamed body "
+        "(request_buffering = false) with a Content-Length up to max_body is read whole "
+        "before the real request is sent (as nginx does) and copied; a larger one, or a "
+        "streamed chunked one, is not mirrored (counted as skipped). "
+        "Requests that ask to upgrade (WebSocket) are never mirrored. "
+        "The mirror pool's servers are chosen by its own balancer and health; a server "
+        "that takes no connection (refused, connect timeout) counts as a passive failure "
+        "of the mirror pool (its max_fails and fail_timeout, so that a dead mirror is "
+        "skipped cheaply; a pool of one server is taken out only with "
+        "max_ejection_percent = 100, or by its active health checks); nothing of a copy is ever charged to the route's pool, and a "
+        "copy is never retried. "
+        "Nothing of the copy goes in the access log (a debug line in the error log); "
+        "forkproxy_mirror_total{route,result} counts sent (an answer came), failed (no "
+        "server, connection error, no answer within timeout), dropped (the queue was "
+        "full) and skipped (the body could not be mirrored) copies. "
+        "forkproxyctl explain says when a route mirrors.",
+        optional=True,
+        cls="MirrorConfig",
+        doc="""A route's ``mirror = { ... }``: shadow traffic to ``pool`` (``net.mirror``).
+
+        ``percent`` 0..100 of the requests; ``queue``: copies in flight per
+        worker; ``max_body`` in bytes; ``timeout`` in seconds.
         """,
     ),
 )
@@ -456,6 +503,26 @@ SETTINGS: tuple[Setting, ...] = (
             "Its share of the requests, relative to the others' weights; 0: none. "
             "The weights of a split must not all be 0.",
             _RELOAD, _int(0, 1000), example=95),
+    # mirror = { ... }
+    Setting("route.mirror", "pool", "pool name", REQUIRED,
+            "The pool that gets the copies. It must exist; it may be the route's own.",
+            _RELOAD, _str, example="canary"),
+    Setting("route.mirror", "percent", "integer 0..100", 100,
+            "The share of the route's requests mirrored, each request drawn at random; "
+            "0 mirrors none (the table stays in the file).",
+            _RELOAD, _int(0, 100), example=10),
+    Setting("route.mirror", "queue", "integer 1..100000", 64,
+            "Copies in flight at once in each worker; a copy over it is dropped and counted.",
+            _RELOAD, _int(1, 100000)),
+    Setting("route.mirror", "max_body", "size", "64k",
+            "The largest request body mirrored (see above); 0 mirrors only requests "
+            "without a body.",
+            _RELOAD, _size(0), _r_size),
+    Setting("route.mirror", "timeout", "duration", "2s",
+            "The whole of a copy's exchange (connect, send, the answer read and thrown "
+            "away) must end within it, else its connection is closed (a copy whose "
+            "answer's head came in time still counts as sent).",
+            _RELOAD, _duration(False), _r_duration),
     Setting("route.compress", "types", "array of media types", list(DEFAULT_COMPRESS_TYPES),
             'Media types to compress (the Content-Type without parameters): "text/html", '
             '"text/*" for a whole family, or "*" for every type. '
@@ -482,6 +549,7 @@ RewriteRule = CLASSES["route.rewrite"]
 RedirectConfig = CLASSES["route.redirect"]
 HeaderRulesConfig = CLASSES["route.request_headers"]
 CompressConfig = CLASSES["route.compress"]
+MirrorConfig = CLASSES["route.mirror"]
 
 
 # Builders: the values of one table (parsed, keyed by field) -> its

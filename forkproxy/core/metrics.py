@@ -27,8 +27,8 @@ from bisect import bisect_left
 
 from forkproxy.core.outlier import REASONS as OUTLIER_REASONS
 
-__all__ = ["FAMILIES", "GAUGES", "CLASSES", "BUCKETS", "CACHE_RESULTS", "Metrics", "SlotCounter",
-           "request_keys", "render"]
+__all__ = ["FAMILIES", "GAUGES", "CLASSES", "BUCKETS", "CACHE_RESULTS", "MIRROR_RESULTS",
+           "Metrics", "SlotCounter", "request_keys", "render"]
 
 #: family name -> (Prometheus type, help text). Names are without the prefix.
 FAMILIES: dict[str, tuple[str, str]] = {
@@ -47,6 +47,8 @@ FAMILIES: dict[str, tuple[str, str]] = {
                                 "(consecutive_5xx, consecutive_gateway_failure, success_rate)."),
     "cache_requests_total": ("counter", "Requests on cached routes, by route and cache result."),
     "ratelimited_total": ("counter", "Requests refused with 429 by a route's rate limit."),
+    "mirror_total": ("counter", "Copies of a route's requests for its mirror pool, by result: "
+                     "sent (answered), failed, dropped (queue full), skipped (body)."),
     "reloads_total": ("counter", "Configuration reloads taken (SIGHUP or the admin API)."),
 }
 GAUGES = frozenset({"connections_active"})
@@ -55,6 +57,8 @@ CLASSES = ("1xx", "2xx", "3xx", "4xx", "5xx")
 BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
 #: ``AccessRecord.cache`` values, as they label cache_requests_total.
 CACHE_RESULTS = ("HIT", "MISS", "STALE", "REVALIDATED", "BYPASS", "REFRESH", "PURGE")
+#: What became of a mirrored copy (route ``mirror``, ``net.mirror``).
+MIRROR_RESULTS = ("sent", "failed", "dropped", "skipped")
 PREFIX = "forkproxy_"
 _SINGLE = ("received_bytes_total", "sent_bytes_total", "connections_active", "reloads_total")
 _LE = tuple(repr(b) for b in BUCKETS) + ("+Inf",)
@@ -75,7 +79,7 @@ def row_label(row: int) -> str:
     return f"#{row}"
 
 
-def request_keys(routes, pools=None, spare_rows=()) -> list[tuple]:
+def request_keys(routes, pools=None, spare_rows=(), mirrors=()) -> list[tuple]:
     """Every key of a configuration.
 
     ``routes``: ``[(route_id, pool, [server addrs])]``, one entry per pool
@@ -92,6 +96,9 @@ def request_keys(routes, pools=None, spare_rows=()) -> list[tuple]:
     ``spare_rows``: the table rows kept for servers that come at run time;
     each gets the series of a server (``row_label``) in every pool, and in
     every route of its pool.
+
+    ``mirrors``: the ids of the routes that mirror their requests (a
+    ``mirror_total`` series per result).
     """
     if pools is None:
         pools = {p: list(s) for _, p, s in routes if p}
@@ -112,6 +119,8 @@ def request_keys(routes, pools=None, spare_rows=()) -> list[tuple]:
             keys += [("cache_requests_total", (("route", route), ("result", r)))
                      for r in CACHE_RESULTS]
             keys.append(("ratelimited_total", (("route", route),)))
+    keys += [("mirror_total", (("route", str(r)), ("result", res)))
+             for r in mirrors for res in MIRROR_RESULTS]
     for pool, servers in pools.items():
         keys.append(("retries_total", (("pool", pool),)))
         keys.append(("retries_denied_total", (("pool", pool),)))
@@ -162,6 +171,7 @@ class Metrics:
         self._denied = {p: i for (p,), i in by_label.get("retries_denied_total", {}).items()}
         self._moves = by_label.get("health_transitions_total", {})
         self._ejections = by_label.get("outlier_ejections_total", {})
+        self._mirror = by_label.get("mirror_total", {})
         self._in = self.index.get(("received_bytes_total", ()), 0)
         self._out = self.index.get(("sent_bytes_total", ()), 0)
 
@@ -256,6 +266,11 @@ class Metrics:
         if k is not None:
             self.cells[slot * self.n_keys + k] += 1
 
+    def count_mirror(self, slot: int, route: int, result: str) -> None:
+        k = self._mirror.get((str(route), result))
+        if k is not None:
+            self.cells[slot * self.n_keys + k] += 1
+
     def _count_server(self, slot: int, keys: dict, pool: str, server: str, what: str) -> None:
         """Count one in the cell ``keys[(pool, server, what)]``, a server
         that came at run time by its row's label."""
@@ -308,6 +323,10 @@ class SlotCounter:
     def retry_denied(self, pool: str) -> None:
         """The retry budget of ``pool`` refused a request its retry."""
         self.metrics.count_retry_denied(self.slot, pool)
+
+    def mirror(self, route: int, result: str) -> None:
+        """A copy of a request of route ``route`` for its mirror: ``MIRROR_RESULTS``."""
+        self.metrics.count_mirror(self.slot, route, result)
 
     def transition(self, pool: str, server: str, to: str) -> None:
         """The active checks turned ``server`` of ``pool`` ``to`` "up" or "down"."""

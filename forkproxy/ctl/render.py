@@ -142,6 +142,11 @@ def render_explain(doc: dict) -> str:
         rl = doc["rate_limit"]
         lines.append(("rate limit", f"{rl['rate']} burst {rl['burst']}, bucket {rl['key']!r} "
                                     "(not consulted by explain)"))
+    if doc.get("mirror") is not None:
+        m = doc["mirror"]
+        lines.append(("mirror", f"{m['percent']}% copied to pool {m['pool']} (answers thrown "
+                                f"away; queue {m['queue']}, bodies up to {m['max_body']} bytes, "
+                                f"timeout {m['timeout']:g}s)"))
     if doc["refused"] is not None:
         lines.append(("refused", f"{doc['refused']['status']} {doc['refused']['why']}"))
     if doc["redirect"] is not None:

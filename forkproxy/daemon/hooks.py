@@ -247,7 +247,8 @@ def build_metrics(cfg: Config, n_slots: int, old):
     first = sum(len(p.servers) for p in cfg.pools)
     keys = request_keys([(r.index, p, pools.get(p, [])) for r in cfg.routes
                          for p in route_pools(r)], pools,
-                        range(first, first + cfg.server.runtime_servers))
+                        range(first, first + cfg.server.runtime_servers),
+                        [r.index for r in cfg.routes if r.mirror is not None])
     if old is not None and old.keys == keys and old.n_slots == n_slots:
         return old
     metrics = Metrics(keys, n_slots, mmap.mmap(-1, Metrics.size(len(keys), n_slots)))

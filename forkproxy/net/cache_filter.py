@@ -107,6 +107,7 @@ class Background:
     tls_version = None
     buf = b""
     live = True
+    mirrored = False  # a refresh is no client's request: never mirrored
     sent = 0
 
     def __init__(self, rt, proto: str):

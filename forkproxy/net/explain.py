@@ -36,6 +36,7 @@ The answer (``forkproxyctl explain --json`` prints it)::
      refused: {status, why} | null,      # forkproxy would answer itself
      redirect: {status, location} | null,
      rate_limit: {rate, burst, key} | null,
+     mirror: {pool, percent, queue, max_body, timeout} | null,  # the route's shadow traffic
      pool: {name, balance, key} | null,  # key: the hash / ip_hash key
      server: {addr, by: "sticky" | "balance"} | null,
      why_no_server: str | null,
@@ -93,7 +94,7 @@ def explain(rt: Runtime, method: str, url: str, headers: list[tuple[str, str]],
                        "client": client},
            "listener": {"name": lc.name, "bind": lc.bind, "proto": proto},
            "route": None, "split": None, "upstream_target": None, "refused": None, "redirect": None,
-           "rate_limit": None, "pool": None, "server": None, "why_no_server": None,
+           "rate_limit": None, "mirror": None, "pool": None, "server": None, "why_no_server": None,
            "sticky": None, "cache": None}
     try:
         _walk(rt, doc, lc, proto, request_for(rt, method, target, host, headers), client)
@@ -143,6 +144,7 @@ class DryRun:
     what would be sent is written into ``doc``, and every answer stops."""
 
     live = False
+    mirrored = False
 
     def __init__(self, rt: Runtime, doc: dict, listener, proto: str, peer: str):
         self.rt, self.doc, self.listener, self.proto, self.peer = rt, doc, listener, proto, peer
@@ -210,6 +212,10 @@ def _report(doc: dict, tx) -> None:
         if rc.rate_limit is not None:
             doc["rate_limit"] = {"rate": rc.rate_limit.rate, "burst": rc.rate_limit.burst,
                                  "key": er.rules.rate_key(tx.req, er.client)}
+    if rc is not None and rc.mirror is not None:
+        m = rc.mirror
+        doc["mirror"] = {"pool": m.pool, "percent": m.percent, "queue": m.queue,
+                         "max_body": m.max_body, "timeout": m.timeout}
     if tx.target is not None:
         doc["upstream_target"] = tx.target
 

@@ -61,6 +61,7 @@ class Session:
 
     proto = "http"  # "https" when the connection came over TLS (set by Runtime)
     live = True  # the request stages act (net.explain's DryRun only reports)
+    mirrored = True  # a route's mirror may copy its requests (net.mirror)
     tls_version = sni = None  # a TLS connection's protocol and SNI name (set by Runtime)
     # Nothing of one request lives here: see net.transaction.
 

@@ -31,6 +31,7 @@ from forkproxy.net import stages, tcp_proxy
 from forkproxy.net.edge import Edge
 from forkproxy.net.handoff import Handoff
 from forkproxy.net.http_session import Session
+from forkproxy.net.mirror import Mirrors
 from forkproxy.net.pools import REFRESH, PoolRuntime
 from forkproxy.net.spool import body_dir
 from forkproxy.net.tls import HandshakeFailed, ListenerTLS, tls_server_name
@@ -91,6 +92,7 @@ class Runtime:
             self.pools[p.name] = PoolRuntime(p, table, rows, slot, ctx.sticky_key)
             self.pools[p.name].stick = _stick_table(cfg, p, log)
         self.refresh(time.time())
+        self.mirrors = Mirrors(cfg.routes, self.pools, metrics, log, self.limits)  # routes' shadow traffic
         if metrics is not None:  # servers that came at run time are counted by their row
             metrics.metrics.locate = self._row_of
         self.plans = self._plans(cache is not None)

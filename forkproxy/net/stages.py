@@ -14,7 +14,8 @@ kinds of ``s``; what leaves the worker goes through ``s``:
   runs this very list and cannot disagree with the request path.
 
 What ``s`` offers the stages: ``rt``, ``listener``, ``peer``, ``proto``,
-``live``, ``rt.plans`` (each route's stages, ``plan``), and
+``live``, ``rt.plans`` (each route's stages, ``plan``), ``mirrored`` (a
+client's request: a route's mirror may copy it), and
 ``refuse(tx, status, why, fields=())``,
 ``redirect_https(tx)``, ``take_body(tx)``, ``cached(tx)``, and, for a dry run,
 ``balanced(tx)``.
@@ -112,10 +113,14 @@ def forwarding(s, tx):
     if not s.live:
         return s.balanced(tx)
     hook = tx.hook
+    mirror = False
     if tx.headers is None:
         headers, tx.out_host = upstream_fields(s, tx)
         tx.headers = hook.upstream_fields(headers) if hook is not None else headers
+        mirror = tx.rc.mirror is not None and s.mirrored
     try:
+        if mirror:  # a copy to the route's mirror pool (net.mirror), sent by its own greenlet
+            s.rt.mirrors.copy(s, tx)
         return forward.exchange(s, tx)
     finally:
         tx.hook = None
@@ -129,8 +134,8 @@ STAGES = (admission, routing, edge_rules, redirects, body, cache_lookup, balanci
 def plan(rc, sticky: bool, cache: bool) -> tuple:
     """The stages after routing that a request on route ``rc`` runs, in
     ``STAGES`` order: the others could only pass every request of the route
-    on, so they are left out.  ``sticky``: the route's pool has sticky
-    cookies; ``cache``: the worker has a cache (it answers PURGE on every
+    on, so they are left out.  ``sticky``: a pool of the route has sticky
+    cookies or a sticky table; ``cache``: the worker has a cache (it answers PURGE on every
     route).  Made once per route when a worker's runtime is built
     (``Runtime.plans``)."""
     skip = set()

@@ -239,3 +239,21 @@ def test_a_server_in_two_pools_times_each_pool_apart():
     s = parse(render(m.totals()))
     assert s['forkproxy_upstream_duration_seconds_count{pool="web",server="10.0.0.1:80"}'] == 1
     assert s['forkproxy_upstream_duration_seconds_count{pool="api",server="10.0.0.1:80"}'] == 2
+
+
+def test_mirror_series_exist_only_for_mirroring_routes_and_count_by_result():
+    keys = request_keys(ROUTES, mirrors=[1])
+    m = Metrics(keys, 2, bytearray(Metrics.size(len(keys), 2)))
+    c0, c1 = SlotCounter(m, 0), SlotCounter(m, 1)
+    for result in ("sent", "sent", "dropped", "failed", "skipped"):
+        c0.mirror(1, result)
+    c1.mirror(1, "sent")
+    c0.mirror(0, "sent")  # route 0 does not mirror: no series, nothing counted
+    got = {k[1]: v for k, v in m.totals().items() if k[0] == "mirror_total"}
+    assert got == {(("route", "1"), ("result", "sent")): 3,
+                   (("route", "1"), ("result", "failed")): 1,
+                   (("route", "1"), ("result", "dropped")): 1,
+                   (("route", "1"), ("result", "skipped")): 1}
+    text = render(m.totals())
+    assert 'forkproxy_mirror_total{route="1",result="sent"} 3' in text
+    assert "# TYPE forkproxy_mirror_total counter" in text
