@@ -14,27 +14,15 @@ import re
 
 import requests
 
+from support.configs import one_pool
 from support.procs import free_port, wait_until
 
 TOKEN = "outlier-token"
 
 
 def config(port: int, backends, outlier: str, extra: str = "") -> str:
-    servers = ", ".join(f'{{ addr = "{b.addr}" }}' for b in backends)
-    return f"""
-[[listener]]
-name = "web"
-bind = "127.0.0.1:{port}"
-
-[[route]]
-pool = "web"
-
-[pool.web]
-servers = [{servers}]
-max_fails = 0
-outlier = {{ {outlier} }}
-{extra}
-"""
+    return one_pool(port, [b.addr for b in backends],
+                    f"max_fails = 0\noutlier = {{ {outlier} }}\n{extra}")
 
 
 def start(forkproxy_factory, backends, outlier: str, extra: str = ""):
