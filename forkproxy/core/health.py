@@ -67,7 +67,7 @@ class RiseFall:
                          reason=f"init-state {self.init_state}")
 
     def step(self, h: HealthRow | None, ok: bool, now: float, result: str, latency: float) -> HealthRow:
-        """The state after one probe that ended at ``now`` with ``result``.
+        """The state after one probe that began at ``now`` and got ``result``.
 
         ``h`` None means never probed (see ``initial``). Pure: returns a new
         row; ``last_change`` and ``reason`` change only on a transition.

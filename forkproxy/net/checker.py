@@ -368,13 +368,16 @@ class Checker:
                 self._stopped.wait(self._poll)
                 continue
             wait = h.interval
-            started = time.monotonic()
+            started, begun = time.monotonic(), self.clock()
             try:
                 ok, result, latency = probe(t, session=self._session)
                 if self._stopped.is_set() or not self.leader.held or t not in self._loops:
                     continue
                 old = self.table.read_health(t.row)
-                new = rf.step(old, ok, self.clock(), result, latency)
+                # Dated when the probe began: a good check forgives the passive
+                # failures before it (net.pools), and one that failed while
+                # this probe was on its way is not one of them.
+                new = rf.step(old, ok, begun, result, latency)
                 self.table.write_health(t.row, new)
                 before = old.state if old is not None else rf.initial(0.0).state
                 if new.state != before:
