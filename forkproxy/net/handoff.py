@@ -58,17 +58,19 @@ def _generation_of(name: str) -> int:
 
 class Handoff:
     """One worker's end: ``open()`` receives connections (``serve(listener,
-    sock, peer, served)`` is called in a new greenlet for each), ``give()``
-    sends one to the newest generation once this worker drains.
+    sock, peer, served)`` is called in a new greenlet for each, when
+    ``takes(listener)``; else the sender keeps it), ``give()`` sends one to
+    the newest generation once this worker drains.
 
     ``log``: the worker's error log; failures are logged at info and cost
     nothing but the handoff.
     """
 
-    def __init__(self, runtime_dir: str, generation: int, serve, log):
+    def __init__(self, runtime_dir: str, generation: int, serve, log, takes=lambda name: True):
         self.dir = handoff_dir(runtime_dir)
         self.generation = generation
         self.serve = serve
+        self.takes = takes
         self.log = log
         self.name = f"g{generation}-{os.getpid()}.sock"
         self._dirfd = None  # the directory, opened: see _path
@@ -171,9 +173,13 @@ class Handoff:
                     listener, peer, served = meta["listener"], tuple(meta["peer"]), meta["served"]
                     if sock.type != socket.SOCK_STREAM:
                         raise ValueError("not a stream socket")
+                    if not self.takes(listener):
+                        raise ValueError(f"no plain HTTP listener {listener!r} here")
                 except (ValueError, KeyError, TypeError) as exc:
-                    self.log.info("connection handoff: message refused: %s", exc)
+                    # "n": the sender keeps the connection (and drains it as before).
+                    self.log.info("connection handoff: refused: %s", exc)
                     sock.close()
+                    conn.sendall(b"n")
                     continue
                 conn.sendall(b"k")
                 self.serving.spawn(self.serve, listener, sock, peer, served)
@@ -214,8 +220,11 @@ class Handoff:
                     with gsocket.socket(socket.AF_UNIX, socket.SOCK_SEQPACKET) as c:
                         c.connect(self._path(name))
                         c.sendmsg([meta], [(socket.SOL_SOCKET, socket.SCM_RIGHTS, fds)])
-                        if c.recv(1) == b"k":
+                        answer = c.recv(1)
+                        if answer == b"k":
                             return True
+                        if answer == b"n":  # its configuration has no such listener:
+                            return False    # nor has the rest of its generation
             except OSError as exc:  # socket.timeout included
                 self.log.info("connection handoff to %s failed: %s", name, exc)
                 self._targets.remove(name)  # gone or stuck: not asked again

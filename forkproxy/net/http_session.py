@@ -63,6 +63,7 @@ class Session:
     live = True  # the request stages act (net.explain's DryRun only reports)
     mirrored = True  # a route's mirror may copy its requests (net.mirror)
     tls_version = sni = None  # a TLS connection's protocol and SNI name (set by Runtime)
+    kept = False  # the newest generation refused it (net.handoff): it drains here
     # Nothing of one request lives here: see net.transaction.
 
     def __init__(self, rt, listener: ListenerConfig, client: socket.socket, addr, served=0):
@@ -174,8 +175,9 @@ class Session:
     @property
     def hands_off(self) -> bool:
         """Whether this connection goes to the newest generation when its
-        worker drains: plain HTTP, a newer generation listening."""
-        return self.plain and self.rt.handing_off
+        worker drains: plain HTTP, a newer generation listening, and no
+        handoff of it refused yet."""
+        return self.plain and self.rt.handing_off and not self.kept
 
     @property
     def draining(self) -> bool:
@@ -187,8 +189,12 @@ class Session:
         """Give the connection to the newest generation (nothing of a next
         request read yet); True when it took it."""
         rt = self.rt
-        return self.hands_off and rt.handoff.give(self.client, self.listener.name,
-                                                    (self.peer, 0), self.served)
+        if not self.hands_off:
+            return False
+        if rt.handoff.give(self.client, self.listener.name, (self.peer, 0), self.served):
+            return True
+        self.kept = True  # drained here as before: its next response says Connection: close
+        return False
 
     def arrived(self) -> bool:
         """True when the client sent something (bytes or its FIN) not read yet."""

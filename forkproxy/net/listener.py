@@ -190,20 +190,22 @@ class Runtime:
     def handle_handed(self, name: str, client, peer, served: int) -> None:
         """A keep-alive connection a draining worker of an older generation
         handed over (``net.handoff``): served on, by this configuration's
-        listener of the same name (closed when there is none, or it is no
-        longer plain HTTP), counted and admitted like an accepted one."""
-        listener = next((lc for lc in self.cfg.listeners if lc.name == name), None)
-        if listener is None or listener.mode != "http" or listener.contexts:
-            self.log.info("connection from %s handed over for listener %s closed: no such "
-                          "plain HTTP listener now", peer[0], name)
+        plain HTTP listener of the same name (the handoff refuses it when
+        there is none), counted and admitted like an accepted one."""
+        listener = self._plain_listener(name)
+        if listener is None:  # asked first (Handoff.takes): only after a race with a reload
             _close_quietly(client)
             return
         self._admitted(listener, client, peer, served)
 
+    def _plain_listener(self, name: str) -> ListenerConfig | None:
+        return next((lc for lc in self.cfg.listeners
+                     if lc.name == name and lc.mode == "http" and not lc.contexts), None)
+
     def open_handoff(self, generation: int) -> None:
         """Take connections that draining workers of older generations hand over."""
         self.handoff = Handoff(self.cfg.server.runtime_dir, generation, self.handle_handed,
-                               self.log)
+                               self.log, takes=lambda name: self._plain_listener(name) is not None)
         if not self.handoff.open():
             self.handoff = None
 

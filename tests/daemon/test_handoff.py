@@ -104,3 +104,23 @@ def test_a_receiver_that_refuses_is_skipped_for_the_next(forkproxy_factory, back
         r = c.reply()
         assert r.status == 200 and r.headers.get("Connection", "").lower() != "close"
     assert f"g99-{os.getpid()}.sock failed" in fp.error_log()
+
+
+def test_a_connection_whose_listener_is_gone_is_kept_and_closed_as_before(forkproxy_factory,
+                                                                          backend_factory):
+    """The new configuration names the listener differently: the new generation
+    refuses the connection, the old worker keeps it, answers the next request
+    with Connection: close, and nothing is lost."""
+    b = backend_factory("b")
+    port = free_port()
+    fp = forkproxy_factory(one_pool(port, [b.addr], listener="web"), server={"workers": 1})
+    get = f"GET / HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\n\r\n".encode()
+    with Conn(port, timeout=30) as c:
+        c.send(get)
+        assert c.reply().status == 200
+        fp.write_config(one_pool(port, [b.addr], listener="front"))
+        fp.reload_and_wait()
+        c.send(get)
+        r = c.reply()
+        assert r.status == 200 and r.headers.get("Connection", "").lower() == "close"
+    fp.wait_error_log("no plain HTTP listener 'web' here")
