@@ -116,6 +116,11 @@ def owners(fp_port: int, clients: list[Client]) -> dict[int, list[Client]]:
     return groups
 
 
+def listed(fp: ForkProxy, addr: str) -> bool:
+    """Whether ``forkproxyctl status`` lists a server at ``addr``."""
+    return any(s["addr"] == addr for p in fp.ctl_status()["pools"] for s in p["servers"])
+
+
 def per_worker(groups, name: str, since: float, timeout: float = 30) -> list[float]:
     """Seconds from ``since`` to the first answer from ``name``, per worker."""
     def seen():
@@ -160,8 +165,7 @@ def bench_add_server(args, tmp: Path) -> list[float]:
                   + " ".join(f"{x * 1000:.0f}" for x in ret) + " ms; from the command's start "
                   + " ".join(f"{x * 1000:.0f}" for x in start) + " ms")
             assert fp.ctl("remove-server", "web", b.addr).returncode == 0
-            wait_until(lambda: all(s["addr"] != b.addr for p in fp.ctl_status()["pools"]
-                                   for s in p["servers"]), timeout=30, what="b's row freed")
+            wait_until(lambda: not listed(fp, b.addr), timeout=30, what="b's row freed")
         for c in clients:
             c.running = False
     finally:
@@ -189,8 +193,7 @@ def bench_dns(args, tmp: Path) -> list[float]:
     all_t = []
     try:
         fp.wait_workers(args.workers)
-        wait_until(lambda: any(s["addr"] == a.addr for p in fp.ctl_status()["pools"]
-                               for s in p["servers"]), timeout=30, what="a found")
+        wait_until(lambda: listed(fp, a.addr), timeout=30, what="a found")
         clients, groups = start_clients(port, args.connections, args.workers)
         for rnd in range(args.rounds):
             for c in clients:
@@ -202,8 +205,7 @@ def bench_dns(args, tmp: Path) -> list[float]:
             print(f"dns round {rnd + 1}: per worker, from the zone change "
                   + " ".join(f"{x * 1000:.0f}" for x in ts) + " ms")
             write_zone(zone, records(a), ttl=1)
-            wait_until(lambda: all(s["addr"] != b.addr for p in fp.ctl_status()["pools"]
-                                   for s in p["servers"]), timeout=30, what="b's row freed")
+            wait_until(lambda: not listed(fp, b.addr), timeout=30, what="b's row freed")
         for c in clients:
             c.running = False
     finally:
