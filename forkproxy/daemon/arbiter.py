@@ -20,7 +20,9 @@ replaces it:
 - the new generation is forked at once; each older worker is *retired*
   (SIGTERM, after which it drains, see ``daemon.worker``) as soon as every
   worker of the newest generation serves, or at once if it had not booted
-  itself.  Retiring workers stay in ``WORKERS`` (so they are reaped and their
+  itself.  The reload is announced ("serving") once the retired workers
+  closed their listeners: from then on every new connection meets the new
+  configuration.  Retiring workers stay in ``WORKERS`` (so they are reaped and their
   table slot freed as usual) but no longer count towards ``num_workers``.
 
 The master loop keeps running during all of it; the only wait it does is
@@ -77,6 +79,25 @@ def write_boot_report(report: mmap.mmap, text: str) -> None:
 def read_boot_report(report: mmap.mmap) -> str:
     n = struct.unpack_from("<I", report, 0)[0]
     return bytes(report[4:4 + min(n, REPORT_SIZE - 4)]).decode("utf-8", "replace")
+
+
+# A worker that closed its listeners (daemon.worker, when it drains) makes
+# its heartbeat file read-only: the master announces a reload's generation
+# only once no older worker can accept a new connection.  One that never
+# says so stops heartbeating too, and gunicorn kills it after its timeout.
+
+
+def mark_closed(tmp) -> None:
+    """Worker side: it accepts no more connections."""
+    os.fchmod(tmp.fileno(), 0o400)
+
+
+def has_closed(tmp) -> bool:
+    """Master side: the worker of this heartbeat file accepts no more connections."""
+    try:
+        return not os.fstat(tmp.fileno()).st_mode & 0o200
+    except (OSError, ValueError, AttributeError):
+        return True  # its file is closed: the worker was reaped
 
 
 def set_title(title: str) -> None:
@@ -242,9 +263,13 @@ class ForkProxyArbiter(Arbiter):
         for pid, worker in self._serving():
             if worker.context.generation < st.generation and (all_up or not _is_booted(worker)):
                 self.retire(pid, worker)
-        if all_up and not st.announced:
+        if all_up and not st.announced and self._older_closed():
             st.announced = True
             self._announce_serving()
+
+    def _older_closed(self) -> bool:
+        """No retired worker accepts any more connections."""
+        return all(has_closed(w.tmp) for w in self.WORKERS.values() if w.context.retiring)
 
     def _generation_failure(self) -> str | None:
         """Why the newest generation, forked by a reload, cannot serve, or None."""

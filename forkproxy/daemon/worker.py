@@ -218,6 +218,8 @@ class ProxyWorker(AsyncWorker):
         from gevent.pool import Pool
         from gevent.server import StreamServer
 
+        from forkproxy.daemon import arbiter
+
         servers = []
         for s in self.sockets:
             s.setblocking(1)
@@ -234,6 +236,7 @@ class ProxyWorker(AsyncWorker):
             self._stop.wait(1.0)
         for server in servers:
             server.close()  # stop accepting now
+        arbiter.mark_closed(self.tmp)  # the master may announce a reload now
         if self.runtime is not None:
             self.runtime.drain()
         # Connections accepted, and those an older generation handed over.

@@ -68,6 +68,50 @@ def test_hup_with_a_good_file_switches_traffic_to_the_new_pool(forkproxy_factory
     assert len(fp.wait_workers(2)) == 2
 
 
+def test_a_reload_is_announced_only_once_no_old_worker_accepts(forkproxy_factory,
+                                                               backend_factory):
+    """reload.json's "serving" promises that every new connection meets the new
+    file: a retired worker that has not closed its listeners yet (here: stopped,
+    so it cannot even see its SIGTERM) holds the announcement back."""
+    a, b = backend_factory("alpha"), backend_factory("beta")
+    port = free_port()
+    fp = forkproxy_factory(one_pool(port, [a.addr]))
+    old = fp.wait_workers(2)
+    before = status(fp) or {"reload": 0}
+    for pid in old:
+        os.kill(pid, signal.SIGSTOP)
+    try:
+        fp.write_config(one_pool(port, [b.addr]))
+        fp.reload()
+        # the new generation serves (stopped workers accept nothing), the
+        # master asked the old one to go (a SIGTERM pending), which has not
+        # closed its listeners yet
+        wait_until(lambda: "beta" in served_by(port), timeout=30, what="the new pool")
+        wait_until(lambda: all(sigterm_pending(pid) for pid in old), timeout=30,
+                   what="the old workers retired")
+        st = status(fp)
+        assert st is None or st["reload"] == before["reload"] or st["state"] == "loading"
+    finally:
+        for pid in old:
+            os.kill(pid, signal.SIGCONT)
+    st = reload_and_wait_for(fp, before["reload"] + 1)
+    assert st["state"] == "serving"
+    for _ in range(6):
+        assert "beta" in served_by(port)
+
+
+def sigterm_pending(pid):
+    with open(f"/proc/{pid}/status") as f:
+        fields = dict(line.split(":", 1) for line in f)
+    return bool(int(fields["ShdPnd"], 16) & (1 << (signal.SIGTERM - 1)))
+
+
+def reload_and_wait_for(fp, n):
+    wait_until(lambda: (st := status(fp)) is not None and st["reload"] >= n
+               and st["state"] != "loading", timeout=30, what=f"reload {n} announced")
+    return status(fp)
+
+
 def test_hup_with_a_broken_file_keeps_serving_and_logs_every_error(forkproxy_factory,
                                                                    backend_factory):
     a = backend_factory("alpha")
