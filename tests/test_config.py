@@ -904,6 +904,18 @@ def test_warnings_name_what_a_fleet_shares_without_memcached():
     assert config.warnings(loads(shared, "f.toml"), shared, resolve_timeout=0) == []
 
 
+def test_warnings_name_cache_keys_on_a_route_that_does_not_cache():
+    text = MINIMAL.replace('pool = "app"\n', 'pool = "app"\ncache_key = "shop"\n'
+                           'cache_set_cookie = "strip"\n', 1)
+    ws = config.warnings(loads(text, "c.toml"), text, resolve_timeout=0)
+    assert [(w.key, w.message) for w in ws] == [
+        (f"route[0].{key}", "warning: this route does not cache (no cache = true): the key "
+         "has no effect") for key in ("cache_key", "cache_set_cookie")]
+    assert all(w.line is not None for w in ws)
+    caching = text.replace('cache_key = "shop"\n', 'cache_key = "shop"\ncache = true\n')
+    assert config.warnings(loads(caching, "c.toml"), caching, resolve_timeout=0) == []
+
+
 def test_no_warnings_for_a_plain_config():
     assert config.warnings(loads(MINIMAL, "m.toml"), MINIMAL) == []
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import time
 
 from forkproxy.config.document import Config
@@ -21,7 +22,8 @@ def warnings(cfg: Config, text: str | None = None,
     each ``FILE:LINE: key: warning: ...``, in file order: a route no request
     can reach (an earlier one takes them all), a server name that does not
     resolve now (DNS may be down at check time: only a warning), something
-    shared by a fleet (``scope = "fleet"``) with no memcached to share it.
+    shared by a fleet (``scope = "fleet"``) with no memcached to share it, a
+    route's cache setting on a route that does not cache.
 
     ``text`` is the file's text, for line numbers (read from ``cfg.path``
     when None; no line numbers when it cannot be read).  Resolving takes at
@@ -36,6 +38,7 @@ def warnings(cfg: Config, text: str | None = None,
     out = _Loader(text, cfg.path)
     _warn_shadowed(cfg, out.err)
     _warn_fleet_alone(cfg, out.err)
+    _warn_cache_off(cfg, out.err)
     _warn_unresolved(cfg, out.err, resolve_timeout)
     return sorted(out.errors, key=_sort_key)
 
@@ -61,6 +64,23 @@ def _warn_fleet_alone(cfg: Config, warn) -> None:
         if p.sticky is not None and p.sticky.key is not None and p.sticky.scope == "fleet":
             warn(("pool", p.name, "sticky", "scope"), 'warning: scope = "fleet" without '
                  "cache.servers: nothing is shared, each worker keeps its own sticky table")
+
+
+#: The route keys that only mean something with ``cache = true``.
+_CACHE_KEYS = ("cache_key", "cache_set_cookie")
+
+
+def _warn_cache_off(cfg: Config, warn) -> None:
+    """A cache setting on a route without ``cache = true``: most likely the
+    operator believes the route caches (or is namespaced) when it is not."""
+    for r in cfg.routes:
+        if r.cache:
+            continue
+        defaults = {f.name: f.default for f in dataclasses.fields(r)}
+        for key in _CACHE_KEYS:
+            if getattr(r, key) != defaults[key]:
+                warn(("route", r.index, key), "warning: this route does not cache "
+                     "(no cache = true): the key has no effect")
 
 
 def _warn_unresolved(cfg: Config, warn, timeout: float) -> None:
