@@ -44,7 +44,7 @@ from h2.errors import ErrorCodes
 from h2.settings import SettingCodes
 from hyperframe.frame import GoAwayFrame
 
-from forkproxy.core import http2
+from forkproxy.core import http1, http2
 from forkproxy.net.h2_stream import Stream
 from forkproxy.net.relay import ClientGone
 from forkproxy.net.sockio import Timers, is_plain, send_within
@@ -110,6 +110,9 @@ class H2Conn:
         })
         # Bound from the first HEADERS, not only once the client acknowledged.
         self.h2.decoder.max_header_list_size = srv.http2_max_header_list_size
+        limits = rt.limits  # forkproxy's own response heads, read back by Stream._send
+        self.own_limits = http1.Limits(limits.max_uri_length, limits.max_headers + 100,
+                                       limits.max_head_size + 65536)
         self.streams: dict[int, Stream] = {}
         self.waiting: set[Stream] = set()  # streams waiting for a window or the writer
         now = time.monotonic()
@@ -120,7 +123,7 @@ class H2Conn:
         self.wake = Event()  # the writer has frames to send
         self.raw: list[bytes] = []  # frames made outside h2's state (a graceful GOAWAY)
         self.queued = self.inflight = 0
-        self.goaway_sent = self.closing = self.reading = False
+        self.goaway_sent = self.closing = self.reading = self.reading_woken = False
         self.acked = False
         self.glet = self.writer = None
 
@@ -137,6 +140,10 @@ class H2Conn:
         self.writer = gevent.spawn(self._writer)
         try:
             self.h2.initiate_connection()
+            # The connection's receive window: a stream's window (64 KiB) for each
+            # stream, so that a stream whose body is read slowly (a slow server)
+            # never stalls the others' uploads; each stream's stays its own bound.
+            self.h2.increment_flow_control_window(min(self.max_streams, 256) * 65535)
             self.flush()
             self._loop()
         except ClientGone:
@@ -171,17 +178,18 @@ class H2Conn:
             if self.goaway_sent and not self.streams:
                 return
             wait = srv.keepalive_timeout
-            if not self.acked:
-                wait = min(wait, settings_until - time.monotonic())
+            settings_due = not self.acked and settings_until - time.monotonic() <= wait
+            if settings_due:
+                wait = settings_until - time.monotonic()
             try:
                 data = self._recv(max(wait, 0.001))
             except socket.timeout:
-                if not self.acked and time.monotonic() >= settings_until:
+                if settings_due and not self.acked and not self.reading_woken:
                     self.rt.log.info("HTTP/2 connection from %s: SETTINGS not acknowledged "
                                      "within %gs", self.peer, srv.http2_settings_timeout)
                     self.goaway(ErrorCodes.SETTINGS_TIMEOUT)
                     return
-                if self.streams or self.goaway_sent or self.rt.draining:
+                if self.streams or self.goaway_sent or self.rt.draining or self.reading_woken:
                     continue
                 self.goaway(ErrorCodes.NO_ERROR)  # idle for keepalive_timeout
                 return
@@ -205,7 +213,7 @@ class H2Conn:
 
     def _recv(self, seconds: float) -> bytes:
         t = self.timers.start(seconds)
-        self.reading = True
+        self.reading, self.reading_woken = True, False
         try:
             return self.sock.recv(RECV_SIZE)
         except socket.timeout:
@@ -222,6 +230,7 @@ class H2Conn:
 
     def _wake_cb(self) -> None:
         if self.reading and self.glet is not None:
+            self.reading_woken = True
             self.glet.throw(socket.timeout("wake"))
 
     # Runtime.drain's calls on every live connection.

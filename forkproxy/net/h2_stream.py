@@ -171,7 +171,12 @@ class Stream(Session):
 
     def _head(self, head: bytes) -> bool:
         """Send a response head as HEADERS; False for an interim one."""
-        resp = http1.parse_response_head(head)
+        try:
+            resp = http1.parse_response_head(head, self.conn.own_limits)
+        except http1.ProtocolError as exc:  # forkproxy's own head: a bug, or a huge one
+            self.rt.log.error("HTTP/2 stream %d from %s: response head not sent: %s",
+                              self.sid, self.peer, exc.reason)
+            raise Abort() from None
         status = resp.status
         if 100 <= status < 200:
             if status != 101:

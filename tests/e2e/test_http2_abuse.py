@@ -30,7 +30,8 @@ class Client:
     """An HTTP/2 client connection whose frames in are read raw (hyperframe),
     so that a GOAWAY does not stop it from reading what follows."""
 
-    def __init__(self, port, settings=None):
+    def __init__(self, port, settings=None, ack=True):
+        self.ack = ack  # acknowledge the server's SETTINGS
         self.sock = socket.create_connection(("127.0.0.1", port), timeout=10)
         self.h2 = h2.connection.H2Connection(h2.config.H2Configuration(client_side=True))
         if settings:
@@ -69,7 +70,7 @@ class Client:
                 self.buf = self.buf[9 + length:]
                 if isinstance(f, HeadersFrame):
                     f.fields = self.decoder.decode(f.data)
-                if isinstance(f, SettingsFrame) and "ACK" not in f.flags:
+                if isinstance(f, SettingsFrame) and "ACK" not in f.flags and self.ack:
                     self.send_raw(SettingsFrame(0, flags=["ACK"]).serialize())
                 if until is not None and until(f):
                     return f
@@ -147,6 +148,25 @@ def test_limits_are_advertised_and_a_body_without_length_goes_chunked(backend_fa
     else:  # streamed as it comes: chunked
         assert fields["transfer-encoding"] == "chunked"
     c.close()
+
+
+def test_settings_not_acknowledged_and_idle_connections_end_with_goaway(backend_factory,
+                                                                        forkproxy_factory):
+    b = backend_factory()
+    fp, port = start(forkproxy_factory, b, server={"http2_settings_timeout": "1s",
+                                                  "keepalive_timeout": "2s"})
+    pid = fp.worker_pids()[0]
+    c = Client(port, ack=False)
+    g = c.goaway()
+    assert g is not None and g.error_code == 4  # SETTINGS_TIMEOUT
+    assert c.frames() is None
+    c.close()
+    c = Client(port)  # acknowledges, then stays idle past keepalive_timeout
+    g = c.goaway()
+    assert g is not None and g.error_code == 0
+    assert c.frames() is None
+    c.close()
+    still_serving(fp, port, pid)
 
 
 def test_rapid_reset_ends_the_connection(site):
