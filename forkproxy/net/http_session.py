@@ -232,7 +232,14 @@ class Session:
         return data
 
     def _send(self, data) -> None:
-        """All of ``data`` to the client within send_timeout, else ``ClientGone``."""
+        """All of ``data`` to the client within send_timeout, else ``ClientGone``.
+
+        The response writer: every response path (relayed, cached, forkproxy's
+        own, the body pump) writes an HTTP/1.1 message through here, head
+        then framed body.  This is the HTTP/1.1 writer (the bytes as they
+        are); ``net.h2_stream.Stream._send`` is the HTTP/2 one (HEADERS and
+        DATA frames within the send windows).  ``_recv`` is the body reader's
+        seam the same way."""
         try:
             send_within(self.client, data, self.plain, self.timers, self.send_timeout)
         except OSError:  # socket.timeout included
