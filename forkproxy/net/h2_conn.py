@@ -46,6 +46,7 @@ from hyperframe.frame import GoAwayFrame
 
 from forkproxy.core import http1, http2
 from forkproxy.net.h2_stream import Stream
+from forkproxy.net.http_session import LINGER
 from forkproxy.net.relay import ClientGone
 from forkproxy.net.sockio import Timers, is_plain, send_within
 from forkproxy.net.upstream import RECV_SIZE
@@ -101,8 +102,12 @@ class H2Conn:
         self.plain = is_plain(sock)
         srv = rt.cfg.server
         self.max_streams = srv.http2_max_concurrent_streams
-        self.h2 = h2.connection.H2Connection(
-            h2.config.H2Configuration(client_side=False, header_encoding=None))
+        # Outbound fields are not checked again by h2: response_fields made
+        # them lower case without connection-specific ones, from a head the
+        # strict HTTP/1.1 parser read (a third of h2's cost per response).
+        self.h2 = h2.connection.H2Connection(h2.config.H2Configuration(
+            client_side=False, header_encoding=None, validate_outbound_headers=False,
+            normalize_outbound_headers=False))
         self.h2.local_settings = h2.settings.Settings(client=False, initial_values={
             SettingCodes.MAX_CONCURRENT_STREAMS: self.max_streams,
             SettingCodes.MAX_HEADER_LIST_SIZE: srv.http2_max_header_list_size,
@@ -124,7 +129,7 @@ class H2Conn:
         self.raw: list[bytes] = []  # frames made outside h2's state (a graceful GOAWAY)
         self.queued = self.inflight = 0
         self.goaway_sent = self.closing = self.reading = self.reading_woken = False
-        self.acked = False
+        self.acked = self.client_done = False
         self.glet = self.writer = None
 
     # -- the connection's life ----------------------------------------
@@ -163,11 +168,35 @@ class H2Conn:
         if self.writer is not None and getcurrent() is not self.writer:
             self.writer.join(timeout=CLOSE_WAIT)
             self.writer.kill(block=False)
+        if not self.client_done:
+            self._linger()
         self.timers.close()
         try:
             self.sock.close()
         except OSError:
             pass
+
+    def _linger(self) -> None:
+        """Our close (after GOAWAY): FIN (close_notify first over TLS), then
+        read and discard until the client's, for at most LINGER seconds, so
+        that bytes the client still sends do not reset the connection and
+        destroy the GOAWAY before it is read (as ``Session.linger``)."""
+        t = self.timers.start(LINGER)
+        try:
+            if not self.plain:
+                try:
+                    self.sock = self.sock.unwrap()
+                except socket.timeout:
+                    raise
+                except (OSError, ValueError):
+                    pass
+            self.sock.shutdown(socket.SHUT_WR)
+            while self.sock.recv(RECV_SIZE):
+                pass
+        except OSError:  # socket.timeout included
+            pass
+        finally:
+            t.stop()
 
     def _loop(self) -> None:
         srv = self.rt.cfg.server
@@ -194,6 +223,7 @@ class H2Conn:
                 self.goaway(ErrorCodes.NO_ERROR)  # idle for keepalive_timeout
                 return
             if not data:
+                self.client_done = True
                 return
             try:
                 events = self.h2.receive_data(data)

@@ -43,7 +43,7 @@ class Client:
         self.decoder.max_header_list_size = 1 << 30
 
     def flush(self):
-        self.sock.sendall(self.h2.data_to_send())
+        self.send_raw(self.h2.data_to_send())
 
     def send_raw(self, data: bytes):
         try:
