@@ -18,7 +18,9 @@ what forkproxy decides about a stream is here, without I/O:
 ``response_fields(status, headers) -> list``
     The fields of an HTTP/2 response head: ``:status`` first, names in
     lower case, the connection-specific ones (Connection, Keep-Alive,
-    Transfer-Encoding, Upgrade, Proxy-Connection) left out.
+    Transfer-Encoding, Upgrade, Proxy-Connection) left out; a 101 (the
+    server took a WebSocket asked by extended CONNECT) is a 200 without
+    Sec-WebSocket-Accept.
 
 ``Flood(limit, period)``
     A token bucket of ``limit`` events refilled over ``period`` seconds:
@@ -73,14 +75,23 @@ def _pseudo(fields) -> tuple[dict, list]:
     return pseudo, regular
 
 
-def request_head(fields, end_stream: bool) -> bytes:
-    """The HTTP/1.1 head of a stream's request (see the module docstring)."""
+def request_head(fields, end_stream: bool, ws_key: str | None = None) -> bytes:
+    """The HTTP/1.1 head of a stream's request (see the module docstring).
+
+    ``ws_key``: the Sec-WebSocket-Key for an extended CONNECT (RFC 8441:
+    ``:protocol`` websocket), which becomes an HTTP/1.1 Upgrade request
+    (RFC 6455) with it; without one, such a request is malformed."""
     pseudo, regular = _pseudo(fields)
     method = pseudo.get(":method")
     if not method:
         raise StreamError("no :method")
+    upgrade = ""
     if ":protocol" in pseudo:
-        raise StreamError("extended CONNECT (:protocol) is not supported")
+        if method != "CONNECT" or pseudo[":protocol"].lower() != "websocket" or not ws_key:
+            raise StreamError("extended CONNECT (:protocol) other than websocket")
+        method, end_stream = "GET", True  # the stream's DATA is the tunnel's, not a body
+        upgrade = (f"connection: upgrade\r\nupgrade: websocket\r\n"
+                   f"sec-websocket-key: {ws_key}\r\n")
     path = pseudo.get(":path")
     if method == "CONNECT":
         path = pseudo.get(":authority")  # 8.5: the authority form (answered 501 downstream)
@@ -105,6 +116,8 @@ def request_head(fields, end_stream: bool) -> bytes:
             continue
         if name == "content-length":
             length = True
+        if name == "sec-websocket-key":
+            continue  # RFC 8441 has none: the one made for the server is ws_key
         out.append(f"{name}: {value}\r\n")
     if host is None:
         raise StreamError("neither :authority nor host")
@@ -112,6 +125,7 @@ def request_head(fields, end_stream: bool) -> bytes:
         out.append(f"cookie: {'; '.join(cookies)}\r\n")
     if not end_stream and not length:
         out.append("transfer-encoding: chunked\r\n")  # the DATA frames, framed chunked
+    out.append(upgrade)
     for text in (method, path, host):
         if any(c in text for c in " \r\n\0"):
             raise StreamError("a pseudo-header holds a space or a control character")
@@ -120,10 +134,10 @@ def request_head(fields, end_stream: bool) -> bytes:
 
 def response_fields(status: int, headers) -> list[tuple[str, str]]:
     """The HTTP/2 fields of a response head (see the module docstring)."""
-    out = [(":status", str(status))]
+    out = [(":status", "200" if status == 101 else str(status))]
     for name, value in headers:
         name = name.lower()
-        if name not in CONNECTION_SPECIFIC:
+        if name not in CONNECTION_SPECIFIC and name != "sec-websocket-accept":
             out.append((name, value))
     return out
 

@@ -25,10 +25,14 @@ CVE-2023-44487), PINGs, SETTINGS (``core.http2.Flood``).
 
 A draining worker sends GOAWAY (the last stream it took), finishes those
 streams and closes; HTTP/2 connections are never handed to another worker.
+SETTINGS_ENABLE_CONNECT_PROTOCOL is on: a WebSocket over a stream (RFC
+8441) is an HTTP/1.1 Upgrade upstream (``core.http2``, ``Stream``).
 """
 
 from __future__ import annotations
 
+import base64
+import os
 import socket
 import time
 
@@ -112,6 +116,7 @@ class H2Conn:
             SettingCodes.MAX_CONCURRENT_STREAMS: self.max_streams,
             SettingCodes.MAX_HEADER_LIST_SIZE: srv.http2_max_header_list_size,
             SettingCodes.HEADER_TABLE_SIZE: srv.http2_header_table_size,
+            SettingCodes.ENABLE_CONNECT_PROTOCOL: 1,  # WebSocket over a stream (RFC 8441)
         })
         # Bound from the first HEADERS, not only once the client acknowledged.
         self.h2.decoder.max_header_list_size = srv.http2_max_header_list_size
@@ -341,7 +346,10 @@ class H2Conn:
                 raise Calm("too many streams refused (rapid reset)")
             return
         try:
-            head = http2.request_head(ev.headers, end)
+            ws_key = None
+            if any(name == b":protocol" for name, _ in ev.headers):  # RFC 8441
+                ws_key = base64.b64encode(os.urandom(16)).decode()
+            head = http2.request_head(ev.headers, end, ws_key)
         except http2.StreamError as exc:
             self.rt.log.info("HTTP/2 stream %d from %s: malformed request: %s", sid,
                              self.peer, exc)
@@ -412,7 +420,7 @@ class H2Conn:
 
     def _notify(self) -> None:
         for st in list(self.waiting):
-            st.arrival.set()
+            st.window.set()
 
     def _writer(self) -> None:
         """The only greenlet that writes the socket: what h2 made, in order."""

@@ -21,6 +21,10 @@ own seams:
   ``core.http1``'s decoder, within the stream's and the connection's send
   windows (a stream whose window stays shut waits send_timeout, then is
   reset: it never holds the connection nor the worker).
+
+A WebSocket asked by extended CONNECT (RFC 8441) is an HTTP/1.1 Upgrade
+upstream; the server's 101 becomes a 200 and ``StreamPipe`` is the client
+side of ``net.websocket``'s relay: DATA both ways, unframed.
 """
 
 from __future__ import annotations
@@ -51,10 +55,12 @@ class Stream(Session):
         self.head = head
         self.received = len(head)
         self.chunked = b"transfer-encoding: chunked\r\n" in head  # core.http2.request_head's
+        self.piped = False  # a WebSocket tunnel (RFC 8441): DATA both ways, unframed
         self.inbox: collections.deque = collections.deque()
         if end_stream:
             self.inbox.append(_END)
-        self.arrival = Event()  # DATA, END_STREAM or a window opened
+        self.arrival = Event()  # DATA or END_STREAM came
+        self.window = Event()  # a send window opened, or the writer caught up
         self.resp_buf = b""  # the response head, until whole
         self.decoder = None  # the response body's decoder once its head went out
         self.ended = False  # END_STREAM sent
@@ -145,6 +151,10 @@ class Stream(Session):
 
     def _send(self, data) -> None:
         self.sent += len(data)
+        if self.piped:
+            if data:
+                self._data(bytes(data), False)
+            return
         if self.decoder is None:
             self.resp_buf += bytes(data)
             end = self.resp_buf.find(b"\r\n\r\n")
@@ -155,6 +165,10 @@ class Stream(Session):
             if not self._head(head):  # an interim (1xx) head: the final one follows
                 if rest:
                     self._send(rest)
+                return
+            if self.piped:  # a tunnel's first bytes, from the server
+                if rest:
+                    self._data(rest, False)
                 return
             data = rest
         if data and not self.decoder.done:
@@ -178,6 +192,11 @@ class Stream(Session):
                               self.sid, self.peer, exc.reason)
             raise Abort() from None
         status = resp.status
+        if status == 101:  # the WebSocket asked by extended CONNECT: 200, then the tunnel
+            self.conn.send_headers(self.sid, response_fields(status, resp.headers), False)
+            self.piped = True
+            self.client = StreamPipe(self)  # what net.websocket relays to
+            return True
         if 100 <= status < 200:
             if status != 101:
                 self.conn.send_headers(self.sid, response_fields(status, resp.headers), False)
@@ -211,8 +230,8 @@ class Stream(Session):
         t = self.timers.start(self.send_timeout)
         self.conn.waiting.add(self)
         try:
-            self.arrival.clear()
-            self.arrival.wait()
+            self.window.clear()
+            self.window.wait()
         except socket.timeout:
             self.rt.log.info("HTTP/2 stream %d from %s: no send window for send_timeout "
                              "(%gs); reset", self.sid, self.peer, self.send_timeout)
@@ -220,3 +239,61 @@ class Stream(Session):
         finally:
             t.stop()
             self.conn.waiting.discard(self)
+
+
+class StreamPipe:
+    """A WebSocket's stream as the socket ``net.tunnel.Relay`` relays to (after
+    an extended CONNECT, RFC 8441): ``recv`` reads DATA, ``sendall`` sends it
+    within the windows, ``shutdown`` ends the stream, ``close`` resets it."""
+
+    def __init__(self, st: Stream):
+        self.st = st
+        self.closed = False
+
+    def settimeout(self, seconds) -> None:
+        pass  # the relay's watchdog bounds the waits
+
+    def recv(self, n: int) -> bytes:
+        st = self.st
+        while True:
+            if self.closed:
+                raise OSError("stream closed")
+            if st.inbox:
+                item = st.inbox.popleft()
+                if item is _END:
+                    st.inbox.append(_END)
+                    return b""
+                data, flow = item
+                st.conn.consumed(st.sid, flow)
+                st.received += len(data)
+                if data:
+                    return data
+                continue
+            st.arrival.clear()
+            st.arrival.wait()
+
+    def sendall(self, data) -> None:
+        if self.closed:
+            raise OSError("stream closed")
+        self.st.sent += len(data)
+        try:
+            self.st._data(bytes(data), False)
+        except ClientGone:
+            raise OSError("stream reset") from None
+
+    def shutdown(self, how) -> None:
+        try:
+            self.st._data(b"", True)
+        except ClientGone:
+            raise OSError("stream reset") from None
+
+    def close(self) -> None:
+        if self.closed:
+            return
+        self.closed = True
+        st = self.st
+        if not st.ended:
+            st.ended = True
+            st.conn.reset(st.sid, 8)  # CANCEL
+        st.arrival.set()  # a recv waiting ends
+        st.window.set()

@@ -35,6 +35,23 @@ def test_request_head(fields, end, head):
     http1.parse_request_head(head)  # what the request path then parses
 
 
+def test_extended_connect_websocket_becomes_an_http1_upgrade():
+    """RFC 8441 4-5: CONNECT with :protocol websocket is a GET with Upgrade
+    (RFC 6455) upstream, with a key of forkproxy's; the client's is dropped."""
+    fields = [(":method", "CONNECT"), (":protocol", "websocket"), (":scheme", "https"),
+              (":path", "/chat"), (":authority", "ex.com"), ("sec-websocket-version", "13"),
+              ("sec-websocket-key", "theirs")]
+    head = request_head(fields, False, "k3y==")
+    assert head == (b"GET /chat HTTP/1.1\r\nhost: ex.com\r\nsec-websocket-version: 13\r\n"
+                    b"connection: upgrade\r\nupgrade: websocket\r\nsec-websocket-key: k3y==\r\n\r\n")
+    req = http1.parse_request_head(head)
+    assert req.upgrade == "websocket" and not req.framing.carries_body
+    with pytest.raises(StreamError, match="other than websocket"):
+        request_head(fields, False)  # no key: not taken
+    with pytest.raises(StreamError, match="other than websocket"):
+        request_head([(n, "h2c" if n == ":protocol" else v) for n, v in fields], False, "k")
+
+
 @pytest.mark.parametrize("fields, why", [
     (GET[1:], "no :method"),
     ([GET[0], GET[2], GET[3]], "no :scheme"),
@@ -69,6 +86,9 @@ def test_malformed_requests(fields, why):
       ("set-cookie", "b=2")]),
     (103, [("Link", "</s.css>")], [(":status", "103"), ("link", "</s.css>")]),
     (304, [], [(":status", "304")]),
+    (101, [("Upgrade", "websocket"), ("Connection", "Upgrade"), ("Sec-WebSocket-Accept", "x"),
+           ("Sec-WebSocket-Protocol", "chat")],
+     [(":status", "200"), ("sec-websocket-protocol", "chat")]),
 ])
 def test_response_fields(status, headers, out):
     assert response_fields(status, headers) == out

@@ -8,6 +8,7 @@ without a length, and GOAWAY on drain with the stream taken finished.
 from __future__ import annotations
 
 import json
+import re
 import socket
 import subprocess
 import time
@@ -21,7 +22,7 @@ from hyperframe.frame import (ContinuationFrame, DataFrame, Frame, GoAwayFrame, 
                               PingFrame, RstStreamFrame, SettingsFrame)
 
 from support.configs import one_pool
-from support.procs import free_port
+from support.procs import free_port, wait_until
 
 ENHANCE_YOUR_CALM = 11
 
@@ -259,3 +260,66 @@ def test_a_draining_worker_sends_goaway_and_finishes_its_streams(site):
     assert c.frames(lambda f: isinstance(f, DataFrame) and "END_STREAM" in f.flags) is not None
     assert c.frames() is None  # then the old worker closes the connection
     c.close()
+
+
+WS_SERVER = r"""
+import sys
+from websockets.sync.server import serve
+
+def echo(ws):
+    for msg in ws:
+        ws.send(msg)
+
+with serve(echo, "127.0.0.1", int(sys.argv[1])) as server:
+    server.serve_forever()
+"""
+
+
+def ws_frame(text: str) -> bytes:
+    """A masked client text frame (RFC 6455 5.2), payload under 126 bytes."""
+    data, mask = text.encode(), b"\x01\x02\x03\x04"
+    return bytes([0x81, 0x80 | len(data)]) + mask + bytes(
+        b ^ mask[i % 4] for i, b in enumerate(data))
+
+
+def test_websocket_over_an_h2_stream_extended_connect(tmp_path, forkproxy_factory):
+    pytest.importorskip("websockets")
+    import sys
+
+    from support.procs import Proc, wait_for_port
+    from support.runner import _child_env
+
+    ws_port = free_port()
+    proc = Proc([sys.executable, "-c", WS_SERVER, str(ws_port)], tmp_path / "ws", name="ws",
+                env=_child_env())
+    try:
+        wait_for_port(ws_port, proc=proc)
+        port = free_port()
+        fp = forkproxy_factory(one_pool(port, [f"127.0.0.1:{ws_port}"],
+                                        listener_extra="http2 = true"), server={"workers": 1})
+        c = Client(port)
+        s = c.frames(lambda f: isinstance(f, SettingsFrame) and "ACK" not in f.flags)
+        assert s.settings[SettingCodes.ENABLE_CONNECT_PROTOCOL] == 1
+        c.frames(lambda f: isinstance(f, SettingsFrame) and "ACK" in f.flags)
+        sid = c.h2.get_next_available_stream_id()
+        c.h2.send_headers(sid, [(":method", "CONNECT"), (":protocol", "websocket"),
+                                (":scheme", "http"), (":path", "/chat"),
+                                (":authority", "localhost"), ("sec-websocket-version", "13")])
+        c.flush()
+        head = c.frames(lambda f: isinstance(f, HeadersFrame) and f.stream_id == sid)
+        assert (":status", "200") in head.fields, head.fields
+        for text in ("hello", "again"):
+            c.h2.send_data(sid, ws_frame(text))
+            c.flush()
+            got = c.frames(lambda f: isinstance(f, DataFrame) and f.stream_id == sid and f.data)
+            assert got.data == bytes([0x81, len(text)]) + text.encode()
+        c.h2.end_stream(sid)  # the client's half-close goes to the server as a FIN
+        c.flush()
+        assert c.frames(lambda f: (isinstance(f, DataFrame) and "END_STREAM" in f.flags
+                                   and f.stream_id == sid)
+                        or (isinstance(f, RstStreamFrame) and f.stream_id == sid)) is not None
+        c.close()
+        wait_until(lambda: re.search(r'"GET /chat HTTP/2\.0" 101', fp.access_log()),
+                   what="the tunnel's access-log line, written as it ends")
+    finally:
+        proc.stop()
