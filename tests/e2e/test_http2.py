@@ -170,3 +170,31 @@ def test_h2load_many_concurrent_streams_without_failures(backend_factory, forkpr
     assert m, r.stdout
     assert m.group(4) == "2000" and m.group(5) == "0" and m.group(6) == "0", r.stdout
     assert fp.alive()
+
+
+def test_bodiless_responses_and_concurrent_uploads(pki, backend_factory, forkproxy_factory,
+                                                   tmp_path):
+    b = backend_factory()
+    fp, port = start_tls(forkproxy_factory, b, pki)
+    _, status, hdrs, body = h2_tls(pki, port, "/bytes?n=5000", "-I")  # HEAD
+    assert status == 200 and hdrs["content-length"] == "5000"  # (curl -I prints no body)
+    _, status, hdrs, body = h2_tls(pki, port, "/etag/x?v=3", "-H", 'If-None-Match: "3"')
+    assert status == 304 and body == b""
+    _, status, _, body = h2_tls(pki, port, "/status/204")
+    assert status == 204 and body == b""
+    # Expect: 100-continue: an interim 100 on the stream, then the answer.
+    _, status, _, body = h2_tls(pki, port, "/upload", "-H", "Expect: 100-continue",
+                                "--data-binary", "@-", data=b"y" * 300000)
+    assert status == 200 and json.loads(body)["len"] == 300000
+    if shutil.which("h2load") is None:
+        return
+    payload = tmp_path / "body"
+    payload.write_bytes(b"z" * 100000)
+    r = subprocess.run(["h2load", "-n", "400", "-c", "4", "-m", "20", "-d", str(payload),
+                        f"https://127.0.0.1:{port}/upload"], capture_output=True, text=True,
+                       timeout=120)
+    m = re.search(r"requests: (\d+) total, (\d+) started, (\d+) done, (\d+) succeeded, "
+                  r"(\d+) failed, (\d+) errored", r.stdout)
+    assert m and m.group(4) == "400" and m.group(5) == "0", r.stdout + r.stderr
+    assert "h2" in r.stdout  # ALPN chose h2
+    assert b.stats()["posts"].count(hashlib.sha256(b"z" * 100000).hexdigest()) == 400

@@ -323,3 +323,17 @@ def test_websocket_over_an_h2_stream_extended_connect(tmp_path, forkproxy_factor
                    what="the tunnel's access-log line, written as it ends")
     finally:
         proc.stop()
+
+
+def test_a_stream_reset_mid_response_leaves_the_connection_serving(site):
+    fp, port, pid, b = site
+    c = Client(port)
+    sid = c.request("/bytes?n=20000000")
+    c.frames(lambda f: isinstance(f, DataFrame) and f.stream_id == sid)
+    c.h2.reset_stream(sid)
+    c.flush()
+    other = c.request("/echo")
+    head = c.frames(lambda f: isinstance(f, HeadersFrame) and f.stream_id == other)
+    assert (":status", "200") in head.fields
+    c.close()
+    still_serving(fp, port, pid)
