@@ -19,7 +19,7 @@ import hpack
 import pytest
 from h2.settings import SettingCodes
 from hyperframe.frame import (ContinuationFrame, DataFrame, Frame, GoAwayFrame, HeadersFrame,
-                              PingFrame, RstStreamFrame, SettingsFrame)
+                              PingFrame, RstStreamFrame, SettingsFrame, WindowUpdateFrame)
 
 from support.configs import one_pool
 from support.procs import free_port, wait_until
@@ -225,13 +225,26 @@ def test_hpack_bomb_is_bounded_by_the_header_list_size(site):
 def test_a_stream_whose_window_stays_shut_is_reset_without_holding_the_worker(
         backend_factory, forkproxy_factory):
     b = backend_factory()
-    fp, port = start(forkproxy_factory, b, server={"send_timeout": "1s"})
+    fp, port = start(forkproxy_factory, b, server={"send_timeout": "3s"})
     pid = fp.worker_pids()[0]
     c = Client(port, settings={SettingCodes.INITIAL_WINDOW_SIZE: 0})
     sid = c.request("/bytes?n=200000")
     head = c.frames(lambda f: isinstance(f, HeadersFrame) and f.stream_id == sid)
     assert (":status", "200") in head.fields
     still_serving(fp, port, pid)  # meanwhile, others are served
+    # ... and on the same connection, a stream whose window opens goes through.
+    other = c.request("/bytes?n=100000")
+    c.send_raw(WindowUpdateFrame(other, window_increment=200000).serialize()
+               + WindowUpdateFrame(0, window_increment=200000).serialize())
+    got = 0
+    while True:
+        f = c.frames(lambda f: isinstance(f, (DataFrame, RstStreamFrame))
+                     and f.stream_id in (other, sid))
+        assert f.stream_id == other, f  # the shut stream is not reset before send_timeout
+        got += len(f.data)
+        if "END_STREAM" in f.flags:
+            break
+    assert got == 100000
     rst = c.frames(lambda f: isinstance(f, RstStreamFrame) and f.stream_id == sid)
     assert rst is not None
     # The connection itself goes on.
