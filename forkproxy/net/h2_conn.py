@@ -53,6 +53,7 @@ from forkproxy.net.h2_stream import Stream
 from forkproxy.net.http_session import LINGER
 from forkproxy.net.relay import ClientGone
 from forkproxy.net.sockio import Timers, is_plain, send_within
+from forkproxy.net.tunnel import LIVE
 from forkproxy.net.upstream import RECV_SIZE
 
 #: Bytes queued for the client past which streams wait for the writer.
@@ -124,6 +125,7 @@ class H2Conn:
         self.own_limits = http1.Limits(limits.max_uri_length, limits.max_headers + 100,
                                        limits.max_head_size + 65536)
         self.streams: dict[int, Stream] = {}
+        self.tunnels: set[int] = set()  # streams that are WebSocket tunnels (RFC 8441)
         self.waiting: set[Stream] = set()  # streams waiting for a window or the writer
         now = time.monotonic()
         self.resets = http2.Flood(*http2.RESETS, now)
@@ -162,6 +164,7 @@ class H2Conn:
             rt.log.exception("internal error on an HTTP/2 connection from %s", self.peer)
         finally:
             rt.sessions.discard(self)
+            LIVE.discard(self.glet)
             self._close()
 
     def _close(self) -> None:
@@ -358,8 +361,18 @@ class H2Conn:
         st = self.streams[sid] = Stream(self, sid, head, end)
         st.glet = gevent.spawn(st.run)
 
+    def tunnel(self, sid: int, live: bool) -> None:
+        """Stream ``sid`` became a tunnel (``live``) or ended: while the
+        connection carries one, a worker draining for a reload keeps it as
+        a tunnel (``net.tunnel.LIVE``, daemon.worker), past graceful_timeout."""
+        (self.tunnels.add if live else self.tunnels.discard)(sid)
+        if self.glet is not None:
+            (LIVE.add if self.tunnels else LIVE.discard)(self.glet)
+
     def stream_done(self, st: Stream) -> None:
         """A stream's greenlet ended: its unread body's window goes back."""
+        if st.sid in self.tunnels:
+            self.tunnel(st.sid, False)
         if self.streams.get(st.sid) is st:
             del self.streams[st.sid]
         self.waiting.discard(st)

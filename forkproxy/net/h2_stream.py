@@ -196,6 +196,7 @@ class Stream(Session):
             self.conn.send_headers(self.sid, response_fields(status, resp.headers), False)
             self.piped = True
             self.client = StreamPipe(self)  # what net.websocket relays to
+            self.conn.tunnel(self.sid, True)
             return True
         if 100 <= status < 200:
             if status != 101:

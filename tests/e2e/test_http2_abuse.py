@@ -295,7 +295,9 @@ def ws_frame(text: str) -> bytes:
         b ^ mask[i % 4] for i, b in enumerate(data))
 
 
-def test_websocket_over_an_h2_stream_extended_connect(tmp_path, forkproxy_factory):
+@pytest.fixture
+def ws_site(tmp_path, forkproxy_factory):
+    """forkproxy (one worker, graceful_timeout 1s) before a websockets echo server."""
     pytest.importorskip("websockets")
     import sys
 
@@ -309,33 +311,64 @@ def test_websocket_over_an_h2_stream_extended_connect(tmp_path, forkproxy_factor
         wait_for_port(ws_port, proc=proc)
         port = free_port()
         fp = forkproxy_factory(one_pool(port, [f"127.0.0.1:{ws_port}"],
-                                        listener_extra="http2 = true"), server={"workers": 1})
-        c = Client(port)
-        s = c.frames(lambda f: isinstance(f, SettingsFrame) and "ACK" not in f.flags)
-        assert s.settings[SettingCodes.ENABLE_CONNECT_PROTOCOL] == 1
-        c.frames(lambda f: isinstance(f, SettingsFrame) and "ACK" in f.flags)
-        sid = c.h2.get_next_available_stream_id()
-        c.h2.send_headers(sid, [(":method", "CONNECT"), (":protocol", "websocket"),
-                                (":scheme", "http"), (":path", "/chat"),
-                                (":authority", "localhost"), ("sec-websocket-version", "13")])
-        c.flush()
-        head = c.frames(lambda f: isinstance(f, HeadersFrame) and f.stream_id == sid)
-        assert (":status", "200") in head.fields, head.fields
-        for text in ("hello", "again"):
-            c.h2.send_data(sid, ws_frame(text))
-            c.flush()
-            got = c.frames(lambda f: isinstance(f, DataFrame) and f.stream_id == sid and f.data)
-            assert got.data == bytes([0x81, len(text)]) + text.encode()
-        c.h2.end_stream(sid)  # the client's half-close goes to the server as a FIN
-        c.flush()
-        assert c.frames(lambda f: (isinstance(f, DataFrame) and "END_STREAM" in f.flags
-                                   and f.stream_id == sid)
-                        or (isinstance(f, RstStreamFrame) and f.stream_id == sid)) is not None
-        c.close()
-        wait_until(lambda: re.search(r'"GET /chat HTTP/2\.0" 101', fp.access_log()),
-                   what="the tunnel's access-log line, written as it ends")
+                                        listener_extra="http2 = true"),
+                               server={"workers": 1, "graceful_timeout": "1s"})
+        yield fp, port
     finally:
         proc.stop()
+
+
+def ws_open(c) -> int:
+    """An extended CONNECT for a WebSocket on client ``c``; its stream id."""
+    s = c.frames(lambda f: isinstance(f, SettingsFrame) and "ACK" not in f.flags)
+    assert s.settings[SettingCodes.ENABLE_CONNECT_PROTOCOL] == 1
+    c.frames(lambda f: isinstance(f, SettingsFrame) and "ACK" in f.flags)
+    # h2's client sends :protocol only once the server allowed it: it did.
+    sid = c.h2.get_next_available_stream_id()
+    c.h2.send_headers(sid, [(":method", "CONNECT"), (":protocol", "websocket"),
+                            (":scheme", "http"), (":path", "/chat"),
+                            (":authority", "localhost"), ("sec-websocket-version", "13")])
+    c.flush()
+    head = c.frames(lambda f: isinstance(f, HeadersFrame) and f.stream_id == sid)
+    assert (":status", "200") in head.fields, head.fields
+    return sid
+
+
+def ws_echo(c, sid, text):
+    c.h2.send_data(sid, ws_frame(text))
+    c.flush()
+    got = c.frames(lambda f: isinstance(f, DataFrame) and f.stream_id == sid and f.data)
+    assert got.data == bytes([0x81, len(text)]) + text.encode()
+
+
+def test_websocket_over_an_h2_stream_extended_connect(ws_site):
+    fp, port = ws_site
+    c = Client(port)
+    sid = ws_open(c)
+    for text in ("hello", "again"):
+        ws_echo(c, sid, text)
+    c.h2.end_stream(sid)  # the client's half-close goes to the server as a FIN
+    c.flush()
+    assert c.frames(lambda f: (isinstance(f, DataFrame) and "END_STREAM" in f.flags
+                               and f.stream_id == sid)
+                    or (isinstance(f, RstStreamFrame) and f.stream_id == sid)) is not None
+    c.close()
+    wait_until(lambda: re.search(r'"GET /chat HTTP/2\.0" 101', fp.access_log()),
+               what="the tunnel's access-log line, written as it ends")
+
+
+def test_a_websocket_stream_outlives_graceful_timeout_after_a_reload(ws_site):
+    """As an HTTP/1.1 tunnel (test_websocket.py): the old worker keeps the
+    connection that carries it past graceful_timeout (1s)."""
+    fp, port = ws_site
+    c = Client(port)
+    sid = ws_open(c)
+    ws_echo(c, sid, "before")
+    fp.reload_and_wait()
+    fp.wait_error_log("keeping 1 tunnels until they end")
+    for i in range(3):
+        ws_echo(c, sid, f"after {i}")
+    c.close()
 
 
 def test_a_stream_reset_mid_response_leaves_the_connection_serving(site):
