@@ -26,6 +26,9 @@ setup(
         "gunicorn[gevent,setproctitle]>=27.0,<28",
         "requests>=2.31,<3",
         "pylibmc>=1.6,<2",
+        # HTTP/2 to clients: the framing, flow control and HPACK are the
+        # h2 library's (sans-IO); the proxying is ours (net/h2_conn.py).
+        "h2>=4.1,<5",
         "tomli>=2.0,<3",
         # Configured regexes (routes, deny rules, rewrites, health checks) run on
         # RE2: linear time whatever the pattern, so no request can freeze a worker.

@@ -28,9 +28,10 @@ RULES = {
     # endpoint (net), forkproxy -s (cli), forkproxyctl and the master (daemon)
     # call them, so they reach down only.
     "control": ({"core", "config", "errors"}, set()),
-    # dns: dnspython, for DNS discovery (net.discovery).
+    # dns: dnspython, for DNS discovery (net.discovery); h2 and hyperframe
+    # (python-hyper, sans-IO): HTTP/2 framing and HPACK (net.h2_conn).
     "net": ({"core", "config", "control", "errors", "logs"},
-            {"gevent", "pylibmc", "requests", "brotli", "dns"}),
+            {"gevent", "pylibmc", "requests", "brotli", "dns", "h2", "hyperframe"}),
     "daemon": ({"net", "core", "config", "control", "errors", "logs"}, {"gunicorn", "setproctitle"}),
     # pylibmc: only -V, for the libmemcached version it was built with.
     "cli": ({"config", "control", "errors"}, {"pylibmc"}),

@@ -60,7 +60,8 @@ SECTIONS: tuple[Section, ...] = (
         "(so with its privileges), at start, at forkproxy -t and at every reload: "
         "one that cannot be read or does not match its key is a configuration error, "
         "and a reload with such an error keeps the running certificates. "
-        "Clients get ALPN http/1.1 on HTTP listeners, session resumption (tickets and a "
+        "Clients get ALPN h2 and http/1.1 on HTTP listeners (http/1.1 only with "
+        "http2 = false), session resumption (tickets and a "
         "session cache, shared by all workers of a generation), and the listener's "
         "tls_min_version and ciphers. "
         "Requests that arrive over TLS are forwarded with X-Forwarded-Proto: https and "
@@ -143,6 +144,17 @@ SETTINGS: tuple[Setting, ...] = (
             "listener directly cannot choose its own address. "
             "HAProxy's accept-proxy believes every peer; [\"0.0.0.0/0\", \"::/0\"] does the same.",
             _RELOAD, _networks, _r_networks, example=["10.0.0.0/24"]),
+    Setting("listener", "http2", "boolean", None,
+            "Serve HTTP/2 to clients (RFC 9113) as well as HTTP/1.1. "
+            "Unset: true on TLS listeners, false on plain ones. "
+            "On a TLS listener ALPN offers h2, then http/1.1. "
+            "On a plain listener, clients that open with the HTTP/2 connection preface "
+            "(h2c with prior knowledge, as curl --http2-prior-knowledge) speak HTTP/2 and "
+            "the others HTTP/1.1, on the same port; Upgrade: h2c is not offered. "
+            "Each stream is one request through the same routes, rules, cache, compression "
+            "and pools as HTTP/1.1 (servers are spoken to in HTTP/1.1); the access log "
+            "says HTTP/2.0. Limits: the [server] keys http2_*.",
+            _RELOAD, _bool, example=True, when=("mode", "http")),
     Setting("listener", "tls_min_version", '"1.0", "1.1", "1.2" or "1.3"', "1.2",
             "Oldest TLS version accepted from clients on a TLS listener. "
             "OpenSSL's security level may refuse 1.0 and 1.1 even when allowed here.",
@@ -184,12 +196,14 @@ def _build_listener(values: dict, path: Path, err) -> ListenerConfig | None:
         err(path + ("certs",), "tls and certs are exclusive: list every certificate in certs")
         return None
     certs = (values["tls"],) if values["tls"] is not None else values["certs"]
+    alpn = None if values["mode"] != "http" else (
+        ("h2", "http/1.1") if values["http2"] is not False else ("http/1.1",))
     contexts, named = [], []
     for n, c in enumerate(certs):
         where = path + (("tls",) if values["tls"] is not None else ("certs", n))
         try:
             contexts.append(server_context(c.cert, c.key, values["tls_min_version"],
-                                           values["ciphers"], alpn=values["mode"] == "http"))
+                                           values["ciphers"], alpn=alpn))
         except TlsFileError as e:
             if e.missing:
                 err(where + (e.which,), f"cannot read {_quote(e.path)}: no such file")
@@ -206,3 +220,11 @@ def _build_listener(values: dict, path: Path, err) -> ListenerConfig | None:
 
 
 BUILDERS = {"listener": _build_listener}
+
+
+def serves_http2(lc: ListenerConfig) -> bool:
+    """Whether listener ``lc`` speaks HTTP/2 to clients: its ``http2``, or
+    when unset, whether it is a TLS listener (ALPN offers h2)."""
+    if lc.mode != "http":
+        return False
+    return bool(lc.contexts) if lc.http2 is None else lc.http2

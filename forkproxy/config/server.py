@@ -84,6 +84,27 @@ SETTINGS: tuple[Setting, ...] = (
             "Largest request head accepted (request line and headers). "
             "A larger one is answered 431.",
             _RELOAD, _size(1), _r_size),
+    Setting("server", "http2_max_concurrent_streams", "integer 1..10000", 100,
+            "HTTP/2: most streams (requests) a client connection may have open at once "
+            "(SETTINGS_MAX_CONCURRENT_STREAMS); one more is refused with REFUSED_STREAM. "
+            "Streams a client reset count until their greenlet ended.",
+            _RELOAD, _int(1, 10000)),
+    Setting("server", "http2_max_header_list_size", "size", "32k",
+            "HTTP/2: largest header list of a request, decoded (SETTINGS_MAX_HEADER_LIST_SIZE, "
+            "names and values plus 32 bytes a field). A larger one, or a header block "
+            "(HEADERS and CONTINUATION frames) longer than this, ends the connection with "
+            "GOAWAY: HPACK bombs and CONTINUATION floods. The head made of it still meets "
+            "max_head_size and max_headers (431).",
+            _RELOAD, _size(64), _r_size),
+    Setting("server", "http2_header_table_size", "size", "4k",
+            "HTTP/2: size of the HPACK dynamic table clients may use to compress request "
+            "fields (SETTINGS_HEADER_TABLE_SIZE); 0 turns it off.",
+            _RELOAD, _size(0), _r_size),
+    Setting("server", "http2_settings_timeout", "duration", "10s",
+            "HTTP/2: how long a client has to acknowledge forkproxy's SETTINGS; past it the "
+            "connection ends with GOAWAY SETTINGS_TIMEOUT. An idle HTTP/2 connection "
+            "closes after keepalive_timeout (GOAWAY NO_ERROR).",
+            _RELOAD, _duration(False), _r_duration),
     Setting("server", "max_headers", "integer >= 1", 100,
             "Largest number of request header fields accepted. "
             "More are answered 431.",

@@ -64,6 +64,7 @@ class Session:
     mirrored = True  # a route's mirror may copy its requests (net.mirror)
     tls_version = sni = None  # a TLS connection's protocol and SNI name (set by Runtime)
     kept = False  # the newest generation refused it (net.handoff): it drains here
+    http_version = None  # the access log's protocol when not the request line's (HTTP/2)
     # Nothing of one request lives here: see net.transaction.
 
     def __init__(self, rt, listener: ListenerConfig, client: socket.socket, addr, served=0):
@@ -231,7 +232,14 @@ class Session:
         return data
 
     def _send(self, data) -> None:
-        """All of ``data`` to the client within send_timeout, else ``ClientGone``."""
+        """All of ``data`` to the client within send_timeout, else ``ClientGone``.
+
+        The response writer: every response path (relayed, cached, forkproxy's
+        own, the body pump) writes an HTTP/1.1 message through here, head
+        then framed body.  This is the HTTP/1.1 writer (the bytes as they
+        are); ``net.h2_stream.Stream._send`` is the HTTP/2 one (HEADERS and
+        DATA frames within the send windows).  ``_recv`` is the body reader's
+        seam the same way."""
         try:
             send_within(self.client, data, self.plain, self.timers, self.send_timeout)
         except OSError:  # socket.timeout included
@@ -344,7 +352,8 @@ class Session:
             tx.head_size = len(head)
             start = tx.start = rec.start = time.time()
             req = http1.parse_request_head(head, rt.limits)
-            rec.method, rec.target, rec.version = req.method, req.target, req.version
+            rec.method, rec.target = req.method, req.target
+            rec.version = self.http_version or req.version
             if rt.access_log.enabled:  # only the access log shows them
                 rec.referer, rec.user_agent = req.get("referer"), req.get("user-agent")
             rec.request_id = rt.edge.request_id(req, self.peer)

@@ -23,12 +23,14 @@ import time
 import gevent
 
 from forkproxy.config import Config, ListenerConfig
+from forkproxy.config.listener import serves_http2
 from forkproxy.config.route import route_pools
 from forkproxy.core import headers as hdr
 from forkproxy.core import http1, proxy_protocol
 from forkproxy.core.routing import Router, RouteSpec
 from forkproxy.net import stages, tcp_proxy
 from forkproxy.net.edge import Edge
+from forkproxy.net.h2_conn import H2Conn, is_preface
 from forkproxy.net.handoff import Handoff
 from forkproxy.net.http_session import Session
 from forkproxy.net.mirror import Mirrors
@@ -179,7 +181,7 @@ class Runtime:
             if served is not None:
                 Session(self, listener, client, addr, served=served).run()
             elif listener.mode == "http" and not listener.contexts and not listener.accept_proxy:
-                Session(self, listener, client, addr).run()
+                self.serve_http(listener, client, addr)
             else:
                 self.handle_edge(listener, client, addr)
         finally:
@@ -250,10 +252,29 @@ class Runtime:
                                    peer[0] if peer else "-")
                 _close_quietly(client)
             return
-        session = Session(self, listener, client, peer or addr)
-        if tls is not None:
-            session.proto = "https"
-            session.tls_version, session.sni = client.version(), tls_server_name(client)
+        self.serve_http(listener, client, peer or addr, tls is not None)
+
+    def serve_http(self, listener: ListenerConfig, client, addr, tls: bool = False) -> None:
+        """An HTTP connection (past its PROXY header and TLS handshake):
+        HTTP/2 (``net.h2_conn``) when ALPN chose h2, or when a plain one
+        opens with the connection preface on a listener with http2; else
+        HTTP/1.1 (``Session``)."""
+        if tls:
+            tls_info = ("https", client.version(), tls_server_name(client))
+            if client.selected_alpn_protocol() == "h2":  # offered only with http2
+                H2Conn(self, listener, client, addr, *tls_info).run()
+                return
+        elif serves_http2(listener):
+            h2c = is_preface(client, self.cfg.server.header_timeout)
+            if h2c is None:  # nothing came in time, or the client left: as Session would
+                _close_quietly(client)
+                return
+            if h2c:
+                H2Conn(self, listener, client, addr).run()
+                return
+        session = Session(self, listener, client, addr)
+        if tls:
+            session.proto, session.tls_version, session.sni = tls_info
         session.run()
 
     def _row_of(self, pool: str, addr: str) -> int | None:
@@ -286,9 +307,10 @@ class Runtime:
         window = min(DRAIN_WINDOW, self.cfg.server.keepalive_timeout)
         self.drain_until = time.monotonic() + window
         gevent.spawn_later(window, self._close_idle)
-        if self.handing_off:
-            for session in list(self.sessions):
-                session.hand_off_soon()  # those waiting for a next request go now
+        for session in list(self.sessions):
+            # HTTP/1.1 ones waiting for a next request go now when handing
+            # off; HTTP/2 ones send GOAWAY and finish their streams.
+            session.hand_off_soon()
 
     def _close_idle(self) -> None:
         for session in list(self.sessions):

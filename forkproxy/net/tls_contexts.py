@@ -36,10 +36,11 @@ class TlsFileError(Exception):
 
 
 def server_context(cert: str, key: str, min_version: str, ciphers: str,
-                   alpn: bool) -> ssl.SSLContext:
+                   alpn: tuple | None) -> ssl.SSLContext:
     """A server context serving the certificate chain ``cert`` with ``key``.
 
-    ``min_version`` is a key of TLS_VERSIONS; ``alpn`` offers http/1.1.
+    ``min_version`` is a key of TLS_VERSIONS; ``alpn``: the protocols ALPN
+    offers, in order (("h2", "http/1.1"); None: no ALPN).
     Raises TlsFileError when a file is missing or the pair cannot be loaded
     (then ``which`` is "cert": the pair is named by its certificate).
     """
@@ -48,7 +49,7 @@ def server_context(cert: str, key: str, min_version: str, ciphers: str,
     ctx.options |= ssl.OP_CIPHER_SERVER_PREFERENCE | ssl.OP_NO_RENEGOTIATION
     ctx.set_ciphers(ciphers)
     if alpn:
-        ctx.set_alpn_protocols(["http/1.1"])
+        ctx.set_alpn_protocols(list(alpn))
     for which, name in (("cert", cert), ("key", key)):
         if not os.path.isfile(name):
             raise TlsFileError(which, name, "no such file", missing=True)
