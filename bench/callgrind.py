@@ -62,9 +62,10 @@ access_log = "off"
 
 # -- the workload (in the process valgrind runs) --------------------------------
 
-def workload(n: int, profile: bool = False) -> None:
+def workload(n: int, profile: bool = False, direct: bool = False) -> None:
     """Serve WARMUP then ``n`` requests through an in-process runtime; with
-    ``profile``, cProfile the ``n`` and print forkproxy's calls per request."""
+    ``profile``, cProfile the ``n`` and print forkproxy's calls per request;
+    with ``direct``, the client talks to the origin (the proxy idles)."""
     from gevent import monkey
 
     monkey.patch_all()
@@ -101,7 +102,7 @@ def workload(n: int, profile: bool = False) -> None:
     proxy.start()
 
     request = b"GET / HTTP/1.1\r\nHost: bench\r\nUser-Agent: callgrind\r\nAccept: */*\r\n\r\n"
-    conn = socket.create_connection(("127.0.0.1", port))
+    conn = socket.create_connection(("127.0.0.1", origin.server_port if direct else port))
     conn.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
     pending = [b""]
 
@@ -133,7 +134,7 @@ def workload(n: int, profile: bool = False) -> None:
         for _ in range(n):
             one()
         prof.disable()
-        _print_profile(pstats.Stats(prof), n)
+        _print_profile(pstats.Stats(prof), n, by_time=profile == "time")
     else:
         for _ in range(n):
             one()
@@ -141,7 +142,15 @@ def workload(n: int, profile: bool = False) -> None:
     os._exit(0)  # no teardown: the same for both counts anyway
 
 
-def _print_profile(stats, n: int) -> None:
+def _print_profile(stats, n: int, by_time: bool = False) -> None:
+    if by_time:  # every function of the process (client and origin too), own time
+        rows = sorted(((tt / n * 1e6, nc / n, f"{path}:{line}({name})")
+                       for (path, line, name), (cc, nc, tt, ct, callers) in stats.stats.items()),
+                      reverse=True)
+        print(f"own time per request under cProfile, us: {sum(r[0] for r in rows):.1f}")
+        for us, calls, where in rows[:30]:
+            print(f"{us:8.2f} us {calls:6.2f} calls  {where}")
+        return
     rows, total = [], 0
     for (path, line, name), (cc, nc, tt, ct, callers) in stats.stats.items():
         if "/forkproxy/" not in path:
@@ -170,13 +179,13 @@ def checkout(rev: str, into: Path) -> Path:
     return dest
 
 
-def instructions(src: Path, counts: tuple[int, ...]) -> list[int]:
+def instructions(src: Path, counts: tuple[int, ...], extra=()) -> list[int]:
     """Instructions valgrind counted in runs of the workload with each of
     ``counts`` requests (the runs go in parallel: a count does not depend on load)."""
     with tempfile.TemporaryDirectory(prefix="fp-callgrind-") as d:
         env = dict(os.environ, PYTHONPATH=str(src), PYTHONHASHSEED="0")
         procs = [subprocess.Popen(["valgrind", "--tool=callgrind", f"--callgrind-out-file={d}/{n}.out",
-                                   sys.executable, str(Path(__file__).resolve()), "--serve", str(n)],
+                                   sys.executable, str(Path(__file__).resolve()), "--serve", str(n), *extra],
                                   env=env, cwd=d, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
                                   text=True) for n in counts]
         got = []
@@ -209,14 +218,18 @@ def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description="instructions per proxied request (callgrind)")
     ap.add_argument("--at", action="append", metavar="REV",
                     help="a commit to measure (repeatable; '.' = this tree; default: this tree)")
-    ap.add_argument("--profile", action="store_true",
-                    help="cProfile instead: forkproxy's function calls per request")
+    ap.add_argument("--profile", nargs="?", const="calls", choices=("calls", "time"),
+                    help="cProfile instead: forkproxy's function calls per request, or "
+                         "(--profile time) the 30 functions with the most own time")
     ap.add_argument("--requests", type=int, default=1000,
                     help="--profile: measured requests (default 1000)")
+    ap.add_argument("--direct", action="store_true",
+                    help="the client sends to the origin, not through the proxy: the "
+                         "harness's own share of a proxied request's count")
     ap.add_argument("--serve", type=int, metavar="N", help=argparse.SUPPRESS)  # the workload
     args = ap.parse_args(argv)
     if args.serve is not None:
-        workload(args.serve, args.profile)
+        workload(args.serve, args.profile, args.direct)
         return 0
     revs = args.at or ["."]
     revs = [rev if rev == "." else _commit(rev) for rev in revs]
@@ -228,9 +241,11 @@ def main(argv=None) -> int:
                 print(f"== {name}", flush=True)
                 env = dict(os.environ, PYTHONPATH=str(src), PYTHONHASHSEED="0")
                 subprocess.run([sys.executable, str(Path(__file__).resolve()), "--serve",
-                                str(args.requests), "--profile"], env=env, check=True)
+                                str(args.requests), "--profile", args.profile], env=env,
+                               check=True)
                 continue
-            lo, hi = instructions(src, (N_LO, N_HI))
+            lo, hi = instructions(src, (N_LO, N_HI), ("--direct",) if args.direct else ())
+            name += " (direct)" if args.direct else ""
             per = (hi - lo) / (N_HI - N_LO)
             print(f"{name:<28} {per:>10,.0f} instructions/request  "
                   f"(N={N_HI}: {hi:,}; N={N_LO}: {lo:,})", flush=True)

@@ -339,18 +339,19 @@ class Session:
         """
         rt = self.rt
         start = time.time()
-        rec = AccessRecord(self.peer, start)
-        if self.tls_version is not None:
-            rec.tls_version, rec.sni = self.tls_version, self.sni
-        tx = Transaction(rec, start)
+        # The Transaction (and AccessRecord) is made once the head is there: an
+        # idle keep-alive connection holds neither (bench/idle.py's KiB/conn).
+        tx = None
         received, sent = self.received - len(self.buf), self.sent
         keep = False
         try:
             head = self.read_head()
             if head is None:
                 return False
+            tx = Transaction(rec := AccessRecord(self.peer, start := time.time()), start)
+            if self.tls_version is not None:
+                rec.tls_version, rec.sni = self.tls_version, self.sni
             tx.head_size = len(head)
-            start = tx.start = rec.start = time.time()
             req = http1.parse_request_head(head, rt.limits)
             rec.method, rec.target = req.method, req.target
             rec.version = self.http_version or req.version
@@ -366,6 +367,7 @@ class Session:
             keep = stages.run(self, tx)
             return keep
         except http1.ProtocolError as exc:
+            tx = tx or self._transaction(start)  # the head itself refused (408, 431, bare CR)
             self.refuse(tx, exc.status,
                         f"malformed request: {exc.reason}" if exc.status == 400 else exc.reason)
             return False
@@ -373,13 +375,15 @@ class Session:
             raise
         except Exception as exc:  # a bug must cost one request, never the worker
             rt.log.exception("internal error on a request from %s", self.peer)
-            if not rec.status:
+            tx = tx or self._transaction(start)
+            if not tx.rec.status:
                 self.refuse(tx, 500, f"internal error: {exc!r}")
             return False
         finally:
-            if tx.spool is not None or tx.cleanup is not None:
+            rec = tx.rec if tx is not None else None
+            if tx is not None and (tx.spool is not None or tx.cleanup is not None):
                 tx.close()
-            if rec.status:
+            if rec is not None and rec.status:
                 rec.request_time = time.time() - start
                 # Bytes read past this request wait in self.buf for the next
                 # one; once the connection closes, every byte read was this one's.
@@ -387,6 +391,13 @@ class Session:
                 rec.bytes_sent = self.sent - sent
                 if rt.access_log.enabled or rec.status >= 400 or rt.metrics is not None:
                     self.log(rec)
+
+    def _transaction(self, start: float) -> Transaction:
+        """A new request's Transaction, with its AccessRecord, from ``start``."""
+        rec = AccessRecord(self.peer, start)
+        if self.tls_version is not None:
+            rec.tls_version, rec.sni = self.tls_version, self.sni
+        return Transaction(rec, start)
 
     def log(self, rec: AccessRecord) -> None:
         """The access-log line, error-log line and counters of a request that ended."""
