@@ -348,9 +348,8 @@ class Session:
             head = self.read_head()
             if head is None:
                 return False
-            tx = Transaction(rec := AccessRecord(self.peer, start := time.time()), start)
-            if self.tls_version is not None:
-                rec.tls_version, rec.sni = self.tls_version, self.sni
+            tx = self._transaction(start := time.time())
+            rec = tx.rec
             tx.head_size = len(head)
             req = http1.parse_request_head(head, rt.limits)
             rec.method, rec.target = req.method, req.target
