@@ -3,6 +3,7 @@
     python bench/callgrind.py                        # this tree
     python bench/callgrind.py --at f8e67dc --at .    # that commit, then this tree
     python bench/callgrind.py --profile [--at REV]   # cProfile: forkproxy's calls per request
+    python bench/callgrind.py --mirror live          # the route mirrors every request
 
 One process holds the whole request path: a gevent origin answering every
 request with the same canned 1 KiB ``200 OK`` (as ``bench/backend.py``),
@@ -31,6 +32,12 @@ issue 18 either side of the redesign (f8e67dc and after) have them.
 ``--profile`` runs the same workload once, without valgrind, under
 cProfile, and prints forkproxy's function calls per request, most frequent
 first: which calls the per-request path makes, not how long they take.
+
+``--mirror live`` gives the route ``mirror = { pool = "shadow" }`` (every
+request copied) to a second in-process origin, ``--mirror dead`` to a
+pool whose one server refuses connections and is taken out after its
+first failure (``max_ejection_percent = 100``): the count less the plain
+one is what a copy costs (for ``live``, its origin's share included).
 """
 
 from __future__ import annotations
@@ -62,7 +69,26 @@ access_log = "off"
 
 # -- the workload (in the process valgrind runs) --------------------------------
 
-def workload(n: int, profile: bool = False) -> None:
+MIRRORED = """
+[pool.shadow]
+servers = [{{ addr = "127.0.0.1:{shadow}" }}]
+max_ejection_percent = 100
+"""
+
+
+def configuration(origin: int, port: int, mirror: str, shadow: int) -> str:
+    """bench/run.py's one-pool configuration; with ``mirror`` ("live",
+    "dead"), its route mirrors every request to the pool ``shadow``."""
+    from run import FORKPROXY_ONE_POOL
+
+    body = FORKPROXY_ONE_POOL.format(origin=origin).replace("{port}", str(port))
+    if mirror == "none":
+        return body
+    body = body.replace('pool = "origin"\n', 'pool = "origin"\nmirror = { pool = "shadow" }\n', 1)
+    return body + MIRRORED.format(shadow=shadow)
+
+
+def workload(n: int, profile: bool = False, mirror: str = "none") -> None:
     """Serve WARMUP then ``n`` requests through an in-process runtime; with
     ``profile``, cProfile the ``n`` and print forkproxy's calls per request."""
     from gevent import monkey
@@ -80,8 +106,6 @@ def workload(n: int, profile: bool = False) -> None:
 
     # bench/run.py's origin (bench/backend.py) and configuration, in this process
     from backend import make_response, serve
-    from run import FORKPROXY_ONE_POOL
-
     origin = StreamServer(("127.0.0.1", 0), serve(make_response(RESPONSE_SIZE)))
     origin.start()
     lsock = socket.socket()
@@ -89,9 +113,15 @@ def workload(n: int, profile: bool = False) -> None:
     lsock.bind(("127.0.0.1", 0))
     lsock.listen(128)
     port = lsock.getsockname()[1]
+    shadow = StreamServer(("127.0.0.1", 0), serve(make_response(RESPONSE_SIZE)))
+    dead = socket.socket()
+    dead.bind(("127.0.0.1", 0))  # bound, never listening: refused
+    if mirror == "live":
+        shadow.start()
     run = tempfile.mkdtemp(prefix="fp-callgrind-")
-    cfg = loads(SERVER.format(run=run)
-                + FORKPROXY_ONE_POOL.format(origin=origin.server_port).replace("{port}", str(port)))
+    cfg = loads(SERVER.format(run=run) + configuration(
+        origin.server_port, port, mirror,
+        shadow.server_port if mirror == "live" else dead.getsockname()[1]))
     log = logging.getLogger("bench")
     arbiter = SimpleNamespace(state=MasterState(config=cfg), log=log)
     hooks.on_starting(arbiter)
@@ -170,13 +200,14 @@ def checkout(rev: str, into: Path) -> Path:
     return dest
 
 
-def instructions(src: Path, counts: tuple[int, ...]) -> list[int]:
+def instructions(src: Path, counts: tuple[int, ...], mirror: str = "none") -> list[int]:
     """Instructions valgrind counted in runs of the workload with each of
     ``counts`` requests (the runs go in parallel: a count does not depend on load)."""
     with tempfile.TemporaryDirectory(prefix="fp-callgrind-") as d:
         env = dict(os.environ, PYTHONPATH=str(src), PYTHONHASHSEED="0")
         procs = [subprocess.Popen(["valgrind", "--tool=callgrind", f"--callgrind-out-file={d}/{n}.out",
-                                   sys.executable, str(Path(__file__).resolve()), "--serve", str(n)],
+                                   sys.executable, str(Path(__file__).resolve()), "--serve", str(n),
+                                   "--mirror", mirror],
                                   env=env, cwd=d, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
                                   text=True) for n in counts]
         got = []
@@ -213,10 +244,12 @@ def main(argv=None) -> int:
                     help="cProfile instead: forkproxy's function calls per request")
     ap.add_argument("--requests", type=int, default=1000,
                     help="--profile: measured requests (default 1000)")
+    ap.add_argument("--mirror", choices=("none", "live", "dead"), default="none",
+                    help="the route mirrors every request to a live or a dead (ejected) pool")
     ap.add_argument("--serve", type=int, metavar="N", help=argparse.SUPPRESS)  # the workload
     args = ap.parse_args(argv)
     if args.serve is not None:
-        workload(args.serve, args.profile)
+        workload(args.serve, args.profile, args.mirror)
         return 0
     revs = args.at or ["."]
     revs = [rev if rev == "." else _commit(rev) for rev in revs]
@@ -228,9 +261,10 @@ def main(argv=None) -> int:
                 print(f"== {name}", flush=True)
                 env = dict(os.environ, PYTHONPATH=str(src), PYTHONHASHSEED="0")
                 subprocess.run([sys.executable, str(Path(__file__).resolve()), "--serve",
-                                str(args.requests), "--profile"], env=env, check=True)
+                                str(args.requests), "--profile", "--mirror", args.mirror],
+                               env=env, check=True)
                 continue
-            lo, hi = instructions(src, (N_LO, N_HI))
+            lo, hi = instructions(src, (N_LO, N_HI), args.mirror)
             per = (hi - lo) / (N_HI - N_LO)
             print(f"{name:<28} {per:>10,.0f} instructions/request  "
                   f"(N={N_HI}: {hi:,}; N={N_LO}: {lo:,})", flush=True)
