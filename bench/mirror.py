@@ -283,6 +283,7 @@ def report(got: dict, a) -> list[str]:
         if (proxy, "none") not in runs:
             continue
         base = statistics.median(r.rps for r in runs[proxy, "none"])
+        base_cpu = [r.cpu_us for r in runs[proxy, "none"] if r.cpu_us]
         for (who, name), rs in runs.items():
             if who != proxy:
                 continue
@@ -290,11 +291,14 @@ def report(got: dict, a) -> list[str]:
             p99 = statistics.median(r.p99_ms for r in rs)
             cpu = [r.cpu_us for r in rs if r.cpu_us is not None]
             cpu_text = f"  cpu {statistics.median(cpu):5.0f} us/req" if cpu else ""
+            if cpu and base_cpu:
+                cpu_text += f" (x{statistics.median(cpu) / statistics.median(base_cpu):.2f})"
             lines.append(f"  {proxy:9} {name:8} {rps:7.0f} req/s  p99 {p99:7.2f} ms  "
                          f"({rps / base:.2f} of its none){cpu_text}"
                          + (f"  copies: {fate.get(name)}" if proxy == "forkproxy"
                             and name != "none" else ""))
-    lines.append("cpu: the proxy's process tree (master and workers), per request served")
+    lines.append("cpu: the proxy's process tree (master and workers), per request served "
+                 "(x: of its none; the steadiest figure on a shared machine)")
     lines.append(f"fixed rate ({a.rate} req/s, {a.count} requests x {a.rounds} rounds, "
                  f"{FIXED_CONNS} keep-alive connections, latency from each scheduled send; "
                  "median round, [range of the rounds' p99]):")
