@@ -3,6 +3,7 @@
     python bench/callgrind.py                        # this tree
     python bench/callgrind.py --at f8e67dc --at .    # that commit, then this tree
     python bench/callgrind.py --profile [--at REV]   # cProfile: forkproxy's calls per request
+    python bench/callgrind.py --mirror live          # the route mirrors every request
 
 One process holds the whole request path: a gevent origin answering every
 request with the same canned 1 KiB ``200 OK`` (as ``bench/backend.py``),
@@ -31,6 +32,12 @@ issue 18 either side of the redesign (f8e67dc and after) have them.
 ``--profile`` runs the same workload once, without valgrind, under
 cProfile, and prints forkproxy's function calls per request, most frequent
 first: which calls the per-request path makes, not how long they take.
+
+``--mirror live`` gives the route ``mirror = { pool = "shadow" }`` (every
+request copied) to a second in-process origin, ``--mirror dead`` to a
+pool whose one server refuses connections and is taken out after its
+first failure (``max_ejection_percent = 100``): the count less the plain
+one is what a copy costs (for ``live``, its origin's share included).
 """
 
 from __future__ import annotations
@@ -62,7 +69,27 @@ access_log = "off"
 
 # -- the workload (in the process valgrind runs) --------------------------------
 
-def workload(n: int, profile: bool = False, direct: bool = False) -> None:
+MIRRORED = """
+[pool.shadow]
+servers = [{{ addr = "127.0.0.1:{shadow}" }}]
+max_ejection_percent = 100
+"""
+
+
+def configuration(origin: int, port: int, mirror: str, shadow: int) -> str:
+    """bench/run.py's one-pool configuration; with ``mirror`` ("live",
+    "dead"), its route mirrors every request to the pool ``shadow``."""
+    from run import FORKPROXY_ONE_POOL
+
+    body = FORKPROXY_ONE_POOL.format(origin=origin).replace("{port}", str(port))
+    if mirror == "none":
+        return body
+    body = body.replace('pool = "origin"\n', 'pool = "origin"\nmirror = { pool = "shadow" }\n', 1)
+    return body + MIRRORED.format(shadow=shadow)
+
+
+def workload(n: int, profile: bool = False, direct: bool = False,
+             mirror: str = "none") -> None:
     """Serve WARMUP then ``n`` requests through an in-process runtime; with
     ``profile``, cProfile the ``n`` and print forkproxy's calls per request;
     with ``direct``, the client talks to the origin (the proxy idles)."""
@@ -81,8 +108,6 @@ def workload(n: int, profile: bool = False, direct: bool = False) -> None:
 
     # bench/run.py's origin (bench/backend.py) and configuration, in this process
     from backend import make_response, serve
-    from run import FORKPROXY_ONE_POOL
-
     origin = StreamServer(("127.0.0.1", 0), serve(make_response(RESPONSE_SIZE)))
     origin.start()
     lsock = socket.socket()
@@ -90,9 +115,15 @@ def workload(n: int, profile: bool = False, direct: bool = False) -> None:
     lsock.bind(("127.0.0.1", 0))
     lsock.listen(128)
     port = lsock.getsockname()[1]
+    shadow = StreamServer(("127.0.0.1", 0), serve(make_response(RESPONSE_SIZE)))
+    dead = socket.socket()
+    dead.bind(("127.0.0.1", 0))  # bound, never listening: refused
+    if mirror == "live":
+        shadow.start()
     run = tempfile.mkdtemp(prefix="fp-callgrind-")
-    cfg = loads(SERVER.format(run=run)
-                + FORKPROXY_ONE_POOL.format(origin=origin.server_port).replace("{port}", str(port)))
+    cfg = loads(SERVER.format(run=run) + configuration(
+        origin.server_port, port, mirror,
+        shadow.server_port if mirror == "live" else dead.getsockname()[1]))
     log = logging.getLogger("bench")
     arbiter = SimpleNamespace(state=MasterState(config=cfg), log=log)
     hooks.on_starting(arbiter)
@@ -226,10 +257,12 @@ def main(argv=None) -> int:
     ap.add_argument("--direct", action="store_true",
                     help="the client sends to the origin, not through the proxy: the "
                          "harness's own share of a proxied request's count")
+    ap.add_argument("--mirror", choices=("none", "live", "dead"), default="none",
+                    help="the route mirrors every request to a live or a dead (ejected) pool")
     ap.add_argument("--serve", type=int, metavar="N", help=argparse.SUPPRESS)  # the workload
     args = ap.parse_args(argv)
     if args.serve is not None:
-        workload(args.serve, args.profile, args.direct)
+        workload(args.serve, args.profile, args.direct, args.mirror)
         return 0
     revs = args.at or ["."]
     revs = [rev if rev == "." else _commit(rev) for rev in revs]
@@ -241,11 +274,13 @@ def main(argv=None) -> int:
                 print(f"== {name}", flush=True)
                 env = dict(os.environ, PYTHONPATH=str(src), PYTHONHASHSEED="0")
                 subprocess.run([sys.executable, str(Path(__file__).resolve()), "--serve",
-                                str(args.requests), "--profile", args.profile], env=env,
-                               check=True)
+                                str(args.requests), "--profile", args.profile,
+                                "--mirror", args.mirror], env=env, check=True)
                 continue
-            lo, hi = instructions(src, (N_LO, N_HI), ("--direct",) if args.direct else ())
+            extra = ("--mirror", args.mirror) + (("--direct",) if args.direct else ())
+            lo, hi = instructions(src, (N_LO, N_HI), extra)
             name += " (direct)" if args.direct else ""
+            name += f" (mirror {args.mirror})" if args.mirror != "none" else ""
             per = (hi - lo) / (N_HI - N_LO)
             print(f"{name:<28} {per:>10,.0f} instructions/request  "
                   f"(N={N_HI}: {hi:,}; N={N_LO}: {lo:,})", flush=True)

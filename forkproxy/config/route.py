@@ -216,9 +216,13 @@ SECTIONS: tuple[Section, ...] = (
         'is thrown away, as an inline table such as { pool = "canary", percent = 10 } '
         "(nginx's mirror, Envoy's request_mirror_policies; HAProxy and Caddy have none). "
         "The client gets the route's own pool's answer, never the mirror's, and the copy "
-        "costs the real request no wait: it is sent by its own greenlet after the real "
-        "request's head is ready, each worker has at most queue copies in flight (a copy "
-        "over it is dropped, not queued), and it has its own time limit. "
+        "costs the real request no wait: it is sent by one of the route's own greenlets "
+        "(at most queue in each worker, kept for its life) once the real request waits "
+        "on its server, each worker has at most queue copies in flight (a copy over it "
+        "is dropped, not queued), and it has its own time limit. "
+        "A copy's share of the workers' CPU is a second exchange; one that cannot be "
+        "sent (no server of the mirror pool up) costs next to nothing: it is counted "
+        "failed at once. "
         "Each request is drawn at random (percent of them, independently in each worker). "
         "Only requests that go to the route's pool are mirrored: those forkproxy answers "
         "itself (refusals, redirects, cache hits, background refreshes) are not, unlike "
@@ -512,7 +516,8 @@ SETTINGS: tuple[Setting, ...] = (
             "0 mirrors none (the table stays in the file).",
             _RELOAD, _int(0, 100), example=10),
     Setting("route.mirror", "queue", "integer 1..100000", 64,
-            "Copies in flight at once in each worker; a copy over it is dropped and counted.",
+            "Copies in flight at once in each worker (and greenlets kept to send them); a "
+            "copy over it is dropped and counted.",
             _RELOAD, _int(1, 100000)),
     Setting("route.mirror", "max_body", "size", "64k",
             "The largest request body mirrored (see above); 0 mirrors only requests "

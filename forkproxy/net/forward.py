@@ -23,7 +23,7 @@ from forkproxy.net.pools import PoolRuntime
 from forkproxy.net.request_body import UpstreamSendError
 from forkproxy.net.request_path import no_server_why
 from forkproxy.net.upstream import UpstreamConn, UpstreamError
-from forkproxy.net.upstream_http import read_response_head, upgrade_asked
+from forkproxy.net.upstream_http import read_response_head, upgrade_asked, upstream_head
 
 IDEMPOTENT = frozenset({"GET", "HEAD", "OPTIONS", "TRACE", "PUT", "DELETE"})
 _NOTHING_TRIED: frozenset = frozenset()
@@ -263,7 +263,7 @@ def _attempts(s, tx, choice: ServerChoice, replayable: bool) -> bool:
 def _try_server(s, tx, choice: ServerChoice, i: int, replayable: bool):
     """One attempt on server ``i``: what ``exchange`` returns, or the
     ``UpstreamError`` after which another attempt may follow."""
-    rt, pool, req, rec = s.rt, tx.pool, tx.req, tx.rec
+    rt, pool, rec = s.rt, tx.pool, tx.rec
     server = pool.servers[i]
     rec.upstream = server.addr
     try:
@@ -277,8 +277,7 @@ def _try_server(s, tx, choice: ServerChoice, i: int, replayable: bool):
         pool.outcome(i, None)
         choice.failed(i)
         return exc
-    head = http1.serialize_request_head(req.method, tx.target,
-                                        [("Host", tx.out_host or server.addr)] + tx.headers)
+    head = upstream_head(tx, tx.out_host or server.addr)
     cookie = (("Set-Cookie", pool.set_cookie(i, s.tls_version is not None)),) if (
         pool.sticky is not None and tx.token != pool.sticky.token(i)) else ()
     if pool.stick is not None and tx.token is not None:

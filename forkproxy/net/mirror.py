@@ -4,47 +4,56 @@ its answer read and thrown away.
 The forwarding stage (``net.stages``) calls ``Mirrors.copy`` once the
 upstream head of a request is ready and before it is sent: the decisions
 (``core.mirror``: sampled or not, what of the body goes) are made there,
-the copy is handed to a greenlet of the route's own ``gevent.pool.Pool``
-(``queue`` greenlets per worker; a copy over it is dropped, never waited
-for) and the real request goes on at once.  The copy's greenlet runs when
-the real request first waits on its server.
+and so is the mirror pool's pick (no server to take it: the copy fails
+there, at once); the copy is then a job for the route's ``Copiers``
+(at most ``queue`` copies in flight per worker, sent by greenlets kept for
+the worker's life; a copy over it is dropped, never waited for) and the
+real request goes on at once.  The copy's greenlet runs when the real
+request first waits on its server.
 
 A copy: the mirror pool's balancer picks a server (counted in its
 in-flight requests, so max_conns and least_conn see it), one of the
 pool's keep-alive connections to it (or a new one), the real request's
-head plus ``X-Forkproxy-Mirror: 1`` and its body when
-``core.mirror.body_plan`` allows, then the whole answer is read and thrown
-away (the connection goes back to the pool when it ended cleanly), all
-within the mirror's ``timeout``.  A server that takes no connection gets a passive
+head (its very bytes, ``upstream_http.upstream_head``) plus
+``X-Forkproxy-Mirror: 1`` and its body when ``core.mirror.body_plan``
+allows, then the whole answer is read and thrown away (the connection
+goes back to the pool when it ended cleanly), all within the mirror's
+``timeout`` (a reusable ``net.sockio`` timer of the sending greenlet).  A
+server that takes no connection gets a passive
 failure of the mirror pool (its max_fails: the next copies skip it, cheaply,
 as the pool's own requests would); nothing else of a copy is charged, and
 never to the route's pool.  Copies are never retried; their fate is counted
-(``forkproxy_mirror_total``) and said in a debug line, never in the access
-log.
+(``forkproxy_mirror_total``) and said in a debug line (formatted only when
+the error log takes debug lines), never in the access log.
 """
 
 from __future__ import annotations
 
+import collections
 import functools
 import ipaddress
+import logging
 import random
 import socket
+import sys
 import time
 
 import gevent
-from gevent.pool import Pool
+from gevent import get_hub
 
 from forkproxy.core import http1
 from forkproxy.core import mirror as decide
 from forkproxy.net.request_body import _client_body_read
 from forkproxy.net.upstream import RECV_SIZE, UpstreamConn, UpstreamError
-from forkproxy.net.upstream_http import upgrade_asked
+from forkproxy.net.sockio import Timers, recv_ready, send_now, wait_readable
+from forkproxy.net.upstream_http import upgrade_asked, upstream_head
 
-MARK = ("X-Forkproxy-Mirror", "1")
+NOTHING = frozenset()  # no server excluded: a copy is never retried
+MARK_LINE = b"X-Forkproxy-Mirror: 1\r\n\r\n"  # the copy's last field, then its head's end
 
 
 class Mirrors:
-    """A worker's mirroring routes: a bounded greenlet pool for each.
+    """A worker's mirroring routes: a bounded set of copiers for each.
 
     ``routes``: the configuration's routes; ``pools``: the worker's
     ``net.pools.PoolRuntime`` by name; ``metrics``: a
@@ -53,9 +62,11 @@ class Mirrors:
 
     def __init__(self, routes, pools: dict, metrics, log, limits=http1.DEFAULT_LIMITS,
                  draw=random.random):
-        self.queues = {r.index: Pool(r.mirror.queue) for r in routes if r.mirror is not None}
+        self.queues = {r.index: Copiers(r.mirror.queue, self._send)
+                       for r in routes if r.mirror is not None}
         self.pools, self.metrics, self.log, self.draw = pools, metrics, log, draw
         self.limits = limits
+        self.debug = _debugging(log)  # said only then: no line is formatted otherwise
 
     def count(self, route: int, result: str) -> None:
         if self.metrics is not None:
@@ -63,10 +74,12 @@ class Mirrors:
 
     def copy(self, s, tx) -> None:
         """Mirror ``tx`` (its route has a ``mirror``) when it is drawn: its
-        head (``tx.headers``, ``tx.out_host``, ``tx.target``) and body.
+        head (``upstream_http.upstream_head``: the real request's bytes) and body.
 
         A streamed body small enough (``core.mirror.READ``) is read whole
-        into ``s.buf`` first, where the real request's send takes it from."""
+        into ``s.buf`` first, where the real request's send takes it from.
+        The mirror pool's server is picked here: with none to take it the
+        copy fails at once, with no greenlet."""
         rc, req = tx.rc, tx.req
         m = rc.mirror
         if not decide.sampled(m.percent, self.draw()):
@@ -85,46 +98,45 @@ class Mirrors:
         else:
             body = b""
         queue = self.queues[rc.index]
-        if queue.full():  # checked after the last wait: spawn must not block
+        if queue.full():  # checked after the last wait: a copy never waits for room
             self.count(rc.index, "dropped")
             return
-        head = (req.method, tx.target, tx.out_host, tx.headers + [MARK])
-        job = (self.pools[m.pool], rc.index, m.timeout, tx.rec.request_id)
-        queue.spawn(self.send, job, req, s.peer, head, body)
-
-    def send(self, job: tuple, req, peer: str, head: tuple, body: bytes) -> None:
-        """One copy to a server of the mirror pool, the answer thrown away (a
-        greenlet).  ``job``: (pool, route id, timeout, request id); ``head``:
-        (method, target, Host or None, fields)."""
-        pool, route, seconds, request_id = job
-        i = pool.pick(req, peer, frozenset())
+        pool = self.pools[m.pool]
+        i = pool.pick(req, s.peer, NOTHING)
         if i is None:
-            self.log.debug("mirror of request %s: route=%s pool=%s: no server to take it",
-                           request_id, route, pool.name)
-            self.count(route, "failed")
+            if self.debug:
+                self.log.debug("mirror of request %s: route=%s pool=%s: no server to take it",
+                               tx.rec.request_id, rc.index, pool.name)
+            self.count(rc.index, "failed")
             return
-        server = pool.servers[i]
-        method, target, out_host, fields = head
-        pool.begin(i)
+        head = upstream_head(tx, tx.out_host or pool.servers[i].addr)
+        pool.begin(i)  # counted from now on (max_conns, least_conn), ended by _send
+        queue.put((pool, i, rc.index, m.timeout, tx.rec.request_id, req.method,
+                   head[:-2] + MARK_LINE + body))
+
+    def _send(self, job: tuple, timers: Timers) -> None:
+        """One copy to server ``i`` of the mirror pool (begun by ``copy``),
+        the answer thrown away; run by a ``Copiers`` greenlet, within the
+        mirror's timeout (one of its ``timers``)."""
+        pool, i, route, seconds, request_id, method, data = job
         answered, conn, why = [False], None, "no answer"
-        timer = gevent.Timeout(seconds)
-        timer.start()
         try:
+            timer = timers.start(seconds)
             try:
-                conn = _checkout(pool, i, seconds)
-            except (UpstreamError, OSError, gevent.Timeout):
-                # A server that takes no connection: the mirror pool's passive
-                # failure (max_fails), which keeps its next copies from trying it.
-                pool.failed(i, time.time())
-                raise
-            conn.sock.sendall(http1.serialize_request_head(
-                method, target, [("Host", out_host or server.addr)] + fields) + body)
-            if _discard_answer(conn.sock, method, answered, self.limits):
-                pool.conns[i].checkin(conn)  # the whole answer read: the next copy's
-                conn = None
-        except gevent.Timeout as exc:
-            if exc is not timer:
-                raise
+                try:
+                    conn = _checkout(pool, i, seconds)
+                except (UpstreamError, OSError):
+                    # A server that takes no connection: the mirror pool's passive
+                    # failure (max_fails), which keeps its next copies from trying it.
+                    pool.failed(i, time.time())
+                    raise
+                _send_all(conn, data)
+                if _discard_answer(conn, method, answered, self.limits):
+                    pool.conns[i].checkin(conn)  # the whole answer read: the next copy's
+                    conn = None
+            finally:
+                timer.stop()
+        except socket.timeout:
             why = f"no answer within {seconds:g}s"
         except UpstreamError as exc:
             why = exc.detail
@@ -133,14 +145,72 @@ class Mirrors:
         except OSError as exc:
             why = exc.strerror or str(exc)
         finally:
-            timer.close()
             pool.end(i)
             if conn is not None:
                 conn.close()
-        result = "sent" if answered[0] else "failed"
-        self.log.debug("mirror of request %s: route=%s pool=%s server=%s: %s", request_id,
-                       route, pool.name, server.addr, "answered" if answered[0] else why)
-        self.count(route, result)
+        if self.debug:
+            self.log.debug("mirror of request %s: route=%s pool=%s server=%s: %s", request_id,
+                           route, pool.name, pool.servers[i].addr,
+                           "answered" if answered[0] else why)
+        self.count(route, "sent" if answered[0] else "failed")
+
+
+class Copiers:
+    """At most ``limit`` copies in flight (queued or being sent), sent by
+    greenlets kept for the worker's life: a copy is a job for an idle one
+    (woken as the hub next runs, when the real request first waits), a
+    new one made only while fewer than ``limit`` exist.
+
+    A greenlet made per copy (``gevent.pool.Pool.spawn``) cost tens of µs
+    of CPU (bench/callgrind.py ``--mirror``); waking a parked one costs
+    a switch.  Each greenlet has its own reusable timers (``net.sockio``).
+    ``run(job, timers)`` sends one copy and raises nothing it expects."""
+
+    def __init__(self, limit: int, run):
+        self.limit, self.run = limit, run
+        self.jobs: collections.deque = collections.deque()
+        self.idle: list = []  # parked greenlets
+        self.inflight = self.made = 0
+
+    def full(self) -> bool:
+        return self.inflight >= self.limit
+
+    def __len__(self) -> int:
+        return self.inflight
+
+    def put(self, job: tuple) -> None:
+        """Queue ``job`` (the caller checked ``full``) and wake a greenlet for it."""
+        self.inflight += 1
+        self.jobs.append(job)
+        if self.idle:
+            get_hub().loop.run_callback(self.idle.pop().switch)
+        elif self.made < self.limit:
+            self.made += 1
+            gevent.spawn_raw(self._work)
+
+    def _work(self) -> None:
+        timers, hub, me = Timers(), get_hub(), gevent.getcurrent()
+        try:
+            while True:
+                while self.jobs:
+                    job = self.jobs.popleft()
+                    try:
+                        self.run(job, timers)
+                    except Exception:  # noqa: BLE001 - never lose the greenlet (nor the count)
+                        hub.handle_error(me, *sys.exc_info())
+                    finally:
+                        self.inflight -= 1
+                self.idle.append(me)
+                hub.switch()  # parked until put() wakes it
+        finally:
+            timers.close()
+
+
+def _debugging(log) -> bool:
+    """Whether ``log`` (a gunicorn logger or a ``logging.Logger``) writes debug lines."""
+    target = getattr(log, "error_log", log)
+    check = getattr(target, "isEnabledFor", None)
+    return True if check is None else check(logging.DEBUG)
 
 
 def _checkout(pool, i: int, seconds: float) -> UpstreamConn:
@@ -178,12 +248,28 @@ def _family(host: str):
         return None
 
 
-def _discard_answer(sock, method: str, answered: list, limits) -> bool:
-    """Read the answer to a copy whole, 1xx heads skipped, and throw it
-    away; ``answered[0]`` once its final head came (a copy answered counts
-    as sent even if its body is then cut).  True when the connection may
-    carry another request."""
-    buf = b""
+def _send_all(conn: UpstreamConn, data: bytes) -> None:
+    """All of ``data`` to the server: what its socket takes at once first
+    (``sockio.send_now``, nearly always all), only the rest through gevent."""
+    sent = send_now(conn.sock, data) if conn.plain else 0
+    if sent < len(data):
+        conn.sock.sendall(memoryview(data)[sent:])
+
+
+def _discard_answer(conn: UpstreamConn, method: str, answered: list, limits) -> bool:
+    """Read the answer to a copy on ``conn`` whole, 1xx heads skipped, and
+    throw it away; ``answered[0]`` once its final head came (a copy answered
+    counts as sent even if its body is then cut).  True when the connection
+    may carry another request.  The first read waits before it reads: the
+    answer cannot be there yet (``net.sockio``)."""
+    sock = conn.sock
+    if conn.plain:
+        wait_readable(sock)
+        buf = recv_ready(sock, RECV_SIZE)
+        if not buf:
+            return False
+    else:
+        buf = b""
     while True:
         end = http1.find_head_end(buf) if buf else -1
         if end >= 0:

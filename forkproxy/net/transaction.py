@@ -26,6 +26,7 @@ class Transaction:
     to keep the connection).  Balancing and forwarding: ``pool``,
     ``pinned`` and ``token`` (a sticky cookie's server and token),
     ``headers`` and ``out_host`` (the upstream head's fields and Host),
+    ``wire`` (that head serialized, ``upstream_http.upstream_head``),
     ``resp_head_size``.  The cache's ``hook`` and ``tee`` see the response
     (``net.http_cache``).  Timings: ``start`` (the head was read),
     ``upstream_start`` (the first upstream attempt).
@@ -50,6 +51,7 @@ class Transaction:
     keep = False
     pinned = token = None  # the server a sticky cookie (table) names; its token (Stuck)
     headers = out_host = None
+    wire = None  # (Host, the upstream head's bytes): net.upstream_http.upstream_head
     hook = None  # net.http_cache's hook for the exchange in progress
     tee = None  # the current response's net.http_cache.Tee
     upstream_start = 0.0

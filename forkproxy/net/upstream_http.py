@@ -3,8 +3,10 @@
 ``upstream_fields`` builds the fields of the head sent upstream (DESIGN
 section 4: rebuilt, never relayed): hop-by-hop and rewritten fields out,
 forwarding fields, X-Request-Id and the route's request_headers in, the
-framing fields rebuilt.  ``read_response_head`` reads and parses the
-server's answer within the pool's read_timeout.
+framing fields rebuilt; ``upstream_head`` serializes them, once per
+request and Host (the real request's attempts and its mirror copy share
+the bytes).  ``read_response_head`` reads and parses the server's answer
+within the pool's read_timeout.
 """
 
 from __future__ import annotations
@@ -72,6 +74,19 @@ def upstream_fields(s, tx) -> tuple[list, str | None]:
         headers = [f for f in headers if f[0] != "Transfer-Encoding"]
         headers.append(("Content-Length", str(tx.spool.size)))
     return headers, out_host
+
+
+def upstream_head(tx, host: str) -> bytes:
+    """The head sent upstream for ``tx`` with ``host`` as its Host: request
+    line, Host, ``tx.headers``, the empty line.  Kept on the transaction
+    (``tx.wire``) for the next call with the same Host: a retry, the
+    request after its mirror copy (``net.mirror``), need not serialize it
+    again.  ``tx.headers`` is never changed once the forwarding stage set it."""
+    wire = tx.wire
+    if wire is None or wire[0] != host:
+        wire = tx.wire = (host, http1.serialize_request_head(
+            tx.req.method, tx.target, [("Host", host)] + tx.headers))
+    return wire[1]
 
 
 def _forwarded(s, req, host_value, tokens) -> list:
