@@ -140,7 +140,7 @@ def test_status_json(env):
             "reason": "2 successful checks, last: ok", "admin_changed": None,
             "admin_by": None, "passive_failures": 0, "passive_out": False,
             "origin": "config", "member": "active", "ejected": False, "ejected_until": None,
-            "ejection_reason": None, "ejections": 0,
+            "ejection_reason": None, "ejections": 0, "seen": None,
         }
         assert web2["health"] == "down" and web2["last_result"] == "refused"
         (api,) = doc["pools"][1]["servers"]

@@ -73,7 +73,9 @@ def snapshot(table: Table, cfg, now: float,
                 flight not all ended yet),
             ejected (bool: ejected by outlier detection now),
             ejected_until (epoch s | null), ejection_reason (str | null),
-            ejections (the multiplier of its next ejection)}]}]}
+            ejections (the multiplier of its next ejection),
+            seen (epoch s by which every worker had re-read this row, so
+                decides by what was written to it before | null: none has)}]}]}
 
     Pools and servers are in table order (config order, then servers that
     came at run time); free rows are left out. Rows are read
@@ -131,6 +133,7 @@ def snapshot(table: Table, cfg, now: float,
             "ejected_until": o.until if ejected_now else None,
             "ejection_reason": o.reason if ejected_now else None,
             "ejections": o.ejections,
+            "seen": table.seen(row) or None,
         })
     for entry in pools:  # the workers' rule (net.pools), from the same table
         max_fails, _, max_percent, _ = settings[entry["name"]]

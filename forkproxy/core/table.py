@@ -20,7 +20,8 @@ per-host runtime artefact, never shipped between machines)::
       +320   outlier    64 bytes  seqlock cell, written only by the checker
       +384   slot j     128 bytes per worker slot, written only by its owner:
                         inflight i64, passive fail count u64, window start f64,
-                        requests u64, bytes_in u64, bytes_out u64, 2 x reserved,
+                        requests u64, bytes_in u64, bytes_out u64, seen f64
+                        (when the worker last began re-reading the row), 1 x reserved,
                         then the outlier columns (layout 3): the run of 5xx and
                         of gateway errors (two u32 in one u64), the run's
                         start f64, the gateway run's start f64, the last
@@ -167,6 +168,7 @@ _OFF_MEMBERS_VERSION = 40
 # Per-slot columns (64 bytes), each an aligned 8-byte cell.
 _SLOT_SIZE = 128
 _S_INFLIGHT, _S_FAILS, _S_WINDOW, _S_REQUESTS, _S_BYTES_IN, _S_BYTES_OUT = 0, 8, 16, 24, 32, 40
+_S_SEEN = 48  # when the slot's worker last began re-reading the row (0: not since its fork)
 # Outlier columns: runs (5xx in the low u32, gateway in the high u32), run
 # start, gateway run start, last success, last non-gateway 5xx, totals.
 _S_RUNS, _S_RUN_START, _S_GW_START, _S_LAST_OK, _S_LAST_5XX = 64, 72, 80, 88, 96
@@ -639,6 +641,21 @@ class Table:
                     total += count
         return total
 
+    def mark_seen(self, row: int, slot: int, now: float) -> None:
+        """The worker of ``slot`` re-read the row, beginning at ``now``: its
+        decisions take in every change written before then. Owner only."""
+        self._f64[(self._slot(row, slot) + _S_SEEN) // 8] = now
+
+    def seen(self, row: int) -> float:
+        """The time by which every worker with a slot had re-read the row
+        (the oldest of their ``mark_seen``); 0.0 when none has.  A slot whose
+        worker exited is cleared (``clear_slot``), so it holds nobody back."""
+        if not self.n_slots:
+            return 0.0
+        base, step = (self._slot(row, 0) + _S_SEEN) // 8, _SLOT_SIZE // 8
+        times = [t for t in (self._f64[base + j * step] for j in range(self.n_slots)) if t]
+        return min(times, default=0.0)
+
     def count(self, row: int, slot: int, requests: int = 0, bytes_in: int = 0, bytes_out: int = 0) -> None:
         """Add to this slot's metrics counters (u64, wrapping). Owner of ``slot`` only."""
         i = self._slot(row, slot) // 8
@@ -718,7 +735,7 @@ class Table:
         return OutlierCounts(n5, ngw, ok & _U64_MASK, err & _U64_MASK)
 
     def clear_slot(self, slot: int, *, counters: bool = False) -> None:
-        """Reset ``slot``'s in-flight and passive-failure columns in every row.
+        """Reset ``slot``'s in-flight, passive-failure and seen columns in every row.
 
         Called by a worker taking over the slot (before it serves anything) or
         by the master when the slot's worker exits; the previous owner is dead
@@ -731,6 +748,7 @@ class Table:
             self._i64[i + _S_INFLIGHT // 8] = 0
             self._u64[i + _S_FAILS // 8] = 0
             self._f64[i + _S_WINDOW // 8] = 0.0
+            self._f64[i + _S_SEEN // 8] = 0.0
             self._u64[i + _S_RUNS // 8] = 0
             if counters:
                 for col in (_S_REQUESTS, _S_BYTES_IN, _S_BYTES_OUT, _S_OK, _S_ERR):

@@ -220,6 +220,11 @@ class ProxyWorker(AsyncWorker):
 
         from forkproxy.daemon import arbiter
 
+        if self.runtime is not None:
+            # The snapshot made with the runtime may be old by now (a loaded
+            # host boots slowly); the maintenance greenlet's first refresh
+            # comes only once the loop runs, after the first connections.
+            self.runtime.refresh(time.time())
         servers = []
         for s in self.sockets:
             s.setblocking(1)

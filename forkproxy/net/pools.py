@@ -415,6 +415,10 @@ class PoolRuntime:
                 o = table.read_outlier(row)
                 self._ejected[i], self._since[i] = o.until > now, o.since
         self._apply_passive(now)
+        if self.slot is not None:  # every change written before ``now`` is taken in
+            for i, row in enumerate(self.rows):
+                if not self._dead[i]:
+                    table.mark_seen(row, self.slot, now)
 
     def close(self) -> None:
         for pool in self.conns:

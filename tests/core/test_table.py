@@ -211,6 +211,24 @@ def test_inflight_sums_across_slots_and_clear_slot_resets_one():
     assert t.inflight(0) == 3
 
 
+@pytest.mark.parametrize("marks, cleared, expected", [
+    ({}, None, 0.0),                               # no worker re-read the row yet
+    ({0: 5.0}, None, 5.0),                         # slots never taken hold nobody back
+    ({0: 5.0, 2: 3.0}, None, 3.0),                 # the oldest worker's view
+    ({0: 5.0, 2: 3.0}, 2, 5.0),                    # an exited worker's slot is cleared
+    ({0: 5.0, 1: 9.0, 2: 7.0}, 0, 7.0),
+])
+def test_seen_is_the_oldest_workers_reread_of_the_row(marks, cleared, expected):
+    t = make(2, 3)
+    for slot, when in marks.items():
+        t.mark_seen(0, slot, when)
+        t.mark_seen(1, slot, when + 100)  # another row: its own column
+    if cleared is not None:
+        t.clear_slot(cleared)
+    assert t.seen(0) == expected
+    assert make(1, 0).seen(0) == 0.0  # a table without slots
+
+
 def test_a_negative_slot_never_hides_another_slots_load():
     t = make(1, 2)
     t.inflight_add(0, 0, -3)

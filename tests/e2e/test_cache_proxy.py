@@ -65,7 +65,9 @@ def test_hit_after_miss_with_age_and_same_date(proxy, origin):
     h = get(proxy, f"/a?{MAXAGE}", method="HEAD")
     assert h.headers["X-Cache"] == "HIT" and h.headers["Content-Length"] == str(len(r1.content))
     assert count(origin, "/a") == 2
-    assert "cache=HIT" in proxy.access_log() and "cache=MISS" in proxy.access_log()
+    # Lines are written as requests end, after their answers.
+    wait_until(lambda: "cache=HIT" in proxy.access_log() and "cache=MISS" in proxy.access_log(),
+               what="the hits and misses logged")
 
 
 def test_not_stored_private_no_store_and_unvalidated(proxy, origin):

@@ -174,7 +174,7 @@ def test_stale_if_error_when_the_origin_is_gone(forkproxy_factory, origin, mc, q
 @pytest.mark.parametrize("fault", ["reset=1", "ms=5000"], ids=["reset", "timeout"])
 def test_stale_if_error_when_the_origin_resets_or_hangs(forkproxy_factory, origin, mc, fault):
     _, port = start(forkproxy_factory, origin, mc,
-                    pool_extra='read_timeout = "300ms"\n')
+                    pool_extra='read_timeout = "1s"\n')
     path = f"/f?{STALE_NO_VALIDATOR}"
     first = get(port, path)
     assert first.status_code == 200 and first.headers["X-Cache"] == "MISS"

@@ -14,6 +14,7 @@ import os
 import signal
 import socket
 import threading
+import time
 from concurrent.futures import ThreadPoolExecutor
 
 import pytest
@@ -116,8 +117,13 @@ def start(forkproxy_factory, origin, workers: int, cache: str = "", **server):
 def test_40_gets_over_4_workers_reach_the_origin_once(forkproxy_factory, origin):
     """40 connections spread over the 4 workers ask at once for a URL the origin is slow
     to answer: one request upstream (coalescing across workers); then every worker hits."""
-    fp, port = start(forkproxy_factory, origin, 4)
+    # Gathering the 40 connections (each one's worker found in /proc) can take
+    # longer than header_timeout's 10 s on a loaded machine: the first ones,
+    # idle meanwhile, were closed before their request.
+    fp, port = start(forkproxy_factory, origin, 4, header_timeout="120s")
+    t0 = time.monotonic()
     by = on_workers(fp, port, 4, each=10)
+    print(f"\n40 connections over 4 workers gathered in {time.monotonic() - t0:.1f}s")
     conns = [c for cs in by.values() for c in cs][:40]
     path = f"/one?ms=300&{MAXAGE}"
     with ThreadPoolExecutor(len(conns)) as pool:

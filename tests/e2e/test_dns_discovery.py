@@ -128,8 +128,14 @@ def test_a_discovered_server_has_its_own_metrics(forkproxy_factory, backend_fact
     def served():
         return http_get("127.0.0.1", port, "/x")[0] == 200
     wait_until(served, timeout=15, what="a request through a")
-    text = requests.get(f"http://127.0.0.1:{aport}/metrics", timeout=30).text
     labels = f'pool="web",server="{a.addr}"'
-    assert f'forkproxy_requests_total{{route="0",{labels},code="2xx"}} ' in text
+    series = f'forkproxy_requests_total{{route="0",{labels},code="2xx"}} '
+
+    def metrics() -> str:
+        return requests.get(f"http://127.0.0.1:{aport}/metrics", timeout=30).text
+    # Counted when the request ends, just after its answer went out (and a
+    # series at 0 is not exported).
+    wait_until(lambda: series in metrics(), timeout=15, what="the request counted")
+    text = metrics()
     assert f"forkproxy_upstream_duration_seconds_count{{{labels}}} " in text
     assert 'server="#' not in text

@@ -94,8 +94,12 @@ def test_a_failing_pool_under_load_gets_at_most_its_budget_of_retries(
     def hits() -> int:
         return sum(b.stats()["by_path"].get("/status/503", 0) for b in backends)
 
-    # Without a budget: every request tries every server.
-    base = metric(fp, "requests_total", "free")  # the readiness check's
+    # Without a budget: every request tries every server.  The readiness
+    # check's request went to the free pool; it is counted when it ends, after
+    # its answer (and after its access-log line): wait for it.
+    wait_until(lambda: (n := fp.access_log().count(" pool=free ")) >= 1
+               and metric(fp, "requests_total", "free") == n, what="the readiness check counted")
+    base = metric(fp, "requests_total", "free")
     assert burst(port, "free.test") == [503] * N
     wait_until(lambda: metric(fp, "requests_total", "free") == base + N,
                what="the free pool's counts")

@@ -174,12 +174,18 @@ def test_a_server_added_at_run_time_has_its_own_metrics(forkproxy_factory, backe
         hit(port, 4)
         return b.stats()["requests"] >= 4
     wait_until(b_served, timeout=15, what="requests reaching b")
-    text = requests.get(f"http://127.0.0.1:{aport}/metrics", timeout=30).text
-    got = {line.rsplit(" ", 1)[0]: float(line.rsplit(" ", 1)[1])
-           for line in text.splitlines() if line and not line.startswith("#")}
     served = b.stats()["requests"]
     labels = f'pool="web",server="{b.addr}"'
-    assert got[f'forkproxy_requests_total{{route="0",{labels},code="2xx"}}'] == served
+
+    def samples() -> dict[str, float]:
+        text = requests.get(f"http://127.0.0.1:{aport}/metrics", timeout=30).text
+        return {line.rsplit(" ", 1)[0]: float(line.rsplit(" ", 1)[1])
+                for line in text.splitlines() if line and not line.startswith("#")}
+    # A request is counted when it ends, just after its last byte went out.
+    wait_until(lambda: samples().get(f'forkproxy_requests_total{{route="0",{labels},code="2xx"}}')
+               == served, timeout=15, what="every request to b counted")
+    text = requests.get(f"http://127.0.0.1:{aport}/metrics", timeout=30).text
+    got = samples()
     assert got[f"forkproxy_upstream_duration_seconds_count{{{labels}}}"] == served
     assert got[f"forkproxy_server_up{{{labels}}}"] == 1
     assert 'server="#' not in text  # the rows' series are named by their servers

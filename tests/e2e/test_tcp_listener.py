@@ -214,7 +214,7 @@ def test_idle_timeout_closes_both_sides(servers, forkproxy_factory):
     echo = servers("echo")
     port = free_port()
     tcp_proxy(forkproxy_factory, port, [echo.addr],
-              listener_extra='idle_timeout = "300ms"').wait_ready(port, mode="tcp")
+              listener_extra='idle_timeout = "1s"').wait_ready(port, mode="tcp")
     with socket.create_connection(("127.0.0.1", port), timeout=10) as c:
         c.sendall(b"ping")
         assert c.recv(4) == b"ping"

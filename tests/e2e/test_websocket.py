@@ -116,7 +116,7 @@ def test_upgrade_answered_with_http_keeps_parsing_http(backend_factory, forkprox
 def test_idle_tunnel_closed_after_tunnel_timeout(ws_servers, forkproxy_factory):
     (ws,) = ws_servers(1)
     port = free_port()
-    forkproxy_factory(config(port, [ws], route_extra='tunnel_timeout = "300ms"'))
+    forkproxy_factory(config(port, [ws], route_extra='tunnel_timeout = "1s"'))
     c = websocket.create_connection(f"ws://127.0.0.1:{port}/", timeout=30)
     try:
         c.send("ping")

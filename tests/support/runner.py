@@ -325,6 +325,26 @@ class ForkProxy:
             raise ProcError(f"forkproxyctl status failed: {out.stderr}")
         return json.loads(out.stdout)
 
+    def server_status(self, pool: str, addr: str) -> dict:
+        """Server ``addr`` of ``pool`` in ``ctl_status()``."""
+        for p in self.ctl_status()["pools"]:
+            for s in p["servers"] if p["name"] == pool else ():
+                if s["addr"] == addr:
+                    return s
+        raise ProcError(f"no server {pool}/{addr} in forkproxyctl status")
+
+    def wait_seen(self, pool: str, addr: str, after: float | None = None, timeout: float = 30) -> dict:
+        """Until every worker re-read ``pool``/``addr``'s row of the shared
+        table after ``after`` (default: now), by the status's ``seen``; return
+        the server's status.  A change written to the row before ``after``
+        (health, admin state, passive failures, ejection) then governs every
+        worker's choices: a run of requests that met none of them proves it
+        only for the workers that took one."""
+        after = time.time() if after is None else after
+        wait_until(lambda: (self.server_status(pool, addr)["seen"] or 0) > after, timeout=timeout,
+                   what=f"every worker re-reading {pool}/{addr}")
+        return self.server_status(pool, addr)
+
     def access_log(self) -> str:
         return self._log("access_log")
 
