@@ -387,7 +387,9 @@ def _relay_body(s, tx, conn: UpstreamConn, body_start: bytes, got) -> bool:
     if kind == "length" and encoder is None:
         relay.pump(s, client_head, relay.length_body(s, conn, body_start, length), filters)
         return True
-    body = relay.DecodedBody(s, conn, body_start, rframing)
+    # Trailers (gRPC's status) pass to an HTTP/2 client, or one that sent TE: trailers.
+    te = s.http_version is not None or "trailers" in (tx.req.get("te") or "").lower()
+    body = relay.DecodedBody(s, conn, body_start, rframing, te)
     relay.pump(s, client_head, body, filters, chunk_out)
     return body.clean
 
