@@ -579,10 +579,10 @@ OutlierConfig = CLASSES["pool.outlier"]
 
 def _build_pool(values: dict, path: Path, err) -> PoolConfig | None:
     if values.get("tls") is not None and values.get("health") is not None \
-            and values["health"].type == "http":
+            and values["health"].type == "http" and values.get("protocol") != "h2":
         # The probes are plain HTTP: they would fail against every HTTPS server.
-        err(path + ("health",), 'HTTP checks are sent without TLS: a pool with tls needs '
-            'health = { type = "tcp", ... }')
+        err(path + ("health",), 'HTTP/1.1 checks are sent without TLS: a pool with tls needs '
+            'health = { type = "tcp", ... } (or protocol = "h2": its checks are HTTP/2 over TLS)')
         return None
     protocol = values.get("protocol", "http1")
     if protocol == "h2" and values.get("tls") is None:

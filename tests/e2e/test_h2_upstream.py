@@ -1,5 +1,6 @@
-"""HTTP/2 to the servers (pool ``protocol = "h2c"``): HTTP/1.1 and HTTP/2 clients
-through an h2c pool (GET, POST bodies, a large body, trailers), on real processes."""
+"""HTTP/2 to the servers (pool ``protocol``): HTTP/1.1 and HTTP/2 clients through an
+h2c pool (GET, POST bodies, large bodies, trailers), an h2 (TLS, ALPN) pool whose
+active checks speak HTTP/2, on real processes (tests/support/h2backend.py)."""
 
 from __future__ import annotations
 
@@ -13,7 +14,7 @@ import pytest
 
 from support.configs import one_pool
 from support.h2servers import H2Backend
-from support.procs import free_port
+from support.procs import free_port, wait_until
 
 
 @pytest.fixture
@@ -110,3 +111,39 @@ def _raw(port, request: bytes) -> bytes:
             if not data:
                 return out
             out += data
+
+
+def _health(fp, addr):
+    for p in fp.ctl_status()["pools"]:
+        for s in p["servers"]:
+            if s["addr"] == addr:
+                return s
+    raise KeyError(addr)
+
+
+def test_h2_over_tls_pool_with_http2_health_checks(tmp_path, h2_backend, backend_factory,
+                                                    forkproxy_factory):
+    trustme = pytest.importorskip("trustme")
+    ca = trustme.CA()
+    cert = ca.issue_cert("a.example")
+    d = tmp_path / "pki"
+    d.mkdir()
+    ca.cert_pem.write_to_path(str(d / "ca.pem"))
+    (d / "a.pem").write_bytes(b"".join(p.bytes() for p in cert.cert_chain_pems))
+    cert.private_key_pem.write_to_path(str(d / "a.key"))
+    good = h2_backend("tls1", tls=(d / "a.pem", d / "a.key"))
+    plain = backend_factory()  # HTTP/1.1 over plain TCP: fails HTTP/2-over-TLS checks
+    port = free_port()
+    fp = forkproxy_factory(one_pool(port, [good.addr, plain.addr], pool_extra=(
+        f'protocol = "h2"\ntls = {{ ca = "{d / "ca.pem"}", sni = "a.example" }}\n'
+        'health = { path = "/healthz", interval = "300ms", timeout = "1s", rise = 1, '
+        'fall = 1 }'), listener_extra="http2 = true"))
+    wait_until(lambda: _health(fp, good.addr)["health"] == "up"
+               and _health(fp, plain.addr)["health"] == "down", timeout=30,
+               what="the HTTP/2 checks' verdicts")
+    for _ in range(10):
+        status, hdrs, body = _h1(port, "GET", "/echo")
+        assert status == 200 and json.loads(body)["scheme"] == "https"
+    payload = b"q" * 500000
+    status, _, body = _h1(port, "PUT", "/echo", body=payload)
+    assert json.loads(body)["body_len"] == len(payload)
