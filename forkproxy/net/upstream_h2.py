@@ -49,7 +49,7 @@ from forkproxy.net.upstream import RECV_SIZE, ConnPool, UpstreamConn, UpstreamEr
 # Fields that are connection-specific in HTTP/2 (RFC 9113 8.2.2), or made here.
 _DROPPED = frozenset({b"connection", b"keep-alive", b"proxy-connection", b"transfer-encoding",
                       b"upgrade", b"host", b"te"})
-_WINDOW = 1 << 20  # the connection's receive window, shared by its streams
+_WINDOW = 8 << 20  # the connection's receive window, shared by its streams
 _STREAM_WINDOW = 256 * 1024  # a stream's receive window: the most one stream buffers
 _DEFAULT_STREAMS = 100  # assumed until the server's SETTINGS say
 
@@ -239,6 +239,7 @@ class H2Upstream:
         self.goaway = False
         self.lock = Semaphore()
         self.window = Event()  # a send window opened
+        self.settled = Event()  # the server's first SETTINGS came (or the connection died)
         self.h2.initiate_connection()
         self.h2.increment_flow_control_window(_WINDOW)
         self.flush()
@@ -260,19 +261,26 @@ class H2Upstream:
     # -- writing ------------------------------------------------------------
 
     def flush(self) -> None:
-        """What h2 has to send, to the socket, one writer at a time."""
+        """What h2 has to send, to the socket, one writer at a time.
+
+        A greenlet that finds another writing leaves its frames to it (the
+        writer sends until nothing is left): the reader never blocks behind a
+        writer, which may be waiting for the server to read."""
+        if self.lock.locked():
+            return
         with self.lock:
-            data = self.h2.data_to_send()
-            if not data or self.dead:
-                return
-            try:
-                with gevent.Timeout(self.send_timeout, socket.timeout("send timed out")):
-                    self.sock.sendall(data)
-            except BaseException as exc:  # a frame cut in half: the connection is lost
-                self.kill(f"sending to {self.server.addr}: {exc}")
-                if isinstance(exc, (OSError, gevent.Timeout)):
-                    raise _reset_error(f"sending to {self.server.addr}: {exc}") from None
-                raise
+            while True:
+                data = self.h2.data_to_send()
+                if not data or self.dead:
+                    return
+                try:
+                    with gevent.Timeout(self.send_timeout, socket.timeout("send timed out")):
+                        self.sock.sendall(data)
+                except BaseException as exc:  # a frame cut in half: the connection is lost
+                    self.kill(f"sending to {self.server.addr}: {exc}")
+                    if isinstance(exc, (OSError, gevent.Timeout)):
+                        raise _reset_error(f"sending to {self.server.addr}: {exc}") from None
+                    raise
 
     def open(self, st: StreamSock, fields, end: bool) -> None:
         if self.dead or self.goaway:
@@ -371,6 +379,7 @@ class H2Upstream:
                 st.fail(f"{self.server.addr} reset the stream ({ev.error_code!r})", refused)
         elif isinstance(ev, (h2.events.WindowUpdated, h2.events.RemoteSettingsChanged)):
             self.window.set()
+            self.settled.set()
         elif isinstance(ev, h2.events.ConnectionTerminated):
             self.goaway = True
             last = ev.last_stream_id or 0
@@ -383,6 +392,7 @@ class H2Upstream:
         if self.dead:
             return
         self.dead = True
+        self.settled.set()
         for st in list(self.streams.values()):
             st.fail(detail)
         self.window.set()
@@ -426,6 +436,13 @@ class H2Pool(ConnPool):
         except OSError as exc:
             plain.close()
             raise UpstreamError("reset", f"{self.server.addr}: {exc}", sent=False) from None
+        # Its SETTINGS first (max_concurrent_streams, windows): nothing is sent before.
+        if not c.settled.wait(self.connect_timeout) or c.dead:
+            kind = "refused" if c.dead else "timeout"
+            c.kill("no SETTINGS")
+            raise UpstreamError(kind,
+                                f"{self.server.addr} did not start HTTP/2 (no SETTINGS)",
+                                sent=False)
         self.live.append(c)
         return self._stream(c, limits, False)
 
@@ -446,7 +463,8 @@ class H2Pool(ConnPool):
         now = time.monotonic()
         keep = []
         for c in self.live:
-            if c.dead:
+            if c.dead or (c.goaway and not c.taken):
+                c.kill("gone away")
                 continue
             if c.taken:
                 self.idle_since.pop(id(c), None)

@@ -21,8 +21,8 @@ from support.procs import free_port, wait_until
 def h2_backend(tmp_path):
     made = []
 
-    def make(name="h1", tls=None):
-        b = H2Backend(name, tmp_path / "h2backends", tls=tls)
+    def make(name="h1", tls=None, max_streams=None):
+        b = H2Backend(name, tmp_path / "h2backends", tls=tls, max_streams=max_streams)
         made.append(b)
         return b
 
@@ -147,3 +147,17 @@ def test_h2_over_tls_pool_with_http2_health_checks(tmp_path, h2_backend, backend
     payload = b"q" * 500000
     status, _, body = _h1(port, "PUT", "/echo", body=payload)
     assert json.loads(body)["body_len"] == len(payload)
+
+
+@pytest.mark.skipif(shutil.which("h2load") is None, reason="h2load missing")
+def test_streams_beyond_the_servers_limit_take_more_connections(h2_backend,
+                                                                forkproxy_factory):
+    b = h2_backend(max_streams=2)
+    fp, port = _start(forkproxy_factory, b)
+    r = subprocess.run(["h2load", "-n", "800", "-c", "4", "-m", "25",
+                        f"http://127.0.0.1:{port}/bytes?n=20000"],
+                       capture_output=True, text=True, timeout=60)
+    assert "800 succeeded" in r.stdout, r.stdout
+    r = subprocess.run(["h2load", "-n", "400", "-c", "4", "-m", "25", "--h1",
+                        f"http://127.0.0.1:{port}/"], capture_output=True, text=True, timeout=60)
+    assert "400 succeeded" in r.stdout, r.stdout

@@ -2,6 +2,7 @@
 
 h2c with prior knowledge (or, with a certificate, TLS with ALPN h2), the ``h2``
 library, one thread per connection.  Every response carries ``x-backend: NAME``.
+``--max-streams N``: SETTINGS_MAX_CONCURRENT_STREAMS (refused beyond, by h2).
 
 - ``/echo``: 200 JSON ``{method, path, authority, scheme, headers, body_len,
   body_sha256, backend}`` (a body of any size is read first).
@@ -26,13 +27,17 @@ import h2.config
 import h2.connection
 import h2.events
 import h2.exceptions
+import h2.settings
 
 
 class Conn:
-    def __init__(self, sock, name: str):
+    def __init__(self, sock, name: str, max_streams: int | None = None):
         self.sock, self.name = sock, name
         self.h2 = h2.connection.H2Connection(h2.config.H2Configuration(
             client_side=False, header_encoding="utf-8"))
+        if max_streams is not None:
+            self.h2.local_settings = h2.settings.Settings(client=False, initial_values={
+                h2.settings.SettingCodes.MAX_CONCURRENT_STREAMS: max_streams})
         self.reqs: dict[int, dict] = {}
         self.out: dict[int, list] = {}  # stream -> [data left, trailers or None]
 
@@ -118,6 +123,7 @@ def main() -> None:
     ap.add_argument("--name", default="h2")
     ap.add_argument("--cert")
     ap.add_argument("--key")
+    ap.add_argument("--max-streams", type=int)
     args = ap.parse_args()
     ctx = None
     if args.cert:
@@ -138,7 +144,7 @@ def main() -> None:
                 except (OSError, ssl.SSLError):
                     sock.close()
                     return
-            Conn(sock, args.name).run()
+            Conn(sock, args.name, args.max_streams).run()
 
         threading.Thread(target=serve, daemon=True).start()
 

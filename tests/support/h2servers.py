@@ -13,14 +13,18 @@ _HERE = Path(__file__).resolve().parent
 
 
 class H2Backend(_Served):
-    def __init__(self, name: str, directory, tls: tuple | None = None):
+    def __init__(self, name: str, directory, tls: tuple | None = None,
+                 max_streams: int | None = None):
         self.name, self.dir, self.tls = name, Path(directory), tls
+        self.max_streams = max_streams
         self.port = free_port()
         self.start()
 
     def _argv(self) -> list[str]:
         argv = [sys.executable, str(_HERE / "h2backend.py"), "--port", str(self.port),
                 "--name", self.name]
+        if self.max_streams is not None:
+            argv += ["--max-streams", str(self.max_streams)]
         if self.tls is not None:
             argv += ["--cert", str(self.tls[0]), "--key", str(self.tls[1])]
         return argv
