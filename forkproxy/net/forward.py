@@ -18,7 +18,7 @@ import time
 
 from forkproxy.core import failover
 from forkproxy.core import http1
-from forkproxy.net import relay, request_body, response, websocket
+from forkproxy.net import duplex, relay, request_body, response, websocket
 from forkproxy.net.pools import PoolRuntime
 from forkproxy.net.request_body import UpstreamSendError
 from forkproxy.net.request_path import no_server_why
@@ -322,7 +322,7 @@ def attempt(s, tx, i: int, conn: UpstreamConn, head: bytes, extra=(), choice=Non
     try:  # the request head, and its body (``_send_body``)
         if tx.spool is None and tx.req.framing.kind == "none":
             request_body.up_send(s, conn, head, sent=False)
-        else:
+        elif not duplex.start(s, tx, conn, head):  # an HTTP/2 server's stream: both ways
             _send_body(s, tx, conn, head)
     except UpstreamSendError as exc:
         raise UpstreamError("reset", f"sending to {conn.server.addr}: {exc}",

@@ -75,6 +75,7 @@ class StreamSock:
         self.error: str | None = None  # why the stream failed
         self.refused = False  # the server never processed it (GOAWAY, REFUSED_STREAM)
         self.closed = False
+        self.sender = None  # the greenlet sending the request body (net.duplex)
 
     # -- the request: HTTP/1.1 bytes in, HEADERS and DATA out --------------
 
@@ -219,6 +220,8 @@ class StreamSock:
         if not self.closed:
             self.closed = True
             self.conn.release(self, not (self.got_end and self.sent_end))
+            if self.sender is not None and self.sender is not gevent.getcurrent():
+                self.sender.kill(block=False)
 
 
 class H2Upstream:

@@ -77,3 +77,21 @@ def test_killed_backend_is_unavailable_not_a_hang(grpc_site):
     with pytest.raises(grpc.RpcError) as info:
         unary(b"down", timeout=10)
     assert info.value.code() == grpc.StatusCode.UNAVAILABLE
+
+
+def test_bidi_call_that_waits_for_each_answer(grpc_site):
+    import queue
+    _, _, channel = grpc_site
+    _, _, bidi = _calls(channel)
+    q: queue.Queue = queue.Queue()
+
+    def requests():
+        while (item := q.get()) is not None:
+            yield item
+
+    replies = bidi(requests(), timeout=10)
+    for word in (b"one", b"two", b"three"):
+        q.put(word)
+        assert next(replies) == word.upper()  # each answer before the next message
+    q.put(None)
+    assert list(replies) == []
