@@ -71,6 +71,7 @@ class StreamSock:
         self.inbox: collections.deque = collections.deque()  # HTTP/1.1 bytes for recv
         self.arrival = Event()
         self.chunked = False  # the response body goes out chunked
+        self.bodiless = False  # a HEAD: the response's length fields are the GET's
         self.got_end = False  # the server ended the stream
         self.error: str | None = None  # why the stream failed
         self.refused = False  # the server never processed it (GOAWAY, REFUSED_STREAM)
@@ -128,6 +129,7 @@ class StreamSock:
                 fields.append((name, value))
         pseudo = [(b":method", method), (b":scheme", self.conn.scheme),
                   (b":authority", authority), (b":path", target)]
+        self.bodiless = method == b"HEAD"
         if chunked:
             self.decoder = http1.ChunkedDecoder(502)
         elif length:
@@ -147,7 +149,7 @@ class StreamSock:
                 length = length or name == b"content-length"
         if 100 <= status < 200:
             return  # interim responses are not relayed from HTTP/2 servers
-        if not length:
+        if not length and status not in (204, 304) and not self.bodiless:
             if end:
                 out.append(b"content-length: 0\r\n")
             else:
@@ -211,7 +213,8 @@ class StreamSock:
     def _check(self) -> None:
         if self.error is not None:
             if self.refused:  # never processed by the server: safe to try elsewhere
-                raise UpstreamError("refused", self.error, sent=False)
+                raise UpstreamError("refused", f"{self.conn.server.addr}: {self.error}",
+                                    sent=False)
             raise _reset_error(self.error)
         if self.closed:
             raise OSError(errno.EBADF, "stream closed")
@@ -280,9 +283,9 @@ class H2Upstream:
                     with gevent.Timeout(self.send_timeout, socket.timeout("send timed out")):
                         self.sock.sendall(data)
                 except BaseException as exc:  # a frame cut in half: the connection is lost
-                    self.kill(f"sending to {self.server.addr}: {exc}")
+                    self.kill(f"sending: {exc}")
                     if isinstance(exc, (OSError, gevent.Timeout)):
-                        raise _reset_error(f"sending to {self.server.addr}: {exc}") from None
+                        raise _reset_error(f"{exc}") from None
                     raise
 
     def open(self, st: StreamSock, fields, end: bool) -> None:
@@ -293,7 +296,7 @@ class H2Upstream:
         try:
             self.h2.send_headers(sid, fields, end_stream=end)
         except h2.exceptions.ProtocolError as exc:
-            st.fail(f"{self.server.addr}: {exc}", refused=True)
+            st.fail(f"{exc}", refused=True)
             st._check()
         st.sid, st.sent_end = sid, end
         self.streams[sid] = st
@@ -345,7 +348,7 @@ class H2Upstream:
     # -- reading ------------------------------------------------------------
 
     def _read(self) -> None:
-        detail = f"{self.server.addr} closed the connection"
+        detail = "the server closed the connection"
         try:
             while not self.dead:
                 data = self.sock.recv(RECV_SIZE)
@@ -356,7 +359,7 @@ class H2Upstream:
                     self._event(ev)
                 self.flush()
         except (OSError, h2.exceptions.ProtocolError) as exc:
-            detail = f"{self.server.addr}: {exc}"
+            detail = f"{type(exc).__name__}: {exc}"
         finally:
             self.kill(detail)
 
@@ -379,7 +382,7 @@ class H2Upstream:
         elif isinstance(ev, h2.events.StreamReset):
             if st is not None:
                 refused = ev.error_code == h2.errors.ErrorCodes.REFUSED_STREAM
-                st.fail(f"{self.server.addr} reset the stream ({ev.error_code!r})", refused)
+                st.fail(f"the server reset the stream ({ev.error_code!r})", refused)
         elif isinstance(ev, (h2.events.WindowUpdated, h2.events.RemoteSettingsChanged)):
             self.window.set()
             self.settled.set()
@@ -388,7 +391,7 @@ class H2Upstream:
             last = ev.last_stream_id or 0
             for sid, other in list(self.streams.items()):
                 if sid > last:
-                    other.fail(f"{self.server.addr} sent GOAWAY", refused=True)
+                    other.fail("the server sent GOAWAY", refused=True)
 
     def kill(self, detail: str) -> None:
         """The connection is lost: its streams fail, the socket closes."""

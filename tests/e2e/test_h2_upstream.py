@@ -65,6 +65,10 @@ def test_http1_client_through_an_h2c_pool(h2_backend, forkproxy_factory):
                                                      hashlib.sha256(payload).hexdigest())
     status, hdrs, body = _h1(port, "GET", "/bytes?n=3000000")
     assert status == 200 and len(body) == 3000000 and body[:12] == b"012345678901"
+    for code, body in ((204, b""), (304, b""), (404, b""), (503, b"")):
+        status, hdrs, got = _h1(port, "GET", f"/status/{code}")
+        assert (status, got) == (code, body)
+    assert _h1(port, "HEAD", "/bytes?n=10")[0] == 200
     # many requests share the pool's connections
     for _ in range(20):
         assert _h1(port, "GET", "/")[2] == b"h1"

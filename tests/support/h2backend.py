@@ -10,6 +10,7 @@ library, one thread per connection.  Every response carries ``x-backend: NAME``.
   content-length.
 - ``/trailers``: body ``hello``, then trailers ``grpc-status: 0`` and
   ``x-sum: 5``.
+- ``/status/NNN``: status NNN, HEADERS only (END_STREAM), no content-length.
 - ``/healthz`` and anything else: 200, body NAME.
 """
 
@@ -91,11 +92,20 @@ class Conn:
         elif url.path == "/bytes":
             n = int(parse_qs(url.query).get("n", ["0"])[0])
             body = (b"0123456789" * (n // 10 + 1))[:n]
+        elif url.path.startswith("/status/"):
+            code = url.path.rsplit("/", 1)[1]
+            self.h2.send_headers(sid, [(":status", code), ("x-backend", self.name)],
+                                 end_stream=True)
+            return
         elif url.path == "/trailers":
             body = b"hello"
             trailers = [("grpc-status", "0"), ("x-sum", "5")]
         else:
             body = self.name.encode()
+        if hd.get(":method") == "HEAD":
+            self.h2.send_headers(sid, [(":status", "200"), ("x-backend", self.name)] + extra,
+                                 end_stream=True)
+            return
         self.h2.send_headers(sid, [(":status", "200"), ("x-backend", self.name)] + extra)
         self.out[sid] = [body, trailers]
 
