@@ -4,6 +4,7 @@ origin (bench/backend.py, HTTP/1.1, a 1 KiB answer), in the same run.
 
     python bench/h2.py                      # 3 rounds of 5 s per target, -c 8 -m 16
     python bench/h2.py --seconds 10 --rounds 5 --clients 4 --streams 32
+    python bench/h2.py --upstream-h2        # and forkproxy with an h2c pool ("fp-h2c-pool")
 
 Reports req/s and the CPU (user + system) each target's process tree spent per
 request (from /proc, as bench/run.py), and forkproxy's ratios to nginx (the
@@ -59,6 +60,22 @@ def start_nginx_h2c(ctx: Ctx, upstream: int) -> int:
     return port
 
 
+def start_h2c_origin(ctx: Ctx) -> int:
+    """nginx as an h2c origin (prior knowledge) answering 1 KiB: forkproxy's h2c pool's server."""
+    port = free_port()
+    d = ctx.dir / "origin-h2c"
+    d.mkdir(exist_ok=True)
+    conf = d / "nginx.conf"
+    text = run.nginx_conf(d, port, "127.0.0.1:9", listen=" http2",
+                          server_extra="keepalive_requests 100000000;")
+    text = text.replace("proxy_pass http://backend;", 'return 200 "' + "x" * 1024 + '";')
+    conf.write_text(text)
+    p = ctx.start("origin-h2c", [shutil.which("nginx") or "/usr/sbin/nginx", "-p", str(d),
+                                 "-c", str(conf), "-e", str(d / "error.log")])
+    run.wait_for_port(port, timeout=20, proc=p)
+    return port
+
+
 def measure(ctx: Ctx, port: int, a) -> tuple[float, float | None, int]:
     roots = ctx.cpu_pids[port]
     before = tree_ticks(proc_snapshot(), roots)
@@ -75,6 +92,8 @@ def main() -> int:
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--clients", type=int, default=8)
     ap.add_argument("--streams", type=int, default=16)
+    ap.add_argument("--upstream-h2", action="store_true",
+                    help="also forkproxy with an h2c pool (to nginx as an h2c origin)")
     a = ap.parse_args()
     if shutil.which("h2load") is None:
         print("h2load is not installed (apt-get install nghttp2-client)", file=sys.stderr)
@@ -87,6 +106,12 @@ def main() -> int:
             f'[[route]]\npool = "o"\n\n[pool.o]\nservers = [{{ addr = "127.0.0.1:{origin}" }}]\n')}
         if shutil.which("nginx") or Path("/usr/sbin/nginx").exists():
             targets["nginx"] = start_nginx_h2c(ctx, origin)
+            if a.upstream_h2:  # forkproxy speaking h2c to its server too (pool protocol)
+                h2o = start_h2c_origin(ctx)
+                targets["fp-h2c-pool"] = ctx.start_forkproxy(
+                    '[[listener]]\nname = "web"\nbind = "127.0.0.1:{port}"\nhttp2 = true\n\n'
+                    '[[route]]\npool = "o"\n\n[pool.o]\nprotocol = "h2c"\n'
+                    f'servers = [{{ addr = "127.0.0.1:{h2o}" }}]\n')
         runs: dict[str, list] = {t: [] for t in targets}
         for _ in range(a.rounds):
             for name, port in targets.items():

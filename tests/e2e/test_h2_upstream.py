@@ -63,6 +63,10 @@ def test_http1_client_through_an_h2c_pool(h2_backend, forkproxy_factory):
     doc = json.loads(body)
     assert (doc["body_len"], doc["body_sha256"]) == (len(payload),
                                                      hashlib.sha256(payload).hexdigest())
+    c = http.client.HTTPConnection("127.0.0.1", port, timeout=10)  # a chunked upload
+    c.request("POST", "/echo", body=iter([b"a" * 1000, b"b" * 70000]), encode_chunked=True)
+    assert json.loads(c.getresponse().read())["body_len"] == 71000
+    c.close()
     status, hdrs, body = _h1(port, "GET", "/bytes?n=3000000")
     assert status == 200 and len(body) == 3000000 and body[:12] == b"012345678901"
     for code, body in ((204, b""), (304, b""), (404, b""), (503, b"")):
