@@ -169,3 +169,16 @@ def test_streams_beyond_the_servers_limit_take_more_connections(h2_backend,
     r = subprocess.run(["h2load", "-n", "400", "-c", "4", "-m", "25", "--h1",
                         f"http://127.0.0.1:{port}/"], capture_output=True, text=True, timeout=60)
     assert "400 succeeded" in r.stdout, r.stdout
+
+
+def test_streamed_uploads_through_an_h2c_pool(h2_backend, forkproxy_factory):
+    b = h2_backend()
+    port = free_port()
+    forkproxy_factory(one_pool(port, [b.addr], pool_extra='protocol = "h2c"',
+                               route_extra="request_buffering = false"))
+    c = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
+    for body, chunked in ((iter([b"a" * 1000, b"b" * 300000]), True), (b"c" * 400000, False)):
+        c.request("POST", "/echo", body=body, encode_chunked=chunked)
+        doc = json.loads(c.getresponse().read())
+        assert doc["body_len"] == (301000 if chunked else 400000)
+    c.close()
