@@ -28,7 +28,6 @@ from __future__ import annotations
 
 import collections
 import errno
-import http.client
 import socket
 import time
 
@@ -44,11 +43,9 @@ from gevent.lock import Semaphore
 from h2.settings import SettingCodes
 
 from forkproxy.core import http1
+from forkproxy.core.http2 import upstream_request, upstream_response_head
 from forkproxy.net.upstream import RECV_SIZE, ConnPool, UpstreamConn, UpstreamError, _override
 
-# Fields that are connection-specific in HTTP/2 (RFC 9113 8.2.2), or made here.
-_DROPPED = frozenset({b"connection", b"keep-alive", b"proxy-connection", b"transfer-encoding",
-                      b"upgrade", b"host", b"te"})
 _WINDOW = 8 << 20  # the connection's receive window, shared by its streams
 _STREAM_WINDOW = 256 * 1024  # a stream's receive window: the most one stream buffers
 _DEFAULT_STREAMS = 100  # assumed until the server's SETTINGS say
@@ -113,50 +110,22 @@ class StreamSock:
 
     def _start(self, head: bytes) -> None:
         """HEADERS for an HTTP/1.1 request head (the proxy's own, well formed)."""
-        lines = head[:-4].split(b"\r\n")
-        method, target, _ = lines[0].split(b" ", 2)
-        fields, authority, length, chunked = [], b"", None, False
-        for line in lines[1:]:
-            name, _, value = line.partition(b":")
-            name, value = name.strip().lower(), value.strip()
-            if name == b"host":
-                authority = value
-            elif name == b"content-length":
-                length = int(value)
-            elif name == b"transfer-encoding":
-                chunked = True
-            if name not in _DROPPED:
-                fields.append((name, value))
-        pseudo = [(b":method", method), (b":scheme", self.conn.scheme),
-                  (b":authority", authority), (b":path", target)]
-        self.bodiless = method == b"HEAD"
+        fields, length, chunked = upstream_request(head, self.conn.scheme)
+        self.bodiless = head.startswith(b"HEAD ")
         if chunked:
             self.decoder = http1.ChunkedDecoder(502)
         elif length:
             self.remaining = length
-        end = not chunked and not length
-        self.conn.open(self, pseudo + fields + [(b"te", b"trailers")], end)
+        self.conn.open(self, fields, not chunked and not length)
 
     # -- the response: HEADERS, DATA, trailers in; HTTP/1.1 bytes out ------
 
     def on_headers(self, fields, end: bool) -> None:
-        status, out, length = 502, [], False
-        for name, value in fields:
-            if name == b":status":
-                status = int(value)
-            elif not name.startswith(b":"):
-                out.append(b"%s: %s\r\n" % (name, value))
-                length = length or name == b"content-length"
-        if 100 <= status < 200:
+        got = upstream_response_head(fields, end, self.bodiless)
+        if got is None:
             return  # interim responses are not relayed from HTTP/2 servers
-        if not length and status not in (204, 304) and not self.bodiless:
-            if end:
-                out.append(b"content-length: 0\r\n")
-            else:
-                self.chunked = True
-                out.append(b"transfer-encoding: chunked\r\n")
-        reason = http.client.responses.get(status, "Unknown").encode()
-        self._put(b"HTTP/1.1 %d %s\r\n%s\r\n" % (status, reason, b"".join(out)))
+        head, self.chunked = got
+        self._put(head)
         if end:
             self.on_end()
 
