@@ -21,8 +21,9 @@ from support.procs import free_port, wait_until
 def h2_backend(tmp_path):
     made = []
 
-    def make(name="h1", tls=None, max_streams=None):
-        b = H2Backend(name, tmp_path / "h2backends", tls=tls, max_streams=max_streams)
+    def make(name="h1", tls=None, max_streams=None, hang=False):
+        b = H2Backend(name, tmp_path / "h2backends", tls=tls, max_streams=max_streams,
+                      hang=hang)
         made.append(b)
         return b
 
@@ -182,3 +183,30 @@ def test_streamed_uploads_through_an_h2c_pool(h2_backend, forkproxy_factory):
         doc = json.loads(c.getresponse().read())
         assert doc["body_len"] == (301000 if chunked else 400000)
     c.close()
+
+
+def test_a_dead_connection_fails_its_streams_under_the_retry_rules(h2_backend,
+                                                                   forkproxy_factory):
+    """Requests in flight on a server's connection when it dies: the GETs are
+    tried again on the other server, the POST (not replayable) gets 502."""
+    import concurrent.futures
+    stuck, good = h2_backend("stuck", hang=True), h2_backend("good")
+    port = free_port()
+    forkproxy_factory(one_pool(port, [stuck.addr, good.addr], pool_extra=(
+        'protocol = "h2c"\nbalance = "round_robin"'), listener_extra="http2 = true"),
+        server={"workers": 1})
+    with concurrent.futures.ThreadPoolExecutor(4) as ex:
+        gets = [ex.submit(_h1, port, "GET", f"/echo?i={i}") for i in range(2)]
+        posts = [ex.submit(_h1, port, "POST", f"/echo?p={i}", b"x" * 100) for i in range(2)]
+        wait_until(lambda: stuck.proc.log_text().count("request /echo") == 2, timeout=20,
+                   what="two requests held by the stuck server")
+        held = [ln.split()[1] for ln in stuck.proc.log_text().splitlines()
+                if ln.startswith("request /echo")]
+        stuck.stop()  # its connection dies with the requests in flight
+        for f, path in zip(gets + posts, [f"/echo?i={i}" for i in range(2)]
+                           + [f"/echo?p={i}" for i in range(2)]):
+            status, hdrs, _ = f.result(timeout=30)
+            if path in held and path.startswith("/echo?p"):
+                assert status == 502  # a POST is never sent twice
+            else:
+                assert status == 200 and hdrs["x-backend"] == "good"

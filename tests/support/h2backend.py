@@ -3,6 +3,8 @@
 h2c with prior knowledge (or, with a certificate, TLS with ALPN h2), the ``h2``
 library, one thread per connection.  Every response carries ``x-backend: NAME``.
 ``--max-streams N``: SETTINGS_MAX_CONCURRENT_STREAMS (refused beyond, by h2).
+``--hang``: every request but ``/healthz`` is read whole, then never answered.
+Each request whole is printed (``request PATH``) to stdout.
 
 - ``/echo``: 200 JSON ``{method, path, authority, scheme, headers, body_len,
   body_sha256, backend}`` (a body of any size is read first).
@@ -32,8 +34,8 @@ import h2.settings
 
 
 class Conn:
-    def __init__(self, sock, name: str, max_streams: int | None = None):
-        self.sock, self.name = sock, name
+    def __init__(self, sock, name: str, max_streams: int | None = None, hang: bool = False):
+        self.sock, self.name, self.hang = sock, name, hang
         self.h2 = h2.connection.H2Connection(h2.config.H2Configuration(
             client_side=False, header_encoding="utf-8"))
         if max_streams is not None:
@@ -71,7 +73,10 @@ class Conn:
         elif isinstance(ev, h2.events.StreamEnded):
             r = self.reqs.pop(ev.stream_id, None)
             if r is not None:
-                self.answer(ev.stream_id, r)
+                path = dict(r["headers"]).get(":path", "")
+                print("request", path, flush=True)  # what tests wait for
+                if not self.hang or path == "/healthz":
+                    self.answer(ev.stream_id, r)
         elif isinstance(ev, h2.events.StreamReset):
             self.reqs.pop(ev.stream_id, None)
             self.out.pop(ev.stream_id, None)
@@ -134,6 +139,7 @@ def main() -> None:
     ap.add_argument("--cert")
     ap.add_argument("--key")
     ap.add_argument("--max-streams", type=int)
+    ap.add_argument("--hang", action="store_true", help="never answer (but /healthz)")
     args = ap.parse_args()
     ctx = None
     if args.cert:
@@ -154,7 +160,7 @@ def main() -> None:
                 except (OSError, ssl.SSLError):
                     sock.close()
                     return
-            Conn(sock, args.name, args.max_streams).run()
+            Conn(sock, args.name, args.max_streams, args.hang).run()
 
         threading.Thread(target=serve, daemon=True).start()
 

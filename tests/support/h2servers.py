@@ -14,15 +14,17 @@ _HERE = Path(__file__).resolve().parent
 
 class H2Backend(_Served):
     def __init__(self, name: str, directory, tls: tuple | None = None,
-                 max_streams: int | None = None):
+                 max_streams: int | None = None, hang: bool = False):
         self.name, self.dir, self.tls = name, Path(directory), tls
-        self.max_streams = max_streams
+        self.max_streams, self.hang = max_streams, hang
         self.port = free_port()
         self.start()
 
     def _argv(self) -> list[str]:
         argv = [sys.executable, str(_HERE / "h2backend.py"), "--port", str(self.port),
                 "--name", self.name]
+        if self.hang:
+            argv.append("--hang")
         if self.max_streams is not None:
             argv += ["--max-streams", str(self.max_streams)]
         if self.tls is not None:
