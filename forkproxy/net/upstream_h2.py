@@ -209,7 +209,7 @@ class H2Upstream:
             SettingCodes.ENABLE_PUSH: 0, SettingCodes.INITIAL_WINDOW_SIZE: _STREAM_WINDOW})
         self.streams: dict[int, StreamSock] = {}
         self.taken = 0  # streams checked out (opened or about to be)
-        self.used = False  # a stream was taken before (UpstreamConn.reused)
+        self.idle_at = time.monotonic()  # since when no stream is taken
         self.dead = False
         self.goaway = False
         self.lock = Semaphore()
@@ -304,6 +304,8 @@ class H2Upstream:
     def release(self, st: StreamSock, cancel: bool) -> None:
         """A stream is over: its request ended (``cancel``: before it was whole)."""
         self.taken -= 1
+        if not self.taken:
+            self.idle_at = time.monotonic()
         if st.sid is None:
             return
         self.streams.pop(st.sid, None)
@@ -390,7 +392,6 @@ class H2Pool(ConnPool):
         super().__init__(server, pool)
         self.scheme = b"https" if pool.tls is not None else b"http"
         self.live: list[H2Upstream] = []
-        self.idle_since: dict[int, float] = {}
 
     def checkout(self, replayable: bool = True, limits=None) -> UpstreamConn:
         self._sweep()
@@ -422,7 +423,6 @@ class H2Pool(ConnPool):
         return self._stream(c, limits, False)
 
     def _stream(self, c: H2Upstream, limits, reused: bool) -> UpstreamConn:
-        c.used = True
         conn = UpstreamConn(c.take(), self.server, self.send_timeout, self.read_timeout)
         conn.plain = False
         conn.reused = reused
@@ -441,14 +441,10 @@ class H2Pool(ConnPool):
             if c.dead or (c.goaway and not c.taken):
                 c.kill("gone away")
                 continue
-            if c.taken:
-                self.idle_since.pop(id(c), None)
-            else:
-                since = self.idle_since.setdefault(id(c), now)
-                if now - since >= self.idle_timeout or len(keep) >= max(self.max_idle, 1):
-                    self.idle_since.pop(id(c), None)
-                    c.kill("idle")
-                    continue
+            if not c.taken and (now - c.idle_at >= self.idle_timeout
+                                or len(keep) >= max(self.max_idle, 1)):
+                c.kill("idle")
+                continue
             keep.append(c)
         self.live = keep
 
