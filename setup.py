@@ -49,6 +49,8 @@ setup(
             "websocket-client>=1.6",
             # tests/e2e/test_compression.py: the br coding
             "brotli>=1.0",
+            # tests/e2e/test_grpc.py: a real gRPC server and client through forkproxy
+            "grpcio>=1.60",
         ],
         # compress = { ... } offers br (brotli) besides gzip when it is installed
         "brotli": ["brotli>=1.0"],

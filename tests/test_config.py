@@ -934,3 +934,25 @@ def test_config_test_prints_warnings_and_succeeds(tmp_path):
         [f"{conf}:13", "route[2]", "warning"], [f"{conf}:25", "route[5]", "warning"],
         [f"{conf}:30", "pool.app.servers[0].addr", "warning"]]
     assert lines[3:] == [f"forkproxy: configuration file {conf} test is successful"]
+
+
+# --- pool protocol (HTTP/2 to the servers) ----------------------------------
+
+@pytest.mark.parametrize("extra,error", [
+    ('protocol = "h2"', 'protocol = "h2" is HTTP/2 over TLS: it needs tls'),
+    ('protocol = "h2c"\ntls = { verify = false }', 'protocol = "h2c" is HTTP/2 over plain TCP'),
+    ('protocol = "h2c"\nproxy_protocol = "v2"', "a pool with proxy_protocol serves tcp"),
+    ('protocol = "h3"', "protocol"),
+    ('tls = { verify = false }\nhealth = { path = "/" }', "HTTP/1.1 checks are sent without TLS"),
+])
+def test_pool_protocol_refuses_what_cannot_work(extra, error):
+    errs = errors_of(MINIMAL + extra + "\n")
+    assert any(error in e for e in errs), errs
+
+
+@pytest.mark.parametrize("extra,protocol", [
+    ("", "http1"), ('protocol = "h2c"', "h2c"),
+    ('protocol = "h2"\ntls = { verify = false }\nhealth = { path = "/healthz" }', "h2"),
+])
+def test_pool_protocol_good(extra, protocol):
+    assert loads(MINIMAL + extra + "\n").pools[0].protocol == protocol

@@ -263,6 +263,16 @@ SETTINGS: tuple[Setting, ...] = (
             "client's address. Only for pools of tcp listeners: a route cannot use such a "
             "pool. Unset: no header.",
             _RELOAD, _enum("proxy_protocol", ("v1", "v2")), example="v2"),
+    Setting("pool", "protocol", '"http1", "h2c" or "h2"', "http1",
+            "What the pool speaks to its servers: HTTP/1.1 (\"http1\"), HTTP/2 over plain TCP "
+            "with prior knowledge (\"h2c\", as gRPC servers listen), or HTTP/2 over TLS "
+            "(\"h2\": needs tls = { ... }, and the server must choose h2 by ALPN). "
+            "With HTTP/2 the requests of many clients share a few connections per server "
+            "and worker (streams, up to the server's SETTINGS_MAX_CONCURRENT_STREAMS each); "
+            "keepalive bounds the idle connections kept; trailers (gRPC's grpc-status) pass "
+            "to HTTP/2 clients and to HTTP/1.1 clients that sent TE: trailers. "
+            "WebSocket upgrades are not forwarded to such a pool.",
+            _RELOAD, _enum("protocol", ("http1", "h2c", "h2")), example="h2c"),
     Setting("pool", "connect_timeout", "duration", "5s",
             "Time allowed to connect to a server.",
             _RELOAD, _duration(False), _r_duration),
@@ -569,10 +579,23 @@ OutlierConfig = CLASSES["pool.outlier"]
 
 def _build_pool(values: dict, path: Path, err) -> PoolConfig | None:
     if values.get("tls") is not None and values.get("health") is not None \
-            and values["health"].type == "http":
+            and values["health"].type == "http" and values.get("protocol") != "h2":
         # The probes are plain HTTP: they would fail against every HTTPS server.
-        err(path + ("health",), 'HTTP checks are sent without TLS: a pool with tls needs '
-            'health = { type = "tcp", ... }')
+        err(path + ("health",), 'HTTP/1.1 checks are sent without TLS: a pool with tls needs '
+            'health = { type = "tcp", ... } (or protocol = "h2": its checks are HTTP/2 over TLS)')
+        return None
+    protocol = values.get("protocol", "http1")
+    if protocol == "h2" and values.get("tls") is None:
+        err(path + ("protocol",), 'protocol = "h2" is HTTP/2 over TLS: it needs tls = { ... } '
+            '(for HTTP/2 over plain TCP use protocol = "h2c")')
+        return None
+    if protocol == "h2c" and values.get("tls") is not None:
+        err(path + ("protocol",), 'protocol = "h2c" is HTTP/2 over plain TCP: with tls = '
+            '{ ... } use protocol = "h2"')
+        return None
+    if protocol != "http1" and values.get("proxy_protocol") is not None:
+        err(path + ("protocol",), f'protocol = "{protocol}" is for HTTP routes; a pool with '
+            'proxy_protocol serves tcp listeners')
         return None
     servers = tuple(s for s in values["servers"] if s.addr is not None)
     if _duplicate_servers(servers, path, err):

@@ -454,7 +454,8 @@ SETTINGS: tuple[Setting, ...] = (
             "another server. The body goes upstream with a Content-Length, a chunked one "
             "too. When buffering, an Expect: 100-continue is answered by forkproxy. false "
             "streams the body to the server as it comes (uploads larger than a server "
-            "should wait for, or that it answers before their end).",
+            "should wait for, or that it answers before their end). gRPC calls (Content-Type "
+            "application/grpc) are always streamed: their messages go both ways.",
             _RELOAD, _bool),
     Setting("route", "request_buffer_memory", "size", "64k",
             "How much of a buffered request body is kept in memory; the rest of a larger "

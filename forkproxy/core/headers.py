@@ -167,6 +167,13 @@ def forwarded_for_request(
     return out
 
 
+def is_grpc(req) -> bool:
+    """A gRPC call (Content-Type application/grpc, +proto...): its body is a stream of
+    messages, never read whole first (route request_buffering does not apply)."""
+    value = req.get("content-type")
+    return value is not None and value[:16].lower() == "application/grpc"
+
+
 def allowed_upgrade(value: str, allowed: frozenset[str]) -> str | None:
     """The protocols of an Upgrade field ``value`` whose names are in ``allowed``.
 

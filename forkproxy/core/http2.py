@@ -22,6 +22,22 @@ what forkproxy decides about a stream is here, without I/O:
     server took a WebSocket asked by extended CONNECT) is a 200 without
     Sec-WebSocket-Accept.
 
+``upstream_request(head, scheme) -> (fields, length, chunked)``
+    HTTP/2 to a server (``net.upstream_h2``): the HTTP/1.1 request head the
+    request path made (well formed: forkproxy's own) as HTTP/2 fields:
+    ``:method``, ``:scheme``, ``:authority`` (from Host), ``:path``, the
+    other fields in lower case without the connection-specific ones and
+    Host, and ``te: trailers`` (gRPC's servers want it); with its body's
+    Content-Length (None: none) and whether it is chunked.
+
+``upstream_response_head(fields, end_stream, head_request) -> (head, chunked)``
+    A server's HTTP/2 response fields as the HTTP/1.1 head the request path
+    parses: its Content-Length kept; else a body to come is framed chunked
+    (``chunked``: the DATA becomes chunks, the trailers the trailer
+    section), and a response that ended with its HEADERS gets
+    ``content-length: 0`` (not a 204, 304 or the answer to a HEAD).  None
+    for an interim (1xx) response.
+
 ``Flood(limit, period)``
     A token bucket of ``limit`` events refilled over ``period`` seconds:
     ``hit(now)`` is True once a connection spends more than that (resets
@@ -29,6 +45,8 @@ what forkproxy decides about a stream is here, without I/O:
 """
 
 from __future__ import annotations
+
+from http import HTTPStatus
 
 #: The fields HTTP/2 forbids (RFC 9113 8.2.2): a message with one is malformed.
 CONNECTION_SPECIFIC = frozenset({"connection", "keep-alive", "proxy-connection",
@@ -140,6 +158,56 @@ def response_fields(status: int, headers) -> list[tuple[str, str]]:
         if name not in CONNECTION_SPECIFIC and name != "sec-websocket-accept":
             out.append((name, value))
     return out
+
+
+_UPSTREAM_DROPPED = frozenset({b"connection", b"keep-alive", b"proxy-connection",
+                               b"transfer-encoding", b"upgrade", b"host", b"te"})
+
+
+def upstream_request(head: bytes, scheme: bytes) -> tuple[list, int | None, bool]:
+    """HTTP/2 fields of an HTTP/1.1 request head (see the module docstring)."""
+    lines = head.rstrip(b"\r\n").split(b"\r\n")
+    method, target, _ = lines[0].split(b" ", 2)
+    fields, authority, length, chunked = [], b"", None, False
+    for line in lines[1:]:
+        name, _, value = line.partition(b":")
+        name, value = name.strip().lower(), value.strip()
+        if name == b"host":
+            authority = value
+        elif name == b"content-length":
+            length = int(value)
+        elif name == b"transfer-encoding":
+            chunked = True
+        if name not in _UPSTREAM_DROPPED:
+            fields.append((name, value))
+    return ([(b":method", method), (b":scheme", scheme), (b":authority", authority),
+             (b":path", target)] + fields + [(b"te", b"trailers")], length, chunked)
+
+
+def upstream_response_head(fields, end_stream: bool,
+                           head_request: bool) -> tuple[bytes, bool] | None:
+    """The HTTP/1.1 head of a server's HTTP/2 response (see the module docstring)."""
+    status, out, length = 502, [], False
+    for name, value in fields:
+        if name == b":status":
+            status = int(value)
+        elif not name.startswith(b":"):
+            out.append(b"%s: %s\r\n" % (name, value))
+            length = length or name == b"content-length"
+    if 100 <= status < 200:
+        return None
+    chunked = False
+    if not length and status not in (204, 304) and not head_request:
+        if end_stream:
+            out.append(b"content-length: 0\r\n")
+        else:
+            chunked = True
+            out.append(b"transfer-encoding: chunked\r\n")
+    reason = _REASONS.get(status, "Unknown").encode()
+    return b"HTTP/1.1 %d %s\r\n%s\r\n" % (status, reason, b"".join(out)), chunked
+
+
+_REASONS = {s.value: s.phrase for s in HTTPStatus}
 
 
 class Flood:

@@ -59,6 +59,7 @@ from forkproxy import control
 from forkproxy.config import HealthConfig, ServerEntry, split_host_port
 from forkproxy.core.health import RiseFall
 from forkproxy.core.patterns import compile_pattern
+from forkproxy.net import h2_probe
 
 __all__ = ["Target", "Checker", "probe", "BODY_LIMIT", "table_targets", "reclaimer"]
 
@@ -78,6 +79,8 @@ class Target:
     server: ServerEntry
     health: HealthConfig
     serial: int = 0  # the row's member serial (core.table): a reused row is another target
+    protocol: str = "http1"  # the pool's: "h2c" and "h2" checks speak HTTP/2 (net.h2_probe)
+    tls: object = None  # the pool's tls (PoolTlsConfig), for protocol "h2"
 
     @property
     def label(self) -> str:
@@ -89,6 +92,7 @@ def table_targets(table, cfg) -> list[Target]:
     """The active servers of the pools with active checks, as the table's
     member cells say (configured, added at run time, found by DNS)."""
     health = {p.name: p.health for p in cfg.pools if p.health is not None}
+    pools = {p.name: p for p in cfg.pools}
     out = []
     for row, label, m in control.members(table):
         pool, _, addr = label.partition("/")
@@ -97,7 +101,8 @@ def table_targets(table, cfg) -> list[Target]:
         host, port = split_host_port(addr)
         server = ServerEntry(addr=addr, host=host, port=port, weight=m.weight, backup=m.backup,
                              max_conns=m.max_conns)
-        out.append(Target(row, pool, server, health[pool], m.serial))
+        p = pools[pool]
+        out.append(Target(row, pool, server, health[pool], m.serial, p.protocol, p.tls))
     return out
 
 
@@ -147,6 +152,8 @@ def probe(target: Target, *, session: requests.Session | None = None) -> tuple[b
     try:
         if h.type == "tcp":
             ok, result = _probe_tcp(target)
+        elif target.protocol != "http1":
+            ok, result = _judge(h, *h2_probe.get(target.server, h, target.tls, BODY_LIMIT))
         else:
             ok, result = _probe_http(target, session)
     except _ProbeTimeout:
@@ -203,6 +210,16 @@ def _probe_http(target: Target, session: requests.Session | None) -> tuple[bool,
             session.close()
 
 
+def _judge(h, status: int, body: bytes) -> tuple[bool, str]:
+    """An HTTP/2 check's verdict, by the rules of ``_probe_http``."""
+    if not any(lo <= status <= hi for lo, hi in h.expect_status):
+        return False, f"status {status}"
+    if h.expect_body is not None and not _regex(h.expect_body).search(
+            body.decode("utf-8", "replace")):
+        return False, "body mismatch"
+    return True, "ok"
+
+
 @functools.lru_cache(maxsize=256)
 def _regex(pattern: str):
     return compile_pattern(pattern)
@@ -216,7 +233,7 @@ def _classify(exc: BaseException) -> str:
     todo = [exc]
     while todo:
         e = todo.pop(0)
-        if e is None or id(e) in seen:
+        if not isinstance(e, BaseException) or id(e) in seen:  # ssl's reason is text
             continue
         seen.add(id(e))
         if isinstance(e, ConnectionRefusedError):

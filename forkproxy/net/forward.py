@@ -18,7 +18,7 @@ import time
 
 from forkproxy.core import failover
 from forkproxy.core import http1
-from forkproxy.net import relay, request_body, response, websocket
+from forkproxy.net import duplex, relay, request_body, response, websocket
 from forkproxy.net.pools import PoolRuntime
 from forkproxy.net.request_body import UpstreamSendError
 from forkproxy.net.request_path import no_server_why
@@ -321,7 +321,7 @@ def attempt(s, tx, i: int, conn: UpstreamConn, head: bytes, extra=(), choice=Non
     try:  # the request head, and its body (``_send_body``)
         if tx.spool is None and tx.req.framing.kind == "none":
             request_body.up_send(s, conn, head, sent=False)
-        else:
+        elif not duplex.start(s, tx, conn, head):  # an HTTP/2 server's stream: both ways
             _send_body(s, tx, conn, head)
     except UpstreamSendError as exc:
         raise UpstreamError("reset", f"sending to {conn.server.addr}: {exc}",
@@ -386,7 +386,9 @@ def _relay_body(s, tx, conn: UpstreamConn, body_start: bytes, got) -> bool:
     if kind == "length" and encoder is None:
         relay.pump(s, client_head, relay.length_body(s, conn, body_start, length), filters)
         return True
-    body = relay.DecodedBody(s, conn, body_start, rframing)
+    # Trailers (gRPC's status) pass to an HTTP/2 client, or one that sent TE: trailers.
+    te = s.http_version is not None or "trailers" in (tx.req.get("te") or "").lower()
+    body = relay.DecodedBody(s, conn, body_start, rframing, te)
     relay.pump(s, client_head, body, filters, chunk_out)
     return body.clean
 

@@ -40,6 +40,9 @@ from forkproxy.net.http_session import Session
 from forkproxy.net.relay import Abort, ClientGone
 
 _END = object()  # the client ended the stream (END_STREAM)
+# Trailer fields never sent in HTTP/2 (connection-specific or framing).
+_NOT_TRAILERS = frozenset({"connection", "keep-alive", "proxy-connection", "transfer-encoding",
+                           "upgrade", "te", "content-length", "host"})
 
 
 class Stream(Session):
@@ -177,10 +180,15 @@ class Stream(Session):
             except http1.ProtocolError:
                 raise Abort() from None
             done = self.decoder.done
+            trailers = self.decoder.trailers if done else None
             pieces = [p for p in pieces if p]
             for i, piece in enumerate(pieces):
-                self._data(piece, done and i == len(pieces) - 1)
-            if done and not pieces:
+                self._data(piece, done and not trailers and i == len(pieces) - 1)
+            if trailers:  # a trailing HEADERS frame ends the stream (gRPC's status)
+                self.conn.send_headers(self.sid, [(n, v) for n, v in trailers
+                                                  if n not in _NOT_TRAILERS], True)
+                self.ended = True
+            elif done and not pieces:
                 self._data(b"", True)
 
     def _head(self, head: bytes) -> bool:
@@ -205,9 +213,12 @@ class Stream(Session):
         framing = http1.response_body_framing(self.method, resp)
         self.decoder = http1.make_decoder(framing, status=502, limits=self.rt.limits)
         fields = response_fields(status, resp.headers)
-        if framing.kind == "none":
+        # No body (or an empty one): END_STREAM with the HEADERS, as gRPC's
+        # trailers-only responses must come.
+        empty = framing.kind == "none" or (framing.kind == "length" and not framing.length)
+        if empty:
             self.ended = True
-        self.conn.send_headers(self.sid, fields, framing.kind == "none")
+        self.conn.send_headers(self.sid, fields, empty)
         return True
 
     def _data(self, data: bytes, end: bool) -> None:

@@ -30,6 +30,7 @@ from gevent.monkey import get_original
 
 from forkproxy.config import ListenerConfig
 from forkproxy.core import http1
+from forkproxy.core import headers as hdr
 from forkproxy.logs import AccessRecord, error_line
 from forkproxy.net import request_body, response, stages
 from forkproxy.net.upstream_http import upgrade_asked
@@ -459,7 +460,8 @@ class Session:
                 # nginx's way: the proxy asks for the body itself and strips
                 # the expectation, so the upstream never waits on a 100.
                 self._send(CONTINUE)
-        if has_body and tx.rc.request_buffering and upgrade_asked(req) is None:
+        if has_body and tx.rc.request_buffering and upgrade_asked(req) is None \
+                and not hdr.is_grpc(req):  # gRPC's messages stream both ways
             tx.spool = request_body.buffer_body(self, tx)
 
     def cached(self, tx: Transaction):

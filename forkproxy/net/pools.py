@@ -41,7 +41,7 @@ from forkproxy.core.balance import Balancer, ServerSpec, StickyTable, cookie_val
 from forkproxy.core.health import ejected, slow_start_weight
 from forkproxy.core.outlier import kind_of
 from forkproxy.core.table import Table
-from forkproxy.net.upstream import ConnPool
+from forkproxy.net.upstream_h2 import conn_pool
 
 REFRESH = 0.2  # seconds between two snapshots of the shared table
 LIVE_INFLIGHT_MAX = 16  # pools up to this size read in-flight counts live
@@ -108,7 +108,7 @@ class PoolRuntime:
         # With retry.budget: this worker's requests of the pool in flight,
         # and of those, the ones on a retry (net.forward.ServerChoice).
         self.active = self.retrying = 0
-        self.conns = [ConnPool(s, cfg) for s in cfg.servers]
+        self.conns = [conn_pool(s, cfg) for s in cfg.servers]
         n = len(cfg.servers)
         self._usable = [True] * n
         self._sticky_ok = [True] * n  # usable, or in drain: still takes its sticky clients
@@ -213,7 +213,7 @@ class PoolRuntime:
         self.rows.append(row)
         self._serials.append(m.serial)
         self._dead.append(False)
-        self.conns.append(ConnPool(server, self.cfg))
+        self.conns.append(conn_pool(server, self.cfg))
         for col, value in ((self._usable, False), (self._sticky_ok, False),
                            (self._eligible, False), (self._drain, False), (self._out, False),
                            (self._ejected, False), (self._since, 0.0),

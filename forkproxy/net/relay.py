@@ -69,8 +69,8 @@ def pump(s, head: bytes, batches, filters=(), chunk_out: bool = False,
                 tail = f.on_end() if last else f.on_flush()
                 if tail:
                     _out(filters, i + 1, tail, pending, chunk_out)
-        if last and chunk_out:
-            pending.append(http1.encode_last_chunk())
+        if last and chunk_out:  # with the body's trailers, when it has some to pass
+            pending.append(http1.encode_last_chunk(getattr(batches, "trailers", ())))
         if pending:
             s._send(pending[0] if len(pending) == 1 else b"".join(pending))
             pending = []
@@ -113,12 +113,18 @@ class DecodedBody:
     """The batches of a chunked or close-delimited body from the server
     (any body, with an encoder): iterate it in ``pump``; ``clean`` says
     afterwards whether it ended cleanly framed (else the connection is not
-    reused).  ``Abort`` when it is badly framed or cut."""
+    reused); ``trailers``, the chunked body's trailer fields for the client.  ``Abort`` when it is badly framed or cut."""
 
-    def __init__(self, s, conn: UpstreamConn, data: bytes, framing):
+    def __init__(self, s, conn: UpstreamConn, data: bytes, framing, te: bool = False):
         self.s, self.conn, self.data = s, conn, data
         self.decoder = http1.make_decoder(framing, status=502, limits=s.rt.limits)
         self.clean = False
+        self.te = te  # the client takes trailers (TE: trailers): ``pump`` passes them
+
+    @property
+    def trailers(self) -> list:
+        """The trailer fields of a chunked body once ended, when the client takes them."""
+        return self.decoder.trailers if self.te else []
 
     def __iter__(self):
         s, conn, decoder, data = self.s, self.conn, self.decoder, self.data

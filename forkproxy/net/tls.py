@@ -126,9 +126,11 @@ def _close(sock) -> None:
 
 
 @functools.lru_cache(maxsize=None)
-def client_context(cfg: PoolTlsConfig) -> ssl.SSLContext:
+def client_context(cfg: PoolTlsConfig, alpn: tuple = ()) -> ssl.SSLContext:
     """A client context for a pool's ``tls = { ... }`` (one per distinct setting)."""
     ctx = gssl.create_default_context(cafile=cfg.ca)
+    if alpn:
+        ctx.set_alpn_protocols(list(alpn))
     if not cfg.verify:
         ctx.check_hostname = False
         ctx.verify_mode = ssl.CERT_NONE
@@ -136,15 +138,16 @@ def client_context(cfg: PoolTlsConfig) -> ssl.SSLContext:
 
 
 def wrap_upstream(sock: socket.socket, cfg: PoolTlsConfig, host: str, timeout: float,
-                  session=None):
+                  session=None, alpn: tuple = ()):
     """TLS over a connected upstream socket, handshake done within ``timeout``.
 
     ``host`` is the server's host as configured (``cfg.sni`` overrides it):
     sent as SNI unless it is an IP address, and checked against the
     certificate when verifying.  Raises ``ssl.SSLError``/``OSError``/
-    ``socket.timeout``; the socket is closed then.
+    ``socket.timeout``; the socket is closed then.  ``alpn``: the
+    protocols offered by ALPN (("h2",) for a pool with protocol "h2").
     """
-    ctx = client_context(cfg)
+    ctx = client_context(cfg, alpn)
     try:
         tls = ctx.wrap_socket(sock, server_hostname=cfg.sni or host, do_handshake_on_connect=False,
                               session=session)

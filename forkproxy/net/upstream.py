@@ -100,6 +100,8 @@ def _override(conn: UpstreamConn, limits) -> None:
 class ConnPool:
     """Idle connections to one server, for one worker."""
 
+    alpn: tuple = ()  # offered over TLS (net.upstream_h2: ("h2",))
+
     def __init__(self, server: ServerEntry, pool: PoolConfig):
         self.server = server
         self.max_idle = pool.keepalive
@@ -166,7 +168,7 @@ class ConnPool:
         server = self.server
         try:
             tls = wrap_upstream(sock, self.tls, server.host, connect_timeout,
-                                session=self.tls_session)
+                                session=self.tls_session, alpn=self.alpn)
         except socket.timeout:
             raise UpstreamError("timeout", f"TLS handshake with {server.addr} timed out",
                                 sent=False) from None

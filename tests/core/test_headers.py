@@ -8,10 +8,10 @@ import pytest
 from hypothesis import given, strategies as st
 
 from forkproxy.core.headers import (
-    HOP_BY_HOP, allowed_upgrade, connection_tokens, forwarded_for_request, forwarded_node,
+    HOP_BY_HOP, allowed_upgrade, connection_tokens, forwarded_for_request, forwarded_node, is_grpc,
     real_client_addr, response_headers_for_client, split_host, strip_hop_by_hop,
 )
-from forkproxy.core.http1.messages import ProtocolError
+from forkproxy.core.http1.messages import ProtocolError, Request
 
 
 def test_hop_by_hop_set():
@@ -251,3 +251,16 @@ def test_in_networks(addr, inside):
 
     nets = tuple(map(ipaddress.ip_network, ["127.0.0.0/8", "::1/128", "10.0.0.1/32"]))
     assert in_networks(addr, nets) is inside
+
+
+@pytest.mark.parametrize("fields,grpc", [
+    ((("content-type", "application/grpc"),), True),
+    ((("content-type", "application/grpc+proto"),), True),
+    ((("content-type", "Application/GRPC-web"),), True),
+    ((("content-type", "application/json"),), False),
+    ((("content-type", "application/gr"),), False),
+    ((), False),
+])
+def test_is_grpc(fields, grpc):
+    req = Request("POST", "/t.S/M", "1.1", fields)  # parsed names are lower case
+    assert is_grpc(req) is grpc

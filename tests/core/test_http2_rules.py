@@ -4,7 +4,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from forkproxy.core import http1
+from forkproxy.core import http1, http2
 from forkproxy.core.http2 import Flood, StreamError, request_head, response_fields
 
 GET = [(":method", "GET"), (":scheme", "https"), (":path", "/a?b=1"), (":authority", "ex.com")]
@@ -124,3 +124,44 @@ def test_heads_made_parse_with_the_same_target_and_fields(path, extra):
     req = http1.parse_request_head(request_head(GET[:2] + [(":path", path), GET[3]] + extra, True))
     assert req.method == "GET" and req.target == path and req.host == "ex.com"
     assert [f for f in req.headers if f[0] != "host"] == extra
+
+
+# -- HTTP/2 to the servers: the request head out, the response head in --------
+
+@pytest.mark.parametrize("head,fields,length,chunked", [
+    (b"GET /a?b=1 HTTP/1.1\r\nHost: h:8\r\nX-A: 1\r\nConnection: close\r\n\r\n",
+     [(b":method", b"GET"), (b":scheme", b"http"), (b":authority", b"h:8"),
+      (b":path", b"/a?b=1"), (b"x-a", b"1"), (b"te", b"trailers")], None, False),
+    (b"POST /p HTTP/1.1\r\nHost: h\r\nContent-Length: 12\r\nTE: gzip\r\n\r\n",
+     [(b":method", b"POST"), (b":scheme", b"http"), (b":authority", b"h"), (b":path", b"/p"),
+      (b"content-length", b"12"), (b"te", b"trailers")], 12, False),
+    (b"POST /s HTTP/1.1\r\nHost: h\r\nTransfer-Encoding: chunked\r\nUpgrade: x\r\n"
+     b"Keep-Alive: 5\r\ncontent-type: application/grpc\r\n\r\n",
+     [(b":method", b"POST"), (b":scheme", b"http"), (b":authority", b"h"), (b":path", b"/s"),
+      (b"content-type", b"application/grpc"), (b"te", b"trailers")], None, True),
+])
+def test_upstream_request(head, fields, length, chunked):
+    assert http2.upstream_request(head, b"http") == (fields, length, chunked)
+
+
+@pytest.mark.parametrize("fields,end,head_req,want", [
+    ([(b":status", b"200"), (b"content-type", b"application/grpc")], False, False,
+     (b"HTTP/1.1 200 OK\r\ncontent-type: application/grpc\r\n"
+      b"transfer-encoding: chunked\r\n\r\n", True)),
+    ([(b":status", b"404"), (b"content-length", b"3")], False, False,
+     (b"HTTP/1.1 404 Not Found\r\ncontent-length: 3\r\n\r\n", False)),
+    ([(b":status", b"200"), (b"grpc-status", b"3")], True, False,  # trailers-only
+     (b"HTTP/1.1 200 OK\r\ngrpc-status: 3\r\ncontent-length: 0\r\n\r\n", False)),
+    ([(b":status", b"204")], True, False, (b"HTTP/1.1 204 No Content\r\n\r\n", False)),
+    ([(b":status", b"304"), (b"etag", b'"x"')], True, False,
+     (b'HTTP/1.1 304 Not Modified\r\netag: "x"\r\n\r\n', False)),
+    ([(b":status", b"200")], True, True, (b"HTTP/1.1 200 OK\r\n\r\n", False)),  # HEAD
+    ([(b":status", b"599")], True, False,
+     (b"HTTP/1.1 599 Unknown\r\ncontent-length: 0\r\n\r\n", False)),
+    ([(b":status", b"103"), (b"link", b"</a>")], False, False, None),
+])
+def test_upstream_response_head(fields, end, head_req, want):
+    got = http2.upstream_response_head(fields, end, head_req)
+    assert got == want
+    if got is not None:  # what the request path's strict parser reads
+        http1.parse_response_head(got[0], http1.DEFAULT_LIMITS)
