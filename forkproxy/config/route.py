@@ -455,7 +455,9 @@ SETTINGS: tuple[Setting, ...] = (
             "too. When buffering, an Expect: 100-continue is answered by forkproxy. false "
             "streams the body to the server as it comes (uploads larger than a server "
             "should wait for, or that it answers before their end). gRPC calls (Content-Type "
-            "application/grpc) are always streamed: their messages go both ways.",
+            "application/grpc) to a pool with protocol h2c or h2 are always streamed: their "
+            "messages go both ways (to an HTTP/1.1 pool, which cannot serve them, the header "
+            "buys no exemption).",
             _RELOAD, _bool),
     Setting("route", "request_buffer_memory", "size", "64k",
             "How much of a buffered request body is kept in memory; the rest of a larger "

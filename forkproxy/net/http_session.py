@@ -461,8 +461,15 @@ class Session:
                 # the expectation, so the upstream never waits on a 100.
                 self._send(CONTINUE)
         if has_body and tx.rc.request_buffering and upgrade_asked(req) is None \
-                and not hdr.is_grpc(req):  # gRPC's messages stream both ways
+                and not self._grpc(tx):
             tx.spool = request_body.buffer_body(self, tx)
+
+    @staticmethod
+    def _grpc(tx: Transaction) -> bool:
+        """A gRPC call to an HTTP/2 pool: its messages stream both ways, never
+        buffered.  Only there: anywhere else the Content-Type would let any
+        client opt out of request_buffering's protection of the servers."""
+        return tx.pool.cfg.protocol != "http1" and hdr.is_grpc(tx.req)
 
     def cached(self, tx: Transaction):
         """The cache lookup stage: the cache answers, or sets up the miss."""

@@ -65,6 +65,23 @@ def test_a_body_still_coming_reaches_no_server_until_it_is_whole(forkproxy_facto
     assert b.stats()["heads"]["/upload"] == 1
 
 
+def test_a_grpc_content_type_buys_no_exemption_on_an_http1_pool(forkproxy_factory,
+                                                                  backend_factory):
+    # gRPC calls stream unbuffered only to h2c/h2 pools (tests/e2e/test_grpc.py);
+    # elsewhere the header would let any client trickle a body into a server.
+    _, port, b = _site(forkproxy_factory, backend_factory)
+    c = Conn(port)
+    c.send(b"POST /upload HTTP/1.1\r\nHost: x\r\nContent-Length: 200\r\n"
+           b"Content-Type: application/grpc\r\nExpect: 100-continue\r\n\r\n")
+    assert c.sock.recv(25) == b"HTTP/1.1 100 Continue\r\n\r\n"
+    c.send(bytes(100))
+    _marker(port)
+    assert "/upload" not in b.stats()["heads"]
+    c.send(bytes(100))
+    assert c.reply("POST").status == 200
+    assert b.stats()["heads"]["/upload"] == 1
+
+
 def test_request_buffering_false_still_streams(forkproxy_factory, backend_factory):
     _, port, b = _site(forkproxy_factory, backend_factory, "request_buffering = false")
     body = bytes(range(200))
