@@ -270,7 +270,9 @@ SETTINGS: tuple[Setting, ...] = (
             "With HTTP/2 the requests of many clients share a few connections per server "
             "and worker (streams, up to the server's SETTINGS_MAX_CONCURRENT_STREAMS each); "
             "keepalive bounds the idle connections kept; trailers (gRPC's grpc-status) pass "
-            "to HTTP/2 clients and to HTTP/1.1 clients that sent TE: trailers. "
+            "to HTTP/2 clients and to HTTP/1.1 clients that sent TE: trailers (as they do from "
+            "an HTTP/1.1 server's chunked body), but for the fields a trailer may not carry "
+            "on: framing, Host, hop-by-hop and response control fields (RFC 9110 6.5.1). "
             "WebSocket upgrades are not forwarded to such a pool.",
             _RELOAD, _enum("protocol", ("http1", "h2c", "h2")), example="h2c"),
     Setting("pool", "connect_timeout", "duration", "5s",

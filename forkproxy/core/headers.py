@@ -26,7 +26,7 @@ __all__ = [
     "HOP_BY_HOP", "FORWARDING", "connection_tokens", "hop_by_hop", "strip_hop_by_hop",
     "forwarded_for_request", "forwarded_node", "real_client_addr",
     "parse_networks", "response_headers_for_client", "split_host", "ProtocolError",
-    "allowed_upgrade", "in_networks",
+    "allowed_upgrade", "in_networks", "passed_trailers",
 ]
 
 HOP_BY_HOP: frozenset[str] = frozenset({
@@ -41,6 +41,17 @@ FORWARDING: frozenset[str] = frozenset({
 })
 
 _Headers = list[tuple[str, str]]
+
+# Fields a trailer section never carries on to the client (RFC 9110 6.5.1:
+# framing, routing, hop-by-hop): a server's trailer of these is dropped.
+NOT_TRAILERS: frozenset[str] = HOP_BY_HOP | frozenset({
+    "content-length", "host", "content-encoding", "content-type", "content-range",
+    "set-cookie", "cache-control", "expires", "location", "www-authenticate"})
+
+
+def passed_trailers(fields) -> _Headers:
+    """The trailer fields (lower-case names) of a server's body that go on to the client."""
+    return [(n, v) for n, v in fields if n not in NOT_TRAILERS]
 
 
 def hop_by_hop(headers, also: frozenset[str] = frozenset(),

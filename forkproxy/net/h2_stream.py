@@ -34,6 +34,7 @@ import socket
 
 from gevent.event import Event
 
+from forkproxy.core import headers as hdr
 from forkproxy.core import http1
 from forkproxy.core.http2 import response_fields
 from forkproxy.net.http_session import Session
@@ -41,8 +42,6 @@ from forkproxy.net.relay import Abort, ClientGone
 
 _END = object()  # the client ended the stream (END_STREAM)
 # Trailer fields never sent in HTTP/2 (connection-specific or framing).
-_NOT_TRAILERS = frozenset({"connection", "keep-alive", "proxy-connection", "transfer-encoding",
-                           "upgrade", "te", "content-length", "host"})
 
 
 class Stream(Session):
@@ -185,8 +184,7 @@ class Stream(Session):
             for i, piece in enumerate(pieces):
                 self._data(piece, done and not trailers and i == len(pieces) - 1)
             if trailers:  # a trailing HEADERS frame ends the stream (gRPC's status)
-                self.conn.send_headers(self.sid, [(n, v) for n, v in trailers
-                                                  if n not in _NOT_TRAILERS], True)
+                self.conn.send_headers(self.sid, hdr.passed_trailers(trailers), True)
                 self.ended = True
             elif done and not pieces:
                 self._data(b"", True)

@@ -15,6 +15,7 @@ from __future__ import annotations
 import errno
 import socket
 
+from forkproxy.core import headers as hdr
 from forkproxy.core import http1
 from forkproxy.net.upstream import RECV_SIZE, UpstreamConn
 
@@ -124,7 +125,7 @@ class DecodedBody:
     @property
     def trailers(self) -> list:
         """The trailer fields of a chunked body once ended, when the client takes them."""
-        return self.decoder.trailers if self.te else []
+        return hdr.passed_trailers(self.decoder.trailers) if self.te else []
 
     def __iter__(self):
         s, conn, decoder, data = self.s, self.conn, self.decoder, self.data

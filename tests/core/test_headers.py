@@ -9,7 +9,7 @@ from hypothesis import given, strategies as st
 
 from forkproxy.core.headers import (
     HOP_BY_HOP, allowed_upgrade, connection_tokens, forwarded_for_request, forwarded_node, is_grpc,
-    real_client_addr, response_headers_for_client, split_host, strip_hop_by_hop,
+    passed_trailers, real_client_addr, response_headers_for_client, split_host, strip_hop_by_hop,
 )
 from forkproxy.core.http1.messages import ProtocolError, Request
 
@@ -264,3 +264,14 @@ def test_in_networks(addr, inside):
 def test_is_grpc(fields, grpc):
     req = Request("POST", "/t.S/M", "1.1", fields)  # parsed names are lower case
     assert is_grpc(req) is grpc
+
+
+@pytest.mark.parametrize("fields, passed", [
+    ([("grpc-status", "0"), ("grpc-message", "ok")], [("grpc-status", "0"), ("grpc-message", "ok")]),
+    ([("content-length", "5"), ("x-sum", "5")], [("x-sum", "5")]),
+    ([("transfer-encoding", "chunked"), ("host", "evil"), ("set-cookie", "a=b")], []),
+    ([("connection", "close"), ("trailer", "x"), ("content-type", "text/html")], []),
+    ([], []),
+])
+def test_passed_trailers_drop_framing_routing_and_control_fields(fields, passed):
+    assert passed_trailers(fields) == passed

@@ -10,7 +10,7 @@ Each request whole is printed (``request PATH``) to stdout.
   body_sha256, backend}`` (a body of any size is read first).
 - ``/bytes?n=N``: N bytes of ``0123456789`` repeated, in DATA frames, no
   content-length.
-- ``/trailers``: body ``hello``, then trailers ``grpc-status: 0`` and
+- ``/trailers``: body ``hello``, then trailers ``grpc-status: 0``, ``set-cookie`` and
   ``x-sum: 5``.
 - ``/status/NNN``: status NNN, HEADERS only (END_STREAM), no content-length.
 - ``/healthz`` and anything else: 200, body NAME.
@@ -104,7 +104,8 @@ class Conn:
             return
         elif url.path == "/trailers":
             body = b"hello"
-            trailers = [("grpc-status", "0"), ("x-sum", "5")]
+            # set-cookie: a field a trailer may not carry on (core.headers.NOT_TRAILERS)
+            trailers = [("grpc-status", "0"), ("set-cookie", "late=1"), ("x-sum", "5")]
         else:
             body = self.name.encode()
         if hd.get(":method") == "HEAD":
