@@ -27,12 +27,13 @@ from bisect import bisect_left
 
 from forkproxy.core.outlier import REASONS as OUTLIER_REASONS
 
-__all__ = ["FAMILIES", "GAUGES", "CLASSES", "BUCKETS", "CACHE_RESULTS", "MIRROR_RESULTS",
-           "Metrics", "SlotCounter", "request_keys", "render"]
+__all__ = ["FAMILIES", "GAUGES", "CLASSES", "PROTOCOLS", "BUCKETS", "CACHE_RESULTS",
+           "MIRROR_RESULTS", "Metrics", "SlotCounter", "request_keys", "render"]
 
 #: family name -> (Prometheus type, help text). Names are without the prefix.
 FAMILIES: dict[str, tuple[str, str]] = {
-    "requests_total": ("counter", "Requests answered, by route, pool, server and status class."),
+    "requests_total": ("counter", "Requests answered, by route, pool, server, status class "
+                       "and client protocol (http1, h2)."),
     "request_duration_seconds": ("histogram", "Time from the request head read to the "
                                  "response's last byte written, by route and pool."),
     "upstream_duration_seconds": ("histogram", "Time from connecting to the server to the end "
@@ -53,6 +54,10 @@ FAMILIES: dict[str, tuple[str, str]] = {
 }
 GAUGES = frozenset({"connections_active"})
 CLASSES = ("1xx", "2xx", "3xx", "4xx", "5xx")
+#: The ``protocol`` label of requests_total, by index: a request of an HTTP/1.x
+#: connection, a stream of an HTTP/2 one (TLS or h2c). Sessions count with the
+#: index (``Session.protocol_index``), never the string.
+PROTOCOLS = ("http1", "h2")
 #: Histogram upper bounds in seconds (Prometheus's defaults); +Inf is implicit.
 BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
 #: ``AccessRecord.cache`` values, as they label cache_requests_total.
@@ -90,8 +95,8 @@ def request_keys(routes, pools=None, spare_rows=(), mirrors=()) -> list[tuple]:
 
     Requests get one series per route, pool, server of that pool (plus ``""``:
     answered without a server, such as a 502 after every try failed or a
-    redirect) and status class; requests that matched no route count under
-    route ``""``.
+    redirect), status class and client protocol (``PROTOCOLS``, last label);
+    requests that matched no route count under route ``""``.
 
     ``spare_rows``: the table rows kept for servers that come at run time;
     each gets the series of a server (``row_label``) in every pool, and in
@@ -111,8 +116,9 @@ def request_keys(routes, pools=None, spare_rows=(), mirrors=()) -> list[tuple]:
     for route, pool, servers in targets:
         for server in [""] + servers:
             for cls in CLASSES:
-                keys.append(("requests_total", (("route", route), ("pool", pool),
-                                                ("server", server), ("code", cls))))
+                keys += [("requests_total", (("route", route), ("pool", pool), ("server", server),
+                                             ("code", cls), ("protocol", proto)))
+                         for proto in PROTOCOLS]
         keys += _histogram("request_duration_seconds", (("route", route), ("pool", pool)))
         if route not in seen:  # once per route, whatever its pools
             seen.add(route)
@@ -153,8 +159,10 @@ class Metrics:
         by_label: dict[str, dict[tuple, int]] = {}
         for i, (name, labels) in enumerate(self.keys):
             by_label.setdefault(name, {})[tuple(v for _, v in labels)] = i
-        self._req = {(r, p, srv, c): i
-                     for (r, p, srv, c), i in by_label.get("requests_total", {}).items()}
+        # (route, pool, server, class) -> its cells, one per protocol (PROTOCOLS order)
+        reqs = by_label.get("requests_total", {})
+        self._req = {(r, p, srv, c): tuple(reqs[(r, p, srv, c, x)] for x in PROTOCOLS)
+                     for (r, p, srv, c, proto) in reqs if proto == PROTOCOLS[0]}
         # histogram series -> index of its first bucket (sum and count follow the buckets)
         self._dur = {(r, p): i for (r, p, le), i in
                      by_label.get("request_duration_seconds_bucket", {}).items() if le == _LE[0]}
@@ -195,7 +203,7 @@ class Metrics:
             out[key] = total - (1 << 64) if total >= 1 << 63 else total
         return out
 
-    def count_request(self, slot: int, rec) -> None:
+    def count_request(self, slot: int, rec, protocol: int = 0) -> None:
         """Count one answered request in ``slot`` (the owning worker only).
 
         ``rec`` is its ``logs.AccessRecord``: ``route`` (the route's id, None:
@@ -203,6 +211,7 @@ class Metrics:
         none; one its pool does not list counts as ``""``), ``status``,
         ``request_time`` and ``upstream_time`` (seconds), ``cache``, byte
         counts. A 429 without an upstream is the route's rate limit.
+        ``protocol``: the client's protocol, an index into ``PROTOCOLS``.
         """
         status = rec.status
         if not 100 <= status <= 599:
@@ -217,7 +226,7 @@ class Metrics:
         row = slot * self.n_keys
         cells = self.cells
         if req is not None:
-            cells[row + req] += 1
+            cells[row + req[protocol]] += 1
         if dur is not None:
             self._observe(row + dur, rec.request_time)
         if up is not None and rec.upstream_time is not None:
@@ -312,9 +321,10 @@ class SlotCounter:
         self.metrics, self.slot = metrics, slot
         self._conns = metrics.index[("connections_active", ())]
 
-    def request(self, rec) -> None:
-        """Count an answered request from its access-log record (``logs.AccessRecord``)."""
-        self.metrics.count_request(self.slot, rec)
+    def request(self, rec, protocol: int = 0) -> None:
+        """Count an answered request from its access-log record (``logs.AccessRecord``);
+        ``protocol``: the client's, an index into ``PROTOCOLS``."""
+        self.metrics.count_request(self.slot, rec, protocol)
 
     def retry(self, pool: str) -> None:
         """A request of ``pool`` goes to another server after a failed attempt."""

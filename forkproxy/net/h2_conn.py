@@ -285,7 +285,10 @@ class H2Conn:
             f = GoAwayFrame(0)
             f.last_stream_id = self.h2.highest_inbound_stream_id
             f.error_code = code
-            self.raw.append(f.serialize())
+            # After every frame h2 made before it, before any it makes after
+            # (a refused stream's RST_STREAM): the client learns that streams
+            # above last_stream_id were not taken before it sees them refused.
+            self.raw.append(self.h2.data_to_send() + f.serialize())
         else:
             try:
                 self.h2.close_connection(error_code=code)
@@ -444,8 +447,8 @@ class H2Conn:
                 self.wake.wait()
                 self.wake.clear()
                 data = self.h2.data_to_send()
-                if self.raw:
-                    data += b"".join(self.raw)
+                if self.raw:  # made before what h2 holds now: first
+                    data = b"".join(self.raw) + data
                     self.raw.clear()
                 if data:
                     self.inflight, self.queued = len(data), 0

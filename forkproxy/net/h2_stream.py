@@ -48,6 +48,7 @@ class Stream(Session):
     """A request on an HTTP/2 connection (``conn``: its ``net.h2_conn.H2Conn``)."""
 
     http_version = "2.0"  # the access log's protocol
+    protocol_index = 1  # requests_total's protocol label: core.metrics.PROTOCOLS index (h2)
 
     def __init__(self, conn, sid: int, head: bytes, end_stream: bool):
         super().__init__(conn.rt, conn.listener, conn.sock, (conn.peer, 0))

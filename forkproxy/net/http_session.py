@@ -66,6 +66,7 @@ class Session:
     tls_version = sni = None  # a TLS connection's protocol and SNI name (set by Runtime)
     kept = False  # the newest generation refused it (net.handoff): it drains here
     http_version = None  # the access log's protocol when not the request line's (HTTP/2)
+    protocol_index = 0  # requests_total's protocol label: core.metrics.PROTOCOLS index (http1)
     # Nothing of one request lives here: see net.transaction.
 
     def __init__(self, rt, listener: ListenerConfig, client: socket.socket, addr, served=0):
@@ -409,7 +410,7 @@ class Session:
             if line is not None:
                 rt.log.log(line[0], "%s", line[1])
         if rt.metrics is not None:
-            rt.metrics.request(rec)
+            rt.metrics.request(rec, self.protocol_index)
 
     def refuse(self, tx: Transaction, status: int, why: str, *, fields=()) -> None:
         """Answer with forkproxy's own short error response and close.

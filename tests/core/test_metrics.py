@@ -6,7 +6,7 @@ from types import SimpleNamespace
 
 import pytest
 
-from forkproxy.core.metrics import (BUCKETS, Metrics, SlotCounter, relabel_rows, render,
+from forkproxy.core.metrics import (BUCKETS, PROTOCOLS, Metrics, SlotCounter, relabel_rows, render,
                                     request_keys)
 
 ROUTES = [(0, "web", ["10.0.0.1:80", "10.0.0.2:80"]), (1, "api", ["10.0.1.1:80"])]
@@ -24,8 +24,9 @@ def rec(route=0, upstream="10.0.0.1:80", status=200, received=10, sent=100, took
                            request_time=took, upstream_time=upstream_time, cache=cache)
 
 
-def req_key(route, pool, server, code):
-    return ("requests_total", (("route", route), ("pool", pool), ("server", server), ("code", code)))
+def req_key(route, pool, server, code, protocol="http1"):
+    return ("requests_total", (("route", route), ("pool", pool), ("server", server), ("code", code),
+                               ("protocol", protocol)))
 
 
 @pytest.mark.parametrize("status,cls", [(100, "1xx"), (200, "2xx"), (304, "3xx"), (499, "4xx"),
@@ -35,6 +36,25 @@ def test_status_classes(status, cls):
     SlotCounter(m, 0).request(rec(status=status))
     counted = {k[1][3][1]: v for k, v in m.totals().items() if k[0] == "requests_total" and v}
     assert counted == ({cls: 1} if cls else {})
+
+
+@pytest.mark.parametrize("protocols", [[0], [1], [0, 1, 1], [1, 0, 0, 0]])
+def test_each_request_counts_under_its_protocol_only(protocols):
+    m = make()
+    for p in protocols:
+        SlotCounter(m, 1).request(rec(), p)
+    t = m.totals()
+    for p, name in enumerate(PROTOCOLS):
+        assert t[req_key("0", "web", "10.0.0.1:80", "2xx", name)] == protocols.count(p)
+    # the other families have no protocol label: counted once per request whatever it came over
+    assert t[("sent_bytes_total", ())] == 100 * len(protocols)
+    assert sum(v for k, v in t.items() if k[0] == "request_duration_seconds_count") == len(protocols)
+
+
+def test_every_requests_series_has_one_per_protocol():
+    keys = [k for k in request_keys(ROUTES) if k[0] == "requests_total"]
+    assert [k[1][-1] for k in keys] == [("protocol", p) for p in PROTOCOLS] * (len(keys) // 2)
+    assert len({k[1][:-1] for k in keys}) == len(keys) // len(PROTOCOLS)
 
 
 def test_slots_sum_and_each_slot_writes_only_its_row():
@@ -137,7 +157,8 @@ def test_render_prometheus_text():
     text = render(m.totals(), [("server_up", (("pool", 'we"b'), ("server", "a")), 1, "gauge", "Up.")])
     lines = text.splitlines()
     assert "# TYPE forkproxy_requests_total counter" in lines
-    assert 'forkproxy_requests_total{route="0",pool="web",server="10.0.0.1:80",code="2xx"} 1' in lines
+    assert ('forkproxy_requests_total{route="0",pool="web",server="10.0.0.1:80",code="2xx",'
+            'protocol="http1"} 1') in lines
     assert sum(1 for line in lines if line.startswith("forkproxy_requests_total")) == 1  # zeros left out
     assert "forkproxy_sent_bytes_total 100" in lines
     assert 'forkproxy_server_up{pool="we\\"b",server="a"} 1' in lines

@@ -129,7 +129,7 @@ def test_a_discovered_server_has_its_own_metrics(forkproxy_factory, backend_fact
         return http_get("127.0.0.1", port, "/x")[0] == 200
     wait_until(served, timeout=15, what="a request through a")
     labels = f'pool="web",server="{a.addr}"'
-    series = f'forkproxy_requests_total{{route="0",{labels},code="2xx"}} '
+    series = f'forkproxy_requests_total{{route="0",{labels},code="2xx",protocol="http1"}} '
 
     def metrics() -> str:
         return requests.get(f"http://127.0.0.1:{aport}/metrics", timeout=30).text

@@ -8,9 +8,13 @@ with another family that must agree with it.
 
 from __future__ import annotations
 
+import shutil
+import subprocess
+
+import pytest
 import requests
 
-from support.configs import memcached
+from support.configs import memcached, one_pool
 from support.procs import free_port, wait_until
 
 
@@ -129,3 +133,37 @@ def test_every_family_agrees_with_what_happened(forkproxy_factory, backend_facto
     assert results[0] == "MISS" and results.count("HIT") == 3
     assert total(s, "forkproxy_ratelimited_total") == limited
     assert s["forkproxy_sent_bytes_total"] > 0 and s["forkproxy_received_bytes_total"] > 0
+
+
+@pytest.mark.skipif(shutil.which("curl") is None, reason="curl missing")
+def test_requests_total_tells_http1_requests_from_http2_streams(forkproxy_factory,
+                                                                 backend_factory):
+    """One HTTP/1.1 request and one HTTP/2 stream (h2c, prior knowledge) on the
+    same plain listener: each under its own ``protocol`` label, nothing else
+    split (the histogram and byte counters count both)."""
+    web = backend_factory("web")
+    port, aport = free_port(), free_port()
+    # Route 0 is this test's alone: the readiness checks go to "/" (route 1).
+    fp = forkproxy_factory(one_pool(port, [web.addr], listener_extra="http2 = true",
+                                    route_extra='path = "/m/"\n[[route]]\npool = "web"'),
+                           server={"workers": 2, "admin": f"127.0.0.1:{aport}"})
+    fp.wait_workers(2)
+    r = requests.get(f"http://127.0.0.1:{port}/m/one", headers={"Connection": "close"}, timeout=30)
+    assert r.status_code == 200 and r.raw.version == 11
+    out = subprocess.run(["curl", "-sS", "--max-time", "10", "--http2-prior-knowledge",
+                          "-o", "/dev/null", "-w", "%{http_version} %{http_code}",
+                          f"http://127.0.0.1:{port}/m/two"],
+                         capture_output=True, timeout=20, check=True).stdout
+    assert out == b"2 200"
+    series = f'forkproxy_requests_total{{route="0",pool="web",server="{web.addr}",code="2xx",'
+    # Counted when the request ends, just after its last byte went out.
+    wait_until(lambda: total(samples(aport), "forkproxy_requests_total", route="0") == 2,
+               timeout=15, what="both requests counted")
+    s = samples(aport)
+    assert s[series + 'protocol="http1"}'] == 1
+    assert s[series + 'protocol="h2"}'] == 1
+    assert [k for k in s if k.startswith("forkproxy_requests_total") and 'route="0"' in k] == [
+        series + 'protocol="http1"}', series + 'protocol="h2"}']
+    assert total(s, "forkproxy_request_duration_seconds_count", route="0") == 2
+    text = requests.get(f"http://127.0.0.1:{aport}/metrics", timeout=30).text
+    assert text.count("# TYPE forkproxy_requests_total counter") == 1

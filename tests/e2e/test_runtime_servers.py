@@ -182,7 +182,8 @@ def test_a_server_added_at_run_time_has_its_own_metrics(forkproxy_factory, backe
         return {line.rsplit(" ", 1)[0]: float(line.rsplit(" ", 1)[1])
                 for line in text.splitlines() if line and not line.startswith("#")}
     # A request is counted when it ends, just after its last byte went out.
-    wait_until(lambda: samples().get(f'forkproxy_requests_total{{route="0",{labels},code="2xx"}}')
+    series = f'forkproxy_requests_total{{route="0",{labels},code="2xx",protocol="http1"}}'
+    wait_until(lambda: samples().get(series)
                == served, timeout=15, what="every request to b counted")
     text = requests.get(f"http://127.0.0.1:{aport}/metrics", timeout=30).text
     got = samples()
