@@ -249,3 +249,22 @@ def test_a_server_out_by_passive_checks_is_never_shown_a_green_up(forkproxy_fact
               'r => [r.dataset.server, r.querySelector("td.health .badge").textContent]))')
     wait_until(lambda: browser.js(badges) == {b.addr: "out" if b is victim else "up" for b in bs},
                timeout=30, what=f"{victim.addr} shown out, the others up")
+
+
+def test_a_fleet_limit_and_table_without_memcached_are_shown_as_each_nodes_own(
+        forkproxy_factory, backend_factory, browser):
+    # The page says what forkproxyctl status says: a fleet rate limit or sticky
+    # table with no memcached to share it applies on each node (worker) alone.
+    b = backend_factory("b1")
+    port, aport = free_port(), free_port()
+    forkproxy_factory(one_pool(port, [b.addr], 'sticky = { key = "ip", scope = "fleet" }',
+                               'rate_limit = { rate = "50r/s", scope = "fleet" }'),
+                      server={"workers": 1, "admin": f"127.0.0.1:{aport}"})
+    browser.call("Page.navigate", url=f"http://127.0.0.1:{aport}/")
+    items = ('Array.from(document.querySelectorAll("#shared li"), '
+             'li => [li.dataset.shared, li.textContent])')
+    wait_until(lambda: len(browser.js(items) or []) == 2, timeout=30, what="the two shared items")
+    got = browser.js(items)
+    assert [shared for shared, _ in got] == ["no", "no"]
+    assert got[0][1].startswith("rate limit of route 0: node limit (no cache.servers")
+    assert got[1][1].startswith("sticky table of pool web: worker tables (no cache.servers")
