@@ -51,6 +51,7 @@ import sys
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import gevent
 from gevent.event import Event
@@ -60,6 +61,9 @@ from forkproxy.config import HealthConfig, ServerEntry, split_host_port
 from forkproxy.core.health import RiseFall
 from forkproxy.core.patterns import compile_pattern
 from forkproxy.net import h2_probe
+
+if TYPE_CHECKING:  # imported by the probing worker only (new_session)
+    import requests
 
 __all__ = ["Target", "Checker", "probe", "BODY_LIMIT", "table_targets", "reclaimer"]
 
