@@ -145,8 +145,10 @@ def test_h2_over_tls_pool_with_http2_health_checks(tmp_path, h2_backend, backend
     port = free_port()
     fp = forkproxy_factory(one_pool(port, [good.addr, plain.addr], pool_extra=(
         f'protocol = "h2"\ntls = {{ ca = "{d / "ca.pem"}", sni = "a.example" }}\n'
-        'health = { path = "/healthz", interval = "300ms", timeout = "1s", rise = 1, '
-        'fall = 1 }'), listener_extra="http2 = true"))
+        # One slow check on a loaded machine must not take the good server
+        # down while the requests below are made: a long timeout, two falls.
+        'health = { path = "/healthz", interval = "300ms", timeout = "3s", rise = 1, '
+        'fall = 2 }'), listener_extra="http2 = true"))
     wait_until(lambda: _health(fp, good.addr)["health"] == "up"
                and _health(fp, plain.addr)["health"] == "down", timeout=30,
                what="the HTTP/2 checks' verdicts")

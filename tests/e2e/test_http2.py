@@ -16,7 +16,7 @@ import pytest
 import trustme
 
 from support.configs import one_pool
-from support.procs import free_port
+from support.procs import free_port, wait_until
 
 pytestmark = pytest.mark.skipif(shutil.which("curl") is None, reason="curl missing")
 
@@ -108,10 +108,11 @@ def test_tls_alpn_h2_get_and_post_through_the_pipeline(pki, backend_factory,
     out = curl("--http1.1", "--cacert", str(pki / "ca.pem"), "--resolve",
                f"a.example:{port}:127.0.0.1", "-D", "-", f"https://a.example:{port}/").stdout
     assert out.startswith(b"HTTP/1.1 200")
-    log = fp.access_log()
-    assert re.search(r'"GET /echo\?x=1 HTTP/2\.0" 200', log), log
-    assert re.search(r'"POST /upload HTTP/2\.0" 200', log), log
-    assert '"GET / HTTP/1.1" 200' in log
+    # A line is written as its request ends, after its answer went out, by
+    # whichever worker took the connection: each is waited for.
+    for line in (r'"GET /echo\?x=1 HTTP/2\.0" 200', r'"POST /upload HTTP/2\.0" 200',
+                 r'"GET / HTTP/1\.1" 200'):
+        wait_until(lambda: re.search(line, fp.access_log()), what=f"{line} in the access log")
 
 
 def test_h2c_prior_knowledge_and_http1_on_the_same_port(backend_factory, forkproxy_factory):
@@ -130,7 +131,8 @@ def test_h2c_prior_knowledge_and_http1_on_the_same_port(backend_factory, forkpro
     out = curl("--http1.1", "-D", "-", "-X", "TRACE", f"http://127.0.0.1:{port}/x").stdout
     assert out.startswith(f"HTTP/1.1 {status} ".encode())
     assert int(hdrs["content-length"]) == len(body)
-    assert '"GET /echo HTTP/2.0" 200' in fp.access_log()
+    wait_until(lambda: '"GET /echo HTTP/2.0" 200' in fp.access_log(),  # as the request ends
+               what="the h2 request's access-log line")
 
 
 def test_plain_listener_without_http2_speaks_http1_only(backend_factory, forkproxy_factory):

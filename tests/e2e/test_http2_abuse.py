@@ -225,7 +225,9 @@ def test_hpack_bomb_is_bounded_by_the_header_list_size(site):
 def test_a_stream_whose_window_stays_shut_is_reset_without_holding_the_worker(
         backend_factory, forkproxy_factory):
     b = backend_factory()
-    fp, port = start(forkproxy_factory, b, server={"send_timeout": "3s"})
+    # send_timeout must outlast, by far, what the test does before it wants
+    # the reset (a curl run, a 100 KB stream): a loaded machine is slow.
+    fp, port = start(forkproxy_factory, b, server={"send_timeout": "6s"})
     pid = fp.worker_pids()[0]
     c = Client(port, settings={SettingCodes.INITIAL_WINDOW_SIZE: 0})
     sid = c.request("/bytes?n=200000")
@@ -255,12 +257,17 @@ def test_a_stream_whose_window_stays_shut_is_reset_without_holding_the_worker(
 
 
 def test_a_draining_worker_sends_goaway_and_finishes_its_streams(site):
-    fp, port, pid, _ = site
+    fp, port, pid, b = site
     idle = Client(port)  # never handed to the new generation (net.handoff): GOAWAY, close
     idle.frames(lambda f: isinstance(f, SettingsFrame) and "ACK" in f.flags)
     c = Client(port)
-    sid = c.request("/slow?ms=1500")
+    # The answer must still be on its way when the worker drains: the old
+    # worker is retired only once the new generation has booted, which a
+    # loaded machine may take seconds to do.
+    sid = c.request("/slow?ms=5000")
     c.frames(lambda f: isinstance(f, SettingsFrame) and "ACK" in f.flags)
+    wait_until(lambda: b.stats()["by_path"].get("/slow") == 1,
+               what="the stream taken (at the server) before the reload")
     fp.reload()
     g = idle.goaway()
     assert g is not None and g.error_code == 0 and g.last_stream_id == 0
