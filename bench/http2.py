@@ -2,9 +2,9 @@
 and nginx (``listen ... http2``, h2c with prior knowledge) in front of the same
 origin (bench/backend.py, HTTP/1.1, a 1 KiB answer), in the same run.
 
-    python bench/h2.py                      # 3 rounds of 5 s per target, -c 8 -m 16
-    python bench/h2.py --seconds 10 --rounds 5 --clients 4 --streams 32
-    python bench/h2.py --upstream-h2        # and forkproxy with an h2c pool ("fp-h2c-pool")
+    python bench/http2.py                      # 3 rounds of 5 s per target, -c 8 -m 16
+    python bench/http2.py --seconds 10 --rounds 5 --clients 4 --streams 32
+    python bench/http2.py --upstream-h2        # and forkproxy with an h2c pool ("fp-h2c-pool")
 
 Reports req/s and the CPU (user + system) each target's process tree spent per
 request (from /proc, as bench/run.py), and forkproxy's ratios to nginx (the
