@@ -38,6 +38,8 @@ import sys
 
 from gunicorn.workers.base_async import AsyncWorker
 
+from forkproxy.config.listener import serves_http2
+
 
 # Imported lazily by the stdlib or by libraries, on paths a worker takes after
 # its start (a server named by host name, the first health probe, DNS through
@@ -45,17 +47,54 @@ from gunicorn.workers.base_async import AsyncWorker
 LAZY_MODULES = (
     "encodings.idna", "encodings.ascii", "encodings.latin_1", "encodings.utf_8",
     "idna", "gevent.resolver.thread", "gevent.threadpool", "gevent.resolver.blocking",
-    "_strptime", "email.utils", "http.client", "urllib3.util.ssl_",
-    "charset_normalizer", "certifi",
+    "_strptime", "email.utils",
     # ProxyWorker.run's own, imported there so that the master never loads gevent.
     "gevent.server", "gevent.pool", "gevent.event",
 )
+# requests' own lazy imports: for health checks only (net.checker.new_session).
+PROBE_MODULES = ("http.client", "urllib3.util.ssl_", "charset_normalizer", "certifi")
 
 
-def preload(switching: bool) -> None:
+# The modules of forkproxy.net that load a heavy library (h2, pylibmc), with
+# the question whether a configuration needs them: a worker whose
+# configuration does not never imports them (2 to 3 MiB of RSS per worker).
+# Each is imported, when it is needed, by the worker's runtime (listener,
+# pools, checker, cache, edge) on the same conditions.
+def _speaks_http2(cfg) -> bool:
+    return any(serves_http2(lc) for lc in cfg.listeners) \
+        or any(p.protocol != "http1" for p in cfg.pools)
+
+
+def _uses_memcached(cfg) -> bool:
+    """A cache (either store: net.http_cache loads both), a fleet rate limit,
+    a sticky table (net.sticktable)."""
+    return any(r.cache or (r.rate_limit is not None and r.rate_limit.scope == "fleet")
+               for r in cfg.routes) \
+        or any(p.sticky is not None and p.sticky.key is not None for p in cfg.pools)
+
+
+def _checks_health(cfg) -> bool:
+    """Health checks (net.checker; requests makes the HTTP probes): any
+    worker may become the one that probes."""
+    return any(p.health is not None for p in cfg.pools)
+
+
+OPTIONAL_MODULES = {
+    "h2_conn": _speaks_http2, "h2_stream": _speaks_http2, "upstream_h2": _speaks_http2,
+    "h2_probe": _speaks_http2,
+    "http_cache": _uses_memcached, "cache_memcached": _uses_memcached,
+    "cache_shm": _uses_memcached, "fleetlimit": _uses_memcached, "sticktable": _uses_memcached,
+}
+
+
+def preload(switching: bool, cfg=None) -> None:
     """Import every module of forkproxy.core and forkproxy.net, LAZY_MODULES, and
     read the package's data files (the admin status page): what the worker
     reads from disk after this is only its configuration's files.
+
+    ``cfg``: the worker's configuration; the ``OPTIONAL_MODULES`` it does not
+    need are skipped, and requests' (``PROBE_MODULES``) without health checks
+    (None: every module).
 
     ``switching``: the worker is about to switch to another user.  Then
     ``requests`` (which ``net.checker`` imports only in the worker that
@@ -71,13 +110,16 @@ def preload(switching: bool) -> None:
 
     for pkg in (forkproxy.core, forkproxy.net):
         for info in pkgutil.iter_modules(pkg.__path__):
-            importlib.import_module(f"{pkg.__name__}.{info.name}")
-    for name in LAZY_MODULES:
+            needed = OPTIONAL_MODULES.get(info.name) if pkg is forkproxy.net else None
+            if cfg is None or needed is None or needed(cfg):
+                importlib.import_module(f"{pkg.__name__}.{info.name}")
+    probes = cfg is None or _checks_health(cfg)
+    for name in LAZY_MODULES + (PROBE_MODULES if probes else ()):
         try:
             importlib.import_module(name)
         except ImportError:
             pass
-    if switching:
+    if switching and probes:
         importlib.import_module("requests")
     from forkproxy.net.admin import _page
     _page()
@@ -153,7 +195,7 @@ class ProxyWorker(AsyncWorker):
         self.sockets = [socket.socket(s.FAMILY, socket.SOCK_STREAM, fileno=s.sock.detach())
                         for s in self.sockets]
         # See the module docstring: before init_process drops privileges.
-        preload(self.cfg.uid != os.getuid())
+        preload(self.cfg.uid != os.getuid(), self.context.config)
         set_groups(self.cfg.uid, self.cfg.gid)
 
     def init_process(self):

@@ -60,7 +60,6 @@ from forkproxy import control
 from forkproxy.config import HealthConfig, ServerEntry, split_host_port
 from forkproxy.core.health import RiseFall
 from forkproxy.core.patterns import compile_pattern
-from forkproxy.net import h2_probe
 
 if TYPE_CHECKING:  # imported by the probing worker only (new_session)
     import requests
@@ -157,6 +156,8 @@ def probe(target: Target, *, session: requests.Session | None = None) -> tuple[b
         if h.type == "tcp":
             ok, result = _probe_tcp(target)
         elif target.protocol != "http1":
+            from forkproxy.net import h2_probe  # h2 for HTTP/2 pools only (the RSS)
+
             ok, result = _judge(h, *h2_probe.get(target.server, h, target.tls, BODY_LIMIT))
         else:
             ok, result = _probe_http(target, session)

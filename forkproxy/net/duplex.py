@@ -19,7 +19,6 @@ import gevent
 
 from forkproxy.net import request_body
 from forkproxy.net.sockio import Timers
-from forkproxy.net.upstream_h2 import StreamSock
 
 
 class _BodySide:
@@ -41,9 +40,13 @@ class _BodySide:
 def start(s, tx, conn, head: bytes) -> bool:
     """Send ``head`` and start the body's greenlet; False (nothing sent) when the
     request is not one for a duplex stream."""
+    if s.http_version is None or tx.spool is not None or tx.req.framing.kind != "chunked":
+        return False
+    # Here, not at the top: a worker that speaks no HTTP/2 never loads h2 (its RSS).
+    from forkproxy.net.upstream_h2 import StreamSock
+
     sock = conn.sock
-    if not isinstance(sock, StreamSock) or s.http_version is None or tx.spool is not None \
-            or tx.req.framing.kind != "chunked":
+    if not isinstance(sock, StreamSock):
         return False
     request_body.up_send(s, conn, head, sent=False)
     sock.sender = gevent.spawn(_send_body, _BodySide(s), tx, conn)

@@ -30,7 +30,6 @@ from forkproxy.core import http1, proxy_protocol
 from forkproxy.core.routing import Router, RouteSpec
 from forkproxy.net import stages, tcp_proxy
 from forkproxy.net.edge import Edge
-from forkproxy.net.h2_conn import H2Conn, is_preface
 from forkproxy.net.handoff import Handoff
 from forkproxy.net.http_session import Session
 from forkproxy.net.mirror import Mirrors
@@ -259,12 +258,18 @@ class Runtime:
         HTTP/2 (``net.h2_conn``) when ALPN chose h2, or when a plain one
         opens with the connection preface on a listener with http2; else
         HTTP/1.1 (``Session``)."""
+        # net.h2_conn is imported where HTTP/2 is served only: a worker whose
+        # listeners speak no HTTP/2 never loads h2 (some 2 MiB of RSS per worker).
         if tls:
             tls_info = ("https", client.version(), tls_server_name(client))
             if client.selected_alpn_protocol() == "h2":  # offered only with http2
+                from forkproxy.net.h2_conn import H2Conn
+
                 H2Conn(self, listener, client, addr, *tls_info).run()
                 return
         elif serves_http2(listener):
+            from forkproxy.net.h2_conn import H2Conn, is_preface
+
             h2c = is_preface(client, self.cfg.server.header_timeout)
             if h2c is None:  # nothing came in time, or the client left: as Session would
                 _close_quietly(client)

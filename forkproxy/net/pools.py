@@ -41,7 +41,19 @@ from forkproxy.core.balance import Balancer, ServerSpec, StickyTable, cookie_val
 from forkproxy.core.health import ejected, slow_start_weight
 from forkproxy.core.outlier import kind_of
 from forkproxy.core.table import Table
-from forkproxy.net.upstream_h2 import conn_pool
+from forkproxy.net.upstream import ConnPool
+
+
+def conn_pool(server, pool) -> ConnPool:
+    """The connections of one worker to one server of ``pool``, as its protocol says.
+
+    net.upstream_h2 is imported for an HTTP/2 pool only: a worker that speaks no
+    HTTP/2 never loads h2 (some 2 MiB of RSS per worker)."""
+    if pool.protocol == "http1":
+        return ConnPool(server, pool)
+    from forkproxy.net.upstream_h2 import H2Pool
+
+    return H2Pool(server, pool)
 
 REFRESH = 0.2  # seconds between two snapshots of the shared table
 LIVE_INFLIGHT_MAX = 16  # pools up to this size read in-flight counts live

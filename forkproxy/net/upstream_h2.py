@@ -452,8 +452,3 @@ class H2Pool(ConnPool):
         for c in self.live:
             c.kill("pool closed")
         self.live = []
-
-
-def conn_pool(server, pool) -> ConnPool:
-    """The connections of one worker to one server of ``pool``, as its protocol says."""
-    return ConnPool(server, pool) if pool.protocol == "http1" else H2Pool(server, pool)
