@@ -266,6 +266,9 @@ def main(argv=None) -> int:
         return 0
     revs = args.at or ["."]
     revs = [rev if rev == "." else _commit(rev) for rev in revs]
+    from run import interpreter  # the counts are the interpreter's as much as forkproxy's
+
+    print(interpreter(), flush=True)
     with tempfile.TemporaryDirectory(prefix="fp-callgrind-src-") as tmp:
         for rev in revs:
             name = describe(rev)

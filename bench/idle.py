@@ -47,7 +47,7 @@ from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
-from run import (Ctx, StartError, cpu_times, proc_snapshot, steal_share,  # noqa: E402
+from run import (Ctx, StartError, cpu_times, interpreter, proc_snapshot, steal_share,  # noqa: E402
                  steal_warning, tree_pids)
 from support.procs import kill_leaked  # noqa: E402
 
@@ -282,6 +282,7 @@ def report(rows: list[Figures], limit: int) -> str:
 
     out = [f"idle keep-alive connections (RLIMIT_NOFILE {limit}); memory in KiB, "
            "RSS / PSS; per connection: the target's whole process tree's growth / held",
+           interpreter(),
            f"{'target':<11}{'workers':>8}{'idle RSS/worker':>16}{'PSS':>8}{'held':>7}{'closed':>7}"
            f"{'KiB/conn RSS':>13}{'PSS':>7}{'still answer':>13}{'served':>9}{'p50 ms':>8}{'p99 ms':>8}"]
     for r in rows:

@@ -34,6 +34,7 @@ import argparse
 import http.client
 import json
 import os
+import platform
 import re
 import shutil
 import signal
@@ -695,6 +696,26 @@ RATIO_LINES = [("forkproxy", base) for base in ("nginx", "haproxy", "direct", "f
     ("metrics", "forkproxy"), ("outlier", "forkproxy")]
 
 
+def interpreter() -> str:
+    """The Python that runs forkproxy here (the bench starts it with its own
+    ``sys.executable``), and whether its interpreter is a shared libpython.
+
+    It moves the figures: Debian's ``/usr/bin/python3`` (the one the README's
+    scripts make their virtualenvs with) has the interpreter in the executable,
+    built with the distribution's optimisations; pyenv's default build (a
+    shared libpython, no PGO) ran the same forkproxy at about 7% more CPU per
+    request on the same machine.  Quote figures with this line.
+    """
+    try:
+        with open("/proc/self/maps") as f:
+            shared = "libpython" in f.read()
+    except OSError:
+        shared = None
+    kind = {True: "libpython shared", False: "interpreter in the executable",
+            None: "libpython unknown"}[shared]
+    return f"python: {sys.executable} (Python {platform.python_version()}, {kind})"
+
+
 def report(name: str, rows: list[Result], args) -> str:
     """One table per load shape, in the order the rows came, then the ratio lines of that shape.
 
@@ -702,7 +723,7 @@ def report(name: str, rows: list[Result], args) -> str:
     (when they ran), req/s and p99 with their ratios to nginx, p50, requests,
     errors, steal%.  Every ratio is the median of the rounds' ratios.
     """
-    out = [f"scenario {name}: {SCENARIOS[name][1]}"]
+    out = [f"scenario {name}: {SCENARIOS[name][1]}", interpreter()]
     shapes: dict[str, list[Result]] = {}
     for r in rows:
         shapes.setdefault(r.shape, []).append(r)
