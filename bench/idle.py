@@ -11,7 +11,9 @@ HAProxy with 2 threads, each in front of the same bench/backend.py origin):
    share with their master among them, so it is what a worker really adds).
 2. ``--conns`` client connections opened, ``--batch`` at a time, each sending
    one GET and reading its answer, then left idle: keep-alive connections
-   the server must hold.  The soft ``RLIMIT_NOFILE`` is raised to the hard
+   the server must hold; then ``--idle`` seconds (default 2), so that every
+   one has been idle that long (forkproxy holds a connection idle over a
+   second without a greenlet: net.http_session, PARK_AFTER).  The soft ``RLIMIT_NOFILE`` is raised to the hard
    limit first (the targets inherit it); fewer connections are opened when
    it cannot hold them (HAProxy wants two descriptors per ``maxconn``).
 3. With all of them open: ``--requests`` GETs on a fresh connection (latency
@@ -234,6 +236,7 @@ def measure(name: str, port: int, root: int, wanted: int, args) -> Figures:
         if not socks:
             fig.error = "could not hold a single connection"
             return fig
+        time.sleep(args.idle)  # the last one opened answered just now: idle this long
         lat, ok = latencies(port, args.requests)
         fig.p50_ms, fig.p99_ms, fig.served = pct(lat, 50), pct(lat, 99), f"{ok}/{args.requests}"
         after = tree_mem(root)
@@ -312,6 +315,9 @@ def main(argv=None) -> int:
     ap.add_argument("--requests", type=int, default=200,
                     help="GETs served while the connections are open (default 200)")
     ap.add_argument("--batch", type=int, default=250, help="connections opened at once (default 250)")
+    ap.add_argument("--idle", type=float, default=2.0,
+                    help="seconds every held connection has been idle when measured (default 2: "
+                         "forkproxy parks a connection idle over a second; 0 measures at once)")
     ap.add_argument("--timeout", type=float, default=300,
                     help="seconds to open the connections in, per target (default 300)")
     ap.add_argument("--json", metavar="FILE", help="also write the figures as JSON")

@@ -53,7 +53,8 @@ SETTINGS: tuple[Setting, ...] = (
             "The bound keeps a typo from forking a million processes.",
             _RELOAD, _workers),
     Setting("server", "worker_connections", "integer >= 1", 10000,
-            "Maximum number of concurrent client connections per worker.",
+            "Maximum number of concurrent client connections per worker, idle "
+            "keep-alive ones included (parked ones too, forkproxy(8)).",
             _RELOAD, _int(1)),
     Setting("server", "graceful_timeout", "duration", "30s",
             "On reload or graceful stop, how long old workers may take to finish "
@@ -69,6 +70,8 @@ SETTINGS: tuple[Setting, ...] = (
             '"Keep-Alive: timeout=N", N a second less than this (at least 1), so that '
             "clients stop reusing it before forkproxy closes it; a request that arrives as "
             "it runs out is still answered, and the close lingers (forkproxy(8)). "
+            "A connection idle over a second waits parked, without a greenlet "
+            "(forkproxy(8), Idle connections). "
             '"0s" disables client keep-alive.',
             _RELOAD, _duration(True), _r_duration),
     Setting("server", "header_timeout", "duration", "10s",

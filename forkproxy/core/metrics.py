@@ -41,6 +41,8 @@ FAMILIES: dict[str, tuple[str, str]] = {
     "received_bytes_total": ("counter", "Request bytes received from clients (head and body)."),
     "sent_bytes_total": ("counter", "Response bytes sent to clients (head and body)."),
     "connections_active": ("gauge", "Client connections open now, every listener but admin."),
+    "connections_parked": ("gauge", "Of those, keep-alive connections idle over a second, held "
+                           "without a greenlet until their next request."),
     "retries_total": ("counter", "Requests sent again to another server of the pool."),
     "retries_denied_total": ("counter", "Requests the pool's retry budget refused a retry."),
     "health_transitions_total": ("counter", "Servers marked up or down by the active checks."),
@@ -52,7 +54,7 @@ FAMILIES: dict[str, tuple[str, str]] = {
                      "sent (answered), failed, dropped (queue full), skipped (body)."),
     "reloads_total": ("counter", "Configuration reloads taken (SIGHUP or the admin API)."),
 }
-GAUGES = frozenset({"connections_active"})
+GAUGES = frozenset({"connections_active", "connections_parked"})
 CLASSES = ("1xx", "2xx", "3xx", "4xx", "5xx")
 #: The ``protocol`` label of requests_total, by index: a request of an HTTP/1.x
 #: connection, a stream of an HTTP/2 one (TLS or h2c). Sessions count with the
@@ -65,7 +67,8 @@ CACHE_RESULTS = ("HIT", "MISS", "STALE", "REVALIDATED", "BYPASS", "REFRESH", "PU
 #: What became of a mirrored copy (route ``mirror``, ``net.mirror``).
 MIRROR_RESULTS = ("sent", "failed", "dropped", "skipped")
 PREFIX = "forkproxy_"
-_SINGLE = ("received_bytes_total", "sent_bytes_total", "connections_active", "reloads_total")
+_SINGLE = ("received_bytes_total", "sent_bytes_total", "connections_active",
+           "connections_parked", "reloads_total")
 _LE = tuple(repr(b) for b in BUCKETS) + ("+Inf",)
 
 
@@ -315,11 +318,12 @@ class Metrics:
 class SlotCounter:
     """What a worker counts with: ``Metrics`` bound to the worker's own slot."""
 
-    __slots__ = ("metrics", "slot", "_conns")
+    __slots__ = ("metrics", "slot", "_conns", "_parked")
 
     def __init__(self, metrics: Metrics, slot: int):
         self.metrics, self.slot = metrics, slot
         self._conns = metrics.index[("connections_active", ())]
+        self._parked = metrics.index[("connections_parked", ())]
 
     def request(self, rec, protocol: int = 0) -> None:
         """Count an answered request from its access-log record (``logs.AccessRecord``);
@@ -349,6 +353,10 @@ class SlotCounter:
     def connection(self, n: int) -> None:
         """+1 when a client connection opens, -1 when it closes."""
         self.metrics.add(self.slot, self._conns, n)
+
+    def parked(self, n: int) -> None:
+        """+1 when an idle connection parks (net.http_session), -1 when it resumes."""
+        self.metrics.add(self.slot, self._parked, n)
 
 
 def _escape(value: str) -> str:

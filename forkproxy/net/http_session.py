@@ -22,10 +22,11 @@ Rules kept here (DESIGN section 4):
 
 from __future__ import annotations
 
+import select
 import socket
 import time
 
-from gevent import get_hub, getcurrent
+from gevent import Greenlet, get_hub, getcurrent
 from gevent.monkey import get_original
 
 from forkproxy.config import ListenerConfig
@@ -45,11 +46,33 @@ CONTINUE = b"HTTP/1.1 100 Continue\r\n\r\n"
 # after its FIN, until the client's own: a request the client sent as the
 # connection was being closed then meets a FIN, not a reset (lingering close).
 LINGER = 2.0
-_select = get_original("select", "select")  # a poll of 0 s, without gevent's hub
+# A poll of 0 s, without gevent's hub; poll, not select: select refuses a
+# descriptor past 1023, and a worker holds thousands.
+_poll = get_original("select", "poll")
+# A keep-alive connection idle this long between requests gives up its
+# greenlet (``Session.park``): a greenlet that waits holds some 7 KiB (the C
+# stack it saved when it switched out, its first page of Python frames); a
+# parked connection holds a read watcher and a timer.  Short enough that
+# idle connections cost little, long enough that a busy one never parks.
+PARK_AFTER = 1.0
 
 
 class HandedOff(Exception):
     """The connection went to a worker of the newest generation (net.handoff)."""
+
+
+def _readable(fd: int) -> bool:
+    """Bytes, EOF or an error to read on ``fd`` now (a poll of 0 s)."""
+    try:
+        p = _poll()
+        p.register(fd, select.POLLIN)
+        return bool(p.poll(0))
+    except (OSError, ValueError):
+        return True  # let the read say what happened
+
+
+class Parked(Exception):
+    """The session parked (``Session.park``): its greenlet ends, its connection stays."""
 
 
 class HandOffNow(socket.timeout):
@@ -67,6 +90,10 @@ class Session:
     kept = False  # the newest generation refused it (net.handoff): it drains here
     http_version = None  # the access log's protocol when not the request line's (HTTP/2)
     protocol_index = 0  # requests_total's protocol label: core.metrics.PROTOCOLS index (http1)
+    on_end = None  # called once when the connection ends (Runtime: its ticket and count)
+    parked = None  # (descriptor, family, watcher, timer, greenlet) while parked
+    woke = None  # why a parked session was resumed: "data", "expired" or "drain"
+    idle_until = 0.0  # while parked: when keepalive_timeout runs out (monotonic)
     # Nothing of one request lives here: see net.transaction.
 
     def __init__(self, rt, listener: ListenerConfig, client: socket.socket, addr, served=0):
@@ -97,31 +124,93 @@ class Session:
         with ``Connection: close``), the close lingers (``linger``); when the
         client closed, reset or stalled, or a response was cut, it is closed
         at once.
+
+        True when the session parked (``park``): the connection lives on
+        without this greenlet and the caller leaves it open; ``on_end`` is
+        called when it really ends.
         """
-        client = self.client
         self.glet = getcurrent()
-        self.rt.sessions.add(self)
-        try:
-            client.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-            client.settimeout(None)
-        except OSError:
-            pass
+        if self.woke is None:  # a new connection, not a parked one resumed
+            self.rt.sessions.add(self)
+            try:
+                self.client.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+                self.client.settimeout(None)
+            except OSError:
+                pass
+        parked = False
         try:
             while self.serve_one():
                 self.served += 1
             if not self.client_done:
                 self.linger()
+        except Parked:
+            parked = True
         except (ClientGone, Abort, HandedOff):
             pass  # handed off: another process holds it now, so no shutdown here
         except Exception:  # a bug must cost one connection, never the worker
             self.rt.log.exception("internal error on a connection from %s", self.peer)
         finally:
-            self.rt.sessions.discard(self)
-            self.timers.close()
-            try:
-                client.close()
-            except OSError:
-                pass
+            if not parked:
+                self._end()
+        return parked
+
+    def _end(self) -> None:
+        self.rt.sessions.discard(self)
+        self.timers.close()
+        try:
+            self.client.close()
+        except OSError:
+            pass
+        end, self.on_end = self.on_end, None
+        if end is not None:
+            end()
+
+    def park(self, seconds: float) -> None:
+        """Let this greenlet end and hold the idle connection with a read
+        watcher and a timer of ``seconds`` (what is left of keepalive_timeout)
+        until ``resume``.
+
+        The greenlet that will resume it is made now, unstarted, and takes
+        this one's place in the group it runs in (the listener's
+        ``worker_connections`` pool, the handoff's group): a parked
+        connection counts as an open one, and a drain waits for it.  The
+        socket object is detached: whoever started this greenlet closes it
+        when the greenlet ends, and that must not close the connection."""
+        me, glet = getcurrent(), Greenlet(self.run)
+        loop = get_hub().loop
+        family = self.client.family
+        self.timers.close()  # made again when it resumes
+        fd = self.client.detach()
+        watcher, timer = loop.io(fd, 1), loop.timer(seconds)
+        self.parked = (fd, family, watcher, timer, glet)
+        self.idle_until = time.monotonic() + seconds
+        watcher.start(self.resume, "data")
+        timer.start(self.resume, "expired")
+        if self.rt.metrics is not None:
+            self.rt.metrics.parked(1)
+        group = next((g for g in self.rt.groups if me in g), None)
+        if group is not None:
+            group.discard(me)  # frees this greenlet's slot of a Pool ...
+            group.add(glet)    # ... which the new one takes: nothing ran between, no wait
+
+    def resume(self, why: str) -> None:
+        """Start a parked session's greenlet again (``why``: "data", bytes
+        came; "expired", keepalive_timeout ran out; "drain", the worker
+        drains).  Called from the hub (the watcher's or the timer's
+        callback) or by the drain; nothing when it is not parked."""
+        if self.parked is None:
+            return
+        fd, family, watcher, timer, glet = self.parked
+        if why == "data" and not _readable(fd):
+            return  # libev may wake a new watcher of a descriptor for nothing: stay parked
+        self.parked = None
+        watcher.close()
+        timer.close()
+        self.client = socket.socket(family, socket.SOCK_STREAM, 0, fd)
+        self.woke = why
+        if self.rt.metrics is not None:
+            self.rt.metrics.parked(-1)
+        glet.start()
 
     def linger(self) -> None:
         """The close of a connection the client may still be writing to (nginx's
@@ -159,7 +248,9 @@ class Session:
         """Called at the end of the drain window: a session waiting for a next
         request stops waiting, as if keepalive_timeout had run out (a request
         already there is still answered; see ``read_head``)."""
-        if self.idle_waiting:
+        if self.parked is not None:
+            self.resume("expired")
+        elif self.idle_waiting:
             get_hub().loop.run_callback(self._wake)
 
     def _wake(self, exc=socket.timeout("drained")) -> None:
@@ -171,8 +262,11 @@ class Session:
     def hand_off_soon(self) -> None:
         """Called when the worker starts to drain: a session waiting for a next
         request hands its connection off now (the others do once their
-        response went out, ``_first_bytes``)."""
-        if self.idle_waiting and self.hands_off:
+        response went out, ``_first_bytes``); a parked one resumes, and then
+        waits (no longer parked) as the drain says."""
+        if self.parked is not None:
+            self.resume("drain")
+        elif self.idle_waiting and self.hands_off:
             get_hub().loop.run_callback(self._wake, HandOffNow("handoff"))
 
     @property
@@ -205,8 +299,8 @@ class Session:
         if not self.plain and client.pending():
             return True
         try:
-            return bool(_select([client.fileno()], (), (), 0)[0])
-        except (OSError, ValueError):
+            return _readable(client.fileno())
+        except OSError:
             return True  # let the read say what happened
 
     def _recv(self, seconds: float, idle: bool = False) -> bytes:
@@ -297,7 +391,11 @@ class Session:
         rt = self.rt
         srv = rt.cfg.server
         wait = srv.keepalive_timeout if self.served else srv.header_timeout
-        while True:
+        woke, self.woke = self.woke, None
+        if woke is not None:  # a parked session resumed: what is left of its wait
+            wait = 0.0 if woke == "expired" else self.idle_until - time.monotonic()
+        buf = None
+        while woke != "data":  # bytes came to a parked session: read them
             if rt.draining:
                 if self._hand_off():
                     raise HandedOff()
@@ -309,7 +407,7 @@ class Session:
             try:
                 if wait <= 0:
                     raise socket.timeout()
-                buf = self._recv(wait, idle=bool(self.served))
+                buf = self._idle_recv(wait) if self.served else self._recv(wait)
             except HandOffNow:
                 continue  # the drain began: hand off (a request on its way goes along)
             except socket.timeout:
@@ -329,6 +427,22 @@ class Session:
         if not buf:
             self.client_done = True
         return buf
+
+    def _idle_recv(self, wait: float) -> bytes | None:
+        """The wait for a next request: ``_recv(wait, idle=True)``, but with
+        nothing there after PARK_AFTER the session parks (raises
+        ``Parked``).  None: bytes came just as the first part of the wait ran out."""
+        if wait <= PARK_AFTER or not self.plain or self.rt.draining:
+            return self._recv(wait, idle=True)
+        try:
+            return self._recv(PARK_AFTER, idle=True)
+        except HandOffNow:
+            raise
+        except socket.timeout:
+            if self.arrived():
+                return None
+        self.park(wait - PARK_AFTER)
+        raise Parked()
 
     # -- one request -----------------------------------------------------
 
@@ -372,7 +486,7 @@ class Session:
             self.refuse(tx, exc.status,
                         f"malformed request: {exc.reason}" if exc.status == 400 else exc.reason)
             return False
-        except (ClientGone, Abort, HandedOff):
+        except (ClientGone, Abort, HandedOff, Parked):
             raise
         except Exception as exc:  # a bug must cost one request, never the worker
             rt.log.exception("internal error on a request from %s", self.peer)

@@ -56,6 +56,8 @@ def _stick_table(cfg, p, log):
 class Runtime:
     """A worker's state for one configuration: what every session shares."""
 
+    groups: tuple = ()  # the gevent groups connections are served in (daemon.worker; Session.park)
+
     def __init__(self, ctx, log, *, cache=None, metrics=None, admin=None):
         """``ctx``: what the worker was forked with (``daemon.state.WorkerContext``):
         its ``config``, ``access_log``, the shared ``table`` and its ``slot`` there
@@ -176,17 +178,28 @@ class Runtime:
         metrics = self.metrics
         if metrics is not None:
             metrics.connection(1)
+        ended = []
+
+        def end() -> None:  # once, when the connection ends (a parked session's: later)
+            if not ended:
+                ended.append(True)
+                self.edge.release(ticket)
+                if metrics is not None:
+                    metrics.connection(-1)
+
+        parked = False
         try:
             if served is not None:
-                Session(self, listener, client, addr, served=served).run()
+                session = Session(self, listener, client, addr, served=served)
+                session.on_end = end
+                parked = session.run()
             elif listener.mode == "http" and not listener.contexts and not listener.accept_proxy:
-                self.serve_http(listener, client, addr)
+                parked = self.serve_http(listener, client, addr, on_end=end)
             else:
-                self.handle_edge(listener, client, addr)
+                parked = self.handle_edge(listener, client, addr, on_end=end)
         finally:
-            self.edge.release(ticket)
-            if metrics is not None:
-                metrics.connection(-1)
+            if not parked:
+                end()
 
     def handle_handed(self, name: str, client, peer, served: int) -> None:
         """A keep-alive connection a draining worker of an older generation
@@ -210,12 +223,13 @@ class Runtime:
         if not self.handoff.open():
             self.handoff = None
 
-    def handle_edge(self, listener: ListenerConfig, client, addr) -> None:
+    def handle_edge(self, listener: ListenerConfig, client, addr, on_end=None) -> bool:
         """A connection that needs more than plain HTTP: a PROXY header to read,
         a TLS handshake (in this greenlet, never the accept loop), a tunnel.
 
         A bad header or a failed handshake costs one log line and the
-        connection, never the worker.
+        connection, never the worker.  True when its session parked
+        (``serve_http``).
         """
         peer = addr if isinstance(addr, tuple) else None
         try:
@@ -227,7 +241,7 @@ class Runtime:
                                      "are not accepted from it (listener.proxy_protocol_from)",
                                      listener.name, peer[0] if peer else "-")
                     _close_quietly(client)
-                    return
+                    return False
                 header = read_proxy_header(client, self.cfg.server.header_timeout)
                 if header.src is not None:  # LOCAL: the balancer's own check
                     peer, local = header.src, header.dst
@@ -238,11 +252,11 @@ class Runtime:
             self.log.info("listener %s: connection from %s closed: %s", listener.name,
                           peer[0] if peer else "-", exc)
             _close_quietly(client)
-            return
+            return False
         except OSError as exc:  # the client went away before anything happened
             self.log.debug("listener %s: %s", listener.name, exc)
             _close_quietly(client)
-            return
+            return False
         if listener.mode == "tcp":
             try:
                 tcp_proxy.serve(self, listener, client, peer, local)
@@ -250,14 +264,16 @@ class Runtime:
                 self.log.exception("internal error on a tcp connection from %s",
                                    peer[0] if peer else "-")
                 _close_quietly(client)
-            return
-        self.serve_http(listener, client, peer or addr, tls is not None)
+            return False
+        return self.serve_http(listener, client, peer or addr, tls is not None, on_end)
 
-    def serve_http(self, listener: ListenerConfig, client, addr, tls: bool = False) -> None:
+    def serve_http(self, listener: ListenerConfig, client, addr, tls: bool = False,
+                   on_end=None) -> bool:
         """An HTTP connection (past its PROXY header and TLS handshake):
         HTTP/2 (``net.h2_conn``) when ALPN chose h2, or when a plain one
         opens with the connection preface on a listener with http2; else
-        HTTP/1.1 (``Session``)."""
+        HTTP/1.1 (``Session``).  True when the session parked
+        (``Session.park``): it calls ``on_end`` when it ends."""
         # net.h2_conn is imported where HTTP/2 is served only: a worker whose
         # listeners speak no HTTP/2 never loads h2 (some 2 MiB of RSS per worker).
         if tls:
@@ -266,21 +282,22 @@ class Runtime:
                 from forkproxy.net.h2_conn import H2Conn
 
                 H2Conn(self, listener, client, addr, *tls_info).run()
-                return
+                return False
         elif serves_http2(listener):
             from forkproxy.net.h2_conn import H2Conn, is_preface
 
             h2c = is_preface(client, self.cfg.server.header_timeout)
             if h2c is None:  # nothing came in time, or the client left: as Session would
                 _close_quietly(client)
-                return
+                return False
             if h2c:
                 H2Conn(self, listener, client, addr).run()
-                return
+                return False
         session = Session(self, listener, client, addr)
+        session.on_end = on_end
         if tls:
             session.proto, session.tls_version, session.sni = tls_info
-        session.run()
+        return session.run()
 
     def _row_of(self, pool: str, addr: str) -> int | None:
         got = self.pools.get(pool)

@@ -69,11 +69,12 @@ def _maps(pid: int) -> str:
 
 def test_a_real_worker_maps_libmemcached_only_when_its_configuration_caches(
         forkproxy_factory, backend_factory):
+    # One worker each: the factory's readiness check (the listener answers)
+    # then says that this worker booted, its preload done.
     b = backend_factory()
-    plain = forkproxy_factory(one_pool(free_port(), [b.addr]))
-    cached = forkproxy_factory(one_pool(free_port(), [b.addr], route_extra="cache = true"))
+    plain = forkproxy_factory(one_pool(free_port(), [b.addr]), server={"workers": 1})
+    cached = forkproxy_factory(one_pool(free_port(), [b.addr], route_extra="cache = true"),
+                               server={"workers": 1})
     for fp, expect in ((plain, False), (cached, True)):
-        pids = fp.wait_workers()
-        assert pids
-        for pid in pids:
-            assert ("memcached" in _maps(pid)) is expect, (fp.config_path, pid)
+        pid, = fp.wait_workers(1)
+        assert ("memcached" in _maps(pid)) is expect, (fp.config_path, pid)
