@@ -76,12 +76,22 @@ max_ejection_percent = 100
 """
 
 
-def configuration(origin: int, port: int, mirror: str, shadow: int) -> str:
+CACHED = """
+[cache]
+servers = []
+shared_size = "16m"
+"""
+
+
+def configuration(origin: int, port: int, mirror: str, shadow: int, cache: bool = False) -> str:
     """bench/run.py's one-pool configuration; with ``mirror`` ("live",
-    "dead"), its route mirrors every request to the pool ``shadow``."""
+    "dead"), its route mirrors every request to the pool ``shadow``; with
+    ``cache``, the route caches in the embedded store."""
     from run import FORKPROXY_ONE_POOL
 
     body = FORKPROXY_ONE_POOL.format(origin=origin).replace("{port}", str(port))
+    if cache:
+        body = body.replace('pool = "origin"\n', 'pool = "origin"\ncache = true\n', 1) + CACHED
     if mirror == "none":
         return body
     body = body.replace('pool = "origin"\n', 'pool = "origin"\nmirror = { pool = "shadow" }\n', 1)
@@ -89,7 +99,7 @@ def configuration(origin: int, port: int, mirror: str, shadow: int) -> str:
 
 
 def workload(n: int, profile: bool = False, direct: bool = False,
-             mirror: str = "none") -> None:
+             mirror: str = "none", cache: bool = False) -> None:
     """Serve WARMUP then ``n`` requests through an in-process runtime; with
     ``profile``, cProfile the ``n`` and print forkproxy's calls per request;
     with ``direct``, the client talks to the origin (the proxy idles)."""
@@ -108,7 +118,10 @@ def workload(n: int, profile: bool = False, direct: bool = False,
 
     # bench/run.py's origin (bench/backend.py) and configuration, in this process
     from backend import make_response, serve
-    origin = StreamServer(("127.0.0.1", 0), serve(make_response(RESPONSE_SIZE)))
+    answer = make_response(RESPONSE_SIZE)
+    if cache:  # every request after the first is a hit
+        answer = answer.replace(b"\r\n\r\n", b"\r\nCache-Control: max-age=3600\r\n\r\n", 1)
+    origin = StreamServer(("127.0.0.1", 0), serve(answer))
     origin.start()
     lsock = socket.socket()
     lsock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
@@ -123,7 +136,7 @@ def workload(n: int, profile: bool = False, direct: bool = False,
     run = tempfile.mkdtemp(prefix="fp-callgrind-")
     cfg = loads(SERVER.format(run=run) + configuration(
         origin.server_port, port, mirror,
-        shadow.server_port if mirror == "live" else dead.getsockname()[1]))
+        shadow.server_port if mirror == "live" else dead.getsockname()[1], cache))
     log = logging.getLogger("bench")
     arbiter = SimpleNamespace(state=MasterState(config=cfg), log=log)
     hooks.on_starting(arbiter)
@@ -259,10 +272,13 @@ def main(argv=None) -> int:
                          "harness's own share of a proxied request's count")
     ap.add_argument("--mirror", choices=("none", "live", "dead"), default="none",
                     help="the route mirrors every request to a live or a dead (ejected) pool")
+    ap.add_argument("--cache", action="store_true",
+                    help="the route caches (embedded store) and the origin's answer may be "
+                         "cached: every measured request is a cache hit")
     ap.add_argument("--serve", type=int, metavar="N", help=argparse.SUPPRESS)  # the workload
     args = ap.parse_args(argv)
     if args.serve is not None:
-        workload(args.serve, args.profile, args.direct, args.mirror)
+        workload(args.serve, args.profile, args.direct, args.mirror, args.cache)
         return 0
     revs = args.at or ["."]
     revs = [rev if rev == "." else _commit(rev) for rev in revs]
@@ -278,12 +294,15 @@ def main(argv=None) -> int:
                 env = dict(os.environ, PYTHONPATH=str(src), PYTHONHASHSEED="0")
                 subprocess.run([sys.executable, str(Path(__file__).resolve()), "--serve",
                                 str(args.requests), "--profile", args.profile,
-                                "--mirror", args.mirror], env=env, check=True)
+                                "--mirror", args.mirror] + (["--cache"] if args.cache else []),
+                               env=env, check=True)
                 continue
-            extra = ("--mirror", args.mirror) + (("--direct",) if args.direct else ())
+            extra = ("--mirror", args.mirror) + (("--direct",) if args.direct else ()) \
+                + (("--cache",) if args.cache else ())
             lo, hi = instructions(src, (N_LO, N_HI), extra)
             name += " (direct)" if args.direct else ""
             name += f" (mirror {args.mirror})" if args.mirror != "none" else ""
+            name += " (cache hits)" if args.cache else ""
             per = (hi - lo) / (N_HI - N_LO)
             print(f"{name:<28} {per:>10,.0f} instructions/request  "
                   f"(N={N_HI}: {hi:,}; N={N_LO}: {lo:,})", flush=True)
