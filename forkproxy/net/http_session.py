@@ -441,6 +441,8 @@ class Session:
         except socket.timeout:
             if self.arrived():
                 return None
+            if self.rt.draining:  # it began meanwhile: no parking, the caller's loop decides
+                raise HandOffNow("drain") from None
         self.park(wait - PARK_AFTER)
         raise Parked()
 
