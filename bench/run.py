@@ -703,7 +703,7 @@ def interpreter() -> str:
     It moves the figures: Debian's ``/usr/bin/python3`` (the one the README's
     scripts make their virtualenvs with) has the interpreter in the executable,
     built with the distribution's optimisations; pyenv's default build (a
-    shared libpython, no PGO) ran the same forkproxy at about 7% more CPU per
+    shared libpython, no PGO) ran the same forkproxy at 7 to 18% more CPU per
     request on the same machine.  Quote figures with this line.
     """
     try:
