@@ -181,6 +181,7 @@ class Session:
         family = self.client.family
         self.timers.close()  # made again when it resumes
         fd = self.client.detach()
+        self.client = None  # the socket object goes too; resume makes another
         watcher, timer = loop.io(fd, 1), loop.timer(seconds)
         self.parked = (fd, family, watcher, timer, glet)
         self.idle_until = time.monotonic() + seconds
