@@ -181,7 +181,9 @@ class Session:
         family = self.client.family
         self.timers.close()  # made again when it resumes
         fd = self.client.detach()
-        self.client = None  # the socket object goes too; resume makes another
+        # The socket object goes too (resume makes another), and so does this
+        # greenlet, which holds it (gevent's server closes it when we return).
+        self.client = self.glet = None
         watcher, timer = loop.io(fd, 1), loop.timer(seconds)
         self.parked = (fd, family, watcher, timer, glet)
         self.idle_until = time.monotonic() + seconds
