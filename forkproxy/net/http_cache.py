@@ -54,7 +54,7 @@ client's own conditional request that misses is forwarded as it is (its
 reads it to the end (a client that leaves early leaves nothing stored).
 
 Hits go out through the route's response step like relayed responses
-(``Cache.serve``): the store keeps the origin's head and body, and the
+(``Cache.serve``, in ``net.cache_answer``): the store keeps the origin's head and body, and the
 route's header rules and compression apply on the way out, per client.
 """
 
@@ -64,7 +64,6 @@ import functools
 import hashlib
 import json
 import logging
-import operator
 import os
 import re
 import time
@@ -75,15 +74,11 @@ import gevent
 from forkproxy.config import CacheConfig
 from forkproxy.core import cache_policy as policy
 from forkproxy.core import headers as hdr
-from forkproxy.core import http1
 from forkproxy.logs import AccessRecord
-from forkproxy.net import stages
-from forkproxy.net.cache_filter import CONDITIONAL_FIELDS, Background, Hook, Tee
-from forkproxy.net.cache_ranges import RangeSlice, span_of
+from forkproxy.net import cache_answer, stages
+from forkproxy.net.cache_filter import CONDITIONAL_FIELDS, Background, Hook
 from forkproxy.net.cache_memcached import make_store
-from forkproxy.net.cache_store import CacheError
-from forkproxy.net.relay import Abort, Discard, pump
-from forkproxy.net.response import CLOSE, encoder_for, framing_fields_out, own_response
+from forkproxy.net.response import CLOSE, own_response
 from forkproxy.net.transaction import Transaction
 from forkproxy.net.upstream_http import upstream_fields
 
@@ -95,11 +90,10 @@ PASS_TTL = 10.0
 VALIDATOR_KEEP = 3600.0
 _VARY = b"VARY "
 _PASS = b"PASS"
-_LENGTH = frozenset({"content-length"})
-_NAME = operator.itemgetter(0)
-_ASKING = policy.CLIENT_CONDITIONS | {"range"}  # request fields a hit may answer other than 200
 _FRESH = policy.Action.FRESH  # a module global: an Enum member read from its class is slow
 _tuple_new = tuple.__new__
+HOT_REQUESTS = 256  # request objects remembered for their fresh hits ("hot hits" in Cache)
+_NOTHING = (None, None)  # lookup_key's fetched: the store was asked, and had nothing
 
 
 def route_namespace(rc) -> str:
@@ -153,6 +147,20 @@ class Lookup(NamedTuple):
     decision: policy.Decision | None = None
 
 
+class _Hot(NamedTuple):
+    """What ``Cache._remember_hit`` keeps of a request's last fresh hit."""
+
+    req: object
+    proto: str
+    ns: str
+    authority: str
+    token: str
+    key: str
+    reader: object  # the store's, for these bytes: compared by identity
+    entry: policy.Entry
+    lifetime: float
+
+
 class Cache:
     """One worker's cache: the store plus the ``[cache]`` settings."""
 
@@ -165,6 +173,7 @@ class Cache:
         self.sie = cfg.stale_if_error or None  # the default stale-if-error window
         self.header = cfg.header
         self._namespaces: dict[int, tuple] = {}  # route index -> (RouteConfig, namespace)
+        self._hot: dict[int, _Hot] = {}  # id(request) -> its last fresh hit ("hot hits")
 
     @classmethod
     def from_config(cls, cfg: CacheConfig, log_=None, epochs_buf=None, region=None) -> "Cache":
@@ -195,10 +204,12 @@ class Cache:
         """The store key of URL ``primary`` in route namespace ``ns``."""
         return self.store.namespace(_authority(primary)) + "\n" + ns + "\n" + primary
 
-    def lookup_key(self, key: str, req_headers):
-        """(entry, reader), ``_PASS`` or None; the variant the request selects."""
-        got = self.store.get_entry(key)
-        if got is None:
+    def lookup_key(self, key: str, req_headers, fetched=None):
+        """(entry, reader), ``_PASS`` or None; the variant the request selects.
+        ``fetched``: ``store.get_entry(key)``'s answer when already asked
+        (a ``(head, reader)`` tuple, or ``_NOTHING``)."""
+        got = self.store.get_entry(key) if fetched is None else fetched
+        if got is None or got is _NOTHING:
             return None
         head, reader = got
         if head.startswith(_VARY):
@@ -269,15 +280,16 @@ class Cache:
     # -- the request path ----------------------------------------------------
 
     def consult(self, proto: str, host: str | None, target: str, req,
-                has_body: bool, ns: str) -> "Lookup":
+                has_body: bool, ns: str, fetched=None) -> "Lookup":
         """What the store says about a request of a cached route, before anything
         is sent (``handle`` acts on it; ``forkproxyctl explain`` reports it).
-        ``target``: the client's (before rewrites); ``ns``: the route's namespace."""
+        ``target``: the client's (before rewrites); ``ns``: the route's namespace;
+        ``fetched``: see ``lookup_key``."""
         primary = policy.primary_key(proto, host or "", target)
         if req.method not in ("GET", "HEAD") or has_body:
             return Lookup(primary)
         key = self.key(primary, ns)
-        found = self.lookup_key(key, req.headers)
+        found = self.lookup_key(key, req.headers, fetched)
         if found is _PASS:
             return Lookup(primary, key, True)
         entry, reader = found or (None, None)
@@ -299,9 +311,19 @@ class Cache:
         if not tx.rc.cache:
             return None
         ns = self.namespace(tx.rc)
-        look = self.consult(s.proto, tx.host_value, tx.asked_target, req, tx.has_body, ns)
+        hot = self._hot.get(id(req))
+        fetched = None
+        if hot is not None and hot.req is req and hot.proto == s.proto and hot.ns == ns:
+            fetched = self._hot_fetch(hot)
+            # The store's reader for the same bytes (it hands out one per item), and
+            # decide's FRESH by plain_lifetime's promise:
+            if fetched is not None and fetched[1] is hot.reader and hot.lifetime > \
+                    hot.entry.initial_age + (time.time() - hot.entry.response_time):
+                return self.serve(s, tx, hot.entry, hot.reader, "HIT", tx.keep)
+        look = self.consult(s.proto, tx.host_value, tx.asked_target, req, tx.has_body, ns, fetched)
         d = look.decision
         if d is not None and d.action is _FRESH:  # a hit: nothing more to set up
+            self._remember_hit(req, s.proto, ns, look)
             return self.serve(s, tx, look.entry, look.reader, "HIT", tx.keep)
         if look.key is None:
             rec.cache = "BYPASS"
@@ -332,6 +354,47 @@ class Cache:
             tx.hook = Hook(self, s, tx, key, stale=stale)
             return None
         return self.coalesced(s, tx, key, stale)
+
+    # -- hot hits: the same request again, the same entry --------------------------
+    #
+    # A hot URL is asked for with the same head bytes again and again (one
+    # client polling, a crowd behind one CDN, a load generator), and
+    # ``http1.parse_request_head`` hands out the same request object for
+    # them.  A fresh hit remembers, for that object, the key it was found
+    # under, the host's namespace token, the store's body reader (a store
+    # hands out the same one while an item's bytes stay the same) and the
+    # entry's ``plain_lifetime``.  The next time the same object comes on the
+    # same scheme and route namespace, the token and the store are asked again
+    # (a purge, an invalidation, a new response stored by any worker: each
+    # changes one of them), the clock against the lifetime, and nothing else:
+    # no key built, no Vary, no entry decoded, no ``decide``.  Entries under a
+    # Vary marker (two keys) and requests with cache directives (``decide``
+    # reads them) are not remembered.
+
+    def _hot_fetch(self, hot: "_Hot"):
+        """``store.get_entry`` of ``hot``'s key (``_NOTHING``: nothing there),
+        or None when the host's namespace changed (another key: not asked)."""
+        store = self.store
+        if store.namespace(hot.authority) != hot.token:
+            return None
+        got = store.get_entry(hot.key)
+        return _NOTHING if got is None else got
+
+    def _remember_hit(self, req, proto: str, ns: str, look: "Lookup") -> None:
+        """Remember a fresh hit for ``req`` (see above), when it may be."""
+        entry, reader = look.entry, look.reader
+        if reader.whole is None or entry.vary_fields or entry.vary_headers:
+            return  # a chunked body (a new reader each time), or a variant under a Vary marker
+        lifetime = policy.plain_lifetime(entry, req.headers, heuristic_max=self.hmax,
+                                         cdn_header=self.cdn)
+        if lifetime is None:
+            return
+        hot = self._hot
+        if len(hot) >= HOT_REQUESTS:
+            hot.clear()  # request objects come from clients: bound what they make us keep
+        token = look.key.partition("\n")[0]  # the one the key was made with (``key``)
+        hot[id(req)] = _Hot(req, proto, ns, _authority(look.primary), token, look.key, reader,
+                            entry, lifetime)
 
     def coalesced(self, s, tx, key: str, stale=None):
         """A GET miss: one request upstream per key across the fleet (module
@@ -410,115 +473,9 @@ class Cache:
 
         gevent.spawn(run)
 
-    # -- answering from the store ----------------------------------------------
-
-    def serve(self, s, tx, entry: policy.Entry, reader, status: str, keep: bool,
-              writer=None) -> bool:
-        """Send ``entry`` (or a 304 when the client's conditions hold) to the client.
-
-        The stored head is the origin's; on the way out it goes through the
-        same response step as a relayed response: the route's hide_headers,
-        rewrite_location and response_headers (``EdgeRequest.downstream``),
-        then its ``compress`` (``response.encoder_for``), through the body
-        pump (``relay.pump``).  With ``writer``, the (origin's) body is also
-        written to it through a ``Tee`` (a 304 merged into a stored entry
-        re-stores it under the new head) and committed at its end.
-        """
-        req, rec = tx.req, tx.rec
-        keep = keep and not s.draining
-        head, code, body, keep, encoder, chunk_out, span = self._head(s, tx, entry, reader,
-                                                                      status, keep, time.time())
-        rec.status, rec.cache = code, status
-        send_body = body and req.method != "HEAD" and (span is None or span.size > 0)
-        if writer is None:
-            if not send_body:
-                s._send(head)
-                return keep
-            whole = reader.whole
-            if whole is not None and encoder is None:  # a small body as it is: one send
-                s._send(head + (whole if span is None else whole[span.start:span.end + 1]))
-                return keep
-        tee = Tee(writer=writer) if writer is not None else None
-        # HEAD, 416: the body only goes to the writer; a 206: only its part to the client
-        last = (encoder if span is None else RangeSlice(span)) if send_body else Discard
-        sent = s.sent
-        try:
-            pump(s, head, _stored(reader), [f for f in (tee, last) if f is not None],
-                 chunk_out and send_body, flush=False)
-        except CacheError as exc:
-            if tee is not None:
-                tee.abort()
-            if s.sent == sent or not send_body:  # nothing of the body went out yet
-                self.log.warning("cache: stored body unreadable (%s); dropping the client", exc)
-            raise Abort() from None
-        return keep
-
-    def _head(self, s, tx, entry: policy.Entry, reader, status: str, keep: bool,
-              now: float) -> tuple:
-        """(head bytes, status code, has a body, keep, encoder or None, chunked,
-        the part sent: None for the whole, else a 206's or 416's
-        ``cache_policy.Span``/``Unsatisfiable``) of the answer ``serve`` sends.
-
-        Without response_headers (which may use per-request variables) and
-        compress (which reads the request's Accept-Encoding), the head is a
-        function of the entry, its Age and body length, the route's rules, the
-        scheme, Host and pool, the cache status, HSTS, keep-alive and the HTTP
-        version; hits on a hot entry ask for the same one all second long, so
-        the last one made is remembered on the Entry object (one slot).
-        """
-        req, er, rc = tx.req, tx.edge, tx.rc
-        asking = not _ASKING.isdisjoint(map(_NAME, req.headers))
-        length, span = reader.length, None
-        if asking and policy.client_not_modified(entry, req.headers, req.method):
-            code, reason, body = 304, "Not Modified", False
-            out = hdr.response_headers_for_client(policy.not_modified_headers(entry, now),
-                                                  also=_LENGTH)
-            key = None
-        else:
-            span = span_of(req, entry, length) if asking else None
-            code, reason = (entry.status, entry.reason) if span is None else \
-                (span.status, span.reason)
-            body = code not in (204, 304) and code >= 200
-            age = _age(entry, now)
-            rules = er.rules if er is not None else None
-            if span is None and (rules is None or rules.resp_rules is None) and (
-                    rc is None or rc.compress is None):
-                key = (age, reader.length, rules, s.proto, er.host_value if er is not None else None,
-                       tx.pool.name if tx.pool is not None else None, status, tx.hsts, keep,
-                       req.version)
-                memo = entry.__dict__.get("_head")
-                if memo is not None and memo[0] == key:
-                    return memo[1]
-            else:
-                key = None
-            out = _client_fields(entry, age)
-            if span is not None:
-                out.append(("Content-Range", span.content_range))
-                length = span.size
-        if er is not None:  # hide_headers, rewrite_location, response_headers
-            out = er.downstream(out, "", self._servers(tx) if er.rules.rewrite_location
-                                else None)
-        if self.header:
-            out.append((self.header, status))
-        if tx.hsts is not None:
-            out.append(("Strict-Transport-Security", tx.hsts))
-        encoder = None
-        if body:
-            out, encoder = encoder_for(tx, code, entry.headers, out, length)
-        keep, chunk_out = framing_fields_out(out, req.version, keep, encoder,
-                                             "length" if body else "none", length,
-                                             keep_alive=s.rt.keep_alive)
-        got = (http1.serialize_response_head(code, reason, out), code, body, keep, encoder,
-               chunk_out, span)
-        if key is not None:
-            entry.__dict__["_head"] = (key, got)  # frozen dataclass: not via setattr
-        return got
-
-    @staticmethod
-    def _servers(tx) -> tuple:
-        """The addresses of the pool a stored response came from (rewrite_location)."""
-        pool = tx.pool
-        return tuple(srv.addr for srv in pool.servers) if pool is not None else ()
+    # Answering from the store (hits, stale answers, revalidated entries): a
+    # function of the cache, the connection and the transaction.
+    serve = cache_answer.serve
 
     # -- purge -------------------------------------------------------------------
 
@@ -565,35 +522,3 @@ class Cache:
         s._send(own_response(code, body=text.encode(), ctype="text/plain; charset=utf-8",
                              connection="" if keep else CLOSE))
         return keep
-
-
-def _stored(reader):
-    """The batches of a stored body (``relay.pump``): one per chunk as read."""
-    for chunk in reader:
-        yield (chunk,), False
-    yield (), True
-
-
-def _age(entry: policy.Entry, now: float) -> int:
-    """``policy.age_value``, inline (every hit): the memo key needs the number only."""
-    age = int(entry.initial_age + (now - entry.response_time))
-    if not 0 <= age <= policy.DELTA_MAX:
-        age = 0 if age < 0 else policy.DELTA_MAX
-    return age
-
-
-def _client_fields(entry: policy.Entry, age: int) -> list:
-    """``entry.served_headers`` as a client gets them, with its ``age``:
-    through ``response_headers_for_client`` (Via last, Content-Length out:
-    ``serve`` frames the body itself).  The stored fields' part is the same
-    for every hit on this Entry, Age is not: it is worked out once per Entry
-    object, as the entry's own facts are (core.cache_policy)."""
-    fields = entry.__dict__.get("_client_fields")
-    if fields is None:
-        fields = tuple(hdr.response_headers_for_client(entry.served_headers, also=_LENGTH))
-        entry.__dict__["_client_fields"] = fields  # frozen dataclass: not via setattr
-    out = list(fields[:-1])
-    out.append(("age", str(age)))
-    out.append(fields[-1])  # Via
-    return out
-

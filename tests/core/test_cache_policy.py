@@ -9,10 +9,10 @@ from hypothesis import given, strategies as st
 from forkproxy.core.cache_policy import decision
 from forkproxy.core.cache_policy.dates import parse_http_date
 from forkproxy.core.cache_policy.decision import (
-    Action, not_modified_headers, serve_headers, stale_if_error_ok,
+    Action, not_modified_headers, plain_lifetime, serve_headers, stale_if_error_ok,
 )
 from forkproxy.core.cache_policy.directives import (
-    DEFAULT_CDN_HEADER, Directives, _request_directives, parse_cache_control,
+    _NO_DIRECTIVES, DEFAULT_CDN_HEADER, Directives, _request_directives, parse_cache_control,
     parse_cdn_cache_control, response_directives,
 )
 from forkproxy.core.cache_policy.entry import Entry, conditional_headers, make_entry
@@ -759,6 +759,32 @@ def test_remembered_entry_facts_equal_the_definitions(fields, stored_req, req, s
         assert served[-1] == ("age", age_value(e, T0 + later))
     # Another cache's settings are answered for those settings, not from the memo.
     assert e.policy(1.0, cdn)[1] == freshness_lifetime(e, heuristic_max=1.0, cdn_header=cdn)
+
+
+@given(_FIELDS, _REQ, _REQ, st.floats(-100, 5000), st.sampled_from(["GET", "HEAD"]),
+       st.sampled_from([DEFAULT_CDN_HEADER, ()]))
+def test_a_plain_lifetime_decides_alone_whenever_one_is_given(fields, stored_req, req, later,
+                                                              method, cdn):
+    # The hot-hit memo (net.http_cache) skips decide() on this promise.
+    e = entry(list(fields), request_time=T0 - 1, response_time=T0, req_headers=stored_req)
+    life = plain_lifetime(e, req, heuristic_max=HMAX, cdn_header=cdn)
+    got = decide(e, req, now=T0 + later, method=method, cdn=cdn).action
+    if life is not None:
+        assert (got is Action.FRESH) == (life > e.initial_age + (T0 + later - e.response_time))
+    elif _request_directives(req) is _NO_DIRECTIVES:  # None only for what the time cannot decide
+        assert got is not Action.FRESH
+
+
+def test_a_plain_lifetime_is_refused_to_what_the_time_alone_does_not_decide():
+    fresh = entry([("cache-control", "max-age=60")])
+    assert plain_lifetime(fresh, [], heuristic_max=HMAX) == 60
+    assert plain_lifetime(fresh, [("cache-control", "max-age=5")], heuristic_max=HMAX) is None
+    assert plain_lifetime(fresh, [("pragma", "no-cache")], heuristic_max=HMAX) is None
+    assert plain_lifetime(entry([("cache-control", "no-cache")]), [], heuristic_max=HMAX) is None
+    varied = entry([("cache-control", "max-age=60"), ("vary", "accept-encoding")],
+                   req_headers=[("accept-encoding", "gzip")])
+    assert plain_lifetime(varied, [("accept-encoding", "gzip")], heuristic_max=HMAX) == 60
+    assert plain_lifetime(varied, [("accept-encoding", "br")], heuristic_max=HMAX) is None
 
 
 def test_a_request_without_directives_gets_the_empty_ones():

@@ -88,8 +88,8 @@ Modules, each holding one part of the above:
   ``conditional_headers``;
 - ``freshness``: ``freshness_lifetime``, ``current_age``, ``age_value``,
   ``HEURISTIC_STATUSES``;
-- ``decision``: ``Action``, ``Decision``, ``decide``, ``stale_if_error_ok``,
-  ``ERROR_STATUSES``, ``serve_headers``, ``not_modified_headers``;
+- ``decision``: ``Action``, ``Decision``, ``decide``, ``plain_lifetime``,
+  ``stale_if_error_ok``, ``ERROR_STATUSES``, ``serve_headers``, ``not_modified_headers``;
 - ``validation``: ``can_freshen``, ``merge_304``, ``client_not_modified``,
   ``CLIENT_CONDITIONS``;
 - ``invalidation``: ``invalidations``;
@@ -103,7 +103,7 @@ name from the module that holds it.
 # the same objects as in the modules above.
 from .dates import format_http_date, parse_http_date  # noqa: F401
 from .decision import (ERROR_STATUSES, Action, Decision, decide,  # noqa: F401
-                       not_modified_headers, serve_headers, stale_if_error_ok)
+                       not_modified_headers, plain_lifetime, serve_headers, stale_if_error_ok)
 from .directives import (DEFAULT_CDN_HEADER, DELTA_MAX, Directives,  # noqa: F401
                          parse_cache_control, parse_cdn_cache_control, response_directives)
 from .entry import Entry, conditional_headers, make_entry  # noqa: F401

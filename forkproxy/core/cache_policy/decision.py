@@ -92,6 +92,23 @@ def decide(entry: Entry | None, req_method: str, req_headers, now: float, *,
     return _revalidate(req, entry, age, "stale" if not fresh else "too old for request")
 
 
+def plain_lifetime(entry: Entry, req_headers, *, heuristic_max: float,
+                   cdn_header=DEFAULT_CDN_HEADER) -> float | None:
+    """The lifetime that alone decides whether ``entry`` is FRESH for GET or
+    HEAD requests with ``req_headers``: for every ``now``, ``decide`` answers
+    FRESH exactly when ``lifetime > entry.initial_age + (now -
+    entry.response_time)`` (``decide``'s own expression).  None when more
+    than the time decides: the request carries cache directives, the
+    entry's Vary does not select it, or the response says no-cache.
+
+    A cache that answers the same request again and again (a hot URL) keeps
+    the lifetime and skips ``decide`` while the entry stays the same."""
+    if _request_directives(req_headers) is not _NO_DIRECTIVES or not entry.vary_matches(req_headers):
+        return None
+    cc, lifetime = entry.policy(heuristic_max, cdn_header)
+    return None if cc.no_cache else lifetime
+
+
 def _revalidate(req: Directives, entry: Entry, age: float, reason: str) -> Decision:
     """``decide``'s answer when ``entry`` may not be served as it is."""
     if req.only_if_cached:
