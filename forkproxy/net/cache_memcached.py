@@ -287,6 +287,18 @@ class MemcachedStore(_Backend):
 
     # -- near copies and change counters (see the contract) --------------------
 
+    def stamp(self, key: str, reader):
+        return self._near_stamp(key, reader)  # ((item, epoch, slot), the copy's NEAR_TTL expiry)
+
+    def still(self, stamp) -> bool:
+        (_, epoch, slot), expires = stamp
+        if self.epochs.values[slot] == epoch and (not expires or self.clock() < expires):
+            counters = self.counters
+            counters["hits"] += 1
+            counters["near_hits"] += 1
+            return True
+        return False
+
     def _get_entry_item(self, key: str) -> bytes | None:
         near = self.near
         hashed = self._entry_keys.get(key) or self._entry_key(key)

@@ -217,6 +217,18 @@ class SharedStore(_Backend):
                 return None
         return got
 
+    # -- hot entries: a near copy's commit word, one 8-byte read ---------------------
+
+    def stamp(self, key: str, reader):
+        got = self._near_stamp(key, reader)
+        return got[0] if got is not None else None  # (item, q, seq, expires): the slot's own expiry
+
+    def still(self, copy) -> bool:
+        if self.slab.still(copy[1], copy[2], copy[3], self.clock()):
+            self.counters["hits"] += 1
+            return True
+        return False
+
     # -- host purges: the region's counter ---------------------------------------
 
     def namespace(self, host: str) -> str:

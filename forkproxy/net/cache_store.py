@@ -262,6 +262,8 @@ class Store(Protocol):
     def begin_write(self, key: str, head: bytes, ttl: float = 0) -> Writer | None: ...
     def delete(self, key: str) -> bool: ...
     def namespace(self, host: str) -> str: ...
+    def stamp(self, key: str, reader) -> object | None: ...
+    def still(self, stamp) -> bool: ...
     def bump_namespace(self, host: str) -> bool: ...
     def lock(self, key: str, ttl: float) -> bool: ...
     def unlock(self, key: str) -> None: ...
@@ -341,6 +343,30 @@ class _Backend:
         """Delete one entry (all its chunks become unreachable); False on error."""
         return self._delete(self._entry_key(key))
 
+    # -- hot entries: net.http_cache's hot hits --------------------------------------
+
+    def stamp(self, key: str, reader) -> object | None:
+        """What ``still`` checks instead of a ``get_entry(key)`` that would
+        hand out ``reader`` again (the same stored bytes, a small body whole),
+        or None when this store has no cheaper way than ``get_entry``."""
+        return None
+
+    def still(self, stamp) -> bool:
+        """True (counted as a hit) while ``get_entry`` of the stamped key
+        would still hand out the same bytes; False: ask ``get_entry``."""
+        return False
+
+    def _near_stamp(self, key: str, reader):
+        """``stamp`` of a store whose near copies (``self.near``, an LRU) hold the
+        item itself first: the copy and its LRU expiry, when it is ``reader``'s."""
+        near = self.near
+        kept = near.peek(self._entry_key(key)) if near is not None else None
+        if kept is None:
+            return None
+        copy, _, expires = kept
+        got = _remembered_inline(copy[0]) if len(copy[0]) <= REMEMBERED_ITEM_SIZE else None
+        return (copy, expires) if got is not None and got[1] is reader else None
+
     def namespace(self, host: str) -> str:
         now = self.clock()
         known = self._ns.get(host)
@@ -404,6 +430,10 @@ class LRU:
 
     def __len__(self) -> int:
         return len(self._items)
+
+    def peek(self, k: str):
+        """(value, size, expiry or 0) as kept, expired or not, without making it recent."""
+        return self._items.get(k)
 
     def get(self, k: str):
         hit = self._items.get(k)

@@ -157,6 +157,7 @@ class _Hot(NamedTuple):
     token: str
     key: str
     reader: object  # the store's, for these bytes: compared by identity
+    stamp: object  # the store's cheaper check of the same (``store.still``), or None
     entry: policy.Entry
     lifetime: float
 
@@ -314,11 +315,8 @@ class Cache:
         hot = self._hot.get(id(req))
         fetched = None
         if hot is not None and hot.req is req and hot.proto == s.proto and hot.ns == ns:
-            fetched = self._hot_fetch(hot)
-            # The store's reader for the same bytes (it hands out one per item), and
-            # decide's FRESH by plain_lifetime's promise:
-            if fetched is not None and fetched[1] is hot.reader and hot.lifetime > \
-                    hot.entry.initial_age + (time.time() - hot.entry.response_time):
+            fetched = self._hot_check(hot)
+            if fetched is hot:
                 return self.serve(s, tx, hot.entry, hot.reader, "HIT", tx.keep)
         look = self.consult(s.proto, tx.host_value, tx.asked_target, req, tx.has_body, ns, fetched)
         d = look.decision
@@ -362,23 +360,32 @@ class Cache:
     # ``http1.parse_request_head`` hands out the same request object for
     # them.  A fresh hit remembers, for that object, the key it was found
     # under, the host's namespace token, the store's body reader (a store
-    # hands out the same one while an item's bytes stay the same) and the
-    # entry's ``plain_lifetime``.  The next time the same object comes on the
-    # same scheme and route namespace, the token and the store are asked again
-    # (a purge, an invalidation, a new response stored by any worker: each
-    # changes one of them), the clock against the lifetime, and nothing else:
+    # hands out the same one while an item's bytes stay the same) or the
+    # store's stamp of them (``store.still``: a near copy's change counter),
+    # and the entry's ``plain_lifetime``.  The next time the same object comes
+    # on the same scheme and route namespace, the token and the store are
+    # asked again (a purge, an invalidation, a new response stored by any
+    # worker: each changes one of them), the clock against the lifetime, and nothing else:
     # no key built, no Vary, no entry decoded, no ``decide``.  Entries under a
     # Vary marker (two keys) and requests with cache directives (``decide``
     # reads them) are not remembered.
 
-    def _hot_fetch(self, hot: "_Hot"):
-        """``store.get_entry`` of ``hot``'s key (``_NOTHING``: nothing there),
-        or None when the host's namespace changed (another key: not asked)."""
+    def _hot_check(self, hot: "_Hot"):
+        """``hot`` itself when its hit still holds; else what ``store.get_entry``
+        answered for its key (``_NOTHING``: nothing there), None when not asked."""
         store = self.store
         if store.namespace(hot.authority) != hot.token:
             return None
-        got = store.get_entry(hot.key)
-        return _NOTHING if got is None else got
+        fetched = None
+        if hot.stamp is None:  # the store hands out one reader per item: the same bytes?
+            fetched = store.get_entry(hot.key) or _NOTHING
+            same = fetched[1] is hot.reader
+        else:
+            same = store.still(hot.stamp)
+        # and decide's FRESH, by plain_lifetime's promise:
+        if same and hot.lifetime > hot.entry.initial_age + (time.time() - hot.entry.response_time):
+            return hot
+        return fetched
 
     def _remember_hit(self, req, proto: str, ns: str, look: "Lookup") -> None:
         """Remember a fresh hit for ``req`` (see above), when it may be."""
@@ -394,7 +401,7 @@ class Cache:
             hot.clear()  # request objects come from clients: bound what they make us keep
         token = look.key.partition("\n")[0]  # the one the key was made with (``key``)
         hot[id(req)] = _Hot(req, proto, ns, _authority(look.primary), token, look.key, reader,
-                            entry, lifetime)
+                            self.store.stamp(look.key, reader), entry, lifetime)
 
     def coalesced(self, s, tx, key: str, stale=None):
         """A GET miss: one request upstream per key across the fleet (module

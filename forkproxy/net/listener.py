@@ -73,10 +73,10 @@ class Runtime:
         self.cfg = cfg
         self.cache = cache
         self.metrics = metrics
-        # Client heads made by Session.relay, by what they were made from
-        # (at most CLIENT_HEADS, then forgotten at once).
-        self.client_heads: dict[tuple, tuple] = {}
-        self.upstream_heads: dict[tuple, tuple] = {}  # the same for Session.upstream_fields
+        # Client heads made by Session.relay, by what they were made from, the same for
+        # Session.upstream_fields, and stages.admission's by request object (at most
+        # CLIENT_HEADS each, then forgotten at once).
+        self.client_heads, self.upstream_heads, self.admitted = {}, {}, {}
         self.log = log
         self.access_log = access_log
         s = cfg.server

@@ -26,6 +26,7 @@ from __future__ import annotations
 from forkproxy.core import http1
 from forkproxy.net import forward
 from forkproxy.net.forward import sticky_choice
+from forkproxy.net.response import remember
 from forkproxy.net.request_path import (body_limit, canonical_request, no_route_why,
                                         request_target)
 from forkproxy.net.upstream_http import upstream_fields
@@ -33,9 +34,23 @@ from forkproxy.net.upstream_http import upstream_fields
 
 def admission(s, tx):
     """The canonical target (400 for a path no rule can judge) and its form
-    (400, 501 for CONNECT): every later decision sees the canonical one."""
-    req = tx.req = canonical_request(tx.req, *s.rt.canon)
-    tx.host_value, tx.host, tx.path, tx.asked_target = request_target(req)
+    (400, 501 for CONNECT): every later decision sees the canonical one.
+
+    Both are pure functions of the request (and the server's canon
+    settings): for a small head, whose parsed request ``parse_request_head``
+    hands out again for the same bytes, they are remembered by that object
+    in ``rt.admitted`` (at most CLIENT_HEADS, then forgotten at once)."""
+    req = tx.req
+    if 0 < tx.head_size <= http1.REMEMBERED_HEAD_SIZE:
+        memo = s.rt.admitted
+        got = memo.get(id(req))
+        if got is None or got[0] is not req:  # the object is kept: its id is not reused
+            canon = canonical_request(req, *s.rt.canon)
+            got = remember(memo, id(req), (req, canon, *request_target(canon)))
+        _, tx.req, tx.host_value, tx.host, tx.path, tx.asked_target = got
+    else:
+        req = tx.req = canonical_request(req, *s.rt.canon)
+        tx.host_value, tx.host, tx.path, tx.asked_target = request_target(req)
     tx.rec.host = tx.host
 
 

@@ -101,6 +101,22 @@ def test_deny_rule_bypasses_are_refused_and_never_reach_the_backend(site):
     assert b.stats()["requests"] == 0
 
 
+def test_the_same_head_again_is_judged_the_same(site):
+    """The same head bytes again (the same parsed request each time in a
+    worker, whose canonical form the worker remembers): every time the same
+    refusal, or the same canonical path upstream."""
+    fp, b, port = site
+    query = "?next=/../admin/%2f"
+    with Conn(port) as kept:
+        for _ in range(4):
+            for target, status in DENY_BYPASSES[:-1] + [(t, 403) for t in ACCESS_BYPASSES]:
+                assert get(port, target).status == status, target  # a refusal closes
+            kept.send(f"GET /x/..//%65cho{query} HTTP/1.1\r\nHost: app.test\r\n\r\n".encode())
+            r = kept.reply()
+            assert (r.status, json.loads(r.body)["path"]) == (200, "/echo" + query)
+    assert b.stats()["by_path"] == {"/echo": 4}, b.stats()["by_path"]
+
+
 def test_path_scoped_access_route_cannot_be_bypassed(site):
     fp, b, port = site
     for target in ACCESS_BYPASSES:
