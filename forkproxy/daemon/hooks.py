@@ -35,6 +35,7 @@ from dataclasses import replace
 
 from forkproxy import control
 from forkproxy.config import Config
+from forkproxy.core import accept_share
 from forkproxy.core.epochs import Epochs
 from forkproxy.core.table import copy_rows
 from forkproxy.daemon import shm
@@ -304,6 +305,7 @@ def on_starting(arbiter) -> None:
     # The cache's change counters (core.epochs): one buffer for the master's
     # life, so workers of every generation see each other's changes.
     st.cache_epochs = mmap.mmap(-1, Epochs.SIZE)
+    st.accept_share = mmap.mmap(-1, accept_share.size(st.n_slots))  # who takes a connection
     st.cache_region = build_cache_region(cfg, None)
     # Opened once by the master and inherited: lockf locks belong to the
     # process that takes them, and the kernel frees them when it dies.

@@ -52,6 +52,7 @@ class WorkerContext:
     lock_fd: int
     reload_fd: int
     boot_report: Any
+    accept_share: Any = None  # core.accept_share's buffer (None: the worker accepts freely)
     retiring: bool = False
 
 
@@ -102,6 +103,7 @@ class MasterState:
     cache_region: Any = None     # net.cache_shm.Region: the embedded store, kept across reloads
     lock_fd: int = -1            # the checker lock file (net.leader)
     reload_pipe: tuple[int, int] | None = None  # the admin endpoint's reload requests
+    accept_share: Any = None     # core.accept_share's buffer, one slot per worker slot
 
     def __post_init__(self):
         if self.good is None:
@@ -119,7 +121,7 @@ class MasterState:
             cache_epochs=self.cache_epochs, cache_region=self.cache_region, access_log=self.access_log,
             sticky_key=self.sticky_key, lock_fd=self.lock_fd,
             reload_fd=self.reload_pipe[1] if self.reload_pipe else -1,
-            boot_report=self.boot_report)
+            boot_report=self.boot_report, accept_share=self.accept_share)
 
     def release(self, ctx: WorkerContext) -> None:
         """The worker of ``ctx`` is gone: its slot is free again."""

@@ -265,6 +265,7 @@ class ProxyWorker(AsyncWorker):
         from gevent.server import StreamServer
 
         from forkproxy.daemon import arbiter
+        from forkproxy.net.accepting import SharingServer
 
         if self.runtime is not None:
             # The snapshot made with the runtime may be old by now (a loaded
@@ -272,12 +273,15 @@ class ProxyWorker(AsyncWorker):
             # comes only once the loop runs, after the first connections.
             self.runtime.refresh(time.time())
         servers = []
+        share = self._accept_share()
         for s in self.sockets:
             s.setblocking(1)
-            server = StreamServer(s, handle=partial(self.handle, s),
-                                  spawn=Pool(self.worker_connections))
-            if self.cfg.workers > 1:
-                server.max_accept = 1  # spread connections over the workers
+            kw = dict(handle=partial(self.handle, s), spawn=Pool(self.worker_connections))
+            if share is not None:  # spread connections over the workers (net.accepting)
+                server = SharingServer(s, share=share, slot=self.context.slot,
+                                       connections=partial(self._connections, servers), **kw)
+            else:
+                server = StreamServer(s, **kw)
             server.start()
             servers.append(server)
         if self.runtime is not None:  # connections older generations hand over (net.handoff)
@@ -287,9 +291,13 @@ class ProxyWorker(AsyncWorker):
                 [self.runtime.handoff.serving] if self.runtime.handoff is not None else [])
         while self.alive:
             self.notify()  # the first notify tells the master this worker serves
+            if share is not None:  # still live, and what it holds now
+                share.publish(self.context.slot, self._connections(servers), time.monotonic_ns())
             self._stop.wait(1.0)
         for server in servers:
             server.close()  # stop accepting now
+        if share is not None:
+            share.withdraw(self.context.slot)
         arbiter.mark_closed(self.tmp)  # the master may announce a reload now
         if self.runtime is not None:
             self.runtime.drain()
@@ -315,6 +323,25 @@ class ProxyWorker(AsyncWorker):
                 deadline = tunnels_until
             self.notify()
             gevent.sleep(0.05)
+
+    def _accept_share(self):
+        """The workers' shared connection counts (``core.accept_share``), or
+        None: one worker, or this one has no slot (more workers than slots)."""
+        from forkproxy.core.accept_share import AcceptShare
+
+        buf, slot = self.context.accept_share, self.context.slot
+        if self.cfg.workers < 2 or buf is None or slot is None:
+            return None
+        return AcceptShare(buf)
+
+    def _connections(self, servers) -> int:
+        """The client connections this worker holds: its listeners' and those
+        an older generation handed over."""
+        rt = self.runtime
+        held = sum(len(srv.pool) for srv in servers)
+        if rt is not None and rt.handoff is not None:
+            held += len(rt.handoff.serving)
+        return held
 
     def _cut(self, groups, keep_tunnels: bool) -> bool:
         """graceful_timeout ran out: close the connections left (but tunnels
