@@ -93,6 +93,9 @@ _PASS = b"PASS"
 _FRESH = policy.Action.FRESH  # a module global: an Enum member read from its class is slow
 _tuple_new = tuple.__new__
 HOT_REQUESTS = 256  # request objects remembered for their fresh hits ("hot hits" in Cache)
+# The largest body a hot hit is remembered with: what the memo may keep alive
+# beyond the store's own bounds is at most HOT_REQUESTS such bodies (4 MiB).
+HOT_BODY_MAX = 16 << 10
 _NOTHING = (None, None)  # lookup_key's fetched: the store was asked, and had nothing
 
 
@@ -390,8 +393,9 @@ class Cache:
     def _remember_hit(self, req, proto: str, ns: str, look: "Lookup") -> None:
         """Remember a fresh hit for ``req`` (see above), when it may be."""
         entry, reader = look.entry, look.reader
-        if reader.whole is None or entry.vary_fields or entry.vary_headers:
-            return  # a chunked body (a new reader each time), or a variant under a Vary marker
+        if reader.whole is None or reader.length > HOT_BODY_MAX or entry.vary_fields \
+                or entry.vary_headers:
+            return  # a chunked body (a new reader each time), a large one, a Vary variant
         lifetime = policy.plain_lifetime(entry, req.headers, heuristic_max=self.hmax,
                                          cdn_header=self.cdn)
         if lifetime is None:

@@ -171,6 +171,38 @@ def test_expired_copies_are_not_used(region):
     assert a._get(k) is None
 
 
+def test_a_stamp_holds_exactly_while_get_entry_would_hand_out_the_same_bytes(region):
+    """stamp/still (net.http_cache's hot hits): True, and counted as a hit,
+    until another worker rewrites or deletes the entry, or it expires."""
+    now = [100.0]
+    a = SharedStore(region, clock=lambda: now[0])
+    assert store_entry(a, "k", b"body one") and store_entry(a, "gone", b"x")
+    head, reader = a.get_entry("k")
+    assert a.stamp("k", object()) is None            # not the reader the store hands out
+    stamp = a.stamp("k", reader)
+    hits = a.counters["hits"]
+    assert a.still(stamp) and a.still(stamp)
+    assert a.counters["hits"] == hits + 2
+    assert a.get_entry("k")[1] is reader              # what still() stands for
+    assert in_child(lambda: 0 if store_entry(SharedStore(region), "k", b"body two") else 1) == 0
+    assert not a.still(stamp)
+    assert read(a, "k") == b"body two"
+    _, reader = a.get_entry("k")
+    stamp = a.stamp("k", reader)
+    assert a.still(stamp)
+    assert in_child(lambda: 0 if SharedStore(region).delete("k") else 1) == 0
+    assert not a.still(stamp) and a.get_entry("k") is None
+    assert a.counters["hits"] == hits + 6             # still() twice, get_entry twice, still() once
+    # an entry with a time to live: its stamp ends with it
+    w = a.begin_write("short", b"h", ttl=5)
+    assert w.write(b"soon gone") and w.commit()
+    _, reader = a.get_entry("short")
+    stamp = a.stamp("short", reader)
+    assert a.still(stamp)
+    now[0] += 5
+    assert not a.still(stamp) and a.get_entry("short") is None
+
+
 def test_two_writers_and_a_reader_at_once_never_see_a_torn_value(tmp_path):
     """Two worker processes rewrite 64 keys of one row (values of every class) while
     this one reads them: every value read is whole and its key's, never a mix."""

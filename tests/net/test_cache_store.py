@@ -551,6 +551,33 @@ def test_a_change_by_another_worker_voids_near_copies_at_once(memcached):
     assert a.namespace("h") == b.namespace("h") != token
 
 
+def test_a_stamp_holds_as_long_as_the_near_copy_would(memcached):
+    """stamp/still (net.http_cache's hot hits) over memcached: True, counted as
+    a (near) hit, while the near copy stands: not after another worker's change
+    (the shared epochs), nor after NEAR_TTL (another forkproxy's change, a
+    frozen memcached: get_entry asks memcached again then)."""
+    shared = bytearray(Epochs.SIZE)
+    a, b = near_store(memcached, Epochs(shared)), near_store(memcached, Epochs(shared))
+    now = [100.0]
+    a.clock = a.near.clock = lambda: now[0]
+    put(a, "k", b"v1")
+    _, reader = a.get_entry("k")                 # from memcached: the near copy is made
+    assert a.stamp("k", object()) is None
+    stamp = a.stamp("k", reader)
+    hits, near = a.counters["hits"], a.counters["near_hits"]
+    assert a.still(stamp)
+    assert (a.counters["hits"], a.counters["near_hits"]) == (hits + 1, near + 1)
+    now[0] += NEAR_TTL * 1.1
+    assert not a.still(stamp)                   # the copy's time is up
+    _, reader = a.get_entry("k")
+    stamp = a.stamp("k", reader)
+    assert a.still(stamp)
+    put(b, "k", b"v2")                          # another worker's change
+    assert not a.still(stamp)
+    assert read_all(a.get_entry("k")) == b"v2"
+    assert MemoryStore(1 << 20).stamp("k", reader) is None  # no cheaper way there
+
+
 def test_a_change_by_another_forkproxy_is_seen_within_near_ttl(memcached):
     a, other = near_store(memcached), near_store(memcached)  # each its own counters
     now = [100.0]
