@@ -74,6 +74,7 @@ import gevent
 from forkproxy.config import CacheConfig
 from forkproxy.core import cache_policy as policy
 from forkproxy.core import headers as hdr
+from forkproxy.core import http1
 from forkproxy.logs import AccessRecord
 from forkproxy.net import cache_answer, stages
 from forkproxy.net.cache_filter import CONDITIONAL_FIELDS, Background, Hook
@@ -324,7 +325,8 @@ class Cache:
         look = self.consult(s.proto, tx.host_value, tx.asked_target, req, tx.has_body, ns, fetched)
         d = look.decision
         if d is not None and d.action is _FRESH:  # a hit: nothing more to set up
-            self._remember_hit(req, s.proto, ns, look)
+            if 0 < tx.head_size <= http1.REMEMBERED_HEAD_SIZE:  # a head that comes again
+                self._remember_hit(req, s.proto, ns, look)
             return self.serve(s, tx, look.entry, look.reader, "HIT", tx.keep)
         if look.key is None:
             rec.cache = "BYPASS"
@@ -361,17 +363,19 @@ class Cache:
     # A hot URL is asked for with the same head bytes again and again (one
     # client polling, a crowd behind one CDN, a load generator), and
     # ``http1.parse_request_head`` hands out the same request object for
-    # them.  A fresh hit remembers, for that object, the key it was found
-    # under, the host's namespace token, the store's body reader (a store
-    # hands out the same one while an item's bytes stay the same) or the
-    # store's stamp of them (``store.still``: a near copy's change counter),
-    # and the entry's ``plain_lifetime``.  The next time the same object comes
-    # on the same scheme and route namespace, the token and the store are
-    # asked again (a purge, an invalidation, a new response stored by any
-    # worker: each changes one of them), the clock against the lifetime, and nothing else:
-    # no key built, no Vary, no entry decoded, no ``decide``.  Entries under a
-    # Vary marker (two keys) and requests with cache directives (``decide``
-    # reads them) are not remembered.
+    # them (an HTTP/1.1 head of at most REMEMBERED_HEAD_SIZE bytes; an
+    # HTTP/2 stream's request is a new object each time).  A fresh hit
+    # remembers, for that object, the key it was found under, the host's
+    # namespace token, the store's body reader (a store hands out the same
+    # one while an item's bytes stay the same) or the store's stamp of them
+    # (``store.still``: a near copy's change counter), and the entry's
+    # ``plain_lifetime``.  The next time the same object comes on the same
+    # scheme and route namespace, the token and the store are asked again (a
+    # purge, an invalidation, a new response stored by any worker: each
+    # changes one of them), the clock against the lifetime, and nothing
+    # else: no key built, no Vary, no entry decoded, no ``decide``.  Entries
+    # under a Vary marker (two keys), bodies over HOT_BODY_MAX and requests
+    # with cache directives (``decide`` reads them) are not remembered.
 
     def _hot_check(self, hot: "_Hot"):
         """``hot`` itself when its hit still holds; else what ``store.get_entry``
