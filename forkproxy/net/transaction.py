@@ -52,6 +52,7 @@ class Transaction:
     pinned = token = None  # the server a sticky cookie (table) names; its token (Stuck)
     headers = out_host = None
     wire = None  # (Host, the upstream head's bytes): net.upstream_http.upstream_head
+    wire_lines = None  # (headers, field lines before and after X-Request-Id): the same
     hook = None  # net.http_cache's hook for the exchange in progress
     tee = None  # the current response's net.http_cache.Tee
     upstream_start = 0.0

@@ -59,11 +59,15 @@ def upstream_fields(s, tx) -> tuple[list, str | None]:
         memo = s.rt.upstream_heads
         got = memo.get(key)
         if got is None:
-            got = response.remember(memo, key, (tuple(_forwarded(s, req, host_value, tokens)),
-                                                tuple(_framing_fields(req, rc)),
-                                                rc.host_header or host_value))
-        before, after, out_host = got
+            before = tuple(_forwarded(s, req, host_value, tokens))
+            after = tuple(_framing_fields(req, rc))
+            got = response.remember(memo, key, (before, after, rc.host_header or host_value,
+                                                http1.field_lines(before),
+                                                http1.field_lines(after)))
+        before, after, out_host, before_lines, after_lines = got
         headers = [*before, ("x-request-id", er.request_id), *after]
+        # upstream_head's parts, while tx.headers is this very list
+        tx.wire_lines = (headers, before_lines, after_lines)
     else:
         # X-Request-Id, then request_headers
         headers, out_host = er.upstream(_forwarded(s, req, host_value, tokens),
@@ -71,7 +75,7 @@ def upstream_fields(s, tx) -> tuple[list, str | None]:
         headers += _framing_fields(req, rc)
     if tx.spool is not None and req.framing.kind == "chunked":
         # The body was read whole: it goes with its length (as nginx does).
-        headers = [f for f in headers if f[0] != "Transfer-Encoding"]
+        headers = [f for f in headers if f[0] != "Transfer-Encoding"]  # (wire_lines: not these)
         headers.append(("Content-Length", str(tx.spool.size)))
     return headers, out_host
 
@@ -81,11 +85,22 @@ def upstream_head(tx, host: str) -> bytes:
     line, Host, ``tx.headers``, the empty line.  Kept on the transaction
     (``tx.wire``) for the next call with the same Host: a retry, the
     request after its mirror copy (``net.mirror``), need not serialize it
-    again.  ``tx.headers`` is never changed once the forwarding stage set it."""
+    again.  ``tx.headers`` is never changed once the forwarding stage set it.
+
+    When ``tx.headers`` is the very list ``upstream_fields`` made from its
+    memo, the field lines around X-Request-Id were serialized with the memo
+    (``tx.wire_lines``): the same bytes (``http1.field_lines`` of a list is
+    the lines of its parts in order), without joining every field again."""
     wire = tx.wire
     if wire is None or wire[0] != host:
-        wire = tx.wire = (host, http1.serialize_request_head(
-            tx.req.method, tx.target, [("Host", host)] + tx.headers))
+        parts, headers = tx.wire_lines, tx.headers
+        if parts is not None and parts[0] is headers:
+            lines = f"Host: {host}\r\n{parts[1]}x-request-id: {tx.edge.request_id}\r\n{parts[2]}"
+            data = http1.request_head(tx.req.method, tx.target, lines)
+        else:
+            data = http1.serialize_request_head(tx.req.method, tx.target,
+                                                [("Host", host)] + headers)
+        wire = tx.wire = (host, data)
     return wire[1]
 
 

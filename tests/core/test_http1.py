@@ -13,8 +13,8 @@ from forkproxy.core.http1.messages import (
     DEFAULT_LIMITS, Framing, IncompleteBody, Limits, ProtocolError, Response,
 )
 from forkproxy.core.http1.serialize import (
-    encode_chunk, encode_last_chunk, reason_phrase, serialize_request_head,
-    serialize_response_head,
+    encode_chunk, encode_last_chunk, field_lines, reason_phrase, request_head,
+    serialize_request_head, serialize_response_head,
 )
 from forkproxy.core.http1.targets import split_host, split_url
 
@@ -744,3 +744,15 @@ def test_a_remembered_head_parses_as_a_fresh_one(method, version, fields, pad):
             assert first is not second and first.headers is not second.headers
             first.headers.append(("x-mine", "1"))
         assert parse(head) == want
+
+
+_FIELD = st.tuples(st.sampled_from(["Host", "x-a", "Accept", "x-request-id"]),
+                   st.text(alphabet="abc 1/;=", max_size=8))
+
+
+@given(st.lists(_FIELD, max_size=5), st.lists(_FIELD, max_size=5), st.lists(_FIELD, max_size=5))
+def test_a_head_put_together_from_field_line_parts_is_the_serialized_head(a, b, c):
+    # net.upstream_http.upstream_head joins parts serialized once, around X-Request-Id.
+    whole = serialize_request_head("GET", "/x?y", a + b + c)
+    assert field_lines(a + b + c) == field_lines(a) + field_lines(b) + field_lines(c)
+    assert whole == request_head("GET", "/x?y", field_lines(a) + field_lines(b) + field_lines(c))

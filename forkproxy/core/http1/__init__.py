@@ -8,8 +8,8 @@ chunks out to the wire.  One module per step of a message's life:
 - ``targets``: request-target forms, ``split_host``, ``split_url``;
 - ``framing``: ``request_body_framing``, ``response_body_framing`` (RFC 9112 6.3);
 - ``decoders``: ``make_decoder`` and the body decoders (chunked, length, close);
-- ``serialize``: ``serialize_request_head``, ``serialize_response_head``,
-  ``encode_chunk``, ``encode_last_chunk``, ``reason_phrase``;
+- ``serialize``: ``serialize_request_head`` (``request_head`` of ``field_lines``),
+  ``serialize_response_head``, ``encode_chunk``, ``encode_last_chunk``, ``reason_phrase``;
 - ``connection``: ``connection_tokens``, ``keep_alive``, ``wants_keep_alive``;
 - ``grammar``: the compiled patterns the others match with.
 
@@ -27,6 +27,7 @@ from .heads import (REMEMBERED_HEAD_SIZE, find_head_end, parse_request_head,  # 
                     parse_response_head)
 from .messages import (CHUNKED, DEFAULT_LIMITS, KNOWN_CODINGS, NO_BODY, UNTIL_CLOSE,  # noqa: F401
                        Framing, IncompleteBody, Limits, ProtocolError, Request, Response)
-from .serialize import (encode_chunk, encode_last_chunk, reason_phrase,  # noqa: F401
-                        serialize_request_head, serialize_response_head)
+from .serialize import (encode_chunk, encode_last_chunk, field_lines,  # noqa: F401
+                        reason_phrase, request_head, serialize_request_head,
+                        serialize_response_head)
 from .targets import split_host, split_url  # noqa: F401

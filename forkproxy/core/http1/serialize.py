@@ -1,7 +1,8 @@
 """Heads and chunks written to the wire.
 
 ``serialize_request_head(method, target, headers) -> bytes`` (always
-``HTTP/1.1``), ``serialize_response_head(status, reason, headers) -> bytes``,
+``HTTP/1.1``; ``request_head`` of its ``field_lines``),
+``serialize_response_head(status, reason, headers) -> bytes``,
 ``encode_chunk(data) -> bytes``, ``encode_last_chunk(trailers=()) -> bytes``.
 Headers are a list of ``(name, value)`` str pairs, written in order as
 ``Name: value``; names and values must already be valid.  ``reason_phrase``
@@ -13,14 +14,25 @@ from __future__ import annotations
 import http
 
 
-def _fields(headers) -> str:
+def field_lines(headers) -> str:
+    """``Name: value\\r\\n`` for each field, in order: the lines of a
+    field list are the lines of its parts, one after the other, so a head
+    can be put together from parts serialized once (``request_head``)."""
     if not headers:
         return ""
     return "\r\n".join(map(": ".join, headers)) + "\r\n"
 
 
+_fields = field_lines
+
+
+def request_head(method: str, target: str, lines: str) -> bytes:
+    """A request head whose field lines (``field_lines``) are ``lines``."""
+    return f"{method} {target} HTTP/1.1\r\n{lines}\r\n".encode("latin-1")
+
+
 def serialize_request_head(method: str, target: str, headers) -> bytes:
-    return f"{method} {target} HTTP/1.1\r\n{_fields(headers)}\r\n".encode("latin-1")
+    return request_head(method, target, field_lines(headers))
 
 
 def reason_phrase(status: int) -> str:
