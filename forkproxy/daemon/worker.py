@@ -273,26 +273,31 @@ class ProxyWorker(AsyncWorker):
             # comes only once the loop runs, after the first connections.
             self.runtime.refresh(time.time())
         servers = []
+        # The worker's client connections, one group each: its listeners'
+        # pools, then those an older generation handed over (filled below).
+        groups = []
         share = self._accept_share()
         for s in self.sockets:
             s.setblocking(1)
             kw = dict(handle=partial(self.handle, s), spawn=Pool(self.worker_connections))
             if share is not None:  # spread connections over the workers (net.accepting)
                 server = SharingServer(s, share=share, slot=self.context.slot,
-                                       connections=partial(self._connections, servers), **kw)
+                                       connections=partial(_held, groups), **kw)
             else:
                 server = StreamServer(s, **kw)
             server.start()
             servers.append(server)
-        if self.runtime is not None:  # connections older generations hand over (net.handoff)
-            self.runtime.open_handoff(self.context.generation)
-            # Where a parked idle connection counts itself (net.http_session, park).
-            self.runtime.groups = [srv.pool for srv in servers] + (
-                [self.runtime.handoff.serving] if self.runtime.handoff is not None else [])
+        groups.extend(srv.pool for srv in servers)
+        rt = self.runtime
+        if rt is not None:  # connections older generations hand over (net.handoff)
+            rt.open_handoff(self.context.generation)
+            if rt.handoff is not None:
+                groups.append(rt.handoff.serving)
+            rt.groups = groups  # where a parked idle connection counts itself (net.http_session)
         while self.alive:
             self.notify()  # the first notify tells the master this worker serves
             if share is not None:  # still live, and what it holds now
-                share.publish(self.context.slot, self._connections(servers), time.monotonic_ns())
+                share.publish(self.context.slot, _held(groups), time.monotonic_ns())
             self._stop.wait(1.0)
         for server in servers:
             server.close()  # stop accepting now
@@ -301,11 +306,6 @@ class ProxyWorker(AsyncWorker):
         arbiter.mark_closed(self.tmp)  # the master may announce a reload now
         if self.runtime is not None:
             self.runtime.drain()
-        # Connections accepted, and those an older generation handed over.
-        rt = self.runtime
-        groups = [srv.pool for srv in servers]
-        if rt is not None and rt.handoff is not None:
-            groups.append(rt.handoff.serving)
         start = time.monotonic()
         deadline = start + self.cfg.graceful_timeout
         # A reload (a newer generation serves): tunnels may stay until their
@@ -334,15 +334,6 @@ class ProxyWorker(AsyncWorker):
             return None
         return AcceptShare(buf)
 
-    def _connections(self, servers) -> int:
-        """The client connections this worker holds: its listeners' and those
-        an older generation handed over."""
-        rt = self.runtime
-        held = sum(len(srv.pool) for srv in servers)
-        if rt is not None and rt.handoff is not None:
-            held += len(rt.handoff.serving)
-        return held
-
     def _cut(self, groups, keep_tunnels: bool) -> bool:
         """graceful_timeout ran out: close the connections left (but tunnels
         with ``keep_tunnels``); True when none is kept."""
@@ -350,7 +341,7 @@ class ProxyWorker(AsyncWorker):
 
         left = [g for group in groups for g in list(group)
                 if not (keep_tunnels and g in LIVE)]
-        kept = sum(len(g) for g in groups) - len(left)
+        kept = _held(groups) - len(left)
         if left:
             self.log.warning("worker %s: graceful timeout, closing %d connections", self.pid,
                              len(left))
@@ -360,3 +351,8 @@ class ProxyWorker(AsyncWorker):
             self.log.info("worker %s: draining for a reload, keeping %d tunnels until they "
                           "end (at most server.tunnel_timeout)", self.pid, kept)
         return not kept
+
+
+def _held(groups) -> int:
+    """The client connections of a worker's connection ``groups``."""
+    return sum(len(g) for g in groups)
